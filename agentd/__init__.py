@@ -1,0 +1,3 @@
+"""agentd: the mover daemon. Pulls HSM actions from the coordinator cluster
+over gRPC streams and runs them with mover plugins (posix, command) on a
+filesystem backend (simfs here, lustre later)."""

@@ -1,0 +1,72 @@
+"""The filesystem backend interface movers use, modelled on liblustreapi's
+copytool calls (``llapi_hsm_action_begin/progress/end``, open by FID).
+
+A backend is what agentd knows of the Lustre side: ``simfs`` (the simulated
+tree, ``agentd.simfs_backend``) or, later, ``lustre`` (ctypes over
+liblustreapi). Movers never touch the filesystem's HSM state themselves:
+they read the source through ``ActionHandle.open_source()``, write restored
+data through ``ActionHandle.open_volatile()``, and report the end with
+``ActionHandle.end()``, which applies the HSM state effects the MDT would
+(archive success sets ARCHIVED and records the data version, restore
+success swaps the volatile file in and clears RELEASED, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from hsm.fid import Fid
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What a mover may copy alongside the data (lhsmtool_posix copies these)."""
+
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    data_version: int
+
+
+class ActionHandle(Protocol):
+    """One running action on one file (``struct hsm_copyaction_private``)."""
+
+    fid: Fid
+    kind: int  # HSMA.ARCHIVE / RESTORE / REMOVE
+    archive_id: int
+
+    def info(self) -> FileInfo:
+        """Size, mode, owner, times and data version of the file at begin."""
+
+    def open_source(self) -> BinaryIO:
+        """ARCHIVE: the file's data, opened for reading (by FID)."""
+
+    def open_volatile(self) -> BinaryIO:
+        """RESTORE: a new empty file, opened for writing, that becomes the
+        file's data when ``end(0)`` is called (the volatile file of
+        ``hai_dfid``). Discarded on any other end."""
+
+    def end(self, errno: int, bytes_done: int = 0) -> None:
+        """``llapi_hsm_action_end``: 0 for success, else a positive errno.
+
+        Applies the HSM state change of the outcome to the file. May raise
+        ``OSError`` (e.g. EBUSY when the file changed during an archive), in
+        which case the action failed with that errno and nothing changed."""
+
+
+class Backend(Protocol):
+    """Access to one file system, as a copytool has it."""
+
+    fsname: str
+
+    def path_of(self, fid: Fid) -> str:
+        """A path that opens the file by FID (``<mnt>/.lustre/fid/<fid>``)."""
+
+    def begin(self, fid: Fid, kind: int, archive_id: int) -> ActionHandle:
+        """``llapi_hsm_action_begin``. Raises ``FileNotFoundError`` for an
+        unknown FID. ARCHIVE begin records EXISTS and the archive id on the
+        file, as the MDT does when it dispatches an archive."""

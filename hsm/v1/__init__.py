@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for hsm.v1 (make proto)."""

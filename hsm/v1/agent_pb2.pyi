@@ -1,0 +1,133 @@
+from hsm.v1 import types_pb2 as _types_pb2
+from hsm.v1 import coordinator_pb2 as _coordinator_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Hello(_message.Message):
+    __slots__ = ("agent_id", "host", "archive_ids", "slots", "version", "running")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    host: str
+    archive_ids: _containers.RepeatedScalarFieldContainer[int]
+    slots: _coordinator_pb2.Slots
+    version: str
+    running: _containers.RepeatedCompositeFieldContainer[RunningAction]
+    def __init__(self, agent_id: _Optional[str] = ..., host: _Optional[str] = ..., archive_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ...) -> None: ...
+
+class RunningAction(_message.Message):
+    __slots__ = ("action_id", "attempt")
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    action_id: int
+    attempt: int
+    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class Ready(_message.Message):
+    __slots__ = ("credits",)
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    credits: _coordinator_pb2.Slots
+    def __init__(self, credits: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("action_id", "attempt", "bytes_done", "bytes_total")
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    action_id: int
+    attempt: int
+    bytes_done: int
+    bytes_total: int
+    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ...) -> None: ...
+
+class Done(_message.Message):
+    __slots__ = ("action_id", "attempt", "errno", "message", "retry", "bytes_done")
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ERRNO_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    action_id: int
+    attempt: int
+    errno: int
+    message: str
+    retry: bool
+    bytes_done: int
+    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., errno: _Optional[int] = ..., message: _Optional[str] = ..., retry: _Optional[bool] = ..., bytes_done: _Optional[int] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("hello", "ready", "progress", "done", "heartbeat")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    ready: Ready
+    progress: _containers.RepeatedCompositeFieldContainer[Progress]
+    done: _containers.RepeatedCompositeFieldContainer[Done]
+    heartbeat: bool
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[Progress, _Mapping]]] = ..., done: _Optional[_Iterable[_Union[Done, _Mapping]]] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("action_id", "attempt", "fsname", "fid", "dfid", "kind", "archive_id", "extent", "data", "flags")
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FSNAME_FIELD_NUMBER: _ClassVar[int]
+    FID_FIELD_NUMBER: _ClassVar[int]
+    DFID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXTENT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    action_id: int
+    attempt: int
+    fsname: str
+    fid: _types_pb2.Fid
+    dfid: _types_pb2.Fid
+    kind: _types_pb2.ActionKind
+    archive_id: int
+    extent: _types_pb2.Extent
+    data: bytes
+    flags: int
+    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., dfid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[_types_pb2.Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ...) -> None: ...
+
+class CancelOrder(_message.Message):
+    __slots__ = ("action_id", "attempt", "reason")
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    action_id: int
+    attempt: int
+    reason: str
+    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("replica", "heartbeat_interval")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    heartbeat_interval: float
+    def __init__(self, replica: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+
+class CoordinatorMessage(_message.Message):
+    __slots__ = ("welcome", "assign", "cancel")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    ASSIGN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    assign: _containers.RepeatedCompositeFieldContainer[Assignment]
+    cancel: _containers.RepeatedCompositeFieldContainer[CancelOrder]
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[CancelOrder, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,267 @@
+from hsm.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SubmitOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUBMIT_OUTCOME_UNSPECIFIED: _ClassVar[SubmitOutcome]
+    CREATED: _ClassVar[SubmitOutcome]
+    JOINED: _ClassVar[SubmitOutcome]
+    NOT_NEEDED: _ClassVar[SubmitOutcome]
+    REJECTED: _ClassVar[SubmitOutcome]
+
+class CancelOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CANCEL_OUTCOME_UNSPECIFIED: _ClassVar[CancelOutcome]
+    CANCEL_DONE: _ClassVar[CancelOutcome]
+    CANCEL_SENT: _ClassVar[CancelOutcome]
+    ALREADY_ENDED: _ClassVar[CancelOutcome]
+    NOT_FOUND: _ClassVar[CancelOutcome]
+SUBMIT_OUTCOME_UNSPECIFIED: SubmitOutcome
+CREATED: SubmitOutcome
+JOINED: SubmitOutcome
+NOT_NEEDED: SubmitOutcome
+REJECTED: SubmitOutcome
+CANCEL_OUTCOME_UNSPECIFIED: CancelOutcome
+CANCEL_DONE: CancelOutcome
+CANCEL_SENT: CancelOutcome
+ALREADY_ENDED: CancelOutcome
+NOT_FOUND: CancelOutcome
+
+class SubmitItem(_message.Message):
+    __slots__ = ("fsname", "fid", "kind", "archive_id", "extent", "data", "flags", "priority", "requester", "idempotency_key", "hsm")
+    FSNAME_FIELD_NUMBER: _ClassVar[int]
+    FID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXTENT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    HSM_FIELD_NUMBER: _ClassVar[int]
+    fsname: str
+    fid: _types_pb2.Fid
+    kind: _types_pb2.ActionKind
+    archive_id: int
+    extent: _types_pb2.Extent
+    data: bytes
+    flags: int
+    priority: int
+    requester: _types_pb2.Requester
+    idempotency_key: str
+    hsm: _types_pb2.HsmState
+    def __init__(self, fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[_types_pb2.Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., priority: _Optional[int] = ..., requester: _Optional[_Union[_types_pb2.Requester, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., hsm: _Optional[_Union[_types_pb2.HsmState, _Mapping]] = ...) -> None: ...
+
+class SubmitRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[SubmitItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[SubmitItem, _Mapping]]] = ...) -> None: ...
+
+class SubmitResult(_message.Message):
+    __slots__ = ("outcome", "action_id", "errno", "reason")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ERRNO_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    outcome: SubmitOutcome
+    action_id: int
+    errno: int
+    reason: str
+    def __init__(self, outcome: _Optional[_Union[SubmitOutcome, str]] = ..., action_id: _Optional[int] = ..., errno: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SubmitResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SubmitResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SubmitResult, _Mapping]]] = ...) -> None: ...
+
+class FidSelector(_message.Message):
+    __slots__ = ("fsname", "fid", "kind")
+    FSNAME_FIELD_NUMBER: _ClassVar[int]
+    FID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    fsname: str
+    fid: _types_pb2.Fid
+    kind: _types_pb2.ActionKind
+    def __init__(self, fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("action_ids", "fids", "all", "reason")
+    ACTION_IDS_FIELD_NUMBER: _ClassVar[int]
+    FIDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    action_ids: _containers.RepeatedScalarFieldContainer[int]
+    fids: _containers.RepeatedCompositeFieldContainer[FidSelector]
+    all: bool
+    reason: str
+    def __init__(self, action_ids: _Optional[_Iterable[int]] = ..., fids: _Optional[_Iterable[_Union[FidSelector, _Mapping]]] = ..., all: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelResult(_message.Message):
+    __slots__ = ("action_id", "outcome", "state")
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    action_id: int
+    outcome: CancelOutcome
+    state: _types_pb2.ActionState
+    def __init__(self, action_id: _Optional[int] = ..., outcome: _Optional[_Union[CancelOutcome, str]] = ..., state: _Optional[_Union[_types_pb2.ActionState, str]] = ...) -> None: ...
+
+class CancelResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[CancelResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[CancelResult, _Mapping]]] = ...) -> None: ...
+
+class GetActionRequest(_message.Message):
+    __slots__ = ("action_id",)
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    action_id: int
+    def __init__(self, action_id: _Optional[int] = ...) -> None: ...
+
+class ListActionsRequest(_message.Message):
+    __slots__ = ("states", "kinds", "fid", "agent", "include_terminal", "page_size", "page_token")
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    FID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_TERMINAL_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    states: _containers.RepeatedScalarFieldContainer[_types_pb2.ActionState]
+    kinds: _containers.RepeatedScalarFieldContainer[_types_pb2.ActionKind]
+    fid: FidSelector
+    agent: str
+    include_terminal: bool
+    page_size: int
+    page_token: str
+    def __init__(self, states: _Optional[_Iterable[_Union[_types_pb2.ActionState, str]]] = ..., kinds: _Optional[_Iterable[_Union[_types_pb2.ActionKind, str]]] = ..., fid: _Optional[_Union[FidSelector, _Mapping]] = ..., agent: _Optional[str] = ..., include_terminal: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListActionsResponse(_message.Message):
+    __slots__ = ("actions", "next_page_token")
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    actions: _containers.RepeatedCompositeFieldContainer[_types_pb2.Action]
+    next_page_token: str
+    def __init__(self, actions: _Optional[_Iterable[_Union[_types_pb2.Action, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("action_ids",)
+    ACTION_IDS_FIELD_NUMBER: _ClassVar[int]
+    action_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, action_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("action",)
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    action: _types_pb2.Action
+    def __init__(self, action: _Optional[_Union[_types_pb2.Action, _Mapping]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class KindCount(_message.Message):
+    __slots__ = ("kind", "state", "count")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    kind: _types_pb2.ActionKind
+    state: _types_pb2.ActionState
+    count: int
+    def __init__(self, kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., state: _Optional[_Union[_types_pb2.ActionState, str]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class AgentInfo(_message.Message):
+    __slots__ = ("agent_id", "host", "archive_ids", "slots", "running", "version", "connected_since", "last_seen", "replica")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_SINCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    host: str
+    archive_ids: _containers.RepeatedScalarFieldContainer[int]
+    slots: Slots
+    running: Slots
+    version: str
+    connected_since: float
+    last_seen: float
+    replica: str
+    def __init__(self, agent_id: _Optional[str] = ..., host: _Optional[str] = ..., archive_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Union[Slots, _Mapping]] = ..., running: _Optional[_Union[Slots, _Mapping]] = ..., version: _Optional[str] = ..., connected_since: _Optional[float] = ..., last_seen: _Optional[float] = ..., replica: _Optional[str] = ...) -> None: ...
+
+class Slots(_message.Message):
+    __slots__ = ("archive", "restore", "remove")
+    ARCHIVE_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    archive: int
+    restore: int
+    remove: int
+    def __init__(self, archive: _Optional[int] = ..., restore: _Optional[int] = ..., remove: _Optional[int] = ...) -> None: ...
+
+class ShardStatus(_message.Message):
+    __slots__ = ("shard", "leader", "commit_index", "applied_index", "counts")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    leader: str
+    commit_index: int
+    applied_index: int
+    counts: _containers.RepeatedCompositeFieldContainer[KindCount]
+    def __init__(self, shard: _Optional[int] = ..., leader: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ...) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("counts", "agents", "shards", "replica", "version", "control")
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedCompositeFieldContainer[KindCount]
+    agents: _containers.RepeatedCompositeFieldContainer[AgentInfo]
+    shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
+    replica: str
+    version: str
+    control: str
+    def __init__(self, counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ..., agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., replica: _Optional[str] = ..., version: _Optional[str] = ..., control: _Optional[str] = ...) -> None: ...
+
+class ClusterInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Replica(_message.Message):
+    __slots__ = ("id", "address")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    address: str
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class ClusterInfoResponse(_message.Message):
+    __slots__ = ("shard_count", "vnodes", "replicas", "shards")
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VNODES_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shard_count: int
+    vnodes: int
+    replicas: _containers.RepeatedCompositeFieldContainer[Replica]
+    shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
+    def __init__(self, shard_count: _Optional[int] = ..., vnodes: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ...) -> None: ...
