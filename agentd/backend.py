@@ -45,6 +45,13 @@ class ActionHandle(Protocol):
     def open_source(self) -> BinaryIO:
         """ARCHIVE: the file's data, opened for reading (by FID)."""
 
+    def source_path(self) -> str:
+        """ARCHIVE: a path that opens the file's data (for external commands)."""
+
+    def volatile_path(self) -> str:
+        """RESTORE: the path of the volatile file (for external commands);
+        created empty at begin, swapped in by ``end(0)``."""
+
     def open_volatile(self) -> BinaryIO:
         """RESTORE: a new empty file, opened for writing, that becomes the
         file's data when ``end(0)`` is called (the volatile file of
