@@ -1,0 +1,780 @@
+"""The shard state machine: pure, deterministic, no I/O, no clock reads.
+
+One ``ShardState`` holds every action of the FIDs that hash to one shard.
+Every change is a command (a frozen dataclass carrying the leader's clock as
+``now``) applied by ``ShardState.apply(cmd) -> Outcome``. The same sequence
+of commands gives the same state on every replica, which is what Raft
+replicates. The gRPC servicers are thin shells that build commands and carry
+out the effects (send an assignment or a cancel to an agent, wake watchers).
+
+Semantics (ARCHITECTURE.md):
+
+* States ``WAITING -> STARTED -> SUCCEEDED | FAILED | CANCELED`` plus
+  ``CANCELING`` for a started action whose cancel was sent. Every transition
+  is one row of ``TRANSITIONS``; anything else raises ``IllegalTransition``.
+* Per FID, actions run strictly in arrival order and at most one is STARTED
+  (or CANCELING) at a time: only the oldest non-terminal action of a FID is
+  ever *ready* (in a scheduler queue).
+* Dedup: a request joins a non-terminal action with the same
+  ``(fsname, fid, kind, archive_id)`` as another requester. RESTORE and
+  REMOVE join WAITING or STARTED actions (the running copy serves the new
+  requester too); ARCHIVE joins only a WAITING one, because a running
+  archive may be copying older data than the new requester wants archived.
+* Idempotency keys: a retried item with a known key gets its first answer
+  and changes nothing.
+* Cancel: a WAITING action is CANCELED at once; a STARTED one becomes
+  CANCELING and its own agent is told (``SendCancel``) at once; when the
+  agent reports success anyway, SUCCEEDED wins.
+"""
+
+from __future__ import annotations
+
+import errno as E
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+
+from hsm.fid import Fid
+from hsm.hsmflags import HSM_FORCE_ACTION, check_request, resolve_archive_id
+
+#: Action ids are ``seq * MAX_SHARDS + shard``: unique in the cluster and
+#: readable ("...003" lives on shard 3).
+MAX_SHARDS = 1000
+
+
+class Kind(IntEnum):
+    """Copytool action kinds; values are Lustre's HSMA_* codes."""
+
+    ARCHIVE = 20
+    RESTORE = 21
+    REMOVE = 22
+
+
+class State(IntEnum):
+    """Action states; values match the proto ``ActionState``."""
+
+    WAITING = 1
+    STARTED = 2
+    CANCELING = 3
+    SUCCEEDED = 4
+    FAILED = 5
+    CANCELED = 6
+
+    @property
+    def terminal(self) -> bool:
+        return self >= State.SUCCEEDED
+
+
+TERMINAL = frozenset(s for s in State if s.terminal)
+#: Scheduling classes, most urgent first.
+KIND_PRIORITY = (Kind.RESTORE, Kind.REMOVE, Kind.ARCHIVE)
+
+
+class Ev(Enum):
+    ASSIGN = "assign"  # handed to an agent
+    CANCEL = "cancel"  # an admin or user canceled it
+    SUCCEED = "succeed"  # agent reported success
+    FAIL = "fail"  # agent reported an error, or attempts ran out
+    AGENT_CANCELED = "agent_canceled"  # agent reported ECANCELED after our cancel
+    REQUEUE = "requeue"  # agent gone, or a transient error to retry
+
+
+TRANSITIONS: dict[tuple[State, Ev], State] = {
+    (State.WAITING, Ev.ASSIGN): State.STARTED,
+    (State.WAITING, Ev.CANCEL): State.CANCELED,
+    (State.STARTED, Ev.CANCEL): State.CANCELING,
+    (State.STARTED, Ev.SUCCEED): State.SUCCEEDED,
+    (State.STARTED, Ev.FAIL): State.FAILED,
+    (State.STARTED, Ev.REQUEUE): State.WAITING,
+    (State.CANCELING, Ev.SUCCEED): State.SUCCEEDED,  # the truth wins over the cancel
+    (State.CANCELING, Ev.FAIL): State.FAILED,
+    (State.CANCELING, Ev.AGENT_CANCELED): State.CANCELED,
+    (State.CANCELING, Ev.REQUEUE): State.CANCELED,  # lost while canceling: the cancel stands
+}
+
+
+class IllegalTransition(Exception):
+    """A state change that the transition table does not allow."""
+
+    def __init__(self, action_id: int, state: State, event: Ev) -> None:
+        super().__init__(f"action {action_id}: no transition from {state.name} on {event.value}")
+        self.action_id = action_id
+        self.state = state
+        self.event = event
+
+
+# --------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    initiator: str
+    cookie: int = 0
+    uid: int = 0
+    gid: int = 0
+    projid: int = 0
+    when: float = 0.0
+    key: str = ""  # idempotency key of the request that brought this requester
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One validated request (see ``coordinator.convert`` for validation)."""
+
+    fsname: str
+    fid: Fid
+    kind: Kind
+    archive_id: int = 0  # 0: the file's, else the default
+    offset: int = 0
+    length: int = -1  # -1: to EOF
+    data: bytes = b""
+    flags: int = 0
+    priority: int = 0
+    requester: Requester = field(default_factory=lambda: Requester(""))
+    key: str = ""  # idempotency key; "" = not idempotent
+    hsm_flags: int | None = None  # the file's HSM flags as the requester saw them
+    hsm_archive_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    now: float
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    """Hand WAITING actions to an agent (chosen by the scheduler on the leader)."""
+
+    now: float
+    agent: str
+    action_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressReport:
+    action_id: int
+    attempt: int
+    bytes_done: int
+    bytes_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    now: float
+    reports: tuple[ProgressReport, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    action_id: int
+    attempt: int
+    errno: int = 0
+    message: str = ""
+    retry: bool = False
+    bytes_done: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    now: float
+    completions: tuple[Completion, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FidTarget:
+    fsname: str  # "" = any file system
+    fid: Fid
+    kind: Kind | None = None  # None = every kind
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    now: float
+    action_ids: tuple[int, ...] = ()
+    fids: tuple[FidTarget, ...] = ()
+    all: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLost:
+    """An agent is gone for good: its STARTED actions go back to WAITING
+    (or FAIL after ``max_attempts``), its CANCELING ones are CANCELED."""
+
+    now: float
+    agent: str
+    reason: str = "agent lost"
+
+
+Command = Submit | Assign | Progress | Complete | Cancel | AgentLost
+
+
+# --------------------------------------------------------------------------
+# Effects and replies
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """The action changed (state, progress or requesters): wake its watchers."""
+
+    action_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    """Send this action to this agent."""
+
+    agent: str
+    action_id: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendCancel:
+    """Tell the agent holding this attempt to stop it, now."""
+
+    agent: str
+    action_id: int
+    attempt: int
+
+
+Effect = Changed | Assigned | SendCancel
+
+
+class Outcome(IntEnum):
+    """Per-item submit outcomes; values match the proto ``SubmitOutcome``."""
+
+    CREATED = 1
+    JOINED = 2
+    NOT_NEEDED = 3
+    REJECTED = 4
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitReply:
+    outcome: Outcome
+    action_id: int = 0
+    errno: int = 0
+    reason: str = ""
+
+
+class CancelOutcome(IntEnum):
+    """Values match the proto ``CancelOutcome``."""
+
+    DONE = 1
+    SENT = 2
+    ALREADY_ENDED = 3
+    NOT_FOUND = 4
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReply:
+    action_id: int
+    outcome: CancelOutcome
+    state: State | None
+
+
+@dataclass(slots=True)
+class Result:
+    effects: list[Effect] = field(default_factory=list)
+    replies: list[object] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------
+# State
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ShardConfig:
+    shard: int = 0
+    archive_ids: frozenset[int] = frozenset({1})
+    default_archive_id: int = 1
+    max_attempts: int = 3
+    #: ended actions kept for listing and idempotent retries, per shard
+    max_terminal: int = 100_000
+
+
+class Action:
+    """One action. A plain slotted object: millions of these live in memory."""
+
+    __slots__ = (
+        "id",
+        "fsname",
+        "fid",
+        "kind",
+        "archive_id",
+        "offset",
+        "length",
+        "data",
+        "flags",
+        "priority",
+        "requesters",
+        "state",
+        "agent",
+        "attempt",
+        "created",
+        "started",
+        "ended",
+        "bytes_done",
+        "bytes_total",
+        "errno",
+        "error",
+    )
+
+    def __init__(self, action_id: int, item: Item, archive_id: int, now: float) -> None:
+        self.id = action_id
+        self.fsname = item.fsname
+        self.fid = item.fid
+        self.kind = item.kind
+        self.archive_id = archive_id
+        self.offset = item.offset
+        self.length = item.length
+        self.data = item.data
+        self.flags = item.flags
+        self.priority = item.priority
+        self.requesters: list[Requester] = [item.requester]
+        self.state = State.WAITING
+        self.agent = ""
+        self.attempt = 0
+        self.created = now
+        self.started = 0.0
+        self.ended = 0.0
+        self.bytes_done = 0
+        self.bytes_total = 0
+        self.errno = 0
+        self.error = ""
+
+    @property
+    def fid_key(self) -> tuple[str, Fid]:
+        return (self.fsname, self.fid)
+
+    @property
+    def dedup_key(self) -> tuple[str, Fid, Kind, int]:
+        return (self.fsname, self.fid, self.kind, self.archive_id)
+
+    @property
+    def joinable(self) -> bool:
+        if self.state == State.WAITING:
+            return True
+        return self.state == State.STARTED and self.kind != Kind.ARCHIVE
+
+    def __repr__(self) -> str:
+        return f"Action({self.id} {self.kind.name} {self.fid} {self.state.name} agent={self.agent!r} attempt={self.attempt})"
+
+
+ReadyQueue = OrderedDict[int, None]
+
+
+class ShardState:
+    """All actions of one shard, and the indexes that make every command
+    O(items) regardless of queue length."""
+
+    def __init__(self, config: ShardConfig | None = None) -> None:
+        self.config = config or ShardConfig()
+        if not 0 <= self.config.shard < MAX_SHARDS:
+            raise ValueError(f"shard {self.config.shard} out of range 0..{MAX_SHARDS - 1}")
+        self.next_seq = 1
+        self.actions: dict[int, Action] = {}
+        #: per (fsname, fid): non-terminal action ids in arrival order; the
+        #: first one is the only one that may be ready or running
+        self.fid_queue: dict[tuple[str, Fid], list[int]] = {}
+        #: per (kind, archive_id): WAITING actions that may start now, FIFO
+        self.ready: dict[tuple[Kind, int], ReadyQueue] = {}
+        #: dedup index: (fsname, fid, kind, archive_id) -> joinable action id
+        self.active: dict[tuple[str, Fid, Kind, int], int] = {}
+        #: idempotency key -> (action id, outcome)
+        self.keys: dict[str, tuple[int, Outcome]] = {}
+        #: agent -> ids of STARTED/CANCELING actions it holds
+        self.by_agent: dict[str, dict[int, None]] = {}
+        #: ended actions, oldest first (pruned beyond config.max_terminal)
+        self.terminal: deque[int] = deque()
+        #: (kind, state) -> number of kept actions
+        self.counts: dict[tuple[Kind, State], int] = {}
+        self.fsnames: dict[str, int] = {}  # fsname -> number of FIDs with live actions
+        self.applied = 0  # commands applied
+
+    # ---------------------------------------------------------------- apply
+
+    def apply(self, cmd: Command) -> Result:
+        """Apply one command. Deterministic; raises only on a programming
+        error (``IllegalTransition``), never on bad luck such as a stale
+        completion, which is ignored."""
+        self.applied += 1
+        if isinstance(cmd, Submit):
+            return self._submit(cmd)
+        if isinstance(cmd, Assign):
+            return self._assign(cmd)
+        if isinstance(cmd, Progress):
+            return self._progress(cmd)
+        if isinstance(cmd, Complete):
+            return self._complete(cmd)
+        if isinstance(cmd, Cancel):
+            return self._cancel(cmd)
+        if isinstance(cmd, AgentLost):
+            return self._agent_lost(cmd)
+        raise TypeError(f"unknown command {type(cmd).__name__}")
+
+    def _submit(self, cmd: Submit) -> Result:
+        res = Result()
+        for item in cmd.items:
+            res.replies.append(self._submit_one(cmd.now, item, res.effects))
+        return res
+
+    def _submit_one(self, now: float, item: Item, effects: list[Effect]) -> SubmitReply:
+        if item.key and item.key in self.keys:
+            action_id, outcome = self.keys[item.key]
+            return SubmitReply(outcome, action_id)
+        if item.hsm_flags is not None:
+            rc = check_request(item.kind, item.hsm_flags, item.hsm_archive_id, item.archive_id)
+            if rc is not None and not (rc == 0 and item.flags & HSM_FORCE_ACTION):
+                if rc == 0:
+                    return SubmitReply(Outcome.NOT_NEEDED)
+                return SubmitReply(
+                    Outcome.REJECTED,
+                    errno=rc,
+                    reason=f"{item.kind.name} not allowed in HSM state 0x{item.hsm_flags:08x}",
+                )
+        archive_id = resolve_archive_id(
+            item.archive_id, item.hsm_archive_id, self.config.default_archive_id
+        )
+        if archive_id not in self.config.archive_ids:
+            return SubmitReply(
+                Outcome.REJECTED,
+                errno=E.EINVAL,
+                reason=f"archive id {archive_id} is not configured",
+            )
+        requester = _with(item.requester, when=now, key=item.key)
+        dkey = (item.fsname, item.fid, item.kind, archive_id)
+        existing = self.active.get(dkey)
+        if existing is not None:
+            action = self.actions[existing]
+            action.requesters.append(requester)
+            if item.key:
+                self.keys[item.key] = (existing, Outcome.JOINED)
+            effects.append(Changed(existing))
+            return SubmitReply(Outcome.JOINED, existing)
+
+        action_id = self.next_seq * MAX_SHARDS + self.config.shard
+        self.next_seq += 1
+        action = Action(action_id, item, archive_id, now)
+        action.requesters[0] = requester
+        self.actions[action_id] = action
+        self._count(action.kind, State.WAITING, +1)
+        fkey = action.fid_key
+        queue = self.fid_queue.get(fkey)
+        if queue is None:
+            self.fid_queue[fkey] = [action_id]
+            self.fsnames[action.fsname] = self.fsnames.get(action.fsname, 0) + 1
+            self._make_ready(action)
+        else:
+            queue.append(action_id)
+        self.active[dkey] = action_id
+        if item.key:
+            self.keys[item.key] = (action_id, Outcome.CREATED)
+        effects.append(Changed(action_id))
+        return SubmitReply(Outcome.CREATED, action_id)
+
+    def _assign(self, cmd: Assign) -> Result:
+        res = Result()
+        for action_id in cmd.action_ids:
+            action = self.actions.get(action_id)
+            if action is None or action.state != State.WAITING:
+                continue  # canceled or assigned since the scheduler looked
+            queue = self.ready.get((action.kind, action.archive_id))
+            if queue is None or action_id not in queue:
+                continue  # not at the head of its FID
+            del queue[action_id]
+            if not queue:
+                del self.ready[(action.kind, action.archive_id)]
+            self._transition(action, Ev.ASSIGN)
+            if action.kind == Kind.ARCHIVE and self.active.get(action.dedup_key) == action_id:
+                del self.active[action.dedup_key]
+            action.agent = cmd.agent
+            action.attempt += 1
+            action.started = cmd.now
+            action.bytes_done = 0
+            action.bytes_total = 0
+            self.by_agent.setdefault(cmd.agent, {})[action_id] = None
+            res.effects.append(Assigned(cmd.agent, action_id, action.attempt))
+            res.effects.append(Changed(action_id))
+            res.replies.append(action_id)
+        return res
+
+    def _held(self, action_id: int, attempt: int) -> Action | None:
+        """The action if this attempt of it is still running, else None."""
+        action = self.actions.get(action_id)
+        if action is None or action.attempt != attempt:
+            return None
+        if action.state not in (State.STARTED, State.CANCELING):
+            return None
+        return action
+
+    def _progress(self, cmd: Progress) -> Result:
+        res = Result()
+        for rep in cmd.reports:
+            action = self._held(rep.action_id, rep.attempt)
+            if action is None:
+                continue
+            action.bytes_done = rep.bytes_done
+            if rep.bytes_total:
+                action.bytes_total = rep.bytes_total
+            res.effects.append(Changed(action.id))
+        return res
+
+    def _complete(self, cmd: Complete) -> Result:
+        res = Result()
+        for done in cmd.completions:
+            action = self._held(done.action_id, done.attempt)
+            if action is None:
+                res.replies.append(False)
+                continue  # stale: an older attempt, or already ended
+            action.bytes_done = done.bytes_done or action.bytes_done
+            if done.errno == 0:
+                self._end(action, Ev.SUCCEED, cmd.now, 0, "")
+            elif action.state == State.CANCELING:
+                if done.errno == E.ECANCELED or done.retry:
+                    self._end(action, Ev.AGENT_CANCELED, cmd.now, E.ECANCELED, action.error)
+                else:
+                    self._end(action, Ev.FAIL, cmd.now, done.errno, done.message)
+            elif done.errno == E.ECANCELED or done.retry:
+                # the agent gave it back (shutting down, transient error)
+                self._requeue(action, cmd.now, done.errno, done.message, res.effects)
+            else:
+                self._end(action, Ev.FAIL, cmd.now, done.errno, done.message)
+            res.effects.append(Changed(action.id))
+            res.replies.append(True)
+        return res
+
+    def _cancel(self, cmd: Cancel) -> Result:
+        res = Result()
+        reason = cmd.reason or "canceled"
+        seen: set[int] = set()
+        for action_id in self._cancel_targets(cmd):
+            if action_id in seen:
+                continue
+            seen.add(action_id)
+            action = self.actions.get(action_id)
+            if action is None:
+                res.replies.append(CancelReply(action_id, CancelOutcome.NOT_FOUND, None))
+                continue
+            if action.state == State.WAITING:
+                self._end(action, Ev.CANCEL, cmd.now, E.ECANCELED, reason)
+                res.replies.append(CancelReply(action_id, CancelOutcome.DONE, action.state))
+                res.effects.append(Changed(action_id))
+            elif action.state == State.STARTED:
+                self._transition(action, Ev.CANCEL)
+                action.error = reason
+                if self.active.get(action.dedup_key) == action_id:
+                    del self.active[action.dedup_key]
+                res.effects.append(SendCancel(action.agent, action_id, action.attempt))
+                res.effects.append(Changed(action_id))
+                res.replies.append(CancelReply(action_id, CancelOutcome.SENT, action.state))
+            else:
+                res.replies.append(CancelReply(action_id, CancelOutcome.ALREADY_ENDED, action.state))
+        return res
+
+    def _cancel_targets(self, cmd: Cancel) -> Iterator[int]:
+        yield from cmd.action_ids
+        for target in cmd.fids:
+            fsnames = [target.fsname] if target.fsname else list(self.fsnames)
+            for fsname in fsnames:
+                for action_id in list(self.fid_queue.get((fsname, target.fid), ())):
+                    if target.kind is None or self.actions[action_id].kind == target.kind:
+                        yield action_id
+        if cmd.all:
+            for queue in list(self.fid_queue.values()):
+                yield from list(queue)
+
+    def _agent_lost(self, cmd: AgentLost) -> Result:
+        res = Result()
+        for action_id in list(self.by_agent.get(cmd.agent, ())):
+            action = self.actions[action_id]
+            if action.state == State.CANCELING:
+                self._end(action, Ev.REQUEUE, cmd.now, E.ECANCELED, action.error)
+            else:
+                self._requeue(action, cmd.now, E.ETIMEDOUT, cmd.reason, res.effects)
+            res.effects.append(Changed(action_id))
+        return res
+
+    # ------------------------------------------------------------- helpers
+
+    def _transition(self, action: Action, event: Ev) -> None:
+        new = TRANSITIONS.get((action.state, event))
+        if new is None:
+            raise IllegalTransition(action.id, action.state, event)
+        self._count(action.kind, action.state, -1)
+        self._count(action.kind, new, +1)
+        action.state = new
+
+    def _count(self, kind: Kind, state: State, delta: int) -> None:
+        key = (kind, state)
+        n = self.counts.get(key, 0) + delta
+        if n:
+            self.counts[key] = n
+        else:
+            del self.counts[key]
+
+    def _make_ready(self, action: Action, front: bool = False) -> None:
+        queue = self.ready.setdefault((action.kind, action.archive_id), OrderedDict())
+        queue[action.id] = None
+        if front:
+            queue.move_to_end(action.id, last=False)
+
+    def _release_agent(self, action: Action) -> None:
+        held = self.by_agent.get(action.agent)
+        if held is not None:
+            held.pop(action.id, None)
+            if not held:
+                del self.by_agent[action.agent]
+
+    def _requeue(self, action: Action, now: float, errno: int, message: str, effects: list[Effect]) -> None:
+        """A STARTED action goes back to WAITING at the head of its class,
+        or FAILS when it has used all its attempts."""
+        if action.attempt >= self.config.max_attempts:
+            self._end(action, Ev.FAIL, now, errno or E.EIO, message or "too many attempts")
+            return
+        self._transition(action, Ev.REQUEUE)
+        self._release_agent(action)
+        action.errno = errno
+        action.error = message
+        action.bytes_done = 0
+        if self.active.get(action.dedup_key) is None:
+            self.active[action.dedup_key] = action.id
+        self._make_ready(action, front=True)
+
+    def _end(self, action: Action, event: Ev, now: float, errno: int, message: str) -> None:
+        was = action.state
+        self._transition(action, event)
+        action.ended = now
+        action.errno = errno
+        action.error = message
+        if was == State.WAITING:
+            queue = self.ready.get((action.kind, action.archive_id))
+            if queue is not None and action.id in queue:
+                del queue[action.id]
+                if not queue:
+                    del self.ready[(action.kind, action.archive_id)]
+        else:
+            self._release_agent(action)
+        if self.active.get(action.dedup_key) == action.id:
+            del self.active[action.dedup_key]
+        fkey = action.fid_key
+        fq = self.fid_queue[fkey]
+        was_head = fq[0] == action.id
+        fq.remove(action.id)
+        if not fq:
+            del self.fid_queue[fkey]
+            left = self.fsnames[action.fsname] - 1
+            if left:
+                self.fsnames[action.fsname] = left
+            else:
+                del self.fsnames[action.fsname]
+        elif was_head:
+            self._make_ready(self.actions[fq[0]])
+        self.terminal.append(action.id)
+        while len(self.terminal) > self.config.max_terminal:
+            self._forget(self.terminal.popleft())
+
+    def _forget(self, action_id: int) -> None:
+        action = self.actions.pop(action_id)
+        self._count(action.kind, action.state, -1)
+        for req in action.requesters:
+            if req.key and self.keys.get(req.key, (0,))[0] == action_id:
+                del self.keys[req.key]
+
+    # --------------------------------------------------------------- reads
+
+    def get(self, action_id: int) -> Action | None:
+        return self.actions.get(action_id)
+
+    def actions_of_fid(self, fsname: str, fid: Fid) -> list[Action]:
+        """Non-terminal actions of a file, in the order they will run."""
+        return [self.actions[i] for i in self.fid_queue.get((fsname, fid), ())]
+
+    def held_by(self, agent: str) -> list[Action]:
+        return [self.actions[i] for i in self.by_agent.get(agent, ())]
+
+    def iter_actions(
+        self,
+        states: Iterable[State] = (),
+        kinds: Iterable[Kind] = (),
+        agent: str = "",
+        after: int = 0,
+    ) -> Iterator[Action]:
+        """Kept actions in id order, filtered. Reads only; used by listings."""
+        want_states = frozenset(states)
+        want_kinds = frozenset(kinds)
+        for action in self.actions.values():
+            if action.id <= after:
+                continue
+            if want_states and action.state not in want_states:
+                continue
+            if want_kinds and action.kind not in want_kinds:
+                continue
+            if agent and action.agent != agent:
+                continue
+            yield action
+
+    # ------------------------------------------------------------ checking
+
+    def check_invariants(self) -> None:
+        """Recompute every index from the actions and compare. For tests:
+        raises AssertionError describing the first inconsistency."""
+        counts: dict[tuple[Kind, State], int] = {}
+        for a in self.actions.values():
+            counts[(a.kind, a.state)] = counts.get((a.kind, a.state), 0) + 1
+        assert counts == self.counts, f"counts {self.counts} != recount {counts}"
+
+        live = {i for i, a in self.actions.items() if not a.state.terminal}
+        in_queues = [i for q in self.fid_queue.values() for i in q]
+        assert len(in_queues) == len(set(in_queues)), "action in two FID queues"
+        assert set(in_queues) == live, "FID queues != non-terminal actions"
+        assert set(self.terminal) == set(self.actions) - live, "terminal list mismatch"
+        assert len(self.terminal) <= self.config.max_terminal
+
+        ready_ids: set[int] = set()
+        for (kind, arch), rq in self.ready.items():
+            assert rq, f"empty ready queue {(kind, arch)} kept"
+            for i in rq:
+                ra = self.actions[i]
+                assert (ra.kind, ra.archive_id) == (kind, arch), f"{ra} in wrong ready queue"
+                ready_ids.add(i)
+        expect_ready = set()
+        for fkey, q in self.fid_queue.items():
+            assert q, f"empty FID queue {fkey} kept"
+            for pos, i in enumerate(q):
+                a = self.actions[i]
+                assert a.fid_key == fkey, f"{a} in FID queue of {fkey}"
+                if pos > 0:
+                    assert a.state == State.WAITING, f"{a} running behind another action of its FID"
+            head = self.actions[q[0]]
+            if head.state == State.WAITING:
+                expect_ready.add(head.id)
+        assert ready_ids == expect_ready, f"ready {sorted(ready_ids)} != heads {sorted(expect_ready)}"
+
+        held: dict[str, set[int]] = {}
+        for a in self.actions.values():
+            if a.state in (State.STARTED, State.CANCELING):
+                assert a.agent, f"{a} running without an agent"
+                held.setdefault(a.agent, set()).add(a.id)
+        assert {k: set(v) for k, v in self.by_agent.items()} == held, "by_agent mismatch"
+
+        for dkey, i in self.active.items():
+            da = self.actions.get(i)
+            assert da is not None and da.joinable and da.dedup_key == dkey, f"bad dedup entry {dkey} -> {da}"
+        for key, (i, _) in self.keys.items():
+            assert i in self.actions, f"key {key!r} points to forgotten action {i}"
+        fs: dict[str, int] = {}
+        for fsname, _fid in self.fid_queue:
+            fs[fsname] = fs.get(fsname, 0) + 1
+        assert fs == self.fsnames, "fsnames mismatch"
+
+
+def _with(req: Requester, *, when: float, key: str) -> Requester:
+    return Requester(req.initiator, req.cookie, req.uid, req.gid, req.projid, when, key)

@@ -1,0 +1,393 @@
+"""Pure tests of the shard state machine and the scheduler. Every step goes
+through ``step()``, which checks every invariant after the command."""
+
+from __future__ import annotations
+
+import errno as E
+
+import pytest
+
+from coordinator import scheduler
+from coordinator.state import (
+    TRANSITIONS,
+    AgentLost,
+    Assign,
+    Assigned,
+    Cancel,
+    CancelOutcome,
+    Changed,
+    Complete,
+    Completion,
+    Ev,
+    FidTarget,
+    IllegalTransition,
+    Item,
+    Kind,
+    Outcome,
+    Progress,
+    ProgressReport,
+    Requester,
+    SendCancel,
+    ShardConfig,
+    ShardState,
+    State,
+    Submit,
+)
+from hsm.fid import Fid
+from hsm.hsmflags import HS, HSM_FORCE_ACTION
+
+FS = "lustre1"
+
+
+def fid(n: int) -> Fid:
+    return Fid(0x200000400, n, 0)
+
+
+def item(n: int, kind: Kind = Kind.ARCHIVE, **kw: object) -> Item:
+    kw.setdefault("requester", Requester("test", cookie=n))
+    return Item(FS, fid(n), kind, **kw)  # type: ignore[arg-type]
+
+
+class Harness:
+    def __init__(self, **cfg: object) -> None:
+        self.state = ShardState(ShardConfig(**cfg))  # type: ignore[arg-type]
+        self.now = 1000.0
+
+    def step(self, cmd):  # type: ignore[no-untyped-def]
+        res = self.state.apply(cmd)
+        self.state.check_invariants()
+        return res
+
+    def submit(self, *items: Item):  # type: ignore[no-untyped-def]
+        self.now += 1
+        return self.step(Submit(self.now, tuple(items))).replies
+
+    def schedule(self, agent: str, archive=(), archive_ids=(), restore=0, remove=0):  # type: ignore[no-untyped-def]
+        credits = {Kind.ARCHIVE: archive if isinstance(archive, int) else 0, Kind.RESTORE: restore, Kind.REMOVE: remove}
+        ids = scheduler.pick(self.state, archive_ids, credits)
+        self.now += 1
+        res = self.step(Assign(self.now, agent, tuple(ids)))
+        return [(e.action_id, e.attempt) for e in res.effects if isinstance(e, Assigned)]
+
+    def done(self, action_id: int, attempt: int, errno: int = 0, retry: bool = False):  # type: ignore[no-untyped-def]
+        self.now += 1
+        return self.step(Complete(self.now, (Completion(action_id, attempt, errno, "msg", retry),)))
+
+    def cancel(self, *ids: int, **kw: object):  # type: ignore[no-untyped-def]
+        self.now += 1
+        return self.step(Cancel(self.now, tuple(ids), **kw))  # type: ignore[arg-type]
+
+    def st(self, action_id: int) -> State:
+        a = self.state.get(action_id)
+        assert a is not None
+        return a.state
+
+
+def test_transition_table_is_the_documented_one() -> None:
+    assert TRANSITIONS[(State.WAITING, Ev.ASSIGN)] is State.STARTED
+    assert TRANSITIONS[(State.CANCELING, Ev.SUCCEED)] is State.SUCCEEDED
+    for s in State:
+        if s.terminal:
+            assert not any(k[0] == s for k in TRANSITIONS), "terminal states are final"
+
+
+def test_submit_creates_and_ids_encode_shard() -> None:
+    h = Harness(shard=7)
+    r = h.submit(item(1), item(2))
+    assert [x.outcome for x in r] == [Outcome.CREATED, Outcome.CREATED]
+    assert r[0].action_id % 1000 == 7 and r[1].action_id > r[0].action_id
+    assert h.st(r[0].action_id) is State.WAITING
+
+
+def test_dedup_restores_from_many_initiators_make_one_action() -> None:
+    h = Harness()
+    reqs = [item(5, Kind.RESTORE, requester=Requester(f"oss{i}", cookie=100 + i)) for i in range(4)]
+    r = h.submit(*reqs)
+    assert [x.outcome for x in r] == [Outcome.CREATED] + [Outcome.JOINED] * 3
+    assert len({x.action_id for x in r}) == 1
+    a = h.state.get(r[0].action_id)
+    assert a is not None and [q.initiator for q in a.requesters] == ["oss0", "oss1", "oss2", "oss3"]
+    # a running restore still takes new requesters
+    [(aid, att)] = h.schedule("a1", restore=5)
+    r2 = h.submit(item(5, Kind.RESTORE, requester=Requester("late")))
+    assert r2[0].outcome is Outcome.JOINED and r2[0].action_id == aid
+    res = h.done(aid, att)
+    assert Changed(aid) in res.effects
+    assert len(h.state.get(aid).requesters) == 5  # type: ignore[union-attr]
+
+
+def test_running_archive_is_not_joined() -> None:
+    h = Harness()
+    [a1] = h.submit(item(1))
+    h.schedule("a1", archive=1)
+    [a2] = h.submit(item(1))
+    assert a2.outcome is Outcome.CREATED and a2.action_id != a1.action_id
+    # the second archive waits behind the first: per-FID order
+    assert h.schedule("a2", archive=5) == []
+    h.done(a1.action_id, 1)
+    assert h.schedule("a2", archive=5) == [(a2.action_id, 1)]
+
+
+def test_different_archive_ids_are_not_merged() -> None:
+    h = Harness(archive_ids=frozenset({1, 2}))
+    r = h.submit(item(1, archive_id=1), item(1, archive_id=2))
+    assert [x.outcome for x in r] == [Outcome.CREATED, Outcome.CREATED]
+
+
+def test_idempotency_key_never_creates_a_second_action() -> None:
+    h = Harness()
+    first = h.submit(item(1, key="k1"), item(2, key="k2"))
+    again = h.submit(item(1, key="k1"), item(2, key="k2"))
+    assert first == again
+    assert len(h.state.actions) == 2
+    a = h.state.get(first[0].action_id)
+    assert a is not None and len(a.requesters) == 1
+
+
+def test_needed_and_allowed_rules() -> None:
+    h = Harness()
+    archived = int(HS.EXISTS | HS.ARCHIVED)
+    r = h.submit(
+        item(1, Kind.ARCHIVE, hsm_flags=archived, hsm_archive_id=1),  # already archived: not needed
+        item(2, Kind.RESTORE, hsm_flags=0),  # not released: not needed
+        item(3, Kind.RESTORE, hsm_flags=int(HS.RELEASED)),  # released but not archived: EPERM
+        item(4, Kind.ARCHIVE, hsm_flags=int(HS.NOARCHIVE)),
+        item(5, Kind.ARCHIVE, hsm_flags=archived, hsm_archive_id=1, flags=HSM_FORCE_ACTION),
+        item(6, Kind.REMOVE, hsm_flags=int(HS.EXISTS | HS.ARCHIVED | HS.RELEASED), hsm_archive_id=1),
+    )
+    assert [x.outcome for x in r] == [
+        Outcome.NOT_NEEDED,
+        Outcome.NOT_NEEDED,
+        Outcome.REJECTED,
+        Outcome.REJECTED,
+        Outcome.CREATED,
+        Outcome.REJECTED,
+    ]
+    assert r[2].errno == E.EPERM and r[3].errno == E.EPERM
+    assert len(h.state.actions) == 1
+
+
+def test_archive_id_resolution_and_unknown_archive() -> None:
+    h = Harness(archive_ids=frozenset({1, 3}), default_archive_id=1)
+    r = h.submit(
+        item(1),  # default
+        item(2, hsm_flags=0, hsm_archive_id=3),  # the file's
+        item(3, archive_id=3),
+        item(4, archive_id=9),
+    )
+    assert [h.state.get(x.action_id).archive_id for x in r[:3]] == [1, 3, 3]  # type: ignore[union-attr]
+    assert r[3].outcome is Outcome.REJECTED and r[3].errno == E.EINVAL
+
+
+def test_scheduler_class_order_and_fifo() -> None:
+    h = Harness()
+    arch = h.submit(item(1), item(2))
+    rem = h.submit(item(3, Kind.REMOVE))
+    rest = h.submit(item(4, Kind.RESTORE), item(5, Kind.RESTORE))
+    ids = scheduler.pick(h.state, (), {Kind.ARCHIVE: 9, Kind.RESTORE: 9, Kind.REMOVE: 9})
+    assert ids == [rest[0].action_id, rest[1].action_id, rem[0].action_id, arch[0].action_id, arch[1].action_id]
+    # credits per kind are honoured
+    got = h.schedule("a", archive=1, restore=1)
+    assert [i for i, _ in got] == [rest[0].action_id, arch[0].action_id]
+
+
+def test_scheduler_archive_id_matching() -> None:
+    h = Harness(archive_ids=frozenset({1, 2}))
+    r = h.submit(item(1, archive_id=2), item(2, archive_id=1))
+    assert h.schedule("only1", archive=5, archive_ids=(1,)) == [(r[1].action_id, 1)]
+    assert h.schedule("only1", archive=5, archive_ids=(1,)) == []
+    assert h.schedule("any", archive=5, archive_ids=(0,)) == [(r[0].action_id, 1)]
+
+
+def test_scheduler_merges_archive_ids_in_fifo_order() -> None:
+    h = Harness(archive_ids=frozenset({1, 2}))
+    r = h.submit(item(1, archive_id=2), item(2, archive_id=1), item(3, archive_id=2))
+    assert scheduler.pick(h.state, (), {Kind.ARCHIVE: 3}) == [x.action_id for x in r]
+
+
+def test_one_started_action_per_fid_and_fid_order() -> None:
+    h = Harness()
+    a, b, c = h.submit(item(1, Kind.ARCHIVE), item(1, Kind.REMOVE), item(1, Kind.RESTORE))
+    got = h.schedule("x", archive=5, restore=5, remove=5)
+    assert got == [(a.action_id, 1)]  # only the head of the FID may run
+    h.done(a.action_id, 1)
+    assert h.schedule("x", archive=5, restore=5, remove=5) == [(b.action_id, 1)]
+    h.cancel(c.action_id)
+    assert h.st(c.action_id) is State.CANCELED
+    h.done(b.action_id, 1)
+    assert h.state.fid_queue == {}
+
+
+def test_cancel_waiting_is_immediate() -> None:
+    h = Harness()
+    [r] = h.submit(item(1))
+    res = h.cancel(r.action_id)
+    assert res.replies[0].outcome is CancelOutcome.DONE
+    assert h.st(r.action_id) is State.CANCELED
+    assert h.state.get(r.action_id).errno == E.ECANCELED  # type: ignore[union-attr]
+    assert not any(isinstance(e, SendCancel) for e in res.effects)
+    assert h.schedule("a", archive=5) == []
+
+
+def test_cancel_started_goes_to_its_own_agent_even_when_slots_are_full() -> None:
+    h = Harness()
+    r = h.submit(item(1), item(2), item(3))
+    h.schedule("agentA", archive=1)
+    h.schedule("agentB", archive=1)
+    h.schedule("agentC", archive=1)
+    res = h.cancel(r[2].action_id, r[0].action_id, r[1].action_id)
+    sends = {(e.agent, e.action_id) for e in res.effects if isinstance(e, SendCancel)}
+    assert sends == {
+        ("agentA", r[0].action_id),
+        ("agentB", r[1].action_id),
+        ("agentC", r[2].action_id),
+    }
+    assert all(h.st(x.action_id) is State.CANCELING for x in r)
+    # a second cancel changes nothing and sends nothing
+    again = h.cancel(r[0].action_id)
+    assert again.replies[0].outcome is CancelOutcome.ALREADY_ENDED
+    assert not any(isinstance(e, SendCancel) for e in again.effects)
+
+
+def test_success_racing_a_cancel_stays_a_success() -> None:
+    h = Harness()
+    [r] = h.submit(item(1))
+    [(aid, att)] = h.schedule("a", archive=1)
+    h.cancel(aid)
+    h.done(aid, att, errno=0)
+    assert h.st(aid) is State.SUCCEEDED
+
+
+def test_canceling_then_agent_reports_ecanceled() -> None:
+    h = Harness()
+    h.submit(item(1))
+    [(aid, att)] = h.schedule("a", archive=1)
+    h.cancel(aid)
+    h.done(aid, att, errno=E.ECANCELED)
+    assert h.st(aid) is State.CANCELED
+
+
+def test_cancel_by_fid_and_all() -> None:
+    h = Harness()
+    r = h.submit(item(1, Kind.ARCHIVE), item(1, Kind.REMOVE), item(2, Kind.RESTORE), item(3))
+    res = h.cancel(fids=(FidTarget(FS, fid(1), Kind.REMOVE),))
+    assert [x.action_id for x in res.replies] == [r[1].action_id]
+    res = h.cancel(fids=(FidTarget("", fid(1)),))  # any fsname, every kind
+    assert [x.action_id for x in res.replies] == [r[0].action_id]
+    h.schedule("a", restore=1)
+    res = h.cancel(all=True)
+    outcomes = {x.action_id: x.outcome for x in res.replies}
+    assert outcomes == {r[2].action_id: CancelOutcome.SENT, r[3].action_id: CancelOutcome.DONE}
+
+
+def test_cancel_unknown_id() -> None:
+    h = Harness()
+    res = h.cancel(424242)
+    assert res.replies[0].outcome is CancelOutcome.NOT_FOUND
+
+
+def test_stale_completion_and_progress_are_ignored() -> None:
+    h = Harness()
+    h.submit(item(1))
+    [(aid, att)] = h.schedule("a", archive=1)
+    h.now += 1
+    h.step(AgentLost(h.now, "a"))
+    assert h.st(aid) is State.WAITING
+    [(aid2, att2)] = h.schedule("b", archive=1)
+    assert (aid2, att2) == (aid, att + 1)
+    res = h.done(aid, att)  # the first attempt, late
+    assert res.replies == [False] and h.st(aid) is State.STARTED
+    h.now += 1
+    h.step(Progress(h.now, (ProgressReport(aid, att, 10, 100), ProgressReport(aid, att2, 50, 100))))
+    assert h.state.get(aid).bytes_done == 50  # type: ignore[union-attr]
+    h.done(aid, att2)
+    assert h.st(aid) is State.SUCCEEDED
+
+
+def test_agent_lost_requeues_in_front_and_fails_after_max_attempts() -> None:
+    h = Harness(max_attempts=2)
+    r = h.submit(item(1), item(2))
+    [(a1, _)] = h.schedule("a", archive=1)
+    h.now += 1
+    h.step(AgentLost(h.now, "a"))
+    # the requeued action goes before the one that never started
+    assert h.schedule("b", archive=1) == [(a1, 2)]
+    h.now += 1
+    h.step(AgentLost(h.now, "b"))
+    a = h.state.get(a1)
+    assert a is not None and a.state is State.FAILED and a.errno == E.ETIMEDOUT
+    assert h.schedule("c", archive=5) == [(r[1].action_id, 1)]
+
+
+def test_agent_lost_while_canceling_cancels() -> None:
+    h = Harness()
+    h.submit(item(1))
+    [(aid, _)] = h.schedule("a", archive=1)
+    h.cancel(aid)
+    h.now += 1
+    h.step(AgentLost(h.now, "a"))
+    assert h.st(aid) is State.CANCELED
+
+
+def test_retryable_error_requeues_and_hard_error_fails() -> None:
+    h = Harness(max_attempts=3)
+    r = h.submit(item(1), item(2))
+    got = h.schedule("a", archive=2)
+    h.done(got[0][0], 1, errno=E.ENOSPC, retry=True)
+    h.done(got[1][0], 1, errno=E.ENOENT)
+    assert h.st(r[0].action_id) is State.WAITING
+    a = h.state.get(r[1].action_id)
+    assert a is not None and a.state is State.FAILED and a.errno == E.ENOENT
+
+
+def test_illegal_transition_raises_typed_error() -> None:
+    h = Harness()
+    [r] = h.submit(item(1))
+    a = h.state.get(r.action_id)
+    assert a is not None
+    with pytest.raises(IllegalTransition):
+        h.state._transition(a, Ev.SUCCEED)
+
+
+def test_terminal_actions_are_pruned_with_their_keys() -> None:
+    h = Harness(max_terminal=3)
+    ids = []
+    for n in range(5):
+        [r] = h.submit(item(n, key=f"k{n}"))
+        ids.append(r.action_id)
+        h.cancel(r.action_id)
+    assert len(h.state.actions) == 3
+    assert "k0" not in h.state.keys and "k4" in h.state.keys
+
+
+def test_counts_for_status() -> None:
+    h = Harness()
+    h.submit(item(1), item(2), item(3, Kind.RESTORE))
+    h.schedule("a", archive=1)
+    assert h.state.counts == {
+        (Kind.ARCHIVE, State.WAITING): 1,
+        (Kind.ARCHIVE, State.STARTED): 1,
+        (Kind.RESTORE, State.WAITING): 1,
+    }
+
+
+def test_scheduling_cost_does_not_depend_on_queue_length() -> None:
+    """The scheduler touches only what it picks: count the queue elements it
+    reads with a large and a small queue."""
+    touched = []
+
+    class CountingQueue(dict):  # type: ignore[type-arg]
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for k in super().__iter__():
+                touched.append(k)
+                yield k
+
+    for n in (10, 20_000):
+        h = ShardState()
+        h.apply(Submit(1.0, tuple(item(i) for i in range(n))))
+        for key, q in list(h.ready.items()):
+            h.ready[key] = CountingQueue(q)  # type: ignore[assignment]
+        touched.clear()
+        got = scheduler.pick(h, (), {Kind.ARCHIVE: 5})
+        assert len(got) == 5
+        assert len(touched) <= 5

@@ -1,0 +1,180 @@
+"""Hypothesis drives random command sequences through the shard state
+machine; every invariant is checked after every step, plus properties seen
+from outside: terminal states are final, an idempotency key always answers
+with the same action, one running action per FID, every cancel is sent to
+the agent that holds that very action, and replaying the same commands on a
+fresh state gives the same state (determinism, which Raft relies on)."""
+
+from __future__ import annotations
+
+import errno as E
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from coordinator import scheduler
+from coordinator.state import (
+    AgentLost,
+    Assign,
+    Cancel,
+    Complete,
+    Completion,
+    FidTarget,
+    Item,
+    Kind,
+    Outcome,
+    Progress,
+    ProgressReport,
+    Requester,
+    SendCancel,
+    ShardConfig,
+    ShardState,
+    State,
+    Submit,
+)
+from hsm.fid import Fid
+
+AGENTS = ("a1", "a2", "a3")
+CONFIG = ShardConfig(shard=3, archive_ids=frozenset({1, 2}), max_attempts=2, max_terminal=40)
+
+kinds = st.sampled_from(list(Kind))
+fids = st.integers(min_value=1, max_value=6).map(lambda n: Fid(0x200000400, n, 0))
+items = st.builds(
+    Item,
+    fsname=st.sampled_from(["fs1", "fs2"]),
+    fid=fids,
+    kind=kinds,
+    archive_id=st.sampled_from([0, 1, 2, 5]),
+    requester=st.builds(Requester, initiator=st.sampled_from(["oss1", "oss2", "cli"]), cookie=st.integers(0, 5)),
+    key=st.sampled_from(["", "", "k1", "k2", "k3", "k4"]),
+    hsm_flags=st.one_of(st.none(), st.integers(0, 0x7F)),
+    hsm_archive_id=st.sampled_from([0, 1, 2]),
+)
+
+
+def snapshot(state: ShardState) -> object:
+    return (
+        state.next_seq,
+        sorted(
+            (a.id, a.state, a.agent, a.attempt, a.errno, a.bytes_done, len(a.requesters))
+            for a in state.actions.values()
+        ),
+        {k: list(q) for k, q in state.ready.items()},
+        dict(state.keys),
+    )
+
+
+class ShardMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = ShardState(CONFIG)
+        self.log: list[object] = []
+        self.now = 0.0
+        self.ended: dict[int, State] = {}
+        self.key_answers: dict[str, int] = {}
+
+    def apply(self, cmd):  # type: ignore[no-untyped-def]
+        self.log.append(cmd)
+        res = self.state.apply(cmd)
+        self.state.check_invariants()
+        return res
+
+    def tick(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    @rule(batch=st.lists(items, min_size=1, max_size=5))
+    def submit(self, batch: list[Item]) -> None:
+        res = self.apply(Submit(self.tick(), tuple(batch)))
+        for it, reply in zip(batch, res.replies, strict=True):
+            if it.key and reply.outcome in (Outcome.CREATED, Outcome.JOINED):
+                first = self.key_answers.setdefault(it.key, reply.action_id)
+                if first in self.state.actions:
+                    assert reply.action_id == first, "idempotency key answered with another action"
+
+    @rule(agent=st.sampled_from(AGENTS), a=st.integers(0, 3), r=st.integers(0, 3), m=st.integers(0, 3),
+          archives=st.sampled_from([(), (1,), (2,), (0,)]))
+    def schedule(self, agent: str, a: int, r: int, m: int, archives: tuple[int, ...]) -> None:
+        credits = {Kind.ARCHIVE: a, Kind.RESTORE: r, Kind.REMOVE: m}
+        picked = scheduler.pick(self.state, archives, credits)
+        for kind, n in credits.items():
+            assert sum(1 for i in picked if self.state.actions[i].kind == kind) <= n
+        for i in picked:
+            assert scheduler.serves(archives, self.state.actions[i].archive_id)
+        res = self.apply(Assign(self.tick(), agent, tuple(picked)))
+        assert sorted(res.replies) == sorted(picked), "every picked action must be assignable"
+
+    @rule(data=st.data(), errno=st.sampled_from([0, 0, E.EIO, E.ECANCELED, E.ENOSPC]), retry=st.booleans(),
+          stale=st.booleans())
+    def complete(self, data: st.DataObject, errno: int, retry: bool, stale: bool) -> None:
+        running = [a for a in self.state.actions.values() if a.state in (State.STARTED, State.CANCELING)]
+        if not running:
+            return
+        a = data.draw(st.sampled_from(running))
+        before = a.state
+        attempt = a.attempt - 1 if stale else a.attempt
+        self.apply(Complete(self.tick(), (Completion(a.id, attempt, errno, "m", retry),)))
+        if stale:
+            assert a.state is before
+        elif errno == 0:
+            assert a.state is State.SUCCEEDED, "a reported success is always recorded"
+
+    @rule(data=st.data(), done=st.integers(0, 100))
+    def progress(self, data: st.DataObject, done: int) -> None:
+        running = [a for a in self.state.actions.values() if a.state is State.STARTED]
+        if running:
+            a = data.draw(st.sampled_from(running))
+            self.apply(Progress(self.tick(), (ProgressReport(a.id, a.attempt, done, 100),)))
+            assert a.bytes_done == done
+
+    @rule(data=st.data(), how=st.sampled_from(["id", "fid", "all", "unknown"]))
+    def cancel(self, data: st.DataObject, how: str) -> None:
+        if how == "all":
+            cmd = Cancel(self.tick(), all=True)
+        elif how == "unknown":
+            cmd = Cancel(self.tick(), action_ids=(999_999_003,))
+        elif how == "fid":
+            cmd = Cancel(self.tick(), fids=(FidTarget(data.draw(st.sampled_from(["", "fs1"])), data.draw(fids)),))
+        else:
+            if not self.state.actions:
+                return
+            cmd = Cancel(self.tick(), action_ids=(data.draw(st.sampled_from(sorted(self.state.actions))),))
+        holders = {a.id: (a.agent, a.attempt) for a in self.state.actions.values() if a.state is State.STARTED}
+        res = self.apply(cmd)
+        for e in res.effects:
+            if isinstance(e, SendCancel):
+                assert holders[e.action_id] == (e.agent, e.attempt), "cancel routed to the wrong agent"
+        if how == "all":
+            assert all(a.state is not State.WAITING for a in self.state.actions.values())
+
+    @rule(agent=st.sampled_from(AGENTS))
+    def agent_lost(self, agent: str) -> None:
+        self.apply(AgentLost(self.tick(), agent))
+        assert not self.state.held_by(agent)
+
+    @invariant()
+    def terminal_states_are_final(self) -> None:
+        for a in self.state.actions.values():
+            if a.state.terminal:
+                assert self.ended.setdefault(a.id, a.state) is a.state
+            else:
+                assert a.id not in self.ended, f"{a} left a terminal state"
+
+    @invariant()
+    def one_running_action_per_fid(self) -> None:
+        running: set[tuple[str, Fid]] = set()
+        for a in self.state.actions.values():
+            if a.state in (State.STARTED, State.CANCELING):
+                assert a.fid_key not in running
+                running.add(a.fid_key)
+
+    def teardown(self) -> None:
+        replay = ShardState(CONFIG)
+        for cmd in self.log:
+            replay.apply(cmd)  # type: ignore[arg-type]
+        assert snapshot(replay) == snapshot(self.state), "replaying the log gave another state"
+
+
+ShardMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+TestShardMachine = ShardMachine.TestCase
