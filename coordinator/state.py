@@ -202,12 +202,14 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class AgentLost:
-    """An agent is gone for good: its STARTED actions go back to WAITING
-    (or FAIL after ``max_attempts``), its CANCELING ones are CANCELED."""
+    """An agent is gone for good (or, with ``action_ids``, no longer runs
+    those actions): its STARTED actions go back to WAITING (or FAIL after
+    ``max_attempts``), its CANCELING ones are CANCELED."""
 
     now: float
     agent: str
     reason: str = "agent lost"
+    action_ids: tuple[int, ...] = ()  # empty: every action the agent holds
 
 
 Command = Submit | Assign | Progress | Complete | Cancel | AgentLost
@@ -593,7 +595,9 @@ class ShardState:
 
     def _agent_lost(self, cmd: AgentLost) -> Result:
         res = Result()
-        for action_id in list(self.by_agent.get(cmd.agent, ())):
+        held = self.by_agent.get(cmd.agent, {})
+        targets = [i for i in cmd.action_ids if i in held] if cmd.action_ids else list(held)
+        for action_id in targets:
             action = self.actions[action_id]
             if action.state == State.CANCELING:
                 self._end(action, Ev.REQUEUE, cmd.now, E.ECANCELED, action.error)

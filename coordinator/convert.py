@@ -1,0 +1,182 @@
+"""Between the wire (hsm.v1 protobuf) and the pure state machine.
+
+Validation lives here, at the edge: a request with any malformed item is
+refused whole with ``InvalidRequest`` (INVALID_ARGUMENT) before anything is
+proposed, so bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+
+from coordinator.state import Action, FidTarget, Item, Kind, Requester, State
+from hsm.fid import Fid
+from hsm.hsmflags import HS_ALL, HSM_REQUEST_FLAGS
+from hsm.v1 import agent_pb2, coordinator_pb2, types_pb2
+
+MAX_ITEMS = 10_000
+MAX_DATA = 4096
+MAX_TEXT = 256
+_FSNAME_RE = re.compile(r"[A-Za-z0-9_-]{1,8}")
+_KINDS = {k.value for k in Kind}
+
+
+class InvalidRequest(ValueError):
+    """A malformed request: answered INVALID_ARGUMENT, nothing changes."""
+
+
+def fid_from_pb(pb: types_pb2.Fid) -> Fid:
+    return Fid(pb.seq, pb.oid, pb.ver)
+
+
+def fid_to_pb(fid: Fid) -> types_pb2.Fid:
+    return types_pb2.Fid(seq=fid.seq, oid=fid.oid, ver=fid.ver)
+
+
+def check_fsname(fsname: str, where: str) -> None:
+    if not _FSNAME_RE.fullmatch(fsname):
+        raise InvalidRequest(f"{where}: fsname {fsname!r} must be 1-8 characters of A-Z a-z 0-9 _ -")
+
+
+def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collection[int]) -> Item:
+    where = f"item {index}"
+    check_fsname(pb.fsname, where)
+    if not pb.HasField("fid") or pb.fid.seq == 0:
+        raise InvalidRequest(f"{where}: a FID with a non-zero sequence is required")
+    if pb.kind not in _KINDS:
+        raise InvalidRequest(f"{where}: unknown action kind {pb.kind} (ARCHIVE=20, RESTORE=21, REMOVE=22)")
+    kind = Kind(pb.kind)
+    if pb.archive_id and pb.archive_id not in archive_ids:
+        known = ", ".join(str(a) for a in sorted(archive_ids))
+        raise InvalidRequest(f"{where}: unknown archive id {pb.archive_id} (configured: {known})")
+    offset, length = 0, -1
+    if pb.HasField("extent"):
+        offset, length = pb.extent.offset, pb.extent.length
+        if offset < 0:
+            raise InvalidRequest(f"{where}: negative extent offset {offset}")
+        if length == 0 or length < -1:
+            raise InvalidRequest(f"{where}: extent length {length} must be > 0, or -1 for to-EOF")
+        if kind == Kind.RESTORE and (offset, length) != (0, -1):
+            raise InvalidRequest(f"{where}: RESTORE is whole-file only (extent 0 to EOF)")
+    if len(pb.data) > MAX_DATA:
+        raise InvalidRequest(f"{where}: data is {len(pb.data)} bytes, at most {MAX_DATA} allowed")
+    if pb.flags & ~HSM_REQUEST_FLAGS:
+        raise InvalidRequest(f"{where}: unknown request flags 0x{pb.flags & ~HSM_REQUEST_FLAGS:x}")
+    if len(pb.idempotency_key) > MAX_TEXT or len(pb.requester.initiator) > MAX_TEXT:
+        raise InvalidRequest(f"{where}: idempotency key and initiator are limited to {MAX_TEXT} characters")
+    hsm_flags: int | None = None
+    hsm_archive_id = 0
+    if pb.HasField("hsm"):
+        if pb.hsm.flags & ~int(HS_ALL):
+            raise InvalidRequest(f"{where}: unknown HSM state flags 0x{pb.hsm.flags & ~int(HS_ALL):x}")
+        hsm_flags = pb.hsm.flags
+        hsm_archive_id = pb.hsm.archive_id
+    r = pb.requester
+    key = pb.idempotency_key or (f"{r.initiator}:{r.cookie}" if r.cookie else "")
+    return Item(
+        fsname=pb.fsname,
+        fid=fid_from_pb(pb.fid),
+        kind=kind,
+        archive_id=pb.archive_id,
+        offset=offset,
+        length=length,
+        data=bytes(pb.data),
+        flags=pb.flags,
+        priority=pb.priority,
+        requester=Requester(r.initiator, r.cookie, r.uid, r.gid, r.projid),
+        key=key,
+        hsm_flags=hsm_flags,
+        hsm_archive_id=hsm_archive_id,
+    )
+
+
+def items_from_pb(req: coordinator_pb2.SubmitRequest, archive_ids: Collection[int]) -> list[Item]:
+    n = len(req.items)
+    if n == 0:
+        raise InvalidRequest("a submit needs at least one item")
+    if n > MAX_ITEMS:
+        raise InvalidRequest(f"{n} items in one submit, at most {MAX_ITEMS}: split the batch")
+    return [item_from_pb(pb, i, archive_ids) for i, pb in enumerate(req.items)]
+
+
+def fid_target_from_pb(pb: coordinator_pb2.FidSelector, where: str) -> FidTarget:
+    if pb.fsname:
+        check_fsname(pb.fsname, where)
+    if not pb.HasField("fid") or pb.fid.seq == 0:
+        raise InvalidRequest(f"{where}: a FID with a non-zero sequence is required")
+    kind: Kind | None = None
+    if pb.kind:
+        if pb.kind not in _KINDS:
+            raise InvalidRequest(f"{where}: unknown action kind {pb.kind}")
+        kind = Kind(pb.kind)
+    return FidTarget(pb.fsname, fid_from_pb(pb.fid), kind)
+
+
+def extent_to_pb(offset: int, length: int) -> types_pb2.Extent:
+    return types_pb2.Extent(offset=offset, length=length)
+
+
+def action_to_pb(a: Action, shard: int) -> types_pb2.Action:
+    return types_pb2.Action(
+        action_id=a.id,
+        fsname=a.fsname,
+        fid=fid_to_pb(a.fid),
+        kind=int(a.kind),  # type: ignore[arg-type]
+        archive_id=a.archive_id,
+        extent=extent_to_pb(a.offset, a.length),
+        data=a.data,
+        flags=a.flags,
+        priority=a.priority,
+        requesters=[
+            types_pb2.Requester(
+                initiator=r.initiator, cookie=r.cookie, uid=r.uid, gid=r.gid, projid=r.projid, when=r.when
+            )
+            for r in a.requesters
+        ],
+        state=int(a.state),  # type: ignore[arg-type]
+        agent=a.agent,
+        attempt=a.attempt,
+        created=a.created,
+        started=a.started,
+        ended=a.ended,
+        bytes_done=a.bytes_done,
+        bytes_total=a.bytes_total,
+        errno=a.errno,
+        error=a.error,
+        shard=shard,
+    )
+
+
+def assignment_to_pb(a: Action) -> agent_pb2.Assignment:
+    return agent_pb2.Assignment(
+        action_id=a.id,
+        attempt=a.attempt,
+        fsname=a.fsname,
+        fid=fid_to_pb(a.fid),
+        dfid=fid_to_pb(a.fid),
+        kind=int(a.kind),  # type: ignore[arg-type]
+        archive_id=a.archive_id,
+        extent=extent_to_pb(a.offset, a.length),
+        data=a.data,
+        flags=a.flags,
+    )
+
+
+def states_from_pb(values: Collection[int]) -> list[State]:
+    out = []
+    for v in values:
+        try:
+            out.append(State(v))
+        except ValueError:
+            raise InvalidRequest(f"unknown action state {v}") from None
+    return out
+
+
+def kinds_from_pb(values: Collection[int]) -> list[Kind]:
+    out = []
+    for v in values:
+        if v not in _KINDS:
+            raise InvalidRequest(f"unknown action kind {v}")
+        out.append(Kind(v))
+    return out
