@@ -61,6 +61,11 @@ HP_FLAG_RETRY = 0x2
 
 DEFAULT_ARCHIVE_ID = 1
 
+_U32 = (1 << 32) - 1
+_U64 = (1 << 64) - 1
+#: ``LUSTRE_EOF``: an extent length (or end) meaning "to the end of the file".
+LUSTRE_EOF = _U64
+
 # Order and words of `lfs hsm_state` (lfs.c: lfs_hsm_state).
 _STATE_WORDS: tuple[tuple[HS, str], ...] = (
     (HS.RELEASED, "released"),
@@ -77,9 +82,18 @@ def format_hsm_state(path: str, flags: int, archive_id: int) -> str:
     """One line exactly as ``lfs hsm_state PATH`` prints it (without newline).
 
     ``/mnt/lustre/f: (0x0000000d) released exists archived, archive_id:1``
+
+    lfs.c prints the u32 ``hus_states`` with ``0x%08x`` and the u32
+    ``hus_archive_id`` with ``%d`` (so an id of 2^31 or more prints negative,
+    as it does with lfs).
     """
+    if not 0 <= flags <= _U32:
+        raise ValueError(f"HSM flags {flags!r} are not a u32")
+    if not 0 <= archive_id <= _U32:
+        raise ValueError(f"archive id {archive_id!r} is not a u32")
     words = "".join(f" {w}" for bit, w in _STATE_WORDS if flags & bit)
-    tail = f", archive_id:{archive_id}" if archive_id != 0 else ""
+    shown_id = archive_id - (1 << 32) if archive_id >= (1 << 31) else archive_id
+    tail = f", archive_id:{shown_id}" if archive_id != 0 else ""
     return f"{path}: (0x{flags:08x}){words}{tail}"
 
 
@@ -157,21 +171,60 @@ def check_request(kind: int, flags: int, file_archive_id: int, request_archive_i
     return None
 
 
-# `lfs hsm_action` words (lfs.c: hsm_user_action2name / hsm_progress_state2name).
+class HPS(IntEnum):
+    """Progress states of ``lfs hsm_action`` (``enum hsm_progress_states``)."""
+
+    WAITING = 1
+    RUNNING = 2
+    DONE = 3
+
+
+# `lfs hsm_action` words. The MDT maps the copytool action to the user action
+# (HSMA_ARCHIVE -> HUA_ARCHIVE, ...) and lfs prints hsm_user_action2name();
+# the state word is hsm_progress_state2name() ("unknown" for anything else).
 _ACTION_NAMES = {HSMA.NONE: "NOOP", HSMA.ARCHIVE: "ARCHIVE", HSMA.RESTORE: "RESTORE", HSMA.REMOVE: "REMOVE", HSMA.CANCEL: "CANCEL"}
+_STATE_NAMES = {HPS.WAITING: "waiting", HPS.RUNNING: "running", HPS.DONE: "done"}
 
 
-def format_hsm_action(path: str, kind: int | None, progress_state: str = "", offset: int = 0, length: int = -1, bytes_moved: int = 0) -> str:
-    """One line as ``lfs hsm_action PATH`` prints it.
+def _progress_word(progress_state: str | int) -> tuple[str, HPS | None]:
+    if isinstance(progress_state, str):
+        if progress_state == "":
+            return "unknown", None  # HPS_NONE
+        for hps, word in _STATE_NAMES.items():
+            if progress_state == word:
+                return word, hps
+        raise ValueError(
+            f"unknown HSM progress state {progress_state!r}: expected waiting, running or done"
+        )
+    try:
+        hps = HPS(progress_state)
+    except ValueError:
+        return "unknown", None
+    return _STATE_NAMES[hps], hps
 
-    *kind* None (or HSMA.NONE) prints ``PATH: NOOP``. *progress_state* is
-    ``waiting``, ``running`` or ``done``; a waiting action prints its extent
-    (``from 0 to EOF``), a running one the bytes moved.
+
+def format_hsm_action(path: str, kind: int | None, progress_state: str | int = "", offset: int = 0, length: int = -1, bytes_moved: int = 0) -> str:
+    """One line as ``lfs hsm_action PATH`` prints it (without newline).
+
+    *kind* is the copytool action (``HSMA``); None or ``HSMA.NONE`` prints
+    ``PATH: NOOP``. *progress_state* is ``waiting``, ``running`` or ``done``
+    (or an ``HPS`` value; anything else prints ``unknown`` like lfs).
+    A running ARCHIVE or RESTORE prints ``(N bytes moved)``; every other
+    action/state prints its extent, ``(from OFFSET to EOF)`` when
+    ``offset + length`` is ``LUSTRE_EOF`` in u64 arithmetic (*length* -1
+    means 2^64-1), else ``(from OFFSET to OFFSET+LENGTH)`` (u64, as lfs.c).
     """
     if kind is None or kind == HSMA.NONE:
         return f"{path}: NOOP"
-    name = _ACTION_NAMES[HSMA(kind)]
-    if progress_state == "running":
-        return f"{path}: {name} {progress_state} ({bytes_moved} bytes moved)"
-    end = "EOF" if length < 0 else str(offset + length)
-    return f"{path}: {name} {progress_state} (from {offset} to {end})"
+    try:
+        name = _ACTION_NAMES[HSMA(kind)]
+    except ValueError:
+        raise ValueError(f"unknown HSM copytool action {kind!r}") from None
+    word, hps = _progress_word(progress_state)
+    if hps is HPS.RUNNING and kind in (HSMA.ARCHIVE, HSMA.RESTORE):
+        return f"{path}: {name} {word} ({bytes_moved & _U64} bytes moved)"
+    off = offset & _U64
+    end = (off + (length & _U64)) & _U64
+    if end == LUSTRE_EOF:
+        return f"{path}: {name} {word} (from {off} to EOF)"
+    return f"{path}: {name} {word} (from {off} to {end})"

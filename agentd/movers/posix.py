@@ -1,0 +1,702 @@
+"""The ``posix`` mover: an archive tree on a POSIX filesystem, in the
+lhsmtool_posix v1 object layout, so a site can switch between
+lhsmtool_posix and agentd without re-archiving.
+
+Layout
+    The object of FID ``[seq:oid:ver]`` is
+    ``<root>/%04x/%04x/%04x/%04x/%04x/%04x/<seq:oid:ver>`` (``oid`` low and
+    high 16 bits, then ``seq`` in four 16-bit groups, low first), see
+    :func:`object_path`. Hash directories are created ``0700`` and the
+    object is created ``0600``, as lhsmtool_posix does; the object then gets
+    the file's mode, owner (best effort: only root may chown) and
+    atime/mtime.
+
+Archive
+    The data is written to ``<obj>_tmp`` (also for an extent archive: the
+    range goes to the same offsets of the object, on top of a copy of the
+    previous object if there is one, as lhsmtool_posix does in place), then
+    fsynced, given its checksum and attributes, renamed onto ``<obj>`` and
+    the directory is fsynced. A reader never sees a partial object under the
+    object name; a failed or cancelled archive deletes ``<obj>_tmp``.
+    ``handle.end(0)`` is called only once the object is durable. If ``end``
+    then refuses the copy (EBUSY: the file changed meanwhile), the object
+    stays: a complete, checksummed copy of the data as read, which the file
+    is not marked archived against (lhsmtool_posix behaves the same).
+
+Checksum
+    Stored on the object itself, in the user xattr ``user.hsm.checksum``
+    with the value ``<algorithm>:<hex digest>`` of the object's whole data
+    (e.g. ``sha256:9f86...``). An xattr travels with the object through the
+    rename, so object and checksum are replaced atomically together. The
+    archive filesystem must support user xattrs (ext4, XFS, Lustre, GPFS,
+    NFSv4.2 do); if it does not, archives fail with ENOTSUP and a message
+    saying so (construct the mover with ``checksum=None`` to archive without
+    checksums). Restore verifies the checksum while it streams the data into
+    the volatile file and ends the action with EIO on a mismatch, so the
+    file stays released. An object without the xattr (written by
+    lhsmtool_posix, or with ``checksum=None``) is restored unverified, with a
+    warning. ``checksum`` takes a :mod:`hashlib` name, ``True`` (sha256) or
+    ``None``/``False`` (none). Restore also refuses an object whose size is
+    not the released file's size (EIO).
+
+Not done
+    No shadow tree (``<root>/shadow/<path>`` symlinks): the backend has no
+    fid2path. No striping sidecar is written; REMOVE still deletes an
+    ``<obj>.lov`` left by lhsmtool_posix. Extended attributes of the file are
+    not copied (the backend does not expose them).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from agentd.backend import ActionHandle, FileInfo
+from agentd.movers.base import Job, Result
+from hsm.fid import Fid
+from hsm.hsmflags import HSMA
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+
+#: The xattr holding ``<algorithm>:<hex digest>`` of an archive object.
+CHECKSUM_XATTR = "user.hsm.checksum"
+
+#: Errnos worth retrying whatever side they come from.
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EAGAIN, errno.ETIMEDOUT})
+
+_DIR_PERM = 0o700  # lhsmtool_posix DIR_PERM (S_IRWXU)
+_FILE_PERM = 0o600  # lhsmtool_posix FILE_PERM (S_IRUSR | S_IWUSR)
+_TMP_SUFFIX = "_tmp"
+_SIDECAR_SUFFIXES = (".lov",)  # lhsmtool_posix's striping file
+_KIND_NAMES: dict[HSMA, str] = {
+    HSMA.ARCHIVE: "archive",
+    HSMA.RESTORE: "restore",
+    HSMA.REMOVE: "remove",
+}
+
+
+def object_path(archive_root: str | os.PathLike[str], fid: Fid) -> Path:
+    """The lhsmtool_posix v1 path of ``fid``'s object under ``archive_root``."""
+    seq, oid = fid.seq, fid.oid
+    parts = (
+        oid & 0xFFFF,
+        (oid >> 16) & 0xFFFF,
+        seq & 0xFFFF,
+        (seq >> 16) & 0xFFFF,
+        (seq >> 32) & 0xFFFF,
+        (seq >> 48) & 0xFFFF,
+    )
+    return Path(archive_root).joinpath(*(f"{p:04x}" for p in parts), fid.bare)
+
+
+def kind_name(kind: int) -> str:
+    """``archive``, ``restore``, ``remove`` (for messages and ``{kind}``)."""
+    try:
+        return _KIND_NAMES[HSMA(kind)]
+    except (ValueError, KeyError):
+        return f"action kind {kind}"
+
+
+def is_transient(err: int, *, archive_side: bool = False) -> bool:
+    """Whether a failure with ``err`` may succeed if the action is retried.
+
+    EIO counts only on the archive side (a flaky archive mount); an EIO
+    from the Lustre side, or a checksum mismatch, is not retried."""
+    return err in TRANSIENT_ERRNOS or (archive_side and err == errno.EIO)
+
+
+class MoverError(Exception):
+    """A failed action: errno, a message for the admin, whether to retry."""
+
+    def __init__(self, err: int, message: str, *, retry: bool = False) -> None:
+        super().__init__(message)
+        self.errno = err
+        self.message = message
+        self.retry = retry
+
+
+class Cancelled(Exception):
+    """``job.cancelled`` was seen; the mover is unwinding."""
+
+
+def _oserror(exc: OSError, what: str, *, archive_side: bool) -> MoverError:
+    err = exc.errno or errno.EIO
+    reason = exc.strerror or str(exc)
+    return MoverError(err, f"{what}: {reason}", retry=is_transient(err, archive_side=archive_side))
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _write_stream(f: BinaryIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if n is None:  # a non-blocking raw stream that could not write
+            raise OSError(errno.EAGAIN, "write would block")
+        view = view[n:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quiet(path: Path, prefix: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("%s: cannot delete %s: %s", prefix, path, exc.strerror)
+
+
+class _Throttle:
+    """Bandwidth cap: after ``done`` bytes, wait until ``done / rate``
+    seconds have passed since the start. Waits on the cancel event, so a
+    cancel interrupts the wait at once."""
+
+    __slots__ = ("_rate", "_cancelled", "_start")
+
+    def __init__(self, rate: int, cancelled: threading.Event) -> None:
+        self._rate = rate
+        self._cancelled = cancelled
+        self._start = time.monotonic()
+
+    def wait(self, done: int) -> None:
+        if self._cancelled.is_set():
+            raise Cancelled
+        if self._rate <= 0:
+            return
+        delay = self._start + done / self._rate - time.monotonic()
+        if delay > 0 and self._cancelled.wait(delay):
+            raise Cancelled
+
+
+class _Progress:
+    __slots__ = ("_job", "_total", "_interval", "_step", "_last_t", "_last_b")
+
+    def __init__(self, job: Job, total: int, interval: float, step: int) -> None:
+        self._job = job
+        self._total = total
+        self._interval = interval
+        self._step = step
+        self._last_t = time.monotonic()
+        self._last_b = 0
+        job.report(0, total)
+
+    def update(self, done: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if (
+            final
+            or (self._step and done - self._last_b >= self._step)
+            or now - self._last_t >= self._interval
+        ):
+            self._last_t, self._last_b = now, done
+            self._job.report(done, self._total)
+
+
+class PosixMover:
+    """Archive to / restore from a directory tree (see the module doc)."""
+
+    name = "posix"
+
+    def __init__(
+        self,
+        archive_root: str | os.PathLike[str],
+        *,
+        chunk_size: int = MiB,
+        progress_interval: float = 2.0,
+        progress_bytes: int = 64 * MiB,  # 0: by time only
+        bandwidth_limit: int = 0,
+        checksum: str | bool | None = "sha256",
+    ) -> None:
+        if checksum is True:
+            checksum = "sha256"
+        if chunk_size <= 0:
+            raise ValueError(f"posix mover: chunk_size must be > 0 bytes, got {chunk_size}")
+        if progress_interval <= 0:
+            raise ValueError(
+                f"posix mover: progress_interval must be > 0 s, got {progress_interval}"
+            )
+        if progress_bytes < 0:
+            raise ValueError(
+                f"posix mover: progress_bytes must be >= 0 (0 = by time only), got {progress_bytes}"
+            )
+        if bandwidth_limit < 0:
+            raise ValueError(
+                f"posix mover: bandwidth_limit must be >= 0 bytes/s (0 = none), "
+                f"got {bandwidth_limit}"
+            )
+        if checksum:
+            try:
+                hashlib.new(checksum)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"posix mover: unknown checksum algorithm {checksum!r}; use one of "
+                    f"{', '.join(sorted(hashlib.algorithms_guaranteed))} or none"
+                ) from None
+        self.archive_root = Path(archive_root)
+        self.chunk_size = chunk_size
+        self.progress_interval = progress_interval
+        self.progress_bytes = progress_bytes
+        self.bandwidth_limit = bandwidth_limit
+        self.checksum = checksum or None
+
+    # -- entry point -------------------------------------------------------
+
+    def run(self, job: Job) -> Result:
+        prefix = job.log_prefix()
+        ops: dict[int, Callable[[Job, ActionHandle], int]] = {
+            HSMA.ARCHIVE: self._archive,
+            HSMA.RESTORE: self._restore,
+            HSMA.REMOVE: self._remove,
+        }
+        op = ops.get(job.kind)
+        if op is None:
+            msg = f"posix mover cannot run {kind_name(job.kind)} on {job.fid}"
+            log.error("%s: %s", prefix, msg)
+            return Result(errno=errno.ENOTSUP, message=msg)
+        if job.offset < 0:
+            msg = f"invalid extent offset {job.offset} for {kind_name(job.kind)} of {job.fid}"
+            log.error("%s: %s", prefix, msg)
+            return Result(errno=errno.EINVAL, message=msg)
+
+        try:
+            handle = job.backend.begin(job.fid, job.kind, job.archive_id)
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+            msg = f"cannot start {kind_name(job.kind)} of {job.fid}: {exc.strerror or exc}"
+            log.error("%s: %s", prefix, msg)
+            return Result(errno=err, message=msg, retry=is_transient(err))
+
+        err, msg, done, retry = 0, "", 0, False
+        try:
+            done = op(job, handle)
+        except Cancelled:
+            err, msg = errno.ECANCELED, f"{kind_name(job.kind)} of {job.fid} cancelled"
+        except MoverError as exc:
+            err, msg, retry = exc.errno, exc.message, exc.retry
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+            msg = f"{kind_name(job.kind)} of {job.fid} failed: {exc.strerror or exc}"
+            retry = is_transient(err)
+        except Exception as exc:  # a bug: still end the action
+            log.exception("%s: unexpected error", prefix)
+            err, msg = errno.EIO, f"internal error in posix mover: {exc!r}"
+
+        try:
+            handle.end(err, done)
+        except OSError as exc:
+            if err == 0:
+                err = exc.errno or errno.EIO
+                msg = (
+                    f"{kind_name(job.kind)} of {job.fid} could not be completed: "
+                    f"{exc.strerror or exc}"
+                )
+                retry = is_transient(err)
+            else:
+                log.warning("%s: ending the failed action also failed: %s", prefix, exc)
+        except Exception:
+            log.exception("%s: unexpected error ending the action", prefix)
+            if err == 0:
+                err, msg = errno.EIO, "internal error ending the action"
+
+        if err == 0:
+            log.info("%s: %s done, %d bytes", prefix, kind_name(job.kind), done)
+        elif err == errno.ECANCELED:
+            log.info("%s: %s", prefix, msg)
+        else:
+            log.error("%s: %s (errno %d%s)", prefix, msg, err, ", will retry" if retry else "")
+        return Result(errno=err, message=msg, bytes_done=done, retry=retry)
+
+    # -- data pump ---------------------------------------------------------
+
+    def _pump(
+        self,
+        job: Job,
+        read: Callable[[int], bytes],
+        write: Callable[[bytes], None],
+        total: int,
+        *,
+        src_name: str,
+        dst_name: str,
+        src_archive: bool,
+        hasher: hashlib._Hash | None,
+        progress: _Progress | None,
+    ) -> int:
+        """Copy up to ``total`` bytes (-1: to EOF) in chunks; returns the
+        count. Honours the bandwidth limit, reports progress, and raises
+        :class:`Cancelled` between chunks once the job is cancelled."""
+        chunk = self.chunk_size
+        if self.bandwidth_limit:
+            # Small enough chunks that the cap is smooth (~20 steps a second).
+            chunk = max(4096, min(chunk, self.bandwidth_limit // 20))
+        throttle = _Throttle(self.bandwidth_limit, job.cancelled)
+        done = 0
+        while total < 0 or done < total:
+            throttle.wait(done)
+            want = chunk if total < 0 else min(chunk, total - done)
+            try:
+                data = read(want)
+            except OSError as exc:
+                raise _oserror(exc, f"cannot read {src_name}", archive_side=src_archive) from exc
+            if not data:
+                break
+            try:
+                write(data)
+            except OSError as exc:
+                raise _oserror(
+                    exc, f"cannot write {dst_name}", archive_side=not src_archive
+                ) from exc
+            if hasher is not None:
+                hasher.update(data)
+            done += len(data)
+            if progress is not None:
+                progress.update(done)
+        if job.cancelled.is_set():
+            raise Cancelled
+        if progress is not None:
+            progress.update(done, final=True)
+        return done
+
+    # -- archive -----------------------------------------------------------
+
+    def _check_root(self) -> None:
+        if not self.archive_root.is_dir():
+            raise MoverError(
+                errno.ENOENT,
+                f"archive root {self.archive_root} is not a directory (is the archive mounted?)",
+            )
+
+    def _mkdir_p(self, directory: Path) -> None:
+        """Create the hash directories (0700) below the archive root."""
+        rel = directory.relative_to(self.archive_root)
+        current = self.archive_root
+        for part in rel.parts:
+            current = current / part
+            try:
+                os.mkdir(current, _DIR_PERM)
+            except FileExistsError:
+                continue
+            _fsync_dir(current.parent)
+
+    def _archive(self, job: Job, handle: ActionHandle) -> int:
+        prefix = job.log_prefix()
+        obj = object_path(self.archive_root, job.fid)
+        tmp = obj.with_name(obj.name + _TMP_SUFFIX)
+        info = handle.info()
+        offset = job.offset
+        length = job.length
+        if length < 0 or offset + length > info.size:
+            length = max(0, info.size - offset)
+        whole = offset == 0 and length == info.size
+        log.info("%s: archiving %d bytes at offset %d to %s", prefix, length, offset, obj)
+        self._check_root()
+        try:
+            self._mkdir_p(obj.parent)
+        except OSError as exc:
+            raise _oserror(
+                exc, f"cannot create directory {exc.filename}", archive_side=True
+            ) from exc
+
+        try:
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                _FILE_PERM,
+            )
+        except OSError as exc:
+            raise _oserror(exc, f"cannot create {tmp}", archive_side=True) from exc
+        renamed = False
+        try:
+            try:
+                self._fill_tmp(job, handle, fd, tmp, obj, offset, length, whole, info.size)
+                self._copy_attrs(job, info, fd)
+                os.fsync(fd)
+            except OSError as exc:
+                raise _oserror(exc, f"cannot write {tmp}", archive_side=True) from exc
+            finally:
+                os.close(fd)
+            if job.cancelled.is_set():
+                raise Cancelled
+            try:
+                os.rename(tmp, obj)
+                renamed = True
+                _fsync_dir(obj.parent)
+            except OSError as exc:
+                raise _oserror(exc, f"cannot rename {tmp} onto {obj}", archive_side=True) from exc
+        finally:
+            if not renamed:
+                _unlink_quiet(tmp, prefix)
+        return length
+
+    def _fill_tmp(
+        self,
+        job: Job,
+        handle: ActionHandle,
+        fd: int,
+        tmp: Path,
+        obj: Path,
+        offset: int,
+        length: int,
+        whole: bool,
+        size: int,
+    ) -> None:
+        """Write the object's data into ``fd`` and set its checksum xattr."""
+        prefix = job.log_prefix()
+        merged = False
+        if not whole:
+            # Extent archive: keep what the previous object holds outside the
+            # range, as lhsmtool_posix does by writing into it in place.
+            try:
+                old = os.open(obj, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise _oserror(
+                    exc, f"cannot read previous object {obj}", archive_side=True
+                ) from exc
+            else:
+                merged = True
+                try:
+                    self._pump(
+                        job,
+                        lambda n: os.read(old, n),
+                        lambda b: _write_all(fd, b),
+                        -1,
+                        src_name=str(obj),
+                        dst_name=str(tmp),
+                        src_archive=True,
+                        hasher=None,
+                        progress=None,
+                    )
+                finally:
+                    os.close(old)
+        hasher = None
+        if self.checksum and offset == 0 and not merged:
+            hasher = hashlib.new(self.checksum)
+        os.lseek(fd, offset, os.SEEK_SET)
+        progress = _Progress(job, length, self.progress_interval, self.progress_bytes)
+        try:
+            src = handle.open_source()
+        except OSError as exc:
+            raise _oserror(exc, f"cannot open {job.fid} for reading", archive_side=False) from exc
+        with src:
+            try:
+                src.seek(offset)
+            except OSError as exc:
+                raise _oserror(
+                    exc, f"cannot seek {job.fid} to {offset}", archive_side=False
+                ) from exc
+            copied = self._pump(
+                job,
+                src.read,
+                lambda b: _write_all(fd, b),
+                length,
+                src_name=str(job.fid),
+                dst_name=str(tmp),
+                src_archive=False,
+                hasher=hasher,
+                progress=progress,
+            )
+        if copied < length:
+            raise MoverError(
+                errno.EBUSY,
+                f"{job.fid} shrank during archive: read {copied} of {length} bytes "
+                f"(file size was {size})",
+            )
+        if not self.checksum:
+            return
+        if hasher is None:
+            hasher = hashlib.new(self.checksum)
+            rfd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                self._pump(
+                    job,
+                    lambda n: os.read(rfd, n),
+                    lambda b: None,
+                    -1,
+                    src_name=str(tmp),
+                    dst_name=str(tmp),
+                    src_archive=True,
+                    hasher=hasher,
+                    progress=None,
+                )
+            finally:
+                os.close(rfd)
+        value = f"{self.checksum}:{hasher.hexdigest()}"
+        try:
+            os.setxattr(fd, CHECKSUM_XATTR, value.encode())
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise MoverError(
+                    errno.ENOTSUP,
+                    f"archive filesystem of {self.archive_root} does not support user xattrs, "
+                    f"needed to store the {self.checksum} checksum of {obj} "
+                    "(configure the posix mover with checksum none to archive without)",
+                ) from exc
+            raise
+        log.debug("%s: %s of %s is %s", prefix, self.checksum, obj, value)
+
+    def _copy_attrs(self, job: Job, info: FileInfo, fd: int) -> None:
+        """Mode, owner (best effort) and times of the file onto the object."""
+        mode = stat.S_IMODE(info.mode)
+        try:
+            os.fchown(fd, info.uid, info.gid)
+        except PermissionError:
+            # Only root may give files away. The object stays ours: keep it
+            # readable and writable by us, and never keep set-id bits.
+            mode = (mode & ~(stat.S_ISUID | stat.S_ISGID)) | stat.S_IRUSR | stat.S_IWUSR
+            log.debug(
+                "%s: cannot chown the object to %d:%d, keeping our owner",
+                job.log_prefix(),
+                info.uid,
+                info.gid,
+            )
+        os.fchmod(fd, mode)
+        os.utime(fd, ns=(info.atime_ns, info.mtime_ns))
+
+    # -- restore -----------------------------------------------------------
+
+    def _restore(self, job: Job, handle: ActionHandle) -> int:
+        prefix = job.log_prefix()
+        obj = object_path(self.archive_root, job.fid)
+        self._check_root()
+        try:
+            fd = os.open(obj, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise MoverError(
+                errno.ENOENT, f"archive object {obj} of {job.fid} does not exist"
+            ) from None
+        except OSError as exc:
+            raise _oserror(exc, f"cannot open archive object {obj}", archive_side=True) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise MoverError(errno.EIO, f"archive object {obj} is not a regular file")
+            stored = self._stored_checksum(fd, obj)
+            info = handle.info()
+            if st.st_size != info.size:
+                raise MoverError(
+                    errno.EIO,
+                    f"archive object {obj} holds {st.st_size} bytes but {job.fid} "
+                    f"has {info.size}: refusing to restore it",
+                )
+            hasher = None if stored is None else hashlib.new(stored[0])
+            if stored is None:
+                log.warning("%s: %s has no checksum, restoring it unverified", prefix, obj)
+            log.info("%s: restoring %d bytes from %s", prefix, st.st_size, obj)
+            progress = _Progress(job, st.st_size, self.progress_interval, self.progress_bytes)
+            try:
+                vol = handle.open_volatile()
+            except OSError as exc:
+                raise _oserror(
+                    exc, f"cannot open the volatile file of {job.fid}", archive_side=False
+                ) from exc
+            with vol:
+                done = self._pump(
+                    job,
+                    lambda n: os.read(fd, n),
+                    lambda b: _write_stream(vol, b),
+                    -1,
+                    src_name=f"archive object {obj}",
+                    dst_name=f"volatile file of {job.fid}",
+                    src_archive=True,
+                    hasher=hasher,
+                    progress=progress,
+                )
+                try:
+                    vol.flush()
+                    os.fsync(vol.fileno())
+                except OSError as exc:
+                    raise _oserror(
+                        exc, f"cannot flush the volatile file of {job.fid}", archive_side=False
+                    ) from exc
+        finally:
+            os.close(fd)
+        if done != st.st_size:
+            raise MoverError(
+                errno.EIO,
+                f"archive object {obj} changed during restore: read {done} of {st.st_size} bytes",
+                retry=True,
+            )
+        if stored is not None:
+            assert hasher is not None
+            actual = hasher.hexdigest()
+            if actual != stored[1]:
+                raise MoverError(
+                    errno.EIO,
+                    f"checksum mismatch on archive object {obj}: stored {stored[0]} "
+                    f"{stored[1]}, data has {actual}; the object is corrupt, {job.fid} "
+                    "stays released",
+                )
+        return done
+
+    def _stored_checksum(self, fd: int, obj: Path) -> tuple[str, str] | None:
+        try:
+            raw = os.getxattr(fd, CHECKSUM_XATTR)
+        except OSError as exc:
+            if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                return None
+            raise _oserror(exc, f"cannot read the checksum of {obj}", archive_side=True) from exc
+        text = raw.decode("ascii", errors="replace")
+        algo, sep, digest = text.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            expected_len = hashlib.new(algo).digest_size * 2
+            if len(digest) != expected_len or digest.strip("0123456789abcdef"):
+                raise ValueError
+        except (ValueError, TypeError):
+            raise MoverError(
+                errno.EIO,
+                f"archive object {obj} has an unreadable checksum {CHECKSUM_XATTR}={text!r} "
+                "(expected <algorithm>:<hex digest>)",
+            ) from None
+        return algo, digest
+
+    # -- remove ------------------------------------------------------------
+
+    def _remove(self, job: Job, handle: ActionHandle) -> int:
+        prefix = job.log_prefix()
+        obj = object_path(self.archive_root, job.fid)
+        self._check_root()
+        if job.cancelled.is_set():
+            raise Cancelled
+        log.info("%s: removing %s", prefix, obj)
+        for path in (
+            obj,
+            *(obj.with_name(obj.name + s) for s in (*_SIDECAR_SUFFIXES, _TMP_SUFFIX)),
+        ):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                if path == obj:
+                    log.info("%s: %s was already gone", prefix, obj)
+            except OSError as exc:
+                raise _oserror(exc, f"cannot delete {path}", archive_side=True) from exc
+        try:
+            _fsync_dir(obj.parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _oserror(exc, f"cannot flush directory {obj.parent}", archive_side=True) from exc
+        return 0

@@ -1,0 +1,140 @@
+"""The ``simfs`` filesystem backend of agentd: the copytool calls
+(``llapi_hsm_action_begin/end``, open by FID) on a simulated tree.
+
+The HSM state changes themselves (what the MDT does at dispatch and on
+completion) live in :mod:`hsm.simfs`; this module only holds the per-action
+handle a mover works with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from agentd.backend import FileInfo
+from hsm.fid import Fid
+from hsm.hsmflags import HSMA
+from hsm.simfs import ActionStart, SimFS
+
+log = logging.getLogger(__name__)
+
+
+class SimfsAction:
+    """One running action on one simfs file (an ``ActionHandle``)."""
+
+    def __init__(self, fs: SimFS, fid: Fid, kind: HSMA, archive_id: int,
+                 start: ActionStart, volatile: Path | None = None) -> None:
+        self.fid = fid
+        self.kind: int = kind
+        self.archive_id = archive_id
+        self._fs = fs
+        self._start = start
+        self._volatile = volatile
+        self._ended = False
+        self._lock = threading.Lock()
+        st = start.stat
+        self._info = FileInfo(
+            size=st.st_size, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
+            atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns, data_version=start.data_version,
+        )
+
+    def __repr__(self) -> str:
+        return f"SimfsAction({HSMA(self.kind).name} {self.fid} on {self._fs.fsname})"
+
+    def _need(self, kind: HSMA, what: str) -> None:
+        if self.kind != kind:
+            raise ValueError(f"{what}() is for {kind.name} actions, not {HSMA(self.kind).name} ({self.fid})")
+
+    def info(self) -> FileInfo:
+        """Size, mode, owner, times and data version of the file at begin."""
+        return self._info
+
+    def source_path(self) -> str:
+        """ARCHIVE: ``<root>/.lustre/fid/<fid>``, which opens the file's data."""
+        self._need(HSMA.ARCHIVE, "source_path")
+        self._fs.path_of(self.fid)  # repairs the link if the file was renamed
+        return str(self._fs.fid_path(self.fid))
+
+    def open_source(self) -> BinaryIO:
+        """ARCHIVE: the file's data, opened for reading by FID."""
+        self._need(HSMA.ARCHIVE, "open_source")
+        return open(self.source_path(), "rb")
+
+    def volatile_path(self) -> str:
+        """RESTORE: the volatile file (under ``.simfs/volatile/``)."""
+        self._need(HSMA.RESTORE, "volatile_path")
+        assert self._volatile is not None
+        return str(self._volatile)
+
+    def open_volatile(self) -> BinaryIO:
+        """RESTORE: the volatile file, empty, opened for writing."""
+        self._need(HSMA.RESTORE, "open_volatile")
+        assert self._volatile is not None
+        if self._ended:
+            raise ValueError(f"restore of {self.fid} has already ended")
+        return open(self._volatile, "wb")
+
+    def end(self, errno: int, bytes_done: int = 0) -> None:
+        """``llapi_hsm_action_end``: 0 for success, else a positive errno.
+
+        ARCHIVE success raises ``OSError(EBUSY)`` (and does not set ARCHIVED)
+        when the file's data changed while it was being copied. RESTORE
+        success swaps the volatile file in; any other end discards it. Ending
+        twice raises ``ValueError``."""
+        if not isinstance(errno, int) or errno < 0:
+            raise ValueError(f"end() takes 0 or a positive errno, not {errno!r}")
+        with self._lock:
+            if self._ended:
+                raise ValueError(f"{HSMA(self.kind).name} of {self.fid} has already ended")
+            self._ended = True
+        log.debug("%s %s ends: errno %d, %d bytes", HSMA(self.kind).name, self.fid, errno, bytes_done)
+        if self.kind == HSMA.ARCHIVE:
+            self._fs.archive_end(self.fid, self._start.data_version, errno)
+        elif self.kind == HSMA.RESTORE:
+            assert self._volatile is not None
+            self._fs.restore_end(self.fid, self._volatile, errno)
+        else:
+            self._fs.remove_end(self.fid, errno)
+
+
+class SimfsBackend:
+    """A simfs tree, seen as a copytool sees a Lustre mount (a ``Backend``)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.fs = SimFS.open(root)
+        self.fsname = self.fs.fsname
+
+    def __repr__(self) -> str:
+        return f"SimfsBackend({str(self.fs.root)!r}, fsname={self.fsname!r})"
+
+    def path_of(self, fid: Fid) -> str:
+        """``<root>/.lustre/fid/<fid>`` (checked, and repaired if the file was
+        renamed). ``FileNotFoundError`` for an unknown FID."""
+        self.fs.path_of(fid)
+        return str(self.fs.fid_path(fid))
+
+    def begin(self, fid: Fid, kind: int, archive_id: int) -> SimfsAction:
+        """``llapi_hsm_action_begin``. ``FileNotFoundError`` for an unknown
+        FID; ``PermissionError`` (EPERM) when the file's HSM state no longer
+        allows the action (the MDT re-checks at dispatch too); ARCHIVE begin
+        sets EXISTS and the archive id on the file; RESTORE begin creates the
+        volatile file."""
+        try:
+            action = HSMA(kind)
+        except ValueError:
+            raise ValueError(f"unknown HSM copytool action {kind!r}") from None
+        if not isinstance(fid, Fid):
+            raise TypeError(f"begin() needs a Fid, not {type(fid).__name__}")
+        if action == HSMA.ARCHIVE:
+            start = self.fs.archive_begin(fid, archive_id)
+            return SimfsAction(self.fs, fid, action, start.attrs.archive_id, start)
+        if action == HSMA.RESTORE:
+            start, volatile = self.fs.restore_begin(fid)
+            return SimfsAction(self.fs, fid, action, archive_id or start.attrs.archive_id, start, volatile)
+        if action == HSMA.REMOVE:
+            start = self.fs.remove_begin(fid)
+            return SimfsAction(self.fs, fid, action, archive_id or start.attrs.archive_id, start)
+        raise ValueError(f"{action.name} is not an action a copytool begins (ARCHIVE, RESTORE, REMOVE)")
+
