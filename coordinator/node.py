@@ -332,12 +332,11 @@ class CoordinatorNode:
             last_seen=now,
         )
         self.sessions[agent_id] = session
-        await self._reconcile(session, [(r.action_id, r.attempt) for r in hello.running])
         log.info("agent %s connected from %s (host %s, archive ids %s)", agent_id, peer, hello.host,
                  ",".join(map(str, session.archive_ids)) or "all")
         return session
 
-    async def _reconcile(self, session: AgentSession, running: list[tuple[int, int]]) -> None:
+    async def reconcile(self, session: AgentSession, running: list[tuple[int, int]]) -> None:
         """Match what a (re)connecting agent says it runs against what the
         shards say it holds: keep the matches, requeue what it lost, stop
         what it should not be running."""
@@ -605,6 +604,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await context.abort(*_abort_code(exc))
         session.send(agent_pb2.CoordinatorMessage(welcome=agent_pb2.Welcome(
             replica=node.config.replica_id, heartbeat_interval=node.config.heartbeat_interval)))
+        await node.reconcile(session, [(r.action_id, r.attempt) for r in first.hello.running])
         # the rest of the first message (credits, progress, ...) counts too
         first.ClearField("hello")
         await node.agent_message(session, first)

@@ -1,0 +1,247 @@
+"""``agentd``: the HSM mover daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from agentd.config import (
+    ENV_COORDINATORS,
+    LOG_LEVELS,
+    AgentConfig,
+    ConfigError,
+    Override,
+    load_config,
+)
+from hsm import __version__
+
+log = logging.getLogger("agentd")
+
+_DESCRIPTION = """\
+The HSM mover daemon. It connects to the coordinator replicas, pulls HSM
+actions (archive, restore, remove) as it has free slots, moves the data with
+a mover plugin, and reports progress and completion.
+
+Settings come from the YAML file given with --config, then the environment
+(HSM_COORDINATORS), then these flags; a flag wins. Every file key is described
+in the module documentation of agentd.config (and the README).
+"""
+
+_EPILOG = """\
+movers:
+  posix    copy files into an archive tree under --archive-root, in the
+           lhsmtool_posix v1 layout (existing lhsmtool_posix archives work
+           unchanged). Options: --bandwidth-limit, and in the file
+           mover.chunk_size, mover.checksum.
+  command  run a site command per action, like lhsmtool_cmd: --archive-cmd,
+           --restore-cmd, --remove-cmd (a kind whose slots are not 0 needs
+           its command). A command is split like a shell line (no shell
+           runs; use sh -c '...' for one) and these placeholders are
+           replaced in each argument:
+             {fid}         the file's FID, [0x200000400:0x1:0x0]
+             {fid_bare}    the FID without brackets
+             {path}        ARCHIVE: a path that reads the file's data;
+                           RESTORE/REMOVE: the file's open-by-FID path
+             {dest}        RESTORE only: the volatile file to write into
+             {archive_id}  the archive id       {fsname}  file system name
+             {action_id}   the action's id      {attempt} attempt number
+             {kind}        archive, restore or remove
+             {offset} {length}  the extent (length -1: to end of file)
+             {data}        the request's hints (key=value,...)
+           Exit 0 is success, 75 a transient failure (retried), another
+           code 1..133 the errno. A stdout line "progress DONE [TOTAL]"
+           reports progress.
+
+signals:
+  SIGTERM/SIGINT stop taking work, wait up to drain_timeout (30 s) for the
+  running actions, cancel what is left (given back to the coordinator to
+  run elsewhere), report it, and exit 0. A second signal cancels the running
+  actions at once. Exit status 1 if a mover ignored its cancel, 2 for a
+  configuration error.
+
+examples:
+  agentd --config /etc/agentd.yaml
+  agentd --coordinators hsm-0:7600,hsm-1:7600,hsm-2:7600 \\
+         --fs-root /srv/simfs --archive-root /srv/archive --slots archive=8,restore=4
+  agentd --fs-root /srv/simfs --mover command \\
+         --archive-cmd '/opt/hsm/put {path} {fid}' --restore-cmd '/opt/hsm/get {fid} {dest}' \\
+         --slots remove=0
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="agentd",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"agentd {__version__}")
+    p.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    p.add_argument(
+        "--coordinators",
+        metavar="ADDR[,ADDR]",
+        help=f"coordinator replicas, host:port comma-separated (env {ENV_COORDINATORS}; "
+        "default 127.0.0.1:7600)",
+    )
+    p.add_argument("--agent-id", metavar="ID", help="stable agent id (default: short host name)")
+    p.add_argument("--fs-root", metavar="DIR", help="root of the simfs file system tree (backend.root)")
+    p.add_argument("--mover", choices=("posix", "command"), help="mover plugin (default posix)")
+    p.add_argument("--archive-root", metavar="DIR", help="posix mover: root of the archive tree")
+    p.add_argument(
+        "--archive-id",
+        metavar="N",
+        action="append",
+        help="serve this archive id (repeatable; default: every archive id)",
+    )
+    p.add_argument(
+        "--slots",
+        metavar="KIND=N[,...]",
+        help="concurrent actions per kind, e.g. archive=4,restore=4,remove=2 "
+        "(kinds not named keep their value; 0: never take that kind)",
+    )
+    p.add_argument(
+        "--bandwidth-limit",
+        metavar="BYTES",
+        help="posix mover: bytes per second per transfer, e.g. 100M (0: unlimited)",
+    )
+    p.add_argument("--archive-cmd", metavar="CMD", help="command mover: command for ARCHIVE")
+    p.add_argument("--restore-cmd", metavar="CMD", help="command mover: command for RESTORE")
+    p.add_argument("--remove-cmd", metavar="CMD", help="command mover: command for REMOVE")
+    p.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help=f"one of {', '.join(LOG_LEVELS)} (default INFO)",
+    )
+    return p
+
+
+def _parse_slots(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        kind, sep, num = part.partition("=")
+        kind = kind.strip().lower()
+        if not sep or kind not in ("archive", "restore", "remove"):
+            raise ConfigError(
+                f"--slots: expected KIND=N[,KIND=N...] with KIND archive, restore or remove, got {part!r}"
+            )
+        num = num.strip()
+        if not num.isdigit():
+            raise ConfigError(f"--slots: {kind}={num!r}: N must be a whole number >= 0")
+        out[kind] = int(num)
+    if not out:
+        raise ConfigError("--slots: expected KIND=N[,KIND=N...], e.g. archive=4,restore=4,remove=2")
+    return out
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[Override]:
+    """The flags given, as config overrides (raises ConfigError)."""
+    ov: list[Override] = []
+    if args.coordinators is not None:
+        ov.append(Override("coordinators", args.coordinators, "--coordinators"))
+    if args.agent_id is not None:
+        ov.append(Override("agent_id", args.agent_id, "--agent-id"))
+    if args.mover is not None:
+        ov.append(Override("mover.type", args.mover, "--mover"))
+    if args.fs_root is not None:
+        ov.append(Override("backend.root", args.fs_root, "--fs-root"))
+    if args.archive_root is not None:
+        ov.append(Override("mover.archive_root", args.archive_root, "--archive-root"))
+    if args.archive_id is not None:
+        ids: list[int] = []
+        for v in args.archive_id:
+            v = v.strip()
+            if not v.isdigit():
+                raise ConfigError(f"--archive-id: {v!r} is not an archive id (a number 1..4294967295)")
+            ids.append(int(v))
+        ov.append(Override("archive_ids", ids, "--archive-id"))
+    if args.slots is not None:
+        for kind, n in _parse_slots(args.slots).items():
+            ov.append(Override(f"slots.{kind}", n, "--slots"))
+    if args.bandwidth_limit is not None:
+        ov.append(Override("mover.bandwidth_limit", args.bandwidth_limit, "--bandwidth-limit"))
+    for kind in ("archive", "restore", "remove"):
+        v = getattr(args, f"{kind}_cmd")
+        if v is not None:
+            ov.append(Override(f"mover.{kind}_cmd", v, f"--{kind}-cmd"))
+    if args.log_level is not None:
+        ov.append(Override("log_level", args.log_level, "--log-level"))
+    return ov
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> AgentConfig:
+    """Parse flags and load the configuration (raises ConfigError)."""
+    args = build_parser().parse_args(argv)
+    return load_config(args.config, overrides_from_args(args))
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _serve(config: AgentConfig) -> int:
+    from agentd.daemon import Agent, make_backend, make_mover
+
+    backend = make_backend(config)
+    mover = make_mover(config)
+    agent = Agent(config, backend, mover)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, agent, sig)
+    try:
+        return await agent.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _on_signal(agent: object, sig: signal.Signals) -> None:
+    from agentd.daemon import Agent
+
+    assert isinstance(agent, Agent)
+    if agent.stopping:
+        log.info("received %s again: cancelling the running actions now", sig.name)
+    else:
+        log.info("received %s: stopping", sig.name)
+    agent.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = config_from_args(argv)
+    except ConfigError as exc:
+        print(f"agentd: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    import uvloop
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            status = runner.run(_serve(config))
+    except ConfigError as exc:
+        print(f"agentd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # interrupted before the signal handlers were set
+        return 130
+    if status != 0:
+        # a mover thread ignored its cancel: do not hang on it at exit
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

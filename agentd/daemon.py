@@ -1,0 +1,1039 @@
+"""The agentd daemon: Work streams to the coordinator replicas, the slot and
+credit budget, and the movers running in worker threads.
+
+Shape
+-----
+One :class:`Agent` owns the pool of running jobs, the slot budget and the
+thread pool. It opens one :class:`_Session` (one ``AgentService.Work`` bidi
+stream, reconnected as needed) per coordinator address. Every session shares
+the agent's pool and budget; a job belongs to the session whose replica
+assigned it and reports its progress and completion there.
+
+Credits (the pull model)
+------------------------
+An agent has ``slots[kind]`` slots per action kind. A slot is either *free*,
+*granted* (a credit sent to some stream, not yet used by an assignment) or
+*running*. Invariant, per kind::
+
+    running + sum(credits granted on every stream) <= slots
+
+so the agent never grants more than it can run, whatever the number of
+streams. Free slots are granted one at a time to the welcomed stream holding
+the fewest unused credits of that kind (ties: the stream that most recently
+sent work). With one stream that simply means "every free slot"; with
+several, each replica gets a share, and a stream that uses its credits gets
+the freed slot back first (it has work), while an idle stream keeps the few
+credits it holds so that work arriving on its shards starts at once. The
+protocol has no way to take a credit back; credits on a lost stream are
+forgotten by both sides and regranted elsewhere.
+
+Cancels use no slot: a ``CancelOrder`` sets the running job's ``cancelled``
+event and the mover ends it with ECANCELED, reported in the ``Done``.
+
+Reconnects
+----------
+A lost stream is reopened with jittered exponential backoff
+(``reconnect_min_delay`` .. ``reconnect_max_delay``). Jobs keep running;
+their completions wait in the session and are sent after the next Welcome.
+``Hello.running`` lists the session's running jobs and those whose ``Done``
+is still undelivered (from the coordinator's view the agent still holds
+them until it hears the ``Done``).
+
+Stopping
+--------
+:meth:`Agent.stop` (SIGTERM/SIGINT in the CLI): stop granting credits and
+take back the unused ones by reopening each stream that holds some (credits
+live and die with their stream; the new Hello re-announces the running
+jobs, and the coordinator requeues anything it sent in between that the
+agent did not start). Then wait up to ``drain_timeout`` for running jobs,
+cancel the rest and report them with ``retry`` (the coordinator queues them
+again for another agent, the action is not CANCELED), deliver every ``Done``
+still queued, half-close the streams, and return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as _errno
+import functools
+import logging
+import math
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import grpc
+import grpc.aio
+
+from agentd.backend import Backend
+from agentd.config import AgentConfig, CommandMoverConfig, ConfigError, PosixMoverConfig
+from agentd.movers.base import Job, Mover, Result
+from hsm import __version__
+from hsm.fid import Fid, FidError
+from hsm.hsmflags import HSMA
+from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2
+
+log = logging.getLogger(__name__)
+
+KINDS: tuple[int, ...] = (int(HSMA.ARCHIVE), int(HSMA.RESTORE), int(HSMA.REMOVE))
+KIND_NAMES = {int(HSMA.ARCHIVE): "ARCHIVE", int(HSMA.RESTORE): "RESTORE", int(HSMA.REMOVE): "REMOVE"}
+
+#: How long to wait for the coordinator's Welcome after Hello.
+WELCOME_TIMEOUT = 10.0
+#: On stop, how long cancelled jobs get to return after the drain.
+CANCEL_WAIT = 10.0
+#: On stop, how long to try to deliver the last completions.
+FLUSH_TIMEOUT = 5.0
+#: On stop, how long reopening a stream (to drop its credits) may take.
+RESTART_TIMEOUT = 5.0
+#: Completions arriving within this window share one message.
+BATCH_WINDOW = 0.002
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # notice a dead replica (host down, network cut) within ~15 s; the
+    # coordinator accepts pings every 5 s or more
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+
+
+def kind_name(kind: int) -> str:
+    return KIND_NAMES.get(kind, f"kind {kind}")
+
+
+def backoff_delay(attempt: int, lo: float, hi: float, rand: Callable[[], float] = random.random) -> float:
+    """Delay before reconnection attempt *attempt* (0-based): exponential from
+    *lo*, capped at *hi*, with jitter over the upper half, never below *lo*."""
+    ceiling = min(hi, lo * (2 ** min(attempt, 30)))
+    return float(max(lo, ceiling * (0.5 + 0.5 * rand())))
+
+
+# --------------------------------------------------------------------------
+# building the backend and the mover from the config
+
+
+def make_backend(config: AgentConfig) -> Backend:
+    """The filesystem backend named by ``config.backend``."""
+    bc = config.backend
+    if bc is None:
+        raise ConfigError("backend: not configured (set backend.root, flag --fs-root)")
+    if bc.type != "simfs":
+        raise ConfigError(f"backend.type: unknown backend {bc.type!r} (known: simfs)")
+    if not os.path.isdir(bc.root):
+        raise ConfigError(f"backend.root: {bc.root} is not an existing directory")
+    from agentd.simfs_backend import SimfsBackend
+
+    try:
+        return SimfsBackend(bc.root)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"backend.root: cannot open simfs tree {bc.root}: {exc}") from None
+
+
+def make_mover(config: AgentConfig) -> Mover:
+    """The mover named by ``config.mover``."""
+    mc = config.mover
+    if isinstance(mc, PosixMoverConfig):
+        if not os.path.isdir(mc.archive_root):
+            raise ConfigError(
+                f"mover.archive_root: {mc.archive_root} is not an existing directory "
+                "(create it, or check the path)"
+            )
+        from agentd.movers.posix import PosixMover
+
+        interval = mc.progress_interval if mc.progress_interval is not None else config.progress_interval
+        try:
+            return PosixMover(
+                mc.archive_root,
+                chunk_size=mc.chunk_size,
+                progress_interval=interval,
+                progress_bytes=mc.progress_bytes,
+                bandwidth_limit=mc.bandwidth_limit,
+                checksum=mc.checksum,
+            )
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"mover: cannot set up the posix mover: {exc}") from None
+    if isinstance(mc, CommandMoverConfig):
+        from agentd.movers.command import CommandMover
+
+        try:
+            return CommandMover(
+                mc.archive_cmd,
+                mc.restore_cmd,
+                mc.remove_cmd,
+                timeout=mc.timeout,
+                kill_grace=mc.kill_grace,
+            )
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"mover: cannot set up the command mover: {exc}") from None
+    raise ConfigError("mover: not configured (set mover.type and its keys, e.g. --archive-root)")
+
+
+# --------------------------------------------------------------------------
+# running jobs
+
+
+class _ProgressCell:
+    """``job.report`` for one job: thread-safe and cheap. Keeps only the
+    latest value and schedules at most one hop to the event loop at a time."""
+
+    __slots__ = ("_lock", "_value", "_scheduled", "_loop", "_deliver")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[int, int], None]) -> None:
+        self._lock = threading.Lock()
+        self._value = (0, 0)
+        self._scheduled = False
+        self._loop = loop
+        self._deliver = deliver
+
+    def report(self, bytes_done: int, bytes_total: int) -> None:
+        with self._lock:
+            self._value = (int(bytes_done), int(bytes_total))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._flush)
+        except RuntimeError:  # loop closed: the agent is gone
+            pass
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._scheduled = False
+            done, total = self._value
+        self._deliver(done, total)
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    job: Job
+    kind: int
+    attempt: int
+    session: _Session
+    started: float  # time.monotonic()
+    bytes_done: int = 0
+    bytes_total: int = 0
+    progress_dirty: bool = False
+    progress_sent_at: float = -math.inf
+    ended: bool = False
+    stopped_by_agent: bool = False  # cancelled by the agent's own shutdown, not by a coordinator
+
+    @property
+    def action_id(self) -> int:
+        return self.job.action_id
+
+
+# --------------------------------------------------------------------------
+# one Work stream
+
+
+class _StreamEnded(Exception):
+    """The coordinator ended or broke the protocol on a stream."""
+
+
+@dataclass(slots=True, eq=False)
+class _Session:
+    agent: Agent
+    address: str
+    granted: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    pending_credits: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    pending_done: list[agent_pb2.Done] = field(default_factory=list)
+    welcomed: bool = False
+    replica: str = ""
+    heartbeat_interval: float = 5.0
+    last_assign: float = 0.0
+    closing: bool = False
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _batch: bool = False
+    _closing_evt: asyncio.Event = field(default_factory=asyncio.Event)
+    _flushed: asyncio.Event = field(default_factory=asyncio.Event)
+    _welcomed_evt: asyncio.Event = field(default_factory=asyncio.Event)
+    _restart: bool = False  # end this stream cleanly and open a new one at once
+    _last_sent: float = 0.0
+    _call: grpc.aio.StreamStreamCall | None = None
+    _task: asyncio.Task[None] | None = None
+
+    # -- called by the agent (event loop thread) --------------------------
+
+    def wake(self, *, batch: bool = False) -> None:
+        self._batch = self._batch or batch
+        self._wake.set()
+
+    def queue_done(self, done: agent_pb2.Done) -> None:
+        self.pending_done.append(done)
+        self._flushed.clear()
+        self.wake(batch=True)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"session {self.address}")
+
+    async def flush(self) -> None:
+        """Return once every queued completion has been written."""
+        while self.pending_done:
+            self._flushed.clear()
+            await self._flushed.wait()
+
+    async def restart(self, timeout: float) -> bool:
+        """End the stream cleanly and open a new one at once; return once the
+        new one is welcomed (False after *timeout*).
+
+        This is how an agent takes back the credits it granted: the protocol
+        has no "fewer credits" message, but credits live and die with their
+        stream, and the new stream's Hello re-announces the running jobs."""
+        if not self.welcomed:
+            return False
+        log.info("reopening the stream to %s to take back its %d unused credit(s)",
+                 self.address, sum(self.granted.values()))
+        self._restart = True
+        self._welcomed_evt.clear()
+        self._closing_evt.set()  # skip a pending backoff sleep
+        self.wake()
+        try:
+            await asyncio.wait_for(self._welcomed_evt.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Half-close the stream (the writer sends end-of-stream), wait briefly
+        for the coordinator to end it, and stop reconnecting."""
+        self.closing = True
+        self._closing_evt.set()
+        self.wake()
+        task = self._task
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=2.0)
+            if not done:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    # -- the connection loop ----------------------------------------------
+
+    async def _run(self) -> None:
+        cfg = self.agent.config
+        failures = 0
+        last_warning = -math.inf
+        while not self.closing:
+            welcomed_before = False
+            self._closing_evt.clear()
+            try:
+                welcomed_before = await self._connect_once()
+                reason = "the coordinator closed the stream"
+            except _StreamEnded as exc:
+                reason = str(exc)
+            except grpc.aio.AioRpcError as exc:
+                reason = f"{exc.code().name}: {exc.details()}"
+            except TimeoutError:
+                reason = f"no Welcome within {WELCOME_TIMEOUT:g} s"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let one bad message kill the agent
+                log.exception("stream to %s failed unexpectedly", self.address)
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                self._lost()
+            if self.closing:
+                break
+            if self._restart and welcomed_before:
+                self._restart = False
+                continue
+            self._restart = False
+            if welcomed_before:
+                failures = 0
+            delay = backoff_delay(failures, cfg.reconnect_min_delay, cfg.reconnect_max_delay)
+            now = time.monotonic()
+            if welcomed_before or failures == 0 or now - last_warning >= 60.0:
+                log.warning(
+                    "stream to coordinator %s lost (%s); %d running action(s) continue; "
+                    "reconnecting in %.1f s",
+                    self.address, reason, len(self.agent._running), delay,
+                )
+                last_warning = now
+            else:
+                log.debug("coordinator %s still unreachable (%s); retry in %.1f s", self.address, reason, delay)
+            failures += 1
+            try:
+                await asyncio.wait_for(self._closing_evt.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def _connect_once(self) -> bool:
+        """One stream's life. Returns True if it got as far as a Welcome."""
+        agent = self.agent
+        async with grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            call = stub.Work()
+            self._call = call
+            try:
+                hello = agent.make_hello(self)
+                await call.write(agent_pb2.AgentMessage(hello=hello))
+                end = time.monotonic() + WELCOME_TIMEOUT
+                while True:
+                    first = await asyncio.wait_for(call.read(), max(0.0, end - time.monotonic()))
+                    if first is grpc.aio.EOF:
+                        await self._raise_status(call, "the coordinator closed the stream before Welcome")
+                    assert isinstance(first, agent_pb2.CoordinatorMessage)
+                    if first.HasField("welcome"):
+                        break
+                    # Tolerated: cancels for jobs the Hello announced may come first.
+                    log.debug("message from %s before its Welcome: %d cancel(s), %d assignment(s)",
+                              self.address, len(first.cancel), len(first.assign))
+                    agent.on_message(self, first)
+                self.welcomed = True
+                self._welcomed_evt.set()
+                self.replica = first.welcome.replica
+                hb = first.welcome.heartbeat_interval
+                self.heartbeat_interval = hb if hb > 0 else agent.config.heartbeat_interval
+                self._last_sent = time.monotonic()
+                log.info(
+                    "connected to coordinator %s (replica %s, heartbeat %.1f s) as agent %s; "
+                    "%d running, %d completion(s) to deliver",
+                    self.address, self.replica or "?", self.heartbeat_interval, agent.config.agent_id,
+                    len(agent.runs_of(self)), len(self.pending_done),
+                )
+                # the slot budget may now be granted here; Done queued while we were away goes out
+                self.wake(batch=True)
+                agent.on_message(self, first)
+                agent.rebalance()
+                if self.closing:
+                    return True
+                writer = asyncio.get_running_loop().create_task(self._write_loop(call))
+                reader = asyncio.get_running_loop().create_task(self._read_loop(call))
+                try:
+                    done, _ = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    if (self.closing or self._restart) and reader not in done:
+                        # we half-closed: give the coordinator a moment to end the stream
+                        await asyncio.wait({reader}, timeout=1.0)
+                finally:
+                    for t in (writer, reader):
+                        t.cancel()
+                    results = await asyncio.gather(writer, reader, return_exceptions=True)
+                for r in results:
+                    if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                        raise r
+                return True
+            finally:
+                self._call = None
+                if not call.done():
+                    call.cancel()
+
+    async def _raise_status(self, call: grpc.aio.StreamStreamCall, what: str) -> NoReturn:
+        try:
+            code = await asyncio.wait_for(call.code(), 1.0)
+            details = await call.details()
+        except (TimeoutError, grpc.aio.AioRpcError):
+            raise _StreamEnded(what) from None
+        if code == grpc.StatusCode.OK:
+            raise _StreamEnded(what)
+        raise _StreamEnded(f"{what}: {code.name}: {details}")
+
+    async def _read_loop(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                if self.closing or self._restart:
+                    return
+                await self._raise_status(call, "the coordinator ended the stream")
+            assert isinstance(msg, agent_pb2.CoordinatorMessage)
+            self.agent.on_message(self, msg)
+            self.agent.rebalance()
+
+    async def _write_loop(self, call: grpc.aio.StreamStreamCall) -> None:
+        progress_interval = self.agent.config.progress_interval
+        while True:
+            now = time.monotonic()
+            deadline = self._last_sent + self.heartbeat_interval
+            for run in self.agent.runs_of(self):
+                if run.progress_dirty:
+                    deadline = min(deadline, run.progress_sent_at + progress_interval)
+            if not self._wake.is_set() and deadline > now:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), deadline - now)
+                except TimeoutError:
+                    pass
+            if self._batch:
+                await asyncio.sleep(BATCH_WINDOW)  # let completions finishing together share a message
+            self._wake.clear()
+            self._batch = False
+            if self.closing or self._restart:
+                if self.pending_done:
+                    msg, dones = self._collect(time.monotonic(), progress_interval)
+                    if msg is not None:
+                        try:
+                            await call.write(msg)
+                        except BaseException:
+                            self.pending_done[:0] = dones
+                            raise
+                await call.done_writing()
+                return
+            msg, dones = self._collect(time.monotonic(), progress_interval)
+            if msg is None:
+                continue
+            try:
+                await call.write(msg)
+            except BaseException:
+                self.pending_done[:0] = dones  # deliver them on the next stream
+                raise
+            self._last_sent = time.monotonic()
+            if not self.pending_done:
+                self._flushed.set()
+
+    def _collect(
+        self, now: float, progress_interval: float
+    ) -> tuple[agent_pb2.AgentMessage | None, list[agent_pb2.Done]]:
+        msg = agent_pb2.AgentMessage()
+        dones, self.pending_done = self.pending_done, []
+        something = False
+        if dones:
+            msg.done.extend(dones)
+            something = True
+        if any(self.pending_credits.values()):
+            c = self.pending_credits
+            msg.ready.credits.archive = c[HSMA.ARCHIVE]
+            msg.ready.credits.restore = c[HSMA.RESTORE]
+            msg.ready.credits.remove = c[HSMA.REMOVE]
+            self.pending_credits = dict.fromkeys(KINDS, 0)
+            something = True
+        for run in self.agent.runs_of(self):
+            if run.progress_dirty and now - run.progress_sent_at >= progress_interval:
+                msg.progress.append(
+                    agent_pb2.Progress(
+                        action_id=run.action_id,
+                        attempt=run.attempt,
+                        bytes_done=max(run.bytes_done, 0),
+                        bytes_total=max(run.bytes_total, 0),
+                    )
+                )
+                run.progress_dirty = False
+                run.progress_sent_at = now
+                something = True
+        if not something:
+            if now - self._last_sent < self.heartbeat_interval:
+                return None, []
+            msg.heartbeat = True
+        return msg, dones
+
+    def _lost(self) -> None:
+        """The stream is gone: its unused credits are void on both sides."""
+        was = self.welcomed
+        self.welcomed = False
+        self.granted = dict.fromkeys(KINDS, 0)
+        self.pending_credits = dict.fromkeys(KINDS, 0)
+        for run in self.agent.runs_of(self):
+            if run.bytes_done or run.bytes_total:
+                run.progress_dirty = True  # resend the latest state after reconnect
+        if was:
+            self.agent.rebalance()
+
+
+# --------------------------------------------------------------------------
+# the agent
+
+
+class Agent:
+    """The mover daemon. Run it with ``await agent.run()`` on an event loop;
+    :meth:`stop` may be called from any thread (or a signal handler)."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        backend: Backend,
+        mover: Mover,
+        *,
+        host: str | None = None,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.mover = mover
+        self.host = host or socket.gethostname()
+        self._slots = {k: config.slots.for_kind(k) for k in KINDS}
+        self._running: dict[int, _Running] = {}
+        self._running_count = dict.fromkeys(KINDS, 0)
+        # newer attempts waiting for their older attempt to stop: action id -> (session, job)
+        self._deferred: dict[int, tuple[_Session, Job]] = {}
+        self._peak = dict.fromkeys(KINDS, 0)
+        self._sessions: list[_Session] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._stopping = False
+        self._stop_requested = 0
+        self._stop_evt: asyncio.Event | None = None
+        self._now_evt: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._lock = threading.Lock()  # guards _stop_requested/_loop across threads
+        self.stuck: list[int] = []  # action ids whose mover ignored a cancel at stop
+
+    # -- public -------------------------------------------------------------
+
+    def stop(self, *, now: bool = False) -> None:
+        """Begin a graceful stop (thread-safe). A second call, or ``now=True``,
+        skips waiting for the running actions: they are cancelled at once."""
+        with self._lock:
+            self._stop_requested += 2 if now else 1
+            loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._apply_stop)
+            except RuntimeError:
+                pass
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop has been requested."""
+        with self._lock:
+            return self._stop_requested > 0
+
+    def running_actions(self) -> list[tuple[int, int]]:
+        """(action_id, attempt) of the actions whose mover is running."""
+        return sorted((r.action_id, r.attempt) for r in list(self._running.values()))
+
+    def peak_running(self) -> dict[str, int]:
+        """Most actions of each kind that ever ran at once."""
+        return {KIND_NAMES[k]: v for k, v in self._peak.items()}
+
+    def connected(self) -> list[str]:
+        """Addresses of the streams that are up (welcomed)."""
+        return [s.address for s in self._sessions if s.welcomed]
+
+    async def run(self) -> int:
+        """Run until :meth:`stop`; returns 0, or 1 if a mover ignored its cancel."""
+        loop = asyncio.get_running_loop()
+        self._stop_evt = asyncio.Event()
+        self._now_evt = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        with self._lock:
+            self._loop = loop
+            pending_stop = self._stop_requested
+        if pending_stop:
+            self._apply_stop()
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, self.config.slots.total), thread_name_prefix="agentd-mover"
+        )
+        cfg = self.config
+        log.info(
+            "agentd %s: agent %s on %s, coordinators %s, archive ids %s, slots archive=%d "
+            "restore=%d remove=%d, mover %s, file system %s",
+            __version__, cfg.agent_id, self.host, ",".join(cfg.coordinators),
+            ",".join(map(str, cfg.archive_ids)) or "all",
+            cfg.slots.archive, cfg.slots.restore, cfg.slots.remove,
+            getattr(self.mover, "name", type(self.mover).__name__),
+            getattr(self.backend, "fsname", "?"),
+        )
+        self._sessions = [_Session(self, addr, heartbeat_interval=cfg.heartbeat_interval) for addr in cfg.coordinators]
+        for s in self._sessions:
+            s.start()
+        try:
+            await self._stop_evt.wait()
+            return await self._shutdown()
+        finally:
+            for s in self._sessions:
+                if s._task is not None and not s._task.done():
+                    s._task.cancel()
+            await asyncio.gather(*(s._task for s in self._sessions if s._task), return_exceptions=True)
+            self._executor.shutdown(wait=not self.stuck, cancel_futures=True)
+            with self._lock:
+                self._loop = None
+
+    # -- stopping -------------------------------------------------------------
+
+    def _apply_stop(self) -> None:
+        assert self._stop_evt is not None and self._now_evt is not None
+        with self._lock:
+            requested = self._stop_requested
+        if requested and not self._stop_evt.is_set():
+            self._stop_evt.set()
+        if requested >= 2 and not self._now_evt.is_set():
+            if self._running:
+                log.info("second stop request: cancelling %d running action(s) now", len(self._running))
+            self._now_evt.set()
+
+    async def _shutdown(self) -> int:
+        assert self._idle is not None and self._now_evt is not None
+        self._stopping = True
+        # take back unused credits so that no more work comes, and so that
+        # actions given back below go to other agents
+        holding = [s for s in self._sessions if s.welcomed and any(s.granted.values())]
+        if holding:
+            await asyncio.gather(*(s.restart(RESTART_TIMEOUT) for s in holding))
+        drain = self.config.drain_timeout
+        if self._running:
+            log.info(
+                "stopping: taking no new work; waiting up to %g s for %d running action(s): %s",
+                drain, len(self._running), self._ids(),
+            )
+            await _wait_any((self._idle, self._now_evt), drain)
+        if self._running:
+            log.warning("stopping: cancelling %d action(s) still running: %s", len(self._running), self._ids())
+            for run in self._running.values():
+                if not run.job.cancelled.is_set():
+                    run.stopped_by_agent = True
+                    run.job.cancelled.set()
+            await _wait_any((self._idle,), CANCEL_WAIT)
+        if self._running:
+            self.stuck = sorted(self._running)
+            log.error(
+                "stopping: the mover did not stop action(s) %s within %g s of the cancel",
+                self._ids(), CANCEL_WAIT,
+            )
+        unsent = [s for s in self._sessions if s.pending_done]
+        if unsent:
+            flushes = [asyncio.ensure_future(s.flush()) for s in unsent]
+            _, pending = await asyncio.wait(flushes, timeout=FLUSH_TIMEOUT)
+            for f in pending:
+                f.cancel()
+            for s in self._sessions:
+                for d in s.pending_done:
+                    log.error(
+                        "action %d/%d: could not deliver its completion (errno %d) to %s before exit",
+                        d.action_id, d.attempt, d.errno, s.address,
+                    )
+        await asyncio.gather(*(s.close() for s in self._sessions))
+        log.info("agentd stopped")
+        return 1 if self.stuck else 0
+
+    def _ids(self) -> str:
+        return ", ".join(f"{r.action_id}/{r.attempt}" for r in self._running.values())
+
+    # -- the credit budget (event loop thread) -------------------------------
+
+    def free_slots(self, kind: int) -> int:
+        granted = sum(s.granted[kind] for s in self._sessions)
+        deferred = sum(1 for _, job in self._deferred.values() if job.kind == kind)
+        return self._slots[kind] - self._running_count[kind] - deferred - granted
+
+    def rebalance(self) -> None:
+        """Grant every free slot to a welcomed stream (see the module doc)."""
+        if self._stopping:
+            return
+        live = [s for s in self._sessions if s.welcomed and not s.closing]
+        if not live:
+            return
+        touched: set[int] = set()
+        for kind in KINDS:
+            free = self.free_slots(kind)
+            while free > 0:
+                s = min(live, key=lambda x: (x.granted[kind], -x.last_assign))
+                s.granted[kind] += 1
+                s.pending_credits[kind] += 1
+                touched.add(id(s))
+                free -= 1
+        for s in live:
+            if id(s) in touched:
+                s.wake()
+
+    def runs_of(self, session: _Session) -> list[_Running]:
+        return [r for r in self._running.values() if r.session is session]
+
+    def make_hello(self, session: _Session) -> agent_pb2.Hello:
+        cfg = self.config
+        hello = agent_pb2.Hello(
+            agent_id=cfg.agent_id,
+            host=self.host,
+            archive_ids=list(cfg.archive_ids),
+            slots=coordinator_pb2.Slots(
+                archive=cfg.slots.archive, restore=cfg.slots.restore, remove=cfg.slots.remove
+            ),
+            version=__version__,
+        )
+        held = {(r.action_id, r.attempt) for r in self.runs_of(session)}
+        held.update((d.action_id, d.attempt) for d in session.pending_done)
+        held.update((j.action_id, j.attempt) for s, j in self._deferred.values() if s is session)
+        for action_id, attempt in sorted(held):
+            hello.running.add(action_id=action_id, attempt=attempt)
+        return hello
+
+    # -- messages from a coordinator (event loop thread) ----------------------
+
+    def on_message(self, session: _Session, msg: agent_pb2.CoordinatorMessage) -> None:
+        for a in msg.assign:
+            try:
+                self._on_assignment(session, a)
+            except Exception:
+                log.exception("action %d/%d: could not start it", a.action_id, a.attempt)
+                session.queue_done(
+                    agent_pb2.Done(
+                        action_id=a.action_id, attempt=a.attempt, errno=_errno.EIO,
+                        message="agentd could not start the action (see its log)", retry=True,
+                    )
+                )
+        for c in msg.cancel:
+            self._on_cancel(c)
+
+    def _refuse(self, session: _Session, a: agent_pb2.Assignment, err: int, why: str, retry: bool) -> None:
+        log.warning("action %d/%d %s %s refused: %s", a.action_id, a.attempt, kind_name(a.kind), _fid_text(a), why)
+        session.queue_done(
+            agent_pb2.Done(action_id=a.action_id, attempt=a.attempt, errno=err, message=why, retry=retry)
+        )
+
+    def _on_assignment(self, session: _Session, a: agent_pb2.Assignment) -> None:
+        kind = int(a.kind)
+        if kind not in KINDS:
+            self._refuse(session, a, _errno.EINVAL, f"unknown action kind {kind}", False)
+            return
+        session.last_assign = time.monotonic()
+        if session.granted[kind] > 0:
+            session.granted[kind] -= 1
+        else:
+            log.warning(
+                "action %d/%d: %s assignment from %s beyond the credits granted to it",
+                a.action_id, a.attempt, kind_name(kind), session.address,
+            )
+        cur = self._running.get(a.action_id)
+        if cur is not None:
+            if a.attempt == cur.attempt:
+                log.info("action %d/%d: already running here; duplicate assignment ignored", a.action_id, a.attempt)
+            elif a.attempt < cur.attempt:
+                log.info(
+                    "action %d/%d: stale assignment ignored (attempt %d is running here)",
+                    a.action_id, a.attempt, cur.attempt,
+                )
+            elif cur.job.cancelled.is_set():
+                self._defer(session, a, cur)
+            else:
+                log.info(
+                    "action %d/%d: attempt %d of it is still running here; it continues as attempt %d",
+                    a.action_id, a.attempt, cur.attempt, a.attempt,
+                )
+                cur.attempt = a.attempt
+                cur.job.attempt = a.attempt
+                cur.session = session
+                cur.progress_dirty = True
+                cur.progress_sent_at = -math.inf
+                session.wake()
+            return
+        if self._stopping:
+            # Not refused with a Done: the coordinator would requeue it and,
+            # holding our unused credits, hand it straight back. The stream is
+            # being reopened; its Hello does not list this action, so the
+            # coordinator requeues it for another agent then.
+            log.info(
+                "action %d/%d %s %s: not started, the agent is stopping",
+                a.action_id, a.attempt, kind_name(kind), _fid_text(a),
+            )
+            return
+        if self.free_slots(kind) < 1:
+            self._refuse(session, a, _errno.EAGAIN, f"no free {kind_name(kind).lower()} slot on this agent", True)
+            return
+        job = self._job_of(session, a)
+        if job is None:
+            return
+        self._start(session, job)
+
+    def _job_of(self, session: _Session, a: agent_pb2.Assignment) -> Job | None:
+        """The Job of an assignment, or None after refusing it (bad FID, other fs)."""
+        fsname = getattr(self.backend, "fsname", "")
+        if fsname and a.fsname != fsname:
+            self._refuse(
+                session, a, _errno.ENODEV,
+                f"this agent serves file system {fsname!r}, not {a.fsname!r}", True,
+            )
+            return None
+        try:
+            fid = Fid(a.fid.seq, a.fid.oid, a.fid.ver)
+        except FidError as exc:
+            self._refuse(session, a, _errno.EINVAL, f"invalid FID: {exc}", False)
+            return None
+        if a.HasField("extent"):
+            offset, length = a.extent.offset, a.extent.length
+            if length == 0:
+                length = -1
+        else:
+            offset, length = 0, -1
+        return Job(
+            action_id=a.action_id,
+            attempt=a.attempt,
+            kind=int(a.kind),
+            fsname=a.fsname,
+            fid=fid,
+            archive_id=a.archive_id,
+            offset=offset,
+            length=length,
+            data=bytes(a.data),
+            flags=a.flags,
+            backend=self.backend,
+        )
+
+    def _defer(self, session: _Session, a: agent_pb2.Assignment, cur: _Running) -> None:
+        """A newer attempt of an action whose older attempt is being cancelled
+        here: start it once the old one has stopped (never two at once)."""
+        old = self._deferred.get(a.action_id)
+        if old is not None and old[1].attempt >= a.attempt:
+            log.info("action %d/%d: stale assignment ignored (attempt %d is queued here)",
+                     a.action_id, a.attempt, old[1].attempt)
+            return
+        if self._stopping:
+            log.info("action %d/%d: not started, the agent is stopping", a.action_id, a.attempt)
+            return
+        if self.free_slots(int(a.kind)) < 1 and old is None:
+            self._refuse(session, a, _errno.EAGAIN, f"no free {kind_name(a.kind).lower()} slot on this agent", True)
+            return
+        job = self._job_of(session, a)
+        if job is None:
+            return
+        self._deferred[a.action_id] = (session, job)
+        log.info(
+            "action %d/%d %s %s: starts once attempt %d, being cancelled here, has stopped",
+            a.action_id, a.attempt, kind_name(job.kind), job.fid, cur.attempt,
+        )
+
+    def _start(self, session: _Session, job: Job) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._executor is not None and self._idle is not None
+        run = _Running(job=job, kind=job.kind, attempt=job.attempt, session=session, started=time.monotonic())
+        job.report = _ProgressCell(loop, functools.partial(self._on_progress, run)).report
+        self._running[job.action_id] = run
+        self._running_count[job.kind] += 1
+        self._peak[job.kind] = max(self._peak[job.kind], self._running_count[job.kind])
+        self._idle.clear()
+        extent = "whole file" if job.length < 0 and job.offset == 0 else f"extent {job.offset}+{job.length}"
+        log.info(
+            "action %d/%d %s %s started: archive %d, %s, from %s",
+            job.action_id, job.attempt, kind_name(job.kind), job.fid, job.archive_id, extent,
+            session.replica or session.address,
+        )
+        fut = loop.run_in_executor(self._executor, self._run_mover, job)
+        fut.add_done_callback(functools.partial(self._on_job_end, run))
+
+    def _run_mover(self, job: Job) -> Result:
+        """Worker thread: run the mover; never raises."""
+        try:
+            res = self.mover.run(job)
+        except OSError as exc:
+            err = exc.errno or _errno.EIO
+            if job.cancelled.is_set():
+                err = _errno.ECANCELED
+            return Result(errno=err, message=str(exc))
+        except Exception as exc:
+            log.exception("%s: the mover failed", job.log_prefix())
+            if job.cancelled.is_set():
+                return Result(errno=_errno.ECANCELED, message="cancelled")
+            return Result(errno=_errno.EIO, message=f"mover error: {type(exc).__name__}: {exc}")
+        if not isinstance(res, Result):
+            return Result(errno=_errno.EIO, message=f"mover returned {type(res).__name__}, not a Result")
+        return res
+
+    def _on_progress(self, run: _Running, bytes_done: int, bytes_total: int) -> None:
+        if run.ended:
+            return
+        run.bytes_done = bytes_done
+        run.bytes_total = bytes_total
+        if not run.progress_dirty:
+            run.progress_dirty = True
+            run.session.wake()
+
+    def _on_job_end(self, run: _Running, fut: asyncio.Future[Result]) -> None:
+        assert self._idle is not None
+        try:
+            res = fut.result()
+        except BaseException as exc:  # the executor refused it (shutdown) or was cancelled
+            res = Result(errno=_errno.EIO, message=f"not run: {exc!r}", retry=True)
+        run.ended = True
+        if self._running.get(run.action_id) is run:
+            del self._running[run.action_id]
+        self._running_count[run.kind] -= 1
+        deferred = self._deferred.pop(run.action_id, None)
+        if not self._running and deferred is None:
+            self._idle.set()
+        err = int(res.errno)
+        if err < 0:
+            err = -err
+        message = res.message or (os.strerror(err) if err else "")
+        retry = bool(res.retry)
+        if err == _errno.ECANCELED and run.stopped_by_agent:
+            # not the user's cancel: give the action back to be run elsewhere
+            retry = True
+            message = f"agent {self.config.agent_id} stopped before the action ended"
+        bytes_done = res.bytes_done or run.bytes_done
+        secs = time.monotonic() - run.started
+        job = run.job
+        if err == 0:
+            log.info(
+                "action %d/%d %s %s succeeded: %d bytes in %.2f s",
+                run.action_id, run.attempt, kind_name(run.kind), job.fid, bytes_done, secs,
+            )
+        else:
+            log.info(
+                "action %d/%d %s %s ended with errno %d (%s)%s: %d bytes in %.2f s",
+                run.action_id, run.attempt, kind_name(run.kind), job.fid, err, message,
+                ", retry" if retry else "", bytes_done, secs,
+            )
+        run.session.queue_done(
+            agent_pb2.Done(
+                action_id=run.action_id,
+                attempt=run.attempt,
+                errno=err,
+                message=message,
+                retry=retry,
+                bytes_done=max(bytes_done, 0),
+            )
+        )
+        if deferred is not None:
+            dsession, djob = deferred
+            if self._stopping:
+                log.info("action %d/%d: not started, the agent is stopping", djob.action_id, djob.attempt)
+                dsession.queue_done(agent_pb2.Done(
+                    action_id=djob.action_id, attempt=djob.attempt, errno=_errno.ECANCELED,
+                    message=f"agent {self.config.agent_id} stopped before the action started", retry=True,
+                ))
+                if not self._running:
+                    self._idle.set()
+            else:
+                self._start(dsession, djob)
+        self.rebalance()
+
+    def _on_cancel(self, c: agent_pb2.CancelOrder) -> None:
+        deferred = self._deferred.get(c.action_id)
+        if deferred is not None and (not c.attempt or c.attempt == deferred[1].attempt):
+            dsession, djob = self._deferred.pop(c.action_id)
+            log.info("action %d/%d %s %s: cancelled before it started%s", djob.action_id, djob.attempt,
+                     kind_name(djob.kind), djob.fid, f" ({c.reason})" if c.reason else "")
+            dsession.queue_done(agent_pb2.Done(
+                action_id=djob.action_id, attempt=djob.attempt, errno=_errno.ECANCELED,
+                message="cancelled before it started",
+            ))
+            self.rebalance()
+            return
+        run = self._running.get(c.action_id)
+        if run is None:
+            log.info("action %d/%d: cancel for an action not running here; ignored", c.action_id, c.attempt)
+            return
+        if c.attempt and c.attempt != run.attempt:
+            log.info(
+                "action %d/%d: cancel ignored: attempt %d is the one running here",
+                c.action_id, c.attempt, run.attempt,
+            )
+            return
+        log.info(
+            "action %d/%d %s %s: cancel received%s",
+            run.action_id, run.attempt, kind_name(run.kind), run.job.fid,
+            f" ({c.reason})" if c.reason else "",
+        )
+        run.job.cancelled.set()
+
+
+def _fid_text(a: agent_pb2.Assignment) -> str:
+    try:
+        return str(Fid(a.fid.seq, a.fid.oid, a.fid.ver))
+    except FidError:
+        return "[invalid fid]"
+
+
+async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
