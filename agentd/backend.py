@@ -19,6 +19,13 @@ from typing import BinaryIO, Protocol
 from hsm.fid import Fid
 
 
+class NotNeeded(Exception):
+    """Raised by ``Backend.begin`` when the file no longer needs the action
+    (a restore of a file that is not released any more: another request
+    restored it first). The mover ends the action successfully without
+    moving data, as the in-kernel coordinator skips unneeded requests."""
+
+
 @dataclass(frozen=True, slots=True)
 class FileInfo:
     """What a mover may copy alongside the data (lhsmtool_posix copies these)."""

@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from agentd.backend import FileInfo
+from agentd.backend import FileInfo, NotNeeded
 from hsm.fid import Fid
-from hsm.hsmflags import HSMA
+from hsm.hsmflags import HSMA, restore_needed
 from hsm.simfs import ActionStart, SimFS
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,13 @@ class SimfsBackend:
             start = self.fs.archive_begin(fid, archive_id)
             return SimfsAction(self.fs, fid, action, start.attrs.archive_id, start)
         if action == HSMA.RESTORE:
-            start, volatile = self.fs.restore_begin(fid)
+            try:
+                start, volatile = self.fs.restore_begin(fid)
+            except PermissionError:
+                attrs = self.fs.hsm_state(self.fs.path_of(fid))
+                if not restore_needed(attrs.flags):
+                    raise NotNeeded(f"{fid} is not released any more") from None
+                raise
             return SimfsAction(self.fs, fid, action, archive_id or start.attrs.archive_id, start, volatile)
         if action == HSMA.REMOVE:
             start = self.fs.remove_begin(fid)

@@ -588,3 +588,15 @@ def test_command_mover_rejects_bad_commands_at_construction(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         CommandMover(archive, restore, None)
+
+
+def test_restore_of_a_file_already_restored_is_not_needed(tree: Tree) -> None:
+    """A second RESTORE that reaches a mover after another one brought the
+    file back ends successfully without moving data."""
+    mover = PosixMover(tree.archive)
+    f, fid = archived(tree, mover, "again", b"payload")
+    assert mover.run(tree.job(HSMA.RESTORE, fid)).errno == 0
+    before = f.stat().st_mtime_ns
+    res = mover.run(tree.job(HSMA.RESTORE, fid))
+    assert res.errno == 0 and res.message.startswith("not needed")
+    assert f.read_bytes() == b"payload" and f.stat().st_mtime_ns == before

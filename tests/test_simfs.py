@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd.backend import Backend, FileInfo
+from agentd.backend import Backend, FileInfo, NotNeeded
 from agentd.simfs_backend import SimfsBackend
 from hsm.fid import FID_SEQ_NORMAL, Fid
 from hsm.hsmflags import HS, HSMA
@@ -547,6 +547,10 @@ def test_restore_needs_a_released_file(fs: SimFS) -> None:
     backend = SimfsBackend(fs.root)
     f = write(fs.root / "f", b"x")
     fid = fs.fid_of(f)
+    with pytest.raises(NotNeeded):  # online file: nothing to restore
+        backend.begin(fid, HSMA.RESTORE, 1)
+    archive(fs, f)
+    write(f, b"y")  # DIRTY and not released: needed but not allowed
     with pytest.raises(PermissionError, match="cannot restore"):
         backend.begin(fid, HSMA.RESTORE, 1)
     archive(fs, f)

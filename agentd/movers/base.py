@@ -9,13 +9,26 @@ must stop promptly once ``job.cancelled`` is set, returning
 
 from __future__ import annotations
 
+import errno
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agentd.backend import Backend
+from agentd.backend import ActionHandle, Backend, NotNeeded
 from hsm.fid import Fid
+from hsm.hsmflags import HSMA
+
+log = logging.getLogger(__name__)
+
+#: errnos worth a retry: the same action may well succeed later.
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EAGAIN, errno.ETIMEDOUT})
+_KIND_NAMES: dict[HSMA, str] = {
+    HSMA.ARCHIVE: "archive",
+    HSMA.RESTORE: "restore",
+    HSMA.REMOVE: "remove",
+}
 
 
 @dataclass(slots=True)
@@ -50,3 +63,49 @@ class Mover(Protocol):
     name: str
 
     def run(self, job: Job) -> Result: ...
+
+
+def kind_name(kind: int) -> str:
+    """``archive``, ``restore``, ``remove`` (for messages and ``{kind}``)."""
+    try:
+        return _KIND_NAMES[HSMA(kind)]
+    except (ValueError, KeyError):
+        return f"action kind {kind}"
+
+
+def is_transient(err: int, *, archive_side: bool = False) -> bool:
+    """Whether a failure with ``err`` may succeed if the action is retried.
+
+    EIO counts only on the archive side (a flaky archive mount); an EIO
+    from the Lustre side, or a checksum mismatch, is not retried."""
+    return err in TRANSIENT_ERRNOS or (archive_side and err == errno.EIO)
+
+
+class MoverError(Exception):
+    """A failed action: errno, a message for the admin, whether to retry."""
+
+    def __init__(self, err: int, message: str, *, retry: bool = False) -> None:
+        super().__init__(message)
+        self.errno = err
+        self.message = message
+        self.retry = retry
+
+
+class Cancelled(Exception):
+    """``job.cancelled`` was seen; the mover is unwinding."""
+
+
+def begin_action(job: Job) -> ActionHandle | Result:
+    """``backend.begin`` for a mover: the handle, or the Result that ends
+    the action right away (not needed any more: success without moving
+    data; an error: that errno)."""
+    try:
+        return job.backend.begin(job.fid, job.kind, job.archive_id)
+    except NotNeeded as exc:
+        log.info("%s: %s not needed: %s", job.log_prefix(), kind_name(job.kind), exc)
+        return Result(message=f"not needed: {exc}")
+    except OSError as exc:
+        err = exc.errno or errno.EIO
+        msg = f"cannot start {kind_name(job.kind)} of {job.fid}: {exc.strerror or exc}"
+        log.error("%s: %s", job.log_prefix(), msg)
+        return Result(errno=err, message=msg, retry=is_transient(err))

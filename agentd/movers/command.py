@@ -59,8 +59,15 @@ from dataclasses import dataclass
 from typing import IO
 
 from agentd.backend import ActionHandle
-from agentd.movers.base import Job, Result
-from agentd.movers.posix import Cancelled, MoverError, is_transient, kind_name
+from agentd.movers.base import (
+    Cancelled,
+    Job,
+    MoverError,
+    Result,
+    begin_action,
+    is_transient,
+    kind_name,
+)
 from hsm.hsmflags import HSMA
 
 log = logging.getLogger(__name__)
@@ -195,13 +202,9 @@ class CommandMover:
             log.error("%s: %s", prefix, msg)
             return Result(errno=errno.ENOTSUP, message=msg)
 
-        try:
-            handle = job.backend.begin(job.fid, job.kind, job.archive_id)
-        except OSError as exc:
-            err = exc.errno or errno.EIO
-            msg = f"cannot start {kind_name(job.kind)} of {job.fid}: {exc.strerror or exc}"
-            log.error("%s: %s", prefix, msg)
-            return Result(errno=err, message=msg, retry=is_transient(err))
+        handle = begin_action(job)
+        if isinstance(handle, Result):
+            return handle
 
         err, msg, done, retry = 0, "", 0, False
         try:

@@ -60,7 +60,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agentd.backend import ActionHandle, FileInfo
-from agentd.movers.base import Job, Result
+from agentd.movers.base import (
+    Cancelled,
+    Job,
+    MoverError,
+    Result,
+    begin_action,
+    is_transient,
+    kind_name,
+)
 from hsm.fid import Fid
 from hsm.hsmflags import HSMA
 
@@ -72,17 +80,10 @@ MiB = 1 << 20
 CHECKSUM_XATTR = "user.hsm.checksum"
 
 #: Errnos worth retrying whatever side they come from.
-TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EAGAIN, errno.ETIMEDOUT})
-
 _DIR_PERM = 0o700  # lhsmtool_posix DIR_PERM (S_IRWXU)
 _FILE_PERM = 0o600  # lhsmtool_posix FILE_PERM (S_IRUSR | S_IWUSR)
 _TMP_SUFFIX = "_tmp"
 _SIDECAR_SUFFIXES = (".lov",)  # lhsmtool_posix's striping file
-_KIND_NAMES: dict[HSMA, str] = {
-    HSMA.ARCHIVE: "archive",
-    HSMA.RESTORE: "restore",
-    HSMA.REMOVE: "remove",
-}
 
 
 def object_path(archive_root: str | os.PathLike[str], fid: Fid) -> Path:
@@ -97,36 +98,6 @@ def object_path(archive_root: str | os.PathLike[str], fid: Fid) -> Path:
         (seq >> 48) & 0xFFFF,
     )
     return Path(archive_root).joinpath(*(f"{p:04x}" for p in parts), fid.bare)
-
-
-def kind_name(kind: int) -> str:
-    """``archive``, ``restore``, ``remove`` (for messages and ``{kind}``)."""
-    try:
-        return _KIND_NAMES[HSMA(kind)]
-    except (ValueError, KeyError):
-        return f"action kind {kind}"
-
-
-def is_transient(err: int, *, archive_side: bool = False) -> bool:
-    """Whether a failure with ``err`` may succeed if the action is retried.
-
-    EIO counts only on the archive side (a flaky archive mount); an EIO
-    from the Lustre side, or a checksum mismatch, is not retried."""
-    return err in TRANSIENT_ERRNOS or (archive_side and err == errno.EIO)
-
-
-class MoverError(Exception):
-    """A failed action: errno, a message for the admin, whether to retry."""
-
-    def __init__(self, err: int, message: str, *, retry: bool = False) -> None:
-        super().__init__(message)
-        self.errno = err
-        self.message = message
-        self.retry = retry
-
-
-class Cancelled(Exception):
-    """``job.cancelled`` was seen; the mover is unwinding."""
 
 
 def _oserror(exc: OSError, what: str, *, archive_side: bool) -> MoverError:
@@ -279,13 +250,9 @@ class PosixMover:
             log.error("%s: %s", prefix, msg)
             return Result(errno=errno.EINVAL, message=msg)
 
-        try:
-            handle = job.backend.begin(job.fid, job.kind, job.archive_id)
-        except OSError as exc:
-            err = exc.errno or errno.EIO
-            msg = f"cannot start {kind_name(job.kind)} of {job.fid}: {exc.strerror or exc}"
-            log.error("%s: %s", prefix, msg)
-            return Result(errno=err, message=msg, retry=is_transient(err))
+        handle = begin_action(job)
+        if isinstance(handle, Result):
+            return handle
 
         err, msg, done, retry = 0, "", 0, False
         try:
