@@ -16,7 +16,6 @@ import itertools
 import logging
 import socket
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -46,6 +45,7 @@ from coordinator.state import (
     Submit,
 )
 from hsm.fid import Fid
+from hsm.ring import Ring
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,7 @@ class CoordinatorNode:
             max_attempts=config.max_attempts,
             max_terminal=config.max_terminal,
         )
+        self.ring = Ring(config.shards)
         self.shards = [Shard(i, ShardConfig(shard=i, **shard_cfg)) for i in range(config.shards)]  # type: ignore[arg-type]
         self.sessions: dict[str, AgentSession] = {}
         self._grace: dict[str, asyncio.TimerHandle] = {}
@@ -194,9 +195,7 @@ class CoordinatorNode:
     # --------------------------------------------------------------- shards
 
     def shard_of_fid(self, fid: Fid) -> Shard:
-        if len(self.shards) == 1:
-            return self.shards[0]
-        return self.shards[zlib.crc32(fid.pack()) % len(self.shards)]
+        return self.shards[self.ring.shard_of(fid)]
 
     def shard_of_action(self, action_id: int) -> Shard | None:
         idx = action_id % 1000
@@ -580,7 +579,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         node = self.node
         return coordinator_pb2.ClusterInfoResponse(
             shard_count=len(node.shards),
-            vnodes=0,
+            vnodes=node.ring.vnodes,
             replicas=[coordinator_pb2.Replica(id=node.config.replica_id, address=node.address)],
             shards=[coordinator_pb2.ShardStatus(shard=s.index, leader=node.config.replica_id) for s in node.shards],
         )

@@ -16,7 +16,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2 as C, coordinator_pb2_grpc, types_pb2 as T
+from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2_grpc
+from hsm.v1 import coordinator_pb2 as C
+from hsm.v1 import types_pb2 as T
 
 SEQ = 0x200000400
 

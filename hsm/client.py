@@ -1,0 +1,1054 @@
+"""Synchronous Python client of the coordinator API (``hsm.v1.Coordinator``).
+
+Used by ``hsmctl``, the MDT bridge and any script::
+
+    from hsm.client import CoordinatorClient, submit_item
+
+    with CoordinatorClient("10.0.0.1:7600,10.0.0.2:7600") as client:
+        results = client.submit([submit_item("lustre", fid, "restore")])
+        for action in client.watch([r.action_id for r in results if r.action_id]):
+            print(action.action_id, state_name(action.state))
+
+Requests and answers are the ``hsm.v1`` protobuf messages themselves
+(``types_pb2.Action``, ``coordinator_pb2.SubmitResult``, ...); helpers here
+convert FIDs, kinds and states.
+
+Routing and retries:
+
+* ``UNAVAILABLE`` from one address: the next address is tried; when every
+  address answered ``UNAVAILABLE`` the client backs off and starts over, for
+  at most ``retry_unavailable`` seconds (a shard without a leader answers
+  ``UNAVAILABLE`` during an election).
+* ``FAILED_PRECONDITION`` with the ``hsm-leader`` trailing metadata (a
+  replica that does not lead the shard): the call is sent again to that
+  leader, at most ``MAX_LEADER_HOPS`` times.
+* ``RESOURCE_EXHAUSTED`` (backpressure): backed off and retried until the
+  call's deadline.
+* Every submitted item carries an idempotency key (generated with uuid4 when
+  the caller gives none, and written into the caller's item), so a retried
+  batch, by the client or by the caller with the same items, never creates
+  a second action.
+
+Errors are always a ``CoordinatorError`` subclass, never a raw gRPC error.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from hsm.fid import Fid, FidError
+from hsm.hsmflags import HSM_REQUEST_FLAGS
+from hsm.v1 import coordinator_pb2 as cpb
+from hsm.v1 import coordinator_pb2_grpc as cgrpc
+from hsm.v1 import types_pb2 as tpb
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "LEADER_METADATA_KEY",
+    "MAX_BATCH",
+    "MAX_LEADER_HOPS",
+    "TERMINAL_STATES",
+    "CoordinatorClient",
+    "CoordinatorError",
+    "Cancelled",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InternalError",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unavailable",
+    "Unimplemented",
+    "cancel_outcome_name",
+    "check_fsname",
+    "default_initiator",
+    "default_requester",
+    "errno_name",
+    "fid_from_proto",
+    "fid_to_proto",
+    "group_by_leader",
+    "is_terminal",
+    "kind_from",
+    "kind_name",
+    "outcome_name",
+    "parse_addresses",
+    "state_from",
+    "state_name",
+    "submit_item",
+]
+
+#: Where ``hsmctl`` and the client look when nothing else is configured.
+DEFAULT_ADDRESS = "127.0.0.1:7600"
+#: Trailing metadata key carrying the shard leader's address.
+LEADER_METADATA_KEY = "hsm-leader"
+#: Most items the coordinator accepts in one Submit.
+MAX_BATCH = 10000
+#: Most "not the leader, go there" redirections followed for one call.
+MAX_LEADER_HOPS = 5
+#: Largest ``data`` of an item (bytes).
+MAX_DATA = 4096
+#: Largest page the coordinator serves.
+MAX_PAGE = 10000
+
+TERMINAL_STATES = frozenset({tpb.SUCCEEDED, tpb.FAILED, tpb.CANCELED})
+
+_U32 = (1 << 32) - 1
+_U64 = (1 << 64) - 1
+_I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
+_FSNAME_RE = re.compile(r"[A-Za-z0-9_-]{1,8}")
+_ADDRESS_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+_KINDS: dict[int, str] = {tpb.ARCHIVE: "ARCHIVE", tpb.RESTORE: "RESTORE", tpb.REMOVE: "REMOVE"}
+_KIND_NAMES = {v: k for k, v in _KINDS.items()}
+_STATE_NAMES: dict[int, str] = {
+    v: k for k, v in tpb.ActionState.items() if v != tpb.ACTION_STATE_UNSPECIFIED
+}
+_STATE_VALUES = {k: v for v, k in _STATE_NAMES.items()}
+
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    # Reconnect quickly after a replica comes back (gRPC's default backoff
+    # grows to two minutes, far longer than a coordinator failover).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+
+# ---------------------------------------------------------------------------
+# Errors
+
+
+class CoordinatorError(Exception):
+    """Any failure talking to the coordinator.
+
+    ``code`` is the gRPC status code (``grpc.StatusCode``) or ``None`` for
+    errors found on the client side; ``address`` the replica that answered,
+    if any; ``details`` the server's own text.
+    """
+
+    code: grpc.StatusCode | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        address: str = "",
+        details: str = "",
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.address = address
+        self.details = details
+
+    @property
+    def code_name(self) -> str:
+        return self.code.name if self.code is not None else "CLIENT"
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class InvalidArgument(CoordinatorError, ValueError):
+    """A malformed request; nothing was changed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(CoordinatorError, LookupError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(CoordinatorError):
+    """Includes "not the shard leader" when the redirections ran out."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(CoordinatorError):
+    """No replica could be reached, or the shard has no leader."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(CoordinatorError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ResourceExhausted(CoordinatorError):
+    """The coordinator pushed back (queue full) until the deadline."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class PermissionDenied(CoordinatorError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unimplemented(CoordinatorError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Cancelled(CoordinatorError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class InternalError(CoordinatorError):
+    code = grpc.StatusCode.INTERNAL
+
+
+_ERROR_CLASSES: dict[grpc.StatusCode, type[CoordinatorError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: PermissionDenied,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.CANCELLED: Cancelled,
+}
+
+
+def _clean_details(details: str | None) -> str:
+    text = (details or "").strip()
+    # gRPC's connection failures are long and repetitive; keep the cause.
+    if "failed to connect to all addresses" in text:
+        for cause in ("Connection refused", "No route to host", "Network is unreachable",
+                      "Name or service not known", "Connection reset", "Timeout occurred"):
+            if cause.lower() in text.lower():
+                return cause.lower()
+        return "cannot connect"
+    if text.startswith("DNS resolution failed"):
+        return "cannot resolve host name"
+    return text
+
+
+def _error_from_rpc(err: grpc.RpcError, address: str, what: str) -> CoordinatorError:
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = _clean_details(err.details() if hasattr(err, "details") else str(err))
+    cls = _ERROR_CLASSES.get(code, InternalError)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        message = f"coordinator {address} unavailable for {what}: {details or 'no answer'}"
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        message = f"coordinator {address} did not answer {what} in time"
+    else:
+        message = f"coordinator {address} refused {what}: {details or code.name}"
+    return cls(message, code=code, address=address, details=details)
+
+
+# ---------------------------------------------------------------------------
+# Conversions
+
+
+def fid_to_proto(fid: Fid | str | tpb.Fid) -> tpb.Fid:
+    """A proto ``Fid`` from a ``hsm.fid.Fid``, a FID string or a proto Fid."""
+    if isinstance(fid, tpb.Fid):
+        return fid
+    if isinstance(fid, str):
+        try:
+            fid = Fid.parse(fid)
+        except FidError as e:
+            raise InvalidArgument(str(e)) from None
+    if not isinstance(fid, Fid):
+        raise InvalidArgument(f"not a FID: {fid!r}")
+    return tpb.Fid(seq=fid.seq, oid=fid.oid, ver=fid.ver)
+
+
+def fid_from_proto(fid: tpb.Fid) -> Fid:
+    return Fid(fid.seq, fid.oid, fid.ver)
+
+
+def kind_from(kind: int | str) -> int:
+    """An ``ActionKind`` value from ``"archive"``, ``"ARCHIVE"``, 20 or ``HSMA.ARCHIVE``."""
+    if isinstance(kind, str):
+        value = _KIND_NAMES.get(kind.strip().upper())
+        if value is None:
+            raise InvalidArgument(
+                f"unknown action kind {kind!r}: expected archive, restore or remove"
+            )
+        return value
+    if isinstance(kind, int) and not isinstance(kind, bool) and int(kind) in _KINDS:
+        return int(kind)
+    raise InvalidArgument(f"unknown action kind {kind!r}: expected archive, restore or remove")
+
+
+def kind_name(kind: int) -> str:
+    """``"ARCHIVE"``, ``"RESTORE"``, ``"REMOVE"`` (``"UNSPECIFIED"`` for 0)."""
+    return _KINDS.get(kind, "UNSPECIFIED" if kind == 0 else f"KIND_{kind}")
+
+
+def state_from(state: int | str) -> int:
+    """An ``ActionState`` value from ``"waiting"``, ``"WAITING"`` or 1."""
+    if isinstance(state, str):
+        value = _STATE_VALUES.get(state.strip().upper())
+        if value is None:
+            raise InvalidArgument(
+                f"unknown action state {state!r}: expected one of "
+                + ", ".join(s.lower() for s in _STATE_VALUES)
+            )
+        return value
+    if isinstance(state, int) and not isinstance(state, bool) and state in _STATE_NAMES:
+        return int(state)
+    raise InvalidArgument(f"unknown action state {state!r}")
+
+
+def state_name(state: int) -> str:
+    return _STATE_NAMES.get(state, "UNSPECIFIED" if state == 0 else f"STATE_{state}")
+
+
+def is_terminal(state: int) -> bool:
+    return state in TERMINAL_STATES
+
+
+def outcome_name(outcome: int) -> str:
+    """``CREATED``, ``JOINED``, ``NOT_NEEDED`` or ``REJECTED``."""
+    try:
+        return str(cpb.SubmitOutcome.Name(outcome))
+    except ValueError:
+        return f"OUTCOME_{outcome}"
+
+
+def cancel_outcome_name(outcome: int) -> str:
+    try:
+        return str(cpb.CancelOutcome.Name(outcome))
+    except ValueError:
+        return f"OUTCOME_{outcome}"
+
+
+def parse_addresses(coordinators: str | Sequence[str]) -> list[str]:
+    """``"h1:7600,h2:7600"`` or a list of ``host:port`` -> list, checked, in order."""
+    parts: list[str] = []
+    items = [coordinators] if isinstance(coordinators, str) else list(coordinators)
+    for item in items:
+        if not isinstance(item, str):
+            raise InvalidArgument(f"coordinator address must be a string, not {item!r}")
+        parts.extend(p.strip() for p in item.split(","))
+    addresses: list[str] = []
+    for part in parts:
+        if not part:
+            continue
+        m = _ADDRESS_RE.fullmatch(part)
+        if m is None or not (0 < int(m.group(2)) < 65536):
+            raise InvalidArgument(
+                f"bad coordinator address {part!r}: expected HOST:PORT, e.g. 127.0.0.1:7600"
+            )
+        if part not in addresses:
+            addresses.append(part)
+    if not addresses:
+        raise InvalidArgument("no coordinator address given (expected HOST:PORT[,HOST:PORT...])")
+    return addresses
+
+
+# ---------------------------------------------------------------------------
+# Building requests
+
+
+def default_initiator(program: str = "pyclient") -> str:
+    """``"<program>@<host>"``, the initiator recorded in each requester."""
+    return f"{program}@{socket.gethostname()}"
+
+
+def default_requester(initiator: str | None = None, *, cookie: int = 0) -> tpb.Requester:
+    """A requester for the calling process (its uid and gid)."""
+    return tpb.Requester(
+        initiator=initiator or default_initiator(),
+        cookie=cookie,
+        uid=os.getuid(),
+        gid=os.getgid(),
+    )
+
+
+def _data_bytes(data: bytes | str | Mapping[str, Any] | None) -> bytes:
+    if data is None:
+        return b""
+    if isinstance(data, Mapping):
+        parts = []
+        for key, value in data.items():
+            key, value = str(key), str(value)
+            if not key or any(c in key for c in ",="):
+                raise InvalidArgument(f"bad data key {key!r}: must be non-empty without ',' or '='")
+            if "," in value:
+                raise InvalidArgument(f"bad data value {value!r} for {key!r}: must not contain ','")
+            parts.append(f"{key}={value}")
+        data = ",".join(parts)
+    if isinstance(data, str):
+        data = data.encode()
+    if not isinstance(data, bytes | bytearray):
+        raise InvalidArgument(f"data must be bytes, str or a mapping, not {type(data).__name__}")
+    if len(data) > MAX_DATA:
+        raise InvalidArgument(f"data is {len(data)} bytes; at most {MAX_DATA} are allowed")
+    return bytes(data)
+
+
+def _check_u32(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U32:
+        raise InvalidArgument(f"{name} must be an integer from 0 to {_U32}, not {value!r}")
+    return value
+
+
+def check_fsname(fsname: str) -> str:
+    if not isinstance(fsname, str) or _FSNAME_RE.fullmatch(fsname) is None:
+        raise InvalidArgument(
+            f"bad file system name {fsname!r}: 1 to 8 characters from A-Z a-z 0-9 _ -"
+        )
+    return fsname
+
+
+def _extent(extent: tpb.Extent | tuple[int, int] | None) -> tpb.Extent | None:
+    if extent is None:
+        return None
+    if isinstance(extent, tpb.Extent):
+        offset, length = extent.offset, extent.length
+    else:
+        try:
+            offset, length = extent
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"extent must be (offset, length), not {extent!r}") from None
+    if not isinstance(offset, int) or not isinstance(length, int):
+        raise InvalidArgument(f"extent must be two integers, not {extent!r}")
+    if offset < 0 or offset > (1 << 63) - 1:
+        raise InvalidArgument(f"extent offset must be >= 0, not {offset}")
+    if length == 0 or length < -1 or length > (1 << 63) - 1:
+        raise InvalidArgument(f"extent length must be > 0 or -1 (to end of file), not {length}")
+    return tpb.Extent(offset=offset, length=length)
+
+
+def submit_item(
+    fsname: str,
+    fid: Fid | str | tpb.Fid,
+    kind: int | str,
+    archive_id: int = 0,
+    *,
+    requester: tpb.Requester | None = None,
+    initiator: str | None = None,
+    idempotency_key: str | None = None,
+    hsm: tuple[int, int] | tpb.HsmState | None = None,
+    data: bytes | str | Mapping[str, Any] = b"",
+    extent: tpb.Extent | tuple[int, int] | None = None,
+    flags: int = 0,
+    priority: int = 0,
+) -> cpb.SubmitItem:
+    """One checked ``SubmitItem``; raises ``InvalidArgument`` for bad input.
+
+    *kind* is ``"archive"``/``"restore"``/``"remove"`` or an ``ActionKind``
+    value; *hsm* the file's ``(flags, archive_id)`` as read from the file,
+    which makes the coordinator apply Lustre's needed/allowed rules;
+    *requester* defaults to the calling process (``initiator`` or
+    ``pyclient@<host>``); *idempotency_key* defaults to a fresh uuid4-based
+    key, unless the requester carries a cookie (then the coordinator uses
+    ``"<initiator>:<cookie>"``).
+    """
+    check_fsname(fsname)
+    pfid = fid_to_proto(fid)
+    if pfid.seq == 0:
+        raise InvalidArgument(f"FID {fid_from_proto(pfid)} has sequence 0; not a file's FID")
+    kind_value = kind_from(kind)
+    _check_u32("archive id", archive_id)
+    if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~HSM_REQUEST_FLAGS or flags < 0:
+        raise InvalidArgument(
+            f"request flags {flags!r} not allowed: only 0x1 (force) and 0x4 (blocking)"
+        )
+    if isinstance(priority, bool) or not isinstance(priority, int) or not _I32_MIN <= priority <= _I32_MAX:
+        raise InvalidArgument(f"priority must be a 32-bit integer, not {priority!r}")
+    ext = _extent(extent)
+    if ext is not None and kind_value == tpb.RESTORE and (ext.offset != 0 or ext.length != -1):
+        raise InvalidArgument("RESTORE is always of the whole file; no extent allowed")
+    if requester is None:
+        requester = default_requester(initiator)
+    elif not isinstance(requester, tpb.Requester):
+        raise InvalidArgument(f"requester must be a hsm.v1.Requester, not {requester!r}")
+    if not requester.initiator:
+        raise InvalidArgument("the requester needs an initiator")
+    item = cpb.SubmitItem(
+        fsname=fsname,
+        fid=pfid,
+        kind=kind_value,  # type: ignore[arg-type]
+        archive_id=archive_id,
+        data=_data_bytes(data),
+        flags=flags,
+        priority=priority,
+        requester=requester,
+    )
+    if ext is not None:
+        item.extent.CopyFrom(ext)
+    if hsm is not None:
+        if isinstance(hsm, tpb.HsmState):
+            hflags, harchive = hsm.flags, hsm.archive_id
+        else:
+            try:
+                hflags, harchive = hsm
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"hsm must be (flags, archive_id), not {hsm!r}") from None
+        item.hsm.SetInParent()
+        item.hsm.flags = _check_u32("HSM flags", hflags)
+        item.hsm.archive_id = _check_u32("HSM archive id", harchive)
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str) or len(idempotency_key) > 256:
+            raise InvalidArgument("idempotency key must be a string of at most 256 characters")
+        item.idempotency_key = idempotency_key
+    _ensure_key(item)
+    return item
+
+
+def _ensure_key(item: cpb.SubmitItem) -> None:
+    """Give an item that has neither key nor cookie a uuid4-based key."""
+    if not item.idempotency_key and not item.requester.cookie:
+        item.idempotency_key = f"{item.requester.initiator or 'client'}:{uuid.uuid4().hex}"
+
+
+def _fid_selector(
+    spec: cpb.FidSelector | Fid | str | tpb.Fid | tuple[Any, ...], fsname: str = ""
+) -> cpb.FidSelector:
+    if isinstance(spec, cpb.FidSelector):
+        return spec
+    kind = 0
+    if isinstance(spec, tuple):
+        if len(spec) == 2:
+            fsname, fid = spec
+        elif len(spec) == 3:
+            fsname, fid, kind_spec = spec
+            kind = kind_from(kind_spec) if kind_spec else 0
+        else:
+            raise InvalidArgument(f"FID selector must be (fsname, fid[, kind]), not {spec!r}")
+    else:
+        fid = spec
+    if fsname:
+        check_fsname(fsname)
+    return cpb.FidSelector(fsname=fsname, fid=fid_to_proto(fid), kind=kind)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# The client
+
+#: Seconds a shard map (leader per shard) is trusted before asking again.
+SHARD_MAP_TTL = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _ShardMap:
+    ring: Any  # hsm.ring.Ring: FID -> shard
+    leaders: dict[int, str]  # shard -> leader's address ("" if unknown)
+
+
+def group_by_leader(
+    items: Sequence[cpb.SubmitItem], ring: Any, leaders: Mapping[int, str]
+) -> dict[str, list[int]]:
+    """Indexes of *items* per leader address (``""``: leader unknown), each
+    list in the items' order; *ring* maps a FID to its shard."""
+    shards = ring.shard_of_many(Fid(i.fid.seq, i.fid.oid, i.fid.ver) for i in items)
+    groups: dict[str, list[int]] = {}
+    for index, shard in enumerate(shards):
+        groups.setdefault(leaders.get(shard, ""), []).append(index)
+    return groups
+
+
+class _Route:
+    """Where one call goes next: address rotation, leader hops, backoff."""
+
+    def __init__(self, client: CoordinatorClient, deadline: float | None, what: str,
+                 start: str | None = None) -> None:
+        self.client = client
+        self.deadline = deadline
+        self.what = what
+        self.order = client._ordered_addresses()
+        self.target = start or self.order[0]
+        self.tried: set[str] = set()
+        self.hops = 0
+        self.unavailable_since: float | None = None
+        self.backoff = 0.05
+        self.last_error: CoordinatorError | None = None
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self._deadline_error()
+        return left
+
+    def _unavailable(self) -> Unavailable:
+        details = self.last_error.details if self.last_error is not None else ""
+        return Unavailable(
+            f"no coordinator available for {self.what} at {', '.join(self.order)}: "
+            f"{details or 'no answer'}",
+            address=self.target,
+            details=details,
+        )
+
+    def _deadline_error(self) -> CoordinatorError:
+        if isinstance(self.last_error, Unavailable):
+            # Nobody answered until the deadline: that is unavailability.
+            return self._unavailable()
+        return DeadlineExceeded(
+            f"coordinator {self.target} did not answer {self.what} in time", address=self.target
+        )
+
+    def succeeded(self) -> None:
+        self.unavailable_since = None
+        self.backoff = 0.05
+        self.tried.clear()
+        self.client._prefer(self.target)
+
+    def _sleep(self) -> None:
+        left = self.remaining()
+        pause = self.backoff if left is None else min(self.backoff, left)
+        time.sleep(pause)
+        self.backoff = min(self.backoff * 2, 1.0)
+
+    def failed(self, err: grpc.RpcError) -> None:
+        """Decide what to do after *err*: move ``target`` (and return) or raise."""
+        code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+        error = _error_from_rpc(err, self.target, self.what)
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            hint = _leader_hint(err)
+            if hint:
+                leader = self.client._resolve_leader(hint, self.target)
+                if leader and leader in self.tried:
+                    # The named leader did not answer a moment ago (a failover
+                    # in progress): wait for the election like for UNAVAILABLE.
+                    self._on_unavailable(Unavailable(
+                        f"coordinator {self.target} names {leader} as the leader for "
+                        f"{self.what}, which is unavailable",
+                        address=self.target, details=f"leader {leader} unavailable",
+                    ))
+                    return
+                if leader and leader != self.target and self.hops < MAX_LEADER_HOPS:
+                    log.debug("%s: %s is not the leader, retrying at %s", self.what, self.target, leader)
+                    self.client._forget_shard_map()
+                    self.hops += 1
+                    self.target = leader
+                    return
+                raise FailedPrecondition(
+                    f"coordinator {self.target} does not lead the shard for {self.what} "
+                    f"and the leader ({hint}) could not be reached after {self.hops} redirections",
+                    code=code, address=self.target, details=error.details,
+                )
+            raise error
+        if code == grpc.StatusCode.UNAVAILABLE:
+            self._on_unavailable(error)
+            return
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            self.last_error = error
+            log.debug("%s: %s pushed back (%s), retrying", self.what, self.target, error.details)
+            if self.deadline is None:
+                raise error
+            if self.deadline - time.monotonic() <= self.backoff:
+                raise error
+            self._sleep()
+            return
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise DeadlineExceeded(
+                f"coordinator {self.target} did not answer {self.what} in time",
+                code=code, address=self.target, details=error.details,
+            )
+        raise error
+
+
+    def _on_unavailable(self, error: CoordinatorError) -> None:
+        """Try the next address; after a full round, back off and start over
+        until ``retry_unavailable`` has passed (then raise)."""
+        self.last_error = error
+        self.tried.add(self.target)
+        now = time.monotonic()
+        if self.unavailable_since is None:
+            self.unavailable_since = now
+        for address in self.order:
+            if address not in self.tried:
+                log.debug("%s: %s unavailable (%s), trying %s",
+                          self.what, self.target, error.details, address)
+                self.target = address
+                return
+        if now - self.unavailable_since >= self.client.retry_unavailable:
+            raise self._unavailable()
+        self._sleep()
+        self.tried.clear()
+        self.hops = 0
+        self.order = self.client._ordered_addresses()
+        self.target = self.order[0]
+
+
+def _leader_hint(err: grpc.RpcError) -> str:
+    try:
+        metadata = err.trailing_metadata() or ()
+    except Exception:  # noqa: BLE001 - some RpcErrors carry no call
+        return ""
+    for key, value in metadata:
+        if key == LEADER_METADATA_KEY:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
+class CoordinatorClient:
+    """A synchronous client of a coordinator cluster.
+
+    *coordinators*: ``"host:port,host:port"`` or a sequence of addresses;
+    any replica will do, the client follows leader hints. *timeout*: seconds
+    each call may take in all (retries included). *initiator*: recorded in
+    requesters the client builds (default ``pyclient@<host>``).
+    *retry_unavailable*: how long to keep retrying when no address answers.
+    Thread-safe; ``close()`` (or a ``with`` block) releases the channels.
+    """
+
+    def __init__(
+        self,
+        coordinators: str | Sequence[str] = DEFAULT_ADDRESS,
+        *,
+        timeout: float = 30.0,
+        initiator: str | None = None,
+        retry_unavailable: float = 10.0,
+    ) -> None:
+        self.addresses = parse_addresses(coordinators)
+        if not timeout or timeout <= 0:
+            raise InvalidArgument(f"timeout must be > 0 seconds, not {timeout!r}")
+        self.timeout = float(timeout)
+        self.retry_unavailable = max(0.0, float(retry_unavailable))
+        self.initiator = initiator or default_initiator()
+        self._lock = threading.Lock()
+        self._channels: dict[str, tuple[grpc.Channel, cgrpc.CoordinatorStub]] = {}
+        self._preferred: str | None = None
+        self._replica_addresses: dict[str, str] = {}
+        self._shard_map_cache: tuple[float, _ShardMap | None] | None = None
+        self._closed = False
+
+    # -- plumbing --------------------------------------------------------
+
+    def __enter__(self) -> CoordinatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CoordinatorClient({','.join(self.addresses)!r})"
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            channels = list(self._channels.values())
+            self._channels.clear()
+        for channel, _stub in channels:
+            channel.close()
+
+    def _stub(self, address: str) -> cgrpc.CoordinatorStub:
+        with self._lock:
+            if self._closed:
+                raise CoordinatorError("the client is closed")
+            entry = self._channels.get(address)
+            if entry is None:
+                channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                entry = (channel, cgrpc.CoordinatorStub(channel))
+                self._channels[address] = entry
+            return entry[1]
+
+    def _ordered_addresses(self) -> list[str]:
+        with self._lock:
+            preferred = self._preferred
+        if preferred is None or preferred not in self.addresses:
+            return list(self.addresses)
+        return [preferred] + [a for a in self.addresses if a != preferred]
+
+    def _prefer(self, address: str) -> None:
+        if address in self.addresses:
+            with self._lock:
+                self._preferred = address
+
+    def _resolve_leader(self, hint: str, asked: str) -> str:
+        """The address of the leader named by *hint* (an address or a replica id)."""
+        if _ADDRESS_RE.fullmatch(hint):
+            return hint
+        with self._lock:
+            known = self._replica_addresses.get(hint)
+        if known:
+            return known
+        try:
+            info = self._stub(asked).ClusterInfo(
+                cpb.ClusterInfoRequest(), timeout=min(self.timeout, 5.0)
+            )
+        except grpc.RpcError:
+            return ""
+        with self._lock:
+            self._replica_addresses = {r.id: r.address for r in info.replicas}
+            return self._replica_addresses.get(hint, "")
+
+    def _call(self, method: str, request: Any, what: str, timeout: float | None = None,
+              start: str | None = None) -> Any:
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        route = _Route(self, deadline, what, start)
+        while True:
+            remaining = route.remaining()
+            stub = self._stub(route.target)
+            try:
+                response = getattr(stub, method)(request, timeout=remaining)
+            except grpc.RpcError as err:
+                route.failed(err)
+                continue
+            route.succeeded()
+            return response
+
+    # -- API ---------------------------------------------------------------
+
+    def submit_item(self, fsname: str, fid: Fid | str | tpb.Fid, kind: int | str,
+                    archive_id: int = 0, **kwargs: Any) -> cpb.SubmitItem:
+        """``submit_item`` with this client's initiator as the default requester."""
+        kwargs.setdefault("initiator", self.initiator)
+        return submit_item(fsname, fid, kind, archive_id, **kwargs)
+
+    def submit(self, items: Iterable[cpb.SubmitItem], batch_size: int = 1000) -> list[cpb.SubmitResult]:
+        """Submit *items* in batches of *batch_size*; one result per item, in order.
+
+        Items without an idempotency key (and without a requester cookie) get
+        one, written into the item, so submitting the same items again
+        returns the first results instead of creating new actions. A batch
+        that fails raises; the results of earlier batches are then lost to
+        the caller but resubmitting the same items is safe.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+            raise InvalidArgument(f"batch size must be from 1 to {MAX_BATCH}, not {batch_size!r}")
+        results: list[cpb.SubmitResult] = []
+        batch: list[cpb.SubmitItem] = []
+        for item in items:
+            if not isinstance(item, cpb.SubmitItem):
+                raise InvalidArgument(f"submit() takes hsm.v1.SubmitItem messages, not {item!r}")
+            _ensure_key(item)
+            batch.append(item)
+            if len(batch) >= batch_size:
+                results.extend(self._submit_batch(batch))
+                batch = []
+        if batch:
+            results.extend(self._submit_batch(batch))
+        return results
+
+    def _submit_batch(self, batch: list[cpb.SubmitItem]) -> list[cpb.SubmitResult]:
+        shard_map = self._shard_map()
+        if shard_map is None:
+            groups = {"": list(range(len(batch)))}
+        else:
+            groups = group_by_leader(batch, shard_map.ring, shard_map.leaders)
+        results: list[cpb.SubmitResult | None] = [None] * len(batch)
+        for leader, indexes in groups.items():
+            part = [batch[i] for i in indexes]
+            response = self._call("Submit", cpb.SubmitRequest(items=part),
+                                  f"submit of {len(part)} items", start=leader or None)
+            if len(response.results) != len(part):
+                raise InternalError(
+                    f"coordinator answered {len(response.results)} results for {len(part)} items"
+                )
+            for i, result in zip(indexes, response.results, strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    def _shard_map(self) -> _ShardMap | None:
+        """Where each shard's leader is, when sending per leader helps.
+
+        None when the cluster has one shard, one leader for every shard, or
+        does not publish its ring: then any replica takes the whole batch
+        (and redirects if need be). Cached for ``SHARD_MAP_TTL`` seconds and
+        dropped whenever a replica redirects us.
+        """
+        now = time.monotonic()
+        with self._lock:
+            cached = self._shard_map_cache
+        if cached is not None and now - cached[0] < SHARD_MAP_TTL:
+            return cached[1]
+        shard_map: _ShardMap | None = None
+        try:
+            info = self.cluster_info()
+        except (Unimplemented, FailedPrecondition, InternalError) as e:
+            log.debug("no shard map (%s): sending batches to any replica", e)
+            info = None
+        if info is not None and info.shard_count > 1 and info.vnodes > 0:
+            addresses = {r.id: r.address for r in info.replicas}
+            leaders = {s.shard: addresses.get(s.leader, "") for s in info.shards}
+            if len(set(leaders.values())) > 1:
+                try:
+                    from hsm.ring import Ring
+
+                    shard_map = _ShardMap(Ring(info.shard_count, info.vnodes), leaders)
+                except (ImportError, ValueError) as e:
+                    log.debug("cannot build the ring (%s): sending batches to any replica", e)
+        with self._lock:
+            self._shard_map_cache = (now, shard_map)
+        return shard_map
+
+    def _forget_shard_map(self) -> None:
+        with self._lock:
+            self._shard_map_cache = None
+
+    def cancel(
+        self,
+        action_ids: Iterable[int] = (),
+        fids: Iterable[cpb.FidSelector | Fid | str | tpb.Fid | tuple[Any, ...]] = (),
+        all: bool = False,  # noqa: A002 - mirrors the proto field
+        reason: str = "",
+        fsname: str = "",
+    ) -> list[cpb.CancelResult]:
+        """Cancel by action id, by FID (``Fid``, ``(fsname, fid)``,
+        ``(fsname, fid, kind)`` or ``FidSelector``), or everything (*all*).
+        *fsname* applies to FIDs given without one."""
+        ids = []
+        for action_id in action_ids:
+            if isinstance(action_id, bool) or not isinstance(action_id, int) or not 0 < action_id <= _U64:
+                raise InvalidArgument(f"bad action id {action_id!r}: a positive integer")
+            ids.append(action_id)
+        selectors = [_fid_selector(f, fsname) for f in fids]
+        if not ids and not selectors and not all:
+            raise InvalidArgument("nothing to cancel: give action ids, FIDs or all=True")
+        request = cpb.CancelRequest(action_ids=ids, fids=selectors, all=bool(all), reason=reason)
+        return list(self._call("Cancel", request, "cancel").results)
+
+    def get_action(self, action_id: int) -> tpb.Action:
+        if isinstance(action_id, bool) or not isinstance(action_id, int) or not 0 < action_id <= _U64:
+            raise InvalidArgument(f"bad action id {action_id!r}: a positive integer")
+        return self._call("GetAction", cpb.GetActionRequest(action_id=action_id),
+                          f"get action {action_id}")
+
+    def list_actions(
+        self,
+        states: Iterable[int | str] = (),
+        kinds: Iterable[int | str] = (),
+        fid: cpb.FidSelector | Fid | str | tpb.Fid | None = None,
+        fsname: str = "",
+        agent: str = "",
+        include_terminal: bool = False,
+        page_size: int = 1000,
+    ) -> Iterator[tpb.Action]:
+        """Actions matching the filter, oldest first, following page tokens.
+
+        No states: the non-terminal actions (or every kept one with
+        *include_terminal*). *fsname* narrows *fid* to one file system.
+        """
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE:
+            raise InvalidArgument(f"page size must be from 1 to {MAX_PAGE}, not {page_size!r}")
+        request = cpb.ListActionsRequest(
+            states=[state_from(s) for s in states],  # type: ignore[misc]
+            kinds=[kind_from(k) for k in kinds],  # type: ignore[misc]
+            agent=agent,
+            include_terminal=include_terminal,
+            page_size=page_size,
+        )
+        if fid is not None:
+            request.fid.CopyFrom(_fid_selector(fid, fsname))
+        elif fsname:
+            raise InvalidArgument("fsname filters a FID; give fid too")
+        return self._pages(request)
+
+    def _pages(self, request: cpb.ListActionsRequest) -> Iterator[tpb.Action]:
+        while True:
+            page = self._call("ListActions", request, "list actions")
+            yield from page.actions
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def watch(self, action_ids: Iterable[int], deadline: float | None = None) -> Iterator[tpb.Action]:
+        """Every change of the given actions, until all of them have ended.
+
+        The first event per action is its current state. *deadline* is the
+        number of seconds to wait at most (None: no limit); when it passes
+        with actions still running, ``DeadlineExceeded`` is raised. A lost
+        stream (replica down) is reopened elsewhere for the actions that
+        have not ended. Unknown ids raise ``NotFound``.
+        """
+        pending: dict[int, None] = {}
+        for action_id in action_ids:
+            if isinstance(action_id, bool) or not isinstance(action_id, int) or not 0 < action_id <= _U64:
+                raise InvalidArgument(f"bad action id {action_id!r}: a positive integer")
+            pending[action_id] = None
+        if deadline is not None and deadline < 0:
+            raise InvalidArgument(f"deadline must be >= 0 seconds, not {deadline!r}")
+        end = None if deadline is None else time.monotonic() + deadline
+        return self._watch(pending, end)
+
+    def _watch(self, pending: dict[int, None], end: float | None) -> Iterator[tpb.Action]:
+        what = f"watch of {len(pending)} actions"
+        route = _Route(self, end, what)
+        while pending:
+            remaining = self._watch_remaining(end, pending)
+            stub = self._stub(route.target)
+            call = stub.Watch(cpb.WatchRequest(action_ids=list(pending)), timeout=remaining)
+            got_event = False
+            try:
+                for event in call:
+                    if not got_event:
+                        got_event = True
+                        route.succeeded()
+                    action = event.action
+                    if action.state in TERMINAL_STATES:
+                        pending.pop(action.action_id, None)
+                    yield action
+                    if not pending:
+                        return
+                # The stream closed with actions still running (replica shut
+                # down its streams): reopen, elsewhere if need be.
+                log.debug("%s: stream from %s ended early, %d actions left",
+                          what, route.target, len(pending))
+                self._watch_remaining(end, pending)
+                time.sleep(0.05)
+            except grpc.RpcError as err:
+                code = err.code() if hasattr(err, "code") else None
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and end is not None:
+                    continue  # the loop raises our own DeadlineExceeded at the top
+                if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and got_event:
+                    # A stream that worked and broke: treat like an outage.
+                    log.debug("%s: stream from %s broke (%s)", what, route.target, code)
+                    time.sleep(0.05)
+                    continue
+                route.failed(err)
+            finally:
+                call.cancel()
+
+    @staticmethod
+    def _watch_remaining(end: float | None, pending: dict[int, None]) -> float | None:
+        if end is None:
+            return None
+        left = end - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded(
+                f"timed out waiting for {len(pending)} action(s) to end: "
+                + ", ".join(str(a) for a in list(pending)[:10])
+                + (" ..." if len(pending) > 10 else "")
+            )
+        return left
+
+    def wait(self, action_ids: Iterable[int], deadline: float | None = None) -> dict[int, tpb.Action]:
+        """Block until every action ended; the final state of each, by id."""
+        final: dict[int, tpb.Action] = {}
+        for action in self.watch(action_ids, deadline):
+            if action.state in TERMINAL_STATES:
+                final[action.action_id] = action
+        return final
+
+    def status(self) -> cpb.StatusResponse:
+        return self._call("Status", cpb.StatusRequest(), "status")
+
+    def cluster_info(self) -> cpb.ClusterInfoResponse:
+        info = self._call("ClusterInfo", cpb.ClusterInfoRequest(), "cluster info")
+        with self._lock:
+            self._replica_addresses = {r.id: r.address for r in info.replicas}
+        return info
+
+
+def errno_name(value: int) -> str:
+    """``"EPERM"`` for 1; the number as text for unknown values."""
+    return _errno.errorcode.get(value, str(value))

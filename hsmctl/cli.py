@@ -1,0 +1,1125 @@
+"""``hsmctl``: the command line of the HSM coordinator, modelled on ``lfs hsm_*``.
+
+Every subcommand is a function ``cmd_<name>(args, ctx) -> exit status``;
+``main()`` parses, dispatches and turns errors into the documented exit
+statuses (see ``EPILOG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno as _errno
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+from hsm.fid import Fid, FidError
+from hsm.hsmflags import HS, HSMA, format_hsm_action, format_hsm_state
+
+if TYPE_CHECKING:
+    from hsm.client import CoordinatorClient
+    from hsm.simfs import SimFS
+    from hsm.v1 import coordinator_pb2 as cpb
+    from hsm.v1 import types_pb2 as tpb
+
+log = logging.getLogger(__name__)
+
+PROG = "hsmctl"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_NOT_HSM = 4
+
+# When several things went wrong, the status a script sees is the most
+# telling one: unreachable > usage > not an HSM path > item failures.
+_EXIT_RANK = {EXIT_OK: 0, EXIT_FAILED: 1, EXIT_NOT_HSM: 2, EXIT_USAGE: 3, EXIT_UNREACHABLE: 4}
+
+DEFAULT_COORDINATORS = "127.0.0.1:7600"
+DEFAULT_BATCH = 1000
+WATCH_CHUNK = 10000
+_U32 = (1 << 32) - 1
+
+EPILOG = """\
+commands like lfs:
+  archive, restore, remove  queue HSM requests for files (lfs hsm_archive, ...)
+  release                   drop the data of archived files (done locally)
+  cancel                    cancel actions by path, FID, action id, or all
+  state, action             lfs hsm_state / lfs hsm_action output
+  set, clear                set or clear the user flags (lfs hsm_set/hsm_clear)
+cluster:
+  status, agents, actions   queue, agents, shards; one line per action
+
+coordinators: --coordinators HOST:PORT[,HOST:PORT...], else $HSM_COORDINATORS,
+else 127.0.0.1:7600. Any replica will do; hsmctl follows the shard leaders.
+
+exit status:
+  0  success; a request that is not needed (e.g. archiving an archived file)
+     succeeds silently, like lfs
+  1  something failed: a path could not be read, the coordinator rejected an
+     item (e.g. EPERM: not allowed in the file's HSM state), a release was
+     refused, or with --wait an action ended FAILED or CANCELED
+  2  usage error: unknown option, bad FID, bad number, unknown kind or state;
+     nothing was submitted
+  3  coordinator unreachable: no replica answered within --timeout
+  4  a path is not on a simfs (or Lustre) file system
+
+--json output (stable keys; new keys may be added, none renamed):
+  state    [{"path", "fid", "flags", "states": [words], "archive_id",
+             "archived_version"}]
+  action   [{"path", "fid", "action": NOOP|ARCHIVE|RESTORE|REMOVE|CANCEL,
+             "progress": waiting|running|"", "action_id", "state",
+             "offset", "length", "bytes_moved"}]
+  actions  [{"action_id", "fsname", "fid", "kind", "archive_id", "extent",
+             "data", "flags", "priority", "requesters": [{"initiator",
+             "cookie", "uid", "gid", "projid", "when"}], "state", "agent",
+             "attempt", "created", "started", "ended", "bytes_done",
+             "bytes_total", "errno", "error", "shard"}]
+  agents   [{"agent_id", "host", "archive_ids", "slots": {"archive",
+             "restore", "remove"}, "running": {...}, "version",
+             "connected_since", "last_seen", "replica"}]
+  status   {"replica", "version", "control", "counts": [{"kind", "state",
+             "count"}], "agents": [...], "shards": [{"shard", "leader",
+             "leader_address", "commit_index", "applied_index", "counts"}],
+             "replicas": [{"id", "address"}]}
+Kinds and states are upper case (ARCHIVE, WAITING); times are unix seconds.
+"""
+
+
+class CliError(Exception):
+    """An error that ends the command with *code* after printing *message*."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PathError(Exception):
+    """One path that cannot be used; the command goes on or stops."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Context:
+    """Per-run state: output streams, the exit status so far, caches."""
+
+    command: str
+    verbose: bool = False
+    out: IO[str] = field(default_factory=lambda: sys.stdout)
+    err: IO[str] = field(default_factory=lambda: sys.stderr)
+    status: int = EXIT_OK
+    _trees: dict[str, SimFS] = field(default_factory=dict)
+
+    def fail(self, code: int = EXIT_FAILED) -> None:
+        if _EXIT_RANK[code] > _EXIT_RANK[self.status]:
+            self.status = code
+
+    def error(self, message: str, code: int = EXIT_FAILED) -> None:
+        print(f"{PROG} {self.command}: {message}", file=self.err)
+        self.fail(code)
+
+    def info(self, message: str) -> None:
+        if self.verbose:
+            print(message, file=self.out)
+
+    # -- simfs trees ---------------------------------------------------------
+
+    def tree_of(self, path: str) -> SimFS:
+        """The simfs tree holding *path* (which must exist)."""
+        from hsm.simfs import SimFS
+
+        try:
+            root = SimFS.find_root(path)
+        except (OSError, ValueError, LookupError) as e:
+            log.debug("find_root(%s) failed: %s", path, e)
+            root = None
+        if root is None:
+            raise PathError(f"{path}: not on a simfs or Lustre file system", EXIT_NOT_HSM)
+        key = os.fspath(root)
+        fs = self._trees.get(key)
+        if fs is None:
+            try:
+                fs = SimFS.open(key)
+            except (OSError, ValueError) as e:
+                raise PathError(f"{path}: cannot open simfs tree {key}: {e}", EXIT_NOT_HSM) from None
+            self._trees[key] = fs
+        return fs
+
+    def mounted(self, mntpath: str) -> SimFS:
+        """The simfs tree at (or above) *mntpath*, for FID operands."""
+        if not os.path.exists(mntpath):
+            raise CliError(f"cannot access mount point '{mntpath}': No such file or directory")
+        try:
+            return self.tree_of(mntpath)
+        except PathError as e:
+            raise CliError(str(e), e.code) from None
+
+
+# ---------------------------------------------------------------------------
+# Argument types: every bad value is a usage error, found before anything is sent.
+
+
+def _archive_id(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= _U32:
+        raise argparse.ArgumentTypeError(f"invalid archive id '{text}': a number from 0 to {_U32}")
+    return value
+
+
+def _fid(text: str) -> Fid:
+    try:
+        fid = Fid.parse(text)
+    except FidError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if fid.seq == 0:
+        raise argparse.ArgumentTypeError(f"invalid FID '{text}': sequence 0 is not a file's FID")
+    return fid
+
+
+def _action_id(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if not 0 < value < (1 << 64):
+        raise argparse.ArgumentTypeError(f"invalid action id '{text}': a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid number of seconds '{text}': must be > 0")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 10000:
+        raise argparse.ArgumentTypeError(f"invalid batch size '{text}': from 1 to 10000")
+    return value
+
+
+def _data(text: str) -> bytes:
+    """``--data K=V[,K=V...]``: mover hints, checked, at most 4096 bytes."""
+    raw = text.encode()
+    if len(raw) > 4096:
+        raise argparse.ArgumentTypeError(f"--data is {len(raw)} bytes; at most 4096 allowed")
+    for part in text.split(","):
+        key, sep, _value = part.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(
+                f"invalid --data '{text}': expected KEY=VALUE[,KEY=VALUE...]"
+            )
+    return raw
+
+
+def _fsname(text: str) -> str:
+    from hsm.client import InvalidArgument, check_fsname
+
+    try:
+        return check_fsname(text)
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _list_of(parse: Callable[[str], Any], what: str) -> Callable[[str], list[Any]]:
+    """``--state waiting,started`` (repeatable) -> list of parsed values."""
+
+    def convert(text: str) -> list[Any]:
+        from hsm.client import InvalidArgument
+
+        values = []
+        for part in text.split(","):
+            if not part.strip():
+                continue
+            try:
+                values.append(parse(part))
+            except InvalidArgument as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"empty {what} list")
+        return values
+
+    return convert
+
+
+def _state_list(text: str) -> list[int]:
+    from hsm.client import state_from
+
+    return _list_of(state_from, "state")(text)
+
+
+def _kind_list(text: str) -> list[int]:
+    from hsm.client import kind_from
+
+    return _list_of(kind_from, "kind")(text)
+
+
+# ---------------------------------------------------------------------------
+# Coordinator access
+
+
+def _client(args: argparse.Namespace) -> CoordinatorClient:
+    from hsm.client import CoordinatorClient, InvalidArgument
+
+    try:
+        return CoordinatorClient(
+            args.coordinators,
+            timeout=args.timeout,
+            initiator=f"{PROG}@{socket.gethostname()}",
+            retry_unavailable=min(5.0, args.timeout),
+        )
+    except InvalidArgument as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+
+
+def _requester() -> tpb.Requester:
+    from hsm.v1 import types_pb2 as tpb
+
+    return tpb.Requester(
+        initiator=f"{PROG}@{socket.gethostname()}", uid=os.getuid(), gid=os.getgid()
+    )
+
+
+# ---------------------------------------------------------------------------
+# archive / restore / remove
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One file a request is about: what the user named it, and what we know."""
+
+    label: str
+    fsname: str
+    fid: Fid
+    hsm: tuple[int, int] | None  # (flags, archive_id) read from the file
+
+
+def _hsm_state(fs: SimFS, path: str) -> tuple[int, int, int]:
+    """(flags, archive id, archived data version) of a file of *fs*."""
+    attrs = fs.hsm_state(path)
+    return int(attrs.flags), int(attrs.archive_id), int(attrs.archived_version)
+
+
+def _stat_regular(path: str) -> None:
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise PathError(f"cannot stat '{path}': {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise PathError(f"'{path}' is not a regular file")
+
+
+def _target_from_path(ctx: Context, path: str) -> Target:
+    _stat_regular(path)
+    fs = ctx.tree_of(path)
+    try:
+        fid = fs.fid_of(path)
+        flags, archive_id, _version = _hsm_state(fs, path)
+    except (OSError, ValueError) as e:
+        raise PathError(
+            f"cannot read FID and HSM state of '{path}': {getattr(e, 'strerror', None) or e}"
+        ) from None
+    return Target(path, fs.fsname, fid, (flags, archive_id))
+
+
+def _target_from_fid(fid: Fid, fsname: str, fs: SimFS | None, label: str | None = None) -> Target:
+    label = label or str(fid)
+    if fs is None:
+        return Target(label, fsname, fid, None)
+    try:
+        path = fs.path_of(fid)
+        flags, archive_id, _version = _hsm_state(fs, os.fspath(path))
+    except (OSError, ValueError, LookupError) as e:
+        reason = getattr(e, "strerror", None) or "no such file"
+        raise PathError(f"FID {fid}: {reason} on {fs.fsname}") from None
+    return Target(label, fsname, fid, (flags, archive_id))
+
+
+class Submitter:
+    """Submits targets in batches as they come, tallies and reports outcomes."""
+
+    def __init__(self, ctx: Context, client: CoordinatorClient, kind: str, archive_id: int,
+                 data: bytes, batch_size: int) -> None:
+        self.ctx = ctx
+        self.client = client
+        self.kind = kind
+        self.archive_id = archive_id
+        self.data = data
+        self.batch_size = batch_size
+        self.requester = _requester()
+        self.pending: list[tuple[Target, cpb.SubmitItem]] = []
+        self.counts = {"CREATED": 0, "JOINED": 0, "NOT_NEEDED": 0, "REJECTED": 0}
+        self.errors = 0
+        self.labels: dict[int, list[str]] = {}
+
+    def add(self, target: Target) -> None:
+        item = self.client.submit_item(
+            target.fsname,
+            target.fid,
+            self.kind,
+            self.archive_id,
+            requester=self.requester,
+            hsm=target.hsm,
+            data=self.data,
+        )
+        self.pending.append((target, item))
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def local_error(self, message: str, code: int = EXIT_FAILED) -> None:
+        self.errors += 1
+        self.ctx.error(message, code)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        results = self.client.submit([item for _t, item in batch], batch_size=len(batch))
+        from hsm.client import outcome_name
+
+        kind = self.kind.upper()
+        for (target, _item), result in zip(batch, results, strict=True):
+            outcome = outcome_name(result.outcome)
+            self.counts[outcome] = self.counts.get(outcome, 0) + 1
+            if outcome in ("CREATED", "JOINED"):
+                self.labels.setdefault(result.action_id, []).append(target.label)
+                verb = "queued as" if outcome == "CREATED" else "joined"
+                self.ctx.info(f"{target.label}: {kind} {verb} action {result.action_id}")
+            elif outcome == "NOT_NEEDED":
+                self.ctx.info(f"{target.label}: {kind} not needed")
+            else:
+                from hsmctl.output import error_text
+
+                why = error_text(result.reason, result.errno) or "rejected"
+                self.ctx.error(f"{target.label}: {kind} refused: {why}")
+
+    def summary(self) -> str:
+        c = self.counts
+        text = (
+            f"queued {c['CREATED']}, joined {c['JOINED']}, "
+            f"not needed {c['NOT_NEEDED']}, rejected {c['REJECTED']}"
+        )
+        if self.errors:
+            text += f", errors {self.errors}"
+        return text
+
+
+def _operands(args: argparse.Namespace, ctx: Context) -> Iterator[str]:
+    """Positional operands, then the lines of --filelist (``-`` = stdin)."""
+    yield from args.operands
+    if args.filelist:
+        if args.filelist == "-":
+            stream: IO[str] = sys.stdin
+            close = False
+        else:
+            try:
+                stream = open(args.filelist, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+            except OSError as e:
+                raise CliError(f"cannot read the file list '{args.filelist}': {e.strerror}") from None
+            close = True
+        try:
+            for line in stream:
+                line = line.rstrip("\n")
+                if line.strip():
+                    yield line
+        finally:
+            if close:
+                stream.close()
+
+
+def _fid_mode(args: argparse.Namespace, ctx: Context) -> tuple[bool, str, SimFS | None]:
+    """(operands are FIDs, fsname, tree to read HSM state from)."""
+    if args.mntpath:
+        fs = ctx.mounted(args.mntpath)
+        if args.fsname and args.fsname != fs.fsname:
+            raise CliError(
+                f"--fsname {args.fsname} does not match {args.mntpath} (file system {fs.fsname})",
+                EXIT_USAGE,
+            )
+        return True, fs.fsname, fs
+    if args.fsname:
+        return True, args.fsname, None
+    if args.fid:
+        raise CliError("--fid needs --fsname NAME or --mntpath DIR", EXIT_USAGE)
+    return False, "", None
+
+
+def _parse_fid_operand(text: str) -> Fid:
+    try:
+        return _fid(text)
+    except argparse.ArgumentTypeError as e:
+        raise PathError(str(e), EXIT_USAGE) from None
+
+
+def _walk(ctx: Context, top: str) -> Iterator[str]:
+    """Regular files under *top* (or *top* itself), in the tree's own order."""
+    import stat
+
+    try:
+        st = os.lstat(top)
+    except OSError as e:
+        raise PathError(f"cannot stat '{top}': {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        yield top
+        return
+    fs = ctx.tree_of(top)
+    real_top = os.path.realpath(top)
+    try:
+        for entry in fs.walk(top):
+            # Print paths the way the user named the directory.
+            rel = os.path.relpath(os.fspath(entry), real_top)
+            yield top if rel == "." else os.path.join(top, rel)
+    except (OSError, ValueError) as e:
+        raise PathError(f"cannot walk '{top}': {getattr(e, 'strerror', None) or e}") from None
+
+
+def cmd_request(args: argparse.Namespace, ctx: Context) -> int:
+    """archive / restore / remove."""
+    kind = args.command
+    archive_id = getattr(args, "archive_id", 0) or 0
+    fid_mode, fsname, fs = _fid_mode(args, ctx)
+    streaming = bool(args.recursive or args.filelist)
+    if not (args.operands or args.fid or args.filelist):
+        raise CliError(f"{kind}: give at least one PATH (or --fid, --filelist)", EXIT_USAGE)
+    if args.recursive and fid_mode:
+        raise CliError("-r walks directories; it cannot be used with FIDs", EXIT_USAGE)
+
+    def targets() -> Iterator[Target | PathError]:
+        for fid in args.fid:
+            try:
+                yield _target_from_fid(fid, fsname, fs)
+            except PathError as e:
+                yield e
+        for operand in _operands(args, ctx):
+            try:
+                if fid_mode:
+                    yield _target_from_fid(_parse_fid_operand(operand), fsname, fs, operand)
+                elif args.recursive:
+                    for path in _walk(ctx, operand):
+                        try:
+                            yield _target_from_path(ctx, path)
+                        except PathError as e:
+                            yield e
+                else:
+                    yield _target_from_path(ctx, operand)
+            except PathError as e:
+                yield e
+
+    if not streaming:
+        # Like lfs: every operand must be good, or nothing is sent.
+        good: list[Target] = []
+        bad = False
+        for t in targets():
+            if isinstance(t, PathError):
+                ctx.error(str(t), t.code)
+                bad = True
+            else:
+                good.append(t)
+        if bad:
+            ctx.error("nothing submitted", EXIT_FAILED)
+            return ctx.status
+        client = _client(args)
+        with client:
+            sub = Submitter(ctx, client, kind, archive_id, args.data, args.batch_size)
+            for t in good:
+                sub.add(t)
+            sub.flush()
+            if args.wait:
+                _wait(ctx, client, kind, sub.labels)
+        return ctx.status
+
+    client = _client(args)
+    with client:
+        sub = Submitter(ctx, client, kind, archive_id, args.data, args.batch_size)
+        for t in targets():
+            if isinstance(t, PathError):
+                sub.local_error(str(t), t.code if t.code != EXIT_USAGE else EXIT_FAILED)
+            else:
+                sub.add(t)
+        sub.flush()
+        print(sub.summary(), file=ctx.out)
+        ctx.out.flush()
+        if args.wait:
+            _wait(ctx, client, kind, sub.labels, summary=True)
+    return ctx.status
+
+
+def _label(labels: dict[int, list[str]], action_id: int) -> str:
+    names = labels.get(action_id) or [f"action {action_id}"]
+    return names[0] if len(names) == 1 else f"{names[0]} (and {len(names) - 1} more)"
+
+
+def _wait(ctx: Context, client: CoordinatorClient, kind: str,
+          labels: dict[int, list[str]], summary: bool = False) -> None:
+    """Block until every action ended, with a progress bar on a terminal."""
+    from hsm.client import state_name
+    from hsm.v1 import types_pb2 as tpb
+    from hsmctl.output import error_text, format_bytes
+
+    ids = list(labels)
+    if not ids:
+        if summary:
+            print("succeeded 0, failed 0, canceled 0", file=ctx.out)
+        return
+    final: dict[int, tpb.Action] = {}
+    running: dict[int, tpb.Action] = {}
+    progress = None
+    task = None
+    if ctx.err.isatty():
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=Console(file=ctx.err),
+            transient=False,
+        )
+        task = progress.add_task(f"{kind} waiting", total=len(ids), detail="")
+        progress.start()
+    try:
+        for start in range(0, len(ids), WATCH_CHUNK):
+            for action in client.watch(ids[start:start + WATCH_CHUNK]):
+                if action.state in (tpb.SUCCEEDED, tpb.FAILED, tpb.CANCELED):
+                    running.pop(action.action_id, None)
+                    if action.action_id not in final:
+                        final[action.action_id] = action
+                        if action.state == tpb.SUCCEEDED:
+                            ctx.info(f"{_label(labels, action.action_id)}: "
+                                     f"{kind.upper()} succeeded (action {action.action_id})")
+                elif action.state in (tpb.STARTED, tpb.CANCELING):
+                    running[action.action_id] = action
+                if progress is not None and task is not None:
+                    done = sum(a.bytes_done for a in running.values())
+                    total = sum(a.bytes_total for a in running.values())
+                    detail = f"running {len(running)}"
+                    if total:
+                        detail += f", {format_bytes(done)}/{format_bytes(total)}"
+                    progress.update(task, completed=len(final), detail=detail)
+    finally:
+        if progress is not None:
+            progress.stop()
+    counts = {tpb.SUCCEEDED: 0, tpb.FAILED: 0, tpb.CANCELED: 0}
+    for action_id in ids:
+        action = final[action_id]
+        counts[action.state] += 1
+        if action.state == tpb.SUCCEEDED:
+            continue
+        verb = "failed" if action.state == tpb.FAILED else "was canceled"
+        why = error_text(action.error, action.errno)
+        ctx.error(
+            f"{_label(labels, action_id)}: {kind.upper()} action {action_id} {verb}"
+            + (f": {why}" if why else f" ({state_name(action.state)})")
+        )
+    if summary:
+        print(
+            f"succeeded {counts[tpb.SUCCEEDED]}, failed {counts[tpb.FAILED]}, "
+            f"canceled {counts[tpb.CANCELED]}",
+            file=ctx.out,
+        )
+
+
+# ---------------------------------------------------------------------------
+# release, set, clear: local operations on the tree
+
+
+def _release_refusal(fs: SimFS, path: str) -> str:
+    """Why Lustre would refuse to release *path*, in words."""
+    try:
+        flags, _archive_id, archived_version = _hsm_state(fs, path)
+        version = fs.data_version(path)
+    except (OSError, ValueError):
+        return "not allowed"
+    if not flags & HS.ARCHIVED:
+        return "the file is not archived"
+    if flags & HS.DIRTY:
+        return "the file is dirty (changed since it was archived)"
+    if flags & HS.NORELEASE:
+        return "the file is marked never_release"
+    if flags & HS.LOST:
+        return "the archived copy is lost"
+    if version != archived_version:
+        return "the file changed since it was archived (data version differs)"
+    return "not allowed in its HSM state"
+
+
+def cmd_release(args: argparse.Namespace, ctx: Context) -> int:
+    for path in args.paths:
+        try:
+            _stat_regular(path)
+            fs = ctx.tree_of(path)
+        except PathError as e:
+            ctx.error(str(e), e.code)
+            continue
+        try:
+            fs.release(path)
+        except ValueError as e:
+            ctx.error(f"cannot release '{path}': {e}")
+            continue
+        except OSError as e:
+            if e.errno == _errno.EPERM:
+                ctx.error(f"cannot release '{path}': {_release_refusal(fs, path)} "
+                          "(Operation not permitted)")
+            else:
+                ctx.error(f"cannot release '{path}': {e.strerror or e}")
+            continue
+        ctx.info(f"{path}: released")
+    return ctx.status
+
+
+def cmd_flags(args: argparse.Namespace, ctx: Context) -> int:
+    mask = 0
+    if args.norelease:
+        mask |= HS.NORELEASE
+    if args.noarchive:
+        mask |= HS.NOARCHIVE
+    if args.dirty:
+        mask |= HS.DIRTY
+    if not mask:
+        raise CliError("give at least one flag: --norelease, --noarchive or --dirty", EXIT_USAGE)
+    for path in args.paths:
+        try:
+            _stat_regular(path)
+            fs = ctx.tree_of(path)
+            if args.command == "set":
+                fs.set_flags(path, int(mask), 0)
+            else:
+                fs.set_flags(path, 0, int(mask))
+        except PathError as e:
+            ctx.error(str(e), e.code)
+        except (OSError, ValueError) as e:
+            ctx.error(f"can't change hsm flags for {path}: {getattr(e, 'strerror', None) or e}")
+    return ctx.status
+
+
+# ---------------------------------------------------------------------------
+# state, action
+
+
+def cmd_state(args: argparse.Namespace, ctx: Context) -> int:
+    rows = []
+    for path in args.paths:
+        try:
+            if not os.path.lexists(path):
+                raise PathError(f"can't get hsm state for {path}: No such file or directory")
+            fs = ctx.tree_of(path)
+            flags, archive_id, archived_version = _hsm_state(fs, path)
+            fid = fs.fid_of(path)
+        except PathError as e:
+            ctx.error(str(e), e.code)
+            continue
+        except (OSError, ValueError) as e:
+            ctx.error(f"can't get hsm state for {path}: {getattr(e, 'strerror', None) or e}")
+            continue
+        if args.json:
+            from hsmctl.output import flag_words
+
+            rows.append({
+                "path": path,
+                "fid": str(fid),
+                "flags": flags,
+                "states": flag_words(flags),
+                "archive_id": archive_id,
+                "archived_version": archived_version,
+            })
+        else:
+            print(format_hsm_state(path, flags, archive_id), file=ctx.out)
+    if args.json:
+        from hsmctl.output import write_json
+
+        write_json(ctx.out, rows)
+    return ctx.status
+
+
+def _current_action(actions: Iterable[tpb.Action]) -> tpb.Action | None:
+    """The action ``lfs hsm_action`` shows: the running one, else the oldest waiting."""
+    from hsm.v1 import types_pb2 as tpb
+
+    waiting = None
+    for a in actions:
+        if a.state in (tpb.STARTED, tpb.CANCELING):
+            return a
+        if a.state == tpb.WAITING and (waiting is None or a.created < waiting.created):
+            waiting = a
+    return waiting
+
+
+def action_view(action: tpb.Action | None) -> tuple[int | None, str, int, int, int]:
+    """(HSMA kind, progress word, offset, length, bytes moved) for one action."""
+    from hsm.v1 import types_pb2 as tpb
+
+    if action is None:
+        return None, "", 0, -1, 0
+    offset, length = 0, -1
+    if action.HasField("extent"):
+        offset, length = action.extent.offset, action.extent.length
+    if action.state == tpb.CANCELING:
+        return HSMA.CANCEL, "running", offset, length, action.bytes_done
+    if action.state == tpb.STARTED:
+        return int(action.kind), "running", offset, length, action.bytes_done
+    return int(action.kind), "waiting", offset, length, 0
+
+
+def cmd_action(args: argparse.Namespace, ctx: Context) -> int:
+    from hsm.client import state_name
+
+    resolved: list[tuple[str, SimFS, Fid]] = []
+    for path in args.paths:
+        try:
+            if not os.path.lexists(path):
+                raise PathError(f"can't get hsm action for {path}: No such file or directory")
+            fs = ctx.tree_of(path)
+            resolved.append((path, fs, fs.fid_of(path)))
+        except PathError as e:
+            ctx.error(str(e), e.code)
+        except (OSError, ValueError) as e:
+            ctx.error(f"can't get hsm action for {path}: {getattr(e, 'strerror', None) or e}")
+    rows = []
+    if resolved:
+        with _client(args) as client:
+            for path, fs, fid in resolved:
+                action = _current_action(client.list_actions(fid=fid, fsname=fs.fsname))
+                kind, word, offset, length, moved = action_view(action)
+                if args.json:
+                    names: dict[int, str] = {HSMA.ARCHIVE: "ARCHIVE", HSMA.RESTORE: "RESTORE",
+                             HSMA.REMOVE: "REMOVE", HSMA.CANCEL: "CANCEL"}
+                    rows.append({
+                        "path": path,
+                        "fid": str(fid),
+                        "action": names.get(kind, "NOOP") if kind is not None else "NOOP",
+                        "progress": word,
+                        "action_id": action.action_id if action is not None else None,
+                        "state": state_name(action.state) if action is not None else None,
+                        "offset": offset,
+                        "length": length,
+                        "bytes_moved": moved,
+                    })
+                else:
+                    print(format_hsm_action(path, kind, word, offset, length, moved), file=ctx.out)
+    if args.json:
+        from hsmctl.output import write_json
+
+        write_json(ctx.out, rows)
+    return ctx.status
+
+
+# ---------------------------------------------------------------------------
+# cancel
+
+
+def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
+    from hsm.client import cancel_outcome_name, fid_to_proto
+    from hsm.v1 import coordinator_pb2 as cpb
+
+    selectors: list[cpb.FidSelector] = []
+    fsname = args.fsname or ""
+    if args.mntpath:
+        fsname = ctx.mounted(args.mntpath).fsname
+    for fid in args.fid:
+        selectors.append(cpb.FidSelector(fsname=fsname, fid=fid_to_proto(fid)))
+    bad = False
+    for path in args.paths:
+        try:
+            _stat_regular(path)
+            fs = ctx.tree_of(path)
+            selectors.append(cpb.FidSelector(fsname=fs.fsname, fid=fid_to_proto(fs.fid_of(path))))
+        except PathError as e:
+            ctx.error(str(e), e.code)
+            bad = True
+        except (OSError, ValueError) as e:
+            ctx.error(f"cannot read FID of '{path}': {getattr(e, 'strerror', None) or e}")
+            bad = True
+    if bad:
+        ctx.error("nothing canceled")
+        return ctx.status
+    if not (selectors or args.ids or args.all):
+        raise CliError("cancel what? give PATH..., --fid FID, --id ACTION_ID or --all", EXIT_USAGE)
+    with _client(args) as client:
+        results = client.cancel(action_ids=args.ids, fids=selectors, all=args.all,
+                                reason=args.reason or f"canceled by {PROG} (uid {os.getuid()})")
+    for r in results:
+        outcome = cancel_outcome_name(r.outcome)
+        if outcome == "NOT_FOUND":
+            ctx.error(f"action {r.action_id}: no such action")
+        elif outcome == "CANCEL_DONE":
+            ctx.info(f"action {r.action_id}: canceled")
+        elif outcome == "CANCEL_SENT":
+            ctx.info(f"action {r.action_id}: canceling (the agent was told to stop)")
+        else:
+            ctx.info(f"action {r.action_id}: already ended, nothing to cancel")
+    if not results:
+        ctx.info("nothing to cancel")
+    return ctx.status
+
+
+# ---------------------------------------------------------------------------
+# status, agents, actions
+
+
+def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+    from hsm.client import CoordinatorError
+    from hsmctl.output import make_console, render_status, status_to_dict, write_json
+
+    with _client(args) as client:
+        status = client.status()
+        try:
+            info = client.cluster_info()
+        except CoordinatorError as e:
+            log.debug("cluster info failed: %s", e)
+            info = None
+    if args.json:
+        write_json(ctx.out, status_to_dict(status, info))
+    else:
+        render_status(make_console(ctx.out), status, info)
+    return ctx.status
+
+
+def cmd_agents(args: argparse.Namespace, ctx: Context) -> int:
+    from hsmctl.output import agent_to_dict, agents_table, emit, make_console, write_json
+
+    with _client(args) as client:
+        agents = list(client.status().agents)
+    if args.json:
+        write_json(ctx.out, [agent_to_dict(a) for a in sorted(agents, key=lambda a: a.agent_id)])
+    else:
+        emit(make_console(ctx.out), agents_table(agents))
+    return ctx.status
+
+
+def cmd_actions(args: argparse.Namespace, ctx: Context) -> int:
+    from hsmctl.output import action_header, action_line, action_to_dict, write_json_array
+
+    states = [s for group in args.state for s in group]
+    kinds = [k for group in args.kind for k in group]
+    if args.fsname and not args.fid:
+        raise CliError("--fsname filters --fid; give --fid too", EXIT_USAGE)
+    with _client(args) as client:
+        actions = client.list_actions(
+            states=states,
+            kinds=kinds,
+            fid=args.fid,
+            fsname=args.fsname or "",
+            agent=args.agent or "",
+            include_terminal=args.all,
+        )
+        if args.json:
+            write_json_array(ctx.out, (action_to_dict(a) for a in actions))
+        else:
+            now = time.time()
+            header = False
+            for a in actions:
+                if not header:
+                    print(action_header(), file=ctx.out)
+                    header = True
+                print(action_line(a, now), file=ctx.out)
+    return ctx.status
+
+
+# ---------------------------------------------------------------------------
+# The parser
+
+
+def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options accepted before and after the subcommand."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--coordinators", metavar="ADDR[,ADDR]",
+        default=default(os.environ.get("HSM_COORDINATORS") or DEFAULT_COORDINATORS),
+        help="coordinator replicas, HOST:PORT,... (env HSM_COORDINATORS, "
+             f"default {DEFAULT_COORDINATORS})",
+    )
+    parser.add_argument(
+        "--timeout", type=_positive_float, metavar="SECONDS", default=default(30.0),
+        help="give up on the coordinator after this long (default 30)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", default=default(False),
+                        help="say what was done for each file")
+    parser.add_argument("--debug", action="store_true", default=default(False),
+                        help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Queue and inspect HSM actions of the hsm-coordinator cluster "
+                    "(like lfs hsm_*).",
+        epilog=EPILOG,
+        formatter_class=fmt,
+    )
+    _globals(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _globals(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str, func: Callable[[argparse.Namespace, Context], int],
+            **kwargs: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common],
+                           formatter_class=fmt, **kwargs)
+        p.set_defaults(func=func, _parser=p)
+        return p
+
+    for name, text in (
+        ("archive", "copy files to the archive (lfs hsm_archive)"),
+        ("restore", "bring released files back (lfs hsm_restore); -r pre-stages a tree"),
+        ("remove", "delete the archived copies of files (lfs hsm_remove)"),
+    ):
+        p = add(name, text, cmd_request, epilog=(
+            "Files are given by path; with --mntpath or --fsname the operands are FIDs "
+            "instead.\nWith -r or --filelist, requests are sent in batches while "
+            "reading, bad entries are\nreported and skipped, and a summary line is "
+            "printed; otherwise a bad path stops\nthe command before anything is sent."
+        ))
+        if name != "restore":
+            p.add_argument("-a", "--archive-id", type=_archive_id, default=0, metavar="N",
+                           help="archive to use (default: the file's own, else 1)")
+        p.add_argument("-D", "--data", type=_data, default=b"", metavar="K=V,...",
+                       help="hints for the mover, e.g. tag=project1")
+        p.add_argument("-l", "--filelist", metavar="FILE",
+                       help="read paths (or FIDs) from FILE, one per line; - for stdin")
+        p.add_argument("-r", "--recursive", action="store_true",
+                       help="operands are directories: every regular file under them")
+        p.add_argument("-m", "--mntpath", metavar="DIR",
+                       help="operands are FIDs on the simfs tree mounted at DIR")
+        p.add_argument("--fsname", type=_fsname, metavar="NAME",
+                       help="operands are FIDs of file system NAME (HSM state not checked)")
+        p.add_argument("--fid", type=_fid, action="append", default=[], metavar="FID",
+                       help="a file by FID (repeatable); needs --fsname or --mntpath")
+        p.add_argument("--wait", action="store_true",
+                       help="block until every action ended; fail if any failed")
+        p.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH, metavar="N",
+                       help=f"items per request (default {DEFAULT_BATCH})")
+        p.add_argument("operands", nargs="*", metavar="PATH")
+
+    p = add("release", "drop the data of archived files, keeping size and metadata "
+            "(lfs hsm_release; done here, not by the coordinator)", cmd_release)
+    p.add_argument("paths", nargs="+", metavar="PATH")
+
+    p = add("cancel", "cancel the actions of files, by FID, by id, or all (lfs hsm_cancel)",
+            cmd_cancel)
+    p.add_argument("--fid", type=_fid, action="append", default=[], metavar="FID",
+                   help="cancel every action of this FID (repeatable)")
+    p.add_argument("--fsname", type=_fsname, metavar="NAME", help="file system of --fid")
+    p.add_argument("-m", "--mntpath", metavar="DIR", help="simfs tree of --fid")
+    p.add_argument("--id", dest="ids", type=_action_id, nargs="+", action="extend", default=[],
+                   metavar="ACTION_ID", help="cancel these actions")
+    p.add_argument("--all", action="store_true", help="cancel every non-terminal action")
+    p.add_argument("--reason", metavar="TEXT", help="recorded in the actions' error text")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+
+    p = add("state", "HSM flags of files, exactly as lfs hsm_state prints them", cmd_state)
+    p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+
+    p = add("action", "current HSM action of files, exactly as lfs hsm_action prints it",
+            cmd_action)
+    p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+
+    for name, text in (("set", "set HSM user flags (lfs hsm_set)"),
+                       ("clear", "clear HSM user flags (lfs hsm_clear)")):
+        p = add(name, text, cmd_flags)
+        p.add_argument("--norelease", action="store_true", help="never release the file")
+        p.add_argument("--noarchive", action="store_true", help="never archive the file")
+        p.add_argument("--dirty", action="store_true", help="the file differs from its copy")
+        p.add_argument("paths", nargs="+", metavar="PATH")
+
+    p = add("status", "queue counts, agents, shards and leaders, control mode", cmd_status)
+    p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
+
+    p = add("agents", "connected mover agents", cmd_agents)
+    p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
+
+    p = add("actions", "list actions, one per line (non-terminal ones unless --all)",
+            cmd_actions)
+    p.add_argument("--state", type=_state_list, action="append", default=[],
+                   metavar="STATE[,STATE]",
+                   help="waiting, started, canceling, succeeded, failed, canceled")
+    p.add_argument("--kind", type=_kind_list, action="append", default=[],
+                   metavar="KIND[,KIND]", help="archive, restore, remove")
+    p.add_argument("--fid", type=_fid, metavar="FID", help="actions of this file only")
+    p.add_argument("--fsname", type=_fsname, metavar="NAME", help="file system of --fid")
+    p.add_argument("--agent", metavar="AGENT_ID", help="actions held by this agent")
+    p.add_argument("--all", action="store_true", help="also ended actions still kept")
+    p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hsm.client import CoordinatorError, DeadlineExceeded, InvalidArgument, Unavailable
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format=f"{PROG}: %(levelname)s %(name)s: %(message)s",
+    )
+    ctx = Context(command=args.command, verbose=args.verbose)
+    try:
+        status = args.func(args, ctx)
+    except CliError as e:
+        if e.code == EXIT_USAGE:
+            args._parser.print_usage(sys.stderr)
+        ctx.error(str(e), e.code)
+        status = ctx.status
+    except (Unavailable, DeadlineExceeded) as e:
+        ctx.error(str(e), EXIT_UNREACHABLE)
+        status = ctx.status
+    except InvalidArgument as e:
+        ctx.error(str(e), EXIT_USAGE)
+        status = ctx.status
+    except CoordinatorError as e:
+        ctx.error(str(e), EXIT_FAILED)
+        status = ctx.status
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted (queued actions go on)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `hsmctl actions | head`: the reader left; not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
