@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
+import os
+
+# We start agentd children with fork+exec only; gRPC's fork handlers are not
+# needed and would log "skipping fork() handlers" at every spawn.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import argparse  # noqa: E402
 import asyncio
 import logging
 import signal

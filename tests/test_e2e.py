@@ -1,0 +1,106 @@
+"""End to end with real processes: ``hsm-coordinator local`` (coordinator
+plus real agentd processes on a simfs tree) driven by the real ``hsmctl``,
+and the demo itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentd.movers.posix import object_path
+from hsm.hsmflags import HS
+from hsm.simfs import SimFS
+
+
+def _pids_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        alive.append(pid)
+    return alive
+
+
+def _agent_pids(work: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"agentd.cli .*{work}"], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+@pytest.fixture
+def local(tmp_path: Path):  # type: ignore[no-untyped-def]
+    work = tmp_path / "hsm"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.cli", "local", "--dir", str(work), "--agents", "2",
+         "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert "coordinator at" in first, first + (proc.stderr.read() if proc.poll() is not None else "")
+    address = first.split("coordinator at ", 1)[1].split(",", 1)[0]
+    yield work, address, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def hsmctl(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, HSM_COORDINATORS=address)
+    return subprocess.run([sys.executable, "-m", "hsmctl.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_local_archive_release_restore_remove_and_clean_stop(local) -> None:  # type: ignore[no-untyped-def]
+    work, address, proc = local
+    fs = SimFS.open(work / "fs")
+    f = fs.root / "results.bin"
+    payload = os.urandom(3 << 20)
+    f.write_bytes(payload)
+
+    r = hsmctl(address, "archive", "--wait", str(f))
+    assert r.returncode == 0, r.stderr
+    fid = fs.fid_of(f)
+    obj = object_path(work / "archive", fid)
+    assert obj.read_bytes() == payload, "object at the lhsmtool_posix v1 path of the FID"
+    assert hsmctl(address, "state", str(f)).stdout == f"{f}: (0x00000009) exists archived, archive_id:1\n"
+
+    assert hsmctl(address, "release", str(f)).returncode == 0
+    assert f.stat().st_size == len(payload) and f.stat().st_blocks == 0
+    assert hsmctl(address, "restore", "--wait", str(f)).returncode == 0
+    assert f.read_bytes() == payload and not fs.hsm_state(f).flags & HS.RELEASED
+
+    r = hsmctl(address, "actions", "--all")
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert any(" ARCHIVE " in ln and "succeeded" in ln for ln in lines)
+    assert any(" RESTORE " in ln and "succeeded" in ln for ln in lines)
+
+    assert hsmctl(address, "remove", "--wait", str(f)).returncode == 0
+    assert not obj.exists()
+    # like the MDT, remove clears EXISTS and ARCHIVED but keeps the archive id
+    assert hsmctl(address, "state", str(f)).stdout == f"{f}: (0x00000000), archive_id:1\n"
+
+    agents = _agent_pids(work)
+    assert len(agents) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    deadline = time.monotonic() + 30
+    while _pids_alive(agents) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _pids_alive(agents), "agentd processes left behind"
+    assert hsmctl(address, "status").returncode == 3  # coordinator gone: exit 3
+
+
+def test_demo_passes() -> None:
+    r = subprocess.run([sys.executable, "-m", "coordinator.demo"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "answers: created 300, joined 600" in r.stdout or "copied more than once: 0" in r.stdout
+    assert "every byte matches" in r.stdout and "demo passed" in r.stdout
