@@ -538,6 +538,7 @@ class ShardState:
                 continue  # stale: an older attempt, or already ended
             action.bytes_done = done.bytes_done or action.bytes_done
             if done.errno == 0:
+                action.bytes_total = action.bytes_total or action.bytes_done
                 self._end(action, Ev.SUCCEED, cmd.now, 0, done.message)
             elif action.state == State.CANCELING:
                 if done.errno == E.ECANCELED or done.retry:
