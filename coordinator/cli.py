@@ -1,35 +1,38 @@
-"""``hsm-coordinator``: run a coordinator replica, or a whole local system."""
+"""``hsm-coordinator``: create a cluster, run a replica, or run a whole local
+system."""
 
 from __future__ import annotations
 
 import os
 
-# We start agentd children with fork+exec only; gRPC's fork handlers are not
-# needed and would log "skipping fork() handlers" at every spawn.
+# We start children with fork+exec only; gRPC's fork handlers are not needed
+# and would log "skipping fork() handlers" at every spawn.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import argparse  # noqa: E402
-import asyncio
-import logging
-import signal
-import sys
-from collections.abc import Sequence
-from pathlib import Path
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import hsm
-from coordinator import config as cfgmod
-from coordinator.node import CoordinatorNode
+import hsm  # noqa: E402
+from coordinator import config as cfgmod  # noqa: E402
+from hsm import sdnotify  # noqa: E402
 
 EPILOG = """\
 commands:
-  run     one coordinator replica, from a config file plus flags
-  local   a complete system in the foreground: a coordinator, N agentd with
-          the posix mover, a simulated Lustre tree (simfs) and an archive
+  init    create a cluster: writes coordinator.yaml and raft-password for every replica
+  run     one coordinator replica, from the config file plus flags
+  local   a complete system in the foreground: 3 replicas x 8 shards, N agentd
+          with the posix mover, a simulated Lustre tree (simfs) and an archive
 
 examples:
-  hsm-coordinator local --dir /tmp/hsm --agents 2
-  hsm-coordinator run --config /etc/hsm/coordinator.yaml
-  hsm-coordinator run --listen 0.0.0.0:7600 --archive-ids 1,2
+  hsm-coordinator local --dir /tmp/hsm
+  hsm-coordinator init --shards 8 --replica hsm-0=10.0.0.1:7600:7700 \\
+      --replica hsm-1=10.0.0.2:7600:7700 --replica hsm-2=10.0.0.3:7600:7700 --out /etc/hsm-coordinator
+  hsm-coordinator run --config /etc/hsm-coordinator/coordinator.yaml --replica-id hsm-0
 
 exit codes: 0 clean stop, 1 runtime error, 2 bad usage or configuration
 """
@@ -55,30 +58,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"hsm-coordinator {hsm.__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    ini = sub.add_parser("init", help="create a cluster configuration",
+                         description="Write coordinator.yaml and raft-password (mode 0600) into --out. Copy both "
+                                     "to every replica. Refuses to overwrite existing files.")
+    ini.add_argument("--name", default="hsm", help="cluster name (default hsm)")
+    ini.add_argument("--shards", type=int, default=8, help="shard count, fixed for the cluster's life (default 8)")
+    ini.add_argument("--replica", action="append", required=True, metavar="ID=HOST:API_PORT:RAFT_PORT",
+                     help="a replica (repeat: 3 or 5 replicas); shard i uses Raft port RAFT_PORT+i")
+    ini.add_argument("--data-dir", default="/var/lib/hsm-coordinator", help="Raft data directory on each replica")
+    ini.add_argument("--archive-ids", type=_archive_ids, default=[1], metavar="N[,N...]")
+    ini.add_argument("--out", type=Path, required=True, help="directory to write the files into")
+
     run = sub.add_parser("run", help="run one coordinator replica",
-                         description="Run one coordinator replica (config file keys are documented in "
-                                     "the README; flags override the file).")
-    run.add_argument("--config", metavar="FILE", help="YAML config file")
-    run.add_argument("--replica-id", help="this replica's name (default: short host name)")
-    run.add_argument("--listen", metavar="HOST:PORT", help="gRPC API address (default 127.0.0.1:7600)")
-    run.add_argument("--archive-ids", type=_archive_ids, metavar="N[,N...]", help="archive ids that exist (default 1)")
-    run.add_argument("--default-archive-id", type=int, metavar="N")
+                         description="Run one coordinator replica (config keys: docs/cluster-config.md; "
+                                     "flags override the file).")
+    run.add_argument("--config", metavar="FILE", required=True, help="YAML config file (from `init`)")
+    run.add_argument("--replica-id", help="this replica's id in cluster.replicas (default: short host name)")
+    run.add_argument("--data-dir", help="where this replica keeps its Raft journals and snapshots")
+    run.add_argument("--listen", metavar="HOST:PORT", help="gRPC API bind address (default: the replica's api)")
+    run.add_argument("--raft-bind", metavar="HOST", help="host the Raft ports bind to")
+    run.add_argument("--archive-ids", type=_archive_ids, metavar="N[,N...]", help="archive ids that exist")
     run.add_argument("--agent-grace", type=float, metavar="SECONDS",
                      help="how long a disconnected agent keeps its actions (default 60)")
-    run.add_argument("--max-attempts", type=int, metavar="N", help="starts per action before it fails (default 3)")
     run.add_argument("--log-level", choices=cfgmod.LOG_LEVELS)
 
     loc = sub.add_parser("local", help="run a complete local system in the foreground",
-                         description="Start a coordinator, N agentd processes (posix mover), a simfs tree at "
-                                     "DIR/fs and an archive at DIR/archive. Prints the address to use with "
-                                     "hsmctl --coordinators (or HSM_COORDINATORS). Ctrl-C or SIGTERM stops it.")
+                         description="Start N coordinator replicas (processes) with S shards, M agentd "
+                                     "processes (posix mover), a simfs tree at DIR/fs and an archive at "
+                                     "DIR/archive. Prints the addresses to use with hsmctl --coordinators "
+                                     "(or HSM_COORDINATORS). Ctrl-C or SIGTERM stops it.")
     loc.add_argument("--dir", required=True, type=Path, help="working directory (created if missing)")
-    loc.add_argument("--agents", type=int, default=2, metavar="N", help="agentd processes to start (default 2)")
-    loc.add_argument("--listen", default="127.0.0.1:7600", metavar="HOST:PORT",
-                     help="coordinator address (default 127.0.0.1:7600; port 0 picks a free one)")
+    loc.add_argument("--replicas", type=int, default=3, metavar="N", help="coordinator replicas (default 3)")
+    loc.add_argument("--shards", type=int, default=8, metavar="S", help="shards (default 8)")
+    loc.add_argument("--agents", type=int, default=2, metavar="M", help="agentd processes (default 2)")
+    loc.add_argument("--port", type=int, default=7600, metavar="PORT",
+                     help="API port of the first replica; replica k uses PORT+k, Raft ports from PORT+100 "
+                          "(default 7600; 0 picks free ports)")
     loc.add_argument("--archive-ids", type=_archive_ids, default=[1], metavar="N[,N...]")
     loc.add_argument("--fsname", default="simfs", help="file system name of a new simfs tree (default simfs)")
-    loc.add_argument("--log-level", choices=cfgmod.LOG_LEVELS, default="warning")
+    loc.add_argument("--log-level", choices=cfgmod.LOG_LEVELS, default="info")
     return p
 
 
@@ -90,37 +108,69 @@ def setup_logging(level: str, filename: Path | None = None) -> None:
     )
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
+def new_loop() -> asyncio.AbstractEventLoop:
+    import uvloop
 
-        return uvloop.new_event_loop()
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
-async def _serve(node: CoordinatorNode) -> int:
+async def _serve(cfg: object) -> int:
+    from coordinator.node import CoordinatorNode, NodeConfig
+
+    assert isinstance(cfg, NodeConfig)
+    node = CoordinatorNode(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
-    print(f"hsm-coordinator: replica {node.config.replica_id} serving on {node.address}", flush=True)
+    print(f"hsm-coordinator: replica {cfg.replica_id} serving on {node.address}", flush=True)
+
+    async def notify_ready() -> None:
+        await node.ready.wait()
+        sdnotify.notify(f"READY=1\nSTATUS=serving on {node.address}, every shard has a leader")
+
+    async def watchdog(interval: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    tasks = [asyncio.create_task(notify_ready())]
+    interval = sdnotify.watchdog_interval()
+    if interval:
+        tasks.append(asyncio.create_task(watchdog(interval)))
     await stop.wait()
-    await node.stop()
+    sdnotify.notify("STOPPING=1")
+    logging.getLogger("coordinator").info("stopping: handing over leadership, draining")
+    for t in tasks:
+        t.cancel()
+    await node.stop(grace=5.0, step_down=True)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "init":
+        try:
+            replicas = [cfgmod.parse_replica(r) for r in args.replica]
+            cfg_path, pw_path = cfgmod.init_cluster(args.out, args.name, args.shards, replicas,
+                                                    data_dir=args.data_dir, archive_ids=tuple(args.archive_ids))
+        except cfgmod.ConfigError as exc:
+            print(f"hsm-coordinator init: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {cfg_path} and {pw_path} ({len(replicas)} replicas, {args.shards} shards)")
+        print("copy both files to every replica, then on each: "
+              f"hsm-coordinator run --config {cfg_path} --replica-id ID")
+        return 0
+
     if args.command == "run":
         overrides = {
             "replica_id": args.replica_id,
+            "data_dir": args.data_dir,
             "listen": args.listen,
+            "raft_bind": args.raft_bind,
             "archive_ids": tuple(args.archive_ids) if args.archive_ids else None,
-            "default_archive_id": args.default_archive_id,
             "agent_grace": args.agent_grace,
-            "max_attempts": args.max_attempts,
             "log_level": args.log_level,
         }
         try:
@@ -130,26 +180,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         setup_logging(level)
         try:
-            with asyncio.Runner(loop_factory=_new_loop) as runner:
-                return runner.run(_serve(CoordinatorNode(cfg)))
+            with asyncio.Runner(loop_factory=new_loop) as runner:
+                return runner.run(_serve(cfg))
         except OSError as exc:
+            print(f"hsm-coordinator: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # RaftStorageError and friends: say it, no traceback
+            logging.getLogger("coordinator").exception("fatal")
             print(f"hsm-coordinator: {exc}", file=sys.stderr)
             return 1
 
     from coordinator.local import LocalSystem, run_foreground
 
-    if args.agents < 0:
-        print("hsm-coordinator: --agents must be >= 0", file=sys.stderr)
+    if args.agents < 0 or args.replicas < 1 or not 1 <= args.shards <= 999:
+        print("hsm-coordinator local: need --replicas >= 1, --agents >= 0, --shards 1..999", file=sys.stderr)
         return 2
     args.dir.mkdir(parents=True, exist_ok=True)
-    (args.dir / "logs").mkdir(exist_ok=True)
-    setup_logging(args.log_level, args.dir / "logs" / "coordinator.log")
-    system = LocalSystem(dir=args.dir.resolve(), agents=args.agents, listen=args.listen,
-                         archive_ids=tuple(args.archive_ids), fsname=args.fsname)
+    system = LocalSystem(dir=args.dir.resolve(), replicas=args.replicas, shards=args.shards, agents=args.agents,
+                         port=args.port, archive_ids=tuple(args.archive_ids), fsname=args.fsname,
+                         log_level=args.log_level)
     try:
-        with asyncio.Runner(loop_factory=_new_loop) as runner:
+        with asyncio.Runner(loop_factory=new_loop) as runner:
             return runner.run(run_foreground(system, lambda s: print(s, flush=True)))
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, cfgmod.ConfigError) as exc:
         print(f"hsm-coordinator local: {exc}", file=sys.stderr)
         return 1
 

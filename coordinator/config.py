@@ -1,81 +1,193 @@
-"""Coordinator configuration: a YAML file plus command-line flags.
+"""Coordinator replica configuration: a YAML file plus command-line flags.
 
-Keys (all optional; flags override the file)::
+The file format is documented in docs/cluster-config.md; in short::
 
-    replica_id: c1            # this replica's name (default: short host name)
-    listen: 0.0.0.0:7600      # gRPC API address (clients, agents, health)
-    archive_ids: [1, 2]       # archive ids that exist; requests for others are refused
-    default_archive_id: 1     # used when neither the request nor the file names one
-    max_attempts: 3           # starts per action before it FAILS with its last errno
-    max_terminal: 100000      # ended actions kept per shard for listing and retries
-    agent_grace: 60           # seconds a disconnected agent keeps its running actions
-    heartbeat_interval: 5     # seconds between agent heartbeats
-    shards: 1                 # shards in this process
-    log_level: info           # debug, info, warning, error
+    cluster:                      # identical on every replica (hsm-coordinator init writes it)
+      name: hsm
+      shards: 8
+      vnodes: 4096
+      password_file: /etc/hsm-coordinator/raft-password
+      replicas:
+        - {id: hsm-0, api: "hsm-0:7600", raft: "hsm-0:7700"}
+        - ...
+    replica_id: hsm-0             # default: the short host name
+    data_dir: /var/lib/hsm-coordinator
+    listen: 0.0.0.0:7600          # default: this replica's api address
+    raft_bind: 0.0.0.0            # default: this replica's raft host
+    archive_ids: [1]
+    default_archive_id: 1
+    max_attempts: 3
+    max_terminal: 100000
+    agent_grace: 60
+    heartbeat_interval: 5
+    propose_timeout: 10
+    raft: {election_min: 1.0, election_max: 2.0, ...}   # coordinator.raft.RaftTuning fields
+    log_level: info
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from coordinator.cluster import ClusterSpec, ReplicaSpec, split_addr
 from coordinator.node import NodeConfig, local_hostname
+from coordinator.raft import RaftTuning
+from hsm.ring import DEFAULT_VNODES
 
 
 class ConfigError(ValueError):
     """A configuration problem, worded for the admin who has to fix it."""
 
 
-_EXTRA = {"log_level"}
 LOG_LEVELS = ("debug", "info", "warning", "error")
+_SIMPLE = {
+    "replica_id": str, "data_dir": str, "listen": str, "raft_bind": str, "archive_ids": tuple,
+    "default_archive_id": int, "max_attempts": int, "max_terminal": int, "agent_grace": float,
+    "heartbeat_interval": float, "propose_timeout": float,
+}
+_TOP = set(_SIMPLE) | {"cluster", "raft", "log_level"}
+_CLUSTER = {"name", "shards", "vnodes", "password_file", "password", "replicas"}
 
 
 def _check(name: str, value: Any, typ: type) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        return float(value)
     if typ is tuple:
         if not isinstance(value, list | tuple) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{name}: expected a list of integers, got {value!r}")
         return tuple(value)
-    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
         raise ConfigError(f"{name}: expected {typ.__name__}, got {value!r}")
     return value
 
 
-def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> tuple[NodeConfig, str]:
-    """Read *path* (may be None) and apply *overrides* (None values are
-    ignored). Returns the node config and the log level."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            text = p.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping of settings at the top level")
-        raw.update(loaded or {})
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    fields = {f.name: f for f in dataclasses.fields(NodeConfig)}
-    unknown = sorted(set(raw) - set(fields) - _EXTRA)
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: expected a mapping of settings at the top level")
+    return loaded or {}
+
+
+def read_password(path: str | Path) -> str:
+    p = Path(path)
+    try:
+        st = p.stat()
+        text = p.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cluster.password_file: cannot read {p}: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"cluster.password_file: {p} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+                          "chmod 600 it")
+    if len(text) < 16:
+        raise ConfigError(f"cluster.password_file: {p} holds fewer than 16 characters")
+    return text
+
+
+def _cluster(raw: Any, base: Path | None) -> ClusterSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError("cluster: required, a mapping (name, shards, password_file, replicas); "
+                          "create one with `hsm-coordinator init`")
+    unknown = sorted(set(raw) - _CLUSTER)
     if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (known: {', '.join(sorted(set(fields) | _EXTRA))})")
-    raw.setdefault("replica_id", local_hostname())
-    log_level = str(raw.pop("log_level", "info")).lower()
+        raise ConfigError(f"cluster: unknown setting(s): {', '.join(unknown)} (known: {', '.join(sorted(_CLUSTER))})")
+    if "password" in raw:
+        password = _check("cluster.password", raw["password"], str)
+        if len(password) < 16:
+            raise ConfigError("cluster.password: at least 16 characters")
+    elif "password_file" in raw:
+        pf = Path(_check("cluster.password_file", raw["password_file"], str))
+        if not pf.is_absolute() and base is not None:
+            pf = base / pf
+        password = read_password(pf)
+    else:
+        raise ConfigError("cluster: password_file is required (the Raft peers' shared secret)")
+    reps = raw.get("replicas")
+    if not isinstance(reps, list) or not reps:
+        raise ConfigError("cluster.replicas: a list of {id, api, raft} is required")
+    replicas = []
+    for n, r in enumerate(reps):
+        if not isinstance(r, dict) or set(r) != {"id", "api", "raft"}:
+            raise ConfigError(f"cluster.replicas[{n}]: expected exactly the keys id, api, raft; got {r!r}")
+        for key in ("api", "raft"):
+            try:
+                split_addr(str(r[key]))
+            except ValueError as exc:
+                raise ConfigError(f"cluster.replicas[{n}].{key}: {exc}") from None
+        replicas.append(ReplicaSpec(str(r["id"]), str(r["api"]), str(r["raft"])))
+    try:
+        return ClusterSpec(
+            name=_check("cluster.name", raw.get("name", "hsm"), str),
+            shards=_check("cluster.shards", raw.get("shards", 8), int),
+            replicas=tuple(replicas),
+            password=password,
+            vnodes=_check("cluster.vnodes", raw.get("vnodes", DEFAULT_VNODES), int),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"cluster: {exc}") from None
+
+
+def _raft(raw: Any) -> RaftTuning:
+    if raw is None:
+        return RaftTuning()
+    if not isinstance(raw, dict):
+        raise ConfigError("raft: expected a mapping of Raft tuning settings")
+    fields = {f.name: f for f in dataclasses.fields(RaftTuning)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"raft: unknown setting(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
+    values = {}
+    for k, v in raw.items():
+        default = getattr(RaftTuning(), k)
+        values[k] = _check(f"raft.{k}", v, type(default))
+    tuning = RaftTuning(**values)
+    try:
+        tuning.validate()
+    except ValueError as exc:
+        raise ConfigError(f"raft: {exc}") from None
+    return tuning
+
+
+def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> tuple[NodeConfig, str]:
+    """Read *path* and apply *overrides* (None values are ignored).
+    Returns the node config and the log level."""
+    raw: dict[str, Any] = dict(read_yaml(path)) if path is not None else {}
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(raw) - _TOP)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (known: {', '.join(sorted(_TOP))})")
+    base = Path(path).resolve().parent if path is not None else None
+    cluster = _cluster(raw.get("cluster"), base)
+    log_level = str(raw.get("log_level", "info")).lower()
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     values: dict[str, Any] = {}
-    for name, value in raw.items():
-        default = getattr(NodeConfig(), name)
-        values[name] = _check(name, value, type(default))
-    cfg = NodeConfig(**values)
+    for name, typ in _SIMPLE.items():
+        if name in raw:
+            values[name] = _check(name, raw[name], typ)
+    values.setdefault("replica_id", local_hostname())
+    if "data_dir" not in values:
+        raise ConfigError("data_dir: required (where this replica keeps its Raft journals and snapshots)")
+    values["data_dir"] = Path(values["data_dir"])
+    try:
+        cluster.replica(values["replica_id"])
+    except ValueError as exc:
+        raise ConfigError(f"replica_id: {exc}") from None
+    cfg = NodeConfig(cluster=cluster, raft=_raft(raw.get("raft")), **values)
     validate(cfg)
     return cfg, log_level
 
@@ -85,13 +197,59 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError(f"archive_ids: need at least one id, each >= 1 (got {list(cfg.archive_ids)})")
     if cfg.default_archive_id not in cfg.archive_ids:
         raise ConfigError(f"default_archive_id {cfg.default_archive_id} is not in archive_ids {list(cfg.archive_ids)}")
-    if ":" not in cfg.listen:
-        raise ConfigError(f"listen: expected host:port, got {cfg.listen!r}")
+    if cfg.listen:
+        try:
+            split_addr(cfg.listen)
+        except ValueError:
+            raise ConfigError(f"listen: expected host:port, got {cfg.listen!r}") from None
     if cfg.max_attempts < 1:
         raise ConfigError("max_attempts: must be at least 1")
     if cfg.max_terminal < 0:
         raise ConfigError("max_terminal: must be >= 0")
-    if cfg.agent_grace <= 0 or cfg.heartbeat_interval <= 0:
-        raise ConfigError("agent_grace and heartbeat_interval must be > 0 seconds")
-    if not 1 <= cfg.shards <= 999:
-        raise ConfigError("shards: must be between 1 and 999")
+    if cfg.agent_grace <= 0 or cfg.heartbeat_interval <= 0 or cfg.propose_timeout <= 0:
+        raise ConfigError("agent_grace, heartbeat_interval and propose_timeout must be > 0 seconds")
+
+
+def init_cluster(out: Path, name: str, shards: int, replicas: list[ReplicaSpec], vnodes: int = DEFAULT_VNODES,
+                 data_dir: str = "/var/lib/hsm-coordinator", archive_ids: tuple[int, ...] = (1,),
+                 extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``coordinator.yaml`` and ``raft-password`` (0600) into *out*.
+    Refuses to overwrite either. Returns both paths."""
+    try:
+        ClusterSpec(name, shards, tuple(replicas), "x" * 16, vnodes)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path, pw_path = out / "coordinator.yaml", out / "raft-password"
+    for p in (cfg_path, pw_path):
+        if p.exists():
+            raise ConfigError(f"{p} already exists; refusing to overwrite a cluster's configuration")
+    fd = os.open(pw_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    doc: dict[str, Any] = {
+        "cluster": {
+            "name": name, "shards": shards, "vnodes": vnodes, "password_file": str(pw_path.resolve()),
+            "replicas": [{"id": r.id, "api": r.api, "raft": r.raft} for r in replicas],
+        },
+        "data_dir": data_dir,
+        "archive_ids": list(archive_ids),
+        "default_archive_id": archive_ids[0],
+        "log_level": "info",
+    }
+    doc.update(extra or {})
+    header = ("# hsm-coordinator cluster configuration (docs/cluster-config.md).\n"
+              "# Identical on every replica; each sets its own replica_id (flag --replica-id,\n"
+              "# default: the short host name).\n")
+    cfg_path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
+    return cfg_path, pw_path
+
+
+def parse_replica(text: str) -> ReplicaSpec:
+    """``ID=HOST:API_PORT:RAFT_PORT`` (``hsm-0=10.0.0.1:7600:7700``)."""
+    rid, sep, rest = text.partition("=")
+    parts = rest.rsplit(":", 2)
+    if not sep or not rid or len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise ConfigError(f"--replica {text!r}: expected ID=HOST:API_PORT:RAFT_PORT, e.g. hsm-0=10.0.0.1:7600:7700")
+    host = parts[0]
+    return ReplicaSpec(rid, f"{host}:{parts[1]}", f"{host}:{parts[2]}")

@@ -1,7 +1,7 @@
 """``make demo``: the whole path from ``hsmctl archive`` to a mover and back.
 
-Starts ``hsm-coordinator local`` (a coordinator and two agentd with the
-posix mover on a fresh simfs tree), writes a few hundred files of mixed
+Starts ``hsm-coordinator local`` (3 coordinator replicas x 8 shards and two
+agentd with the posix mover on a fresh simfs tree), writes a few hundred files of mixed
 sizes, archives them all with ``hsmctl archive --wait``, releases them with
 ``hsmctl release``, then restores every file through three concurrent
 requesters (as three OSS nodes would) and shows that each file's data was
@@ -80,8 +80,7 @@ def hsmctl(address: str, *args: str, check: bool = True) -> subprocess.Completed
 
 def start_local(work: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator.cli", "local", "--dir", str(work), "--agents", "2",
-         "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "coordinator.cli", "local", "--dir", str(work), "--agents", "2", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert proc.stdout is not None
@@ -92,8 +91,8 @@ def start_local(work: Path) -> tuple[subprocess.Popen[str], str]:
         if not line:
             break
         seen.append(line)
-        if "coordinator at " in line:
-            address = line.split("coordinator at ", 1)[1].split(",", 1)[0].strip()
+        if "coordinators at " in line:
+            address = line.split("coordinators at ", 1)[1].split(" ", 1)[0].rstrip(",")
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
             return proc, address
     proc.kill()
@@ -149,7 +148,7 @@ def run(work: Path) -> None:
     say(f"== hsm-coordinator demo in {work}")
     proc, address = start_local(work)
     try:
-        say(f"   coordinator at {address}, 2 agentd with the posix mover")
+        say(f"   3 coordinator replicas x 8 shards at {address}; 2 agentd with the posix mover")
         fs = SimFS.open(work / "fs")
         data_dir = fs.root / "data"
         digests = make_files(data_dir, FILES)

@@ -1,35 +1,57 @@
 """A coordinator replica: the gRPC servers (Coordinator, AgentService,
-grpc.health.v1), agent sessions, the dispatcher and watchers, around the
-shards it hosts.
+grpc.health.v1), agent sessions, the dispatcher and watchers, around one
+Raft replica (``coordinator.raft.RaftShard``) of every shard.
 
-Everything that changes action state is a command proposed to a shard
-(``Shard.propose``) and applied by the pure ``ShardState``; this module only
-turns messages into commands and carries out the effects. It runs on one
-asyncio event loop (uvloop in production); nothing here blocks.
+Everything that changes action state is a command proposed to the shard's
+Raft group and applied by the pure ``ShardState`` on every replica; this
+module only turns messages into commands and carries out the effects
+(``on_applied``: wake watchers everywhere; send cancels and assignments to
+agents from the shard's leader). It runs on one asyncio event loop (uvloop
+in production); nothing here blocks. Reads of shard state go through
+``RaftShard.reading()``, because the Raft applier thread changes it.
+
+Routing: a replica serves writes and current reads only for the shards it
+leads. Submit, GetAction and Watch for other shards are answered
+FAILED_PRECONDITION with the leader's API address in the ``hsm-leader``
+trailing metadata; the client retries there. Cancel and agents' progress
+and completions for other shards are forwarded to the leader (admin and
+failover paths, not the hot path). Listings and Status are served from this
+replica's applied state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno as E
+import hashlib
 import itertools
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import hsm
 from coordinator import convert, scheduler
+from coordinator.cluster import ClusterSpec, ReplicaSpec
 from coordinator.convert import InvalidRequest
+from coordinator.raft import (
+    LeaderInfo,
+    NotLeader,
+    ProposalTimeout,
+    RaftError,
+    RaftShard,
+    RaftTuning,
+)
 from coordinator.state import (
+    MAX_SHARDS,
     AgentLost,
     Assign,
     Assigned,
-    Cancel,
     Changed,
     Command,
     Complete,
@@ -42,7 +64,6 @@ from coordinator.state import (
     ShardConfig,
     ShardState,
     State,
-    Submit,
 )
 from hsm.fid import Fid
 from hsm.ring import Ring
@@ -60,12 +81,17 @@ GRPC_OPTIONS = [
 ]
 MAX_PAGE = 10_000
 DEFAULT_PAGE = 1000
+LEADER_KEY = "hsm-leader"
+READINESS_SERVICES = ("hsm.v1.Coordinator", "hsm.v1.AgentService")
 
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
-    replica_id: str = "c1"
-    listen: str = "127.0.0.1:7600"  # host:port of the gRPC API; port 0 picks a free one
+    cluster: ClusterSpec
+    replica_id: str
+    data_dir: Path
+    listen: str = ""  # gRPC API bind address; "" = this replica's api address
+    raft_bind: str = ""  # host the Raft ports bind to; "" = this replica's raft host
     archive_ids: tuple[int, ...] = (1,)
     default_archive_id: int = 1
     max_attempts: int = 3
@@ -73,26 +99,13 @@ class NodeConfig:
     #: seconds a disconnected agent keeps its actions before they are requeued
     agent_grace: float = 60.0
     heartbeat_interval: float = 5.0
-    shards: int = 1
-
-
-class Shard:
-    """One shard as this replica hosts it. Here the log is local: a command
-    is applied as soon as it is proposed. The replication issue puts Raft
-    behind ``propose`` without changing its callers."""
-
-    def __init__(self, index: int, config: ShardConfig) -> None:
-        self.index = index
-        self.state = ShardState(config)
-        self.commit_index = 0
+    #: seconds one replicated call may take before it is retried (same keys)
+    propose_timeout: float = 10.0
+    raft: RaftTuning = field(default_factory=RaftTuning)
 
     @property
-    def is_leader(self) -> bool:
-        return True
-
-    async def propose(self, cmd: Command) -> Result:
-        self.commit_index += 1
-        return self.state.apply(cmd)
+    def me(self) -> ReplicaSpec:
+        return self.cluster.replica(self.replica_id)
 
 
 @dataclass(eq=False)
@@ -119,60 +132,132 @@ def _slots_from_pb(pb: coordinator_pb2.Slots) -> dict[Kind, int]:
 
 
 def _slots_to_pb(d: dict[Kind, int]) -> coordinator_pb2.Slots:
-    return coordinator_pb2.Slots(archive=d.get(Kind.ARCHIVE, 0), restore=d.get(Kind.RESTORE, 0), remove=d.get(Kind.REMOVE, 0))
+    return coordinator_pb2.Slots(archive=d.get(Kind.ARCHIVE, 0), restore=d.get(Kind.RESTORE, 0),
+                                 remove=d.get(Kind.REMOVE, 0))
+
+
+class ShardUnavailable(Exception):
+    """A shard cannot take the request here: not the leader (``leader`` is
+    the leader's API address, or "" when there is none right now)."""
+
+    def __init__(self, shard: int, leader: str, detail: str = "") -> None:
+        self.shard = shard
+        self.leader = leader
+        where = f"the leader is {leader}" if leader else "it has no leader right now (election)"
+        super().__init__(detail or f"this replica does not lead shard {shard}; {where}")
+
+
+def shard_digest(state: ShardState) -> str:
+    """A digest of everything replicas must agree on (for consistency checks)."""
+    h = hashlib.sha256()
+    h.update(f"{state.next_seq}".encode())
+    for a in sorted(state.actions.values(), key=lambda a: a.id):
+        h.update(f"|{a.id},{a.state},{a.agent},{a.attempt},{a.errno},{len(a.requesters)},{a.kind},"
+                 f"{a.archive_id}".encode())
+    return h.hexdigest()
 
 
 class CoordinatorNode:
     def __init__(self, config: NodeConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
-        shard_cfg = dict(
-            archive_ids=frozenset(config.archive_ids),
-            default_archive_id=config.default_archive_id,
-            max_attempts=config.max_attempts,
-            max_terminal=config.max_terminal,
-        )
-        self.ring = Ring(config.shards)
-        self.shards = [Shard(i, ShardConfig(shard=i, **shard_cfg)) for i in range(config.shards)]  # type: ignore[arg-type]
+        self.cluster = config.cluster
+        self.me = config.me
+        self.ring = Ring(self.cluster.shards, self.cluster.vnodes)
+        self.shards: list[RaftShard] = []
         self.sessions: dict[str, AgentSession] = {}
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._watchers: dict[int, set[asyncio.Queue[types_pb2.Action]]] = {}
         self._wake = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._health = health.aio.HealthServicer()
+        self._ready_state: bool | None = None
+        self.ready = asyncio.Event()  # every shard has a known leader
         self.port = 0
 
     # ------------------------------------------------------------ lifecycle
 
     @property
     def address(self) -> str:
-        host = self.config.listen.rsplit(":", 1)[0]
+        listen = self.config.listen or self.me.api
+        host = listen.rsplit(":", 1)[0]
+        if host in ("0.0.0.0", "[::]", ""):
+            host = self.me.api.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
+    def shard_config(self, index: int) -> ShardConfig:
+        c = self.config
+        return ShardConfig(shard=index, archive_ids=frozenset(c.archive_ids), default_archive_id=c.default_archive_id,
+                           max_attempts=c.max_attempts, max_terminal=c.max_terminal)
+
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        raft_host = self.config.raft_bind
+        for i in range(self.cluster.shards):
+            me = self.me.raft_addr(i)
+            bind = f"{raft_host}:{me.rsplit(':', 1)[1]}" if raft_host else None
+            self.shards.append(RaftShard(
+                i, me, [r.raft_addr(i) for r in self.cluster.replicas], self.config.data_dir,
+                self.cluster.password, lambda i=i: ShardState(self.shard_config(i)),  # type: ignore[misc]
+                self._on_applied, loop, self.config.raft, bind_addr=bind,
+                on_leader_change=self._on_leader_change, on_reset=self._on_reset,
+                preferred_leader=self.cluster.preferred_leader(i).raft_addr(i) if len(self.cluster.replicas) > 1 else None,
+            ))
+        from coordinator.servicers import AgentServicer, CoordinatorServicer
+
         server = grpc.aio.server(options=GRPC_OPTIONS)
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self.port = server.add_insecure_port(self.config.listen)
+        listen = self.config.listen or self.me.api
+        self.port = server.add_insecure_port(listen)
         if self.port == 0:
-            raise OSError(E.EADDRINUSE, f"cannot listen on {self.config.listen}")
+            await self._close_shards()
+            raise OSError(E.EADDRINUSE, f"cannot listen on {listen}")
         await server.start()
         self._server = server
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._update_readiness()
         self._tasks.append(asyncio.create_task(self._dispatcher(), name="dispatcher"))
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("replica %s serving on %s (%d shards, archive ids %s)", self.config.replica_id,
-                 self.address, len(self.shards), ",".join(map(str, self.config.archive_ids)))
+        log.info("replica %s serving on %s (%d shards, archive ids %s)", self.me.id, self.address,
+                 len(self.shards), ",".join(map(str, self.config.archive_ids)))
 
-    async def _set_health(self, status: int) -> None:
-        for service in ("", "hsm.v1.Coordinator", "hsm.v1.AgentService"):
-            res = self._health.set(service, status)
-            if asyncio.iscoroutine(res):
-                await res
+    async def _update_readiness(self) -> None:
+        ready = all(s.leader is not None for s in self.shards)
+        if ready == self._ready_state:
+            return
+        self._ready_state = ready
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in READINESS_SERVICES:
+            await self._health.set(service, status)
+        if ready:
+            self.ready.set()
+            log.info("replica %s: every shard has a leader", self.me.id)
+        else:
+            self.ready.clear()
 
-    async def stop(self, grace: float = 2.0) -> None:
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    async def step_down(self, timeout: float = 5.0) -> None:
+        """Hand the shards this replica leads to other replicas (before a stop)."""
+        led = [s for s in self.shards if s.is_leader]
+        if not led or len(self.cluster.replicas) == 1:
+            return
+
+        async def one(shard: RaftShard) -> None:
+            try:
+                to = await shard.transfer_leadership(None, timeout)
+                log.info("shard %d: leadership handed to %s", shard.index, to)
+            except (RaftError, TimeoutError) as exc:
+                log.warning("shard %d: could not hand over leadership: %s", shard.index, exc)
+
+        await asyncio.gather(*(one(s) for s in led))
+
+    async def stop(self, grace: float = 2.0, step_down: bool = False) -> None:
+        if step_down:
+            await self.step_down()
+        for service in ("", *READINESS_SERVICES):
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         for t in self._tasks:
             t.cancel()
         for h in self._grace.values():
@@ -187,45 +272,101 @@ class CoordinatorNode:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
+        for ch in self._channels.values():
+            await ch.close()
+        await self._close_shards()
 
-    async def wait_closed(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
+    async def _close_shards(self) -> None:
+        for shard in self.shards:
+            await shard.aclose()
 
     # --------------------------------------------------------------- shards
 
-    def shard_of_fid(self, fid: Fid) -> Shard:
+    def shard_of_fid(self, fid: Fid) -> RaftShard:
         return self.shards[self.ring.shard_of(fid)]
 
-    def shard_of_action(self, action_id: int) -> Shard | None:
-        idx = action_id % 1000
+    def shard_of_action(self, action_id: int) -> RaftShard | None:
+        idx = action_id % MAX_SHARDS
         return self.shards[idx] if idx < len(self.shards) else None
 
-    async def propose(self, shard: Shard, cmd: Command) -> Result:
-        res = await shard.propose(cmd)
-        self._carry_out(shard, res)
-        return res
+    def leader_api(self, shard: RaftShard) -> str:
+        r = self.cluster.by_raft_addr(shard.index, shard.leader)
+        return r.api if r is not None else ""
 
-    def _carry_out(self, shard: Shard, res: Result) -> None:
+    def leader_id(self, shard: RaftShard) -> str:
+        r = self.cluster.by_raft_addr(shard.index, shard.leader)
+        return r.id if r is not None else ""
+
+    def require_leader(self, shard: RaftShard) -> None:
+        if not shard.is_leader:
+            raise ShardUnavailable(shard.index, self.leader_api(shard))
+
+    async def propose(self, shard: RaftShard, cmd: Command, attempts: int = 3) -> Result:
+        """Replicate one command; retried on timeout (commands are idempotent:
+        submits by key, the others by action id and attempt)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                [res] = await shard.propose(cmd, self.config.propose_timeout)
+                return res
+            except NotLeader as exc:
+                r = self.cluster.by_raft_addr(shard.index, exc.leader)
+                raise ShardUnavailable(shard.index, r.api if r else "") from None
+            except ProposalTimeout:
+                log.warning("shard %d: %s not confirmed in %.0f s (try %d of %d)", shard.index,
+                            type(cmd).__name__, self.config.propose_timeout, attempt, attempts)
+            except RaftError as exc:
+                raise ShardUnavailable(shard.index, "", f"shard {shard.index}: {exc}") from None
+        raise ShardUnavailable(shard.index, "", f"shard {shard.index}: the cluster did not confirm the "
+                               "request in time; retry (the same request is never applied twice)")
+
+    # ------------------------------------------------------ Raft callbacks
+
+    def _on_applied(self, index: int, res: Result, proposed_here: bool) -> None:
+        shard = self.shards[index]
         changed: dict[int, None] = {}
-        wake = False
         for eff in res.effects:
             if isinstance(eff, Changed):
                 changed[eff.action_id] = None
-            elif isinstance(eff, SendCancel):
+            elif isinstance(eff, SendCancel) and shard.is_leader:
                 self._send_cancel(eff.agent, eff.action_id, eff.attempt, "canceled")
-            elif isinstance(eff, Assigned):
-                pass  # sent by the dispatcher, which asked for it
-        for action_id in changed:
-            action = shard.state.get(action_id)
-            if action is not None and action.state == State.WAITING:
-                wake = True
-            watchers = self._watchers.get(action_id)
-            if watchers and action is not None:
-                pb = convert.action_to_pb(action, shard.index)
-                for q in watchers:
-                    q.put_nowait(pb)
-        if wake or any(isinstance(e, Changed) for e in res.effects):
+            # Assigned: sent by the dispatcher that proposed it
+        if changed:
+            self._wake.set()
+            self._notify(shard, changed)
+
+    def _notify(self, shard: RaftShard, action_ids: Iterable[int]) -> None:
+        wanted = [i for i in action_ids if i in self._watchers]
+        if not wanted:
+            return
+        with shard.reading() as st:
+            pbs = [(i, convert.action_to_pb(a, shard.index)) for i in wanted if (a := st.get(i)) is not None]
+        for i, pb in pbs:
+            for q in self._watchers.get(i, ()):
+                q.put_nowait(pb)
+
+    def _on_reset(self, index: int) -> None:
+        shard = self.shards[index]
+        self._notify(shard, [i for i in self._watchers if i % MAX_SHARDS == index])
+        self._wake.set()
+
+    def _on_leader_change(self, index: int, info: LeaderInfo) -> None:
+        shard = self.shards[index]
+        log.info("shard %d: leader now %s (term %d)%s", index, self.leader_id(shard) or "unknown", info.term,
+                 " - this replica" if info.is_leader else "")
+        asyncio.ensure_future(self._update_readiness())
+        if info.ready:
+            # we lead now: cancels the old leader sent may be lost, agents
+            # that vanished while another replica led get their grace period
+            with shard.reading() as st:
+                held = {agent: [(a.id, a.attempt, a.state) for a in st.held_by(agent)] for agent in list(st.by_agent)}
+            for agent, actions in held.items():
+                session = self.sessions.get(agent)
+                if session is not None and session.alive:
+                    for action_id, attempt, state in actions:
+                        if state == State.CANCELING:
+                            self._send_cancel(agent, action_id, attempt, "canceled")
+                elif agent not in self._grace:
+                    self._start_grace(agent)
             self._wake.set()
 
     def _send_cancel(self, agent: str, action_id: int, attempt: int, reason: str) -> None:
@@ -235,8 +376,7 @@ class CoordinatorNode:
             return
         log.info("action %d/%d: cancel sent to agent %s", action_id, attempt, agent)
         session.send(agent_pb2.CoordinatorMessage(
-            cancel=[agent_pb2.CancelOrder(action_id=action_id, attempt=attempt, reason=reason)]
-        ))
+            cancel=[agent_pb2.CancelOrder(action_id=action_id, attempt=attempt, reason=reason)]))
 
     # ----------------------------------------------------------- dispatcher
 
@@ -260,26 +400,34 @@ class CoordinatorNode:
                 raise
             except Exception:
                 log.exception("dispatcher round failed")
+                await asyncio.sleep(0.5)
+                self._wake.set()
 
     async def _dispatch_to(self, session: AgentSession, per_round: int = 256) -> bool:
         sent = False
         for shard in self.shards:
-            if not shard.is_leader:
+            if not shard.leader_ready or not any(session.credits.values()):
                 continue
             credits = {k: min(v, per_round) for k, v in session.credits.items()}
-            ids = scheduler.pick(shard.state, session.archive_ids, credits)
+            with shard.reading() as st:
+                ids = scheduler.pick(st, session.archive_ids, credits)
             if not ids:
                 continue
-            res = await self.propose(shard, Assign(self.clock(), session.agent_id, tuple(ids)))
+            try:
+                res = await self.propose(shard, Assign(self.clock(), session.agent_id, tuple(ids)))
+            except ShardUnavailable as exc:
+                log.info("shard %d: no dispatch: %s", shard.index, exc)
+                continue
             assignments = []
-            for eff in res.effects:
-                if isinstance(eff, Assigned):
-                    action = shard.state.get(eff.action_id)
-                    assert action is not None
-                    session.credits[action.kind] -= 1
-                    assignments.append(convert.assignment_to_pb(action))
-                    log.info("action %d/%d: %s %s assigned to %s", action.id, action.attempt,
-                             action.kind.name, action.fid, session.agent_id)
+            with shard.reading() as st:
+                for eff in res.effects:
+                    if isinstance(eff, Assigned):
+                        action = st.get(eff.action_id)
+                        assert action is not None
+                        session.credits[action.kind] -= 1
+                        assignments.append(convert.assignment_to_pb(action))
+                        log.info("action %d/%d: %s %s assigned to %s", action.id, action.attempt,
+                                 action.kind.name, action.fid, session.agent_id)
             if assignments:
                 session.send(agent_pb2.CoordinatorMessage(assign=assignments))
                 sent = True
@@ -301,6 +449,74 @@ class CoordinatorNode:
                 if not ws:
                     del self._watchers[i]
 
+    # ----------------------------------------------------------- forwarding
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = self._channels[address] = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        return ch
+
+    async def forward_report(self, agent_id: str, shard: RaftShard, progress: Sequence[agent_pb2.Progress],
+                             done: Sequence[agent_pb2.Done], deadline: float = 60.0) -> None:
+        """Hand an agent's reports for a shard led elsewhere to its leader,
+        retrying through elections for up to *deadline* seconds."""
+        end = time.monotonic() + deadline
+        delay = 0.1
+        while True:
+            if shard.is_leader:
+                await self._apply_reports(agent_id, shard, progress, done)
+                return
+            leader = self.leader_api(shard)
+            if leader:
+                stub = agent_pb2_grpc.AgentServiceStub(self.channel(leader))
+                try:
+                    await stub.Report(agent_pb2.ReportRequest(agent_id=agent_id, progress=progress, done=done),
+                                      timeout=self.config.propose_timeout)
+                    return
+                except grpc.RpcError as exc:
+                    log.info("shard %d: forwarding %d completion(s) of %s to %s failed: %s", shard.index,
+                             len(done), agent_id, leader, exc.details())
+            if time.monotonic() > end:
+                log.error("shard %d: gave up forwarding %d completion(s) of agent %s: no reachable leader",
+                          shard.index, len(done), agent_id)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _apply_reports(self, agent_id: str, shard: RaftShard, progress: Sequence[agent_pb2.Progress],
+                             done: Sequence[agent_pb2.Done]) -> None:
+        if progress:
+            await self.propose(shard, Progress(self.clock(), tuple(
+                ProgressReport(p.action_id, p.attempt, p.bytes_done, p.bytes_total) for p in progress)))
+        if done:
+            for d in done:
+                log.info("action %d/%d: done on %s, errno %d %s", d.action_id, d.attempt, agent_id, d.errno,
+                         d.message)
+            await self.propose(shard, Complete(self.clock(), tuple(
+                Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done)
+                for d in done)))
+
+    async def route_reports(self, agent_id: str, progress: Sequence[agent_pb2.Progress],
+                            done: Sequence[agent_pb2.Done]) -> None:
+        """Apply reports for shards led here; forward the others."""
+        per_shard: dict[int, tuple[list[agent_pb2.Progress], list[agent_pb2.Done]]] = {}
+        for p in progress:
+            if (s := self.shard_of_action(p.action_id)) is not None:
+                per_shard.setdefault(s.index, ([], []))[0].append(p)
+        for d in done:
+            if (s := self.shard_of_action(d.action_id)) is not None:
+                per_shard.setdefault(s.index, ([], []))[1].append(d)
+        for idx, (ps, ds) in per_shard.items():
+            shard = self.shards[idx]
+            if shard.is_leader:
+                try:
+                    await self._apply_reports(agent_id, shard, ps, ds)
+                    continue
+                except ShardUnavailable:
+                    pass
+            asyncio.ensure_future(self.forward_report(agent_id, shard, ps, ds))
+
     # --------------------------------------------------------------- agents
 
     async def agent_hello(self, hello: agent_pb2.Hello, peer: str) -> AgentSession:
@@ -312,8 +528,7 @@ class CoordinatorNode:
         if old is not None and old.alive and now - old.last_seen < 3 * self.config.heartbeat_interval:
             raise FileExistsError(
                 f"agent id {agent_id!r} already has a live session from {old.peer}; "
-                "give each agentd its own --agent-id"
-            )
+                "give each agentd its own --agent-id")
         if old is not None and old.alive:
             old.alive = False
             old.out.put_nowait(None)
@@ -321,15 +536,9 @@ class CoordinatorNode:
         if timer is not None:
             timer.cancel()
         session = AgentSession(
-            agent_id=agent_id,
-            host=hello.host,
-            archive_ids=tuple(a for a in hello.archive_ids),
-            slots=_slots_from_pb(hello.slots),
-            version=hello.version,
-            peer=peer,
-            connected_since=now,
-            last_seen=now,
-        )
+            agent_id=agent_id, host=hello.host, archive_ids=tuple(hello.archive_ids),
+            slots=_slots_from_pb(hello.slots), version=hello.version, peer=peer,
+            connected_since=now, last_seen=now)
         self.sessions[agent_id] = session
         log.info("agent %s connected from %s (host %s, archive ids %s)", agent_id, peer, hello.host,
                  ",".join(map(str, session.archive_ids)) or "all")
@@ -337,55 +546,46 @@ class CoordinatorNode:
 
     async def reconcile(self, session: AgentSession, running: list[tuple[int, int]]) -> None:
         """Match what a (re)connecting agent says it runs against what the
-        shards say it holds: keep the matches, requeue what it lost, stop
-        what it should not be running."""
+        shards this replica leads say it holds: keep the matches, requeue
+        what it lost, stop what it should not be running."""
         announced = dict(running)
         for shard in self.shards:
-            if not shard.is_leader:
+            if not shard.leader_ready:
                 continue
             lost = []
-            for action in shard.state.held_by(session.agent_id):
-                if announced.get(action.id) == action.attempt:
-                    if action.state == State.CANCELING:
-                        self._send_cancel(session.agent_id, action.id, action.attempt, action.error)
+            with shard.reading() as st:
+                held = [(a.id, a.attempt, a.state, a.error) for a in st.held_by(session.agent_id)]
+                strangers = []
+                for action_id, attempt in running:
+                    if action_id % MAX_SHARDS != shard.index:
+                        continue
+                    a = st.get(action_id)
+                    if a is None or a.agent != session.agent_id or a.attempt != attempt or \
+                            a.state not in (State.STARTED, State.CANCELING):
+                        strangers.append((action_id, attempt))
+            for action_id, attempt, state, error in held:
+                if announced.get(action_id) == attempt:
+                    if state == State.CANCELING:
+                        self._send_cancel(session.agent_id, action_id, attempt, error)
                 else:
-                    lost.append(action.id)
-            if lost:
-                await self.propose(shard, AgentLost(self.clock(), session.agent_id,
-                                                    "agent no longer runs it", tuple(lost)))
-        for action_id, attempt in running:
-            shard = self.shard_of_action(action_id)
-            action = shard.state.get(action_id) if shard else None
-            if action is None or action.agent != session.agent_id or action.attempt != attempt or \
-                    action.state not in (State.STARTED, State.CANCELING):
+                    lost.append(action_id)
+            for action_id, attempt in strangers:
                 log.info("action %d/%d: agent %s runs it but does not hold it; told to stop",
                          action_id, attempt, session.agent_id)
                 session.send(agent_pb2.CoordinatorMessage(cancel=[
-                    agent_pb2.CancelOrder(action_id=action_id, attempt=attempt, reason="not assigned to this agent")
-                ]))
+                    agent_pb2.CancelOrder(action_id=action_id, attempt=attempt, reason="not assigned to this agent")]))
+            if lost:
+                try:
+                    await self.propose(shard, AgentLost(self.clock(), session.agent_id,
+                                                        "agent no longer runs it", tuple(lost)))
+                except ShardUnavailable as exc:
+                    log.warning("shard %d: could not requeue %d action(s) of %s: %s", shard.index, len(lost),
+                                session.agent_id, exc)
 
     async def agent_message(self, session: AgentSession, msg: agent_pb2.AgentMessage) -> None:
         session.last_seen = self.clock()
-        if msg.progress:
-            by_shard: dict[int, list[ProgressReport]] = {}
-            for p in msg.progress:
-                shard = self.shard_of_action(p.action_id)
-                if shard is not None:
-                    by_shard.setdefault(shard.index, []).append(
-                        ProgressReport(p.action_id, p.attempt, p.bytes_done, p.bytes_total))
-            for idx, reports in by_shard.items():
-                await self.propose(self.shards[idx], Progress(self.clock(), tuple(reports)))
-        if msg.done:
-            by_shard_done: dict[int, list[Completion]] = {}
-            for d in msg.done:
-                shard = self.shard_of_action(d.action_id)
-                if shard is not None:
-                    by_shard_done.setdefault(shard.index, []).append(
-                        Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done))
-                    log.info("action %d/%d: done on %s, errno %d %s", d.action_id, d.attempt,
-                             session.agent_id, d.errno, d.message)
-            for idx, dones in by_shard_done.items():
-                await self.propose(self.shards[idx], Complete(self.clock(), tuple(dones)))
+        if msg.progress or msg.done:
+            await self.route_reports(session.agent_id, msg.progress, msg.done)
         if msg.HasField("ready"):
             for kind, n in _slots_from_pb(msg.ready.credits).items():
                 session.credits[kind] += n
@@ -396,242 +596,88 @@ class CoordinatorNode:
             return  # replaced by a newer session
         session.alive = False
         session.credits = {k: 0 for k in Kind}
-        grace = self.config.agent_grace
         log.warning("agent %s disconnected; its actions are requeued in %.0f s unless it returns",
-                    session.agent_id, grace)
-        loop = asyncio.get_running_loop()
-        self._grace[session.agent_id] = loop.call_later(
-            grace, lambda: asyncio.ensure_future(self._expire(session))
-        )
-
-    async def _expire(self, session: AgentSession) -> None:
-        self._grace.pop(session.agent_id, None)
-        if self.sessions.get(session.agent_id) is not session or session.alive:
-            return
-        del self.sessions[session.agent_id]
-        log.warning("agent %s did not come back within %.0f s: requeueing its actions",
                     session.agent_id, self.config.agent_grace)
+        self._start_grace(session.agent_id)
+
+    def _start_grace(self, agent_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        old = self._grace.pop(agent_id, None)
+        if old is not None:
+            old.cancel()
+        self._grace[agent_id] = loop.call_later(
+            self.config.agent_grace, lambda: asyncio.ensure_future(self._expire(agent_id)))
+
+    async def _expire(self, agent_id: str) -> None:
+        self._grace.pop(agent_id, None)
+        session = self.sessions.get(agent_id)
+        if session is not None and session.alive:
+            return
+        self.sessions.pop(agent_id, None)
+        log.warning("agent %s did not come back within %.0f s: requeueing its actions", agent_id,
+                    self.config.agent_grace)
         for shard in self.shards:
-            if shard.is_leader and shard.state.by_agent.get(session.agent_id):
-                await self.propose(shard, AgentLost(self.clock(), session.agent_id, "agent lost"))
+            if not shard.leader_ready:
+                continue
+            with shard.reading() as st:
+                holds = bool(st.by_agent.get(agent_id))
+            if holds:
+                try:
+                    await self.propose(shard, AgentLost(self.clock(), agent_id, "agent lost"))
+                except ShardUnavailable as exc:
+                    log.warning("shard %d: could not requeue the actions of %s: %s", shard.index, agent_id, exc)
 
     # --------------------------------------------------------------- status
 
-    def status(self) -> coordinator_pb2.StatusResponse:
+    def status(self, digest: bool = False) -> coordinator_pb2.StatusResponse:
         totals: dict[tuple[Kind, State], int] = {}
         shards = []
+        running: dict[str, dict[Kind, int]] = {}
         for shard in self.shards:
             counts = []
-            for (kind, state), n in sorted(shard.state.counts.items()):
-                totals[(kind, state)] = totals.get((kind, state), 0) + n
-                counts.append(coordinator_pb2.KindCount(kind=int(kind), state=int(state), count=n))  # type: ignore[arg-type]
+            with shard.reading() as st:
+                for (kind, state), n in sorted(st.counts.items()):
+                    totals[(kind, state)] = totals.get((kind, state), 0) + n
+                    counts.append(coordinator_pb2.KindCount(kind=int(kind), state=int(state), count=n))  # type: ignore[arg-type]
+                for agent, ids in st.by_agent.items():
+                    per = running.setdefault(agent, {k: 0 for k in Kind})
+                    for i in ids:
+                        per[st.actions[i].kind] += 1
+                dg = shard_digest(st) if digest else ""
             shards.append(coordinator_pb2.ShardStatus(
-                shard=shard.index, leader=self.config.replica_id if shard.is_leader else "",
-                commit_index=shard.commit_index, applied_index=shard.state.applied, counts=counts))
+                shard=shard.index, leader=self.leader_id(shard), commit_index=shard.commit_index,
+                applied_index=shard.applied_index, counts=counts, digest=dg, term=shard.term,
+                role="leader" if shard.is_leader else "follower"))
         agents = []
         for s in sorted(self.sessions.values(), key=lambda s: s.agent_id):
-            running = {k: 0 for k in Kind}
-            for shard in self.shards:
-                for a in shard.state.held_by(s.agent_id):
-                    running[a.kind] += 1
             agents.append(coordinator_pb2.AgentInfo(
                 agent_id=s.agent_id, host=s.host, archive_ids=s.archive_ids, slots=_slots_to_pb(s.slots),
-                running=_slots_to_pb(running), version=s.version, connected_since=s.connected_since,
-                last_seen=s.last_seen, replica=self.config.replica_id if s.alive else ""))
+                running=_slots_to_pb(running.get(s.agent_id, {})), version=s.version,
+                connected_since=s.connected_since, last_seen=s.last_seen,
+                replica=self.me.id if s.alive else ""))
         return coordinator_pb2.StatusResponse(
             counts=[coordinator_pb2.KindCount(kind=int(k), state=int(st), count=n)  # type: ignore[arg-type]
                     for (k, st), n in sorted(totals.items())],
-            agents=agents, shards=shards, replica=self.config.replica_id, version=hsm.__version__,
-            control="enabled")
+            agents=agents, shards=shards, replica=self.me.id, version=hsm.__version__, control="enabled")
 
 
 def _abort_code(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, InvalidRequest):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, ValueError):  # FidError and friends
+    if isinstance(exc, InvalidRequest | ValueError):  # FidError and friends
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, FileExistsError):
         return grpc.StatusCode.ALREADY_EXISTS, str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
 
 
-class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, node: CoordinatorNode) -> None:
-        self.node = node
-
-    async def Submit(self, request: coordinator_pb2.SubmitRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.SubmitResponse:  # noqa: N802
-        node = self.node
-        try:
-            items = convert.items_from_pb(request, node.config.archive_ids)
-        except (InvalidRequest, ValueError) as exc:
-            await context.abort(*_abort_code(exc))
-        by_shard: dict[int, list[int]] = {}
-        for i, it in enumerate(items):
-            by_shard.setdefault(node.shard_of_fid(it.fid).index, []).append(i)
-        results: list[coordinator_pb2.SubmitResult | None] = [None] * len(items)
-        now = node.clock()
-        for idx, positions in by_shard.items():
-            res = await node.propose(node.shards[idx], Submit(now, tuple(items[i] for i in positions)))
-            for pos, reply in zip(positions, res.replies, strict=True):
-                results[pos] = coordinator_pb2.SubmitResult(
-                    outcome=int(reply.outcome), action_id=reply.action_id,  # type: ignore[attr-defined]
-                    errno=reply.errno, reason=reply.reason)  # type: ignore[attr-defined]
-        return coordinator_pb2.SubmitResponse(results=results)
-
-    async def Cancel(self, request: coordinator_pb2.CancelRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.CancelResponse:  # noqa: N802
-        node = self.node
-        try:
-            targets = [convert.fid_target_from_pb(f, f"fid {i}") for i, f in enumerate(request.fids)]
-            if len(request.reason) > 1024:
-                raise InvalidRequest("reason is limited to 1024 characters")
-        except (InvalidRequest, ValueError) as exc:
-            await context.abort(*_abort_code(exc))
-        if not (request.action_ids or targets or request.all):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nothing to cancel: give action ids, FIDs or all")
-        results = []
-        now = node.clock()
-        reason = request.reason or "canceled by request"
-        for shard in node.shards:
-            ids = tuple(i for i in request.action_ids if node.shard_of_action(i) is shard)
-            fids = tuple(t for t in targets if node.shard_of_fid(t.fid) is shard)
-            if not (ids or fids or request.all):
-                continue
-            res = await node.propose(shard, Cancel(now, ids, fids, request.all, reason))
-            for r in res.replies:
-                results.append(coordinator_pb2.CancelResult(
-                    action_id=r.action_id, outcome=int(r.outcome),  # type: ignore[attr-defined]
-                    state=int(r.state) if r.state else 0))  # type: ignore[attr-defined]
-        for i in request.action_ids:
-            if node.shard_of_action(i) is None:
-                results.append(coordinator_pb2.CancelResult(action_id=i, outcome=coordinator_pb2.NOT_FOUND))
-        return coordinator_pb2.CancelResponse(results=results)
-
-    async def GetAction(self, request: coordinator_pb2.GetActionRequest, context: grpc.aio.ServicerContext) -> types_pb2.Action:  # noqa: N802
-        shard = self.node.shard_of_action(request.action_id)
-        action = shard.state.get(request.action_id) if shard else None
-        if action is None or shard is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no action {request.action_id}")
-        return convert.action_to_pb(action, shard.index)
-
-    async def ListActions(self, request: coordinator_pb2.ListActionsRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ListActionsResponse:  # noqa: N802
-        node = self.node
-        try:
-            states = convert.states_from_pb(request.states)
-            kinds = convert.kinds_from_pb(request.kinds)
-            target = convert.fid_target_from_pb(request.fid, "fid") if request.HasField("fid") else None
-            if request.page_size > MAX_PAGE:
-                raise InvalidRequest(f"page_size {request.page_size} is over {MAX_PAGE}")
-            after = int(request.page_token) if request.page_token else 0
-        except (InvalidRequest, ValueError) as exc:
-            await context.abort(*_abort_code(exc))
-        if not states and not request.include_terminal:
-            states = [State.WAITING, State.STARTED, State.CANCELING]
-        page = request.page_size or DEFAULT_PAGE
-        found: list[tuple[int, types_pb2.Action]] = []
-        shards = [node.shard_of_fid(target.fid)] if target else node.shards
-        for shard in shards:
-            n = 0
-            for a in shard.state.iter_actions(states, kinds, request.agent, after):
-                if target and (a.fid != target.fid or (target.fsname and a.fsname != target.fsname)
-                               or (target.kind and a.kind != target.kind)):
-                    continue
-                found.append((a.id, convert.action_to_pb(a, shard.index)))
-                n += 1
-                if n > page:
-                    break
-        found.sort(key=lambda x: x[0])
-        token = ""
-        if len(found) > page:
-            found = found[:page]
-            token = str(found[-1][0])
-        return coordinator_pb2.ListActionsResponse(actions=[pb for _, pb in found], next_page_token=token)
-
-    async def Watch(self, request: coordinator_pb2.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[coordinator_pb2.WatchEvent]:  # noqa: N802
-        node = self.node
-        ids = list(dict.fromkeys(request.action_ids))
-        if not ids:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "watch needs at least one action id")
-        q = node.watch(ids)
-        try:
-            pending = set()
-            for i in ids:
-                shard = node.shard_of_action(i)
-                action = shard.state.get(i) if shard else None
-                if action is None or shard is None:
-                    await context.abort(grpc.StatusCode.NOT_FOUND, f"no action {i}")
-                yield coordinator_pb2.WatchEvent(action=convert.action_to_pb(action, shard.index))
-                if not action.state.terminal:
-                    pending.add(i)
-            while pending:
-                pb = await q.get()
-                if pb.action_id not in pending:
-                    continue
-                yield coordinator_pb2.WatchEvent(action=pb)
-                if pb.state >= State.SUCCEEDED:
-                    pending.discard(pb.action_id)
-        finally:
-            node.unwatch(ids, q)
-
-    async def Status(self, request: coordinator_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.StatusResponse:  # noqa: N802
-        return self.node.status()
-
-    async def ClusterInfo(self, request: coordinator_pb2.ClusterInfoRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ClusterInfoResponse:  # noqa: N802
-        node = self.node
-        return coordinator_pb2.ClusterInfoResponse(
-            shard_count=len(node.shards),
-            vnodes=node.ring.vnodes,
-            replicas=[coordinator_pb2.Replica(id=node.config.replica_id, address=node.address)],
-            shards=[coordinator_pb2.ShardStatus(shard=s.index, leader=node.config.replica_id) for s in node.shards],
-        )
-
-
-class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, node: CoordinatorNode) -> None:
-        self.node = node
-
-    async def Work(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.CoordinatorMessage]:  # noqa: N802
-        node = self.node
-        try:
-            first = await anext(request_iterator)
-        except StopAsyncIteration:
-            return
-        if not first.HasField("hello"):
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the first message on a Work stream must be hello")
-        try:
-            session = await node.agent_hello(first.hello, context.peer())
-        except (InvalidRequest, FileExistsError) as exc:
-            await context.abort(*_abort_code(exc))
-        session.send(agent_pb2.CoordinatorMessage(welcome=agent_pb2.Welcome(
-            replica=node.config.replica_id, heartbeat_interval=node.config.heartbeat_interval)))
-        await node.reconcile(session, [(r.action_id, r.attempt) for r in first.hello.running])
-        # the rest of the first message (credits, progress, ...) counts too
-        first.ClearField("hello")
-        await node.agent_message(session, first)
-
-        async def reader() -> None:
-            try:
-                async for msg in request_iterator:
-                    if msg.HasField("hello"):
-                        log.warning("agent %s sent a second hello; ignored", session.agent_id)
-                    await node.agent_message(session, msg)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # stream broken
-                log.info("agent %s stream ended: %s", session.agent_id, exc)
-            finally:
-                session.out.put_nowait(None)
-
-        task = asyncio.create_task(reader())
-        try:
-            while True:
-                msg = await session.out.get()
-                if msg is None or not session.alive:
-                    break
-                yield msg
-        finally:
-            task.cancel()
-            node.agent_gone(session)
+async def abort_unavailable(context: grpc.aio.ServicerContext, exc: ShardUnavailable) -> None:
+    """Not the leader: FAILED_PRECONDITION with the leader's address; no
+    leader at all: UNAVAILABLE (clients back off and retry)."""
+    if exc.leader:
+        context.set_trailing_metadata(((LEADER_KEY, exc.leader),))
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
 
 def local_hostname() -> str:
     return socket.gethostname().split(".")[0]
+

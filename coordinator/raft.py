@@ -32,7 +32,7 @@ on_applied, loop, tuning)`` runs one replica of one shard's Raft group:
   commands it skipped are not delivered one by one: ``on_reset(shard_index)``
   runs instead, after the new state is in place.
 * ``with shard.reading() as state:`` reads the ``ShardState`` safely from the
-  loop (a lock the applier holds while it applies an entry).
+  loop (a lock the applier holds while it applies one proposal).
 * Leadership: ``is_leader``, ``leader_ready`` (leader *and* every entry of
   earlier terms applied here: the state is current, safe to schedule from),
   ``leader``, ``term``, ``commit_index``, ``applied_index``,
@@ -56,9 +56,11 @@ Each RaftShard runs two threads. The **tick thread** drives pysyncobj
 heartbeats, the journal. The **applier thread** applies committed entries to
 the ``ShardState`` and writes snapshots. pysyncobj calls our replicated
 method on the tick thread; it only hands the entry to the applier. So a slow
-apply or a long snapshot never delays heartbeats (no spurious elections),
-and the asyncio loop is never blocked by either (it only takes the state
-lock for short reads).
+apply or a long snapshot does not block heartbeats (they still share the
+GIL: see below), and the asyncio loop is never blocked by either (it only
+takes the state lock for short reads). ``propose`` and the other coroutines
+must run on ``loop``; callbacks are delivered there with
+``call_soon_threadsafe``.
 
 Durability: what "acknowledged" means
 =====================================
@@ -76,6 +78,11 @@ storage on a majority**:
   is per batch of entries, not per entry. Term and vote are written to
   ``raft-vote`` with fsync + rename + directory fsync before any vote or
   request is sent.
+* pysyncobj truncates a follower's log whenever a re-sent AppendEntries
+  overlaps it, even with identical entries (it then logs CRITICAL "may have
+  diverged"; a leader re-sends after a late acknowledgement). Our journal
+  keeps such entries on disk until a *different* entry replaces them, so an
+  acknowledged entry is never even briefly missing from the disk.
 * Snapshots (``snapshot``) are written to a temporary file, fsynced, renamed
   and the directory fsynced **before** pysyncobj drops the journal entries
   they cover. An installed snapshot (from the leader) is fsynced before the
@@ -98,15 +105,39 @@ Snapshots and log compaction
 pysyncobj compacts the log after ``compaction_min_entries`` entries or
 ``compaction_min_time`` seconds, and we force it when the log in memory passes
 ``max_log_bytes``. A snapshot pickles the whole ``ShardState`` on the applier
-thread (no fork: ``useFork`` is off because gRPC runs in the same process):
-measured here about 17 us of CPU per action (1.7 s per 100k actions, ~250
-bytes per action before zlib level 1, ~32 bytes after). While it runs,
-entries keep being committed (heartbeats and the journal are on the tick
-thread) but their application waits, so on the leader, clients see that
-pause as extra latency, once per compaction. Restart cost: unpickling the
-snapshot (~1.5x the pickling time) plus replaying the entries after it.
-Memory: the log since the last compaction (bounded by the three limits
-above) plus one serialized copy of the state while a snapshot is written.
+thread (no fork: ``useFork`` is off because gRPC runs in the same process),
+compresses it (zlib level 1, ~5x) and writes it. Cost, measured on this
+2-core machine: 1.2-1.7 s of CPU per 100k actions on an idle core (~250
+bytes per action before zlib, ~32 after), 5.4 s for 150k actions on a busy
+machine. The garbage collector is paused while it pickles (a full
+collection over a big heap holds the GIL for ~0.25 s per 100k actions and
+starved heartbeats into an election in a test; with the pause, no
+election). While a snapshot runs, entries keep being committed and
+acknowledged by the followers (heartbeats and the journal live on the tick
+thread), but applying them waits: on the leader, clients see that pause as
+extra latency once per compaction. Installing or restoring a snapshot costs
+about twice its pickling. Memory: the log since the last compaction
+(bounded by the three limits above) plus one serialized copy of the state
+while a snapshot is written. (Giving ``Action`` a compact ``__reduce__``
+of plain tuples makes pickling ~7x and unpickling ~20x faster.)
+
+How it hooks into pysyncobj 0.3.17 (re-check on any upgrade)
+=============================================================
+
+* ``pysyncobj.syncobj.createJournal`` is replaced (once, at import) by a
+  function that returns the journal we registered for a ``journalFile`` key.
+* ``pysyncobj.pickle``'s protocol is raised from 2 to 5 (see ``_PICKLE``).
+* A custom ``serializer``/``deserializer``/``serializeChecker``: the
+  serializer queues the snapshot for the applier and raises
+  ``_SnapshotStarted``, which pysyncobj's ``Serializer`` records as "not
+  finished" until the checker reports the end.
+* ``SyncObj.encryptor`` is overridden (HMAC sealer or Fernet), and the
+  transport class is a ``TCPTransport`` subclass that syncs before acks.
+* Calls used besides the public API: ``_isLeader``, ``_getLeader``,
+  ``_poller`` (to wake the tick), ``raftLastApplied``/``raftCommitIndex``,
+  ``transferLeadership``, ``getStatus``. pysyncobj is not thread-safe: every
+  call that touches its state runs on the tick thread (``_in_tick``), except
+  reads of single attributes and ``_applyCommand`` (its queue is locked).
 
 Security
 ========
@@ -128,6 +159,7 @@ import concurrent.futures
 import contextlib
 import fcntl
 import functools
+import gc
 import hashlib
 import hmac
 import itertools
@@ -150,7 +182,7 @@ from typing import Any
 
 import pysyncobj.pickle as _ps_pickle
 import pysyncobj.syncobj as _ps_syncobj
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import SyncObj, SyncObjConf, SyncObjException, replicated
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.journal import Journal
 from pysyncobj.transport import TCPTransport
@@ -314,11 +346,14 @@ class RaftStats:
 # pysyncobj integration points (installed once, at import)
 # --------------------------------------------------------------------------
 
+#: the pickle protocol of our entries, snapshots and (below) pysyncobj's messages
+_PICKLE = 5
+
 #: pysyncobj pickles messages and commands with protocol 2, which turns every
 #: bytes object into a latin-1 string (1.5x larger, ~7 ms/MiB each way).
 #: Protocol 5 is read by any Python >= 3.8, so replicas with and without
 #: this setting still understand each other.
-setattr(_ps_pickle, "__protocol", pickle.HIGHEST_PROTOCOL)
+setattr(_ps_pickle, "__protocol", _PICKLE)
 
 #: journals we built, keyed by the ``journalFile`` string given to SyncObj
 _JOURNALS: dict[str, Journal] = {}
@@ -414,6 +449,11 @@ def _derive_key(password: str, shard: int) -> bytes:
 # Durable journal
 # --------------------------------------------------------------------------
 
+#: Wiping a replica's Raft data and restarting it in place is unsafe (it would
+#: forget votes and entries it acknowledged): it must rejoin as a new member.
+_REPLACE = ("Replace this replica: remove it from the shard's Raft group (remove_peer on the "
+            "leader), empty its shard directory, then add it back (add_peer).")
+
 _SEG_MAGIC = b"HSMRJRN1"
 _SEG_RE = re.compile(r"journal-(\d{10})\.log")
 _REC = struct.Struct("<IIQQ")  # payload length, crc32(idx, term, payload), idx, term
@@ -449,7 +489,7 @@ def _atomic_write(path: Path, data: bytes, sync: bool) -> None:
         _fsync_dir(path.parent)
 
 
-class _SegmentJournal(Journal):
+class _SegmentJournal(Journal):  # type: ignore[misc]
     """pysyncobj's journal interface over append-only segment files with
     CRC'd records, fdatasync'ed on demand (``sync``).
 
@@ -468,10 +508,13 @@ class _SegmentJournal(Journal):
         self._stats = stats
         self._entries: list[Entry] = []
         self._locs: list[tuple[int, int]] = []  # (segment number, offset) of each entry
+        self._shadow: deque[Entry] = deque()  # see deleteEntriesFrom
+        self._shadow_locs: deque[tuple[int, int]] = deque()
         self._segments: list[int] = []
         self._fd = -1
         self._offset = 0
         self._dirty = False
+        self._broken = ""
         self._bytes = 0
         self._lock = threading.Lock()  # sync() may be called from another thread
         self._vote_path = directory / "raft-vote"
@@ -492,8 +535,7 @@ class _SegmentJournal(Journal):
         except (ValueError, KeyError, TypeError) as e:
             raise RaftStorageError(
                 f"shard {self._shard}: {self._vote_path} is damaged ({e}); this replica's Raft "
-                "vote is unknown. Move its shard directory away so it resyncs from the leader."
-            ) from e
+                f"vote is unknown. {_REPLACE}") from e
 
     def _load_commit(self) -> int:
         try:
@@ -505,6 +547,8 @@ class _SegmentJournal(Journal):
         return self._dir / f"journal-{seq:010d}.log"
 
     def _load(self) -> None:
+        for leftover in self._dir.glob("journal-*.log.tmp"):
+            leftover.unlink()  # a rewrite cut short by a crash; the original is intact
         seqs = sorted(int(m.group(1)) for name in os.listdir(self._dir)
                       if (m := _SEG_RE.fullmatch(name)))
         for pos, seq in enumerate(seqs):
@@ -528,8 +572,7 @@ class _SegmentJournal(Journal):
                 if self._entries and idx != self._entries[-1][1] + 1:
                     raise RaftStorageError(
                         f"shard {self._shard}: journal {path} jumps from Raft index "
-                        f"{self._entries[-1][1]} to {idx}. Move this shard directory away so "
-                        "the replica resyncs from the leader.")
+                        f"{self._entries[-1][1]} to {idx}. {_REPLACE}")
                 self._entries.append((payload, idx, term))
                 self._locs.append((seq, off))
                 self._bytes += size
@@ -538,8 +581,7 @@ class _SegmentJournal(Journal):
                 if not last:
                     raise RaftStorageError(
                         f"shard {self._shard}: journal segment {path} is damaged at offset {off} "
-                        "(not the last segment, so this is not a torn write). Move this shard "
-                        "directory away so the replica resyncs from the leader.")
+                        f"(not the last segment, so this is not a torn write). {_REPLACE}")
                 log.warning("shard %d: journal %s ends with %d bytes of an incomplete record "
                             "(a crash before it was acknowledged); dropping them",
                             self._shard, path, len(data) - off)
@@ -568,10 +610,23 @@ class _SegmentJournal(Journal):
     def add(self, command: bytes | str, idx: int, term: int) -> None:
         if not isinstance(command, bytes):
             command = bytes(command, "utf-8") if isinstance(command, str) else bytes(command)
-        head = _IDX_TERM.pack(idx, term)
-        rec = _REC.pack(len(command), zlib.crc32(command, zlib.crc32(head)), idx, term) + command
         with self._lock:
-            _write_all(self._fd, rec)
+            if self._shadow:
+                if self._shadow[0] == (command, idx, term):
+                    # re-sent entry we still hold on disk, at this very place: keep it
+                    self._entries.append(self._shadow.popleft())
+                    self._locs.append(self._shadow_locs.popleft())
+                    self._bytes += len(command)
+                    return
+                self._truncate_shadow_locked()  # a real conflict
+            self._check_usable()
+            head = _IDX_TERM.pack(idx, term)
+            rec = _REC.pack(len(command), zlib.crc32(command, zlib.crc32(head)), idx, term) + command
+            try:
+                _write_all(self._fd, rec)
+            except OSError as e:
+                self._write_failed(e)
+                raise
             self._entries.append((command, idx, term))
             self._locs.append((self._segments[-1], self._offset))
             self._offset += len(rec)
@@ -589,6 +644,8 @@ class _SegmentJournal(Journal):
             self._segments = []
             self._entries = []
             self._locs = []
+            self._shadow.clear()
+            self._shadow_locs.clear()
             self._bytes = 0
             if self._fsync:
                 _fsync_dir(self._dir)
@@ -596,22 +653,44 @@ class _SegmentJournal(Journal):
             self._dirty = True
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 (pysyncobj's name)
+        """Drop entries from position ``entryFrom`` on.
+
+        pysyncobj truncates a follower's log whenever an AppendEntries
+        overlaps it, even when the overlapping entries are identical (a
+        leader re-sending after a late acknowledgement). Standard Raft only
+        deletes on a conflict. So the dropped entries stay on disk (the
+        "shadow", right after the log) until a *different* entry is added
+        at their place: identical re-sends then cost nothing and an entry
+        this replica acknowledged is never even briefly missing from disk.
+        On restart the shadow is part of the log again: entries this
+        replica once held in that order, which is a state it really had."""
         with self._lock:
             if entryFrom >= len(self._entries):
                 return
-            seq, off = self._locs[entryFrom]
-            self._close_fd()
-            while self._segments[-1] != seq:  # newest first: a crash leaves a prefix
-                self._seg_path(self._segments.pop()).unlink(missing_ok=True)
-            os.truncate(self._seg_path(seq), off)
-            if self._fsync:
-                _fsync_dir(self._dir)  # gone for good before anything new is acknowledged
-            self._fd = os.open(self._seg_path(seq), os.O_WRONLY)
-            self._offset = os.lseek(self._fd, 0, os.SEEK_END)
-            self._bytes -= sum(len(e[0]) for e in self._entries[entryFrom:])
+            dropped = self._entries[entryFrom:]
+            self._shadow.extendleft(reversed(dropped))
+            self._shadow_locs.extendleft(reversed(self._locs[entryFrom:]))
+            self._bytes -= sum(len(e[0]) for e in dropped)
             del self._entries[entryFrom:]
             del self._locs[entryFrom:]
-            self._dirty = True
+
+    def _truncate_shadow_locked(self) -> None:
+        if not self._shadow:
+            return
+        seq, off = self._shadow_locs[0]
+        self._shadow.clear()
+        self._shadow_locs.clear()
+        self._close_fd()
+        while self._segments[-1] != seq:  # newest first: a crash leaves a prefix
+            self._seg_path(self._segments.pop()).unlink(missing_ok=True)
+        os.truncate(self._seg_path(seq), off)
+        self._fd = os.open(self._seg_path(seq), os.O_WRONLY)
+        self._offset = os.lseek(self._fd, 0, os.SEEK_END)
+        if self._fsync:
+            # gone for good (file size and unlinks) before anything written
+            # after this point can be acknowledged
+            os.fdatasync(self._fd)
+            _fsync_dir(self._dir)
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802 (pysyncobj's name)
         """Drop the first ``entryTo`` entries (covered by a durable snapshot)."""
@@ -666,14 +745,45 @@ class _SegmentJournal(Journal):
         if not self._dirty:
             return
         with self._lock:
-            if not self._dirty:
-                return
-            self._dirty = False
-            if self._fsync:
-                t0 = time.perf_counter()
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        self._check_usable()
+        if not self._dirty:
+            return
+        if self._fsync:
+            t0 = time.perf_counter()
+            try:
                 os.fdatasync(self._fd)
-                self._stats.fsyncs += 1
-                self._stats.fsync_seconds += time.perf_counter() - t0
+            except OSError as e:
+                # After a failed fsync the kernel may have dropped the dirty
+                # pages: a retry could "succeed" without the data. Never
+                # acknowledge anything again from this journal.
+                self._broken = (f"fdatasync of the journal failed ({e}); the replica stopped "
+                                "acknowledging Raft entries. Fix the disk and restart it")
+                log.critical("shard %d: %s", self._shard, self._broken)
+                raise
+            self._stats.fsyncs += 1
+            self._stats.fsync_seconds += time.perf_counter() - t0
+        self._dirty = False
+
+    @property
+    def broken(self) -> str:
+        return self._broken
+
+    def _check_usable(self) -> None:
+        if self._broken:
+            raise RaftStorageError(f"shard {self._shard}: {self._broken}")
+
+    def _write_failed(self, e: OSError) -> None:
+        # undo a partial record so that the next one is not written after garbage
+        try:
+            os.ftruncate(self._fd, self._offset)
+            os.lseek(self._fd, self._offset, os.SEEK_SET)
+            log.error("shard %d: cannot write the Raft journal in %s: %s", self._shard, self._dir, e)
+        except OSError:
+            self._broken = f"cannot write or repair the journal in {self._dir} ({e}); restart the replica"
+            log.critical("shard %d: %s", self._shard, self._broken)
 
     def rotate(self) -> None:
         """Start a new segment (at each snapshot, so that compaction can drop
@@ -701,14 +811,11 @@ class _SegmentJournal(Journal):
                 _atomic_write(self._commit_path, json.dumps({"commit": self._commit}).encode(), False)
 
     def _rotate_locked(self) -> None:
+        # (a shadow stays where it is: any later add either takes it back or
+        # truncates it, and that drops the newer segments)
         if self._offset <= len(_SEG_MAGIC):
             return  # current segment is empty
-        if self._fsync and self._dirty:
-            t0 = time.perf_counter()
-            os.fdatasync(self._fd)
-            self._stats.fsyncs += 1
-            self._stats.fsync_seconds += time.perf_counter() - t0
-        self._dirty = False
+        self._sync_locked()
         self._close_fd()
         self._new_segment(self._segments[-1] + 1)
 
@@ -724,14 +831,16 @@ class _SegmentJournal(Journal):
         self._bytes -= sum(len(e[0]) for e in self._entries[:count])
         del self._entries[:count]
         del self._locs[:count]
-        first_seq = self._locs[0][0] if self._locs else self._segments[-1]
+        first_seq = (self._locs[0][0] if self._locs
+                     else self._shadow_locs[0][0] if self._shadow_locs else self._segments[-1])
         removed = False
         while self._segments[0] < first_seq:  # oldest first: a crash leaves a suffix
             self._seg_path(self._segments.pop(0)).unlink(missing_ok=True)
             removed = True
         # The first kept segment may start with dead entries: rewrite it with
         # only the live ones when it is not the one being appended to.
-        if self._locs and first_seq != self._segments[-1] and self._locs[0][1] > len(_SEG_MAGIC):
+        if (self._locs and not self._shadow and first_seq != self._segments[-1]
+                and self._locs[0][1] > len(_SEG_MAGIC)):
             self._rewrite_segment(first_seq)
             removed = True
         if removed and self._fsync:
@@ -783,17 +892,33 @@ def _read_snapshot(path: Path, shard: int) -> tuple[_SnapshotHeader, bytes, tupl
     ident = (st.st_ino, st.st_size, st.st_mtime_ns)
     bad = f"shard {shard}: snapshot {path} is damaged"
     if data[: len(_SNAP_MAGIC)] != _SNAP_MAGIC or len(data) < len(_SNAP_MAGIC) + _SNAP_LEN.size:
-        raise RaftStorageError(f"{bad} (not a snapshot file)")
+        raise RaftStorageError(f"{bad} (not a snapshot file). {_REPLACE}")
     (hlen,) = _SNAP_LEN.unpack_from(data, len(_SNAP_MAGIC))
     start = len(_SNAP_MAGIC) + _SNAP_LEN.size
     try:
         last, prev, cluster, size, crc = pickle.loads(data[start: start + hlen])
     except Exception as e:
-        raise RaftStorageError(f"{bad} (header: {e})") from e
+        raise RaftStorageError(f"{bad} (header: {e}). {_REPLACE}") from e
     body = data[start + hlen:]
     if len(body) != size or zlib.crc32(body) != crc:
-        raise RaftStorageError(f"{bad} (checksum mismatch)")
-    return _SnapshotHeader(tuple(last), tuple(prev), cluster, size, crc), body, ident  # type: ignore[arg-type]
+        raise RaftStorageError(f"{bad} (checksum mismatch). {_REPLACE}")
+    return _SnapshotHeader(tuple(last), tuple(prev), cluster, size, crc), body, ident
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pickling or unpickling a large state allocates millions of objects,
+    which triggers full garbage collections: each one holds the GIL for
+    hundreds of ms over a big heap (measured: 0.25 s per pass with 100k
+    actions), starving the Raft tick thread into missed heartbeats. Reference
+    counting still frees garbage meanwhile."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class _SnapshotStarted(Exception):
@@ -806,7 +931,7 @@ class _SnapshotStarted(Exception):
 # --------------------------------------------------------------------------
 
 
-class _DurableTransport(TCPTransport):
+class _DurableTransport(TCPTransport):  # type: ignore[misc]
     """TCP transport that makes the journal durable before a follower
     acknowledges AppendEntries (or a snapshot)."""
 
@@ -828,7 +953,7 @@ class _ShardSyncObj(SyncObj):  # type: ignore[misc]
     def encryptor(self) -> Any:
         return self._hsm_encryptor
 
-    @replicated
+    @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, payload: bytes) -> None:
         # Runs on the tick thread while pysyncobj applies entry raftLastApplied + 1.
         self._hsm_shard._entry_committed(self.raftLastApplied + 1, payload)
@@ -890,6 +1015,10 @@ class RaftShard:
             raise ValueError(f"shard index must be a non-negative integer, not {index!r}")
         self.tuning = tuning or RaftTuning()
         self.tuning.validate()
+        if self.tuning.encrypt:
+            from pysyncobj.encryptor import HAS_CRYPTO
+            if not HAS_CRYPTO:
+                raise RuntimeError("Raft encryption (encrypt=True) needs the 'cryptography' package")
         self.index = index
         self.self_addr = _check_addr(self_addr, "Raft address")
         self.bind_addr = _check_addr(bind_addr or self_addr, "Raft bind address")
@@ -918,7 +1047,7 @@ class RaftShard:
 
         try:
             self._init_storage(state_factory)
-            self._init_raft(peer_list)
+            self._init_raft(peer_list, password)
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -945,8 +1074,6 @@ class RaftShard:
         for leftover in ("snapshot.tmp", "snapshot.writing", "snapshot.1.tmp"):
             (self.dir / leftover).unlink(missing_ok=True)
         self._snapshot_path = self.dir / "snapshot"
-        self._journal = _SegmentJournal(self.dir, self.index, self.tuning.fsync,
-                                        self.tuning.segment_bytes, self.stats)
         self._state_lock = threading.Lock()
         self._snap_file_lock = threading.Lock()
         self._snap_generation = 0
@@ -954,31 +1081,37 @@ class RaftShard:
         self._loaded_ident: tuple[int, int, int] | None = None
         self._applied_index = 0
         state = None
+        header: _SnapshotHeader | None = None
         if self._snapshot_path.exists():
             header, body, ident = _read_snapshot(self._snapshot_path, self.index)
             try:
-                state = pickle.loads(zlib.decompress(body))
+                with _gc_paused():
+                    state = pickle.loads(zlib.decompress(body))
             except Exception as e:
                 raise RaftStorageError(f"shard {self.index}: snapshot {self._snapshot_path} cannot "
                                        f"be loaded: {e}") from e
             self._loaded_ident = ident
             self._applied_index = header.last[1]
-            self._journal.trim_to(header.prev)
             log.info("shard %d: restored snapshot at Raft index %d", self.index, header.last[1])
         self._state: ShardState = state if state is not None else state_factory()
         if not isinstance(self._state, ShardState):
             raise TypeError(f"shard {self.index}: state_factory returned {type(self._state).__name__}")
+        self._journal = _SegmentJournal(self.dir, self.index, self.tuning.fsync,
+                                        self.tuning.segment_bytes, self.stats)
+        if header is not None:
+            # a crash between a snapshot and the compaction of the journal
+            # leaves older entries first: pysyncobj wants the log to start
+            # with the snapshot's last two entries, or it would drop it all
+            self._journal.trim_to(header.prev)
 
-    def _init_raft(self, peers: list[str]) -> None:
+    def _init_raft(self, peers: list[str], password: str) -> None:
         t = self.tuning
         encryptor: Any
         if t.encrypt:
-            from pysyncobj.encryptor import HAS_CRYPTO, getEncryptor
-            if not HAS_CRYPTO:
-                raise RuntimeError("Raft encryption (encrypt=True) needs the 'cryptography' package")
-            encryptor = getEncryptor(f"{self._password_note()}")
+            from pysyncobj.encryptor import getEncryptor
+            encryptor = getEncryptor(f"{password}\0hsm-coordinator shard {self.index}")
         else:
-            encryptor = None
+            encryptor = _HmacSealer(_derive_key(password, self.index), self.index)
         self._journal_key = f"hsm-raft:{self.dir.resolve()}:{id(self)}"
         conf = SyncObjConf(
             autoTick=False,
@@ -1010,18 +1143,21 @@ class RaftShard:
         with _JOURNALS_LOCK:
             _JOURNALS[self._journal_key] = self._journal
         try:
-            self._so = _ShardSyncObj(self, self.self_addr, peers, conf, self._journal,
-                                     encryptor or self._sealer)
+            self._so = _ShardSyncObj(self, self.self_addr, peers, conf, self._journal, encryptor)
         except Exception as e:
             with _JOURNALS_LOCK:
                 _JOURNALS.pop(self._journal_key, None)
             self._journal._destroy()
-            if type(e).__name__ == "SyncObjException":
+            if isinstance(e, SyncObjException):
                 raise OSError(f"shard {self.index}: cannot listen for Raft on {self.bind_addr} "
                               "(address in use or not local)") from e
             raise
-        from pysyncobj.pipe_notifier import PipeNotifier
-        self._notifier = PipeNotifier(self._so._poller)
+        # a pipe that wakes the tick thread out of its poll (tasks, close)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_lock = threading.Lock()
+        self._so._poller.subscribe(self._wake_r, self._drain_wake, 1)  # 1: POLL_EVENT_TYPE.READ
+        self._so.addOnTickCallback(self._journal.sync)
+        self._failed = ""
         self._tick_tasks: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
             queue.SimpleQueue())
         self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -1031,25 +1167,27 @@ class RaftShard:
         self._last_seen: tuple[bool, str | None, int, bool] = (False, None, 0, False)
         self._last_force = 0.0
 
-    _sealer: Any = None
-
-    def _password_note(self) -> str:
-        return self._fernet_password  # set by __new__ path below
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> RaftShard:
-        self = super().__new__(cls)
-        return self
-
     # --------------------------------------------------------- properties
 
     @property
     def is_leader(self) -> bool:
-        return bool(self._so._isLeader())
+        return not self._failed and bool(self._so._isLeader())
 
     @property
     def leader(self) -> str | None:
-        node = self._so._getLeader()
+        node = None if self._failed else self._so._getLeader()
         return None if node is None else str(node.id)
+
+    @property
+    def leader_info(self) -> LeaderInfo:
+        """The last leadership state delivered to the loop (what
+        ``on_leader_change`` last received)."""
+        return self._info
+
+    @property
+    def failed(self) -> str:
+        """Why this replica stopped working on its own (a disk error), or ""."""
+        return self._failed
 
     @property
     def leader_ready(self) -> bool:
@@ -1079,7 +1217,9 @@ class RaftShard:
     @contextlib.contextmanager
     def reading(self) -> Iterator[ShardState]:
         """``with shard.reading() as state:`` - a consistent view between
-        two applied entries. Keep it short: applies wait for it."""
+        two applied proposals (the applier takes this lock for each one).
+        Keep it short: applies wait for it. Call it on the loop thread (or
+        any thread but the applier)."""
         with self._state_lock:
             yield self._state
 
@@ -1097,9 +1237,11 @@ class RaftShard:
             return []
         if not timeout > 0:
             raise ValueError(f"proposal timeout must be positive, not {timeout!r}")
-        if self._closed or not self.is_leader or self._transferring and not self._pending and False:
+        if self._failed:
+            raise RaftError(f"shard {self.index}: this replica stopped working: {self._failed}")
+        if self._closed or not self.is_leader:
             raise NotLeader(self.index, None if self._closed else self.leader)
-        part = pickle.dumps(tuple(cmd_list), protocol=pickle.HIGHEST_PROTOCOL)
+        part = pickle.dumps(tuple(cmd_list), protocol=_PICKLE)
         if len(part) > self.tuning.max_command_bytes:
             raise ValueError(
                 f"shard {self.index}: {len(cmd_list)} command(s) encode to {len(part)} bytes, more "
@@ -1110,7 +1252,7 @@ class RaftShard:
         self._pump()
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProposalTimeout(
                 f"shard {self.index}: {len(cmd_list)} command(s) not confirmed within {timeout:g}s; "
                 "they may or may not be applied: retry with the same idempotency keys") from None
@@ -1141,7 +1283,7 @@ class RaftShard:
                 return
             batch_id = next(self._batch_ids)
             payload = pickle.dumps((self._origin, batch_id, tuple(p.part for p in props)),
-                                   protocol=pickle.HIGHEST_PROTOCOL)
+                                   protocol=_PICKLE)
             batch = _Batch(props)
             batch.timer = self._loop.call_later(max(p.timeout for p in props), self._expire_batch, batch_id)
             self._inflight[batch_id] = batch
@@ -1170,7 +1312,8 @@ class RaftShard:
                       FAIL_REASON.NOT_LEADER: "leadership lost",
                       FAIL_REASON.LEADER_CHANGED: "leadership changed",
                       FAIL_REASON.REQUEST_DENIED: "denied"}.get(err, f"error {err}")
-            exc = NotLeader(self.index, self.leader if not self.is_leader else None, f" ({reason})")
+            exc = (NotLeader(self.index, self.leader, f" ({reason})") if not self.is_leader
+                   else RaftError(f"shard {self.index}: proposal refused by Raft ({reason})"))
         for p in batch.proposals:
             if not p.fut.done():
                 p.fut.set_exception(exc)
@@ -1262,8 +1405,12 @@ class RaftShard:
             raise NotLeader(self.index, self.leader)
         fut: asyncio.Future[int] = self._loop.create_future()
 
+        def settle(err: int) -> None:
+            if not fut.done():
+                fut.set_result(err)
+
         def done(_res: Any, err: int) -> None:
-            self._post(lambda: fut.done() or fut.set_result(err))
+            self._post(settle, err)
 
         if add:
             self._so.addNodeToCluster(addr, callback=done)
@@ -1272,7 +1419,7 @@ class RaftShard:
         what = "add" if add else "remove"
         try:
             err = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProposalTimeout(f"shard {self.index}: {what} {addr}: not confirmed within "
                                   f"{timeout:g}s; check the membership before retrying") from None
         if err == FAIL_REASON.REQUEST_DENIED:
@@ -1307,7 +1454,7 @@ class RaftShard:
             raise RaftError(f"shard {self.index}: closed")
         cf: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._tick_tasks.put((fn, cf))
-        self._notifier.notify()
+        self._wake()
         return await asyncio.wrap_future(cf, loop=self._loop)
 
     # ---------------------------------------------------------- lifecycle
@@ -1319,8 +1466,7 @@ class RaftShard:
             return
         self._closed = True
         self._stop.set()
-        with contextlib.suppress(OSError):
-            self._notifier.notify()
+        self._wake()
         if threading.current_thread() is not self._ticker:
             self._ticker.join(10)
         self._jobs.put((_STOP,))
@@ -1380,9 +1526,21 @@ class RaftShard:
 
     # -------------------------------------------------------- tick thread
 
+    def _wake(self) -> None:
+        with self._wake_lock, contextlib.suppress(OSError):  # full pipe: a wake-up is pending
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"w")
+
+    def _drain_wake(self, _fd: int, _event: int) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+
     def _tick_loop(self) -> None:
         so = self._so
         tick = self.tuning.tick
+        errors = 0
+        last_error = 0.0
         try:
             while not self._stop.is_set():
                 while True:
@@ -1395,23 +1553,37 @@ class RaftShard:
                             cf.set_result(fn())
                         except BaseException as e:  # noqa: BLE001 - handed to the waiter
                             cf.set_exception(e)
-                # entries the leader appended (no-op of a new term, commands)
-                # become durable before the tick counts this replica in a commit
-                self._journal.sync()
                 try:
+                    # Entries this replica appended (its own commands, the no-op
+                    # of a new term) are durable before the tick counts it
+                    # towards a commit: here, and in the tick callback that
+                    # runs after new commands are appended and before the tick
+                    # waits for the followers' answers.
+                    self._journal.sync()
                     so.doTick(tick)
-                except Exception:
-                    log.exception("shard %d: Raft tick failed", self.index)
+                except Exception as e:
+                    if self._journal.broken:
+                        raise
+                    errors += 1
+                    if time.monotonic() - last_error > 30.0:
+                        last_error = time.monotonic()
+                        log.error("shard %d: Raft tick failed (%d time(s) since the last report)",
+                                  self.index, errors, exc_info=e)
+                        errors = 0
                     time.sleep(tick)
-                # durable before waiting for the followers' answers
-                self._journal.sync()
                 self._after_tick()
-        except BaseException:
-            log.exception("shard %d: Raft tick thread died", self.index)
-            raise
+        except BaseException as e:
+            self._failed = str(e) or type(e).__name__
+            log.critical("shard %d: Raft replica %s stopped working: %s", self.index, self.self_addr,
+                         self._failed, exc_info=e)
         finally:
             with contextlib.suppress(Exception):
                 so.destroy()  # autoTick=False: destroys now, on this thread
+            so._poller.unsubscribe(self._wake_r)
+            with self._wake_lock:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_w = -1
             while True:
                 try:
                     _fn, cf = self._tick_tasks.get_nowait()
@@ -1485,9 +1657,11 @@ class RaftShard:
     def _deserialize_hook(self, file_name: str) -> tuple[Entry, Entry, Any]:
         path = Path(file_name)
         with self._snap_file_lock:
-            self._snap_generation += 1
+            self._snap_generation += 1  # a snapshot being written now must not replace this one
             header, body, ident = _read_snapshot(path, self.index)
-        if ident != self._loaded_ident:
+            fresh = ident != self._loaded_ident
+            self._loaded_ident = ident
+        if fresh:
             # a snapshot from the leader: durable before we acknowledge it
             if self.tuning.fsync:
                 fd = os.open(path, os.O_RDONLY)
@@ -1496,7 +1670,6 @@ class RaftShard:
                 finally:
                     os.close(fd)
                 _fsync_dir(self.dir)
-            self._loaded_ident = ident
             self._jobs.put((_LOAD, header.last[1], body))
             log.info("shard %d: installing a snapshot from the leader at Raft index %d (%d bytes)",
                      self.index, header.last[1], len(body))
@@ -1533,10 +1706,12 @@ class RaftShard:
         proposals = [pickle.loads(part) for part in parts]
         out: list[_Delivery] = []
         ncmds = 0
-        with self._state_lock:
-            state = self._state
-            for cmds in proposals:
-                d = _Delivery()
+        for cmds in proposals:
+            d = _Delivery()
+            # the lock is taken per proposal, so that readers on the loop never
+            # wait for a whole entry; they see the state between two proposals
+            with self._state_lock:
+                state = self._state
                 for cmd in cmds:
                     try:
                         d.results.append(state.apply(cmd))
@@ -1545,9 +1720,9 @@ class RaftShard:
                                       self.index, type(cmd).__name__, idx)
                         self.stats.apply_errors += 1
                         d.error = e
-                out.append(d)
-                ncmds += len(cmds)
-            self._applied_index = idx
+            out.append(d)
+            ncmds += len(cmds)
+        self._applied_index = idx
         self.stats.entries_applied += 1
         self.stats.commands_applied += ncmds
         self._post(self._deliver, batch_id if mine else None, mine, out)
@@ -1578,10 +1753,11 @@ class RaftShard:
 
     def _write_snapshot(self, last: Entry, prev: Entry, cluster: Any, generation: int, ino: int | None) -> None:
         t0 = time.monotonic()
-        blob = pickle.dumps(self._state, protocol=pickle.HIGHEST_PROTOCOL)  # this thread is the only writer
+        with _gc_paused():
+            blob = pickle.dumps(self._state, protocol=_PICKLE)  # this thread is the only writer
         body = zlib.compress(blob, 1)
         del blob
-        header = pickle.dumps((last, prev, cluster, len(body), zlib.crc32(body)), protocol=pickle.HIGHEST_PROTOCOL)
+        header = pickle.dumps((last, prev, cluster, len(body), zlib.crc32(body)), protocol=_PICKLE)
         tmp = self.dir / "snapshot.writing"
         with open(tmp, "wb") as f:
             f.write(_SNAP_MAGIC + _SNAP_LEN.pack(len(header)) + header)
@@ -1612,7 +1788,8 @@ class RaftShard:
         self._snap_status = SERIALIZER_STATE.SUCCESS
 
     def _load_snapshot(self, idx: int, body: bytes) -> None:
-        state = pickle.loads(zlib.decompress(body))
+        with _gc_paused():
+            state = pickle.loads(zlib.decompress(body))
         if not isinstance(state, ShardState):
             raise RaftStorageError(f"shard {self.index}: snapshot holds a {type(state).__name__}")
         with self._state_lock:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno as _errno
 import logging
 import os
+import queue
 import re
 import socket
 import threading
@@ -104,6 +105,8 @@ MAX_LEADER_HOPS = 5
 MAX_DATA = 4096
 #: Largest page the coordinator serves.
 MAX_PAGE = 10000
+#: An action id ends in its shard number: ``shard = action_id % SHARD_ID_MODULUS``.
+SHARD_ID_MODULUS = 1000
 
 TERMINAL_STATES = frozenset({tpb.SUCCEEDED, tpb.FAILED, tpb.CANCELED})
 
@@ -545,6 +548,10 @@ def _fid_selector(
 SHARD_MAP_TTL = 30.0
 
 
+class _Regroup(Exception):
+    """A multi-shard call met a redirect: the shard leaders moved."""
+
+
 @dataclass(frozen=True, slots=True)
 class _ShardMap:
     ring: Any  # hsm.ring.Ring: FID -> shard
@@ -792,7 +799,10 @@ class CoordinatorClient:
             return self._replica_addresses.get(hint, "")
 
     def _call(self, method: str, request: Any, what: str, timeout: float | None = None,
-              start: str | None = None) -> Any:
+              start: str | None = None, multi_shard: bool = False) -> Any:
+        """One RPC with retries and leader redirects. With *multi_shard*, a
+        redirect raises ``_Regroup`` instead: no single replica may lead
+        every shard the request touches, so the caller splits it anew."""
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         route = _Route(self, deadline, what, start)
         while True:
@@ -801,6 +811,8 @@ class CoordinatorClient:
             try:
                 response = getattr(stub, method)(request, timeout=remaining)
             except grpc.RpcError as err:
+                if multi_shard and err.code() == grpc.StatusCode.FAILED_PRECONDITION and _leader_hint(err):
+                    raise _Regroup() from None
                 route.failed(err)
                 continue
             route.succeeded()
@@ -840,22 +852,44 @@ class CoordinatorClient:
         return results
 
     def _submit_batch(self, batch: list[cpb.SubmitItem]) -> list[cpb.SubmitResult]:
-        shard_map = self._shard_map()
-        if shard_map is None:
-            groups = {"": list(range(len(batch)))}
-        else:
-            groups = group_by_leader(batch, shard_map.ring, shard_map.leaders)
+        """Send each shard leader its part of *batch*. When leaders moved
+        since the shard map was read, the part is split again and resent:
+        every item carries its idempotency key, so nothing is applied twice."""
         results: list[cpb.SubmitResult | None] = [None] * len(batch)
-        for leader, indexes in groups.items():
-            part = [batch[i] for i in indexes]
-            response = self._call("Submit", cpb.SubmitRequest(items=part),
-                                  f"submit of {len(part)} items", start=leader or None)
-            if len(response.results) != len(part):
-                raise InternalError(
-                    f"coordinator answered {len(response.results)} results for {len(part)} items"
-                )
-            for i, result in zip(indexes, response.results, strict=True):
-                results[i] = result
+        todo = list(range(len(batch)))
+        deadline = time.monotonic() + self.timeout
+        while todo:
+            shard_map = self._shard_map()
+            if shard_map is None:
+                groups = {"": todo}
+            else:
+                sub = group_by_leader([batch[i] for i in todo], shard_map.ring, shard_map.leaders)
+                groups = {leader: [todo[j] for j in idx] for leader, idx in sub.items()}
+            todo = []
+            for leader, indexes in groups.items():
+                part = [batch[i] for i in indexes]
+                multi = shard_map is not None and len(set(shard_map.ring.shard_of_many(
+                    Fid(i.fid.seq, i.fid.oid, i.fid.ver) for i in part))) > 1
+                try:
+                    response = self._call("Submit", cpb.SubmitRequest(items=part),
+                                          f"submit of {len(part)} items", start=leader or None,
+                                          multi_shard=multi)
+                except _Regroup:
+                    if time.monotonic() > deadline:
+                        raise FailedPrecondition(
+                            f"submit of {len(part)} items: shard leaders kept moving for "
+                            f"{self.timeout:.0f} s", address=leader) from None
+                    self._forget_shard_map()
+                    todo.extend(indexes)
+                    continue
+                if len(response.results) != len(part):
+                    raise InternalError(
+                        f"coordinator answered {len(response.results)} results for {len(part)} items"
+                    )
+                for i, result in zip(indexes, response.results, strict=True):
+                    results[i] = result
+            if todo:
+                time.sleep(0.05)
         return [r for r in results if r is not None]
 
     def _shard_map(self) -> _ShardMap | None:
@@ -978,15 +1012,89 @@ class CoordinatorClient:
         if deadline is not None and deadline < 0:
             raise InvalidArgument(f"deadline must be >= 0 seconds, not {deadline!r}")
         end = None if deadline is None else time.monotonic() + deadline
-        return self._watch(pending, end)
+        return self._watch_routed(pending, end)
 
-    def _watch(self, pending: dict[int, None], end: float | None) -> Iterator[tpb.Action]:
+    def _watch_routed(self, pending: dict[int, None], end: float | None) -> Iterator[tpb.Action]:
+        """Watch on the leader of each action's shard; when leadership
+        moved (a redirect for a multi-shard stream), look the leaders up
+        again and split anew. *pending* shrinks as actions end."""
+        while pending:
+            groups = self._group_by_shard_leader(pending)
+            try:
+                if len(groups) == 1:
+                    [(start, _)] = groups.items()
+                    yield from self._watch(pending, end, start=start or None, regroup=True)
+                else:
+                    yield from self._watch_many(groups, end, pending)
+                return
+            except _Regroup:
+                log.debug("watch: shard leaders moved; regrouping %d actions", len(pending))
+                self._forget_shard_map()
+                self._watch_remaining(end, pending)
+                time.sleep(0.05)
+
+    def _group_by_shard_leader(self, action_ids: Iterable[int]) -> dict[str, list[int]]:
+        """Action ids per leader address of their shard (an action id ends
+        in its shard number); one group when routing does not matter."""
+        ids = list(action_ids)
+        shard_map = self._shard_map() if len({i % SHARD_ID_MODULUS for i in ids}) > 1 else None
+        if shard_map is None:
+            return {"": ids}
+        groups: dict[str, list[int]] = {}
+        for action_id in ids:
+            groups.setdefault(shard_map.leaders.get(action_id % SHARD_ID_MODULUS, ""), []).append(action_id)
+        return groups
+
+    def _watch_many(self, groups: dict[str, list[int]], end: float | None,
+                    pending: dict[int, None]) -> Iterator[tpb.Action]:
+        """One stream per shard leader, merged into this thread."""
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        stop = threading.Event()
+        calls: list[Any] = []
+
+        def pump(start: str, ids: list[int]) -> None:
+            try:
+                for action in self._watch(dict.fromkeys(ids), end, start=start or None, regroup=True,
+                                          calls=calls):
+                    if stop.is_set():
+                        return
+                    events.put(("action", action))
+            except BaseException as exc:  # handed to the caller's thread
+                events.put(("error", exc))
+            finally:
+                events.put(("done", None))
+
+        threads = [threading.Thread(target=pump, args=(addr, ids), daemon=True, name="hsm-watch")
+                   for addr, ids in groups.items()]
+        for t in threads:
+            t.start()
+        left = len(threads)
+        try:
+            while left:
+                kind, value = events.get()
+                if kind == "action":
+                    if value.state in TERMINAL_STATES:
+                        pending.pop(value.action_id, None)
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    left -= 1
+        finally:
+            stop.set()
+            for call in list(calls):
+                call.cancel()
+
+    def _watch(self, pending: dict[int, None], end: float | None, start: str | None = None,
+               regroup: bool = False, calls: list[Any] | None = None) -> Iterator[tpb.Action]:
         what = f"watch of {len(pending)} actions"
-        route = _Route(self, end, what)
+        route = _Route(self, end, what, start=start)
         while pending:
             remaining = self._watch_remaining(end, pending)
             stub = self._stub(route.target)
             call = stub.Watch(cpb.WatchRequest(action_ids=list(pending)), timeout=remaining)
+            if calls is not None:
+                calls.append(call)
             got_event = False
             try:
                 for event in call:
@@ -1014,6 +1122,9 @@ class CoordinatorClient:
                     log.debug("%s: stream from %s broke (%s)", what, route.target, code)
                     time.sleep(0.05)
                     continue
+                if (regroup and code == grpc.StatusCode.FAILED_PRECONDITION
+                        and len({i % SHARD_ID_MODULUS for i in pending}) > 1):
+                    raise _Regroup() from None
                 route.failed(err)
             finally:
                 call.cancel()

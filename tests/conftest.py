@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from coordinator.cluster import ClusterSpec, ReplicaSpec
 from coordinator.node import CoordinatorNode, NodeConfig
+from coordinator.raft import RaftTuning, free_port
 
 
 class RunningCoordinator:
@@ -26,7 +28,13 @@ class RunningCoordinator:
         self.node = CoordinatorNode(config)
         self._thread = threading.Thread(target=self.loop.run_forever, name="coordinator", daemon=True)
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.node.start(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+
+    async def _start(self) -> None:
+        await self.node.start()
+        await asyncio.wait_for(self.node.ready.wait(), 20)
+        while not all(s.leader_ready for s in self.node.shards):
+            await asyncio.sleep(0.01)
 
     @property
     def address(self) -> str:
@@ -45,22 +53,43 @@ class RunningCoordinator:
         self.loop.close()
 
 
-DEFAULT_TEST_CONFIG = NodeConfig(
-    replica_id="test",
-    listen="127.0.0.1:0",
-    archive_ids=(1, 2, 3),
-    agent_grace=3.0,
-    heartbeat_interval=1.0,
-)
+#: Raft timings for tests on loopback (a single replica elects itself at once)
+FAST_RAFT = RaftTuning(heartbeat=0.02, election_min=0.1, election_max=0.2, leader_fallback=1.0,
+                       connection_timeout=1.0, connection_retry=0.2, tick=0.01, fsync=True)
+
+
+def single_replica_config(data_dir: Any, shards: int = 1, **overrides: Any) -> NodeConfig:
+    """A one-replica cluster (real Raft, real journal) on free loopback ports."""
+    api = free_port()
+    raft0 = free_port()
+    while not all(_free(raft0 + i) for i in range(shards)):
+        raft0 = free_port()
+    cluster = ClusterSpec("test", shards, (ReplicaSpec("test", f"127.0.0.1:{api}", f"127.0.0.1:{raft0}"),),
+                          "test-password-0123456789")
+    base = NodeConfig(cluster=cluster, replica_id="test", data_dir=data_dir, archive_ids=(1, 2, 3),
+                      agent_grace=3.0, heartbeat_interval=1.0, raft=FAST_RAFT, propose_timeout=5.0)
+    return replace(base, **overrides)
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.fixture
-def coordinator_factory() -> Iterator[Any]:
-    """Start coordinators with custom settings: ``coordinator_factory(agent_grace=1.0)``."""
+def coordinator_factory(tmp_path_factory: Any) -> Iterator[Any]:
+    """Start coordinators with custom settings: ``coordinator_factory(agent_grace=1.0, shards=4)``."""
     started: list[RunningCoordinator] = []
 
-    def make(**overrides: Any) -> RunningCoordinator:
-        rc = RunningCoordinator(replace(DEFAULT_TEST_CONFIG, **overrides))
+    def make(shards: int = 1, **overrides: Any) -> RunningCoordinator:
+        data = tmp_path_factory.mktemp("raft")
+        rc = RunningCoordinator(single_replica_config(data, shards, **overrides))
         started.append(rc)
         return rc
 
@@ -71,5 +100,6 @@ def coordinator_factory() -> Iterator[Any]:
 
 @pytest.fixture
 def coordinator(coordinator_factory: Any) -> RunningCoordinator:
-    """A real coordinator with archive ids 1, 2, 3 on 127.0.0.1:<free port>."""
+    """A real one-replica coordinator (Raft included) with archive ids 1, 2, 3
+    on 127.0.0.1:<free port>."""
     return coordinator_factory()  # type: ignore[no-any-return]

@@ -1,51 +1,93 @@
-"""hsm-coordinator configuration and command line: good values load, bad
-ones are clear errors naming the setting, never tracebacks."""
+"""hsm-coordinator configuration and command line: `init` writes a cluster
+that `run` loads; bad values are clear errors naming the setting, never
+tracebacks."""
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from coordinator.config import ConfigError, load
-
-
-def test_file_and_overrides(tmp_path: Path) -> None:
-    f = tmp_path / "c.yaml"
-    f.write_text("replica_id: c7\narchive_ids: [1, 2]\nagent_grace: 5\nlog_level: DEBUG\n")
-    cfg, level = load(f, {"listen": "0.0.0.0:7700", "agent_grace": None})
-    assert (cfg.replica_id, cfg.archive_ids, cfg.agent_grace, cfg.listen, level) == (
-        "c7", (1, 2), 5.0, "0.0.0.0:7700", "debug")
+from coordinator.config import ConfigError, init_cluster, load, parse_replica
 
 
-def test_defaults_without_file() -> None:
-    cfg, level = load(None)
-    assert cfg.archive_ids == (1,) and cfg.listen == "127.0.0.1:7600" and level == "info"
-    assert cfg.replica_id  # the host name
+def make_cluster(tmp_path: Path, **extra: object) -> Path:
+    reps = [parse_replica(f"c{i}=127.0.0.1:{7600 + i}:{7700 + 10 * i}") for i in range(3)]
+    cfg, _ = init_cluster(tmp_path / "etc", "t", 4, reps, data_dir=str(tmp_path / "data"), extra=dict(extra))
+    return cfg
+
+
+def test_init_then_load(tmp_path: Path) -> None:
+    path = make_cluster(tmp_path)
+    pw = tmp_path / "etc" / "raft-password"
+    assert stat.S_IMODE(pw.stat().st_mode) == 0o600
+    cfg, level = load(path, {"replica_id": "c1", "listen": "0.0.0.0:7601"})
+    assert cfg.cluster.shards == 4 and [r.id for r in cfg.cluster.replicas] == ["c0", "c1", "c2"]
+    assert cfg.me.raft_addr(3) == "127.0.0.1:7713"
+    assert cfg.cluster.password == pw.read_text().strip()
+    assert (cfg.listen, level, cfg.data_dir) == ("0.0.0.0:7601", "info", tmp_path / "data")
+
+
+def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
+    make_cluster(tmp_path)
+    with pytest.raises(ConfigError, match="already exists"):
+        make_cluster(tmp_path)
 
 
 @pytest.mark.parametrize(
-    "text, words",
+    "change, words",
     [
-        ("bogus: 1\n", "unknown setting(s): bogus"),
-        ("archive_ids: 3\n", "archive_ids: expected a list of integers"),
-        ("archive_ids: [1]\ndefault_archive_id: 2\n", "default_archive_id 2 is not in archive_ids"),
-        ("agent_grace: soon\n", "agent_grace: expected float"),
-        ("max_attempts: 0\n", "max_attempts"),
-        ("listen: 7600\n", "listen: expected str"),
-        ("- a\n- b\n", "mapping"),
-        ("a: [\n", "not valid YAML"),
-        ("log_level: loud\n", "log_level"),
+        ({"bogus": 1}, "unknown setting(s): bogus"),
+        ({"archive_ids": 3}, "archive_ids: expected a list of integers"),
+        ({"default_archive_id": 2}, "default_archive_id 2 is not in archive_ids"),
+        ({"agent_grace": "soon"}, "agent_grace: expected float"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"replica_id": "zz"}, "replica_id: replica 'zz' is not in the cluster"),
+        ({"raft": {"election_min": 5.0}}, "raft:"),
+        ({"raft": {"nope": 1}}, "raft: unknown setting(s): nope"),
+        ({"log_level": "loud"}, "log_level"),
+        ({"cluster": None}, "cluster: required"),
+        ({"data_dir": None}, "data_dir: required"),
     ],
 )
-def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, words: str) -> None:
-    f = tmp_path / "c.yaml"
-    f.write_text(text)
+def test_bad_config_is_a_clear_error(tmp_path: Path, change: dict[str, object], words: str) -> None:
+    path = make_cluster(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["replica_id"] = "c0"
+    for k, v in change.items():
+        if v is None:
+            doc.pop(k)
+        else:
+            doc[k] = v
+    path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError) as exc:
-        load(f)
+        load(path)
     assert words in str(exc.value)
+
+
+def test_bad_cluster_sections(tmp_path: Path) -> None:
+    path = make_cluster(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["replica_id"] = "c0"
+    doc["cluster"]["replicas"][1]["raft"] = "127.0.0.1:7700"  # overlaps c0's Raft ports
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="overlap"):
+        load(path)
+    doc["cluster"]["replicas"][1] = {"id": "c1", "api": "nohost"}
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=r"replicas\[1\]"):
+        load(path)
+
+
+def test_password_file_must_be_private(tmp_path: Path) -> None:
+    path = make_cluster(tmp_path)
+    (tmp_path / "etc" / "raft-password").chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load(path, {"replica_id": "c0"})
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -53,16 +95,23 @@ def test_missing_file(tmp_path: Path) -> None:
         load(tmp_path / "nope.yaml")
 
 
-def test_cli_reports_config_errors_with_exit_2(tmp_path: Path) -> None:
-    f = tmp_path / "c.yaml"
-    f.write_text("archive_ids: []\n")
-    r = subprocess.run([sys.executable, "-m", "coordinator.cli", "run", "--config", str(f)],
-                       capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("text", ["c0", "c0=host", "c0=host:1:x", "=h:1:2"])
+def test_bad_replica_spec(text: str) -> None:
+    with pytest.raises(ConfigError, match="ID=HOST:API_PORT:RAFT_PORT"):
+        parse_replica(text)
+
+
+def test_cli_init_and_config_errors(tmp_path: Path) -> None:
+    out = tmp_path / "etc"
+    r = subprocess.run([sys.executable, "-m", "coordinator.cli", "init", "--shards", "2", "--replica",
+                        "a=127.0.0.1:7600:7700", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "wrote" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "coordinator.cli", "run", "--config", str(out / "coordinator.yaml"),
+                        "--replica-id", "b"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
-    assert "configuration error: archive_ids" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert "configuration error: replica_id" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_help_lists_commands() -> None:
     r = subprocess.run([sys.executable, "-m", "coordinator.cli", "--help"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "local" in r.stdout and "run" in r.stdout and "exit codes" in r.stdout
+    assert r.returncode == 0 and all(w in r.stdout for w in ("init", "run", "local", "exit codes"))

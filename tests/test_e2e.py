@@ -39,13 +39,13 @@ def local(tmp_path: Path):  # type: ignore[no-untyped-def]
     work = tmp_path / "hsm"
     proc = subprocess.Popen(
         [sys.executable, "-m", "coordinator.cli", "local", "--dir", str(work), "--agents", "2",
-         "--listen", "127.0.0.1:0"],
+         "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None
     first = proc.stdout.readline()
-    assert "coordinator at" in first, first + (proc.stderr.read() if proc.poll() is not None else "")
-    address = first.split("coordinator at ", 1)[1].split(",", 1)[0]
+    assert "coordinators at" in first, first + (proc.stderr.read() if proc.poll() is not None else "")
+    address = first.split("coordinators at ", 1)[1].split(" ", 1)[0].rstrip(",")
     yield work, address, proc
     if proc.poll() is None:
         proc.kill()

@@ -8,6 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReportRequest(_message.Message):
+    __slots__ = ("agent_id", "progress", "done")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    progress: _containers.RepeatedCompositeFieldContainer[Progress]
+    done: _containers.RepeatedCompositeFieldContainer[Done]
+    def __init__(self, agent_id: _Optional[str] = ..., progress: _Optional[_Iterable[_Union[Progress, _Mapping]]] = ..., done: _Optional[_Iterable[_Union[Done, _Mapping]]] = ...) -> None: ...
+
+class ReportResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Hello(_message.Message):
     __slots__ = ("agent_id", "host", "archive_ids", "slots", "version", "running")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]

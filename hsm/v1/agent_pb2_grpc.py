@@ -39,6 +39,11 @@ class AgentServiceStub:
                 request_serializer=hsm_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
                 response_deserializer=hsm_dot_v1_dot_agent__pb2.CoordinatorMessage.FromString,
                 _registered_method=True)
+        self.Report = channel.unary_unary(
+                '/hsm.v1.AgentService/Report',
+                request_serializer=hsm_dot_v1_dot_agent__pb2.ReportRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_agent__pb2.ReportResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -50,6 +55,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Report(self, request, context):
+        """Progress and completions for shards the receiving replica does not
+        lead: a replica forwards what an agent sent it to the shard's leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +70,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Work,
                     request_deserializer=hsm_dot_v1_dot_agent__pb2.AgentMessage.FromString,
                     response_serializer=hsm_dot_v1_dot_agent__pb2.CoordinatorMessage.SerializeToString,
+            ),
+            'Report': grpc.unary_unary_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=hsm_dot_v1_dot_agent__pb2.ReportRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_agent__pb2.ReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +104,33 @@ class AgentService:
             '/hsm.v1.AgentService/Work',
             hsm_dot_v1_dot_agent__pb2.AgentMessage.SerializeToString,
             hsm_dot_v1_dot_agent__pb2.CoordinatorMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.AgentService/Report',
+            hsm_dot_v1_dot_agent__pb2.ReportRequest.SerializeToString,
+            hsm_dot_v1_dot_agent__pb2.ReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

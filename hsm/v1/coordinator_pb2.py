@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from hsm.v1 import types_pb2 as hsm_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hsm/v1/coordinator.proto\x12\x06hsm.v1\x1a\x12hsm/v1/types.proto\"\x99\x02\n\nSubmitItem\x12\x0e\n\x06\x66sname\x18\x01 \x01(\t\x12\x18\n\x03\x66id\x18\x02 \x01(\x0b\x32\x0b.hsm.v1.Fid\x12 \n\x04kind\x18\x03 \x01(\x0e\x32\x12.hsm.v1.ActionKind\x12\x12\n\narchive_id\x18\x04 \x01(\r\x12\x1e\n\x06\x65xtent\x18\x05 \x01(\x0b\x32\x0e.hsm.v1.Extent\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\r\n\x05\x66lags\x18\x07 \x01(\r\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12$\n\trequester\x18\t \x01(\x0b\x32\x11.hsm.v1.Requester\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x1d\n\x03hsm\x18\x0b \x01(\x0b\x32\x10.hsm.v1.HsmState\"2\n\rSubmitRequest\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.hsm.v1.SubmitItem\"h\n\x0cSubmitResult\x12&\n\x07outcome\x18\x01 \x01(\x0e\x32\x15.hsm.v1.SubmitOutcome\x12\x11\n\taction_id\x18\x02 \x01(\x04\x12\r\n\x05\x65rrno\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"7\n\x0eSubmitResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.hsm.v1.SubmitResult\"Y\n\x0b\x46idSelector\x12\x0e\n\x06\x66sname\x18\x01 \x01(\t\x12\x18\n\x03\x66id\x18\x02 \x01(\x0b\x32\x0b.hsm.v1.Fid\x12 \n\x04kind\x18\x03 \x01(\x0e\x32\x12.hsm.v1.ActionKind\"c\n\rCancelRequest\x12\x12\n\naction_ids\x18\x01 \x03(\x04\x12!\n\x04\x66ids\x18\x02 \x03(\x0b\x32\x13.hsm.v1.FidSelector\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"m\n\x0c\x43\x61ncelResult\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12&\n\x07outcome\x18\x02 \x01(\x0e\x32\x15.hsm.v1.CancelOutcome\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.hsm.v1.ActionState\"7\n\x0e\x43\x61ncelResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.hsm.v1.CancelResult\"%\n\x10GetActionRequest\x12\x11\n\taction_id\x18\x01 \x01(\x04\"\xce\x01\n\x12ListActionsRequest\x12#\n\x06states\x18\x01 \x03(\x0e\x32\x13.hsm.v1.ActionState\x12!\n\x05kinds\x18\x02 \x03(\x0e\x32\x12.hsm.v1.ActionKind\x12 \n\x03\x66id\x18\x03 \x01(\x0b\x32\x13.hsm.v1.FidSelector\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x18\n\x10include_terminal\x18\x05 \x01(\x08\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"O\n\x13ListActionsResponse\x12\x1f\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x0e.hsm.v1.Action\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x0cWatchRequest\x12\x12\n\naction_ids\x18\x01 \x03(\x04\",\n\nWatchEvent\x12\x1e\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x0e.hsm.v1.Action\"\x0f\n\rStatusRequest\"`\n\tKindCount\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.hsm.v1.ActionKind\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.hsm.v1.ActionState\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"\xcc\x01\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x13\n\x0b\x61rchive_ids\x18\x03 \x03(\r\x12\x1c\n\x05slots\x18\x04 \x01(\x0b\x32\r.hsm.v1.Slots\x12\x1e\n\x07running\x18\x05 \x01(\x0b\x32\r.hsm.v1.Slots\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x17\n\x0f\x63onnected_since\x18\x07 \x01(\x01\x12\x11\n\tlast_seen\x18\x08 \x01(\x01\x12\x0f\n\x07replica\x18\t \x01(\t\"9\n\x05Slots\x12\x0f\n\x07\x61rchive\x18\x01 \x01(\r\x12\x0f\n\x07restore\x18\x02 \x01(\r\x12\x0e\n\x06remove\x18\x03 \x01(\r\"|\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x03 \x01(\x04\x12\x15\n\rapplied_index\x18\x04 \x01(\x04\x12!\n\x06\x63ounts\x18\x05 \x03(\x0b\x32\x11.hsm.v1.KindCount\"\xae\x01\n\x0eStatusResponse\x12!\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x11.hsm.v1.KindCount\x12!\n\x06\x61gents\x18\x02 \x03(\x0b\x32\x11.hsm.v1.AgentInfo\x12#\n\x06shards\x18\x03 \x03(\x0b\x32\x13.hsm.v1.ShardStatus\x12\x0f\n\x07replica\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0f\n\x07\x63ontrol\x18\x06 \x01(\t\"\x14\n\x12\x43lusterInfoRequest\"&\n\x07Replica\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\x82\x01\n\x13\x43lusterInfoResponse\x12\x13\n\x0bshard_count\x18\x01 \x01(\r\x12\x0e\n\x06vnodes\x18\x02 \x01(\r\x12!\n\x08replicas\x18\x03 \x03(\x0b\x32\x0f.hsm.v1.Replica\x12#\n\x06shards\x18\x04 \x03(\x0b\x32\x13.hsm.v1.ShardStatus*f\n\rSubmitOutcome\x12\x1e\n\x1aSUBMIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\n\n\x06JOINED\x10\x02\x12\x0e\n\nNOT_NEEDED\x10\x03\x12\x0c\n\x08REJECTED\x10\x04*s\n\rCancelOutcome\x12\x1e\n\x1a\x43\x41NCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43\x41NCEL_DONE\x10\x01\x12\x0f\n\x0b\x43\x41NCEL_SENT\x10\x02\x12\x11\n\rALREADY_ENDED\x10\x03\x12\r\n\tNOT_FOUND\x10\x04\x32\xb4\x03\n\x0b\x43oordinator\x12\x37\n\x06Submit\x12\x15.hsm.v1.SubmitRequest\x1a\x16.hsm.v1.SubmitResponse\x12\x37\n\x06\x43\x61ncel\x12\x15.hsm.v1.CancelRequest\x1a\x16.hsm.v1.CancelResponse\x12\x35\n\tGetAction\x12\x18.hsm.v1.GetActionRequest\x1a\x0e.hsm.v1.Action\x12\x46\n\x0bListActions\x12\x1a.hsm.v1.ListActionsRequest\x1a\x1b.hsm.v1.ListActionsResponse\x12\x33\n\x05Watch\x12\x14.hsm.v1.WatchRequest\x1a\x12.hsm.v1.WatchEvent0\x01\x12\x37\n\x06Status\x12\x15.hsm.v1.StatusRequest\x1a\x16.hsm.v1.StatusResponse\x12\x46\n\x0b\x43lusterInfo\x12\x1a.hsm.v1.ClusterInfoRequest\x1a\x1b.hsm.v1.ClusterInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hsm/v1/coordinator.proto\x12\x06hsm.v1\x1a\x12hsm/v1/types.proto\"\x99\x02\n\nSubmitItem\x12\x0e\n\x06\x66sname\x18\x01 \x01(\t\x12\x18\n\x03\x66id\x18\x02 \x01(\x0b\x32\x0b.hsm.v1.Fid\x12 \n\x04kind\x18\x03 \x01(\x0e\x32\x12.hsm.v1.ActionKind\x12\x12\n\narchive_id\x18\x04 \x01(\r\x12\x1e\n\x06\x65xtent\x18\x05 \x01(\x0b\x32\x0e.hsm.v1.Extent\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\r\n\x05\x66lags\x18\x07 \x01(\r\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12$\n\trequester\x18\t \x01(\x0b\x32\x11.hsm.v1.Requester\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x1d\n\x03hsm\x18\x0b \x01(\x0b\x32\x10.hsm.v1.HsmState\"2\n\rSubmitRequest\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.hsm.v1.SubmitItem\"h\n\x0cSubmitResult\x12&\n\x07outcome\x18\x01 \x01(\x0e\x32\x15.hsm.v1.SubmitOutcome\x12\x11\n\taction_id\x18\x02 \x01(\x04\x12\r\n\x05\x65rrno\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"7\n\x0eSubmitResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.hsm.v1.SubmitResult\"Y\n\x0b\x46idSelector\x12\x0e\n\x06\x66sname\x18\x01 \x01(\t\x12\x18\n\x03\x66id\x18\x02 \x01(\x0b\x32\x0b.hsm.v1.Fid\x12 \n\x04kind\x18\x03 \x01(\x0e\x32\x12.hsm.v1.ActionKind\"s\n\rCancelRequest\x12\x12\n\naction_ids\x18\x01 \x03(\x04\x12!\n\x04\x66ids\x18\x02 \x03(\x0b\x32\x13.hsm.v1.FidSelector\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06shards\x18\x05 \x03(\r\"m\n\x0c\x43\x61ncelResult\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12&\n\x07outcome\x18\x02 \x01(\x0e\x32\x15.hsm.v1.CancelOutcome\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.hsm.v1.ActionState\"7\n\x0e\x43\x61ncelResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.hsm.v1.CancelResult\"%\n\x10GetActionRequest\x12\x11\n\taction_id\x18\x01 \x01(\x04\"\xde\x01\n\x12ListActionsRequest\x12#\n\x06states\x18\x01 \x03(\x0e\x32\x13.hsm.v1.ActionState\x12!\n\x05kinds\x18\x02 \x03(\x0e\x32\x12.hsm.v1.ActionKind\x12 \n\x03\x66id\x18\x03 \x01(\x0b\x32\x13.hsm.v1.FidSelector\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x18\n\x10include_terminal\x18\x05 \x01(\x08\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x0e\n\x06shards\x18\x08 \x03(\r\"O\n\x13ListActionsResponse\x12\x1f\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x0e.hsm.v1.Action\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x0cWatchRequest\x12\x12\n\naction_ids\x18\x01 \x03(\x04\",\n\nWatchEvent\x12\x1e\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x0e.hsm.v1.Action\"\x1f\n\rStatusRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\x08\"`\n\tKindCount\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.hsm.v1.ActionKind\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.hsm.v1.ActionState\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"\xcc\x01\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x13\n\x0b\x61rchive_ids\x18\x03 \x03(\r\x12\x1c\n\x05slots\x18\x04 \x01(\x0b\x32\r.hsm.v1.Slots\x12\x1e\n\x07running\x18\x05 \x01(\x0b\x32\r.hsm.v1.Slots\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x17\n\x0f\x63onnected_since\x18\x07 \x01(\x01\x12\x11\n\tlast_seen\x18\x08 \x01(\x01\x12\x0f\n\x07replica\x18\t \x01(\t\"9\n\x05Slots\x12\x0f\n\x07\x61rchive\x18\x01 \x01(\r\x12\x0f\n\x07restore\x18\x02 \x01(\r\x12\x0e\n\x06remove\x18\x03 \x01(\r\"\xa8\x01\n\x0bShardStatus\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x03 \x01(\x04\x12\x15\n\rapplied_index\x18\x04 \x01(\x04\x12!\n\x06\x63ounts\x18\x05 \x03(\x0b\x32\x11.hsm.v1.KindCount\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\x12\x0c\n\x04term\x18\x07 \x01(\x04\x12\x0c\n\x04role\x18\x08 \x01(\t\"\xae\x01\n\x0eStatusResponse\x12!\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x11.hsm.v1.KindCount\x12!\n\x06\x61gents\x18\x02 \x03(\x0b\x32\x11.hsm.v1.AgentInfo\x12#\n\x06shards\x18\x03 \x03(\x0b\x32\x13.hsm.v1.ShardStatus\x12\x0f\n\x07replica\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0f\n\x07\x63ontrol\x18\x06 \x01(\t\"\x14\n\x12\x43lusterInfoRequest\"&\n\x07Replica\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\x82\x01\n\x13\x43lusterInfoResponse\x12\x13\n\x0bshard_count\x18\x01 \x01(\r\x12\x0e\n\x06vnodes\x18\x02 \x01(\r\x12!\n\x08replicas\x18\x03 \x03(\x0b\x32\x0f.hsm.v1.Replica\x12#\n\x06shards\x18\x04 \x03(\x0b\x32\x13.hsm.v1.ShardStatus*f\n\rSubmitOutcome\x12\x1e\n\x1aSUBMIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\n\n\x06JOINED\x10\x02\x12\x0e\n\nNOT_NEEDED\x10\x03\x12\x0c\n\x08REJECTED\x10\x04*s\n\rCancelOutcome\x12\x1e\n\x1a\x43\x41NCEL_OUTCOME_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43\x41NCEL_DONE\x10\x01\x12\x0f\n\x0b\x43\x41NCEL_SENT\x10\x02\x12\x11\n\rALREADY_ENDED\x10\x03\x12\r\n\tNOT_FOUND\x10\x04\x32\xb4\x03\n\x0b\x43oordinator\x12\x37\n\x06Submit\x12\x15.hsm.v1.SubmitRequest\x1a\x16.hsm.v1.SubmitResponse\x12\x37\n\x06\x43\x61ncel\x12\x15.hsm.v1.CancelRequest\x1a\x16.hsm.v1.CancelResponse\x12\x35\n\tGetAction\x12\x18.hsm.v1.GetActionRequest\x1a\x0e.hsm.v1.Action\x12\x46\n\x0bListActions\x12\x1a.hsm.v1.ListActionsRequest\x1a\x1b.hsm.v1.ListActionsResponse\x12\x33\n\x05Watch\x12\x14.hsm.v1.WatchRequest\x1a\x12.hsm.v1.WatchEvent0\x01\x12\x37\n\x06Status\x12\x15.hsm.v1.StatusRequest\x1a\x16.hsm.v1.StatusResponse\x12\x46\n\x0b\x43lusterInfo\x12\x1a.hsm.v1.ClusterInfoRequest\x1a\x1b.hsm.v1.ClusterInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hsm.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITOUTCOME']._serialized_start=2205
-  _globals['_SUBMITOUTCOME']._serialized_end=2307
-  _globals['_CANCELOUTCOME']._serialized_start=2309
-  _globals['_CANCELOUTCOME']._serialized_end=2424
+  _globals['_SUBMITOUTCOME']._serialized_start=2298
+  _globals['_SUBMITOUTCOME']._serialized_end=2400
+  _globals['_CANCELOUTCOME']._serialized_start=2402
+  _globals['_CANCELOUTCOME']._serialized_end=2517
   _globals['_SUBMITITEM']._serialized_start=57
   _globals['_SUBMITITEM']._serialized_end=338
   _globals['_SUBMITREQUEST']._serialized_start=340
@@ -47,39 +47,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FIDSELECTOR']._serialized_start=555
   _globals['_FIDSELECTOR']._serialized_end=644
   _globals['_CANCELREQUEST']._serialized_start=646
-  _globals['_CANCELREQUEST']._serialized_end=745
-  _globals['_CANCELRESULT']._serialized_start=747
-  _globals['_CANCELRESULT']._serialized_end=856
-  _globals['_CANCELRESPONSE']._serialized_start=858
-  _globals['_CANCELRESPONSE']._serialized_end=913
-  _globals['_GETACTIONREQUEST']._serialized_start=915
-  _globals['_GETACTIONREQUEST']._serialized_end=952
-  _globals['_LISTACTIONSREQUEST']._serialized_start=955
-  _globals['_LISTACTIONSREQUEST']._serialized_end=1161
-  _globals['_LISTACTIONSRESPONSE']._serialized_start=1163
-  _globals['_LISTACTIONSRESPONSE']._serialized_end=1242
-  _globals['_WATCHREQUEST']._serialized_start=1244
-  _globals['_WATCHREQUEST']._serialized_end=1278
-  _globals['_WATCHEVENT']._serialized_start=1280
-  _globals['_WATCHEVENT']._serialized_end=1324
-  _globals['_STATUSREQUEST']._serialized_start=1326
-  _globals['_STATUSREQUEST']._serialized_end=1341
-  _globals['_KINDCOUNT']._serialized_start=1343
-  _globals['_KINDCOUNT']._serialized_end=1439
-  _globals['_AGENTINFO']._serialized_start=1442
-  _globals['_AGENTINFO']._serialized_end=1646
-  _globals['_SLOTS']._serialized_start=1648
-  _globals['_SLOTS']._serialized_end=1705
-  _globals['_SHARDSTATUS']._serialized_start=1707
-  _globals['_SHARDSTATUS']._serialized_end=1831
-  _globals['_STATUSRESPONSE']._serialized_start=1834
-  _globals['_STATUSRESPONSE']._serialized_end=2008
-  _globals['_CLUSTERINFOREQUEST']._serialized_start=2010
-  _globals['_CLUSTERINFOREQUEST']._serialized_end=2030
-  _globals['_REPLICA']._serialized_start=2032
-  _globals['_REPLICA']._serialized_end=2070
-  _globals['_CLUSTERINFORESPONSE']._serialized_start=2073
-  _globals['_CLUSTERINFORESPONSE']._serialized_end=2203
-  _globals['_COORDINATOR']._serialized_start=2427
-  _globals['_COORDINATOR']._serialized_end=2863
+  _globals['_CANCELREQUEST']._serialized_end=761
+  _globals['_CANCELRESULT']._serialized_start=763
+  _globals['_CANCELRESULT']._serialized_end=872
+  _globals['_CANCELRESPONSE']._serialized_start=874
+  _globals['_CANCELRESPONSE']._serialized_end=929
+  _globals['_GETACTIONREQUEST']._serialized_start=931
+  _globals['_GETACTIONREQUEST']._serialized_end=968
+  _globals['_LISTACTIONSREQUEST']._serialized_start=971
+  _globals['_LISTACTIONSREQUEST']._serialized_end=1193
+  _globals['_LISTACTIONSRESPONSE']._serialized_start=1195
+  _globals['_LISTACTIONSRESPONSE']._serialized_end=1274
+  _globals['_WATCHREQUEST']._serialized_start=1276
+  _globals['_WATCHREQUEST']._serialized_end=1310
+  _globals['_WATCHEVENT']._serialized_start=1312
+  _globals['_WATCHEVENT']._serialized_end=1356
+  _globals['_STATUSREQUEST']._serialized_start=1358
+  _globals['_STATUSREQUEST']._serialized_end=1389
+  _globals['_KINDCOUNT']._serialized_start=1391
+  _globals['_KINDCOUNT']._serialized_end=1487
+  _globals['_AGENTINFO']._serialized_start=1490
+  _globals['_AGENTINFO']._serialized_end=1694
+  _globals['_SLOTS']._serialized_start=1696
+  _globals['_SLOTS']._serialized_end=1753
+  _globals['_SHARDSTATUS']._serialized_start=1756
+  _globals['_SHARDSTATUS']._serialized_end=1924
+  _globals['_STATUSRESPONSE']._serialized_start=1927
+  _globals['_STATUSRESPONSE']._serialized_end=2101
+  _globals['_CLUSTERINFOREQUEST']._serialized_start=2103
+  _globals['_CLUSTERINFOREQUEST']._serialized_end=2123
+  _globals['_REPLICA']._serialized_start=2125
+  _globals['_REPLICA']._serialized_end=2163
+  _globals['_CLUSTERINFORESPONSE']._serialized_start=2166
+  _globals['_CLUSTERINFORESPONSE']._serialized_end=2296
+  _globals['_COORDINATOR']._serialized_start=2520
+  _globals['_COORDINATOR']._serialized_end=2956
 # @@protoc_insertion_point(module_scope)

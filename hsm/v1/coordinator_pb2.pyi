@@ -95,16 +95,18 @@ class FidSelector(_message.Message):
     def __init__(self, fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
-    __slots__ = ("action_ids", "fids", "all", "reason")
+    __slots__ = ("action_ids", "fids", "all", "reason", "shards")
     ACTION_IDS_FIELD_NUMBER: _ClassVar[int]
     FIDS_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     action_ids: _containers.RepeatedScalarFieldContainer[int]
     fids: _containers.RepeatedCompositeFieldContainer[FidSelector]
     all: bool
     reason: str
-    def __init__(self, action_ids: _Optional[_Iterable[int]] = ..., fids: _Optional[_Iterable[_Union[FidSelector, _Mapping]]] = ..., all: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, action_ids: _Optional[_Iterable[int]] = ..., fids: _Optional[_Iterable[_Union[FidSelector, _Mapping]]] = ..., all: _Optional[bool] = ..., reason: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CancelResult(_message.Message):
     __slots__ = ("action_id", "outcome", "state")
@@ -129,7 +131,7 @@ class GetActionRequest(_message.Message):
     def __init__(self, action_id: _Optional[int] = ...) -> None: ...
 
 class ListActionsRequest(_message.Message):
-    __slots__ = ("states", "kinds", "fid", "agent", "include_terminal", "page_size", "page_token")
+    __slots__ = ("states", "kinds", "fid", "agent", "include_terminal", "page_size", "page_token", "shards")
     STATES_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
     FID_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +139,7 @@ class ListActionsRequest(_message.Message):
     INCLUDE_TERMINAL_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[_types_pb2.ActionState]
     kinds: _containers.RepeatedScalarFieldContainer[_types_pb2.ActionKind]
     fid: FidSelector
@@ -144,7 +147,8 @@ class ListActionsRequest(_message.Message):
     include_terminal: bool
     page_size: int
     page_token: str
-    def __init__(self, states: _Optional[_Iterable[_Union[_types_pb2.ActionState, str]]] = ..., kinds: _Optional[_Iterable[_Union[_types_pb2.ActionKind, str]]] = ..., fid: _Optional[_Union[FidSelector, _Mapping]] = ..., agent: _Optional[str] = ..., include_terminal: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, states: _Optional[_Iterable[_Union[_types_pb2.ActionState, str]]] = ..., kinds: _Optional[_Iterable[_Union[_types_pb2.ActionKind, str]]] = ..., fid: _Optional[_Union[FidSelector, _Mapping]] = ..., agent: _Optional[str] = ..., include_terminal: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListActionsResponse(_message.Message):
     __slots__ = ("actions", "next_page_token")
@@ -167,8 +171,10 @@ class WatchEvent(_message.Message):
     def __init__(self, action: _Optional[_Union[_types_pb2.Action, _Mapping]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("digest",)
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    digest: bool
+    def __init__(self, digest: _Optional[bool] = ...) -> None: ...
 
 class KindCount(_message.Message):
     __slots__ = ("kind", "state", "count")
@@ -213,18 +219,24 @@ class Slots(_message.Message):
     def __init__(self, archive: _Optional[int] = ..., restore: _Optional[int] = ..., remove: _Optional[int] = ...) -> None: ...
 
 class ShardStatus(_message.Message):
-    __slots__ = ("shard", "leader", "commit_index", "applied_index", "counts")
+    __slots__ = ("shard", "leader", "commit_index", "applied_index", "counts", "digest", "term", "role")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     shard: int
     leader: str
     commit_index: int
     applied_index: int
     counts: _containers.RepeatedCompositeFieldContainer[KindCount]
-    def __init__(self, shard: _Optional[int] = ..., leader: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ...) -> None: ...
+    digest: str
+    term: int
+    role: str
+    def __init__(self, shard: _Optional[int] = ..., leader: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ..., digest: _Optional[str] = ..., term: _Optional[int] = ..., role: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("counts", "agents", "shards", "replica", "version", "control")

@@ -1,0 +1,75 @@
+"""The cluster's shape: replicas, their addresses, shard count, ring, Raft
+secret. Identical on every replica (written by ``hsm-coordinator init``);
+see docs/cluster-config.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hsm.ring import DEFAULT_VNODES
+
+API_PORT = 7600
+RAFT_PORT = 7700
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSpec:
+    id: str
+    api: str  # host:port of the gRPC API
+    raft: str  # host:port of shard 0's Raft port; shard i uses port + i
+
+    def raft_addr(self, shard: int) -> str:
+        host, port = split_addr(self.raft)
+        return f"{host}:{port + shard}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    name: str
+    shards: int
+    replicas: tuple[ReplicaSpec, ...]
+    password: str
+    vnodes: int = DEFAULT_VNODES
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.shards <= 999:
+            raise ValueError(f"shards must be 1..999, not {self.shards}")
+        if not self.replicas:
+            raise ValueError("a cluster needs at least one replica")
+        ids = [r.id for r in self.replicas]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate replica ids in {ids}")
+        for r in self.replicas:
+            split_addr(r.api)
+            host, port = split_addr(r.raft)
+            if port + self.shards - 1 > 65535:
+                raise ValueError(f"replica {r.id}: Raft ports {port}..{port + self.shards - 1} do not fit")
+        raft_ports = [(r.raft_addr(s)) for r in self.replicas for s in range(self.shards)]
+        if len(set(raft_ports)) != len(raft_ports):
+            raise ValueError("replicas' Raft port ranges overlap")
+
+    def replica(self, replica_id: str) -> ReplicaSpec:
+        for r in self.replicas:
+            if r.id == replica_id:
+                return r
+        known = ", ".join(r.id for r in self.replicas)
+        raise ValueError(f"replica {replica_id!r} is not in the cluster (replicas: {known})")
+
+    def by_raft_addr(self, shard: int, addr: str | None) -> ReplicaSpec | None:
+        if addr is None:
+            return None
+        for r in self.replicas:
+            if r.raft_addr(shard) == addr:
+                return r
+        return None
+
+    def preferred_leader(self, shard: int) -> ReplicaSpec:
+        """Leaders spread round-robin: shard i prefers replica i mod n."""
+        return self.replicas[shard % len(self.replicas)]

@@ -1,0 +1,314 @@
+"""The gRPC servicers: thin shells over ``CoordinatorNode``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from coordinator import convert
+from coordinator.convert import InvalidRequest
+from coordinator.state import MAX_SHARDS, Cancel, State, Submit
+from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
+
+if TYPE_CHECKING:
+    from coordinator.node import CoordinatorNode
+
+from coordinator.node import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    ShardUnavailable,
+    _abort_code,
+    abort_unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    def __init__(self, node: CoordinatorNode) -> None:
+        self.node = node
+
+    async def Submit(self, request: coordinator_pb2.SubmitRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.SubmitResponse:  # noqa: N802
+        node = self.node
+        try:
+            items = convert.items_from_pb(request, node.config.archive_ids)
+        except (InvalidRequest, ValueError) as exc:
+            await context.abort(*_abort_code(exc))
+        by_shard: dict[int, list[int]] = {}
+        for i, it in enumerate(items):
+            by_shard.setdefault(node.ring.shard_of(it.fid), []).append(i)
+        try:
+            for idx in by_shard:  # all or nothing: check before proposing anything
+                node.require_leader(node.shards[idx])
+            now = node.clock()
+            replies = await asyncio.gather(*(
+                node.propose(node.shards[idx], Submit(now, tuple(items[i] for i in positions)))
+                for idx, positions in by_shard.items()))
+        except ShardUnavailable as exc:
+            await abort_unavailable(context, exc)
+        results: list[coordinator_pb2.SubmitResult | None] = [None] * len(items)
+        for positions, res in zip(by_shard.values(), replies, strict=True):
+            for pos, reply in zip(positions, res.replies, strict=True):
+                results[pos] = coordinator_pb2.SubmitResult(
+                    outcome=int(reply.outcome), action_id=reply.action_id,  # type: ignore[attr-defined]
+                    errno=reply.errno, reason=reply.reason)  # type: ignore[attr-defined]
+        return coordinator_pb2.SubmitResponse(results=results)
+
+    async def Cancel(self, request: coordinator_pb2.CancelRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.CancelResponse:  # noqa: N802
+        node = self.node
+        try:
+            targets = [convert.fid_target_from_pb(f, f"fid {i}") for i, f in enumerate(request.fids)]
+            if len(request.reason) > 1024:
+                raise InvalidRequest("reason is limited to 1024 characters")
+            bad = [s for s in request.shards if s >= len(node.shards)]
+            if bad:
+                raise InvalidRequest(f"no shard {bad[0]} (the cluster has {len(node.shards)})")
+        except (InvalidRequest, ValueError) as exc:
+            await context.abort(*_abort_code(exc))
+        if not (request.action_ids or targets or request.all):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nothing to cancel: give action ids, FIDs or all")
+        wanted = set(request.shards) or set(range(len(node.shards)))
+        now = node.clock()
+        reason = request.reason or "canceled by request"
+        results: list[coordinator_pb2.CancelResult] = []
+
+        async def one(shard_idx: int) -> list[coordinator_pb2.CancelResult]:
+            shard = node.shards[shard_idx]
+            ids = tuple(i for i in request.action_ids if i % MAX_SHARDS == shard_idx)
+            fids = tuple(t for t in targets if node.ring.shard_of(t.fid) == shard_idx)
+            if not (ids or fids or request.all):
+                return []
+            if shard.is_leader:
+                try:
+                    res = await node.propose(shard, Cancel(now, ids, fids, request.all, reason))
+                    return [coordinator_pb2.CancelResult(
+                        action_id=r.action_id, outcome=int(r.outcome),  # type: ignore[attr-defined]
+                        state=int(r.state) if r.state else 0) for r in res.replies]  # type: ignore[attr-defined]
+                except ShardUnavailable:
+                    pass
+            leader = node.leader_api(shard)
+            if not leader or leader == node.me.api:
+                raise ShardUnavailable(shard_idx, "")
+            part = coordinator_pb2.CancelRequest(
+                action_ids=ids, fids=[f for f in request.fids if node.ring.shard_of(convert.fid_from_pb(f.fid)) == shard_idx],
+                all=request.all, reason=reason, shards=[shard_idx])
+            stub = coordinator_pb2_grpc.CoordinatorStub(node.channel(leader))
+            try:
+                resp = await stub.Cancel(part, timeout=node.config.propose_timeout * 2)
+            except grpc.RpcError as exc:
+                raise ShardUnavailable(shard_idx, "", f"shard {shard_idx}: forwarding to {leader} failed: "
+                                       f"{exc.details()}") from None
+            return list(resp.results)
+
+        try:
+            parts = await asyncio.gather(*(one(i) for i in sorted(wanted)))
+        except ShardUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        for part in parts:
+            results.extend(part)
+        for i in request.action_ids:
+            if i % MAX_SHARDS >= len(node.shards):
+                results.append(coordinator_pb2.CancelResult(action_id=i, outcome=coordinator_pb2.NOT_FOUND))
+        return coordinator_pb2.CancelResponse(results=results)
+
+    async def GetAction(self, request: coordinator_pb2.GetActionRequest, context: grpc.aio.ServicerContext) -> types_pb2.Action:  # noqa: N802
+        node = self.node
+        shard = node.shard_of_action(request.action_id)
+        if shard is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no action {request.action_id}")
+        try:
+            node.require_leader(shard)
+        except ShardUnavailable as exc:
+            await abort_unavailable(context, exc)
+        with shard.reading() as st:
+            action = st.get(request.action_id)
+            pb = convert.action_to_pb(action, shard.index) if action is not None else None
+        if pb is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no action {request.action_id}")
+        return pb
+
+    async def ListActions(self, request: coordinator_pb2.ListActionsRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ListActionsResponse:  # noqa: N802
+        node = self.node
+        try:
+            states = convert.states_from_pb(request.states)
+            kinds = convert.kinds_from_pb(request.kinds)
+            target = convert.fid_target_from_pb(request.fid, "fid") if request.HasField("fid") else None
+            if request.page_size > MAX_PAGE:
+                raise InvalidRequest(f"page_size {request.page_size} is over {MAX_PAGE}")
+            after = int(request.page_token) if request.page_token else 0
+        except (InvalidRequest, ValueError) as exc:
+            await context.abort(*_abort_code(exc))
+        bad = [x for x in request.shards if x >= len(node.shards)]
+        if bad:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no shard {bad[0]}")
+        if not states and not request.include_terminal:
+            states = [State.WAITING, State.STARTED, State.CANCELING]
+        page = request.page_size or DEFAULT_PAGE
+        if target is not None:
+            wanted = [node.ring.shard_of(target.fid)]
+        else:
+            wanted = sorted(set(request.shards) or range(len(node.shards)))
+
+        async def one(idx: int) -> tuple[list[types_pb2.Action], bool]:
+            """The shard's first actions after the cursor, and whether it has more."""
+            shard = node.shards[idx]
+            if not shard.is_leader:
+                leader = node.leader_api(shard)
+                if not leader:
+                    raise ShardUnavailable(idx, "")
+                part = coordinator_pb2.ListActionsRequest()
+                part.CopyFrom(request)
+                part.page_size = page
+                del part.shards[:]
+                part.shards.append(idx)
+                stub = coordinator_pb2_grpc.CoordinatorStub(node.channel(leader))
+                try:
+                    resp = await stub.ListActions(part, timeout=node.config.propose_timeout)
+                except grpc.RpcError as exc:
+                    raise ShardUnavailable(idx, "", f"shard {idx}: listing on {leader} failed: {exc.details()}") from None
+                return list(resp.actions), bool(resp.next_page_token)
+            out = []
+            with shard.reading() as st:
+                for a in st.iter_actions(states, kinds, request.agent, after):
+                    if target and (a.fid != target.fid or (target.fsname and a.fsname != target.fsname)
+                                   or (target.kind and a.kind != target.kind)):
+                        continue
+                    out.append(convert.action_to_pb(a, idx))
+                    if len(out) > page:
+                        break
+            return out, False
+
+        try:
+            parts = await asyncio.gather(*(one(i) for i in wanted))
+        except ShardUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        found = sorted((pb for part, _ in parts for pb in part), key=lambda pb: pb.action_id)
+        token = ""
+        if len(found) > page or (found and any(more for _, more in parts)):
+            found = found[:page]
+            token = str(found[-1].action_id)
+        return coordinator_pb2.ListActionsResponse(actions=found, next_page_token=token)
+
+    async def Watch(self, request: coordinator_pb2.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[coordinator_pb2.WatchEvent]:  # noqa: N802
+        node = self.node
+        ids = list(dict.fromkeys(request.action_ids))
+        if not ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "watch needs at least one action id")
+        for i in ids:
+            shard = node.shard_of_action(i)
+            if shard is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no action {i}")
+            try:
+                node.require_leader(shard)
+            except ShardUnavailable as exc:
+                await abort_unavailable(context, exc)
+        q = node.watch(ids)
+        try:
+            pending = set()
+            for i in ids:
+                shard = node.shard_of_action(i)
+                assert shard is not None
+                with shard.reading() as st:
+                    action = st.get(i)
+                    pb = convert.action_to_pb(action, shard.index) if action is not None else None
+                if pb is None:
+                    await context.abort(grpc.StatusCode.NOT_FOUND, f"no action {i}")
+                yield coordinator_pb2.WatchEvent(action=pb)
+                if pb.state < State.SUCCEEDED:
+                    pending.add(i)
+            while pending:
+                pb = await q.get()
+                if pb.action_id not in pending:
+                    continue
+                yield coordinator_pb2.WatchEvent(action=pb)
+                if pb.state >= State.SUCCEEDED:
+                    pending.discard(pb.action_id)
+        finally:
+            node.unwatch(ids, q)
+
+    async def Status(self, request: coordinator_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.StatusResponse:  # noqa: N802
+        return self.node.status(digest=request.digest)
+
+    async def ClusterInfo(self, request: coordinator_pb2.ClusterInfoRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ClusterInfoResponse:  # noqa: N802
+        node = self.node
+        return coordinator_pb2.ClusterInfoResponse(
+            shard_count=len(node.shards),
+            vnodes=node.ring.vnodes,
+            replicas=[coordinator_pb2.Replica(id=r.id, address=r.api) for r in node.cluster.replicas],
+            shards=[coordinator_pb2.ShardStatus(shard=s.index, leader=node.leader_id(s), commit_index=s.commit_index,
+                                                applied_index=s.applied_index, term=s.term)
+                    for s in node.shards],
+        )
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, node: CoordinatorNode) -> None:
+        self.node = node
+
+    async def Report(self, request: agent_pb2.ReportRequest, context: grpc.aio.ServicerContext) -> agent_pb2.ReportResponse:  # noqa: N802
+        node = self.node
+        shards = {p.action_id % MAX_SHARDS for p in request.progress} | {d.action_id % MAX_SHARDS for d in request.done}
+        for idx in shards:
+            if idx >= len(node.shards):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no shard {idx}")
+            try:
+                node.require_leader(node.shards[idx])
+            except ShardUnavailable as exc:
+                await abort_unavailable(context, exc)
+        try:
+            for idx in shards:
+                shard = node.shards[idx]
+                await node._apply_reports(
+                    request.agent_id, shard,
+                    [p for p in request.progress if p.action_id % MAX_SHARDS == idx],
+                    [d for d in request.done if d.action_id % MAX_SHARDS == idx])
+        except ShardUnavailable as exc:
+            await abort_unavailable(context, exc)
+        return agent_pb2.ReportResponse()
+
+    async def Work(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.CoordinatorMessage]:  # noqa: N802
+        node = self.node
+        try:
+            first = await anext(request_iterator)
+        except StopAsyncIteration:
+            return
+        if not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the first message on a Work stream must be hello")
+        try:
+            session = await node.agent_hello(first.hello, context.peer())
+        except (InvalidRequest, FileExistsError) as exc:
+            await context.abort(*_abort_code(exc))
+        session.send(agent_pb2.CoordinatorMessage(welcome=agent_pb2.Welcome(
+            replica=node.me.id, heartbeat_interval=node.config.heartbeat_interval)))
+        await node.reconcile(session, [(r.action_id, r.attempt) for r in first.hello.running])
+        # the rest of the first message (credits, progress, ...) counts too
+        first.ClearField("hello")
+        await node.agent_message(session, first)
+
+        async def reader() -> None:
+            try:
+                async for msg in request_iterator:
+                    if msg.HasField("hello"):
+                        log.warning("agent %s sent a second hello; ignored", session.agent_id)
+                    await node.agent_message(session, msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # stream broken
+                log.info("agent %s stream ended: %s", session.agent_id, exc)
+            finally:
+                session.out.put_nowait(None)
+
+        task = asyncio.create_task(reader())
+        try:
+            while True:
+                msg = await session.out.get()
+                if msg is None or not session.alive:
+                    break
+                yield msg
+        finally:
+            task.cancel()
+            node.agent_gone(session)
