@@ -143,13 +143,15 @@ Security
 ========
 
 ``password`` is mandatory: peers exchange pickled messages, so an open Raft
-port would let anyone on the network run code in the coordinator. Every
-message is authenticated with HMAC-SHA256 under a key derived (PBKDF2) from
-the password and the shard index, and checked **before** it is unpickled;
-pysyncobj's per-connection random keys reject replays. Messages are not
-encrypted unless ``tuning.encrypt`` is set (Fernet, needs the
-``cryptography`` package). Raft binds only to ``bind_addr`` (default
-``self_addr``), never to every interface.
+port would let anyone on the network run code in the coordinator. By
+default (``tuning.encrypt``) every message is encrypted and authenticated
+with Fernet (AES-128-CBC + HMAC-SHA256, the ``cryptography`` package) under
+a key derived from the password and the shard index; a message that fails
+is dropped before it is unpickled. With ``encrypt=False`` messages are only
+authenticated (HMAC-SHA256 under a PBKDF2 key, checked before unpickling)
+and readable on the wire. pysyncobj's per-connection random keys reject
+replays. Raft binds only to ``bind_addr`` (default ``self_addr``), never to
+every interface.
 """
 
 from __future__ import annotations
@@ -263,9 +265,9 @@ class RaftTuning:
     max_command_bytes: int = 3 << 20
     #: fdatasync the journal before acknowledging (False: tests/benchmarks only)
     fsync: bool = True
-    #: encrypt Raft traffic (Fernet, needs the `cryptography` package);
-    #: otherwise messages are authenticated (HMAC-SHA256) but readable
-    encrypt: bool = False
+    #: encrypt Raft traffic (Fernet, from the `cryptography` package);
+    #: False: messages are authenticated (HMAC-SHA256) but readable
+    encrypt: bool = True
     #: how often a leader checks whether to hand leadership to preferred_leader
     rebalance_interval: float = 5.0
 
