@@ -34,6 +34,8 @@ in the module documentation of agentd.config (and the README).
 
 _EPILOG = """\
 movers:
+  null     complete every action at once without moving data (benchmarks
+           and tests only; --null-delay SECONDS makes each take that long)
   posix    copy files into an archive tree under --archive-root, in the
            lhsmtool_posix v1 layout (existing lhsmtool_posix archives work
            unchanged). Options: --bandwidth-limit, and in the file
@@ -91,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--agent-id", metavar="ID", help="stable agent id (default: short host name)")
     p.add_argument("--fs-root", metavar="DIR", help="root of the simfs file system tree (backend.root)")
-    p.add_argument("--mover", choices=("posix", "command"), help="mover plugin (default posix)")
+    p.add_argument("--mover", choices=("posix", "command", "null"), help="mover plugin (default posix)")
+    p.add_argument("--null-delay", metavar="SECONDS", help="null mover: seconds each action takes (default 0)")
     p.add_argument("--archive-root", metavar="DIR", help="posix mover: root of the archive tree")
     p.add_argument(
         "--archive-id",
@@ -168,6 +171,8 @@ def overrides_from_args(args: argparse.Namespace) -> list[Override]:
             ov.append(Override(f"slots.{kind}", n, "--slots"))
     if args.bandwidth_limit is not None:
         ov.append(Override("mover.bandwidth_limit", args.bandwidth_limit, "--bandwidth-limit"))
+    if args.null_delay is not None:
+        ov.append(Override("mover.delay", args.null_delay, "--null-delay"))
     for kind in ("archive", "restore", "remove"):
         v = getattr(args, f"{kind}_cmd")
         if v is not None:

@@ -55,6 +55,12 @@ Reference (every key is optional unless marked *required*):
         algorithm. ``false`` archives without checksums (needed when the
         archive file system has no user xattrs).
 
+    null mover keys: completes every action at once without moving data
+    (benchmarks and tests only; the file's HSM state is not touched).
+
+    ``delay`` (seconds, default 0)
+        How long each action "takes".
+
     command mover keys: runs a site command per action, like
     ``lhsmtool_cmd`` (see ``agentd.movers.command``). Each command is a
     string split like a shell line (no shell runs: write ``sh -c '...'`` for
@@ -204,7 +210,13 @@ class CommandMoverConfig:
     type: str = field(default="command", init=False)
 
 
-MoverConfig = PosixMoverConfig | CommandMoverConfig
+@dataclass(frozen=True, slots=True)
+class NullMoverConfig:
+    delay: float = 0.0  # seconds each action "takes"
+    type: str = field(default="null", init=False)
+
+
+MoverConfig = PosixMoverConfig | CommandMoverConfig | NullMoverConfig
 
 
 def default_agent_id() -> str:
@@ -400,6 +412,7 @@ _MOVER_KEYS = {
         "checksum",
     ),
     "command": ("type", "archive_cmd", "restore_cmd", "remove_cmd", "timeout", "kill_grace"),
+    "null": ("type", "delay"),
 }
 
 
@@ -584,6 +597,8 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
     c.unknown(m, _MOVER_KEYS[mtype], "mover.", f"{mtype} mover")
     if mtype == "posix":
         kw["mover"] = _check_posix(m, c)
+    elif mtype == "null":
+        kw["mover"] = NullMoverConfig(delay=c.seconds(m.get("delay", 0.0), "mover.delay", allow_zero=True))
     else:
         kw["mover"] = _check_command(m, c, slots_cfg)
 

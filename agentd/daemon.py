@@ -72,7 +72,13 @@ import grpc
 import grpc.aio
 
 from agentd.backend import Backend
-from agentd.config import AgentConfig, CommandMoverConfig, ConfigError, PosixMoverConfig
+from agentd.config import (
+    AgentConfig,
+    CommandMoverConfig,
+    ConfigError,
+    NullMoverConfig,
+    PosixMoverConfig,
+)
 from agentd.movers.base import Job, Mover, Result
 from hsm import __version__
 from hsm.fid import Fid, FidError
@@ -164,6 +170,10 @@ def make_mover(config: AgentConfig) -> Mover:
             )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"mover: cannot set up the posix mover: {exc}") from None
+    if isinstance(mc, NullMoverConfig):
+        from agentd.movers.null import NullMover
+
+        return NullMover(mc.delay)
     if isinstance(mc, CommandMoverConfig):
         from agentd.movers.command import CommandMover
 
@@ -249,6 +259,7 @@ class _Session:
     granted: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     pending_credits: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     pending_done: list[agent_pb2.Done] = field(default_factory=list)
+    report_running: int = 0  # token of a RunningReport a replica asked for
     welcomed: bool = False
     replica: str = ""
     heartbeat_interval: float = 5.0
@@ -271,9 +282,13 @@ class _Session:
         self._wake.set()
 
     def queue_done(self, done: agent_pb2.Done) -> None:
-        self.pending_done.append(done)
-        self._flushed.clear()
-        self.wake(batch=True)
+        """Queue a completion on this stream, or on another live one when
+        this one is down: any replica takes it and hands it to the shard's
+        leader, so a completion never waits for one replica to come back."""
+        target = self if self.welcomed else self.agent.live_session(prefer=self)
+        target.pending_done.append(done)
+        target._flushed.clear()
+        target.wake(batch=True)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"session {self.address}")
@@ -505,7 +520,14 @@ class _Session:
             msg.ready.credits.remove = c[HSMA.REMOVE]
             self.pending_credits = dict.fromkeys(KINDS, 0)
             something = True
-        for run in self.agent.runs_of(self):
+        if self.report_running:
+            msg.running.token, self.report_running = self.report_running, 0
+            for action_id, attempt in self.agent.running_list():
+                msg.running.actions.add(action_id=action_id, attempt=attempt)
+            something = True
+        for run in self.agent._running.values():
+            if self.agent.live_session(prefer=run.session) is not self:
+                continue  # progress rides on the run's own stream, or any live one when that is down
             if run.progress_dirty and now - run.progress_sent_at >= progress_interval:
                 msg.progress.append(
                     agent_pb2.Progress(
@@ -533,6 +555,14 @@ class _Session:
         for run in self.agent.runs_of(self):
             if run.bytes_done or run.bytes_total:
                 run.progress_dirty = True  # resend the latest state after reconnect
+        other = self.agent.live_session(prefer=self)
+        if self.pending_done and other is not self:
+            log.info("stream to %s lost: %d completion(s) go through %s instead", self.address,
+                     len(self.pending_done), other.address)
+            moved, self.pending_done = self.pending_done, []
+            for done in moved:
+                other.queue_done(done)
+            self._flushed.set()
         if was:
             self.agent.rebalance()
 
@@ -544,6 +574,15 @@ class _Session:
 class Agent:
     """The mover daemon. Run it with ``await agent.run()`` on an event loop;
     :meth:`stop` may be called from any thread (or a signal handler)."""
+
+    def live_session(self, prefer: _Session) -> _Session:
+        """*prefer* if its stream is up, else another welcomed one, else *prefer*."""
+        if prefer.welcomed:
+            return prefer
+        for s in self._sessions:
+            if s.welcomed and not s.closing:
+                return s
+        return prefer
 
     def __init__(
         self,
@@ -747,12 +786,18 @@ class Agent:
             ),
             version=__version__,
         )
-        held = {(r.action_id, r.attempt) for r in self.runs_of(session)}
-        held.update((d.action_id, d.attempt) for d in session.pending_done)
-        held.update((j.action_id, j.attempt) for s, j in self._deferred.values() if s is session)
-        for action_id, attempt in sorted(held):
+        for action_id, attempt in self.running_list():
             hello.running.add(action_id=action_id, attempt=attempt)
         return hello
+
+    def running_list(self) -> list[tuple[int, int]]:
+        """(action id, attempt) of everything running here, whichever stream
+        it came from, plus finished actions whose Done is not delivered."""
+        held = {(r.action_id, r.attempt) for r in self._running.values()}
+        for s in self._sessions:
+            held.update((d.action_id, d.attempt) for d in s.pending_done)
+        held.update((j.action_id, j.attempt) for _s, j in self._deferred.values())
+        return sorted(held)
 
     # -- messages from a coordinator (event loop thread) ----------------------
 
@@ -770,6 +815,9 @@ class Agent:
                 )
         for c in msg.cancel:
             self._on_cancel(c)
+        if msg.request_running:
+            session.report_running = msg.request_running
+            session.wake()
 
     def _refuse(self, session: _Session, a: agent_pb2.Assignment, err: int, why: str, retry: bool) -> None:
         log.warning("action %d/%d %s %s refused: %s", a.action_id, a.attempt, kind_name(a.kind), _fid_text(a), why)

@@ -119,6 +119,8 @@ class AgentSession:
     connected_since: float
     last_seen: float
     credits: dict[Kind, int] = field(default_factory=lambda: {k: 0 for k in Kind})
+    #: RunningReport requests in flight: token -> when asked (this replica's clock)
+    resync: dict[int, float] = field(default_factory=dict)
     out: asyncio.Queue[agent_pb2.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
     alive: bool = True
 
@@ -169,6 +171,7 @@ class CoordinatorNode:
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._watchers: dict[int, set[asyncio.Queue[types_pb2.Action]]] = {}
         self._wake = asyncio.Event()
+        self._tokens = itertools.count(1)
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -367,6 +370,14 @@ class CoordinatorNode:
                             self._send_cancel(agent, action_id, attempt, "canceled")
                 elif agent not in self._grace:
                     self._start_grace(agent)
+            # ask every agent what it runs: what the old leader assigned but
+            # never delivered is requeued, what no one holds is stopped
+            now = self.clock()
+            for session in self.sessions.values():
+                if session.alive:
+                    token = next(self._tokens)
+                    session.resync[token] = now
+                    session.send(agent_pb2.CoordinatorMessage(request_running=token))
             self._wake.set()
 
     def _send_cancel(self, agent: str, action_id: int, attempt: int, reason: str) -> None:
@@ -544,17 +555,21 @@ class CoordinatorNode:
                  ",".join(map(str, session.archive_ids)) or "all")
         return session
 
-    async def reconcile(self, session: AgentSession, running: list[tuple[int, int]]) -> None:
+    async def reconcile(self, session: AgentSession, running: list[tuple[int, int]],
+                        before: float | None = None) -> None:
         """Match what a (re)connecting agent says it runs against what the
         shards this replica leads say it holds: keep the matches, requeue
-        what it lost, stop what it should not be running."""
+        what it lost, stop what it should not be running. With *before*
+        (the time the report was asked for), actions assigned since then
+        are not counted as lost: the report may predate their assignment."""
         announced = dict(running)
         for shard in self.shards:
             if not shard.leader_ready:
                 continue
             lost = []
             with shard.reading() as st:
-                held = [(a.id, a.attempt, a.state, a.error) for a in st.held_by(session.agent_id)]
+                held = [(a.id, a.attempt, a.state, a.error) for a in st.held_by(session.agent_id)
+                        if before is None or a.started < before]
                 strangers = []
                 for action_id, attempt in running:
                     if action_id % MAX_SHARDS != shard.index:
@@ -586,6 +601,13 @@ class CoordinatorNode:
         session.last_seen = self.clock()
         if msg.progress or msg.done:
             await self.route_reports(session.agent_id, msg.progress, msg.done)
+        if msg.HasField("running"):
+            asked = session.resync.pop(msg.running.token, None)
+            if asked is None:
+                log.warning("agent %s sent a running report nobody asked for; ignored", session.agent_id)
+            else:
+                await self.reconcile(session, [(r.action_id, r.attempt) for r in msg.running.actions],
+                                     before=asked)
         if msg.HasField("ready"):
             for kind, n in _slots_from_pb(msg.ready.credits).items():
                 session.credits[kind] += n

@@ -81,18 +81,28 @@ class Done(_message.Message):
     def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., errno: _Optional[int] = ..., message: _Optional[str] = ..., retry: _Optional[bool] = ..., bytes_done: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "ready", "progress", "done", "heartbeat")
+    __slots__ = ("hello", "ready", "progress", "done", "heartbeat", "running")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     ready: Ready
     progress: _containers.RepeatedCompositeFieldContainer[Progress]
     done: _containers.RepeatedCompositeFieldContainer[Done]
     heartbeat: bool
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[Progress, _Mapping]]] = ..., done: _Optional[_Iterable[_Union[Done, _Mapping]]] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
+    running: RunningReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[Progress, _Mapping]]] = ..., done: _Optional[_Iterable[_Union[Done, _Mapping]]] = ..., heartbeat: _Optional[bool] = ..., running: _Optional[_Union[RunningReport, _Mapping]] = ...) -> None: ...
+
+class RunningReport(_message.Message):
+    __slots__ = ("actions", "token")
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    actions: _containers.RepeatedCompositeFieldContainer[RunningAction]
+    token: int
+    def __init__(self, actions: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ..., token: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("action_id", "attempt", "fsname", "fid", "dfid", "kind", "archive_id", "extent", "data", "flags")
@@ -137,11 +147,13 @@ class Welcome(_message.Message):
     def __init__(self, replica: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "assign", "cancel")
+    __slots__ = ("welcome", "assign", "cancel", "request_running")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_RUNNING_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assign: _containers.RepeatedCompositeFieldContainer[Assignment]
     cancel: _containers.RepeatedCompositeFieldContainer[CancelOrder]
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[CancelOrder, _Mapping]]] = ...) -> None: ...
+    request_running: int
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[CancelOrder, _Mapping]]] = ..., request_running: _Optional[int] = ...) -> None: ...

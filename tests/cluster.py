@@ -1,0 +1,180 @@
+"""A real multi-process cluster for system tests: replica processes started
+with ``hsm-coordinator run`` from a config written by ``init``, agentd
+processes, kills, restarts, and the cross-replica consistency checker."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from coordinator import config as cfgmod
+from coordinator.cluster import ReplicaSpec
+from coordinator.local import free_ports
+from hsm.v1 import coordinator_pb2 as C
+from hsm.v1 import coordinator_pb2_grpc
+
+ENV = dict(os.environ, GRPC_ENABLE_FORK_SUPPORT="false")
+
+
+def until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class ProcCluster:
+    def __init__(self, tmp: Path, replicas: int = 3, shards: int = 4, raft: dict[str, Any] | None = None,
+                 agent_grace: float = 5.0) -> None:
+        self.tmp = tmp
+        self.shards = shards
+        self.logs = tmp / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        api0 = free_ports(replicas)
+        raft0 = free_ports(replicas * shards)
+        self.specs = [ReplicaSpec(f"r{k + 1}", f"127.0.0.1:{api0 + k}", f"127.0.0.1:{raft0 + k * shards}")
+                      for k in range(replicas)]
+        tuning = {"election_min": 0.4, "election_max": 0.8, "leader_fallback": 1.5, "connection_timeout": 1.0,
+                  "connection_retry": 0.2, "rebalance_interval": 1.0, **(raft or {})}
+        self.config, _ = cfgmod.init_cluster(tmp / "etc", "sys", shards, self.specs, data_dir=str(tmp / "data"),
+                                             extra={"agent_grace": agent_grace, "heartbeat_interval": 1.0,
+                                                    "propose_timeout": 3.0, "raft": tuning})
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(s.api for s in self.specs)
+
+    def spec(self, rid: str) -> ReplicaSpec:
+        return next(s for s in self.specs if s.id == rid)
+
+    def start(self, rid: str) -> None:
+        with open(self.logs / f"{rid}.log", "ab") as log:
+            self.procs[rid] = subprocess.Popen(
+                [sys.executable, "-m", "coordinator.cli", "run", "--config", str(self.config), "--replica-id", rid,
+                 "--data-dir", str(self.tmp / "data" / rid), "--log-level", "info"],
+                stdout=log, stderr=log, env=ENV, start_new_session=True)
+
+    def start_all(self) -> None:
+        for s in self.specs:
+            self.start(s.id)
+        self.wait_ready()
+
+    def kill(self, rid: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs.pop(rid)
+        p.send_signal(sig)
+        p.wait(30)
+
+    def live(self) -> list[ReplicaSpec]:
+        return [s for s in self.specs if s.id in self.procs]
+
+    def _health(self, api: str) -> bool:
+        try:
+            with grpc.insecure_channel(api) as ch:
+                r = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service="hsm.v1.Coordinator"), timeout=1)
+            return r.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        for s in self.live():
+            until(lambda s=s: self._check_running() or self._health(s.api), timeout, f"replica {s.id} ready")
+
+    def _check_running(self) -> bool:
+        for rid, p in self.procs.items():
+            if p.poll() is not None:
+                raise AssertionError(f"replica {rid} exited with {p.returncode}: "
+                                     + (self.logs / f"{rid}.log").read_text()[-3000:])
+        return False
+
+    def status(self, rid: str, digest: bool = False) -> C.StatusResponse:
+        with grpc.insecure_channel(self.spec(rid).api) as ch:
+            return coordinator_pb2_grpc.CoordinatorStub(ch).Status(C.StatusRequest(digest=digest), timeout=10)
+
+    def leaders(self, rid: str) -> dict[int, str]:
+        with grpc.insecure_channel(self.spec(rid).api) as ch:
+            info = coordinator_pb2_grpc.CoordinatorStub(ch).ClusterInfo(C.ClusterInfoRequest(), timeout=5)
+        return {s.shard: s.leader for s in info.shards}
+
+    def converged(self) -> bool:
+        """Every live replica applied the same entries and holds the same
+        actions in the same states, shard by shard."""
+        views = [self.status(s.id, digest=True) for s in self.live()]
+        for shard in range(self.shards):
+            rows = {(v.shards[shard].applied_index, v.shards[shard].digest) for v in views}
+            if len(rows) != 1:
+                return False
+        return True
+
+    def check_converged(self, timeout: float = 30) -> None:
+        """The checker run after each system test: fails on divergence."""
+        try:
+            until(self.converged, timeout, "replicas to hold identical shard states", interval=0.2)
+        except AssertionError:
+            views = {s.id: [(x.applied_index, x.digest[:12]) for x in self.status(s.id, True).shards]
+                     for s in self.live()}
+            raise AssertionError(f"replicas diverged: {views}") from None
+
+    def start_agent(self, agent_id: str, *extra: str) -> None:
+        with open(self.logs / f"{agent_id}.log", "ab") as log:
+            self.agents[agent_id] = subprocess.Popen(
+                [sys.executable, "-m", "agentd.cli", "--coordinators", self.addresses, "--agent-id", agent_id,
+                 *extra], stdout=log, stderr=log, env=ENV, start_new_session=True)
+
+    def stop(self) -> None:
+        for p in list(self.agents.values()) + list(self.procs.values()):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in list(self.agents.values()) + list(self.procs.values()):
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+        self.agents.clear()
+
+    def agent_runs(self) -> list[tuple[str, int, int, float, float]]:
+        """(agent, action id, attempt, start, end) of every run in the agents' logs."""
+        pat = re.compile(r"^(\S+ \S+) INFO agentd\.daemon: action (\d+)/(\d+) \S+ \S+ (started|succeeded|ended)")
+        runs: dict[tuple[str, int, int], list[float]] = {}
+        for agent in self.agents:
+            for line in (self.logs / f"{agent}.log").read_text().splitlines():
+                m = pat.match(line)
+                if not m:
+                    continue
+                t = time.mktime(time.strptime(m.group(1).split(",")[0], "%Y-%m-%d %H:%M:%S")) + \
+                    int(m.group(1).split(",")[1]) / 1000
+                key = (agent, int(m.group(2)), int(m.group(3)))
+                runs.setdefault(key, []).append(t)
+        return [(a, i, att, ts[0], ts[-1]) for (a, i, att), ts in runs.items()]
+
+
+def no_concurrent_runs(runs: list[tuple[str, int, int, float, float]]) -> list[str]:
+    """Actions that ran on two agents (or twice) at overlapping times."""
+    by_action: dict[int, list[tuple[float, float, str, int]]] = {}
+    for agent, action_id, attempt, start, end in runs:
+        by_action.setdefault(action_id, []).append((start, end, agent, attempt))
+    bad = []
+    for action_id, spans in by_action.items():
+        spans.sort()
+        for (s1, e1, a1, t1), (s2, _e2, a2, t2) in zip(spans, spans[1:], strict=False):
+            if s2 < e1:
+                bad.append(f"action {action_id}: attempt {t1} on {a1} and attempt {t2} on {a2} overlap")
+    return bad
