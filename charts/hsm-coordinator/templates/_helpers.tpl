@@ -1,0 +1,116 @@
+{{/* Chart name, possibly overridden. */}}
+{{- define "hsm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Full name of the release's resources. The StatefulSet has this name, so the
+coordinator pods are "<fullname>-<ordinal>". Kept to 50 characters so that
+pod names and the StatefulSet's controller-revision label stay under 63.
+*/}}
+{{- define "hsm.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The headless Service giving each replica its DNS name. */}}
+{{- define "hsm.headless" -}}
+{{- printf "%s-headless" (include "hsm.fullname" .) -}}
+{{- end -}}
+
+{{- define "hsm.agentdName" -}}
+{{- printf "%s-agentd" (include "hsm.fullname" .) -}}
+{{- end -}}
+
+{{- define "hsm.secretName" -}}
+{{- default (printf "%s-raft" (include "hsm.fullname" .)) .Values.cluster.existingSecret -}}
+{{- end -}}
+
+{{- define "hsm.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "hsm.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "hsm.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Labels on every resource. */}}
+{{- define "hsm.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "hsm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of the coordinator replicas. */}}
+{{- define "hsm.coordinatorSelector" -}}
+app.kubernetes.io/name: {{ include "hsm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: coordinator
+{{- end -}}
+
+{{/* Selector labels of the agentd pods. */}}
+{{- define "hsm.agentdSelector" -}}
+app.kubernetes.io/name: {{ include "hsm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: agentd
+{{- end -}}
+
+{{/* Replicas needed for a Raft majority. */}}
+{{- define "hsm.quorum" -}}
+{{- add (div (int .Values.coordinator.replicas) 2) 1 -}}
+{{- end -}}
+
+{{/* "host:port" of the API of replica .i (a dict with root and i). */}}
+{{- define "hsm.replicaHost" -}}
+{{- $root := .root -}}
+{{- printf "%s-%d.%s.%s.svc.%s" (include "hsm.fullname" $root) (int .i) (include "hsm.headless" $root) $root.Release.Namespace $root.Values.cluster.clusterDomain -}}
+{{- end -}}
+
+{{/* The coordinators' API addresses, one per replica, in ordinal order. */}}
+{{- define "hsm.apiAddresses" -}}
+{{- $root := . -}}
+{{- $out := list -}}
+{{- range $i := until (int .Values.coordinator.replicas) -}}
+{{- $out = append $out (printf "%s:%d" (include "hsm.replicaHost" (dict "root" $root "i" $i)) (int $root.Values.coordinator.apiPort)) -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end -}}
+
+{{/*
+Checks across values that values.schema.json cannot express. Included by the
+StatefulSet, so "helm install/upgrade/template" stop with the message.
+*/}}
+{{- define "hsm.validate" -}}
+{{- $c := .Values.coordinator -}}
+{{- $ids := list -}}
+{{- range $c.archiveIds }}{{ $ids = append $ids (int64 .) }}{{ end -}}
+{{- if not (has (int64 $c.defaultArchiveId) $ids) -}}
+{{- fail (printf "coordinator.defaultArchiveId %d is not one of coordinator.archiveIds %v" (int64 $c.defaultArchiveId) $ids) -}}
+{{- end -}}
+{{- $first := int $c.raftPort -}}
+{{- $last := sub (add $first (int .Values.cluster.shards)) 1 -}}
+{{- if gt $last 65535 -}}
+{{- fail (printf "coordinator.raftPort %d + cluster.shards %d goes past port 65535" $first (int .Values.cluster.shards)) -}}
+{{- end -}}
+{{- $api := int $c.apiPort -}}
+{{- if and (ge $api $first) (le $api $last) -}}
+{{- fail (printf "coordinator.apiPort %d lies in the Raft port range %d-%d (raftPort + shard)" $api $first $last) -}}
+{{- end -}}
+{{- if and .Values.serviceMonitor.enabled (ge (int .Values.serviceMonitor.port) $first) (le (int .Values.serviceMonitor.port) $last) -}}
+{{- fail (printf "serviceMonitor.port %d lies in the Raft port range %d-%d" (int .Values.serviceMonitor.port) $first $last) -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,308 @@
+"""The Helm chart: values against values.schema.json, every rendering
+(default values and each ci/*-values.yaml) against the Kubernetes schemas,
+the conventions a Raft StatefulSet needs, and copies of the chart broken on
+purpose to show each check fails. Rendering is done by Helm's own engine
+(helm-python-sdk); see deploylib."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy import deploylib as dl
+
+VALUES_FILES = [None, *dl.ci_values_files()]
+IDS = ["default", *(p.name for p in dl.ci_values_files())]
+
+
+def _overrides(path: Path | None) -> dict[str, Any]:
+    return dl.read_values(path) if path else {}
+
+
+def test_chart_has_ci_values_files() -> None:
+    names = {p.name for p in dl.ci_values_files()}
+    assert len(names) >= 3, names
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=IDS)
+def test_values_match_schema(values_file: Path | None) -> None:
+    assert dl.schema_problems(dl.CHART, _overrides(values_file)) == []
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=IDS)
+def test_rendered_manifests_are_valid_kubernetes(values_file: Path | None, tmp_path: Path) -> None:
+    rendered = dl.render_chart(dl.CHART, _overrides(values_file))
+    docs = dl.manifests(rendered)
+    assert dl.kube_problems(docs) == []
+    # and the rendered YAML is clean YAML (templates themselves are Go templates)
+    out = tmp_path / "rendered.yaml"
+    out.write_text("\n".join("---\n" + text for path, text in sorted(rendered.items())
+                             if not path.endswith("NOTES.txt") and text.strip()))
+    proc = dl.yamllint([out], home=tmp_path)
+    assert proc.returncode == 0, dl.output(proc)
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES, ids=IDS)
+def test_rendered_manifests_follow_the_conventions(values_file: Path | None) -> None:
+    overrides = _overrides(values_file)
+    docs = dl.manifests(dl.render_chart(dl.CHART, overrides))
+    assert dl.convention_problems(docs, dl.merged_values(dl.CHART, overrides)) == []
+
+
+def test_default_rendering_in_numbers() -> None:
+    """What an admin gets from a plain install: 3 replicas, quorum 2, the
+    peer list of pod ordinals, 8 Raft ports, agentd on labelled nodes."""
+    docs = dl.manifests(dl.render_chart(dl.CHART, {}, release="hsm-coordinator", namespace="storage"))
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(["ConfigMap", "ConfigMap", "DaemonSet", "PodDisruptionBudget", "Pod", "Secret",
+                            "Service", "Service", "ServiceAccount", "StatefulSet"])
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    assert sts["metadata"]["name"] == "hsm-coordinator"
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["podManagementPolicy"] == "Parallel"
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 2
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "coordinator.yaml" in d["data"])
+    cfg = yaml.safe_load(cm["data"]["coordinator.yaml"])
+    assert cfg["cluster"]["replicas"][2] == {
+        "id": "hsm-coordinator-2",
+        "api": "hsm-coordinator-2.hsm-coordinator-headless.storage.svc.cluster.local:7600",
+        "raft": "hsm-coordinator-2.hsm-coordinator-headless.storage.svc.cluster.local:7700",
+    }
+    ctr = sts["spec"]["template"]["spec"]["containers"][0]
+    assert [p["containerPort"] for p in ctr["ports"]] == [7600, *range(7700, 7708)]
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    assert ds["spec"]["template"]["spec"]["nodeSelector"] == {"hsm-coordinator/mover": "true"}
+
+
+def test_helm_lint_finds_no_error() -> None:
+    helm = dl._helm()
+    result = helm.lint(str(dl.CHART))
+    assert result["errors"] == [], result
+    assert [m for m in result["messages"] if m["severity"] > 1] == [], result
+
+
+# --------------------------------------------------------------------------
+# values.yaml documentation
+
+
+_KEY = re.compile(r"^(\s*)(?:- )?([A-Za-z0-9_.\"/-]+):(\s|$)")
+
+
+def uncommented_keys(text: str) -> list[str]:
+    """Keys of a values file with no comment line right above them (at the
+    same indentation) and no comment at the end of their line."""
+    missing = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = _KEY.match(line)
+        if not m or line.lstrip().startswith("#"):
+            continue
+        if "#" in line.split(":", 1)[1]:
+            continue
+        prev = lines[i - 1] if i else ""
+        if not (prev.strip().startswith("#") and len(prev) - len(prev.lstrip()) == len(m.group(1))):
+            missing.append(f"line {i + 1}: {m.group(2)}")
+    return missing
+
+
+def test_every_values_key_is_commented() -> None:
+    assert uncommented_keys((dl.CHART / "values.yaml").read_text()) == []
+
+
+def test_uncommented_key_is_found() -> None:
+    text = "# the image\nimage:\n  # name\n  repository: x\n  tag: y\n"
+    assert uncommented_keys(text) == ["line 5: tag"]
+
+
+def _schema_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for key, sub in schema.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        out.add(path)
+        assert sub.get("description"), f"values.schema.json: {path} has no description"
+        if sub.get("type") == "object" and "properties" in sub:
+            out |= _schema_paths(sub, path + ".")
+    return out
+
+
+def _value_paths(values: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        out.add(path)
+        sub = schema.get("properties", {}).get(key, {})
+        if isinstance(value, dict) and "properties" in sub:
+            out |= _value_paths(value, sub, path + ".")
+    return out
+
+
+def test_schema_describes_exactly_the_values() -> None:
+    schema = json.loads((dl.CHART / "values.schema.json").read_text())
+    values = dl.read_values(dl.CHART / "values.yaml")
+    assert _value_paths(values, schema) == _schema_paths(schema) - {"global"}
+
+
+# --------------------------------------------------------------------------
+# bad values are refused, by the schema or by the chart's own checks
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"coordinator": {"replicas": 2}}, "coordinator.replicas"),
+    ({"coordinator": {"replicas": 4}}, "coordinator.replicas"),
+    ({"coordinatr": {"replicas": 3}}, "coordinatr"),
+    ({"coordinator": {"apiPort": "7600"}}, "coordinator.apiPort"),
+    ({"cluster": {"shards": 0}}, "cluster.shards"),
+    ({"agentd": {"kind": "StatefulSet"}}, "agentd.kind"),
+    ({"agentd": {"slots": {"archive": 0, "restore": 0, "remove": 0}}}, "agentd.slots"),
+    ({"coordinator": {"persistence": {"size": "lots"}}}, "coordinator.persistence.size"),
+], ids=lambda v: json.dumps(v) if isinstance(v, dict) else v)
+def test_schema_refuses_bad_values(overrides: dict[str, Any], message: str) -> None:
+    problems = dl.schema_problems(dl.CHART, overrides)
+    assert any(message in p for p in problems), problems
+    assert any(p.startswith("helm:") for p in problems), "Helm itself must refuse it too"
+    with pytest.raises(dl.RenderError):
+        dl.render_chart(dl.CHART, overrides)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"coordinator": {"archiveIds": [1, 2], "defaultArchiveId": 3}},
+     "coordinator.defaultArchiveId 3 is not one of coordinator.archiveIds [1 2]"),
+    ({"coordinator": {"apiPort": 7703}}, "coordinator.apiPort 7703 lies in the Raft port range 7700-7707"),
+    ({"coordinator": {"raftPort": 65530}}, "coordinator.raftPort 65530 + cluster.shards 8 goes past port 65535"),
+])
+def test_chart_refuses_inconsistent_values(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(dl.RenderError, match=re.escape(message)):
+        dl.render_chart(dl.CHART, overrides)
+
+
+def test_existing_secret_is_used_and_none_created() -> None:
+    docs = dl.manifests(dl.render_chart(dl.CHART, {"cluster": {"existingSecret": "site-raft"}}))
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    vols = sts["spec"]["template"]["spec"]["volumes"]
+    assert [v["secret"]["secretName"] for v in vols if "secret" in v] == ["site-raft"]
+
+
+# --------------------------------------------------------------------------
+# copies of the chart broken on purpose: each check must catch its breakage
+
+
+def _edit(rel: str, old: str, new: str) -> Callable[[Path], None]:
+    def apply(chart: Path) -> None:
+        path = chart / rel
+        text = path.read_text()
+        assert old in text, f"{rel}: {old!r} not found (the test needs updating)"
+        path.write_text(text.replace(old, new, 1))
+    return apply
+
+
+BREAKAGES = {
+    "OrderedReady pods": (
+        _edit("templates/statefulset.yaml", "podManagementPolicy: Parallel", "podManagementPolicy: OrderedReady"),
+        "conventions", "podManagementPolicy"),
+    "PDB below quorum": (
+        _edit("templates/pdb.yaml", 'minAvailable: {{ include "hsm.quorum" . }}', "minAvailable: 1"),
+        "conventions", "below the quorum"),
+    "PDB as maxUnavailable 3 of 5": (
+        _edit("templates/pdb.yaml", 'minAvailable: {{ include "hsm.quorum" . }}', "maxUnavailable: 3"),
+        "conventions", "below the quorum"),
+    "headless Service hides not-ready replicas": (
+        _edit("templates/service-headless.yaml", "publishNotReadyAddresses: true", "publishNotReadyAddresses: false"),
+        "conventions", "publishNotReadyAddresses"),
+    "peer list one short": (
+        _edit("templates/configmap.yaml", "until (int $c.replicas)", "until (sub (int $c.replicas) 1 | int)"),
+        "conventions", "cluster.replicas is not the pod ordinals"),
+    "readiness without quorum meaning": (
+        _edit("templates/statefulset.yaml", "service: hsm.v1.Coordinator", 'service: ""'),
+        "conventions", "readinessProbe"),
+    "liveness depends on quorum": (
+        _edit("templates/statefulset.yaml",
+              '          livenessProbe:\n            grpc:\n              port: {{ int $c.apiPort }}\n              service: ""',
+              "          livenessProbe:\n            grpc:\n              port: {{ int $c.apiPort }}\n"
+              "              service: hsm.v1.Coordinator"),
+        "conventions", "livenessProbe must not depend on quorum"),
+    "replica id not the pod name": (
+        _edit("templates/statefulset.yaml", "- $(POD_NAME)", "- coordinator"),
+        "conventions", "--replica-id $(POD_NAME)"),
+    "Raft ports open to all": (
+        _edit("templates/networkpolicy.yaml",
+              "      from:\n        - podSelector:\n            matchLabels:\n"
+              '              {{- include "hsm.coordinatorSelector" . | nindent 14 }}\n', ""),
+        "conventions", "Raft ports open to everyone"),
+    "API closed to agentd": (
+        _edit("templates/networkpolicy.yaml", "              app.kubernetes.io/instance: {{ $.Release.Name }}\n",
+              "              app.kubernetes.io/instance: {{ $.Release.Name }}\n"
+              "              app.kubernetes.io/component: coordinator\n"),
+        "conventions", "the API port is closed to the agentd pods"),
+    "misspelt Kubernetes field": (
+        _edit("templates/statefulset.yaml", "containerPort: {{ int $c.apiPort }}", "containerport: {{ int $c.apiPort }}"),
+        "kubernetes", "'containerPort' is a required property"),
+    "wrong Kubernetes type": (
+        _edit("templates/statefulset.yaml", "replicas: {{ int $c.replicas }}", "replicas: {{ int $c.replicas | quote }}"),
+        "kubernetes", "spec.replicas"),
+    "template syntax error": (
+        _edit("templates/service.yaml", "{{ include \"hsm.fullname\" . }}", "{{ include \"hsm.fullname\" . }"),
+        "render", "service.yaml"),
+    "schema lets unknown keys through": (
+        _edit("values.schema.json", '"title": "hsm-coordinator chart values",\n  "type": "object",\n  "additionalProperties": false,',
+              '"title": "hsm-coordinator chart values",\n  "type": "object",\n  "additionalProperties": true,'),
+        "schema", "coordinatr"),
+    "config key the coordinator does not know": (
+        _edit("templates/configmap.yaml", "    heartbeat_interval:", "    heartbeat_intervall:"),
+        "conventions", "refuses the chart's coordinator.yaml"),
+    "password copy readable by the group": (
+        _edit("templates/statefulset.yaml", '- "0600"', '- "0640"'),
+        "conventions", "without mode 0600"),
+    "agentd without the archive": (
+        _edit("templates/agentd.yaml", "path: {{ $a.archive.hostPath }}", "path: /srv/elsewhere"),
+        "conventions", "does not mount host /archive"),
+}
+
+
+def _find(problems: list[str], needle: str) -> bool:
+    return any(needle in p for p in problems)
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES), ids=list(BREAKAGES))
+def test_broken_chart_copy_fails_its_check(breakage: str, tmp_path: Path) -> None:
+    apply, check, needle = BREAKAGES[breakage]
+    chart = tmp_path / "hsm-coordinator"
+    shutil.copytree(dl.CHART, chart)
+    apply(chart)
+    values_file = dl.CHART / "ci" / "five-replicas-values.yaml"  # has every optional object
+    overrides = dl.read_values(values_file)
+    if check == "render":
+        with pytest.raises(dl.RenderError, match=needle):
+            dl.render_chart(chart, overrides)
+        return
+    if check == "schema":
+        bad = {"coordinatr": {"replicas": 3}}
+        assert not _find(dl.schema_problems(chart, bad), needle), "the broken schema still refuses it"
+        assert _find(dl.schema_problems(dl.CHART, bad), needle)
+        return
+    docs = dl.manifests(dl.render_chart(chart, overrides))
+    values = dl.merged_values(chart, overrides)
+    problems = dl.kube_problems(docs) if check == "kubernetes" else dl.convention_problems(docs, values)
+    assert _find(problems, needle), problems
+    # the unbroken chart passes the same check
+    good = dl.manifests(dl.render_chart(dl.CHART, overrides))
+    assert (dl.kube_problems(good) if check == "kubernetes" else dl.convention_problems(good, values)) == []
+
+
+def test_broken_values_yaml_fails_yamllint(tmp_path: Path) -> None:
+    chart = tmp_path / "hsm-coordinator"
+    shutil.copytree(dl.CHART, chart)
+    text = (chart / "values.yaml").read_text()
+    (chart / "values.yaml").write_text(text.replace("  tag: \"\"\n", "  tag: \"\"\n  tag: latest   \n", 1))
+    proc = dl.yamllint(dl.chart_yaml_files(chart), home=tmp_path)
+    assert proc.returncode != 0
+    assert "duplication of key" in proc.stdout and "trailing-spaces" in proc.stdout, dl.output(proc)
+    proc = dl.yamllint(dl.chart_yaml_files(), home=tmp_path)
+    assert proc.returncode == 0, dl.output(proc)
