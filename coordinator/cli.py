@@ -25,6 +25,7 @@ EPILOG = """\
 commands:
   init    create a cluster: writes coordinator.yaml and raft-password for every replica
   run     one coordinator replica, from the config file plus flags
+  member  add or remove a replica in every shard's Raft group (replacing a dead replica)
   local   a complete system in the foreground: 3 replicas x 8 shards, N agentd
           with the posix mover, a simulated Lustre tree (simfs) and an archive
 
@@ -81,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--agent-grace", type=float, metavar="SECONDS",
                      help="how long a disconnected agent keeps its actions (default 60)")
     run.add_argument("--log-level", choices=cfgmod.LOG_LEVELS)
+
+    mem = sub.add_parser("member", help="add or remove a replica in every shard's Raft group",
+                         description="Change the Raft membership of every shard by one replica. To replace a "
+                                     "dead replica: `member remove` its Raft address, `member add` the new "
+                                     "one's, put the new replica in cluster.replicas of every config file, "
+                                     "start the new replica, then restart the others one at a time "
+                                     "(docs/operations.md).")
+    mem.add_argument("action", choices=("add", "remove"))
+    mem.add_argument("--raft", required=True, metavar="HOST:PORT", help="the replica's Raft address for shard 0")
+    mem.add_argument("--coordinators", required=True, metavar="ADDR[,ADDR]", help="API addresses of live replicas")
 
     loc = sub.add_parser("local", help="run a complete local system in the foreground",
                          description="Start N coordinator replicas (processes) with S shards, M agentd "
@@ -148,6 +159,31 @@ async def _serve(cfg: object) -> int:
     return 0
 
 
+def _member(args: argparse.Namespace) -> int:
+    import grpc
+
+    from hsm.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+    req = coordinator_pb2.ChangeMembershipRequest(add=args.action == "add", raft=args.raft)
+    errors = []
+    for addr in [a.strip() for a in args.coordinators.split(",") if a.strip()]:
+        try:
+            with grpc.insecure_channel(addr) as ch:
+                resp = coordinator_pb2_grpc.CoordinatorStub(ch).ChangeMembership(req, timeout=120)
+        except grpc.RpcError as exc:
+            errors.append(f"{addr}: {exc.code().name}: {exc.details()}")
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                break
+            continue
+        verb = "added to" if req.add else "removed from"
+        print(f"{args.raft} {verb} the Raft groups of shards {', '.join(map(str, resp.shards))}")
+        return 0
+    for e in errors or ["no coordinator address given"]:
+        print(f"hsm-coordinator member: {e}", file=sys.stderr)
+    print("hsm-coordinator member: the change is safe to repeat once the shards have leaders", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "init":
@@ -162,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("copy both files to every replica, then on each: "
               f"hsm-coordinator run --config {cfg_path} --replica-id ID")
         return 0
+
+    if args.command == "member":
+        return _member(args)
 
     if args.command == "run":
         overrides = {

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 import grpc
 
 from coordinator import convert
+from coordinator.cluster import split_addr
 from coordinator.convert import InvalidRequest
+from coordinator.raft import NotLeader, RaftError
 from coordinator.state import MAX_SHARDS, Cancel, State, Submit
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
 
@@ -243,6 +245,63 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                                                 applied_index=s.applied_index, term=s.term)
                     for s in node.shards],
         )
+
+
+    async def ChangeMembership(self, request: coordinator_pb2.ChangeMembershipRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ChangeMembershipResponse:  # noqa: N802
+        node = self.node
+        try:
+            host, port = split_addr(request.raft)
+            if port + len(node.shards) - 1 > 65535:
+                raise ValueError(f"Raft ports {port}..{port + len(node.shards) - 1} do not fit")
+            bad = [x for x in request.shards if x >= len(node.shards)]
+            if bad:
+                raise ValueError(f"no shard {bad[0]}")
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        wanted = sorted(set(request.shards) or range(len(node.shards)))
+
+        async def one(idx: int) -> None:
+            shard = node.shards[idx]
+            addr = f"{host}:{port + idx}"
+            if shard.is_leader:
+                if not request.add and addr == shard.self_addr:
+                    raise ShardUnavailable(idx, "", f"shard {idx}: {addr} is this leader; hand leadership "
+                                           "over (stop the replica) before removing it")
+                member = addr in shard.peers
+                if member == request.add:
+                    return  # already done (a retry): nothing to change
+                try:
+                    if request.add:
+                        await shard.add_peer(addr, timeout=node.config.propose_timeout)
+                    else:
+                        await shard.remove_peer(addr, timeout=node.config.propose_timeout)
+                    return
+                except NotLeader:
+                    pass
+                except (RaftError, ValueError) as exc:
+                    raise ShardUnavailable(idx, "", str(exc)) from None
+            leader = node.leader_api(shard)
+            if not leader or leader == node.me.api:
+                raise ShardUnavailable(idx, "")
+            stub = coordinator_pb2_grpc.CoordinatorStub(node.channel(leader))
+            try:
+                await stub.ChangeMembership(coordinator_pb2.ChangeMembershipRequest(
+                    add=request.add, raft=request.raft, shards=[idx]), timeout=node.config.propose_timeout * 2)
+            except grpc.RpcError as exc:
+                raise ShardUnavailable(idx, "", f"shard {idx}: on {leader}: {exc.details()}") from None
+
+        done: list[int] = []
+        errors: list[str] = []
+        for idx in wanted:  # one shard at a time: each group changes by one member
+            try:
+                await one(idx)
+                done.append(idx)
+            except ShardUnavailable as exc:
+                errors.append(str(exc))
+        if errors:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"membership changed on shards {done or 'none'}; failed: {'; '.join(errors)}")
+        return coordinator_pb2.ChangeMembershipResponse(shards=done)
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):

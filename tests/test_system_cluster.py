@@ -180,3 +180,54 @@ def test_raft_port_without_password_is_ignored(cluster: ProcCluster) -> None:
     with CoordinatorClient(cluster.addresses) as client:
         assert {client.get_action(i).state for i in ids} == {T.WAITING}
     cluster.check_converged()
+
+
+def test_replace_a_dead_replica(cluster: ProcCluster) -> None:
+    """The documented procedure (docs/operations.md): remove the dead
+    replica from every shard's group, add the new one, give every replica
+    the new config, start the new one, restart the others one at a time."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from coordinator.cluster import ReplicaSpec
+    from coordinator.local import free_ports
+
+    cluster.start_all()
+    with CoordinatorClient(cluster.addresses) as client:
+        first = [r.action_id for r in client.submit([submit_item("sys", Fid(0x200000400, n), "archive")
+                                                       for n in range(1, 101)])]
+    dead = cluster.spec("r3")
+    cluster.kill("r3", signal.SIGKILL)
+    live = ",".join(s.api for s in cluster.live())
+
+    def member(action: str, raft: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "coordinator.cli", "member", action, "--raft", raft,
+                               "--coordinators", live], capture_output=True, text=True, timeout=180)
+
+    until(lambda: all(v and v != "r3" for v in cluster.leaders("r1").values()), 15, "leaders without r3")
+    r = member("remove", dead.raft)
+    assert r.returncode == 0, r.stderr
+    new = ReplicaSpec("r4", f"127.0.0.1:{free_ports(1)}", f"127.0.0.1:{free_ports(cluster.shards)}")
+    r = member("add", new.raft)
+    assert r.returncode == 0, r.stderr
+    assert "added to the Raft groups of shards 0, 1, 2, 3" in r.stdout
+    doc = yaml.safe_load(cluster.config.read_text())
+    doc["cluster"]["replicas"] = [x for x in doc["cluster"]["replicas"] if x["id"] != "r3"] + [
+        {"id": "r4", "api": new.api, "raft": new.raft}]
+    cluster.config.write_text(yaml.safe_dump(doc))
+    cluster.specs = [s for s in cluster.specs if s.id != "r3"] + [new]
+    cluster.start("r4")
+    cluster.wait_ready()
+    cluster.check_converged(timeout=60)
+    for rid in ("r1", "r2"):  # rolling restart onto the new config
+        cluster.kill(rid, signal.SIGTERM)
+        cluster.start(rid)
+        cluster.wait_ready()
+    with CoordinatorClient(cluster.addresses) as client:
+        more = [r.action_id for r in client.submit([submit_item("sys", Fid(0x200000401, n), "archive")
+                                                      for n in range(1, 51)])]
+        assert {client.get_action(i).state for i in first + more} == {T.WAITING}
+    cluster.check_converged(timeout=60)
+    assert {a.id for a in cluster.live()} == {"r1", "r2", "r4"}

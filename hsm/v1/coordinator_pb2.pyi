@@ -34,6 +34,22 @@ CANCEL_SENT: CancelOutcome
 ALREADY_ENDED: CancelOutcome
 NOT_FOUND: CancelOutcome
 
+class ChangeMembershipRequest(_message.Message):
+    __slots__ = ("add", "raft", "shards")
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    RAFT_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    add: bool
+    raft: str
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, add: _Optional[bool] = ..., raft: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ChangeMembershipResponse(_message.Message):
+    __slots__ = ("shards",)
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, shards: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class SubmitItem(_message.Message):
     __slots__ = ("fsname", "fid", "kind", "archive_id", "extent", "data", "flags", "priority", "requester", "idempotency_key", "hsm")
     FSNAME_FIELD_NUMBER: _ClassVar[int]

@@ -70,6 +70,11 @@ class CoordinatorStub:
                 request_serializer=hsm_dot_v1_dot_coordinator__pb2.ClusterInfoRequest.SerializeToString,
                 response_deserializer=hsm_dot_v1_dot_coordinator__pb2.ClusterInfoResponse.FromString,
                 _registered_method=True)
+        self.ChangeMembership = channel.unary_unary(
+                '/hsm.v1.Coordinator/ChangeMembership',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.ChangeMembershipRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.ChangeMembershipResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -124,6 +129,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangeMembership(self, request, context):
+        """Add a replica to, or remove one from, every shard's Raft group, one
+        replica at a time (replacing a dead replica: remove it, then add the new
+        one). Any replica takes it and has each shard's leader apply it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +175,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ClusterInfo,
                     request_deserializer=hsm_dot_v1_dot_coordinator__pb2.ClusterInfoRequest.FromString,
                     response_serializer=hsm_dot_v1_dot_coordinator__pb2.ClusterInfoResponse.SerializeToString,
+            ),
+            'ChangeMembership': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeMembership,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.ChangeMembershipRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.ChangeMembershipResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +371,33 @@ class Coordinator:
             '/hsm.v1.Coordinator/ClusterInfo',
             hsm_dot_v1_dot_coordinator__pb2.ClusterInfoRequest.SerializeToString,
             hsm_dot_v1_dot_coordinator__pb2.ClusterInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeMembership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/ChangeMembership',
+            hsm_dot_v1_dot_coordinator__pb2.ChangeMembershipRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.ChangeMembershipResponse.FromString,
             options,
             channel_credentials,
             insecure,
