@@ -174,7 +174,7 @@ def no_concurrent_runs(runs: list[tuple[str, int, int, float, float]]) -> list[s
     bad = []
     for action_id, spans in by_action.items():
         spans.sort()
-        for (s1, e1, a1, t1), (s2, _e2, a2, t2) in zip(spans, spans[1:], strict=False):
+        for (_s1, e1, a1, t1), (s2, _e2, a2, t2) in zip(spans, spans[1:], strict=False):
             if s2 < e1:
                 bad.append(f"action {action_id}: attempt {t1} on {a1} and attempt {t2} on {a2} overlap")
     return bad

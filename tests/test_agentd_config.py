@@ -197,7 +197,7 @@ BAD_FILES = [
     ("backend: {type: lustre, root: /x}\nmover: {archive_root: /a}\n", r"backend\.type: unknown backend 'lustre'"),
     ("backend: {root: /x}\n", r"mover: required"),
     ("backend: {root: /x}\nmover: {type: posix}\n", r"mover\.archive_root: required for the posix mover"),
-    ("backend: {root: /x}\nmover: {type: tape}\n", r"mover\.type: unknown mover 'tape' \(known: posix, command\)"),
+    ("backend: {root: /x}\nmover: {type: tape}\n", r"mover\.type: unknown mover 'tape' \(known: posix, command, null\)"),
     ("backend: {root: /x}\nmover: {archive_root: 17}\n", r"mover\.archive_root: must be a string, got 17"),
     ("backend: {root: /x}\nmover: {archive_root: ''}\n", r"mover\.archive_root: must not be empty"),
     (MINIMAL + "  chunk_size: lots\n", r"mover\.chunk_size: must be a size in bytes such as"),

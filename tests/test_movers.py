@@ -600,3 +600,19 @@ def test_restore_of_a_file_already_restored_is_not_needed(tree: Tree) -> None:
     res = mover.run(tree.job(HSMA.RESTORE, fid))
     assert res.errno == 0 and res.message.startswith("not needed")
     assert f.read_bytes() == b"payload" and f.stat().st_mtime_ns == before
+
+
+def test_null_mover_completes_without_touching_the_file(tree: Tree) -> None:
+    from agentd.movers.null import NullMover
+
+    f, fid = tree.make_file("n", b"data")
+    res = NullMover().run(tree.job(HSMA.ARCHIVE, fid))
+    assert res.errno == 0 and "no data moved" in res.message
+    assert tree.flags(f) == 0, "the null mover must not change HSM state"
+    slow = tree.job(HSMA.ARCHIVE, fid)
+    t = threading.Thread(target=lambda: results.append(NullMover(delay=30).run(slow)))
+    results: list[Result] = []
+    t.start()
+    slow.cancelled.set()
+    t.join(5)
+    assert results and results[0].errno == errno.ECANCELED

@@ -101,7 +101,7 @@ def test_kill_leader_under_load(cluster: ProcCluster, tmp_path: Path) -> None:
         cluster.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         survivor = next(s.id for s in cluster.live())
-        until(lambda: all(l and l != victim for l in cluster.leaders(survivor).values()), 10,
+        until(lambda: all(v and v != victim for v in cluster.leaders(survivor).values()), 10,
               "new leaders for every shard")
         failover = time.monotonic() - killed_at
         before = load.batches
