@@ -109,3 +109,52 @@ def begin_action(job: Job) -> ActionHandle | Result:
         msg = f"cannot start {kind_name(job.kind)} of {job.fid}: {exc.strerror or exc}"
         log.error("%s: %s", job.log_prefix(), msg)
         return Result(errno=err, message=msg, retry=is_transient(err))
+
+
+def run_action(job: Job, mover: str, op: Callable[[Job, ActionHandle], int]) -> Result:
+    """The life of one action for a mover: begin (or end at once when not
+    needed), ``op(job, handle) -> bytes moved``, then ``handle.end`` exactly
+    once whatever happened, and the Result. *op* signals failure by raising
+    ``Cancelled``, ``MoverError`` or ``OSError``; any other exception is a
+    bug, logged, and still ends the action (EIO)."""
+    prefix = job.log_prefix()
+    handle = begin_action(job)
+    if isinstance(handle, Result):
+        return handle
+
+    err, msg, done, retry = 0, "", 0, False
+    try:
+        done = op(job, handle)
+    except Cancelled:
+        err, msg = errno.ECANCELED, f"{kind_name(job.kind)} of {job.fid} cancelled"
+    except MoverError as exc:
+        err, msg, retry = exc.errno, exc.message, exc.retry
+    except OSError as exc:
+        err = exc.errno or errno.EIO
+        msg = f"{kind_name(job.kind)} of {job.fid} failed: {exc.strerror or exc}"
+        retry = is_transient(err)
+    except Exception as exc:  # a bug: still end the action
+        log.exception("%s: unexpected error", prefix)
+        err, msg = errno.EIO, f"internal error in {mover} mover: {exc!r}"
+
+    try:
+        handle.end(err, done)
+    except OSError as exc:
+        if err == 0:
+            err = exc.errno or errno.EIO
+            msg = f"{kind_name(job.kind)} of {job.fid} could not be completed: {exc.strerror or exc}"
+            retry = is_transient(err)
+        else:
+            log.warning("%s: ending the failed action also failed: %s", prefix, exc)
+    except Exception:
+        log.exception("%s: unexpected error ending the action", prefix)
+        if err == 0:
+            err, msg = errno.EIO, "internal error ending the action"
+
+    if err == 0:
+        log.info("%s: %s done, %d bytes", prefix, kind_name(job.kind), done)
+    elif err == errno.ECANCELED:
+        log.info("%s: %s", prefix, msg)
+    else:
+        log.error("%s: %s (errno %d%s)", prefix, msg, err, ", will retry" if retry else "")
+    return Result(errno=err, message=msg, bytes_done=done, retry=retry)

@@ -65,9 +65,9 @@ from agentd.movers.base import (
     Job,
     MoverError,
     Result,
-    begin_action,
     is_transient,
     kind_name,
+    run_action,
 )
 from hsm.fid import Fid
 from hsm.hsmflags import HSMA
@@ -250,49 +250,7 @@ class PosixMover:
             log.error("%s: %s", prefix, msg)
             return Result(errno=errno.EINVAL, message=msg)
 
-        handle = begin_action(job)
-        if isinstance(handle, Result):
-            return handle
-
-        err, msg, done, retry = 0, "", 0, False
-        try:
-            done = op(job, handle)
-        except Cancelled:
-            err, msg = errno.ECANCELED, f"{kind_name(job.kind)} of {job.fid} cancelled"
-        except MoverError as exc:
-            err, msg, retry = exc.errno, exc.message, exc.retry
-        except OSError as exc:
-            err = exc.errno or errno.EIO
-            msg = f"{kind_name(job.kind)} of {job.fid} failed: {exc.strerror or exc}"
-            retry = is_transient(err)
-        except Exception as exc:  # a bug: still end the action
-            log.exception("%s: unexpected error", prefix)
-            err, msg = errno.EIO, f"internal error in posix mover: {exc!r}"
-
-        try:
-            handle.end(err, done)
-        except OSError as exc:
-            if err == 0:
-                err = exc.errno or errno.EIO
-                msg = (
-                    f"{kind_name(job.kind)} of {job.fid} could not be completed: "
-                    f"{exc.strerror or exc}"
-                )
-                retry = is_transient(err)
-            else:
-                log.warning("%s: ending the failed action also failed: %s", prefix, exc)
-        except Exception:
-            log.exception("%s: unexpected error ending the action", prefix)
-            if err == 0:
-                err, msg = errno.EIO, "internal error ending the action"
-
-        if err == 0:
-            log.info("%s: %s done, %d bytes", prefix, kind_name(job.kind), done)
-        elif err == errno.ECANCELED:
-            log.info("%s: %s", prefix, msg)
-        else:
-            log.error("%s: %s (errno %d%s)", prefix, msg, err, ", will retry" if retry else "")
-        return Result(errno=err, message=msg, bytes_done=done, retry=retry)
+        return run_action(job, "posix", op)
 
     # -- data pump ---------------------------------------------------------
 
