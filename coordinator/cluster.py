@@ -4,7 +4,10 @@ see docs/cluster-config.md."""
 
 from __future__ import annotations
 
+import random
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from hsm.ring import DEFAULT_VNODES
 
@@ -73,3 +76,33 @@ class ClusterSpec:
     def preferred_leader(self, shard: int) -> ReplicaSpec:
         """Leaders spread round-robin: shard i prefers replica i mod n."""
         return self.replicas[shard % len(self.replicas)]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int, start: int = 20000) -> int:
+    """The first port of *count* consecutive free loopback ports, below the
+    kernel's ephemeral range: a replica restarted on the same port must not
+    find it taken by some client's outgoing connection meanwhile."""
+    end = _ephemeral_low() - count
+    if end <= start:
+        start, end = 1024, max(1025, end)
+    for _ in range(500):
+        base = random.randrange(start, end)
+        if all(_port_free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found below {end + count}")

@@ -18,6 +18,7 @@ The file format is documented in docs/cluster-config.md; in short::
     default_archive_id: 1
     max_attempts: 3
     max_terminal: 100000
+    progress_timeout: 600         # no progress for this long: the action is stopped and requeued (0: never)
     agent_grace: 60
     heartbeat_interval: 5
     propose_timeout: 10
@@ -50,7 +51,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _SIMPLE = {
     "replica_id": str, "data_dir": str, "listen": str, "raft_bind": str, "archive_ids": tuple,
     "default_archive_id": int, "max_attempts": int, "max_terminal": int, "agent_grace": float,
-    "heartbeat_interval": float, "propose_timeout": float,
+    "heartbeat_interval": float, "propose_timeout": float, "progress_timeout": float,
 }
 _TOP = set(_SIMPLE) | {"cluster", "raft", "log_level"}
 _CLUSTER = {"name", "shards", "vnodes", "password_file", "password", "replicas"}
@@ -206,6 +207,8 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError("max_attempts: must be at least 1")
     if cfg.max_terminal < 0:
         raise ConfigError("max_terminal: must be >= 0")
+    if cfg.progress_timeout < 0:
+        raise ConfigError("progress_timeout: must be >= 0 seconds (0: never reclaim)")
     if cfg.agent_grace <= 0 or cfg.heartbeat_interval <= 0 or cfg.propose_timeout <= 0:
         raise ConfigError("agent_grace, heartbeat_interval and propose_timeout must be > 0 seconds")
 

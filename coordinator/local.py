@@ -15,7 +15,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -26,31 +25,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator import config as cfgmod
-from coordinator.cluster import ReplicaSpec
+from coordinator.cluster import ReplicaSpec, free_ports
 from hsm.simfs import SimFS
 from hsm.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int, start: int = 20000) -> int:
-    """The first port of *count* consecutive free loopback ports."""
-    import random
-
-    for _ in range(200):
-        base = random.randrange(start, 60000 - count)
-        if all(_port_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 @dataclass

@@ -59,6 +59,7 @@ from coordinator.state import (
     Kind,
     Progress,
     ProgressReport,
+    Reclaim,
     Result,
     SendCancel,
     ShardConfig,
@@ -96,6 +97,8 @@ class NodeConfig:
     default_archive_id: int = 1
     max_attempts: int = 3
     max_terminal: int = 100_000
+    #: seconds without progress before a running action is reclaimed (0: never)
+    progress_timeout: float = 600.0
     #: seconds a disconnected agent keeps its actions before they are requeued
     agent_grace: float = 60.0
     heartbeat_interval: float = 5.0
@@ -193,7 +196,8 @@ class CoordinatorNode:
     def shard_config(self, index: int) -> ShardConfig:
         c = self.config
         return ShardConfig(shard=index, archive_ids=frozenset(c.archive_ids), default_archive_id=c.default_archive_id,
-                           max_attempts=c.max_attempts, max_terminal=c.max_terminal)
+                           max_attempts=c.max_attempts, max_terminal=c.max_terminal,
+                           progress_timeout=c.progress_timeout)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -224,6 +228,8 @@ class CoordinatorNode:
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._update_readiness()
         self._tasks.append(asyncio.create_task(self._dispatcher(), name="dispatcher"))
+        if self.config.progress_timeout:
+            self._tasks.append(asyncio.create_task(self._reclaimer(), name="reclaimer"))
         log.info("replica %s serving on %s (%d shards, archive ids %s)", self.me.id, self.address,
                  len(self.shards), ",".join(map(str, self.config.archive_ids)))
 
@@ -443,6 +449,26 @@ class CoordinatorNode:
                 session.send(agent_pb2.CoordinatorMessage(assign=assignments))
                 sent = True
         return sent
+
+    async def _reclaimer(self) -> None:
+        """Leader side of the adaptive timeout: running actions whose agent
+        reported no progress for ``progress_timeout`` are reclaimed."""
+        period = min(max(self.config.progress_timeout / 4, 0.2), 10.0)
+        while True:
+            await asyncio.sleep(period)
+            for shard in self.shards:
+                if not shard.leader_ready:
+                    continue
+                with shard.reading() as st:
+                    stale = st.stale(self.clock())
+                if not stale:
+                    continue
+                log.warning("shard %d: reclaiming %d action(s) without progress for %.0f s: %s", shard.index,
+                            len(stale), self.config.progress_timeout, ",".join(map(str, stale[:20])))
+                try:
+                    await self.propose(shard, Reclaim(self.clock(), tuple(stale)))
+                except ShardUnavailable as exc:
+                    log.info("shard %d: reclaim postponed: %s", shard.index, exc)
 
     # ------------------------------------------------------------- watchers
 

@@ -171,7 +171,6 @@ import os
 import pickle
 import queue
 import re
-import socket
 import struct
 import threading
 import time
@@ -1810,7 +1809,8 @@ class RaftShard:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on ``host`` (for tests and local setups)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port free right now on loopback, below the ephemeral range (for
+    tests and local setups that restart a replica on the same port)."""
+    from coordinator.cluster import free_ports
+
+    return free_ports(1)

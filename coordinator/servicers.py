@@ -52,6 +52,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 for idx, positions in by_shard.items()))
         except ShardUnavailable as exc:
             await abort_unavailable(context, exc)
+        log.info("submit of %d item(s) from %s: shards %s", len(items), items[0].requester.initiator or "?",
+                 ",".join(map(str, sorted(by_shard))))
         results: list[coordinator_pb2.SubmitResult | None] = [None] * len(items)
         for positions, res in zip(by_shard.values(), replies, strict=True):
             for pos, reply in zip(positions, res.replies, strict=True):

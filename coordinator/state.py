@@ -78,6 +78,8 @@ class Ev(Enum):
     FAIL = "fail"  # agent reported an error, or attempts ran out
     AGENT_CANCELED = "agent_canceled"  # agent reported ECANCELED after our cancel
     REQUEUE = "requeue"  # agent gone, or a transient error to retry
+    RECLAIM = "reclaim"  # no progress for progress_timeout: stop it, then requeue
+    RECLAIMED = "reclaimed"  # the agent stopped a reclaimed action (or is gone)
 
 
 TRANSITIONS: dict[tuple[State, Ev], State] = {
@@ -91,6 +93,8 @@ TRANSITIONS: dict[tuple[State, Ev], State] = {
     (State.CANCELING, Ev.FAIL): State.FAILED,
     (State.CANCELING, Ev.AGENT_CANCELED): State.CANCELED,
     (State.CANCELING, Ev.REQUEUE): State.CANCELED,  # lost while canceling: the cancel stands
+    (State.STARTED, Ev.RECLAIM): State.CANCELING,  # stuck: its agent is told to stop first ...
+    (State.CANCELING, Ev.RECLAIMED): State.WAITING,  # ... and only then may it run elsewhere
 }
 
 
@@ -212,7 +216,18 @@ class AgentLost:
     action_ids: tuple[int, ...] = ()  # empty: every action the agent holds
 
 
-Command = Submit | Assign | Progress | Complete | Cancel | AgentLost
+@dataclass(frozen=True, slots=True)
+class Reclaim:
+    """Actions whose agent reported no progress for ``progress_timeout``
+    (checked again at apply: progress may have arrived meanwhile). Each is
+    stopped on its agent (CANCELING) and goes back to WAITING once the agent
+    confirms, or is gone; after ``max_attempts`` it FAILS with ETIMEDOUT."""
+
+    now: float
+    action_ids: tuple[int, ...]
+
+
+Command = Submit | Assign | Progress | Complete | Cancel | AgentLost | Reclaim
 
 
 # --------------------------------------------------------------------------
@@ -298,6 +313,8 @@ class ShardConfig:
     archive_ids: frozenset[int] = frozenset({1})
     default_archive_id: int = 1
     max_attempts: int = 3
+    #: seconds without progress before a running action is reclaimed (0: never)
+    progress_timeout: float = 600.0
     #: ended actions kept for listing and idempotent retries, per shard
     max_terminal: int = 100_000
 
@@ -327,6 +344,8 @@ class Action:
         "bytes_total",
         "errno",
         "error",
+        "last_progress",
+        "reclaiming",
     )
 
     def __init__(self, action_id: int, item: Item, archive_id: int, now: float) -> None:
@@ -351,6 +370,8 @@ class Action:
         self.bytes_total = 0
         self.errno = 0
         self.error = ""
+        self.last_progress = 0.0  # leader clock of the start or the last progress
+        self.reclaiming = False  # CANCELING because it was stuck, not by request
 
     @property
     def fid_key(self) -> tuple[str, Fid]:
@@ -420,6 +441,8 @@ class ShardState:
             return self._cancel(cmd)
         if isinstance(cmd, AgentLost):
             return self._agent_lost(cmd)
+        if isinstance(cmd, Reclaim):
+            return self._reclaim(cmd)
         raise TypeError(f"unknown command {type(cmd).__name__}")
 
     def _submit(self, cmd: Submit) -> Result:
@@ -500,6 +523,7 @@ class ShardState:
             action.agent = cmd.agent
             action.attempt += 1
             action.started = cmd.now
+            action.last_progress = cmd.now
             action.bytes_done = 0
             action.bytes_total = 0
             self.by_agent.setdefault(cmd.agent, {})[action_id] = None
@@ -523,6 +547,8 @@ class ShardState:
             action = self._held(rep.action_id, rep.attempt)
             if action is None:
                 continue
+            if rep.bytes_done > action.bytes_done or (rep.bytes_total and rep.bytes_total != action.bytes_total):
+                action.last_progress = cmd.now  # moving: a slow transfer is never reclaimed
             action.bytes_done = rep.bytes_done
             if rep.bytes_total:
                 action.bytes_total = rep.bytes_total
@@ -540,6 +566,8 @@ class ShardState:
             if done.errno == 0:
                 action.bytes_total = action.bytes_total or action.bytes_done
                 self._end(action, Ev.SUCCEED, cmd.now, 0, done.message)
+            elif action.state == State.CANCELING and action.reclaiming:
+                self._reclaimed(action, cmd.now, res.effects)
             elif action.state == State.CANCELING:
                 if done.errno == E.ECANCELED or done.retry:
                     self._end(action, Ev.AGENT_CANCELED, cmd.now, E.ECANCELED, action.error)
@@ -578,6 +606,11 @@ class ShardState:
                 res.effects.append(SendCancel(action.agent, action_id, action.attempt))
                 res.effects.append(Changed(action_id))
                 res.replies.append(CancelReply(action_id, CancelOutcome.SENT, action.state))
+            elif action.state == State.CANCELING and action.reclaiming:
+                action.reclaiming = False  # being stopped already; now it ends CANCELED
+                action.error = reason
+                res.effects.append(Changed(action_id))
+                res.replies.append(CancelReply(action_id, CancelOutcome.SENT, action.state))
             else:
                 res.replies.append(CancelReply(action_id, CancelOutcome.ALREADY_ENDED, action.state))
         return res
@@ -600,12 +633,57 @@ class ShardState:
         targets = [i for i in cmd.action_ids if i in held] if cmd.action_ids else list(held)
         for action_id in targets:
             action = self.actions[action_id]
-            if action.state == State.CANCELING:
+            if action.state == State.CANCELING and action.reclaiming:
+                self._reclaimed(action, cmd.now, res.effects)
+            elif action.state == State.CANCELING:
                 self._end(action, Ev.REQUEUE, cmd.now, E.ECANCELED, action.error)
             else:
                 self._requeue(action, cmd.now, E.ETIMEDOUT, cmd.reason, res.effects)
             res.effects.append(Changed(action_id))
         return res
+
+    def _reclaim(self, cmd: Reclaim) -> Result:
+        res = Result()
+        timeout = self.config.progress_timeout
+        for action_id in cmd.action_ids:
+            action = self.actions.get(action_id)
+            if action is None or action.state != State.STARTED or not timeout:
+                continue
+            if cmd.now - action.last_progress < timeout:
+                continue  # progress arrived since the leader looked
+            self._transition(action, Ev.RECLAIM)
+            action.reclaiming = True
+            action.error = f"no progress for {cmd.now - action.last_progress:.0f} s: reclaimed"
+            if self.active.get(action.dedup_key) == action_id:
+                del self.active[action.dedup_key]
+            res.effects.append(SendCancel(action.agent, action_id, action.attempt))
+            res.effects.append(Changed(action_id))
+            res.replies.append(action_id)
+        return res
+
+    def _reclaimed(self, action: Action, now: float, effects: list[Effect]) -> None:
+        """A reclaimed action stopped on its agent: queue it again, or fail
+        it when it used all its attempts."""
+        action.reclaiming = False
+        if action.attempt >= self.config.max_attempts:
+            self._end(action, Ev.FAIL, now, E.ETIMEDOUT, action.error)
+            return
+        self._transition(action, Ev.RECLAIMED)
+        self._release_agent(action)
+        action.errno = E.ETIMEDOUT
+        action.bytes_done = 0
+        if self.active.get(action.dedup_key) is None:
+            self.active[action.dedup_key] = action.id
+        self._make_ready(action, front=True)
+
+    def stale(self, now: float) -> list[int]:
+        """Running actions without progress for ``progress_timeout`` (for the
+        leader's timer; O(running actions))."""
+        timeout = self.config.progress_timeout
+        if not timeout:
+            return []
+        return [i for held in self.by_agent.values() for i in held
+                if self.actions[i].state == State.STARTED and now - self.actions[i].last_progress >= timeout]
 
     # ------------------------------------------------------------- helpers
 

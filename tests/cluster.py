@@ -18,8 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator import config as cfgmod
-from coordinator.cluster import ReplicaSpec
-from coordinator.local import free_ports
+from coordinator.cluster import ReplicaSpec, free_ports
 from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import coordinator_pb2_grpc
 

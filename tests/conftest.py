@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from coordinator.cluster import ClusterSpec, ReplicaSpec
+from coordinator.cluster import ClusterSpec, ReplicaSpec, free_ports
 from coordinator.node import CoordinatorNode, NodeConfig
-from coordinator.raft import RaftTuning, free_port
+from coordinator.raft import RaftTuning
 
 
 class RunningCoordinator:
@@ -60,26 +60,13 @@ FAST_RAFT = RaftTuning(heartbeat=0.02, election_min=0.1, election_max=0.2, leade
 
 def single_replica_config(data_dir: Any, shards: int = 1, **overrides: Any) -> NodeConfig:
     """A one-replica cluster (real Raft, real journal) on free loopback ports."""
-    api = free_port()
-    raft0 = free_port()
-    while not all(_free(raft0 + i) for i in range(shards)):
-        raft0 = free_port()
+    api = free_ports(1)
+    raft0 = free_ports(shards)
     cluster = ClusterSpec("test", shards, (ReplicaSpec("test", f"127.0.0.1:{api}", f"127.0.0.1:{raft0}"),),
                           "test-password-0123456789")
     base = NodeConfig(cluster=cluster, replica_id="test", data_dir=data_dir, archive_ids=(1, 2, 3),
                       agent_grace=3.0, heartbeat_interval=1.0, raft=FAST_RAFT, propose_timeout=5.0)
     return replace(base, **overrides)
-
-
-def _free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from coordinator.state import (
     Outcome,
     Progress,
     ProgressReport,
+    Reclaim,
     Requester,
     SendCancel,
     ShardConfig,
@@ -391,3 +392,55 @@ def test_scheduling_cost_does_not_depend_on_queue_length() -> None:
         got = scheduler.pick(h, (), {Kind.ARCHIVE: 5})
         assert len(got) == 5
         assert len(touched) <= 5
+
+
+def test_stuck_action_is_reclaimed_through_its_agent_then_requeued() -> None:
+    h = Harness(progress_timeout=60.0, max_attempts=2)
+    [r] = h.submit(item(1))
+    [(aid, att)] = h.schedule("a", archive=1)
+    a = h.state.get(aid)
+    assert a is not None
+    assert h.state.stale(a.started + 59) == []
+    assert h.state.stale(a.started + 60) == [aid]
+    res = h.step(Reclaim(a.started + 60, (aid,)))
+    assert SendCancel("a", aid, att) in res.effects
+    assert a.state is State.CANCELING and "no progress" in a.error
+    assert h.schedule("b", archive=1) == [], "never on a second agent while the first may still run"
+    h.done(aid, att, errno=E.ECANCELED)  # the agent stopped it
+    assert a.state is State.WAITING and a.errno == E.ETIMEDOUT
+    [(aid2, att2)] = h.schedule("b", archive=1)
+    assert (aid2, att2) == (aid, 2)
+    h.step(Reclaim(h.now + 1000, (aid,)))
+    h.now += 1000
+    h.step(AgentLost(h.now + 1, "b"))  # stuck again, and its agent is gone: attempts used up
+    assert a.state is State.FAILED and a.errno == E.ETIMEDOUT
+
+
+def test_progress_keeps_a_slow_transfer_alive() -> None:
+    h = Harness(progress_timeout=60.0)
+    h.submit(item(1))
+    [(aid, att)] = h.schedule("a", archive=1)
+    a = h.state.get(aid)
+    assert a is not None
+    for k in range(1, 6):  # 5 minutes, moving a little every 50 s
+        h.step(Progress(a.started + 50 * k, (ProgressReport(aid, att, 1000 * k, 10_000),)))
+    assert h.state.stale(a.started + 290) == []
+    h.step(Reclaim(a.started + 290, (aid,)))  # a leader with a stale view: re-checked at apply
+    assert a.state is State.STARTED
+    # the same byte count again is not progress
+    h.step(Progress(a.started + 300, (ProgressReport(aid, att, 5000, 10_000),)))
+    assert h.state.stale(a.started + 250 + 60) == [aid]
+
+
+def test_success_racing_a_reclaim_stays_a_success_and_user_cancel_wins() -> None:
+    h = Harness(progress_timeout=10.0)
+    r = h.submit(item(1), item(2))
+    got = h.schedule("a", archive=2)
+    t = h.now + 100
+    h.step(Reclaim(t, tuple(i for i, _ in got)))
+    h.done(got[0][0], 1, errno=0)
+    assert h.st(got[0][0]) is State.SUCCEEDED
+    h.cancel(got[1][0])  # an admin cancel while it is being reclaimed
+    h.done(got[1][0], 1, errno=E.ECANCELED)
+    assert h.st(got[1][0]) is State.CANCELED
+    assert {x.action_id for x in r} == {i for i, _ in got}

@@ -26,6 +26,7 @@ from coordinator.state import (
     Outcome,
     Progress,
     ProgressReport,
+    Reclaim,
     Requester,
     SendCancel,
     ShardConfig,
@@ -36,7 +37,8 @@ from coordinator.state import (
 from hsm.fid import Fid
 
 AGENTS = ("a1", "a2", "a3")
-CONFIG = ShardConfig(shard=3, archive_ids=frozenset({1, 2}), max_attempts=2, max_terminal=40)
+CONFIG = ShardConfig(shard=3, archive_ids=frozenset({1, 2}), max_attempts=2, max_terminal=40,
+                     progress_timeout=5.0)
 
 kinds = st.sampled_from(list(Kind))
 fids = st.integers(min_value=1, max_value=6).map(lambda n: Fid(0x200000400, n, 0))
@@ -147,6 +149,18 @@ class ShardMachine(RuleBasedStateMachine):
                 assert holders[e.action_id] == (e.agent, e.attempt), "cancel routed to the wrong agent"
         if how == "all":
             assert all(a.state is not State.WAITING for a in self.state.actions.values())
+
+    @rule(wait=st.floats(0, 10))
+    def reclaim_stale(self, wait: float) -> None:
+        self.now += wait
+        stale = self.state.stale(self.now)
+        holders = {i: (self.state.actions[i].agent, self.state.actions[i].attempt) for i in stale}
+        res = self.apply(Reclaim(self.now, tuple(stale)))
+        for e in res.effects:
+            if isinstance(e, SendCancel):
+                assert holders[e.action_id] == (e.agent, e.attempt)
+        for i in stale:
+            assert self.state.actions[i].state is State.CANCELING
 
     @rule(agent=st.sampled_from(AGENTS))
     def agent_lost(self, agent: str) -> None:

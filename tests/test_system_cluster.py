@@ -191,8 +191,7 @@ def test_replace_a_dead_replica(cluster: ProcCluster) -> None:
 
     import yaml
 
-    from coordinator.cluster import ReplicaSpec
-    from coordinator.local import free_ports
+    from coordinator.cluster import ReplicaSpec, free_ports
 
     cluster.start_all()
     with CoordinatorClient(cluster.addresses) as client:

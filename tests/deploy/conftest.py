@@ -3,35 +3,25 @@ session for a 3-coordinator, 2-mover cluster on 127.0.0.1."""
 
 from __future__ import annotations
 
-import random
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from coordinator.cluster import free_ports
 from tests.deploy import deploylib as dl
 
 SHARDS = 2
 
 
-def _free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_block(count: int, taken: set[int]) -> int:
-    """First port of *count* consecutive free loopback ports."""
-    rng = random.Random()
+    """First port of *count* consecutive free loopback ports (below the
+    ephemeral range, like coordinator.cluster.free_ports), not in *taken*."""
     for _ in range(200):
-        base = rng.randrange(20000, 60000 - count)
+        base = free_ports(count)
         ports = range(base, base + count)
-        if not taken.intersection(ports) and all(_free(p) for p in ports):
+        if not taken.intersection(ports):
             taken.update(ports)
             return base
     raise RuntimeError("no block of free loopback ports found")
