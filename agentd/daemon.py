@@ -100,6 +100,9 @@ FLUSH_TIMEOUT = 5.0
 RESTART_TIMEOUT = 5.0
 #: Completions arriving within this window share one message.
 BATCH_WINDOW = 0.002
+#: seconds a stream may hold its only unused credit of a kind while another live
+#: stream holds none, before the credit moves there (see Agent.level)
+ROTATE_AFTER = 5.0
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -260,6 +263,9 @@ class _Session:
     pending_credits: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     pending_done: list[agent_pb2.Done] = field(default_factory=list)
     report_running: int = 0  # token of a RunningReport a replica asked for
+    send_absolute: bool = False  # credits were taken back: send the whole grant, absolute
+    welcomed_at: float = 0.0
+    last_credit: float = 0.0  # when this stream last got a credit (rotation goes round)
     welcomed: bool = False
     replica: str = ""
     heartbeat_interval: float = 5.0
@@ -406,6 +412,7 @@ class _Session:
                               self.address, len(first.cancel), len(first.assign))
                     agent.on_message(self, first)
                 self.welcomed = True
+                self.welcomed_at = time.monotonic()
                 self._welcomed_evt.set()
                 self.replica = first.welcome.replica
                 hb = first.welcome.heartbeat_interval
@@ -513,7 +520,16 @@ class _Session:
         if dones:
             msg.done.extend(dones)
             something = True
-        if any(self.pending_credits.values()):
+        if self.send_absolute:
+            self.send_absolute = False
+            g = self.granted
+            msg.ready.credits.archive = g[HSMA.ARCHIVE]
+            msg.ready.credits.restore = g[HSMA.RESTORE]
+            msg.ready.credits.remove = g[HSMA.REMOVE]
+            msg.ready.absolute = True
+            self.pending_credits = dict.fromkeys(KINDS, 0)
+            something = True
+        elif any(self.pending_credits.values()):
             c = self.pending_credits
             msg.ready.credits.archive = c[HSMA.ARCHIVE]
             msg.ready.credits.restore = c[HSMA.RESTORE]
@@ -673,10 +689,13 @@ class Agent:
         self._sessions = [_Session(self, addr, heartbeat_interval=cfg.heartbeat_interval) for addr in cfg.coordinators]
         for s in self._sessions:
             s.start()
+        leveler = asyncio.get_running_loop().create_task(self._leveler(), name="credit leveler")
         try:
             await self._stop_evt.wait()
+            leveler.cancel()
             return await self._shutdown()
         finally:
+            leveler.cancel()
             for s in self._sessions:
                 if s._task is not None and not s._task.done():
                     s._task.cancel()
@@ -766,11 +785,47 @@ class Agent:
                 s = min(live, key=lambda x: (x.granted[kind], -x.last_assign))
                 s.granted[kind] += 1
                 s.pending_credits[kind] += 1
+                s.last_credit = time.monotonic()
                 touched.add(id(s))
                 free -= 1
         for s in live:
             if id(s) in touched:
                 s.wake()
+
+    def level(self, now: float | None = None) -> None:
+        """Move unused credits from a stream that holds many (or has held its
+        only one idle for ROTATE_AFTER seconds) to one that holds none or
+        fewer: each replica hands out work only from the shards it leads, so
+        credits parked on one replica would starve the others."""
+        if self._stopping:
+            return
+        now = time.monotonic() if now is None else now
+        live = [s for s in self._sessions if s.welcomed and not s.closing]
+        if len(live) < 2:
+            return
+        for kind in KINDS:
+            while True:
+                rich = max(live, key=lambda x: (x.granted[kind], -x.last_assign))
+                poor = min(live, key=lambda x: (x.granted[kind], x.last_credit))
+                gap = rich.granted[kind] - poor.granted[kind]
+                idle = now - max(rich.last_assign, rich.welcomed_at)
+                if gap >= 2 or (gap == 1 and poor.granted[kind] == 0 and idle >= ROTATE_AFTER):
+                    rich.granted[kind] -= 1
+                    rich.send_absolute = True
+                    poor.granted[kind] += 1
+                    poor.pending_credits[kind] += 1
+                    poor.last_credit = now
+                    rich.wake()
+                    poor.wake()
+                    if gap == 1:
+                        break  # one rotation per round
+                else:
+                    break
+
+    async def _leveler(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.level()
 
     def runs_of(self, session: _Session) -> list[_Running]:
         return [r for r in self._running.values() if r.session is session]

@@ -636,7 +636,7 @@ class CoordinatorNode:
                                      before=asked)
         if msg.HasField("ready"):
             for kind, n in _slots_from_pb(msg.ready.credits).items():
-                session.credits[kind] += n
+                session.credits[kind] = n if msg.ready.absolute else session.credits[kind] + n
             self._wake.set()
 
     def agent_gone(self, session: AgentSession) -> None:

@@ -58,9 +58,10 @@ FAST_RAFT = RaftTuning(heartbeat=0.02, election_min=0.1, election_max=0.2, leade
                        connection_timeout=1.0, connection_retry=0.2, tick=0.01, fsync=True)
 
 
-def single_replica_config(data_dir: Any, shards: int = 1, **overrides: Any) -> NodeConfig:
+def single_replica_config(data_dir: Any, shards: int = 1, api_port: int | None = None,
+                          **overrides: Any) -> NodeConfig:
     """A one-replica cluster (real Raft, real journal) on free loopback ports."""
-    api = free_ports(1)
+    api = api_port or free_ports(1)
     raft0 = free_ports(shards)
     cluster = ClusterSpec("test", shards, (ReplicaSpec("test", f"127.0.0.1:{api}", f"127.0.0.1:{raft0}"),),
                           "test-password-0123456789")
@@ -74,9 +75,9 @@ def coordinator_factory(tmp_path_factory: Any) -> Iterator[Any]:
     """Start coordinators with custom settings: ``coordinator_factory(agent_grace=1.0, shards=4)``."""
     started: list[RunningCoordinator] = []
 
-    def make(shards: int = 1, **overrides: Any) -> RunningCoordinator:
+    def make(shards: int = 1, api_port: int | None = None, **overrides: Any) -> RunningCoordinator:
         data = tmp_path_factory.mktemp("raft")
-        rc = RunningCoordinator(single_replica_config(data, shards, **overrides))
+        rc = RunningCoordinator(single_replica_config(data, shards, api_port, **overrides))
         started.append(rc)
         return rc
 

@@ -26,7 +26,7 @@ from hsm.v1 import types_pb2 as hsm_dot_v1_dot_types__pb2
 from hsm.v1 import coordinator_pb2 as hsm_dot_v1_dot_coordinator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12hsm/v1/agent.proto\x12\x06hsm.v1\x1a\x12hsm/v1/types.proto\x1a\x18hsm/v1/coordinator.proto\"a\n\rReportRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\"\n\x08progress\x18\x02 \x03(\x0b\x32\x10.hsm.v1.Progress\x12\x1a\n\x04\x64one\x18\x03 \x03(\x0b\x32\x0c.hsm.v1.Done\"\x10\n\x0eReportResponse\"\x93\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x13\n\x0b\x61rchive_ids\x18\x03 \x03(\r\x12\x1c\n\x05slots\x18\x04 \x01(\x0b\x32\r.hsm.v1.Slots\x12\x0f\n\x07version\x18\x05 \x01(\t\x12&\n\x07running\x18\x06 \x03(\x0b\x32\x15.hsm.v1.RunningAction\"3\n\rRunningAction\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\'\n\x05Ready\x12\x1e\n\x07\x63redits\x18\x01 \x01(\x0b\x32\r.hsm.v1.Slots\"W\n\x08Progress\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\"m\n\x04\x44one\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\r\n\x05\x65rrno\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\r\n\x05retry\x18\x05 \x01(\x08\x12\x12\n\nbytes_done\x18\x06 \x01(\x04\"\xc5\x01\n\x0c\x41gentMessage\x12\x1c\n\x05hello\x18\x01 \x01(\x0b\x32\r.hsm.v1.Hello\x12\x1c\n\x05ready\x18\x02 \x01(\x0b\x32\r.hsm.v1.Ready\x12\"\n\x08progress\x18\x03 \x03(\x0b\x32\x10.hsm.v1.Progress\x12\x1a\n\x04\x64one\x18\x04 \x03(\x0b\x32\x0c.hsm.v1.Done\x12\x11\n\theartbeat\x18\x05 \x01(\x08\x12&\n\x07running\x18\x06 \x01(\x0b\x32\x15.hsm.v1.RunningReport\"F\n\rRunningReport\x12&\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x15.hsm.v1.RunningAction\x12\r\n\x05token\x18\x02 \x01(\x04\"\xe8\x01\n\nAssignment\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06\x66sname\x18\x03 \x01(\t\x12\x18\n\x03\x66id\x18\x04 \x01(\x0b\x32\x0b.hsm.v1.Fid\x12\x19\n\x04\x64\x66id\x18\x05 \x01(\x0b\x32\x0b.hsm.v1.Fid\x12 \n\x04kind\x18\x06 \x01(\x0e\x32\x12.hsm.v1.ActionKind\x12\x12\n\narchive_id\x18\x07 \x01(\r\x12\x1e\n\x06\x65xtent\x18\x08 \x01(\x0b\x32\x0e.hsm.v1.Extent\x12\x0c\n\x04\x64\x61ta\x18\t \x01(\x0c\x12\r\n\x05\x66lags\x18\n \x01(\r\"A\n\x0b\x43\x61ncelOrder\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"6\n\x07Welcome\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\"\x98\x01\n\x12\x43oordinatorMessage\x12 \n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.hsm.v1.Welcome\x12\"\n\x06\x61ssign\x18\x02 \x03(\x0b\x32\x12.hsm.v1.Assignment\x12#\n\x06\x63\x61ncel\x18\x03 \x03(\x0b\x32\x13.hsm.v1.CancelOrder\x12\x17\n\x0frequest_running\x18\x04 \x01(\x04\x32\x85\x01\n\x0c\x41gentService\x12<\n\x04Work\x12\x14.hsm.v1.AgentMessage\x1a\x1a.hsm.v1.CoordinatorMessage(\x01\x30\x01\x12\x37\n\x06Report\x12\x15.hsm.v1.ReportRequest\x1a\x16.hsm.v1.ReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12hsm/v1/agent.proto\x12\x06hsm.v1\x1a\x12hsm/v1/types.proto\x1a\x18hsm/v1/coordinator.proto\"a\n\rReportRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\"\n\x08progress\x18\x02 \x03(\x0b\x32\x10.hsm.v1.Progress\x12\x1a\n\x04\x64one\x18\x03 \x03(\x0b\x32\x0c.hsm.v1.Done\"\x10\n\x0eReportResponse\"\x93\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x13\n\x0b\x61rchive_ids\x18\x03 \x03(\r\x12\x1c\n\x05slots\x18\x04 \x01(\x0b\x32\r.hsm.v1.Slots\x12\x0f\n\x07version\x18\x05 \x01(\t\x12&\n\x07running\x18\x06 \x03(\x0b\x32\x15.hsm.v1.RunningAction\"3\n\rRunningAction\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"9\n\x05Ready\x12\x1e\n\x07\x63redits\x18\x01 \x01(\x0b\x32\r.hsm.v1.Slots\x12\x10\n\x08\x61\x62solute\x18\x02 \x01(\x08\"W\n\x08Progress\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\"m\n\x04\x44one\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\r\n\x05\x65rrno\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\r\n\x05retry\x18\x05 \x01(\x08\x12\x12\n\nbytes_done\x18\x06 \x01(\x04\"\xc5\x01\n\x0c\x41gentMessage\x12\x1c\n\x05hello\x18\x01 \x01(\x0b\x32\r.hsm.v1.Hello\x12\x1c\n\x05ready\x18\x02 \x01(\x0b\x32\r.hsm.v1.Ready\x12\"\n\x08progress\x18\x03 \x03(\x0b\x32\x10.hsm.v1.Progress\x12\x1a\n\x04\x64one\x18\x04 \x03(\x0b\x32\x0c.hsm.v1.Done\x12\x11\n\theartbeat\x18\x05 \x01(\x08\x12&\n\x07running\x18\x06 \x01(\x0b\x32\x15.hsm.v1.RunningReport\"F\n\rRunningReport\x12&\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x15.hsm.v1.RunningAction\x12\r\n\x05token\x18\x02 \x01(\x04\"\xe8\x01\n\nAssignment\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06\x66sname\x18\x03 \x01(\t\x12\x18\n\x03\x66id\x18\x04 \x01(\x0b\x32\x0b.hsm.v1.Fid\x12\x19\n\x04\x64\x66id\x18\x05 \x01(\x0b\x32\x0b.hsm.v1.Fid\x12 \n\x04kind\x18\x06 \x01(\x0e\x32\x12.hsm.v1.ActionKind\x12\x12\n\narchive_id\x18\x07 \x01(\r\x12\x1e\n\x06\x65xtent\x18\x08 \x01(\x0b\x32\x0e.hsm.v1.Extent\x12\x0c\n\x04\x64\x61ta\x18\t \x01(\x0c\x12\r\n\x05\x66lags\x18\n \x01(\r\"A\n\x0b\x43\x61ncelOrder\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"6\n\x07Welcome\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\"\x98\x01\n\x12\x43oordinatorMessage\x12 \n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.hsm.v1.Welcome\x12\"\n\x06\x61ssign\x18\x02 \x03(\x0b\x32\x12.hsm.v1.Assignment\x12#\n\x06\x63\x61ncel\x18\x03 \x03(\x0b\x32\x13.hsm.v1.CancelOrder\x12\x17\n\x0frequest_running\x18\x04 \x01(\x04\x32\x85\x01\n\x0c\x41gentService\x12<\n\x04Work\x12\x14.hsm.v1.AgentMessage\x1a\x1a.hsm.v1.CoordinatorMessage(\x01\x30\x01\x12\x37\n\x06Report\x12\x15.hsm.v1.ReportRequest\x1a\x16.hsm.v1.ReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,23 +42,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNNINGACTION']._serialized_start=343
   _globals['_RUNNINGACTION']._serialized_end=394
   _globals['_READY']._serialized_start=396
-  _globals['_READY']._serialized_end=435
-  _globals['_PROGRESS']._serialized_start=437
-  _globals['_PROGRESS']._serialized_end=524
-  _globals['_DONE']._serialized_start=526
-  _globals['_DONE']._serialized_end=635
-  _globals['_AGENTMESSAGE']._serialized_start=638
-  _globals['_AGENTMESSAGE']._serialized_end=835
-  _globals['_RUNNINGREPORT']._serialized_start=837
-  _globals['_RUNNINGREPORT']._serialized_end=907
-  _globals['_ASSIGNMENT']._serialized_start=910
-  _globals['_ASSIGNMENT']._serialized_end=1142
-  _globals['_CANCELORDER']._serialized_start=1144
-  _globals['_CANCELORDER']._serialized_end=1209
-  _globals['_WELCOME']._serialized_start=1211
-  _globals['_WELCOME']._serialized_end=1265
-  _globals['_COORDINATORMESSAGE']._serialized_start=1268
-  _globals['_COORDINATORMESSAGE']._serialized_end=1420
-  _globals['_AGENTSERVICE']._serialized_start=1423
-  _globals['_AGENTSERVICE']._serialized_end=1556
+  _globals['_READY']._serialized_end=453
+  _globals['_PROGRESS']._serialized_start=455
+  _globals['_PROGRESS']._serialized_end=542
+  _globals['_DONE']._serialized_start=544
+  _globals['_DONE']._serialized_end=653
+  _globals['_AGENTMESSAGE']._serialized_start=656
+  _globals['_AGENTMESSAGE']._serialized_end=853
+  _globals['_RUNNINGREPORT']._serialized_start=855
+  _globals['_RUNNINGREPORT']._serialized_end=925
+  _globals['_ASSIGNMENT']._serialized_start=928
+  _globals['_ASSIGNMENT']._serialized_end=1160
+  _globals['_CANCELORDER']._serialized_start=1162
+  _globals['_CANCELORDER']._serialized_end=1227
+  _globals['_WELCOME']._serialized_start=1229
+  _globals['_WELCOME']._serialized_end=1283
+  _globals['_COORDINATORMESSAGE']._serialized_start=1286
+  _globals['_COORDINATORMESSAGE']._serialized_end=1438
+  _globals['_AGENTSERVICE']._serialized_start=1441
+  _globals['_AGENTSERVICE']._serialized_end=1574
 # @@protoc_insertion_point(module_scope)

@@ -47,10 +47,12 @@ class RunningAction(_message.Message):
     def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Ready(_message.Message):
-    __slots__ = ("credits",)
+    __slots__ = ("credits", "absolute")
     CREDITS_FIELD_NUMBER: _ClassVar[int]
+    ABSOLUTE_FIELD_NUMBER: _ClassVar[int]
     credits: _coordinator_pb2.Slots
-    def __init__(self, credits: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ...) -> None: ...
+    absolute: bool
+    def __init__(self, credits: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ..., absolute: _Optional[bool] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("action_id", "attempt", "bytes_done", "bytes_total")
