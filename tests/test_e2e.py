@@ -29,9 +29,24 @@ def _pids_alive(pids: list[int]) -> list[int]:
     return alive
 
 
-def _agent_pids(work: Path) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"agentd.cli .*{work}"], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
+def _children(pid: int) -> list[int]:
+    """Direct children of *pid*, from /proc (the local system's processes)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 @pytest.fixture
@@ -88,14 +103,17 @@ def test_local_archive_release_restore_remove_and_clean_stop(local) -> None:  # 
     # like the MDT, remove clears EXISTS and ARCHIVED but keeps the archive id
     assert hsmctl(address, "state", str(f)).stdout == f"{f}: (0x00000000), archive_id:1\n"
 
-    agents = _agent_pids(work)
-    assert len(agents) == 2
+    children = _children(proc.pid)
+    agents = [p for p in children if "agentd.cli" in _cmdline(p)]
+    assert len(agents) == 2, [_cmdline(p) for p in children]
+    agents += [p for p in children if "coordinator.cli run" in _cmdline(p)]
+    assert len(agents) == 5, "2 agentd and 3 replicas"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
     deadline = time.monotonic() + 30
     while _pids_alive(agents) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _pids_alive(agents), "agentd processes left behind"
+    assert not _pids_alive(agents), "agentd or replica processes left behind"
     assert hsmctl(address, "status").returncode == 3  # coordinator gone: exit 3
 
 
