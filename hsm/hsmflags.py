@@ -78,6 +78,11 @@ _STATE_WORDS: tuple[tuple[HS, str], ...] = (
 )
 
 
+def state_words(flags: int) -> list[str]:
+    """The words ``lfs hsm_state`` prints for *flags*, in its order."""
+    return [w for bit, w in _STATE_WORDS if flags & bit]
+
+
 def format_hsm_state(path: str, flags: int, archive_id: int) -> str:
     """One line exactly as ``lfs hsm_state PATH`` prints it (without newline).
 
@@ -91,7 +96,7 @@ def format_hsm_state(path: str, flags: int, archive_id: int) -> str:
         raise ValueError(f"HSM flags {flags!r} are not a u32")
     if not 0 <= archive_id <= _U32:
         raise ValueError(f"archive id {archive_id!r} is not a u32")
-    words = "".join(f" {w}" for bit, w in _STATE_WORDS if flags & bit)
+    words = "".join(f" {w}" for w in state_words(flags))
     shown_id = archive_id - (1 << 32) if archive_id >= (1 << 31) else archive_id
     tail = f", archive_id:{shown_id}" if archive_id != 0 else ""
     return f"{path}: (0x{flags:08x}){words}{tail}"

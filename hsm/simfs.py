@@ -80,6 +80,7 @@ from hsm.hsmflags import (
     remove_allowed,
     resolve_archive_id,
     restore_allowed,
+    state_words,
 )
 
 log = logging.getLogger(__name__)
@@ -889,11 +890,7 @@ class ActionStart:
 
 
 def _words(flags: int) -> str:
-    names = [w for bit, w in (
-        (HS.RELEASED, "released"), (HS.EXISTS, "exists"), (HS.DIRTY, "dirty"),
-        (HS.ARCHIVED, "archived"), (HS.NORELEASE, "never_release"),
-        (HS.NOARCHIVE, "never_archive"), (HS.LOST, "lost_from_hsm"),
-    ) if flags & bit]
+    names = state_words(flags)
     return " ".join(names) if names else "not archived"
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from hsm.client import fid_from_proto, kind_name, outcome_name, state_name
-from hsm.hsmflags import HS
+from hsm.hsmflags import state_words
 from hsm.v1 import coordinator_pb2 as cpb
 from hsm.v1 import types_pb2 as tpb
 
@@ -23,16 +23,6 @@ log = logging.getLogger(__name__)
 STATE_ORDER = ("WAITING", "STARTED", "CANCELING", "SUCCEEDED", "FAILED", "CANCELED")
 KIND_ORDER = ("ARCHIVE", "RESTORE", "REMOVE")
 
-# Words of `lfs hsm_state`, in its order (for --json "states").
-_FLAG_WORDS = (
-    (HS.RELEASED, "released"),
-    (HS.EXISTS, "exists"),
-    (HS.DIRTY, "dirty"),
-    (HS.ARCHIVED, "archived"),
-    (HS.NORELEASE, "never_release"),
-    (HS.NOARCHIVE, "never_archive"),
-    (HS.LOST, "lost_from_hsm"),
-)
 
 
 # ---------------------------------------------------------------------------
@@ -40,7 +30,7 @@ _FLAG_WORDS = (
 
 
 def flag_words(flags: int) -> list[str]:
-    return [word for bit, word in _FLAG_WORDS if flags & bit]
+    return state_words(flags)
 
 
 def format_age(seconds: float) -> str:
