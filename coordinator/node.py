@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -493,6 +494,19 @@ class CoordinatorNode:
         if ch is None:
             ch = self._channels[address] = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
         return ch
+
+    async def forward(self, shard: RaftShard, method: str, request: Any, timeout: float) -> Any:
+        """Call a Coordinator RPC on the shard's leader (a request part this
+        replica cannot serve itself); ShardUnavailable when there is none."""
+        leader = self.leader_api(shard)
+        if not leader or leader == self.me.api:
+            raise ShardUnavailable(shard.index, "")
+        stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(leader))
+        try:
+            return await getattr(stub, method)(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise ShardUnavailable(shard.index, "", f"shard {shard.index}: {method} on the leader {leader} failed: "
+                                   f"{exc.details()}") from None
 
     async def forward_report(self, agent_id: str, shard: RaftShard, progress: Sequence[agent_pb2.Progress],
                              done: Sequence[agent_pb2.Done], deadline: float = 60.0) -> None:

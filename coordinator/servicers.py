@@ -94,18 +94,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                         state=int(r.state) if r.state else 0) for r in res.replies]  # type: ignore[attr-defined]
                 except ShardUnavailable:
                     pass
-            leader = node.leader_api(shard)
-            if not leader or leader == node.me.api:
-                raise ShardUnavailable(shard_idx, "")
             part = coordinator_pb2.CancelRequest(
                 action_ids=ids, fids=[f for f in request.fids if node.ring.shard_of(convert.fid_from_pb(f.fid)) == shard_idx],
                 all=request.all, reason=reason, shards=[shard_idx])
-            stub = coordinator_pb2_grpc.CoordinatorStub(node.channel(leader))
-            try:
-                resp = await stub.Cancel(part, timeout=node.config.propose_timeout * 2)
-            except grpc.RpcError as exc:
-                raise ShardUnavailable(shard_idx, "", f"shard {shard_idx}: forwarding to {leader} failed: "
-                                       f"{exc.details()}") from None
+            resp = await node.forward(shard, "Cancel", part, node.config.propose_timeout * 2)
             return list(resp.results)
 
         try:
@@ -161,19 +153,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             """The shard's first actions after the cursor, and whether it has more."""
             shard = node.shards[idx]
             if not shard.is_leader:
-                leader = node.leader_api(shard)
-                if not leader:
-                    raise ShardUnavailable(idx, "")
                 part = coordinator_pb2.ListActionsRequest()
                 part.CopyFrom(request)
                 part.page_size = page
                 del part.shards[:]
                 part.shards.append(idx)
-                stub = coordinator_pb2_grpc.CoordinatorStub(node.channel(leader))
-                try:
-                    resp = await stub.ListActions(part, timeout=node.config.propose_timeout)
-                except grpc.RpcError as exc:
-                    raise ShardUnavailable(idx, "", f"shard {idx}: listing on {leader} failed: {exc.details()}") from None
+                resp = await node.forward(shard, "ListActions", part, node.config.propose_timeout)
                 return list(resp.actions), bool(resp.next_page_token)
             out = []
             with shard.reading() as st:
@@ -282,15 +267,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     pass
                 except (RaftError, ValueError) as exc:
                     raise ShardUnavailable(idx, "", str(exc)) from None
-            leader = node.leader_api(shard)
-            if not leader or leader == node.me.api:
-                raise ShardUnavailable(idx, "")
-            stub = coordinator_pb2_grpc.CoordinatorStub(node.channel(leader))
-            try:
-                await stub.ChangeMembership(coordinator_pb2.ChangeMembershipRequest(
-                    add=request.add, raft=request.raft, shards=[idx]), timeout=node.config.propose_timeout * 2)
-            except grpc.RpcError as exc:
-                raise ShardUnavailable(idx, "", f"shard {idx}: on {leader}: {exc.details()}") from None
+            await node.forward(shard, "ChangeMembership", coordinator_pb2.ChangeMembershipRequest(
+                add=request.add, raft=request.raft, shards=[idx]), node.config.propose_timeout * 2)
 
         done: list[int] = []
         errors: list[str] = []
