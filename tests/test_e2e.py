@@ -62,9 +62,16 @@ def local(tmp_path: Path):  # type: ignore[no-untyped-def]
     assert "coordinators at" in first, first + (proc.stderr.read() if proc.poll() is not None else "")
     address = first.split("coordinators at ", 1)[1].split(" ", 1)[0].rstrip(",")
     yield work, address, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:  # the test failed half-way: stop it all, children included
+        family = _children(proc.pid)
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for pid in _pids_alive(family):
+            os.kill(pid, signal.SIGKILL)
 
 
 def hsmctl(address: str, *args: str) -> subprocess.CompletedProcess[str]:
