@@ -156,7 +156,7 @@ class ShardUnavailable(Exception):
 def shard_digest(state: ShardState) -> str:
     """A digest of everything replicas must agree on (for consistency checks)."""
     h = hashlib.sha256()
-    h.update(f"{state.next_seq}".encode())
+    h.update(f"{state.next_seq},{state.control}".encode())
     for a in sorted(state.actions.values(), key=lambda a: a.id):
         h.update(f"|{a.id},{a.state},{a.agent},{a.attempt},{a.errno},{len(a.requesters)},{a.kind},"
                  f"{a.archive_id}".encode())
@@ -710,6 +710,10 @@ class CoordinatorNode:
                 shard=shard.index, leader=self.leader_id(shard), commit_index=shard.commit_index,
                 applied_index=shard.applied_index, counts=counts, digest=dg, term=shard.term,
                 role="leader" if shard.is_leader else "follower"))
+        modes = set()
+        for shard in self.shards:
+            with shard.reading() as st:
+                modes.add(st.control)
         agents = []
         for s in sorted(self.sessions.values(), key=lambda s: s.agent_id):
             agents.append(coordinator_pb2.AgentInfo(
@@ -720,7 +724,8 @@ class CoordinatorNode:
         return coordinator_pb2.StatusResponse(
             counts=[coordinator_pb2.KindCount(kind=int(k), state=int(st), count=n)  # type: ignore[arg-type]
                     for (k, st), n in sorted(totals.items())],
-            agents=agents, shards=shards, replica=self.me.id, version=hsm.__version__, control="enabled")
+            agents=agents, shards=shards, replica=self.me.id, version=hsm.__version__,
+            control=modes.pop() if len(modes) == 1 else "mixed (" + ",".join(sorted(modes)) + ")")
 
 
 def _abort_code(exc: Exception) -> tuple[grpc.StatusCode, str]:

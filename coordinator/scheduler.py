@@ -24,8 +24,11 @@ def pick(
     credits: Mapping[Kind, int],
 ) -> list[int]:
     """Choose up to ``credits[kind]`` ready actions of each kind for an
-    agent. Does not change *state*: the caller commits an ``Assign``."""
+    agent. Does not change *state*: the caller commits an ``Assign``.
+    Nothing while the shard's control mode is not ``enabled``."""
     picked: list[int] = []
+    if state.control != "enabled":
+        return picked
     for kind in KIND_PRIORITY:
         want = credits.get(kind, 0)
         if want <= 0:

@@ -13,7 +13,7 @@ from coordinator import convert
 from coordinator.cluster import split_addr
 from coordinator.convert import InvalidRequest
 from coordinator.raft import NotLeader, RaftError
-from coordinator.state import MAX_SHARDS, Cancel, State, Submit
+from coordinator.state import CONTROL_MODES, MAX_SHARDS, Cancel, SetControl, State, Submit
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
 
 if TYPE_CHECKING:
@@ -282,6 +282,36 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"membership changed on shards {done or 'none'}; failed: {'; '.join(errors)}")
         return coordinator_pb2.ChangeMembershipResponse(shards=done)
+
+
+    async def Control(self, request: coordinator_pb2.ControlRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ControlResponse:  # noqa: N802
+        node = self.node
+        if request.mode not in CONTROL_MODES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"unknown control mode {request.mode!r} (enabled, disabled, shutdown)")
+        bad = [x for x in request.shards if x >= len(node.shards)]
+        if bad:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no shard {bad[0]}")
+        now = node.clock()
+
+        async def one(idx: int) -> None:
+            shard = node.shards[idx]
+            if shard.is_leader:
+                try:
+                    await node.propose(shard, SetControl(now, request.mode))
+                    return
+                except ShardUnavailable:
+                    pass
+            await node.forward(shard, "Control", coordinator_pb2.ControlRequest(mode=request.mode, shards=[idx]),
+                               node.config.propose_timeout * 2)
+
+        try:
+            await asyncio.gather(*(one(i) for i in sorted(set(request.shards) or range(len(node.shards)))))
+        except ShardUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"control mode not set everywhere, retry: {exc}")
+        log.warning("control mode set to %s", request.mode)
+        node._wake.set()
+        return coordinator_pb2.ControlResponse(mode=request.mode)
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):

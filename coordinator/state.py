@@ -227,7 +227,21 @@ class Reclaim:
     action_ids: tuple[int, ...]
 
 
-Command = Submit | Assign | Progress | Complete | Cancel | AgentLost | Reclaim
+#: hsm_control modes
+CONTROL_MODES = ("enabled", "disabled", "shutdown")
+
+
+@dataclass(frozen=True, slots=True)
+class SetControl:
+    """``enabled``: dispatch; ``disabled``: accept and queue, dispatch
+    nothing; ``shutdown``: running actions finish, new requests are refused,
+    nothing new is dispatched."""
+
+    now: float
+    mode: str
+
+
+Command = Submit | Assign | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl
 
 
 # --------------------------------------------------------------------------
@@ -420,6 +434,7 @@ class ShardState:
         #: (kind, state) -> number of kept actions
         self.counts: dict[tuple[Kind, State], int] = {}
         self.fsnames: dict[str, int] = {}  # fsname -> number of FIDs with live actions
+        self.control = "enabled"  # hsm_control mode, see SetControl
         self.applied = 0  # commands applied
 
     # ---------------------------------------------------------------- apply
@@ -443,6 +458,11 @@ class ShardState:
             return self._agent_lost(cmd)
         if isinstance(cmd, Reclaim):
             return self._reclaim(cmd)
+        if isinstance(cmd, SetControl):
+            if cmd.mode not in CONTROL_MODES:
+                raise ValueError(f"unknown control mode {cmd.mode!r}")
+            self.control = cmd.mode
+            return Result()
         raise TypeError(f"unknown command {type(cmd).__name__}")
 
     def _submit(self, cmd: Submit) -> Result:
@@ -455,6 +475,9 @@ class ShardState:
         if item.key and item.key in self.keys:
             action_id, outcome = self.keys[item.key]
             return SubmitReply(outcome, action_id)
+        if self.control == "shutdown":
+            return SubmitReply(Outcome.REJECTED, errno=E.ESHUTDOWN,
+                               reason="the coordinator is shut down (hsmctl control enabled resumes it)")
         if item.hsm_flags is not None:
             rc = check_request(item.kind, item.hsm_flags, item.hsm_archive_id, item.archive_id)
             if rc is not None and not (rc == 0 and item.flags & HSM_FORCE_ACTION):
@@ -507,6 +530,8 @@ class ShardState:
 
     def _assign(self, cmd: Assign) -> Result:
         res = Result()
+        if self.control != "enabled":
+            return res  # disabled or shut down since the scheduler looked
         for action_id in cmd.action_ids:
             action = self.actions.get(action_id)
             if action is None or action.state != State.WAITING:

@@ -1153,6 +1153,12 @@ class CoordinatorClient:
     def status(self) -> cpb.StatusResponse:
         return self._call("Status", cpb.StatusRequest(), "status")
 
+    def control(self, mode: str) -> str:
+        """Set the cluster's hsm_control mode: enabled, disabled or shutdown."""
+        if mode not in ("enabled", "disabled", "shutdown"):
+            raise InvalidArgument(f"control mode must be enabled, disabled or shutdown, not {mode!r}")
+        return str(self._call("Control", cpb.ControlRequest(mode=mode), f"control {mode}").mode)
+
     def cluster_info(self) -> cpb.ClusterInfoResponse:
         info = self._call("ClusterInfo", cpb.ClusterInfoRequest(), "cluster info")
         with self._lock:

@@ -887,6 +887,16 @@ def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
 # status, agents, actions
 
 
+def cmd_control(args: argparse.Namespace, ctx: Context) -> int:
+    """Like hsm_control: show the mode, or set it on every shard."""
+    with _client(args) as client:
+        if args.mode is None:
+            ctx.out.write(f"{client.status().control}\n")
+        else:
+            ctx.out.write(f"{client.control(args.mode)}\n")
+    return ctx.status
+
+
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     from hsm.client import CoordinatorError
     from hsmctl.output import make_console, render_status, status_to_dict, write_json
@@ -1057,6 +1067,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--noarchive", action="store_true", help="never archive the file")
         p.add_argument("--dirty", action="store_true", help="the file differs from its copy")
         p.add_argument("paths", nargs="+", metavar="PATH")
+
+    p = add("control", "show or set the hsm_control mode (enabled, disabled, shutdown)", cmd_control)
+    p.add_argument("mode", nargs="?", choices=("enabled", "disabled", "shutdown"),
+                   help="enabled: dispatch; disabled: accept and queue, dispatch nothing; shutdown: running "
+                        "actions finish, new requests are refused (omit to print the mode)")
 
     p = add("status", "queue counts, agents, shards and leaders, control mode", cmd_status)
     p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")

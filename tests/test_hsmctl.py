@@ -503,3 +503,14 @@ def test_action_shows_running_and_cancel_ends_the_wait(tree: SimFS, addr: str, t
     assert waiter.returncode == 1
     assert re.search(r"fs/d/new: ARCHIVE action \d+ was canceled", err), err
     assert not tree.hsm_state("fs/d/new").flags & HS.ARCHIVED
+
+
+def test_control_command(addr: str) -> None:
+    assert run("--coordinators", addr, "control").stdout == "enabled\n"
+    r = run("--coordinators", addr, "control", "disabled")
+    assert r.returncode == 0 and r.stdout == "disabled\n", r.stderr
+    r = run("--coordinators", addr, "status")
+    assert "control disabled" in r.stdout
+    r = run("--coordinators", addr, "control", "paused")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+    assert run("--coordinators", addr, "control", "enabled").stdout == "enabled\n"

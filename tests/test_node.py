@@ -333,3 +333,24 @@ def test_garbage_on_the_socket_changes_nothing(coordinator: Any, stub: Any) -> N
             pass
     assert status_counts(stub) == {}
     assert stub.Submit(C.SubmitRequest(items=[item(1)])).results[0].outcome == C.CREATED
+
+
+def test_control_disabled_queues_and_shutdown_refuses(coordinator: Any, stub: Any, agents: Any) -> None:
+    assert stub.Status(C.StatusRequest()).control == "enabled"
+    stub.Control(C.ControlRequest(mode="disabled"))
+    [res] = stub.Submit(C.SubmitRequest(items=[item(1)])).results
+    assert res.outcome == C.CREATED
+    a = agents("m1")
+    a.ready(archive=1)
+    with pytest.raises(AssertionError):
+        a.expect("assign", 1, timeout=0.5)
+    assert stub.Status(C.StatusRequest()).control == "disabled"
+    stub.Control(C.ControlRequest(mode="enabled"))
+    [asg] = a.expect("assign")
+    assert asg.action_id == res.action_id
+    stub.Control(C.ControlRequest(mode="shutdown"))
+    [r] = stub.Submit(C.SubmitRequest(items=[item(2)])).results
+    assert r.outcome == C.REJECTED and r.errno == E.ESHUTDOWN and "shut down" in r.reason
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Control(C.ControlRequest(mode="paused"))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -29,6 +29,7 @@ from coordinator.state import (
     Reclaim,
     Requester,
     SendCancel,
+    SetControl,
     ShardConfig,
     ShardState,
     State,
@@ -444,3 +445,29 @@ def test_success_racing_a_reclaim_stays_a_success_and_user_cancel_wins() -> None
     h.done(got[1][0], 1, errno=E.ECANCELED)
     assert h.st(got[1][0]) is State.CANCELED
     assert {x.action_id for x in r} == {i for i, _ in got}
+
+
+def test_control_modes() -> None:
+    h = Harness()
+    [w] = h.submit(item(1))
+    h.step(SetControl(h.now, "disabled"))
+    assert h.schedule("a", archive=5) == [], "disabled: nothing is dispatched"
+    [q] = h.submit(item(2))
+    assert q.outcome is Outcome.CREATED, "disabled: requests are still accepted and queued"
+    h.step(SetControl(h.now, "enabled"))
+    got = h.schedule("a", archive=5)
+    assert [i for i, _ in got] == [w.action_id, q.action_id]
+    h.step(SetControl(h.now, "shutdown"))
+    [r] = h.submit(item(3))
+    assert r.outcome is Outcome.REJECTED and r.errno == E.ESHUTDOWN
+    h.done(got[0][0], 1)  # running actions still finish
+    assert h.st(got[0][0]) is State.SUCCEEDED
+    # an Assign the leader picked before the mode changed is refused at apply
+    h.step(SetControl(h.now, "enabled"))
+    [x] = h.submit(item(4))
+    ids = scheduler.pick(h.state, (), {Kind.ARCHIVE: 1})
+    h.step(SetControl(h.now, "disabled"))
+    h.step(Assign(h.now, "a", tuple(ids)))
+    assert h.st(x.action_id) is State.WAITING
+    with pytest.raises(ValueError):
+        h.state.apply(SetControl(h.now, "paused"))

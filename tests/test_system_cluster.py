@@ -230,3 +230,20 @@ def test_replace_a_dead_replica(cluster: ProcCluster) -> None:
         assert {client.get_action(i).state for i in first + more} == {T.WAITING}
     cluster.check_converged(timeout=60)
     assert {a.id for a in cluster.live()} == {"r1", "r2", "r4"}
+
+
+def test_control_mode_reaches_every_shard_on_every_replica(cluster: ProcCluster) -> None:
+    cluster.start_all()
+    import grpc
+
+    from hsm.v1 import coordinator_pb2 as C
+    from hsm.v1 import coordinator_pb2_grpc
+
+    with grpc.insecure_channel(cluster.specs[1].api) as ch:  # any replica: shards led elsewhere are forwarded
+        coordinator_pb2_grpc.CoordinatorStub(ch).Control(C.ControlRequest(mode="disabled"), timeout=30)
+    until(lambda: all(cluster.status(s.id).control == "disabled" for s in cluster.live()), 10,
+          "every replica to apply the mode on every shard")
+    with CoordinatorClient(cluster.addresses) as client:
+        assert client.control("enabled") == "enabled"
+    until(lambda: all(cluster.status(s.id).control == "enabled" for s in cluster.live()), 10, "enabled again")
+    cluster.check_converged()

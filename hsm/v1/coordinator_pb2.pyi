@@ -34,6 +34,20 @@ CANCEL_SENT: CancelOutcome
 ALREADY_ENDED: CancelOutcome
 NOT_FOUND: CancelOutcome
 
+class ControlRequest(_message.Message):
+    __slots__ = ("mode", "shards")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, mode: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ControlResponse(_message.Message):
+    __slots__ = ("mode",)
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    def __init__(self, mode: _Optional[str] = ...) -> None: ...
+
 class ChangeMembershipRequest(_message.Message):
     __slots__ = ("add", "raft", "shards")
     ADD_FIELD_NUMBER: _ClassVar[int]

@@ -75,6 +75,11 @@ class CoordinatorStub:
                 request_serializer=hsm_dot_v1_dot_coordinator__pb2.ChangeMembershipRequest.SerializeToString,
                 response_deserializer=hsm_dot_v1_dot_coordinator__pb2.ChangeMembershipResponse.FromString,
                 _registered_method=True)
+        self.Control = channel.unary_unary(
+                '/hsm.v1.Coordinator/Control',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.ControlRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.ControlResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -138,6 +143,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Control(self, request, context):
+        """Like hsm_control: "enabled" (dispatch), "disabled" (accept and queue,
+        dispatch nothing), "shutdown" (running actions finish; new requests are
+        refused and nothing new is dispatched). Replicated on every shard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +194,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ChangeMembership,
                     request_deserializer=hsm_dot_v1_dot_coordinator__pb2.ChangeMembershipRequest.FromString,
                     response_serializer=hsm_dot_v1_dot_coordinator__pb2.ChangeMembershipResponse.SerializeToString,
+            ),
+            'Control': grpc.unary_unary_rpc_method_handler(
+                    servicer.Control,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.ControlRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.ControlResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +417,33 @@ class Coordinator:
             '/hsm.v1.Coordinator/ChangeMembership',
             hsm_dot_v1_dot_coordinator__pb2.ChangeMembershipRequest.SerializeToString,
             hsm_dot_v1_dot_coordinator__pb2.ChangeMembershipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Control(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/Control',
+            hsm_dot_v1_dot_coordinator__pb2.ControlRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.ControlResponse.FromString,
             options,
             channel_credentials,
             insecure,
