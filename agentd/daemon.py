@@ -54,6 +54,7 @@ still queued, half-close the streams, and return.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno as _errno
 import functools
 import logging
@@ -66,7 +67,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -103,6 +104,8 @@ BATCH_WINDOW = 0.002
 #: seconds a stream may hold its only unused credit of a kind while another live
 #: stream holds none, before the credit moves there (see Agent.level)
 ROTATE_AFTER = 5.0
+#: how many finished runs and refused actions agentd remembers (for late cancels/assignments)
+REMEMBERED = 10_000
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -617,6 +620,11 @@ class Agent:
         self._running_count = dict.fromkeys(KINDS, 0)
         # newer attempts waiting for their older attempt to stop: action id -> (session, job)
         self._deferred: dict[int, tuple[_Session, Job]] = {}
+        #: (action id, attempt) of runs that ended here lately, and of actions
+        #: the coordinator canceled before their assignment arrived (a late
+        #: assignment for those is refused: the action may run elsewhere now)
+        self._finished: collections.OrderedDict[tuple[int, int], Any] = collections.OrderedDict()
+        self._tombstones: collections.OrderedDict[tuple[int, int], Any] = collections.OrderedDict()
         self._peak = dict.fromkeys(KINDS, 0)
         self._sessions: list[_Session] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -869,7 +877,7 @@ class Agent:
                     )
                 )
         for c in msg.cancel:
-            self._on_cancel(c)
+            self._on_cancel(session, c)
         if msg.request_running:
             session.report_running = msg.request_running
             session.wake()
@@ -884,6 +892,12 @@ class Agent:
         kind = int(a.kind)
         if kind not in KINDS:
             self._refuse(session, a, _errno.EINVAL, f"unknown action kind {kind}", False)
+            return
+        if (a.action_id, a.attempt) in self._tombstones:
+            if session.granted[kind] > 0:
+                session.granted[kind] -= 1
+            self._refuse(session, a, _errno.ECANCELED, "canceled before its assignment arrived", False)
+            self.rebalance()
             return
         session.last_assign = time.monotonic()
         if session.granted[kind] > 0:
@@ -1072,16 +1086,16 @@ class Agent:
                 run.action_id, run.attempt, kind_name(run.kind), job.fid, err, message,
                 ", retry" if retry else "", bytes_done, secs,
             )
-        run.session.queue_done(
-            agent_pb2.Done(
-                action_id=run.action_id,
-                attempt=run.attempt,
-                errno=err,
-                message=message,
-                retry=retry,
-                bytes_done=max(bytes_done, 0),
-            )
+        done = agent_pb2.Done(
+            action_id=run.action_id,
+            attempt=run.attempt,
+            errno=err,
+            message=message,
+            retry=retry,
+            bytes_done=max(bytes_done, 0),
         )
+        self._remember(self._finished, (run.action_id, run.attempt), done)
+        run.session.queue_done(done)
         if deferred is not None:
             dsession, djob = deferred
             if self._stopping:
@@ -1096,7 +1110,14 @@ class Agent:
                 self._start(dsession, djob)
         self.rebalance()
 
-    def _on_cancel(self, c: agent_pb2.CancelOrder) -> None:
+    @staticmethod
+    def _remember(book: collections.OrderedDict[tuple[int, int], Any], key: tuple[int, int],
+                  value: Any = None) -> None:
+        book[key] = value
+        while len(book) > REMEMBERED:
+            book.popitem(last=False)
+
+    def _on_cancel(self, session: _Session, c: agent_pb2.CancelOrder) -> None:
         deferred = self._deferred.get(c.action_id)
         if deferred is not None and (not c.attempt or c.attempt == deferred[1].attempt):
             dsession, djob = self._deferred.pop(c.action_id)
@@ -1110,7 +1131,21 @@ class Agent:
             return
         run = self._running.get(c.action_id)
         if run is None:
-            log.info("action %d/%d: cancel for an action not running here; ignored", c.action_id, c.attempt)
+            key = (c.action_id, c.attempt)
+            if key in self._finished:
+                # it ended here: the cancel means the coordinator never got our
+                # completion (its replica died with it); say it again, the truth wins
+                log.info("action %d/%d: cancel after it ended here; its completion is sent again", *key)
+                self.live_session(prefer=session).queue_done(self._finished[key])
+                return
+            # Never got it (or not yet: an assignment may still be on its way
+            # over another replica's stream). Say so, and refuse it if it comes.
+            self._remember(self._tombstones, key)
+            log.info("action %d/%d: cancel for an action not running here: confirmed, and refused "
+                     "should its assignment still arrive", *key)
+            self.live_session(prefer=session).queue_done(agent_pb2.Done(
+                action_id=c.action_id, attempt=c.attempt, errno=_errno.ECANCELED,
+                message=f"not running on agent {self.config.agent_id}"))
             return
         if c.attempt and c.attempt != run.attempt:
             log.info(

@@ -630,9 +630,13 @@ class CoordinatorNode:
                 session.send(agent_pb2.CoordinatorMessage(cancel=[
                     agent_pb2.CancelOrder(action_id=action_id, attempt=attempt, reason="not assigned to this agent")]))
             if lost:
+                # not requeued outright: an assignment from a previous leader
+                # may still be on its way to the agent. The agent is told to
+                # stop each; it confirms (or refuses the late assignment), and
+                # only then does the action go back to the queue.
                 try:
-                    await self.propose(shard, AgentLost(self.clock(), session.agent_id,
-                                                        "agent no longer runs it", tuple(lost)))
+                    await self.propose(shard, Reclaim(self.clock(), tuple(lost), force=True,
+                                                      reason=f"agent {session.agent_id} does not run it"))
                 except ShardUnavailable as exc:
                     log.warning("shard %d: could not requeue %d action(s) of %s: %s", shard.index, len(lost),
                                 session.agent_id, exc)

@@ -225,6 +225,9 @@ class Reclaim:
 
     now: float
     action_ids: tuple[int, ...]
+    #: reclaim even with recent progress: the agent said it does not run it
+    force: bool = False
+    reason: str = ""
 
 
 #: hsm_control modes
@@ -672,13 +675,13 @@ class ShardState:
         timeout = self.config.progress_timeout
         for action_id in cmd.action_ids:
             action = self.actions.get(action_id)
-            if action is None or action.state != State.STARTED or not timeout:
+            if action is None or action.state != State.STARTED:
                 continue
-            if cmd.now - action.last_progress < timeout:
+            if not cmd.force and (not timeout or cmd.now - action.last_progress < timeout):
                 continue  # progress arrived since the leader looked
             self._transition(action, Ev.RECLAIM)
             action.reclaiming = True
-            action.error = f"no progress for {cmd.now - action.last_progress:.0f} s: reclaimed"
+            action.error = cmd.reason or f"no progress for {cmd.now - action.last_progress:.0f} s: reclaimed"
             if self.active.get(action.dedup_key) == action_id:
                 del self.active[action.dedup_key]
             res.effects.append(SendCancel(action.agent, action_id, action.attempt))

@@ -470,17 +470,27 @@ def dones(session: Any) -> list[tuple[int, int, int]]:
 SLOW = {"bandwidth_limit": 256 * KiB, "chunk_size": 16 * KiB}
 
 
-def test_duplicate_assignment_and_unknown_cancel_are_ignored(tree: Tree) -> None:
+def test_duplicate_assignment_ignored_unknown_cancel_confirmed_and_late_assignment_refused(tree: Tree) -> None:
     _, fid, data = tree.add("f", 64 * KiB)  # ~0.25 s
+    _, other, _ = tree.add("g", 64 * KiB)
 
     async def body(agent: Agent, session: Any) -> None:
         agent.on_message(session, assignment(7, 1, fid))
         agent.on_message(session, assignment(7, 1, fid))  # the same again
-        agent.on_message(session, cancel(99, 1))  # nothing of that id here
+        agent.on_message(session, cancel(99, 1))  # nothing of that id here: confirmed at once
         agent.on_message(session, cancel(7, 5))  # another attempt than the one running
         assert agent.running_actions() == [(7, 1)]
-        await until(lambda: dones(session), what="the archive to end")
-        assert dones(session) == [(7, 1, 0)]
+        await until(lambda: len(dones(session)) == 2, what="the archive to end")
+        assert sorted(dones(session)) == [(7, 1, 0), (99, 1, errno.ECANCELED)]
+        # the assignment of 99/1 arrives late (over another replica's stream):
+        # refused, never run, since the coordinator may have requeued it
+        agent.on_message(session, assignment(99, 1, other))
+        assert agent.running_actions() == []
+        await until(lambda: len(dones(session)) == 3, what="the refusal")
+        assert dones(session)[-1] == (99, 1, errno.ECANCELED)
+        agent.on_message(session, cancel(7, 1))  # after it ended here: the same completion again
+        await until(lambda: len(dones(session)) == 4, what="the completion sent again")
+        assert dones(session)[-1] == (7, 1, 0)
         assert agent.peak_running()["ARCHIVE"] == 1
 
     drive(tree, body, mover=SLOW)

@@ -278,12 +278,19 @@ def test_reconnect_reconcile_keeps_running_and_stops_unknown(coordinator: Any, s
         agent_pb2.RunningAction(action_id=999000, attempt=1),
     ]
     b = FakeAgentStream(coordinator.address, "mover", running=running)
-    [order] = b.expect("cancel")
-    assert order.action_id == 999000
+    orders = {o.action_id: o for o in b.expect("cancel", 2)}
+    assert set(orders) == {999000, got[1].action_id}, "the stranger is stopped, the lost one confirmed"
     kept = stub.GetAction(C.GetActionRequest(action_id=got[0].action_id))
     lost = stub.GetAction(C.GetActionRequest(action_id=got[1].action_id))
     assert kept.state == T.STARTED and kept.agent == "mover"
-    assert lost.state == T.WAITING and lost.attempt == 1
+    # not requeued until the agent confirms it does not run it (an assignment
+    # from another replica could still be on its way)
+    assert lost.state == T.CANCELING and "does not run it" in lost.error
+    b.send(done=[agent_pb2.Done(action_id=got[1].action_id, attempt=1, errno=E.ECANCELED)])
+    deadline = time.monotonic() + 5
+    while stub.GetAction(C.GetActionRequest(action_id=got[1].action_id)).state != T.WAITING:
+        assert time.monotonic() < deadline, "the lost action was not requeued after the agent confirmed"
+        time.sleep(0.02)
     b.close()
 
 
