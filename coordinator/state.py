@@ -595,7 +595,7 @@ class ShardState:
                 action.bytes_total = action.bytes_total or action.bytes_done
                 self._end(action, Ev.SUCCEED, cmd.now, 0, done.message)
             elif action.state == State.CANCELING and action.reclaiming:
-                self._reclaimed(action, cmd.now, res.effects)
+                self._reclaimed(action, cmd.now)
             elif action.state == State.CANCELING:
                 if done.errno == E.ECANCELED or done.retry:
                     self._end(action, Ev.AGENT_CANCELED, cmd.now, E.ECANCELED, action.error)
@@ -603,7 +603,7 @@ class ShardState:
                     self._end(action, Ev.FAIL, cmd.now, done.errno, done.message)
             elif done.errno == E.ECANCELED or done.retry:
                 # the agent gave it back (shutting down, transient error)
-                self._requeue(action, cmd.now, done.errno, done.message, res.effects)
+                self._requeue(action, cmd.now, done.errno, done.message)
             else:
                 self._end(action, Ev.FAIL, cmd.now, done.errno, done.message)
             res.effects.append(Changed(action.id))
@@ -662,11 +662,11 @@ class ShardState:
         for action_id in targets:
             action = self.actions[action_id]
             if action.state == State.CANCELING and action.reclaiming:
-                self._reclaimed(action, cmd.now, res.effects)
+                self._reclaimed(action, cmd.now)
             elif action.state == State.CANCELING:
                 self._end(action, Ev.REQUEUE, cmd.now, E.ECANCELED, action.error)
             else:
-                self._requeue(action, cmd.now, E.ETIMEDOUT, cmd.reason, res.effects)
+                self._requeue(action, cmd.now, E.ETIMEDOUT, cmd.reason)
             res.effects.append(Changed(action_id))
         return res
 
@@ -689,20 +689,11 @@ class ShardState:
             res.replies.append(action_id)
         return res
 
-    def _reclaimed(self, action: Action, now: float, effects: list[Effect]) -> None:
+    def _reclaimed(self, action: Action, now: float) -> None:
         """A reclaimed action stopped on its agent: queue it again, or fail
         it when it used all its attempts."""
         action.reclaiming = False
-        if action.attempt >= self.config.max_attempts:
-            self._end(action, Ev.FAIL, now, E.ETIMEDOUT, action.error)
-            return
-        self._transition(action, Ev.RECLAIMED)
-        self._release_agent(action)
-        action.errno = E.ETIMEDOUT
-        action.bytes_done = 0
-        if self.active.get(action.dedup_key) is None:
-            self.active[action.dedup_key] = action.id
-        self._make_ready(action, front=True)
+        self._requeue(action, now, E.ETIMEDOUT, action.error, Ev.RECLAIMED)
 
     def stale(self, now: float) -> list[int]:
         """Running actions without progress for ``progress_timeout`` (for the
@@ -744,13 +735,13 @@ class ShardState:
             if not held:
                 del self.by_agent[action.agent]
 
-    def _requeue(self, action: Action, now: float, errno: int, message: str, effects: list[Effect]) -> None:
-        """A STARTED action goes back to WAITING at the head of its class,
+    def _requeue(self, action: Action, now: float, errno: int, message: str, event: Ev = Ev.REQUEUE) -> None:
+        """A running action goes back to WAITING at the head of its class,
         or FAILS when it has used all its attempts."""
         if action.attempt >= self.config.max_attempts:
             self._end(action, Ev.FAIL, now, errno or E.EIO, message or "too many attempts")
             return
-        self._transition(action, Ev.REQUEUE)
+        self._transition(action, event)
         self._release_agent(action)
         action.errno = errno
         action.error = message
