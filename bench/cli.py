@@ -1,0 +1,216 @@
+"""``python -m bench``: run the benchmarks of issue 6."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.machine import machine
+from bench.workloads import FULL, QUICK, Settings
+
+DESCRIPTION = """\
+Benchmarks of hsm-coordinator on a real local cluster: replica processes
+(hsm-coordinator run), agentd processes with the null mover (every action
+completes at once) and client processes driving the public client library.
+Each workload starts its own cluster and stops every process it started.
+Results: bench/results/runs/<time>-<workload>.json, merged into
+bench/results/latest.json, and the table bench/results/latest.md.
+"""
+
+EPILOG = """\
+workloads:
+  all            every workload below, in order (make bench: --quick; make bench-full: --full)
+  archive-flood  N unique archives from several clients through to done: actions/s end to end,
+                 submit-to-start / submit-to-done p50 and p99, peak RSS per replica
+  restore-storm  F released FIDs, each requested by 4 initiators at once: actions dispatched
+                 (must equal F), requests/s accepted, time to drain
+  queue-depth    dispatch rate with a small (1k) and a large queue (agents held with control
+                 disabled while the queue fills), and RSS per waiting action per replica
+  replication    the archive flood on 1 replica and on 3: the ratio of their rates
+  mixed          archives, restores, removes and cancels, one replica killed half-way: throughput
+                 before/after, actions lost (must be 0), actions run twice (must be 0)
+  profile        the archive flood under py-spy (replicas, an agentd, a client); see bench/profile.py
+  report         re-render latest.md from latest.json
+
+sizes (quick / full):
+  --actions 20,000 / 1,000,000   --fids 10,000 / 100,000   --small 1,000 / 1,000
+  --large 50,000 / 1,000,000     --replication-actions 10,000 / 1,000,000 (full: reuses the flood)
+  --mixed-rounds 10 / 40 with --mixed-batch 500 / 1,000 archives per round per client
+
+examples:
+  python -m bench all --quick
+  python -m bench archive-flood --actions 20000
+  python -m bench restore-storm --fids 5000 --keep
+  python -m bench profile --actions 30000
+"""
+
+SIZE_FLAGS = {
+    "actions": "flood_actions", "fids": "restore_fids", "initiators": "restore_initiators",
+    "restore_batch": "restore_batch", "small": "queue_small", "large": "queue_large", "rounds": "queue_rounds",
+    "replication_actions": "replication_actions", "mixed_rounds": "mixed_rounds", "mixed_batch": "mixed_batch",
+    "cancel_every": "mixed_cancel_every",
+}
+OTHER_FLAGS = ("replicas", "shards", "agents", "slots", "clients", "batch", "inflight", "samples", "log_level")
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("mode and cluster")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                      help="small sizes, a few minutes in all (default)")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full", help="the sizes of issue 6")
+    g.add_argument("--replicas", type=int, help="coordinator replicas (default 3)")
+    g.add_argument("--shards", type=int, help="shards (default 8)")
+    g.add_argument("--agents", type=int, help="agentd processes (default 2)")
+    g.add_argument("--slots", help="agentd --slots (default archive=256,restore=256,remove=64)")
+    g.add_argument("--no-fsync", dest="fsync", action="store_false", default=None,
+                   help="Raft journal without fdatasync (not a production setting)")
+    g.add_argument("--no-encrypt", dest="encrypt", action="store_false", default=None,
+                   help="Raft traffic authenticated, not encrypted")
+    g.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="replicas' log level (default warning: per-action INFO lines cost CPU)")
+    c = p.add_argument_group("clients")
+    c.add_argument("--clients", type=int, help="client processes (default 4)")
+    c.add_argument("--batch", type=int, help="items per Submit (default 1000)")
+    c.add_argument("--inflight", type=int, help="batches in flight per client, one thread each (default 2)")
+    c.add_argument("--samples", type=int, help="actions sampled for latencies (default 2000)")
+    s = p.add_argument_group("sizes (defaults depend on --quick / --full)")
+    s.add_argument("--actions", type=int, help="archive flood: archives")
+    s.add_argument("--fids", type=int, help="restore storm: released FIDs")
+    s.add_argument("--initiators", type=int, help="restore storm: initiators per FID (default 4)")
+    s.add_argument("--restore-batch", type=int, help="restore storm: items per Submit (default 2000)")
+    s.add_argument("--small", type=int, help="queue depth: the small queue")
+    s.add_argument("--large", type=int, help="queue depth: the large queue")
+    s.add_argument("--rounds", type=int, help="queue depth: rounds of the small queue (median; default 3)")
+    s.add_argument("--replication-actions", type=int, help="replication: archives per flood")
+    s.add_argument("--mixed-rounds", type=int, help="mixed: rounds per client")
+    s.add_argument("--mixed-batch", type=int, help="mixed: archives per round per client")
+    s.add_argument("--cancel-every", type=int, help="mixed: cancel 1 archive in N (default 10)")
+    o = p.add_argument_group("output")
+    o.add_argument("--workdir", type=Path, help="where cluster directories go (default: the system temp dir)")
+    o.add_argument("--keep", action="store_true", help="keep each cluster's directory (logs, Raft data)")
+    o.add_argument("--results", type=Path, default=report.RESULTS, help="results directory (default bench/results)")
+    o.add_argument("--no-save", action="store_true", help="print the figures, write no result files")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    p = argparse.ArgumentParser(prog="python -m bench", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="workload", required=True, metavar="WORKLOAD")
+    for name, text in (("all", "every workload"), ("archive-flood", "archive flood"),
+                       ("restore-storm", "restore storm"), ("queue-depth", "queue depth and memory"),
+                       ("replication", "1 replica versus 3"), ("mixed", "mixed workload, one replica killed")):
+        sub.add_parser(name, parents=[common], help=text, description=text)
+    prof = sub.add_parser("profile", parents=[common], help="archive flood under py-spy",
+                          description="Run the archive flood with py-spy recording replicas, an agentd and a "
+                                      "client; raw profiles and a summary under RESULTS/profiles/.")
+    prof.add_argument("--rate", type=int, default=100, help="py-spy samples per second (default 100)")
+    prof.add_argument("--tag", default="", help="name of this profile run (default: the cluster shape)")
+    sub.add_parser("report", parents=[common], help="re-render latest.md from latest.json")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    mode = args.mode or "quick"
+    s = Settings(mode=mode, **(FULL if mode == "full" else QUICK))
+    for flag, attr in SIZE_FLAGS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            setattr(s, attr, v)
+    for attr in OTHER_FLAGS:
+        v = getattr(args, attr, None)
+        if v is not None:
+            setattr(s, attr, v)
+    for attr in ("fsync", "encrypt"):
+        v = getattr(args, attr, None)
+        if v is not None:
+            setattr(s, attr, v)
+    s.workdir = args.workdir
+    s.keep = args.keep
+    return s
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench import workloads as w
+
+    s = settings_from(args)
+    s.say = _say
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items() if k != "say"}
+    mach = machine()
+    done: dict[str, dict[str, Any]] = {}
+    failed: list[str] = []
+    t0 = time.monotonic()
+    order = ["archive-flood", "restore-storm", "queue-depth", "replication", "mixed"]
+    todo = order if args.workload == "all" else [args.workload]
+    _say(f"== hsm-coordinator bench ({s.mode}): {', '.join(todo)}; {mach['cores']} cores, Python {mach['python']}")
+
+    def keep(name: str, data: dict[str, Any]) -> None:
+        done[name] = data
+        if not args.no_save:  # save after every workload: a later failure keeps the earlier figures
+            report.save({name: data}, mach, settings, args.results)
+
+    for name in todo:
+        _say(f"== {name}")
+        try:
+            if name == "archive-flood":
+                keep("archive_flood", w.archive_flood(s))
+            elif name == "restore-storm":
+                keep("restore_storm", w.restore_storm(s))
+            elif name == "queue-depth":
+                qd, mem = w.queue_depth(s)
+                keep("queue_depth", qd)
+                keep("memory", mem)
+            elif name == "replication":
+                flood = done.get("archive_flood")
+                reuse = flood if flood and flood.get("replicas") == 3 and s.replication_actions == flood["actions"] else None
+                keep("replication", w.replication(s, reuse))
+            elif name == "mixed":
+                keep("mixed", w.mixed(s))
+        except KeyboardInterrupt:
+            _say("!! interrupted")
+            return 130
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next workload
+            failed.append(name)
+            _say(f"!! {name} failed: {exc}")
+            traceback.print_exc()
+    _say(f"== done in {time.monotonic() - t0:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    if not args.no_save and done:
+        _say(f"   results: {args.results / 'latest.json'}, table: {args.results / 'latest.md'}")
+        _say((args.results / "latest.md").read_text())
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workload == "report":
+        import json
+
+        latest = json.loads((args.results / "latest.json").read_text())
+        (args.results / "latest.md").write_text(report.markdown(latest))
+        print((args.results / "latest.md").read_text())
+        return 0
+    if args.workload == "profile":
+        from bench.profile import profile
+
+        return profile(args, settings_from(args), _say)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""A real local cluster for the benchmarks: replica processes started with
+``hsm-coordinator run`` from a config written by ``coordinator.config.
+init_cluster`` (as ``hsm-coordinator local`` does), and agentd processes
+with the ``null`` mover (through ``bench.agent_shim``, which records every
+mover run).
+
+Every child runs in its own session (process group); :meth:`BenchCluster.
+stop` ends each group, with SIGKILL after a grace period, and runs from
+``with BenchCluster(...)`` and from an ``atexit`` hook, so no process is
+left behind even when a workload fails half-way.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from coordinator import config as cfgmod
+from coordinator.cluster import ReplicaSpec, free_ports
+from hsm.client import state_name
+from hsm.simfs import SimFS
+from hsm.v1 import coordinator_pb2 as C
+from hsm.v1 import coordinator_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, GRPC_ENABLE_FORK_SUPPORT="false", PYTHONPATH=str(REPO))
+FSNAME = "simfs"
+
+_LIVE: weakref.WeakSet[BenchCluster] = weakref.WeakSet()
+
+
+def _stop_all() -> None:
+    for c in list(_LIVE):
+        with contextlib.suppress(Exception):
+            c.stop(grace=2.0)
+
+
+atexit.register(_stop_all)
+
+
+def until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll *cond* until it returns something true; TimeoutError after *timeout* s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (bytes) of a live process, from /proc/<pid>/status."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+@dataclass
+class ClusterOptions:
+    replicas: int = 3
+    shards: int = 8
+    agents: int = 2
+    slots: str = "archive=256,restore=256,remove=64"
+    log_level: str = "warning"
+    agent_log_level: str = "WARNING"
+    #: ended actions kept per shard (the config key max_terminal)
+    max_terminal: int = 100_000
+    fsync: bool = True
+    encrypt: bool = True
+    agent_grace: float = 30.0
+    raft: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"replicas": self.replicas, "shards": self.shards, "agents": self.agents, "slots": self.slots,
+                "mover": "null", "log_level": self.log_level, "max_terminal": self.max_terminal,
+                "fsync": self.fsync, "encrypt": self.encrypt, "raft": dict(self.raft)}
+
+
+class BenchCluster:
+    def __init__(self, workdir: Path, options: ClusterOptions) -> None:
+        self.dir = workdir
+        self.opt = options
+        self.logs = workdir / "logs"
+        self.fs_root = workdir / "fs"
+        self.runs_dir = workdir / "runs"
+        self.specs: list[ReplicaSpec] = []
+        self.config_path = workdir / "etc" / "coordinator.yaml"
+        self.replicas: dict[str, subprocess.Popen[bytes]] = {}
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.dead: set[str] = set()
+        _LIVE.add(self)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> BenchCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop(grace=2.0)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(s.api for s in self.specs)
+
+    def spec(self, rid: str) -> ReplicaSpec:
+        return next(s for s in self.specs if s.id == rid)
+
+    def _write_config(self) -> None:
+        n, s = self.opt.replicas, self.opt.shards
+        api0 = free_ports(n)
+        raft0 = free_ports(n * s)
+        while raft0 < api0 + n and raft0 + n * s > api0:  # overlapping ranges
+            raft0 = free_ports(n * s)
+        self.specs = [ReplicaSpec(f"r{k + 1}", f"127.0.0.1:{api0 + k}", f"127.0.0.1:{raft0 + k * s}")
+                      for k in range(n)]
+        raft = {"election_min": 0.5, "election_max": 1.0, "leader_fallback": 2.0, "connection_timeout": 2.0,
+                "fsync": self.opt.fsync, "encrypt": self.opt.encrypt, **self.opt.raft}
+        cfgmod.init_cluster(
+            self.config_path.parent, "bench", s, self.specs, data_dir=str(self.dir / "data"),
+            extra={"agent_grace": self.opt.agent_grace, "log_level": self.opt.log_level,
+                   "max_terminal": self.opt.max_terminal, "raft": raft})
+
+    def start(self, timeout: float = 60.0) -> None:
+        for d in (self.logs, self.runs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        SimFS.create(self.fs_root, FSNAME)
+        self._write_config()
+        for s in self.specs:
+            self.start_replica(s.id)
+        self.wait_ready(timeout)
+        for i in range(1, self.opt.agents + 1):
+            self.start_agent(f"agent{i}")
+        self.wait_agents(timeout)
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.logs / f"{name}.log", "ab") as logf:
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=ENV,
+                                    start_new_session=True, cwd=str(REPO))
+
+    def start_replica(self, rid: str) -> None:
+        self.dead.discard(rid)
+        self.replicas[rid] = self._spawn(rid, [
+            sys.executable, "-m", "coordinator.cli", "run", "--config", str(self.config_path),
+            "--replica-id", rid, "--data-dir", str(self.dir / "data" / rid), "--log-level", self.opt.log_level])
+
+    def start_agent(self, agent_id: str) -> None:
+        self.agents[agent_id] = self._spawn(agent_id, [
+            sys.executable, "-m", "bench.agent_shim", str(self.runs_dir / f"{agent_id}.runs"),
+            "--coordinators", self.addresses, "--agent-id", agent_id, "--fs-root", str(self.fs_root),
+            "--mover", "null", "--slots", self.opt.slots, "--log-level", self.opt.agent_log_level])
+
+    def check_alive(self) -> None:
+        for name, p in {**self.replicas, **self.agents}.items():
+            if name in self.dead:
+                continue
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {p.returncode}; see {self.logs / (name + '.log')}")
+
+    def _health(self, api: str) -> bool:
+        with grpc.insecure_channel(api) as ch:
+            try:
+                resp = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service="hsm.v1.Coordinator"), timeout=1)
+            except grpc.RpcError:
+                return False
+        return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+    def wait_ready(self, timeout: float = 60.0, rids: list[str] | None = None) -> None:
+        """Until every live replica reports a leader for every shard."""
+        for rid in rids or [s.id for s in self.specs if s.id not in self.dead]:
+            api = self.spec(rid).api
+
+            def ok(api: str = api) -> bool:
+                self.check_alive()
+                return self._health(api)
+            until(ok, timeout, f"replica {rid} ready (logs in {self.logs})", 0.1)
+
+    def status(self, rid: str, timeout: float = 10.0) -> C.StatusResponse:
+        with grpc.insecure_channel(self.spec(rid).api) as ch:
+            return coordinator_pb2_grpc.CoordinatorStub(ch).Status(C.StatusRequest(), timeout=timeout)
+
+    def wait_agents(self, timeout: float = 60.0) -> None:
+        """Until every live replica has a live session with every agent."""
+        want = set(self.agents)
+        for s in self.specs:
+            if s.id in self.dead:
+                continue
+
+            def ok(rid: str = s.id) -> bool:
+                self.check_alive()
+                try:
+                    st = self.status(rid, 2)
+                except grpc.RpcError:
+                    return False
+                return want <= {a.agent_id for a in st.agents if a.replica}
+            until(ok, timeout, f"agents connected to {s.id} (logs in {self.logs})", 0.1)
+
+    def live_replicas(self) -> list[str]:
+        return [s.id for s in self.specs if s.id not in self.dead]
+
+    def kill_replica(self, rid: str, sig: int = signal.SIGKILL) -> None:
+        p = self.replicas[rid]
+        self.dead.add(rid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, sig)
+        p.wait(30)
+
+    def _end(self, procs: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
+        for p in procs.values():
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for name, p in procs.items():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) did not stop in %.0f s; killing it", name, p.pid, grace)
+            # the whole group: a replica forks to write snapshots
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(10)
+
+    def stop_agents(self, grace: float = 15.0) -> None:
+        self._end(self.agents, grace)
+
+    def stop(self, grace: float = 15.0) -> None:
+        self._end(self.agents, grace)
+        self._end(self.replicas, grace)
+        _LIVE.discard(self)
+
+    # ---------------------------------------------------------- measuring
+
+    def pids(self) -> dict[str, int]:
+        return {rid: p.pid for rid, p in self.replicas.items() if rid not in self.dead and p.poll() is None}
+
+    def agent_pids(self) -> dict[str, int]:
+        return {aid: p.pid for aid, p in self.agents.items() if p.poll() is None}
+
+    def memory(self) -> dict[str, dict[str, int]]:
+        """VmRSS / VmHWM per live replica (bytes)."""
+        return {rid: proc_status(pid) for rid, pid in self.pids().items()}
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each replica and agent."""
+        return {name: cpu_seconds(pid) for name, pid in {**self.pids(), **self.agent_pids()}.items()}
+
+    def leaders(self) -> dict[int, str]:
+        """Shard -> leader replica id, as the first live replica sees it."""
+        for rid in self.live_replicas():
+            try:
+                st = self.status(rid, 5)
+            except grpc.RpcError:
+                continue
+            return {s.shard: s.leader for s in st.shards}
+        return {}
+
+    def counts(self, rid: str | None = None) -> dict[str, int]:
+        """Action counts by state name over every shard, from one replica's
+        applied state (every shard: the ones it leads and the ones it follows)."""
+        for r in [rid] if rid else self.live_replicas():
+            try:
+                st = self.status(r, 10)
+            except grpc.RpcError:
+                continue
+            out: dict[str, int] = {}
+            for c in st.counts:
+                key = state_name(c.state)
+                out[key] = out.get(key, 0) + c.count
+            return out
+        raise RuntimeError("no replica answered Status")
+
+    def pending(self, rid: str | None = None) -> int:
+        """Non-terminal actions (WAITING + STARTED + CANCELING) in every shard."""
+        c = self.counts(rid)
+        return c.get("WAITING", 0) + c.get("STARTED", 0) + c.get("CANCELING", 0)
+
+    def runs(self) -> list[tuple[float, int, int, int, int]]:
+        """Every mover run recorded so far by the agents' shims:
+        (time, action id, attempt, kind, errno), sorted by time."""
+        out: list[tuple[float, int, int, int, int]] = []
+        for f in sorted(self.runs_dir.glob("*.runs")):
+            for line in f.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 5:
+                    out.append((float(parts[0]), int(parts[1]), int(parts[2]), int(parts[3]), int(parts[4])))
+        out.sort()
+        return out
+
+
+def max_terminal_for(actions: int, shards: int) -> int:
+    """Keep every ended action of a run (so its latencies can be read back),
+    never fewer than the default 100,000 per shard."""
+    return max(100_000, math.ceil(actions * 1.3 / shards) + 1000)

@@ -1,0 +1,168 @@
+"""Results: one JSON file per run, ``latest.json`` (the newest figures of
+every workload, merged) and ``latest.md`` (each figure beside its target)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SECTIONS = ("archive_flood", "restore_storm", "queue_depth", "memory", "replication", "mixed")
+
+ANCHOR_FLOOD = "in-kernel: 1M archives in 187 s ≈ 5,300/s (LU-18556)"
+ANCHOR_QUEUE = "in-kernel: 10k archives enqueued behind 200k queued took 4 s ≈ 2,500/s (LU-14793)"
+
+
+def _get(d: dict[str, Any], path: str) -> Any:
+    cur: Any = d
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+# (section, label, value path, check, target text, anchor, format)
+Check = Callable[[Any, dict[str, Any]], bool | None]
+TARGETS: list[tuple[str, str, str, Check | None, str, str, str]] = [
+    ("archive_flood", "archive flood, end to end", "actions_per_s",
+     lambda v, s: v >= 20_000, "≥ 20,000 actions/s", ANCHOR_FLOOD, "{:,.0f} actions/s"),
+    ("archive_flood", "archive flood, submit-to-start p50 / p99", "p50_start_ms", None, "", "", "{} ms"),
+    ("archive_flood", "archive flood, submit-to-done p50 / p99", "p50_done_ms", None, "", "", "{} ms"),
+    ("archive_flood", "archive flood, peak RSS per replica", "peak_rss", None, "", "", "{}"),
+    ("restore_storm", "restore storm, actions dispatched", "dispatched",
+     lambda v, s: v == s["fids"] and s.get("run_twice", 0) == 0, "= FIDs (one per FID)", "", "{:,}"),
+    ("restore_storm", "restore storm, requests accepted", "requests_per_s",
+     lambda v, s: v >= 50_000, "≥ 50,000 requests/s", "", "{:,.0f} requests/s"),
+    ("restore_storm", "restore storm, time to drain", "drain_seconds", None, "", "", "{:,.1f} s"),
+    ("queue_depth", "queue depth, dispatch rate large / small", "ratio",
+     lambda v, s: v >= 0.8, "≥ 0.8", ANCHOR_QUEUE, "{:.2f}"),
+    ("memory", "memory per waiting action (worst replica)", "bytes_per_waiting_action",
+     lambda v, s: v < 1024, "< 1 KiB per replica", "", "{:,.0f} bytes"),
+    ("replication", "replication, rate 3 replicas / 1", "ratio",
+     lambda v, s: v >= 0.5, "≥ 0.5", "", "{:.2f}"),
+    ("mixed", "mixed + replica killed, actions lost", "lost", lambda v, s: v == 0, "0", "", "{}"),
+    ("mixed", "mixed + replica killed, actions run twice", "duplicates", lambda v, s: v == 0, "0", "", "{}"),
+]
+
+
+def _mib(v: int | None) -> str:
+    return "?" if v is None else f"{v / 2**20:,.0f} MiB"
+
+
+def _value_text(section: str, path: str, fmt: str, data: dict[str, Any]) -> str:
+    v = _get(data, path)
+    if v is None:
+        return "n/a"
+    if path == "p50_start_ms":
+        return f"{v} / {data.get('p99_start_ms')} ms"
+    if path == "p50_done_ms":
+        return f"{v} / {data.get('p99_done_ms')} ms"
+    if path == "peak_rss":
+        return ", ".join(f"{k} {_mib(x)}" for k, x in sorted(v.items()))
+    if section == "restore_storm" and path == "dispatched":
+        return f"{v:,} for {data['fids']:,} FIDs ({data.get('run_twice', 0)} run twice)"
+    if section == "queue_depth":
+        return f"{v:.2f} ({data['rate_1m']:,.0f}/s at {data['large']:,} vs {data['rate_1k']:,.0f}/s at {data['small']:,})"
+    if section == "replication":
+        return f"{v:.2f} ({data['rate_3']:,.0f}/s vs {data['rate_1']:,.0f}/s)"
+    return fmt.format(v)
+
+
+def _size(section: str, data: dict[str, Any]) -> str:
+    if section == "archive_flood":
+        return f"{data['actions']:,} archives, {data['clients']} clients"
+    if section == "restore_storm":
+        return f"{data['fids']:,} FIDs x {data['initiators']}"
+    if section == "queue_depth":
+        return f"{data['small']:,} vs {data['large']:,} waiting"
+    if section == "memory":
+        return f"{data['waiting']:,} waiting"
+    if section == "replication":
+        return f"{data['actions']:,} archives"
+    if section == "mixed":
+        return f"{data['acknowledged_actions']:,} actions, {data.get('killed') or 'no'} killed"
+    return ""
+
+
+def _cluster_text(section: str, data: dict[str, Any]) -> str:
+    if section == "replication":
+        one = data.get("run_1") or {}
+        return f"1 vs 3 x{one.get('shards', '?')}"
+    c = data.get("cluster")
+    if not isinstance(c, dict):
+        return ""
+    return f"{c['replicas']}x{c['shards']}"
+
+
+def markdown(latest: dict[str, Any]) -> str:
+    m = latest.get("machine", {})
+    lines = [
+        "# hsm-coordinator benchmark: latest figures",
+        "",
+        f"Machine: {m.get('cores')} cores ({m.get('cpu', '?')}), "
+        f"{(m.get('memory_bytes') or 0) / 2**30:.0f} GiB, {m.get('os', '?')}, Python {m.get('python', '?')}; "
+        + ", ".join(f"{k} {v}" for k, v in sorted(m.get("versions", {}).items()))
+        + f"; commit {m.get('git_commit', '?')}{' (dirty)' if m.get('git_dirty') else ''}.",
+        "",
+        "Targets are for 3 replicas x 8 shards at the full sizes (`make bench-full`); quick mode "
+        "(`make bench`) runs smaller sizes, shown in the size column. Agents use the `null` mover "
+        "(actions complete at once), so these figures measure the coordinator alone.",
+        "",
+        "| figure | measured | target | status | size (mode) | cluster | in-kernel anchor |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for section, label, path, check, target, anchor, fmt in TARGETS:
+        data = latest.get(section)
+        if not isinstance(data, dict):
+            lines.append(f"| {label} | not run | {target or '—'} | {'not run' if check else '—'} |  |  | {anchor} |")
+            continue
+        v = _get(data, path)
+        status = "—"
+        if check is not None:
+            status = "n/a" if v is None else ("**met**" if check(v, data) else "**missed**")
+        mode = data.get("mode", "?")
+        lines.append(f"| {label} | {_value_text(section, path, fmt, data)} | {target or '—'} | {status} | "
+                     f"{_size(section, data)} ({mode}) | {_cluster_text(section, data)} | {anchor} |")
+    lines += ["", "Details of every figure (timings, CPU seconds per process, outcomes, cluster options) are in "
+              "`latest.json`; one file per run under `runs/`.", ""]
+    rs = latest.get("mixed")
+    if isinstance(rs, dict):
+        lines += [f"Mixed run: requests/s before the kill {rs.get('requests_per_s_before'):,}, after "
+                  f"{rs.get('requests_per_s_after'):,}; mover runs/s before {rs.get('runs_per_s_before')}, after "
+                  f"{rs.get('runs_per_s_after')}; longest pause in acknowledgements after the kill "
+                  f"{rs.get('longest_ack_gap_after_kill_s')} s; replicas consistent: {rs.get('replicas_consistent')}.",
+                  ""]
+    return "\n".join(lines)
+
+
+def save(section_results: dict[str, dict[str, Any]], machine: dict[str, Any], settings: dict[str, Any],
+         results_dir: Path = RESULTS) -> tuple[Path, Path, list[Path]]:
+    """Write one run file per section, merge into latest.json, render latest.md."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    runs = results_dir / "runs"
+    runs.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    written = []
+    for name, data in section_results.items():
+        data.setdefault("mode", settings.get("mode"))
+        data.setdefault("when", when)
+        p = runs / f"{stamp}-{name}.json"
+        p.write_text(json.dumps({"machine": machine, "settings": settings, name: data}, indent=1, default=str) + "\n")
+        written.append(p)
+    latest_path = results_dir / "latest.json"
+    try:
+        latest = json.loads(latest_path.read_text())
+    except (OSError, ValueError):
+        latest = {}
+    latest["machine"] = machine
+    latest["updated"] = when
+    latest.update(section_results)
+    latest_path.write_text(json.dumps(latest, indent=1, default=str) + "\n")
+    md = results_dir / "latest.md"
+    md.write_text(markdown(latest))
+    return latest_path, md, written
