@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test test-slow lint proto venv clean
+.PHONY: demo test test-slow lint proto venv clean bench bench-full bench-profile
 
 venv: $(STAMP)
 
@@ -14,6 +15,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# the [bench] extra (py-spy) on top of the test install
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m coordinator.demo
 
@@ -22,6 +28,16 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# benchmarks (bench/): quick mode takes a few minutes; results in bench/results/latest.{json,md}
+bench: $(BENCH_STAMP)
+	$(PY) -m bench all --quick
+
+bench-full: $(BENCH_STAMP)
+	$(PY) -m bench all --full
+
+bench-profile: $(BENCH_STAMP)
+	$(PY) -m bench profile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -91,6 +91,50 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def host_busy_seconds() -> float:
+    """CPU seconds the whole host spent busy (every core), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWindow:
+    """Who used the CPU during a measurement: the cluster's processes, the
+    clients (as they report it), this harness, and everything else on the
+    host (other_s: another workload on the machine skews the figures)."""
+
+    def __init__(self, cluster: BenchCluster) -> None:
+        import resource
+
+        self._resource = resource
+        self.cluster = cluster
+        self.t0 = time.monotonic()
+        self.host0 = host_busy_seconds()
+        self.procs0 = cluster.cpu()
+        self.self0 = self._self_cpu()
+
+    def _self_cpu(self) -> float:
+        r = self._resource.getrusage(self._resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def stop(self, clients_s: float = 0.0) -> dict[str, Any]:
+        wall = time.monotonic() - self.t0
+        host = host_busy_seconds() - self.host0
+        # a process killed meanwhile is left out (its CPU cannot be read any more)
+        procs = {k: round(v - self.procs0.get(k, 0.0), 2) for k, v in self.cluster.cpu().items() if k in self.procs0}
+        harness = self._self_cpu() - self.self0
+        cluster = sum(procs.values())
+        other = host - cluster - clients_s - harness
+        return {"wall_s": round(wall, 2), "host_busy_s": round(host, 2),
+                "host_capacity_s": round(wall * (os.cpu_count() or 1), 2), "processes_s": procs,
+                "cluster_s": round(cluster, 2), "clients_s": round(clients_s, 2), "harness_s": round(harness, 2),
+                "other_s": round(max(0.0, other), 2)}
+
+
 @dataclass
 class ClusterOptions:
     replicas: int = 3

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from bench import clients as cl
-from bench.cluster import BenchCluster, ClusterOptions, max_terminal_for, until
+from bench.cluster import BenchCluster, ClusterOptions, CpuWindow, max_terminal_for, until
 from bench.stats import ms, percentile, rate, window_rate
 from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import coordinator_pb2_grpc
@@ -187,12 +187,12 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
     opt = s.cluster_options(replicas=replicas or s.replicas, max_terminal=max_terminal_for(n, s.shards))
     with fresh_cluster(s, "flood", opt) as c:
         mem0 = c.memory()
-        cpu0 = c.cpu()
         params = _flood_clients(s, c, n, cl.SEQ_FLOOD)
         with cl.ClientGroup(cl.submit_worker, params) as g:
             g.start()
             s.say(f"   {len(params)} clients ready; submitting {n:,} archives "
                   f"(batches of {s.batch}, {s.inflight} in flight per client)")
+            cpu = CpuWindow(c)
             t0 = g.release()
             prof = profile(c, g) if profile else None
             res = g.results(timeout=max(600, n / 50))
@@ -200,7 +200,7 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
             t_end = wait_drained(c, timeout=max(300, n / 100))
             if prof is not None:
                 prof.stop()
-        cpu1 = c.cpu()
+        cpu_used = cpu.stop(sum(r["cpu_s"] for r in res))
         mem1 = c.memory()
         samples = [x for r in res for x in r["samples"]]
         lat = _latencies(c, samples)
@@ -220,8 +220,7 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
         **_run_counts(runs, KIND_ARCHIVE),
         "rss_before": {k: v.get("VmRSS") for k, v in mem0.items()},
         "peak_rss": {k: v.get("VmHWM") for k, v in mem1.items()},
-        "cpu_s": {k: round(cpu1.get(k, 0) - cpu0.get(k, 0), 1) for k in cpu1},
-        "client_cpu_s": round(sum(r["cpu_s"] for r in res), 1),
+        "cpu": cpu_used,
         "cluster": opt.describe(),
     }
     s.say(f"   {n:,} archives in {seconds:.1f} s: {out['actions_per_s']:,.0f} actions/s end to end "
@@ -247,11 +246,14 @@ def restore_storm(s: Settings) -> dict[str, Any]:
             g.start()
             s.say(f"   {ninit} initiators ready; each requests the same {f:,} released files "
                   f"(batches of {s.restore_batch}, sent together)")
+            cpu = CpuWindow(c)
             t0 = g.release()
             res = g.results(timeout=max(600, f / 20))
         t_acc = max(r["t_end"] for r in res)
         t_end = wait_drained(c, timeout=max(300, f / 100))
+        cpu_used = cpu.stop(sum(r["cpu_s"] for r in res))
         runs = _settle_runs(c)
+        diagnosis = _restore_diagnosis(c)
     outcomes: Counter[str] = Counter()
     for r in res:
         outcomes.update(r["outcomes"])
@@ -262,16 +264,37 @@ def restore_storm(s: Settings) -> dict[str, Any]:
     out = {
         "fids": f, "initiators": ninit, "batch": s.restore_batch, "requests": requests, "accepted": accepted,
         "outcomes": dict(outcomes), "actions": len(action_ids), "dispatched": rc["actions_run"],
-        "mover_runs": rc["runs"], "run_twice": rc["run_twice"],
+        "mover_runs": rc["runs"], "run_twice": rc["run_twice"], **diagnosis,
         "accept_seconds": round(t_acc - t0, 2), "requests_per_s": rate(accepted, t_acc - t0),
         "drain_seconds": round(t_end - t0, 2), "p99_batch_ack_ms": ms(percentile(
             [x for r in res for x in r["batch_latency"]], 99)),
-        "cluster": opt.describe(),
+        "cpu": cpu_used, "cluster": opt.describe(),
     }
     s.say(f"   {requests:,} requests ({accepted:,} accepted) in {t_acc - t0:.1f} s = {out['requests_per_s']:,.0f}/s; "
           f"{len(action_ids):,} restore actions, {rc['actions_run']:,} dispatched ({rc['runs']:,} mover runs); "
           f"drained after {t_end - t0:.1f} s")
     return out
+
+
+def _restore_diagnosis(c: BenchCluster) -> dict[str, int]:
+    """Why a FID got more than one RESTORE: a request that came after the
+    FID's earlier restore had ended (the initiator's HSM state was stale by
+    then: the coordinator has nothing left to join) or while it was still
+    live (a dedup failure)."""
+    per_fid: dict[tuple[int, int, int], list[T.Action]] = {}
+    for a in _all_actions(c).values():
+        if a.kind == T.RESTORE:
+            per_fid.setdefault((a.fid.seq, a.fid.oid, a.fid.ver), []).append(a)
+    after_end = overlapping = 0
+    for acts in per_fid.values():
+        acts.sort(key=lambda a: (a.created, a.action_id))
+        for prev, nxt in zip(acts, acts[1:], strict=False):
+            if prev.ended and nxt.created >= prev.ended:
+                after_end += 1
+            else:
+                overlapping += 1
+    return {"fids_restored": len(per_fid), "fids_with_several_restores": sum(1 for v in per_fid.values() if len(v) > 1),
+            "extra_restores_after_previous_ended": after_end, "extra_restores_while_previous_live": overlapping}
 
 
 # ------------------------------------------------------------ queue depth
@@ -338,7 +361,9 @@ def queue_depth(s: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
         wait_waiting(c, large, max(120, large / 1000))
         time.sleep(1.0)
         mem1 = c.memory()
+        cpu = CpuWindow(c)
         big = _release(c, client, large)
+        big["cpu"] = cpu.stop()
     per = {rid: round((mem1[rid]["VmRSS"] - mem0[rid]["VmRSS"]) / large, 1) for rid in mem1 if rid in mem0}
     qd = {"small": small, "large": large, "rounds": rounds, "rate_1k": med["rate"], "rate_1m": big["rate"],
           "ratio": round(big["rate"] / med["rate"], 3) if med["rate"] else None,
@@ -402,6 +427,7 @@ def mixed(s: Settings) -> dict[str, Any]:
             g.start()
             s.say(f"   {s.clients} clients ready: {total:,} requests (archive/restore/remove, 1 in "
                   f"{s.mixed_cancel_every} archives canceled); one replica is killed half-way")
+            cpu = CpuWindow(c)
             t0 = g.release()
             while g.running():
                 if not victim and progress.value >= total // 2:
@@ -415,6 +441,7 @@ def mixed(s: Settings) -> dict[str, Any]:
             res = g.results(timeout=600)
         t_sub = max(r["t_end"] for r in res)
         t_end = wait_drained(c, timeout=300)
+        cpu_used = cpu.stop(sum(r["cpu_s"] for r in res))
         actions = _all_actions(c)
         runs = _settle_runs(c)
         # replicas agree once both applied everything
@@ -454,7 +481,7 @@ def mixed(s: Settings) -> dict[str, Any]:
         "runs_per_s_after": window_rate(run_times, t_kill, t_end) if t_kill else None,
         "longest_ack_gap_after_kill_s": round(max(gaps), 2) if gaps else None,
         "seconds": round(t_end - t0, 2), "client_retries": sum(r["retries"] for r in res),
-        "cluster": opt.describe(),
+        "cpu": cpu_used, "cluster": opt.describe(),
     }
     s.say(f"   mixed: {len(ids):,} acknowledged actions, lost {len(lost)}, run twice {len(duplicates)}; "
           f"requests/s before kill {out['requests_per_s_before']:,.0f}, after {out['requests_per_s_after']:,.0f}; "
