@@ -42,7 +42,7 @@ workloads:
 
 sizes (quick / full):
   --actions 20,000 / 1,000,000   --fids 10,000 / 100,000   --small 1,000 / 1,000
-  --large 50,000 / 1,000,000     --replication-actions 10,000 / 1,000,000 (full: reuses the flood)
+  --large 100,000 / 1,000,000     --replication-actions 10,000 / 1,000,000 (full: reuses the flood)
   --mixed-rounds 10 / 40 with --mixed-batch 500 / 1,000 archives per round per client
 
 examples:

@@ -51,6 +51,14 @@ def py_spy() -> str:
     return found
 
 
+#: two recordings per process: "gil" samples only the thread holding the GIL
+#: (where the Python CPU goes; its sample count / (rate x seconds) is the
+#: share of time the GIL was held), "wall" samples every thread py-spy sees
+#: as active, which includes threads blocked in system calls such as
+#: poll() and fdatasync() (where the time goes)
+MODES = {"gil": ["--gil"], "wall": []}
+
+
 class Recorder:
     """One ``py-spy record`` per target process; stop() ends them (SIGINT:
     py-spy writes its output and exits)."""
@@ -65,15 +73,18 @@ class Recorder:
         self.cpu: dict[str, float] = {}
         self.t0 = time.time()
         self.seconds = 0.0
+        self.rate = rate
         exe = py_spy()
         for name, pid in targets.items():
-            f = outdir / f"{tag}-{name}.txt"
-            self.files[name] = f
-            self.procs[name] = subprocess.Popen(
-                [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--threads",
-                 "--nonblocking", "--output", str(f)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(outdir / f"{tag}-{name}.log", "wb"),
-                start_new_session=True)
+            for mode, flags in MODES.items():
+                key = f"{name}.{mode}"
+                f = outdir / f"{tag}-{name}-{mode}.txt"
+                self.files[key] = f
+                with open(outdir / f"{tag}-{name}-{mode}.log", "wb") as err:
+                    self.procs[key] = subprocess.Popen(
+                        [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--threads",
+                         "--nonblocking", *flags, "--output", str(f)],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
 
     def stop(self) -> None:
         self.seconds = time.time() - self.t0
@@ -202,11 +213,17 @@ def profile(args: argparse.Namespace, s: w.Settings, say: Callable[[str], None])
     for shard, rid in sorted(leaders.items()):
         led.setdefault(rid, []).append(shard)
     summary: dict[str, Any] = {"tag": tag, "machine": machine(), "flood": result, "seconds": round(rec.seconds, 1),
-                               "leaders": led, "processes": {}}
-    for name, f in rec.files.items():
-        stacks = parse_raw(f)
-        (outdir / f"{tag}-{name}.speedscope.json").write_text(json.dumps(speedscope(stacks, f"{tag} {name}")))
-        summary["processes"][name] = {"cpu_s": rec.cpu.get(name), **summarize(stacks)}
+                               "rate": rec.rate, "leaders": led, "processes": {}}
+    for name in rec.targets:
+        entry: dict[str, Any] = {"cpu_s": rec.cpu.get(name)}
+        for mode in MODES:
+            stacks = parse_raw(rec.files[f"{name}.{mode}"])
+            (outdir / f"{tag}-{name}-{mode}.speedscope.json").write_text(
+                json.dumps(speedscope(stacks, f"{tag} {name} {mode}")))
+            entry[mode] = summarize(stacks)
+        gil = entry["gil"]["samples"]
+        entry["gil_held_pct"] = round(100 * gil / (rec.rate * rec.seconds), 1) if rec.seconds else None
+        summary["processes"][name] = entry
     (outdir / f"{tag}-summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     md = summary_markdown(summary)
     (outdir / f"{tag}-summary.md").write_text(md)
@@ -214,26 +231,39 @@ def profile(args: argparse.Namespace, s: w.Settings, say: Callable[[str], None])
     return 0
 
 
+def _table(p: dict[str, Any]) -> list[str]:
+    lines = ["| self % | function | | total % | function |", "|---:|---|---|---:|---|"]
+    for i in range(max(len(p["self"]), len(p["total"]))):
+        a = p["self"][i] if i < len(p["self"]) else ("", "")
+        b = p["total"][i] if i < len(p["total"]) else ("", "")
+        lines.append(f"| {a[1]} | `{a[0]}` | | {b[1]} | `{b[0]}` |")
+    return lines
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     flood = summary["flood"]
     lines = [f"# Profile {summary['tag']}", "",
              f"Archive flood of {flood['actions']:,} on {flood['replicas']} replicas x {flood['shards']} shards: "
              f"{flood['actions_per_s']:,.0f} actions/s end to end, profiled for {summary['seconds']} s "
-             f"(py-spy, non-blocking, active samples only).",
+             f"(py-spy {summary['rate']} Hz, non-blocking). Host CPU during the flood: "
+             f"{flood['cpu']['host_busy_s']} of {flood['cpu']['host_capacity_s']} core-seconds busy, "
+             f"{flood['cpu']['other_s']} s by processes outside the benchmark.",
              "Shards led: " + "; ".join(f"{r}: {', '.join(map(str, s))}" for r, s in sorted(summary["leaders"].items()))
-             + ".", ""]
+             + ".", "",
+             "Per process: **GIL** = samples of the thread holding the GIL (Python CPU; self = the function on "
+             "top of the stack, total = anywhere on it); **wall** = samples of every thread py-spy counts as "
+             "active, which includes threads blocked in poll() or fdatasync().", ""]
     for name, p in summary["processes"].items():
         role = ""
         if name in summary["leaders"]:
-            role = f" (leads shards {', '.join(map(str, summary['leaders'][name]))})"
+            role = f" (leads shards {', '.join(map(str, summary['leaders'][name]))}, follows the others)"
         elif name.startswith("r"):
             role = " (follower of every shard)"
-        lines += [f"## {name}{role}: {p['cpu_s']} CPU s, {p['samples']:,} samples", "",
-                  "threads: " + ", ".join(f"{t} {v}%" for t, v in p["threads"]), "",
-                  "| self % | function | | total % | function |", "|---:|---|---|---:|---|"]
-        for i in range(max(len(p["self"]), len(p["total"]))):
-            a = p["self"][i] if i < len(p["self"]) else ("", "")
-            b = p["total"][i] if i < len(p["total"]) else ("", "")
-            lines.append(f"| {a[1]} | `{a[0]}` | | {b[1]} | `{b[0]}` |")
-        lines.append("")
+        lines += [f"## {name}{role}", "",
+                  f"{p['cpu_s']} CPU s during the run; GIL held {p['gil_held_pct']}% of the time "
+                  f"({p['gil']['samples']:,} samples).", "",
+                  "GIL samples per thread: " + ", ".join(f"{t} {v}%" for t, v in p["gil"]["threads"]), "",
+                  *_table(p["gil"]), "",
+                  "Wall samples per thread: " + ", ".join(f"{t} {v}%" for t, v in p["wall"]["threads"]), "",
+                  *_table({"self": p["wall"]["self"][:10], "total": p["wall"]["total"][:0]}), ""]
     return "\n".join(lines)

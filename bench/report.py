@@ -129,10 +129,27 @@ def markdown(latest: dict[str, Any]) -> str:
                      f"{_size(section, data)} ({mode}) | {_cluster_text(section, data)} | {anchor} |")
     lines += ["", "Details of every figure (timings, CPU seconds per process, outcomes, cluster options) are in "
               "`latest.json`; one file per run under `runs/`.", ""]
+    st = latest.get("restore_storm")
+    if isinstance(st, dict) and "fids_with_several_restores" in st:
+        lines += [f"Restore storm: {st['fids_with_several_restores']:,} of {st['fids']:,} FIDs got more than one "
+                  f"RESTORE: {st.get('extra_restores_after_previous_ended', 0):,} extra restores were created after "
+                  "the FID's earlier restore had ended (the initiator still saw the file released; nothing live was "
+                  f"left to join), {st.get('extra_restores_timestamps_overlap', 0):,} within one commit of it "
+                  f"(timestamps overlap by at most {st.get('max_timestamp_overlap_ms')} ms).", ""]
+    busy = []
+    for name in SECTIONS:
+        d = latest.get(name)
+        cpu = d.get("cpu") if isinstance(d, dict) else None
+        if isinstance(cpu, dict) and cpu.get("host_capacity_s"):
+            share = cpu["other_s"] / cpu["host_capacity_s"]
+            busy.append(f"{name} {100 * share:.0f}%")
+    if busy:
+        lines += ["Share of the host's CPU used by processes outside the benchmark during each measurement "
+                  "(a busy host lowers the figures): " + ", ".join(busy) + ".", ""]
     rs = latest.get("mixed")
-    if isinstance(rs, dict):
-        lines += [f"Mixed run: requests/s before the kill {rs.get('requests_per_s_before'):,}, after "
-                  f"{rs.get('requests_per_s_after'):,}; mover runs/s before {rs.get('runs_per_s_before')}, after "
+    if isinstance(rs, dict) and "requests_per_s_before" in rs:
+        lines += [f"Mixed run: requests/s before the kill {rs.get('requests_per_s_before')}, after "
+                  f"{rs.get('requests_per_s_after')}; mover runs/s before {rs.get('runs_per_s_before')}, after "
                   f"{rs.get('runs_per_s_after')}; longest pause in acknowledgements after the kill "
                   f"{rs.get('longest_ack_gap_after_kill_s')} s; replicas consistent: {rs.get('replicas_consistent')}.",
                   ""]
