@@ -18,14 +18,15 @@ An agent has ``slots[kind]`` slots per action kind. A slot is either *free*,
     running + sum(credits granted on every stream) <= slots
 
 so the agent never grants more than it can run, whatever the number of
-streams. Free slots are granted one at a time to the welcomed stream holding
-the fewest unused credits of that kind (ties: the stream that most recently
-sent work). With one stream that simply means "every free slot"; with
-several, each replica gets a share, and a stream that uses its credits gets
-the freed slot back first (it has work), while an idle stream keeps the few
-credits it holds so that work arriving on its shards starts at once. The
-protocol has no way to take a credit back; credits on a lost stream are
-forgotten by both sides and regranted elsewhere.
+streams. Each replica tells the agent how much work it has ready for it (a
+``backlog`` hint, capped at the slots). Free slots are granted one at a time
+to a stream whose backlog exceeds its credits, else to the stream holding
+the fewest (ties: the stream that most recently sent work). Unused credits
+move to where work waits (:meth:`Agent.level`): credits beyond a stream's
+backlog first; when every stream with credits has work they are split
+evenly, a single credit going round every ``ROTATE_AFTER`` seconds. The
+agent takes credits back with an absolute ``Ready``; credits on a lost
+stream are forgotten by both sides and regranted elsewhere.
 
 Cancels use no slot: a ``CancelOrder`` sets the running job's ``cancelled``
 event and the mover ends it with ECANCELED, reported in the ``Done``.
@@ -42,12 +43,11 @@ them until it hears the ``Done``).
 Stopping
 --------
 :meth:`Agent.stop` (SIGTERM/SIGINT in the CLI): stop granting credits and
-take back the unused ones by reopening each stream that holds some (credits
-live and die with their stream; the new Hello re-announces the running
-jobs, and the coordinator requeues anything it sent in between that the
-agent did not start). Then wait up to ``drain_timeout`` for running jobs,
-cancel the rest and report them with ``retry`` (the coordinator queues them
-again for another agent, the action is not CANCELED), deliver every ``Done``
+take back the unused ones (an absolute ``Ready`` of 0 on every stream); an
+assignment the coordinator sent before it saw that is refused with a
+``handback`` Done (queued again for another agent, no attempt used). Then
+wait up to ``drain_timeout`` for running jobs, cancel the rest and hand
+them back the same way (the action is not CANCELED), deliver every ``Done``
 still queued, half-close the streams, and return.
 """
 
@@ -97,8 +97,6 @@ WELCOME_TIMEOUT = 10.0
 CANCEL_WAIT = 10.0
 #: On stop, how long to try to deliver the last completions.
 FLUSH_TIMEOUT = 5.0
-#: On stop, how long reopening a stream (to drop its credits) may take.
-RESTART_TIMEOUT = 5.0
 #: Completions arriving within this window share one message.
 BATCH_WINDOW = 0.002
 #: seconds a stream may hold its only unused credit of a kind while another live
@@ -264,6 +262,7 @@ class _Session:
     address: str
     granted: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     pending_credits: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    backlog: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # work its replica has for us
     pending_done: list[agent_pb2.Done] = field(default_factory=list)
     report_running: int = 0  # token of a RunningReport a replica asked for
     send_absolute: bool = False  # credits were taken back: send the whole grant, absolute
@@ -278,8 +277,6 @@ class _Session:
     _batch: bool = False
     _closing_evt: asyncio.Event = field(default_factory=asyncio.Event)
     _flushed: asyncio.Event = field(default_factory=asyncio.Event)
-    _welcomed_evt: asyncio.Event = field(default_factory=asyncio.Event)
-    _restart: bool = False  # end this stream cleanly and open a new one at once
     _last_sent: float = 0.0
     _call: grpc.aio.StreamStreamCall | None = None
     _task: asyncio.Task[None] | None = None
@@ -307,27 +304,6 @@ class _Session:
         while self.pending_done:
             self._flushed.clear()
             await self._flushed.wait()
-
-    async def restart(self, timeout: float) -> bool:
-        """End the stream cleanly and open a new one at once; return once the
-        new one is welcomed (False after *timeout*).
-
-        This is how an agent takes back the credits it granted: the protocol
-        has no "fewer credits" message, but credits live and die with their
-        stream, and the new stream's Hello re-announces the running jobs."""
-        if not self.welcomed:
-            return False
-        log.info("reopening the stream to %s to take back its %d unused credit(s)",
-                 self.address, sum(self.granted.values()))
-        self._restart = True
-        self._welcomed_evt.clear()
-        self._closing_evt.set()  # skip a pending backoff sleep
-        self.wake()
-        try:
-            await asyncio.wait_for(self._welcomed_evt.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
 
     async def close(self) -> None:
         """Half-close the stream (the writer sends end-of-stream), wait briefly
@@ -369,10 +345,6 @@ class _Session:
                 self._lost()
             if self.closing:
                 break
-            if self._restart and welcomed_before:
-                self._restart = False
-                continue
-            self._restart = False
             if welcomed_before:
                 failures = 0
             delay = backoff_delay(failures, cfg.reconnect_min_delay, cfg.reconnect_max_delay)
@@ -416,7 +388,6 @@ class _Session:
                     agent.on_message(self, first)
                 self.welcomed = True
                 self.welcomed_at = time.monotonic()
-                self._welcomed_evt.set()
                 self.replica = first.welcome.replica
                 hb = first.welcome.heartbeat_interval
                 self.heartbeat_interval = hb if hb > 0 else agent.config.heartbeat_interval
@@ -437,7 +408,7 @@ class _Session:
                 reader = asyncio.get_running_loop().create_task(self._read_loop(call))
                 try:
                     done, _ = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-                    if (self.closing or self._restart) and reader not in done:
+                    if self.closing and reader not in done:
                         # we half-closed: give the coordinator a moment to end the stream
                         await asyncio.wait({reader}, timeout=1.0)
                 finally:
@@ -467,7 +438,7 @@ class _Session:
         while True:
             msg = await call.read()
             if msg is grpc.aio.EOF:
-                if self.closing or self._restart:
+                if self.closing:
                     return
                 await self._raise_status(call, "the coordinator ended the stream")
             assert isinstance(msg, agent_pb2.CoordinatorMessage)
@@ -491,7 +462,7 @@ class _Session:
                 await asyncio.sleep(BATCH_WINDOW)  # let completions finishing together share a message
             self._wake.clear()
             self._batch = False
-            if self.closing or self._restart:
+            if self.closing:
                 if self.pending_done:
                     msg, dones = self._collect(time.monotonic(), progress_interval)
                     if msg is not None:
@@ -571,6 +542,7 @@ class _Session:
         self.welcomed = False
         self.granted = dict.fromkeys(KINDS, 0)
         self.pending_credits = dict.fromkeys(KINDS, 0)
+        self.backlog = dict.fromkeys(KINDS, 0)
         for run in self.agent.runs_of(self):
             if run.bytes_done or run.bytes_total:
                 run.progress_dirty = True  # resend the latest state after reconnect
@@ -728,11 +700,15 @@ class Agent:
     async def _shutdown(self) -> int:
         assert self._idle is not None and self._now_evt is not None
         self._stopping = True
-        # take back unused credits so that no more work comes, and so that
-        # actions given back below go to other agents
-        holding = [s for s in self._sessions if s.welcomed and any(s.granted.values())]
-        if holding:
-            await asyncio.gather(*(s.restart(RESTART_TIMEOUT) for s in holding))
+        # take back unused credits (an absolute Ready of 0) so that no more
+        # work comes, and so that actions given back below go to other agents
+        for s in self._sessions:
+            if s.welcomed and any(s.granted.values()):
+                log.info("taking back the %d unused credit(s) of the stream to %s", sum(s.granted.values()),
+                         s.address)
+                s.granted = dict.fromkeys(KINDS, 0)
+                s.send_absolute = True
+                s.wake()
         drain = self.config.drain_timeout
         if self._running:
             log.info(
@@ -780,7 +756,8 @@ class Agent:
         return self._slots[kind] - self._running_count[kind] - deferred - granted
 
     def rebalance(self) -> None:
-        """Grant every free slot to a welcomed stream (see the module doc)."""
+        """Grant every free slot to a welcomed stream (see the module doc):
+        first to streams whose replica has work waiting for this agent."""
         if self._stopping:
             return
         live = [s for s in self._sessions if s.welcomed and not s.closing]
@@ -790,7 +767,7 @@ class Agent:
         for kind in KINDS:
             free = self.free_slots(kind)
             while free > 0:
-                s = min(live, key=lambda x: (x.granted[kind], -x.last_assign))
+                s = min(live, key=lambda x: (x.backlog[kind] <= x.granted[kind], x.granted[kind], -x.last_assign))
                 s.granted[kind] += 1
                 s.pending_credits[kind] += 1
                 s.last_credit = time.monotonic()
@@ -801,10 +778,12 @@ class Agent:
                 s.wake()
 
     def level(self, now: float | None = None) -> None:
-        """Move unused credits from a stream that holds many (or has held its
-        only one idle for ROTATE_AFTER seconds) to one that holds none or
-        fewer: each replica hands out work only from the shards it leads, so
-        credits parked on one replica would starve the others."""
+        """Move unused credits to the streams whose replica has work for this
+        agent (its ``backlog``): each replica hands out work only from the
+        shards it leads, so credits parked on one replica would starve the
+        others. Credits beyond a stream's backlog go first; when every
+        stream with credits has work, they are split evenly, and a single
+        credit goes round every ROTATE_AFTER seconds."""
         if self._stopping:
             return
         now = time.monotonic() if now is None else now
@@ -812,23 +791,31 @@ class Agent:
         if len(live) < 2:
             return
         for kind in KINDS:
-            while True:
-                rich = max(live, key=lambda x: (x.granted[kind], -x.last_assign))
-                poor = min(live, key=lambda x: (x.granted[kind], x.last_credit))
-                gap = rich.granted[kind] - poor.granted[kind]
-                idle = now - max(rich.last_assign, rich.welcomed_at)
-                if gap >= 2 or (gap == 1 and poor.granted[kind] == 0 and idle >= ROTATE_AFTER):
-                    rich.granted[kind] -= 1
-                    rich.send_absolute = True
-                    poor.granted[kind] += 1
-                    poor.pending_credits[kind] += 1
-                    poor.last_credit = now
-                    rich.wake()
-                    poor.wake()
-                    if gap == 1:
-                        break  # one rotation per round
-                else:
+            for _ in range(sum(s.granted[kind] for s in live)):
+                needy = [s for s in live if s.backlog[kind] > s.granted[kind]]
+                if not needy:
                     break
+                dst = min(needy, key=lambda x: (x.granted[kind], x.last_credit))
+                spare = [s for s in live if s.granted[kind] > s.backlog[kind]]
+                rotation = False
+                if spare:
+                    src = max(spare, key=lambda x: (x.granted[kind] - x.backlog[kind], -x.last_assign))
+                else:
+                    src = max(live, key=lambda x: (x.granted[kind], -x.last_assign))
+                    gap = src.granted[kind] - dst.granted[kind]
+                    waited = now - max(dst.last_credit, dst.welcomed_at)
+                    rotation = gap == 1 and dst.granted[kind] == 0 and waited >= ROTATE_AFTER
+                    if gap < 2 and not rotation:
+                        break
+                src.granted[kind] -= 1
+                src.send_absolute = True
+                dst.granted[kind] += 1
+                dst.pending_credits[kind] += 1
+                dst.last_credit = now
+                src.wake()
+                dst.wake()
+                if rotation:
+                    break  # one rotation per round
 
     async def _leveler(self) -> None:
         while True:
@@ -881,12 +868,16 @@ class Agent:
         if msg.request_running:
             session.report_running = msg.request_running
             session.wake()
+        if msg.HasField("backlog"):
+            b = msg.backlog
+            session.backlog = dict(zip(KINDS, (b.archive, b.restore, b.remove), strict=True))
+            self.level()
 
-    def _refuse(self, session: _Session, a: agent_pb2.Assignment, err: int, why: str, retry: bool) -> None:
+    def _refuse(self, session: _Session, a: agent_pb2.Assignment, err: int, why: str, retry: bool,
+                handback: bool = False) -> None:
         log.warning("action %d/%d %s %s refused: %s", a.action_id, a.attempt, kind_name(a.kind), _fid_text(a), why)
-        session.queue_done(
-            agent_pb2.Done(action_id=a.action_id, attempt=a.attempt, errno=err, message=why, retry=retry)
-        )
+        session.queue_done(agent_pb2.Done(action_id=a.action_id, attempt=a.attempt, errno=err, message=why,
+                                          retry=retry, handback=handback))
 
     def _on_assignment(self, session: _Session, a: agent_pb2.Assignment) -> None:
         kind = int(a.kind)
@@ -931,17 +922,16 @@ class Agent:
                 session.wake()
             return
         if self._stopping:
-            # Not refused with a Done: the coordinator would requeue it and,
-            # holding our unused credits, hand it straight back. The stream is
-            # being reopened; its Hello does not list this action, so the
-            # coordinator requeues it for another agent then.
-            log.info(
-                "action %d/%d %s %s: not started, the agent is stopping",
-                a.action_id, a.attempt, kind_name(kind), _fid_text(a),
-            )
+            # Our credits were taken back (Ready absolute 0) before this
+            # arrives at the coordinator's side, so the action it requeues
+            # goes to another agent; a handback costs it no attempt.
+            self._refuse(session, a, _errno.ECANCELED, f"agent {self.config.agent_id} is stopping; not started",
+                         True, handback=True)
             return
         if self.free_slots(kind) < 1:
-            self._refuse(session, a, _errno.EAGAIN, f"no free {kind_name(kind).lower()} slot on this agent", True)
+            # credits moved to another stream while this was on its way
+            self._refuse(session, a, _errno.EAGAIN, f"no free {kind_name(kind).lower()} slot on this agent", True,
+                         handback=True)
             return
         job = self._job_of(session, a)
         if job is None:
@@ -1068,9 +1058,10 @@ class Agent:
             err = -err
         message = res.message or (os.strerror(err) if err else "")
         retry = bool(res.retry)
+        handback = False
         if err == _errno.ECANCELED and run.stopped_by_agent:
             # not the user's cancel: give the action back to be run elsewhere
-            retry = True
+            retry = handback = True
             message = f"agent {self.config.agent_id} stopped before the action ended"
         bytes_done = res.bytes_done or run.bytes_done
         secs = time.monotonic() - run.started
@@ -1093,6 +1084,7 @@ class Agent:
             message=message,
             retry=retry,
             bytes_done=max(bytes_done, 0),
+            handback=handback,
         )
         self._remember(self._finished, (run.action_id, run.attempt), done)
         run.session.queue_done(done)
@@ -1103,6 +1095,7 @@ class Agent:
                 dsession.queue_done(agent_pb2.Done(
                     action_id=djob.action_id, attempt=djob.attempt, errno=_errno.ECANCELED,
                     message=f"agent {self.config.agent_id} stopped before the action started", retry=True,
+                    handback=True,
                 ))
                 if not self._running:
                     self._idle.set()

@@ -375,7 +375,7 @@ def queue_depth(s: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     qd = {"small": small, "large": large, "rounds": rounds, "rate_1k": med["rate"], "rate_1m": big["rate"],
           "ratio": round(big["rate"] / med["rate"], 3) if med["rate"] else None,
           "small_runs": smalls, "large_run": big, "fill_seconds": round(t_fill, 2),
-          "fill_per_s": rate(large, t_fill), "cluster": opt.describe()}
+          "fill_per_s": rate(large, t_fill), "cpu": big["cpu"], "cluster": opt.describe()}
     memory = {"waiting": large, "bytes_per_waiting_action": max(per.values()) if per else None,
               "per_replica": per, "rss_before": {k: v["VmRSS"] for k, v in mem0.items()},
               "rss_waiting": {k: v["VmRSS"] for k, v in mem1.items()}, "cluster": opt.describe()}

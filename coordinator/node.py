@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -72,6 +72,10 @@ from hsm.ring import Ring
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: heartbeat intervals without a message after which an agent's session lapses
+LEASE_HEARTBEATS = 3
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -127,6 +131,7 @@ class AgentSession:
     resync: dict[int, float] = field(default_factory=dict)
     out: asyncio.Queue[agent_pb2.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
     alive: bool = True
+    backlog: dict[Kind, int] = field(default_factory=lambda: {k: 0 for k in Kind})  # last sent
 
     def send(self, msg: agent_pb2.CoordinatorMessage) -> None:
         if self.alive:
@@ -231,6 +236,7 @@ class CoordinatorNode:
         self._tasks.append(asyncio.create_task(self._dispatcher(), name="dispatcher"))
         if self.config.progress_timeout:
             self._tasks.append(asyncio.create_task(self._reclaimer(), name="reclaimer"))
+        self._tasks.append(asyncio.create_task(self._lease_keeper(), name="leases"))
         log.info("replica %s serving on %s (%d shards, archive ids %s)", self.me.id, self.address,
                  len(self.shards), ",".join(map(str, self.config.archive_ids)))
 
@@ -414,6 +420,7 @@ class CoordinatorNode:
                     for s in sessions[start:] + sessions[:start]:
                         if await self._dispatch_to(s):
                             progressed = True
+                self._send_backlogs()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -428,7 +435,7 @@ class CoordinatorNode:
                 continue
             credits = {k: min(v, per_round) for k, v in session.credits.items()}
             with shard.reading() as st:
-                ids = scheduler.pick(st, session.archive_ids, credits)
+                ids = scheduler.pick(st, session.archive_ids, credits, session.agent_id)
             if not ids:
                 continue
             try:
@@ -450,6 +457,27 @@ class CoordinatorNode:
                 session.send(agent_pb2.CoordinatorMessage(assign=assignments))
                 sent = True
         return sent
+
+    def _send_backlogs(self) -> None:
+        """Tell each agent how much work for it is ready on the shards this
+        replica leads, when that changed: an agent with few slots and
+        streams to several replicas grants its credits where work waits."""
+        led = [s for s in self.shards if s.leader_ready]
+        for session in self.sessions.values():
+            if not session.alive:
+                continue
+            backlog = {k: 0 for k in Kind}
+            for shard in led:
+                with shard.reading() as st:
+                    if st.control != "enabled" or session.agent_id in st.drained:
+                        continue
+                    for (kind, archive_id), queue in st.ready.items():
+                        if scheduler.serves(session.archive_ids, archive_id):
+                            backlog[kind] += len(queue)
+            backlog = {k: min(n, session.slots.get(k, 0)) for k, n in backlog.items()}
+            if backlog != session.backlog:
+                session.backlog = backlog
+                session.send(agent_pb2.CoordinatorMessage(backlog=_slots_to_pb(backlog)))
 
     async def _reclaimer(self) -> None:
         """Leader side of the adaptive timeout: running actions whose agent
@@ -508,6 +536,43 @@ class CoordinatorNode:
             raise ShardUnavailable(shard.index, "", f"shard {shard.index}: {method} on the leader {leader} failed: "
                                    f"{exc.details()}") from None
 
+    async def on_every_shard(self, shards: Iterable[int], command: Callable[[], Command], method: str,
+                             request: Callable[[int], Any], reply: Callable[[RaftShard, Any], T]) -> list[T]:
+        """Apply *command* on each of *shards* (all when empty), through this
+        replica for the shards it leads and through the leader's *method*
+        (with ``request(index)``) for the others. ``reply(shard, None)`` is
+        read here after a local apply, ``reply(shard, response)`` otherwise."""
+
+        async def one(idx: int) -> T:
+            shard = self.shards[idx]
+            if shard.is_leader:
+                try:
+                    await self.propose(shard, command())
+                    return reply(shard, None)
+                except ShardUnavailable:
+                    pass
+            response = await self.forward(shard, method, request(idx), self.config.propose_timeout * 2)
+            return reply(shard, response)
+
+        return list(await asyncio.gather(*(one(i) for i in sorted(set(shards) or range(len(self.shards))))))
+
+    def agent_known(self, agent_id: str) -> bool:
+        """Connected here, in its grace period, holding actions or drained."""
+        if agent_id in self.sessions:
+            return True
+        for shard in self.shards:
+            with shard.reading() as st:
+                if agent_id in st.by_agent or agent_id in st.drained:
+                    return True
+        return False
+
+    def held_counts(self, shard: RaftShard, agent_id: str) -> dict[Kind, int]:
+        with shard.reading() as st:
+            counts = {k: 0 for k in Kind}
+            for a in st.held_by(agent_id):
+                counts[a.kind] += 1
+        return counts
+
     async def forward_report(self, agent_id: str, shard: RaftShard, progress: Sequence[agent_pb2.Progress],
                              done: Sequence[agent_pb2.Done], deadline: float = 60.0) -> None:
         """Hand an agent's reports for a shard led elsewhere to its leader,
@@ -545,7 +610,7 @@ class CoordinatorNode:
                 log.info("action %d/%d: done on %s, errno %d %s", d.action_id, d.attempt, agent_id, d.errno,
                          d.message)
             await self.propose(shard, Complete(self.clock(), tuple(
-                Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done)
+                Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done, d.handback)
                 for d in done)))
 
     async def route_reports(self, agent_id: str, progress: Sequence[agent_pb2.Progress],
@@ -576,7 +641,7 @@ class CoordinatorNode:
             raise InvalidRequest("hello: agent_id must be 1-128 characters")
         old = self.sessions.get(agent_id)
         now = self.clock()
-        if old is not None and old.alive and now - old.last_seen < 3 * self.config.heartbeat_interval:
+        if old is not None and old.alive and now - old.last_seen < self.lease:
             raise FileExistsError(
                 f"agent id {agent_id!r} already has a live session from {old.peer}; "
                 "give each agentd its own --agent-id")
@@ -591,6 +656,7 @@ class CoordinatorNode:
             slots=_slots_from_pb(hello.slots), version=hello.version, peer=peer,
             connected_since=now, last_seen=now)
         self.sessions[agent_id] = session
+        self._wake.set()  # tells it its backlog, even before it grants credits here
         log.info("agent %s connected from %s (host %s, archive ids %s)", agent_id, peer, hello.host,
                  ",".join(map(str, session.archive_ids)) or "all")
         return session
@@ -657,6 +723,24 @@ class CoordinatorNode:
                 session.credits[kind] = n if msg.ready.absolute else session.credits[kind] + n
             self._wake.set()
 
+    @property
+    def lease(self) -> float:
+        """An agent session lapses after this long without a message (its
+        streams send at least a heartbeat every ``heartbeat_interval``)."""
+        return LEASE_HEARTBEATS * self.config.heartbeat_interval
+
+    async def _lease_keeper(self) -> None:
+        """End the session of an agent that went silent (hung, or cut off
+        without its TCP connection closing): its grace period starts."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval / 2)
+            now = self.clock()
+            for session in list(self.sessions.values()):
+                if session.alive and now - session.last_seen > self.lease:
+                    log.warning("agent %s sent nothing for %.1f s (lease %.1f s): its session is ended",
+                                session.agent_id, now - session.last_seen, self.lease)
+                    session.out.put_nowait(None)  # the Work stream ends; agent_gone starts the grace period
+
     def agent_gone(self, session: AgentSession) -> None:
         if self.sessions.get(session.agent_id) is not session:
             return  # replaced by a newer session
@@ -715,16 +799,22 @@ class CoordinatorNode:
                 applied_index=shard.applied_index, counts=counts, digest=dg, term=shard.term,
                 role="leader" if shard.is_leader else "follower"))
         modes = set()
+        drained: set[str] = set()
         for shard in self.shards:
             with shard.reading() as st:
                 modes.add(st.control)
+                drained.update(st.drained)
         agents = []
         for s in sorted(self.sessions.values(), key=lambda s: s.agent_id):
             agents.append(coordinator_pb2.AgentInfo(
                 agent_id=s.agent_id, host=s.host, archive_ids=s.archive_ids, slots=_slots_to_pb(s.slots),
                 running=_slots_to_pb(running.get(s.agent_id, {})), version=s.version,
                 connected_since=s.connected_since, last_seen=s.last_seen,
-                replica=self.me.id if s.alive else ""))
+                replica=self.me.id if s.alive else "", draining=s.agent_id in drained))
+        for agent_id in sorted(drained.difference(self.sessions)):
+            # drained and gone: listed so that an admin sees the drain is still set
+            agents.append(coordinator_pb2.AgentInfo(agent_id=agent_id, draining=True,
+                                                    running=_slots_to_pb(running.get(agent_id, {}))))
         return coordinator_pb2.StatusResponse(
             counts=[coordinator_pb2.KindCount(kind=int(k), state=int(st), count=n)  # type: ignore[arg-type]
                     for (k, st), n in sorted(totals.items())],

@@ -22,12 +22,14 @@ def pick(
     state: ShardState,
     agent_archive_ids: Collection[int],
     credits: Mapping[Kind, int],
+    agent: str = "",
 ) -> list[int]:
     """Choose up to ``credits[kind]`` ready actions of each kind for an
     agent. Does not change *state*: the caller commits an ``Assign``.
-    Nothing while the shard's control mode is not ``enabled``."""
+    Nothing while the shard's control mode is not ``enabled``, nor for an
+    agent that is drained."""
     picked: list[int] = []
-    if state.control != "enabled":
+    if state.control != "enabled" or agent in state.drained:
         return picked
     for kind in KIND_PRIORITY:
         want = credits.get(kind, 0)

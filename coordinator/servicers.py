@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -13,17 +13,29 @@ from coordinator import convert
 from coordinator.cluster import split_addr
 from coordinator.convert import InvalidRequest
 from coordinator.raft import NotLeader, RaftError
-from coordinator.state import CONTROL_MODES, MAX_SHARDS, Cancel, SetControl, State, Submit
+from coordinator.state import (
+    CONTROL_MODES,
+    MAX_SHARDS,
+    Cancel,
+    DrainAgent,
+    Kind,
+    SetControl,
+    State,
+    Submit,
+)
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
 
 if TYPE_CHECKING:
     from coordinator.node import CoordinatorNode
+    from coordinator.raft import RaftShard
 
 from coordinator.node import (
     DEFAULT_PAGE,
     MAX_PAGE,
     ShardUnavailable,
     _abort_code,
+    _slots_from_pb,
+    _slots_to_pb,
     abort_unavailable,
 )
 
@@ -289,29 +301,56 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if request.mode not in CONTROL_MODES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"unknown control mode {request.mode!r} (enabled, disabled, shutdown)")
-        bad = [x for x in request.shards if x >= len(node.shards)]
-        if bad:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no shard {bad[0]}")
+        await self._check_shards(request.shards, context)
         now = node.clock()
-
-        async def one(idx: int) -> None:
-            shard = node.shards[idx]
-            if shard.is_leader:
-                try:
-                    await node.propose(shard, SetControl(now, request.mode))
-                    return
-                except ShardUnavailable:
-                    pass
-            await node.forward(shard, "Control", coordinator_pb2.ControlRequest(mode=request.mode, shards=[idx]),
-                               node.config.propose_timeout * 2)
-
         try:
-            await asyncio.gather(*(one(i) for i in sorted(set(request.shards) or range(len(node.shards)))))
+            await node.on_every_shard(
+                request.shards, lambda: SetControl(now, request.mode), "Control",
+                lambda i: coordinator_pb2.ControlRequest(mode=request.mode, shards=[i]), lambda _s, _r: None)
         except ShardUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"control mode not set everywhere, retry: {exc}")
         log.warning("control mode set to %s", request.mode)
         node._wake.set()
         return coordinator_pb2.ControlResponse(mode=request.mode)
+
+    async def DrainAgent(self, request: coordinator_pb2.DrainAgentRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.DrainAgentResponse:  # noqa: N802
+        node = self.node
+        agent_id = request.agent_id
+        if not agent_id or len(agent_id) > 128:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent id must be 1-128 characters")
+        await self._check_shards(request.shards, context)
+        if not request.shards and not request.force and not node.agent_known(agent_id):
+            known = ", ".join(sorted(node.sessions)) or "none"
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"no agent {agent_id!r} is known to replica {node.me.id} (connected: {known}); "
+                                "check the id with 'hsmctl agents', or use --force to drain it before it connects")
+        now = node.clock()
+
+        def reply(shard: RaftShard, response: coordinator_pb2.DrainAgentResponse | None) -> dict[Kind, int]:
+            if response is None:
+                return node.held_counts(shard, agent_id)
+            return _slots_from_pb(response.running)
+
+        try:
+            per_shard = await node.on_every_shard(
+                request.shards, lambda: DrainAgent(now, agent_id, request.drain), "DrainAgent",
+                lambda i: coordinator_pb2.DrainAgentRequest(agent_id=agent_id, drain=request.drain, shards=[i],
+                                                            force=True),
+                reply)
+        except ShardUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"agent {agent_id} not drained on every shard, retry: {exc}")
+        running = {k: sum(c[k] for c in per_shard) for k in Kind}
+        if not request.shards:
+            log.warning("agent %s %s (%d action(s) running)", agent_id,
+                        "drained: no new work" if request.drain else "given work again", sum(running.values()))
+        node._wake.set()
+        return coordinator_pb2.DrainAgentResponse(agent_id=agent_id, draining=request.drain,
+                                                  running=_slots_to_pb(running))
+
+    async def _check_shards(self, shards: Iterable[int], context: grpc.aio.ServicerContext) -> None:
+        bad = [x for x in shards if x >= len(self.node.shards)]
+        if bad:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no shard {bad[0]}")
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):

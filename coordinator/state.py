@@ -180,6 +180,9 @@ class Completion:
     message: str = ""
     retry: bool = False
     bytes_done: int = 0
+    #: the agent gave the action back for its own reasons (it is stopping),
+    #: not the action's fault: requeued without using up an attempt
+    handback: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +247,18 @@ class SetControl:
     mode: str
 
 
-Command = Submit | Assign | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl
+@dataclass(frozen=True, slots=True)
+class DrainAgent:
+    """``drain=True``: give this agent no new work (its running actions
+    finish); ``drain=False``: give it work again. Kept until undone, across
+    reconnects of the agent."""
+
+    now: float
+    agent: str
+    drain: bool = True
+
+
+Command = Submit | Assign | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent
 
 
 # --------------------------------------------------------------------------
@@ -363,6 +377,7 @@ class Action:
         "error",
         "last_progress",
         "reclaiming",
+        "handed_back",
     )
 
     def __init__(self, action_id: int, item: Item, archive_id: int, now: float) -> None:
@@ -389,6 +404,7 @@ class Action:
         self.error = ""
         self.last_progress = 0.0  # leader clock of the start or the last progress
         self.reclaiming = False  # CANCELING because it was stuck, not by request
+        self.handed_back = 0  # attempts an agent gave back unstarted or drained: not counted
 
     @property
     def fid_key(self) -> tuple[str, Fid]:
@@ -438,6 +454,7 @@ class ShardState:
         self.counts: dict[tuple[Kind, State], int] = {}
         self.fsnames: dict[str, int] = {}  # fsname -> number of FIDs with live actions
         self.control = "enabled"  # hsm_control mode, see SetControl
+        self.drained: dict[str, float] = {}  # agent -> since when it gets no new work
         self.applied = 0  # commands applied
 
     # ---------------------------------------------------------------- apply
@@ -465,6 +482,14 @@ class ShardState:
             if cmd.mode not in CONTROL_MODES:
                 raise ValueError(f"unknown control mode {cmd.mode!r}")
             self.control = cmd.mode
+            return Result()
+        if isinstance(cmd, DrainAgent):
+            if not cmd.agent:
+                raise ValueError("drain: empty agent id")
+            if cmd.drain:
+                self.drained.setdefault(cmd.agent, cmd.now)
+            else:
+                self.drained.pop(cmd.agent, None)
             return Result()
         raise TypeError(f"unknown command {type(cmd).__name__}")
 
@@ -533,8 +558,8 @@ class ShardState:
 
     def _assign(self, cmd: Assign) -> Result:
         res = Result()
-        if self.control != "enabled":
-            return res  # disabled or shut down since the scheduler looked
+        if self.control != "enabled" or cmd.agent in self.drained:
+            return res  # disabled, shut down or agent drained since the scheduler looked
         for action_id in cmd.action_ids:
             action = self.actions.get(action_id)
             if action is None or action.state != State.WAITING:
@@ -601,8 +626,12 @@ class ShardState:
                     self._end(action, Ev.AGENT_CANCELED, cmd.now, E.ECANCELED, action.error)
                 else:
                     self._end(action, Ev.FAIL, cmd.now, done.errno, done.message)
+            elif done.handback:
+                # the agent gave it back because it is stopping: no attempt used
+                action.handed_back += 1
+                self._requeue(action, cmd.now, done.errno, done.message)
             elif done.errno == E.ECANCELED or done.retry:
-                # the agent gave it back (shutting down, transient error)
+                # the agent gave it back (transient error)
                 self._requeue(action, cmd.now, done.errno, done.message)
             else:
                 self._end(action, Ev.FAIL, cmd.now, done.errno, done.message)
@@ -738,7 +767,7 @@ class ShardState:
     def _requeue(self, action: Action, now: float, errno: int, message: str, event: Ev = Ev.REQUEUE) -> None:
         """A running action goes back to WAITING at the head of its class,
         or FAILS when it has used all its attempts."""
-        if action.attempt >= self.config.max_attempts:
+        if action.attempt - action.handed_back >= self.config.max_attempts:
             self._end(action, Ev.FAIL, now, errno or E.EIO, message or "too many attempts")
             return
         self._transition(action, event)

@@ -101,6 +101,8 @@ LEADER_METADATA_KEY = "hsm-leader"
 MAX_BATCH = 10000
 #: Most "not the leader, go there" redirections followed for one call.
 MAX_LEADER_HOPS = 5
+#: a single try of a call gets a third of its timeout, at least this long (s)
+MIN_TRY_TIMEOUT = 2.0
 #: Largest ``data`` of an item (bytes).
 MAX_DATA = 4096
 #: Largest page the coordinator serves.
@@ -585,6 +587,9 @@ class _Route:
         self.unavailable_since: float | None = None
         self.backoff = 0.05
         self.last_error: CoordinatorError | None = None
+        total = None if deadline is None else deadline - time.monotonic()
+        #: one try's limit: a hung replica must not use up the whole deadline
+        self.try_timeout = None if total is None else max(MIN_TRY_TIMEOUT, total / 3)
 
     def remaining(self) -> float | None:
         if self.deadline is None:
@@ -665,6 +670,13 @@ class _Route:
             self._sleep()
             return
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if self.deadline is not None and self.deadline - time.monotonic() > 0.05:
+                # only this try timed out: a hung replica; ask another (every
+                # request is idempotent: submits carry keys)
+                self._on_unavailable(Unavailable(
+                    f"coordinator {self.target} did not answer {self.what} within {self.try_timeout:g} s",
+                    code=code, address=self.target, details="no answer (hung?)"))
+                return
             raise DeadlineExceeded(
                 f"coordinator {self.target} did not answer {self.what} in time",
                 code=code, address=self.target, details=error.details,
@@ -807,6 +819,8 @@ class CoordinatorClient:
         route = _Route(self, deadline, what, start)
         while True:
             remaining = route.remaining()
+            if remaining is not None and route.try_timeout is not None:
+                remaining = min(remaining, route.try_timeout)
             stub = self._stub(route.target)
             try:
                 response = getattr(stub, method)(request, timeout=remaining)
@@ -1158,6 +1172,15 @@ class CoordinatorClient:
         if mode not in ("enabled", "disabled", "shutdown"):
             raise InvalidArgument(f"control mode must be enabled, disabled or shutdown, not {mode!r}")
         return str(self._call("Control", cpb.ControlRequest(mode=mode), f"control {mode}").mode)
+
+    def drain_agent(self, agent_id: str, drain: bool = True, *, force: bool = False) -> cpb.DrainAgentResponse:
+        """Give an agent no new work (``drain=False``: work again). The reply
+        counts the actions it still holds, per kind; once they are all 0 the
+        agent can be stopped safely. Repeating the call is harmless."""
+        if not agent_id or len(agent_id) > 128:
+            raise InvalidArgument(f"agent id must be 1-128 characters, not {agent_id!r}")
+        what = f"{'drain' if drain else 'resume'} agent {agent_id}"
+        return self._call("DrainAgent", cpb.DrainAgentRequest(agent_id=agent_id, drain=drain, force=force), what)
 
     def cluster_info(self) -> cpb.ClusterInfoResponse:
         info = self._call("ClusterInfo", cpb.ClusterInfoRequest(), "cluster info")

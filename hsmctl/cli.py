@@ -43,6 +43,7 @@ _EXIT_RANK = {EXIT_OK: 0, EXIT_FAILED: 1, EXIT_NOT_HSM: 2, EXIT_USAGE: 3, EXIT_U
 
 DEFAULT_COORDINATORS = "127.0.0.1:7600"
 DEFAULT_BATCH = 1000
+DRAIN_POLL = 1.0  # seconds between checks of agent drain --wait
 WATCH_CHUNK = 10000
 _U32 = (1 << 32) - 1
 
@@ -55,6 +56,8 @@ commands like lfs:
   set, clear                set or clear the user flags (lfs hsm_set/hsm_clear)
 cluster:
   status, agents, actions   queue, agents, shards; one line per action
+  control                   hsm_control mode: enabled, disabled, shutdown
+  agent drain|resume ID     stop giving an agent work (before stopping it)
 
 coordinators: --coordinators HOST:PORT[,HOST:PORT...], else $HSM_COORDINATORS,
 else 127.0.0.1:7600. Any replica will do; hsmctl follows the shard leaders.
@@ -83,7 +86,7 @@ exit status:
              "bytes_total", "errno", "error", "shard"}]
   agents   [{"agent_id", "host", "archive_ids", "slots": {"archive",
              "restore", "remove"}, "running": {...}, "version",
-             "connected_since", "last_seen", "replica"}]
+             "connected_since", "last_seen", "replica", "draining"}]
   status   {"replica", "version", "control", "counts": [{"kind", "state",
              "count"}], "agents": [...], "shards": [{"shard", "leader",
              "leader_address", "commit_index", "applied_index", "counts"}],
@@ -547,7 +550,7 @@ def cmd_request(args: argparse.Namespace, ctx: Context) -> int:
                 sub.add(t)
             sub.flush()
             if args.wait:
-                _wait(ctx, client, kind, sub.labels)
+                _wait(ctx, client, kind, sub.labels, deadline=args.deadline)
         return ctx.status
 
     client = _client(args)
@@ -562,7 +565,7 @@ def cmd_request(args: argparse.Namespace, ctx: Context) -> int:
         print(sub.summary(), file=ctx.out)
         ctx.out.flush()
         if args.wait:
-            _wait(ctx, client, kind, sub.labels, summary=True)
+            _wait(ctx, client, kind, sub.labels, summary=True, deadline=args.deadline)
     return ctx.status
 
 
@@ -572,9 +575,11 @@ def _label(labels: dict[int, list[str]], action_id: int) -> str:
 
 
 def _wait(ctx: Context, client: CoordinatorClient, kind: str,
-          labels: dict[int, list[str]], summary: bool = False) -> None:
-    """Block until every action ended, with a progress bar on a terminal."""
-    from hsm.client import state_name
+          labels: dict[int, list[str]], summary: bool = False, deadline: float | None = None) -> None:
+    """Block until every action ended (or *deadline* seconds passed), with a
+    progress bar on a terminal. A coordinator failover is ridden through:
+    the watch resumes on the new leader, nothing is submitted again."""
+    from hsm.client import DeadlineExceeded, state_name
     from hsm.v1 import types_pb2 as tpb
     from hsmctl.output import error_text, format_bytes
 
@@ -608,9 +613,11 @@ def _wait(ctx: Context, client: CoordinatorClient, kind: str,
         )
         task = progress.add_task(f"{kind} waiting", total=len(ids), detail="")
         progress.start()
+    end = None if deadline is None else time.monotonic() + deadline
     try:
         for start in range(0, len(ids), WATCH_CHUNK):
-            for action in client.watch(ids[start:start + WATCH_CHUNK]):
+            left = None if end is None else max(0.0, end - time.monotonic())
+            for action in client.watch(ids[start:start + WATCH_CHUNK], left):
                 if action.state in (tpb.SUCCEEDED, tpb.FAILED, tpb.CANCELED):
                     running.pop(action.action_id, None)
                     if action.action_id not in final:
@@ -627,11 +634,20 @@ def _wait(ctx: Context, client: CoordinatorClient, kind: str,
                     if total:
                         detail += f", {format_bytes(done)}/{format_bytes(total)}"
                     progress.update(task, completed=len(final), detail=detail)
+    except DeadlineExceeded:
+        pass
     finally:
         if progress is not None:
             progress.stop()
     counts = {tpb.SUCCEEDED: 0, tpb.FAILED: 0, tpb.CANCELED: 0}
+    unfinished = [i for i in ids if i not in final]
+    if unfinished:
+        shown = ", ".join(map(str, unfinished[:10])) + (" ..." if len(unfinished) > 10 else "")
+        ctx.error(f"gave up waiting after {deadline:g} s: {len(unfinished)} {kind} action(s) not ended yet "
+                  f"(they go on; 'hsmctl actions' shows them): {shown}")
     for action_id in ids:
+        if action_id not in final:
+            continue
         action = final[action_id]
         counts[action.state] += 1
         if action.state == tpb.SUCCEEDED:
@@ -897,6 +913,40 @@ def cmd_control(args: argparse.Namespace, ctx: Context) -> int:
     return ctx.status
 
 
+def cmd_agent(args: argparse.Namespace, ctx: Context) -> int:
+    """Drain an agent (no new work; its running actions finish) or give it
+    work again."""
+    drain = args.op == "drain"
+    with _client(args) as client:
+        reply = client.drain_agent(args.agent_id, drain, force=args.force)
+        end = None if args.deadline is None else time.monotonic() + args.deadline
+        while drain and args.wait and _busy(reply.running):
+            if end is not None and time.monotonic() >= end:
+                ctx.error(f"agent {args.agent_id}: still running {_running_text(reply.running)} after "
+                          f"{args.deadline:g} s; it is drained (no new work), not idle yet")
+                return ctx.status
+            time.sleep(DRAIN_POLL)
+            reply = client.drain_agent(args.agent_id, drain, force=True)
+    if not drain:
+        ctx.out.write(f"agent {args.agent_id}: active, given work again\n")
+    elif _busy(reply.running):
+        ctx.out.write(f"agent {args.agent_id}: draining, no new work; still running "
+                      f"{_running_text(reply.running)}\n")
+    else:
+        ctx.out.write(f"agent {args.agent_id}: drained, nothing running; it can be stopped safely\n")
+    return ctx.status
+
+
+def _busy(slots: Any) -> int:
+    return int(slots.archive + slots.restore + slots.remove)
+
+
+def _running_text(slots: Any) -> str:
+    parts = [f"{n} {name}" for name, n in (("archive", slots.archive), ("restore", slots.restore),
+                                            ("remove", slots.remove)) if n]
+    return f"{_busy(slots)} action(s) ({', '.join(parts)})"
+
+
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     from hsm.client import CoordinatorError
     from hsmctl.output import make_console, render_status, status_to_dict, write_json
@@ -1031,6 +1081,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a file by FID (repeatable); needs --fsname or --mntpath")
         p.add_argument("--wait", action="store_true",
                        help="block until every action ended; fail if any failed")
+        p.add_argument("--deadline", type=_positive_float, metavar="SECONDS",
+                       help="with --wait: stop waiting after SECONDS (exit 1; the actions go on)")
         p.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH, metavar="N",
                        help=f"items per request (default {DEFAULT_BATCH})")
         p.add_argument("operands", nargs="*", metavar="PATH")
@@ -1072,6 +1124,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mode", nargs="?", choices=("enabled", "disabled", "shutdown"),
                    help="enabled: dispatch; disabled: accept and queue, dispatch nothing; shutdown: running "
                         "actions finish, new requests are refused (omit to print the mode)")
+
+    p = add("agent", "drain a mover agent before stopping it, or give it work again", cmd_agent, epilog=(
+        "drain: the agent is given no new work; what it runs finishes. Kept across restarts of\n"
+        "the agent until 'resume'. With --wait, returns once it runs nothing: then stop it.\n"
+        "prints: 'agent ID: draining, no new work; still running N action(s) (...)',\n"
+        "        'agent ID: drained, nothing running; it can be stopped safely', or\n"
+        "        'agent ID: active, given work again'"))
+    p.add_argument("op", choices=("drain", "resume"), help="drain: no new work; resume: work again")
+    p.add_argument("agent_id", metavar="AGENT_ID", help="as 'hsmctl agents' lists it")
+    p.add_argument("--wait", action="store_true", help="drain: block until the agent runs nothing")
+    p.add_argument("--deadline", type=_positive_float, metavar="SECONDS",
+                   help="with --wait: give up after SECONDS (exit 1; the drain stays)")
+    p.add_argument("--force", action="store_true",
+                   help="drain an agent id that is not connected (yet)")
 
     p = add("status", "queue counts, agents, shards and leaders, control mode", cmd_status)
     p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")

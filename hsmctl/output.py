@@ -150,6 +150,7 @@ def agent_to_dict(agent: cpb.AgentInfo) -> dict[str, Any]:
         "connected_since": agent.connected_since,
         "last_seen": agent.last_seen,
         "replica": agent.replica,
+        "draining": agent.draining,
     }
 
 
@@ -314,6 +315,15 @@ def _counts_table(title: str, counts: Iterable[cpb.KindCount]) -> Any:
     return table
 
 
+def agent_state(a: cpb.AgentInfo) -> str:
+    """active / draining (still running actions) / drained (idle: safe to
+    stop) / gone (in its grace period or drained and disconnected)."""
+    busy = a.running.archive + a.running.restore + a.running.remove
+    if a.draining:
+        return "draining" if busy else "drained"
+    return "active" if a.replica else "gone"
+
+
 def agents_table(agents: Iterable[cpb.AgentInfo], now: float | None = None) -> Any:
     from rich.table import Table
 
@@ -322,6 +332,7 @@ def agents_table(agents: Iterable[cpb.AgentInfo], now: float | None = None) -> A
     table = Table(title=f"Agents ({len(agents)})", title_justify="left", box=None, pad_edge=False)
     for name, justify in (
         ("AGENT", "left"),
+        ("STATE", "left"),
         ("HOST", "left"),
         ("ARCHIVES", "left"),
         ("SLOTS a/r/rm", "right"),
@@ -335,7 +346,8 @@ def agents_table(agents: Iterable[cpb.AgentInfo], now: float | None = None) -> A
     for a in sorted(agents, key=lambda a: a.agent_id):
         table.add_row(*_cells(
             a.agent_id,
-            a.host,
+            agent_state(a),
+            a.host or "-",
             ",".join(str(i) for i in a.archive_ids) or "all",
             f"{a.slots.archive}/{a.slots.restore}/{a.slots.remove}",
             f"{a.running.archive}/{a.running.restore}/{a.running.remove}",

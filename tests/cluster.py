@@ -38,7 +38,7 @@ def until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 
 
 class ProcCluster:
     def __init__(self, tmp: Path, replicas: int = 3, shards: int = 4, raft: dict[str, Any] | None = None,
-                 agent_grace: float = 5.0) -> None:
+                 agent_grace: float = 5.0, extra: dict[str, Any] | None = None) -> None:
         self.tmp = tmp
         self.shards = shards
         self.logs = tmp / "logs"
@@ -51,9 +51,10 @@ class ProcCluster:
                   "connection_retry": 0.2, "rebalance_interval": 1.0, **(raft or {})}
         self.config, _ = cfgmod.init_cluster(tmp / "etc", "sys", shards, self.specs, data_dir=str(tmp / "data"),
                                              extra={"agent_grace": agent_grace, "heartbeat_interval": 1.0,
-                                                    "propose_timeout": 3.0, "raft": tuning})
+                                                    "propose_timeout": 3.0, "raft": tuning, **(extra or {})})
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.agent_killed: dict[str, float] = {}  # agent -> when it was killed (runs it left open end there)
 
     @property
     def addresses(self) -> str:
@@ -136,21 +137,49 @@ class ProcCluster:
                 [sys.executable, "-m", "agentd.cli", "--coordinators", self.addresses, "--agent-id", agent_id,
                  *extra], stdout=log, stderr=log, env=ENV, start_new_session=True)
 
+    def kill_agent(self, agent_id: str, sig: int = signal.SIGKILL) -> float:
+        """Signal an agent; for SIGKILL wait for it and return the time."""
+        p = self.agents[agent_id]
+        t = time.time()
+        p.send_signal(sig)
+        if sig == signal.SIGKILL:
+            p.wait(30)
+            self.agent_killed[agent_id] = t
+        return t
+
+    def leader_of(self, shard: int) -> str:
+        """The replica id leading *shard*, as the live replicas agree."""
+        def agreed() -> str:
+            views = {self.leaders(s.id).get(shard, "") for s in self.live()}
+            return views.pop() if len(views) == 1 else ""
+        return str(until(agreed, 15, f"a leader of shard {shard}"))
+
     def stop(self) -> None:
-        for p in list(self.agents.values()) + list(self.procs.values()):
+        """Agents stop (SIGTERM: they drain), then the replicas are killed:
+        the test has checked what it wanted, and a graceful stop of every
+        replica at once only waits for leadership hand-overs nobody takes."""
+        for p in self.agents.values():
             if p.poll() is None:
+                p.send_signal(signal.SIGCONT)  # a test may have left one stopped
                 p.send_signal(signal.SIGTERM)
-        for p in list(self.agents.values()) + list(self.procs.values()):
+        for p in self.procs.values():
+            p.send_signal(signal.SIGCONT)
+        for p in self.agents.values():
             try:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+            p.wait()
         self.procs.clear()
         self.agents.clear()
 
     def agent_runs(self) -> list[tuple[str, int, int, float, float]]:
-        """(agent, action id, attempt, start, end) of every run in the agents' logs."""
+        """(agent, action id, attempt, start, end) of every run in the agents'
+        logs; a run of a killed agent without an end ends when it was killed."""
         pat = re.compile(r"^(\S+ \S+) INFO agentd\.daemon: action (\d+)/(\d+) \S+ \S+ (started|succeeded|ended)")
         runs: dict[tuple[str, int, int], list[float]] = {}
         for agent in self.agents:
@@ -162,7 +191,11 @@ class ProcCluster:
                     int(m.group(1).split(",")[1]) / 1000
                 key = (agent, int(m.group(2)), int(m.group(3)))
                 runs.setdefault(key, []).append(t)
-        return [(a, i, att, ts[0], ts[-1]) for (a, i, att), ts in runs.items()]
+        out = []
+        for (a, i, att), ts in runs.items():
+            end = ts[-1] if len(ts) > 1 else self.agent_killed.get(a, float("inf"))
+            out.append((a, i, att, ts[0], end))
+        return out
 
 
 def no_concurrent_runs(runs: list[tuple[str, int, int, float, float]]) -> list[str]:

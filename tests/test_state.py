@@ -18,6 +18,7 @@ from coordinator.state import (
     Changed,
     Complete,
     Completion,
+    DrainAgent,
     Ev,
     FidTarget,
     IllegalTransition,
@@ -66,7 +67,7 @@ class Harness:
 
     def schedule(self, agent: str, archive=(), archive_ids=(), restore=0, remove=0):  # type: ignore[no-untyped-def]
         credits = {Kind.ARCHIVE: archive if isinstance(archive, int) else 0, Kind.RESTORE: restore, Kind.REMOVE: remove}
-        ids = scheduler.pick(self.state, archive_ids, credits)
+        ids = scheduler.pick(self.state, archive_ids, credits, agent)
         self.now += 1
         res = self.step(Assign(self.now, agent, tuple(ids)))
         return [(e.action_id, e.attempt) for e in res.effects if isinstance(e, Assigned)]
@@ -471,3 +472,40 @@ def test_control_modes() -> None:
     assert h.st(x.action_id) is State.WAITING
     with pytest.raises(ValueError):
         h.state.apply(SetControl(h.now, "paused"))
+
+
+def test_drained_agent_gets_no_work_and_its_running_actions_finish() -> None:
+    h = Harness()
+    r = h.submit(item(1), item(2), item(3))
+    got = h.schedule("a", archive=1)
+    h.step(DrainAgent(h.now, "a"))
+    assert h.schedule("a", archive=5) == [], "a drained agent is given nothing"
+    # an Assign the leader picked before the drain is refused at apply
+    h.step(Assign(h.now, "a", (r[1].action_id,)))
+    assert h.st(r[1].action_id) is State.WAITING
+    assert [i for i, _ in h.schedule("b", archive=5)] == [r[1].action_id, r[2].action_id], "others still get work"
+    h.done(got[0][0], 1)
+    assert h.st(got[0][0]) is State.SUCCEEDED, "what the drained agent runs finishes"
+    assert "a" in h.state.drained, "the drain outlives the agent's last action"
+    h.step(DrainAgent(h.now, "a", drain=False))
+    [w] = h.submit(item(4))
+    assert h.schedule("a", archive=5) == [(w.action_id, 1)]
+    with pytest.raises(ValueError):
+        h.state.apply(DrainAgent(h.now, ""))
+
+
+def test_handback_does_not_use_up_attempts() -> None:
+    h = Harness()  # max_attempts 3
+    [r] = h.submit(item(1))
+    for attempt in range(1, 6):
+        [(i, att)] = h.schedule("a", archive=1)
+        assert att == attempt
+        h.now += 1
+        h.step(Complete(h.now, (Completion(i, att, E.ECANCELED, "agent stopping", True, handback=True),)))
+        assert h.st(i) is State.WAITING, "an agent that stops gives its actions back at no cost"
+    a = h.state.get(r.action_id)
+    assert a is not None and a.handed_back == 5
+    for _ in range(3):
+        [(i, att)] = h.schedule("a", archive=1)
+        h.done(i, att, errno=E.EIO, retry=True)
+    assert h.st(r.action_id) is State.FAILED, "real failures still count: max_attempts of them fail it"

@@ -20,6 +20,7 @@ from coordinator.state import (
     Cancel,
     Complete,
     Completion,
+    DrainAgent,
     FidTarget,
     Item,
     Kind,
@@ -99,7 +100,9 @@ class ShardMachine(RuleBasedStateMachine):
           archives=st.sampled_from([(), (1,), (2,), (0,)]))
     def schedule(self, agent: str, a: int, r: int, m: int, archives: tuple[int, ...]) -> None:
         credits = {Kind.ARCHIVE: a, Kind.RESTORE: r, Kind.REMOVE: m}
-        picked = scheduler.pick(self.state, archives, credits)
+        picked = scheduler.pick(self.state, archives, credits, agent)
+        if agent in self.state.drained:
+            assert not picked, "a drained agent is given nothing"
         for kind, n in credits.items():
             assert sum(1 for i in picked if self.state.actions[i].kind == kind) <= n
         for i in picked:
@@ -107,16 +110,21 @@ class ShardMachine(RuleBasedStateMachine):
         res = self.apply(Assign(self.tick(), agent, tuple(picked)))
         assert sorted(res.replies) == sorted(picked), "every picked action must be assignable"
 
+    @rule(agent=st.sampled_from(AGENTS), drain=st.booleans())
+    def drain(self, agent: str, drain: bool) -> None:
+        self.apply(DrainAgent(self.tick(), agent, drain))
+        assert (agent in self.state.drained) is drain
+
     @rule(data=st.data(), errno=st.sampled_from([0, 0, E.EIO, E.ECANCELED, E.ENOSPC]), retry=st.booleans(),
-          stale=st.booleans())
-    def complete(self, data: st.DataObject, errno: int, retry: bool, stale: bool) -> None:
+          stale=st.booleans(), handback=st.booleans())
+    def complete(self, data: st.DataObject, errno: int, retry: bool, stale: bool, handback: bool) -> None:
         running = [a for a in self.state.actions.values() if a.state in (State.STARTED, State.CANCELING)]
         if not running:
             return
         a = data.draw(st.sampled_from(running))
         before = a.state
         attempt = a.attempt - 1 if stale else a.attempt
-        self.apply(Complete(self.tick(), (Completion(a.id, attempt, errno, "m", retry),)))
+        self.apply(Complete(self.tick(), (Completion(a.id, attempt, errno, "m", retry, handback=handback),)))
         if stale:
             assert a.state is before
         elif errno == 0:

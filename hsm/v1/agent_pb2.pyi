@@ -67,20 +67,22 @@ class Progress(_message.Message):
     def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ...) -> None: ...
 
 class Done(_message.Message):
-    __slots__ = ("action_id", "attempt", "errno", "message", "retry", "bytes_done")
+    __slots__ = ("action_id", "attempt", "errno", "message", "retry", "bytes_done", "handback")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ERRNO_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    HANDBACK_FIELD_NUMBER: _ClassVar[int]
     action_id: int
     attempt: int
     errno: int
     message: str
     retry: bool
     bytes_done: int
-    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., errno: _Optional[int] = ..., message: _Optional[str] = ..., retry: _Optional[bool] = ..., bytes_done: _Optional[int] = ...) -> None: ...
+    handback: bool
+    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., errno: _Optional[int] = ..., message: _Optional[str] = ..., retry: _Optional[bool] = ..., bytes_done: _Optional[int] = ..., handback: _Optional[bool] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "ready", "progress", "done", "heartbeat", "running")
@@ -149,13 +151,15 @@ class Welcome(_message.Message):
     def __init__(self, replica: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "assign", "cancel", "request_running")
+    __slots__ = ("welcome", "assign", "cancel", "request_running", "backlog")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assign: _containers.RepeatedCompositeFieldContainer[Assignment]
     cancel: _containers.RepeatedCompositeFieldContainer[CancelOrder]
     request_running: int
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[CancelOrder, _Mapping]]] = ..., request_running: _Optional[int] = ...) -> None: ...
+    backlog: _coordinator_pb2.Slots
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[CancelOrder, _Mapping]]] = ..., request_running: _Optional[int] = ..., backlog: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ...) -> None: ...

@@ -34,6 +34,28 @@ CANCEL_SENT: CancelOutcome
 ALREADY_ENDED: CancelOutcome
 NOT_FOUND: CancelOutcome
 
+class DrainAgentRequest(_message.Message):
+    __slots__ = ("agent_id", "drain", "shards", "force")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    drain: bool
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    force: bool
+    def __init__(self, agent_id: _Optional[str] = ..., drain: _Optional[bool] = ..., shards: _Optional[_Iterable[int]] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class DrainAgentResponse(_message.Message):
+    __slots__ = ("agent_id", "draining", "running")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    draining: bool
+    running: Slots
+    def __init__(self, agent_id: _Optional[str] = ..., draining: _Optional[bool] = ..., running: _Optional[_Union[Slots, _Mapping]] = ...) -> None: ...
+
 class ControlRequest(_message.Message):
     __slots__ = ("mode", "shards")
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -217,7 +239,7 @@ class KindCount(_message.Message):
     def __init__(self, kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., state: _Optional[_Union[_types_pb2.ActionState, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("agent_id", "host", "archive_ids", "slots", "running", "version", "connected_since", "last_seen", "replica")
+    __slots__ = ("agent_id", "host", "archive_ids", "slots", "running", "version", "connected_since", "last_seen", "replica", "draining")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +249,7 @@ class AgentInfo(_message.Message):
     CONNECTED_SINCE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     host: str
     archive_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -236,7 +259,8 @@ class AgentInfo(_message.Message):
     connected_since: float
     last_seen: float
     replica: str
-    def __init__(self, agent_id: _Optional[str] = ..., host: _Optional[str] = ..., archive_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Union[Slots, _Mapping]] = ..., running: _Optional[_Union[Slots, _Mapping]] = ..., version: _Optional[str] = ..., connected_since: _Optional[float] = ..., last_seen: _Optional[float] = ..., replica: _Optional[str] = ...) -> None: ...
+    draining: bool
+    def __init__(self, agent_id: _Optional[str] = ..., host: _Optional[str] = ..., archive_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Union[Slots, _Mapping]] = ..., running: _Optional[_Union[Slots, _Mapping]] = ..., version: _Optional[str] = ..., connected_since: _Optional[float] = ..., last_seen: _Optional[float] = ..., replica: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class Slots(_message.Message):
     __slots__ = ("archive", "restore", "remove")

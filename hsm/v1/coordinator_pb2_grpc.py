@@ -80,6 +80,11 @@ class CoordinatorStub:
                 request_serializer=hsm_dot_v1_dot_coordinator__pb2.ControlRequest.SerializeToString,
                 response_deserializer=hsm_dot_v1_dot_coordinator__pb2.ControlResponse.FromString,
                 _registered_method=True)
+        self.DrainAgent = channel.unary_unary(
+                '/hsm.v1.Coordinator/DrainAgent',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.DrainAgentRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.DrainAgentResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -152,6 +157,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainAgent(self, request, context):
+        """Drain one agent: it is given no new work, its running actions finish,
+        then it can be stopped safely (drain = false gives it work again).
+        Replicated on every shard; kept across reconnects until undone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +213,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Control,
                     request_deserializer=hsm_dot_v1_dot_coordinator__pb2.ControlRequest.FromString,
                     response_serializer=hsm_dot_v1_dot_coordinator__pb2.ControlResponse.SerializeToString,
+            ),
+            'DrainAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainAgent,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.DrainAgentRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.DrainAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +463,33 @@ class Coordinator:
             '/hsm.v1.Coordinator/Control',
             hsm_dot_v1_dot_coordinator__pb2.ControlRequest.SerializeToString,
             hsm_dot_v1_dot_coordinator__pb2.ControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/DrainAgent',
+            hsm_dot_v1_dot_coordinator__pb2.DrainAgentRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.DrainAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,
