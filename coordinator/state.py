@@ -30,10 +30,12 @@ Semantics (ARCHITECTURE.md):
 from __future__ import annotations
 
 import errno as E
+import operator
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum, IntEnum
+from typing import Any
 
 from hsm.fid import Fid
 from hsm.hsmflags import HSM_FORCE_ACTION, check_request, resolve_archive_id
@@ -259,6 +261,24 @@ class DrainAgent:
 
 
 Command = Submit | Assign | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent
+
+
+def _pickle_by_fields(cls: type) -> None:
+    """Pickle a frozen dataclass as ``cls(*fields)``: several times faster
+    than the generated ``__getstate__``/``__setstate__``, which call
+    ``dataclasses.fields()`` per object. Every command crosses Raft pickled."""
+    get = operator.attrgetter(*(f.name for f in fields(cls)))
+    one = len(fields(cls)) == 1
+
+    def reduce(self: object) -> tuple[type, tuple[Any, ...]]:
+        return (cls, (get(self),) if one else get(self))
+
+    setattr(cls, "__reduce__", reduce)  # noqa: B010
+
+
+for _cls in (Requester, Item, Submit, Assign, ProgressReport, Progress, Completion, Complete, FidTarget, Cancel,
+             AgentLost, Reclaim, SetControl, DrainAgent):
+    _pickle_by_fields(_cls)
 
 
 # --------------------------------------------------------------------------
