@@ -71,7 +71,7 @@ def _common() -> argparse.ArgumentParser:
     g.add_argument("--replicas", type=int, help="coordinator replicas (default 3)")
     g.add_argument("--shards", type=int, help="shards (default 8)")
     g.add_argument("--agents", type=int, help="agentd processes (default 2)")
-    g.add_argument("--slots", help="agentd --slots (default archive=256,restore=256,remove=64)")
+    g.add_argument("--slots", help="agentd --slots (default archive=1024,restore=1024,remove=256)")
     g.add_argument("--no-fsync", dest="fsync", action="store_false", default=None,
                    help="Raft journal without fdatasync (not a production setting)")
     g.add_argument("--no-encrypt", dest="encrypt", action="store_false", default=None,

@@ -140,7 +140,7 @@ class ClusterOptions:
     replicas: int = 3
     shards: int = 8
     agents: int = 2
-    slots: str = "archive=256,restore=256,remove=64"
+    slots: str = "archive=1024,restore=1024,remove=256"
     log_level: str = "warning"
     agent_log_level: str = "WARNING"
     #: ended actions kept per shard (the config key max_terminal)

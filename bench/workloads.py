@@ -37,7 +37,7 @@ class Settings:
     replicas: int = 3
     shards: int = 8
     agents: int = 2
-    slots: str = "archive=256,restore=256,remove=64"
+    slots: str = "archive=1024,restore=1024,remove=256"
     fsync: bool = True
     encrypt: bool = True
     log_level: str = "warning"
