@@ -77,7 +77,7 @@ def _common() -> argparse.ArgumentParser:
     g.add_argument("--no-encrypt", dest="encrypt", action="store_false", default=None,
                    help="Raft traffic authenticated, not encrypted")
     g.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                   help="replicas' log level (default warning: per-action INFO lines cost CPU)")
+                   help="log level of replicas and agents (default warning: per-action INFO lines cost CPU)")
     c = p.add_argument_group("clients")
     c.add_argument("--clients", type=int, help="client processes (default 4)")
     c.add_argument("--batch", type=int, help="items per Submit (default 1000)")

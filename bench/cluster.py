@@ -142,7 +142,6 @@ class ClusterOptions:
     agents: int = 2
     slots: str = "archive=1024,restore=1024,remove=256"
     log_level: str = "warning"
-    agent_log_level: str = "WARNING"
     #: ended actions kept per shard (the config key max_terminal)
     max_terminal: int = 100_000
     fsync: bool = True
@@ -152,7 +151,7 @@ class ClusterOptions:
 
     def describe(self) -> dict[str, Any]:
         return {"replicas": self.replicas, "shards": self.shards, "agents": self.agents, "slots": self.slots,
-                "mover": "null", "log_level": self.log_level, "max_terminal": self.max_terminal,
+                "mover": "null", "log_level": self.log_level,  # replicas and agents "max_terminal": self.max_terminal,
                 "fsync": self.fsync, "encrypt": self.encrypt, "raft": dict(self.raft)}
 
 
@@ -232,7 +231,7 @@ class BenchCluster:
         self.agents[agent_id] = self._spawn(agent_id, [
             sys.executable, "-m", "bench.agent_shim", str(self.runs_dir / f"{agent_id}.runs"),
             "--coordinators", self.addresses, "--agent-id", agent_id, "--fs-root", str(self.fs_root),
-            "--mover", "null", "--slots", self.opt.slots, "--log-level", self.opt.agent_log_level])
+            "--mover", "null", "--slots", self.opt.slots, "--log-level", self.opt.log_level.upper()])
 
     def check_alive(self) -> None:
         for name, p in {**self.replicas, **self.agents}.items():
