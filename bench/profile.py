@@ -248,6 +248,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
              f"(py-spy {summary['rate']} Hz, non-blocking). Host CPU during the flood: "
              f"{flood['cpu']['host_busy_s']} of {flood['cpu']['host_capacity_s']} core-seconds busy, "
              f"{flood['cpu']['other_s']} s by processes outside the benchmark.",
+             f"Code: commit {summary['machine'].get('git_commit')}"
+             + (" plus uncommitted changes in the work tree" if summary["machine"].get("git_dirty") else "")
+             + "; line numbers in the raw profiles refer to the files as they were then.",
              "Shards led: " + "; ".join(f"{r}: {', '.join(map(str, s))}" for r, s in sorted(summary["leaders"].items()))
              + ".", "",
              "Per process: **GIL** = samples of the thread holding the GIL (Python CPU; self = the function on "

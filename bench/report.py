@@ -112,7 +112,7 @@ def markdown(latest: dict[str, Any]) -> str:
         "(`make bench`) runs smaller sizes, shown in the size column. Agents use the `null` mover "
         "(actions complete at once), so these figures measure the coordinator alone.",
         "",
-        "| figure | measured | target | status | size (mode) | cluster | in-kernel anchor |",
+        "| figure | measured | target | status | size (mode, commit) | cluster | in-kernel anchor |",
         "|---|---|---|---|---|---|---|",
     ]
     for section, label, path, check, target, anchor, fmt in TARGETS:
@@ -126,7 +126,8 @@ def markdown(latest: dict[str, Any]) -> str:
             status = "n/a" if v is None else ("**met**" if check(v, data) else "**missed**")
         mode = data.get("mode", "?")
         lines.append(f"| {label} | {_value_text(section, path, fmt, data)} | {target or '—'} | {status} | "
-                     f"{_size(section, data)} ({mode}) | {_cluster_text(section, data)} | {anchor} |")
+                     f"{_size(section, data)} ({mode}, {data.get('commit', '?')}) | {_cluster_text(section, data)} "
+                     f"| {anchor} |")
     lines += ["", "Details of every figure (timings, CPU seconds per process, outcomes, cluster options) are in "
               "`latest.json`; one file per run under `runs/`.", ""]
     st = latest.get("restore_storm")
@@ -168,6 +169,7 @@ def save(section_results: dict[str, dict[str, Any]], machine: dict[str, Any], se
     for name, data in section_results.items():
         data.setdefault("mode", settings.get("mode"))
         data.setdefault("when", when)
+        data.setdefault("commit", machine.get("git_commit", "") + ("+dirty" if machine.get("git_dirty") else ""))
         p = runs / f"{stamp}-{name}.json"
         p.write_text(json.dumps({"machine": machine, "settings": settings, name: data}, indent=1, default=str) + "\n")
         written.append(p)
