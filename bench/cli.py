@@ -137,6 +137,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if v is not None:
             setattr(s, attr, v)
     s.workdir = args.workdir
+    s.results = args.results
     s.keep = args.keep
     return s
 

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -133,6 +134,17 @@ class CpuWindow:
                 "host_capacity_s": round(wall * (os.cpu_count() or 1), 2), "processes_s": procs,
                 "cluster_s": round(cluster, 2), "clients_s": round(clients_s, 2), "harness_s": round(harness, 2),
                 "other_s": round(max(0.0, other), 2)}
+
+
+class Run(NamedTuple):
+    """One mover run, as an agent's shim recorded it."""
+
+    time: float  # unix time the run ended
+    action_id: int
+    attempt: int
+    kind: int
+    errno: int
+    agent: str
 
 
 @dataclass
@@ -360,17 +372,24 @@ class BenchCluster:
         c = self.counts(rid)
         return c.get("WAITING", 0) + c.get("STARTED", 0) + c.get("CANCELING", 0)
 
-    def runs(self) -> list[tuple[float, int, int, int, int]]:
-        """Every mover run recorded so far by the agents' shims:
-        (time, action id, attempt, kind, errno), sorted by time."""
-        out: list[tuple[float, int, int, int, int]] = []
+    def runs(self) -> list[Run]:
+        """Every mover run recorded so far by the agents' shims, by time."""
+        out: list[Run] = []
         for f in sorted(self.runs_dir.glob("*.runs")):
             for line in f.read_text().splitlines():
                 parts = line.split()
                 if len(parts) == 5:
-                    out.append((float(parts[0]), int(parts[1]), int(parts[2]), int(parts[3]), int(parts[4])))
+                    out.append(Run(float(parts[0]), int(parts[1]), int(parts[2]), int(parts[3]), int(parts[4]),
+                                   f.stem))
         out.sort()
         return out
+
+    def save_logs(self, dest: Path) -> Path:
+        """Copy the processes' logs and the agents' run records to *dest*."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for src in (self.logs, self.runs_dir):
+            shutil.copytree(src, dest / src.name, dirs_exist_ok=True)
+        return dest
 
 
 def max_terminal_for(actions: int, shards: int) -> int:

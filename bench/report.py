@@ -33,6 +33,8 @@ TARGETS: list[tuple[str, str, str, Check | None, str, str, str]] = [
     ("archive_flood", "archive flood, submit-to-start p50 / p99", "p50_start_ms", None, "", "", "{} ms"),
     ("archive_flood", "archive flood, submit-to-done p50 / p99", "p50_done_ms", None, "", "", "{} ms"),
     ("archive_flood", "archive flood, peak RSS per replica", "peak_rss", None, "", "", "{}"),
+    ("archive_flood", "archive flood, actions the movers ran twice", "run_twice",
+     lambda v, s: v == 0, "0 (one run per action)", "", "{:,}"),
     ("restore_storm", "restore storm, actions dispatched", "dispatched",
      lambda v, s: v == s["fids"] and s.get("run_twice", 0) == 0, "= FIDs (one per FID)", "", "{:,}"),
     ("restore_storm", "restore storm, requests accepted", "requests_per_s",

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from bench import clients as cl
-from bench.cluster import BenchCluster, ClusterOptions, CpuWindow, max_terminal_for, until
+from bench.cluster import BenchCluster, ClusterOptions, CpuWindow, Run, max_terminal_for, until
 from bench.stats import ms, percentile, rate, window_rate
 from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import coordinator_pb2_grpc
@@ -60,6 +60,7 @@ class Settings:
     mixed_cancel_every: int = 10
     # where
     workdir: Path | None = None
+    results: Path | None = None
     keep: bool = False
     say: Callable[[str], None] = field(default=print, repr=False)
 
@@ -167,14 +168,34 @@ def _latencies(c: BenchCluster, samples: list[tuple[int, float, float]]) -> dict
             "p50_done_ms": ms(percentile(done, 50)), "p99_done_ms": ms(percentile(done, 99))}
 
 
-def _run_counts(runs: list[tuple[float, int, int, int, int]], kind: int | None = None) -> dict[str, int]:
-    per = Counter(r[1] for r in runs if kind is None or r[3] == kind)
-    return {"runs": sum(per.values()), "actions_run": len(per), "run_twice": sum(1 for v in per.values() if v > 1)}
+def _run_counts(runs: list[Run], kind: int | None = None) -> dict[str, Any]:
+    """How many actions the movers ran, and which ran more than once (with
+    each run's agent, attempt, errno and time: the evidence to look into)."""
+    per: dict[int, list[Run]] = {}
+    for r in runs:
+        if kind is None or r.kind == kind:
+            per.setdefault(r.action_id, []).append(r)
+    twice = {i: rs for i, rs in per.items() if len(rs) > 1}
+    examples = {str(i): [[r.agent, r.attempt, r.errno, round(r.time, 3)] for r in rs]
+                for i, rs in list(twice.items())[:10]}
+    return {"runs": sum(len(v) for v in per.values()), "actions_run": len(per), "run_twice": len(twice),
+            "run_twice_examples": examples,
+            "run_twice_attempts": dict(Counter("same attempt" if len({r.attempt for r in rs}) < len(rs)
+                                               else "new attempt" for rs in twice.values()))}
 
 
-def _settle_runs(c: BenchCluster) -> list[tuple[float, int, int, int, int]]:
+def _settle_runs(c: BenchCluster) -> list[Run]:
     time.sleep(0.5)  # the shims flush every 0.2 s
     return c.runs()
+
+
+def _keep_evidence(s: Settings, c: BenchCluster, name: str, why: str) -> str:
+    """Copy the logs of a run that showed a problem next to the results."""
+    from bench.report import RESULTS
+
+    dest = c.save_logs((s.results or RESULTS) / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-logs")
+    s.say(f"   !! {why}: logs and run records kept in {dest}")
+    return str(dest)
 
 
 # ------------------------------------------------------------------ flood
@@ -204,7 +225,9 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
         mem1 = c.memory()
         samples = [x for r in res for x in r["samples"]]
         lat = _latencies(c, samples)
-        runs = _settle_runs(c)
+        rc = _run_counts(_settle_runs(c), KIND_ARCHIVE)
+        if rc["run_twice"]:
+            rc["evidence"] = _keep_evidence(s, c, "archive-flood", f"{rc['run_twice']} actions ran twice")
     outcomes: Counter[str] = Counter()
     for r in res:
         outcomes.update(r["outcomes"])
@@ -217,7 +240,7 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
         **lat,
         "p50_batch_ack_ms": ms(percentile(batch_lat, 50)), "p99_batch_ack_ms": ms(percentile(batch_lat, 99)),
         "outcomes": dict(outcomes), "client_retries": sum(r["retries"] for r in res),
-        **_run_counts(runs, KIND_ARCHIVE),
+        **rc,
         "rss_before": {k: v.get("VmRSS") for k, v in mem0.items()},
         "peak_rss": {k: v.get("VmHWM") for k, v in mem1.items()},
         "cpu": cpu_used,
@@ -252,7 +275,9 @@ def restore_storm(s: Settings) -> dict[str, Any]:
         t_acc = max(r["t_end"] for r in res)
         t_end = wait_drained(c, timeout=max(300, f / 100))
         cpu_used = cpu.stop(sum(r["cpu_s"] for r in res))
-        runs = _settle_runs(c)
+        rc = _run_counts(_settle_runs(c), KIND_RESTORE)
+        if rc["run_twice"]:
+            rc["evidence"] = _keep_evidence(s, c, "restore-storm", f"{rc['run_twice']} actions ran twice")
         diagnosis = _restore_diagnosis(c)
     outcomes: Counter[str] = Counter()
     for r in res:
@@ -260,11 +285,11 @@ def restore_storm(s: Settings) -> dict[str, Any]:
     requests = sum(r["submitted"] for r in res)
     accepted = outcomes.get("CREATED", 0) + outcomes.get("JOINED", 0)
     action_ids = {i for r in res for i in r["ids"]}
-    rc = _run_counts(runs, KIND_RESTORE)
     out = {
         "fids": f, "initiators": ninit, "batch": s.restore_batch, "requests": requests, "accepted": accepted,
         "outcomes": dict(outcomes), "actions": len(action_ids), "dispatched": rc["actions_run"],
-        "mover_runs": rc["runs"], "run_twice": rc["run_twice"], **diagnosis,
+        "mover_runs": rc["runs"], "run_twice": rc["run_twice"], "run_twice_examples": rc["run_twice_examples"],
+        **({"evidence": rc["evidence"]} if "evidence" in rc else {}), **diagnosis,
         "accept_seconds": round(t_acc - t0, 2), "requests_per_s": rate(accepted, t_acc - t0),
         "drain_seconds": round(t_end - t0, 2), "p99_batch_ack_ms": ms(percentile(
             [x for r in res for x in r["batch_latency"]], 99)),
@@ -327,7 +352,7 @@ def _release(c: BenchCluster, client: Any, n: int) -> dict[str, Any]:
     client.control("enabled")
     t_end = wait_drained(c, timeout=max(300, n / 50), interval=0.02)
     runs = _settle_runs(c)[before:]
-    times = sorted(r[0] for r in runs if r[0] >= t_en)
+    times = sorted(r.time for r in runs if r.time >= t_en)
     client.control("disabled")
     if len(times) < n:
         raise RuntimeError(f"queue depth: only {len(times)} of {n} actions ran after dispatch was enabled")
@@ -451,6 +476,7 @@ def mixed(s: Settings) -> dict[str, Any]:
         cpu_used = cpu.stop(sum(r["cpu_s"] for r in res))
         actions = _all_actions(c)
         runs = _settle_runs(c)
+        rc = _run_counts(runs)
         # replicas agree once both applied everything
         try:
             until(lambda: len({tuple(sorted(d.items())) for d in _digests(c).values()}) == 1, 30,
@@ -458,10 +484,16 @@ def mixed(s: Settings) -> dict[str, Any]:
             consistent = True
         except TimeoutError:
             consistent = False
+        acked_ids = {i for r in res for v in r["acked"].values() for i in v}
+        lost_now = [i for i in acked_ids if i not in actions or actions[i].state not in TERMINAL]
+        evidence = None
+        if rc["run_twice"] or lost_now or not consistent:
+            evidence = _keep_evidence(s, c, "mixed", f"{rc['run_twice']} actions ran twice, {len(lost_now)} lost, "
+                                      f"replicas consistent: {consistent}")
     acked = {kind: [i for r in res for i in r["acked"][kind]] for kind in ("archive", "restore", "remove")}
     ids = {i for v in acked.values() for i in v}
     lost = [i for i in ids if i not in actions or actions[i].state not in TERMINAL]
-    per = Counter(r[1] for r in runs)
+    per = Counter(r.action_id for r in runs)
     duplicates = [i for i, n in per.items() if n > 1]
     states = Counter(T.ActionState.Name(actions[i].state) for i in ids if i in actions)
     multi_attempt = sum(1 for i in ids if i in actions and actions[i].attempt > 1)
@@ -471,7 +503,7 @@ def mixed(s: Settings) -> dict[str, Any]:
     n_before = sum(n for t, n in acks if t < t_kill) if t_kill else sum(n for _, n in acks)
     n_after = sum(n for t, n in acks if t >= t_kill) if t_kill else 0
     gaps = [b[0] - a[0] for a, b in zip(acks, acks[1:], strict=False) if a[0] >= t_kill] if t_kill else []
-    run_times = [r[0] for r in runs]
+    run_times = [r.time for r in runs]
     outcomes: Counter[str] = Counter()
     cancels: Counter[str] = Counter()
     for r in res:
@@ -481,7 +513,8 @@ def mixed(s: Settings) -> dict[str, Any]:
         "requests": total, "clients": s.clients, "rounds": s.mixed_rounds, "batch": s.mixed_batch,
         "acknowledged_actions": len(ids), "killed": victim, "kill_after_s": round(t_kill - t0, 2) if t_kill else None,
         "lost": len(lost), "lost_ids": lost[:20], "duplicates": len(duplicates), "duplicate_ids": duplicates[:20],
-        "multi_attempt": multi_attempt, "final_states": dict(states), "outcomes": dict(outcomes),
+        "run_twice_examples": rc["run_twice_examples"], "run_twice_attempts": rc["run_twice_attempts"],
+        "evidence": evidence, "multi_attempt": multi_attempt, "final_states": dict(states), "outcomes": dict(outcomes),
         "cancel_outcomes": dict(cancels), "replicas_consistent": consistent,
         "requests_per_s_before": rate(n_before, before_s), "requests_per_s_after": rate(n_after, after_s),
         "runs_per_s_before": window_rate(run_times, t0, t_kill) if t_kill else None,
