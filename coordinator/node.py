@@ -451,8 +451,9 @@ class CoordinatorNode:
                         assert action is not None
                         session.credits[action.kind] -= 1
                         assignments.append(convert.assignment_to_pb(action))
-                        log.info("action %d/%d: %s %s assigned to %s", action.id, action.attempt,
-                                 action.kind.name, action.fid, session.agent_id)
+                        if log.isEnabledFor(logging.DEBUG):
+                            log.debug("action %d/%d: %s %s assigned to %s", action.id, action.attempt,
+                                      action.kind.name, action.fid, session.agent_id)
             if assignments:
                 session.send(agent_pb2.CoordinatorMessage(assign=assignments))
                 sent = True
@@ -607,8 +608,9 @@ class CoordinatorNode:
                 ProgressReport(p.action_id, p.attempt, p.bytes_done, p.bytes_total) for p in progress)))
         if done:
             for d in done:
-                log.info("action %d/%d: done on %s, errno %d %s", d.action_id, d.attempt, agent_id, d.errno,
-                         d.message)
+                if d.errno:  # successes are per-action noise at 10k/s; the agent logs each one
+                    log.info("action %d/%d: ended on %s with errno %d: %s", d.action_id, d.attempt, agent_id,
+                             d.errno, d.message)
             await self.propose(shard, Complete(self.clock(), tuple(
                 Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done, d.handback)
                 for d in done)))

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import errno as E
 import operator
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from enum import Enum, IntEnum
+from itertools import chain
 from typing import Any
 
 from hsm.fid import Fid
@@ -431,10 +432,6 @@ class Action:
         return (self.fsname, self.fid)
 
     @property
-    def dedup_key(self) -> tuple[str, Fid, Kind, int]:
-        return (self.fsname, self.fid, self.kind, self.archive_id)
-
-    @property
     def joinable(self) -> bool:
         if self.state == State.WAITING:
             return True
@@ -444,7 +441,34 @@ class Action:
         return f"Action({self.id} {self.kind.name} {self.fid} {self.state.name} agent={self.agent!r} attempt={self.attempt})"
 
 
-ReadyQueue = OrderedDict[int, None]
+class ReadyQueue:
+    """Action ids that may start now, in order: requeued ones (``front``)
+    before new ones (``back``). Two plain dicts: half the memory of an
+    OrderedDict per entry, O(1) add, remove and membership."""
+
+    __slots__ = ("front", "back")
+
+    def __init__(self) -> None:
+        self.front: dict[int, None] = {}
+        self.back: dict[int, None] = {}
+
+    def add(self, action_id: int, front: bool = False) -> None:
+        (self.front if front else self.back)[action_id] = None
+
+    def __contains__(self, action_id: object) -> bool:
+        return action_id in self.back or action_id in self.front
+
+    def __delitem__(self, action_id: int) -> None:
+        if action_id in self.back:
+            del self.back[action_id]
+        else:
+            del self.front[action_id]
+
+    def __iter__(self) -> Iterator[int]:
+        return chain(self.front, self.back) if self.front else iter(self.back)
+
+    def __len__(self) -> int:
+        return len(self.front) + len(self.back)
 
 
 class ShardState:
@@ -457,15 +481,14 @@ class ShardState:
             raise ValueError(f"shard {self.config.shard} out of range 0..{MAX_SHARDS - 1}")
         self.next_seq = 1
         self.actions: dict[int, Action] = {}
-        #: per (fsname, fid): non-terminal action ids in arrival order; the
-        #: first one is the only one that may be ready or running
-        self.fid_queue: dict[tuple[str, Fid], list[int]] = {}
+        #: per (fsname, fid): non-terminal action ids in arrival order (a bare
+        #: id when there is one, the common case: saves a list per action);
+        #: the first one is the only one that may be ready or running
+        self.fid_queue: dict[tuple[str, Fid], int | list[int]] = {}
         #: per (kind, archive_id): WAITING actions that may start now, FIFO
         self.ready: dict[tuple[Kind, int], ReadyQueue] = {}
-        #: dedup index: (fsname, fid, kind, archive_id) -> joinable action id
-        self.active: dict[tuple[str, Fid, Kind, int], int] = {}
-        #: idempotency key -> (action id, outcome)
-        self.keys: dict[str, tuple[int, Outcome]] = {}
+        #: idempotency key -> action id << 3 | outcome (one int, not a tuple)
+        self.keys: dict[str, int] = {}
         #: agent -> ids of STARTED/CANCELING actions it holds
         self.by_agent: dict[str, dict[int, None]] = {}
         #: ended actions, oldest first (pruned beyond config.max_terminal)
@@ -520,9 +543,10 @@ class ShardState:
         return res
 
     def _submit_one(self, now: float, item: Item, effects: list[Effect]) -> SubmitReply:
-        if item.key and item.key in self.keys:
-            action_id, outcome = self.keys[item.key]
-            return SubmitReply(outcome, action_id)
+        if item.key:
+            known = self.keys.get(item.key)
+            if known is not None:
+                return SubmitReply(Outcome(known & 7), known >> 3)
         if self.control == "shutdown":
             return SubmitReply(Outcome.REJECTED, errno=E.ESHUTDOWN,
                                reason="the coordinator is shut down (hsmctl control enabled resumes it)")
@@ -546,13 +570,13 @@ class ShardState:
                 reason=f"archive id {archive_id} is not configured",
             )
         requester = _with(item.requester, when=now, key=item.key)
-        dkey = (item.fsname, item.fid, item.kind, archive_id)
-        existing = self.active.get(dkey)
+        fkey = (item.fsname, item.fid)
+        existing = self._joinable(fkey, item.kind, archive_id)
         if existing is not None:
             action = self.actions[existing]
             action.requesters.append(requester)
             if item.key:
-                self.keys[item.key] = (existing, Outcome.JOINED)
+                self.keys[item.key] = existing << 3 | Outcome.JOINED
             effects.append(Changed(existing))
             return SubmitReply(Outcome.JOINED, existing)
 
@@ -562,17 +586,17 @@ class ShardState:
         action.requesters[0] = requester
         self.actions[action_id] = action
         self._count(action.kind, State.WAITING, +1)
-        fkey = action.fid_key
         queue = self.fid_queue.get(fkey)
         if queue is None:
-            self.fid_queue[fkey] = [action_id]
+            self.fid_queue[fkey] = action_id
             self.fsnames[action.fsname] = self.fsnames.get(action.fsname, 0) + 1
             self._make_ready(action)
+        elif isinstance(queue, int):
+            self.fid_queue[fkey] = [queue, action_id]
         else:
             queue.append(action_id)
-        self.active[dkey] = action_id
         if item.key:
-            self.keys[item.key] = (action_id, Outcome.CREATED)
+            self.keys[item.key] = action_id << 3 | Outcome.CREATED
         effects.append(Changed(action_id))
         return SubmitReply(Outcome.CREATED, action_id)
 
@@ -591,8 +615,6 @@ class ShardState:
             if not queue:
                 del self.ready[(action.kind, action.archive_id)]
             self._transition(action, Ev.ASSIGN)
-            if action.kind == Kind.ARCHIVE and self.active.get(action.dedup_key) == action_id:
-                del self.active[action.dedup_key]
             action.agent = cmd.agent
             action.attempt += 1
             action.started = cmd.now
@@ -678,8 +700,6 @@ class ShardState:
             elif action.state == State.STARTED:
                 self._transition(action, Ev.CANCEL)
                 action.error = reason
-                if self.active.get(action.dedup_key) == action_id:
-                    del self.active[action.dedup_key]
                 res.effects.append(SendCancel(action.agent, action_id, action.attempt))
                 res.effects.append(Changed(action_id))
                 res.replies.append(CancelReply(action_id, CancelOutcome.SENT, action.state))
@@ -697,12 +717,12 @@ class ShardState:
         for target in cmd.fids:
             fsnames = [target.fsname] if target.fsname else list(self.fsnames)
             for fsname in fsnames:
-                for action_id in list(self.fid_queue.get((fsname, target.fid), ())):
+                for action_id in self._fid_ids((fsname, target.fid)):
                     if target.kind is None or self.actions[action_id].kind == target.kind:
                         yield action_id
         if cmd.all:
             for queue in list(self.fid_queue.values()):
-                yield from list(queue)
+                yield from ([queue] if isinstance(queue, int) else list(queue))
 
     def _agent_lost(self, cmd: AgentLost) -> Result:
         res = Result()
@@ -731,8 +751,6 @@ class ShardState:
             self._transition(action, Ev.RECLAIM)
             action.reclaiming = True
             action.error = cmd.reason or f"no progress for {cmd.now - action.last_progress:.0f} s: reclaimed"
-            if self.active.get(action.dedup_key) == action_id:
-                del self.active[action.dedup_key]
             res.effects.append(SendCancel(action.agent, action_id, action.attempt))
             res.effects.append(Changed(action_id))
             res.replies.append(action_id)
@@ -772,10 +790,11 @@ class ShardState:
             del self.counts[key]
 
     def _make_ready(self, action: Action, front: bool = False) -> None:
-        queue = self.ready.setdefault((action.kind, action.archive_id), OrderedDict())
-        queue[action.id] = None
-        if front:
-            queue.move_to_end(action.id, last=False)
+        key = (action.kind, action.archive_id)
+        queue = self.ready.get(key)
+        if queue is None:
+            queue = self.ready[key] = ReadyQueue()
+        queue.add(action.id, front)
 
     def _release_agent(self, action: Action) -> None:
         held = self.by_agent.get(action.agent)
@@ -795,8 +814,6 @@ class ShardState:
         action.errno = errno
         action.error = message
         action.bytes_done = 0
-        if self.active.get(action.dedup_key) is None:
-            self.active[action.dedup_key] = action.id
         self._make_ready(action, front=True)
 
     def _end(self, action: Action, event: Ev, now: float, errno: int, message: str) -> None:
@@ -813,21 +830,22 @@ class ShardState:
                     del self.ready[(action.kind, action.archive_id)]
         else:
             self._release_agent(action)
-        if self.active.get(action.dedup_key) == action.id:
-            del self.active[action.dedup_key]
         fkey = action.fid_key
         fq = self.fid_queue[fkey]
-        was_head = fq[0] == action.id
-        fq.remove(action.id)
-        if not fq:
+        if isinstance(fq, int):
             del self.fid_queue[fkey]
             left = self.fsnames[action.fsname] - 1
             if left:
                 self.fsnames[action.fsname] = left
             else:
                 del self.fsnames[action.fsname]
-        elif was_head:
-            self._make_ready(self.actions[fq[0]])
+        else:
+            was_head = fq[0] == action.id
+            fq.remove(action.id)
+            if len(fq) == 1:
+                self.fid_queue[fkey] = fq[0]
+            if was_head:
+                self._make_ready(self.actions[fq[0]])
         self.terminal.append(action.id)
         while len(self.terminal) > self.config.max_terminal:
             self._forget(self.terminal.popleft())
@@ -836,7 +854,7 @@ class ShardState:
         action = self.actions.pop(action_id)
         self._count(action.kind, action.state, -1)
         for req in action.requesters:
-            if req.key and self.keys.get(req.key, (0,))[0] == action_id:
+            if req.key and self.keys.get(req.key, 0) >> 3 == action_id:
                 del self.keys[req.key]
 
     # --------------------------------------------------------------- reads
@@ -846,7 +864,27 @@ class ShardState:
 
     def actions_of_fid(self, fsname: str, fid: Fid) -> list[Action]:
         """Non-terminal actions of a file, in the order they will run."""
-        return [self.actions[i] for i in self.fid_queue.get((fsname, fid), ())]
+        return [self.actions[i] for i in self._fid_ids((fsname, fid))]
+
+    def _joinable(self, fkey: tuple[str, Fid], kind: Kind, archive_id: int) -> int | None:
+        """The action a new request of this kind joins: the oldest joinable
+        one of the file (a FID has a handful of live actions at most, so
+        this scan replaces a dedup index and its memory)."""
+        q = self.fid_queue.get(fkey)
+        if q is None:
+            return None
+        for action_id in (q,) if isinstance(q, int) else q:
+            a = self.actions[action_id]
+            if a.kind == kind and a.archive_id == archive_id and a.joinable:
+                return action_id
+        return None
+
+    def _fid_ids(self, fkey: tuple[str, Fid]) -> list[int]:
+        """The non-terminal action ids of a file (a copy)."""
+        q = self.fid_queue.get(fkey)
+        if q is None:
+            return []
+        return [q] if isinstance(q, int) else list(q)
 
     def held_by(self, agent: str) -> list[Action]:
         return [self.actions[i] for i in self.by_agent.get(agent, ())]
@@ -883,7 +921,7 @@ class ShardState:
         assert counts == self.counts, f"counts {self.counts} != recount {counts}"
 
         live = {i for i, a in self.actions.items() if not a.state.terminal}
-        in_queues = [i for q in self.fid_queue.values() for i in q]
+        in_queues = [i for fkey in self.fid_queue for i in self._fid_ids(fkey)]
         assert len(in_queues) == len(set(in_queues)), "action in two FID queues"
         assert set(in_queues) == live, "FID queues != non-terminal actions"
         assert set(self.terminal) == set(self.actions) - live, "terminal list mismatch"
@@ -897,8 +935,9 @@ class ShardState:
                 assert (ra.kind, ra.archive_id) == (kind, arch), f"{ra} in wrong ready queue"
                 ready_ids.add(i)
         expect_ready = set()
-        for fkey, q in self.fid_queue.items():
-            assert q, f"empty FID queue {fkey} kept"
+        for fkey, stored in self.fid_queue.items():
+            assert isinstance(stored, int) or len(stored) > 1, f"FID queue {fkey} kept as {stored!r}"
+            q = self._fid_ids(fkey)
             for pos, i in enumerate(q):
                 a = self.actions[i]
                 assert a.fid_key == fkey, f"{a} in FID queue of {fkey}"
@@ -916,11 +955,9 @@ class ShardState:
                 held.setdefault(a.agent, set()).add(a.id)
         assert {k: set(v) for k, v in self.by_agent.items()} == held, "by_agent mismatch"
 
-        for dkey, i in self.active.items():
-            da = self.actions.get(i)
-            assert da is not None and da.joinable and da.dedup_key == dkey, f"bad dedup entry {dkey} -> {da}"
-        for key, (i, _) in self.keys.items():
-            assert i in self.actions, f"key {key!r} points to forgotten action {i}"
+        for key, packed in self.keys.items():
+            assert packed >> 3 in self.actions, f"key {key!r} points to forgotten action {packed >> 3}"
+            assert Outcome(packed & 7) in (Outcome.CREATED, Outcome.JOINED)
         fs: dict[str, int] = {}
         for fsname, _fid in self.fid_queue:
             fs[fsname] = fs.get(fsname, 0) + 1

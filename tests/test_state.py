@@ -379,7 +379,7 @@ def test_scheduling_cost_does_not_depend_on_queue_length() -> None:
     reads with a large and a small queue."""
     touched = []
 
-    class CountingQueue(dict):  # type: ignore[type-arg]
+    class CountingDict(dict):  # type: ignore[type-arg]
         def __iter__(self):  # type: ignore[no-untyped-def]
             for k in super().__iter__():
                 touched.append(k)
@@ -388,8 +388,8 @@ def test_scheduling_cost_does_not_depend_on_queue_length() -> None:
     for n in (10, 20_000):
         h = ShardState()
         h.apply(Submit(1.0, tuple(item(i) for i in range(n))))
-        for key, q in list(h.ready.items()):
-            h.ready[key] = CountingQueue(q)  # type: ignore[assignment]
+        for q in h.ready.values():
+            q.front, q.back = CountingDict(q.front), CountingDict(q.back)
         touched.clear()
         got = scheduler.pick(h, (), {Kind.ARCHIVE: 5})
         assert len(got) == 5
