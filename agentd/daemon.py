@@ -586,6 +586,9 @@ class Agent:
         self.config = config
         self.backend = backend
         self.mover = mover
+        #: the mover never blocks (``inline = True``, the null mover without
+        #: a delay): it runs on the event loop, without a worker thread
+        self._inline = bool(getattr(mover, "inline", False))
         self.host = host or socket.gethostname()
         self._slots = {k: config.slots.for_kind(k) for k in KINDS}
         self._running: dict[int, _Running] = {}
@@ -999,17 +1002,23 @@ class Agent:
         loop = asyncio.get_running_loop()
         assert self._executor is not None and self._idle is not None
         run = _Running(job=job, kind=job.kind, attempt=job.attempt, session=session, started=time.monotonic())
-        job.report = _ProgressCell(loop, functools.partial(self._on_progress, run)).report
         self._running[job.action_id] = run
         self._running_count[job.kind] += 1
         self._peak[job.kind] = max(self._peak[job.kind], self._running_count[job.kind])
         self._idle.clear()
-        extent = "whole file" if job.length < 0 and job.offset == 0 else f"extent {job.offset}+{job.length}"
-        log.info(
-            "action %d/%d %s %s started: archive %d, %s, from %s",
-            job.action_id, job.attempt, kind_name(job.kind), job.fid, job.archive_id, extent,
-            session.replica or session.address,
-        )
+        if log.isEnabledFor(logging.INFO):
+            extent = "whole file" if job.length < 0 and job.offset == 0 else f"extent {job.offset}+{job.length}"
+            log.info(
+                "action %d/%d %s %s started: archive %d, %s, from %s",
+                job.action_id, job.attempt, kind_name(job.kind), job.fid, job.archive_id, extent,
+                session.replica or session.address,
+            )
+        if self._inline:
+            # a mover that never blocks (the null mover): run it here, no
+            # thread hop; the caller rebalances credits once per message
+            self._job_end(run, self._run_mover(job), rebalance=False)
+            return
+        job.report = _ProgressCell(loop, functools.partial(self._on_progress, run)).report
         fut = loop.run_in_executor(self._executor, self._run_mover, job)
         fut.add_done_callback(functools.partial(self._on_job_end, run))
 
@@ -1041,11 +1050,14 @@ class Agent:
             run.session.wake()
 
     def _on_job_end(self, run: _Running, fut: asyncio.Future[Result]) -> None:
-        assert self._idle is not None
         try:
             res = fut.result()
         except BaseException as exc:  # the executor refused it (shutdown) or was cancelled
             res = Result(errno=_errno.EIO, message=f"not run: {exc!r}", retry=True)
+        self._job_end(run, res)
+
+    def _job_end(self, run: _Running, res: Result, rebalance: bool = True) -> None:
+        assert self._idle is not None
         run.ended = True
         if self._running.get(run.action_id) is run:
             del self._running[run.action_id]
@@ -1067,10 +1079,11 @@ class Agent:
         secs = time.monotonic() - run.started
         job = run.job
         if err == 0:
-            log.info(
-                "action %d/%d %s %s succeeded: %d bytes in %.2f s",
-                run.action_id, run.attempt, kind_name(run.kind), job.fid, bytes_done, secs,
-            )
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "action %d/%d %s %s succeeded: %d bytes in %.2f s",
+                    run.action_id, run.attempt, kind_name(run.kind), job.fid, bytes_done, secs,
+                )
         else:
             log.info(
                 "action %d/%d %s %s ended with errno %d (%s)%s: %d bytes in %.2f s",
@@ -1101,7 +1114,8 @@ class Agent:
                     self._idle.set()
             else:
                 self._start(dsession, djob)
-        self.rebalance()
+        if rebalance:
+            self.rebalance()
 
     @staticmethod
     def _remember(book: collections.OrderedDict[tuple[int, int], Any], key: tuple[int, int],

@@ -217,6 +217,7 @@ class CoordinatorNode:
                 self._on_applied, loop, self.config.raft, bind_addr=bind,
                 on_leader_change=self._on_leader_change, on_reset=self._on_reset,
                 preferred_leader=self.cluster.preferred_leader(i).raft_addr(i) if len(self.cluster.replicas) > 1 else None,
+                wants_effects=self._watchers.__len__,
             ))
         from coordinator.servicers import AgentServicer, CoordinatorServicer
 

@@ -1006,6 +1006,7 @@ class RaftShard:
         on_leader_change: Callable[[int, LeaderInfo], None] | None = None,
         on_reset: Callable[[int], None] | None = None,
         preferred_leader: str | None = None,
+        wants_effects: Callable[[], bool] | None = None,
     ) -> None:
         if not isinstance(password, str) or len(password) < 8:
             raise ValueError(
@@ -1032,6 +1033,10 @@ class RaftShard:
         self._on_applied = on_applied
         self._on_leader_change = on_leader_change
         self._on_reset = on_reset
+        #: on a follower, whether anyone on the loop cares about applied
+        #: results (watchers); when not, entries are applied without a hop
+        #: to the event loop (None: always hop)
+        self._wants_effects = wants_effects
         self.preferred_leader = preferred_leader
         self.stats = RaftStats()
         self._origin = os.urandom(8)  # tags entries proposed by this instance
@@ -1726,7 +1731,8 @@ class RaftShard:
         self._applied_index = idx
         self.stats.entries_applied += 1
         self.stats.commands_applied += ncmds
-        self._post(self._deliver, batch_id if mine else None, mine, out)
+        if mine or self._wants_effects is None or self._wants_effects() or self.is_leader:
+            self._post(self._deliver, batch_id if mine else None, mine, out)
 
     def _deliver(self, batch_id: int | None, mine: bool, out: list[_Delivery]) -> None:
         for d in out:

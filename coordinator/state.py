@@ -1,7 +1,7 @@
 """The shard state machine: pure, deterministic, no I/O, no clock reads.
 
 One ``ShardState`` holds every action of the FIDs that hash to one shard.
-Every change is a command (a frozen dataclass carrying the leader's clock as
+Every change is a command (an immutable value carrying the leader's clock as
 ``now``) applied by ``ShardState.apply(cmd) -> Outcome``. The same sequence
 of commands gives the same state on every replica, which is what Raft
 replicates. The gRPC servicers are thin shells that build commands and carry
@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from enum import Enum, IntEnum
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from hsm.fid import Fid
 from hsm.hsmflags import HSM_FORCE_ACTION, check_request, resolve_archive_id
@@ -116,8 +116,7 @@ class IllegalTransition(Exception):
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Requester:
+class Requester(NamedTuple):
     initiator: str
     cookie: int = 0
     uid: int = 0
@@ -127,8 +126,7 @@ class Requester:
     key: str = ""  # idempotency key of the request that brought this requester
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):
     """One validated request (see ``coordinator.convert`` for validation)."""
 
     fsname: str
@@ -140,7 +138,7 @@ class Item:
     data: bytes = b""
     flags: int = 0
     priority: int = 0
-    requester: Requester = field(default_factory=lambda: Requester(""))
+    requester: Requester = Requester("")
     key: str = ""  # idempotency key; "" = not idempotent
     hsm_flags: int | None = None  # the file's HSM flags as the requester saw them
     hsm_archive_id: int = 0
@@ -161,8 +159,7 @@ class Assign:
     action_ids: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ProgressReport:
+class ProgressReport(NamedTuple):
     action_id: int
     attempt: int
     bytes_done: int
@@ -175,8 +172,7 @@ class Progress:
     reports: tuple[ProgressReport, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
+class Completion(NamedTuple):
     action_id: int
     attempt: int
     errno: int = 0
@@ -277,8 +273,7 @@ def _pickle_by_fields(cls: type) -> None:
     setattr(cls, "__reduce__", reduce)  # noqa: B010
 
 
-for _cls in (Requester, Item, Submit, Assign, ProgressReport, Progress, Completion, Complete, FidTarget, Cancel,
-             AgentLost, Reclaim, SetControl, DrainAgent):
+for _cls in (Submit, Assign, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent):
     _pickle_by_fields(_cls)
 
 

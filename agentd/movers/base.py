@@ -60,6 +60,10 @@ class Result:
 
 
 class Mover(Protocol):
+    """``run`` is called in a worker thread; a mover whose ``inline``
+    attribute is true promises never to block and is called on the event
+    loop instead (no thread hop: the null mover)."""
+
     name: str
 
     def run(self, job: Job) -> Result: ...

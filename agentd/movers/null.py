@@ -18,6 +18,11 @@ class NullMover:
             raise ValueError(f"null mover delay must be >= 0 seconds, not {delay!r}")
         self.delay = delay
 
+    @property
+    def inline(self) -> bool:
+        """Without a delay it never blocks: agentd runs it on its event loop."""
+        return self.delay == 0
+
     def run(self, job: Job) -> Result:
         if self.delay and job.cancelled.wait(self.delay):
             return Result(errno=errno.ECANCELED, message=f"{kind_name(job.kind)} of {job.fid} cancelled")
