@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from bench import report
-from bench.cli import build_parser, settings_from
+from bench.cli import build_parser, correctness_failures, settings_from
 from bench.profile import _short, _thread_name, parse_raw, summarize
 from bench.stats import percentile, window_rate
 
@@ -73,3 +73,12 @@ def test_profile_parsing(tmp_path: Path) -> None:
     assert dict(s["threads"]) == {"raft-tick": 75.0, "MainThread": 25.0}
     assert _short("ShardState.apply (/work/main/coordinator/state.py:460)") == "coordinator/state.py:ShardState.apply"
     assert _thread_name("thread (1): Thread-1 (_poll_wrapper)") == "_poll_wrapper"
+
+
+def test_correctness_failures() -> None:
+    assert correctness_failures({}) == []
+    assert correctness_failures({"archive_flood": {"run_twice": 0}, "mixed": {"lost": 0, "duplicates": 0,
+                                                                             "replicas_consistent": True}}) == []
+    bad = correctness_failures({"archive_flood": {"run_twice": 3}, "mixed": {"lost": 1, "duplicates": 2,
+                                                                             "replicas_consistent": False}})
+    assert len(bad) == 4 and "3 actions ran twice" in bad[0]
