@@ -35,6 +35,7 @@ Errors are always a ``CoordinatorError`` subclass, never a raw gRPC error.
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import logging
 import os
 import queue
@@ -51,6 +52,7 @@ import grpc
 
 from hsm.fid import Fid, FidError
 from hsm.hsmflags import HSM_REQUEST_FLAGS
+from hsm.ring import Ring
 from hsm.v1 import coordinator_pb2 as cpb
 from hsm.v1 import coordinator_pb2_grpc as cgrpc
 from hsm.v1 import types_pb2 as tpb
@@ -550,6 +552,14 @@ def _fid_selector(
 SHARD_MAP_TTL = 30.0
 
 
+@functools.lru_cache(maxsize=4)
+def _ring(shards: int, vnodes: int) -> Ring:
+    """Rings are immutable and costly to build (shards x vnodes hashes):
+    one per shape, not one per shard-map refresh (leaders change, rings
+    do not)."""
+    return Ring(shards, vnodes)
+
+
 class _Regroup(Exception):
     """A multi-shard call met a redirect: the shard leaders moved."""
 
@@ -930,10 +940,8 @@ class CoordinatorClient:
             leaders = {s.shard: addresses.get(s.leader, "") for s in info.shards}
             if len(set(leaders.values())) > 1:
                 try:
-                    from hsm.ring import Ring
-
-                    shard_map = _ShardMap(Ring(info.shard_count, info.vnodes), leaders)
-                except (ImportError, ValueError) as e:
+                    shard_map = _ShardMap(_ring(info.shard_count, info.vnodes), leaders)
+                except ValueError as e:
                     log.debug("cannot build the ring (%s): sending batches to any replica", e)
         with self._lock:
             self._shard_map_cache = (now, shard_map)
