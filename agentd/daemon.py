@@ -102,8 +102,14 @@ BATCH_WINDOW = 0.002
 #: seconds a stream may hold its only unused credit of a kind while another live
 #: stream holds none, before the credit moves there (see Agent.level)
 ROTATE_AFTER = 5.0
-#: how many finished runs and refused actions agentd remembers (for late cancels/assignments)
+#: finished runs and refused actions agentd remembers, for late cancels and
+#: assignments (a new shard leader asks about what its predecessor assigned):
+#: at least REMEMBERED of them, and every one younger than REMEMBER_FOR
+#: seconds (a leader change under a flood of quick actions), at most
+#: REMEMBERED_MAX
 REMEMBERED = 10_000
+REMEMBER_FOR = 120.0
+REMEMBERED_MAX = 1_000_000
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -1120,8 +1126,12 @@ class Agent:
     @staticmethod
     def _remember(book: collections.OrderedDict[tuple[int, int], Any], key: tuple[int, int],
                   value: Any = None) -> None:
-        book[key] = value
+        now = time.monotonic()
+        book[key] = (now, value)
         while len(book) > REMEMBERED:
+            _, (when, _) = next(iter(book.items()))
+            if now - when < REMEMBER_FOR and len(book) <= REMEMBERED_MAX:
+                break
             book.popitem(last=False)
 
     def _on_cancel(self, session: _Session, c: agent_pb2.CancelOrder) -> None:
@@ -1143,7 +1153,7 @@ class Agent:
                 # it ended here: the cancel means the coordinator never got our
                 # completion (its replica died with it); say it again, the truth wins
                 log.info("action %d/%d: cancel after it ended here; its completion is sent again", *key)
-                self.live_session(prefer=session).queue_done(self._finished[key])
+                self.live_session(prefer=session).queue_done(self._finished[key][1])
                 return
             # Never got it (or not yet: an assignment may still be on its way
             # over another replica's stream). Say so, and refuse it if it comes.

@@ -160,10 +160,12 @@ class ClusterOptions:
     encrypt: bool = True
     agent_grace: float = 30.0
     raft: dict[str, Any] = field(default_factory=dict)
+    #: seconds each null-mover action takes (0: completes at once, on agentd's loop)
+    null_delay: float = 0.0
 
     def describe(self) -> dict[str, Any]:
         return {"replicas": self.replicas, "shards": self.shards, "agents": self.agents, "slots": self.slots,
-                "mover": "null", "log_level": self.log_level,  # replicas and agents "max_terminal": self.max_terminal,
+                "mover": "null", "null_delay": self.null_delay, "log_level": self.log_level,  # replicas and agents "max_terminal": self.max_terminal,
                 "fsync": self.fsync, "encrypt": self.encrypt, "raft": dict(self.raft)}
 
 
@@ -243,7 +245,8 @@ class BenchCluster:
         self.agents[agent_id] = self._spawn(agent_id, [
             sys.executable, "-m", "bench.agent_shim", str(self.runs_dir / f"{agent_id}.runs"),
             "--coordinators", self.addresses, "--agent-id", agent_id, "--fs-root", str(self.fs_root),
-            "--mover", "null", "--slots", self.opt.slots, "--log-level", self.opt.log_level.upper()])
+            "--mover", "null", "--slots", self.opt.slots, "--log-level", self.opt.log_level.upper(),
+            *(["--null-delay", str(self.opt.null_delay)] if self.opt.null_delay else [])])
 
     def check_alive(self) -> None:
         for name, p in {**self.replicas, **self.agents}.items():

@@ -254,11 +254,22 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
 # ---------------------------------------------------------- restore storm
 
 
+#: how long a restore takes in the restore storm (see restore_storm)
+RESTORE_SECONDS = 1.0
+
+
 def restore_storm(s: Settings) -> dict[str, Any]:
     """F released FIDs, each requested by I initiators at once (different
-    initiator ids and cookies, the same batches sent at the same moment)."""
+    initiator ids and cookies, the same batches sent at the same moment).
+
+    A restore takes RESTORE_SECONDS here (a null mover with a delay): with
+    restores that end the moment they start, an initiator a few batches
+    behind the others asks for a file whose restore has already ended, and
+    since the null mover does not touch the file, the HSM state it sends
+    still says "released": that is a new restore, not a duplicate (a real
+    mover clears the flag and the late request is NOT_NEEDED)."""
     f, ninit = s.restore_fids, s.restore_initiators
-    opt = s.cluster_options(max_terminal=max_terminal_for(f, s.shards))
+    opt = s.cluster_options(max_terminal=max_terminal_for(f, s.shards), null_delay=RESTORE_SECONDS)
     with fresh_cluster(s, "restore", opt) as c:
         hsm = (cl.HS_EXISTS | cl.HS_ARCHIVED | cl.HS_RELEASED, 1)
         params = [{"addresses": c.addresses, "count": f, "oid0": 1, "seq": cl.SEQ_RESTORE, "kind": "restore",
