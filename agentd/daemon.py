@@ -269,6 +269,7 @@ class _Session:
     granted: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     pending_credits: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     backlog: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # work its replica has for us
+    seen: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # assignments received
     pending_done: list[agent_pb2.Done] = field(default_factory=list)
     report_running: int = 0  # token of a RunningReport a replica asked for
     send_absolute: bool = False  # credits were taken back: send the whole grant, absolute
@@ -507,6 +508,9 @@ class _Session:
             msg.ready.credits.restore = g[HSMA.RESTORE]
             msg.ready.credits.remove = g[HSMA.REMOVE]
             msg.ready.absolute = True
+            msg.ready.seen.archive = self.seen[HSMA.ARCHIVE]
+            msg.ready.seen.restore = self.seen[HSMA.RESTORE]
+            msg.ready.seen.remove = self.seen[HSMA.REMOVE]
             self.pending_credits = dict.fromkeys(KINDS, 0)
             something = True
         elif any(self.pending_credits.values()):
@@ -549,6 +553,7 @@ class _Session:
         self.granted = dict.fromkeys(KINDS, 0)
         self.pending_credits = dict.fromkeys(KINDS, 0)
         self.backlog = dict.fromkeys(KINDS, 0)
+        self.seen = dict.fromkeys(KINDS, 0)
         for run in self.agent.runs_of(self):
             if run.bytes_done or run.bytes_total:
                 run.progress_dirty = True  # resend the latest state after reconnect
@@ -890,6 +895,8 @@ class Agent:
 
     def _on_assignment(self, session: _Session, a: agent_pb2.Assignment) -> None:
         kind = int(a.kind)
+        if kind in session.seen:
+            session.seen[kind] += 1
         if kind not in KINDS:
             self._refuse(session, a, _errno.EINVAL, f"unknown action kind {kind}", False)
             return

@@ -132,6 +132,7 @@ class AgentSession:
     out: asyncio.Queue[agent_pb2.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
     alive: bool = True
     backlog: dict[Kind, int] = field(default_factory=lambda: {k: 0 for k in Kind})  # last sent
+    sent: dict[Kind, int] = field(default_factory=lambda: {k: 0 for k in Kind})  # assignments sent, per kind
 
     def send(self, msg: agent_pb2.CoordinatorMessage) -> None:
         if self.alive:
@@ -451,6 +452,7 @@ class CoordinatorNode:
                         action = st.get(eff.action_id)
                         assert action is not None
                         session.credits[action.kind] -= 1
+                        session.sent[action.kind] += 1
                         assignments.append(convert.assignment_to_pb(action))
                         if log.isEnabledFor(logging.DEBUG):
                             log.debug("action %d/%d: %s %s assigned to %s", action.id, action.attempt,
@@ -722,8 +724,15 @@ class CoordinatorNode:
                 await self.reconcile(session, [(r.action_id, r.attempt) for r in msg.running.actions],
                                      before=asked)
         if msg.HasField("ready"):
-            for kind, n in _slots_from_pb(msg.ready.credits).items():
-                session.credits[kind] = n if msg.ready.absolute else session.credits[kind] + n
+            if msg.ready.absolute:
+                # what the agent holds for this stream, less the assignments
+                # on their way to it (they will use some of those credits)
+                seen = _slots_from_pb(msg.ready.seen)
+                for kind, n in _slots_from_pb(msg.ready.credits).items():
+                    session.credits[kind] = max(0, n - (session.sent[kind] - seen[kind]))
+            else:
+                for kind, n in _slots_from_pb(msg.ready.credits).items():
+                    session.credits[kind] += n
             self._wake.set()
 
     @property

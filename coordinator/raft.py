@@ -906,6 +906,42 @@ def _read_snapshot(path: Path, shard: int) -> tuple[_SnapshotHeader, bytes, tupl
     return _SnapshotHeader(tuple(last), tuple(prev), cluster, size, crc), body, ident
 
 
+_STATE_FORMAT = "hsm-shard-state/2"
+#: actions per pickle call in a snapshot: pickle holds the GIL for a whole
+#: call, and one call over a million actions takes seconds (missed Raft
+#: heartbeats, elections, lapsed agent leases); between two slices the
+#: tick and event-loop threads run
+_SNAP_CHUNK = 10_000
+
+
+def _encode_state(state: ShardState) -> bytes:
+    """A shard state as snapshot bytes, pickled in slices (see _SNAP_CHUNK).
+    Called on the apply thread, the state's only writer: nothing changes
+    while the slices are taken; readers on the loop only read."""
+    head, actions = state.export_parts()
+    parts = [pickle.dumps(head, protocol=_PICKLE)]
+    for i in range(0, len(actions), _SNAP_CHUNK):
+        parts.append(pickle.dumps(actions[i:i + _SNAP_CHUNK], protocol=_PICKLE))
+        time.sleep(0)  # let the other threads have the GIL
+    return pickle.dumps((_STATE_FORMAT, parts), protocol=_PICKLE)
+
+
+def _decode_state(blob: bytes) -> ShardState:
+    obj = pickle.loads(blob)
+    if isinstance(obj, ShardState):
+        return obj  # a snapshot written before the sliced format
+    if not (isinstance(obj, tuple) and len(obj) == 2 and obj[0] == _STATE_FORMAT):
+        raise RaftStorageError(f"unknown snapshot format {type(obj).__name__}")
+    parts: list[bytes] = obj[1]
+
+    def chunks() -> Iterator[list[Any]]:
+        for part in parts[1:]:
+            yield pickle.loads(part)
+            time.sleep(0)
+
+    return ShardState.import_parts(pickle.loads(parts[0]), chunks())
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pickling or unpickling a large state allocates millions of objects,
@@ -1092,7 +1128,7 @@ class RaftShard:
             header, body, ident = _read_snapshot(self._snapshot_path, self.index)
             try:
                 with _gc_paused():
-                    state = pickle.loads(zlib.decompress(body))
+                    state = _decode_state(zlib.decompress(body))
             except Exception as e:
                 raise RaftStorageError(f"shard {self.index}: snapshot {self._snapshot_path} cannot "
                                        f"be loaded: {e}") from e
@@ -1761,7 +1797,7 @@ class RaftShard:
     def _write_snapshot(self, last: Entry, prev: Entry, cluster: Any, generation: int, ino: int | None) -> None:
         t0 = time.monotonic()
         with _gc_paused():
-            blob = pickle.dumps(self._state, protocol=_PICKLE)  # this thread is the only writer
+            blob = _encode_state(self._state)  # this thread is the only writer
         body = zlib.compress(blob, 1)
         del blob
         header = pickle.dumps((last, prev, cluster, len(body), zlib.crc32(body)), protocol=_PICKLE)
@@ -1796,7 +1832,7 @@ class RaftShard:
 
     def _load_snapshot(self, idx: int, body: bytes) -> None:
         with _gc_paused():
-            state = pickle.loads(zlib.decompress(body))
+            state = _decode_state(zlib.decompress(body))
         if not isinstance(state, ShardState):
             raise RaftStorageError(f"shard {self.index}: snapshot holds a {type(state).__name__}")
         with self._state_lock:

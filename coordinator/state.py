@@ -452,6 +452,10 @@ def _action_from_values(values: tuple[Any, ...]) -> Action:
     return action
 
 
+#: ShardState attributes a snapshot does not store (import_parts rebuilds them)
+_DERIVED = frozenset({"actions", "fid_queue", "fsnames"})
+
+
 class ReadyQueue:
     """Action ids that may start now, in order: requeued ones (``front``)
     before new ones (``back``). Two plain dicts: half the memory of an
@@ -726,14 +730,15 @@ class ShardState:
     def _cancel_targets(self, cmd: Cancel) -> Iterator[int]:
         yield from cmd.action_ids
         for target in cmd.fids:
-            fsnames = [target.fsname] if target.fsname else list(self.fsnames)
+            fsnames = [target.fsname] if target.fsname else sorted(self.fsnames)
             for fsname in fsnames:
                 for action_id in self._fid_ids((fsname, target.fid)):
                     if target.kind is None or self.actions[action_id].kind == target.kind:
                         yield action_id
         if cmd.all:
-            for queue in list(self.fid_queue.values()):
-                yield from ([queue] if isinstance(queue, int) else list(queue))
+            # in id order, which a snapshot keeps (the order of the FID
+            # queues' keys it does not: they are rebuilt)
+            yield from [i for i, a in self.actions.items() if not a.state.terminal]
 
     def _agent_lost(self, cmd: AgentLost) -> Result:
         res = Result()
@@ -867,6 +872,42 @@ class ShardState:
         for req in action.requesters:
             if req.key and self.keys.get(req.key, 0) >> 3 == action_id:
                 del self.keys[req.key]
+
+    # ------------------------------------------------------------ snapshots
+
+    def export_parts(self) -> tuple[dict[str, Any], list[Action]]:
+        """The state without its actions and the indexes derived from them,
+        and the actions in order: a snapshot pickles the actions in slices,
+        so that no single call holds the GIL for seconds (coordinator.raft).
+        Nothing is copied; the caller must not apply commands meanwhile."""
+        head = {k: v for k, v in self.__dict__.items() if k not in _DERIVED}
+        return head, list(self.actions.values())
+
+    @classmethod
+    def import_parts(cls, head: dict[str, Any], chunks: Iterable[list[Action]]) -> ShardState:
+        """The inverse of ``export_parts``: the FID queues are rebuilt from
+        the actions (ids grow in arrival order, the order the queues keep)."""
+        st = cls.__new__(cls)
+        st.__dict__.update(head)
+        st.actions = {}
+        st.fid_queue = {}
+        st.fsnames = {}
+        for chunk in chunks:
+            for a in chunk:
+                st.actions[a.id] = a
+        for a in st.actions.values():
+            if a.state.terminal:
+                continue
+            fkey = a.fid_key
+            q = st.fid_queue.get(fkey)
+            if q is None:
+                st.fid_queue[fkey] = a.id
+                st.fsnames[a.fsname] = st.fsnames.get(a.fsname, 0) + 1
+            elif isinstance(q, int):
+                st.fid_queue[fkey] = [q, a.id]
+            else:
+                q.append(a.id)
+        return st
 
     # --------------------------------------------------------------- reads
 

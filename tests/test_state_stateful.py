@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from coordinator import scheduler
+from coordinator.raft import _decode_state, _encode_state
 from coordinator.state import (
     AgentLost,
     Assign,
@@ -196,6 +197,18 @@ class ShardMachine(RuleBasedStateMachine):
         for cmd in self.log:
             replay.apply(cmd)  # type: ignore[arg-type]
         assert snapshot(replay) == snapshot(self.state), "replaying the log gave another state"
+        # a snapshot (written in slices, FID queues rebuilt on load) gives back
+        # the same state, indexes and orders included
+        restored = _decode_state(_encode_state(self.state))
+        restored.check_invariants()
+        assert snapshot(restored) == snapshot(self.state)
+        assert restored.fid_queue == self.state.fid_queue
+        assert restored.fsnames == self.state.fsnames
+        assert {k: (list(q.front), list(q.back)) for k, q in restored.ready.items()} == \
+            {k: (list(q.front), list(q.back)) for k, q in self.state.ready.items()}
+        assert [(a, list(ids)) for a, ids in restored.by_agent.items()] == \
+            [(a, list(ids)) for a, ids in self.state.by_agent.items()]
+        assert list(restored.terminal) == list(self.state.terminal)
 
 
 ShardMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)

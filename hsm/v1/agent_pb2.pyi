@@ -47,12 +47,14 @@ class RunningAction(_message.Message):
     def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Ready(_message.Message):
-    __slots__ = ("credits", "absolute")
+    __slots__ = ("credits", "absolute", "seen")
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     ABSOLUTE_FIELD_NUMBER: _ClassVar[int]
+    SEEN_FIELD_NUMBER: _ClassVar[int]
     credits: _coordinator_pb2.Slots
     absolute: bool
-    def __init__(self, credits: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ..., absolute: _Optional[bool] = ...) -> None: ...
+    seen: _coordinator_pb2.Slots
+    def __init__(self, credits: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ..., absolute: _Optional[bool] = ..., seen: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("action_id", "attempt", "bytes_done", "bytes_total")
