@@ -102,6 +102,8 @@ BATCH_WINDOW = 0.002
 #: seconds a stream may hold its only unused credit of a kind while another live
 #: stream holds none, before the credit moves there (see Agent.level)
 ROTATE_AFTER = 5.0
+#: credits move only from a stream that received no assignment for this long
+LEVEL_IDLE = 1.0
 #: finished runs and refused actions agentd remembers, for late cancels and
 #: assignments (a new shard leader asks about what its predecessor assigned):
 #: at least REMEMBERED of them, and every one younger than REMEMBER_FOR
@@ -810,12 +812,17 @@ class Agent:
                 if not needy:
                     break
                 dst = min(needy, key=lambda x: (x.granted[kind], x.last_credit))
-                spare = [s for s in live if s.granted[kind] > s.backlog[kind]]
+                # only from streams idle a moment: a busy one's coordinator may
+                # have spent the credit already (its assignment on the way)
+                idle = [s for s in live if now - s.last_assign >= LEVEL_IDLE]
+                spare = [s for s in idle if s.granted[kind] > s.backlog[kind]]
                 rotation = False
                 if spare:
                     src = max(spare, key=lambda x: (x.granted[kind] - x.backlog[kind], -x.last_assign))
                 else:
-                    src = max(live, key=lambda x: (x.granted[kind], -x.last_assign))
+                    if not idle:
+                        break  # freed slots go to the needy stream (rebalance)
+                    src = max(idle, key=lambda x: (x.granted[kind], -x.last_assign))
                     gap = src.granted[kind] - dst.granted[kind]
                     waited = now - max(dst.last_credit, dst.welcomed_at)
                     rotation = gap == 1 and dst.granted[kind] == 0 and waited >= ROTATE_AFTER

@@ -76,6 +76,10 @@ T = TypeVar("T")
 
 #: heartbeat intervals without a message after which an agent's session lapses
 LEASE_HEARTBEATS = 3
+#: an action assigned this long before an agent's running report and missing
+#: from it may be an assignment still on its way (from a previous leader):
+#: the agent is asked again then, rather than the action stopped at once
+IN_FLIGHT_GRACE = 5.0
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -133,6 +137,7 @@ class AgentSession:
     alive: bool = True
     backlog: dict[Kind, int] = field(default_factory=lambda: {k: 0 for k in Kind})  # last sent
     sent: dict[Kind, int] = field(default_factory=lambda: {k: 0 for k in Kind})  # assignments sent, per kind
+    reask: bool = False  # a RunningReport request is scheduled
 
     def send(self, msg: agent_pb2.CoordinatorMessage) -> None:
         if self.alive:
@@ -387,12 +392,8 @@ class CoordinatorNode:
                     self._start_grace(agent)
             # ask every agent what it runs: what the old leader assigned but
             # never delivered is requeued, what no one holds is stopped
-            now = self.clock()
             for session in self.sessions.values():
-                if session.alive:
-                    token = next(self._tokens)
-                    session.resync[token] = now
-                    session.send(agent_pb2.CoordinatorMessage(request_running=token))
+                self._ask_running(session)
             self._wake.set()
 
     def _send_cancel(self, agent: str, action_id: int, attempt: int, reason: str) -> None:
@@ -678,8 +679,9 @@ class CoordinatorNode:
             if not shard.leader_ready:
                 continue
             lost = []
+            recent = 0
             with shard.reading() as st:
-                held = [(a.id, a.attempt, a.state, a.error) for a in st.held_by(session.agent_id)
+                held = [(a.id, a.attempt, a.state, a.error, a.started) for a in st.held_by(session.agent_id)
                         if before is None or a.started < before]
                 strangers = []
                 for action_id, attempt in running:
@@ -689,12 +691,19 @@ class CoordinatorNode:
                     if a is None or a.agent != session.agent_id or a.attempt != attempt or \
                             a.state not in (State.STARTED, State.CANCELING):
                         strangers.append((action_id, attempt))
-            for action_id, attempt, state, error in held:
+            for action_id, attempt, state, error, started in held:
                 if announced.get(action_id) == attempt:
                     if state == State.CANCELING:
                         self._send_cancel(session.agent_id, action_id, attempt, error)
+                elif before is not None and before - started < IN_FLIGHT_GRACE:
+                    recent += 1  # assigned just before the question: maybe still on its way
                 else:
                     lost.append(action_id)
+            if recent and session.alive and not session.reask:
+                session.reask = True
+                log.info("shard %d: %d action(s) of %s assigned moments before its report; asking again in "
+                         "%.0f s", shard.index, recent, session.agent_id, IN_FLIGHT_GRACE)
+                asyncio.get_running_loop().call_later(IN_FLIGHT_GRACE, self._ask_running, session)
             for action_id, attempt in strangers:
                 log.info("action %d/%d: agent %s runs it but does not hold it; told to stop",
                          action_id, attempt, session.agent_id)
@@ -711,6 +720,15 @@ class CoordinatorNode:
                 except ShardUnavailable as exc:
                     log.warning("shard %d: could not requeue %d action(s) of %s: %s", shard.index, len(lost),
                                 session.agent_id, exc)
+
+    def _ask_running(self, session: AgentSession) -> None:
+        """Ask an agent for a RunningReport (answered through reconcile)."""
+        session.reask = False
+        if not session.alive:
+            return
+        token = next(self._tokens)
+        session.resync[token] = self.clock()
+        session.send(agent_pb2.CoordinatorMessage(request_running=token))
 
     async def agent_message(self, session: AgentSession, msg: agent_pb2.AgentMessage) -> None:
         session.last_seen = self.clock()
