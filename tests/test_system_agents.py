@@ -341,7 +341,7 @@ def test_leader_killed_while_transfers_run_they_finish_and_waiters_get_the_end(r
     rig.start()
     rig.agent("a1", slots="archive=4,restore=2,remove=0", bandwidth="512K")
     rig.agent("a2", slots="archive=4,restore=2,remove=0", bandwidth="512K")
-    files = [rig.file(f"f{i}", 512 * KiB) for i in range(8)]
+    files = [rig.file(f"f{i}", 1 * MiB) for i in range(8)]  # 2 s each way
     assert rig.client is not None
     ids = rig.submit("archive", [f for _, f, _ in files])
     assert all(a.state == T.SUCCEEDED for a in rig.client.wait(ids, deadline=60).values())
@@ -357,7 +357,7 @@ def test_leader_killed_while_transfers_run_they_finish_and_waiters_get_the_end(r
             return list(rig.client.list_actions(kinds=["restore"], include_terminal=True))  # type: ignore[union-attr]
 
         acts = until(lambda: (r := restores()) and len(r) == 8 and
-                     sum(a.state == T.STARTED and a.bytes_done > 0 for a in r) >= 4 and r, 20,
+                     sum(a.state == T.STARTED and a.bytes_done > 0 for a in r) >= 2 and r, 20,
                      "restores copying")
         ids = [a.action_id for a in acts]
         watched: dict[int, T.Action] = {}
