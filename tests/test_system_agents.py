@@ -95,6 +95,16 @@ class Rig:
         assert all(r.outcome in (1, 2) for r in results), results  # CREATED or JOINED
         return [r.action_id for r in results]
 
+    def two_archives_copying_on_a1(self, **agent_cfg: Any) -> tuple[list[tuple[Path, Fid, bytes]], list[int]]:
+        """Start the cluster and agent a1, archive two 1 MiB files (4 s each
+        at 256 KiB/s) and return once both are copying on a1."""
+        self.start()
+        self.agent("a1", **agent_cfg)
+        files = [self.file(f"f{i}", 1 * MiB) for i in range(2)]
+        ids = self.submit("archive", [f for _, f, _ in files])
+        until(lambda: self.running_on(ids, "a1"), 20, "both archives copying on a1")
+        return files, ids
+
     def actions(self, ids: list[int]) -> list[T.Action]:
         assert self.client is not None
         return [self.client.get_action(i) for i in ids]
@@ -140,11 +150,7 @@ def runs_of(rig: Rig, action_id: int) -> list[tuple[str, int, float, float]]:
 
 @pytest.mark.rig(agent_grace=3.0)
 def test_agent_killed_mid_transfer_finishes_on_another_after_the_grace(rig: Rig) -> None:
-    rig.start()
-    rig.agent("a1")
-    files = [rig.file(f"f{i}", 1 * MiB) for i in range(2)]  # 4 s each at 256 KiB/s
-    ids = rig.submit("archive", [f for _, f, _ in files])
-    until(lambda: rig.running_on(ids, "a1"), 20, "both archives copying on a1")
+    files, ids = rig.two_archives_copying_on_a1()
     rig.agent("a2")
     t_kill = rig.cluster.kill_agent("a1")
     assert rig.client is not None
@@ -161,11 +167,7 @@ def test_agent_killed_mid_transfer_finishes_on_another_after_the_grace(rig: Rig)
 
 @pytest.mark.rig(agent_grace=12.0)
 def test_agent_back_within_its_grace_keeps_its_transfers(rig: Rig) -> None:
-    rig.start()
-    rig.agent("a1")
-    files = [rig.file(f"f{i}", 1 * MiB) for i in range(2)]
-    ids = rig.submit("archive", [f for _, f, _ in files])
-    until(lambda: rig.running_on(ids, "a1"), 20, "both archives copying on a1")
+    files, ids = rig.two_archives_copying_on_a1()
     rig.agent("a2")
     pid = rig.cluster.agents["a1"].pid
     os.kill(pid, signal.SIGSTOP)  # hung: its TCP connections stay open, it sends nothing
@@ -404,11 +406,7 @@ def test_restore_wait_deadline_gives_up_and_the_restore_goes_on(rig: Rig) -> Non
 
 
 def test_agent_drain_lets_running_work_finish_and_gives_no_new_work(rig: Rig) -> None:
-    rig.start()
-    rig.agent("a1")
-    first = [rig.file(f"f{i}", 1 * MiB) for i in range(2)]
-    ids = rig.submit("archive", [f for _, f, _ in first])
-    until(lambda: rig.running_on(ids, "a1"), 20, "both archives copying on a1")
+    first, ids = rig.two_archives_copying_on_a1()
     rig.agent("a2", bandwidth="0")
 
     out = rig.hsmctl("agent", "drain", "a1")
@@ -451,11 +449,7 @@ def test_agent_drain_lets_running_work_finish_and_gives_no_new_work(rig: Rig) ->
 
 @pytest.mark.rig(max_attempts=1)
 def test_sigterm_hands_back_running_work_without_using_an_attempt(rig: Rig) -> None:
-    rig.start()
-    rig.agent("a1", drain_timeout=0.5)
-    files = [rig.file(f"f{i}", 1 * MiB) for i in range(2)]
-    ids = rig.submit("archive", [f for _, f, _ in files])
-    until(lambda: rig.running_on(ids, "a1"), 20, "both archives copying on a1")
+    files, ids = rig.two_archives_copying_on_a1(drain_timeout=0.5)
     rig.agent("a2", bandwidth="0")
     t0 = time.monotonic()
     rig.cluster.kill_agent("a1", signal.SIGTERM)
