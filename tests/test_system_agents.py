@@ -299,8 +299,8 @@ def test_cancel_all_purges_a_restore_storm_and_answers_every_requester(rig: Rig)
         rig.fs.release(path)
     rig.cluster.kill_agent("a1", signal.SIGTERM)
     rig.cluster.agents["a1"].wait(30)
-    rig.agent("a1", slots="archive=0,restore=2,remove=0")  # now throttled: 4 s per restore
-    rig.agent("a2", slots="archive=0,restore=2,remove=0")
+    rig.agent("a1", slots="archive=0,restore=2,remove=0", bandwidth="128K")  # now 8 s per restore
+    rig.agent("a2", slots="archive=0,restore=2,remove=0", bandwidth="128K")
     fids = [f for _, f, _ in files]
     # three initiators ask for every file at once: one action per file
     per = [rig.submit("restore", fids, initiator=f"oss{k}", cookie=1000 * (k + 1)) for k in range(3)]
@@ -317,6 +317,8 @@ def test_cancel_all_purges_a_restore_storm_and_answers_every_requester(rig: Rig)
     threads = [threading.Thread(target=watch, args=(k,)) for k in range(3)]
     for t in threads:
         t.start()
+    # a restore that finished before the purge stays SUCCEEDED; all others end CANCELED
+    done_before = {a.action_id for a in rig.actions(ids) if a.state == T.SUCCEEDED}
     t0 = time.monotonic()
     out = rig.hsmctl("cancel", "--all", "--reason", "storm stopped by admin")
     assert out.returncode == 0, out.stderr
@@ -326,11 +328,15 @@ def test_cancel_all_purges_a_restore_storm_and_answers_every_requester(rig: Rig)
     assert sorted(watched) == ["oss0", "oss1", "oss2"], "every requester gets the end"
     for final in watched.values():
         for i in ids:
-            assert final[i].state == T.CANCELED, final[i]
+            assert final[i].state == (T.SUCCEEDED if i in done_before else T.CANCELED), final[i]
             assert {r.initiator for r in final[i].requesters} == {"oss0", "oss1", "oss2"}
+    assert len(done_before) < len(ids) - 4, "the purge came too late to test anything"
     assert took < 5.0, f"purge took {took:.1f} s"
-    for path, _, _ in files:
-        assert rig.fs.hsm_state(path).flags & HS.RELEASED, "a canceled restore leaves the file released"
+    by_fid = {(f.seq, f.oid): p for p, f, _ in files}
+    for a in rig.actions(ids):
+        if a.action_id not in done_before:
+            path = by_fid[(a.fid.seq, a.fid.oid)]
+            assert rig.fs.hsm_state(path).flags & HS.RELEASED, "a canceled restore leaves the file released"
     until(lambda: all(a.running.restore == 0 for a in rig.cluster.status("r1").agents), 10, "agents idle")
     rig.check_no_double_runs()
 
