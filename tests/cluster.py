@@ -4,6 +4,7 @@ processes, kills, restarts, and the cross-replica consistency checker."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -34,6 +35,18 @@ def until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+async def until_async(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    """``until`` for coroutines: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 class ProcCluster:

@@ -30,20 +30,14 @@ from hsm.fid import Fid
 from hsm.hsmflags import HS
 from hsm.simfs import SimFS
 from hsm.v1 import types_pb2 as tpb
+from tests.cluster import until as poll_until
+from tests.cluster import until_async
 
 KiB = 1024
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll *cond* until it returns something truthy; fail after *timeout*."""
-    end = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+    return poll_until(cond, timeout, what, interval=0.02)
 
 
 @dataclass
@@ -437,12 +431,7 @@ def cancel(action_id: int, attempt: int) -> Any:
 
 
 async def until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return value
+    return await until_async(cond, timeout, what)
 
 
 def drive(tree: Tree, body: Callable[[Agent, Any], Any], **kw: Any) -> None:

@@ -35,6 +35,7 @@ from coordinator.raft import (
     free_port,
 )
 from coordinator.state import Outcome, Result, ShardConfig, ShardState, SubmitReply
+from tests.cluster import until_async
 from tests.raft_proc import FAST, fingerprint, submit
 
 PASSWORD = "raft-test-password"
@@ -48,15 +49,7 @@ def run(body: Callable[[], Awaitable[None]], timeout: float = 45.0) -> None:
     asyncio.run(main())
 
 
-async def until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+until = until_async
 
 
 class Cluster:
