@@ -892,6 +892,10 @@ class Agent:
         if msg.HasField("backlog"):
             b = msg.backlog
             session.backlog = dict(zip(KINDS, (b.archive, b.restore, b.remove), strict=True))
+            # answer with the whole grant of this stream: whatever either
+            # side missed, the coordinator's count of our credits is exact again
+            session.send_absolute = True
+            session.wake()
             self.level()
 
     def _refuse(self, session: _Session, a: agent_pb2.Assignment, err: int, why: str, retry: bool,

@@ -463,10 +463,13 @@ class CoordinatorNode:
                 sent = True
         return sent
 
-    def _send_backlogs(self) -> None:
+    def _send_backlogs(self, stalled_only: bool = False) -> None:
         """Tell each agent how much work for it is ready on the shards this
         replica leads, when that changed: an agent with few slots and
-        streams to several replicas grants its credits where work waits."""
+        streams to several replicas grants its credits where work waits.
+        With *stalled_only*: again, changed or not, to each agent that has
+        work waiting here and no credit here (the agent answers with its
+        whole grant, so both sides agree again whatever was lost)."""
         led = [s for s in self.shards if s.leader_ready]
         for session in self.sessions.values():
             if not session.alive:
@@ -480,6 +483,10 @@ class CoordinatorNode:
                         if scheduler.serves(session.archive_ids, archive_id):
                             backlog[kind] += len(queue)
             backlog = {k: min(n, session.slots.get(k, 0)) for k, n in backlog.items()}
+            if stalled_only:
+                if any(backlog.values()) and not any(session.credits[k] for k, n in backlog.items() if n):
+                    session.send(agent_pb2.CoordinatorMessage(backlog=_slots_to_pb(backlog)))
+                continue
             if backlog != session.backlog:
                 session.backlog = backlog
                 session.send(agent_pb2.CoordinatorMessage(backlog=_slots_to_pb(backlog)))
@@ -761,9 +768,11 @@ class CoordinatorNode:
 
     async def _lease_keeper(self) -> None:
         """End the session of an agent that went silent (hung, or cut off
-        without its TCP connection closing): its grace period starts."""
+        without its TCP connection closing): its grace period starts. Also
+        remind agents of work waiting here while they hold no credit here."""
         while True:
             await asyncio.sleep(self.config.heartbeat_interval / 2)
+            self._send_backlogs(stalled_only=True)
             now = self.clock()
             for session in list(self.sessions.values()):
                 if session.alive and now - session.last_seen > self.lease:
