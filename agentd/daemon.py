@@ -892,10 +892,12 @@ class Agent:
         if msg.HasField("backlog"):
             b = msg.backlog
             session.backlog = dict(zip(KINDS, (b.archive, b.restore, b.remove), strict=True))
-            # answer with the whole grant of this stream: whatever either
-            # side missed, the coordinator's count of our credits is exact again
-            session.send_absolute = True
-            session.wake()
+            # work waits there, we hold credits there, yet nothing came for a
+            # while: the two counts disagree; send the whole grant again
+            if time.monotonic() - session.last_assign >= LEVEL_IDLE and any(
+                    session.backlog[k] and session.granted[k] for k in KINDS):
+                session.send_absolute = True
+                session.wake()
             self.level()
 
     def _refuse(self, session: _Session, a: agent_pb2.Assignment, err: int, why: str, retry: bool,
