@@ -506,20 +506,14 @@ class _Session:
         if self.send_absolute:
             self.send_absolute = False
             g = self.granted
-            msg.ready.credits.archive = g[HSMA.ARCHIVE]
-            msg.ready.credits.restore = g[HSMA.RESTORE]
-            msg.ready.credits.remove = g[HSMA.REMOVE]
+            _fill_slots(msg.ready.credits, g)
             msg.ready.absolute = True
-            msg.ready.seen.archive = self.seen[HSMA.ARCHIVE]
-            msg.ready.seen.restore = self.seen[HSMA.RESTORE]
-            msg.ready.seen.remove = self.seen[HSMA.REMOVE]
+            _fill_slots(msg.ready.seen, self.seen)
             self.pending_credits = dict.fromkeys(KINDS, 0)
             something = True
         elif any(self.pending_credits.values()):
             c = self.pending_credits
-            msg.ready.credits.archive = c[HSMA.ARCHIVE]
-            msg.ready.credits.restore = c[HSMA.RESTORE]
-            msg.ready.credits.remove = c[HSMA.REMOVE]
+            _fill_slots(msg.ready.credits, c)
             self.pending_credits = dict.fromkeys(KINDS, 0)
             something = True
         if self.report_running:
@@ -1196,6 +1190,12 @@ class Agent:
             f" ({c.reason})" if c.reason else "",
         )
         run.job.cancelled.set()
+
+
+def _fill_slots(pb: coordinator_pb2.Slots, per_kind: dict[int, int]) -> None:
+    pb.archive = per_kind[HSMA.ARCHIVE]
+    pb.restore = per_kind[HSMA.RESTORE]
+    pb.remove = per_kind[HSMA.REMOVE]
 
 
 def _fid_text(a: agent_pb2.Assignment) -> str:

@@ -916,11 +916,12 @@ def cmd_control(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_agent(args: argparse.Namespace, ctx: Context) -> int:
     """Drain an agent (no new work; its running actions finish) or give it
     work again."""
+    from hsmctl.output import held
     drain = args.op == "drain"
     with _client(args) as client:
         reply = client.drain_agent(args.agent_id, drain, force=args.force)
         end = None if args.deadline is None else time.monotonic() + args.deadline
-        while drain and args.wait and _busy(reply.running):
+        while drain and args.wait and held(reply.running):
             if end is not None and time.monotonic() >= end:
                 ctx.error(f"agent {args.agent_id}: still running {_running_text(reply.running)} after "
                           f"{args.deadline:g} s; it is drained (no new work), not idle yet")
@@ -929,7 +930,7 @@ def cmd_agent(args: argparse.Namespace, ctx: Context) -> int:
             reply = client.drain_agent(args.agent_id, drain, force=True)
     if not drain:
         ctx.out.write(f"agent {args.agent_id}: active, given work again\n")
-    elif _busy(reply.running):
+    elif held(reply.running):
         ctx.out.write(f"agent {args.agent_id}: draining, no new work; still running "
                       f"{_running_text(reply.running)}\n")
     else:
@@ -937,14 +938,12 @@ def cmd_agent(args: argparse.Namespace, ctx: Context) -> int:
     return ctx.status
 
 
-def _busy(slots: Any) -> int:
-    return int(slots.archive + slots.restore + slots.remove)
-
-
 def _running_text(slots: Any) -> str:
+    from hsmctl.output import held
+
     parts = [f"{n} {name}" for name, n in (("archive", slots.archive), ("restore", slots.restore),
                                             ("remove", slots.remove)) if n]
-    return f"{_busy(slots)} action(s) ({', '.join(parts)})"
+    return f"{held(slots)} action(s) ({', '.join(parts)})"
 
 
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:

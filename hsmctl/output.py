@@ -315,12 +315,16 @@ def _counts_table(title: str, counts: Iterable[cpb.KindCount]) -> Any:
     return table
 
 
+def held(slots: cpb.Slots) -> int:
+    """Actions of every kind in a per-kind count (e.g. what an agent runs)."""
+    return int(slots.archive + slots.restore + slots.remove)
+
+
 def agent_state(a: cpb.AgentInfo) -> str:
     """active / draining (still running actions) / drained (idle: safe to
     stop) / gone (in its grace period or drained and disconnected)."""
-    busy = a.running.archive + a.running.restore + a.running.remove
     if a.draining:
-        return "draining" if busy else "drained"
+        return "draining" if held(a.running) else "drained"
     return "active" if a.replica else "gone"
 
 
