@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from agentd.config import (
+    ENV_CLUSTER,
     ENV_COORDINATORS,
     LOG_LEVELS,
     AgentConfig,
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         "default 127.0.0.1:7600)",
     )
     p.add_argument("--agent-id", metavar="ID", help="stable agent id (default: short host name)")
+    p.add_argument("--cluster-id", metavar="ID",
+                   help=f"work only for the cluster with this id (env {ENV_CLUSTER}; default: the "
+                   "cluster of the first replica that answers)")
     p.add_argument("--fs-root", metavar="DIR", help="root of the simfs file system tree (backend.root)")
     p.add_argument("--mover", choices=("posix", "command", "null"), help="mover plugin (default posix)")
     p.add_argument("--null-delay", metavar="SECONDS", help="null mover: seconds each action takes (default 0)")
@@ -152,6 +156,8 @@ def overrides_from_args(args: argparse.Namespace) -> list[Override]:
         ov.append(Override("coordinators", args.coordinators, "--coordinators"))
     if args.agent_id is not None:
         ov.append(Override("agent_id", args.agent_id, "--agent-id"))
+    if args.cluster_id is not None:
+        ov.append(Override("cluster_id", args.cluster_id, "--cluster-id"))
     if args.mover is not None:
         ov.append(Override("mover.type", args.mover, "--mover"))
     if args.fs_root is not None:

@@ -17,6 +17,13 @@ Reference (every key is optional unless marked *required*):
     Coordinator replicas to open a Work stream to (IPv6 as ``[::1]:7600``).
     Default ``["127.0.0.1:7600"]``. Environment ``HSM_COORDINATORS``
     (comma-separated) overrides the file; flag ``--coordinators`` overrides both.
+``cluster_id`` (string)
+    The id of the cluster this agent works for (``hsm-coordinator local``
+    prints it; ``cluster.id`` in the coordinators' ``coordinator.yaml``).
+    A replica of another cluster is refused, and refuses the agent. Default
+    empty: the first replica that welcomes the agent names the cluster, and
+    every other replica must belong to the same one. Environment
+    ``HSM_CLUSTER``; flag ``--cluster-id``.
 ``archive_ids`` (list of integers 1..4294967295)
     Archive ids this agent serves. Default ``[]``: every archive id.
     Flag ``--archive-id N`` (repeatable) replaces the list.
@@ -154,6 +161,7 @@ from hsm.hsmflags import HSMA
 DEFAULT_COORDINATOR = "127.0.0.1:7600"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENV_COORDINATORS = "HSM_COORDINATORS"
+ENV_CLUSTER = "HSM_CLUSTER"
 _U32 = (1 << 32) - 1
 
 
@@ -228,6 +236,7 @@ def default_agent_id() -> str:
 class AgentConfig:
     agent_id: str = field(default_factory=default_agent_id)
     coordinators: tuple[str, ...] = (DEFAULT_COORDINATOR,)
+    cluster_id: str = ""  # empty: the first replica that welcomes us names it
     archive_ids: tuple[int, ...] = ()  # empty: every archive id
     slots: SlotsConfig = field(default_factory=SlotsConfig)
     backend: BackendConfig | None = None
@@ -388,6 +397,7 @@ def check_address(text: str) -> str:
 _TOP_KEYS = (
     "agent_id",
     "coordinators",
+    "cluster_id",
     "archive_ids",
     "slots",
     "backend",
@@ -507,6 +517,11 @@ def load_config(
         data["coordinators"] = env_coord
         origins.by_key["coordinators"] = f"environment {ENV_COORDINATORS}"
 
+    env_cluster = environ.get(ENV_CLUSTER)
+    if env_cluster is not None and env_cluster.strip():
+        data["cluster_id"] = env_cluster.strip()
+        origins.by_key["cluster_id"] = f"environment {ENV_CLUSTER}"
+
     for ov in overrides:
         if ov.key == "mover.type" and isinstance(data.get("mover"), dict):
             if ov.value != file_mover_type:
@@ -533,6 +548,12 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
 
     if "coordinators" in data:
         kw["coordinators"] = _check_coordinators(data["coordinators"], c)
+
+    if "cluster_id" in data:
+        cluster_id = c.string(data["cluster_id"], "cluster_id", allow_empty=True)
+        if cluster_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", cluster_id):
+            raise c.fail("cluster_id", f"{cluster_id!r} is not a cluster id (1 to 64 of A-Z a-z 0-9 . _ -)")
+        kw["cluster_id"] = cluster_id
 
     if "archive_ids" in data:
         raw = data["archive_ids"]

@@ -82,6 +82,7 @@ from agentd.config import (
 )
 from agentd.movers.base import Job, Mover, Result
 from hsm import __version__
+from hsm.client import CLUSTER_METADATA_KEY, REPLICA_METADATA_KEY, metadata_value
 from hsm.fid import Fid, FidError
 from hsm.hsmflags import HSMA
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2
@@ -264,6 +265,10 @@ class _StreamEnded(Exception):
     """The coordinator ended or broke the protocol on a stream."""
 
 
+class _WrongCluster(_StreamEnded):
+    """The replica at this address belongs to another cluster."""
+
+
 @dataclass(slots=True, eq=False)
 class _Session:
     agent: Agent
@@ -335,12 +340,14 @@ class _Session:
         last_warning = -math.inf
         while not self.closing:
             welcomed_before = False
+            wrong_cluster = False
             self._closing_evt.clear()
             try:
                 welcomed_before = await self._connect_once()
                 reason = "the coordinator closed the stream"
             except _StreamEnded as exc:
                 reason = str(exc)
+                wrong_cluster = isinstance(exc, _WrongCluster)
             except grpc.aio.AioRpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
             except TimeoutError:
@@ -358,7 +365,10 @@ class _Session:
                 failures = 0
             delay = backoff_delay(failures, cfg.reconnect_min_delay, cfg.reconnect_max_delay)
             now = time.monotonic()
-            if welcomed_before or failures == 0 or now - last_warning >= 60.0:
+            if wrong_cluster and (failures == 0 or now - last_warning >= 60.0):
+                log.error("refusing coordinator %s: %s; trying again in %.1f s", self.address, reason, delay)
+                last_warning = now
+            elif welcomed_before or failures == 0 or now - last_warning >= 60.0:
                 log.warning(
                     "stream to coordinator %s lost (%s); %d running action(s) continue; "
                     "reconnecting in %.1f s",
@@ -384,6 +394,10 @@ class _Session:
                 hello = agent.make_hello(self)
                 await call.write(agent_pb2.AgentMessage(hello=hello))
                 end = time.monotonic() + WELCOME_TIMEOUT
+                # who answers, before anything it says is acted on
+                metadata = await asyncio.wait_for(call.initial_metadata(), WELCOME_TIMEOUT)
+                agent.check_cluster(self.address, metadata_value(metadata or (), CLUSTER_METADATA_KEY),
+                                    metadata_value(metadata or (), REPLICA_METADATA_KEY))
                 while True:
                     first = await asyncio.wait_for(call.read(), max(0.0, end - time.monotonic()))
                     if first is grpc.aio.EOF:
@@ -395,6 +409,7 @@ class _Session:
                     log.debug("message from %s before its Welcome: %d cancel(s), %d assignment(s)",
                               self.address, len(first.cancel), len(first.assign))
                     agent.on_message(self, first)
+                agent.check_cluster(self.address, first.welcome.cluster_id, first.welcome.replica, pin=True)
                 self.welcomed = True
                 self.welcomed_at = time.monotonic()
                 self.replica = first.welcome.replica
@@ -597,6 +612,8 @@ class Agent:
         #: a delay): it runs on the event loop, without a worker thread
         self._inline = bool(getattr(mover, "inline", False))
         self.host = host or socket.gethostname()
+        #: the cluster we work for: configured, or named by the first replica that welcomed us
+        self.cluster_id = config.cluster_id
         self._slots = {k: config.slots.for_kind(k) for k in KINDS}
         self._running: dict[int, _Running] = {}
         self._running_count = dict.fromkeys(KINDS, 0)
@@ -840,6 +857,24 @@ class Agent:
     def runs_of(self, session: _Session) -> list[_Running]:
         return [r for r in self._running.values() if r.session is session]
 
+    def check_cluster(self, address: str, cluster_id: str, replica: str, pin: bool = False) -> None:
+        """Refuse a replica of another cluster than ours. *pin*: a Welcome;
+        the first one names our cluster when the configuration did not."""
+        if not cluster_id:
+            if pin and self.cluster_id:
+                raise _WrongCluster(f"replica {replica or '?'} at {address} does not say which cluster "
+                                    f"it belongs to; this agent works for cluster {self.cluster_id}")
+            return
+        if not self.cluster_id:
+            if pin:
+                self.cluster_id = cluster_id
+                log.info("working for cluster %s (named by replica %s at %s)", cluster_id, replica or "?", address)
+            return
+        if cluster_id != self.cluster_id:
+            raise _WrongCluster(
+                f"replica {replica or '?'} at {address} belongs to cluster {cluster_id}, not to cluster "
+                f"{self.cluster_id} this agent works for; check --coordinators and --cluster-id")
+
     def make_hello(self, session: _Session) -> agent_pb2.Hello:
         cfg = self.config
         hello = agent_pb2.Hello(
@@ -850,6 +885,7 @@ class Agent:
                 archive=cfg.slots.archive, restore=cfg.slots.restore, remove=cfg.slots.remove
             ),
             version=__version__,
+            cluster_id=self.cluster_id,
         )
         for action_id, attempt in self.running_list():
             hello.running.add(action_id=action_id, attempt=attempt)

@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="API port of the first replica; replica k uses PORT+k, Raft ports from PORT+100 "
                           "(default 7600; 0 picks free ports)")
     loc.add_argument("--archive-ids", type=_archive_ids, default=[1], metavar="N[,N...]")
-    loc.add_argument("--fsname", default="simfs", help="file system name of a new simfs tree (default simfs)")
+    loc.add_argument("--fsname", default=None,
+                     help="file system name of a new simfs tree, 1-8 of A-Z a-z 0-9 _ - (default: a unique "
+                          "name such as sim4k2q9, so that two trees never share FIDs)")
     loc.add_argument("--log-level", choices=cfgmod.LOG_LEVELS, default="info")
     return p
 

@@ -4,8 +4,11 @@ see docs/cluster-config.md."""
 
 from __future__ import annotations
 
+import hashlib
 import random
+import re
 import socket
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,21 @@ class ReplicaSpec:
         return f"{host}:{port + shard}"
 
 
+_CLUSTER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def new_cluster_id() -> str:
+    """A fresh cluster id (``hsm-coordinator init`` writes one)."""
+    return str(uuid.uuid4())
+
+
+def check_cluster_id(value: str) -> str:
+    if not _CLUSTER_ID_RE.fullmatch(value):
+        raise ValueError(f"invalid cluster id {value!r}: 1 to 64 characters from A-Z a-z 0-9 . _ -, "
+                         "starting with a letter or digit")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
     name: str
@@ -40,8 +58,22 @@ class ClusterSpec:
     replicas: tuple[ReplicaSpec, ...]
     password: str
     vnodes: int = DEFAULT_VNODES
+    #: the cluster's identity, carried by every answer (see ``cluster_id``)
+    id: str = ""
+
+    @property
+    def cluster_id(self) -> str:
+        """``id`` when the configuration gives one; else derived from the
+        Raft password, which is random per cluster (configurations written
+        before ids existed, or by tools that do not write one)."""
+        if self.id:
+            return self.id
+        digest = hashlib.sha256(b"hsm-coordinator cluster id\0" + self.password.encode()).digest()
+        return str(uuid.UUID(bytes=digest[:16]))
 
     def __post_init__(self) -> None:
+        if self.id:
+            check_cluster_id(self.id)
         if not 1 <= self.shards <= 999:
             raise ValueError(f"shards must be 1..999, not {self.shards}")
         if not self.replicas:

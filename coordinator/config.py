@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from coordinator.cluster import ClusterSpec, ReplicaSpec, split_addr
+from coordinator.cluster import ClusterSpec, ReplicaSpec, new_cluster_id, split_addr
 from coordinator.node import NodeConfig, local_hostname
 from coordinator.raft import RaftTuning
 from hsm.ring import DEFAULT_VNODES
@@ -54,7 +54,7 @@ _SIMPLE = {
     "heartbeat_interval": float, "propose_timeout": float, "progress_timeout": float,
 }
 _TOP = set(_SIMPLE) | {"cluster", "raft", "log_level"}
-_CLUSTER = {"name", "shards", "vnodes", "password_file", "password", "replicas"}
+_CLUSTER = {"id", "name", "shards", "vnodes", "password_file", "password", "replicas"}
 
 
 def _check(name: str, value: Any, typ: type) -> Any:
@@ -133,6 +133,7 @@ def _cluster(raw: Any, base: Path | None) -> ClusterSpec:
     try:
         return ClusterSpec(
             name=_check("cluster.name", raw.get("name", "hsm"), str),
+            id=_check("cluster.id", raw.get("id", ""), str),
             shards=_check("cluster.shards", raw.get("shards", 8), int),
             replicas=tuple(replicas),
             password=password,
@@ -232,7 +233,7 @@ def init_cluster(out: Path, name: str, shards: int, replicas: list[ReplicaSpec],
         f.write(secrets.token_urlsafe(32) + "\n")
     doc: dict[str, Any] = {
         "cluster": {
-            "name": name, "shards": shards, "vnodes": vnodes, "password_file": str(pw_path.resolve()),
+            "id": new_cluster_id(), "name": name, "shards": shards, "vnodes": vnodes, "password_file": str(pw_path.resolve()),
             "replicas": [{"id": r.id, "api": r.api, "raft": r.raft} for r in replicas],
         },
         "data_dir": data_dir,

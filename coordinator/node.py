@@ -24,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import errno as E
 import hashlib
+import inspect
 import itertools
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,6 +68,7 @@ from coordinator.state import (
     ShardState,
     State,
 )
+from hsm.client import CLUSTER_METADATA_KEY, REPLICA_METADATA_KEY
 from hsm.fid import Fid
 from hsm.ring import Ring
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
@@ -93,6 +95,46 @@ MAX_PAGE = 10_000
 DEFAULT_PAGE = 1000
 LEADER_KEY = "hsm-leader"
 READINESS_SERVICES = ("hsm.v1.Coordinator", "hsm.v1.AgentService")
+
+
+class IdentityInterceptor(grpc.aio.ServerInterceptor):
+    """Every answer of this replica, health checks included, starts with
+    initial metadata naming its cluster and itself. Clients, agents and
+    ``hsm-coordinator local`` check it: a replica of another cluster that
+    happens to answer on an expected address (a second cluster on the same
+    ports, a stale address list) is refused instead of trusted."""
+
+    def __init__(self, cluster_id: str, replica_id: str) -> None:
+        self.metadata = ((CLUSTER_METADATA_KEY, cluster_id), (REPLICA_METADATA_KEY, replica_id))
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        md = self.metadata
+        for attr, make in (("unary_unary", grpc.unary_unary_rpc_method_handler),
+                           ("unary_stream", grpc.unary_stream_rpc_method_handler),
+                           ("stream_unary", grpc.stream_unary_rpc_method_handler),
+                           ("stream_stream", grpc.stream_stream_rpc_method_handler)):
+            inner = getattr(handler, attr)
+            if inner is None:
+                continue
+            if inspect.isasyncgenfunction(inner):
+                async def gen(request: Any, context: Any, inner: Any = inner) -> AsyncIterator[Any]:
+                    await context.send_initial_metadata(md)
+                    async for item in inner(request, context):
+                        yield item
+                behavior: Any = gen
+            else:
+                async def call(request: Any, context: Any, inner: Any = inner) -> Any:
+                    await context.send_initial_metadata(md)
+                    result = inner(request, context)
+                    return await result if inspect.isawaitable(result) else result
+                behavior = call
+            return make(behavior, request_deserializer=handler.request_deserializer,
+                        response_serializer=handler.response_serializer)
+        return handler
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,15 +269,19 @@ class CoordinatorNode:
             ))
         from coordinator.servicers import AgentServicer, CoordinatorServicer
 
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server = grpc.aio.server(options=GRPC_OPTIONS,
+                                 interceptors=[IdentityInterceptor(self.cluster.cluster_id, self.me.id)])
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         listen = self.config.listen or self.me.api
-        self.port = server.add_insecure_port(listen)
+        try:
+            self.port = server.add_insecure_port(listen)
+        except RuntimeError:  # grpcio >= 1.70 raises where older ones returned 0
+            self.port = 0
         if self.port == 0:
             await self._close_shards()
-            raise OSError(E.EADDRINUSE, f"cannot listen on {listen}")
+            raise OSError(E.EADDRINUSE, f"cannot listen on {listen}: address in use, or not this host's")
         await server.start()
         self._server = server
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -652,6 +698,10 @@ class CoordinatorNode:
         agent_id = hello.agent_id
         if not agent_id or len(agent_id) > 128:
             raise InvalidRequest("hello: agent_id must be 1-128 characters")
+        if hello.cluster_id and hello.cluster_id != self.cluster.cluster_id:
+            raise WrongCluster(
+                f"agent {agent_id} belongs to cluster {hello.cluster_id}; replica {self.me.id} "
+                f"at {self.address} is in cluster {self.cluster.cluster_id}")
         old = self.sessions.get(agent_id)
         now = self.clock()
         if old is not None and old.alive and now - old.last_seen < self.lease:
@@ -858,10 +908,18 @@ class CoordinatorNode:
             counts=[coordinator_pb2.KindCount(kind=int(k), state=int(st), count=n)  # type: ignore[arg-type]
                     for (k, st), n in sorted(totals.items())],
             agents=agents, shards=shards, replica=self.me.id, version=hsm.__version__,
+            cluster_id=self.cluster.cluster_id,
             control=modes.pop() if len(modes) == 1 else "mixed (" + ",".join(sorted(modes)) + ")")
 
 
+class WrongCluster(Exception):
+    """A request meant for another cluster (an agent's hello naming another
+    cluster id)."""
+
+
 def _abort_code(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, WrongCluster):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, InvalidRequest | ValueError):  # FidError and friends
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, FileExistsError):

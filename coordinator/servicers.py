@@ -33,6 +33,7 @@ from coordinator.node import (
     DEFAULT_PAGE,
     MAX_PAGE,
     ShardUnavailable,
+    WrongCluster,
     _abort_code,
     _slots_from_pb,
     _slots_to_pb,
@@ -240,6 +241,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             shard_count=len(node.shards),
             vnodes=node.ring.vnodes,
             replicas=[coordinator_pb2.Replica(id=r.id, address=r.api) for r in node.cluster.replicas],
+            cluster_id=node.cluster.cluster_id, replica=node.me.id,
             shards=[coordinator_pb2.ShardStatus(shard=s.index, leader=node.leader_id(s), commit_index=s.commit_index,
                                                 applied_index=s.applied_index, term=s.term)
                     for s in node.shards],
@@ -388,10 +390,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the first message on a Work stream must be hello")
         try:
             session = await node.agent_hello(first.hello, context.peer())
-        except (InvalidRequest, FileExistsError) as exc:
+        except (InvalidRequest, FileExistsError, WrongCluster) as exc:
             await context.abort(*_abort_code(exc))
         session.send(agent_pb2.CoordinatorMessage(welcome=agent_pb2.Welcome(
-            replica=node.me.id, heartbeat_interval=node.config.heartbeat_interval)))
+            replica=node.me.id, heartbeat_interval=node.config.heartbeat_interval,
+            cluster_id=node.cluster.cluster_id)))
         await node.reconcile(session, [(r.action_id, r.attempt) for r in first.hello.running])
         # the rest of the first message (credits, progress, ...) counts too
         first.ClearField("hello")

@@ -60,8 +60,10 @@ from hsm.v1 import types_pb2 as tpb
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CLUSTER_METADATA_KEY",
     "DEFAULT_ADDRESS",
     "LEADER_METADATA_KEY",
+    "REPLICA_METADATA_KEY",
     "MAX_BATCH",
     "MAX_LEADER_HOPS",
     "TERMINAL_STATES",
@@ -77,6 +79,7 @@ __all__ = [
     "ResourceExhausted",
     "Unavailable",
     "Unimplemented",
+    "WrongCluster",
     "cancel_outcome_name",
     "check_fsname",
     "default_initiator",
@@ -99,6 +102,10 @@ __all__ = [
 DEFAULT_ADDRESS = "127.0.0.1:7600"
 #: Trailing metadata key carrying the shard leader's address.
 LEADER_METADATA_KEY = "hsm-leader"
+#: Initial metadata of every answer (health checks too): the cluster's id
+#: and the id of the replica that answered.
+CLUSTER_METADATA_KEY = "hsm-cluster-id"
+REPLICA_METADATA_KEY = "hsm-replica"
 #: Most items the coordinator accepts in one Submit.
 MAX_BATCH = 10000
 #: Most "not the leader, go there" redirections followed for one call.
@@ -111,6 +118,9 @@ MAX_DATA = 4096
 MAX_PAGE = 10000
 #: An action id ends in its shard number: ``shard = action_id % SHARD_ID_MODULUS``.
 SHARD_ID_MODULUS = 1000
+#: After a failed attempt to learn the cluster's members, wait this long (s)
+#: before asking again.
+MEMBERS_RETRY = 5.0
 
 TERMINAL_STATES = frozenset({tpb.SUCCEEDED, tpb.FAILED, tpb.CANCELED})
 
@@ -220,6 +230,14 @@ class Cancelled(CoordinatorError):
 
 class InternalError(CoordinatorError):
     code = grpc.StatusCode.INTERNAL
+
+
+class WrongCluster(CoordinatorError):
+    """A replica answered as a member of another cluster than the one this
+    client was told to use (``cluster_id``) or first talked to. Nothing was
+    sent to it after its first answer; never retried."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 _ERROR_CLASSES: dict[grpc.StatusCode, type[CoordinatorError]] = {
@@ -631,6 +649,7 @@ class _Route:
         self.backoff = 0.05
         self.tried.clear()
         self.client._prefer(self.target)
+        self.client._learn_members(self.target)
 
     def _sleep(self) -> None:
         left = self.remaining()
@@ -702,6 +721,8 @@ class _Route:
         now = time.monotonic()
         if self.unavailable_since is None:
             self.unavailable_since = now
+        # the members learned since the call began count too
+        self.order = self.client._ordered_addresses()
         for address in self.order:
             if address not in self.tried:
                 log.debug("%s: %s unavailable (%s), trying %s",
@@ -717,15 +738,24 @@ class _Route:
         self.target = self.order[0]
 
 
-def _leader_hint(err: grpc.RpcError) -> str:
+def _metadata(call: Any, which: str) -> tuple[tuple[str, Any], ...]:
+    """A call's (or an RpcError's) ``initial_metadata`` or
+    ``trailing_metadata``; empty when it has none."""
     try:
-        metadata = err.trailing_metadata() or ()
+        return tuple(getattr(call, which)() or ())
     except Exception:  # noqa: BLE001 - some RpcErrors carry no call
-        return ""
-    for key, value in metadata:
-        if key == LEADER_METADATA_KEY:
+        return ()
+
+
+def metadata_value(metadata: Iterable[tuple[str, Any]], key: str) -> str:
+    for k, value in metadata:
+        if k == key:
             return value.decode() if isinstance(value, bytes) else str(value)
     return ""
+
+
+def _leader_hint(err: grpc.RpcError) -> str:
+    return metadata_value(_metadata(err, "trailing_metadata"), LEADER_METADATA_KEY)
 
 
 class CoordinatorClient:
@@ -736,7 +766,14 @@ class CoordinatorClient:
     each call may take in all (retries included). *initiator*: recorded in
     requesters the client builds (default ``pyclient@<host>``).
     *retry_unavailable*: how long to keep retrying when no address answers.
-    Thread-safe; ``close()`` (or a ``with`` block) releases the channels.
+    *cluster_id*: the cluster to talk to; a replica that answers for
+    another one raises ``WrongCluster``. Without it, the first replica that
+    answers names the cluster for the client's lifetime.
+
+    The first replica that answers also tells the client every member's
+    address: calls fail over to them even when the client was given one
+    address only. Thread-safe; ``close()`` (or a ``with`` block) releases
+    the channels.
     """
 
     def __init__(
@@ -746,6 +783,7 @@ class CoordinatorClient:
         timeout: float = 30.0,
         initiator: str | None = None,
         retry_unavailable: float = 10.0,
+        cluster_id: str | None = None,
     ) -> None:
         self.addresses = parse_addresses(coordinators)
         if not timeout or timeout <= 0:
@@ -759,6 +797,13 @@ class CoordinatorClient:
         self._replica_addresses: dict[str, str] = {}
         self._shard_map_cache: tuple[float, _ShardMap | None] | None = None
         self._closed = False
+        #: member addresses learned from the cluster, beyond ``addresses``
+        self._members: list[str] = []
+        self._members_asked = -MEMBERS_RETRY
+        self.cluster_id: str | None = None
+        self._cluster_source = ""
+        if cluster_id:
+            self.expect_cluster(cluster_id, "the cluster id given")
 
     # -- plumbing --------------------------------------------------------
 
@@ -790,17 +835,82 @@ class CoordinatorClient:
                 self._channels[address] = entry
             return entry[1]
 
+    def expect_cluster(self, cluster_id: str, source: str) -> None:
+        """Talk only to replicas of *cluster_id* (*source* says who named
+        it, for error messages). Naming a different one than already
+        expected raises ``WrongCluster``."""
+        if not cluster_id:
+            return
+        with self._lock:
+            if self.cluster_id is not None and self.cluster_id != cluster_id:
+                raise WrongCluster(
+                    f"{source} names cluster {cluster_id}, but {self._cluster_source} "
+                    f"names cluster {self.cluster_id}")
+            if self.cluster_id is None:
+                self.cluster_id, self._cluster_source = cluster_id, source
+
+    def _check_identity(self, address: str, metadata: Iterable[tuple[str, Any]], answered: bool = True) -> None:
+        """Refuse an answer from a replica of another cluster. Without an
+        expected id, the first *answered* call names the cluster."""
+        got = metadata_value(metadata, CLUSTER_METADATA_KEY)
+        with self._lock:
+            expected, source = self.cluster_id, self._cluster_source
+            if expected is None:
+                if got and answered:
+                    self.cluster_id = got
+                    self._cluster_source = f"{address}, the first replica that answered,"
+                return
+        if got == expected:
+            return
+        if not got and not answered:
+            return  # no answer at all (connection refused): not a claim of identity
+        replica = metadata_value(metadata, REPLICA_METADATA_KEY)
+        who = f"replica {replica} at {address}" if replica else f"the coordinator at {address}"
+        if not got:
+            raise WrongCluster(f"{who} does not say which cluster it belongs to; {source} "
+                               f"names cluster {expected}", address=address)
+        raise WrongCluster(
+            f"{who} belongs to cluster {got}, not to cluster {expected} named by {source}: "
+            "the coordinator addresses (--coordinators, $HSM_COORDINATORS) point at another cluster",
+            address=address)
+
     def _ordered_addresses(self) -> list[str]:
+        """The preferred address first, then the configured ones, then the
+        members learned from the cluster."""
         with self._lock:
             preferred = self._preferred
-        if preferred is None or preferred not in self.addresses:
-            return list(self.addresses)
-        return [preferred] + [a for a in self.addresses if a != preferred]
+            learned = [a for a in self._members if a not in self.addresses]
+        order = list(self.addresses) + learned
+        if preferred is None or preferred not in order:
+            return order
+        return [preferred] + [a for a in order if a != preferred]
 
     def _prefer(self, address: str) -> None:
-        if address in self.addresses:
-            with self._lock:
+        with self._lock:
+            if address in self.addresses or address in self._members:
                 self._preferred = address
+
+    def _remember_members(self, info: cpb.ClusterInfoResponse) -> None:
+        with self._lock:
+            self._replica_addresses = {r.id: r.address for r in info.replicas}
+            self._members = [r.address for r in info.replicas if _ADDRESS_RE.fullmatch(r.address)]
+            self._members_asked = time.monotonic()
+
+    def _learn_members(self, address: str) -> None:
+        """Once, from the first replica that answers: every member's
+        address, so that any call can fail over to them."""
+        with self._lock:
+            if self._members or time.monotonic() - self._members_asked < MEMBERS_RETRY:
+                return
+            self._members_asked = time.monotonic()
+        try:
+            info, call = self._stub(address).ClusterInfo.with_call(
+                cpb.ClusterInfoRequest(), timeout=min(self.timeout, 5.0))
+        except grpc.RpcError as err:
+            log.debug("cannot learn the cluster's members from %s: %s", address, err)
+            return
+        self._check_identity(address, _metadata(call, "initial_metadata"))
+        self._remember_members(info)
 
     def _resolve_leader(self, hint: str, asked: str) -> str:
         """The address of the leader named by *hint* (an address or a replica id)."""
@@ -811,13 +921,14 @@ class CoordinatorClient:
         if known:
             return known
         try:
-            info = self._stub(asked).ClusterInfo(
+            info, call = self._stub(asked).ClusterInfo.with_call(
                 cpb.ClusterInfoRequest(), timeout=min(self.timeout, 5.0)
             )
         except grpc.RpcError:
             return ""
+        self._check_identity(asked, _metadata(call, "initial_metadata"))
+        self._remember_members(info)
         with self._lock:
-            self._replica_addresses = {r.id: r.address for r in info.replicas}
             return self._replica_addresses.get(hint, "")
 
     def _call(self, method: str, request: Any, what: str, timeout: float | None = None,
@@ -833,12 +944,14 @@ class CoordinatorClient:
                 remaining = min(remaining, route.try_timeout)
             stub = self._stub(route.target)
             try:
-                response = getattr(stub, method)(request, timeout=remaining)
+                response, call = getattr(stub, method).with_call(request, timeout=remaining)
             except grpc.RpcError as err:
+                self._check_identity(route.target, _metadata(err, "initial_metadata"), answered=False)
                 if multi_shard and err.code() == grpc.StatusCode.FAILED_PRECONDITION and _leader_hint(err):
                     raise _Regroup() from None
                 route.failed(err)
                 continue
+            self._check_identity(route.target, _metadata(call, "initial_metadata"))
             route.succeeded()
             return response
 
@@ -1122,6 +1235,7 @@ class CoordinatorClient:
                 for event in call:
                     if not got_event:
                         got_event = True
+                        self._check_identity(route.target, _metadata(call, "initial_metadata"))
                         route.succeeded()
                     action = event.action
                     if action.state in TERMINAL_STATES:
@@ -1137,6 +1251,7 @@ class CoordinatorClient:
                 time.sleep(0.05)
             except grpc.RpcError as err:
                 code = err.code() if hasattr(err, "code") else None
+                self._check_identity(route.target, _metadata(err, "initial_metadata"), answered=False)
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED and end is not None:
                     continue  # the loop raises our own DeadlineExceeded at the top
                 if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and got_event:
@@ -1192,8 +1307,7 @@ class CoordinatorClient:
 
     def cluster_info(self) -> cpb.ClusterInfoResponse:
         info = self._call("ClusterInfo", cpb.ClusterInfoRequest(), "cluster info")
-        with self._lock:
-            self._replica_addresses = {r.id: r.address for r in info.replicas}
+        self._remember_members(info)
         return info
 
 

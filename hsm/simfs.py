@@ -5,6 +5,8 @@ Layout of a tree rooted at ``ROOT``::
 
     ROOT/.simfs/fsname        the file system name (like a Lustre fsname)
     ROOT/.simfs/last_fid      the FID allocator ("SEQ OID" of the last FID given)
+    ROOT/.simfs/cluster       optional: the id of the coordinator cluster that
+                              serves the tree (hsmctl talks to no other)
     ROOT/.simfs/lock          flock()ed around every state change
     ROOT/.simfs/dv/<fid>      each file's data version record (see below)
     ROOT/.simfs/volatile/     restore's volatile files (same file system)
@@ -252,6 +254,27 @@ class SimFS:
         os.replace(tmp, meta / "fsname")
         log.info("created simfs tree %s (fsname %s)", rootp, fsname)
         return cls(rootp, fsname)
+
+    @property
+    def cluster_id(self) -> str:
+        """The id of the coordinator cluster that serves this tree, or ""
+        when none was recorded (``set_cluster_id``)."""
+        try:
+            return (self.meta / "cluster").read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return ""
+
+    def set_cluster_id(self, cluster_id: str) -> None:
+        """Record which coordinator cluster serves this tree ("" forgets it)."""
+        path = self.meta / "cluster"
+        if not cluster_id:
+            path.unlink(missing_ok=True)
+            return
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", cluster_id):
+            raise ValueError(f"invalid cluster id {cluster_id!r}")
+        tmp = self.meta / "cluster.tmp"
+        tmp.write_text(cluster_id + "\n", encoding="utf-8")
+        os.replace(tmp, path)
 
     @classmethod
     def open(cls, root: Path | str) -> SimFS:

@@ -47,6 +47,8 @@ class RunningCoordinator:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return  # stopped already (by the test)
         asyncio.run_coroutine_threadsafe(self.node.stop(0.5), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
@@ -58,13 +60,13 @@ FAST_RAFT = RaftTuning(heartbeat=0.02, election_min=0.1, election_max=0.2, leade
                        connection_timeout=1.0, connection_retry=0.2, tick=0.01, fsync=True)
 
 
-def single_replica_config(data_dir: Any, shards: int = 1, api_port: int | None = None,
+def single_replica_config(data_dir: Any, shards: int = 1, api_port: int | None = None, cluster_id: str = "",
                           **overrides: Any) -> NodeConfig:
     """A one-replica cluster (real Raft, real journal) on free loopback ports."""
     api = api_port or free_ports(1)
     raft0 = free_ports(shards)
     cluster = ClusterSpec("test", shards, (ReplicaSpec("test", f"127.0.0.1:{api}", f"127.0.0.1:{raft0}"),),
-                          "test-password-0123456789")
+                          "test-password-0123456789", id=cluster_id)
     base = NodeConfig(cluster=cluster, replica_id="test", data_dir=data_dir, archive_ids=(1, 2, 3),
                       agent_grace=3.0, heartbeat_interval=1.0, raft=FAST_RAFT, propose_timeout=5.0)
     return replace(base, **overrides)
@@ -75,9 +77,10 @@ def coordinator_factory(tmp_path_factory: Any) -> Iterator[Any]:
     """Start coordinators with custom settings: ``coordinator_factory(agent_grace=1.0, shards=4)``."""
     started: list[RunningCoordinator] = []
 
-    def make(shards: int = 1, api_port: int | None = None, **overrides: Any) -> RunningCoordinator:
+    def make(shards: int = 1, api_port: int | None = None, cluster_id: str = "",
+             **overrides: Any) -> RunningCoordinator:
         data = tmp_path_factory.mktemp("raft")
-        rc = RunningCoordinator(single_replica_config(data, shards, api_port, **overrides))
+        rc = RunningCoordinator(single_replica_config(data, shards, api_port, cluster_id, **overrides))
         started.append(rc)
         return rc
 

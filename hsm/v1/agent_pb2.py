@@ -26,7 +26,7 @@ from hsm.v1 import types_pb2 as hsm_dot_v1_dot_types__pb2
 from hsm.v1 import coordinator_pb2 as hsm_dot_v1_dot_coordinator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12hsm/v1/agent.proto\x12\x06hsm.v1\x1a\x12hsm/v1/types.proto\x1a\x18hsm/v1/coordinator.proto\"a\n\rReportRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\"\n\x08progress\x18\x02 \x03(\x0b\x32\x10.hsm.v1.Progress\x12\x1a\n\x04\x64one\x18\x03 \x03(\x0b\x32\x0c.hsm.v1.Done\"\x10\n\x0eReportResponse\"\x93\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x13\n\x0b\x61rchive_ids\x18\x03 \x03(\r\x12\x1c\n\x05slots\x18\x04 \x01(\x0b\x32\r.hsm.v1.Slots\x12\x0f\n\x07version\x18\x05 \x01(\t\x12&\n\x07running\x18\x06 \x03(\x0b\x32\x15.hsm.v1.RunningAction\"3\n\rRunningAction\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"V\n\x05Ready\x12\x1e\n\x07\x63redits\x18\x01 \x01(\x0b\x32\r.hsm.v1.Slots\x12\x10\n\x08\x61\x62solute\x18\x02 \x01(\x08\x12\x1b\n\x04seen\x18\x03 \x01(\x0b\x32\r.hsm.v1.Slots\"W\n\x08Progress\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\"\x7f\n\x04\x44one\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\r\n\x05\x65rrno\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\r\n\x05retry\x18\x05 \x01(\x08\x12\x12\n\nbytes_done\x18\x06 \x01(\x04\x12\x10\n\x08handback\x18\x07 \x01(\x08\"\xc5\x01\n\x0c\x41gentMessage\x12\x1c\n\x05hello\x18\x01 \x01(\x0b\x32\r.hsm.v1.Hello\x12\x1c\n\x05ready\x18\x02 \x01(\x0b\x32\r.hsm.v1.Ready\x12\"\n\x08progress\x18\x03 \x03(\x0b\x32\x10.hsm.v1.Progress\x12\x1a\n\x04\x64one\x18\x04 \x03(\x0b\x32\x0c.hsm.v1.Done\x12\x11\n\theartbeat\x18\x05 \x01(\x08\x12&\n\x07running\x18\x06 \x01(\x0b\x32\x15.hsm.v1.RunningReport\"F\n\rRunningReport\x12&\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x15.hsm.v1.RunningAction\x12\r\n\x05token\x18\x02 \x01(\x04\"\xe8\x01\n\nAssignment\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06\x66sname\x18\x03 \x01(\t\x12\x18\n\x03\x66id\x18\x04 \x01(\x0b\x32\x0b.hsm.v1.Fid\x12\x19\n\x04\x64\x66id\x18\x05 \x01(\x0b\x32\x0b.hsm.v1.Fid\x12 \n\x04kind\x18\x06 \x01(\x0e\x32\x12.hsm.v1.ActionKind\x12\x12\n\narchive_id\x18\x07 \x01(\r\x12\x1e\n\x06\x65xtent\x18\x08 \x01(\x0b\x32\x0e.hsm.v1.Extent\x12\x0c\n\x04\x64\x61ta\x18\t \x01(\x0c\x12\r\n\x05\x66lags\x18\n \x01(\r\"A\n\x0b\x43\x61ncelOrder\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"6\n\x07Welcome\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\"\xb8\x01\n\x12\x43oordinatorMessage\x12 \n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.hsm.v1.Welcome\x12\"\n\x06\x61ssign\x18\x02 \x03(\x0b\x32\x12.hsm.v1.Assignment\x12#\n\x06\x63\x61ncel\x18\x03 \x03(\x0b\x32\x13.hsm.v1.CancelOrder\x12\x17\n\x0frequest_running\x18\x04 \x01(\x04\x12\x1e\n\x07\x62\x61\x63klog\x18\x05 \x01(\x0b\x32\r.hsm.v1.Slots2\x85\x01\n\x0c\x41gentService\x12<\n\x04Work\x12\x14.hsm.v1.AgentMessage\x1a\x1a.hsm.v1.CoordinatorMessage(\x01\x30\x01\x12\x37\n\x06Report\x12\x15.hsm.v1.ReportRequest\x1a\x16.hsm.v1.ReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12hsm/v1/agent.proto\x12\x06hsm.v1\x1a\x12hsm/v1/types.proto\x1a\x18hsm/v1/coordinator.proto\"a\n\rReportRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\"\n\x08progress\x18\x02 \x03(\x0b\x32\x10.hsm.v1.Progress\x12\x1a\n\x04\x64one\x18\x03 \x03(\x0b\x32\x0c.hsm.v1.Done\"\x10\n\x0eReportResponse\"\xa7\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x13\n\x0b\x61rchive_ids\x18\x03 \x03(\r\x12\x1c\n\x05slots\x18\x04 \x01(\x0b\x32\r.hsm.v1.Slots\x12\x0f\n\x07version\x18\x05 \x01(\t\x12&\n\x07running\x18\x06 \x03(\x0b\x32\x15.hsm.v1.RunningAction\x12\x12\n\ncluster_id\x18\x07 \x01(\t\"3\n\rRunningAction\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"V\n\x05Ready\x12\x1e\n\x07\x63redits\x18\x01 \x01(\x0b\x32\r.hsm.v1.Slots\x12\x10\n\x08\x61\x62solute\x18\x02 \x01(\x08\x12\x1b\n\x04seen\x18\x03 \x01(\x0b\x32\r.hsm.v1.Slots\"W\n\x08Progress\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\"\x7f\n\x04\x44one\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\r\n\x05\x65rrno\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\r\n\x05retry\x18\x05 \x01(\x08\x12\x12\n\nbytes_done\x18\x06 \x01(\x04\x12\x10\n\x08handback\x18\x07 \x01(\x08\"\xc5\x01\n\x0c\x41gentMessage\x12\x1c\n\x05hello\x18\x01 \x01(\x0b\x32\r.hsm.v1.Hello\x12\x1c\n\x05ready\x18\x02 \x01(\x0b\x32\r.hsm.v1.Ready\x12\"\n\x08progress\x18\x03 \x03(\x0b\x32\x10.hsm.v1.Progress\x12\x1a\n\x04\x64one\x18\x04 \x03(\x0b\x32\x0c.hsm.v1.Done\x12\x11\n\theartbeat\x18\x05 \x01(\x08\x12&\n\x07running\x18\x06 \x01(\x0b\x32\x15.hsm.v1.RunningReport\"F\n\rRunningReport\x12&\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x15.hsm.v1.RunningAction\x12\r\n\x05token\x18\x02 \x01(\x04\"\xe8\x01\n\nAssignment\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06\x66sname\x18\x03 \x01(\t\x12\x18\n\x03\x66id\x18\x04 \x01(\x0b\x32\x0b.hsm.v1.Fid\x12\x19\n\x04\x64\x66id\x18\x05 \x01(\x0b\x32\x0b.hsm.v1.Fid\x12 \n\x04kind\x18\x06 \x01(\x0e\x32\x12.hsm.v1.ActionKind\x12\x12\n\narchive_id\x18\x07 \x01(\r\x12\x1e\n\x06\x65xtent\x18\x08 \x01(\x0b\x32\x0e.hsm.v1.Extent\x12\x0c\n\x04\x64\x61ta\x18\t \x01(\x0c\x12\r\n\x05\x66lags\x18\n \x01(\r\"A\n\x0b\x43\x61ncelOrder\x12\x11\n\taction_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"J\n\x07Welcome\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"\xb8\x01\n\x12\x43oordinatorMessage\x12 \n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.hsm.v1.Welcome\x12\"\n\x06\x61ssign\x18\x02 \x03(\x0b\x32\x12.hsm.v1.Assignment\x12#\n\x06\x63\x61ncel\x18\x03 \x03(\x0b\x32\x13.hsm.v1.CancelOrder\x12\x17\n\x0frequest_running\x18\x04 \x01(\x04\x12\x1e\n\x07\x62\x61\x63klog\x18\x05 \x01(\x0b\x32\r.hsm.v1.Slots2\x85\x01\n\x0c\x41gentService\x12<\n\x04Work\x12\x14.hsm.v1.AgentMessage\x1a\x1a.hsm.v1.CoordinatorMessage(\x01\x30\x01\x12\x37\n\x06Report\x12\x15.hsm.v1.ReportRequest\x1a\x16.hsm.v1.ReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,27 +38,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTRESPONSE']._serialized_start=175
   _globals['_REPORTRESPONSE']._serialized_end=191
   _globals['_HELLO']._serialized_start=194
-  _globals['_HELLO']._serialized_end=341
-  _globals['_RUNNINGACTION']._serialized_start=343
-  _globals['_RUNNINGACTION']._serialized_end=394
-  _globals['_READY']._serialized_start=396
-  _globals['_READY']._serialized_end=482
-  _globals['_PROGRESS']._serialized_start=484
-  _globals['_PROGRESS']._serialized_end=571
-  _globals['_DONE']._serialized_start=573
-  _globals['_DONE']._serialized_end=700
-  _globals['_AGENTMESSAGE']._serialized_start=703
-  _globals['_AGENTMESSAGE']._serialized_end=900
-  _globals['_RUNNINGREPORT']._serialized_start=902
-  _globals['_RUNNINGREPORT']._serialized_end=972
-  _globals['_ASSIGNMENT']._serialized_start=975
-  _globals['_ASSIGNMENT']._serialized_end=1207
-  _globals['_CANCELORDER']._serialized_start=1209
-  _globals['_CANCELORDER']._serialized_end=1274
-  _globals['_WELCOME']._serialized_start=1276
-  _globals['_WELCOME']._serialized_end=1330
-  _globals['_COORDINATORMESSAGE']._serialized_start=1333
-  _globals['_COORDINATORMESSAGE']._serialized_end=1517
-  _globals['_AGENTSERVICE']._serialized_start=1520
-  _globals['_AGENTSERVICE']._serialized_end=1653
+  _globals['_HELLO']._serialized_end=361
+  _globals['_RUNNINGACTION']._serialized_start=363
+  _globals['_RUNNINGACTION']._serialized_end=414
+  _globals['_READY']._serialized_start=416
+  _globals['_READY']._serialized_end=502
+  _globals['_PROGRESS']._serialized_start=504
+  _globals['_PROGRESS']._serialized_end=591
+  _globals['_DONE']._serialized_start=593
+  _globals['_DONE']._serialized_end=720
+  _globals['_AGENTMESSAGE']._serialized_start=723
+  _globals['_AGENTMESSAGE']._serialized_end=920
+  _globals['_RUNNINGREPORT']._serialized_start=922
+  _globals['_RUNNINGREPORT']._serialized_end=992
+  _globals['_ASSIGNMENT']._serialized_start=995
+  _globals['_ASSIGNMENT']._serialized_end=1227
+  _globals['_CANCELORDER']._serialized_start=1229
+  _globals['_CANCELORDER']._serialized_end=1294
+  _globals['_WELCOME']._serialized_start=1296
+  _globals['_WELCOME']._serialized_end=1370
+  _globals['_COORDINATORMESSAGE']._serialized_start=1373
+  _globals['_COORDINATORMESSAGE']._serialized_end=1557
+  _globals['_AGENTSERVICE']._serialized_start=1560
+  _globals['_AGENTSERVICE']._serialized_end=1693
 # @@protoc_insertion_point(module_scope)

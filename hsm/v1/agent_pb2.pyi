@@ -23,20 +23,22 @@ class ReportResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "host", "archive_ids", "slots", "version", "running")
+    __slots__ = ("agent_id", "host", "archive_ids", "slots", "version", "running", "cluster_id")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_IDS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     host: str
     archive_ids: _containers.RepeatedScalarFieldContainer[int]
     slots: _coordinator_pb2.Slots
     version: str
     running: _containers.RepeatedCompositeFieldContainer[RunningAction]
-    def __init__(self, agent_id: _Optional[str] = ..., host: _Optional[str] = ..., archive_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, agent_id: _Optional[str] = ..., host: _Optional[str] = ..., archive_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class RunningAction(_message.Message):
     __slots__ = ("action_id", "attempt")
@@ -145,12 +147,14 @@ class CancelOrder(_message.Message):
     def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("replica", "heartbeat_interval")
+    __slots__ = ("replica", "heartbeat_interval", "cluster_id")
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     replica: str
     heartbeat_interval: float
-    def __init__(self, replica: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, replica: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
     __slots__ = ("welcome", "assign", "cancel", "request_running", "backlog")

@@ -293,20 +293,22 @@ class ShardStatus(_message.Message):
     def __init__(self, shard: _Optional[int] = ..., leader: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ..., digest: _Optional[str] = ..., term: _Optional[int] = ..., role: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("counts", "agents", "shards", "replica", "version", "control")
+    __slots__ = ("counts", "agents", "shards", "replica", "version", "control", "cluster_id")
     COUNTS_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CONTROL_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     counts: _containers.RepeatedCompositeFieldContainer[KindCount]
     agents: _containers.RepeatedCompositeFieldContainer[AgentInfo]
     shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
     replica: str
     version: str
     control: str
-    def __init__(self, counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ..., agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., replica: _Optional[str] = ..., version: _Optional[str] = ..., control: _Optional[str] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ..., agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., replica: _Optional[str] = ..., version: _Optional[str] = ..., control: _Optional[str] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class ClusterInfoRequest(_message.Message):
     __slots__ = ()
@@ -321,13 +323,17 @@ class Replica(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class ClusterInfoResponse(_message.Message):
-    __slots__ = ("shard_count", "vnodes", "replicas", "shards")
+    __slots__ = ("shard_count", "vnodes", "replicas", "shards", "cluster_id", "replica")
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
     VNODES_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     shard_count: int
     vnodes: int
     replicas: _containers.RepeatedCompositeFieldContainer[Replica]
     shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
-    def __init__(self, shard_count: _Optional[int] = ..., vnodes: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ...) -> None: ...
+    cluster_id: str
+    replica: str
+    def __init__(self, shard_count: _Optional[int] = ..., vnodes: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,127 @@
+"""Every replica says which cluster it belongs to, and clients and agents
+check it: a replica of another cluster that answers on an expected address
+(a second cluster on the same ports, a stale address list) is refused, not
+trusted. Real replicas (real gRPC, real Raft) and real agentd."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agentd.config import load_config
+from hsm.client import (
+    CLUSTER_METADATA_KEY,
+    REPLICA_METADATA_KEY,
+    CoordinatorClient,
+    WrongCluster,
+    submit_item,
+)
+from hsm.fid import Fid
+from tests.cluster import until
+from tests.test_agentd import agent_config, registered, running_agent, tree  # noqa: F401 - fixture
+
+A_ID = "cluster-a"
+B_ID = "cluster-b"
+
+
+def _total_actions(address: str) -> int:
+    with CoordinatorClient(address, timeout=10) as c:
+        return sum(k.count for k in c.status().counts)
+
+
+def test_every_answer_names_the_cluster_and_replica_health_checks_too(coordinator_factory: Any) -> None:
+    a = coordinator_factory(cluster_id=A_ID)
+    with grpc.insecure_channel(a.address) as ch:
+        resp, call = health_pb2_grpc.HealthStub(ch).Check.with_call(
+            health_pb2.HealthCheckRequest(service="hsm.v1.Coordinator"), timeout=5)
+        md = dict(call.initial_metadata())
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    assert md[CLUSTER_METADATA_KEY] == A_ID and md[REPLICA_METADATA_KEY] == "test"
+    with CoordinatorClient(a.address) as c:
+        assert c.status().cluster_id == A_ID
+        info = c.cluster_info()
+        assert (info.cluster_id, info.replica) == (A_ID, "test")
+
+
+def test_a_client_refuses_a_replica_of_another_cluster_and_sends_it_nothing(coordinator_factory: Any) -> None:
+    b = coordinator_factory(cluster_id=B_ID)
+    before = _total_actions(b.address)
+    with CoordinatorClient(b.address, cluster_id=A_ID, timeout=5) as c:
+        with pytest.raises(WrongCluster) as err:
+            c.submit([submit_item("fs1", Fid(0x200000400, 1, 0), "archive", 1)])
+    assert B_ID in str(err.value) and A_ID in str(err.value) and b.address in str(err.value)
+    # the refused answer was the one to a read (the member lookup), or the
+    # submit never went out: either way cluster B holds no new action
+    assert _total_actions(b.address) == before
+
+
+def test_the_first_replica_that_answers_names_the_cluster_for_the_client(coordinator_factory: Any) -> None:
+    """A client given A's and B's addresses (a stale list) talks to A; when
+    A goes away it must not quietly carry on with B."""
+    a = coordinator_factory(cluster_id=A_ID)
+    b = coordinator_factory(cluster_id=B_ID)
+    with CoordinatorClient(f"{a.address},{b.address}", timeout=5, retry_unavailable=1) as c:
+        assert c.status().cluster_id == A_ID
+        assert c.cluster_id == A_ID
+        a.stop()
+        with pytest.raises(WrongCluster, match=f"belongs to cluster {B_ID}, not to cluster {A_ID}"):
+            c.status()
+
+
+def test_two_names_for_the_cluster_that_disagree_are_refused(coordinator_factory: Any) -> None:
+    a = coordinator_factory(cluster_id=A_ID)
+    with CoordinatorClient(a.address, cluster_id=A_ID) as c:
+        c.expect_cluster(A_ID, "the tree")  # the same: fine
+        with pytest.raises(WrongCluster, match="names cluster cluster-b"):
+            c.expect_cluster(B_ID, "the tree /x")
+        assert c.status().cluster_id == A_ID
+
+
+def test_an_agent_of_another_cluster_is_refused_and_says_why(
+    coordinator_factory: Any, tree: Any, caplog: pytest.LogCaptureFixture,  # noqa: F811
+) -> None:
+    a = coordinator_factory(cluster_id=A_ID)
+    caplog.set_level(logging.ERROR, logger="agentd.daemon")
+    with CoordinatorClient(a.address, timeout=10) as client:
+        with running_agent(agent_config(a.address, tree, agent_id="wrong", cluster_id=B_ID)):
+            until(lambda: "belongs to cluster cluster-a, not to cluster cluster-b" in caplog.text, 10,
+                  "the agent's error about the other cluster")
+            assert not registered(client, "wrong")
+        with running_agent(agent_config(a.address, tree, agent_id="right", cluster_id=A_ID)):
+            until(lambda: registered(client, "right"), 10, "the agent of this cluster registered")
+
+
+def test_an_agent_works_for_the_first_cluster_that_welcomes_it_only(
+    coordinator_factory: Any, tree: Any, caplog: pytest.LogCaptureFixture,  # noqa: F811
+) -> None:
+    """No cluster id configured: the first Welcome names it (its streams
+    start together, so either may be first); a replica of the other
+    cluster in the agent's list gets refused and never holds the agent."""
+    a = coordinator_factory(cluster_id=A_ID)
+    b = coordinator_factory(cluster_id=B_ID)
+    caplog.set_level(logging.INFO, logger="agentd.daemon")
+    config = replace(agent_config(a.address, tree, agent_id="a2"), coordinators=(a.address, b.address))
+    with running_agent(config) as agent, CoordinatorClient(a.address, timeout=10) as ca, \
+            CoordinatorClient(b.address, timeout=10) as cb:
+        until(lambda: "refusing coordinator" in caplog.text, 10, "the agent refusing one of the clusters")
+        ours, other = (ca, cb) if agent.cluster_id == A_ID else (cb, ca)
+        assert agent.cluster_id in (A_ID, B_ID)
+        until(lambda: registered(ours, "a2"), 10, f"the agent registered with {agent.cluster_id}")
+        until(lambda: not registered(other, "a2"), 10, "the other cluster's replica without the agent")
+        assert f"not to cluster {agent.cluster_id} this agent works for" in caplog.text
+        assert not registered(other, "a2")
+
+
+def test_agentd_takes_the_cluster_id_from_the_environment_flag_or_file(tmp_path: Any) -> None:
+    cfg = tmp_path / "agentd.yaml"
+    cfg.write_text(f"cluster_id: {A_ID}\nbackend: {{root: /srv}}\nmover: {{type: 'null'}}\n")
+    assert load_config(str(cfg), environ={}).cluster_id == A_ID
+    assert load_config(str(cfg), environ={"HSM_CLUSTER": B_ID}).cluster_id == B_ID
+    cfg.write_text("cluster_id: 'not an id!'\nbackend: {root: /srv}\nmover: {type: 'null'}\n")
+    with pytest.raises(Exception, match="cluster_id"):
+        load_config(str(cfg), environ={})
