@@ -11,15 +11,19 @@ import argparse
 import errno as _errno
 import logging
 import os
+import re
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from hsm import __version__
 from hsm.fid import Fid, FidError
 from hsm.hsmflags import HS, HSMA, format_hsm_action, format_hsm_state
+from hsmctl.output import path_text, plain_text
 
 if TYPE_CHECKING:
     from hsm.client import CoordinatorClient
@@ -51,7 +55,7 @@ EPILOG = """\
 commands like lfs:
   archive, restore, remove  queue HSM requests for files (lfs hsm_archive, ...)
   release                   drop the data of archived files (done locally)
-  cancel                    cancel actions by path, FID, action id, or all
+  cancel                    cancel actions by path, FID, --id ID[,ID] (repeatable), or all
   state, action             lfs hsm_state / lfs hsm_action output
   set, clear                set or clear the user flags (lfs hsm_set/hsm_clear)
 cluster:
@@ -60,7 +64,34 @@ cluster:
   agent drain|resume ID     stop giving an agent work (before stopping it)
 
 coordinators: --coordinators HOST:PORT[,HOST:PORT...], else $HSM_COORDINATORS,
-else 127.0.0.1:7600. Any replica will do; hsmctl follows the shard leaders.
+else 127.0.0.1:7600. Any replica will do; hsmctl learns the others from it and
+follows the shard leaders.
+
+cluster: hsmctl talks only to the cluster whose id --cluster ID (or
+$HSM_CLUSTER) names, and to the one a simfs tree records (hsm-coordinator
+local writes it); a replica of another cluster is refused (exit 3). Without
+either, the first replica that answers names the cluster. `hsmctl status`
+prints the id.
+
+files:
+  symbolic links: state, action, set and clear follow them, like lfs (a dangling
+    link is "No such file or directory"); archive, restore, remove, release and
+    cancel refuse them as "not a regular file", like lfs, and -r skips those
+    it meets (find -P ... -type f)
+  --filelist FILE: one name per line, or with -0 (--null) NUL-separated, for
+    names holding newlines (find -print0 | hsmctl restore -0 --filelist -)
+  names are printed as given, except bytes that are not UTF-8, control
+    characters and backslash, escaped as in bash's $'...': \\xff, \\n, \\t, \\\\
+    (in messages, listings and --json alike)
+
+from lctl get_param mdt.*.hsm.* (no runtime settings yet; README "Coming
+from lctl get_param"):
+  max_requests            agentd --slots (per agent; the cluster runs their sum)
+  active_request_timeout  progress_timeout (600 s without progress: requeued)
+                          and agent_grace (60 s) in coordinator.yaml
+  grace_delay             max_terminal in coordinator.yaml (ended actions kept)
+  policy (NRA, NBR)       max_attempts in coordinator.yaml (1: no retry, like
+                          NRA); restores never block unless --wait
 
 exit status:
   0  success; a request that is not needed (e.g. archiving an archived file)
@@ -70,7 +101,8 @@ exit status:
      refused, or with --wait an action ended FAILED or CANCELED
   2  usage error: unknown option, bad FID, bad number, unknown kind or state;
      nothing was submitted
-  3  coordinator unreachable: no replica answered within --timeout
+  3  coordinator unreachable: no replica answered within --timeout, or the
+     replicas that answered belong to another cluster
   4  a path is not on a simfs (or Lustre) file system
 
 --json output (stable keys; new keys may be added, none renamed):
@@ -87,10 +119,14 @@ exit status:
   agents   [{"agent_id", "host", "archive_ids", "slots": {"archive",
              "restore", "remove"}, "running": {...}, "version",
              "connected_since", "last_seen", "replica", "draining"}]
-  status   {"replica", "version", "control", "counts": [{"kind", "state",
+  status   {"replica", "cluster_id", "version", "control", "counts": [{"kind", "state",
              "count"}], "agents": [...], "shards": [{"shard", "leader",
              "leader_address", "commit_index", "applied_index", "counts"}],
              "replicas": [{"id", "address"}]}
+  control  {"control": enabled|disabled|shutdown} (the mode now, after a change)
+  agent drain|resume
+           {"agent_id", "state": active|draining|drained, "draining",
+             "running": {"archive", "restore", "remove"}}
 Kinds and states are upper case (ARCHIVE, WAITING); times are unix seconds.
 """
 
@@ -121,18 +157,29 @@ class Context:
     err: IO[str] = field(default_factory=lambda: sys.stderr)
     status: int = EXIT_OK
     _trees: dict[str, SimFS] = field(default_factory=dict)
+    client: CoordinatorClient | None = None
+
+    def attach(self, client: CoordinatorClient) -> None:
+        """Every tree opened, now and later, names its cluster to *client*."""
+        self.client = client
+        for fs in self._trees.values():
+            self._expect(fs)
+
+    def _expect(self, fs: SimFS) -> None:
+        if self.client is not None and fs.cluster_id:
+            self.client.expect_cluster(fs.cluster_id, f"the simfs tree {path_text(os.fspath(fs.root))}")
 
     def fail(self, code: int = EXIT_FAILED) -> None:
         if _EXIT_RANK[code] > _EXIT_RANK[self.status]:
             self.status = code
 
     def error(self, message: str, code: int = EXIT_FAILED) -> None:
-        print(f"{PROG} {self.command}: {message}", file=self.err)
+        print(plain_text(f"{PROG} {self.command}: {message}"), file=self.err)
         self.fail(code)
 
     def info(self, message: str) -> None:
         if self.verbose:
-            print(message, file=self.out)
+            print(plain_text(message), file=self.out)
 
     # -- simfs trees ---------------------------------------------------------
 
@@ -146,21 +193,23 @@ class Context:
             log.debug("find_root(%s) failed: %s", path, e)
             root = None
         if root is None:
-            raise PathError(f"{path}: not on a simfs or Lustre file system", EXIT_NOT_HSM)
+            raise PathError(f"{path_text(path)}: not on a simfs or Lustre file system", EXIT_NOT_HSM)
         key = os.fspath(root)
         fs = self._trees.get(key)
         if fs is None:
             try:
                 fs = SimFS.open(key)
             except (OSError, ValueError) as e:
-                raise PathError(f"{path}: cannot open simfs tree {key}: {e}", EXIT_NOT_HSM) from None
+                raise PathError(f"{path_text(path)}: cannot open simfs tree {path_text(key)}: {e}",
+                                EXIT_NOT_HSM) from None
             self._trees[key] = fs
+            self._expect(fs)
         return fs
 
     def mounted(self, mntpath: str) -> SimFS:
         """The simfs tree at (or above) *mntpath*, for FID operands."""
         if not os.path.exists(mntpath):
-            raise CliError(f"cannot access mount point '{mntpath}': No such file or directory")
+            raise CliError(f"cannot access mount point '{path_text(mntpath)}': No such file or directory")
         try:
             return self.tree_of(mntpath)
         except PathError as e:
@@ -169,6 +218,12 @@ class Context:
 
 # ---------------------------------------------------------------------------
 # Argument types: every bad value is a usage error, found before anything is sent.
+
+
+def _cluster_id(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", text):
+        raise argparse.ArgumentTypeError(f"invalid cluster id {text!r}: 1 to 64 of A-Z a-z 0-9 . _ -")
+    return text
 
 
 def _archive_id(text: str) -> int:
@@ -197,8 +252,22 @@ def _action_id(text: str) -> int:
     except ValueError:
         value = 0
     if not 0 < value < (1 << 64):
-        raise argparse.ArgumentTypeError(f"invalid action id '{text}': a positive integer")
+        raise argparse.ArgumentTypeError(f"invalid action id '{path_text(text)}': a positive integer")
     return value
+
+
+def _action_ids(text: str) -> list[int]:
+    """``--id ID[,ID...]``: one value per ``--id`` (repeatable), so that in
+    ``cancel --id 2004 PATH`` the PATH is a path. A file named where an id
+    was expected is said to be one."""
+    try:
+        return [_action_id(part.strip()) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        if text and os.path.lexists(text):
+            raise argparse.ArgumentTypeError(
+                f"invalid action id '{path_text(text)}': that is a file, not an action id; "
+                "give files after the options (cancel --id ID PATH...)") from None
+        raise
 
 
 def _positive_float(text: str) -> float:
@@ -281,18 +350,24 @@ def _kind_list(text: str) -> list[int]:
 # Coordinator access
 
 
-def _client(args: argparse.Namespace) -> CoordinatorClient:
+def _client(args: argparse.Namespace, ctx: Context) -> CoordinatorClient:
+    """A client of the cluster that --cluster / $HSM_CLUSTER and the simfs
+    trees of this command name (none named: the first replica that answers)."""
     from hsm.client import CoordinatorClient, InvalidArgument
 
     try:
-        return CoordinatorClient(
+        client = CoordinatorClient(
             args.coordinators,
             timeout=args.timeout,
             initiator=f"{PROG}@{socket.gethostname()}",
             retry_unavailable=min(5.0, args.timeout),
         )
+        if args.cluster:
+            client.expect_cluster(args.cluster, "--cluster" if args.cluster_flag else "$HSM_CLUSTER")
     except InvalidArgument as e:
         raise CliError(str(e), EXIT_USAGE) from None
+    ctx.attach(client)
+    return client
 
 
 def _requester() -> tpb.Requester:
@@ -323,32 +398,74 @@ def _hsm_state(fs: SimFS, path: str) -> tuple[int, int, int]:
     return int(attrs.flags), int(attrs.archive_id), int(attrs.archived_version)
 
 
-def _stat_regular(path: str) -> None:
-    import stat
+# Symbolic links, as lfs treats them (lustre/utils/lfs.c, liblustreapi_hsm.c):
+# lfs hsm_state, hsm_action, hsm_set and hsm_clear open() the path
+# (llapi_hsm_state_get, llapi_hsm_current_action, llapi_hsm_state_set: no
+# O_NOFOLLOW), so they follow a link to its file; a dangling link is ENOENT,
+# a link off the file system is not a Lustre file. lfs hsm_archive, restore,
+# release, remove and cancel lstat() the path first (lfs_hsm_prepare_file,
+# LU-5141) and refuse anything that is not a regular file, a link included,
+# before sending anything. _query_file and _request_file are those two rules;
+# every command, operand, --filelist entry and -r walk goes through one.
 
+
+_NUL_IN_NAME = "a file name cannot hold a NUL byte (for a NUL-separated --filelist, give -0)"
+
+
+def _is_fid_entry(path: str) -> bool:
+    """``MNT/.lustre/fid/FID``: a symlink on simfs, the file itself on Lustre."""
+    parent = os.path.dirname(os.path.abspath(path))
+    return os.path.basename(parent) == "fid" and os.path.basename(os.path.dirname(parent)) == ".lustre"
+
+
+def _request_file(ctx: Context, path: str) -> SimFS:
+    """The tree of *path*, a file named in an HSM request (archive, restore,
+    remove, release, cancel): like lfs, lstat() it and refuse anything but a
+    regular file; a symbolic link is not followed."""
     try:
         st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode) and _is_fid_entry(path):
+            st = os.stat(path)
     except OSError as e:
-        raise PathError(f"cannot stat '{path}': {e.strerror}") from None
+        raise PathError(f"cannot stat '{path_text(path)}': {e.strerror}") from None
+    except ValueError:  # a NUL byte, from a --filelist read by lines
+        raise PathError(f"cannot stat '{path_text(path)}': {_NUL_IN_NAME}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise PathError(f"'{path_text(path)}' is not a regular file (a symbolic link; HSM requests "
+                        "do not follow links, like lfs: name the file it points to)")
     if not stat.S_ISREG(st.st_mode):
-        raise PathError(f"'{path}' is not a regular file")
+        raise PathError(f"'{path_text(path)}' is not a regular file")
+    return ctx.tree_of(path)
+
+
+def _query_file(ctx: Context, path: str, failed: str) -> SimFS:
+    """The tree of *path* for state, action, set and clear: like lfs, which
+    open()s it, a symbolic link is followed (dangling: no such file; to a
+    file off the tree: not on simfs). *failed* starts the error message."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        raise PathError(f"{failed} {path_text(path)}: {e.strerror}") from None
+    except ValueError:
+        raise PathError(f"{failed} {path_text(path)}: {_NUL_IN_NAME}") from None
+    return ctx.tree_of(path)
 
 
 def _target_from_path(ctx: Context, path: str) -> Target:
-    _stat_regular(path)
-    fs = ctx.tree_of(path)
+    fs = _request_file(ctx, path)
     try:
         fid = fs.fid_of(path)
         flags, archive_id, _version = _hsm_state(fs, path)
     except (OSError, ValueError) as e:
         raise PathError(
-            f"cannot read FID and HSM state of '{path}': {getattr(e, 'strerror', None) or e}"
+            f"cannot read FID and HSM state of '{path_text(path)}': "
+            f"{getattr(e, 'strerror', None) or e}"
         ) from None
-    return Target(path, fs.fsname, fid, (flags, archive_id))
+    return Target(path_text(path), fs.fsname, fid, (flags, archive_id))
 
 
 def _target_from_fid(fid: Fid, fsname: str, fs: SimFS | None, label: str | None = None) -> Target:
-    label = label or str(fid)
+    label = path_text(label) if label else str(fid)
     if fs is None:
         return Target(label, fsname, fid, None)
     try:
@@ -429,24 +546,47 @@ class Submitter:
         return text
 
 
+def _entries(stream: IO[bytes], null: bool) -> Iterator[bytes]:
+    """The entries of a file list as they arrive (a pipe is not read to
+    its end first): lines, or with *null* NUL-terminated names (``find
+    -print0``), which may hold any byte but NUL, newlines included."""
+    if not null:
+        yield from stream
+        return
+    read = getattr(stream, "read1", stream.read)
+    rest = b""
+    while chunk := read(65536):
+        *names, rest = (rest + chunk).split(b"\0")
+        yield from names
+    if rest:
+        yield rest
+
+
 def _operands(args: argparse.Namespace, ctx: Context) -> Iterator[str]:
-    """Positional operands, then the lines of --filelist (``-`` = stdin)."""
+    """Positional operands, then the entries of --filelist (``-`` = stdin):
+    one per line, or NUL-separated with -0. Names are bytes, decoded like
+    argv (os.fsdecode), so any name the file system holds can be given."""
     yield from args.operands
     if args.filelist:
         if args.filelist == "-":
-            stream: IO[str] = sys.stdin
+            stream: IO[bytes] = sys.stdin.buffer
             close = False
         else:
             try:
-                stream = open(args.filelist, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+                stream = open(args.filelist, "rb")  # noqa: SIM115
             except OSError as e:
-                raise CliError(f"cannot read the file list '{args.filelist}': {e.strerror}") from None
+                raise CliError(f"cannot read the file list '{path_text(args.filelist)}': "
+                               f"{e.strerror}") from None
             close = True
         try:
-            for line in stream:
-                line = line.rstrip("\n")
-                if line.strip():
-                    yield line
+            for entry in _entries(stream, args.null):
+                if args.null:
+                    if entry:
+                        yield os.fsdecode(entry)
+                else:
+                    line = entry[:-1] if entry.endswith(b"\n") else entry
+                    if line.strip():
+                        yield os.fsdecode(line)
         finally:
             if close:
                 stream.close()
@@ -458,7 +598,7 @@ def _fid_mode(args: argparse.Namespace, ctx: Context) -> tuple[bool, str, SimFS 
         fs = ctx.mounted(args.mntpath)
         if args.fsname and args.fsname != fs.fsname:
             raise CliError(
-                f"--fsname {args.fsname} does not match {args.mntpath} (file system {fs.fsname})",
+                f"--fsname {args.fsname} does not match {path_text(args.mntpath)} (file system {fs.fsname})",
                 EXIT_USAGE,
             )
         return True, fs.fsname, fs
@@ -477,13 +617,16 @@ def _parse_fid_operand(text: str) -> Fid:
 
 
 def _walk(ctx: Context, top: str) -> Iterator[str]:
-    """Regular files under *top* (or *top* itself), in the tree's own order."""
-    import stat
-
+    """Regular files under *top* (or *top* itself), in the tree's own order.
+    Like ``find -P TOP -type f``: no symbolic link is followed, and those
+    met under *top* are skipped (one given as *top* is refused later, as
+    any link named in a request)."""
     try:
         st = os.lstat(top)
     except OSError as e:
-        raise PathError(f"cannot stat '{top}': {e.strerror}") from None
+        raise PathError(f"cannot stat '{path_text(top)}': {e.strerror}") from None
+    except ValueError:
+        raise PathError(f"cannot stat '{path_text(top)}': {_NUL_IN_NAME}") from None
     if not stat.S_ISDIR(st.st_mode):
         yield top
         return
@@ -495,7 +638,7 @@ def _walk(ctx: Context, top: str) -> Iterator[str]:
             rel = os.path.relpath(os.fspath(entry), real_top)
             yield top if rel == "." else os.path.join(top, rel)
     except (OSError, ValueError) as e:
-        raise PathError(f"cannot walk '{top}': {getattr(e, 'strerror', None) or e}") from None
+        raise PathError(f"cannot walk '{path_text(top)}': {getattr(e, 'strerror', None) or e}") from None
 
 
 def cmd_request(args: argparse.Namespace, ctx: Context) -> int:
@@ -508,6 +651,9 @@ def cmd_request(args: argparse.Namespace, ctx: Context) -> int:
         raise CliError(f"{kind}: give at least one PATH (or --fid, --filelist)", EXIT_USAGE)
     if args.recursive and fid_mode:
         raise CliError("-r walks directories; it cannot be used with FIDs", EXIT_USAGE)
+    if args.null and not args.filelist:
+        raise CliError("-0 (--null) reads --filelist NUL-separated; give --filelist FILE too",
+                       EXIT_USAGE)
 
     def targets() -> Iterator[Target | PathError]:
         for fid in args.fid:
@@ -543,7 +689,7 @@ def cmd_request(args: argparse.Namespace, ctx: Context) -> int:
         if bad:
             ctx.error("nothing submitted", EXIT_FAILED)
             return ctx.status
-        client = _client(args)
+        client = _client(args, ctx)
         with client:
             sub = Submitter(ctx, client, kind, archive_id, args.data, args.batch_size)
             for t in good:
@@ -553,7 +699,7 @@ def cmd_request(args: argparse.Namespace, ctx: Context) -> int:
                 _wait(ctx, client, kind, sub.labels, deadline=args.deadline)
         return ctx.status
 
-    client = _client(args)
+    client = _client(args, ctx)
     with client:
         sub = Submitter(ctx, client, kind, archive_id, args.data, args.batch_size)
         for t in targets():
@@ -572,6 +718,14 @@ def cmd_request(args: argparse.Namespace, ctx: Context) -> int:
 def _label(labels: dict[int, list[str]], action_id: int) -> str:
     names = labels.get(action_id) or [f"action {action_id}"]
     return names[0] if len(names) == 1 else f"{names[0]} (and {len(names) - 1} more)"
+
+
+def wait_label(kind: str, waiting: int, running: int, done: int, failed: int = 0) -> str:
+    """The --wait progress bar's label: ``archive: 12 waiting, 4 running,
+    184 done`` (done: ended, whatever the outcome; ``, 2 failed`` counts
+    those that failed or were canceled, when there are some)."""
+    text = f"{kind}: {waiting} waiting, {running} running, {done} done"
+    return text + (f", {failed} failed" if failed else "")
 
 
 def _wait(ctx: Context, client: CoordinatorClient, kind: str,
@@ -611,9 +765,10 @@ def _wait(ctx: Context, client: CoordinatorClient, kind: str,
             console=Console(file=ctx.err),
             transient=False,
         )
-        task = progress.add_task(f"{kind} waiting", total=len(ids), detail="")
+        task = progress.add_task(wait_label(kind, len(ids), 0, 0), total=len(ids), detail="")
         progress.start()
     end = None if deadline is None else time.monotonic() + deadline
+    failed = 0
     try:
         for start in range(0, len(ids), WATCH_CHUNK):
             left = None if end is None else max(0.0, end - time.monotonic())
@@ -625,15 +780,19 @@ def _wait(ctx: Context, client: CoordinatorClient, kind: str,
                         if action.state == tpb.SUCCEEDED:
                             ctx.info(f"{_label(labels, action.action_id)}: "
                                      f"{kind.upper()} succeeded (action {action.action_id})")
+                        else:
+                            failed += 1
                 elif action.state in (tpb.STARTED, tpb.CANCELING):
                     running[action.action_id] = action
+                else:  # WAITING: not started yet, or given back to the queue
+                    running.pop(action.action_id, None)
                 if progress is not None and task is not None:
-                    done = sum(a.bytes_done for a in running.values())
+                    moved = sum(a.bytes_done for a in running.values())
                     total = sum(a.bytes_total for a in running.values())
-                    detail = f"running {len(running)}"
-                    if total:
-                        detail += f", {format_bytes(done)}/{format_bytes(total)}"
-                    progress.update(task, completed=len(final), detail=detail)
+                    label = wait_label(kind, len(ids) - len(final) - len(running), len(running),
+                                       len(final), failed)
+                    detail = f"{format_bytes(moved)}/{format_bytes(total)}" if total else ""
+                    progress.update(task, completed=len(final), description=label, detail=detail)
     except DeadlineExceeded:
         pass
     finally:
@@ -692,25 +851,25 @@ def _release_refusal(fs: SimFS, path: str) -> str:
 
 def cmd_release(args: argparse.Namespace, ctx: Context) -> int:
     for path in args.paths:
+        shown = path_text(path)
         try:
-            _stat_regular(path)
-            fs = ctx.tree_of(path)
+            fs = _request_file(ctx, path)
         except PathError as e:
             ctx.error(str(e), e.code)
             continue
         try:
             fs.release(path)
         except ValueError as e:
-            ctx.error(f"cannot release '{path}': {e}")
+            ctx.error(f"cannot release '{shown}': {e}")
             continue
         except OSError as e:
             if e.errno == _errno.EPERM:
-                ctx.error(f"cannot release '{path}': {_release_refusal(fs, path)} "
+                ctx.error(f"cannot release '{shown}': {_release_refusal(fs, path)} "
                           "(Operation not permitted)")
             else:
-                ctx.error(f"cannot release '{path}': {e.strerror or e}")
+                ctx.error(f"cannot release '{shown}': {e.strerror or e}")
             continue
-        ctx.info(f"{path}: released")
+        ctx.info(f"{shown}: released")
     return ctx.status
 
 
@@ -726,8 +885,7 @@ def cmd_flags(args: argparse.Namespace, ctx: Context) -> int:
         raise CliError("give at least one flag: --norelease, --noarchive or --dirty", EXIT_USAGE)
     for path in args.paths:
         try:
-            _stat_regular(path)
-            fs = ctx.tree_of(path)
+            fs = _query_file(ctx, path, "can't change hsm flags for")
             if args.command == "set":
                 fs.set_flags(path, int(mask), 0)
             else:
@@ -735,7 +893,8 @@ def cmd_flags(args: argparse.Namespace, ctx: Context) -> int:
         except PathError as e:
             ctx.error(str(e), e.code)
         except (OSError, ValueError) as e:
-            ctx.error(f"can't change hsm flags for {path}: {getattr(e, 'strerror', None) or e}")
+            ctx.error(f"can't change hsm flags for {path_text(path)}: "
+                      f"{getattr(e, 'strerror', None) or e}")
     return ctx.status
 
 
@@ -747,22 +906,20 @@ def cmd_state(args: argparse.Namespace, ctx: Context) -> int:
     rows = []
     for path in args.paths:
         try:
-            if not os.path.lexists(path):
-                raise PathError(f"can't get hsm state for {path}: No such file or directory")
-            fs = ctx.tree_of(path)
+            fs = _query_file(ctx, path, "can't get hsm state for")
             flags, archive_id, archived_version = _hsm_state(fs, path)
             fid = fs.fid_of(path)
         except PathError as e:
             ctx.error(str(e), e.code)
             continue
         except (OSError, ValueError) as e:
-            ctx.error(f"can't get hsm state for {path}: {getattr(e, 'strerror', None) or e}")
+            ctx.error(f"can't get hsm state for {path_text(path)}: {getattr(e, 'strerror', None) or e}")
             continue
         if args.json:
             from hsmctl.output import flag_words
 
             rows.append({
-                "path": path,
+                "path": path_text(path),
                 "fid": str(fid),
                 "flags": flags,
                 "states": flag_words(flags),
@@ -770,7 +927,7 @@ def cmd_state(args: argparse.Namespace, ctx: Context) -> int:
                 "archived_version": archived_version,
             })
         else:
-            print(format_hsm_state(path, flags, archive_id), file=ctx.out)
+            print(format_hsm_state(path_text(path), flags, archive_id), file=ctx.out)
     if args.json:
         from hsmctl.output import write_json
 
@@ -813,17 +970,15 @@ def cmd_action(args: argparse.Namespace, ctx: Context) -> int:
     resolved: list[tuple[str, SimFS, Fid]] = []
     for path in args.paths:
         try:
-            if not os.path.lexists(path):
-                raise PathError(f"can't get hsm action for {path}: No such file or directory")
-            fs = ctx.tree_of(path)
-            resolved.append((path, fs, fs.fid_of(path)))
+            fs = _query_file(ctx, path, "can't get hsm action for")
+            resolved.append((path_text(path), fs, fs.fid_of(path)))
         except PathError as e:
             ctx.error(str(e), e.code)
         except (OSError, ValueError) as e:
-            ctx.error(f"can't get hsm action for {path}: {getattr(e, 'strerror', None) or e}")
+            ctx.error(f"can't get hsm action for {path_text(path)}: {getattr(e, 'strerror', None) or e}")
     rows = []
     if resolved:
-        with _client(args) as client:
+        with _client(args, ctx) as client:
             for path, fs, fid in resolved:
                 action = _current_action(client.list_actions(fid=fid, fsname=fs.fsname))
                 kind, word, offset, length, moved = action_view(action)
@@ -867,22 +1022,25 @@ def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
     bad = False
     for path in args.paths:
         try:
-            _stat_regular(path)
-            fs = ctx.tree_of(path)
+            fs = _request_file(ctx, path)
             selectors.append(cpb.FidSelector(fsname=fs.fsname, fid=fid_to_proto(fs.fid_of(path))))
         except PathError as e:
-            ctx.error(str(e), e.code)
+            message = str(e)
+            if path.isdigit() and not os.path.lexists(path):
+                message += f" (an action id? give it with --id {path})"
+            ctx.error(message, e.code)
             bad = True
         except (OSError, ValueError) as e:
-            ctx.error(f"cannot read FID of '{path}': {getattr(e, 'strerror', None) or e}")
+            ctx.error(f"cannot read FID of '{path_text(path)}': {getattr(e, 'strerror', None) or e}")
             bad = True
     if bad:
         ctx.error("nothing canceled")
         return ctx.status
-    if not (selectors or args.ids or args.all):
+    ids = list(dict.fromkeys(i for group in args.ids for i in group))
+    if not (selectors or ids or args.all):
         raise CliError("cancel what? give PATH..., --fid FID, --id ACTION_ID or --all", EXIT_USAGE)
-    with _client(args) as client:
-        results = client.cancel(action_ids=args.ids, fids=selectors, all=args.all,
+    with _client(args, ctx) as client:
+        results = client.cancel(action_ids=ids, fids=selectors, all=args.all,
                                 reason=args.reason or f"canceled by {PROG} (uid {os.getuid()})")
     for r in results:
         outcome = cancel_outcome_name(r.outcome)
@@ -905,11 +1063,14 @@ def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_control(args: argparse.Namespace, ctx: Context) -> int:
     """Like hsm_control: show the mode, or set it on every shard."""
-    with _client(args) as client:
-        if args.mode is None:
-            ctx.out.write(f"{client.status().control}\n")
-        else:
-            ctx.out.write(f"{client.control(args.mode)}\n")
+    with _client(args, ctx) as client:
+        mode = client.status().control if args.mode is None else client.control(args.mode)
+    if args.json:
+        from hsmctl.output import write_json
+
+        write_json(ctx.out, {"control": mode})
+    else:
+        ctx.out.write(f"{mode}\n")
     return ctx.status
 
 
@@ -918,17 +1079,23 @@ def cmd_agent(args: argparse.Namespace, ctx: Context) -> int:
     work again."""
     from hsmctl.output import held
     drain = args.op == "drain"
-    with _client(args) as client:
+    with _client(args, ctx) as client:
         reply = client.drain_agent(args.agent_id, drain, force=args.force)
         end = None if args.deadline is None else time.monotonic() + args.deadline
         while drain and args.wait and held(reply.running):
             if end is not None and time.monotonic() >= end:
                 ctx.error(f"agent {args.agent_id}: still running {_running_text(reply.running)} after "
                           f"{args.deadline:g} s; it is drained (no new work), not idle yet")
-                return ctx.status
+                break
             time.sleep(DRAIN_POLL)
             reply = client.drain_agent(args.agent_id, drain, force=True)
-    if not drain:
+    if args.json:
+        from hsmctl.output import drain_to_dict, write_json
+
+        write_json(ctx.out, drain_to_dict(args.agent_id, drain, reply))
+    elif ctx.status != EXIT_OK:
+        pass  # gave up waiting: said on stderr
+    elif not drain:
         ctx.out.write(f"agent {args.agent_id}: active, given work again\n")
     elif held(reply.running):
         ctx.out.write(f"agent {args.agent_id}: draining, no new work; still running "
@@ -950,7 +1117,7 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     from hsm.client import CoordinatorError
     from hsmctl.output import make_console, render_status, status_to_dict, write_json
 
-    with _client(args) as client:
+    with _client(args, ctx) as client:
         status = client.status()
         try:
             info = client.cluster_info()
@@ -967,7 +1134,7 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_agents(args: argparse.Namespace, ctx: Context) -> int:
     from hsmctl.output import agent_to_dict, agents_table, emit, make_console, write_json
 
-    with _client(args) as client:
+    with _client(args, ctx) as client:
         agents = list(client.status().agents)
     if args.json:
         write_json(ctx.out, [agent_to_dict(a) for a in sorted(agents, key=lambda a: a.agent_id)])
@@ -983,7 +1150,7 @@ def cmd_actions(args: argparse.Namespace, ctx: Context) -> int:
     kinds = [k for group in args.kind for k in group]
     if args.fsname and not args.fid:
         raise CliError("--fsname filters --fid; give --fid too", EXIT_USAGE)
-    with _client(args) as client:
+    with _client(args, ctx) as client:
         actions = client.list_actions(
             states=states,
             kinds=kinds,
@@ -1022,6 +1189,10 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
              f"default {DEFAULT_COORDINATORS})",
     )
     parser.add_argument(
+        "--cluster", metavar="ID", type=_cluster_id, default=default(None),
+        help="talk only to the cluster with this id (env HSM_CLUSTER; hsmctl status prints it)",
+    )
+    parser.add_argument(
         "--timeout", type=_positive_float, metavar="SECONDS", default=default(30.0),
         help="give up on the coordinator after this long (default 30)",
     )
@@ -1041,6 +1212,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _globals(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     _globals(common, suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -1061,7 +1233,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Files are given by path; with --mntpath or --fsname the operands are FIDs "
             "instead.\nWith -r or --filelist, requests are sent in batches while "
             "reading, bad entries are\nreported and skipped, and a summary line is "
-            "printed; otherwise a bad path stops\nthe command before anything is sent."
+            "printed; otherwise a bad path stops\nthe command before anything is sent. "
+            "A symbolic link is refused, not followed (like lfs)."
         ))
         if name != "restore":
             p.add_argument("-a", "--archive-id", type=_archive_id, default=0, metavar="N",
@@ -1070,8 +1243,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hints for the mover, e.g. tag=project1")
         p.add_argument("-l", "--filelist", metavar="FILE",
                        help="read paths (or FIDs) from FILE, one per line; - for stdin")
+        p.add_argument("-0", "--null", action="store_true",
+                       help="--filelist entries end with NUL, not newline (find -print0, xargs -0): "
+                            "names may hold newlines")
+        # An option named like a negative number (-0) makes argparse read
+        # every "-3" as an option: "-a -3" would say "expected one argument"
+        # instead of "invalid archive id '-3'". "-0" itself is still matched
+        # by name; values like "-3" go back to being values.
+        p._has_negative_number_optionals.clear()
         p.add_argument("-r", "--recursive", action="store_true",
-                       help="operands are directories: every regular file under them")
+                       help="operands are directories: every regular file under them "
+                            "(symbolic links are not followed)")
         p.add_argument("-m", "--mntpath", metavar="DIR",
                        help="operands are FIDs on the simfs tree mounted at DIR")
         p.add_argument("--fsname", type=_fsname, metavar="NAME",
@@ -1096,8 +1278,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cancel every action of this FID (repeatable)")
     p.add_argument("--fsname", type=_fsname, metavar="NAME", help="file system of --fid")
     p.add_argument("-m", "--mntpath", metavar="DIR", help="simfs tree of --fid")
-    p.add_argument("--id", dest="ids", type=_action_id, nargs="+", action="extend", default=[],
-                   metavar="ACTION_ID", help="cancel these actions")
+    p.add_argument("--id", dest="ids", type=_action_ids, action="append", default=[],
+                   metavar="ID[,ID...]",
+                   help="cancel these actions (repeatable: --id 1 --id 2, or --id 1,2)")
     p.add_argument("--all", action="store_true", help="cancel every non-terminal action")
     p.add_argument("--reason", metavar="TEXT", help="recorded in the actions' error text")
     p.add_argument("paths", nargs="*", metavar="PATH")
@@ -1123,6 +1306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mode", nargs="?", choices=("enabled", "disabled", "shutdown"),
                    help="enabled: dispatch; disabled: accept and queue, dispatch nothing; shutdown: running "
                         "actions finish, new requests are refused (omit to print the mode)")
+    p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
 
     p = add("agent", "drain a mover agent before stopping it, or give it work again", cmd_agent, epilog=(
         "drain: the agent is given no new work; what it runs finishes. Kept across restarts of\n"
@@ -1137,6 +1321,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --wait: give up after SECONDS (exit 1; the drain stays)")
     p.add_argument("--force", action="store_true",
                    help="drain an agent id that is not connected (yet)")
+    p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
 
     p = add("status", "queue counts, agents, shards and leaders, control mode", cmd_status)
     p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
@@ -1160,10 +1345,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hsm.client import CoordinatorError, DeadlineExceeded, InvalidArgument, Unavailable
+    from hsm.client import (
+        CoordinatorError,
+        DeadlineExceeded,
+        InvalidArgument,
+        Unavailable,
+        WrongCluster,
+    )
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.cluster_flag = args.cluster is not None
+    env_cluster = os.environ.get("HSM_CLUSTER", "").strip()
+    if args.cluster is None and env_cluster:
+        try:
+            args.cluster = _cluster_id(env_cluster)
+        except argparse.ArgumentTypeError as e:
+            args._parser.error(f"$HSM_CLUSTER: {e}")
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format=f"{PROG}: %(levelname)s %(name)s: %(message)s",
@@ -1176,7 +1374,7 @@ def main(argv: list[str] | None = None) -> int:
             args._parser.print_usage(sys.stderr)
         ctx.error(str(e), e.code)
         status = ctx.status
-    except (Unavailable, DeadlineExceeded) as e:
+    except (Unavailable, DeadlineExceeded, WrongCluster) as e:
         ctx.error(str(e), EXIT_UNREACHABLE)
         status = ctx.status
     except InvalidArgument as e:

@@ -9,20 +9,67 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from hsm.client import fid_from_proto, kind_name, outcome_name, state_name
 from hsm.hsmflags import state_words
-from hsm.v1 import coordinator_pb2 as cpb
-from hsm.v1 import types_pb2 as tpb
+
+if TYPE_CHECKING:
+    # Imported where used: the local commands (state, set, release) print
+    # paths with path_text() and need no gRPC.
+    from hsm.v1 import coordinator_pb2 as cpb
+    from hsm.v1 import types_pb2 as tpb
 
 log = logging.getLogger(__name__)
 
 STATE_ORDER = ("WAITING", "STARTED", "CANCELING", "SUCCEEDED", "FAILED", "CANCELED")
 KIND_ORDER = ("ARCHIVE", "RESTORE", "REMOVE")
 
+
+# ---------------------------------------------------------------------------
+# File names
+
+# What path_text() escapes: backslash, C0/C1 control characters (newline,
+# tab, ESC...) and the bytes that are not UTF-8 (os.fsdecode() turns each
+# into a lone surrogate U+DC80..U+DCFF).
+_UNPRINTABLE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\udc80-\udcff]")
+_NAMED = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    named = _NAMED.get(ch)
+    if named is not None:
+        return named
+    if ord(ch) >= 0xDC80:  # an undecodable byte
+        return f"\\x{ord(ch) - 0xDC00:02x}"
+    return "".join(f"\\x{b:02x}" for b in ch.encode())
+
+
+def path_text(path: str | bytes | os.PathLike[str]) -> str:
+    """A file name as hsmctl prints it, in every message, listing and
+    ``--json`` document: unchanged when it is printable UTF-8 without a
+    backslash (so output stays byte for byte what lfs prints), else with
+    each byte that is not UTF-8 as ``\\xNN``, newline, tab and CR as ``\\n``,
+    ``\\t``, ``\\r``, other control characters as the ``\\xNN`` of their bytes,
+    and a backslash as ``\\\\``: the escapes of bash's ``$'...'`` quoting, so
+    ``$'fs/d/bad\\xffname'`` names the file again, and one line is one file."""
+    text = os.fsdecode(path)
+    if _UNPRINTABLE.search(text) is None:
+        return text
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def plain_text(message: str) -> str:
+    """A message safe to print on any stream: undecodable bytes (from a
+    file name that reached it without path_text(), e.g. in an OS error) as
+    ``\\xNN``, the way path_text() shows them."""
+    if _BAD_BYTE.search(message) is None:
+        return message
+    return _BAD_BYTE.sub(_escape, message)
 
 
 # ---------------------------------------------------------------------------
@@ -88,6 +135,8 @@ def error_text(message: str, value: int) -> str:
 
 
 def fid_text(fid: tpb.Fid) -> str:
+    from hsm.client import fid_from_proto
+
     return str(fid_from_proto(fid))
 
 
@@ -97,6 +146,8 @@ def fid_text(fid: tpb.Fid) -> str:
 
 def action_to_dict(action: tpb.Action) -> dict[str, Any]:
     """An action for ``--json``; ``extent`` is null for the whole file."""
+    from hsm.client import kind_name, state_name
+
     extent = None
     if action.HasField("extent"):
         extent = {"offset": action.extent.offset, "length": action.extent.length}
@@ -154,7 +205,22 @@ def agent_to_dict(agent: cpb.AgentInfo) -> dict[str, Any]:
     }
 
 
+def drain_to_dict(agent_id: str, drain: bool, reply: cpb.DrainAgentResponse) -> dict[str, Any]:
+    """``agent drain|resume --json``: the agent's state after the call
+    (``active``, ``draining`` or ``drained``, as ``hsmctl agents`` shows it)
+    and what it still runs."""
+    state = ("draining" if held(reply.running) else "drained") if drain else "active"
+    return {
+        "agent_id": reply.agent_id or agent_id,
+        "state": state,
+        "draining": reply.draining,
+        "running": _slots(reply.running),
+    }
+
+
 def counts_to_list(counts: Iterable[cpb.KindCount]) -> list[dict[str, Any]]:
+    from hsm.client import kind_name, state_name
+
     return [
         {"kind": kind_name(c.kind), "state": state_name(c.state), "count": c.count}
         for c in counts
@@ -167,6 +233,7 @@ def status_to_dict(
     addresses = {r.id: r.address for r in info.replicas} if info is not None else {}
     return {
         "replica": status.replica,
+        "cluster_id": status.cluster_id,
         "version": status.version,
         "control": status.control,
         "counts": counts_to_list(status.counts),
@@ -189,6 +256,8 @@ def status_to_dict(
 
 
 def submit_result_to_dict(result: cpb.SubmitResult) -> dict[str, Any]:
+    from hsm.client import outcome_name
+
     return {
         "outcome": outcome_name(result.outcome),
         "action_id": result.action_id,
@@ -245,6 +314,8 @@ def action_header() -> str:
 def action_line(action: tpb.Action, now: float | None = None) -> str:
     """One line of ``hsmctl actions``: id, KIND, state, fid, archive id,
     agent, attempt, requesters, progress, age."""
+    from hsm.client import kind_name, state_name
+
     now = time.time() if now is None else now
     return _row(
         (
@@ -296,6 +367,8 @@ def _cells(*values: object) -> list[Any]:
 
 def _counts_table(title: str, counts: Iterable[cpb.KindCount]) -> Any:
     from rich.table import Table
+
+    from hsm.client import kind_name, state_name
 
     grid: dict[tuple[str, str], int] = {}
     for c in counts:
@@ -366,6 +439,8 @@ def agents_table(agents: Iterable[cpb.AgentInfo], now: float | None = None) -> A
 def shards_table(status: cpb.StatusResponse, info: cpb.ClusterInfoResponse | None) -> Any:
     from rich.table import Table
 
+    from hsm.v1 import types_pb2 as tpb
+
     addresses = {r.id: r.address for r in info.replicas} if info is not None else {}
     shards = list(status.shards)
     if not shards and info is not None:
@@ -401,6 +476,8 @@ def render_status(
         f"Coordinator: control {status.control or 'unknown'}, "
         f"answered by {status.replica or '?'} (version {status.version or '?'})"
     )
+    if status.cluster_id:
+        header += f", cluster {status.cluster_id}"
     if info is not None:
         header += f", {len(info.replicas)} replicas, {info.shard_count} shards"
     from rich.text import Text

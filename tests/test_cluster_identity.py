@@ -22,11 +22,20 @@ from hsm.client import (
     submit_item,
 )
 from hsm.fid import Fid
+from hsm.simfs import SimFS
+from hsmctl.cli import main as hsmctl_main
 from tests.cluster import until
 from tests.test_agentd import agent_config, registered, running_agent, tree  # noqa: F401 - fixture
 
 A_ID = "cluster-a"
 B_ID = "cluster-b"
+
+
+def hsmctl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = hsmctl_main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
 def _total_actions(address: str) -> int:
@@ -125,3 +134,47 @@ def test_agentd_takes_the_cluster_id_from_the_environment_flag_or_file(tmp_path:
     cfg.write_text("cluster_id: 'not an id!'\nbackend: {root: /srv}\nmover: {type: 'null'}\n")
     with pytest.raises(Exception, match="cluster_id"):
         load_config(str(cfg), environ={})
+
+
+# -- hsmctl: the tree, --cluster and $HSM_CLUSTER name the cluster ------------
+
+
+def test_hsmctl_refuses_to_send_a_trees_request_to_another_cluster(
+    coordinator_factory: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The admin's case: two local systems on one host, hsmctl pointed at
+    the first, a file of the second's tree. Before, the first cluster
+    archived its own file with the same FID and hsmctl said success."""
+    monkeypatch.delenv("HSM_CLUSTER", raising=False)
+    a = coordinator_factory(cluster_id=A_ID)
+    fs_b = SimFS.create(tmp_path / "b", "simfs")
+    fs_b.set_cluster_id(B_ID)
+    f = fs_b.root / "results.dat"
+    f.write_bytes(b"x" * 100)
+    before = _total_actions(a.address)
+    rc, _out, err = hsmctl(capsys, "--coordinators", a.address, "archive", "--wait", str(f))
+    assert rc == 3
+    assert f"belongs to cluster {A_ID}, not to cluster {B_ID} named by the simfs tree {fs_b.root}" in err
+    assert _total_actions(a.address) == before, "nothing was submitted to the other cluster"
+
+    # the tree of cluster A, files of both trees at once, --cluster, $HSM_CLUSTER
+    fs_a = SimFS.create(tmp_path / "a", "simfs")
+    fs_a.set_cluster_id(A_ID)
+    g = fs_a.root / "g"
+    g.write_bytes(b"y")
+    rc, _out, err = hsmctl(capsys, "--coordinators", a.address, "archive", str(g), str(f))
+    assert rc == 3 and f"names cluster {B_ID}, but the simfs tree {fs_a.root} names cluster {A_ID}" in err
+    assert _total_actions(a.address) == before
+    rc, _out, err = hsmctl(capsys, "--coordinators", a.address, "--cluster", B_ID, "archive", str(g))
+    assert rc == 3 and f"names cluster {A_ID}, but --cluster names cluster {B_ID}" in err
+    rc, _out, err = hsmctl(capsys, "--coordinators", a.address, "--cluster", B_ID, "status")
+    assert rc == 3 and "named by --cluster" in err
+    monkeypatch.setenv("HSM_CLUSTER", B_ID)
+    rc, _out, err = hsmctl(capsys, "--coordinators", a.address, "status")
+    assert rc == 3 and "named by $HSM_CLUSTER" in err
+    monkeypatch.setenv("HSM_CLUSTER", A_ID)
+    rc, out, err = hsmctl(capsys, "--coordinators", a.address, "archive", str(g))
+    assert rc == 0, err
+    assert _total_actions(a.address) == before + 1
+    rc, out, _err = hsmctl(capsys, "--coordinators", a.address, "status")
+    assert rc == 0 and f"cluster {A_ID}" in out.splitlines()[0]

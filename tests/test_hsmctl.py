@@ -365,7 +365,7 @@ def test_cancel_by_id_and_all(tree: SimFS, addr: str, capsys: Any) -> None:
     rc, _, _ = hsmctl(capsys, "--coordinators", addr, "restore", "fs/d/rel", "fs/d/arch")
     ids = [a.action_id for a in actions_of(addr)]
     rc, out, err = hsmctl(capsys, "--coordinators", addr, "cancel", "-v", "--id", str(ids[0]),
-                          "424242")
+                          "--id", "424242")
     assert rc == 1
     assert out == f"action {ids[0]}: canceled\n"
     assert "action 424242: no such action" in err
