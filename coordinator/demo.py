@@ -193,7 +193,8 @@ def run(work: Path) -> None:
         requests = sum(len(rs) for rs in per_requester)
         say(f"== {REQUESTERS} requesters asked for every file at once: {requests} restore requests "
             f"in {time.monotonic() - t:.1f} s")
-        say("   answers: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(outcomes.items())))
+        say("   answers: " + ", ".join(f"{k.lower().replace('_', ' ')} {outcomes.get(k, 0)}"
+                                       for k in ("CREATED", "JOINED", "NOT_NEEDED", "REJECTED")))
         say(f"   restore actions: {len(restores)}; files whose data was copied back: {len(moved)}; "
             f"copied more than once: {sum(1 for n in moved.values() if n > 1)}")
         if len(moved) != len(paths) or any(n != 1 for n in moved.values()):

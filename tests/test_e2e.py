@@ -16,6 +16,7 @@ import pytest
 from agentd.movers.posix import object_path
 from hsm.hsmflags import HS
 from hsm.simfs import SimFS
+from tests.readme import assert_sample, block_after, shape
 
 
 def _pids_alive(pids: list[int]) -> list[int]:
@@ -61,6 +62,13 @@ def local(tmp_path: Path):  # type: ignore[no-untyped-def]
     first = proc.stdout.readline()
     assert "coordinators at" in first, first + (proc.stderr.read() if proc.poll() is not None else "")
     address = first.split("coordinators at ", 1)[1].split(" ", 1)[0].rstrip(",")
+    banner = [first]
+    while not banner[-1].startswith("  stop:"):
+        banner.append(proc.stdout.readline())
+    # the README shows a start with --dir /tmp/hsm on the default ports
+    ports = address.replace(",", " ").split()
+    assert_sample("It prints where everything is:", "".join(banner).replace(str(work), "/tmp/hsm"))
+    assert len(ports) == 3
     yield work, address, proc
     if proc.poll() is None:  # the test failed half-way: stop it all, children included
         family = _children(proc.pid)
@@ -127,5 +135,42 @@ def test_local_archive_release_restore_remove_and_clean_stop(local) -> None:  # 
 def test_demo_passes() -> None:
     r = subprocess.run([sys.executable, "-m", "coordinator.demo"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "answers: created 300, joined 600" in r.stdout or "copied more than once: 0" in r.stdout
+    assert_sample("### What `make demo` prints", r.stdout)
+    assert "answers: created 300, joined 600, not needed 0, rejected 0" in r.stdout or "copied more than once: 0" in r.stdout
     assert "every byte matches" in r.stdout and "demo passed" in r.stdout
+
+
+def test_the_readme_walkthrough_prints_what_the_readme_shows(local) -> None:  # type: ignore[no-untyped-def]
+    """Runs the README's "Try it by hand" commands against a local system
+    and compares each command's first lines with the ``#   `` sample lines
+    under it (numbers, ids and the temporary directory ignored)."""
+    work, address, proc = local
+    block = block_after("In another shell:")
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("#   "):
+            steps[-1][1].append(line[4:])
+        elif line.strip() and not line.startswith(". "):
+            steps.append((line.split("  #", 1)[0].strip(), []))
+    assert any(expected for _cmd, expected in steps), "the walkthrough shows outputs"
+    licenses = Path("/usr/share/common-licenses")
+    if not licenses.is_dir():
+        pytest.skip("no /usr/share/common-licenses to copy on this host")
+    bindir = Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+    env.pop("HSM_CLUSTER", None)
+    script = []
+    for n, (cmd, _expected) in enumerate(steps):
+        cmd = cmd.replace("/tmp/hsm", str(work))
+        if cmd.startswith("export HSM_COORDINATORS="):
+            cmd = f"export HSM_COORDINATORS={address}"  # the README's cluster id is another cluster's
+        script.append(f"echo '@@step {n}'; {cmd} 2>&1")
+    r = subprocess.run(["bash", "-e", "-c", "\n".join(script)], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    outputs = r.stdout.split("@@step ")[1:]
+    assert len(outputs) == len(steps)
+    for (cmd, expected), out in zip(steps, outputs, strict=True):
+        got = out.split("\n", 1)[1].replace(str(work), "/tmp/hsm").splitlines()[:len(expected)]
+        assert shape("\n".join(got)) == shape("\n".join(expected)), (
+            f"README sample of `{cmd}`:\n" + "\n".join(expected) + "\nactual:\n" + "\n".join(got))
