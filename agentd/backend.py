@@ -64,12 +64,15 @@ class ActionHandle(Protocol):
         file's data when ``end(0)`` is called (the volatile file of
         ``hai_dfid``). Discarded on any other end."""
 
-    def end(self, errno: int, bytes_done: int = 0) -> None:
+    def end(self, errno: int, bytes_done: int = 0, *, refused: bool = False) -> None:
         """``llapi_hsm_action_end``: 0 for success, else a positive errno.
 
         Applies the HSM state change of the outcome to the file. May raise
         ``OSError`` (e.g. EBUSY when the file changed during an archive), in
-        which case the action failed with that errno and nothing changed."""
+        which case the action failed with that errno and nothing changed.
+        *refused*: the mover did nothing because the file is not the one the
+        request named (its data version differs; errno ESTALE): the file is
+        left as it was before ``begin``."""
 
 
 class Backend(Protocol):

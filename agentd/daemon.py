@@ -1029,6 +1029,7 @@ class Agent:
             data=bytes(a.data),
             flags=a.flags,
             backend=self.backend,
+            data_version=a.data_version,
         )
 
     def _defer(self, session: _Session, a: agent_pb2.Assignment, cur: _Running) -> None:

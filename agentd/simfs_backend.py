@@ -76,21 +76,26 @@ class SimfsAction:
             raise ValueError(f"restore of {self.fid} has already ended")
         return open(self._volatile, "wb")
 
-    def end(self, errno: int, bytes_done: int = 0) -> None:
+    def end(self, errno: int, bytes_done: int = 0, *, refused: bool = False) -> None:
         """``llapi_hsm_action_end``: 0 for success, else a positive errno.
 
         ARCHIVE success raises ``OSError(EBUSY)`` (and does not set ARCHIVED)
-        when the file's data changed while it was being copied. RESTORE
-        success swaps the volatile file in; any other end discards it. Ending
-        twice raises ``ValueError``."""
+        when the file's data changed while it was being copied; *refused*
+        (not the file the request named, nothing done) leaves the file as it
+        was before begin. RESTORE success swaps the volatile file in; any
+        other end discards it. Ending twice raises ``ValueError``."""
         if not isinstance(errno, int) or errno < 0:
             raise ValueError(f"end() takes 0 or a positive errno, not {errno!r}")
+        if refused and not errno:
+            raise ValueError("a refused action ends with an errno, not 0")
         with self._lock:
             if self._ended:
                 raise ValueError(f"{HSMA(self.kind).name} of {self.fid} has already ended")
             self._ended = True
         log.debug("%s %s ends: errno %d, %d bytes", HSMA(self.kind).name, self.fid, errno, bytes_done)
-        if self.kind == HSMA.ARCHIVE:
+        if self.kind == HSMA.ARCHIVE and refused:
+            self._fs.archive_abort(self.fid, self._start)
+        elif self.kind == HSMA.ARCHIVE:
             self._fs.archive_end(self.fid, self._start.data_version, errno)
         elif self.kind == HSMA.RESTORE:
             assert self._volatile is not None

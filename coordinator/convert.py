@@ -66,12 +66,13 @@ def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collec
     if len(pb.idempotency_key) > MAX_TEXT or len(pb.requester.initiator) > MAX_TEXT:
         raise InvalidRequest(f"{where}: idempotency key and initiator are limited to {MAX_TEXT} characters")
     hsm_flags: int | None = None
-    hsm_archive_id = 0
+    hsm_archive_id = data_version = 0
     if pb.HasField("hsm"):
         if pb.hsm.flags & ~int(HS_ALL):
             raise InvalidRequest(f"{where}: unknown HSM state flags 0x{pb.hsm.flags & ~int(HS_ALL):x}")
         hsm_flags = pb.hsm.flags
         hsm_archive_id = pb.hsm.archive_id
+        data_version = pb.hsm.data_version
     r = pb.requester
     key = pb.idempotency_key or (f"{r.initiator}:{r.cookie}" if r.cookie else "")
     return Item(
@@ -88,6 +89,7 @@ def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collec
         key=key,
         hsm_flags=hsm_flags,
         hsm_archive_id=hsm_archive_id,
+        data_version=data_version,
     )
 
 
@@ -145,6 +147,7 @@ def action_to_pb(a: Action, shard: int) -> types_pb2.Action:
         errno=a.errno,
         error=a.error,
         shard=shard,
+        data_version=a.data_version,
     )
 
 
@@ -160,6 +163,7 @@ def assignment_to_pb(a: Action) -> agent_pb2.Assignment:
         extent=extent_to_pb(a.offset, a.length),
         data=a.data,
         flags=a.flags,
+        data_version=a.data_version,
     )
 
 

@@ -20,6 +20,9 @@ Semantics (ARCHITECTURE.md):
   REMOVE join WAITING or STARTED actions (the running copy serves the new
   requester too); ARCHIVE joins only a WAITING one, because a running
   archive may be copying older data than the new requester wants archived.
+  A request that joins a WAITING action with a data version gives it its
+  version (it saw the file last); the mover refuses a file whose data
+  version differs (another file with the same fsname and FID, or rewritten).
 * Idempotency keys: a retried item with a known key gets its first answer
   and changes nothing.
 * Cancel: a WAITING action is CANCELED at once; a STARTED one becomes
@@ -142,6 +145,7 @@ class Item(NamedTuple):
     key: str = ""  # idempotency key; "" = not idempotent
     hsm_flags: int | None = None  # the file's HSM flags as the requester saw them
     hsm_archive_id: int = 0
+    data_version: int = 0  # the file's data version as the requester saw it; 0 = unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +398,8 @@ class Action:
         "last_progress",
         "reclaiming",
         "handed_back",
+        # added later: keep new slots last (see _action_from_values)
+        "data_version",
     )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -426,6 +432,7 @@ class Action:
         self.last_progress = 0.0  # leader clock of the start or the last progress
         self.reclaiming = False  # CANCELING because it was stuck, not by request
         self.handed_back = 0  # attempts an agent gave back unstarted or drained: not counted
+        self.data_version = item.data_version  # the file's, as the latest requester saw it; 0 = none
 
     @property
     def fid_key(self) -> tuple[str, Fid]:
@@ -443,9 +450,15 @@ class Action:
 
 _ACTION_VALUES = operator.attrgetter(*Action.__slots__)
 _ACTION_SLOTS = tuple(getattr(Action, name) for name in Action.__slots__)  # member descriptors
+#: values of the slots added last (data_version), for actions of a snapshot
+#: written before they existed: such a tuple is that many values shorter
+_ACTION_ADDED_DEFAULTS: tuple[Any, ...] = (0,)
 
 
 def _action_from_values(values: tuple[Any, ...]) -> Action:
+    missing = len(_ACTION_SLOTS) - len(values)
+    if 0 < missing <= len(_ACTION_ADDED_DEFAULTS):
+        values = (*values, *_ACTION_ADDED_DEFAULTS[len(_ACTION_ADDED_DEFAULTS) - missing:])
     action = Action.__new__(Action)
     for slot, value in zip(_ACTION_SLOTS, values, strict=True):
         slot.__set__(action, value)
@@ -590,6 +603,10 @@ class ShardState:
         if existing is not None:
             action = self.actions[existing]
             action.requesters.append(requester)
+            if item.data_version and action.state == State.WAITING:
+                # the latest requester saw the file most recently; a started
+                # action keeps the version its mover checks
+                action.data_version = item.data_version
             if item.key:
                 self.keys[item.key] = existing << 3 | Outcome.JOINED
             effects.append(Changed(existing))

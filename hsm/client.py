@@ -468,7 +468,7 @@ def submit_item(
     requester: tpb.Requester | None = None,
     initiator: str | None = None,
     idempotency_key: str | None = None,
-    hsm: tuple[int, int] | tpb.HsmState | None = None,
+    hsm: tuple[int, int] | tuple[int, int, int] | tpb.HsmState | None = None,
     data: bytes | str | Mapping[str, Any] = b"",
     extent: tpb.Extent | tuple[int, int] | None = None,
     flags: int = 0,
@@ -478,7 +478,9 @@ def submit_item(
 
     *kind* is ``"archive"``/``"restore"``/``"remove"`` or an ``ActionKind``
     value; *hsm* the file's ``(flags, archive_id)`` as read from the file,
-    which makes the coordinator apply Lustre's needed/allowed rules;
+    which makes the coordinator apply Lustre's needed/allowed rules, or
+    ``(flags, archive_id, data_version)`` (or an ``HsmState``) with the
+    file's data version too, which the mover checks (0: not checked);
     *requester* defaults to the calling process (``initiator`` or
     ``pyclient@<host>``); *idempotency_key* defaults to a fresh uuid4-based
     key, unless the requester carries a cookie (then the coordinator uses
@@ -518,16 +520,25 @@ def submit_item(
     if ext is not None:
         item.extent.CopyFrom(ext)
     if hsm is not None:
+        hversion: Any = 0
         if isinstance(hsm, tpb.HsmState):
-            hflags, harchive = hsm.flags, hsm.archive_id
+            hflags, harchive, hversion = hsm.flags, hsm.archive_id, hsm.data_version
         else:
             try:
-                hflags, harchive = hsm
+                hflags, harchive, *more = hsm
+                if len(more) > 1:
+                    raise ValueError
             except (TypeError, ValueError):
-                raise InvalidArgument(f"hsm must be (flags, archive_id), not {hsm!r}") from None
+                raise InvalidArgument(
+                    f"hsm must be (flags, archive_id) or (flags, archive_id, data_version), not {hsm!r}"
+                ) from None
+            hversion = more[0] if more else 0
+        if isinstance(hversion, bool) or not isinstance(hversion, int) or not 0 <= hversion < 1 << 64:
+            raise InvalidArgument(f"data version must be an unsigned 64-bit integer, not {hversion!r}")
         item.hsm.SetInParent()
         item.hsm.flags = _check_u32("HSM flags", hflags)
         item.hsm.archive_id = _check_u32("HSM archive id", harchive)
+        item.hsm.data_version = hversion
     if idempotency_key is not None:
         if not isinstance(idempotency_key, str) or len(idempotency_key) > 256:
             raise InvalidArgument("idempotency key must be a string of at most 256 characters")

@@ -650,9 +650,13 @@ class SimFS:
     def hsm_state(self, path: Path | str) -> HsmAttrs:
         """The file's HSM flags, archive id and archived data version (with
         DIRTY set if it was written since it was archived)."""
+        return self.state_and_version(path)[1]
+
+    def state_and_version(self, path: Path | str) -> tuple[int, HsmAttrs]:
+        """``data_version`` and ``hsm_state`` of the file, read once."""
         real = self._real(path)
         self.fid_of(real)
-        return self._refresh(real)[1]
+        return self._refresh(real)
 
     def set_flags(self, path: Path | str, set: int = 0, clear: int = 0) -> HsmAttrs:
         """``lfs hsm_set`` / ``hsm_clear``: set then clear user flags
@@ -742,7 +746,22 @@ class SimFS:
                 self._write_hsm(real, new)
             st = os.stat(real)
         log.debug("%s %s: archive begins at data version %d (archive %d)", fid, real, dv, aid)
-        return ActionStart(real, dv, new, st)
+        return ActionStart(real, dv, new, st, attrs)
+
+    def archive_abort(self, fid: Fid, start: ActionStart) -> HsmAttrs:
+        """End of an ARCHIVE begun (*start*) on a file that is not the one
+        the request named (the copytool refuses it, ESTALE): nothing was copied,
+        so the file is left as it was before ``archive_begin`` (EXISTS and
+        the archive id it set are undone, no DIRTY as after a failed
+        archive), unless its HSM state changed since the begin."""
+        real = self.path_of(fid)
+        with self._locked():
+            _, attrs = self._owned_locked(fid, real)
+            if start.before is not None and attrs == start.attrs and attrs != start.before:
+                self._write_hsm(real, start.before)
+                attrs = start.before
+        log.info("%s %s: archive refused, HSM state left as before", fid, real)
+        return attrs
 
     def archive_end(self, fid: Fid, begin_version: int, error: int) -> HsmAttrs:
         """End of an ARCHIVE. Success (*error* 0) sets ARCHIVED (and EXISTS),
@@ -910,6 +929,7 @@ class ActionStart:
     data_version: int
     attrs: HsmAttrs
     stat: os.stat_result
+    before: HsmAttrs | None = None  # ARCHIVE: the HSM state before the begin changed it
 
 
 def _words(flags: int) -> str:

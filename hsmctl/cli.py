@@ -389,7 +389,16 @@ class Target:
     label: str
     fsname: str
     fid: Fid
-    hsm: tuple[int, int] | None  # (flags, archive_id) read from the file
+    hsm: tuple[int, int, int] | None  # (flags, archive_id, data_version) read from the file
+
+
+def _request_state(fs: SimFS, path: str) -> tuple[int, int, int]:
+    """(flags, archive id, data version) of a file a request names: the
+    coordinator decides with the flags whether the request is needed, and
+    the mover checks the data version (a FID alone may name another file
+    system's file)."""
+    version, attrs = fs.state_and_version(path)
+    return int(attrs.flags), int(attrs.archive_id), version
 
 
 def _hsm_state(fs: SimFS, path: str) -> tuple[int, int, int]:
@@ -455,13 +464,13 @@ def _target_from_path(ctx: Context, path: str) -> Target:
     fs = _request_file(ctx, path)
     try:
         fid = fs.fid_of(path)
-        flags, archive_id, _version = _hsm_state(fs, path)
+        hsm = _request_state(fs, path)
     except (OSError, ValueError) as e:
         raise PathError(
             f"cannot read FID and HSM state of '{path_text(path)}': "
             f"{getattr(e, 'strerror', None) or e}"
         ) from None
-    return Target(path_text(path), fs.fsname, fid, (flags, archive_id))
+    return Target(path_text(path), fs.fsname, fid, hsm)
 
 
 def _target_from_fid(fid: Fid, fsname: str, fs: SimFS | None, label: str | None = None) -> Target:
@@ -470,11 +479,11 @@ def _target_from_fid(fid: Fid, fsname: str, fs: SimFS | None, label: str | None 
         return Target(label, fsname, fid, None)
     try:
         path = fs.path_of(fid)
-        flags, archive_id, _version = _hsm_state(fs, os.fspath(path))
+        hsm = _request_state(fs, os.fspath(path))
     except (OSError, ValueError, LookupError) as e:
         reason = getattr(e, "strerror", None) or "no such file"
         raise PathError(f"FID {fid}: {reason} on {fs.fsname}") from None
-    return Target(label, fsname, fid, (flags, archive_id))
+    return Target(label, fsname, fid, hsm)
 
 
 class Submitter:

@@ -78,7 +78,10 @@ def wait_for(predicate: Any, timeout: float = 5.0, what: str = "condition") -> A
         ({"extent": (-1, 10)}, "offset"),
         ({"extent": (0, 0)}, "length"),
         ({"kind": "restore", "extent": (0, 10)}, "whole file"),
-        ({"hsm": (1, 2, 3)}, "hsm must be"),
+        ({"hsm": (1, 2, 3, 4)}, "hsm must be"),
+        ({"hsm": (1,)}, "hsm must be"),
+        ({"hsm": (0, 0, -1)}, "data version"),
+        ({"hsm": (0, 0, 1 << 64)}, "data version"),
     ],
 )
 def test_submit_item_refuses_bad_input(kwargs: dict[str, Any], words: str) -> None:
@@ -107,6 +110,13 @@ def test_submit_item_fills_requester_key_and_hsm_state() -> None:
                               requester=T.Requester(initiator="mdt0", cookie=42))
     assert cookie_item.idempotency_key == "" and cookie_item.kind == T.RESTORE
     assert not submit_item("fs1", fid(7), "remove").HasField("hsm")
+
+
+def test_submit_item_carries_the_data_version_with_the_hsm_state() -> None:
+    assert submit_item("fs1", fid(7), "archive", hsm=(0, 0, 42)).hsm.data_version == 42
+    assert submit_item("fs1", fid(7), "archive", hsm=(0, 0)).hsm.data_version == 0
+    state = T.HsmState(flags=int(HS.EXISTS), archive_id=2, data_version=(1 << 64) - 1)
+    assert submit_item("fs1", fid(7), "restore", hsm=state).hsm == state
 
 
 def test_conversions() -> None:

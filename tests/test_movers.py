@@ -285,6 +285,68 @@ def test_archive_to_a_missing_archive_root_fails_and_creates_nothing(tree: Tree)
     assert not tree.flags(path) & HS.ARCHIVED
 
 
+def _stale(tree: Tree, kind: HSMA, fid: Fid, data_version: int) -> Job:
+    job = tree.job(kind, fid)
+    job.data_version = data_version
+    return job
+
+
+def _not_the_file(here: int, named: int) -> str:
+    return (f"not the file the request named: data version {here} here, {named} in the request "
+            "(a file of another file system with the same fsname and FID, or the file was written "
+            "since the request); nothing copied")
+
+
+def test_posix_mover_refuses_a_file_whose_data_version_is_not_the_requests(tree: Tree) -> None:
+    mover = PosixMover(tree.archive)
+    path, fid = tree.make_file("f", os.urandom(100 * KiB))
+    dv = tree.fs.data_version(path)
+    before = tree.fs.hsm_state(path)
+    obj = object_path(tree.archive, fid)
+
+    # ARCHIVE of a never archived file: no object, not even EXISTS set
+    result = mover.run(_stale(tree, HSMA.ARCHIVE, fid, dv + 1))
+    assert result == Result(errno=errno.ESTALE, message=_not_the_file(dv, dv + 1))
+    assert not result.retry
+    assert tree.fs.hsm_state(path) == before
+    assert not obj.exists() and not obj.with_name(obj.name + "_tmp").exists()
+
+    # with the file's own version it archives
+    assert mover.run(_stale(tree, HSMA.ARCHIVE, fid, dv)).errno == 0
+    archived_state = tree.fs.hsm_state(path)
+    stored = obj.read_bytes()
+
+    # ARCHIVE again of an archived file: not made DIRTY, object untouched
+    assert mover.run(_stale(tree, HSMA.ARCHIVE, fid, dv + 1)).errno == errno.ESTALE
+    assert tree.fs.hsm_state(path) == archived_state
+    assert obj.read_bytes() == stored
+
+    # REMOVE: the archive copy stays
+    assert mover.run(_stale(tree, HSMA.REMOVE, fid, dv + 1)).errno == errno.ESTALE
+    assert obj.read_bytes() == stored and tree.fs.hsm_state(path) == archived_state
+
+    # RESTORE is checked against the released file's data version
+    tree.fs.release(path)
+    released = tree.fs.hsm_state(path)
+    assert mover.run(_stale(tree, HSMA.RESTORE, fid, dv + 1)).errno == errno.ESTALE
+    assert tree.fs.hsm_state(path) == released and tree.volatiles() == []
+    assert mover.run(_stale(tree, HSMA.RESTORE, fid, dv)).errno == 0
+    assert path.read_bytes() == stored
+
+
+def test_command_mover_runs_no_command_for_a_file_of_another_data_version(
+    tree: Tree, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran"
+    mover = CommandMover(f"touch {shlex.quote(str(ran))}", None, None)
+    path, fid = tree.make_file("f", b"data")
+    before = tree.fs.hsm_state(path)
+    result = mover.run(_stale(tree, HSMA.ARCHIVE, fid, tree.fs.data_version(path) + 5))
+    assert result.errno == errno.ESTALE and not result.retry
+    assert not ran.exists()
+    assert tree.fs.hsm_state(path) == before
+
+
 # -- posix mover: restore -------------------------------------------------------------
 
 

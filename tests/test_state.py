@@ -509,3 +509,48 @@ def test_handback_does_not_use_up_attempts() -> None:
         [(i, att)] = h.schedule("a", archive=1)
         h.done(i, att, errno=E.EIO, retry=True)
     assert h.st(r.action_id) is State.FAILED, "real failures still count: max_attempts of them fail it"
+
+
+def test_a_join_gives_a_waiting_action_the_latest_data_version() -> None:
+    h = Harness()
+    [r] = h.submit(item(1, data_version=5))
+    a = h.state.get(r.action_id)
+    assert a is not None and a.data_version == 5
+    [j] = h.submit(item(1, requester=Requester("later"), data_version=7))
+    assert (j.outcome, j.action_id) == (Outcome.JOINED, r.action_id)
+    assert a.data_version == 7, "the latest requester saw the file most recently"
+    h.submit(item(1, requester=Requester("unknown")))  # no version: keeps the one it has
+    assert a.data_version == 7
+    # a started action keeps the version its mover checks (restores join it)
+    [rr] = h.submit(item(2, Kind.RESTORE, data_version=3))
+    [(rid, _)] = h.schedule("a1", restore=1)
+    assert rid == rr.action_id
+    [j2] = h.submit(item(2, Kind.RESTORE, requester=Requester("late"), data_version=4))
+    assert (j2.outcome, j2.action_id) == (Outcome.JOINED, rid)
+    assert h.state.get(rid).data_version == 3  # type: ignore[union-attr]
+    # requeued (WAITING again), a join updates it again
+    h.step(AgentLost(h.now + 1, "a1"))
+    assert h.st(rid) is State.WAITING
+    h.submit(item(2, Kind.RESTORE, requester=Requester("later still"), data_version=9))
+    assert h.state.get(rid).data_version == 9  # type: ignore[union-attr]
+
+
+def test_actions_of_a_snapshot_written_before_data_version_load() -> None:
+    import pickle
+
+    from coordinator.state import Action, _action_from_values
+
+    h = Harness()
+    [r] = h.submit(item(1, data_version=5))
+    a = h.state.get(r.action_id)
+    assert a is not None
+    fn, (values,) = a.__reduce__()
+    assert fn is _action_from_values and len(values) == len(Action.__slots__)
+    assert Action.__slots__[-1] == "data_version", "new slots go last: older snapshots lack only those"
+    old = _action_from_values(values[:-1])  # a tuple as a snapshot of the previous format holds it
+    assert old.data_version == 0
+    assert [getattr(old, s) for s in Action.__slots__[:-1]] == list(values[:-1])
+    again = pickle.loads(pickle.dumps(a))
+    assert again.data_version == 5 and again.id == a.id
+    with pytest.raises(ValueError):
+        _action_from_values(values[:-2])

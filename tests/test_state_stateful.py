@@ -54,6 +54,7 @@ items = st.builds(
     key=st.sampled_from(["", "", "k1", "k2", "k3", "k4"]),
     hsm_flags=st.one_of(st.none(), st.integers(0, 0x7F)),
     hsm_archive_id=st.sampled_from([0, 1, 2]),
+    data_version=st.sampled_from([0, 0, 1, 2]),
 )
 
 
@@ -61,7 +62,7 @@ def snapshot(state: ShardState) -> object:
     return (
         state.next_seq,
         sorted(
-            (a.id, a.state, a.agent, a.attempt, a.errno, a.bytes_done, len(a.requesters))
+            (a.id, a.state, a.agent, a.attempt, a.errno, a.bytes_done, len(a.requesters), a.data_version)
             for a in state.actions.values()
         ),
         {k: list(q) for k, q in state.ready.items()},

@@ -46,6 +46,9 @@ class Job:
     backend: Backend
     report: Callable[[int, int], None] = lambda done, total: None  # (bytes_done, bytes_total)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: the file's data version the request named (0: none): the file begun
+    #: must have it, else the action ends ESTALE without moving data
+    data_version: int = 0
 
     def log_prefix(self) -> str:
         return f"action {self.action_id}/{self.attempt} {self.fid}"
@@ -115,16 +118,44 @@ def begin_action(job: Job) -> ActionHandle | Result:
         return Result(errno=err, message=msg, retry=is_transient(err))
 
 
+def stale_file(job: Job, handle: ActionHandle) -> str:
+    """Why the file begun is not the one the request named, or "": the
+    request named a data version (``job.data_version``) and the file has
+    another. A FID alone does not tell a file from one of another file
+    system with the same fsname."""
+    if not job.data_version:
+        return ""
+    here = handle.info().data_version
+    if here == job.data_version:
+        return ""
+    return (f"not the file the request named: data version {here} here, {job.data_version} in the "
+            "request (a file of another file system with the same fsname and FID, or the file was "
+            "written since the request); nothing copied")
+
+
 def run_action(job: Job, mover: str, op: Callable[[Job, ActionHandle], int]) -> Result:
     """The life of one action for a mover: begin (or end at once when not
-    needed), ``op(job, handle) -> bytes moved``, then ``handle.end`` exactly
-    once whatever happened, and the Result. *op* signals failure by raising
-    ``Cancelled``, ``MoverError`` or ``OSError``; any other exception is a
-    bug, logged, and still ends the action (EIO)."""
+    needed), check that the file is the one the request named (else end
+    ESTALE, not retried, without calling *op*), ``op(job, handle) -> bytes
+    moved``, then ``handle.end`` exactly once whatever happened, and the
+    Result. *op* signals failure by raising ``Cancelled``, ``MoverError`` or
+    ``OSError``; any other exception is a bug, logged, and still ends the
+    action (EIO)."""
     prefix = job.log_prefix()
     handle = begin_action(job)
     if isinstance(handle, Result):
         return handle
+
+    stale = stale_file(job, handle)
+    if stale:
+        log.error("%s: %s of %s refused: %s", prefix, kind_name(job.kind), job.fid, stale)
+        try:
+            handle.end(errno.ESTALE, refused=True)  # the file is left as it was before begin
+        except OSError as exc:
+            log.warning("%s: ending the refused action also failed: %s", prefix, exc)
+        except Exception:
+            log.exception("%s: unexpected error ending the refused action", prefix)
+        return Result(errno=errno.ESTALE, message=stale)
 
     err, msg, done, retry = 0, "", 0, False
     try:

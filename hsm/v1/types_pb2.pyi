@@ -70,15 +70,17 @@ class Requester(_message.Message):
     def __init__(self, initiator: _Optional[str] = ..., cookie: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., projid: _Optional[int] = ..., when: _Optional[float] = ...) -> None: ...
 
 class HsmState(_message.Message):
-    __slots__ = ("flags", "archive_id")
+    __slots__ = ("flags", "archive_id", "data_version")
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
     flags: int
     archive_id: int
-    def __init__(self, flags: _Optional[int] = ..., archive_id: _Optional[int] = ...) -> None: ...
+    data_version: int
+    def __init__(self, flags: _Optional[int] = ..., archive_id: _Optional[int] = ..., data_version: _Optional[int] = ...) -> None: ...
 
 class Action(_message.Message):
-    __slots__ = ("action_id", "fsname", "fid", "kind", "archive_id", "extent", "data", "flags", "priority", "requesters", "state", "agent", "attempt", "created", "started", "ended", "bytes_done", "bytes_total", "errno", "error", "shard")
+    __slots__ = ("action_id", "fsname", "fid", "kind", "archive_id", "extent", "data", "flags", "priority", "requesters", "state", "agent", "attempt", "created", "started", "ended", "bytes_done", "bytes_total", "errno", "error", "shard", "data_version")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     FSNAME_FIELD_NUMBER: _ClassVar[int]
     FID_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +102,7 @@ class Action(_message.Message):
     ERRNO_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
     action_id: int
     fsname: str
     fid: Fid
@@ -121,4 +124,5 @@ class Action(_message.Message):
     errno: int
     error: str
     shard: int
-    def __init__(self, action_id: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[Fid, _Mapping]] = ..., kind: _Optional[_Union[ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., priority: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[Requester, _Mapping]]] = ..., state: _Optional[_Union[ActionState, str]] = ..., agent: _Optional[str] = ..., attempt: _Optional[int] = ..., created: _Optional[float] = ..., started: _Optional[float] = ..., ended: _Optional[float] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., errno: _Optional[int] = ..., error: _Optional[str] = ..., shard: _Optional[int] = ...) -> None: ...
+    data_version: int
+    def __init__(self, action_id: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[Fid, _Mapping]] = ..., kind: _Optional[_Union[ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., priority: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[Requester, _Mapping]]] = ..., state: _Optional[_Union[ActionState, str]] = ..., agent: _Optional[str] = ..., attempt: _Optional[int] = ..., created: _Optional[float] = ..., started: _Optional[float] = ..., ended: _Optional[float] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., errno: _Optional[int] = ..., error: _Optional[str] = ..., shard: _Optional[int] = ..., data_version: _Optional[int] = ...) -> None: ...
