@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test test-slow lint proto venv clean bench bench-full bench-profile
+.PHONY: demo test test-quick test-slow lint proto venv clean bench bench-full bench-profile
 
 venv: $(STAMP)
 
@@ -23,9 +23,15 @@ $(BENCH_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(PY) -m coordinator.demo
 
+# every test, the slow ones too (what CI runs): about 6 minutes on 2 cores
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# every test but those marked slow (multi-process system tests): the edit-test loop
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m 'not slow'
+
+# only the tests marked slow; like pytest it fails (exit 5) if none is marked
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 

@@ -42,7 +42,9 @@ on_applied, loop, tuning)`` runs one replica of one shard's Raft group:
   asks it to start an election at once) and ``preferred_leader``: a leader
   that is not the preferred replica hands leadership to it when it is
   connected and caught up, which is how leaders of different shards spread
-  over the replicas.
+  over the replicas, at creation and after any restart. Nothing is tried
+  while the preferred replica is away (a hand-over pauses writes), so it
+  gets its shards back within ``rebalance_interval`` of its return.
 * Membership: ``await add_peer(addr)`` / ``await remove_peer(addr)``, one node
   at a time (pysyncobj ``dynamicMembershipChange``). A new replica is started
   with ``peers`` = the current members; remove a leader by transferring its
@@ -378,6 +380,8 @@ _ps_syncobj.createJournal = _create_journal
 #: pysyncobj splits a single entry larger than this into a "transmission",
 #: whose chunking is buggy near the boundary: we keep every entry below it.
 _BATCH_BYTES = 4 << 20
+#: longest delay between two failed hand-overs to a connected preferred leader
+_REBALANCE_BACKOFF_MAX = 60.0
 _ADDR_RE = re.compile(r"(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})")
 _KEY_ITERATIONS = 50_000
 
@@ -1382,7 +1386,12 @@ class RaftShard:
 
     async def transfer_leadership(self, to: str | None = None, timeout: float = 5.0) -> str:
         """Hand leadership to ``to`` (or to the most caught-up follower) and
-        return the new leader's address. New proposals wait meanwhile."""
+        return the new leader's address. New proposals wait meanwhile.
+
+        TimeoutNow goes only to a *connected* follower that has the whole
+        log, and is sent again every few heartbeats until an election starts
+        (a follower that does not know this leader yet, such as one that just
+        restarted, ignores it)."""
         if to is not None:
             _check_addr(to, "transfer target")
             if to == self.self_addr and self.is_leader:
@@ -1393,18 +1402,22 @@ class RaftShard:
         if not self.is_leader:
             raise NotLeader(self.index, self.leader)
         deadline = self._loop.time() + timeout
+        resend = max(3 * self.tuning.heartbeat, 2 * self.tuning.tick)
+        sent: float | None = None  # when TimeoutNow was last sent
         self._transferring += 1
         try:
-            while True:
-                if not self.is_leader:
-                    break
-                reason = await self._in_tick(functools.partial(self._tick_transfer, to))
-                if reason == FAIL_REASON.SUCCESS:
-                    break
-                if self._loop.time() > deadline:
-                    raise TransferFailed(
-                        f"shard {self.index}: no {'connected, caught-up follower' if to is None else to + ' (not connected or not caught up)'} "
-                        f"to hand leadership to within {timeout:g}s")
+            while self.is_leader:
+                now = self._loop.time()
+                if now > deadline:
+                    if sent is None:
+                        target = "connected, caught-up follower" if to is None else f"{to} (not connected or not caught up)"
+                        raise TransferFailed(f"shard {self.index}: no {target} to hand leadership to within {timeout:g}s")
+                    raise TransferFailed(f"shard {self.index}: the election after the hand-over did not "
+                                         f"finish within {timeout:g}s")
+                if sent is None or now - sent >= resend:
+                    reason = await self._in_tick(functools.partial(self._tick_transfer, to))
+                    if reason == FAIL_REASON.SUCCESS:
+                        sent = self._loop.time()
                 await asyncio.sleep(0.01)
             while self._loop.time() < deadline:
                 leader = self.leader
@@ -1419,9 +1432,28 @@ class RaftShard:
             self._pump()
 
     def _tick_transfer(self, to: str | None) -> int:
+        node = None
+        if to is not None:
+            # pysyncobj sends TimeoutNow to a named node whatever its state:
+            # to a dead one whose last known match index is the log's end, it
+            # "succeeds" and the shard then waits for an election that never
+            # comes
+            node = next((n for n in self._so.otherNodes if str(n.id) == to), None)
+            if node is None or not self._so.isNodeConnected(node):
+                return int(FAIL_REASON.REQUEST_DENIED)
         box: list[int] = []
-        self._so.transferLeadership(to, callback=lambda _res, err: box.append(err))
+        self._so.transferLeadership(node, callback=lambda _res, err: box.append(err))
         return box[0] if box else FAIL_REASON.SUCCESS
+
+    def _tick_peer(self, addr: str) -> tuple[bool, int]:
+        """On the leader: whether peer *addr* is connected, and how many
+        entries of this leader's log it has not acknowledged yet."""
+        so = self._so
+        node = next((n for n in so.otherNodes if str(n.id) == addr), None)
+        if node is None or not so.isNodeConnected(node):
+            return False, 0
+        match = so.getStatus().get(f"match_idx_server_{addr}") or 0
+        return True, max(0, self._journal.last_index - int(match))
 
     async def add_peer(self, addr: str, timeout: float = 10.0) -> None:
         """Add one replica to this shard's group (start it first, with
@@ -1550,21 +1582,47 @@ class RaftShard:
             pass  # the loop is closed: we are shutting down
 
     async def _rebalancer(self) -> None:
+        """On the leader, every ``rebalance_interval``: hand leadership to
+        ``preferred_leader`` once that replica is connected and has (nearly)
+        the whole log. While it is down, restarting or cut off nothing is
+        tried (a hand-over pauses this shard's writes; one to a replica that
+        cannot take it would only stall them), so it gets its shards back
+        within an interval of coming back, however long it was away. A
+        hand-over that fails although the replica is connected is retried
+        with a doubling delay (at most ``_REBALANCE_BACKOFF_MAX``), reset when
+        the replica reconnects or this one stops leading."""
         interval = self.tuning.rebalance_interval
-        backoff = interval
+        backoff = interval  # delay after the next failed hand-over
+        retry_at = 0.0  # no hand-over before (loop time)
+        away = False  # told the log that the preferred replica is not connected
         while True:
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(interval)
             target = self.preferred_leader
             if not (target and target != self.self_addr and self.leader_ready and target in self.peers):
-                backoff = interval
+                backoff, retry_at, away = interval, 0.0, False
                 continue
             try:
+                connected, lag = await self._in_tick(functools.partial(self._tick_peer, target))
+            except RaftError:
+                return  # closed
+            if not connected:
+                if not away:
+                    log.info("shard %d: preferred leader %s is not connected; this replica leads the shard "
+                             "until it is back", self.index, target)
+                    away = True
+                backoff, retry_at = interval, 0.0
+                continue
+            away = False
+            if lag > self.tuning.max_inflight + 1 or self._loop.time() < retry_at:
+                continue  # still catching up (the leader keeps sending), or backing off
+            try:
                 await self.transfer_leadership(target, timeout=max(2.0, 2 * self.tuning.election_max))
-                backoff = interval
+                backoff, retry_at = interval, 0.0
             except (RaftError, ValueError) as e:
-                log.info("shard %d: could not hand leadership to preferred replica %s: %s",
-                         self.index, target, e)
-                backoff = min(backoff * 2, 60.0)
+                retry_at = self._loop.time() + backoff
+                log.info("shard %d: could not hand leadership to preferred replica %s: %s; next try in %.0f s",
+                         self.index, target, e, backoff)
+                backoff = min(backoff * 2, max(interval, _REBALANCE_BACKOFF_MAX))
 
     # -------------------------------------------------------- tick thread
 

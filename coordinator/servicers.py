@@ -304,14 +304,34 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"unknown control mode {request.mode!r} (enabled, disabled, shutdown)")
         await self._check_shards(request.shards, context)
+        # A request naming shards is a part another replica forwards (clients
+        # ask for every shard): the replica the admin asked logs the change,
+        # once, when every shard has it.
+        forwarded = bool(request.shards)
+        targets = sorted(set(request.shards)) or list(range(len(node.shards)))
+        before: set[str] = set()
+        for i in targets:
+            with node.shards[i].reading() as st:
+                before.add(st.control)
+        was = before.pop() if len(before) == 1 else "mixed (" + ",".join(sorted(before)) + ")"
+        where = "every shard" if not request.shards else "shard(s) " + ",".join(map(str, targets))
         now = node.clock()
         try:
             await node.on_every_shard(
                 request.shards, lambda: SetControl(now, request.mode), "Control",
                 lambda i: coordinator_pb2.ControlRequest(mode=request.mode, shards=[i]), lambda _s, _r: None)
         except ShardUnavailable as exc:
+            if not forwarded:
+                log.warning("control mode change from %s to %s (asked by %s) not confirmed on every shard: %s",
+                            was, request.mode, context.peer(), exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"control mode not set everywhere, retry: {exc}")
-        log.warning("control mode set to %s", request.mode)
+        if forwarded:
+            log.debug("control mode %s applied on %s for %s", request.mode, where, context.peer())
+        elif was == request.mode:
+            log.info("control mode %s on %s, unchanged (asked by %s)", request.mode, where, context.peer())
+        else:
+            log.info("control mode changed from %s to %s on %s (asked by %s)", was, request.mode, where,
+                     context.peer())
         node._wake.set()
         return coordinator_pb2.ControlResponse(mode=request.mode)
 

@@ -16,6 +16,8 @@ from hsm.fid import Fid
 from hsm.v1 import types_pb2 as T
 from tests.cluster import ProcCluster, until
 
+pytestmark = pytest.mark.slow  # real replica processes
+
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ProcCluster]:

@@ -18,6 +18,8 @@ from hsm.hsmflags import HS
 from hsm.simfs import SimFS
 from tests.readme import assert_sample, block_after, shape
 
+pytestmark = pytest.mark.slow  # real processes, seconds per test
+
 
 def _pids_alive(pids: list[int]) -> list[int]:
     alive = []

@@ -50,6 +50,7 @@ def test_fresh_trees_get_unique_valid_fsnames() -> None:
     assert all(re.fullmatch(r"[a-z0-9]{8}", n) for n in names)
 
 
+@pytest.mark.slow  # real replica processes
 def test_busy_ports_stop_local_before_anything_starts(tmp_path: Path) -> None:
     port = _free_block()
     held = _listen(port + 1)  # another program on r2's API port
@@ -86,6 +87,7 @@ def test_a_replica_of_another_cluster_is_not_taken_for_ours(tmp_path: Path, coor
     asyncio.run(ready())  # its own replica at that address: ready
 
 
+@pytest.mark.slow  # real replica processes
 def test_a_child_that_dies_during_start_fails_the_start_with_its_log(tmp_path: Path) -> None:
     port = _free_block()
     system = LocalSystem(dir=tmp_path, agents=0, port=port)
@@ -108,6 +110,7 @@ def test_a_child_that_dies_during_start_fails_the_start_with_its_log(tmp_path: P
     assert all(p.returncode is not None for p in system.children().values())
 
 
+@pytest.mark.slow  # real replica processes
 def test_local_stops_with_an_error_when_a_child_dies_later(tmp_path: Path) -> None:
     work = tmp_path / "hsm"
     proc = _local(work, "--port", "0", "--agents", "1")

@@ -31,6 +31,8 @@ from hsm.simfs import SimFS
 from hsm.v1 import types_pb2 as T
 from tests.cluster import ENV, ProcCluster, no_concurrent_runs, until
 
+pytestmark = pytest.mark.slow  # real processes, seconds per test
+
 KiB = 1024
 MiB = 1024 * KiB
 FS = "fs1"

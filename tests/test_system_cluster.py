@@ -20,6 +20,8 @@ from hsm.fid import Fid
 from hsm.v1 import types_pb2 as T
 from tests.cluster import ProcCluster, no_concurrent_runs, until
 
+pytestmark = pytest.mark.slow  # real processes, seconds per test
+
 NULL_AGENT = ("--fs-root", "{fs}", "--mover", "null", "--null-delay", "0.02",
               "--slots", "archive=8,restore=0,remove=0")
 

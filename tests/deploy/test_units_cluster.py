@@ -30,6 +30,8 @@ from hsm.simfs import SimFS
 from tests.deploy import deploylib as dl
 from tests.deploy.conftest import RenderedCluster
 
+pytestmark = pytest.mark.slow  # real processes, seconds per test
+
 FILES = 36
 
 
