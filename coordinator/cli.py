@@ -196,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except cfgmod.ConfigError as exc:
             print(f"hsm-coordinator init: {exc}", file=sys.stderr)
             return 2
-        print(f"wrote {cfg_path} and {pw_path} ({len(replicas)} replicas, {args.shards} shards)")
+        cluster_id = cfgmod.load(cfg_path, {"replica_id": replicas[0].id})[0].cluster.cluster_id
+        print(f"wrote {cfg_path} and {pw_path} ({len(replicas)} replicas, {args.shards} shards, "
+              f"cluster id {cluster_id})")
         print("copy both files to every replica, then on each: "
               f"hsm-coordinator run --config {cfg_path} --replica-id ID")
         return 0

@@ -32,6 +32,25 @@ def test_init_then_load(tmp_path: Path) -> None:
     assert (cfg.listen, level, cfg.data_dir) == ("0.0.0.0:7601", "info", tmp_path / "data")
 
 
+def test_every_cluster_gets_its_own_id(tmp_path: Path) -> None:
+    """init writes a random id; a configuration without one (older files,
+    the chart, the Ansible role) gets one derived from its random password:
+    stable across loads, different between clusters; a bad id is refused."""
+    a, b = make_cluster(tmp_path / "a"), make_cluster(tmp_path / "b")
+    ida = load(a, {"replica_id": "c0"})[0].cluster.cluster_id
+    assert ida == yaml.safe_load(a.read_text())["cluster"]["id"]
+    assert ida != load(b, {"replica_id": "c0"})[0].cluster.cluster_id
+    doc = yaml.safe_load(a.read_text())
+    del doc["cluster"]["id"]
+    a.write_text(yaml.safe_dump(doc))
+    derived = load(a, {"replica_id": "c0"})[0].cluster.cluster_id
+    assert derived == load(a, {"replica_id": "c1"})[0].cluster.cluster_id != ida
+    doc["cluster"]["id"] = "no spaces allowed"
+    a.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="invalid cluster id"):
+        load(a, {"replica_id": "c0"})
+
+
 def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     make_cluster(tmp_path)
     with pytest.raises(ConfigError, match="already exists"):
@@ -106,6 +125,8 @@ def test_cli_init_and_config_errors(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "coordinator.cli", "init", "--shards", "2", "--replica",
                         "a=127.0.0.1:7600:7700", "--out", str(out)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "wrote" in r.stdout, r.stderr
+    cluster_id = yaml.safe_load((out / "coordinator.yaml").read_text())["cluster"]["id"]
+    assert f"cluster id {cluster_id}" in r.stdout
     r = subprocess.run([sys.executable, "-m", "coordinator.cli", "run", "--config", str(out / "coordinator.yaml"),
                         "--replica-id", "b"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2

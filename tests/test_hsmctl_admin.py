@@ -340,3 +340,17 @@ def test_wait_progress_label_says_waiting_running_done(tree: SimFS, addr: str, t
     assert "archive: 0 waiting, 0 running, 2 done" in screen, screen
     assert "archive waiting" not in screen
     assert {state_name(a.state) for a in actions_of(addr, include_terminal=True)} == {"SUCCEEDED"}
+
+
+def test_help_says_where_the_mdt_hsm_tunables_live() -> None:
+    """An admin used to lctl get_param mdt.*.hsm.* finds each tunable."""
+    r = subprocess.run([*HSMCTL, "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0
+    for lustre, here in (("max_requests", "--slots"), ("active_request_timeout", "progress_timeout"),
+                         ("grace_delay", "max_terminal"), ("policy", "max_attempts")):
+        line = next((ln for ln in r.stdout.splitlines() if ln.strip().startswith(lustre)), "")
+        assert here in line, f"hsmctl --help does not say where {lustre} lives"
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("#### Coming from `lctl get_param mdt.*.hsm.*`", 1)[1].split("###", 1)[0]
+    assert all(f"`{name}`" in table or f"`{name} " in table
+               for name in ("max_requests", "active_request_timeout", "grace_delay", "policy"))
