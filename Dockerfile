@@ -18,6 +18,7 @@ COPY hsm ./hsm
 COPY coordinator ./coordinator
 COPY agentd ./agentd
 COPY hsmctl ./hsmctl
+COPY bridge ./bridge
 RUN /opt/hsm-coordinator/bin/pip install . \
     && /opt/hsm-coordinator/bin/hsm-coordinator --version \
     && /opt/hsm-coordinator/bin/agentd --version

@@ -150,7 +150,7 @@ def test_chart_default_image_is_this_recipe() -> None:
 def test_dockerignore_keeps_the_context_small() -> None:
     kept = dockerignore_filter(dl.REPO, DOCKERIGNORE.read_text())
     tops = {p.parts[0] for p in kept}
-    assert tops <= {"pyproject.toml", "README.md", "hsm", "coordinator", "agentd", "hsmctl"}, tops
+    assert tops <= {"pyproject.toml", "README.md", "hsm", "coordinator", "agentd", "hsmctl", "bridge"}, tops
     assert not [p for p in kept if "__pycache__" in p.parts or p.suffix == ".pyc"]
 
 
