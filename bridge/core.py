@@ -261,6 +261,8 @@ class BridgeCore:
                                   f"{_name(rec)}: the coordinator refused it ({res.reason}); ended at the MDT"))
         if watch:
             out.append(Watch(tuple(dict.fromkeys(watch))))
+        if self._cancels:
+            out += self._flush(now, force=True)  # cancels that waited for this answer
         return out
 
     def on_cancelled(self, now: float, batch: int) -> list[Instruction]:
@@ -303,9 +305,18 @@ class BridgeCore:
         while len(self._pending) >= size or (force and self._pending):
             items, self._pending = tuple(self._pending[:size]), self._pending[size:]
             out.append(self._send("submit", items))
-        while len(self._cancels) >= size or (force and self._cancels):
-            items, self._cancels = tuple(self._cancels[:size]), self._cancels[size:]
+        # a cancel waits until the coordinator answered the submit of its
+        # cookie's item (else it would find nothing to cancel, and the item
+        # would run)
+        unsent = {r.key for r in self._pending}
+        unsent.update(r.key for kind, items in self._batches.values() if kind == "submit" for r in items)
+        unsent.update(r.key for _at, kind, items in self._retry if kind == "submit" for r in items)
+        ready = [r for r in self._cancels if r.key not in unsent]
+        held = [r for r in self._cancels if r.key in unsent]
+        while len(ready) >= size or (force and ready):
+            items, ready = tuple(ready[:size]), ready[size:]
             out.append(self._send("cancel", items))
+        self._cancels = ready + held
         self._oldest_pending = now if (self._pending or self._cancels) else None
         return out
 

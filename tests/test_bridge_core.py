@@ -79,6 +79,21 @@ def test_a_cancel_item_becomes_a_cancel_of_its_cookie() -> None:
     assert c.on_cancelled(1.1, cancel.batch) == [] and c.backlog == 0
 
 
+def test_a_cancel_waits_for_the_answer_to_its_items_submit() -> None:
+    """An archive and its cancel in one list (or the cancel while the
+    archive's submit is unanswered): the cancel goes only after the
+    coordinator created the action, else it would find nothing to cancel."""
+    c = core()
+    c.on_list(0.0, hal(item(1)))
+    c.on_list(0.01, hal(item(1, HSMA.CANCEL)))
+    out = c.on_tick(1.0)
+    (sub,) = only(out, Submit)
+    assert not only(out, Cancel) and not only(c.on_tick(2.0), Cancel)
+    out = c.on_submitted(2.1, sub.batch, [Res("CREATED", 1001)])
+    (cancel,) = only(out, Cancel)
+    assert cancel.items[0].item.cookie == 0x1001
+
+
 def test_refused_and_not_needed_items_are_ended_at_the_mdt() -> None:
     c = core()
     c.on_list(0.0, hal(item(1), item(2), item(3)))
