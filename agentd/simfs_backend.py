@@ -77,15 +77,17 @@ class SimfsAction:
         return open(self._volatile, "wb")
 
     def end(self, errno: int, bytes_done: int = 0, *, refused: bool = False) -> None:
-        """``llapi_hsm_action_end``: 0 for success, else a positive errno.
+        """``llapi_hsm_action_end``: 0 for success, else an errno (its sign
+        is ignored: llapi_hsm_action_end sends ``abs(errval)``).
 
         ARCHIVE success raises ``OSError(EBUSY)`` (and does not set ARCHIVED)
         when the file's data changed while it was being copied; *refused*
         (not the file the request named, nothing done) leaves the file as it
         was before begin. RESTORE success swaps the volatile file in; any
         other end discards it. Ending twice raises ``ValueError``."""
-        if not isinstance(errno, int) or errno < 0:
-            raise ValueError(f"end() takes 0 or a positive errno, not {errno!r}")
+        if isinstance(errno, bool) or not isinstance(errno, int):
+            raise ValueError(f"end() takes 0 or an errno, not {errno!r}")
+        errno = abs(errno)
         if refused and not errno:
             raise ValueError("a refused action ends with an errno, not 0")
         with self._lock:

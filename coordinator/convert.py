@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
-from coordinator.state import Action, FidTarget, Item, Kind, Requester, State
+from coordinator.state import Action, CookieTarget, FidTarget, Item, Kind, Requester, State
 from hsm.fid import Fid
 from hsm.hsmflags import HS_ALL, HSM_REQUEST_FLAGS
 from hsm.v1 import agent_pb2, coordinator_pb2, types_pb2
@@ -113,6 +113,18 @@ def fid_target_from_pb(pb: coordinator_pb2.FidSelector, where: str) -> FidTarget
             raise InvalidRequest(f"{where}: unknown action kind {pb.kind}")
         kind = Kind(pb.kind)
     return FidTarget(pb.fsname, fid_from_pb(pb.fid), kind)
+
+
+def cookie_target_from_pb(pb: types_pb2.Requester, where: str) -> CookieTarget:
+    """A CancelRequest cookie: the initiator and the non-zero cookie of the
+    requester whose action to cancel (see ``CookieTarget``)."""
+    if not pb.initiator:
+        raise InvalidRequest(f"{where}: an initiator is required")
+    if len(pb.initiator) > MAX_TEXT:
+        raise InvalidRequest(f"{where}: initiator is limited to {MAX_TEXT} characters")
+    if pb.cookie == 0:
+        raise InvalidRequest(f"{where}: a non-zero cookie is required")
+    return CookieTarget(pb.initiator, pb.cookie)
 
 
 def extent_to_pb(offset: int, length: int) -> types_pb2.Extent:

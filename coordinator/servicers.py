@@ -79,6 +79,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         node = self.node
         try:
             targets = [convert.fid_target_from_pb(f, f"fid {i}") for i, f in enumerate(request.fids)]
+            cookies = tuple(convert.cookie_target_from_pb(c, f"cookie {i}") for i, c in enumerate(request.cookies))
             if len(request.reason) > 1024:
                 raise InvalidRequest("reason is limited to 1024 characters")
             bad = [s for s in request.shards if s >= len(node.shards)]
@@ -86,22 +87,25 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 raise InvalidRequest(f"no shard {bad[0]} (the cluster has {len(node.shards)})")
         except (InvalidRequest, ValueError) as exc:
             await context.abort(*_abort_code(exc))
-        if not (request.action_ids or targets or request.all):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nothing to cancel: give action ids, FIDs or all")
+        if not (request.action_ids or targets or request.all or cookies):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "nothing to cancel: give action ids, FIDs, cookies or all")
         wanted = set(request.shards) or set(range(len(node.shards)))
         now = node.clock()
         reason = request.reason or "canceled by request"
         results: list[coordinator_pb2.CancelResult] = []
 
         async def one(shard_idx: int) -> list[coordinator_pb2.CancelResult]:
+            # a cookie may name an action of any shard: every shard is asked,
+            # and answers one result per cookie, last, in order
             shard = node.shards[shard_idx]
             ids = tuple(i for i in request.action_ids if i % MAX_SHARDS == shard_idx)
             fids = tuple(t for t in targets if node.ring.shard_of(t.fid) == shard_idx)
-            if not (ids or fids or request.all):
+            if not (ids or fids or request.all or cookies):
                 return []
             if shard.is_leader:
                 try:
-                    res = await node.propose(shard, Cancel(now, ids, fids, request.all, reason))
+                    res = await node.propose(shard, Cancel(now, ids, fids, request.all, reason, cookies))
                     return [coordinator_pb2.CancelResult(
                         action_id=r.action_id, outcome=int(r.outcome),  # type: ignore[attr-defined]
                         state=int(r.state) if r.state else 0) for r in res.replies]  # type: ignore[attr-defined]
@@ -109,7 +113,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     pass
             part = coordinator_pb2.CancelRequest(
                 action_ids=ids, fids=[f for f in request.fids if node.ring.shard_of(convert.fid_from_pb(f.fid)) == shard_idx],
-                all=request.all, reason=reason, shards=[shard_idx])
+                all=request.all, reason=reason, shards=[shard_idx], cookies=request.cookies)
             resp = await node.forward(shard, "Cancel", part, node.config.propose_timeout * 2)
             return list(resp.results)
 
@@ -117,11 +121,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             parts = await asyncio.gather(*(one(i) for i in sorted(wanted)))
         except ShardUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        by_cookie: list[coordinator_pb2.CancelResult | None] = [None] * len(cookies)
         for part in parts:
-            results.extend(part)
+            split = len(part) - len(cookies)
+            results.extend(part[:split])
+            for i, r in enumerate(part[split:]):
+                known = by_cookie[i]
+                if known is None or known.outcome == coordinator_pb2.NOT_FOUND:
+                    by_cookie[i] = r
         for i in request.action_ids:
             if i % MAX_SHARDS >= len(node.shards):
                 results.append(coordinator_pb2.CancelResult(action_id=i, outcome=coordinator_pb2.NOT_FOUND))
+        results.extend(r or coordinator_pb2.CancelResult(outcome=coordinator_pb2.NOT_FOUND) for r in by_cookie)
         return coordinator_pb2.CancelResponse(results=results)
 
     async def GetAction(self, request: coordinator_pb2.GetActionRequest, context: grpc.aio.ServicerContext) -> types_pb2.Action:  # noqa: N802

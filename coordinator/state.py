@@ -25,9 +25,15 @@ Semantics (ARCHITECTURE.md):
   version differs (another file with the same fsname and FID, or rewritten).
 * Idempotency keys: a retried item with a known key gets its first answer
   and changes nothing.
-* Cancel: a WAITING action is CANCELED at once; a STARTED one becomes
-  CANCELING and its own agent is told (``SendCancel``) at once; when the
-  agent reports success anyway, SUCCEEDED wins.
+* Cancel (by action id, FID, all, or a requester's cookie): a WAITING
+  action is CANCELED at once; a STARTED one becomes CANCELING and its own
+  agent is told (``SendCancel``) at once; when the agent reports success
+  anyway, SUCCEEDED wins.
+* Request checks follow the MDT (mdt_hsm_cdt_client.c): not needed ->
+  NOT_NEEDED, needed but not compatible with the file's state -> EPERM;
+  ``HSM_FORCE_ACTION`` only makes an action needed. Completions follow
+  hsm_cdt_request_completed: the errno's sign is ignored, ENOSYS fails the
+  action without retry (or, on a CANCELING one, ends it CANCELED).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from itertools import chain
 from typing import Any, NamedTuple
 
 from hsm.fid import Fid
-from hsm.hsmflags import HSM_FORCE_ACTION, check_request, resolve_archive_id
+from hsm.hsmflags import check_request, resolve_archive_id
 
 #: Action ids are ``seq * MAX_SHARDS + shard``: unique in the cluster and
 #: readable ("...003" lives on shard 3).
@@ -201,6 +207,20 @@ class FidTarget:
     kind: Kind | None = None  # None = every kind
 
 
+class CookieTarget(NamedTuple):
+    """A requester's own reference to its request: the action that an item
+    with this initiator and cookie (and no explicit idempotency key) created
+    or joined, found through its idempotency key ``"{initiator}:{cookie}"``.
+    The MDT bridge cancels an HSMA_CANCEL item's action this way."""
+
+    initiator: str
+    cookie: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.initiator}:{self.cookie}"
+
+
 @dataclass(frozen=True, slots=True)
 class Cancel:
     now: float
@@ -208,6 +228,10 @@ class Cancel:
     fids: tuple[FidTarget, ...] = ()
     all: bool = False
     reason: str = ""
+    #: added later (a journal written before it unpickles with the default):
+    #: each gets one reply, after the others, in order; NOT_FOUND (action
+    #: id 0) when no kept action has that requester cookie
+    cookies: tuple[CookieTarget, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +369,7 @@ class CancelReply:
     action_id: int
     outcome: CancelOutcome
     state: State | None
+    cookie: CookieTarget | None = None  # the cookie this reply answers, if any
 
 
 @dataclass(slots=True)
@@ -579,8 +604,10 @@ class ShardState:
             return SubmitReply(Outcome.REJECTED, errno=E.ESHUTDOWN,
                                reason="the coordinator is shut down (hsmctl control enabled resumes it)")
         if item.hsm_flags is not None:
-            rc = check_request(item.kind, item.hsm_flags, item.hsm_archive_id, item.archive_id)
-            if rc is not None and not (rc == 0 and item.flags & HSM_FORCE_ACTION):
+            # HSM_FORCE_ACTION makes the action needed, not allowed: forcing
+            # what would not be needed is refused (EPERM), as the MDT does
+            rc = check_request(item.kind, item.hsm_flags, item.hsm_archive_id, item.archive_id, item.flags)
+            if rc is not None:
                 if rc == 0:
                     return SubmitReply(Outcome.NOT_NEEDED)
                 return SubmitReply(
@@ -690,25 +717,34 @@ class ShardState:
                 res.replies.append(False)
                 continue  # stale: an older attempt, or already ended
             action.bytes_done = done.bytes_done or action.bytes_done
-            if done.errno == 0:
+            # the sign of an errno is ignored (llapi_hsm_action_end: abs(errval))
+            err = abs(done.errno)
+            if err == 0:
                 action.bytes_total = action.bytes_total or action.bytes_done
                 self._end(action, Ev.SUCCEED, cmd.now, 0, done.message)
             elif action.state == State.CANCELING and action.reclaiming:
                 self._reclaimed(action, cmd.now)
             elif action.state == State.CANCELING:
-                if done.errno == E.ECANCELED or done.retry:
+                # ENOSYS: the copytool cannot cancel; the MDT fails the cancel
+                # request, its target stays CANCELED (hsm_cdt_request_completed)
+                if err in (E.ECANCELED, E.ENOSYS) or done.retry:
                     self._end(action, Ev.AGENT_CANCELED, cmd.now, E.ECANCELED, action.error)
                 else:
-                    self._end(action, Ev.FAIL, cmd.now, done.errno, done.message)
+                    self._end(action, Ev.FAIL, cmd.now, err, done.message)
             elif done.handback:
                 # the agent gave it back because it is stopping: no attempt used
                 action.handed_back += 1
-                self._requeue(action, cmd.now, done.errno, done.message)
-            elif done.errno == E.ECANCELED or done.retry:
+                self._requeue(action, cmd.now, err, done.message)
+            elif err == E.ENOSYS:
+                # the copytool does not do this: FAILED, never retried, even
+                # when it asks (hsm_cdt_request_completed)
+                self._end(action, Ev.FAIL, cmd.now, err,
+                          done.message or "the copytool does not support this action (ENOSYS)")
+            elif err == E.ECANCELED or done.retry:
                 # the agent gave it back (transient error)
-                self._requeue(action, cmd.now, done.errno, done.message)
+                self._requeue(action, cmd.now, err, done.message)
             else:
-                self._end(action, Ev.FAIL, cmd.now, done.errno, done.message)
+                self._end(action, Ev.FAIL, cmd.now, err, done.message)
             res.effects.append(Changed(action.id))
             res.replies.append(True)
         return res
@@ -721,28 +757,36 @@ class ShardState:
             if action_id in seen:
                 continue
             seen.add(action_id)
-            action = self.actions.get(action_id)
-            if action is None:
-                res.replies.append(CancelReply(action_id, CancelOutcome.NOT_FOUND, None))
+            res.replies.append(self._cancel_one(action_id, cmd.now, reason, res.effects))
+        for target in cmd.cookies:
+            packed = self.keys.get(target.key)
+            if packed is None:
+                res.replies.append(CancelReply(0, CancelOutcome.NOT_FOUND, None, target))
                 continue
-            if action.state == State.WAITING:
-                self._end(action, Ev.CANCEL, cmd.now, E.ECANCELED, reason)
-                res.replies.append(CancelReply(action_id, CancelOutcome.DONE, action.state))
-                res.effects.append(Changed(action_id))
-            elif action.state == State.STARTED:
-                self._transition(action, Ev.CANCEL)
-                action.error = reason
-                res.effects.append(SendCancel(action.agent, action_id, action.attempt))
-                res.effects.append(Changed(action_id))
-                res.replies.append(CancelReply(action_id, CancelOutcome.SENT, action.state))
-            elif action.state == State.CANCELING and action.reclaiming:
-                action.reclaiming = False  # being stopped already; now it ends CANCELED
-                action.error = reason
-                res.effects.append(Changed(action_id))
-                res.replies.append(CancelReply(action_id, CancelOutcome.SENT, action.state))
-            else:
-                res.replies.append(CancelReply(action_id, CancelOutcome.ALREADY_ENDED, action.state))
+            reply = self._cancel_one(packed >> 3, cmd.now, reason, res.effects)
+            res.replies.append(CancelReply(reply.action_id, reply.outcome, reply.state, target))
         return res
+
+    def _cancel_one(self, action_id: int, now: float, reason: str, effects: list[Effect]) -> CancelReply:
+        action = self.actions.get(action_id)
+        if action is None:
+            return CancelReply(action_id, CancelOutcome.NOT_FOUND, None)
+        if action.state == State.WAITING:
+            self._end(action, Ev.CANCEL, now, E.ECANCELED, reason)
+            effects.append(Changed(action_id))
+            return CancelReply(action_id, CancelOutcome.DONE, action.state)
+        if action.state == State.STARTED:
+            self._transition(action, Ev.CANCEL)
+            action.error = reason
+            effects.append(SendCancel(action.agent, action_id, action.attempt))
+            effects.append(Changed(action_id))
+            return CancelReply(action_id, CancelOutcome.SENT, action.state)
+        if action.state == State.CANCELING and action.reclaiming:
+            action.reclaiming = False  # being stopped already; now it ends CANCELED
+            action.error = reason
+            effects.append(Changed(action_id))
+            return CancelReply(action_id, CancelOutcome.SENT, action.state)
+        return CancelReply(action_id, CancelOutcome.ALREADY_ENDED, action.state)
 
     def _cancel_targets(self, cmd: Cancel) -> Iterator[int]:
         yield from cmd.action_ids

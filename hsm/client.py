@@ -1082,19 +1082,37 @@ class CoordinatorClient:
         all: bool = False,  # noqa: A002 - mirrors the proto field
         reason: str = "",
         fsname: str = "",
+        cookies: Iterable[tuple[str, int]] = (),
     ) -> list[cpb.CancelResult]:
         """Cancel by action id, by FID (``Fid``, ``(fsname, fid)``,
-        ``(fsname, fid, kind)`` or ``FidSelector``), or everything (*all*).
-        *fsname* applies to FIDs given without one."""
+        ``(fsname, fid, kind)`` or ``FidSelector``), by requester cookie
+        (``(initiator, cookie)``: the action a submit with that requester
+        and no explicit idempotency key created or joined, e.g. the MDT's
+        ``hai_cookie`` of an HSMA_CANCEL item), or everything (*all*).
+        *fsname* applies to FIDs given without one. Each cookie gets one
+        result, after the others, in order (NOT_FOUND with action id 0 when
+        unknown)."""
         ids = []
         for action_id in action_ids:
             if isinstance(action_id, bool) or not isinstance(action_id, int) or not 0 < action_id <= _U64:
                 raise InvalidArgument(f"bad action id {action_id!r}: a positive integer")
             ids.append(action_id)
         selectors = [_fid_selector(f, fsname) for f in fids]
-        if not ids and not selectors and not all:
-            raise InvalidArgument("nothing to cancel: give action ids, FIDs or all=True")
-        request = cpb.CancelRequest(action_ids=ids, fids=selectors, all=bool(all), reason=reason)
+        by_cookie = []
+        for pair in cookies:
+            try:
+                initiator, cookie = pair
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"bad cookie {pair!r}: an (initiator, cookie) pair") from None
+            if not isinstance(initiator, str) or not initiator:
+                raise InvalidArgument(f"bad cookie {pair!r}: the initiator must be a non-empty string")
+            if isinstance(cookie, bool) or not isinstance(cookie, int) or not 0 < cookie <= _U64:
+                raise InvalidArgument(f"bad cookie {pair!r}: the cookie must be an integer from 1 to 2^64-1")
+            by_cookie.append(tpb.Requester(initiator=initiator, cookie=cookie))
+        if not ids and not selectors and not by_cookie and not all:
+            raise InvalidArgument("nothing to cancel: give action ids, FIDs, cookies or all=True")
+        request = cpb.CancelRequest(action_ids=ids, fids=selectors, all=bool(all), reason=reason,
+                                    cookies=by_cookie)
         return list(self._call("Cancel", request, "cancel").results)
 
     def get_action(self, action_id: int) -> tpb.Action:

@@ -1,5 +1,6 @@
-"""Lustre HSM state flags, the in-kernel "needed"/"allowed" rules, and the
-``lfs hsm_state`` / ``lfs hsm_action`` output formats.
+"""Lustre HSM state flags, the in-kernel "needed"/"allowed" rules, the
+``lfs hsm_state`` / ``lfs hsm_action`` output formats, the MDT's action
+record statuses (``ARS_*``) and the changelog's HSM flags (``CLF_HSM_*``).
 
 Pure functions only: used by simfs, by hsmctl and by the coordinator's
 state machine alike.
@@ -22,11 +23,18 @@ class HS(IntFlag):
     NORELEASE = 0x10
     NOARCHIVE = 0x20
     LOST = 0x40
+    PCCRW = 0x80  # the file is attached to a read-write persistent client cache
+    PCCRO = 0x100  # the file is attached to a read-only persistent client cache
 
 
-HS_ALL = HS.EXISTS | HS.DIRTY | HS.RELEASED | HS.ARCHIVED | HS.NORELEASE | HS.NOARCHIVE | HS.LOST
-#: Flags a user may set or clear with ``lfs hsm_set``/``hsm_clear``.
+#: Flags a user may set or clear with ``lfs hsm_set``/``hsm_clear`` (``HSM_USER_MASK``).
 HS_USER_MASK = HS.NORELEASE | HS.NOARCHIVE | HS.DIRTY
+#: The other flags (``HSM_STATUS_MASK``), PCC ones included.
+HS_STATUS_MASK = HS.EXISTS | HS.LOST | HS.RELEASED | HS.ARCHIVED | HS.PCCRW | HS.PCCRO
+#: Every flag a file may carry (``HSM_FLAGS_MASK``, 0x1ff): the MDT refuses
+#: others with EINVAL (mdt_hsm.c: mdt_hsm_state_set). No rule below looks at
+#: the PCC bits.
+HS_ALL = HS_USER_MASK | HS_STATUS_MASK
 
 
 class HSMA(IntEnum):
@@ -66,7 +74,8 @@ _U64 = (1 << 64) - 1
 #: ``LUSTRE_EOF``: an extent length (or end) meaning "to the end of the file".
 LUSTRE_EOF = _U64
 
-# Order and words of `lfs hsm_state` (lfs.c: lfs_hsm_state).
+# Order and words of `lfs hsm_state` (lfs.c: lfs_hsm_state). It has no word
+# for HS_PCCRW and HS_PCCRO: they show only in the number.
 _STATE_WORDS: tuple[tuple[HS, str], ...] = (
     (HS.RELEASED, "released"),
     (HS.EXISTS, "exists"),
@@ -103,6 +112,7 @@ def format_hsm_state(path: str, flags: int, archive_id: int) -> str:
 
 
 def archive_needed(flags: int) -> bool:
+    """``hsm_action_is_needed`` for HSMA_ARCHIVE (without HSM_FORCE_ACTION)."""
     return bool(flags & HS.DIRTY) or not (flags & HS.ARCHIVED)
 
 
@@ -154,12 +164,22 @@ def resolve_archive_id(request_archive_id: int, file_archive_id: int, default: i
     return default
 
 
-def check_request(kind: int, flags: int, file_archive_id: int, request_archive_id: int) -> int | None:
-    """Apply the in-kernel rules to a request of copytool action *kind*.
+def check_request(kind: int, flags: int, file_archive_id: int, request_archive_id: int,
+                  request_flags: int = 0) -> int | None:
+    """Apply the in-kernel rules to a request of copytool action *kind*
+    (mdt_hsm_cdt_client.c: mdt_hsm_register_hal).
 
     Returns ``None`` when the action must be queued, ``0`` when it is not
     needed (the request succeeds without work) and ``EPERM`` when it is not
-    allowed.
+    compatible with the file's state.
+
+    ``HSM_FORCE_ACTION`` in *request_flags* only makes the action "needed"
+    (``hsm_action_is_needed`` returns true at once); the compatibility check
+    that follows (``mdt_hsm_is_action_compat``) includes the "needed"
+    conditions, so a forced action that would not be needed is refused with
+    EPERM instead of being skipped: a forced archive of a clean archived
+    file, a forced restore of a file that is not released, a forced remove
+    of a file never archived.
     """
     if kind == HSMA.ARCHIVE:
         needed, allowed = archive_needed(flags), archive_allowed(flags, file_archive_id, request_archive_id)
@@ -169,11 +189,125 @@ def check_request(kind: int, flags: int, file_archive_id: int, request_archive_i
         needed, allowed = remove_needed(flags), remove_allowed(flags)
     else:
         raise ValueError(f"unknown HSM action {kind!r}")
-    if not needed:
+    if not (needed or request_flags & HSM_FORCE_ACTION):
         return 0
-    if not allowed:
+    # mdt_hsm_is_action_compat() is "needed and allowed" for each kind
+    if not (needed and allowed):
         return _errno.EPERM
     return None
+
+
+class ARS(IntEnum):
+    """Status of a record of the MDT's action log (lustre_idl.h: enum
+    agent_req_status); ``agent_req_status2name`` gives the names.
+
+    A record whose cancel has been sent to its copytool is already CANCELED
+    (mdt_coordinator.c: mdt_hsm_add_hsr): ``lfs hsm_action`` then no longer
+    shows it (mdt_hsm_cdt_client.c: hsm_get_action_cb keeps only WAITING and
+    STARTED records that are not a CANCEL)."""
+
+    WAITING = 0
+    STARTED = 1
+    FAILED = 2
+    CANCELED = 3
+    SUCCEED = 4
+
+
+def agent_req_status2name(status: int) -> str:
+    """``WAITING`` ... ``SUCCEED``, ``UNKNOWN`` for anything else."""
+    try:
+        return ARS(status).name
+    except ValueError:
+        return "UNKNOWN"
+
+
+# --------------------------------------------------------------------------
+# Changelog: the flags of a CL_HSM record (lustre_user.h, "Flags for HSM")
+
+#: changelog record type of HSM events (enum changelog_rec_type)
+CL_HSM = 16
+CLF_HSM_ERR_L, CLF_HSM_ERR_H = 0, 6  # errno, 7 bits
+CLF_HSM_EVENT_L, CLF_HSM_EVENT_H = 7, 9  # enum hsm_event, 3 bits
+CLF_HSM_FLAG_L, CLF_HSM_FLAG_H = 10, 11  # flags, 2 bits (1 used)
+CLF_HSM_SPARE_L, CLF_HSM_SPARE_H = 12, 15
+CLF_HSM_LAST = 15
+CLF_HSM_SUCCESS = 0x00
+CLF_HSM_MAXERROR = 0x7E
+CLF_HSM_ERROVERFLOW = 0x7F
+#: value of the flag field (bits 10-11): the file is dirty after the request
+CLF_HSM_DIRTY = 1
+
+
+class HE(IntEnum):
+    """``enum hsm_event``: bits 7-9 of a CL_HSM record's flags."""
+
+    ARCHIVE = 0
+    RESTORE = 1
+    CANCEL = 2
+    RELEASE = 3
+    REMOVE = 4
+    STATE = 5
+    SPARE1 = 6
+    SPARE2 = 7
+
+
+def _clf_get_bits(flags: int, high: int, low: int) -> int:
+    # CLF_GET_BITS: drop the bits above `high` (in 16 bits), shift `low` to bit 0
+    return ((flags << (CLF_HSM_LAST - high)) & 0xFFFF) >> (CLF_HSM_LAST - high + low)
+
+
+def clf_hsm_pack(event: int, error: int = 0, flags: int = 0) -> int:
+    """The changelog flags of an HSM event (hsm_set_cl_event,
+    hsm_set_cl_error, hsm_set_cl_flags): *event* an ``HE``, *error* an
+    errno (its sign ignored; above ``CLF_HSM_MAXERROR`` it is stored as
+    ``CLF_HSM_ERROVERFLOW``), *flags* ``CLF_HSM_DIRTY`` or 0."""
+    event = HE(event)
+    if not 0 <= flags <= 3:
+        raise ValueError(f"CL_HSM flags {flags!r} do not fit in 2 bits")
+    err = abs(error)
+    if err > CLF_HSM_MAXERROR:
+        err = CLF_HSM_ERROVERFLOW
+    return (err << CLF_HSM_ERR_L) | (int(event) << CLF_HSM_EVENT_L) | (flags << CLF_HSM_FLAG_L)
+
+
+def clf_hsm_unpack(clf_flags: int) -> tuple[HE, int, int]:
+    """(event, error, flags) of a CL_HSM record's flags (hsm_get_cl_event,
+    hsm_get_cl_error, hsm_get_cl_flags); an error of
+    ``CLF_HSM_ERROVERFLOW`` means "larger than 126"."""
+    return (
+        HE(_clf_get_bits(clf_flags, CLF_HSM_EVENT_H, CLF_HSM_EVENT_L)),
+        _clf_get_bits(clf_flags, CLF_HSM_ERR_H, CLF_HSM_ERR_L),
+        _clf_get_bits(clf_flags, CLF_HSM_FLAG_H, CLF_HSM_FLAG_L),
+    )
+
+
+_COMPLETION_EVENTS = {HSMA.ARCHIVE: HE.ARCHIVE, HSMA.RESTORE: HE.RESTORE, HSMA.REMOVE: HE.REMOVE,
+                      HSMA.CANCEL: HE.CANCEL}
+
+
+def completion_errno(errval: int) -> int:
+    """The errno the MDT records for a copytool's end: ``abs(errval)``
+    (llapi_hsm_action_end), and ENOSYS ("this copytool cannot do it") is
+    turned into ECANCELED (mdt_coordinator.c: hsm_cdt_request_completed)."""
+    err = abs(errval)
+    return _errno.ECANCELED if err == _errno.ENOSYS else err
+
+
+def archive_failure_dirties(flags: int, errval: int) -> bool:
+    """Does a failed archive (non-zero *errval*) mark the file DIRTY "for
+    safety"? Only an ARCHIVED, not yet DIRTY file, and not when the copytool
+    answered EALREADY (hsm_cdt_request_completed)."""
+    return (errval != 0 and completion_errno(errval) != _errno.EALREADY
+            and flags & (HS.ARCHIVED | HS.DIRTY) == HS.ARCHIVED)
+
+
+def completion_changelog_flags(kind: int, errval: int, dirty_after: bool) -> int:
+    """The flags of the CL_HSM record the MDT writes when a copytool ends an
+    action of *kind* (``HSMA``) with *errval* (hsm_cdt_request_completed):
+    the event, the errno (``completion_errno``) and CLF_HSM_DIRTY when the
+    file is DIRTY afterwards."""
+    return clf_hsm_pack(_COMPLETION_EVENTS[HSMA(kind)], completion_errno(errval),
+                        CLF_HSM_DIRTY if dirty_after else 0)
 
 
 class HPS(IntEnum):

@@ -78,6 +78,7 @@ from hsm.hsmflags import (
     HS,
     HS_ALL,
     HS_USER_MASK,
+    archive_failure_dirties,
     release_allowed,
     remove_allowed,
     resolve_archive_id,
@@ -770,7 +771,10 @@ class SimFS:
         released meanwhile), the copy is not a copy of the file: raises
         ``OSError(EBUSY)`` and does not set ARCHIVED. A failed archive
         (non-zero *error*, or that EBUSY) of an ARCHIVED file sets DIRTY so
-        that it is archived again."""
+        that it is archived again, except with EALREADY, as the MDT does
+        (mdt_coordinator.c: hsm_cdt_request_completed). The sign of *error*
+        is ignored (llapi_hsm_action_end)."""
+        error = abs(error)
         real = self.path_of(fid)
         with self._locked():
             dv, attrs = self._owned_locked(fid, real)
@@ -781,7 +785,7 @@ class SimFS:
                 busy = f"the file changed during the archive (data version {begin_version} -> {dv})"
             if error != 0 or busy:
                 new = attrs
-                if attrs.flags & HS.ARCHIVED and not attrs.flags & HS.RELEASED:
+                if archive_failure_dirties(attrs.flags, error or errno.EBUSY) and not attrs.flags & HS.RELEASED:
                     new = attrs.with_flags(set=HS.DIRTY)
                 if new != attrs:
                     self._write_hsm(real, new)

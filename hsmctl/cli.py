@@ -108,7 +108,7 @@ exit status:
 --json output (stable keys; new keys may be added, none renamed):
   state    [{"path", "fid", "flags", "states": [words], "archive_id",
              "archived_version"}]
-  action   [{"path", "fid", "action": NOOP|ARCHIVE|RESTORE|REMOVE|CANCEL,
+  action   [{"path", "fid", "action": NOOP|ARCHIVE|RESTORE|REMOVE,
              "progress": waiting|running|"", "action_id", "state",
              "offset", "length", "bytes_moved"}]
   actions  [{"action_id", "fsname", "fid", "kind", "archive_id", "extent",
@@ -945,12 +945,17 @@ def cmd_state(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _current_action(actions: Iterable[tpb.Action]) -> tpb.Action | None:
-    """The action ``lfs hsm_action`` shows: the running one, else the oldest waiting."""
+    """The action ``lfs hsm_action`` shows: the running one, else the oldest
+    waiting. A CANCELING action is skipped: the MDT marks a request CANCELED
+    as soon as its cancel is sent to the copytool (mdt_coordinator.c:
+    mdt_hsm_add_hsr) and mdt_hsm_get_action shows only WAITING and STARTED
+    requests, never a CANCEL one; so lfs prints the file's next action, or
+    NOOP, never CANCEL."""
     from hsm.v1 import types_pb2 as tpb
 
     waiting = None
     for a in actions:
-        if a.state in (tpb.STARTED, tpb.CANCELING):
+        if a.state == tpb.STARTED:
             return a
         if a.state == tpb.WAITING and (waiting is None or a.created < waiting.created):
             waiting = a
@@ -966,9 +971,7 @@ def action_view(action: tpb.Action | None) -> tuple[int | None, str, int, int, i
     offset, length = 0, -1
     if action.HasField("extent"):
         offset, length = action.extent.offset, action.extent.length
-    if action.state == tpb.CANCELING:
-        return HSMA.CANCEL, "running", offset, length, action.bytes_done
-    if action.state == tpb.STARTED:
+    if action.state in (tpb.STARTED, tpb.CANCELING):
         return int(action.kind), "running", offset, length, action.bytes_done
     return int(action.kind), "waiting", offset, length, 0
 
@@ -993,7 +996,7 @@ def cmd_action(args: argparse.Namespace, ctx: Context) -> int:
                 kind, word, offset, length, moved = action_view(action)
                 if args.json:
                     names: dict[int, str] = {HSMA.ARCHIVE: "ARCHIVE", HSMA.RESTORE: "RESTORE",
-                             HSMA.REMOVE: "REMOVE", HSMA.CANCEL: "CANCEL"}
+                                             HSMA.REMOVE: "REMOVE"}
                     rows.append({
                         "path": path,
                         "fid": str(fid),

@@ -1,4 +1,5 @@
-"""FIDs parse strictly and print exactly as Lustre's DFID does."""
+"""FIDs parse as llapi_fid_parse does and print exactly as Lustre's DFID
+does (more vectors in test_fidelity.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ from hsm.fid import Fid, FidError
         ("[0x200000400:0x1:0x0]", Fid(0x200000400, 1, 0)),
         ("0x200000400:0x1:0x0", Fid(0x200000400, 1, 0)),
         ("[0x200000bd1:0x1a2b:0x3]", Fid(0x200000BD1, 0x1A2B, 3)),
-        ("[0xFFFFFFFFFFFFFFFF:0xffffffff:0xffffffff]", Fid(2**64 - 1, 2**32 - 1, 2**32 - 1)),
+        ("[0xFFFFFFFFFFFFFFFE:0xffffffff:0xffffffff]", Fid(2**64 - 2, 2**32 - 1, 2**32 - 1)),
         ("  [0x1:0x2:0x3]\n", Fid(1, 2, 3)),
+        # llapi_fid_parse reads each field with strtoull(s, &end, 0)
+        ("200000400:1:0", Fid(200000400, 1, 0)),
+        ("[ 0x1:0x2:0x3]", Fid(1, 2, 3)),
+        ("[0:0x0:0x0]", Fid(0, 0, 0)),
+        ("[0x200000400:0x1:0x0", Fid(0x200000400, 1, 0)),
     ],
 )
 def test_parse(text: str, fid: Fid) -> None:
@@ -30,13 +36,11 @@ def test_parse(text: str, fid: Fid) -> None:
         "[]",
         "[0x200000400:0x1]",
         "[0x200000400:0x1:0x0:0x0]",
-        "200000400:1:0",
-        "[0x200000400:0x1:0x0",
         "0x200000400:0x1:0x0]",
         "[0x1ffffffffffffffff:0x1:0x0]",
+        "[0xffffffffffffffff:0x1:0x0]",
         "[0x200000400:0x100000000:0x0]",
         "[0xg:0x1:0x0]",
-        "[ 0x1:0x2:0x3]",
         "[0x-1:0x1:0x0]",
     ],
 )
@@ -68,7 +72,7 @@ def test_pack_is_struct_lu_fid() -> None:
         Fid.unpack(b"\x00" * 15)
 
 
-@given(st.integers(1, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+@given(st.integers(0, 2**64 - 2), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
 def test_round_trip(seq: int, oid: int, ver: int) -> None:
     f = Fid(seq, oid, ver)
     assert Fid.parse(str(f)) == f

@@ -155,18 +155,22 @@ def test_needed_and_allowed_rules() -> None:
         item(2, Kind.RESTORE, hsm_flags=0),  # not released: not needed
         item(3, Kind.RESTORE, hsm_flags=int(HS.RELEASED)),  # released but not archived: EPERM
         item(4, Kind.ARCHIVE, hsm_flags=int(HS.NOARCHIVE)),
+        # forced: "needed", then refused as not compatible (mdt_hsm_cdt_client.c:
+        # hsm_action_is_needed, then mdt_hsm_is_action_compat -> EPERM)
         item(5, Kind.ARCHIVE, hsm_flags=archived, hsm_archive_id=1, flags=HSM_FORCE_ACTION),
         item(6, Kind.REMOVE, hsm_flags=int(HS.EXISTS | HS.ARCHIVED | HS.RELEASED), hsm_archive_id=1),
+        item(7, Kind.ARCHIVE, hsm_flags=archived | int(HS.DIRTY), hsm_archive_id=1, flags=HSM_FORCE_ACTION),
     )
     assert [x.outcome for x in r] == [
         Outcome.NOT_NEEDED,
         Outcome.NOT_NEEDED,
         Outcome.REJECTED,
         Outcome.REJECTED,
-        Outcome.CREATED,
         Outcome.REJECTED,
+        Outcome.REJECTED,
+        Outcome.CREATED,
     ]
-    assert r[2].errno == E.EPERM and r[3].errno == E.EPERM
+    assert r[2].errno == E.EPERM and r[3].errno == E.EPERM and r[4].errno == E.EPERM
     assert len(h.state.actions) == 1
 
 

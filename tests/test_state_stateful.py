@@ -21,6 +21,7 @@ from coordinator.state import (
     Cancel,
     Complete,
     Completion,
+    CookieTarget,
     DrainAgent,
     FidTarget,
     Item,
@@ -51,8 +52,9 @@ items = st.builds(
     kind=kinds,
     archive_id=st.sampled_from([0, 1, 2, 5]),
     requester=st.builds(Requester, initiator=st.sampled_from(["oss1", "oss2", "cli"]), cookie=st.integers(0, 5)),
-    key=st.sampled_from(["", "", "k1", "k2", "k3", "k4"]),
-    hsm_flags=st.one_of(st.none(), st.integers(0, 0x7F)),
+    key=st.sampled_from(["", "", "k1", "k2", "k3", "k4", "oss1:1", "cli:2"]),
+    hsm_flags=st.one_of(st.none(), st.integers(0, 0x1FF)),
+    flags=st.sampled_from([0, 0, 0x1, 0x4]),
     hsm_archive_id=st.sampled_from([0, 1, 2]),
     data_version=st.sampled_from([0, 0, 1, 2]),
 )
@@ -117,20 +119,24 @@ class ShardMachine(RuleBasedStateMachine):
         self.apply(DrainAgent(self.tick(), agent, drain))
         assert (agent in self.state.drained) is drain
 
-    @rule(data=st.data(), errno=st.sampled_from([0, 0, E.EIO, E.ECANCELED, E.ENOSPC]), retry=st.booleans(),
+    @rule(data=st.data(), errno=st.sampled_from([0, 0, E.EIO, E.ECANCELED, E.ENOSPC, E.ENOSYS, E.EALREADY, -E.EIO]),
+          retry=st.booleans(),
           stale=st.booleans(), handback=st.booleans())
     def complete(self, data: st.DataObject, errno: int, retry: bool, stale: bool, handback: bool) -> None:
         running = [a for a in self.state.actions.values() if a.state in (State.STARTED, State.CANCELING)]
         if not running:
             return
         a = data.draw(st.sampled_from(running))
-        before = a.state
+        before, reclaiming = a.state, a.reclaiming
         attempt = a.attempt - 1 if stale else a.attempt
         self.apply(Complete(self.tick(), (Completion(a.id, attempt, errno, "m", retry, handback=handback),)))
         if stale:
             assert a.state is before
         elif errno == 0:
             assert a.state is State.SUCCEEDED, "a reported success is always recorded"
+        elif errno == E.ENOSYS and not reclaiming and (before is State.CANCELING or not handback):
+            assert a.state in (State.FAILED, State.CANCELED), "ENOSYS is never retried"
+        assert a.errno >= 0, "an errno is recorded positive"
 
     @rule(data=st.data(), done=st.integers(0, 100))
     def progress(self, data: st.DataObject, done: int) -> None:
@@ -140,9 +146,12 @@ class ShardMachine(RuleBasedStateMachine):
             self.apply(Progress(self.tick(), (ProgressReport(a.id, a.attempt, done, 100),)))
             assert a.bytes_done == done
 
-    @rule(data=st.data(), how=st.sampled_from(["id", "fid", "all", "unknown"]))
+    @rule(data=st.data(), how=st.sampled_from(["id", "fid", "all", "unknown", "cookie"]))
     def cancel(self, data: st.DataObject, how: str) -> None:
-        if how == "all":
+        cookie = CookieTarget(data.draw(st.sampled_from(["oss1", "oss2", "cli"])), data.draw(st.integers(1, 5)))
+        if how == "cookie":
+            cmd = Cancel(self.tick(), cookies=(cookie,))
+        elif how == "all":
             cmd = Cancel(self.tick(), all=True)
         elif how == "unknown":
             cmd = Cancel(self.tick(), action_ids=(999_999_003,))
@@ -159,6 +168,10 @@ class ShardMachine(RuleBasedStateMachine):
                 assert holders[e.action_id] == (e.agent, e.attempt), "cancel routed to the wrong agent"
         if how == "all":
             assert all(a.state is not State.WAITING for a in self.state.actions.values())
+        if how == "cookie":
+            [reply] = res.replies
+            assert reply.cookie == cookie
+            assert reply.action_id == (self.state.keys.get(cookie.key, 0) >> 3), "cookie resolved by its key"
 
     @rule(wait=st.floats(0, 10))
     def reclaim_stale(self, wait: float) -> None:

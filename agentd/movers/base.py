@@ -56,7 +56,7 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    errno: int = 0  # 0 = success, positive errno otherwise (ECANCELED after a cancel)
+    errno: int = 0  # 0 = success, positive errno otherwise (ECANCELED after a cancel); run_action makes it positive
     message: str = ""
     bytes_done: int = 0
     retry: bool = False  # transient failure: the coordinator may queue it again
@@ -112,7 +112,7 @@ def begin_action(job: Job) -> ActionHandle | Result:
         log.info("%s: %s not needed: %s", job.log_prefix(), kind_name(job.kind), exc)
         return Result(message=f"not needed: {exc}")
     except OSError as exc:
-        err = exc.errno or errno.EIO
+        err = abs(exc.errno or errno.EIO)
         msg = f"cannot start {kind_name(job.kind)} of {job.fid}: {exc.strerror or exc}"
         log.error("%s: %s", job.log_prefix(), msg)
         return Result(errno=err, message=msg, retry=is_transient(err))
@@ -172,6 +172,7 @@ def run_action(job: Job, mover: str, op: Callable[[Job, ActionHandle], int]) -> 
         log.exception("%s: unexpected error", prefix)
         err, msg = errno.EIO, f"internal error in {mover} mover: {exc!r}"
 
+    err = abs(err)  # an errno's sign means nothing (llapi_hsm_action_end: abs(errval))
     try:
         handle.end(err, done)
     except OSError as exc:

@@ -147,18 +147,20 @@ class FidSelector(_message.Message):
     def __init__(self, fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
-    __slots__ = ("action_ids", "fids", "all", "reason", "shards")
+    __slots__ = ("action_ids", "fids", "all", "reason", "shards", "cookies")
     ACTION_IDS_FIELD_NUMBER: _ClassVar[int]
     FIDS_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
+    COOKIES_FIELD_NUMBER: _ClassVar[int]
     action_ids: _containers.RepeatedScalarFieldContainer[int]
     fids: _containers.RepeatedCompositeFieldContainer[FidSelector]
     all: bool
     reason: str
     shards: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, action_ids: _Optional[_Iterable[int]] = ..., fids: _Optional[_Iterable[_Union[FidSelector, _Mapping]]] = ..., all: _Optional[bool] = ..., reason: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ...) -> None: ...
+    cookies: _containers.RepeatedCompositeFieldContainer[_types_pb2.Requester]
+    def __init__(self, action_ids: _Optional[_Iterable[int]] = ..., fids: _Optional[_Iterable[_Union[FidSelector, _Mapping]]] = ..., all: _Optional[bool] = ..., reason: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ..., cookies: _Optional[_Iterable[_Union[_types_pb2.Requester, _Mapping]]] = ...) -> None: ...
 
 class CancelResult(_message.Message):
     __slots__ = ("action_id", "outcome", "state")

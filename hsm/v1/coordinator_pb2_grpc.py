@@ -98,7 +98,7 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """Cancel actions by id, by FID, or all non-terminal actions.
+        """Cancel actions by id, by FID, by a requester's cookie, or all non-terminal actions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
