@@ -40,10 +40,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hsm.hsmflags import HSMA
-from hsm.lustre.hal import ActionItem, parse_hal
+from hsm.lustre.hal import ActionItem, ActionList, build_hal, parse_hal
 
 #: seconds between two reports of the same MDT condition
 REPORT_EVERY = 300.0
+#: items per list the journal's compaction writes (hai_data is at most a
+#: few KiB: a list stays well inside the 1 MiB receive buffer)
+LIST_ITEMS = 100
 
 
 def initiator_of(fsname: str) -> str:
@@ -180,6 +183,19 @@ class BridgeCore:
         for _at, _kind, items in self._retry:
             out += items
         out += [e.received for e in self._outstanding.values()]
+        return out
+
+    def live_lists(self) -> list[bytes]:
+        """``live()`` as action lists (one per file system, archive id and
+        list flags, in the order received), for the journal's compaction."""
+        groups: dict[tuple[str, int, int], list[ActionItem]] = {}
+        for rec in self.live():
+            groups.setdefault((rec.fsname, rec.archive_id, rec.hal_flags), []).append(rec.item)
+        out = []
+        for (fsname, archive_id, flags), items in groups.items():
+            for start in range(0, len(items), LIST_ITEMS):
+                out.append(build_hal(ActionList(fsname, archive_id, tuple(items[start:start + LIST_ITEMS]),
+                                                flags=flags)))
         return out
 
     def next_timer(self, now: float) -> float | None:
