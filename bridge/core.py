@@ -17,11 +17,11 @@ What it decides:
 * Backpressure: while ``max_backlog`` items wait for the coordinator's
   answer, the shell stops reading the MDT (``reading_allowed``): the lists
   wait in the kernel, never in an unbounded buffer here.
-* Items the MDT holds as STARTED that nobody else will end are ended at
-  the MDT (``EndAtMdt``): a request the coordinator refused, and an action
-  that ended without an agent having ended its item (canceled while
-  waiting, failed before any run). An item an agent already ended answers
-  ENOENT there, which is fine.
+* Items the MDT holds as STARTED that no agent may end are ended at the
+  MDT (``EndAtMdt``): a request the coordinator refused, and every action
+  that ended other than SUCCEEDED (canceled while waiting, failed after
+  its agent was lost). An item its agent already ended answers ENOENT
+  there, which is fine.
 * The MDT's limits, detected and reported rather than only documented:
   it sends nothing while ``mdt_max_requests`` of its items are STARTED (a
   stall: items outstanding at that count and no list for ``stall_after``),
@@ -298,19 +298,20 @@ class BridgeCore:
         return [Report("warning", "unavailable",
                        f"{kind} of {len(items)} item(s) failed ({error}); again in {self._delay:.1f} s")]
 
-    def on_action_ended(self, now: float, action_id: int, state: str, errno: int,
-                        agent_ran: bool) -> list[Instruction]:
-        """An action this bridge forwarded ended. *agent_ran*: an agent began
-        it (and so ended its MDT item itself)."""
+    def on_action_ended(self, now: float, action_id: int, state: str, errno: int) -> list[Instruction]:
+        """An action this bridge forwarded ended. A success was ended at the
+        MDT by its agent. Any other end is ended at the MDT here too: the
+        action may have ended with no agent ever beginning it (canceled
+        while waiting) or after its agent was lost; where its agent did end
+        the item, the MDT answers this second end with ENOENT, harmlessly."""
         out: list[Instruction] = []
         for key in self._by_action.pop(action_id, []):
             entry = self._outstanding.pop(key, None)
             self._known.discard(key)
-            if entry is None:
+            if entry is None or state == "SUCCEEDED":
                 continue
-            if state != "SUCCEEDED" and not agent_ran:
-                errval = errno or (E.ECANCELED if state == "CANCELED" else E.EIO)
-                out.append(EndAtMdt(entry.received, errval, f"action {action_id} ended {state} before any run"))
+            errval = errno or (E.ECANCELED if state == "CANCELED" else E.EIO)
+            out.append(EndAtMdt(entry.received, errval, f"action {action_id} ended {state}"))
         return out
 
     # -- internals ----------------------------------------------------------

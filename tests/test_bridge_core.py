@@ -107,15 +107,15 @@ def test_refused_and_not_needed_items_are_ended_at_the_mdt() -> None:
     assert c.counters["created"] == 1 and c.counters["rejected"] == 1
 
 
-def test_an_action_ended_before_any_run_is_ended_at_the_mdt_once() -> None:
+def test_an_action_that_did_not_succeed_is_ended_at_the_mdt_once() -> None:
     c = core()
     c.on_list(0.0, hal(item(1), item(2)))
     (sub,) = only(c.on_tick(1.0), Submit)
     c.on_submitted(1.1, sub.batch, [Res("CREATED", 1001), Res("CREATED", 2001)])
-    (end,) = c.on_action_ended(2.0, 1001, "CANCELED", E.ECANCELED, agent_ran=False)
+    (end,) = c.on_action_ended(2.0, 1001, "CANCELED", E.ECANCELED)
     assert isinstance(end, EndAtMdt) and (end.item.item.cookie, end.errval) == (0x1001, E.ECANCELED)
-    assert c.on_action_ended(2.1, 1001, "CANCELED", E.ECANCELED, agent_ran=False) == []
-    assert c.on_action_ended(3.0, 2001, "SUCCEEDED", 0, agent_ran=True) == [], "the agent ended it"
+    assert c.on_action_ended(2.1, 1001, "CANCELED", E.ECANCELED) == []
+    assert c.on_action_ended(3.0, 2001, "SUCCEEDED", 0) == [], "its agent ended it"
     assert c.live() == []
 
 
@@ -126,7 +126,7 @@ def test_joined_items_share_one_action_and_each_is_ended() -> None:
                                   cookie=0x9999)))
     (sub,) = only(c.on_tick(1.0), Submit)
     c.on_submitted(1.1, sub.batch, [Res("CREATED", 1001), Res("JOINED", 1001)])
-    ends = c.on_action_ended(2.0, 1001, "FAILED", E.EIO, agent_ran=False)
+    ends = c.on_action_ended(2.0, 1001, "FAILED", E.EIO)
     assert sorted(e.item.item.cookie for e in ends) == [0x1001, 0x9999]
 
 
@@ -241,8 +241,8 @@ class NothingLost(RuleBasedStateMachine):
         if not self.actions:
             return
         aid = data.draw(st.sampled_from(sorted(self.actions)))
-        ran = data.draw(st.booleans())
-        self.c.on_action_ended(self.now, aid, "CANCELED", E.ECANCELED, agent_ran=ran)
+        state = data.draw(st.sampled_from(["SUCCEEDED", "FAILED", "CANCELED"]))
+        self.c.on_action_ended(self.now, aid, state, E.ECANCELED)
         self.finished |= set(self.actions.pop(aid))
 
     @invariant()

@@ -54,7 +54,7 @@ def test_compaction_keeps_only_live_items_and_replays_the_same(tmp_path: Path) -
         (batch,) = core._batches
         core.on_submitted(1.0, batch, [Res("CREATED", 11), Res("REJECTED", 0, 1, "no"), Res("CREATED", 31),
                                        Res("CREATED", 41)])
-        core.on_action_ended(2.0, 41, "SUCCEEDED", 0, agent_ran=True)
+        core.on_action_ended(2.0, 41, "SUCCEEDED", 0)
         j.compact(core.live_lists())
         j.append(hal(5))
     cookies = [i.cookie for raw in Journal(path).replay() for i in parse_hal(raw).items]
