@@ -659,6 +659,35 @@ class SimFS:
         self.fid_of(real)
         return self._refresh(real)
 
+    def alloc_fid(self) -> Fid:
+        """A new FID from the tree's allocator, for a file simfs does not
+        see yet (the volatile file of a restore made by an MDT)."""
+        with self._locked():
+            return self._alloc_fid_locked()
+
+    def set_state(self, path: Path | str, set: int = 0, clear: int = 0,
+                  archive_id: int | None = None) -> HsmAttrs:
+        """What root may do (``llapi_hsm_state_set`` as root): set then
+        clear any HSM flags, and set the archive id. An archive id is kept
+        only for a file that EXISTS in the archive (else nothing changes,
+        as the MDT does); a flag set Lustre refuses raises ``OSError(EINVAL)``."""
+        for name, mask in (("set", set), ("clear", clear)):
+            if not isinstance(mask, int) or mask < 0:
+                raise ValueError(f"{name} mask must be a non-negative int, not {mask!r}")
+        real = self._real(path)
+        with self._locked():
+            self._identify_locked(real)
+            _, attrs = self._refresh_locked(real)
+            new = attrs.with_flags(set=set, clear=clear)
+            if archive_id is not None:
+                if not new.flags & HS.EXISTS:
+                    return attrs
+                new = HsmAttrs(new.flags, archive_id, new.archived_version, new.compat)
+            _check_consistent(new.flags, str(path))
+            if new != attrs:
+                self._write_hsm(real, new)
+            return new
+
     def set_flags(self, path: Path | str, set: int = 0, clear: int = 0) -> HsmAttrs:
         """``lfs hsm_set`` / ``hsm_clear``: set then clear user flags
         (``HS_USER_MASK``: NORELEASE, NOARCHIVE, DIRTY). Other bits raise
@@ -676,15 +705,7 @@ class SimFS:
                 f"(refused: {bad:#x})",
                 str(path),
             )
-        real = self._real(path)
-        with self._locked():
-            self._identify_locked(real)
-            _, attrs = self._refresh_locked(real)
-            new = attrs.with_flags(set=set, clear=clear)
-            _check_consistent(new.flags, str(path))
-            if new != attrs:
-                self._write_hsm(real, new)
-            return new
+        return self.set_state(path, set=set, clear=clear)
 
     def release(self, path: Path | str) -> None:
         """``lfs hsm_release``: drop the file's data, keeping its size and
