@@ -1,0 +1,289 @@
+"""``hsm-bridge``'s shell around ``bridge.core``: it registers as the
+copytool of a Lustre mount, reads the MDT's action lists, journals each
+before acting on it, and carries out what the core decides (submit and
+cancel through the coordinator client, end items at the MDT, watch the
+actions it forwarded, log what an admin must see).
+
+Threads: one reads the MDT (``llapi_hsm_copytool_recv`` blocks), a small
+pool makes the coordinator calls (the client is synchronous and
+thread-safe) and the MDT ends; everything the core sees happens on the
+event loop, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as E
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bridge.core import (
+    BridgeConfig,
+    BridgeCore,
+    Cancel,
+    EndAtMdt,
+    Instruction,
+    Received,
+    Report,
+    Submit,
+    Watch,
+    initiator_of,
+)
+from bridge.journal import Journal
+from hsm.client import (
+    CoordinatorClient,
+    CoordinatorError,
+    DeadlineExceeded,
+    outcome_name,
+    state_name,
+    submit_item,
+)
+from hsm.hsmflags import HP_FLAG_COMPLETED, HSM_REQUEST_FLAGS, HSMA
+from hsm.lustre.api import Copytool, LustreApi
+from hsm.v1 import coordinator_pb2 as cpb
+from hsm.v1 import types_pb2 as tpb
+
+log = logging.getLogger(__name__)
+
+EOF_LENGTH = (1 << 64) - 1
+_KINDS = {HSMA.ARCHIVE: "archive", HSMA.RESTORE: "restore", HSMA.REMOVE: "remove"}
+#: the journal is rewritten when it holds this many more lists than are live
+COMPACT_SLACK = 1000
+#: seconds one watch of the forwarded actions lasts before it is opened
+#: again with the actions forwarded since
+WATCH_ROUND = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    mount: Path
+    core: BridgeConfig
+    journal: Path
+    archive_ids: tuple[int, ...] = (0,)  # 0: every archive id
+
+
+def submit_item_of(rec: Received) -> cpb.SubmitItem:
+    """The coordinator's item for one MDT item: the MDT is the requester
+    (its cookie makes the idempotency key), the list's archive id, the
+    item's extent and ``hai_data``."""
+    it = rec.item
+    extent = None if it.offset == 0 and it.length == EOF_LENGTH else (
+        it.offset, -1 if it.length == EOF_LENGTH else it.length)
+    requester = tpb.Requester(initiator=initiator_of(rec.fsname), cookie=it.cookie, gid=it.gid & 0xFFFFFFFF)
+    return submit_item(rec.fsname, it.fid, _KINDS[HSMA(it.action)], rec.archive_id, requester=requester,
+                       data=it.data, extent=extent, flags=rec.hal_flags & HSM_REQUEST_FLAGS)
+
+
+class Bridge:
+    def __init__(self, config: DaemonConfig, api: LustreApi, client: CoordinatorClient,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.api = api
+        self.client = client
+        self.clock = clock
+        self.core = BridgeCore(config.core)
+        self.journal = Journal(config.journal)
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._may_read = threading.Event()
+        self._stopping = threading.Event()
+        self._ct: Copytool | None = None
+        self._fatal: BaseException | None = None
+        self._watched: set[int] = set()
+        self._watch_lock = threading.Lock()
+        self._watch_more = threading.Event()
+
+    # -- life ---------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Until *stop* is set (or reading the MDT fails for good)."""
+        self._loop = asyncio.get_running_loop()
+        replayed = 0
+        for raw in self.journal.replay():
+            self._do(self.core.on_list(self.clock(), raw))
+            replayed += 1
+        if replayed:
+            log.info("sent again %d action list(s) from the journal %s", replayed, self.config.journal)
+        self._ct = self.api.copytool_register(str(self.config.mount), list(self.config.archive_ids))
+        log.info("registered as the copytool of %s (archive ids %s); forwarding to the coordinators",
+                 self.config.mount, ",".join(map(str, self.config.archive_ids)))
+        reader = threading.Thread(target=self._read_mdt, name="bridge-mdt", daemon=True)
+        watcher = threading.Thread(target=self._watcher, name="bridge-watch", daemon=True)
+        self._may_read.set()
+        reader.start()
+        watcher.start()
+        try:
+            while not stop.is_set() and self._fatal is None:
+                self._wake.clear()
+                self._do(self.core.on_tick(self.clock()))
+                self._backpressure()
+                self._maybe_compact()
+                due = self.core.next_timer(self.clock())
+                delay = 1.0 if due is None else max(0.0, min(1.0, due - self.clock()))
+                waits = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
+                done, pending = await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                for t in pending:
+                    t.cancel()
+        finally:
+            self._stopping.set()
+            self._may_read.set()
+            if self._ct is not None:
+                self._ct.unregister()  # the reader's recv ends
+            self._watch_more.set()
+            reader.join(5)
+            watcher.join(WATCH_ROUND + 5)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self.journal.close()
+        if self._fatal is not None:
+            log.error("reading the MDT failed: %s", self._fatal)
+            return 1
+        return 0
+
+    def _read_mdt(self) -> None:
+        assert self._ct is not None and self._loop is not None
+        while not self._stopping.is_set():
+            self._may_read.wait()
+            if self._stopping.is_set():
+                return
+            try:
+                raw = self._ct.recv()
+            except OSError as exc:
+                if self._stopping.is_set():
+                    return
+                if exc.errno in (E.EINTR, E.EAGAIN):
+                    continue
+                self._fatal = exc
+                self._loop.call_soon_threadsafe(self._wake.set)
+                return
+            self._loop.call_soon_threadsafe(self._on_list, raw)
+
+    def _on_list(self, raw: bytes) -> None:
+        # on disk before anything is done with it; on the loop, so that a
+        # compaction never drops a list the core has not seen yet
+        self.journal.append(raw)
+        self._do(self.core.on_list(self.clock(), raw))
+        self._backpressure()
+
+    def _backpressure(self) -> None:
+        if self.core.reading_allowed():
+            if not self._may_read.is_set():
+                log.info("backlog down to %d item(s): reading the MDT again", self.core.backlog)
+                self._may_read.set()
+        elif self._may_read.is_set():
+            log.warning("%d item(s) wait for the coordinators: no more reading from the MDT until they "
+                        "answer (its lists wait in the kernel)", self.core.backlog)
+            self._may_read.clear()
+
+    def _maybe_compact(self) -> None:
+        live = self.core.live_lists()
+        if self.journal.records > len(live) + COMPACT_SLACK or (self.journal.records and not live):
+            self.journal.compact(live)
+
+    # -- instructions -------------------------------------------------------
+
+    def _do(self, instructions: list[Instruction]) -> None:
+        for ins in instructions:
+            if isinstance(ins, Submit):
+                self._call(self._submit, ins)
+            elif isinstance(ins, Cancel):
+                self._call(self._cancel, ins)
+            elif isinstance(ins, EndAtMdt):
+                self._call(self._end_at_mdt, ins)
+            elif isinstance(ins, Watch):
+                with self._watch_lock:
+                    self._watched.update(ins.action_ids)
+                self._watch_more.set()
+            elif isinstance(ins, Report):
+                log.log(logging.getLevelName(ins.level.upper()), "%s", ins.message)
+        self._wake.set()
+
+    def _call(self, fn: Callable[[Any], None], ins: Instruction) -> None:
+        self._pool.submit(self._guarded, fn, ins)
+
+    def _guarded(self, fn: Callable[[Any], None], ins: Instruction) -> None:
+        try:
+            fn(ins)
+        except Exception:  # a bug: say it, keep the bridge running
+            log.exception("carrying out %s failed", type(ins).__name__)
+
+    def _back(self, method: Callable[..., list[Instruction]], *args: Any) -> None:
+        """Run a core event on the loop (from a pool thread)."""
+        assert self._loop is not None
+
+        def deliver() -> None:
+            self._do(method(self.clock(), *args))
+            self._backpressure()
+
+        self._loop.call_soon_threadsafe(deliver)
+
+    def _submit(self, ins: Submit) -> None:
+        try:
+            results = self.client.submit([submit_item_of(r) for r in ins.items])
+        except CoordinatorError as exc:
+            self._back(self.core.on_failed, ins.batch, str(exc))
+            return
+        self._back(self.core.on_submitted, ins.batch, [_Result(r) for r in results])
+
+    def _cancel(self, ins: Cancel) -> None:
+        try:
+            self.client.cancel(cookies=[(initiator_of(r.fsname), r.item.cookie) for r in ins.items],
+                               reason="canceled at the MDT")
+        except CoordinatorError as exc:
+            self._back(self.core.on_failed, ins.batch, str(exc))
+            return
+        self._back(self.core.on_cancelled, ins.batch)
+
+    def _end_at_mdt(self, ins: EndAtMdt) -> None:
+        it = ins.item.item
+        try:
+            action = self.api.action_begin(self._ct, it, is_error=True)
+            action.end(it.offset, it.length, HP_FLAG_COMPLETED, ins.errval)
+            log.info("%s %s (cookie %#x) ended at the MDT with errno %d: %s", HSMA(it.action).name, it.fid,
+                     it.cookie, ins.errval, ins.why)
+        except OSError as exc:
+            if exc.errno == E.ENOENT:
+                log.debug("cookie %#x: the MDT no longer holds it (ended by its agent)", it.cookie)
+            else:
+                log.warning("cookie %#x: could not end it at the MDT: %s", it.cookie, exc)
+
+    def _watcher(self) -> None:
+        """One thread follows every forwarded action: a watch of all of them
+        for up to ``WATCH_ROUND`` seconds, then again with those added since."""
+        while not self._stopping.is_set():
+            with self._watch_lock:
+                ids = sorted(self._watched)
+            if not ids:
+                self._watch_more.wait(1.0)
+                self._watch_more.clear()
+                continue
+            try:
+                for action in self.client.watch(ids, deadline=WATCH_ROUND):
+                    if action.state in (tpb.SUCCEEDED, tpb.FAILED, tpb.CANCELED):
+                        with self._watch_lock:
+                            self._watched.discard(action.action_id)
+                        self._back(self.core.on_action_ended, action.action_id, state_name(action.state),
+                                   action.errno)
+            except DeadlineExceeded:
+                pass  # the round is over: watch again, with the new ones
+            except CoordinatorError as exc:
+                log.warning("watching %d action(s) failed (%s); watching again", len(ids), exc)
+                self._stopping.wait(1.0)
+
+
+class _Result:
+    """A SubmitResult as the core reads it (outcome by name)."""
+
+    __slots__ = ("outcome", "action_id", "errno", "reason")
+
+    def __init__(self, pb: cpb.SubmitResult) -> None:
+        self.outcome = outcome_name(pb.outcome)
+        self.action_id = pb.action_id
+        self.errno = pb.errno
+        self.reason = pb.reason
