@@ -2,8 +2,10 @@
 copytool calls (``llapi_hsm_action_begin/progress/end``, open by FID).
 
 A backend is what agentd knows of the Lustre side: ``simfs`` (the simulated
-tree, ``agentd.simfs_backend``) or, later, ``lustre`` (ctypes over
-liblustreapi). Movers never touch the filesystem's HSM state themselves:
+tree, ``agentd.simfs_backend``) or ``lustre`` (liblustreapi through
+``hsm.lustre.api``, ``agentd.lustre_backend``; its handles also offer the
+optional hooks ``begin_job``, ``progress`` and ``give_back`` that
+``agentd.movers.base`` calls when present). Movers never touch the filesystem's HSM state themselves:
 they read the source through ``ActionHandle.open_source()``, write restored
 data through ``ActionHandle.open_volatile()``, and report the end with
 ``ActionHandle.end()``, which applies the HSM state effects the MDT would

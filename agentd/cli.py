@@ -60,6 +60,17 @@ movers:
            code 1..133 the errno. A stdout line "progress DONE [TOTAL]"
            reports progress.
 
+backends:
+  simfs    a simulated Lustre tree (--fs-root DIR)
+  lustre   a Lustre client mount through liblustreapi: --backend lustre
+           --mount DIR --fsname NAME [--liblustreapi PATH]. Actions come
+           from the MDT through hsm-bridge and are begun, progressed and
+           ended at the MDT by cookie (llapi_hsm_action_begin/progress/end);
+           an action without a lustre:NAME cookie fails with EINVAL. Needs
+           root. --copytool-handle fake (default) does not register with the
+           MDT; register does, for an archive id no request uses
+           (--register-archive-id N).
+
 signals:
   SIGTERM/SIGINT stop taking work, wait up to drain_timeout (30 s) for the
   running actions, cancel what is left (given back to the coordinator to
@@ -71,6 +82,7 @@ examples:
   agentd --config /etc/agentd.yaml
   agentd --coordinators hsm-0:7600,hsm-1:7600,hsm-2:7600 \\
          --fs-root /srv/simfs --archive-root /srv/archive --slots archive=8,restore=4
+  agentd --backend lustre --mount /mnt/lustre --fsname lustre --archive-root /srv/archive
   agentd --fs-root /srv/simfs --mover command \\
          --archive-cmd '/opt/hsm/put {path} {fid}' --restore-cmd '/opt/hsm/get {fid} {dest}' \\
          --slots remove=0
@@ -96,7 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-id", metavar="ID",
                    help=f"work only for the cluster with this id (env {ENV_CLUSTER}; default: the "
                    "cluster of the first replica that answers)")
-    p.add_argument("--fs-root", metavar="DIR", help="root of the simfs file system tree (backend.root)")
+    p.add_argument("--backend", choices=("simfs", "lustre"),
+                   help="file system backend (backend.type; default simfs)")
+    p.add_argument("--fs-root", metavar="DIR", help="simfs backend: root of the simfs tree (backend.root)")
+    p.add_argument("--mount", metavar="DIR", help="lustre backend: the Lustre client mount point (backend.mount)")
+    p.add_argument("--fsname", metavar="NAME",
+                   help="lustre backend: the file system's name; actions are begun and ended at its MDT "
+                   "with the cookies of the requester lustre:NAME (backend.fsname)")
+    p.add_argument("--liblustreapi", metavar="PATH",
+                   help="lustre backend: liblustreapi to load (backend.library; default $HSM_LIBLUSTREAPI, "
+                   "else liblustreapi.so.1)")
+    p.add_argument("--copytool-handle", choices=("fake", "register"),
+                   help="lustre backend: fake (default) builds the copytool handle begin needs from the mount, "
+                   "without registering with the MDT; register registers for --register-archive-id "
+                   "(backend.copytool_handle)")
+    p.add_argument("--register-archive-id", metavar="N",
+                   help="lustre backend with --copytool-handle register: an archive id no request uses")
     p.add_argument("--mover", choices=("posix", "command", "null"), help="mover plugin (default posix)")
     p.add_argument("--null-delay", metavar="SECONDS", help="null mover: seconds each action takes (default 0)")
     p.add_argument("--archive-root", metavar="DIR", help="posix mover: root of the archive tree")
@@ -160,8 +187,20 @@ def overrides_from_args(args: argparse.Namespace) -> list[Override]:
         ov.append(Override("cluster_id", args.cluster_id, "--cluster-id"))
     if args.mover is not None:
         ov.append(Override("mover.type", args.mover, "--mover"))
+    if args.backend is not None:
+        ov.append(Override("backend.type", args.backend, "--backend"))
     if args.fs_root is not None:
         ov.append(Override("backend.root", args.fs_root, "--fs-root"))
+    for flag, key in (("mount", "mount"), ("fsname", "fsname"), ("liblustreapi", "library"),
+                      ("copytool_handle", "copytool_handle")):
+        v = getattr(args, flag)
+        if v is not None:
+            ov.append(Override(f"backend.{key}", v, f"--{flag.replace('_', '-')}"))
+    if args.register_archive_id is not None:
+        v = args.register_archive_id.strip()
+        if not v.isdigit():
+            raise ConfigError(f"--register-archive-id: {v!r} is not an archive id (a number)")
+        ov.append(Override("backend.register_archive_id", int(v), "--register-archive-id"))
     if args.archive_root is not None:
         ov.append(Override("mover.archive_root", args.archive_root, "--archive-root"))
     if args.archive_id is not None:
@@ -212,10 +251,14 @@ async def _serve(config: AgentConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, agent, sig)
     try:
-        return await agent.run()
+        status = await agent.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    close = getattr(backend, "close", None)
+    if close is not None and status == 0:
+        close()  # unregister from the MDT (lustre); not while a mover thread still runs
+    return status
 
 
 def _on_signal(agent: object, sig: signal.Signals) -> None:

@@ -36,9 +36,30 @@ Reference (every key is optional unless marked *required*):
     The file system the agent works on.
 
     ``type``
-        ``simfs`` (default, the only one for now): a simulated Lustre tree.
-    ``root`` (*required*)
+        ``simfs`` (default): a simulated Lustre tree; ``lustre``: a Lustre
+        client mount through liblustreapi (``agentd.lustre_backend``).
+        Flag ``--backend``.
+    ``root`` (simfs, *required*)
         The simfs root directory. Flag ``--fs-root``.
+    ``mount`` (lustre, *required*)
+        The Lustre client mount point (it has ``.lustre/fid``). Flag ``--mount``.
+    ``fsname`` (lustre, *required*)
+        The file system's name: the agent takes only its actions, and
+        begins and ends them at the MDT with the cookies of the requester
+        ``lustre:<fsname>`` (hsm-bridge's). Flag ``--fsname``.
+    ``library`` (lustre)
+        liblustreapi to load. Default: environment ``HSM_LIBLUSTREAPI``, else
+        ``liblustreapi.so.1``. Flag ``--liblustreapi``.
+    ``copytool_handle`` (lustre, ``fake`` or ``register``; default ``fake``)
+        How agentd gets the copytool handle ``llapi_hsm_action_begin``
+        needs: ``fake`` builds one from the mount without registering (as
+        coordinatool's movers do; the MDT never sends this node a list);
+        ``register`` registers with the MDT for ``register_archive_id``
+        (see ``agentd.lustre_backend`` for the risks of each). Flag
+        ``--copytool-handle``.
+    ``register_archive_id`` (lustre, with ``copytool_handle: register``)
+        An archive id no request ever uses (1..2147483647). Flag
+        ``--register-archive-id``.
 ``mover`` (mapping, *required*)
     How data is moved. ``type`` is ``posix`` (default) or ``command``
     (flag ``--mover``).
@@ -132,6 +153,15 @@ Example (``agentd.yaml``)::
     drain_timeout: 30
     log_level: INFO
 
+On a Lustre client (root; the MDT's requests arrive through hsm-bridge)::
+
+    backend:
+      type: lustre
+      mount: /mnt/lustre
+      fsname: lustre
+      library: /usr/lib64/liblustreapi.so.1   # default: $HSM_LIBLUSTREAPI, liblustreapi.so.1
+      copytool_handle: fake                   # or register, with register_archive_id
+
 The same agent with a site script instead::
 
     mover:
@@ -194,7 +224,12 @@ class SlotsConfig:
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
     type: str = "simfs"
-    root: str = ""
+    root: str = ""  # simfs
+    mount: str = ""  # lustre
+    fsname: str = ""
+    library: str = ""  # empty: $HSM_LIBLUSTREAPI, else liblustreapi.so.1
+    copytool_handle: str = "fake"  # or "register"
+    register_archive_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +445,10 @@ _TOP_KEYS = (
     "log_level",
 )
 _SLOT_KEYS = ("archive", "restore", "remove")
-_BACKEND_KEYS = {"simfs": ("type", "root")}
+_BACKEND_KEYS = {
+    "simfs": ("type", "root"),
+    "lustre": ("type", "mount", "fsname", "library", "copytool_handle", "register_archive_id"),
+}
 _MOVER_KEYS = {
     "posix": (
         "type",
@@ -508,9 +546,11 @@ def load_config(
     source = f"config file {path}" if path else ""
     data: dict[str, Any] = read_config_file(path) if path else {}
     origins = _Origins(source)
-    file_mover_type = None
+    file_mover_type = file_backend_type = None
     if isinstance(data.get("mover"), dict):
         file_mover_type = data["mover"].get("type", "posix")
+    if isinstance(data.get("backend"), dict):
+        file_backend_type = data["backend"].get("type", "simfs")
 
     env_coord = environ.get(ENV_COORDINATORS)
     if env_coord is not None and env_coord.strip():
@@ -528,6 +568,9 @@ def load_config(
                 # switching mover type from the command line: the file's
                 # settings of the other mover do not apply.
                 data["mover"] = {}
+        if ov.key == "backend.type" and isinstance(data.get("backend"), dict):
+            if ov.value != file_backend_type:
+                data["backend"] = {}  # likewise for the backend's settings
         _set_dotted(data, ov.key, ov.value)
         origins.by_key[ov.key] = ov.source
     return _check(data, _Checker(origins))
@@ -590,15 +633,26 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
     slots_cfg: SlotsConfig = kw.get("slots", SlotsConfig())
 
     if "backend" not in data:
-        raise c.fail("backend", "required: set backend.root (flag --fs-root) to the file system root")
+        raise c.fail("backend", "required: set backend.root (flag --fs-root) to the simfs root, or "
+                     "backend.type lustre with backend.mount and backend.fsname (flags --backend lustre "
+                     "--mount DIR --fsname NAME)")
     b = c.mapping(data["backend"], "backend")
     btype = c.string(b.get("type", "simfs"), "backend.type")
     if btype not in _BACKEND_KEYS:
         raise c.fail("backend.type", f"unknown backend {btype!r} (known: {', '.join(_BACKEND_KEYS)})")
+    for k in b:
+        if k not in _BACKEND_KEYS[btype]:
+            owner = [t for t, keys in _BACKEND_KEYS.items() if k in keys]
+            if owner:
+                raise c.fail(f"backend.{k}", f"is a key of the {owner[0]} backend, but backend.type is "
+                             f"{btype!r} (set backend.type: {owner[0]}, flag --backend {owner[0]})")
     c.unknown(b, _BACKEND_KEYS[btype], "backend.", f"{btype} backend")
-    if "root" not in b or b["root"] is None:
-        raise c.fail("backend.root", "required: the root directory of the simfs tree (flag --fs-root)")
-    kw["backend"] = BackendConfig(type=btype, root=c.string(b["root"], "backend.root"))
+    if btype == "lustre":
+        kw["backend"] = _check_lustre(b, c)
+    else:
+        if "root" not in b or b["root"] is None:
+            raise c.fail("backend.root", "required: the root directory of the simfs tree (flag --fs-root)")
+        kw["backend"] = BackendConfig(type=btype, root=c.string(b["root"], "backend.root"))
 
     if "mover" not in data:
         raise c.fail("mover", "required: set mover.type and its keys (e.g. --archive-root DIR)")
@@ -643,6 +697,32 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
         kw["log_level"] = level
 
     return AgentConfig(**kw)
+
+
+def _check_lustre(b: dict[str, Any], c: _Checker) -> BackendConfig:
+    for key, what in (("mount", "the Lustre client mount point (flag --mount)"),
+                      ("fsname", "the file system's name (flag --fsname)")):
+        if b.get(key) is None:
+            raise c.fail(f"backend.{key}", f"required for the lustre backend: {what}")
+    mount = c.string(b["mount"], "backend.mount")
+    fsname = c.string(b["fsname"], "backend.fsname")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,8}", fsname):
+        raise c.fail("backend.fsname", f"{fsname!r} is not a Lustre fsname (1-8 of A-Z a-z 0-9 _ -)")
+    library = "" if b.get("library") is None else c.string(b["library"], "backend.library")
+    handle = c.string(b.get("copytool_handle", "fake"), "backend.copytool_handle").lower()
+    if handle not in ("fake", "register"):
+        raise c.fail("backend.copytool_handle", f"must be fake or register, got {b['copytool_handle']!r}")
+    reg: int | None = None
+    if b.get("register_archive_id") is not None:
+        reg = c.integer(b["register_archive_id"], "backend.register_archive_id", 1, 0x7FFFFFFF)
+    if handle == "register" and reg is None:
+        raise c.fail("backend.register_archive_id",
+                     "required with copytool_handle register: an archive id no request uses "
+                     "(the MDT would send such requests to agentd; flag --register-archive-id)")
+    if handle == "fake" and reg is not None:
+        raise c.fail("backend.register_archive_id", "only used with copytool_handle register")
+    return BackendConfig(type="lustre", mount=mount, fsname=fsname, library=library,
+                         copytool_handle=handle, register_archive_id=reg)
 
 
 def _check_coordinators(raw: Any, c: _Checker) -> tuple[str, ...]:

@@ -80,7 +80,7 @@ from agentd.config import (
     NullMoverConfig,
     PosixMoverConfig,
 )
-from agentd.movers.base import Job, Mover, Result
+from agentd.movers.base import Job, Mover, Requester, Result
 from hsm import __version__
 from hsm.client import CLUSTER_METADATA_KEY, REPLICA_METADATA_KEY, metadata_value
 from hsm.fid import Fid, FidError
@@ -148,8 +148,19 @@ def make_backend(config: AgentConfig) -> Backend:
     bc = config.backend
     if bc is None:
         raise ConfigError("backend: not configured (set backend.root, flag --fs-root)")
+    if bc.type == "lustre":
+        from agentd.lustre_backend import LustreBackend, LustreBackendError
+
+        if isinstance(config.mover, NullMoverConfig):
+            raise ConfigError("mover.type: the null mover never ends an action at the MDT: with backend "
+                              "lustre the MDT's requests would stay STARTED (use posix or command)")
+        try:
+            return LustreBackend(bc.mount, bc.fsname, bc.library or None, copytool_handle=bc.copytool_handle,
+                                 register_archive_id=bc.register_archive_id)
+        except LustreBackendError as exc:
+            raise ConfigError(f"backend (lustre): {exc}") from None
     if bc.type != "simfs":
-        raise ConfigError(f"backend.type: unknown backend {bc.type!r} (known: simfs)")
+        raise ConfigError(f"backend.type: unknown backend {bc.type!r} (known: simfs, lustre)")
     if not os.path.isdir(bc.root):
         raise ConfigError(f"backend.root: {bc.root} is not an existing directory")
     from agentd.simfs_backend import SimfsBackend
@@ -1030,6 +1041,7 @@ class Agent:
             flags=a.flags,
             backend=self.backend,
             data_version=a.data_version,
+            requesters=tuple(Requester(r.initiator, r.cookie, r.gid) for r in a.requesters),
         )
 
     def _defer(self, session: _Session, a: agent_pb2.Assignment, cur: _Running) -> None:

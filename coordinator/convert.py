@@ -176,6 +176,13 @@ def assignment_to_pb(a: Action) -> agent_pb2.Assignment:
         data=a.data,
         flags=a.flags,
         data_version=a.data_version,
+        # the MDT cookies the lustre backend begins and ends the action with
+        requesters=[
+            types_pb2.Requester(
+                initiator=r.initiator, cookie=r.cookie, uid=r.uid, gid=r.gid, projid=r.projid, when=r.when
+            )
+            for r in a.requesters
+        ],
     )
 
 

@@ -5,6 +5,25 @@ action. The mover reports progress through ``job.report()`` (thread-safe,
 cheap: call it as often as you like, agentd rate-limits what it sends), and
 must stop promptly once ``job.cancelled`` is set, returning
 ``Result(errno=ECANCELED)`` after it has cleaned up.
+
+``run_action`` is the one lifecycle every mover uses (begin, op, end). Two
+optional handle capabilities, used when the backend's handle has them (the
+``lustre`` backend's does, simfs's does not):
+
+* ``handle.progress(bytes_done, bytes_total)``: each ``job.report`` is also
+  passed on (``llapi_hsm_action_progress``; the handle rate-limits it). An
+  ``OSError`` from it stops the copy: ECANCELED (cancelled at the MDT) ends
+  the action ECANCELED, ENOENT/EINVAL (the MDT no longer holds the request)
+  fail it with that errno; other errors are logged and the copy goes on.
+* ``handle.give_back(errno)``: an action that ends ECANCELED or with a
+  transient error (``Result.retry``: the coordinator runs it again) is given
+  back instead of ended: the backend lets go of it without telling the file
+  system, whose request stays open for the next attempt. Success, a
+  permanent failure and a refusal still call ``end``.
+
+A backend whose ``begin_job(job)`` exists is begun with the whole job (the
+lustre backend needs the requesters' MDT cookies), else with
+``begin(fid, kind, archive_id)``.
 """
 
 from __future__ import annotations
@@ -31,6 +50,16 @@ _KIND_NAMES: dict[HSMA, str] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """Who asked for the action: an MDT (initiator ``lustre:<fsname>``, its
+    ``hai_cookie`` and ``hai_gid``), ``hsmctl@host`` (cookie 0), ..."""
+
+    initiator: str
+    cookie: int = 0
+    gid: int = 0
+
+
 @dataclass(slots=True)
 class Job:
     action_id: int
@@ -49,6 +78,9 @@ class Job:
     #: the file's data version the request named (0: none): the file begun
     #: must have it, else the action ends ESTALE without moving data
     data_version: int = 0
+    #: the action's requesters, oldest first (the lustre backend begins and
+    #: ends the action at the MDT with the cookies of its own fsname's MDT)
+    requesters: tuple[Requester, ...] = ()
 
     def log_prefix(self) -> str:
         return f"action {self.action_id}/{self.attempt} {self.fid}"
@@ -107,6 +139,10 @@ def begin_action(job: Job) -> ActionHandle | Result:
     the action right away (not needed any more: success without moving
     data; an error: that errno)."""
     try:
+        begin_job = getattr(job.backend, "begin_job", None)
+        if begin_job is not None:
+            handle: ActionHandle = begin_job(job)
+            return handle
         return job.backend.begin(job.fid, job.kind, job.archive_id)
     except NotNeeded as exc:
         log.info("%s: %s not needed: %s", job.log_prefix(), kind_name(job.kind), exc)
@@ -157,6 +193,13 @@ def run_action(job: Job, mover: str, op: Callable[[Job, ActionHandle], int]) -> 
             log.exception("%s: unexpected error ending the refused action", prefix)
         return Result(errno=errno.ESTALE, message=stale)
 
+    give_back: Callable[[int], None] | None = getattr(handle, "give_back", None)
+    stopped: list[OSError] = []  # what the handle's progress said to stop the copy
+    report = job.report
+    progress: Callable[[int, int], None] | None = getattr(handle, "progress", None)
+    if progress is not None:
+        job.report = _reporter(job, report, progress, stopped)
+
     err, msg, done, retry = 0, "", 0, False
     try:
         done = op(job, handle)
@@ -171,15 +214,30 @@ def run_action(job: Job, mover: str, op: Callable[[Job, ActionHandle], int]) -> 
     except Exception as exc:  # a bug: still end the action
         log.exception("%s: unexpected error", prefix)
         err, msg = errno.EIO, f"internal error in {mover} mover: {exc!r}"
+    finally:
+        job.report = report
+    if stopped and err == errno.ECANCELED:
+        # the file system stopped it (its progress answered an error); a copy
+        # that finished anyway still ends, and the MDT has the last word
+        stop = stopped[0]
+        err, retry = stop.errno or errno.EIO, False
+        msg = (f"{kind_name(job.kind)} of {job.fid} cancelled at the MDT" if err == errno.ECANCELED else
+               f"{kind_name(job.kind)} of {job.fid} stopped: the MDT answered the progress with "
+               f"{stop.strerror or stop}")
 
     err = abs(err)  # an errno's sign means nothing (llapi_hsm_action_end: abs(errval))
     try:
-        handle.end(err, done)
+        if err and give_back is not None and (retry or err == errno.ECANCELED):
+            give_back(err)  # the file system's request stays open for the next attempt
+        else:
+            handle.end(err, done)
     except OSError as exc:
         if err == 0:
             err = exc.errno or errno.EIO
             msg = f"{kind_name(job.kind)} of {job.fid} could not be completed: {exc.strerror or exc}"
-            retry = is_transient(err)
+            # a handle that gives back has ended the request at the file
+            # system even when the end failed: no attempt can begin it again
+            retry = is_transient(err) and give_back is None
         else:
             log.warning("%s: ending the failed action also failed: %s", prefix, exc)
     except Exception:
@@ -194,3 +252,30 @@ def run_action(job: Job, mover: str, op: Callable[[Job, ActionHandle], int]) -> 
     else:
         log.error("%s: %s (errno %d%s)", prefix, msg, err, ", will retry" if retry else "")
     return Result(errno=err, message=msg, bytes_done=done, retry=retry)
+
+
+#: errnos from ``handle.progress`` that stop the copy (the MDT cancelled the
+#: request, or no longer holds it)
+_PROGRESS_STOPS = frozenset({errno.ECANCELED, errno.ENOENT, errno.EINVAL})
+
+
+def _reporter(job: Job, report: Callable[[int, int], None], progress: Callable[[int, int], None],
+              stopped: list[OSError]) -> Callable[[int, int], None]:
+    """``job.report`` that also passes the progress to the handle; an error
+    that means the request is gone stops the copy (``job.cancelled``)."""
+
+    def both(done: int, total: int) -> None:
+        report(done, total)
+        if stopped:
+            return
+        try:
+            progress(done, total)
+        except OSError as exc:
+            if exc.errno in _PROGRESS_STOPS:
+                log.info("%s: progress refused (%s): stopping the copy", job.log_prefix(), exc.strerror or exc)
+                stopped.append(exc)
+                job.cancelled.set()
+            else:
+                log.warning("%s: progress not delivered: %s", job.log_prefix(), exc)
+
+    return both

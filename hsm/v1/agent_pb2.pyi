@@ -113,7 +113,7 @@ class RunningReport(_message.Message):
     def __init__(self, actions: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ..., token: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("action_id", "attempt", "fsname", "fid", "dfid", "kind", "archive_id", "extent", "data", "flags", "data_version")
+    __slots__ = ("action_id", "attempt", "fsname", "fid", "dfid", "kind", "archive_id", "extent", "data", "flags", "data_version", "requesters")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     FSNAME_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class Assignment(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTERS_FIELD_NUMBER: _ClassVar[int]
     action_id: int
     attempt: int
     fsname: str
@@ -136,7 +137,8 @@ class Assignment(_message.Message):
     data: bytes
     flags: int
     data_version: int
-    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., dfid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[_types_pb2.Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., data_version: _Optional[int] = ...) -> None: ...
+    requesters: _containers.RepeatedCompositeFieldContainer[_types_pb2.Requester]
+    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., dfid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[_types_pb2.Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., data_version: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[_types_pb2.Requester, _Mapping]]] = ...) -> None: ...
 
 class CancelOrder(_message.Message):
     __slots__ = ("action_id", "attempt", "reason")
