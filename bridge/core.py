@@ -18,10 +18,11 @@ What it decides:
   answer, the shell stops reading the MDT (``reading_allowed``): the lists
   wait in the kernel, never in an unbounded buffer here.
 * Items the MDT holds as STARTED that no agent may end are ended at the
-  MDT (``EndAtMdt``): a request the coordinator refused, and every action
+  MDT (``EndAtMdt``): a request the coordinator refused, every action
   that ended other than SUCCEEDED (canceled while waiting, failed after
-  its agent was lost). An item its agent already ended answers ENOENT
-  there, which is fine.
+  its agent was lost), and, with EALREADY, an item that joined an action
+  which succeeded (its mover may have begun before the item joined). An
+  item its agent already ended answers ENOENT there, which is fine.
 * The MDT's limits, detected and reported rather than only documented:
   it sends nothing while ``mdt_max_requests`` of its items are STARTED (a
   stall: items outstanding at that count and no list for ``stall_after``),
@@ -142,6 +143,7 @@ Instruction = Submit | Cancel | EndAtMdt | Watch | Report
 class _Outstanding:
     received: Received
     action_id: int
+    joined: bool = False  # answered JOINED: another request's item created the action
 
 
 @dataclass(slots=True)
@@ -260,7 +262,7 @@ class BridgeCore:
         for rec, res in zip(items, results, strict=True):
             outcome = res.outcome
             if outcome in ("CREATED", "JOINED"):
-                self._outstanding[rec.key] = _Outstanding(rec, res.action_id)
+                self._outstanding[rec.key] = _Outstanding(rec, res.action_id, outcome == "JOINED")
                 self._by_action.setdefault(res.action_id, []).append(rec.key)
                 watch.append(res.action_id)
                 self.counters[outcome.lower()] += 1
@@ -308,7 +310,14 @@ class BridgeCore:
         for key in self._by_action.pop(action_id, []):
             entry = self._outstanding.pop(key, None)
             self._known.discard(key)
-            if entry is None or state == "SUCCEEDED":
+            if entry is None:
+                continue
+            if state == "SUCCEEDED":
+                if entry.joined:
+                    # its mover may have known only the items there were when
+                    # it began: done by another request's copy, ended EALREADY
+                    # (the MDT does not mark a file DIRTY for it)
+                    out.append(EndAtMdt(entry.received, E.EALREADY, f"action {action_id} did it"))
                 continue
             errval = errno or (E.ECANCELED if state == "CANCELED" else E.EIO)
             out.append(EndAtMdt(entry.received, errval, f"action {action_id} ended {state}"))

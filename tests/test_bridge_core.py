@@ -119,6 +119,17 @@ def test_an_action_that_did_not_succeed_is_ended_at_the_mdt_once() -> None:
     assert c.live() == []
 
 
+def test_an_item_that_joined_a_successful_action_is_ended_ealready() -> None:
+    c = core()
+    c.on_list(0.0, hal(item(1)))
+    c.on_list(0.0, hal(ActionItem(HSMA.ARCHIVE, Fid(0x200000400, 1, 0), Fid(0x200000400, 1, 0), 0, EOF_LEN,
+                                  cookie=0x9999)))
+    (sub,) = only(c.on_tick(1.0), Submit)
+    c.on_submitted(1.1, sub.batch, [Res("CREATED", 1001), Res("JOINED", 1001)])
+    (end,) = c.on_action_ended(2.0, 1001, "SUCCEEDED", 0)
+    assert (end.item.item.cookie, end.errval) == (0x9999, E.EALREADY), "the creator's item its mover ended"
+
+
 def test_joined_items_share_one_action_and_each_is_ended() -> None:
     c = core()
     c.on_list(0.0, hal(item(1, HSMA.RESTORE)))
