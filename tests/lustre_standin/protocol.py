@@ -102,18 +102,17 @@ def socket_path(root: str | os.PathLike[str]) -> Path:
 
 
 def find_socket(path: str | os.PathLike[str]) -> Path:
-    """The MDT socket of the tree holding *path* (walking up, as the C
-    library does). ``FileNotFoundError`` when there is none."""
-    p = Path(os.path.abspath(path))
+    """The MDT socket of the simfs tree holding *path* (the tree's root is
+    found as simfs finds it). ``FileNotFoundError`` when there is none."""
+    from hsm.simfs import NotASimfsTree, SimFS
+
     try:
-        p = p.resolve()
-    except OSError:
-        pass
-    for d in (p, *p.parents):
-        s = d / SOCKET_NAME
-        if s.is_socket():
-            return s
-    raise FileNotFoundError(errno.ENOENT, "no stand-in MDT socket above this path", str(path))
+        sock = socket_path(SimFS.find_root(path))
+    except NotASimfsTree:
+        sock = None
+    if sock is None or not sock.is_socket():
+        raise FileNotFoundError(errno.ENOENT, "no stand-in MDT socket above this path", str(path))
+    return sock
 
 
 def pack_request(op: int, payload: bytes = b"") -> bytes:
