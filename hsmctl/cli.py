@@ -22,7 +22,17 @@ from typing import IO, TYPE_CHECKING, Any
 
 from hsm import __version__
 from hsm.fid import Fid, FidError
-from hsm.hsmflags import HS, HSMA, format_hsm_action, format_hsm_state
+from hsm.hsmflags import HPS, HS, HSMA, HUA, format_hsm_action, format_hsm_state
+from hsmctl.lustre import (
+    ENV_FS,
+    FS_MODES,
+    NOT_LUSTRE_ERRNOS,
+    LustreFs,
+    LustreTarget,
+    hua_of,
+    max_request_items,
+    on_lustre_mount,
+)
 from hsmctl.output import path_text, plain_text
 
 if TYPE_CHECKING:
@@ -54,7 +64,7 @@ _U32 = (1 << 32) - 1
 EPILOG = """\
 commands like lfs:
   archive, restore, remove  queue HSM requests for files (lfs hsm_archive, ...)
-  release                   drop the data of archived files (done locally)
+  release                   drop the data of archived files (done locally, by the client)
   cancel                    cancel actions by path, FID, --id ID[,ID] (repeatable), or all
   state, action             lfs hsm_state / lfs hsm_action output
   set, clear                set or clear the user flags (lfs hsm_set/hsm_clear)
@@ -84,6 +94,35 @@ files:
     characters and backslash, escaped as in bash's $'...': \\xff, \\n, \\t, \\\\
     (in messages, listings and --json alike)
 
+on Lustre (--fs MODE, else $HSM_FS, else auto):
+  auto: a path in a simfs tree (.simfs/fsname above it) is simfs, as always;
+    else one on a Lustre client mount (statfs(2) f_type LL_SUPER_MAGIC) goes
+    through liblustreapi ($HSM_LIBLUSTREAPI, else liblustreapi.so.1), which is
+    loaded only then; else exit 4. lustre: every path goes to liblustreapi,
+    which decides (ENOTTY, ENODEV: exit 4), a simfs tree included (how the
+    tests drive the stand-in library over a simulated MDT). simfs: simfs
+    trees only, liblustreapi is never loaded.
+  state, action, set, clear: llapi_hsm_state_get, llapi_hsm_current_action,
+    llapi_hsm_state_set, printed as lfs does; release: llapi_hsm_request
+    with HUA_RELEASE, as lfs hsm_release.
+  archive, restore, remove, cancel (PATH, or FIDs with -m MNT): sent to the
+    MDT with llapi_hsm_request (FIDs from llapi_path2fid, -a, --data) as
+    lfs hsm_* sends them; the MDT stays the authority and hsm-bridge brings
+    them to the coordinator. One request per mount and at most 52 files
+    (the client refuses more bytes with E2BIG). A file the MDT would skip
+    (not needed) is not sent; one it would refuse is named (EPERM), both
+    judged from its HSM state. -r/--filelist summary: "sent to the MDT N,
+    not needed N, rejected N" (the MDT does not say what joined a queued
+    request). cancel --id/--all and FIDs with --fsname go to the coordinator.
+  --wait on Lustre: polls llapi_hsm_current_action for each file (after
+    0.05 s, doubling up to every 1 s) until the MDT has nothing waiting or
+    running for it, then judges from its HSM state: archive = archived and
+    not dirty, restore = not released, remove = no archived copy. It cannot
+    know which request did the work (any action on the file counts), why
+    one failed (no errno reaches the client: see 'hsmctl actions' or the
+    MDT's changelog), nor a cancel from a failure; a file written after
+    its copy ended reads as failed (dirty). Summary: "succeeded N, failed N".
+
 from lctl get_param mdt.*.hsm.* (no runtime settings yet; README "Coming
 from lctl get_param"):
   max_requests            agentd --slots (per agent; the cluster runs their sum)
@@ -104,13 +143,17 @@ exit status:
   3  coordinator unreachable: no replica answered within --timeout, or the
      replicas that answered belong to another cluster
   4  a path is not on a simfs (or Lustre) file system
+On Lustre, 1 is also: liblustreapi cannot be loaded, the MDT refused a
+request, or with --wait a file's HSM state shows the work not done.
 
 --json output (stable keys; new keys may be added, none renamed):
   state    [{"path", "fid", "flags", "states": [words], "archive_id",
-             "archived_version"}]
+             "archived_version" (null on Lustre: liblustreapi does not say)}]
   action   [{"path", "fid", "action": NOOP|ARCHIVE|RESTORE|REMOVE,
              "progress": waiting|running|"", "action_id", "state",
              "offset", "length", "bytes_moved"}]
+             (on Lustre: action_id null, state the MDT's WAITING|STARTED,
+             length null while an ARCHIVE or RESTORE runs)
   actions  [{"action_id", "fsname", "fid", "kind", "archive_id", "extent",
              "data", "flags", "priority", "requesters": [{"initiator",
              "cookie", "uid", "gid", "projid", "when"}], "state", "agent",
@@ -156,7 +199,9 @@ class Context:
     out: IO[str] = field(default_factory=lambda: sys.stdout)
     err: IO[str] = field(default_factory=lambda: sys.stderr)
     status: int = EXIT_OK
+    fs_mode: str = "auto"  # --fs / $HSM_FS: auto, simfs or lustre
     _trees: dict[str, SimFS] = field(default_factory=dict)
+    _lustre: LustreFs | None = None
     client: CoordinatorClient | None = None
 
     def attach(self, client: CoordinatorClient) -> None:
@@ -181,19 +226,40 @@ class Context:
         if self.verbose:
             print(plain_text(message), file=self.out)
 
-    # -- simfs trees ---------------------------------------------------------
+    # -- simfs trees and Lustre mounts -----------------------------------------
 
-    def tree_of(self, path: str) -> SimFS:
-        """The simfs tree holding *path* (which must exist)."""
+    def lustre(self) -> LustreFs:
+        """liblustreapi, loaded on the first Lustre path (not before)."""
+        if self._lustre is None:
+            from hsm.lustre.api import LustreApiUnavailable
+
+            fs = LustreFs()
+            try:
+                fs.load()
+            except LustreApiUnavailable as e:
+                raise CliError(str(e), EXIT_FAILED) from None
+            self._lustre = fs
+        return self._lustre
+
+    def tree_of(self, path: str) -> SimFS | LustreFs:
+        """The simfs tree or the Lustre mount holding *path* (which must
+        exist). See hsmctl.lustre: a simfs tree wins (but with --fs lustre);
+        else statfs() says whether it is on a Lustre client mount (with
+        --fs lustre: liblustreapi alone decides, call by call)."""
         from hsm.simfs import SimFS
 
+        if self.fs_mode == "lustre":
+            return self.lustre()
         try:
             root = SimFS.find_root(path)
         except (OSError, ValueError, LookupError) as e:
             log.debug("find_root(%s) failed: %s", path, e)
             root = None
         if root is None:
-            raise PathError(f"{path_text(path)}: not on a simfs or Lustre file system", EXIT_NOT_HSM)
+            if self.fs_mode == "auto" and on_lustre_mount(path):
+                return self.lustre()
+            where = "a simfs (--fs simfs)" if self.fs_mode == "simfs" else "a simfs or Lustre"
+            raise PathError(f"{path_text(path)}: not on {where} file system", EXIT_NOT_HSM)
         key = os.fspath(root)
         fs = self._trees.get(key)
         if fs is None:
@@ -206,8 +272,9 @@ class Context:
             self._expect(fs)
         return fs
 
-    def mounted(self, mntpath: str) -> SimFS:
-        """The simfs tree at (or above) *mntpath*, for FID operands."""
+    def mounted(self, mntpath: str) -> SimFS | LustreFs:
+        """The simfs tree at (or above) *mntpath*, or the Lustre mount there,
+        for FID operands."""
         if not os.path.exists(mntpath):
             raise CliError(f"cannot access mount point '{path_text(mntpath)}': No such file or directory")
         try:
@@ -427,7 +494,7 @@ def _is_fid_entry(path: str) -> bool:
     return os.path.basename(parent) == "fid" and os.path.basename(os.path.dirname(parent)) == ".lustre"
 
 
-def _request_file(ctx: Context, path: str) -> SimFS:
+def _request_file(ctx: Context, path: str) -> SimFS | LustreFs:
     """The tree of *path*, a file named in an HSM request (archive, restore,
     remove, release, cancel): like lfs, lstat() it and refuse anything but a
     regular file; a symbolic link is not followed."""
@@ -447,7 +514,7 @@ def _request_file(ctx: Context, path: str) -> SimFS:
     return ctx.tree_of(path)
 
 
-def _query_file(ctx: Context, path: str, failed: str) -> SimFS:
+def _query_file(ctx: Context, path: str, failed: str) -> SimFS | LustreFs:
     """The tree of *path* for state, action, set and clear: like lfs, which
     open()s it, a symbolic link is followed (dangling: no such file; to a
     file off the tree: not on simfs). *failed* starts the error message."""
@@ -460,8 +527,27 @@ def _query_file(ctx: Context, path: str, failed: str) -> SimFS:
     return ctx.tree_of(path)
 
 
-def _target_from_path(ctx: Context, path: str) -> Target:
+def _lustre_error(e: OSError, path: str, failed: str) -> PathError:
+    """A liblustreapi error about *path*: ENOTTY/ENODEV say it is not on
+    Lustre (exit 4), as lfs reports them; others start with *failed*."""
+    if e.errno in NOT_LUSTRE_ERRNOS:
+        return PathError(f"{path_text(path)}: not on a Lustre file system (liblustreapi: "
+                         f"{e.strerror})", EXIT_NOT_HSM)
+    return PathError(f"{failed}: {e.strerror or e}")
+
+
+def _target_from_path(ctx: Context, path: str) -> Target | LustreTarget:
     fs = _request_file(ctx, path)
+    if isinstance(fs, LustreFs):
+        # lfs_hsm_prepare_file: llapi_path2fid; and the state, to say per
+        # file what the MDT would skip or refuse
+        try:
+            fid = fs.request_fid(path)
+            flags, archive_id = fs.state(path)
+            dev = os.stat(path).st_dev
+        except OSError as e:
+            raise _lustre_error(e, path, f"cannot read FID and HSM state of '{path_text(path)}'") from None
+        return LustreTarget(path_text(path), path, dev, fid, (flags, archive_id))
     try:
         fid = fs.fid_of(path)
         hsm = _request_state(fs, path)
@@ -473,10 +559,27 @@ def _target_from_path(ctx: Context, path: str) -> Target:
     return Target(path_text(path), fs.fsname, fid, hsm)
 
 
-def _target_from_fid(fid: Fid, fsname: str, fs: SimFS | None, label: str | None = None) -> Target:
+def _fid_entry(mnt: str, fid: Fid) -> str:
+    """``MNT/.lustre/fid/SEQ:OID:VER``: the file itself on Lustre (lhsmtool_posix
+    opens files so), a symbolic link to it on simfs."""
+    return os.path.join(mnt, ".lustre", "fid", fid.bare)
+
+
+def _target_from_fid(fid: Fid, fsname: str, fs: SimFS | LustreFs | None, label: str | None = None,
+                     mnt: str = "") -> Target | LustreTarget:
     label = path_text(label) if label else str(fid)
     if fs is None:
         return Target(label, fsname, fid, None)
+    if isinstance(fs, LustreFs):
+        entry = _fid_entry(mnt, fid)
+        try:
+            state = fs.state(entry)
+            dev = os.stat(mnt).st_dev
+        except OSError as e:
+            if e.errno in NOT_LUSTRE_ERRNOS:
+                raise _lustre_error(e, mnt, "") from None
+            raise PathError(f"FID {fid}: {e.strerror or e} on {path_text(mnt)}") from None
+        return LustreTarget(label, entry, dev, fid, state)
     try:
         path = fs.path_of(fid)
         hsm = _request_state(fs, os.fspath(path))
@@ -500,7 +603,6 @@ class Submitter:
         self.requester = _requester()
         self.pending: list[tuple[Target, cpb.SubmitItem]] = []
         self.counts = {"CREATED": 0, "JOINED": 0, "NOT_NEEDED": 0, "REJECTED": 0}
-        self.errors = 0
         self.labels: dict[int, list[str]] = {}
 
     def add(self, target: Target) -> None:
@@ -516,10 +618,6 @@ class Submitter:
         self.pending.append((target, item))
         if len(self.pending) >= self.batch_size:
             self.flush()
-
-    def local_error(self, message: str, code: int = EXIT_FAILED) -> None:
-        self.errors += 1
-        self.ctx.error(message, code)
 
     def flush(self) -> None:
         if not self.pending:
@@ -546,13 +644,157 @@ class Submitter:
 
     def summary(self) -> str:
         c = self.counts
-        text = (
+        return (
             f"queued {c['CREATED']}, joined {c['JOINED']}, "
             f"not needed {c['NOT_NEEDED']}, rejected {c['REJECTED']}"
         )
-        if self.errors:
-            text += f", errors {self.errors}"
-        return text
+
+
+class LustreSubmitter:
+    """Sends targets on Lustre to the MDT as ``lfs hsm_*`` does: one
+    ``llapi_hsm_request`` (a ``hal.UserRequest`` of FIDs, the archive id,
+    ``--data``) per batch of files on one mount, at most as many items as
+    the client lets through (E2BIG beyond ``MDS_MAXREQSIZE / 3`` bytes).
+    Before sending, each file's HSM state (``llapi_hsm_state_get``) says what
+    the MDT would skip (not needed: nothing sent, as it would do nothing) or
+    refuse (EPERM, named per file instead of failing a whole batch); the MDT
+    decides the rest. It does not say whether an item joined a request
+    already queued: ``sent`` counts what it accepted."""
+
+    def __init__(self, ctx: Context, fs: LustreFs, kind: str, archive_id: int, data: bytes,
+                 batch_size: int) -> None:
+        limit = max_request_items(len(data))
+        if limit < 1:
+            from hsmctl.lustre import max_request_data
+
+            raise CliError(f"--data of {len(data)} bytes does not fit in a Lustre HSM request "
+                           f"(at most {max_request_data()} bytes)", EXIT_USAGE)
+        self.ctx = ctx
+        self.fs = fs
+        self.kind = kind
+        self.action = hua_of(kind)
+        self.archive_id = archive_id
+        self.data = data
+        self.limit = min(batch_size, limit)
+        self.pending: list[LustreTarget] = []
+        self.sent: list[LustreTarget] = []
+        self.counts = {"sent": 0, "not_needed": 0, "rejected": 0}
+
+    def add(self, target: LustreTarget) -> None:
+        kind = self.kind.upper()
+        if target.hsm is not None and self.kind != "cancel":
+            from hsmctl.lustre import refusal
+
+            why = refusal(self.kind, target.hsm[0], target.hsm[1], self.archive_id)
+            if why == "":
+                self.counts["not_needed"] += 1
+                self.ctx.info(f"{target.label}: {kind} not needed")
+                return
+            if why is not None:
+                self.counts["rejected"] += 1
+                self.ctx.error(f"{target.label}: {kind} refused: {why} (Operation not permitted)")
+                return
+        if self.pending and self.pending[0].dev != target.dev:
+            self.flush()  # one request per mount, as lfs wants
+        self.pending.append(target)
+        if len(self.pending) >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        kind = self.kind.upper()
+        try:
+            self.fs.request(batch[0].path, self.action, self.archive_id, [t.fid for t in batch], self.data)
+        except OSError as e:
+            self.counts["rejected"] += len(batch)
+            more = f" and {len(batch) - 1} more file(s)" if len(batch) > 1 else ""
+            code = EXIT_NOT_HSM if e.errno in NOT_LUSTRE_ERRNOS else EXIT_FAILED
+            self.ctx.error(f"cannot send the {kind} request of {batch[0].label}{more} to the MDT: "
+                           f"{e.strerror or e}", code)
+            return
+        self.counts["sent"] += len(batch)
+        self.sent.extend(batch)
+        for t in batch:
+            self.ctx.info(f"{t.label}: {kind} sent to the MDT")
+
+    def summary(self) -> str:
+        c = self.counts
+        return f"sent to the MDT {c['sent']}, not needed {c['not_needed']}, rejected {c['rejected']}"
+
+
+class Requests:
+    """Where the targets of one archive/restore/remove go: simfs ones to the
+    coordinator (connected on the first one), Lustre ones to the MDT."""
+
+    def __init__(self, args: argparse.Namespace, ctx: Context, kind: str, archive_id: int) -> None:
+        self.args = args
+        self.ctx = ctx
+        self.kind = kind
+        self.archive_id = archive_id
+        self.client: CoordinatorClient | None = None
+        self.simfs: Submitter | None = None
+        self.lustre: LustreSubmitter | None = None
+        self.local_errors = 0
+
+    def _simfs(self) -> Submitter:
+        if self.simfs is None:
+            self.client = _client(self.args, self.ctx)
+            self.client.__enter__()
+            self.simfs = Submitter(self.ctx, self.client, self.kind, self.archive_id, self.args.data,
+                                   self.args.batch_size)
+        return self.simfs
+
+    def _lustre(self) -> LustreSubmitter:
+        if self.lustre is None:
+            self.lustre = LustreSubmitter(self.ctx, self.ctx.lustre(), self.kind, self.archive_id,
+                                          self.args.data, self.args.batch_size)
+        return self.lustre
+
+    def add(self, target: Target | LustreTarget) -> None:
+        if isinstance(target, LustreTarget):
+            self._lustre().add(target)
+        else:
+            self._simfs().add(target)
+
+    def local_error(self, message: str, code: int = EXIT_FAILED) -> None:
+        self.local_errors += 1
+        self.ctx.error(message, code)
+
+    def flush(self) -> None:
+        if self.simfs is not None:
+            self.simfs.flush()
+        if self.lustre is not None:
+            self.lustre.flush()
+
+    def summaries(self) -> list[str]:
+        """The summary lines: the coordinator's (also when nothing was
+        sent anywhere), the MDT's; the local errors on the first."""
+        lines = []
+        if self.simfs is not None:
+            lines.append(self.simfs.summary())
+        elif self.lustre is None:
+            lines.append("queued 0, joined 0, not needed 0, rejected 0")
+        if self.lustre is not None:
+            lines.append(self.lustre.summary())
+        if self.local_errors:
+            lines[0] += f", errors {self.local_errors}"
+        return lines
+
+    def wait(self, summary: bool) -> None:
+        if self.simfs is not None and self.client is not None:
+            _wait(self.ctx, self.client, self.kind, self.simfs.labels, summary=summary,
+                  deadline=self.args.deadline)
+        if self.lustre is not None:
+            _wait_lustre(self.ctx, self.lustre.fs, self.kind, self.lustre.sent, summary=summary,
+                         deadline=self.args.deadline)
+        elif self.simfs is None and summary:
+            print("succeeded 0, failed 0, canceled 0", file=self.ctx.out)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.__exit__(None, None, None)
 
 
 def _entries(stream: IO[bytes], null: bool) -> Iterator[bytes]:
@@ -601,10 +843,15 @@ def _operands(args: argparse.Namespace, ctx: Context) -> Iterator[str]:
                 stream.close()
 
 
-def _fid_mode(args: argparse.Namespace, ctx: Context) -> tuple[bool, str, SimFS | None]:
-    """(operands are FIDs, fsname, tree to read HSM state from)."""
+def _fid_mode(args: argparse.Namespace, ctx: Context) -> tuple[bool, str, SimFS | LustreFs | None]:
+    """(operands are FIDs, fsname, tree or Lustre mount to read HSM state from)."""
     if args.mntpath:
         fs = ctx.mounted(args.mntpath)
+        if isinstance(fs, LustreFs):
+            if args.fsname:
+                raise CliError(f"--fsname cannot be checked against the Lustre mount "
+                               f"{path_text(args.mntpath)}; give --mntpath alone", EXIT_USAGE)
+            return True, "", fs
         if args.fsname and args.fsname != fs.fsname:
             raise CliError(
                 f"--fsname {args.fsname} does not match {path_text(args.mntpath)} (file system {fs.fsname})",
@@ -612,6 +859,8 @@ def _fid_mode(args: argparse.Namespace, ctx: Context) -> tuple[bool, str, SimFS 
             )
         return True, fs.fsname, fs
     if args.fsname:
+        if ctx.fs_mode == "lustre":
+            raise CliError("on Lustre, FIDs go to the MDT: give --mntpath MNT (not --fsname)", EXIT_USAGE)
         return True, args.fsname, None
     if args.fid:
         raise CliError("--fid needs --fsname NAME or --mntpath DIR", EXIT_USAGE)
@@ -664,16 +913,18 @@ def cmd_request(args: argparse.Namespace, ctx: Context) -> int:
         raise CliError("-0 (--null) reads --filelist NUL-separated; give --filelist FILE too",
                        EXIT_USAGE)
 
-    def targets() -> Iterator[Target | PathError]:
+    mnt = args.mntpath or ""
+
+    def targets() -> Iterator[Target | LustreTarget | PathError]:
         for fid in args.fid:
             try:
-                yield _target_from_fid(fid, fsname, fs)
+                yield _target_from_fid(fid, fsname, fs, mnt=mnt)
             except PathError as e:
                 yield e
         for operand in _operands(args, ctx):
             try:
                 if fid_mode:
-                    yield _target_from_fid(_parse_fid_operand(operand), fsname, fs, operand)
+                    yield _target_from_fid(_parse_fid_operand(operand), fsname, fs, operand, mnt=mnt)
                 elif args.recursive:
                     for path in _walk(ctx, operand):
                         try:
@@ -685,43 +936,42 @@ def cmd_request(args: argparse.Namespace, ctx: Context) -> int:
             except PathError as e:
                 yield e
 
-    if not streaming:
-        # Like lfs: every operand must be good, or nothing is sent.
-        good: list[Target] = []
-        bad = False
-        for t in targets():
-            if isinstance(t, PathError):
-                ctx.error(str(t), t.code)
-                bad = True
-            else:
-                good.append(t)
-        if bad:
-            ctx.error("nothing submitted", EXIT_FAILED)
-            return ctx.status
-        client = _client(args, ctx)
-        with client:
-            sub = Submitter(ctx, client, kind, archive_id, args.data, args.batch_size)
+    requests = Requests(args, ctx, kind, archive_id)
+    try:
+        if not streaming:
+            # Like lfs: every operand must be good, or nothing is sent.
+            good: list[Target | LustreTarget] = []
+            bad = False
+            for t in targets():
+                if isinstance(t, PathError):
+                    ctx.error(str(t), t.code)
+                    bad = True
+                else:
+                    good.append(t)
+            if bad:
+                ctx.error("nothing submitted", EXIT_FAILED)
+                return ctx.status
             for t in good:
-                sub.add(t)
-            sub.flush()
+                requests.add(t)
+            requests.flush()
             if args.wait:
-                _wait(ctx, client, kind, sub.labels, deadline=args.deadline)
-        return ctx.status
+                requests.wait(summary=False)
+            return ctx.status
 
-    client = _client(args, ctx)
-    with client:
-        sub = Submitter(ctx, client, kind, archive_id, args.data, args.batch_size)
         for t in targets():
             if isinstance(t, PathError):
-                sub.local_error(str(t), t.code if t.code != EXIT_USAGE else EXIT_FAILED)
+                requests.local_error(str(t), t.code if t.code != EXIT_USAGE else EXIT_FAILED)
             else:
-                sub.add(t)
-        sub.flush()
-        print(sub.summary(), file=ctx.out)
+                requests.add(t)
+        requests.flush()
+        for line in requests.summaries():
+            print(line, file=ctx.out)
         ctx.out.flush()
         if args.wait:
-            _wait(ctx, client, kind, sub.labels, summary=True, deadline=args.deadline)
-    return ctx.status
+            requests.wait(summary=True)
+        return ctx.status
+    finally:
+        requests.close()
 
 
 def _label(labels: dict[int, list[str]], action_id: int) -> str:
@@ -834,6 +1084,109 @@ def _wait(ctx: Context, client: CoordinatorClient, kind: str,
         )
 
 
+WAIT_POLL_FIRST = 0.05  # seconds: first re-poll of llapi_hsm_current_action under --wait
+WAIT_POLL_MAX = 1.0  # ... doubling up to this
+
+
+def _wait_lustre(ctx: Context, fs: LustreFs, kind: str, targets: list[LustreTarget],
+                 summary: bool = False, deadline: float | None = None) -> None:
+    """--wait on Lustre: poll ``llapi_hsm_current_action`` for each file
+    until the MDT has nothing waiting or running for it (or *deadline*
+    seconds passed), then judge from its HSM state (``hsmctl.lustre.outcome``).
+    The MDT tells no errno and no action id through these calls, so a
+    failure is said in terms of the file's state, and a cancel is a failure."""
+    from hsmctl.lustre import outcome
+
+    if not targets:
+        if summary:
+            print("succeeded 0, failed 0", file=ctx.out)
+        return
+    upper = kind.upper()
+    pending = list(dict.fromkeys(targets))
+    succeeded = failed = 0
+    progress = task = None
+    if ctx.err.isatty():
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=Console(file=ctx.err), transient=False)
+        task = progress.add_task(wait_label(kind, len(pending), 0, 0), total=len(pending))
+        progress.start()
+
+    def judge(t: LustreTarget) -> bool:
+        try:
+            flags, _archive_id = fs.state(t.path)
+        except OSError as e:
+            if e.errno == _errno.ENOENT and kind == "remove":
+                return True  # the file went away: nothing left to remove it from
+            ctx.error(f"{t.label}: {upper} ended, but its HSM state cannot be read: {e.strerror or e}")
+            return False
+        why = outcome(kind, flags)
+        if why is None:
+            ctx.info(f"{t.label}: {upper} succeeded")
+            return True
+        from hsmctl.output import flag_words
+
+        words = " ".join(flag_words(flags)) or "no flags"
+        ctx.error(f"{t.label}: {upper} failed or was canceled: {why} ({words})")
+        return False
+
+    end = None if deadline is None else time.monotonic() + deadline
+    interval = WAIT_POLL_FIRST
+    try:
+        while pending:
+            still: list[LustreTarget] = []
+            waiting = running = 0
+            for t in pending:
+                try:
+                    hca = fs.current_action(t.path)
+                except OSError as e:
+                    if e.errno != _errno.ENOENT:
+                        ctx.error(f"{t.label}: cannot get its HSM action: {e.strerror or e}")
+                        failed += 1
+                        continue
+                    hca = None  # gone: judged below
+                if hca is not None and hca.action != HUA.NONE and hca.state in (HPS.WAITING, HPS.RUNNING):
+                    still.append(t)
+                    if hca.state == HPS.RUNNING:
+                        running += 1
+                    else:
+                        waiting += 1
+                    continue
+                if judge(t):
+                    succeeded += 1
+                else:
+                    failed += 1
+            pending = still
+            if progress is not None and task is not None:
+                done = succeeded + failed
+                progress.update(task, completed=done,
+                                description=wait_label(kind, waiting, running, done, failed))
+            if not pending:
+                break
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            time.sleep(interval if left is None else min(interval, left))
+            interval = min(interval * 2, WAIT_POLL_MAX)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if pending:
+        shown = ", ".join(t.label for t in pending[:10]) + (" ..." if len(pending) > 10 else "")
+        ctx.error(f"gave up waiting after {deadline:g} s: the MDT still has {len(pending)} {kind} "
+                  f"request(s) waiting or running (they go on; 'hsmctl action' shows them): {shown}")
+    if summary:
+        print(f"succeeded {succeeded}, failed {failed}", file=ctx.out)
+
+
 # ---------------------------------------------------------------------------
 # release, set, clear: local operations on the tree
 
@@ -858,11 +1211,34 @@ def _release_refusal(fs: SimFS, path: str) -> str:
     return "not allowed in its HSM state"
 
 
+def _release_lustre(fs: LustreFs, path: str) -> None:
+    """lfs hsm_release: ``llapi_hsm_request`` with HUA_RELEASE for one file
+    (the client releases it; a refusal is explained from its HSM flags)."""
+    from hsmctl.lustre import release_refusal
+
+    shown = path_text(path)
+    try:
+        fid = fs.request_fid(path)
+        fs.release(path, fid)
+    except OSError as e:
+        if e.errno == _errno.EPERM:
+            try:
+                why = release_refusal(fs.state(path)[0])
+            except OSError:
+                why = "not allowed"
+            raise PathError(f"cannot release '{shown}': {why} (Operation not permitted)") from None
+        raise _lustre_error(e, path, f"cannot release '{shown}'") from None
+
+
 def cmd_release(args: argparse.Namespace, ctx: Context) -> int:
     for path in args.paths:
         shown = path_text(path)
         try:
             fs = _request_file(ctx, path)
+            if isinstance(fs, LustreFs):
+                _release_lustre(fs, path)
+                ctx.info(f"{shown}: released")
+                continue
         except PathError as e:
             ctx.error(str(e), e.code)
             continue
@@ -895,6 +1271,15 @@ def cmd_flags(args: argparse.Namespace, ctx: Context) -> int:
     for path in args.paths:
         try:
             fs = _query_file(ctx, path, "can't change hsm flags for")
+            if isinstance(fs, LustreFs):
+                try:
+                    if args.command == "set":
+                        fs.set_flags(path, int(mask), 0)
+                    else:
+                        fs.set_flags(path, 0, int(mask))
+                except OSError as e:
+                    raise _lustre_error(e, path, f"can't change hsm flags for {path_text(path)}") from None
+                continue
             if args.command == "set":
                 fs.set_flags(path, int(mask), 0)
             else:
@@ -914,10 +1299,21 @@ def cmd_flags(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_state(args: argparse.Namespace, ctx: Context) -> int:
     rows = []
     for path in args.paths:
+        archived_version: int | None
         try:
             fs = _query_file(ctx, path, "can't get hsm state for")
-            flags, archive_id, archived_version = _hsm_state(fs, path)
-            fid = fs.fid_of(path)
+            if isinstance(fs, LustreFs):
+                # llapi_hsm_state_get; liblustreapi does not give the
+                # archived data version
+                try:
+                    flags, archive_id = fs.state(path)
+                    fid = fs.fid_of(path) if args.json else None
+                except OSError as e:
+                    raise _lustre_error(e, path, f"can't get hsm state for {path_text(path)}") from None
+                archived_version = None
+            else:
+                flags, archive_id, archived_version = _hsm_state(fs, path)
+                fid = fs.fid_of(path)
         except PathError as e:
             ctx.error(str(e), e.code)
             continue
@@ -976,23 +1372,91 @@ def action_view(action: tpb.Action | None) -> tuple[int | None, str, int, int, i
     return int(action.kind), "waiting", offset, length, 0
 
 
+_HUA_TO_HSMA = {HUA.ARCHIVE: HSMA.ARCHIVE, HUA.RESTORE: HSMA.RESTORE, HUA.REMOVE: HSMA.REMOVE,
+                HUA.CANCEL: HSMA.CANCEL}
+_HUA_NAMES = {HUA.NONE: "NOOP", HUA.ARCHIVE: "ARCHIVE", HUA.RESTORE: "RESTORE",
+              HUA.RELEASE: "RELEASE", HUA.REMOVE: "REMOVE", HUA.CANCEL: "CANCEL"}
+
+
+def lustre_action_line(path: str, hca: Any) -> str:
+    """``lfs hsm_action`` of one ``struct hsm_current_action`` (lfs.c:
+    hsm_user_action2name, hsm_progress_state2name, the extent or, for a
+    running ARCHIVE or RESTORE, the bytes moved the MDT puts in its length)."""
+    if hca.action == HUA.NONE:
+        return f"{path}: NOOP"
+    kind = _HUA_TO_HSMA.get(hca.action)
+    if kind is not None:
+        return format_hsm_action(path, kind, hca.state, hca.offset, hca.length, hca.length)
+    # RELEASE or unknown: printed like REMOVE (never a byte count), by name
+    line = format_hsm_action(path, HSMA.REMOVE, hca.state, hca.offset, hca.length)
+    rest = line[len(path) + len(": REMOVE"):]
+    return f"{path}: {_HUA_NAMES.get(hca.action, 'UNKNOWN')}{rest}"
+
+
+def _lustre_action_row(path: str, fid: Fid, hca: Any) -> dict[str, Any]:
+    """--json of ``llapi_hsm_current_action``: no action id (the MDT's
+    cookie is not shown to clients); state WAITING or STARTED, the MDT's
+    record status; a running ARCHIVE/RESTORE reports its bytes moved where
+    the extent's length would be, so length is null then."""
+    name = _HUA_NAMES.get(hca.action, "UNKNOWN")
+    if hca.action == HUA.NONE:
+        return {"path": path, "fid": str(fid), "action": "NOOP", "progress": "", "action_id": None,
+                "state": None, "offset": 0, "length": -1, "bytes_moved": 0}
+    running = hca.state == HPS.RUNNING
+    moving = running and hca.action in (HUA.ARCHIVE, HUA.RESTORE)
+    length = None if moving else hca.length
+    return {
+        "path": path,
+        "fid": str(fid),
+        "action": name,
+        "progress": "running" if running else "waiting" if hca.state == HPS.WAITING else "",
+        "action_id": None,
+        "state": "STARTED" if running else "WAITING" if hca.state == HPS.WAITING else None,
+        "offset": hca.offset,
+        "length": length,
+        "bytes_moved": hca.length if moving else 0,
+    }
+
+
 def cmd_action(args: argparse.Namespace, ctx: Context) -> int:
     from hsm.client import state_name
 
-    resolved: list[tuple[str, SimFS, Fid]] = []
+    # (path, simfs tree and FID) to ask the coordinator, or (path, None,
+    # line or JSON row) already answered by liblustreapi; in operand order
+    resolved: list[tuple[str, SimFS | None, Any]] = []
     for path in args.paths:
         try:
             fs = _query_file(ctx, path, "can't get hsm action for")
-            resolved.append((path_text(path), fs, fs.fid_of(path)))
+            if isinstance(fs, LustreFs):
+                try:
+                    hca = fs.current_action(path)
+                    row: Any = (_lustre_action_row(path_text(path), fs.fid_of(path), hca) if args.json
+                                else lustre_action_line(path_text(path), hca))
+                except OSError as e:
+                    raise _lustre_error(e, path, f"can't get hsm action for {path_text(path)}") from None
+                resolved.append((path_text(path), None, row))
+            else:
+                resolved.append((path_text(path), fs, fs.fid_of(path)))
         except PathError as e:
             ctx.error(str(e), e.code)
         except (OSError, ValueError) as e:
             ctx.error(f"can't get hsm action for {path_text(path)}: {getattr(e, 'strerror', None) or e}")
-    rows = []
+    rows: list[Any] = []
     if resolved:
-        with _client(args, ctx) as client:
-            for path, fs, fid in resolved:
-                action = _current_action(client.list_actions(fid=fid, fsname=fs.fsname))
+        import contextlib
+
+        asks = any(fs is not None for _p, fs, _x in resolved)  # the coordinator, for simfs
+        with _client(args, ctx) if asks else contextlib.nullcontext() as client:
+            for path, sfs, answer in resolved:
+                if sfs is None:
+                    if args.json:
+                        rows.append(answer)
+                    else:
+                        print(answer, file=ctx.out)
+                    continue
+                assert client is not None
+                fid = answer
+                action = _current_action(client.list_actions(fid=fid, fsname=sfs.fsname))
                 kind, word, offset, length, moved = action_view(action)
                 if args.json:
                     names: dict[int, str] = {HSMA.ARCHIVE: "ARCHIVE", HSMA.RESTORE: "RESTORE",
@@ -1026,15 +1490,35 @@ def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
     from hsm.v1 import coordinator_pb2 as cpb
 
     selectors: list[cpb.FidSelector] = []
+    # on Lustre, lfs hsm_cancel: HUA_CANCEL of the FIDs to the MDT, which
+    # sends the cancel on (hsm-bridge turns it into the coordinator's cancel)
+    at_mdt: list[LustreTarget] = []
     fsname = args.fsname or ""
     if args.mntpath:
-        fsname = ctx.mounted(args.mntpath).fsname
-    for fid in args.fid:
-        selectors.append(cpb.FidSelector(fsname=fsname, fid=fid_to_proto(fid)))
+        mfs = ctx.mounted(args.mntpath)
+        if isinstance(mfs, LustreFs):
+            if args.fsname:
+                raise CliError(f"--fsname cannot be checked against the Lustre mount "
+                               f"{path_text(args.mntpath)}; give --mntpath alone", EXIT_USAGE)
+            dev = os.stat(args.mntpath).st_dev
+            at_mdt.extend(LustreTarget(str(fid), args.mntpath, dev, fid, None) for fid in args.fid)
+        else:
+            fsname = mfs.fsname
+    if not at_mdt:
+        for fid in args.fid:
+            selectors.append(cpb.FidSelector(fsname=fsname, fid=fid_to_proto(fid)))
     bad = False
     for path in args.paths:
         try:
             fs = _request_file(ctx, path)
+            if isinstance(fs, LustreFs):
+                try:
+                    fid = fs.request_fid(path)
+                    dev = os.stat(path).st_dev
+                except OSError as e:
+                    raise _lustre_error(e, path, f"cannot read FID of '{path_text(path)}'") from None
+                at_mdt.append(LustreTarget(path_text(path), path, dev, fid, None))
+                continue
             selectors.append(cpb.FidSelector(fsname=fs.fsname, fid=fid_to_proto(fs.fid_of(path))))
         except PathError as e:
             message = str(e)
@@ -1049,8 +1533,15 @@ def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
         ctx.error("nothing canceled")
         return ctx.status
     ids = list(dict.fromkeys(i for group in args.ids for i in group))
-    if not (selectors or ids or args.all):
+    if not (selectors or ids or args.all or at_mdt):
         raise CliError("cancel what? give PATH..., --fid FID, --id ACTION_ID or --all", EXIT_USAGE)
+    if at_mdt:
+        mdt = LustreSubmitter(ctx, ctx.lustre(), "cancel", 0, b"", DEFAULT_BATCH)
+        for t in at_mdt:
+            mdt.add(t)
+        mdt.flush()
+        if not (selectors or ids or args.all):
+            return ctx.status
     with _client(args, ctx) as client:
         results = client.cancel(action_ids=ids, fids=selectors, all=args.all,
                                 reason=args.reason or f"canceled by {PROG} (uid {os.getuid()})")
@@ -1208,6 +1699,12 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
         "--timeout", type=_positive_float, metavar="SECONDS", default=default(30.0),
         help="give up on the coordinator after this long (default 30)",
     )
+    parser.add_argument(
+        "--fs", choices=FS_MODES, default=default(None),
+        help="which paths are Lustre: auto (simfs trees are simfs, a Lustre client mount is "
+             "Lustre), lustre (every path through liblustreapi), simfs (never load liblustreapi); "
+             f"env {ENV_FS}, default auto (see 'on Lustre' in hsmctl --help)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", default=default(False),
                         help="say what was done for each file")
     parser.add_argument("--debug", action="store_true", default=default(False),
@@ -1267,13 +1764,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="operands are directories: every regular file under them "
                             "(symbolic links are not followed)")
         p.add_argument("-m", "--mntpath", metavar="DIR",
-                       help="operands are FIDs on the simfs tree mounted at DIR")
+                       help="operands are FIDs on the simfs tree or Lustre mount at DIR")
         p.add_argument("--fsname", type=_fsname, metavar="NAME",
                        help="operands are FIDs of file system NAME (HSM state not checked)")
         p.add_argument("--fid", type=_fid, action="append", default=[], metavar="FID",
                        help="a file by FID (repeatable); needs --fsname or --mntpath")
         p.add_argument("--wait", action="store_true",
-                       help="block until every action ended; fail if any failed")
+                       help="block until every action ended; fail if any failed (on Lustre: "
+                            "polls the MDT, then judges by the file's HSM state; see hsmctl --help)")
         p.add_argument("--deadline", type=_positive_float, metavar="SECONDS",
                        help="with --wait: stop waiting after SECONDS (exit 1; the actions go on)")
         p.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH, metavar="N",
@@ -1281,7 +1779,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("operands", nargs="*", metavar="PATH")
 
     p = add("release", "drop the data of archived files, keeping size and metadata "
-            "(lfs hsm_release; done here, not by the coordinator)", cmd_release)
+            "(lfs hsm_release; done by this client, not by the coordinator)", cmd_release)
     p.add_argument("paths", nargs="+", metavar="PATH")
 
     p = add("cancel", "cancel the actions of files, by FID, by id, or all (lfs hsm_cancel)",
@@ -1289,7 +1787,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid", type=_fid, action="append", default=[], metavar="FID",
                    help="cancel every action of this FID (repeatable)")
     p.add_argument("--fsname", type=_fsname, metavar="NAME", help="file system of --fid")
-    p.add_argument("-m", "--mntpath", metavar="DIR", help="simfs tree of --fid")
+    p.add_argument("-m", "--mntpath", metavar="DIR",
+                   help="simfs tree of --fid, or Lustre mount (then the cancel goes to its MDT)")
     p.add_argument("--id", dest="ids", type=_action_ids, action="append", default=[],
                    metavar="ID[,ID...]",
                    help="cancel these actions (repeatable: --id 1 --id 2, or --id 1,2)")
@@ -1378,7 +1877,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format=f"{PROG}: %(levelname)s %(name)s: %(message)s",
     )
-    ctx = Context(command=args.command, verbose=args.verbose)
+    if args.fs is None:
+        env_fs = os.environ.get(ENV_FS, "").strip().lower()
+        if env_fs and env_fs not in FS_MODES:
+            args._parser.error(f"${ENV_FS}: invalid value {env_fs!r} (choose from {', '.join(FS_MODES)})")
+        args.fs = env_fs or "auto"
+    ctx = Context(command=args.command, verbose=args.verbose, fs_mode=args.fs)
     try:
         status = args.func(args, ctx)
     except CliError as e:

@@ -98,11 +98,11 @@ def test_an_agent_of_another_cluster_is_refused_and_says_why(
     caplog.set_level(logging.ERROR, logger="agentd.daemon")
     with CoordinatorClient(a.address, timeout=10) as client:
         with running_agent(agent_config(a.address, tree, agent_id="wrong", cluster_id=B_ID)):
-            until(lambda: "belongs to cluster cluster-a, not to cluster cluster-b" in caplog.text, 10,
+            until(lambda: "belongs to cluster cluster-a, not to cluster cluster-b" in caplog.text, 30,
                   "the agent's error about the other cluster")
             assert not registered(client, "wrong")
         with running_agent(agent_config(a.address, tree, agent_id="right", cluster_id=A_ID)):
-            until(lambda: registered(client, "right"), 10, "the agent of this cluster registered")
+            until(lambda: registered(client, "right"), 30, "the agent of this cluster registered")
 
 
 def test_an_agent_works_for_the_first_cluster_that_welcomes_it_only(
