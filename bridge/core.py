@@ -30,7 +30,8 @@ What it decides:
   (an outstanding item older than that: its agent's end will get ENOENT).
 * A list with a ``hal_version`` other than 1, a truncated list, a bad item,
   an unknown action or an fsname not served: logged with the bytes in hex,
-  counted; the good items of the same list still go.
+  counted; the good items of the same list still go. A message ``recv``
+  itself refuses (EPROTO) is counted and reported too, and reading goes on.
 """
 
 from __future__ import annotations
@@ -238,6 +239,16 @@ class BridgeCore:
             self._oldest_pending = now
         out += self._flush(now, force=False)
         return out
+
+    def on_unreadable(self, now: float, error: str) -> list[Instruction]:
+        """A message from the MDT that ``llapi_hsm_copytool_recv`` refused
+        (EPROTO: not an action list, or shorter than a list header). The
+        library read it whole and dropped it (its bytes are not handed out):
+        counted, reported, and the next message is read."""
+        self.counters["bad_input"] += 1
+        self.counters["unreadable"] += 1
+        return [Report("error", "bad_input",
+                       f"a message from the MDT that recv refused ({error}): dropped, reading on")]
 
     def on_tick(self, now: float) -> list[Instruction]:
         out: list[Instruction] = []

@@ -4,7 +4,8 @@ before acting on it, and carries out what the core decides (submit and
 cancel through the coordinator client, end items at the MDT, watch the
 actions it forwarded, log what an admin must see).
 
-Threads: one reads the MDT (``llapi_hsm_copytool_recv`` blocks), a small
+Threads: one reads the MDT (``llapi_hsm_copytool_recv`` blocks) and
+journals each list the moment recv returns it (fsynced), a small
 pool makes the coordinator calls (the client is synchronous and
 thread-safe) and the MDT ends; everything the core sees happens on the
 event loop, in order.
@@ -17,6 +18,7 @@ import errno as E
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +60,9 @@ COMPACT_SLACK = 1000
 #: seconds one watch of the forwarded actions lasts before it is opened
 #: again with the actions forwarded since
 WATCH_ROUND = 2.0
+#: messages recv may refuse in a row (EPROTO) before the bridge gives up on
+#: the MDT's pipe (a stream it cannot resynchronise: a restart registers again)
+MAX_REFUSED = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +94,11 @@ class Bridge:
         self.clock = clock
         self.core = BridgeCore(config.core)
         self.journal = Journal(config.journal)
+        # the reader journals each list as soon as recv returns it (a list out
+        # of the kernel's pipe and not on disk would be lost by a crash); the
+        # lists journaled and not yet seen by the core are kept by compaction
+        self._journal_lock = threading.Lock()
+        self._unseen: deque[bytes] = deque()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -111,6 +121,9 @@ class Bridge:
             replayed += 1
         if replayed:
             log.info("sent again %d action list(s) from the journal %s", replayed, self.config.journal)
+        # they are in the file: counted, so that it is compacted once they end
+        # (else a later restart would send them all again)
+        self.journal.records = replayed
         self._ct = self.api.copytool_register(str(self.config.mount), list(self.config.archive_ids))
         log.info("registered as the copytool of %s (archive ids %s); forwarding to the coordinators",
                  self.config.mount, ",".join(map(str, self.config.archive_ids)))
@@ -140,7 +153,8 @@ class Bridge:
             reader.join(5)
             watcher.join(WATCH_ROUND + 5)
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self.journal.close()
+            with self._journal_lock:
+                self.journal.close()
         if self._fatal is not None:
             log.error("reading the MDT failed: %s", self._fatal)
             return 1
@@ -148,6 +162,7 @@ class Bridge:
 
     def _read_mdt(self) -> None:
         assert self._ct is not None and self._loop is not None
+        refused = 0  # messages recv refused in a row
         while not self._stopping.is_set():
             self._may_read.wait()
             if self._stopping.is_set():
@@ -159,15 +174,31 @@ class Bridge:
                     return
                 if exc.errno in (E.EINTR, E.EAGAIN):
                     continue
+                if exc.errno in (E.EPROTO, E.EMSGSIZE) and refused < MAX_REFUSED:
+                    # one bad message (read whole and dropped by the library):
+                    # the lists behind it in the pipe are still good
+                    refused += 1
+                    self._back(self.core.on_unreadable, exc.strerror or str(exc))
+                    continue
                 self._fatal = exc
                 self._loop.call_soon_threadsafe(self._wake.set)
                 return
+            refused = 0
+            with self._journal_lock:
+                try:
+                    self.journal.append(raw)
+                except (OSError, ValueError) as exc:  # still forwarded, but a crash would lose it
+                    log.error("cannot journal an action list (%s); forwarding it unjournaled", exc)
+                else:
+                    self._unseen.append(raw)
             self._loop.call_soon_threadsafe(self._on_list, raw)
 
     def _on_list(self, raw: bytes) -> None:
-        # on disk before anything is done with it; on the loop, so that a
-        # compaction never drops a list the core has not seen yet
-        self.journal.append(raw)
+        # on disk already (the reader journaled it): from now on the core's
+        # live lists stand for it in a compaction
+        with self._journal_lock:
+            if self._unseen and self._unseen[0] is raw:
+                self._unseen.popleft()
         self._do(self.core.on_list(self.clock(), raw))
         self._backpressure()
 
@@ -182,9 +213,10 @@ class Bridge:
             self._may_read.clear()
 
     def _maybe_compact(self) -> None:
-        live = self.core.live_lists()
-        if self.journal.records > len(live) + COMPACT_SLACK or (self.journal.records and not live):
-            self.journal.compact(live)
+        with self._journal_lock:
+            live = self.core.live_lists() + list(self._unseen)
+            if self.journal.records > len(live) + COMPACT_SLACK or (self.journal.records and not live):
+                self.journal.compact(live)
 
     # -- instructions -------------------------------------------------------
 
@@ -214,7 +246,7 @@ class Bridge:
             log.exception("carrying out %s failed", type(ins).__name__)
 
     def _back(self, method: Callable[..., list[Instruction]], *args: Any) -> None:
-        """Run a core event on the loop (from a pool thread)."""
+        """Run a core event on the loop (from another thread)."""
         assert self._loop is not None
 
         def deliver() -> None:

@@ -171,6 +171,11 @@ def test_bad_lists_are_reported_with_their_bytes_and_good_items_still_go() -> No
     before = c.backlog
     out = c.on_list(3.0, hal(item(4), fsname="other"))
     assert only(out, Report) and c.backlog == before and c.counters["foreign_items"] == 1
+    # a message recv refused (EPROTO): counted and reported, nothing else
+    bad_before = c.counters["bad_input"]
+    (rep,) = c.on_unreadable(4.0, "Protocol error")
+    assert rep.code == "bad_input" and rep.level == "error" and "Protocol error" in rep.message
+    assert c.counters["bad_input"] == bad_before + 1 and c.backlog == before
 
 
 def test_the_mdt_max_requests_stall_and_active_request_timeout_are_reported() -> None:
