@@ -27,24 +27,13 @@ from hsm.lustre.api import Copytool, LustreApi
 from hsm.simfs import SimFS
 from hsmctl import cli
 from hsmctl import lustre as hl
-from hsmctl.cli import main
 from tests.lustre_standin.harness import MdtProcess, library_or_skip, until
+from tests.test_hsmctl import hsmctl
 
 
 @pytest.fixture(scope="session")
 def standin_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return library_or_skip(tmp_path_factory.mktemp("liblustreapi"))
-
-
-def hsmctl(capsys: Any, *args: str) -> tuple[int, str, str]:
-    """hsmctl in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        rc = main(list(args))
-    except SystemExit as e:  # argparse usage errors
-        rc = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def lhsmctl(capsys: Any, *args: str) -> tuple[int, str, str]:
