@@ -209,7 +209,7 @@ class ShardUnavailable(Exception):
 def shard_digest(state: ShardState) -> str:
     """A digest of everything replicas must agree on (for consistency checks)."""
     h = hashlib.sha256()
-    h.update(f"{state.next_seq},{state.control}".encode())
+    h.update(f"{state.next_seq},{state.control},{sorted(state.leases.items())}".encode())
     for a in sorted(state.actions.values(), key=lambda a: a.id):
         h.update(f"|{a.id},{a.state},{a.agent},{a.attempt},{a.errno},{len(a.requesters)},{a.kind},"
                  f"{a.archive_id}".encode())
@@ -226,6 +226,7 @@ class CoordinatorNode:
         self.shards: list[RaftShard] = []
         self.sessions: dict[str, AgentSession] = {}
         self._grace: dict[str, asyncio.TimerHandle] = {}
+        self.leases_held: dict[str, str] = {}  # lease -> holder last answered here (to log changes)
         self._watchers: dict[int, set[asyncio.Queue[types_pb2.Action]]] = {}
         self._wake = asyncio.Event()
         self._tokens = itertools.count(1)

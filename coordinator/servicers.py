@@ -15,10 +15,13 @@ from coordinator.convert import InvalidRequest
 from coordinator.raft import NotLeader, RaftError
 from coordinator.state import (
     CONTROL_MODES,
+    MAX_LEASE_TTL,
     MAX_SHARDS,
     Cancel,
     DrainAgent,
     Kind,
+    Lease,
+    LeaseReply,
     SetControl,
     State,
     Submit,
@@ -379,6 +382,32 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         node._wake.set()
         return coordinator_pb2.DrainAgentResponse(agent_id=agent_id, draining=request.drain,
                                                   running=_slots_to_pb(running))
+
+    async def Lease(self, request: coordinator_pb2.LeaseRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.LeaseResponse:  # noqa: N802
+        node = self.node
+        if not 1 <= len(request.name) <= 256 or not 1 <= len(request.holder) <= 256:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a lease's name and holder must be 1-256 characters")
+        if request.ttl_ms and not 1000 <= request.ttl_ms <= MAX_LEASE_TTL * 1000:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"a lease's ttl must be 1000-{int(MAX_LEASE_TTL * 1000)} ms (0 gives it back), "
+                                f"not {request.ttl_ms}")
+        shard = node.shards[0]
+        try:
+            node.require_leader(shard)
+            res = await node.propose(shard, Lease(node.clock(), request.name, request.holder, request.ttl_ms / 1000))
+        except ShardUnavailable as exc:
+            await abort_unavailable(context, exc)
+        reply = res.replies[0]
+        assert isinstance(reply, LeaseReply)
+        held = node.leases_held.get(request.name)
+        if reply.holder != held:
+            if reply.holder:
+                log.info("lease %s now held by %s", request.name, reply.holder)
+            else:
+                log.info("lease %s given back by %s", request.name, request.holder)
+            node.leases_held[request.name] = reply.holder
+        return coordinator_pb2.LeaseResponse(granted=reply.granted, holder=reply.holder,
+                                             remaining_ms=int(reply.remaining * 1000))
 
     async def _check_shards(self, shards: Iterable[int], context: grpc.aio.ServicerContext) -> None:
         bad = [x for x in shards if x >= len(self.node.shards)]

@@ -285,7 +285,26 @@ class DrainAgent:
     drain: bool = True
 
 
-Command = Submit | Assign | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent
+#: longest lease (seconds): a holder that vanished blocks its standby at most this long
+MAX_LEASE_TTL = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Take, renew or give back the lease *name* for *holder* (one active
+    ``hsm-bridge`` per file system). Granted when nobody holds it, when its
+    holder's time ran out (``now`` at or past its expiry), or to its holder
+    (a renewal); it then runs *ttl* seconds from ``now``. ``ttl`` 0 gives it
+    back when *holder* holds it. A renewal never shortens it. ``now`` is the proposing leader's clock
+    (wall time: replicas keep their clocks in step with NTP)."""
+
+    now: float
+    name: str
+    holder: str
+    ttl: float
+
+
+Command = Submit | Assign | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent | Lease
 
 
 def _pickle_by_fields(cls: type) -> None:
@@ -301,7 +320,8 @@ def _pickle_by_fields(cls: type) -> None:
     setattr(cls, "__reduce__", reduce)  # noqa: B010
 
 
-for _cls in (Submit, Assign, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent):
+for _cls in (Submit, Assign, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent,
+             Lease):
     _pickle_by_fields(_cls)
 
 
@@ -362,6 +382,13 @@ class CancelOutcome(IntEnum):
     SENT = 2
     ALREADY_ENDED = 3
     NOT_FOUND = 4
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReply:
+    granted: bool
+    holder: str  # who holds it after the command ("" when nobody)
+    remaining: float  # seconds the holder's lease still runs (0 when nobody holds it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,6 +578,7 @@ class ShardState:
         self.fsnames: dict[str, int] = {}  # fsname -> number of FIDs with live actions
         self.control = "enabled"  # hsm_control mode, see SetControl
         self.drained: dict[str, float] = {}  # agent -> since when it gets no new work
+        self.leases: dict[str, tuple[str, float]] = {}  # name -> (holder, expires at)
         self.applied = 0  # commands applied
 
     # ---------------------------------------------------------------- apply
@@ -587,7 +615,25 @@ class ShardState:
             else:
                 self.drained.pop(cmd.agent, None)
             return Result()
+        if isinstance(cmd, Lease):
+            return Result(replies=[self._lease(cmd)])
         raise TypeError(f"unknown command {type(cmd).__name__}")
+
+    def _lease(self, cmd: Lease) -> LeaseReply:
+        if not cmd.name or not cmd.holder or not 0 <= cmd.ttl <= MAX_LEASE_TTL:
+            raise ValueError(f"lease: bad name, holder or ttl {cmd!r}")
+        held = self.leases.get(cmd.name)
+        if held is not None and held[0] != cmd.holder and cmd.now < held[1]:
+            return LeaseReply(False, held[0], held[1] - cmd.now)
+        if cmd.ttl == 0:
+            if held is not None:  # its own, or lapsed: nobody holds it now
+                del self.leases[cmd.name]
+            return LeaseReply(False, "", 0.0)
+        # a renewal never shortens it: the holder may not have seen this
+        # answer and still count on the time an earlier one gave it
+        until = cmd.now + cmd.ttl if held is None or held[0] != cmd.holder else max(held[1], cmd.now + cmd.ttl)
+        self.leases[cmd.name] = (cmd.holder, until)
+        return LeaseReply(True, cmd.holder, until - cmd.now)
 
     def _submit(self, cmd: Submit) -> Result:
         res = Result()
@@ -949,6 +995,7 @@ class ShardState:
         """The inverse of ``export_parts``: the FID queues are rebuilt from
         the actions (ids grow in arrival order, the order the queues keep)."""
         st = cls.__new__(cls)
+        st.leases = {}  # snapshots written before leases existed have none
         st.__dict__.update(head)
         st.actions = {}
         st.fid_queue = {}

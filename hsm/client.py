@@ -1334,6 +1334,19 @@ class CoordinatorClient:
         what = f"{'drain' if drain else 'resume'} agent {agent_id}"
         return self._call("DrainAgent", cpb.DrainAgentRequest(agent_id=agent_id, drain=drain, force=force), what)
 
+    def lease(self, name: str, holder: str, ttl: float, *, timeout: float | None = None) -> cpb.LeaseResponse:
+        """Take or renew the lease *name* for *holder* for *ttl* seconds from
+        when shard 0's leader applies it (``ttl`` 0: give it back). The reply
+        says whether *holder* holds it, and who does and for how long. The
+        lease runs on the leader's clock: a holder must count its *ttl* from
+        before it asked, and stop acting on it before that runs out."""
+        if not 1 <= len(name) <= 256 or not 1 <= len(holder) <= 256:
+            raise InvalidArgument("a lease's name and holder must be 1-256 characters")
+        if ttl and not 1.0 <= ttl <= 3600.0:
+            raise InvalidArgument(f"a lease's ttl must be 1-3600 s (0 gives it back), not {ttl}")
+        return self._call("Lease", cpb.LeaseRequest(name=name, holder=holder, ttl_ms=round(ttl * 1000)),
+                          f"lease {name}", timeout=timeout)
+
     def cluster_info(self) -> cpb.ClusterInfoResponse:
         info = self._call("ClusterInfo", cpb.ClusterInfoRequest(), "cluster info")
         self._remember_members(info)

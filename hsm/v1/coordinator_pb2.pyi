@@ -34,6 +34,26 @@ CANCEL_SENT: CancelOutcome
 ALREADY_ENDED: CancelOutcome
 NOT_FOUND: CancelOutcome
 
+class LeaseRequest(_message.Message):
+    __slots__ = ("name", "holder", "ttl_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    holder: str
+    ttl_ms: int
+    def __init__(self, name: _Optional[str] = ..., holder: _Optional[str] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
+
+class LeaseResponse(_message.Message):
+    __slots__ = ("granted", "holder", "remaining_ms")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    granted: bool
+    holder: str
+    remaining_ms: int
+    def __init__(self, granted: _Optional[bool] = ..., holder: _Optional[str] = ..., remaining_ms: _Optional[int] = ...) -> None: ...
+
 class DrainAgentRequest(_message.Message):
     __slots__ = ("agent_id", "drain", "shards", "force")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]

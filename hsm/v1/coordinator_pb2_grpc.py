@@ -85,6 +85,11 @@ class CoordinatorStub:
                 request_serializer=hsm_dot_v1_dot_coordinator__pb2.DrainAgentRequest.SerializeToString,
                 response_deserializer=hsm_dot_v1_dot_coordinator__pb2.DrainAgentResponse.FromString,
                 _registered_method=True)
+        self.Lease = channel.unary_unary(
+                '/hsm.v1.Coordinator/Lease',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.LeaseRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.LeaseResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -166,6 +171,16 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Lease(self, request, context):
+        """Take, renew or give back a named lease (one active hsm-bridge per file
+        system: lease "bridge:<fsname>"). Replicated on shard 0, whose leader
+        answers (others: FAILED_PRECONDITION with the leader); its time is that
+        leader's clock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +233,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.DrainAgent,
                     request_deserializer=hsm_dot_v1_dot_coordinator__pb2.DrainAgentRequest.FromString,
                     response_serializer=hsm_dot_v1_dot_coordinator__pb2.DrainAgentResponse.SerializeToString,
+            ),
+            'Lease': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lease,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.LeaseRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.LeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -490,6 +510,33 @@ class Coordinator:
             '/hsm.v1.Coordinator/DrainAgent',
             hsm_dot_v1_dot_coordinator__pb2.DrainAgentRequest.SerializeToString,
             hsm_dot_v1_dot_coordinator__pb2.DrainAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/Lease',
+            hsm_dot_v1_dot_coordinator__pb2.LeaseRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.LeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
