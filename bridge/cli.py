@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,18 @@ the MDT's HSM action lists (archive, restore, remove, cancel) and forwards
 every item to the hsm-coordinator cluster, keyed by the MDT's cookie: a
 list replayed after a restart never makes a second action. Each list is
 journaled (fsynced) before it is forwarded, and sent again after a crash.
+
+One bridge per file system is active: it holds the coordinators' lease
+"bridge:<fsname>". A second bridge started for the same file system stands
+by (it does not register with the MDT) and takes over when the active one
+stops or its lease lapses (--lease-ttl). A bridge that cannot renew its
+lease unregisters at once and exits 1.
+
+When it becomes active, the bridge reads the MDT's active requests
+(--active-requests or --active-requests-command) and forwards the STARTED
+items it does not have: those a bridge that died had not read yet, which
+the MDT never sends again. Without either option they stay STARTED at the
+MDT until its active_request_timeout, then fail.
 """
 
 EPILOG = """\
@@ -39,8 +52,13 @@ MDT settings to change (lctl set_param on the MDS), and why:
                                    retries (max_attempts).
   mdt.*.hsm.grace_delay            unchanged: the coordinator keeps its own record.
 
-exit status: 0 stopped by SIGTERM/SIGINT, 1 the MDT or the library failed,
-2 bad usage.
+Reading the MDT's active requests (on the MDS, as root):
+  lctl get_param mdt.<fsname>-MDT*.hsm.active_requests
+  e.g. --active-requests-command "ssh mds1 lctl get_param mdt.lustre-MDT*.hsm.active_requests"
+  or, on the MDS, --active-requests '/sys/kernel/debug/lustre/mdt/lustre-MDT*/hsm/active_requests'
+
+exit status: 0 stopped by SIGTERM/SIGINT, 1 the MDT or the library failed or
+the lease was lost (restart it: it stands by), 2 bad usage.
 """
 
 
@@ -70,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the MDT's mdt.*.hsm.active_request_timeout (default 3600)")
     p.add_argument("--mdt-stall-after", type=float, default=30.0, metavar="SECONDS",
                    help="report the MDT's max_requests stall after this long without a list (default 30)")
+    p.add_argument("--holder", metavar="ID",
+                   help="this bridge's name in the lease (default <hostname>:<pid>)")
+    p.add_argument("--lease-ttl", type=float, default=15.0, metavar="SECONDS",
+                   help="how long the lease lasts without a renewal (3-3600, default 15): the standby takes "
+                        "over this long after the active bridge died")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--active-requests", action="append", metavar="PATH",
+                     help="a file (glob allowed, repeatable) holding what 'lctl get_param "
+                          "mdt.<fsname>-MDT*.hsm.active_requests' prints")
+    src.add_argument("--active-requests-command", metavar="CMD",
+                     help="a command printing it (run without a shell, split as a shell would)")
+    p.add_argument("--report-every", type=float, default=60.0, metavar="SECONDS",
+                   help="log the counters this often (default 60)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -93,9 +124,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, InvalidArgument) as exc:
         parser.error(str(exc))
     journal = args.journal or Path("/var/lib/hsm-bridge") / f"{'+'.join(sorted(args.fsname))}.journal"
+    try:
+        command = tuple(shlex.split(args.active_requests_command or ""))
+    except ValueError as exc:
+        parser.error(f"--active-requests-command: {exc}")
+    if args.active_requests_command is not None and not command:
+        parser.error("--active-requests-command: empty command")
+    if args.report_every <= 0:
+        parser.error("--report-every must be > 0")
     config = DaemonConfig(mount=args.mount, core=core, journal=journal,
-                          archive_ids=tuple(args.archive_id or (0,)))
-    bridge = Bridge(config, LustreApi(args.library), client)
+                          archive_ids=tuple(args.archive_id or (0,)), holder=args.holder or "",
+                          lease_ttl=args.lease_ttl, active_requests=tuple(args.active_requests or ()),
+                          active_requests_command=command, report_every=args.report_every)
+    try:
+        bridge = Bridge(config, LustreApi(args.library), client)
+    except ValueError as exc:
+        client.close()
+        parser.error(str(exc))
 
     async def run() -> int:
         stop = asyncio.Event()

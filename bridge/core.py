@@ -1,7 +1,7 @@
 """The MDT bridge's protocol, pure: events in (with the time passed in),
-instructions out. The ``hsm-bridge`` daemon (its shell, still to be built
-on issue 11) reads the MDT's action lists, carries the instructions out and
-feeds the answers back.
+instructions out. The ``hsm-bridge`` daemon (``bridge.daemon``, its shell)
+reads the MDT's action lists, carries the instructions out and feeds the
+answers back.
 
 What it decides:
 
@@ -200,6 +200,12 @@ class BridgeCore:
                 out.append(build_hal(ActionList(fsname, archive_id, tuple(items[start:start + LIST_ITEMS]),
                                                 flags=flags)))
         return out
+
+    def summary(self) -> str:
+        """The counters in one line, for the periodic log."""
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counters.items())) or "nothing yet"
+        return (f"counters: {counts}; backlog {self.backlog}, forwarded and not ended "
+                f"{len(self._outstanding)}")
 
     def next_timer(self, now: float) -> float | None:
         """When ``on_tick`` has something to do next (None: nothing)."""

@@ -1,21 +1,30 @@
-"""``hsm-bridge``'s shell around ``bridge.core``: it registers as the
-copytool of a Lustre mount, reads the MDT's action lists, journals each
-before acting on it, and carries out what the core decides (submit and
-cancel through the coordinator client, end items at the MDT, watch the
-actions it forwarded, log what an admin must see).
+"""``hsm-bridge``'s shell around ``bridge.core``: it stands by until it
+holds the coordinator's lease of every file system it serves
+(``bridge.lease``), then sends again what its journal and the MDT's active
+requests say is unfinished (``bridge.recovery``), registers as the copytool
+of a Lustre mount, reads the MDT's action lists, journals each before
+acting on it, and carries out what the core decides (submit and cancel
+through the coordinator client, end items at the MDT, watch the actions it
+forwarded, log what an admin must see). It stops, and unregisters, as soon
+as it cannot be sure it still holds its leases.
 
 Threads: one reads the MDT (``llapi_hsm_copytool_recv`` blocks) and
-journals each list the moment recv returns it (fsynced), a small
-pool makes the coordinator calls (the client is synchronous and
-thread-safe) and the MDT ends; everything the core sees happens on the
-event loop, in order.
+journals each list the moment recv returns it (fsynced), one renews the
+leases, a small pool makes the coordinator calls (the client is
+synchronous and thread-safe) and the MDT ends; everything the core sees
+happens on the event loop, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno as E
+import glob
 import logging
+import os
+import shlex
+import socket
+import subprocess
 import threading
 import time
 from collections import deque
@@ -38,6 +47,8 @@ from bridge.core import (
     initiator_of,
 )
 from bridge.journal import Journal
+from bridge.lease import GiveBack, LeaseKeeper, lease_name
+from bridge.recovery import Plan, plan
 from hsm.client import (
     CoordinatorClient,
     CoordinatorError,
@@ -47,6 +58,7 @@ from hsm.client import (
     submit_item,
 )
 from hsm.hsmflags import HP_FLAG_COMPLETED, HSM_REQUEST_FLAGS, HSMA
+from hsm.lustre import active_requests
 from hsm.lustre.api import Copytool, LustreApi
 from hsm.v1 import coordinator_pb2 as cpb
 from hsm.v1 import types_pb2 as tpb
@@ -63,6 +75,12 @@ WATCH_ROUND = 2.0
 #: messages recv may refuse in a row (EPROTO) before the bridge gives up on
 #: the MDT's pipe (a stream it cannot resynchronise: a restart registers again)
 MAX_REFUSED = 1000
+#: seconds the --active-requests-command may run
+ACTIVE_REQUESTS_TIMEOUT = 60.0
+
+
+class LeaseLost(Exception):
+    """The bridge can no longer be sure it is the only active one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +89,13 @@ class DaemonConfig:
     core: BridgeConfig
     journal: Path
     archive_ids: tuple[int, ...] = (0,)  # 0: every archive id
+    holder: str = ""  # this bridge's name in the leases ("" : host:pid)
+    lease_ttl: float = 15.0
+    #: where the MDT's hsm.active_requests are read when the bridge becomes
+    #: active: files (globs), or a command printing them (argv)
+    active_requests: tuple[str, ...] = ()
+    active_requests_command: tuple[str, ...] = ()
+    report_every: float = 60.0
 
 
 def submit_item_of(rec: Received) -> cpb.SubmitItem:
@@ -109,35 +134,79 @@ class Bridge:
         self._watched: set[int] = set()
         self._watch_lock = threading.Lock()
         self._watch_more = threading.Event()
+        self.holder = config.holder or f"{socket.gethostname()}:{os.getpid()}"
+        self.keeper = LeaseKeeper(tuple(lease_name(f) for f in sorted(config.core.fsnames)), config.lease_ttl)
+        self._lease_lock = threading.Lock()
+        self._unregistered = False
 
     # -- life ---------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Until *stop* is set (or reading the MDT fails for good)."""
+        """Until *stop* is set (or reading the MDT fails for good, or the
+        leases are lost): 0 when stopped, 1 on a failure."""
         self._loop = asyncio.get_running_loop()
-        replayed = 0
-        for raw in self.journal.replay():
+        try:
+            if not await self._stand_by(stop):
+                return 0
+            lease_keeper = threading.Thread(target=self._keep_leases, name="bridge-lease", daemon=True)
+            lease_keeper.start()
+            try:
+                await self._active(stop)
+            finally:
+                self._stopping.set()
+                lease_keeper.join(self.keeper.renew_every + 5)
+                if not isinstance(self._fatal, LeaseLost):
+                    self._give_back()
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            with self._journal_lock:
+                self.journal.close()
+        log.info("stopped; %s", self.core.summary())
+        if isinstance(self._fatal, LeaseLost):
+            log.error("stopped: %s; unregistered from the MDT so that the bridge that takes the lease is "
+                      "the only one (restarted, this one stands by)", self._fatal)
+            return 1
+        if self._fatal is not None:
+            log.error("reading the MDT failed: %s", self._fatal)
+            return 1
+        return 0
+
+    async def _active(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        recovery = await loop.run_in_executor(None, self._recovery_plan)
+        self.journal.compact(recovery.lists)
+        for raw in recovery.lists:
             self._do(self.core.on_list(self.clock(), raw))
-            replayed += 1
-        if replayed:
-            log.info("sent again %d action list(s) from the journal %s", replayed, self.config.journal)
-        # they are in the file: counted, so that it is compacted once they end
-        # (else a later restart would send them all again)
-        self.journal.records = replayed
-        self._ct = self.api.copytool_register(str(self.config.mount), list(self.config.archive_ids))
+        self.core.counters["recovered"] += recovery.recovered
+        self.core.counters["journal_dropped"] += recovery.journal_dropped
+        if recovery.lists:
+            log.info("sent again %d action list(s): %s", len(recovery.lists), _recovery_text(recovery))
+        with self._lease_lock:
+            if self._fatal is not None:
+                return
+            self._ct = self.api.copytool_register(str(self.config.mount), list(self.config.archive_ids))
         log.info("registered as the copytool of %s (archive ids %s); forwarding to the coordinators",
                  self.config.mount, ",".join(map(str, self.config.archive_ids)))
+        now = self.clock()
+        for end in recovery.ends:
+            req = end.request
+            self._do([EndAtMdt(Received(req.fsname, req.archive_id, req.flags, req.item, now), end.errval,
+                               f"recovered from the MDT's active requests, {end.why}")])
         reader = threading.Thread(target=self._read_mdt, name="bridge-mdt", daemon=True)
         watcher = threading.Thread(target=self._watcher, name="bridge-watch", daemon=True)
         self._may_read.set()
         reader.start()
         watcher.start()
+        next_report = self.clock() + self.config.report_every
         try:
             while not stop.is_set() and self._fatal is None:
                 self._wake.clear()
                 self._do(self.core.on_tick(self.clock()))
                 self._backpressure()
                 self._maybe_compact()
+                if self.clock() >= next_report:
+                    log.info("%s", self.core.summary())
+                    next_report = self.clock() + self.config.report_every
                 due = self.core.next_timer(self.clock())
                 delay = 1.0 if due is None else max(0.0, min(1.0, due - self.clock()))
                 waits = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
@@ -147,18 +216,135 @@ class Bridge:
         finally:
             self._stopping.set()
             self._may_read.set()
-            if self._ct is not None:
-                self._ct.unregister()  # the reader's recv ends
+            self._unregister()  # the reader's recv ends
             self._watch_more.set()
             reader.join(5)
             watcher.join(WATCH_ROUND + 5)
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            with self._journal_lock:
-                self.journal.close()
-        if self._fatal is not None:
-            log.error("reading the MDT failed: %s", self._fatal)
-            return 1
-        return 0
+
+    def _unregister(self) -> None:
+        with self._lease_lock:
+            if self._ct is not None and not self._unregistered:
+                self._unregistered = True
+                self._ct.unregister()
+
+    # -- leases ---------------------------------------------------------------
+
+    async def _stand_by(self, stop: asyncio.Event) -> bool:
+        """Until this bridge holds every lease (True) or *stop* is set."""
+        loop = asyncio.get_running_loop()
+        said: tuple[str, ...] = ()
+        while not stop.is_set():
+            for ask in self.keeper.due(self.clock()):
+                await loop.run_in_executor(None, self._ask, ask.name, self.keeper.renew_every)
+            if self.keeper.active:
+                log.info("holding the lease(s) %s as %s: active", ", ".join(self.keeper.names), self.holder)
+                return True
+            holders = tuple(sorted({f"{name} held by {holder}" for name, (holder, _until)
+                                    in self.keeper.waiting_for.items()}))
+            if holders and holders != said:
+                log.info("standing by as %s: %s", self.holder, "; ".join(holders))
+                said = holders
+            delay = max(0.05, self.keeper.next_time(self.clock()) - self.clock())
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+        return False
+
+    def _ask(self, name: str, timeout: float) -> None:
+        asked_at = self.clock()
+        try:
+            reply = self.client.lease(name, self.holder, self.keeper.ttl, timeout=max(0.5, timeout))
+        except CoordinatorError as exc:
+            with self._lease_lock:
+                self.keeper.on_error(self.clock(), name)
+            log.warning("lease %s: the coordinators did not answer (%s)", name, exc)
+            return
+        with self._lease_lock:
+            backs = self.keeper.on_answer(self.clock(), name, asked_at, reply.granted, reply.holder,
+                                          reply.remaining_ms / 1000)
+        for back in backs:
+            self._give_back_one(back)
+
+    def _keep_leases(self) -> None:
+        """Renew the leases while active; on losing one, stop reading the MDT at once."""
+        while not self._stopping.is_set():
+            with self._lease_lock:
+                asks = self.keeper.due(self.clock())
+                left = min(self.keeper.valid_until.values(), default=self.clock()) - self.clock()
+            for ask in asks:
+                self._ask(ask.name, min(self.keeper.renew_every, left))
+            with self._lease_lock:
+                why = self.keeper.lost(self.clock())
+            if why is not None:
+                self._fatal = LeaseLost(why)
+                self._unregister()
+                if self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._wake.set)
+                return
+            self._stopping.wait(0.1)
+
+    def _give_back(self) -> None:
+        """On a clean stop: the standby takes over at once."""
+        with self._lease_lock:
+            names = [n for n in self.keeper.names if n in self.keeper.valid_until]
+            self.keeper.valid_until.clear()
+            self.keeper.active = False
+        for name in names:
+            self._give_back_one(GiveBack(name))
+
+    def _give_back_one(self, back: GiveBack) -> None:
+        try:
+            self.client.lease(back.name, self.holder, 0, timeout=2.0)
+        except CoordinatorError as exc:
+            log.warning("lease %s not given back (%s): it lapses in %.0f s", back.name, exc, self.keeper.ttl)
+
+    # -- recovery -------------------------------------------------------------
+
+    def _recovery_plan(self) -> Plan:
+        journal = list(self.journal.replay())
+        text = self._read_active_requests()
+        fsnames = self.config.core.fsnames
+        parsed = None
+        if text is not None:
+            parsed = active_requests.parse(text, fsname=next(iter(fsnames)) if len(fsnames) == 1 else "")
+        out = plan(journal, parsed, fsnames, self.config.archive_ids)
+        for report in out.reports:
+            log.error("%s", report)
+        return out
+
+    def _read_active_requests(self) -> str | None:
+        cfg = self.config
+        if cfg.active_requests_command:
+            try:
+                done = subprocess.run(cfg.active_requests_command, capture_output=True, text=True,
+                                      timeout=ACTIVE_REQUESTS_TIMEOUT, check=False)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.error("--active-requests-command %s failed: %s; %s", shlex.join(cfg.active_requests_command),
+                          exc, _NO_RECOVERY)
+                return None
+            if done.returncode != 0:
+                log.error("--active-requests-command %s exited %d (%s); %s",
+                          shlex.join(cfg.active_requests_command), done.returncode,
+                          done.stderr.strip()[-300:], _NO_RECOVERY)
+                return None
+            return done.stdout
+        if cfg.active_requests:
+            paths = sorted({p for pattern in cfg.active_requests for p in glob.glob(pattern)})
+            if not paths:
+                log.error("--active-requests %s: no such file; %s", " ".join(cfg.active_requests), _NO_RECOVERY)
+                return None
+            parts = []
+            for path in paths:
+                try:
+                    parts.append(_with_header(path, Path(path).read_text(encoding="utf-8", errors="replace")))
+                except OSError as exc:
+                    log.error("--active-requests %s: %s; %s", path, exc, _NO_RECOVERY)
+                    return None
+            return "".join(parts)
+        log.warning("no --active-requests: items the MDT sent to a bridge that died before reading them "
+                    "stay STARTED at the MDT until its active_request_timeout, then fail")
+        return None
 
     def _read_mdt(self) -> None:
         assert self._ct is not None and self._loop is not None
@@ -307,6 +493,26 @@ class Bridge:
             except CoordinatorError as exc:
                 log.warning("watching %d action(s) failed (%s); watching again", len(ids), exc)
                 self._stopping.wait(1.0)
+
+
+_NO_RECOVERY = ("the journal is sent again whole, and items the MDT sent to a bridge that died before "
+                "reading them are not recovered")
+
+
+def _with_header(path: str, text: str) -> str:
+    """A file ``.../mdt/<fsname>-MDT0000/hsm/active_requests`` (debugfs or
+    /proc on the MDS) read as ``lctl get_param`` prints it, header first."""
+    parts = Path(path).parts
+    if len(parts) >= 3 and parts[-1] == "active_requests" and parts[-2] == "hsm" and "-MDT" in parts[-3]:
+        return f"mdt.{parts[-3]}.hsm.active_requests=\n{text}"
+    return text
+
+
+def _recovery_text(p: Plan) -> str:
+    if not p.journal_checked:
+        return f"the journal, whole ({len(p.lists)} list(s))"
+    return (f"{p.journal_kept} journaled item(s) the MDT still holds ({p.journal_dropped} it no longer holds "
+            f"dropped), {p.recovered} item(s) recovered from its active requests, {len(p.ends)} ended there")
 
 
 class _Result:

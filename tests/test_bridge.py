@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from hsm.hsmflags import HS, HUA
 from hsm.lustre import hal
 from hsm.lustre.api import LustreApi
 from hsm.simfs import SimFS
+from tests.cluster import ProcCluster
 from tests.lustre_standin.harness import MdtProcess, library_or_skip, until
 
 pytestmark = pytest.mark.slow  # real processes
@@ -44,15 +46,33 @@ class Rig:
         self.bridge: subprocess.Popen[bytes] | None = None
         self.log = tmp / "bridge.log"
 
-    def start_bridge(self, *extra: str) -> None:
+    def lctl_command(self) -> str:
+        """What a site gives --active-requests-command: ``lctl get_param``
+        of the MDT's active requests (here the stand-in's lctl)."""
+        return (f"{sys.executable} -m tests.lustre_standin.lctl --root {self.fs.root} "
+                f"get_param mdt.*.hsm.active_requests")
+
+    def spawn_bridge(self, *extra: str, log: Path | None = None, journal: Path | None = None,
+                     holder: str = "bridge-1") -> subprocess.Popen[bytes]:
+        """An hsm-bridge process, with a fixed lease holder name unless
+        *extra* names one: restarted after a kill, it takes its own lease
+        back at once."""
         env = dict(os.environ, HSM_LIBLUSTREAPI=str(self.lib))
         env.pop("HSM_CLUSTER", None)
-        with open(self.log, "ab") as log:
-            self.bridge = subprocess.Popen(
+        named = () if "--holder" in extra else ("--holder", holder)
+        with open(log or self.log, "ab") as out:
+            return subprocess.Popen(
                 [sys.executable, "-m", "bridge.cli", "--mount", str(self.fs.root), "--fsname", FSNAME,
-                 "--coordinators", self.address, "--journal", str(self.tmp / "journal"),
-                 "--log-level", "debug", *extra], stdout=log, stderr=log, env=env)
-        until(lambda: self.bridge is not None and (self.bridge.poll() is not None or self.mdt.stats()["agents"]),
+                 "--coordinators", self.address, "--journal", str(journal or self.tmp / "journal"),
+                 "--log-level", "debug", *named, *extra], stdout=out, stderr=out, env=env)
+
+    def registered(self) -> list[int]:
+        """The pids of the copytools registered with the MDT."""
+        return [a["pid"] for a in self.mdt.stats()["agents"]]
+
+    def start_bridge(self, *extra: str) -> None:
+        self.bridge = self.spawn_bridge(*extra)
+        until(lambda: self.bridge is not None and (self.bridge.poll() is not None or self.registered()),
               20, "the bridge to register with the MDT")
         assert self.bridge.poll() is None, self.log.read_text()
 
@@ -145,26 +165,113 @@ def test_kill_9_of_the_bridge_loses_nothing_and_makes_nothing_twice(rig: Rig) ->
     assert "sent again" in rig.log.read_text(), "the journal was replayed"
 
 
-def test_items_read_while_no_coordinator_answered_are_sent_after_a_kill_9(rig: Rig) -> None:
-    """The MDT never sends an item twice: the bridge's journal is the only
-    place the items it read survive a crash before they reached a
-    coordinator."""
+def test_a_bridge_that_cannot_reach_the_coordinators_leaves_the_items_waiting_at_the_mdt(rig: Rig) -> None:
+    """Without the coordinators' lease a bridge does not register: the MDT
+    keeps the items WAITING (no active_request_timeout runs on them) and
+    sends them to the bridge that can forward them."""
     address = rig.address
     rig.address = "127.0.0.1:1"  # nothing listens there
-    rig.start_bridge()
-    fids = rig.files(20)
-    rig.request(HUA.ARCHIVE, fids)
-    until(lambda: {r["status"] for r in rig.mdt.records()} == {"STARTED"} and len(rig.mdt.records()) == 20,
-          20, "the MDT sent all 20 to the bridge")
-    until(lambda: "again in" in rig.log.read_text(), 20, "the bridge retrying the unreachable coordinator")
-    assert rig.bridge is not None
-    rig.bridge.send_signal(signal.SIGKILL)
-    rig.bridge.wait()
-    assert rig.actions() == []
+    cut_off = rig.spawn_bridge()
+    try:
+        fids = rig.files(20)
+        rig.request(HUA.ARCHIVE, fids)
+        until(lambda: "did not answer" in rig.log.read_text(), 20, "the bridge failing to reach the coordinators")
+        assert cut_off.poll() is None, "it waits, it does not exit"
+        assert rig.registered() == [], "not registered with the MDT"
+        assert {r["status"] for r in rig.mdt.records()} == {"WAITING"}
+    finally:
+        cut_off.kill()
+        cut_off.wait()
     rig.address = address
     rig.start_bridge()
-    until(lambda: len(rig.actions()) == 20, 20, "the 20 actions, from the journal")
-    assert "sent again 1 action list(s) from the journal" in rig.log.read_text()
+    until(lambda: len(rig.actions()) == 20, 20, "the 20 actions")
+
+
+def test_items_read_when_the_coordinators_lose_quorum_are_sent_when_they_return(tmp_path: Path) -> None:
+    """The coordinators lose quorum while the bridge is active: it keeps
+    what it read in its journal, cannot renew its lease, unregisters and
+    exits 1 (no bridge can forward anything meanwhile); restarted, it
+    stands by until they are back, then sends the journaled items."""
+    lib = library_or_skip(tmp_path / "lib")
+    cluster = ProcCluster(tmp_path / "cluster", shards=2)
+    r: Rig | None = None
+    try:
+        cluster.start_all()
+        r = Rig(tmp_path, lib, SimpleNamespace(address=cluster.addresses))
+        r.start_bridge("--lease-ttl", "4")
+        fids = r.files(20)
+        r.request(HUA.ARCHIVE, fids[:5])
+        until(lambda: len(r.actions()) == 5, 20, "the first 5 actions")
+        cluster.kill("r2")
+        cluster.kill("r3")
+        r.request(HUA.ARCHIVE, fids[5:])
+        until(lambda: len([x for x in r.mdt.records() if x["status"] == "STARTED"]) == 20, 20,
+              "the MDT sent the other 15 to the bridge")
+        assert r.bridge is not None
+        assert r.bridge.wait(30) == 1, "the bridge stops when it cannot renew its lease"
+        log = r.log.read_text()
+        assert "could not be renewed" in log and "unregistered from the MDT" in log
+        assert r.registered() == []
+        cluster.start("r2")
+        cluster.start("r3")
+        cluster.wait_ready()
+        r.start_bridge("--lease-ttl", "4")
+        until(lambda: len(r.actions()) == 20, 30, "all 20 actions, 15 of them from the journal")
+        assert len({(a.fid.seq, a.fid.oid) for a in r.actions()}) == 20, "one action per file"
+        assert "sent again" in r.log.read_text()
+    finally:
+        if r is not None:
+            r.stop()
+        cluster.stop()
+
+
+def test_a_second_bridge_stands_by_and_takes_over(rig: Rig) -> None:
+    """Two bridges for one file system: one registers with the MDT, the
+    other stands by. SIGTERM of the active one hands over at once (it gives
+    its lease back); kill -9 of the next one hands over when its lease
+    lapses, and the items the MDT had sent to the dead one are recovered
+    from the MDT's active requests. One action per MDT item throughout."""
+    recover = ("--active-requests-command", rig.lctl_command(), "--lease-ttl", "3")
+    a = rig.spawn_bridge(*recover, holder="node-a", log=rig.tmp / "a.log", journal=rig.tmp / "a.journal")
+    b: subprocess.Popen[bytes] | None = None
+    try:
+        until(lambda: rig.registered() == [a.pid], 20, "bridge a active")
+        b = rig.spawn_bridge(*recover, holder="node-b", log=rig.tmp / "b.log", journal=rig.tmp / "b.journal")
+        until(lambda: "standing by as node-b: bridge:lfs0 held by node-a" in (rig.tmp / "b.log").read_text(), 20,
+              "bridge b standing by")
+        assert rig.registered() == [a.pid], "one active bridge"
+        fids = rig.files(30)
+        rig.request(HUA.ARCHIVE, fids[:10])
+        until(lambda: len(rig.actions()) == 10, 20, "10 actions through bridge a")
+
+        a.terminate()
+        assert a.wait(20) == 0
+        until(lambda: rig.registered() == [b.pid], 5, "bridge b active at once: a gave its lease back")
+        rig.request(HUA.ARCHIVE, fids[10:20])
+        until(lambda: len(rig.actions()) == 20, 20, "20 actions")
+
+        a = rig.spawn_bridge(*recover, holder="node-a", log=rig.tmp / "a.log", journal=rig.tmp / "a.journal")
+        until(lambda: "standing by as node-a" in (rig.tmp / "a.log").read_text().split("stopped;")[-1], 20,
+              "bridge a back, standing by")
+        b.send_signal(signal.SIGSTOP)  # the MDT's next list stays in b's pipe...
+        rig.request(HUA.ARCHIVE, fids[20:])
+        until(lambda: len([x for x in rig.mdt.records() if x["status"] == "STARTED"]) == 30, 20,
+              "the MDT sent the last 10 to bridge b")
+        b.kill()  # ... and b dies without reading it
+        b.wait()
+        until(lambda: rig.registered() == [a.pid], 20, "bridge a active once b's lease lapsed")
+        until(lambda: len(rig.actions()) == 30, 20, "the last 10, recovered from the MDT's active requests")
+        acts = rig.actions()
+        assert len({(x.fid.seq, x.fid.oid) for x in acts}) == 30, "one action per file"
+        assert all(len(x.requesters) == 1 for x in acts), "each MDT item made or joined one action once"
+        # the 10 b forwarded and the 10 it never read: a knows neither, and
+        # the coordinator's keys make the first 10 harmless
+        assert "20 item(s) recovered from its active requests" in (rig.tmp / "a.log").read_text()
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_the_mdt_max_requests_stall_is_reported(tmp_path: Path, coordinator_factory: Any) -> None:

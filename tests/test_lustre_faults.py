@@ -397,17 +397,15 @@ def test_kill_9_of_the_bridge_in_a_flood_loses_nothing_and_runs_nothing_twice(
         rig.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: a list the MDT wrote to the bridge's pipe and the bridge had not read (or not "
-    "journaled) when it died is lost: the MDT holds its items STARTED, never sends them again, "
-    "and cancels them silently after active_request_timeout; the restarted bridge cannot know them"))
 def test_a_list_in_the_pipe_when_the_bridge_dies_is_not_lost(tmp_path: Path, coordinator_factory: Any) -> None:
     """The window test 2 hits now and then, made certain: the bridge is
-    stopped (SIGSTOP) while the MDT writes a list to its pipe, then killed."""
+    stopped (SIGSTOP) while the MDT writes a list to its pipe, then killed.
+    The MDT holds those items STARTED and never sends them again: the
+    restarted bridge finds them in the MDT's active requests."""
     lib = library_or_skip(tmp_path / "lib")
     rig = FaultRig(tmp_path, lib, coordinator_factory(shards=2))
     try:
-        rig.start_bridge("--mdt-max-requests", "1000")
+        rig.start_bridge("--mdt-max-requests", "1000", "--active-requests-command", rig.lctl_command())
         rig.start_agent("lmover")
         data = rig.make_files(3, 1000, seed=5)
         fids = list(data)
@@ -417,8 +415,13 @@ def test_a_list_in_the_pipe_when_the_bridge_dies_is_not_lost(tmp_path: Path, coo
         until(lambda: all(st["sent"] for st in rig.mdt.stats()["cookies"].values())
               and len(rig.mdt.stats()["cookies"]) == 3, 10, "the MDT to send the list to the bridge")
         rig.kill_bridge()
-        rig.start_bridge("--mdt-max-requests", "1000")
+        rig.start_bridge("--mdt-max-requests", "1000", "--active-requests-command", rig.lctl_command())
         until(lambda: rig.archived(fids) == len(fids), 10, "the three files ARCHIVED", interval=0.2)
+        until(rig.bridge_done, 30, "the bridge to see every forwarded action end")
+        stats = check_archived_once(rig, data, rig.client)
+        assert all(len(st["sent"]) == 1 and len(st["begins"]) == 1 for st in stats.values()), \
+            "sent once by the MDT, begun once"
+        assert "3 item(s) recovered from its active requests" in rig.log.read_text()
     finally:
         rig.stop()
 

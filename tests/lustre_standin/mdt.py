@@ -55,7 +55,9 @@ What it does not model (the differences from the kernel known so far):
 
 - one MDT (no DNE: ``restore_mdt_index`` is ignored); no llog on disk: a
   restarted MDT forgets its queue (the kernel replays it and re-queues
-  STARTED restores); no changelog; no ``hsm.agents``/``actions`` files;
+  STARTED restores); no changelog; of the ``mdt.*.hsm.*`` files only
+  ``active_requests`` (``OP_GET_PARAM``, read by ``python -m
+  tests.lustre_standin.lctl``), no ``agents``/``actions``;
   ``hsm_control`` is enabled or disabled only (no purge, no shutdown);
 - the scan is strict FIFO up to ``max_requests``: the kernel's "force one
   RESTORE into a nearly full scan" special case is left out; CANCEL items go
@@ -457,6 +459,7 @@ class Mdt:
             P.OP_STATS: self._op_stats,
             P.OP_SET_PARAM: self._op_set_param,
             P.OP_SHUTDOWN_COPYTOOLS: self._op_shutdown_copytools,
+            P.OP_GET_PARAM: self._op_get_param,
         }
         handler = handlers.get(op)
         if handler is None:
@@ -1158,6 +1161,37 @@ class Mdt:
             "restore_handles": {str(f): len(w) for f, w in self.restore_handles.items()},
         }
         return 0, json.dumps(out).encode()
+
+    def _op_get_param(self, payload: bytes, admin: bool) -> tuple[int, bytes]:
+        if not admin:
+            return -errno.EACCES, b""  # debugfs on the MDS: root only
+        if payload != b"active_requests":
+            return -errno.ENOENT, b""
+        return 0, "".join(self._active_request_line(car) for car in self.running.values()).encode()
+
+    def _active_request_line(self, car: Running) -> str:
+        """One line of ``hsm.active_requests``, formatted as
+        ``mdt_hsm_active_requests_proc_show`` (mdt_hsm_cdt_requests.c) does
+        with C's printf: ``%#llx`` prints 0 as ``0``; DFID is
+        ``[%#llx:0x%x:0x%x]``; ``hai_data`` in ``%02X`` pairs, at most 5
+        bytes (``hai_dump_data_field`` into a 12-byte buffer)."""
+
+        def x(v: int) -> str:
+            return f"{v:#x}" if v else "0"
+
+        def dfid(f: Fid) -> str:
+            return f"[{x(f.seq)}:0x{f.oid:x}:0x{f.ver:x}]"
+
+        rec = car.rec
+        data = "".join(f"{b:02X}" for b in rec.data[:5])
+        return (f"fid={dfid(rec.fid)} dfid={dfid(car.dfid)} compound/cookie={x(0)}/{x(rec.cookie)} "
+                f"action={_name(HSMA, rec.action)} archive#={rec.archive_id} flags={x(rec.flags)} "
+                f"extent={x(rec.offset)}-{x(rec.length)} gid={x(rec.gid)} data=[{data}] "
+                f"canceled={int(car.cancel is not None)} uuid={self._agent_uuid(car.agent)} done={car.moved()}\n")
+
+    @staticmethod
+    def _agent_uuid(agent: int) -> str:
+        return f"{agent:08x}-5374-616e-6469-6e2d4d445430"
 
     def _op_set_param(self, payload: bytes, admin: bool) -> tuple[int, bytes]:
         params = json.loads(payload or b"{}")

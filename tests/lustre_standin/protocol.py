@@ -79,6 +79,9 @@ OP_SET_PARAM = 15
 OP_SHUTDOWN_COPYTOOLS = 16
 #: nothing -> nothing: is the MDT up?
 OP_PING = 17
+#: name (``active_requests``) -> the text ``lctl get_param -n
+#: mdt.<fsname>-MDT0000.hsm.<name>`` prints on the MDS (root only).
+OP_GET_PARAM = 18
 
 OP_NAMES = {v: k[3:] for k, v in dict(globals()).items() if k.startswith("OP_") and isinstance(v, int)}
 
@@ -188,3 +191,7 @@ class MdtClient:
 
     def shutdown_copytools(self) -> None:
         check(self.socket, OP_SHUTDOWN_COPYTOOLS)
+
+    def get_param(self, name: str) -> str:
+        """``lctl get_param -n mdt.<fsname>-MDT0000.hsm.<name>``."""
+        return check(self.socket, OP_GET_PARAM, name.encode()).decode()
