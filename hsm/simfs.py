@@ -68,7 +68,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +200,24 @@ def _check_fsname(fsname: str) -> None:
         raise ValueError(
             f"invalid fsname {fsname!r}: like Lustre, 1 to 8 characters from A-Z a-z 0-9 _ -"
         )
+
+
+def walk_regular_files(start: Path, prune: Callable[[Path, str], bool]) -> Iterator[Path]:
+    """Regular files under directory *start* (none if it is not one), like
+    ``find -P START -type f`` sorted: a directory's files, then its subdirs
+    but those where ``prune(dirpath, name)``. Links are neither followed nor
+    listed; files gone before their ``lstat`` and unreadable dirs are left
+    out. For ``SimFS.walk`` and ``hsmctl.lustre.LustreFs.walk``."""
+    for dirpath, dirnames, filenames in os.walk(start):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not prune(here, d))
+        for name in sorted(filenames):
+            p = here / name
+            try:
+                if stat.S_ISREG(os.lstat(p).st_mode):
+                    yield p
+            except FileNotFoundError:
+                continue
 
 
 class SimFS:
@@ -340,17 +358,8 @@ class SimFS:
             raise ValueError(f"{top} is simfs metadata, not part of the tree")
         if not start.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(top))
-        for dirpath, dirnames, filenames in os.walk(start):
-            if Path(dirpath) == self.root:
-                dirnames[:] = [d for d in dirnames if d not in (META_DIR, DOT_LUSTRE)]
-            dirnames.sort()
-            for name in sorted(filenames):
-                p = Path(dirpath, name)
-                try:
-                    if stat.S_ISREG(os.lstat(p).st_mode):
-                        yield p
-                except FileNotFoundError:
-                    continue
+        yield from walk_regular_files(
+            start, lambda dirpath, name: dirpath == self.root and name in (META_DIR, DOT_LUSTRE))
 
     # ------------------------------------------------------------------ FIDs
 

@@ -1192,20 +1192,18 @@ def _wait_lustre(ctx: Context, fs: LustreFs, kind: str, targets: list[LustreTarg
 
 
 def _release_refusal(fs: SimFS, path: str) -> str:
-    """Why Lustre would refuse to release *path*, in words."""
+    """Why Lustre would refuse to release *path*, in words: what the HSM
+    flags say (``hsmctl.lustre.release_flag_refusal``), else the data version."""
+    from hsmctl.lustre import release_flag_refusal
+
     try:
         flags, _archive_id, archived_version = _hsm_state(fs, path)
         version = fs.data_version(path)
     except (OSError, ValueError):
         return "not allowed"
-    if not flags & HS.ARCHIVED:
-        return "the file is not archived"
-    if flags & HS.DIRTY:
-        return "the file is dirty (changed since it was archived)"
-    if flags & HS.NORELEASE:
-        return "the file is marked never_release"
-    if flags & HS.LOST:
-        return "the archived copy is lost"
+    why = release_flag_refusal(flags)
+    if why is not None:
+        return why
     if version != archived_version:
         return "the file changed since it was archived (data version differs)"
     return "not allowed in its HSM state"

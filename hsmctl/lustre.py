@@ -27,7 +27,6 @@ import ctypes
 import errno
 import functools
 import os
-import stat
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ __all__ = [
     "on_lustre_mount",
     "outcome",
     "refusal",
+    "release_flag_refusal",
     "release_refusal",
 ]
 
@@ -173,10 +173,10 @@ def refusal(kind: str, flags: int, file_archive_id: int, request_archive_id: int
     return "not allowed in the file's HSM state"
 
 
-def release_refusal(flags: int) -> str:
-    """Why a release was refused (EPERM), as far as the HSM flags tell."""
-    if flags & HS.RELEASED:
-        return "the file is released already"
+def release_flag_refusal(flags: int) -> str | None:
+    """Why the HSM flags forbid releasing a file, or None: the reasons
+    Lustre and simfs share, first one first (``release_refusal`` here and
+    hsmctl's simfs release add their own around them)."""
     if not flags & HS.ARCHIVED:
         return "the file is not archived"
     if flags & HS.DIRTY:
@@ -185,7 +185,15 @@ def release_refusal(flags: int) -> str:
         return "the file is marked never_release"
     if flags & HS.LOST:
         return "the archived copy is lost"
-    return "not allowed now (the data changed since it was archived, or the file is in use)"
+    return None
+
+
+def release_refusal(flags: int) -> str:
+    """Why a release was refused (EPERM), as far as the HSM flags tell."""
+    if flags & HS.RELEASED:
+        return "the file is released already"
+    return release_flag_refusal(flags) or (
+        "not allowed now (the data changed since it was archived, or the file is in use)")
 
 
 def outcome(kind: str, flags: int) -> str | None:
@@ -271,13 +279,7 @@ class LustreFs:
         ``find -P TOP -type f``. ``.lustre`` is skipped (a Lustre mount
         never lists it), and so is a ``.simfs`` directory: the metadata of
         the simfs tree the test stand-in serves as a Lustre mount."""
+        from hsm.simfs import DOT_LUSTRE, META_DIR, walk_regular_files  # here: slow to import
+
         start = Path(os.path.abspath(top)).resolve()
-        for dirpath, dirnames, filenames in os.walk(start):
-            dirnames[:] = sorted(d for d in dirnames if d not in (".lustre", ".simfs"))
-            for name in sorted(filenames):
-                p = Path(dirpath, name)
-                try:
-                    if stat.S_ISREG(os.lstat(p).st_mode):
-                        yield p
-                except FileNotFoundError:
-                    continue
+        yield from walk_regular_files(start, lambda _dirpath, name: name in (DOT_LUSTRE, META_DIR))

@@ -512,3 +512,194 @@ def test_help_says_what_works_on_lustre() -> None:
                   "llapi_hsm_request", "--wait on Lustre: polls llapi_hsm_current_action",
                   "It cannot", "succeeded N, failed N"):
         assert words in text
+
+
+# ---------------------------------------------------------------------------
+# what the simfs and the Lustre paths share: release refusals, the -r walk
+
+_NOT_ARCHIVED = "the file is not archived"
+_DIRTY = "the file is dirty (changed since it was archived)"
+_NORELEASE = "the file is marked never_release"
+_LOST = "the archived copy is lost"
+_RELEASED = "the file is released already"
+_LUSTRE_ELSE = "not allowed now (the data changed since it was archived, or the file is in use)"
+_DV_DIFFERS = "the file changed since it was archived (data version differs)"
+_SIMFS_ELSE = "not allowed in its HSM state"
+
+_A, _E, _R = HS.ARCHIVED, HS.EXISTS, HS.RELEASED
+
+
+@pytest.mark.parametrize(("flags", "why"), [
+    (0, _NOT_ARCHIVED),
+    (_R, _RELEASED),
+    (_R | _E | _A, _RELEASED),
+    (_R | HS.NORELEASE, _RELEASED),  # RELEASED is looked at first
+    (_R | _A | HS.DIRTY | HS.LOST, _RELEASED),
+    (_E | _A, _LUSTRE_ELSE),
+    (_E | _A | HS.NOARCHIVE, _LUSTRE_ELSE),
+    (_E | HS.DIRTY, _NOT_ARCHIVED),
+    (HS.NORELEASE | HS.LOST, _NOT_ARCHIVED),
+    (_E | _A | HS.DIRTY | HS.NORELEASE | HS.LOST, _DIRTY),
+    (_E | _A | HS.NORELEASE | HS.LOST, _NORELEASE),
+    (_E | _A | HS.LOST, _LOST),
+])
+def test_lustre_release_refusal_from_the_flags(flags: int, why: str) -> None:
+    assert hl.release_refusal(int(flags)) == why
+
+
+class _StubSimFS:
+    """What cli._release_refusal asks of a SimFS: hsm_state and data_version."""
+
+    def __init__(self, flags: int, archived_version: int, version: int | Exception,
+                 state_error: Exception | None = None) -> None:
+        self.flags, self.archived_version = flags, archived_version
+        self.version, self.state_error = version, state_error
+
+    def hsm_state(self, path: str) -> Any:
+        if self.state_error is not None:
+            raise self.state_error
+        return type("Attrs", (), {"flags": self.flags, "archive_id": 1,
+                                  "archived_version": self.archived_version})()
+
+    def data_version(self, path: str) -> int:
+        if isinstance(self.version, Exception):
+            raise self.version
+        return self.version
+
+
+def _simfs_refusal(flags: int, same_version: bool = True, **kw: Any) -> str:
+    fs: Any = _StubSimFS(int(flags), 3, 3 if same_version else 4, **kw)
+    return cli._release_refusal(fs, "f")
+
+
+@pytest.mark.parametrize(("flags", "same_version", "why"), [
+    (0, True, _NOT_ARCHIVED),
+    (_R, True, _NOT_ARCHIVED),  # simfs never looks at RELEASED
+    (_R | _E | _A, True, _SIMFS_ELSE),
+    (_R | _E | _A, False, _DV_DIFFERS),
+    (_R | _A | HS.DIRTY, True, _DIRTY),
+    (_E | _A, True, _SIMFS_ELSE),
+    (_E | _A, False, _DV_DIFFERS),
+    (_E | _A | HS.NOARCHIVE, False, _DV_DIFFERS),
+    (HS.NORELEASE, False, _NOT_ARCHIVED),
+    (_E | _A | HS.DIRTY | HS.NORELEASE | HS.LOST, False, _DIRTY),
+    (_E | _A | HS.NORELEASE | HS.LOST, False, _NORELEASE),
+    (_E | _A | HS.LOST, False, _LOST),
+])
+def test_simfs_release_refusal_from_the_flags_then_the_data_version(flags: int, same_version: bool,
+                                                                     why: str) -> None:
+    assert _simfs_refusal(flags, same_version) == why
+
+
+def test_simfs_release_refusal_when_the_state_cannot_be_read() -> None:
+    # both are read before any flag is looked at
+    assert _simfs_refusal(0, state_error=FileNotFoundError(errno.ENOENT, "gone")) == "not allowed"
+    assert _simfs_refusal(0, state_error=ValueError("metadata")) == "not allowed"
+    fs: Any = _StubSimFS(0, 3, OSError(errno.EIO, "eio"))
+    assert cli._release_refusal(fs, "f") == "not allowed"
+    fs = _StubSimFS(0, 3, ValueError("not in the tree"))
+    assert cli._release_refusal(fs, "f") == "not allowed"
+
+
+def _first_reason(flags: int, rules: list[tuple[int, int, str]], otherwise: str) -> str:
+    """The first rule (mask, value, reason) with ``flags & mask == value``."""
+    return next((why for mask, value, why in rules if flags & mask == value), otherwise)
+
+
+def test_release_refusals_of_every_flag_combination() -> None:
+    """The first reason that applies, in each path's order: Lustre looks at
+    RELEASED first and knows no data version; simfs never looks at
+    RELEASED and ends with the data version."""
+    shared = [(_A, 0, _NOT_ARCHIVED), (HS.DIRTY, HS.DIRTY, _DIRTY),
+              (HS.NORELEASE, HS.NORELEASE, _NORELEASE), (HS.LOST, HS.LOST, _LOST)]
+    bits = [_R, _E, _A, HS.DIRTY, HS.NORELEASE, HS.NOARCHIVE, HS.LOST]
+    for n in range(1 << len(bits)):
+        flags = sum(int(b) for i, b in enumerate(bits) if n >> i & 1)
+        lustre = _first_reason(flags, [(_R, _R, _RELEASED), *shared], _LUSTRE_ELSE)
+        assert hl.release_refusal(flags) == lustre, hex(flags)
+        simfs = _first_reason(flags, shared, _SIMFS_ELSE)
+        assert _simfs_refusal(flags, same_version=True) == simfs, hex(flags)
+        simfs = _first_reason(flags, shared, _DV_DIFFERS)
+        assert _simfs_refusal(flags, same_version=False) == simfs, hex(flags)
+
+
+@pytest.fixture
+def walk_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[SimFS, Path]:
+    """A simfs tree with metadata dirs at its root and dirs of the same names
+    lower down, links (to a file, to a directory), a FIFO and files made out
+    of order; the working directory is its c/."""
+    fs = SimFS.create(tmp_path / "fs", "walk")
+    root = fs.root
+    for rel in ("b.txt", "a.txt", "z/f", "c/vanish", "c/g", "c/e/h", "c/.simfs/x", "c/.lustre/y"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    fs.fid_of(root / "a.txt")  # fills .lustre/fid and .simfs/dv
+    os.symlink("../a.txt", root / "c/link")
+    os.symlink("../z", root / "c/dirlink")
+    os.mkfifo(root / "c/fifo")
+    monkeypatch.chdir(root / "c")
+    return fs, root
+
+
+def test_walks_list_regular_files_sorted_a_dir_before_its_subdirs(walk_tree: tuple[SimFS, Path]) -> None:
+    fs, root = walk_tree
+    c = [root / "c/g", root / "c/vanish"]  # no link, no FIFO; dirlink is not entered
+    top = [root / "a.txt", root / "b.txt"]
+    # simfs skips the metadata at the tree's root only
+    c_simfs = [*c, root / "c/.lustre/y", root / "c/.simfs/x", root / "c/e/h"]
+    assert list(fs.walk()) == [*top, *c_simfs, root / "z/f"]
+    assert list(fs.walk(root)) == [*top, *c_simfs, root / "z/f"]
+    assert list(fs.walk(root / "c")) == c_simfs
+    # Lustre skips .lustre and .simfs at every level
+    c_lustre = [*c, root / "c/e/h"]
+    assert list(hl.LustreFs.walk(str(root))) == [*top, *c_lustre, root / "z/f"]
+    assert list(hl.LustreFs.walk(str(root / "c"))) == c_lustre
+    # a link given as the top is resolved; a relative top is from the cwd
+    assert list(fs.walk(root / "c/dirlink")) == [root / "z/f"]
+    assert list(hl.LustreFs.walk(str(root / "c/dirlink"))) == [root / "z/f"]
+    assert list(fs.walk("e")) == [root / "c/e/h"]
+    assert list(hl.LustreFs.walk("e")) == [root / "c/e/h"]
+    assert list(hl.LustreFs.walk(".")) == c_lustre
+    # the top itself is never skipped by the Lustre walk
+    assert root / ".simfs/fsname" in list(hl.LustreFs.walk(str(root / ".simfs")))
+
+
+def test_walks_skip_a_file_gone_before_its_lstat(walk_tree: tuple[SimFS, Path],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    fs, root = walk_tree
+    real_lstat = os.lstat
+
+    def lstat(path: Any, *a: Any, **kw: Any) -> os.stat_result:
+        name = os.path.basename(os.fspath(path))
+        if name == "vanish":
+            raise FileNotFoundError(errno.ENOENT, "gone", path)
+        if name == "g":
+            raise PermissionError(errno.EACCES, "denied", path)
+        return real_lstat(path, *a, **kw)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    with pytest.raises(PermissionError):  # any other error ends the walk
+        list(fs.walk(root / "c"))
+    with pytest.raises(PermissionError):
+        list(hl.LustreFs.walk(str(root / "c")))
+    os.unlink(root / "c/g")
+    assert list(fs.walk(root / "c")) == [root / "c/.lustre/y", root / "c/.simfs/x", root / "c/e/h"]
+    assert list(hl.LustreFs.walk(str(root / "c"))) == [root / "c/e/h"]
+
+
+def test_walk_errors_simfs_refuses_lustre_lists_nothing(walk_tree: tuple[SimFS, Path],
+                                                       tmp_path: Path) -> None:
+    fs, root = walk_tree
+    # both are lazy: nothing is looked at before the first file is asked for
+    fs.walk(root / ".simfs")
+    hl.LustreFs.walk(str(root / "missing"))
+    for meta in (root / ".simfs", root / ".lustre/fid"):
+        with pytest.raises(ValueError, match="is simfs metadata, not part of the tree"):
+            list(fs.walk(meta))
+    with pytest.raises(ValueError, match="is not inside simfs tree"):
+        list(fs.walk(tmp_path))
+    for not_a_dir in (root / "a.txt", root / "missing"):
+        with pytest.raises(NotADirectoryError):
+            list(fs.walk(not_a_dir))
+        # ... where the Lustre walk, as os.walk, lists nothing
+        assert list(hl.LustreFs.walk(str(not_a_dir))) == []
