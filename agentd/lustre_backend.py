@@ -97,9 +97,10 @@ Retries and cancels
     with ``HP_FLAG_RETRY`` and the MDT's policy decides.
     Known limit on real Lustre: the MDT adopts a RESTORE's volatile FID at
     its first progress; a later attempt's new volatile file then gets
-    EINVAL, and that restore fails (the bridge ends it); a DNE restore
-    should pass ``llapi_get_mdt_index_by_fid`` as ``restore_mdt_index``,
-    which the binding does not have yet (-1 is passed).
+    EINVAL, and that restore fails (the bridge ends it).
+    DNE: a RESTORE's volatile file is made on the MDT of the file
+    (``llapi_get_mdt_index_by_fid``, as lhsmtool_posix does); a FID whose
+    MDT cannot be found fails the restore with that error.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ HANDLES = ("fake", "register")
 #: Functions every action needs; resolved at start so that a library that
 #: lacks one is a configuration error, not a failure of every action.
 NEEDED = ("llapi_hsm_action_begin", "llapi_hsm_action_end", "llapi_hsm_action_progress",
-          "llapi_hsm_action_get_fd", "llapi_get_data_version")
+          "llapi_hsm_action_get_fd", "llapi_get_data_version", "llapi_get_mdt_index_by_fid")
 NEEDED_REGISTER = ("llapi_hsm_copytool_register", "llapi_hsm_copytool_unregister",
                    "llapi_hsm_copytool_get_fd", "llapi_hsm_copytool_recv")
 
@@ -446,6 +447,11 @@ class LustreBackend:
                 self.api.function(name)
         except LustreApiUnavailable as exc:
             raise LustreBackendError(str(exc)) from None
+        try:  # the mount's root, for the ioctls that ask the mount (and the fake handle)
+            self._mnt_fd = os.open(self.mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise LustreBackendError(f"cannot open {self.mount}: {exc.strerror or exc}") from None
+        self._fds.append(self._mnt_fd)
         if copytool_handle == "register":
             if register_archive_id is None or not 1 <= register_archive_id <= 0x7FFFFFFF:
                 raise LustreBackendError(
@@ -462,8 +468,7 @@ class LustreBackend:
 
     def _fake_handle(self) -> Copytool:
         try:
-            mnt_fd = os.open(self.mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            self._fds.append(mnt_fd)
+            mnt_fd = self._mnt_fd
             fid_fd = os.open(".lustre/fid", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=mnt_fd)
             self._fds.append(fid_fd)
         except OSError as exc:
@@ -582,10 +587,12 @@ class LustreBackend:
                                     f"(no {self.initiator} cookie): the lustre backend needs the MDT's cookie; "
                                     "requests must go through the MDT (lfs hsm_*, or hsmctl on the Lustre mount)")
         items = [self.item_of(job, r) for r in reqs]
+        # DNE: the volatile file of a restore goes on the file's MDT
+        mdt_index = self.api.mdt_index_by_fid(self._mnt_fd, job.fid) if job.kind == HSMA.RESTORE else -1
         last: OSError | None = None
         for k, item in enumerate(items):
             try:
-                action = self.api.action_begin(self.copytool, item, -1, 0)
+                action = self.api.action_begin(self.copytool, item, mdt_index, 0)
             except OSError as exc:
                 if exc.errno == E.ENOENT and k + 1 < len(items):
                     log.info("%s: cookie %#x: begin answered ENOENT; trying the next cookie", job.log_prefix(),

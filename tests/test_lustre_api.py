@@ -126,7 +126,7 @@ def ctypes_of(ctype: str) -> Any:
 
 def test_binding_loads_exactly_the_prototyped_functions() -> None:
     assert set(api.FUNCTIONS) == prototypes.names()
-    assert len(prototypes.PROTOTYPES) == len(prototypes.names()) == 18
+    assert len(prototypes.PROTOTYPES) == len(prototypes.names()) == 19
 
 
 @pytest.mark.parametrize("proto", prototypes.PROTOTYPES)
@@ -237,6 +237,15 @@ int llapi_path2fid(const char *path, struct lu_fid *fid) {
         return -ENOENT;
     fid->f_seq = 0x200000400ULL; fid->f_oid = 0x1; fid->f_ver = 0x0;
     return 0;
+}
+
+/* like LL_IOC_FID2MDTIDX: the index is also the return value */
+int llapi_get_mdt_index_by_fid(int fd, const struct lu_fid *fid, int *mdt_index) {
+    stub_int[0] = fd;
+    if (fid->f_seq != 0x200000400ULL)
+        return -ENOENT;
+    *mdt_index = (int)fid->f_oid;
+    return (int)fid->f_oid;
 }
 
 int llapi_hsm_state_get(const char *path, struct hsm_user_state *hus) {
@@ -484,6 +493,15 @@ def test_path2fid_and_enoent(lapi: api.LustreApi, lib: ctypes.CDLL) -> None:
     e = ei.value
     assert type(e) is FileNotFoundError
     assert (e.errno, e.strerror, e.filename) == (errno.ENOENT, os.strerror(errno.ENOENT), "/mnt/lustre/nope")
+
+
+def test_mdt_index_by_fid(lapi: api.LustreApi, lib: ctypes.CDLL) -> None:
+    """``llapi_get_mdt_index_by_fid(int fd, const struct lu_fid *, int *)``
+    (lustreapi.h): the index through the pointer, errors negative."""
+    assert lapi.mdt_index_by_fid(7, Fid(0x200000400, 3)) == 3
+    assert list(ints(lib))[0] == 7
+    with pytest.raises(FileNotFoundError):
+        lapi.mdt_index_by_fid(7, Fid(0x200000401, 3))
 
 
 def test_state_get_set_and_errors(lapi: api.LustreApi, lib: ctypes.CDLL) -> None:

@@ -161,6 +161,32 @@ def test_archive_release_restore_remove_by_cookie_with_a_fake_handle(rig: Rig) -
     assert rig.cookie(item.cookie)["status"] == "SUCCEED"
 
 
+def test_a_restore_begins_on_the_mdt_of_its_file_an_archive_anywhere(rig: Rig) -> None:
+    """DNE: the backend asks the file's MDT (``llapi_get_mdt_index_by_fid``)
+    and begins the restore there, as lhsmtool_posix does; an archive passes
+    -1. The stand-in refuses a restore begun on an MDT it does not have, so
+    a wrong index would fail the restore."""
+    path, fid = rig.file("f", b"dne" * 1000)
+    backend = rig.backend()
+    begun: list[tuple[int, int]] = []
+    real = backend.api.action_begin
+
+    def spy(ct: Any, item: Any, mdt_index: int = -1, open_flags: int = 0, is_error: bool = False) -> Any:
+        begun.append((item.action, mdt_index))
+        return real(ct, item, mdt_index, open_flags, is_error)
+
+    backend.api.action_begin = spy  # type: ignore[method-assign]
+    mover = posix(rig)
+    for action in (HUA.ARCHIVE, HUA.RESTORE):
+        if action == HUA.RESTORE:
+            rig.fs.release(path)
+        rig.request(action, [fid])
+        (item,) = rig.items(1)
+        ok(mover.run(rig.job(backend, [item])))
+    assert begun == [(HSMA.ARCHIVE, -1), (HSMA.RESTORE, 0)]
+    assert path.read_bytes() == b"dne" * 1000
+
+
 def test_the_command_mover_over_the_lustre_backend(rig: Rig) -> None:
     """{path} is the .lustre/fid path, {dest} the volatile file's
     /proc/<pid>/fd/N (it has no name on Lustre)."""

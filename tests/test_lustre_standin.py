@@ -325,6 +325,34 @@ def test_restore_through_the_volatile_file(rig: Rig) -> None:
     assert st["begins"][0]["dfid"] == str(dfid)
 
 
+def test_a_restore_begins_on_the_mdt_of_its_file(rig: Rig) -> None:
+    """DNE as lhsmtool_posix sees it: ``llapi_get_mdt_index_by_fid`` gives
+    the MDT of a FID (the stand-in has one, index 0) and the volatile file
+    is made on the MDT passed to begin; a closed fd is EBADF, an MDT that
+    does not exist ENODEV."""
+    ct = rig.copytool([1])
+    path, fid = _archived_released(rig, ct, "dne", b"x" * 100)
+    fd = os.open(rig.fs.root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert rig.api.mdt_index_by_fid(fd, fid) == 0
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as closed:
+        rig.api.mdt_index_by_fid(fd, fid)
+    assert closed.value.errno == errno.EBADF
+    rig.request(HUA.RESTORE, [fid])
+    (item,) = rig.recv(ct).items
+    with pytest.raises(OSError) as no_mdt:
+        rig.api.action_begin(ct, item, mdt_index=1)
+    assert no_mdt.value.errno == errno.ENODEV
+    ca = rig.api.action_begin(ct, item, mdt_index=0)
+    vfd = ca.fd()
+    os.write(vfd, b"x" * 100)
+    os.close(vfd)
+    ca.end(0, 100, 0, 0)
+    assert rig.state(path)[0] == HS.EXISTS | HS.ARCHIVED
+
+
 def test_three_opens_of_a_released_file_make_one_restore(rig: Rig) -> None:
     data = b"restored on open " * 1000
     ct = rig.copytool([1])

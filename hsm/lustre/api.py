@@ -275,6 +275,7 @@ FUNCTIONS: dict[str, tuple[Any, tuple[Any, ...]]] = {
     ),
     "llapi_path2fid": (c_int, (c_char_p, POINTER(LuFid))),
     "llapi_open_by_fid": (c_int, (c_char_p, POINTER(LuFid), c_int)),
+    "llapi_get_mdt_index_by_fid": (c_int, (c_int, POINTER(LuFid), POINTER(c_int))),
 }
 
 
@@ -470,6 +471,15 @@ class LustreApi:
         )
         _raise(rc, str(fid))
         return os.fsdecode(buf.value)
+
+    def mdt_index_by_fid(self, fd: int, fid: Fid) -> int:
+        """``llapi_get_mdt_index_by_fid``: the index of the MDT serving
+        *fid* (DNE), asked through *fd*, an open file of the mount."""
+        lf = LuFid.of(fid)
+        index = c_int(-1)
+        rc = self.function("llapi_get_mdt_index_by_fid")(fd, ctypes.byref(lf), ctypes.byref(index))
+        _raise(rc, str(fid))
+        return index.value
 
     def open_by_fid(self, lustre_dir: str | os.PathLike[str], fid: Fid, flags: int) -> int:
         """``llapi_open_by_fid``: a new file descriptor (the caller closes it)."""

@@ -36,6 +36,7 @@ PROTOTYPES: tuple[str, ...] = (
     "int llapi_fid2path(const char *device, const char *fidstr, char *path, int pathlen, long long *recno, int *linkno);",
     "int llapi_path2fid(const char *path, struct lu_fid *fid);",
     "int llapi_open_by_fid(const char *lustre_dir, const struct lu_fid *fid, int open_flags);",
+    "int llapi_get_mdt_index_by_fid(int fd, const struct lu_fid *fid, int *mdt_index);",
 )
 
 

@@ -805,9 +805,13 @@ int llapi_hsm_action_begin(struct hsm_copyaction_private **phcp,
 	struct hsm_copyaction_private *hcp;
 	int rc;
 
-	(void)restore_mdt_index;	/* one MDT */
 	if (phcp == NULL || hai == NULL)
 		return -EINVAL;
+	/* the volatile file of a RESTORE is made on MDT restore_mdt_index
+	 * (-1: the parent's); the stand-in has one MDT: another index is a
+	 * device that does not exist */
+	if (!is_error && hai->hai_action == HSMA_RESTORE && restore_mdt_index != -1 && restore_mdt_index != 0)
+		return -ENODEV;
 	hcp = calloc(1, sizeof(*hcp));
 	if (hcp == NULL)
 		return -ENOMEM;
@@ -1133,6 +1137,19 @@ int llapi_path2fid(const char *path, struct lu_fid *fid)
 	if (rc == 0 && anslen != sizeof(*fid))
 		rc = -EPROTO;
 	return rc;
+}
+
+/* LL_IOC_FID2MDTIDX: the stand-in has one MDT, index 0. The kernel
+ * answers EBADF for a closed fd, and the ioctl's errno comes back negated. */
+int llapi_get_mdt_index_by_fid(int fd, const struct lu_fid *fid, int *mdt_index)
+{
+	if (fid == NULL)
+		return -EINVAL;
+	if (fcntl(fd, F_GETFD) < 0)
+		return -errno;
+	if (mdt_index)
+		*mdt_index = 0;
+	return 0;
 }
 
 /* llapi_fid_parse: [0xSEQ:0xOID:0xVER], brackets optional, any base

@@ -53,7 +53,8 @@ What it models:
 
 What it does not model (the differences from the kernel known so far):
 
-- one MDT (no DNE: ``restore_mdt_index`` is ignored); no llog on disk: a
+- one MDT, index 0 (the library's begin refuses a restore on another
+  with ENODEV, as for an MDT that does not exist); no llog on disk: a
   restarted MDT forgets its queue (the kernel replays it and re-queues
   STARTED restores); no changelog; of the ``mdt.*.hsm.*`` files only
   ``active_requests`` (``OP_GET_PARAM``, read by ``python -m
