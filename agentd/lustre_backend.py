@@ -95,9 +95,11 @@ Retries and cancels
     bridge's own end of a failed action then answers ENOENT). If the
     struct is not the one expected, ``give_back`` falls back to ``end``
     with ``HP_FLAG_RETRY`` and the MDT's policy decides.
-    Known limit on real Lustre: the MDT adopts a RESTORE's volatile FID at
-    its first progress; a later attempt's new volatile file then gets
-    EINVAL, and that restore fails (the bridge ends it).
+    The MDT takes a RESTORE's volatile FID as its data FID at the first
+    progress; a later attempt's new volatile file would get EINVAL. So a
+    restore is given back only before its first progress; after it, a
+    transient failure ends it with the error (it fails, as under Lustre's
+    own coordinator with its default policy).
     DNE: a RESTORE's volatile file is made on the MDT of the file
     (``llapi_get_mdt_index_by_fid``, as lhsmtool_posix does); a FID whose
     MDT cannot be found fails the restore with that error.
@@ -222,6 +224,9 @@ class LustreAction:
         self._dv_begin = 0
         self._last_progress = time.monotonic()
         self._want_dv = job.data_version != 0
+        #: a RESTORE's progress reached the MDT: it holds this attempt's
+        #: volatile file as the data FID, no other attempt can end the item
+        self._volatile_taken = False
         try:
             if self.kind == HSMA.ARCHIVE:
                 self._fd = action.fd()
@@ -329,6 +334,7 @@ class LustreAction:
                 return
             self._last_progress = now
             self._action.progress(self._item.offset, max(bytes_done, 0), max(bytes_total, 0))
+            self._volatile_taken = self.kind == HSMA.RESTORE
 
     def end(self, errno: int, bytes_done: int = 0, *, refused: bool = False, retry: bool = False) -> None:
         """``llapi_hsm_action_end`` with a positive errno (*refused*: ESTALE;
@@ -379,7 +385,20 @@ class LustreAction:
         coordinator runs it again, or the bridge ends it): its fds are
         closed and it is freed; the MDT keeps the request STARTED. Falls
         back to an end with ``HP_FLAG_RETRY`` when the library's
-        ``struct hsm_copyaction_private`` is not the one expected."""
+        ``struct hsm_copyaction_private`` is not the one expected.
+        A RESTORE whose progress reached the MDT cannot be given back: the
+        MDT took this attempt's volatile file as its data FID, and another
+        attempt's would be EINVAL; it is ended with *errno* (the restore
+        fails, as it would under Lustre's own coordinator)."""
+        if self._volatile_taken:
+            log.warning("%s: restore of %s cannot be tried again on cookie %#x (the MDT holds this attempt's "
+                        "volatile file): ended at the MDT with errno %d", self._job_prefix, self.fid,
+                        self.cookie, errno or E.EIO)
+            try:
+                self.end(errno or E.EIO)
+            except OSError as exc:
+                log.warning("%s: cookie %#x: %s", self._job_prefix, self.cookie, exc)
+            return
         with self._lock:
             if self._ended:
                 raise ValueError(f"{_mask(self.kind)} of {self.fid} has already ended")

@@ -352,6 +352,33 @@ def test_a_restore_given_back_is_restored_by_the_next_attempt(rig: Rig) -> None:
     assert (len(st["begins"]), len(st["ends"]), st["status"]) == (2, 1, "SUCCEED")
 
 
+def test_a_restore_given_back_after_its_first_progress_is_ended_with_the_error(rig: Rig) -> None:
+    """The MDT holds that attempt's volatile file as the data FID: a next
+    attempt could not end the item (EINVAL), so it is ended now; the next
+    attempt finds it gone (ENOENT) and fails without touching the file."""
+    data = os.urandom(400_000)
+    path, fid = rig.file("rp", data)
+    backend = rig.backend()
+    rig.request(HUA.ARCHIVE, [fid])
+    ok(posix(rig).run(rig.job(backend, rig.items(1))))
+    rig.fs.release(path)
+    rig.request(HUA.RESTORE, [fid])
+    (item,) = rig.items(1)
+    job = rig.job(backend, [item])
+    t, out = _run_in_thread(lambda: posix(rig, bandwidth_limit=100_000).run(job))
+    until(lambda: rig.cookie(item.cookie)["progress"], 10, "a progress at the MDT")
+    job.cancelled.set()  # e.g. agentd stopping: it would hand the action back
+    t.join(10)
+    (res,) = out
+    assert res.errno == errno.ECANCELED
+    st = rig.cookie(item.cookie)
+    assert [e["errval"] for e in st["ends"]] == [errno.ECANCELED], "ended, not left for an attempt that cannot end it"
+    again = posix(rig).run(rig.job(backend, [item], attempt=2))
+    assert again.errno == errno.ENOENT and not again.retry
+    assert rig.state(path) & HS.RELEASED
+    assert not any(p["rc"] == -errno.EINVAL for p in rig.cookie(item.cookie)["progress"])
+
+
 # ------------------------------------------------------- handles, config
 
 

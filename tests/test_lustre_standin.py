@@ -353,6 +353,30 @@ def test_a_restore_begins_on_the_mdt_of_its_file(rig: Rig) -> None:
     assert rig.state(path)[0] == HS.EXISTS | HS.ARCHIVED
 
 
+def test_the_first_progress_fixes_a_restores_volatile_file(rig: Rig) -> None:
+    """mdt_hsm_update_request_state: the first progress of a RESTORE sets
+    its data FID (the volatile file's); a later begin of the same cookie
+    makes another volatile file, whose progress and end are EINVAL. Before
+    any progress, a second begin is fine."""
+    ct = rig.copytool([1])
+    path, fid = _archived_released(rig, ct, "adopt", b"y" * 100)
+    rig.request(HUA.RESTORE, [fid])
+    (item,) = rig.recv(ct).items
+    first = rig.api.action_begin(ct, item)
+    first.progress(0, 10, 100)
+    second = rig.api.action_begin(ct, item)
+    assert second.dfid() != first.dfid()
+    with pytest.raises(OSError) as bad:
+        second.progress(0, 10, 100)
+    assert bad.value.errno == errno.EINVAL
+    vfd = first.fd()
+    os.write(vfd, b"y" * 100)
+    os.close(vfd)
+    first.end(0, 100, 0, 0)
+    assert path.read_bytes() == b"y" * 100
+    assert not list(rig.fs.volatile_dir.iterdir()), "the MDT dropped the other volatile file"
+
+
 def test_three_opens_of_a_released_file_make_one_restore(rig: Rig) -> None:
     data = b"restored on open " * 1000
     ct = rig.copytool([1])

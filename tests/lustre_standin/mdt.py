@@ -66,8 +66,10 @@ What it does not model (the differences from the kernel known so far):
   same archive id, sent to the holder of the last cancelled action);
 - the volatile file of a RESTORE is made by the MDT at COPY_START in
   ``.simfs/volatile/`` (the real library makes it at begin in the file's
-  directory) and its FID is known at once (the kernel adopts it at the
-  first progress or at end): the copytool sees the same ``hai_dfid``;
+  directory, and it goes away when its last fd closes; here the MDT drops
+  a restore's volatile files when the restore ends). As in the kernel, the
+  MDT takes the volatile FID of the first progress (or end) as the
+  restore's data FID; a later begin's volatile file is then EINVAL;
 - permissions: root or not (``SO_PEERCRED``), request masks fixed to
   RESTORE; data version flags are ignored; a volatile file's data version
   is a hash of its stat; ``fid2path`` ignores ``linkno``/``recno``;
@@ -184,7 +186,17 @@ class Running:
     dfid: Fid
     cancel: Record | None = None
     extents: list[tuple[int, int]] = field(default_factory=list)
+    #: the volatile file the MDT took as the restore's data FID (at its
+    #: first progress or end), and every one a begin made, by FID
     volatile: Path | None = None
+    volatiles: dict[Fid, Path] = field(default_factory=dict)
+
+    def drop_volatiles(self) -> None:
+        for path in self.volatiles.values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self.volatiles.clear()
+        self.volatile = None
 
     def moved(self) -> int:
         """Bytes reported moved (the union of the progress extents)."""
@@ -697,9 +709,7 @@ class Mdt:
                      _name(HSMA, rec.action), rec.fid, now - last)
             if car is not None:
                 del self.running[rec.cookie]
-                if car.volatile is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        car.volatile.unlink()
+                car.drop_volatiles()
             if rec.action == HSMA.RESTORE:
                 self._restore_handle_del(rec.fid)
             rec.status = ARS.CANCELED
@@ -888,10 +898,8 @@ class Mdt:
         rc = rc or rc2
         if volatile is not None and car is not None:
             if rc == 0:
-                if car.volatile is not None and car.volatile != volatile:
-                    with contextlib.suppress(FileNotFoundError):
-                        car.volatile.unlink()
-                car.volatile, car.dfid = volatile, item.dfid
+                # the MDT learns it at the first progress or end (mdt_hsm_update_request_state)
+                car.volatiles[item.dfid] = volatile
             else:
                 with contextlib.suppress(FileNotFoundError):
                     volatile.unlink()
@@ -932,9 +940,10 @@ class Mdt:
                     dv = self.fs.data_version(self.fs.path_of(item.fid))
                 else:
                     car = self.running.get(item.cookie)
-                    if car is None or car.volatile is None or item.fid != car.dfid:
+                    vol = car.volatiles.get(item.fid) if car is not None else None
+                    if vol is None:
                         raise FileNotFoundError(errno.ENOENT, "no such volatile file", str(item.fid))
-                    dv = _volatile_version(car.volatile)
+                    dv = _volatile_version(vol)
             except (OSError, ValueError) as e:
                 flags |= HP_FLAG_RETRY
                 errval = _errno_of(e)
@@ -982,7 +991,10 @@ class Mdt:
             end = min(hpk.offset + hpk.length, LUSTRE_EOF)
             car.extents.append((hpk.offset, end))
         if rec.action == HSMA.RESTORE and car.dfid == rec.fid:
-            car.dfid = hpk.fid  # the volatile FID comes back with the first progress
+            # the volatile FID comes back with the first progress (or the
+            # end): from then on it is the one, a later begin's is EINVAL
+            car.dfid = hpk.fid
+            car.volatile = car.volatiles.get(hpk.fid)
         if rec.action in (HSMA.RESTORE, HSMA.ARCHIVE) and hpk.fid not in (car.dfid, rec.fid):
             log.info("progress on %s for cookie %#x matches neither %s nor %s: EINVAL", hpk.fid,
                      hpk.cookie, rec.fid, car.dfid)
@@ -1057,7 +1069,8 @@ class Mdt:
             if car.volatile is not None:
                 with contextlib.suppress(OSError, ValueError):
                     self.fs.restore_end(rec.fid, car.volatile, errval or errno.EIO)  # deletes it
-                car.volatile = None
+            car.volatiles.pop(car.dfid, None)
+            car.drop_volatiles()
             if status is ARS.WAITING:
                 return rc, status  # retried: the restore handle (layout lock) is kept
             self._restore_handle_del(rec.fid)
@@ -1076,8 +1089,9 @@ class Mdt:
         if real.parent != self.fs.volatile_dir:
             return None
         for car in self.running.values():
-            if car.volatile == real:
-                return car.dfid
+            for fid, path in car.volatiles.items():
+                if path == real:
+                    return fid
         raise FileNotFoundError(errno.ENOENT, "not a volatile file of a running restore", path)
 
     def _op_state_get(self, payload: bytes, admin: bool) -> tuple[int, bytes]:
