@@ -19,6 +19,9 @@ How each check is done, offline:
 * systemd: ``systemd-analyze verify`` and ``systemd-analyze security
   --offline=true`` (Debian's ``systemd`` package) on units rendered by
   Ansible from the roles' templates.
+* hsm-bridge: the command lines the unit and the chart give it run
+  through its own ``main()`` as far as it goes without Lustre
+  (``hsm_bridge_from``).
 
 ``python -m tests.deploy.deploylib --write-static-units`` regenerates
 ``deploy/systemd/`` from the role templates.
@@ -36,8 +39,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -442,7 +445,7 @@ def convention_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], *
             if not only_replicas:
                 problems.append(f"NetworkPolicy {np_['metadata']['name']}: Raft ports open to {peers or 'everyone'}")
         # the API must stay reachable from the release's own pods
-        for component in ("coordinator", "agentd"):
+        for component in ("coordinator", "agentd", *(["bridge"] if values["bridge"]["enabled"] else [])):
             labels = {**pod_labels, "app.kubernetes.io/component": component}
             if not any(_ports_in(rule.get("ports", []), api_port, api_port) and (
                     not rule.get("from") or any(set(p) == {"podSelector"} and _selects(
@@ -455,6 +458,9 @@ def convention_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], *
         problems.append("serviceMonitor.enabled but no ServiceMonitor rendered")
 
     problems += _agentd_problems(docs, values, name, headless_name, namespace, domain, image)
+    service = f"{clients[0]['metadata']['name']}.{namespace}.svc.{domain}:{int(values['service']['port'])}" \
+        if len(clients) == 1 else None
+    problems += _bridge_problems(docs, values, service, image)
     problems += _test_hook_problems(docs, values, clients, namespace, domain)
     return problems
 
@@ -610,6 +616,177 @@ def _agentd_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], sts:
     return problems
 
 
+#: The pod label naming the file system a bridge Deployment serves.
+FSNAME_LABEL = "hsm-coordinator/fsname"
+#: What a bridge keeps: the copytool ioctls and opening <mount>/.lustre/fid.
+BRIDGE_CAPABILITIES = {"SYS_ADMIN", "DAC_READ_SEARCH"}
+
+
+def option_values(cmd: Sequence[str], option: str) -> list[str]:
+    """Every value given to *option* (``--opt V`` or ``--opt=V``) in *cmd*."""
+    out = []
+    for i, word in enumerate(cmd):
+        if word == option and i + 1 < len(cmd):
+            out.append(cmd[i + 1])
+        elif word.startswith(option + "="):
+            out.append(word.split("=", 1)[1])
+    return out
+
+
+def bridge_workloads(docs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rendered workloads whose pods are bridges."""
+    return [d for d in docs if d.get("kind") in ("Deployment", "StatefulSet", "DaemonSet")
+            and d["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "bridge"]
+
+
+def bridge_command(workload: Mapping[str, Any]) -> list[str]:
+    ctr = _container(workload["spec"]["template"]["spec"], "bridge")
+    if ctr is None:
+        raise AssertionError(f"{_obj_name(workload)}: no container named bridge")
+    return list(ctr.get("command", [])) + list(ctr.get("args", []))
+
+
+def _bridge_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], service: str | None,
+                     image: str) -> list[str]:
+    b = values["bridge"]
+    workloads = bridge_workloads(docs)
+    if not b["enabled"]:
+        return [f"bridge.enabled is false but {_obj_name(w)} is rendered" for w in workloads]
+    problems: list[str] = []
+    wanted = {fs["fsname"] for fs in b["filesystems"]}
+    by_fs: dict[str, list[Mapping[str, Any]]] = {}
+    for w in workloads:
+        fsname = w["spec"]["template"]["metadata"]["labels"].get(FSNAME_LABEL)
+        by_fs.setdefault(str(fsname), []).append(w)
+    if extra := set(by_fs) - wanted:
+        problems.append(f"bridge workloads for file systems not in bridge.filesystems: {sorted(extra)}")
+    for fs in b["filesystems"]:
+        found = by_fs.get(fs["fsname"], [])
+        if len(found) != 1 or found[0]["kind"] != "Deployment":
+            problems.append(f"expected one bridge Deployment for {fs['fsname']}, found {[_obj_name(w) for w in found]}")
+            continue
+        w = found[0]
+        name = _obj_name(w)
+        spec = w["spec"]
+        pod = spec["template"]
+        pod_spec = pod["spec"]
+        if spec.get("replicas") != int(b["replicas"]):
+            problems.append(f"{name}: replicas {spec.get('replicas')} != bridge.replicas {b['replicas']}")
+        selector = spec["selector"].get("matchLabels", {})
+        if not _selects(selector, pod["metadata"].get("labels", {})) or selector.get(FSNAME_LABEL) != fs["fsname"]:
+            problems.append(f"{name}: its selector does not pick exactly the bridges of {fs['fsname']}: {selector}")
+        ctr = _container(pod_spec, "bridge")
+        if ctr is None:
+            problems.append(f"{name}: no container named bridge")
+            continue
+        if ctr.get("image") != image:
+            problems.append(f"{name}: image {ctr.get('image')!r} != {image!r}")
+        cmd = bridge_command(w)
+        if cmd[:1] != ["hsm-bridge"]:
+            problems.append(f"{name}: the command is not hsm-bridge: {cmd}")
+        want = {
+            "--mount": [fs["mount"]],
+            "--fsname": [fs["fsname"]],
+            "--archive-id": [str(i) for i in fs.get("archiveIds", [])],
+            "--coordinators": [service],
+            "--holder": ["$(POD_NAME)"],
+            "--active-requests-command": [fs["activeRequestsCommand"]] if fs.get("activeRequestsCommand") else [],
+            "--active-requests": list(fs.get("activeRequests", [])),
+        }
+        for option, expected in want.items():
+            if option_values(cmd, option) != expected:
+                problems.append(f"{name}: {option} {option_values(cmd, option)} != {expected}: {cmd}")
+        env = {e["name"]: e for e in ctr.get("env", [])}
+        if env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+            problems.append(f"{name}: POD_NAME (the lease holder) is not the pod name")
+        # the Lustre mount from the host, read-only, at the same path
+        volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+        mounts = [m for m in ctr.get("volumeMounts", []) if m["mountPath"] == fs["mount"]]
+        host = volumes.get(mounts[0]["name"], {}).get("hostPath", {}).get("path") if mounts else None
+        if host != fs["mount"]:
+            problems.append(f"{name}: host {fs['mount']} is not mounted at {fs['mount']} (hostPath {host})")
+        elif not mounts[0].get("readOnly"):
+            problems.append(f"{name}: the Lustre mount is writable; the bridge writes no file")
+        # the journal on a volume of its own
+        journal = option_values(cmd, "--journal")
+        jdir = str(Path(journal[0]).parent) if journal else "/var/lib/hsm-bridge"
+        jmount = next((m for m in ctr.get("volumeMounts", []) if m["mountPath"] == jdir), None)
+        if jmount is None or "emptyDir" not in volumes.get(jmount["name"], {}):
+            problems.append(f"{name}: the journal directory {jdir} is not an emptyDir volume")
+        csc = ctr.get("securityContext", {})
+        caps = csc.get("capabilities", {})
+        if csc.get("privileged") or caps.get("drop") != ["ALL"] or set(caps.get("add", [])) != BRIDGE_CAPABILITIES:
+            problems.append(f"{name}: capabilities are not exactly {sorted(BRIDGE_CAPABILITIES)}: {csc}")
+        if not csc.get("readOnlyRootFilesystem"):
+            problems.append(f"{name}: the root file system is writable")
+        if pod_spec.get("nodeSelector", {}) != b["nodeSelector"]:
+            problems.append(f"{name}: nodeSelector {pod_spec.get('nodeSelector')} != bridge.nodeSelector")
+        if pod_spec.get("tolerations", []) != b["tolerations"]:
+            problems.append(f"{name}: tolerations {pod_spec.get('tolerations')} != bridge.tolerations")
+    return problems
+
+
+def hsm_bridge_from(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Any:
+    """``hsm-bridge``'s own ``main()`` on *argv* (the words after the
+    program name), with *environ* as the environment it reads defaults from
+    (HSM_COORDINATORS, HSM_CLUSTER), carried as far as it goes without
+    Lustre: the parser and every check ``main`` and the ``Bridge`` make
+    (core settings, coordinator addresses and cluster id, lease ttl, the
+    active-requests command), the journal not opened and ``run`` returning
+    at once. Returns the ``bridge.daemon.Bridge`` built (``.config``,
+    ``.client``); raises AssertionError with hsm-bridge's message when it
+    would refuse the command line (exit status 2)."""
+    import asyncio
+    import contextlib
+    import io
+    from unittest import mock
+
+    import bridge.daemon as daemon
+    from bridge import cli
+
+    class NoJournal:
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+    built: list[Any] = []
+    real_init = daemon.Bridge.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        built.append(self)
+
+    async def run(self: Any, stop: asyncio.Event) -> int:
+        return 0
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HSM_COORDINATORS", "HSM_CLUSTER")}
+    env.update(environ or {})
+    err = io.StringIO()
+    with mock.patch.dict(os.environ, env, clear=True), contextlib.redirect_stderr(err), \
+            mock.patch.object(daemon, "Journal", NoJournal), mock.patch.object(daemon.Bridge, "__init__", init), \
+            mock.patch.object(daemon.Bridge, "run", run):
+        try:
+            rc = cli.main(list(argv))
+        except SystemExit as e:
+            raise AssertionError(f"hsm-bridge refuses {shlex.join(argv)} (exit {e.code}):\n{err.getvalue()}") from None
+    if rc != 0 or len(built) != 1:
+        raise AssertionError(f"hsm-bridge {shlex.join(argv)}: exit {rc}, {len(built)} bridge(s) built\n{err.getvalue()}")
+    return built[0]
+
+
+def env_file(text: str) -> dict[str, str]:
+    """The variables of a systemd EnvironmentFile= (KEY=VALUE lines; no
+    quoting is used in ours)."""
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";")):
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise AssertionError(f"not KEY=VALUE: {line!r}")
+            out[key.strip()] = value.strip()
+    return out
+
+
 def _test_hook_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], clients: list[Mapping[str, Any]],
                         namespace: str, domain: str) -> list[str]:
     hooks = [d for d in _by_kind(docs, "Pod")
@@ -702,6 +879,28 @@ class MoverHost:
         return self.dir / "units" / "agentd.service"
 
 
+@dataclass(frozen=True, slots=True)
+class BridgeHost:
+    """A Lustre client running hsm-bridge; *vars* are its host variables
+    (hsm_bridge_* settings) in the inventory."""
+
+    name: str
+    dir: Path
+    vars: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_dir(self) -> Path:
+        return self.dir / "etc"
+
+    @property
+    def env_file(self) -> Path:
+        return self.config_dir / "hsm-bridge.env"
+
+    @property
+    def unit(self) -> Path:
+        return self.dir / "units" / "hsm-bridge.service"
+
+
 def _current_user_group() -> tuple[str, str]:
     return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
 
@@ -709,10 +908,12 @@ def _current_user_group() -> tuple[str, str]:
 def render_roles(tmp: Path, coordinators: list[CoordinatorHost], movers: list[MoverHost], *,
                  ansible: Path = ANSIBLE, fs_root: Path, archive_root: Path,
                  shards: int = 2, extra_vars: Mapping[str, Any] | None = None,
-                 static_out: Path | None = None) -> subprocess.CompletedProcess[str]:
+                 static_out: Path | None = None,
+                 bridges: Sequence[BridgeHost] = ()) -> subprocess.CompletedProcess[str]:
     """Run the roles' ``config`` entry point with Ansible against local
     hosts: each coordinator on 127.0.0.1 with its own ports and directories
-    under *tmp*, each mover likewise. Returns the ansible-playbook process."""
+    under *tmp*, each mover and each bridge likewise. Returns the
+    ansible-playbook process."""
     user, group = _current_user_group()
     common = {
         "ansible_connection": "local",
@@ -732,6 +933,10 @@ def render_roles(tmp: Path, coordinators: list[CoordinatorHost], movers: list[Mo
         "hsm_agentd_fs_root": str(fs_root),
         "hsm_agentd_archive_root": str(archive_root),
         "hsm_agentd_drain_timeout": 5,
+        "hsm_bridge_prefix": sys.prefix,
+        "hsm_bridge_config_owner": user,
+        "hsm_bridge_manage_service": False,
+        "hsm_bridge_mount": str(fs_root),
         "hsm_deploy_roles": str(ansible / "roles"),
         "hsm_deploy_static_out": str(static_out or tmp / "static-units"),
         **(extra_vars or {}),
@@ -753,9 +958,16 @@ def render_roles(tmp: Path, coordinators: list[CoordinatorHost], movers: list[Mo
                 "hsm_agentd_config_dir": str(m.config_dir),
                 "hsm_agentd_unit_dir": str(m.unit.parent),
             } for m in movers}},
+        "hsm_bridges": {"hosts": {
+            b.name: {
+                "hsm_bridge_config_dir": str(b.config_dir),
+                "hsm_bridge_unit_dir": str(b.unit.parent),
+                **b.vars,
+            } for b in bridges}},
         "static_units": {"hosts": {"static": {}} if static_out is not None else {}},
     }}}
-    for h in [*coordinators, *movers]:
+    hosts: list[CoordinatorHost | MoverHost | BridgeHost] = [*coordinators, *movers, *bridges]
+    for h in hosts:
         h.unit.parent.mkdir(parents=True, exist_ok=True)
     if static_out is not None:
         static_out.mkdir(parents=True, exist_ok=True)
@@ -803,14 +1015,17 @@ def unit_values(text: str, section: str, key: str) -> list[str]:
 
 def exec_start(text: str) -> list[str]:
     """The ExecStart command line as systemd splits it (no specifiers or
-    $VARIABLES are used by our units, and none may appear)."""
+    $VARIABLES are used by our units, and none may appear; ``%%`` and ``$$``
+    are a literal ``%`` and ``$``)."""
     lines = unit_values(text, "Service", "ExecStart")
     if len(lines) != 1:
         raise AssertionError(f"expected one ExecStart=, found {lines}")
     line = lines[0].lstrip("@-:+!")
+    percent, dollar = "\x00percent\x00", "\x00dollar\x00"
+    line = line.replace("%%", percent).replace("$$", dollar)
     if re.search(r"%[a-zA-Z]|\$", line):
         raise AssertionError(f"ExecStart uses specifiers or variables this test cannot expand: {line}")
-    return shlex.split(line)
+    return [word.replace(percent, "%").replace(dollar, "$") for word in shlex.split(line)]
 
 
 def systemd_verify(units: Iterable[Path], *, home: Path) -> list[str]:

@@ -1,10 +1,12 @@
 """The Ansible roles: yamllint, ansible-playbook --syntax-check, ansible-lint
 (production profile, offline), the roles' variables and argument specs, the
-files the roles write for a 3-coordinator + 2-mover inventory, and a copy
-broken on purpose to show each check fails."""
+files the roles write for a 3-coordinator + 2-mover + 2-bridge inventory
+(the bridges' command lines run through hsm-bridge's own checks), and a
+copy broken on purpose to show each check fails."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import stat
 from pathlib import Path
@@ -14,9 +16,9 @@ import yaml
 
 from agentd.config import load_config
 from tests.deploy import deploylib as dl
-from tests.deploy.conftest import SHARDS, RenderedCluster
+from tests.deploy.conftest import FSNAME, SHARDS, RenderedCluster, bridge_vars
 
-ROLES = ["hsm_coordinator", "hsm_agentd"]
+ROLES = ["hsm_coordinator", "hsm_agentd", "hsm_bridge"]
 
 
 def test_yamllint_chart_and_ansible(tmp_path: Path) -> None:
@@ -119,6 +121,106 @@ def test_rendered_agentd_unit(rendered_cluster: RenderedCluster) -> None:
     assert service["ReadWritePaths"].split() == [str(cl.fs_root), str(cl.archive_root)]
     assert service["ProtectSystem"] == "strict" and service["NoNewPrivileges"] == "yes"
     assert int(service["TimeoutStopSec"]) > 5, "longer than drain_timeout"
+
+
+def test_rendered_bridges_are_understood_by_hsm_bridge(rendered_cluster: RenderedCluster) -> None:
+    """Each bridge's ExecStart, with the environment file the unit loads,
+    goes through hsm-bridge's own main() (parser, settings, lease, client)
+    and means what the inventory asked for."""
+    cl = rendered_cluster
+    coordinators = [h.api for h in cl.coordinators]
+    for b in cl.bridges:
+        text = b.unit.read_text()
+        assert dl.unit_values(text, "Service", "EnvironmentFile") == [str(b.env_file)]
+        env = dl.env_file(b.env_file.read_text())
+        argv = dl.exec_start(text)
+        assert argv[0] == f"{dl.BIN.parent}/bin/hsm-bridge"
+        bridge = dl.hsm_bridge_from(argv[1:], env)
+        cfg, v = bridge.config, b.vars
+        assert bridge.client.addresses == coordinators, "every replica of the hsm_coordinators group"
+        assert cfg.mount == cl.fs_root and cfg.core.fsnames == {FSNAME}
+        assert cfg.archive_ids == tuple(v.get("hsm_bridge_archive_ids") or (0,)), "0: every archive id"
+        assert cfg.holder == v.get("hsm_bridge_holder", "")
+        assert cfg.lease_ttl == v.get("hsm_bridge_lease_ttl", 15)
+        assert cfg.active_requests == tuple(v.get("hsm_bridge_active_requests", ()))
+        assert cfg.active_requests_command == tuple(shlex.split(v.get("hsm_bridge_active_requests_command", "")))
+        assert str(cfg.journal) == v.get("hsm_bridge_journal", f"/var/lib/hsm-bridge/{FSNAME}.journal")
+        assert cfg.report_every == v.get("hsm_bridge_report_every", 60)
+        assert cfg.core.batch_size == v.get("hsm_bridge_batch_size", 1000)
+        assert cfg.core.max_backlog == v.get("hsm_bridge_max_backlog", 100_000)
+        assert cfg.core.mdt_max_requests == v.get("hsm_bridge_mdt_max_requests", 3)
+        assert cfg.core.mdt_active_request_timeout == v.get("hsm_bridge_mdt_active_request_timeout", 3600)
+        assert cfg.core.stall_after == v.get("hsm_bridge_mdt_stall_after", 30)
+        assert str(bridge.api.path) == v.get("hsm_bridge_library", str(bridge.api.path))
+        assert env.get("HSM_CLUSTER") == v.get("hsm_bridge_cluster_id")
+        assert bridge.client.cluster_id == v.get("hsm_bridge_cluster_id")
+    first = dl.exec_start(cl.bridges[0].unit.read_text())
+    assert "--log-level" in first and first[first.index("--log-level") + 1] == "debug"
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("--lease-ttl 10", "--lease-tll 10", "unrecognized arguments: --lease-tll"),
+    ("--lease-ttl 10", "--lease-ttl 2", "the lease ttl must be 3-3600 s"),
+    ("--library", "--active-requests /run/ar --library", "not allowed with argument"),
+    ("--batch-size 500", "--batch-size 50000", "batch_size must be 1..10000"),
+])
+def test_bridge_command_check_catches_a_bad_unit(old: str, new: str, message: str,
+                                                 rendered_cluster: RenderedCluster) -> None:
+    b = rendered_cluster.bridges[0]
+    text = b.unit.read_text()
+    assert old in text
+    argv = dl.exec_start(text.replace(old, new, 1))
+    with pytest.raises(AssertionError, match=message):
+        dl.hsm_bridge_from(argv[1:], dl.env_file(b.env_file.read_text()))
+
+
+def test_rendered_bridge_unit(rendered_cluster: RenderedCluster) -> None:
+    cl = rendered_cluster
+    for b in cl.bridges:
+        text = b.unit.read_text()
+        service = {k: v for s, k, v in dl.unit_directives(text) if s == "Service"}
+        assert dl.unit_values(text, "Unit", "RequiresMountsFor") == [str(cl.fs_root)]
+        assert service["User"] == "root"
+        assert set(service["CapabilityBoundingSet"].split()) == {"CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH"}
+        assert service["ProtectSystem"] == "strict" and service["NoNewPrivileges"] == "yes"
+        assert service["StateDirectory"] == "hsm-bridge", "the default journal directory /var/lib/hsm-bridge"
+        assert "AF_NETLINK" in service["RestrictAddressFamilies"].split()
+        assert service["Restart"] == "on-failure" and service["RestartPreventExitStatus"] == "2"
+        assert dl.unit_values(text, "Unit", "StartLimitIntervalSec") == ["0"], "systemd never gives up on it"
+        journal = b.vars.get("hsm_bridge_journal")
+        # the Lustre mount is never writable; a journal elsewhere is
+        assert service.get("ReadWritePaths") == (str(Path(journal).parent) if journal else None)
+    journal_dir = Path(cl.bridges[1].vars["hsm_bridge_journal"]).parent
+    assert journal_dir.is_dir() and stat.S_IMODE(journal_dir.stat().st_mode) == 0o700
+
+
+def test_bridge_role_refuses_bad_settings(tmp_path: Path) -> None:
+    """One play, a host per bad setting: each stops at the check, on the
+    assertion its setting breaks, and writes nothing; a good host beside
+    them gets its files."""
+    good = bridge_vars(tmp_path)["bridge1"]
+    bad = {  # host: (its variables, the assertion it must fail)
+        "both-recoveries": ({**good, "hsm_bridge_active_requests": ["/var/lib/hsm-bridge/ar"]},
+                            "hsm_bridge_active_requests | length == 0 or"),
+        "no-fsname": ({**good, "hsm_bridge_fsnames": []}, "hsm_bridge_fsnames | length > 0"),
+        "long-fsname": ({**good, "hsm_bridge_fsnames": ["ninechars"]}, "hsm_bridge_fsnames | reject('match'"),
+        "short-lease": ({**good, "hsm_bridge_lease_ttl": 2}, "hsm_bridge_lease_ttl | float >= 3"),
+        "no-coordinators": ({**good, "hsm_bridge_coordinator_group": "nowhere"}, "hsm_bridge_coordinators | length > 0"),
+    }
+    hosts = [dl.BridgeHost(name, tmp_path / name, hostvars) for name, (hostvars, _) in bad.items()]
+    hosts.append(dl.BridgeHost("good", tmp_path / "good", good))
+    coordinator = dl.CoordinatorHost("c0", 7600, 7700, tmp_path / "c0")
+    proc = dl.render_roles(tmp_path, [coordinator], [], fs_root=tmp_path / "fs", archive_root=tmp_path / "archive",
+                           bridges=hosts)
+    out = dl.output(proc)
+    assert proc.returncode != 0
+    for h in hosts[:-1]:
+        fatal = [line for line in out.splitlines() if line.startswith(f"fatal: [{h.name}]: FAILED!")]
+        assert len(fatal) == 1 and f'"assertion": "{bad[h.name][1]}' in fatal[0], f"{h.name}:\n{out}"
+        assert f"hsm_bridge on {h.name}: list the coordinators" in fatal[0]
+        assert not h.unit.exists() and not h.env_file.exists(), f"{h.name}: nothing is written"
+    assert dl.env_file(hosts[-1].env_file.read_text())["HSM_COORDINATORS"] == coordinator.api
+    assert hosts[-1].unit.exists()
 
 
 # --------------------------------------------------------------------------

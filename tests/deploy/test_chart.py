@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -162,6 +163,13 @@ def test_schema_describes_exactly_the_values() -> None:
     ({"agentd": {"kind": "StatefulSet"}}, "agentd.kind"),
     ({"agentd": {"slots": {"archive": 0, "restore": 0, "remove": 0}}}, "agentd.slots"),
     ({"coordinator": {"persistence": {"size": "lots"}}}, "coordinator.persistence.size"),
+    ({"bridge": {"filesystems": [{"mount": "/mnt/lustre"}]}}, "bridge.filesystems.0"),
+    ({"bridge": {"filesystems": [{"fsname": "toolongname", "mount": "/mnt/lustre"}]}}, "bridge.filesystems.0.fsname"),
+    ({"bridge": {"filesystems": [{"fsname": "lustre", "mount": "mnt/lustre"}]}}, "bridge.filesystems.0.mount"),
+    ({"bridge": {"filesystems": [{"fsname": "lustre", "mount": "/mnt/lustre", "activeRequestsCommand": "lctl",
+                                  "activeRequests": ["/run/ar"]}]}}, "bridge.filesystems.0"),
+    ({"bridge": {"leaseTtl": 1}}, "bridge.leaseTtl"),
+    ({"bridge": {"replicas": 0}}, "bridge.replicas"),
 ], ids=lambda v: json.dumps(v) if isinstance(v, dict) else v)
 def test_schema_refuses_bad_values(overrides: dict[str, Any], message: str) -> None:
     problems = dl.schema_problems(dl.CHART, overrides)
@@ -176,6 +184,9 @@ def test_schema_refuses_bad_values(overrides: dict[str, Any], message: str) -> N
      "coordinator.defaultArchiveId 3 is not one of coordinator.archiveIds [1 2]"),
     ({"coordinator": {"apiPort": 7703}}, "coordinator.apiPort 7703 lies in the Raft port range 7700-7707"),
     ({"coordinator": {"raftPort": 65530}}, "coordinator.raftPort 65530 + cluster.shards 8 goes past port 65535"),
+    ({"bridge": {"enabled": True}}, "bridge.enabled is true but bridge.filesystems is empty"),
+    ({"bridge": {"enabled": True, "filesystems": [{"fsname": "fs_a", "mount": "/a"}, {"fsname": "fs-a", "mount": "/b"}]}},
+     "bridge.filesystems: fs_a and fs-a would both be served by the Deployment hsm-coordinator-bridge-fs-a"),
 ])
 def test_chart_refuses_inconsistent_values(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(dl.RenderError, match=re.escape(message)):
@@ -188,6 +199,89 @@ def test_existing_secret_is_used_and_none_created() -> None:
     sts = next(d for d in docs if d["kind"] == "StatefulSet")
     vols = sts["spec"]["template"]["spec"]["volumes"]
     assert [v["secret"]["secretName"] for v in vols if "secret" in v] == ["site-raft"]
+
+
+# --------------------------------------------------------------------------
+# the MDT bridges
+
+
+BRIDGES = {"bridge": {"enabled": True, "filesystems": [
+    {"fsname": "lustre", "mount": "/mnt/lustre", "archiveIds": [1, 3],
+     "activeRequestsCommand": "ssh -o BatchMode=yes mds1 lctl get_param 'mdt.lustre-MDT*.hsm.active_requests'"},
+    {"fsname": "scratch", "mount": "/lustre/scratch"},
+]}}
+
+
+def test_bridge_renders_nothing_by_default() -> None:
+    listed = {"bridge": {"filesystems": BRIDGES["bridge"]["filesystems"]}}  # listed, not enabled
+    for overrides in ({}, listed):
+        rendered = dl.render_chart(dl.CHART, overrides)
+        assert dl.bridge_workloads(dl.manifests(rendered)) == []
+        assert not [d for d in dl.manifests(rendered) if "bridge" in d["metadata"]["name"]]
+        assert "hsm-bridge" not in rendered["hsm-coordinator/templates/NOTES.txt"]
+
+
+def test_bridge_rendering() -> None:
+    """bridge.enabled with two file systems: a Deployment each, two pods
+    (active and standby), root with exactly the copytool's two
+    capabilities, the node's Lustre mount read-only at the same path, the
+    release's Service as coordinators, the pod name as lease holder."""
+    docs = dl.manifests(dl.render_chart(dl.CHART, BRIDGES, namespace="storage"))
+    assert dl.kube_problems(docs) == []
+    assert dl.convention_problems(docs, dl.merged_values(dl.CHART, BRIDGES), namespace="storage") == []
+    deployments = {d["metadata"]["name"]: d for d in dl.bridge_workloads(docs)}
+    assert sorted(deployments) == ["hsm-coordinator-bridge-lustre", "hsm-coordinator-bridge-scratch"]
+    for fs in BRIDGES["bridge"]["filesystems"]:
+        d = deployments[f"hsm-coordinator-bridge-{fs['fsname']}"]
+        assert d["kind"] == "Deployment" and d["spec"]["replicas"] == 2
+        assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "a standby starts before one stops"
+        pod = d["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"hsm-coordinator/bridge": "true"}
+        (ctr,) = pod["containers"]
+        sc = ctr["securityContext"]
+        assert sc["runAsUser"] == 0 and sc["capabilities"] == {"drop": ["ALL"], "add": ["DAC_READ_SEARCH", "SYS_ADMIN"]}
+        assert "privileged" not in sc
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        lustre = next(m for m in ctr["volumeMounts"] if m["mountPath"] == fs["mount"])
+        assert volumes[lustre["name"]]["hostPath"] == {"path": fs["mount"], "type": "Directory"}
+        assert lustre["readOnly"] is True
+        cmd = ctr["command"]
+        assert cmd[0] == "hsm-bridge"
+        assert dl.option_values(cmd, "--coordinators") == ["hsm-coordinator.storage.svc.cluster.local:7600"]
+        assert dl.option_values(cmd, "--holder") == ["$(POD_NAME)"]
+        assert dl.option_values(cmd, "--archive-id") == [str(i) for i in fs.get("archiveIds", [])]
+        assert dl.option_values(cmd, "--journal") == [f"/var/lib/hsm-bridge/{fs['fsname']}.journal"]
+        journal = next(m for m in ctr["volumeMounts"] if m["mountPath"] == "/var/lib/hsm-bridge")
+        assert "emptyDir" in volumes[journal["name"]]
+
+
+@pytest.mark.parametrize("values_file", [None, *(p for p in dl.ci_values_files()
+                                                 if dl.read_values(p).get("bridge", {}).get("enabled"))],
+                         ids=lambda p: p.name if p else "two-filesystems")
+def test_chart_bridge_commands_are_understood_by_hsm_bridge(values_file: Path | None) -> None:
+    """Each bridge container's command goes through hsm-bridge's own main()
+    (parser, settings, lease, client) and means what the values say."""
+    overrides = dl.read_values(values_file) if values_file else BRIDGES
+    values = dl.merged_values(dl.CHART, overrides)
+    b = values["bridge"]
+    workloads = {w["spec"]["template"]["metadata"]["labels"][dl.FSNAME_LABEL]: w
+                 for w in dl.bridge_workloads(dl.manifests(dl.render_chart(dl.CHART, overrides)))}
+    assert sorted(workloads) == sorted(fs["fsname"] for fs in b["filesystems"])
+    for fs in b["filesystems"]:
+        bridge = dl.hsm_bridge_from(dl.bridge_command(workloads[fs["fsname"]])[1:])
+        cfg = bridge.config
+        assert str(cfg.mount) == fs["mount"] and cfg.core.fsnames == {fs["fsname"]}
+        assert cfg.archive_ids == tuple(fs.get("archiveIds") or (0,))
+        assert cfg.holder == "$(POD_NAME)", "Kubernetes puts the pod name there"
+        assert bridge.client.addresses == ["hsm-coordinator.hsm.svc.cluster.local:7600"]
+        assert bridge.client.cluster_id == (b["clusterId"] or None)
+        assert cfg.lease_ttl == b["leaseTtl"] and cfg.report_every == b["reportEvery"]
+        assert cfg.active_requests_command == tuple(shlex.split(fs.get("activeRequestsCommand", "")))
+        assert cfg.active_requests == tuple(fs.get("activeRequests", ()))
+        assert cfg.core.mdt_max_requests == b["mdt"]["maxRequests"]
+        assert cfg.core.mdt_active_request_timeout == b["mdt"]["activeRequestTimeout"]
+        assert cfg.core.stall_after == b["mdt"]["stallAfter"]
+        assert cfg.core.batch_size == b["batchSize"] and cfg.core.max_backlog == b["maxBacklog"]
 
 
 # --------------------------------------------------------------------------
@@ -263,6 +357,35 @@ BREAKAGES = {
     "agentd without the archive": (
         _edit("templates/agentd.yaml", "path: {{ $a.archive.hostPath }}", "path: /srv/elsewhere"),
         "conventions", "does not mount host /archive"),
+    "bridge without SYS_ADMIN": (
+        _edit("templates/bridge.yaml", "                - DAC_READ_SEARCH\n                - SYS_ADMIN\n",
+              "                - DAC_READ_SEARCH\n"),
+        "conventions", "capabilities are not exactly"),
+    "bridge with every capability": (
+        _edit("templates/bridge.yaml", "allowPrivilegeEscalation: false", "privileged: true"),
+        "conventions", "capabilities are not exactly"),
+    "bridge writes the Lustre mount": (
+        _edit("templates/bridge.yaml", "              readOnly: true\n              # A Lustre remount",
+              "              # A Lustre remount"),
+        "conventions", "the Lustre mount is writable"),
+    "bridge mounts the wrong host path": (
+        _edit("templates/bridge.yaml", "path: {{ $fs.mount | quote }}", "path: /mnt"),
+        "conventions", "host /mnt/lustre is not mounted at /mnt/lustre"),
+    "bridge asks a single replica": (
+        _edit("templates/bridge.yaml", '{{ include "hsm.serviceAddress" $ | quote }}',
+              '{{ printf "%s-0.%s:7600" (include "hsm.fullname" $) (include "hsm.headless" $) | quote }}'),
+        "conventions", "--coordinators"),
+    "bridge lease holder not the pod": (
+        _edit("templates/bridge.yaml", "- $(POD_NAME)", "- bridge"),
+        "conventions", "--holder"),
+    "one Deployment runs every file system's bridges": (
+        _edit("templates/bridge.yaml", '      {{- include "hsm.bridgeSelector" $ | nindent 6 }}\n'
+              '      hsm-coordinator/fsname: {{ $fs.fsname | quote }}\n',
+              '      {{- include "hsm.bridgeSelector" $ | nindent 6 }}\n'),
+        "conventions", "does not pick exactly the bridges of lustre"),
+    "bridge journal in the image": (
+        _edit("templates/bridge.yaml", "            - name: journal\n              mountPath: /var/lib/hsm-bridge\n", ""),
+        "conventions", "the journal directory /var/lib/hsm-bridge is not an emptyDir volume"),
 }
 
 

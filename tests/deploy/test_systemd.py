@@ -15,12 +15,13 @@ from tests.deploy.conftest import RenderedCluster
 
 #: ``systemd-analyze security`` overall exposure (0 = locked down, 10 =
 #: exposed); "OK" is below 5. The coordinator needs nothing but the network
-#: and its state directory; agentd is root with copytool capabilities.
-MAX_EXPOSURE = {"hsm-coordinator.service": 1.5, "agentd.service": 3.0}
+#: and its state directory; agentd is root with copytool capabilities;
+#: hsm-bridge is root with two of them and writes only its journal.
+MAX_EXPOSURE = {"hsm-coordinator.service": 1.5, "agentd.service": 3.0, "hsm-bridge.service": 2.8}
 
 
 def _units(cl: RenderedCluster) -> list[Path]:
-    return [cl.coordinators[0].unit, cl.movers[0].unit]
+    return [cl.coordinators[0].unit, cl.movers[0].unit, *(b.unit for b in cl.bridges)]
 
 
 def test_rendered_units_pass_systemd_analyze_verify(rendered_cluster: RenderedCluster, tmp_path: Path) -> None:
@@ -51,6 +52,22 @@ def test_broken_unit_fails_verify(old: str, new: str, needle: str, rendered_clus
                                   tmp_path: Path) -> None:
     unit = tmp_path / "hsm-coordinator.service"
     text = rendered_cluster.coordinators[0].unit.read_text()
+    assert old in text
+    unit.write_text(text.replace(old, new, 1))
+    problems = dl.systemd_verify([unit], home=tmp_path)
+    assert any(needle in p for p in problems), problems
+
+
+@pytest.mark.parametrize("old, new, needle", [
+    ("AF_UNIX AF_NETLINK", "AF_UNIX AF_NETLNK", "Failed to parse address family"),
+    ("hsm.active_requests'\"", "hsm.active_requests'", "Unbalanced quoting"),
+    ("StateDirectory=hsm-bridge", "StateDirectory=/var/lib/hsm-bridge", "path is absolute"),
+    ("RestartPreventExitStatus=2", "RestartPreventExitStatus=two", "Failed to parse value"),
+])
+def test_broken_bridge_unit_fails_verify(old: str, new: str, needle: str, rendered_cluster: RenderedCluster,
+                                         tmp_path: Path) -> None:
+    unit = tmp_path / "hsm-bridge.service"
+    text = rendered_cluster.bridges[0].unit.read_text()
     assert old in text
     unit.write_text(text.replace(old, new, 1))
     problems = dl.systemd_verify([unit], home=tmp_path)

@@ -114,3 +114,35 @@ StatefulSet, so "helm install/upgrade/template" stop with the message.
 {{- fail (printf "serviceMonitor.port %d lies in the Raft port range %d-%d" (int .Values.serviceMonitor.port) $first $last) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Selector labels of the bridge pods (of every file system). */}}
+{{- define "hsm.bridgeSelector" -}}
+app.kubernetes.io/name: {{ include "hsm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: bridge
+{{- end -}}
+
+{{/* Name of the bridge Deployment of file system .fsname (a dict with root and fsname). */}}
+{{- define "hsm.bridgeName" -}}
+{{- printf "%s-bridge-%s" (include "hsm.fullname" .root) (.fsname | lower | replace "_" "-" | trimAll "-") -}}
+{{- end -}}
+
+{{/* The client Service's address, "host:port", for the bridges. */}}
+{{- define "hsm.serviceAddress" -}}
+{{- printf "%s.%s.svc.%s:%d" (include "hsm.fullname" .) .Release.Namespace .Values.cluster.clusterDomain (int .Values.service.port) -}}
+{{- end -}}
+
+{{/* Checks of bridge.* that values.schema.json cannot express. */}}
+{{- define "hsm.validateBridge" -}}
+{{- if and .Values.bridge.enabled (not .Values.bridge.filesystems) -}}
+{{- fail "bridge.enabled is true but bridge.filesystems is empty: list the file systems to serve" -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range .Values.bridge.filesystems -}}
+{{- $name := include "hsm.bridgeName" (dict "root" $ "fsname" .fsname) -}}
+{{- if hasKey $seen $name -}}
+{{- fail (printf "bridge.filesystems: %s and %s would both be served by the Deployment %s" (get $seen $name) .fsname $name) -}}
+{{- end -}}
+{{- $_ := set $seen $name .fsname -}}
+{{- end -}}
+{{- end -}}
