@@ -187,6 +187,7 @@ from typing import Any
 import yaml
 
 from hsm.hsmflags import HSMA
+from hsm.wire import FSNAME_RULE, valid_fsname
 
 DEFAULT_COORDINATOR = "127.0.0.1:7600"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -706,8 +707,8 @@ def _check_lustre(b: dict[str, Any], c: _Checker) -> BackendConfig:
             raise c.fail(f"backend.{key}", f"required for the lustre backend: {what}")
     mount = c.string(b["mount"], "backend.mount")
     fsname = c.string(b["fsname"], "backend.fsname")
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,8}", fsname):
-        raise c.fail("backend.fsname", f"{fsname!r} is not a Lustre fsname (1-8 of A-Z a-z 0-9 _ -)")
+    if not valid_fsname(fsname):
+        raise c.fail("backend.fsname", f"{fsname!r} is not a Lustre fsname ({FSNAME_RULE})")
     library = "" if b.get("library") is None else c.string(b["library"], "backend.library")
     handle = c.string(b.get("copytool_handle", "fake"), "backend.copytool_handle").lower()
     if handle not in ("fake", "register"):

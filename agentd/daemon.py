@@ -82,15 +82,15 @@ from agentd.config import (
 )
 from agentd.movers.base import Job, Mover, Requester, Result
 from hsm import __version__
-from hsm.client import CLUSTER_METADATA_KEY, REPLICA_METADATA_KEY, metadata_value
+from hsm.client import metadata_value
 from hsm.fid import Fid, FidError
 from hsm.hsmflags import HSMA
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2
+from hsm.wire import CLUSTER_METADATA_KEY, KIND_NAMES, REPLICA_METADATA_KEY
 
 log = logging.getLogger(__name__)
 
 KINDS: tuple[int, ...] = (int(HSMA.ARCHIVE), int(HSMA.RESTORE), int(HSMA.REMOVE))
-KIND_NAMES = {int(HSMA.ARCHIVE): "ARCHIVE", int(HSMA.RESTORE): "RESTORE", int(HSMA.REMOVE): "REMOVE"}
 
 #: How long to wait for the coordinator's Welcome after Hello.
 WELCOME_TIMEOUT = 10.0

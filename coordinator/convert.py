@@ -7,18 +7,16 @@ proposed, so bad input changes nothing.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 
 from coordinator.state import Action, CookieTarget, FidTarget, Item, Kind, Requester, State
-from hsm.fid import Fid
 from hsm.hsmflags import HS_ALL, HSM_REQUEST_FLAGS
 from hsm.v1 import agent_pb2, coordinator_pb2, types_pb2
+from hsm.wire import FSNAME_RULE, fid_from_pb, fid_to_pb, valid_fsname
 
 MAX_ITEMS = 10_000
 MAX_DATA = 4096
 MAX_TEXT = 256
-_FSNAME_RE = re.compile(r"[A-Za-z0-9_-]{1,8}")
 _KINDS = {k.value for k in Kind}
 
 
@@ -26,17 +24,9 @@ class InvalidRequest(ValueError):
     """A malformed request: answered INVALID_ARGUMENT, nothing changes."""
 
 
-def fid_from_pb(pb: types_pb2.Fid) -> Fid:
-    return Fid(pb.seq, pb.oid, pb.ver)
-
-
-def fid_to_pb(fid: Fid) -> types_pb2.Fid:
-    return types_pb2.Fid(seq=fid.seq, oid=fid.oid, ver=fid.ver)
-
-
 def check_fsname(fsname: str, where: str) -> None:
-    if not _FSNAME_RE.fullmatch(fsname):
-        raise InvalidRequest(f"{where}: fsname {fsname!r} must be 1-8 characters of A-Z a-z 0-9 _ -")
+    if not valid_fsname(fsname):
+        raise InvalidRequest(f"{where}: fsname {fsname!r} must be {FSNAME_RULE}")
 
 
 def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collection[int]) -> Item:

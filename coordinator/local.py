@@ -38,9 +38,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator import config as cfgmod
 from coordinator.cluster import ReplicaSpec, free_ports, split_addr
-from hsm.client import CLUSTER_METADATA_KEY, REPLICA_METADATA_KEY, metadata_value
+from hsm.client import metadata_value
 from hsm.simfs import SimFS
 from hsm.v1 import coordinator_pb2, coordinator_pb2_grpc
+from hsm.wire import CLUSTER_METADATA_KEY, REPLICA_METADATA_KEY
 
 log = logging.getLogger(__name__)
 

@@ -68,10 +68,10 @@ from coordinator.state import (
     ShardState,
     State,
 )
-from hsm.client import CLUSTER_METADATA_KEY, REPLICA_METADATA_KEY
 from hsm.fid import Fid
 from hsm.ring import Ring
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
+from hsm.wire import CLUSTER_METADATA_KEY, LEADER_METADATA_KEY, REPLICA_METADATA_KEY
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,7 +93,6 @@ GRPC_OPTIONS = [
 ]
 MAX_PAGE = 10_000
 DEFAULT_PAGE = 1000
-LEADER_KEY = "hsm-leader"
 READINESS_SERVICES = ("hsm.v1.Coordinator", "hsm.v1.AgentService")
 
 
@@ -932,7 +931,7 @@ async def abort_unavailable(context: grpc.aio.ServicerContext, exc: ShardUnavail
     """Not the leader: FAILED_PRECONDITION with the leader's address; no
     leader at all: UNAVAILABLE (clients back off and retry)."""
     if exc.leader:
-        context.set_trailing_metadata(((LEADER_KEY, exc.leader),))
+        context.set_trailing_metadata(((LEADER_METADATA_KEY, exc.leader),))
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 

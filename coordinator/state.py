@@ -49,10 +49,11 @@ from typing import Any, NamedTuple
 
 from hsm.fid import Fid
 from hsm.hsmflags import check_request, resolve_archive_id
+from hsm.wire import SHARD_ID_MODULUS
 
 #: Action ids are ``seq * MAX_SHARDS + shard``: unique in the cluster and
 #: readable ("...003" lives on shard 3).
-MAX_SHARDS = 1000
+MAX_SHARDS = SHARD_ID_MODULUS
 
 
 class Kind(IntEnum):

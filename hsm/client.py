@@ -56,6 +56,19 @@ from hsm.ring import Ring
 from hsm.v1 import coordinator_pb2 as cpb
 from hsm.v1 import coordinator_pb2_grpc as cgrpc
 from hsm.v1 import types_pb2 as tpb
+from hsm.wire import (
+    CLUSTER_METADATA_KEY,
+    FSNAME_RULE,
+    KIND_NAMES,
+    KIND_VALUES,
+    LEADER_METADATA_KEY,
+    REPLICA_METADATA_KEY,
+    SHARD_ID_MODULUS,
+    fid_from_pb,
+    fid_to_pb,
+    kind_name,
+    valid_fsname,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +113,6 @@ __all__ = [
 
 #: Where ``hsmctl`` and the client look when nothing else is configured.
 DEFAULT_ADDRESS = "127.0.0.1:7600"
-#: Trailing metadata key carrying the shard leader's address.
-LEADER_METADATA_KEY = "hsm-leader"
-#: Initial metadata of every answer (health checks too): the cluster's id
-#: and the id of the replica that answered.
-CLUSTER_METADATA_KEY = "hsm-cluster-id"
-REPLICA_METADATA_KEY = "hsm-replica"
 #: Most items the coordinator accepts in one Submit.
 MAX_BATCH = 10000
 #: Most "not the leader, go there" redirections followed for one call.
@@ -116,8 +123,6 @@ MIN_TRY_TIMEOUT = 2.0
 MAX_DATA = 4096
 #: Largest page the coordinator serves.
 MAX_PAGE = 10000
-#: An action id ends in its shard number: ``shard = action_id % SHARD_ID_MODULUS``.
-SHARD_ID_MODULUS = 1000
 #: After a failed attempt to learn the cluster's members, wait this long (s)
 #: before asking again.
 MEMBERS_RETRY = 5.0
@@ -127,10 +132,7 @@ TERMINAL_STATES = frozenset({tpb.SUCCEEDED, tpb.FAILED, tpb.CANCELED})
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
 _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
-_FSNAME_RE = re.compile(r"[A-Za-z0-9_-]{1,8}")
 _ADDRESS_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
-_KINDS: dict[int, str] = {tpb.ARCHIVE: "ARCHIVE", tpb.RESTORE: "RESTORE", tpb.REMOVE: "REMOVE"}
-_KIND_NAMES = {v: k for k, v in _KINDS.items()}
 _STATE_NAMES: dict[int, str] = {
     v: k for k, v in tpb.ActionState.items() if v != tpb.ACTION_STATE_UNSPECIFIED
 }
@@ -297,30 +299,24 @@ def fid_to_proto(fid: Fid | str | tpb.Fid) -> tpb.Fid:
             raise InvalidArgument(str(e)) from None
     if not isinstance(fid, Fid):
         raise InvalidArgument(f"not a FID: {fid!r}")
-    return tpb.Fid(seq=fid.seq, oid=fid.oid, ver=fid.ver)
+    return fid_to_pb(fid)
 
 
-def fid_from_proto(fid: tpb.Fid) -> Fid:
-    return Fid(fid.seq, fid.oid, fid.ver)
+fid_from_proto = fid_from_pb
 
 
 def kind_from(kind: int | str) -> int:
     """An ``ActionKind`` value from ``"archive"``, ``"ARCHIVE"``, 20 or ``HSMA.ARCHIVE``."""
     if isinstance(kind, str):
-        value = _KIND_NAMES.get(kind.strip().upper())
+        value = KIND_VALUES.get(kind.strip().upper())
         if value is None:
             raise InvalidArgument(
                 f"unknown action kind {kind!r}: expected archive, restore or remove"
             )
         return value
-    if isinstance(kind, int) and not isinstance(kind, bool) and int(kind) in _KINDS:
+    if isinstance(kind, int) and not isinstance(kind, bool) and int(kind) in KIND_NAMES:
         return int(kind)
     raise InvalidArgument(f"unknown action kind {kind!r}: expected archive, restore or remove")
-
-
-def kind_name(kind: int) -> str:
-    """``"ARCHIVE"``, ``"RESTORE"``, ``"REMOVE"`` (``"UNSPECIFIED"`` for 0)."""
-    return _KINDS.get(kind, "UNSPECIFIED" if kind == 0 else f"KIND_{kind}")
 
 
 def state_from(state: int | str) -> int:
@@ -433,10 +429,8 @@ def _check_u32(name: str, value: int) -> int:
 
 
 def check_fsname(fsname: str) -> str:
-    if not isinstance(fsname, str) or _FSNAME_RE.fullmatch(fsname) is None:
-        raise InvalidArgument(
-            f"bad file system name {fsname!r}: 1 to 8 characters from A-Z a-z 0-9 _ -"
-        )
+    if not valid_fsname(fsname):
+        raise InvalidArgument(f"bad file system name {fsname!r}: {FSNAME_RULE}")
     return fsname
 
 

@@ -48,6 +48,7 @@ from functools import lru_cache
 from typing import Any
 
 from hsm.fid import Fid
+from hsm.wire import SHARD_ID_MODULUS
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ HASH_NAME = "blake2b64-shake128-v1"
 DEFAULT_VNODES = 4096
 
 #: Shard indexes are encoded in action ids as ``seq * 1000 + shard``
-#: (``coordinator.state.MAX_SHARDS``), so a ring can have at most 1000 shards.
-MAX_SHARDS = 1000
+#: (``hsm.wire.SHARD_ID_MODULUS``), so a ring can have at most 1000 shards.
+MAX_SHARDS = SHARD_ID_MODULUS
 MAX_VNODES = 65536
 #: Upper bound on shards * vnodes: the ring's memory and build time grow
 #: with it (about 40 bytes and 0.5 us per vnode).

@@ -85,6 +85,7 @@ from hsm.hsmflags import (
     restore_allowed,
     state_words,
 )
+from hsm.wire import FSNAME_RULE, valid_fsname
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,6 @@ _DV = struct.Struct("<QQQq")
 _DIGEST_SIZE = 16
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
-_FSNAME_RE = re.compile(r"[A-Za-z0-9_-]{1,8}")
 _CHUNK = 1 << 20
 
 
@@ -196,9 +196,9 @@ def _getxattr(path: Path | str, name: str) -> bytes | None:
 
 
 def _check_fsname(fsname: str) -> None:
-    if not isinstance(fsname, str) or not _FSNAME_RE.fullmatch(fsname):
+    if not valid_fsname(fsname):
         raise ValueError(
-            f"invalid fsname {fsname!r}: like Lustre, 1 to 8 characters from A-Z a-z 0-9 _ -"
+            f"invalid fsname {fsname!r}: like Lustre, {FSNAME_RULE}"
         )
 
 

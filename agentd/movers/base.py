@@ -37,17 +37,12 @@ from typing import Protocol
 
 from agentd.backend import ActionHandle, Backend, NotNeeded
 from hsm.fid import Fid
-from hsm.hsmflags import HSMA
+from hsm.wire import KIND_NAMES
 
 log = logging.getLogger(__name__)
 
 #: errnos worth a retry: the same action may well succeed later.
 TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EAGAIN, errno.ETIMEDOUT})
-_KIND_NAMES: dict[HSMA, str] = {
-    HSMA.ARCHIVE: "archive",
-    HSMA.RESTORE: "restore",
-    HSMA.REMOVE: "remove",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +101,8 @@ class Mover(Protocol):
 
 def kind_name(kind: int) -> str:
     """``archive``, ``restore``, ``remove`` (for messages and ``{kind}``)."""
-    try:
-        return _KIND_NAMES[HSMA(kind)]
-    except (ValueError, KeyError):
-        return f"action kind {kind}"
+    name = KIND_NAMES.get(kind)
+    return name.lower() if name is not None else f"action kind {kind}"
 
 
 def is_transient(err: int, *, archive_side: bool = False) -> bool:

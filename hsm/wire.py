@@ -1,0 +1,70 @@
+"""The words both ends of the wire use, in one place: the client library,
+the coordinator's request checks and agentd all take them from here.
+
+- file system names: Lustre's rule, 1 to 8 characters of ``A-Z a-z 0-9 _ -``;
+- action kinds: the proto ``ActionKind`` values (Lustre's ``HSMA_*``) and
+  their names;
+- action ids end in their shard: ``shard = action_id % SHARD_ID_MODULUS``;
+- the gRPC metadata keys: the leader's address on a redirect, the cluster's
+  and the answering replica's ids on every answer;
+- a FID to and from its proto message.
+
+No protobuf import at module level: the pure modules (the shard state)
+take their constants from here too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from hsm.fid import Fid
+from hsm.hsmflags import HSMA
+
+if TYPE_CHECKING:
+    from hsm.v1 import types_pb2 as tpb
+
+#: Lustre's file system names (``lustre/utils/mount_utils.c``: at most 8)
+FSNAME_RE = re.compile(r"[A-Za-z0-9_-]{1,8}")
+FSNAME_RULE = "1 to 8 characters from A-Z a-z 0-9 _ -"
+
+#: ActionKind value (Lustre's HSMA_* code) -> name
+KIND_NAMES: dict[int, str] = {int(HSMA.ARCHIVE): "ARCHIVE", int(HSMA.RESTORE): "RESTORE",
+                              int(HSMA.REMOVE): "REMOVE"}
+#: name -> ActionKind value
+KIND_VALUES: dict[str, int] = {v: k for k, v in KIND_NAMES.items()}
+
+#: An action id is ``seq * SHARD_ID_MODULUS + shard``: unique in the
+#: cluster, and its shard is ``action_id % SHARD_ID_MODULUS``.
+SHARD_ID_MODULUS = 1000
+
+#: Trailing metadata of FAILED_PRECONDITION: the shard leader's API address.
+LEADER_METADATA_KEY = "hsm-leader"
+#: Initial metadata of every answer (health checks too): the cluster's id
+#: and the id of the replica that answered.
+CLUSTER_METADATA_KEY = "hsm-cluster-id"
+REPLICA_METADATA_KEY = "hsm-replica"
+
+
+def valid_fsname(fsname: object) -> bool:
+    return isinstance(fsname, str) and FSNAME_RE.fullmatch(fsname) is not None
+
+
+def kind_name(kind: int) -> str:
+    """``"ARCHIVE"``, ``"RESTORE"``, ``"REMOVE"`` (``"UNSPECIFIED"`` for 0,
+    ``"KIND_<n>"`` for a value no version of the proto knows)."""
+    return KIND_NAMES.get(kind, "UNSPECIFIED" if kind == 0 else f"KIND_{kind}")
+
+
+def shard_of_action(action_id: int) -> int:
+    return action_id % SHARD_ID_MODULUS
+
+
+def fid_to_pb(fid: Fid) -> tpb.Fid:
+    from hsm.v1.types_pb2 import Fid as PbFid  # imported once; then a dict lookup
+
+    return PbFid(seq=fid.seq, oid=fid.oid, ver=fid.ver)
+
+
+def fid_from_pb(pb: tpb.Fid) -> Fid:
+    return Fid(pb.seq, pb.oid, pb.ver)
