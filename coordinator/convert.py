@@ -56,13 +56,14 @@ def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collec
     if len(pb.idempotency_key) > MAX_TEXT or len(pb.requester.initiator) > MAX_TEXT:
         raise InvalidRequest(f"{where}: idempotency key and initiator are limited to {MAX_TEXT} characters")
     hsm_flags: int | None = None
-    hsm_archive_id = data_version = 0
+    hsm_archive_id = data_version = hsm_ctime = 0
     if pb.HasField("hsm"):
         if pb.hsm.flags & ~int(HS_ALL):
             raise InvalidRequest(f"{where}: unknown HSM state flags 0x{pb.hsm.flags & ~int(HS_ALL):x}")
         hsm_flags = pb.hsm.flags
         hsm_archive_id = pb.hsm.archive_id
         data_version = pb.hsm.data_version
+        hsm_ctime = pb.hsm.ctime_ns
     r = pb.requester
     key = pb.idempotency_key or (f"{r.initiator}:{r.cookie}" if r.cookie else "")
     return Item(
@@ -80,6 +81,7 @@ def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collec
         hsm_flags=hsm_flags,
         hsm_archive_id=hsm_archive_id,
         data_version=data_version,
+        hsm_ctime=hsm_ctime,
     )
 
 

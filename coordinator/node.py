@@ -208,7 +208,7 @@ class ShardUnavailable(Exception):
 def shard_digest(state: ShardState) -> str:
     """A digest of everything replicas must agree on (for consistency checks)."""
     h = hashlib.sha256()
-    h.update(f"{state.next_seq},{state.control},{sorted(state.leases.items())}".encode())
+    h.update(f"{state.next_seq},{state.control},{sorted(state.leases.items())},{len(state.ended_states)}".encode())
     for a in sorted(state.actions.values(), key=lambda a: a.id):
         h.update(f"|{a.id},{a.state},{a.agent},{a.attempt},{a.errno},{len(a.requesters)},{a.kind},"
                  f"{a.archive_id}".encode())

@@ -153,6 +153,9 @@ class Item(NamedTuple):
     hsm_flags: int | None = None  # the file's HSM flags as the requester saw them
     hsm_archive_id: int = 0
     data_version: int = 0  # the file's data version as the requester saw it; 0 = unknown
+    #: the file's ctime (ns) when the requester read its HSM state, after
+    #: the flags: it orders the states of the file (0: unknown)
+    hsm_ctime: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +424,10 @@ class ShardConfig:
     progress_timeout: float = 600.0
     #: ended actions kept for listing and idempotent retries, per shard
     max_terminal: int = 100_000
+    #: how many files' last successful archive/restore/remove are kept, and
+    #: how long, to answer a late duplicate request (see ``_remembered``)
+    remember_ends: int = 100_000
+    remember_for: float = 3600.0
 
 
 class Action:
@@ -453,6 +460,7 @@ class Action:
         "handed_back",
         # added later: keep new slots last (see _action_from_values)
         "data_version",
+        "hsm_ctime",
     )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -486,6 +494,7 @@ class Action:
         self.reclaiming = False  # CANCELING because it was stuck, not by request
         self.handed_back = 0  # attempts an agent gave back unstarted or drained: not counted
         self.data_version = item.data_version  # the file's, as the latest requester saw it; 0 = none
+        self.hsm_ctime = item.hsm_ctime  # the latest state its requesters saw (a ctime)
 
     @property
     def fid_key(self) -> tuple[str, Fid]:
@@ -503,9 +512,10 @@ class Action:
 
 _ACTION_VALUES = operator.attrgetter(*Action.__slots__)
 _ACTION_SLOTS = tuple(getattr(Action, name) for name in Action.__slots__)  # member descriptors
-#: values of the slots added last (data_version), for actions of a snapshot
-#: written before they existed: such a tuple is that many values shorter
-_ACTION_ADDED_DEFAULTS: tuple[Any, ...] = (0,)
+#: values of the slots added last (data_version, hsm_ctime), for actions of
+#: a snapshot written before they existed: such a tuple is that many values
+#: shorter
+_ACTION_ADDED_DEFAULTS: tuple[Any, ...] = (0, 0)
 
 
 def _action_from_values(values: tuple[Any, ...]) -> Action:
@@ -580,6 +590,10 @@ class ShardState:
         self.control = "enabled"  # hsm_control mode, see SetControl
         self.drained: dict[str, float] = {}  # agent -> since when it gets no new work
         self.leases: dict[str, tuple[str, float]] = {}  # name -> (holder, expires at)
+        #: (fsname, fid, kind, archive id) -> (ctime, action id, ended at)
+        #: of the last SUCCEEDED action of that file and kind whose
+        #: requesters named the state they saw; oldest first (``_remembered``)
+        self.ended_states: dict[tuple[str, Fid, Kind, int], tuple[int, int, float]] = {}
         self.applied = 0  # commands applied
 
     # ---------------------------------------------------------------- apply
@@ -672,6 +686,16 @@ class ShardState:
                 reason=f"archive id {archive_id} is not configured",
             )
         requester = _with(item.requester, when=now, key=item.key)
+        done = self._remembered(item, archive_id, now)
+        if done is not None:
+            # a late duplicate: it saw the state an action already finished
+            # with (restored, archived or removed since): answered by that
+            # action, nothing new to run
+            done.requesters.append(requester)
+            if item.key:
+                self.keys[item.key] = done.id << 3 | Outcome.JOINED
+            effects.append(Changed(done.id))
+            return SubmitReply(Outcome.JOINED, done.id)
         fkey = (item.fsname, item.fid)
         existing = self._joinable(fkey, item.kind, archive_id)
         if existing is not None:
@@ -681,6 +705,7 @@ class ShardState:
                 # the latest requester saw the file most recently; a started
                 # action keeps the version its mover checks
                 action.data_version = item.data_version
+                action.hsm_ctime = max(action.hsm_ctime, item.hsm_ctime)
             if item.key:
                 self.keys[item.key] = existing << 3 | Outcome.JOINED
             effects.append(Changed(existing))
@@ -769,6 +794,7 @@ class ShardState:
             if err == 0:
                 action.bytes_total = action.bytes_total or action.bytes_done
                 self._end(action, Ev.SUCCEED, cmd.now, 0, done.message)
+                self._remember(action, cmd.now)
             elif action.state == State.CANCELING and action.reclaiming:
                 self._reclaimed(action, cmd.now)
             elif action.state == State.CANCELING:
@@ -974,6 +1000,41 @@ class ShardState:
         while len(self.terminal) > self.config.max_terminal:
             self._forget(self.terminal.popleft())
 
+    def _remember(self, action: Action, now: float) -> None:
+        """Keep what a successful action ended: the latest state of the file
+        its requesters saw (the ctime), for ``_remembered``."""
+        if not action.hsm_ctime:
+            return
+        key = (action.fsname, action.fid, action.kind, action.archive_id)
+        self.ended_states.pop(key, None)  # to the end: the newest
+        self.ended_states[key] = (action.hsm_ctime, action.id, now)
+        self._expire_remembered(now)
+
+    def _expire_remembered(self, now: float) -> None:
+        limit, oldest = self.config.remember_ends, now - self.config.remember_for
+        while self.ended_states:
+            key, (_ctime, _id, ended) = next(iter(self.ended_states.items()))
+            if len(self.ended_states) <= limit and ended >= oldest:
+                break
+            del self.ended_states[key]
+
+    def _remembered(self, item: Item, archive_id: int, now: float) -> Action | None:
+        """The ended action that answers *item*, if any: the last successful
+        one of the same file, kind and archive id, when the state *item* saw
+        is not newer than the one that action finished with. The token is
+        the file's ctime read after its HSM flags: every change (a write, a
+        release, a restore's rename, a new HSM state) moves it forward, and
+        one file's ctimes come from one clock (its file system's). So a
+        request that saw a later state never matches; one that saw that
+        state or an older one, and arrives after the action ended, does:
+        what it asked for happened after it looked."""
+        if not item.hsm_ctime:
+            return None
+        seen = self.ended_states.get((item.fsname, item.fid, item.kind, archive_id))
+        if seen is None or item.hsm_ctime > seen[0] or now - seen[2] > self.config.remember_for:
+            return None
+        return self.actions.get(seen[1])  # None once the action itself is forgotten
+
     def _forget(self, action_id: int) -> None:
         action = self.actions.pop(action_id)
         self._count(action.kind, action.state, -1)
@@ -996,7 +1057,8 @@ class ShardState:
         """The inverse of ``export_parts``: the FID queues are rebuilt from
         the actions (ids grow in arrival order, the order the queues keep)."""
         st = cls.__new__(cls)
-        st.leases = {}  # snapshots written before leases existed have none
+        st.leases = {}  # snapshots written before these existed have none
+        st.ended_states = {}
         st.__dict__.update(head)
         st.actions = {}
         st.fid_queue = {}

@@ -462,7 +462,7 @@ def submit_item(
     requester: tpb.Requester | None = None,
     initiator: str | None = None,
     idempotency_key: str | None = None,
-    hsm: tuple[int, int] | tuple[int, int, int] | tpb.HsmState | None = None,
+    hsm: tuple[int, int] | tuple[int, int, int] | tuple[int, int, int, int] | tpb.HsmState | None = None,
     data: bytes | str | Mapping[str, Any] = b"",
     extent: tpb.Extent | tuple[int, int] | None = None,
     flags: int = 0,
@@ -474,7 +474,10 @@ def submit_item(
     value; *hsm* the file's ``(flags, archive_id)`` as read from the file,
     which makes the coordinator apply Lustre's needed/allowed rules, or
     ``(flags, archive_id, data_version)`` (or an ``HsmState``) with the
-    file's data version too, which the mover checks (0: not checked);
+    file's data version too, which the mover checks (0: not checked), or
+    ``(flags, archive_id, data_version, ctime_ns)`` with the file's ctime
+    read after the flags too, which lets the coordinator answer a late
+    duplicate with the action that already did it;
     *requester* defaults to the calling process (``initiator`` or
     ``pyclient@<host>``); *idempotency_key* defaults to a fresh uuid4-based
     key, unless the requester carries a cookie (then the coordinator uses
@@ -515,24 +518,28 @@ def submit_item(
         item.extent.CopyFrom(ext)
     if hsm is not None:
         hversion: Any = 0
+        hctime: Any = 0
         if isinstance(hsm, tpb.HsmState):
-            hflags, harchive, hversion = hsm.flags, hsm.archive_id, hsm.data_version
+            hflags, harchive, hversion, hctime = hsm.flags, hsm.archive_id, hsm.data_version, hsm.ctime_ns
         else:
             try:
                 hflags, harchive, *more = hsm
-                if len(more) > 1:
+                if len(more) > 2:
                     raise ValueError
             except (TypeError, ValueError):
                 raise InvalidArgument(
-                    f"hsm must be (flags, archive_id) or (flags, archive_id, data_version), not {hsm!r}"
+                    f"hsm must be (flags, archive_id[, data_version[, ctime_ns]]), not {hsm!r}"
                 ) from None
             hversion = more[0] if more else 0
-        if isinstance(hversion, bool) or not isinstance(hversion, int) or not 0 <= hversion < 1 << 64:
-            raise InvalidArgument(f"data version must be an unsigned 64-bit integer, not {hversion!r}")
+            hctime = more[1] if len(more) > 1 else 0
+        for what, value in (("data version", hversion), ("ctime", hctime)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+                raise InvalidArgument(f"{what} must be an unsigned 64-bit integer, not {value!r}")
         item.hsm.SetInParent()
         item.hsm.flags = _check_u32("HSM flags", hflags)
         item.hsm.archive_id = _check_u32("HSM archive id", harchive)
         item.hsm.data_version = hversion
+        item.hsm.ctime_ns = hctime
     if idempotency_key is not None:
         if not isinstance(idempotency_key, str) or len(idempotency_key) > 256:
             raise InvalidArgument("idempotency key must be a string of at most 256 characters")

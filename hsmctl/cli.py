@@ -456,16 +456,19 @@ class Target:
     label: str
     fsname: str
     fid: Fid
-    hsm: tuple[int, int, int] | None  # (flags, archive_id, data_version) read from the file
+    hsm: tuple[int, int, int, int] | None  # (flags, archive_id, data_version, ctime_ns) read from the file
 
 
-def _request_state(fs: SimFS, path: str) -> tuple[int, int, int]:
-    """(flags, archive id, data version) of a file a request names: the
-    coordinator decides with the flags whether the request is needed, and
+def _request_state(fs: SimFS, path: str) -> tuple[int, int, int, int]:
+    """(flags, archive id, data version, ctime) of a file a request names:
+    the coordinator decides with the flags whether the request is needed,
     the mover checks the data version (a FID alone may name another file
-    system's file)."""
+    system's file), and the ctime, read after the flags, names the state
+    seen (a duplicate that arrives after an action finished with that
+    state is answered by it)."""
     version, attrs = fs.state_and_version(path)
-    return int(attrs.flags), int(attrs.archive_id), version
+    ctime = os.stat(path).st_ctime_ns
+    return int(attrs.flags), int(attrs.archive_id), version, ctime
 
 
 def _hsm_state(fs: SimFS, path: str) -> tuple[int, int, int]:

@@ -134,6 +134,49 @@ def test_local_archive_release_restore_remove_and_clean_stop(local) -> None:  # 
     assert hsmctl(address, "status").returncode == 3  # coordinator gone: exit 3
 
 
+def test_three_clients_restoring_the_same_files_make_one_restore_each(local) -> None:  # type: ignore[no-untyped-def]
+    """Three users run ``hsmctl restore --wait`` on the same 20 released
+    files at once: 20 restore actions, each run once. Then a request that
+    read the files' state before their restores ended and arrives after (a
+    late duplicate, made certain here) is answered by those actions."""
+    from hsm.client import CoordinatorClient, outcome_name, state_name
+    from hsmctl.cli import _request_state
+
+    work, address, _proc = local
+    fs = SimFS.open(work / "fs")
+    files = []
+    for i in range(20):
+        f = fs.root / f"shared{i:02d}"
+        f.write_bytes(os.urandom(1000 + i))
+        files.append(f)
+    assert hsmctl(address, "archive", "--wait", *map(str, files)).returncode == 0
+    assert hsmctl(address, "release", *map(str, files)).returncode == 0
+    env = dict(os.environ, HSM_COORDINATORS=address)
+    users = [subprocess.Popen([sys.executable, "-m", "hsmctl.cli", "restore", "--wait", *map(str, files)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    for u in users:
+        _out, err = u.communicate(timeout=120)
+        assert u.returncode == 0, err
+    with CoordinatorClient(address) as client:
+        restores = [a for a in client.list_actions(include_terminal=True) if a.kind == 21]
+        assert len(restores) == 20, f"{len(restores)} restore actions for 20 files"
+        assert all(state_name(a.state) == "SUCCEEDED" and a.attempt == 1 for a in restores)
+
+        # the late duplicate: the state read before a restore, sent after it
+        assert hsmctl(address, "release", *map(str, files[:5])).returncode == 0
+        seen = [_request_state(fs, str(f)) for f in files[:5]]
+        assert hsmctl(address, "restore", "--wait", *map(str, files[:5])).returncode == 0
+        late = client.submit([client.submit_item(fs.fsname, fs.fid_of(f), "restore", hsm=state)
+                              for f, state in zip(files[:5], seen, strict=True)])
+        assert [outcome_name(r.outcome) for r in late] == ["JOINED"] * 5
+        after = [a for a in client.list_actions(include_terminal=True) if a.kind == 21]
+        assert len(after) == 25, "5 more restores for the second release, none for the late duplicates"
+        assert {r.action_id for r in late} <= {a.action_id for a in after if state_name(a.state) == "SUCCEEDED"}
+    for f in files:
+        assert not fs.hsm_state(f).flags & HS.RELEASED
+
+
 def test_demo_passes() -> None:
     r = subprocess.run([sys.executable, "-m", "coordinator.demo"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -539,22 +539,25 @@ def test_a_join_gives_a_waiting_action_the_latest_data_version() -> None:
     assert h.state.get(rid).data_version == 9  # type: ignore[union-attr]
 
 
-def test_actions_of_a_snapshot_written_before_data_version_load() -> None:
+def test_actions_of_a_snapshot_written_before_the_last_slots_load() -> None:
+    """Snapshots of older formats hold shorter value tuples: without
+    hsm_ctime (the last slot), and without data_version and hsm_ctime."""
     import pickle
 
     from coordinator.state import Action, _action_from_values
 
     h = Harness()
-    [r] = h.submit(item(1, data_version=5))
+    [r] = h.submit(item(1, data_version=5, hsm_ctime=77))
     a = h.state.get(r.action_id)
     assert a is not None
     fn, (values,) = a.__reduce__()
     assert fn is _action_from_values and len(values) == len(Action.__slots__)
-    assert Action.__slots__[-1] == "data_version", "new slots go last: older snapshots lack only those"
-    old = _action_from_values(values[:-1])  # a tuple as a snapshot of the previous format holds it
-    assert old.data_version == 0
-    assert [getattr(old, s) for s in Action.__slots__[:-1]] == list(values[:-1])
+    assert Action.__slots__[-2:] == ("data_version", "hsm_ctime"), "new slots go last: older snapshots lack only those"
+    for missing in (1, 2):
+        old = _action_from_values(values[:-missing])  # as a snapshot of a previous format holds it
+        assert (old.data_version, old.hsm_ctime) == ((5, 0) if missing == 1 else (0, 0))
+        assert [getattr(old, s) for s in Action.__slots__[:-missing]] == list(values[:-missing])
     again = pickle.loads(pickle.dumps(a))
-    assert again.data_version == 5 and again.id == a.id
+    assert (again.data_version, again.hsm_ctime, again.id) == (5, 77, a.id)
     with pytest.raises(ValueError):
-        _action_from_values(values[:-2])
+        _action_from_values(values[:-3])

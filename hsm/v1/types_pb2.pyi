@@ -70,14 +70,16 @@ class Requester(_message.Message):
     def __init__(self, initiator: _Optional[str] = ..., cookie: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., projid: _Optional[int] = ..., when: _Optional[float] = ...) -> None: ...
 
 class HsmState(_message.Message):
-    __slots__ = ("flags", "archive_id", "data_version")
+    __slots__ = ("flags", "archive_id", "data_version", "ctime_ns")
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CTIME_NS_FIELD_NUMBER: _ClassVar[int]
     flags: int
     archive_id: int
     data_version: int
-    def __init__(self, flags: _Optional[int] = ..., archive_id: _Optional[int] = ..., data_version: _Optional[int] = ...) -> None: ...
+    ctime_ns: int
+    def __init__(self, flags: _Optional[int] = ..., archive_id: _Optional[int] = ..., data_version: _Optional[int] = ..., ctime_ns: _Optional[int] = ...) -> None: ...
 
 class Action(_message.Message):
     __slots__ = ("action_id", "fsname", "fid", "kind", "archive_id", "extent", "data", "flags", "priority", "requesters", "state", "agent", "attempt", "created", "started", "ended", "bytes_done", "bytes_total", "errno", "error", "shard", "data_version")
