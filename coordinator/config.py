@@ -18,6 +18,8 @@ The file format is documented in docs/cluster-config.md; in short::
     default_archive_id: 1
     max_attempts: 3
     max_terminal: 100000
+    remember_ends: 100000         # files whose last successful action answers late duplicates
+    remember_for: 3600            # seconds such an answer stays valid
     progress_timeout: 600         # no progress for this long: the action is stopped and requeued (0: never)
     agent_grace: 60
     heartbeat_interval: 5
@@ -50,7 +52,8 @@ class ConfigError(ValueError):
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _SIMPLE = {
     "replica_id": str, "data_dir": str, "listen": str, "raft_bind": str, "archive_ids": tuple,
-    "default_archive_id": int, "max_attempts": int, "max_terminal": int, "agent_grace": float,
+    "default_archive_id": int, "max_attempts": int, "max_terminal": int, "remember_ends": int,
+    "remember_for": float, "agent_grace": float,
     "heartbeat_interval": float, "propose_timeout": float, "progress_timeout": float,
 }
 _TOP = set(_SIMPLE) | {"cluster", "raft", "log_level"}
@@ -208,6 +211,8 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError("max_attempts: must be at least 1")
     if cfg.max_terminal < 0:
         raise ConfigError("max_terminal: must be >= 0")
+    if cfg.remember_ends < 0 or cfg.remember_for < 0:
+        raise ConfigError("remember_ends and remember_for: must be >= 0 (0: late duplicates are not answered)")
     if cfg.progress_timeout < 0:
         raise ConfigError("progress_timeout: must be >= 0 seconds (0: never reclaim)")
     if cfg.agent_grace <= 0 or cfg.heartbeat_interval <= 0 or cfg.propose_timeout <= 0:

@@ -147,6 +147,10 @@ class NodeConfig:
     default_archive_id: int = 1
     max_attempts: int = 3
     max_terminal: int = 100_000
+    #: files whose last successful archive/restore/remove answers a late
+    #: duplicate, and for how long (ShardConfig); the same on every replica
+    remember_ends: int = 100_000
+    remember_for: float = 3600.0
     #: seconds without progress before a running action is reclaimed (0: never)
     progress_timeout: float = 600.0
     #: seconds a disconnected agent keeps its actions before they are requeued
@@ -251,6 +255,7 @@ class CoordinatorNode:
         c = self.config
         return ShardConfig(shard=index, archive_ids=frozenset(c.archive_ids), default_archive_id=c.default_archive_id,
                            max_attempts=c.max_attempts, max_terminal=c.max_terminal,
+                           remember_ends=c.remember_ends, remember_for=c.remember_for,
                            progress_timeout=c.progress_timeout)
 
     async def start(self) -> None:

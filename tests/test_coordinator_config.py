@@ -57,6 +57,14 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
         make_cluster(tmp_path)
 
 
+def test_late_duplicate_memory_settings_reach_every_shard(tmp_path: Path) -> None:
+    from coordinator.node import CoordinatorNode
+
+    cfg, _ = load(make_cluster(tmp_path, remember_ends=10, remember_for=60), {"replica_id": "c0"})
+    shard = CoordinatorNode(cfg).shard_config(3)
+    assert (shard.remember_ends, shard.remember_for, shard.shard) == (10, 60.0, 3)
+
+
 @pytest.mark.parametrize(
     "change, words",
     [
@@ -65,6 +73,7 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
         ({"default_archive_id": 2}, "default_archive_id 2 is not in archive_ids"),
         ({"agent_grace": "soon"}, "agent_grace: expected float"),
         ({"max_attempts": 0}, "max_attempts"),
+        ({"remember_for": -1}, "remember_ends and remember_for: must be >= 0"),
         ({"replica_id": "zz"}, "replica_id: replica 'zz' is not in the cluster"),
         ({"raft": {"election_min": 5.0}}, "raft:"),
         ({"raft": {"nope": 1}}, "raft: unknown setting(s): nope"),
