@@ -75,6 +75,8 @@ WATCH_ROUND = 2.0
 #: messages recv may refuse in a row (EPROTO) before the bridge gives up on
 #: the MDT's pipe (a stream it cannot resynchronise: a restart registers again)
 MAX_REFUSED = 1000
+#: seconds between two warnings that the lease requests go unanswered
+REPORT_UNANSWERED = 60.0
 #: seconds the --active-requests-command may run
 ACTIVE_REQUESTS_TIMEOUT = 60.0
 
@@ -138,6 +140,7 @@ class Bridge:
         self.keeper = LeaseKeeper(tuple(lease_name(f) for f in sorted(config.core.fsnames)), config.lease_ttl)
         self._lease_lock = threading.Lock()
         self._unregistered = False
+        self._unanswered_said = -REPORT_UNANSWERED
 
     # -- life ---------------------------------------------------------------
 
@@ -258,8 +261,13 @@ class Bridge:
         except CoordinatorError as exc:
             with self._lease_lock:
                 self.keeper.on_error(self.clock(), name)
-            log.warning("lease %s: the coordinators did not answer (%s)", name, exc)
+            now = self.clock()
+            if now - self._unanswered_said >= REPORT_UNANSWERED:
+                self._unanswered_said = now
+                log.warning("lease %s: the coordinators did not answer (%s)%s", name, exc,
+                            "" if self.keeper.active else "; standing by, asking again")
             return
+        self._unanswered_said = -REPORT_UNANSWERED
         with self._lease_lock:
             backs = self.keeper.on_answer(self.clock(), name, asked_at, reply.granted, reply.holder,
                                           reply.remaining_ms / 1000)
@@ -278,6 +286,7 @@ class Bridge:
                 why = self.keeper.lost(self.clock())
             if why is not None:
                 self._fatal = LeaseLost(why)
+                self._stopping.set()  # the reader's recv error that follows is not the cause
                 self._unregister()
                 if self._loop is not None:
                     self._loop.call_soon_threadsafe(self._wake.set)
@@ -366,7 +375,8 @@ class Bridge:
                     refused += 1
                     self._back(self.core.on_unreadable, exc.strerror or str(exc))
                     continue
-                self._fatal = exc
+                if self._fatal is None:
+                    self._fatal = exc
                 self._loop.call_soon_threadsafe(self._wake.set)
                 return
             refused = 0
