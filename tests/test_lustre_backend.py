@@ -332,15 +332,21 @@ def test_a_transient_failure_is_given_back_and_the_next_attempt_begins_the_same_
     assert rig.state(path) & HS.ARCHIVED
 
 
-def test_a_restore_given_back_is_restored_by_the_next_attempt(rig: Rig) -> None:
-    data = os.urandom(50_000)
-    path, fid = rig.file("rr", data)
+def _released_and_asked_back(rig: Rig, name: str, data: bytes) -> tuple[Path, LustreBackend, hal.ActionItem]:
+    """A file archived and released, and its RESTORE item from the MDT."""
+    path, fid = rig.file(name, data)
     backend = rig.backend()
     rig.request(HUA.ARCHIVE, [fid])
     ok(posix(rig).run(rig.job(backend, rig.items(1))))
     rig.fs.release(path)
     rig.request(HUA.RESTORE, [fid])
     (item,) = rig.items(1)
+    return path, backend, item
+
+
+def test_a_restore_given_back_is_restored_by_the_next_attempt(rig: Rig) -> None:
+    data = os.urandom(50_000)
+    path, backend, item = _released_and_asked_back(rig, "rr", data)
     job = rig.job(backend, [item])
     job.cancelled.set()  # e.g. agentd stopping: handed back to the coordinator
     res = posix(rig).run(job)
@@ -356,14 +362,7 @@ def test_a_restore_given_back_after_its_first_progress_is_ended_with_the_error(r
     """The MDT holds that attempt's volatile file as the data FID: a next
     attempt could not end the item (EINVAL), so it is ended now; the next
     attempt finds it gone (ENOENT) and fails without touching the file."""
-    data = os.urandom(400_000)
-    path, fid = rig.file("rp", data)
-    backend = rig.backend()
-    rig.request(HUA.ARCHIVE, [fid])
-    ok(posix(rig).run(rig.job(backend, rig.items(1))))
-    rig.fs.release(path)
-    rig.request(HUA.RESTORE, [fid])
-    (item,) = rig.items(1)
+    path, backend, item = _released_and_asked_back(rig, "rp", os.urandom(400_000))
     job = rig.job(backend, [item])
     t, out = _run_in_thread(lambda: posix(rig, bandwidth_limit=100_000).run(job))
     until(lambda: rig.cookie(item.cookie)["progress"], 10, "a progress at the MDT")

@@ -43,31 +43,20 @@ def test_static_units_are_the_role_templates_with_defaults(rendered_cluster: Ren
             f"deploy/systemd/{name} differs from its template: python -m tests.deploy.deploylib --write-static-units")
 
 
-@pytest.mark.parametrize("old, new, needle", [
-    ("Type=notify", "Type=notfy", "Failed to parse service type"),
-    ("Restart=on-failure", "Restrt=on-failure", "Unknown key"),
-    ("ExecStart=", "ExecStart=/nonexistent", "is not executable"),
+@pytest.mark.parametrize("which, old, new, needle", [
+    ("coordinator", "Type=notify", "Type=notfy", "Failed to parse service type"),
+    ("coordinator", "Restart=on-failure", "Restrt=on-failure", "Unknown key"),
+    ("coordinator", "ExecStart=", "ExecStart=/nonexistent", "is not executable"),
+    ("bridge", "AF_UNIX AF_NETLINK", "AF_UNIX AF_NETLNK", "Failed to parse address family"),
+    ("bridge", "hsm.active_requests'\"", "hsm.active_requests'", "Unbalanced quoting"),
+    ("bridge", "StateDirectory=hsm-bridge", "StateDirectory=/var/lib/hsm-bridge", "path is absolute"),
+    ("bridge", "RestartPreventExitStatus=2", "RestartPreventExitStatus=two", "Failed to parse value"),
 ])
-def test_broken_unit_fails_verify(old: str, new: str, needle: str, rendered_cluster: RenderedCluster,
+def test_broken_unit_fails_verify(which: str, old: str, new: str, needle: str, rendered_cluster: RenderedCluster,
                                   tmp_path: Path) -> None:
-    unit = tmp_path / "hsm-coordinator.service"
-    text = rendered_cluster.coordinators[0].unit.read_text()
-    assert old in text
-    unit.write_text(text.replace(old, new, 1))
-    problems = dl.systemd_verify([unit], home=tmp_path)
-    assert any(needle in p for p in problems), problems
-
-
-@pytest.mark.parametrize("old, new, needle", [
-    ("AF_UNIX AF_NETLINK", "AF_UNIX AF_NETLNK", "Failed to parse address family"),
-    ("hsm.active_requests'\"", "hsm.active_requests'", "Unbalanced quoting"),
-    ("StateDirectory=hsm-bridge", "StateDirectory=/var/lib/hsm-bridge", "path is absolute"),
-    ("RestartPreventExitStatus=2", "RestartPreventExitStatus=two", "Failed to parse value"),
-])
-def test_broken_bridge_unit_fails_verify(old: str, new: str, needle: str, rendered_cluster: RenderedCluster,
-                                         tmp_path: Path) -> None:
-    unit = tmp_path / "hsm-bridge.service"
-    text = rendered_cluster.bridges[0].unit.read_text()
+    source = (rendered_cluster.coordinators if which == "coordinator" else rendered_cluster.bridges)[0].unit
+    unit = tmp_path / source.name
+    text = source.read_text()
     assert old in text
     unit.write_text(text.replace(old, new, 1))
     problems = dl.systemd_verify([unit], home=tmp_path)
