@@ -32,8 +32,8 @@ from coordinator.raft import (
     RaftShard,
     RaftStorageError,
     RaftTuning,
-    free_port,
 )
+from coordinator.raft.config import free_port
 from coordinator.state import Outcome, Result, ShardConfig, ShardState, SubmitReply
 from tests.cluster import until_async
 from tests.raft_proc import FAST, fingerprint, submit
@@ -547,7 +547,8 @@ def test_journal_keeps_acknowledged_entries_when_pysyncobj_truncates_identical_o
     overlaps them, even identical ones. Our journal keeps them on disk until
     a different entry really replaces them, so a crash in between cannot
     lose an entry the follower acknowledged."""
-    from coordinator.raft import RaftStats, _SegmentJournal
+    from coordinator.raft import RaftStats
+    from coordinator.raft.journal import _SegmentJournal
 
     d = tmp / "j"
     d.mkdir()

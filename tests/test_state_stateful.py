@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from coordinator import scheduler
-from coordinator.raft import _decode_state, _encode_state
+from coordinator.raft.serializer import _decode_state, _encode_state
 from coordinator.state import (
     AgentLost,
     Assign,

@@ -1,54 +1,7 @@
-"""The Raft adapter: one pysyncobj ``SyncObj`` per shard per replica, behind a
-typed asyncio API. This is the only module of the project that imports
-pysyncobj.
-
-What a caller sees
-==================
-
-``RaftShard(index, self_addr, peers, data_dir, password, state_factory,
-on_applied, loop, tuning)`` runs one replica of one shard's Raft group:
-
-* ``await shard.propose(cmds, timeout) -> list[Result]`` on the leader.
-  Concurrent proposals are **group-committed**: while ``tuning.max_inflight``
-  Raft entries are in flight, new proposals queue and ride together in the
-  next entry (one entry carries many commands). Every call has its own
-  timeout (pysyncobj callbacks can silently never fire under load, upstream
-  issue #75).
-
-  - ``NotLeader(leader)``: this replica is not the leader, or the entry was
-    definitely not applied (discarded by a new leader). Retry at ``leader``.
-  - ``ProposalTimeout``: the outcome is **unknown**: the commands may or may
-    not have been applied (now or later). The caller must retry with the
-    **same idempotency keys**; the state machine dedups them (``Item.key``),
-    so a retry never creates a second action. Commands without a key
-    (Assign, Progress, Complete, Cancel, AgentLost) are safe to repeat:
-    the state machine ignores stale or repeated ones.
-
-* ``on_applied(shard_index, result, proposed_here)`` runs on the asyncio loop
-  for every command applied on this replica (leader and followers), in log
-  order. ``proposed_here`` is True for commands this RaftShard instance
-  proposed (their futures resolve right after the callbacks of their entry).
-  When a follower installs a snapshot instead of replaying entries, the
-  commands it skipped are not delivered one by one: ``on_reset(shard_index)``
-  runs instead, after the new state is in place.
-* ``with shard.reading() as state:`` reads the ``ShardState`` safely from the
-  loop (a lock the applier holds while it applies one proposal).
-* Leadership: ``is_leader``, ``leader_ready`` (leader *and* every entry of
-  earlier terms applied here: the state is current, safe to schedule from),
-  ``leader``, ``term``, ``commit_index``, ``applied_index``,
-  ``on_leader_change(shard_index, LeaderInfo)``, ``await
-  transfer_leadership(to)`` (Raft TimeoutNow, which pysyncobj 0.3.17 offers:
-  the adapter pauses new entries until the target has the whole log, then
-  asks it to start an election at once) and ``preferred_leader``: a leader
-  that is not the preferred replica hands leadership to it when it is
-  connected and caught up, which is how leaders of different shards spread
-  over the replicas, at creation and after any restart. Nothing is tried
-  while the preferred replica is away (a hand-over pauses writes), so it
-  gets its shards back within ``rebalance_interval`` of its return.
-* Membership: ``await add_peer(addr)`` / ``await remove_peer(addr)``, one node
-  at a time (pysyncobj ``dynamicMembershipChange``). A new replica is started
-  with ``peers`` = the current members; remove a leader by transferring its
-  leadership first.
+"""The shard adapter (pysyncobj's ``syncobj``): ``RaftShard``, one replica of
+one shard's Raft group behind a typed asyncio API (what a caller sees is in
+the package docstring, ``coordinator.raft``), and ``_ShardSyncObj``, the
+``SyncObj`` subclass it drives.
 
 Threads
 =======
@@ -59,102 +12,26 @@ heartbeats, the journal. The **applier thread** applies committed entries to
 the ``ShardState`` and writes snapshots. pysyncobj calls our replicated
 method on the tick thread; it only hands the entry to the applier. So a slow
 apply or a long snapshot does not block heartbeats (they still share the
-GIL: see below), and the asyncio loop is never blocked by either (it only
-takes the state lock for short reads). ``propose`` and the other coroutines
-must run on ``loop``; callbacks are delivered there with
-``call_soon_threadsafe``.
-
-Durability: what "acknowledged" means
-=====================================
-
-A proposal resolves only after its entry is committed, i.e. **on stable
-storage on a majority**:
-
-* Our journal (``_SegmentJournal``, hooked into pysyncobj in place of its
-  mmap journal, which is never fsynced) appends records with a CRC to
-  segment files under ``data_dir/shard-<n>/``. It is fdatasync'ed before the
-  leader counts itself towards a commit (at the end of every tick and before
-  the next one starts) and before a follower answers a successful
-  AppendEntries (the transport syncs before it sends the ack). One fsync
-  covers every entry written since the last one (group commit), so the cost
-  is per batch of entries, not per entry. Term and vote are written to
-  ``raft-vote`` with fsync + rename + directory fsync before any vote or
-  request is sent.
-* pysyncobj truncates a follower's log whenever a re-sent AppendEntries
-  overlaps it, even with identical entries (it then logs CRITICAL "may have
-  diverged"; a leader re-sends after a late acknowledgement). Our journal
-  keeps such entries on disk until a *different* entry replaces them, so an
-  acknowledged entry is never even briefly missing from the disk.
-* Snapshots (``snapshot``) are written to a temporary file, fsynced, renamed
-  and the directory fsynced **before** pysyncobj drops the journal entries
-  they cover. An installed snapshot (from the leader) is fsynced before the
-  follower acknowledges it.
-
-What an **OS crash or power loss** of a replica can lose: entries it received
-but had not acknowledged yet (a torn tail record is detected by its CRC and
-truncated at restart); the commit index (saved lazily, it is volatile Raft
-state and is relearned from the leader); nothing else. Acknowledged client
-writes are on a majority's disks, so even a crash of every replica at once
-loses none. It cannot protect against disks that lie about flushes (write
-caches without power-loss protection, ``nobarrier`` mounts), or against
-losing a majority of the disks. A process crash (SIGKILL) loses nothing
-written, fsync or not. With ``tuning.fsync=False`` (tests, benchmarks only)
-an OS crash can lose acknowledged writes.
-
-Snapshots and log compaction
-============================
-
-pysyncobj compacts the log after ``compaction_min_entries`` entries or
-``compaction_min_time`` seconds, and we force it when the log in memory passes
-``max_log_bytes``. A snapshot pickles the whole ``ShardState`` on the applier
-thread (no fork: ``useFork`` is off because gRPC runs in the same process),
-compresses it (zlib level 1, ~5x) and writes it. Cost, measured on this
-2-core machine: 1.2-1.7 s of CPU per 100k actions on an idle core (~250
-bytes per action before zlib, ~32 after), 5.4 s for 150k actions on a busy
-machine. The garbage collector is paused while it pickles (a full
-collection over a big heap holds the GIL for ~0.25 s per 100k actions and
-starved heartbeats into an election in a test; with the pause, no
-election). While a snapshot runs, entries keep being committed and
-acknowledged by the followers (heartbeats and the journal live on the tick
-thread), but applying them waits: on the leader, clients see that pause as
-extra latency once per compaction. Installing or restoring a snapshot costs
-about twice its pickling. Memory: the log since the last compaction
-(bounded by the three limits above) plus one serialized copy of the state
-while a snapshot is written. (Giving ``Action`` a compact ``__reduce__``
-of plain tuples makes pickling ~7x and unpickling ~20x faster.)
+GIL: see ``coordinator.raft.serializer``), and the asyncio loop is never
+blocked by either (it only takes the state lock for short reads).
+``propose`` and the other coroutines must run on ``loop``; callbacks are
+delivered there with ``call_soon_threadsafe``.
 
 How it hooks into pysyncobj 0.3.17 (re-check on any upgrade)
-=============================================================
+============================================================
 
-* ``pysyncobj.syncobj.createJournal`` is replaced (once, at import) by a
-  function that returns the journal we registered for a ``journalFile`` key.
-* ``pysyncobj.pickle``'s protocol is raised from 2 to 5 (see ``_PICKLE``).
-* A custom ``serializer``/``deserializer``/``serializeChecker``: the
-  serializer queues the snapshot for the applier and raises
-  ``_SnapshotStarted``, which pysyncobj's ``Serializer`` records as "not
-  finished" until the checker reports the end.
-* ``SyncObj.encryptor`` is overridden (HMAC sealer or Fernet), and the
-  transport class is a ``TCPTransport`` subclass that syncs before acks.
+* ``SyncObj.encryptor`` is overridden (HMAC sealer or Fernet:
+  ``coordinator.raft.encryptor``), and the transport class is a
+  ``TCPTransport`` subclass that syncs before acks
+  (``coordinator.raft.transport``).
+* The journal (``coordinator.raft.journal``) and the snapshot serializer
+  hooks (``coordinator.raft.serializer``) are handed over in the
+  ``SyncObjConf`` built by ``_init_raft``.
 * Calls used besides the public API: ``_isLeader``, ``_getLeader``,
   ``_poller`` (to wake the tick), ``raftLastApplied``/``raftCommitIndex``,
   ``transferLeadership``, ``getStatus``. pysyncobj is not thread-safe: every
   call that touches its state runs on the tick thread (``_in_tick``), except
-  reads of single attributes and ``_applyCommand`` (its queue is locked).
-
-Security
-========
-
-``password`` is mandatory: peers exchange pickled messages, so an open Raft
-port would let anyone on the network run code in the coordinator. By
-default (``tuning.encrypt``) every message is encrypted and authenticated
-with Fernet (AES-128-CBC + HMAC-SHA256, the ``cryptography`` package) under
-a key derived from the password and the shard index; a message that fails
-is dropped before it is unpickled. With ``encrypt=False`` messages are only
-authenticated (HMAC-SHA256 under a PBKDF2 key, checked before unpickling)
-and readable on the wire. pysyncobj's per-connection random keys reject
-replays. Raft binds only to ``bind_addr`` (default ``self_addr``), never to
-every interface.
-"""
+  reads of single attributes and ``_applyCommand`` (its queue is locked)."""
 
 from __future__ import annotations
 
@@ -163,17 +40,11 @@ import concurrent.futures
 import contextlib
 import fcntl
 import functools
-import gc
-import hashlib
-import hmac
 import itertools
-import json
 import logging
 import os
 import pickle
 import queue
-import re
-import struct
 import threading
 import time
 import zlib
@@ -183,803 +54,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pysyncobj.pickle as _ps_pickle
-import pysyncobj.syncobj as _ps_syncobj
 from pysyncobj import SyncObj, SyncObjConf, SyncObjException, replicated
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
-from pysyncobj.journal import Journal
-from pysyncobj.transport import TCPTransport
 
+from coordinator.raft.config import _BATCH_BYTES, RaftTuning, _check_addr
+from coordinator.raft.encryptor import _derive_key, _HmacSealer
+from coordinator.raft.errors import (
+    NotLeader,
+    ProposalTimeout,
+    RaftError,
+    RaftStorageError,
+    TransferFailed,
+)
+from coordinator.raft.journal import _JOURNALS, _JOURNALS_LOCK, Entry, _fsync_dir, _SegmentJournal
+from coordinator.raft.serializer import (
+    _PICKLE,
+    _SNAP_LEN,
+    _SNAP_MAGIC,
+    _decode_state,
+    _encode_state,
+    _gc_paused,
+    _read_snapshot,
+    _SnapshotHeader,
+    _SnapshotStarted,
+)
+from coordinator.raft.status import LeaderInfo, PeerStatus, RaftStats, RaftStatus
+from coordinator.raft.transport import _DurableTransport
 from coordinator.state import Command, Result, ShardState
 
-log = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------
-# Public types
-# --------------------------------------------------------------------------
+#: the package's logger name, as before it was split into modules (log lines
+#: and log settings name "coordinator.raft")
+log = logging.getLogger("coordinator.raft")
 
 
-class RaftError(Exception):
-    """Base class of the errors this module raises to callers."""
-
-
-class NotLeader(RaftError):
-    """This replica is not the shard's leader (or lost leadership before the
-    entry could commit, and it was definitely not applied). ``leader`` is
-    the current leader's Raft address when known."""
-
-    def __init__(self, shard: int, leader: str | None, detail: str = "") -> None:
-        where = f"the leader is {leader}" if leader else "no leader is known yet (election in progress?)"
-        super().__init__(f"shard {shard}: this replica is not the leader; {where}{detail}")
-        self.shard = shard
-        self.leader = leader
-
-
-class ProposalTimeout(RaftError):
-    """The outcome of a proposal is unknown: it may or may not be applied.
-    Retry with the same idempotency keys."""
-
-
-class TransferFailed(RaftError):
-    """Leadership could not be handed over in time; this replica may still
-    be the leader."""
-
-
-class RaftStorageError(RaftError):
-    """The shard's data directory is unusable (damaged journal or snapshot,
-    or locked by another process)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RaftTuning:
-    """Timeouts and limits. The defaults suit 3-5 replicas on a LAN."""
-
-    #: leader heartbeat (AppendEntries) period, seconds
-    heartbeat: float = 0.1
-    #: election timeout range: a follower that hears no leader for a random
-    #: time in [election_min, election_max] starts an election
-    election_min: float = 1.0
-    election_max: float = 2.0
-    #: a leader without answers from a majority for this long steps down
-    leader_fallback: float = 3.0
-    #: a connection silent for this long is considered dead (>= election_max)
-    connection_timeout: float = 3.5
-    #: reconnect to an unreachable peer this often
-    connection_retry: float = 1.0
-    #: longest wait of the tick thread for network events
-    tick: float = 0.05
-    #: log compaction: after this many entries ...
-    compaction_min_entries: int = 10_000
-    #: ... or this many seconds since the last snapshot ...
-    compaction_min_time: float = 300.0
-    #: ... or when the entries kept in memory exceed this many bytes
-    max_log_bytes: int = 256 << 20
-    #: journal segment size before starting a new file
-    segment_bytes: int = 64 << 20
-    #: group commit: Raft entries in flight at once from this leader
-    max_inflight: int = 2
-    #: group commit: stop adding proposals to an entry past this size ...
-    max_entry_bytes: int = 512 << 10
-    #: ... or this many commands
-    max_entry_commands: int = 20_000
-    #: a single proposal larger than this (encoded) is refused
-    max_command_bytes: int = 3 << 20
-    #: fdatasync the journal before acknowledging (False: tests/benchmarks only)
-    fsync: bool = True
-    #: encrypt Raft traffic (Fernet, from the `cryptography` package);
-    #: False: messages are authenticated (HMAC-SHA256) but readable
-    encrypt: bool = True
-    #: how often a leader checks whether to hand leadership to preferred_leader
-    rebalance_interval: float = 5.0
-
-    def validate(self) -> None:
-        if not 0 < self.heartbeat * 3 < self.election_min < self.election_max:
-            raise ValueError(
-                "Raft timeouts must satisfy 0 < 3 x heartbeat < election_min < election_max "
-                f"(got heartbeat={self.heartbeat}, election_min={self.election_min}, "
-                f"election_max={self.election_max})"
-            )
-        if self.leader_fallback <= self.heartbeat:
-            raise ValueError("leader_fallback must be longer than heartbeat")
-        if self.connection_timeout < self.election_max:
-            raise ValueError("connection_timeout must be >= election_max")
-        for name in ("tick", "compaction_min_time", "connection_retry", "rebalance_interval"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        for name in ("compaction_min_entries", "max_log_bytes", "segment_bytes", "max_inflight",
-                     "max_entry_bytes", "max_entry_commands", "max_command_bytes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.compaction_min_entries < 2:
-            raise ValueError("compaction_min_entries must be at least 2")
-        if self.max_command_bytes > _BATCH_BYTES - (64 << 10):
-            raise ValueError(f"max_command_bytes must be below {_BATCH_BYTES - (64 << 10)}")
-
-
-@dataclass(frozen=True, slots=True)
-class LeaderInfo:
-    is_leader: bool
-    leader: str | None
-    term: int
-    #: leader and every entry of earlier terms applied here
-    ready: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    address: str
-    connected: bool
-    match_index: int | None  # known on the leader only
-    next_index: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class RaftStatus:
-    shard: int
-    address: str
-    role: str  # "leader", "candidate", "follower"
-    leader: str | None
-    term: int
-    commit_index: int
-    applied_index: int
-    last_log_index: int
-    log_entries: int
-    peers: tuple[PeerStatus, ...]
-    has_quorum: bool
-
-
-@dataclass(slots=True)
-class RaftStats:
-    """Counters (approximate when read while threads run)."""
-
-    entries_proposed: int = 0
-    commands_proposed: int = 0
-    entries_applied: int = 0
-    commands_applied: int = 0
-    apply_errors: int = 0
-    snapshots_written: int = 0
-    snapshots_installed: int = 0
-    last_snapshot_seconds: float = 0.0
-    last_snapshot_bytes: int = 0
-    fsyncs: int = 0
-    fsync_seconds: float = 0.0
-
-
-# --------------------------------------------------------------------------
-# pysyncobj integration points (installed once, at import)
-# --------------------------------------------------------------------------
-
-#: the pickle protocol of our entries, snapshots and (below) pysyncobj's messages
-_PICKLE = 5
-
-#: pysyncobj pickles messages and commands with protocol 2, which turns every
-#: bytes object into a latin-1 string (1.5x larger, ~7 ms/MiB each way).
-#: Protocol 5 is read by any Python >= 3.8, so replicas with and without
-#: this setting still understand each other.
-setattr(_ps_pickle, "__protocol", _PICKLE)
-
-#: journals we built, keyed by the ``journalFile`` string given to SyncObj
-_JOURNALS: dict[str, Journal] = {}
-_JOURNALS_LOCK = threading.Lock()
-_ORIG_CREATE_JOURNAL = _ps_syncobj.createJournal
-
-
-def _create_journal(journal_file: str | None = None) -> Journal:
-    """SyncObj builds its journal through this module-level function; ours
-    hands it the durable journal registered for that key."""
-    if journal_file is not None:
-        with _JOURNALS_LOCK:
-            journal = _JOURNALS.pop(journal_file, None)
-        if journal is not None:
-            return journal
-    return _ORIG_CREATE_JOURNAL(journal_file)
-
-
-_ps_syncobj.createJournal = _create_journal
-
-#: pysyncobj splits a single entry larger than this into a "transmission",
-#: whose chunking is buggy near the boundary: we keep every entry below it.
-_BATCH_BYTES = 4 << 20
 #: longest delay between two failed hand-overs to a connected preferred leader
 _REBALANCE_BACKOFF_MAX = 60.0
-_ADDR_RE = re.compile(r"(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})")
-_KEY_ITERATIONS = 50_000
 
-
-def _check_addr(addr: str, what: str) -> str:
-    if not isinstance(addr, str):
-        raise ValueError(f"{what} must be 'host:port', not {type(addr).__name__}")
-    m = _ADDR_RE.fullmatch(addr)
-    if m is None or not 0 < int(m.group("port")) < 65536:
-        raise ValueError(f"{what} {addr!r} is not 'host:port' with a port in 1..65535")
-    if m.group("host") in ("0.0.0.0", "[::]", "::"):
-        raise ValueError(f"{what} {addr!r}: Raft must bind to one address, not every interface")
-    return addr
-
-
-# --------------------------------------------------------------------------
-# Message authentication
-# --------------------------------------------------------------------------
-
-
-class _HmacSealer:
-    """Stands in for pysyncobj's Fernet encryptor (same three methods, as
-    used by ``TcpConnection``): authenticates every message with
-    HMAC-SHA256 and refuses it before it is unpickled when the tag is
-    wrong. The payload is readable on the wire (no confidentiality)."""
-
-    _HEAD = struct.Struct(">BQ")
-    _TAG = 32
-    _VERSION = 1
-
-    def __init__(self, key: bytes, shard: int) -> None:
-        self._key = key
-        self._shard = shard
-        self._last_warning = 0.0
-
-    def encrypt_at_time(self, data: bytes, current_time: int) -> bytes:
-        body = self._HEAD.pack(self._VERSION, max(0, int(current_time))) + data
-        return body + hmac.new(self._key, body, hashlib.sha256).digest()
-
-    def _body(self, token: bytes) -> bytes:
-        if len(token) < self._HEAD.size + self._TAG or token[0] != self._VERSION:
-            self._refused()
-        body, tag = token[: -self._TAG], token[-self._TAG:]
-        if not hmac.compare_digest(hmac.new(self._key, body, hashlib.sha256).digest(), tag):
-            self._refused()
-        return body
-
-    def extract_timestamp(self, token: bytes) -> int:
-        return int(self._HEAD.unpack_from(self._body(token))[1])
-
-    def decrypt(self, token: bytes) -> bytes:
-        return self._body(token)[self._HEAD.size:]
-
-    def _refused(self) -> None:
-        now = time.monotonic()
-        if now - self._last_warning > 10.0:
-            self._last_warning = now
-            log.warning("shard %d: refused a Raft message that failed authentication (a peer with "
-                        "another password, or something that is not a Raft peer of this shard); "
-                        "connection dropped", self._shard)
-        raise ValueError("Raft message authentication failed")
-
-
-def _derive_key(password: str, shard: int) -> bytes:
-    return hashlib.pbkdf2_hmac("sha256", password.encode(), b"hsm-coordinator/raft/v1/shard-%d" % shard,
-                               _KEY_ITERATIONS)
-
-
-# --------------------------------------------------------------------------
-# Durable journal
-# --------------------------------------------------------------------------
-
-#: Wiping a replica's Raft data and restarting it in place is unsafe (it would
-#: forget votes and entries it acknowledged): it must rejoin as a new member.
-_REPLACE = ("Replace this replica: remove it from the shard's Raft group (remove_peer on the "
-            "leader), empty its shard directory, then add it back (add_peer).")
-
-_SEG_MAGIC = b"HSMRJRN1"
-_SEG_RE = re.compile(r"journal-(\d{10})\.log")
-_REC = struct.Struct("<IIQQ")  # payload length, crc32(idx, term, payload), idx, term
-_IDX_TERM = struct.Struct("<QQ")
-
-Entry = tuple[bytes, int, int]  # (command, raft index, term), pysyncobj's layout
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _atomic_write(path: Path, data: bytes, sync: bool) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        if sync:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if sync:
-        _fsync_dir(path.parent)
-
-
-class _SegmentJournal(Journal):  # type: ignore[misc]
-    """pysyncobj's journal interface over append-only segment files with
-    CRC'd records, fdatasync'ed on demand (``sync``).
-
-    Entries are also kept in memory (pysyncobj reads them by position).
-    Crash safety: truncating the tail unlinks later segments from the last
-    one backwards and dropping the head unlinks from the first one forwards,
-    so every crash leaves a contiguous run of entries; a torn last record is
-    detected by its CRC and cut at load time."""
-
-    def __init__(self, directory: Path, shard: int, fsync: bool, segment_bytes: int,
-                 stats: RaftStats) -> None:
-        self._dir = directory
-        self._shard = shard
-        self._fsync = fsync
-        self._segment_bytes = segment_bytes
-        self._stats = stats
-        self._entries: list[Entry] = []
-        self._locs: list[tuple[int, int]] = []  # (segment number, offset) of each entry
-        self._shadow: deque[Entry] = deque()  # see deleteEntriesFrom
-        self._shadow_locs: deque[tuple[int, int]] = deque()
-        self._segments: list[int] = []
-        self._fd = -1
-        self._offset = 0
-        self._dirty = False
-        self._broken = ""
-        self._bytes = 0
-        self._lock = threading.Lock()  # sync() may be called from another thread
-        self._vote_path = directory / "raft-vote"
-        self._commit_path = directory / "raft-commit"
-        self._term, self._voted_for = self._load_vote()
-        self._commit = self._load_commit()
-        self._saved_commit = self._commit
-        self._load()
-
-    # ------------------------------------------------------------ loading
-
-    def _load_vote(self) -> tuple[int, str | None]:
-        try:
-            data = json.loads(self._vote_path.read_text())
-            return int(data["term"]), data["voted_for"]
-        except FileNotFoundError:
-            return 0, None
-        except (ValueError, KeyError, TypeError) as e:
-            raise RaftStorageError(
-                f"shard {self._shard}: {self._vote_path} is damaged ({e}); this replica's Raft "
-                f"vote is unknown. {_REPLACE}") from e
-
-    def _load_commit(self) -> int:
-        try:
-            return max(1, int(json.loads(self._commit_path.read_text())["commit"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return 1  # volatile Raft state; relearned from the leader
-
-    def _seg_path(self, seq: int) -> Path:
-        return self._dir / f"journal-{seq:010d}.log"
-
-    def _load(self) -> None:
-        for leftover in self._dir.glob("journal-*.log.tmp"):
-            leftover.unlink()  # a rewrite cut short by a crash; the original is intact
-        seqs = sorted(int(m.group(1)) for name in os.listdir(self._dir)
-                      if (m := _SEG_RE.fullmatch(name)))
-        for pos, seq in enumerate(seqs):
-            last = pos == len(seqs) - 1
-            path = self._seg_path(seq)
-            data = path.read_bytes()
-            if data[: len(_SEG_MAGIC)] != _SEG_MAGIC:
-                if last and len(data) < len(_SEG_MAGIC):
-                    path.unlink()  # created but never written: a crash during rotation
-                    continue
-                raise RaftStorageError(f"shard {self._shard}: {path} is not a journal segment")
-            off = len(_SEG_MAGIC)
-            while off + _REC.size <= len(data):
-                size, crc, idx, term = _REC.unpack_from(data, off)
-                end = off + _REC.size + size
-                if end > len(data):
-                    break
-                payload = data[off + _REC.size: end]
-                if zlib.crc32(payload, zlib.crc32(data[off + 8: off + _REC.size])) != crc:
-                    break
-                if self._entries and idx != self._entries[-1][1] + 1:
-                    raise RaftStorageError(
-                        f"shard {self._shard}: journal {path} jumps from Raft index "
-                        f"{self._entries[-1][1]} to {idx}. {_REPLACE}")
-                self._entries.append((payload, idx, term))
-                self._locs.append((seq, off))
-                self._bytes += size
-                off = end
-            if off < len(data):
-                if not last:
-                    raise RaftStorageError(
-                        f"shard {self._shard}: journal segment {path} is damaged at offset {off} "
-                        f"(not the last segment, so this is not a torn write). {_REPLACE}")
-                log.warning("shard %d: journal %s ends with %d bytes of an incomplete record "
-                            "(a crash before it was acknowledged); dropping them",
-                            self._shard, path, len(data) - off)
-                os.truncate(path, off)
-            self._segments.append(seq)
-        if self._segments:
-            seq = self._segments[-1]
-            self._fd = os.open(self._seg_path(seq), os.O_WRONLY)
-            self._offset = os.lseek(self._fd, 0, os.SEEK_END)
-        else:
-            self._new_segment(1)
-
-    def _new_segment(self, seq: int) -> None:
-        path = self._seg_path(seq)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        _write_all(fd, _SEG_MAGIC)
-        if self._fsync:
-            os.fdatasync(fd)
-            _fsync_dir(self._dir)
-        self._segments.append(seq)
-        self._fd = fd
-        self._offset = len(_SEG_MAGIC)
-
-    # --------------------------------------------------- pysyncobj interface
-
-    def add(self, command: bytes | str, idx: int, term: int) -> None:
-        if not isinstance(command, bytes):
-            command = bytes(command, "utf-8") if isinstance(command, str) else bytes(command)
-        with self._lock:
-            if self._shadow:
-                if self._shadow[0] == (command, idx, term):
-                    # re-sent entry we still hold on disk, at this very place: keep it
-                    self._entries.append(self._shadow.popleft())
-                    self._locs.append(self._shadow_locs.popleft())
-                    self._bytes += len(command)
-                    return
-                self._truncate_shadow_locked()  # a real conflict
-            self._check_usable()
-            head = _IDX_TERM.pack(idx, term)
-            rec = _REC.pack(len(command), zlib.crc32(command, zlib.crc32(head)), idx, term) + command
-            try:
-                _write_all(self._fd, rec)
-            except OSError as e:
-                self._write_failed(e)
-                raise
-            self._entries.append((command, idx, term))
-            self._locs.append((self._segments[-1], self._offset))
-            self._offset += len(rec)
-            self._bytes += len(command)
-            self._dirty = True
-            if self._offset >= self._segment_bytes:
-                self._rotate_locked()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._close_fd()
-            for seq in self._segments:
-                self._seg_path(seq).unlink(missing_ok=True)
-            nxt = (self._segments[-1] + 1) if self._segments else 1
-            self._segments = []
-            self._entries = []
-            self._locs = []
-            self._shadow.clear()
-            self._shadow_locs.clear()
-            self._bytes = 0
-            if self._fsync:
-                _fsync_dir(self._dir)
-            self._new_segment(nxt)
-            self._dirty = True
-
-    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 (pysyncobj's name)
-        """Drop entries from position ``entryFrom`` on.
-
-        pysyncobj truncates a follower's log whenever an AppendEntries
-        overlaps it, even when the overlapping entries are identical (a
-        leader re-sending after a late acknowledgement). Standard Raft only
-        deletes on a conflict. So the dropped entries stay on disk (the
-        "shadow", right after the log) until a *different* entry is added
-        at their place: identical re-sends then cost nothing and an entry
-        this replica acknowledged is never even briefly missing from disk.
-        On restart the shadow is part of the log again: entries this
-        replica once held in that order, which is a state it really had."""
-        with self._lock:
-            if entryFrom >= len(self._entries):
-                return
-            dropped = self._entries[entryFrom:]
-            self._shadow.extendleft(reversed(dropped))
-            self._shadow_locs.extendleft(reversed(self._locs[entryFrom:]))
-            self._bytes -= sum(len(e[0]) for e in dropped)
-            del self._entries[entryFrom:]
-            del self._locs[entryFrom:]
-
-    def _truncate_shadow_locked(self) -> None:
-        if not self._shadow:
-            return
-        seq, off = self._shadow_locs[0]
-        self._shadow.clear()
-        self._shadow_locs.clear()
-        self._close_fd()
-        while self._segments[-1] != seq:  # newest first: a crash leaves a prefix
-            self._seg_path(self._segments.pop()).unlink(missing_ok=True)
-        os.truncate(self._seg_path(seq), off)
-        self._fd = os.open(self._seg_path(seq), os.O_WRONLY)
-        self._offset = os.lseek(self._fd, 0, os.SEEK_END)
-        if self._fsync:
-            # gone for good (file size and unlinks) before anything written
-            # after this point can be acknowledged
-            os.fdatasync(self._fd)
-            _fsync_dir(self._dir)
-
-    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802 (pysyncobj's name)
-        """Drop the first ``entryTo`` entries (covered by a durable snapshot)."""
-        with self._lock:
-            self._drop_head_locked(entryTo)
-
-    def __getitem__(self, item: Any) -> Any:
-        return self._entries[item]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _destroy(self) -> None:
-        self.sync()
-        self._save_commit()
-        with self._lock:
-            self._close_fd()
-
-    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802,N803
-        self._commit = raftCommitIndex
-
-    def getRaftCommitIndex(self) -> int:  # noqa: N802
-        return self._commit
-
-    def setCurrentTerm(self, term: int, votedForNodeId: str | None) -> None:  # noqa: N802,N803
-        # Raft: term and vote must be durable before any message reflecting them is sent.
-        _atomic_write(self._vote_path, json.dumps({"term": term, "voted_for": votedForNodeId}).encode(),
-                      self._fsync)
-        self._term, self._voted_for = term, votedForNodeId
-
-    def getCurrentTerm(self) -> int:  # noqa: N802
-        return self._term
-
-    def getVotedForNodeId(self) -> str | None:  # noqa: N802
-        return self._voted_for
-
-    def onOneSecondTimer(self) -> None:  # noqa: N802
-        self._save_commit()
-
-    # ---------------------------------------------------------------- ours
-
-    @property
-    def last_index(self) -> int:
-        return self._entries[-1][1] if self._entries else 0
-
-    @property
-    def memory_bytes(self) -> int:
-        return self._bytes
-
-    def sync(self) -> None:
-        """Make every entry written so far durable (one fdatasync)."""
-        if not self._dirty:
-            return
-        with self._lock:
-            self._sync_locked()
-
-    def _sync_locked(self) -> None:
-        self._check_usable()
-        if not self._dirty:
-            return
-        if self._fsync:
-            t0 = time.perf_counter()
-            try:
-                os.fdatasync(self._fd)
-            except OSError as e:
-                # After a failed fsync the kernel may have dropped the dirty
-                # pages: a retry could "succeed" without the data. Never
-                # acknowledge anything again from this journal.
-                self._broken = (f"fdatasync of the journal failed ({e}); the replica stopped "
-                                "acknowledging Raft entries. Fix the disk and restart it")
-                log.critical("shard %d: %s", self._shard, self._broken)
-                raise
-            self._stats.fsyncs += 1
-            self._stats.fsync_seconds += time.perf_counter() - t0
-        self._dirty = False
-
-    @property
-    def broken(self) -> str:
-        return self._broken
-
-    def _check_usable(self) -> None:
-        if self._broken:
-            raise RaftStorageError(f"shard {self._shard}: {self._broken}")
-
-    def _write_failed(self, e: OSError) -> None:
-        # undo a partial record so that the next one is not written after garbage
-        try:
-            os.ftruncate(self._fd, self._offset)
-            os.lseek(self._fd, self._offset, os.SEEK_SET)
-            log.error("shard %d: cannot write the Raft journal in %s: %s", self._shard, self._dir, e)
-        except OSError:
-            self._broken = f"cannot write or repair the journal in {self._dir} ({e}); restart the replica"
-            log.critical("shard %d: %s", self._shard, self._broken)
-
-    def rotate(self) -> None:
-        """Start a new segment (at each snapshot, so that compaction can drop
-        whole files)."""
-        with self._lock:
-            self._rotate_locked()
-
-    def trim_to(self, entry: Entry) -> bool:
-        """Drop the entries before ``entry`` if the journal holds it (restart
-        after a crash between a snapshot and the compaction of the journal)."""
-        with self._lock:
-            if not self._entries:
-                return False
-            pos = entry[1] - self._entries[0][1]
-            if 0 <= pos < len(self._entries) and self._entries[pos] == entry:
-                if pos:
-                    self._drop_head_locked(pos)
-                return True
-            return False
-
-    def _save_commit(self) -> None:
-        if self._commit != self._saved_commit:
-            self._saved_commit = self._commit
-            with contextlib.suppress(OSError):
-                _atomic_write(self._commit_path, json.dumps({"commit": self._commit}).encode(), False)
-
-    def _rotate_locked(self) -> None:
-        # (a shadow stays where it is: any later add either takes it back or
-        # truncates it, and that drops the newer segments)
-        if self._offset <= len(_SEG_MAGIC):
-            return  # current segment is empty
-        self._sync_locked()
-        self._close_fd()
-        self._new_segment(self._segments[-1] + 1)
-
-    def _close_fd(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def _drop_head_locked(self, count: int) -> None:
-        if count <= 0:
-            return
-        count = min(count, len(self._entries))
-        self._bytes -= sum(len(e[0]) for e in self._entries[:count])
-        del self._entries[:count]
-        del self._locs[:count]
-        first_seq = (self._locs[0][0] if self._locs
-                     else self._shadow_locs[0][0] if self._shadow_locs else self._segments[-1])
-        removed = False
-        while self._segments[0] < first_seq:  # oldest first: a crash leaves a suffix
-            self._seg_path(self._segments.pop(0)).unlink(missing_ok=True)
-            removed = True
-        # The first kept segment may start with dead entries: rewrite it with
-        # only the live ones when it is not the one being appended to.
-        if (self._locs and not self._shadow and first_seq != self._segments[-1]
-                and self._locs[0][1] > len(_SEG_MAGIC)):
-            self._rewrite_segment(first_seq)
-            removed = True
-        if removed and self._fsync:
-            _fsync_dir(self._dir)
-
-    def _rewrite_segment(self, seq: int) -> None:
-        path = self._seg_path(seq)
-        out = bytearray(_SEG_MAGIC)
-        new_locs: list[tuple[int, int]] = []
-        n = 0
-        for (cmd, idx, term), (s, _) in zip(self._entries, self._locs, strict=True):
-            if s != seq:
-                break
-            head = _IDX_TERM.pack(idx, term)
-            new_locs.append((seq, len(out)))
-            out += _REC.pack(len(cmd), zlib.crc32(cmd, zlib.crc32(head)), idx, term) + cmd
-            n += 1
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(out)
-            f.flush()
-            if self._fsync:
-                os.fdatasync(f.fileno())
-        os.replace(tmp, path)
-        self._locs[:n] = new_locs
-
-
-# --------------------------------------------------------------------------
-# Snapshot files
-# --------------------------------------------------------------------------
-
-_SNAP_MAGIC = b"HSMRSNP1"
-_SNAP_LEN = struct.Struct("<I")
-
-
-@dataclass(frozen=True, slots=True)
-class _SnapshotHeader:
-    last: Entry
-    prev: Entry
-    cluster: Any  # set of pysyncobj Nodes
-    size: int
-    crc: int
-
-
-def _read_snapshot(path: Path, shard: int) -> tuple[_SnapshotHeader, bytes, tuple[int, int, int]]:
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        data = f.read()
-    ident = (st.st_ino, st.st_size, st.st_mtime_ns)
-    bad = f"shard {shard}: snapshot {path} is damaged"
-    if data[: len(_SNAP_MAGIC)] != _SNAP_MAGIC or len(data) < len(_SNAP_MAGIC) + _SNAP_LEN.size:
-        raise RaftStorageError(f"{bad} (not a snapshot file). {_REPLACE}")
-    (hlen,) = _SNAP_LEN.unpack_from(data, len(_SNAP_MAGIC))
-    start = len(_SNAP_MAGIC) + _SNAP_LEN.size
-    try:
-        last, prev, cluster, size, crc = pickle.loads(data[start: start + hlen])
-    except Exception as e:
-        raise RaftStorageError(f"{bad} (header: {e}). {_REPLACE}") from e
-    body = data[start + hlen:]
-    if len(body) != size or zlib.crc32(body) != crc:
-        raise RaftStorageError(f"{bad} (checksum mismatch). {_REPLACE}")
-    return _SnapshotHeader(tuple(last), tuple(prev), cluster, size, crc), body, ident
-
-
-_STATE_FORMAT = "hsm-shard-state/2"
-#: actions per pickle call in a snapshot: pickle holds the GIL for a whole
-#: call, and one call over a million actions takes seconds (missed Raft
-#: heartbeats, elections, lapsed agent leases); between two slices the
-#: tick and event-loop threads run
-_SNAP_CHUNK = 10_000
-
-
-def _encode_state(state: ShardState) -> bytes:
-    """A shard state as snapshot bytes, pickled in slices (see _SNAP_CHUNK).
-    Called on the apply thread, the state's only writer: nothing changes
-    while the slices are taken; readers on the loop only read."""
-    head, actions = state.export_parts()
-    parts = [pickle.dumps(head, protocol=_PICKLE)]
-    for i in range(0, len(actions), _SNAP_CHUNK):
-        parts.append(pickle.dumps(actions[i:i + _SNAP_CHUNK], protocol=_PICKLE))
-        time.sleep(0)  # let the other threads have the GIL
-    return pickle.dumps((_STATE_FORMAT, parts), protocol=_PICKLE)
-
-
-def _decode_state(blob: bytes) -> ShardState:
-    obj = pickle.loads(blob)
-    if isinstance(obj, ShardState):
-        return obj  # a snapshot written before the sliced format
-    if not (isinstance(obj, tuple) and len(obj) == 2 and obj[0] == _STATE_FORMAT):
-        raise RaftStorageError(f"unknown snapshot format {type(obj).__name__}")
-    parts: list[bytes] = obj[1]
-
-    def chunks() -> Iterator[list[Any]]:
-        for part in parts[1:]:
-            yield pickle.loads(part)
-            time.sleep(0)
-
-    return ShardState.import_parts(pickle.loads(parts[0]), chunks())
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pickling or unpickling a large state allocates millions of objects,
-    which triggers full garbage collections: each one holds the GIL for
-    hundreds of ms over a big heap (measured: 0.25 s per pass with 100k
-    actions), starving the Raft tick thread into missed heartbeats. Reference
-    counting still frees garbage meanwhile."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-class _SnapshotStarted(Exception):
-    """Raised by our serializer hook to tell pysyncobj's Serializer that the
-    snapshot continues asynchronously (its serializeChecker reports the end)."""
-
-
-# --------------------------------------------------------------------------
-# pysyncobj subclasses
-# --------------------------------------------------------------------------
-
-
-class _DurableTransport(TCPTransport):  # type: ignore[misc]
-    """TCP transport that makes the journal durable before a follower
-    acknowledges AppendEntries (or a snapshot)."""
-
-    def send(self, node: Any, message: Any) -> bool:
-        if isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success"):
-            self._syncObj._hsm_journal.sync()
-        return bool(super().send(node, message))
+_APPLY, _MARK, _SNAPSHOT, _LOAD, _STOP = range(5)
 
 
 class _ShardSyncObj(SyncObj):  # type: ignore[misc]
@@ -998,13 +109,6 @@ class _ShardSyncObj(SyncObj):  # type: ignore[misc]
     def apply_batch(self, payload: bytes) -> None:
         # Runs on the tick thread while pysyncobj applies entry raftLastApplied + 1.
         self._hsm_shard._entry_committed(self.raftLastApplied + 1, payload)
-
-
-# --------------------------------------------------------------------------
-# The shard
-# --------------------------------------------------------------------------
-
-_APPLY, _MARK, _SNAPSHOT, _LOAD, _STOP = range(5)
 
 
 @dataclass(eq=False, slots=True)
@@ -1028,7 +132,7 @@ class _Delivery:
 
 
 class RaftShard:
-    """One replica of one shard's Raft group. See the module docstring."""
+    """One replica of one shard's Raft group. See the package docstring (coordinator.raft)."""
 
     def __init__(
         self,
@@ -1277,7 +381,7 @@ class RaftShard:
 
     async def propose(self, cmds: Command | Sequence[Command], timeout: float) -> list[Result]:
         """Replicate commands; return their Results once committed and
-        applied here. See the module docstring for the errors."""
+        applied here. See the package docstring for the errors."""
         cmd_list: list[Command] = list(cmds) if isinstance(cmds, (list, tuple)) else [cmds]  # type: ignore[list-item]
         if not cmd_list:
             return []
@@ -1906,11 +1010,3 @@ class RaftShard:
                 self._on_reset(self.index)
             except Exception:
                 log.exception("shard %d: on_reset hook failed", self.index)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on loopback, below the ephemeral range (for
-    tests and local setups that restart a replica on the same port)."""
-    from coordinator.cluster import free_ports
-
-    return free_ports(1)

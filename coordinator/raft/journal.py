@@ -1,0 +1,502 @@
+"""The durable Raft journal (pysyncobj's ``journal``): ``_SegmentJournal``,
+hooked into pysyncobj in place of its mmap journal, which is never fsynced.
+
+Durability
+==========
+
+* The journal appends records with a CRC to segment files under
+  ``data_dir/shard-<n>/``. It is fdatasync'ed before the leader counts
+  itself towards a commit (at the end of every tick and before the next one
+  starts: ``coordinator.raft.shard``) and before a follower answers a
+  successful AppendEntries (the transport syncs before it sends the ack:
+  ``coordinator.raft.transport``). One fsync covers every entry written
+  since the last one (group commit), so the cost is per batch of entries,
+  not per entry. Term and vote are written to ``raft-vote`` with fsync +
+  rename + directory fsync before any vote or request is sent.
+* pysyncobj truncates a follower's log whenever a re-sent AppendEntries
+  overlaps it, even with identical entries (it then logs CRITICAL "may have
+  diverged"; a leader re-sends after a late acknowledgement). Our journal
+  keeps such entries on disk until a *different* entry replaces them, so an
+  acknowledged entry is never even briefly missing from the disk.
+* After an OS crash or power loss, a torn tail record (an entry received
+  but not acknowledged yet) is detected by its CRC and truncated at
+  restart. The commit index (``raft-commit``) is saved lazily: it is
+  volatile Raft state and is relearned from the leader.
+
+How it hooks into pysyncobj 0.3.17 (re-check on any upgrade)
+============================================================
+
+``pysyncobj.syncobj.createJournal`` is replaced (once, at import) by a
+function that returns the journal we registered for a ``journalFile`` key
+(``RaftShard`` registers its journal in ``_JOURNALS`` just before it builds
+its ``SyncObj``).
+
+The durable-file helpers live here too (``_fsync_dir`` also serves the
+snapshot files in ``coordinator.raft.shard``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import struct
+import threading
+import time
+import zlib
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import pysyncobj.syncobj as _ps_syncobj
+from pysyncobj.journal import Journal
+
+from coordinator.raft.errors import _REPLACE, RaftStorageError
+from coordinator.raft.status import RaftStats
+
+#: the package's logger name, as before it was split into modules (log lines
+#: and log settings name "coordinator.raft")
+log = logging.getLogger("coordinator.raft")
+
+
+# --------------------------------------------------------------------------
+# pysyncobj's createJournal hook (installed once, at import)
+# --------------------------------------------------------------------------
+
+#: journals we built, keyed by the ``journalFile`` string given to SyncObj
+_JOURNALS: dict[str, Journal] = {}
+_JOURNALS_LOCK = threading.Lock()
+_ORIG_CREATE_JOURNAL = _ps_syncobj.createJournal
+
+
+def _create_journal(journal_file: str | None = None) -> Journal:
+    """SyncObj builds its journal through this module-level function; ours
+    hands it the durable journal registered for that key."""
+    if journal_file is not None:
+        with _JOURNALS_LOCK:
+            journal = _JOURNALS.pop(journal_file, None)
+        if journal is not None:
+            return journal
+    return _ORIG_CREATE_JOURNAL(journal_file)
+
+
+_ps_syncobj.createJournal = _create_journal
+
+
+# --------------------------------------------------------------------------
+# Durable journal
+# --------------------------------------------------------------------------
+
+_SEG_MAGIC = b"HSMRJRN1"
+_SEG_RE = re.compile(r"journal-(\d{10})\.log")
+_REC = struct.Struct("<IIQQ")  # payload length, crc32(idx, term, payload), idx, term
+_IDX_TERM = struct.Struct("<QQ")
+
+Entry = tuple[bytes, int, int]  # (command, raft index, term), pysyncobj's layout
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _atomic_write(path: Path, data: bytes, sync: bool) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if sync:
+        _fsync_dir(path.parent)
+
+
+class _SegmentJournal(Journal):  # type: ignore[misc]
+    """pysyncobj's journal interface over append-only segment files with
+    CRC'd records, fdatasync'ed on demand (``sync``).
+
+    Entries are also kept in memory (pysyncobj reads them by position).
+    Crash safety: truncating the tail unlinks later segments from the last
+    one backwards and dropping the head unlinks from the first one forwards,
+    so every crash leaves a contiguous run of entries; a torn last record is
+    detected by its CRC and cut at load time."""
+
+    def __init__(self, directory: Path, shard: int, fsync: bool, segment_bytes: int,
+                 stats: RaftStats) -> None:
+        self._dir = directory
+        self._shard = shard
+        self._fsync = fsync
+        self._segment_bytes = segment_bytes
+        self._stats = stats
+        self._entries: list[Entry] = []
+        self._locs: list[tuple[int, int]] = []  # (segment number, offset) of each entry
+        self._shadow: deque[Entry] = deque()  # see deleteEntriesFrom
+        self._shadow_locs: deque[tuple[int, int]] = deque()
+        self._segments: list[int] = []
+        self._fd = -1
+        self._offset = 0
+        self._dirty = False
+        self._broken = ""
+        self._bytes = 0
+        self._lock = threading.Lock()  # sync() may be called from another thread
+        self._vote_path = directory / "raft-vote"
+        self._commit_path = directory / "raft-commit"
+        self._term, self._voted_for = self._load_vote()
+        self._commit = self._load_commit()
+        self._saved_commit = self._commit
+        self._load()
+
+    # ------------------------------------------------------------ loading
+
+    def _load_vote(self) -> tuple[int, str | None]:
+        try:
+            data = json.loads(self._vote_path.read_text())
+            return int(data["term"]), data["voted_for"]
+        except FileNotFoundError:
+            return 0, None
+        except (ValueError, KeyError, TypeError) as e:
+            raise RaftStorageError(
+                f"shard {self._shard}: {self._vote_path} is damaged ({e}); this replica's Raft "
+                f"vote is unknown. {_REPLACE}") from e
+
+    def _load_commit(self) -> int:
+        try:
+            return max(1, int(json.loads(self._commit_path.read_text())["commit"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return 1  # volatile Raft state; relearned from the leader
+
+    def _seg_path(self, seq: int) -> Path:
+        return self._dir / f"journal-{seq:010d}.log"
+
+    def _load(self) -> None:
+        for leftover in self._dir.glob("journal-*.log.tmp"):
+            leftover.unlink()  # a rewrite cut short by a crash; the original is intact
+        seqs = sorted(int(m.group(1)) for name in os.listdir(self._dir)
+                      if (m := _SEG_RE.fullmatch(name)))
+        for pos, seq in enumerate(seqs):
+            last = pos == len(seqs) - 1
+            path = self._seg_path(seq)
+            data = path.read_bytes()
+            if data[: len(_SEG_MAGIC)] != _SEG_MAGIC:
+                if last and len(data) < len(_SEG_MAGIC):
+                    path.unlink()  # created but never written: a crash during rotation
+                    continue
+                raise RaftStorageError(f"shard {self._shard}: {path} is not a journal segment")
+            off = len(_SEG_MAGIC)
+            while off + _REC.size <= len(data):
+                size, crc, idx, term = _REC.unpack_from(data, off)
+                end = off + _REC.size + size
+                if end > len(data):
+                    break
+                payload = data[off + _REC.size: end]
+                if zlib.crc32(payload, zlib.crc32(data[off + 8: off + _REC.size])) != crc:
+                    break
+                if self._entries and idx != self._entries[-1][1] + 1:
+                    raise RaftStorageError(
+                        f"shard {self._shard}: journal {path} jumps from Raft index "
+                        f"{self._entries[-1][1]} to {idx}. {_REPLACE}")
+                self._entries.append((payload, idx, term))
+                self._locs.append((seq, off))
+                self._bytes += size
+                off = end
+            if off < len(data):
+                if not last:
+                    raise RaftStorageError(
+                        f"shard {self._shard}: journal segment {path} is damaged at offset {off} "
+                        f"(not the last segment, so this is not a torn write). {_REPLACE}")
+                log.warning("shard %d: journal %s ends with %d bytes of an incomplete record "
+                            "(a crash before it was acknowledged); dropping them",
+                            self._shard, path, len(data) - off)
+                os.truncate(path, off)
+            self._segments.append(seq)
+        if self._segments:
+            seq = self._segments[-1]
+            self._fd = os.open(self._seg_path(seq), os.O_WRONLY)
+            self._offset = os.lseek(self._fd, 0, os.SEEK_END)
+        else:
+            self._new_segment(1)
+
+    def _new_segment(self, seq: int) -> None:
+        path = self._seg_path(seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        _write_all(fd, _SEG_MAGIC)
+        if self._fsync:
+            os.fdatasync(fd)
+            _fsync_dir(self._dir)
+        self._segments.append(seq)
+        self._fd = fd
+        self._offset = len(_SEG_MAGIC)
+
+    # --------------------------------------------------- pysyncobj interface
+
+    def add(self, command: bytes | str, idx: int, term: int) -> None:
+        if not isinstance(command, bytes):
+            command = bytes(command, "utf-8") if isinstance(command, str) else bytes(command)
+        with self._lock:
+            if self._shadow:
+                if self._shadow[0] == (command, idx, term):
+                    # re-sent entry we still hold on disk, at this very place: keep it
+                    self._entries.append(self._shadow.popleft())
+                    self._locs.append(self._shadow_locs.popleft())
+                    self._bytes += len(command)
+                    return
+                self._truncate_shadow_locked()  # a real conflict
+            self._check_usable()
+            head = _IDX_TERM.pack(idx, term)
+            rec = _REC.pack(len(command), zlib.crc32(command, zlib.crc32(head)), idx, term) + command
+            try:
+                _write_all(self._fd, rec)
+            except OSError as e:
+                self._write_failed(e)
+                raise
+            self._entries.append((command, idx, term))
+            self._locs.append((self._segments[-1], self._offset))
+            self._offset += len(rec)
+            self._bytes += len(command)
+            self._dirty = True
+            if self._offset >= self._segment_bytes:
+                self._rotate_locked()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._close_fd()
+            for seq in self._segments:
+                self._seg_path(seq).unlink(missing_ok=True)
+            nxt = (self._segments[-1] + 1) if self._segments else 1
+            self._segments = []
+            self._entries = []
+            self._locs = []
+            self._shadow.clear()
+            self._shadow_locs.clear()
+            self._bytes = 0
+            if self._fsync:
+                _fsync_dir(self._dir)
+            self._new_segment(nxt)
+            self._dirty = True
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 (pysyncobj's name)
+        """Drop entries from position ``entryFrom`` on.
+
+        pysyncobj truncates a follower's log whenever an AppendEntries
+        overlaps it, even when the overlapping entries are identical (a
+        leader re-sending after a late acknowledgement). Standard Raft only
+        deletes on a conflict. So the dropped entries stay on disk (the
+        "shadow", right after the log) until a *different* entry is added
+        at their place: identical re-sends then cost nothing and an entry
+        this replica acknowledged is never even briefly missing from disk.
+        On restart the shadow is part of the log again: entries this
+        replica once held in that order, which is a state it really had."""
+        with self._lock:
+            if entryFrom >= len(self._entries):
+                return
+            dropped = self._entries[entryFrom:]
+            self._shadow.extendleft(reversed(dropped))
+            self._shadow_locs.extendleft(reversed(self._locs[entryFrom:]))
+            self._bytes -= sum(len(e[0]) for e in dropped)
+            del self._entries[entryFrom:]
+            del self._locs[entryFrom:]
+
+    def _truncate_shadow_locked(self) -> None:
+        if not self._shadow:
+            return
+        seq, off = self._shadow_locs[0]
+        self._shadow.clear()
+        self._shadow_locs.clear()
+        self._close_fd()
+        while self._segments[-1] != seq:  # newest first: a crash leaves a prefix
+            self._seg_path(self._segments.pop()).unlink(missing_ok=True)
+        os.truncate(self._seg_path(seq), off)
+        self._fd = os.open(self._seg_path(seq), os.O_WRONLY)
+        self._offset = os.lseek(self._fd, 0, os.SEEK_END)
+        if self._fsync:
+            # gone for good (file size and unlinks) before anything written
+            # after this point can be acknowledged
+            os.fdatasync(self._fd)
+            _fsync_dir(self._dir)
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802 (pysyncobj's name)
+        """Drop the first ``entryTo`` entries (covered by a durable snapshot)."""
+        with self._lock:
+            self._drop_head_locked(entryTo)
+
+    def __getitem__(self, item: Any) -> Any:
+        return self._entries[item]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _destroy(self) -> None:
+        self.sync()
+        self._save_commit()
+        with self._lock:
+            self._close_fd()
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802,N803
+        self._commit = raftCommitIndex
+
+    def getRaftCommitIndex(self) -> int:  # noqa: N802
+        return self._commit
+
+    def setCurrentTerm(self, term: int, votedForNodeId: str | None) -> None:  # noqa: N802,N803
+        # Raft: term and vote must be durable before any message reflecting them is sent.
+        _atomic_write(self._vote_path, json.dumps({"term": term, "voted_for": votedForNodeId}).encode(),
+                      self._fsync)
+        self._term, self._voted_for = term, votedForNodeId
+
+    def getCurrentTerm(self) -> int:  # noqa: N802
+        return self._term
+
+    def getVotedForNodeId(self) -> str | None:  # noqa: N802
+        return self._voted_for
+
+    def onOneSecondTimer(self) -> None:  # noqa: N802
+        self._save_commit()
+
+    # ---------------------------------------------------------------- ours
+
+    @property
+    def last_index(self) -> int:
+        return self._entries[-1][1] if self._entries else 0
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._bytes
+
+    def sync(self) -> None:
+        """Make every entry written so far durable (one fdatasync)."""
+        if not self._dirty:
+            return
+        with self._lock:
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        self._check_usable()
+        if not self._dirty:
+            return
+        if self._fsync:
+            t0 = time.perf_counter()
+            try:
+                os.fdatasync(self._fd)
+            except OSError as e:
+                # After a failed fsync the kernel may have dropped the dirty
+                # pages: a retry could "succeed" without the data. Never
+                # acknowledge anything again from this journal.
+                self._broken = (f"fdatasync of the journal failed ({e}); the replica stopped "
+                                "acknowledging Raft entries. Fix the disk and restart it")
+                log.critical("shard %d: %s", self._shard, self._broken)
+                raise
+            self._stats.fsyncs += 1
+            self._stats.fsync_seconds += time.perf_counter() - t0
+        self._dirty = False
+
+    @property
+    def broken(self) -> str:
+        return self._broken
+
+    def _check_usable(self) -> None:
+        if self._broken:
+            raise RaftStorageError(f"shard {self._shard}: {self._broken}")
+
+    def _write_failed(self, e: OSError) -> None:
+        # undo a partial record so that the next one is not written after garbage
+        try:
+            os.ftruncate(self._fd, self._offset)
+            os.lseek(self._fd, self._offset, os.SEEK_SET)
+            log.error("shard %d: cannot write the Raft journal in %s: %s", self._shard, self._dir, e)
+        except OSError:
+            self._broken = f"cannot write or repair the journal in {self._dir} ({e}); restart the replica"
+            log.critical("shard %d: %s", self._shard, self._broken)
+
+    def rotate(self) -> None:
+        """Start a new segment (at each snapshot, so that compaction can drop
+        whole files)."""
+        with self._lock:
+            self._rotate_locked()
+
+    def trim_to(self, entry: Entry) -> bool:
+        """Drop the entries before ``entry`` if the journal holds it (restart
+        after a crash between a snapshot and the compaction of the journal)."""
+        with self._lock:
+            if not self._entries:
+                return False
+            pos = entry[1] - self._entries[0][1]
+            if 0 <= pos < len(self._entries) and self._entries[pos] == entry:
+                if pos:
+                    self._drop_head_locked(pos)
+                return True
+            return False
+
+    def _save_commit(self) -> None:
+        if self._commit != self._saved_commit:
+            self._saved_commit = self._commit
+            with contextlib.suppress(OSError):
+                _atomic_write(self._commit_path, json.dumps({"commit": self._commit}).encode(), False)
+
+    def _rotate_locked(self) -> None:
+        # (a shadow stays where it is: any later add either takes it back or
+        # truncates it, and that drops the newer segments)
+        if self._offset <= len(_SEG_MAGIC):
+            return  # current segment is empty
+        self._sync_locked()
+        self._close_fd()
+        self._new_segment(self._segments[-1] + 1)
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _drop_head_locked(self, count: int) -> None:
+        if count <= 0:
+            return
+        count = min(count, len(self._entries))
+        self._bytes -= sum(len(e[0]) for e in self._entries[:count])
+        del self._entries[:count]
+        del self._locs[:count]
+        first_seq = (self._locs[0][0] if self._locs
+                     else self._shadow_locs[0][0] if self._shadow_locs else self._segments[-1])
+        removed = False
+        while self._segments[0] < first_seq:  # oldest first: a crash leaves a suffix
+            self._seg_path(self._segments.pop(0)).unlink(missing_ok=True)
+            removed = True
+        # The first kept segment may start with dead entries: rewrite it with
+        # only the live ones when it is not the one being appended to.
+        if (self._locs and not self._shadow and first_seq != self._segments[-1]
+                and self._locs[0][1] > len(_SEG_MAGIC)):
+            self._rewrite_segment(first_seq)
+            removed = True
+        if removed and self._fsync:
+            _fsync_dir(self._dir)
+
+    def _rewrite_segment(self, seq: int) -> None:
+        path = self._seg_path(seq)
+        out = bytearray(_SEG_MAGIC)
+        new_locs: list[tuple[int, int]] = []
+        n = 0
+        for (cmd, idx, term), (s, _) in zip(self._entries, self._locs, strict=True):
+            if s != seq:
+                break
+            head = _IDX_TERM.pack(idx, term)
+            new_locs.append((seq, len(out)))
+            out += _REC.pack(len(cmd), zlib.crc32(cmd, zlib.crc32(head)), idx, term) + cmd
+            n += 1
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(out)
+            f.flush()
+            if self._fsync:
+                os.fdatasync(f.fileno())
+        os.replace(tmp, path)
+        self._locs[:n] = new_locs
