@@ -5,12 +5,14 @@ Usage: ``python -m bench.agent_shim RUNS_FILE AGENTD_ARGS...``
 Runs ``agentd.cli.main(AGENTD_ARGS)`` unchanged, except that the ``null``
 mover's ``run`` is wrapped to append one line per run to *RUNS_FILE*::
 
-    <unix time the run ended> <action id> <attempt> <kind> <errno>
+    <unix time the run ended> <action id> <attempt> <kind> <errno> <fid>
 
-(flushed every 0.2 s and at exit). The harness counts, from these lines,
-how many actions were dispatched, how often each action ran (a second run
-of the same action is a duplicate) and the dispatch rate over time. The
-wrapper costs a ``time.time()`` and a list append per action.
+(flushed every 0.2 s and at exit; the FID as Lustre prints it,
+``[0x200002400:0x1:0x0]``). The harness counts, from these lines, how many
+actions were dispatched, how often each action ran (a second run of the
+same action is a duplicate), how often each FID was dispatched (restore
+storm: one dispatch per FID) and the dispatch rate over time. The wrapper
+costs a ``time.time()``, a ``str(fid)`` and a list append per action.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ class RunRecorder:
         self._thread.start()
         atexit.register(self.close)
 
-    def record(self, action_id: int, attempt: int, kind: int, errno: int) -> None:
-        line = f"{time.time():.6f} {action_id} {attempt} {kind} {errno}\n"
+    def record(self, action_id: int, attempt: int, kind: int, errno: int, fid: str) -> None:
+        line = f"{time.time():.6f} {action_id} {attempt} {kind} {errno} {fid}\n"
         with self._lock:
             self._lines.append(line)
 
@@ -64,7 +66,7 @@ def install(recorder: RunRecorder) -> None:
 
     def run(self: NullMover, job):  # type: ignore[no-untyped-def]
         result = original(self, job)
-        recorder.record(job.action_id, job.attempt, job.kind, result.errno)
+        recorder.record(job.action_id, job.attempt, job.kind, result.errno, str(job.fid))
         return result
 
     NullMover.run = run  # type: ignore[method-assign]

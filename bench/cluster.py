@@ -21,8 +21,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Any, NamedTuple
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.cpu import classify_replicas, deltas
 from coordinator import config as cfgmod
 from coordinator.cluster import ReplicaSpec, free_ports
 from hsm.client import state_name
@@ -106,34 +109,99 @@ def host_busy_seconds() -> float:
 class CpuWindow:
     """Who used the CPU during a measurement: the cluster's processes, the
     clients (as they report it), this harness, and everything else on the
-    host (other_s: another workload on the machine skews the figures)."""
+    host (other_s: another workload on the machine skews the figures).
 
-    def __init__(self, cluster: BenchCluster) -> None:
+    Each process's counters are read when the window opens and when it
+    stops; a thread polls the shard leaders (ClusterInfo) and the
+    processes' counters every *poll* seconds meanwhile, so a replica killed
+    in the window counts up to its last sample (call :meth:`sample` just
+    before a kill to make that exact) and every replica is classed leader or
+    follower by the shards it led (see bench.cpu)."""
+
+    def __init__(self, cluster: BenchCluster, poll: float = 0.5) -> None:
         import resource
 
         self._resource = resource
         self.cluster = cluster
+        self.poll = poll
+        self.replicas = sorted(cluster.pids())
+        self.agents = sorted(cluster.agent_pids())
+        self._lock = threading.Lock()
+        self._led: dict[str, Counter[int]] = {}
+        self._polls = 0
+        self._stubs: dict[str, tuple[grpc.Channel, Any]] = {}
+        self._stop = threading.Event()
         self.t0 = time.monotonic()
         self.host0 = host_busy_seconds()
         self.procs0 = cluster.cpu()
+        self.last = dict(self.procs0)
         self.self0 = self._self_cpu()
+        self._poll_leaders()
+        self._thread = threading.Thread(target=self._loop, name="bench-cpu-window", daemon=True)
+        self._thread.start()
 
     def _self_cpu(self) -> float:
         r = self._resource.getrusage(self._resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
 
-    def stop(self, clients_s: float = 0.0) -> dict[str, Any]:
+    def sample(self) -> None:
+        """Read every live process's CPU counter now (the last value of a
+        process that then dies is what it used in the window)."""
+        now = self.cluster.cpu()
+        with self._lock:
+            self.last.update({k: v for k, v in now.items() if v})
+
+    def _poll_leaders(self) -> None:
+        for rid in self.cluster.live_replicas():
+            try:
+                if rid not in self._stubs:
+                    ch = grpc.insecure_channel(self.cluster.spec(rid).api)
+                    self._stubs[rid] = (ch, coordinator_pb2_grpc.CoordinatorStub(ch))
+                info = self._stubs[rid][1].ClusterInfo(C.ClusterInfoRequest(), timeout=2)
+            except grpc.RpcError:
+                continue
+            with self._lock:
+                self._polls += 1
+                for sh in info.shards:
+                    if sh.leader:
+                        self._led.setdefault(sh.leader, Counter())[sh.shard] += 1
+            return
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll):
+            try:
+                self._poll_leaders()
+                self.sample()
+            except Exception:  # noqa: BLE001 - a missed poll only makes the figures coarser
+                log.debug("cpu window poll failed", exc_info=True)
+
+    def stop(self, clients_s: float = 0.0, clients_n: int = 0) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(5)
         wall = time.monotonic() - self.t0
         host = host_busy_seconds() - self.host0
-        # a process killed meanwhile is left out (its CPU cannot be read any more)
-        procs = {k: round(v - self.procs0.get(k, 0.0), 2) for k, v in self.cluster.cpu().items() if k in self.procs0}
+        now = self.cluster.cpu()
+        self._poll_leaders()
+        for ch, _ in self._stubs.values():
+            ch.close()
         harness = self._self_cpu() - self.self0
+        with self._lock:
+            procs = deltas(self.procs0, {k: v for k, v in now.items() if v}, self.last)
+            led = {rid: sorted(c) for rid, c in self._led.items()}
+            mean_led = {rid: round(sum(c.values()) / self._polls, 2) for rid, c in self._led.items()} \
+                if self._polls else {}
+            polls = self._polls
+        gone = sorted(k for k in self.procs0 if not now.get(k) and k in procs)
         cluster = sum(procs.values())
         other = host - cluster - clients_s - harness
         return {"wall_s": round(wall, 2), "host_busy_s": round(host, 2),
-                "host_capacity_s": round(wall * (os.cpu_count() or 1), 2), "processes_s": procs,
-                "cluster_s": round(cluster, 2), "clients_s": round(clients_s, 2), "harness_s": round(harness, 2),
-                "other_s": round(max(0.0, other), 2)}
+                "host_capacity_s": round(wall * (os.cpu_count() or 1), 2),
+                "processes_s": {k: round(v, 2) for k, v in procs.items()},
+                "cluster_s": round(cluster, 2), "clients_s": round(clients_s, 2), "clients_n": clients_n,
+                "harness_s": round(harness, 2), "other_s": round(max(0.0, other), 2),
+                "replica_class": classify_replicas(self.replicas, led), "shards_led": led,
+                "mean_shards_led": mean_led, "leader_polls": polls, "agents": self.agents,
+                "counted_to_last_sample": gone}
 
 
 class Run(NamedTuple):
@@ -145,6 +213,7 @@ class Run(NamedTuple):
     kind: int
     errno: int
     agent: str
+    fid: str = ""  # as the agent got it, e.g. [0x200002400:0x1:0x0] ("" in records of older shims)
 
 
 @dataclass
@@ -165,8 +234,9 @@ class ClusterOptions:
 
     def describe(self) -> dict[str, Any]:
         return {"replicas": self.replicas, "shards": self.shards, "agents": self.agents, "slots": self.slots,
-                "mover": "null", "null_delay": self.null_delay, "log_level": self.log_level,  # replicas and agents "max_terminal": self.max_terminal,
-                "fsync": self.fsync, "encrypt": self.encrypt, "raft": dict(self.raft)}
+                "mover": "null", "null_delay": self.null_delay,
+                "log_level": self.log_level,  # replicas and agents
+                "max_terminal": self.max_terminal, "fsync": self.fsync, "encrypt": self.encrypt, "raft": dict(self.raft)}
 
 
 class BenchCluster:
@@ -381,9 +451,9 @@ class BenchCluster:
         for f in sorted(self.runs_dir.glob("*.runs")):
             for line in f.read_text().splitlines():
                 parts = line.split()
-                if len(parts) == 5:
+                if len(parts) in (5, 6):
                     out.append(Run(float(parts[0]), int(parts[1]), int(parts[2]), int(parts[3]), int(parts[4]),
-                                   f.stem))
+                                   f.stem, parts[5] if len(parts) == 6 else ""))
         out.sort()
         return out
 

@@ -19,7 +19,10 @@ import grpc
 
 from bench import clients as cl
 from bench.cluster import BenchCluster, ClusterOptions, CpuWindow, Run, max_terminal_for, until
+from bench.cpu import per_action
+from bench.invariants import per_fid_counts
 from bench.stats import ms, percentile, rate, window_rate
+from hsm.fid import Fid
 from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import coordinator_pb2_grpc
 from hsm.v1 import types_pb2 as T
@@ -221,7 +224,7 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
             t_end = wait_drained(c, timeout=max(300, n / 100))
             if prof is not None:
                 prof.stop()
-        cpu_used = cpu.stop(sum(r["cpu_s"] for r in res))
+        cpu_used = cpu.stop(sum(r["cpu_s"] for r in res), len(res))
         mem1 = c.memory()
         samples = [x for r in res for x in r["samples"]]
         lat = _latencies(c, samples)
@@ -243,35 +246,67 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
         **rc,
         "rss_before": {k: v.get("VmRSS") for k, v in mem0.items()},
         "peak_rss": {k: v.get("VmHWM") for k, v in mem1.items()},
-        "cpu": cpu_used,
+        "cpu": cpu_used, "cpu_per_action": per_action(cpu_used, n, "archive action"),
         "cluster": opt.describe(),
     }
     s.say(f"   {n:,} archives in {seconds:.1f} s: {out['actions_per_s']:,.0f} actions/s end to end "
           f"(submitted in {t_sub - t0:.1f} s); p99 submit-to-start {lat['p99_start_ms']} ms")
+    s.say("   " + _cpu_line(out["cpu_per_action"]))
     return out
 
 
 # ---------------------------------------------------------- restore storm
 
 
-#: how long a restore takes in the restore storm (see restore_storm)
+#: how long a restore takes in the first restore storm (see restore_storm)
 RESTORE_SECONDS = 1.0
 
+#: the ctime (ns) the storm's files got when they were released; every request carries it with the
+#: flags, as hsmctl reads it (after the flags) and sends it
+RELEASED_CTIME_NS = 1_780_000_000 * 10**9
 
-def restore_storm(s: Settings) -> dict[str, Any]:
+#: the two runs of the restore storm: (section of the results, seconds each restore takes)
+STORM_VARIANTS = (("restore_storm", RESTORE_SECONDS), ("restore_storm_instant", 0.0))
+
+#: why each variant exists: written into its results (JSON, and the Markdown notes)
+STORM_NOTES = {
+    "restore_storm": (
+        f"Each restore takes {RESTORE_SECONDS:g} s (null mover with a delay), so every duplicate request "
+        "meets a live action to join: this variant measures dedup and the request rate. It cannot show "
+        "what happens to a duplicate that arrives after the FID's restore has ended; "
+        "restore_storm_instant does."),
+    "restore_storm_instant": (
+        "Same workload, same shape (same FIDs, initiators, batches, barrier) but restores end at once "
+        "(null mover, no delay). It exists because the 1 s variant hides the late duplicate: an initiator "
+        "a few batches behind the others asks for a file whose restore has already ended. The null mover "
+        "does not clear the file's released flag, so every late request still says 'released' (a real "
+        "mover clears it, but a request whose state was read before that still says 'released': the same "
+        "race, in a narrower window). Every request carries the state its initiator read, flags and the "
+        "file's ctime read after them, as hsmctl sends it; the coordinator remembers the restore that "
+        "ended and answers a request that saw that state or an older one with it (JOINED). More than one "
+        "action created or dispatched per FID breaks an invariant exactly like an action run twice, and "
+        "fails the run (bench.invariants)."),
+}
+
+
+def restore_storm(s: Settings, delay: float = RESTORE_SECONDS, name: str = "restore_storm") -> dict[str, Any]:
     """F released FIDs, each requested by I initiators at once (different
     initiator ids and cookies, the same batches sent at the same moment).
 
-    A restore takes RESTORE_SECONDS here (a null mover with a delay): with
-    restores that end the moment they start, an initiator a few batches
-    behind the others asks for a file whose restore has already ended, and
-    since the null mover does not touch the file, the HSM state it sends
-    still says "released": that is a new restore, not a duplicate (a real
-    mover clears the flag and the late request is NOT_NEEDED)."""
+    Run twice by ``python -m bench restore-storm`` (see STORM_VARIANTS and
+    STORM_NOTES): with restores that take RESTORE_SECONDS, every duplicate
+    meets a live action; with restores that end at once, an initiator a few
+    batches behind the others asks for a file whose restore has already
+    ended, and (the null mover does not touch the file) its HSM state still
+    says "released". Both report actions created and dispatched per FID from
+    the coordinator's and the shims' records: one each is the invariant."""
     f, ninit = s.restore_fids, s.restore_initiators
-    opt = s.cluster_options(max_terminal=max_terminal_for(f, s.shards), null_delay=RESTORE_SECONDS)
-    with fresh_cluster(s, "restore", opt) as c:
-        hsm = (cl.HS_EXISTS | cl.HS_ARCHIVED | cl.HS_RELEASED, 1)
+    opt = s.cluster_options(max_terminal=max_terminal_for(f * ninit, s.shards), null_delay=delay)
+    label = f"restores of {delay:g} s" if delay else "restores that end at once"
+    with fresh_cluster(s, "restore" if delay else "restore-instant", opt) as c:
+        # the state every initiator read: released, archive 1, no data version check, and the ctime the
+        # file got when it was released (the same for every initiator: nobody changed the file since)
+        hsm = (cl.HS_EXISTS | cl.HS_ARCHIVED | cl.HS_RELEASED, 1, 0, RELEASED_CTIME_NS)
         params = [{"addresses": c.addresses, "count": f, "oid0": 1, "seq": cl.SEQ_RESTORE, "kind": "restore",
                    "initiator": f"oss{k + 1}", "cookie0": (k + 1) * 10**9, "hsm": hsm, "batch": s.restore_batch,
                    "inflight": 1, "return_ids": True} for k in range(ninit)]
@@ -279,17 +314,27 @@ def restore_storm(s: Settings) -> dict[str, Any]:
         with cl.ClientGroup(cl.submit_worker, params, extra=lambda i: (barrier,)) as g:
             g.start()
             s.say(f"   {ninit} initiators ready; each requests the same {f:,} released files "
-                  f"(batches of {s.restore_batch}, sent together)")
+                  f"(batches of {s.restore_batch}, sent together; {label})")
             cpu = CpuWindow(c)
             t0 = g.release()
             res = g.results(timeout=max(600, f / 20))
         t_acc = max(r["t_end"] for r in res)
         t_end = wait_drained(c, timeout=max(300, f / 100))
-        cpu_used = cpu.stop(sum(r["cpu_s"] for r in res))
-        rc = _run_counts(_settle_runs(c), KIND_RESTORE)
+        cpu_used = cpu.stop(sum(r["cpu_s"] for r in res), len(res))
+        runs = _settle_runs(c)
+        rc = _run_counts(runs, KIND_RESTORE)
         if rc["run_twice"]:
-            rc["evidence"] = _keep_evidence(s, c, "restore-storm", f"{rc['run_twice']} actions ran twice")
-        diagnosis = _restore_diagnosis(c)
+            rc["evidence"] = _keep_evidence(s, c, name, f"{rc['run_twice']} actions ran twice")
+        restores = [a for a in _all_actions(c).values() if a.kind == T.RESTORE]
+        diagnosis = _restore_diagnosis(restores)
+        per_fid = per_fid_counts(
+            (str(Fid(cl.SEQ_RESTORE, oid, 0)) for oid in range(1, f + 1)),
+            ((a.action_id, _fid_text(a.fid), a.attempt) for a in restores),
+            ((r.action_id, r.fid) for r in runs if r.kind == KIND_RESTORE))
+        if per_fid["created"]["max"] > 1 or per_fid["dispatched"]["max"] > 1:
+            per_fid["evidence"] = _keep_evidence(
+                s, c, name, f"{per_fid['created']['over_1']} FIDs with several restores created, "
+                            f"{per_fid['dispatched']['over_1']} dispatched more than once")
     outcomes: Counter[str] = Counter()
     for r in res:
         outcomes.update(r["outcomes"])
@@ -297,30 +342,61 @@ def restore_storm(s: Settings) -> dict[str, Any]:
     accepted = outcomes.get("CREATED", 0) + outcomes.get("JOINED", 0)
     action_ids = {i for r in res for i in r["ids"]}
     out = {
+        "variant": "restores end at once" if not delay else f"restores take {delay:g} s",
+        "restore_seconds": delay, "note": STORM_NOTES.get(name, ""),
         "fids": f, "initiators": ninit, "batch": s.restore_batch, "requests": requests, "accepted": accepted,
         "outcomes": dict(outcomes), "actions": len(action_ids), "dispatched": rc["actions_run"],
         "mover_runs": rc["runs"], "run_twice": rc["run_twice"], "run_twice_examples": rc["run_twice_examples"],
         **({"evidence": rc["evidence"]} if "evidence" in rc else {}), **diagnosis,
+        "per_fid": per_fid,
         "accept_seconds": round(t_acc - t0, 2), "requests_per_s": rate(accepted, t_acc - t0),
         "drain_seconds": round(t_end - t0, 2), "p99_batch_ack_ms": ms(percentile(
             [x for r in res for x in r["batch_latency"]], 99)),
-        "cpu": cpu_used, "cluster": opt.describe(),
+        "cpu": cpu_used,
+        # the unit is the RESTORE the coordinator created (one per FID when dedup holds; with the
+        # defect, extra actions are counted too: per FID and per request are beside it)
+        "cpu_per_action": per_action(cpu_used, len(restores), "restore action created"),
+        "cpu_us_per_fid": _us_total(cpu_used, f), "cpu_us_per_request": _us_total(cpu_used, requests),
+        "cluster": opt.describe(),
     }
+    pf = per_fid
     s.say(f"   {requests:,} requests ({accepted:,} accepted) in {t_acc - t0:.1f} s = {out['requests_per_s']:,.0f}/s; "
           f"{len(action_ids):,} restore actions, {rc['actions_run']:,} dispatched ({rc['runs']:,} mover runs); "
           f"drained after {t_end - t0:.1f} s")
+    s.say(f"   per FID: created max {pf['created']['max']} mean {pf['created']['mean']} "
+          f"({pf['created']['over_1']:,} FIDs > 1); dispatched max {pf['dispatched']['max']} mean "
+          f"{pf['dispatched']['mean']} ({pf['dispatched']['over_1']:,} FIDs > 1)")
+    s.say("   " + _cpu_line(out["cpu_per_action"]))
     return out
 
 
-def _restore_diagnosis(c: BenchCluster) -> dict[str, int]:
+def _fid_text(fid: T.Fid) -> str:
+    return str(Fid(fid.seq, fid.oid, fid.ver))
+
+
+def _us_total(cpu: dict[str, Any], count: int) -> float | None:
+    """Whole benchmark CPU (cluster + clients) per unit, in µs."""
+    if count <= 0:
+        return None
+    return round(float(cpu.get("cluster_s", 0.0) + cpu.get("clients_s", 0.0)) * 1e6 / count, 1)
+
+
+def _cpu_line(pa: dict[str, Any]) -> str:
+    parts = []
+    for cls, d in pa["classes"].items():
+        v = d["us_per_action"]
+        parts.append(f"{cls} {'-' if v is None else f'{v:,.0f}'} ({d['processes']})")
+    return f"CPU us per {pa['unit']}: " + ", ".join(parts)
+
+
+def _restore_diagnosis(restores: list[T.Action]) -> dict[str, int]:
     """Why a FID got more than one RESTORE: a request that came after the
     FID's earlier restore had ended (the initiator's HSM state was stale by
     then: the coordinator has nothing left to join) or while it was still
     live (a dedup failure)."""
     per_fid: dict[tuple[int, int, int], list[T.Action]] = {}
-    for a in _all_actions(c).values():
-        if a.kind == T.RESTORE:
-            per_fid.setdefault((a.fid.seq, a.fid.oid, a.fid.ver), []).append(a)
+    for a in restores:
+        per_fid.setdefault((a.fid.seq, a.fid.oid, a.fid.ver), []).append(a)
     after_end = overlapping = 0
     overlap = 0.0
     for acts in per_fid.values():
@@ -406,12 +482,14 @@ def queue_depth(s: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
         mem1 = c.memory()
         cpu = CpuWindow(c)
         big = _release(c, client, large)
-        big["cpu"] = cpu.stop()
+        big["cpu"] = cpu.stop()  # no client process here: the harness enables dispatch, then waits
+        big["cpu_per_action"] = per_action(big["cpu"], large, "archive action dispatched")
     per = {rid: round((mem1[rid]["VmRSS"] - mem0[rid]["VmRSS"]) / large, 1) for rid in mem1 if rid in mem0}
     qd = {"small": small, "large": large, "rounds": rounds, "rate_1k": med["rate"], "rate_1m": big["rate"],
           "ratio": round(big["rate"] / med["rate"], 3) if med["rate"] else None,
           "small_runs": smalls, "large_run": big, "fill_seconds": round(t_fill, 2),
-          "fill_per_s": rate(large, t_fill), "cpu": big["cpu"], "cluster": opt.describe()}
+          "fill_per_s": rate(large, t_fill), "cpu": big["cpu"], "cpu_per_action": big["cpu_per_action"],
+          "cluster": opt.describe()}
     memory = {"waiting": large, "bytes_per_waiting_action": max(per.values()) if per else None,
               "per_replica": per, "rss_before": {k: v["VmRSS"] for k, v in mem0.items()},
               "rss_waiting": {k: v["VmRSS"] for k, v in mem1.items()}, "cluster": opt.describe()}
@@ -476,6 +554,7 @@ def mixed(s: Settings) -> dict[str, Any]:
                 if not victim and progress.value >= total // 2:
                     led = Counter(c.leaders().values())
                     victim = led.most_common(1)[0][0]
+                    cpu.sample()  # the victim's CPU up to the kill
                     t_kill = time.time()
                     c.kill_replica(victim)
                     s.say(f"   killed {victim} (SIGKILL; it led {led[victim]} shards) after "
@@ -484,7 +563,7 @@ def mixed(s: Settings) -> dict[str, Any]:
             res = g.results(timeout=600)
         t_sub = max(r["t_end"] for r in res)
         t_end = wait_drained(c, timeout=300)
-        cpu_used = cpu.stop(sum(r["cpu_s"] for r in res))
+        cpu_used = cpu.stop(sum(r["cpu_s"] for r in res), len(res))
         actions = _all_actions(c)
         runs = _settle_runs(c)
         rc = _run_counts(runs)
@@ -532,9 +611,11 @@ def mixed(s: Settings) -> dict[str, Any]:
         "runs_per_s_after": window_rate(run_times, t_kill, t_end) if t_kill else None,
         "longest_ack_gap_after_kill_s": round(max(gaps), 2) if gaps else None,
         "seconds": round(t_end - t0, 2), "client_retries": sum(r["retries"] for r in res),
-        "cpu": cpu_used, "cluster": opt.describe(),
+        "cpu": cpu_used, "cpu_per_action": per_action(cpu_used, len(ids), "acknowledged action"),
+        "cluster": opt.describe(),
     }
     s.say(f"   mixed: {len(ids):,} acknowledged actions, lost {len(lost)}, run twice {len(duplicates)}; "
           f"requests/s before kill {out['requests_per_s_before']:,.0f}, after {out['requests_per_s_after']:,.0f}; "
           f"replicas consistent: {consistent}")
+    s.say("   " + _cpu_line(out["cpu_per_action"]))
     return out
