@@ -80,6 +80,7 @@ from agentd.config import (
     NullMoverConfig,
     PosixMoverConfig,
 )
+from agentd.lease import Leases
 from agentd.movers.base import Job, Mover, Requester, Result
 from hsm import __version__
 from hsm.client import metadata_value
@@ -113,6 +114,10 @@ LEVEL_IDLE = 1.0
 REMEMBERED = 10_000
 REMEMBER_FOR = 120.0
 REMEMBERED_MAX = 1_000_000
+#: a completion sent to a replica that acknowledges completions and not
+#: acknowledged within this many seconds is sent again (any replica takes it
+#: and hands it to the shard's leader; applying one twice changes nothing)
+RESEND_AFTER = 30.0
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -262,6 +267,7 @@ class _Running:
     progress_sent_at: float = -math.inf
     ended: bool = False
     stopped_by_agent: bool = False  # cancelled by the agent's own shutdown, not by a coordinator
+    lease_lost: bool = False  # stopped because no leader of its shard renewed the agent's lease
 
     @property
     def action_id(self) -> int:
@@ -289,6 +295,9 @@ class _Session:
     backlog: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # work its replica has for us
     seen: dict[int, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # assignments received
     pending_done: list[agent_pb2.Done] = field(default_factory=list)
+    #: completions written to this stream, not yet acknowledged: (action id, attempt) -> (Done, when sent)
+    unacked: dict[tuple[int, int], tuple[agent_pb2.Done, float]] = field(default_factory=dict)
+    acks_done: bool = False  # the replica acknowledges completions (Welcome.acks_done)
     report_running: int = 0  # token of a RunningReport a replica asked for
     send_absolute: bool = False  # credits were taken back: send the whole grant, absolute
     welcomed_at: float = 0.0
@@ -426,7 +435,10 @@ class _Session:
                 self.replica = first.welcome.replica
                 hb = first.welcome.heartbeat_interval
                 self.heartbeat_interval = hb if hb > 0 else agent.config.heartbeat_interval
+                self.acks_done = first.welcome.acks_done
                 self._last_sent = time.monotonic()
+                agent.leases.welcomed(self.address, first.welcome.lease_seconds, self.heartbeat_interval,
+                                      self._last_sent)
                 log.info(
                     "connected to coordinator %s (replica %s, heartbeat %.1f s) as agent %s; "
                     "%d running, %d completion(s) to deliver",
@@ -484,7 +496,7 @@ class _Session:
         progress_interval = self.agent.config.progress_interval
         while True:
             now = time.monotonic()
-            deadline = self._last_sent + self.heartbeat_interval
+            deadline = min(self._last_sent + self.heartbeat_interval, self.agent.leases.due(self.address, now))
             for run in self.agent.runs_of(self):
                 if run.progress_dirty:
                     deadline = min(deadline, run.progress_sent_at + progress_interval)
@@ -506,6 +518,7 @@ class _Session:
                         except BaseException:
                             self.pending_done[:0] = dones
                             raise
+                        self._sent(dones)
                 await call.done_writing()
                 return
             msg, dones = self._collect(time.monotonic(), progress_interval)
@@ -517,8 +530,28 @@ class _Session:
                 self.pending_done[:0] = dones  # deliver them on the next stream
                 raise
             self._last_sent = time.monotonic()
+            self._sent(dones)
             if not self.pending_done:
                 self._flushed.set()
+
+    def _sent(self, dones: list[agent_pb2.Done]) -> None:
+        """Completions written: kept until the replica acknowledges them."""
+        if self.acks_done and dones:
+            now = time.monotonic()
+            for d in dones:
+                self.unacked[(d.action_id, d.attempt)] = (d, now)
+
+    def resend(self, now: float, after: float = RESEND_AFTER) -> int:
+        """Send again the completions not acknowledged within *after*
+        seconds (through any live stream). Returns how many."""
+        old = [k for k, (_d, sent) in self.unacked.items() if now - sent >= after]
+        for k in old:
+            done, _sent = self.unacked.pop(k)
+            self.queue_done(done)
+        if old:
+            log.info("%d completion(s) sent to %s not acknowledged within %g s: sent again", len(old),
+                     self.address, after)
+        return len(old)
 
     def _collect(
         self, now: float, progress_interval: float
@@ -541,6 +574,10 @@ class _Session:
             c = self.pending_credits
             _fill_slots(msg.ready.credits, c)
             self.pending_credits = dict.fromkeys(KINDS, 0)
+            something = True
+        token = self.agent.leases.token(self.address, now)
+        if token:
+            msg.lease_token = token
             something = True
         if self.report_running:
             msg.running.token, self.report_running = self.report_running, 0
@@ -572,6 +609,11 @@ class _Session:
         """The stream is gone: its unused credits are void on both sides."""
         was = self.welcomed
         self.welcomed = False
+        self.agent.leases.lost(self.address)
+        if self.unacked:
+            # the replica may have died with them: deliver them again
+            self.pending_done[:0] = [d for d, _t in self.unacked.values()]
+            self.unacked.clear()
         self.granted = dict.fromkeys(KINDS, 0)
         self.pending_credits = dict.fromkeys(KINDS, 0)
         self.backlog = dict.fromkeys(KINDS, 0)
@@ -636,6 +678,8 @@ class Agent:
         self._finished: collections.OrderedDict[tuple[int, int], Any] = collections.OrderedDict()
         self._tombstones: collections.OrderedDict[tuple[int, int], Any] = collections.OrderedDict()
         self._peak = dict.fromkeys(KINDS, 0)
+        #: the lease on the actions held here, renewed by their shards' leaders (agentd/lease.py)
+        self.leases = Leases(heartbeat=config.heartbeat_interval)
         self._sessions: list[_Session] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -708,12 +752,14 @@ class Agent:
         for s in self._sessions:
             s.start()
         leveler = asyncio.get_running_loop().create_task(self._leveler(), name="credit leveler")
+        watch = asyncio.get_running_loop().create_task(self._lease_watch(), name="lease watch")
         try:
             await self._stop_evt.wait()
             leveler.cancel()
             return await self._shutdown()
         finally:
             leveler.cancel()
+            watch.cancel()
             for s in self._sessions:
                 if s._task is not None and not s._task.done():
                     s._task.cancel()
@@ -864,6 +910,41 @@ class Agent:
         while True:
             await asyncio.sleep(1.0)
             self.level()
+            now = time.monotonic()
+            for s in self._sessions:
+                if s.welcomed and s.unacked:
+                    s.resend(now)
+
+    async def _lease_watch(self) -> None:
+        """Stop what no leader renewed for the lease's length, before a
+        replica may give it to another agent."""
+        while True:
+            await asyncio.sleep(min(0.5, max(0.05, self.leases.duration / 8)))
+            self.check_leases(time.monotonic())
+
+    def check_leases(self, now: float) -> None:
+        for action_id, shard, age in self.leases.expired(now):
+            deferred = self._deferred.pop(action_id, None)
+            if deferred is not None:
+                dsession, djob = deferred
+                log.warning("action %d/%d: not started: no leader of shard %d renewed this agent's lease for "
+                            "%.1f s", djob.action_id, djob.attempt, shard, age)
+                dsession.queue_done(agent_pb2.Done(
+                    action_id=djob.action_id, attempt=djob.attempt, errno=_errno.ECANCELED, retry=True,
+                    handback=True, message=f"agent {self.config.agent_id} lost its lease before it started"))
+            run = self._running.get(action_id)
+            if run is None:
+                if deferred is not None:
+                    self.leases.ended(action_id)
+                continue
+            if run.ended or run.job.cancelled.is_set():
+                continue
+            log.warning("action %d/%d %s %s: no leader of shard %d renewed this agent's lease for %.1f s "
+                        "(lease %.1f s): stopping it, so that it never runs beside the attempt another agent "
+                        "may be given", run.action_id, run.attempt, kind_name(run.kind), run.job.fid, shard, age,
+                        self.leases.duration)
+            run.lease_lost = True
+            run.job.cancelled.set()
 
     def runs_of(self, session: _Session) -> list[_Running]:
         return [r for r in self._running.values() if r.session is session]
@@ -908,6 +989,7 @@ class Agent:
         held = {(r.action_id, r.attempt) for r in self._running.values()}
         for s in self._sessions:
             held.update((d.action_id, d.attempt) for d in s.pending_done)
+            held.update(s.unacked)
         held.update((j.action_id, j.attempt) for _s, j in self._deferred.values())
         return sorted(held)
 
@@ -930,6 +1012,12 @@ class Agent:
         if msg.request_running:
             session.report_running = msg.request_running
             session.wake()
+        if msg.HasField("lease"):
+            self.leases.granted(session.address, msg.lease.token, tuple(msg.lease.shards))
+        for ack in msg.applied:
+            key = (ack.action_id, ack.attempt)
+            for s in self._sessions:
+                s.unacked.pop(key, None)
         if msg.HasField("backlog"):
             b = msg.backlog
             session.backlog = dict(zip(KINDS, (b.archive, b.restore, b.remove), strict=True))
@@ -987,6 +1075,7 @@ class Agent:
                 cur.attempt = a.attempt
                 cur.job.attempt = a.attempt
                 cur.session = session
+                self.leases.assigned(a.action_id, time.monotonic())
                 cur.progress_dirty = True
                 cur.progress_sent_at = -math.inf
                 session.wake()
@@ -1006,6 +1095,7 @@ class Agent:
         job = self._job_of(session, a)
         if job is None:
             return
+        self.leases.assigned(a.action_id, time.monotonic())
         self._start(session, job)
 
     def _job_of(self, session: _Session, a: agent_pb2.Assignment) -> Job | None:
@@ -1041,6 +1131,7 @@ class Agent:
             flags=a.flags,
             backend=self.backend,
             data_version=a.data_version,
+            may_publish=functools.partial(self._may_publish, a.action_id),
             requesters=tuple(Requester(r.initiator, r.cookie, r.gid) for r in a.requesters),
         )
 
@@ -1056,16 +1147,24 @@ class Agent:
             log.info("action %d/%d: not started, the agent is stopping", a.action_id, a.attempt)
             return
         if self.free_slots(int(a.kind)) < 1 and old is None:
-            self._refuse(session, a, _errno.EAGAIN, f"no free {kind_name(a.kind).lower()} slot on this agent", True)
+            # beyond the credits: given back, no attempt used
+            self._refuse(session, a, _errno.EAGAIN, f"no free {kind_name(a.kind).lower()} slot on this agent", True,
+                         handback=True)
             return
         job = self._job_of(session, a)
         if job is None:
             return
         self._deferred[a.action_id] = (session, job)
+        self.leases.assigned(a.action_id, time.monotonic())
         log.info(
             "action %d/%d %s %s: starts once attempt %d, being cancelled here, has stopped",
             a.action_id, a.attempt, kind_name(job.kind), job.fid, cur.attempt,
         )
+
+    def _may_publish(self, action_id: int) -> bool:
+        """Mover thread: whether the action's lease still holds (a result
+        published after it ended could overwrite the next attempt's)."""
+        return self.leases.valid(action_id, time.monotonic())
 
     def _start(self, session: _Session, job: Job) -> None:
         loop = asyncio.get_running_loop()
@@ -1132,6 +1231,8 @@ class Agent:
             del self._running[run.action_id]
         self._running_count[run.kind] -= 1
         deferred = self._deferred.pop(run.action_id, None)
+        if deferred is None:
+            self.leases.ended(run.action_id)
         if not self._running and deferred is None:
             self._idle.set()
         err = int(res.errno)
@@ -1140,7 +1241,13 @@ class Agent:
         message = res.message or (os.strerror(err) if err else "")
         retry = bool(res.retry)
         handback = False
-        if err == _errno.ECANCELED and run.stopped_by_agent:
+        if err and run.lease_lost:
+            # stopped (or refused to publish) because the lease ended: not the
+            # action's fault; by now it may run elsewhere
+            retry = handback = True
+            message = (f"agent {self.config.agent_id} lost its lease (no leader confirmed it for "
+                       f"{self.leases.duration:.1f} s) and stopped the action")
+        elif err == _errno.ECANCELED and run.stopped_by_agent:
             # not the user's cancel: give the action back to be run elsewhere
             retry = handback = True
             message = f"agent {self.config.agent_id} stopped before the action ended"
@@ -1201,6 +1308,8 @@ class Agent:
         deferred = self._deferred.get(c.action_id)
         if deferred is not None and (not c.attempt or c.attempt == deferred[1].attempt):
             dsession, djob = self._deferred.pop(c.action_id)
+            if c.action_id not in self._running:
+                self.leases.ended(c.action_id)
             log.info("action %d/%d %s %s: cancelled before it started%s", djob.action_id, djob.attempt,
                      kind_name(djob.kind), djob.fid, f" ({c.reason})" if c.reason else "")
             dsession.queue_done(agent_pb2.Done(

@@ -21,7 +21,7 @@ The file format is documented in docs/cluster-config.md; in short::
     remember_ends: 100000         # files whose last successful action answers late duplicates
     remember_for: 3600            # seconds such an answer stays valid
     progress_timeout: 600         # no progress for this long: the action is stopped and requeued (0: never)
-    agent_grace: 60
+    agent_grace: 60               # a silent agent keeps its actions this long; its lease ends before
     heartbeat_interval: 5
     propose_timeout: 10
     raft: {election_min: 1.0, election_max: 2.0, ...}   # coordinator.raft.RaftTuning fields

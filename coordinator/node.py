@@ -82,6 +82,24 @@ LEASE_HEARTBEATS = 3
 #: from it may be an assignment still on its way (from a previous leader):
 #: the agent is asked again then, rather than the action stopped at once
 IN_FLIGHT_GRACE = 5.0
+#: an agent's lease is never shorter than this many heartbeat intervals
+#: (a shorter one would stop transfers whenever two renewals are late)
+AGENT_LEASE_MIN_HEARTBEATS = 3
+
+
+def agent_lease(agent_grace: float, heartbeat: float, leader_fallback: float) -> tuple[float, bool]:
+    """The lease an agent gets (``Welcome.lease_seconds``) and whether it is
+    safe. An agent cut off at time t was last confirmed at t or before (it
+    counts from when it sent its token). A replica may give its actions to
+    another agent ``agent_grace`` after it lost the agent or became leader,
+    and a leader cut off with the agent may confirm for up to
+    ``leader_fallback`` after a new leader was elected: the lease must end
+    before ``agent_grace - leader_fallback``. Half of that leaves the other
+    half for the mover to stop. Not safe (returned False, the caller warns)
+    when that is under the minimum of AGENT_LEASE_MIN_HEARTBEATS heartbeats."""
+    safe = (agent_grace - leader_fallback) / 2
+    floor = AGENT_LEASE_MIN_HEARTBEATS * heartbeat
+    return (safe, True) if safe >= floor else (floor, False)
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -240,6 +258,8 @@ class CoordinatorNode:
         self._ready_state: bool | None = None
         self.ready = asyncio.Event()  # every shard has a known leader
         self.port = 0
+        self.agent_lease, self.agent_lease_safe = agent_lease(
+            config.agent_grace, config.heartbeat_interval, config.raft.leader_fallback)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -297,6 +317,14 @@ class CoordinatorNode:
         self._tasks.append(asyncio.create_task(self._lease_keeper(), name="leases"))
         log.info("replica %s serving on %s (%d shards, archive ids %s)", self.me.id, self.address,
                  len(self.shards), ",".join(map(str, self.config.archive_ids)))
+        if not self.agent_lease_safe:
+            log.warning("agent_grace %g s is too short for the agents' leases: an agent cut off from the "
+                        "replicas may still be copying when its actions go to another agent (two runs at "
+                        "once). Give agent_grace at least %g s (raft leader_fallback %g s + 2 x %d heartbeats "
+                        "of %g s)", self.config.agent_grace,
+                        self.config.raft.leader_fallback + 2 * AGENT_LEASE_MIN_HEARTBEATS *
+                        self.config.heartbeat_interval, self.config.raft.leader_fallback,
+                        AGENT_LEASE_MIN_HEARTBEATS, self.config.heartbeat_interval)
 
     async def _update_readiness(self) -> None:
         ready = all(s.leader is not None for s in self.shards)
@@ -637,31 +665,49 @@ class CoordinatorNode:
         return counts
 
     async def forward_report(self, agent_id: str, shard: RaftShard, progress: Sequence[agent_pb2.Progress],
-                             done: Sequence[agent_pb2.Done], deadline: float = 60.0) -> None:
+                             done: Sequence[agent_pb2.Done], session: AgentSession | None = None,
+                             deadline: float | None = None) -> None:
         """Hand an agent's reports for a shard led elsewhere to its leader,
-        retrying through elections for up to *deadline* seconds."""
-        end = time.monotonic() + deadline
+        retrying through elections for up to *deadline* seconds (default:
+        two propose timeouts); then acknowledge the completions on
+        *session*. Completions that could not be handed over are not
+        acknowledged: the agent keeps them and sends them again."""
+        end = time.monotonic() + (2 * self.config.propose_timeout if deadline is None else deadline)
         delay = 0.1
         while True:
             if shard.is_leader:
-                await self._apply_reports(agent_id, shard, progress, done)
-                return
+                try:
+                    await self._apply_reports(agent_id, shard, progress, done)
+                    self._ack(session, done)
+                    return
+                except ShardUnavailable:
+                    pass
             leader = self.leader_api(shard)
-            if leader:
+            if leader and leader != self.me.api:
                 stub = agent_pb2_grpc.AgentServiceStub(self.channel(leader))
                 try:
                     await stub.Report(agent_pb2.ReportRequest(agent_id=agent_id, progress=progress, done=done),
                                       timeout=self.config.propose_timeout)
+                    self._ack(session, done)
                     return
                 except grpc.RpcError as exc:
                     log.info("shard %d: forwarding %d completion(s) of %s to %s failed: %s", shard.index,
                              len(done), agent_id, leader, exc.details())
             if time.monotonic() > end:
-                log.error("shard %d: gave up forwarding %d completion(s) of agent %s: no reachable leader",
-                          shard.index, len(done), agent_id)
+                if done:
+                    log.warning("shard %d: could not hand %d completion(s) of agent %s to a leader (none "
+                                "reachable); the agent keeps them and sends them again", shard.index, len(done),
+                                agent_id)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    @staticmethod
+    def _ack(session: AgentSession | None, done: Sequence[agent_pb2.Done]) -> None:
+        """Tell the agent these completions are applied (or were stale): it forgets them."""
+        if session is not None and done:
+            session.send(agent_pb2.CoordinatorMessage(applied=[
+                agent_pb2.RunningAction(action_id=d.action_id, attempt=d.attempt) for d in done]))
 
     async def _apply_reports(self, agent_id: str, shard: RaftShard, progress: Sequence[agent_pb2.Progress],
                              done: Sequence[agent_pb2.Done]) -> None:
@@ -678,8 +724,9 @@ class CoordinatorNode:
                 for d in done)))
 
     async def route_reports(self, agent_id: str, progress: Sequence[agent_pb2.Progress],
-                            done: Sequence[agent_pb2.Done]) -> None:
-        """Apply reports for shards led here; forward the others."""
+                            done: Sequence[agent_pb2.Done], session: AgentSession | None = None) -> None:
+        """Apply reports for shards led here; forward the others. The
+        completions are acknowledged on *session* once applied."""
         per_shard: dict[int, tuple[list[agent_pb2.Progress], list[agent_pb2.Done]]] = {}
         for p in progress:
             if (s := self.shard_of_action(p.action_id)) is not None:
@@ -692,10 +739,11 @@ class CoordinatorNode:
             if shard.is_leader:
                 try:
                     await self._apply_reports(agent_id, shard, ps, ds)
+                    self._ack(session, ds)
                     continue
                 except ShardUnavailable:
                     pass
-            asyncio.ensure_future(self.forward_report(agent_id, shard, ps, ds))
+            asyncio.ensure_future(self.forward_report(agent_id, shard, ps, ds, session))
 
     # --------------------------------------------------------------- agents
 
@@ -794,8 +842,14 @@ class CoordinatorNode:
 
     async def agent_message(self, session: AgentSession, msg: agent_pb2.AgentMessage) -> None:
         session.last_seen = self.clock()
+        if msg.lease_token:
+            # renews the agent's lease for the shards this replica leads with
+            # a current state (a leader cut off from the others stops leading
+            # within raft leader_fallback: agent_lease counts it)
+            session.send(agent_pb2.CoordinatorMessage(lease=agent_pb2.LeaseGrant(
+                token=msg.lease_token, shards=[s.index for s in self.shards if s.leader_ready])))
         if msg.progress or msg.done:
-            await self.route_reports(session.agent_id, msg.progress, msg.done)
+            await self.route_reports(session.agent_id, msg.progress, msg.done, session)
         if msg.HasField("running"):
             asked = session.resync.pop(msg.running.token, None)
             if asked is None:

@@ -454,7 +454,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await context.abort(*_abort_code(exc))
         session.send(agent_pb2.CoordinatorMessage(welcome=agent_pb2.Welcome(
             replica=node.me.id, heartbeat_interval=node.config.heartbeat_interval,
-            cluster_id=node.cluster.cluster_id)))
+            cluster_id=node.cluster.cluster_id, lease_seconds=node.agent_lease, acks_done=True)))
         await node.reconcile(session, [(r.action_id, r.attempt) for r in first.hello.running])
         # the rest of the first message (credits, progress, ...) counts too
         first.ClearField("hello")

@@ -135,7 +135,7 @@ def action(client: CoordinatorClient, action_id: int) -> tpb.Action:
 
 def test_agent_archives_restores_and_removes(coordinator: Any, client: CoordinatorClient, tree: Tree) -> None:
     files = [tree.add(f"f{i}", size) for i, size in enumerate((0, 1, 100 * KiB, 1024 * KiB + 1))]
-    with running_agent(agent_config(coordinator.address, tree)):
+    with running_agent(agent_config(coordinator.address, tree)) as agent:
         wait_for(lambda: registered(client, "a1"), what="agent a1 to register")
         ids = [submit(client, fid, "archive") for _, fid, _ in files]
         final = client.wait(ids, deadline=20)
@@ -160,6 +160,10 @@ def test_agent_archives_restores_and_removes(coordinator: Any, client: Coordinat
         assert client.wait([mid], deadline=20)[mid].state == tpb.SUCCEEDED
         assert not object_path(tree.archive, fid).exists()
         assert not tree.fs.hsm_state(path).flags & HS.ARCHIVED
+        # the coordinator acknowledged every completion (nothing to send again), and renews the lease
+        (session,) = agent._sessions
+        wait_for(lambda: not session.unacked and session.acks_done, what="every completion acknowledged")
+        assert agent.leases.duration > 0 and agent.leases.holding() == 0
 
 
 def test_never_more_running_than_slots(coordinator: Any, client: CoordinatorClient, tree: Tree) -> None:
@@ -523,9 +527,56 @@ def test_assignments_beyond_the_slots_are_given_back(tree: Tree) -> None:
             agent.on_message(session, assignment(10 + i, 1, fid))
         assert agent.running_actions() == [(10, 1), (11, 1)]
         (refused,) = session.pending_done
-        assert (refused.action_id, refused.errno, refused.retry) == (12, errno.EAGAIN, True)
+        assert (refused.action_id, refused.errno, refused.retry, refused.handback) == (12, errno.EAGAIN, True, True)
         assert refused.message == "no free archive slot on this agent"
         await until(lambda: len(dones(session)) == 3, what="the archives to end")
         assert agent.peak_running()["ARCHIVE"] == 2
 
     drive(tree, body, mover=SLOW, slots=SlotsConfig(archive=2, restore=1, remove=1))
+
+
+def test_a_run_whose_lease_ends_is_stopped_given_back_and_not_published(tree: Tree) -> None:
+    """No leader renews the lease (the stream's replica is unreachable):
+    the copy stops within the lease, is given back (no attempt used: not
+    the action's fault) and its object is never renamed into place."""
+    path, fid, _ = tree.add("f", 1024 * KiB)  # 4 s at 256 KiB/s
+
+    async def body(agent: Agent, session: Any) -> None:
+        agent.leases.welcomed(session.address, 0.5, 0.1, time.monotonic())
+        t0 = time.monotonic()
+        agent.on_message(session, assignment(7, 1, fid))
+        await until(lambda: session.pending_done, what="the copy to stop")
+        assert time.monotonic() - t0 < 2.0, "stopped within its lease (0.5 s), long before the copy's 4 s"
+        (d,) = session.pending_done
+        assert (d.action_id, d.attempt, d.errno, d.retry, d.handback) == (7, 1, errno.ECANCELED, True, True)
+        assert "lost its lease" in d.message
+        assert agent.running_list() == [(7, 1)], "held until the coordinator hears the completion"
+
+    drive(tree, body, mover=SLOW)
+    obj = object_path(tree.archive, fid)
+    assert not obj.exists() and not list(obj.parent.glob(obj.name + "_tmp*"))
+    assert not tree.fs.hsm_state(path).flags & HS.ARCHIVED
+
+
+def test_completions_are_kept_until_acknowledged_and_sent_again(tree: Tree) -> None:
+    from agentd.daemon import RESEND_AFTER
+    from hsm.v1 import agent_pb2
+
+    async def body(agent: Agent, session: Any) -> None:
+        session.acks_done = True
+        a, b = (agent_pb2.Done(action_id=i, attempt=1) for i in (7, 8))
+        session._sent([a, b])  # written to the stream
+        assert agent.running_list() == [(7, 1), (8, 1)], "the coordinator holds them until it hears them"
+        agent.on_message(session, agent_pb2.CoordinatorMessage(applied=[agent_pb2.RunningAction(action_id=7,
+                                                                                                attempt=1)]))
+        assert list(session.unacked) == [(8, 1)]
+        now = time.monotonic()
+        assert session.resend(now + RESEND_AFTER / 2) == 0
+        assert session.resend(now + RESEND_AFTER) == 1  # never acknowledged: sent again
+        assert dones(session) == [(8, 1, 0)] and not session.unacked
+        session.pending_done.clear()
+        session._sent([b])
+        session._lost()  # the stream died, maybe with the replica that had it
+        assert dones(session) == [(8, 1, 0)], "delivered again on the next stream"
+
+    drive(tree, body)

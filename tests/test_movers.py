@@ -207,7 +207,7 @@ def test_archive_of_an_extent_copies_just_the_range(tree: Tree) -> None:
     assert os.getxattr(obj, CHECKSUM_XATTR) == (
         f"sha256:{hashlib.sha256(content).hexdigest()}".encode()
     )
-    assert not obj.with_name(obj.name + "_tmp").exists()
+    assert not list(obj.parent.glob(obj.name + "_tmp*"))
 
 
 def test_extent_archive_updates_the_range_of_an_existing_object(tree: Tree) -> None:
@@ -253,8 +253,52 @@ def test_cancel_during_a_bandwidth_limited_archive(tree: Tree) -> None:
     assert result.errno == errno.ECANCELED
     obj = object_path(tree.archive, fid)
     assert not obj.exists()
-    assert not obj.with_name(obj.name + "_tmp").exists()
+    assert not list(obj.parent.glob(obj.name + "_tmp*"))
     assert not tree.flags(path) & HS.ARCHIVED
+
+
+def test_an_attempt_whose_lease_ended_never_publishes_over_the_next_one(tree: Tree) -> None:
+    """The partition case, at the mover: attempt 1 is still copying when
+    its agent's lease ends and attempt 2 (another agent) starts on the same
+    object. Each writes its own temporary object; attempt 1 stops without
+    renaming anything or touching the file's HSM state; attempt 2 publishes
+    and removes what earlier attempts left behind."""
+    data = os.urandom(2 * MiB)
+    path, fid = tree.make_file("contended", data)
+    lease = threading.Event()
+    lease.set()
+    reports = Reports()
+    first = tree.job(HSMA.ARCHIVE, fid, report=reports)
+    first.may_publish = lease.is_set
+    mover = PosixMover(tree.archive, bandwidth_limit=1 * MiB, progress_interval=0.05)
+    run1 = Background(mover, first)
+    wait_for(lambda: reports.max_done() > 0, what="attempt 1 copying")
+    obj = object_path(tree.archive, fid)
+    assert os.listdir(obj.parent) == [obj.name + "_tmp.1"]
+    stale = obj.with_name(obj.name + "_tmp")  # lhsmtool_posix's, from a copytool killed long ago
+    stale.write_bytes(b"old")
+
+    lease.clear()  # the agent of attempt 1 lost its lease; attempt 2 begins elsewhere
+    second = Job(**{**{f: getattr(first, f) for f in ("action_id", "kind", "fsname", "fid", "archive_id", "offset",
+                                                      "length", "data", "flags", "backend")}, "attempt": 2})
+    assert mover.run(second).errno == 0
+    result = run1.join(timeout=10)
+    assert result.errno == errno.ECANCELED, result
+    assert obj.read_bytes() == data
+    assert sorted(os.listdir(obj.parent)) == [obj.name], "every temporary object is gone"
+    assert tree.flags(path) & HS.ARCHIVED and not tree.flags(path) & HS.DIRTY
+
+
+def test_an_archive_that_finished_after_its_lease_ended_is_not_published(tree: Tree) -> None:
+    data = os.urandom(64 * KiB)
+    path, fid = tree.make_file("late", data)
+    job = tree.job(HSMA.ARCHIVE, fid)
+    job.may_publish = lambda: False
+    result = PosixMover(tree.archive).run(job)
+    assert result.errno == errno.ECANCELED and result.retry, result
+    obj = object_path(tree.archive, fid)
+    assert not obj.exists() and not os.listdir(obj.parent)
+    assert tree.flags(path) == HS(0), "the file's HSM state is left as it was before the attempt began"
 
 
 def test_archive_of_a_file_written_meanwhile_fails_ebusy(tree: Tree) -> None:
@@ -309,7 +353,7 @@ def test_posix_mover_refuses_a_file_whose_data_version_is_not_the_requests(tree:
     assert result == Result(errno=errno.ESTALE, message=_not_the_file(dv, dv + 1))
     assert not result.retry
     assert tree.fs.hsm_state(path) == before
-    assert not obj.exists() and not obj.with_name(obj.name + "_tmp").exists()
+    assert not obj.exists() and not list(obj.parent.glob(obj.name + "_tmp*"))
 
     # with the file's own version it archives
     assert mover.run(_stale(tree, HSMA.ARCHIVE, fid, dv)).errno == 0

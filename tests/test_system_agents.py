@@ -125,7 +125,7 @@ class Rig:
             obj = object_path(self.archive, fid)
             assert obj.read_bytes() == data, f"archive object of {path.name} incomplete"
             assert self.fs.hsm_state(path).flags & HS.ARCHIVED, path
-            assert not obj.with_name(obj.name + "_tmp").exists()
+            assert not list(obj.parent.glob(obj.name + "_tmp*")), "a temporary object is left"
 
     def check_no_double_runs(self) -> None:
         assert no_concurrent_runs(self.cluster.agent_runs()) == []
@@ -184,6 +184,51 @@ def test_agent_back_within_its_grace_keeps_its_transfers(rig: Rig) -> None:
     for i in ids:
         assert final[i].state == T.SUCCEEDED and final[i].agent == "a1" and final[i].attempt == 1, final[i]
         assert [r[:2] for r in runs_of(rig, i)] == [("a1", 1)], "it ran once, on a1"
+    rig.check_archived(files)
+    rig.check_no_double_runs()
+
+
+@pytest.mark.rig(agent_grace=10.0)
+def test_an_agent_no_leader_answers_stops_its_transfers_within_its_lease(rig: Rig) -> None:
+    """Every replica freezes (SIGSTOP: their connections stay open, nothing
+    answers) while a1 copies two archives: no leader renews a1's lease, so
+    a1 stops both copies before the grace period could give them to
+    another agent, publishes nothing and leaves the files as they were.
+    Once the replicas are back, its completions (given back: no attempt
+    used) reach them, and the archives run again and succeed."""
+    rig.start()
+    rig.agent("a1", bandwidth="256K")
+    files = [rig.file(f"f{i}", 4 * MiB) for i in range(2)]  # 16 s each
+    ids = rig.submit("archive", [f for _, f, _ in files])
+    until(lambda: rig.running_on(ids, "a1"), 20, "both archives copying on a1")
+    pids = [p.pid for p in rig.cluster.procs.values()]
+    t_freeze = time.time()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        lease = (10.0 - 1.5) / 2  # coordinator.node.agent_lease(agent_grace, heartbeat 1, leader_fallback 1.5)
+
+        def stopped() -> list[tuple[str, int, int, float, float]]:
+            return [r for r in rig.cluster.agent_runs() if r[1] in ids and r[4] != float("inf")]
+
+        until(lambda: len(stopped()) == 2, lease + 10, "a1 to stop both copies")
+        ends = [r[4] for r in stopped()]
+        assert all(end - t_freeze < 10.0 - 1.5 for end in ends), (
+            f"a copy ran {max(ends) - t_freeze:.1f} s after the freeze: past its lease ({lease} s), within "
+            "reach of the grace period (10 s)")
+        log = (rig.cluster.logs / "a1.log").read_text()
+        assert log.count("renewed this agent's lease") == 2, log[-3000:]
+        for path, fid, _ in files:
+            obj = object_path(rig.archive, fid)
+            assert not obj.exists() and not list(obj.parent.glob(obj.name + "_tmp*")), "published after the lease"
+            assert rig.fs.hsm_state(path).flags == 0, "the file's HSM state is as it was"
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert rig.client is not None
+    final = rig.client.wait(ids, deadline=90)
+    for i in ids:
+        assert final[i].state == T.SUCCEEDED, final[i]
     rig.check_archived(files)
     rig.check_no_double_runs()
 
@@ -248,7 +293,7 @@ def test_cancel_waiting_running_and_by_fid_through_posix_movers(rig: Rig) -> Non
     for a in (final[i] for i in running):
         fid = Fid(a.fid.seq, a.fid.oid, a.fid.ver)
         obj = object_path(rig.archive, fid)
-        assert not obj.exists() and not obj.with_name(obj.name + "_tmp").exists(), "temporary object left"
+        assert not obj.exists() and not list(obj.parent.glob(obj.name + "_tmp*")), "temporary object left"
         assert not rig.fs.hsm_state(by_fid[fid][0]).flags & HS.ARCHIVED
 
     # the last one starts on a freed slot; cancel it by FID with hsmctl

@@ -76,6 +76,10 @@ class Job:
     #: the action's requesters, oldest first (the lustre backend begins and
     #: ends the action at the MDT with the cookies of its own fsname's MDT)
     requesters: tuple[Requester, ...] = ()
+    #: whether the result may still be published (an object renamed into
+    #: place, the action ended at the file system): False once the agent's
+    #: lease on the action ended, when another agent may run it already
+    may_publish: Callable[[], bool] = lambda: True
 
     def log_prefix(self) -> str:
         return f"action {self.action_id}/{self.attempt} {self.fid}"
@@ -209,7 +213,13 @@ def run_action(job: Job, mover: str, op: Callable[[Job, ActionHandle], int]) -> 
         err, msg = errno.EIO, f"internal error in {mover} mover: {exc!r}"
     finally:
         job.report = report
-    if stopped and err == errno.ECANCELED:
+    # the agent's lease on the action ended (the mover was stopped for it, or
+    # finished meanwhile): the action may run elsewhere now, and only that
+    # attempt may end it at the file system
+    lapsed = not job.may_publish()
+    if lapsed:
+        err, msg, retry = errno.ECANCELED, f"{kind_name(job.kind)} of {job.fid}: the agent's lease ended", True
+    if stopped and err == errno.ECANCELED and not lapsed:
         # the file system stopped it (its progress answered an error); a copy
         # that finished anyway still ends, and the MDT has the last word
         stop = stopped[0]
@@ -222,6 +232,8 @@ def run_action(job: Job, mover: str, op: Callable[[Job, ActionHandle], int]) -> 
     try:
         if err and give_back is not None and (retry or err == errno.ECANCELED):
             give_back(err)  # the file system's request stays open for the next attempt
+        elif lapsed:
+            handle.end(err, refused=True)  # as if this attempt never began: the file is left as it was
         else:
             handle.end(err, done)
     except OSError as exc:

@@ -12,12 +12,18 @@ Layout
     atime/mtime.
 
 Archive
-    The data is written to ``<obj>_tmp`` (also for an extent archive: the
+    The data is written to ``<obj>_tmp.<attempt>`` (lhsmtool_posix writes
+    ``<obj>_tmp``; a temporary object per attempt means two attempts never
+    write one file) (also for an extent archive: the
     range goes to the same offsets of the object, on top of a copy of the
     previous object if there is one, as lhsmtool_posix does in place), then
     fsynced, given its checksum and attributes, renamed onto ``<obj>`` and
     the directory is fsynced. A reader never sees a partial object under the
-    object name; a failed or cancelled archive deletes ``<obj>_tmp``.
+    object name; a failed or cancelled archive deletes its temporary
+    object, a successful one those of earlier attempts (and ``<obj>_tmp``).
+    The rename happens only while the agent's lease on the action holds
+    (``Job.may_publish``): an attempt cut off from the coordinators never
+    overwrites the object of the attempt that replaced it.
     ``handle.end(0)`` is called only once the object is durable. If ``end``
     then refuses the copy (EBUSY: the file changed meanwhile), the object
     stays: a complete, checksummed copy of the data as read, which the file
@@ -98,6 +104,31 @@ def object_path(archive_root: str | os.PathLike[str], fid: Fid) -> Path:
         (seq >> 48) & 0xFFFF,
     )
     return Path(archive_root).joinpath(*(f"{p:04x}" for p in parts), fid.bare)
+
+
+def _tmps(obj: Path, below: int | None = None) -> list[Path]:
+    """The temporary objects beside *obj*: lhsmtool_posix's ``<obj>_tmp``
+    and ``<obj>_tmp.<attempt>`` (only attempts below *below* when given)."""
+    base = obj.name + _TMP_SUFFIX
+    try:
+        names = [e.name for e in os.scandir(obj.parent) if e.name.startswith(base)]
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        rest = name[len(base):]
+        if rest == "" or (rest[:1] == "." and rest[1:].isdigit() and (below is None or int(rest[1:]) < below)):
+            out.append(obj.parent / name)
+    return sorted(out)
+
+
+def _remove_older_tmps(obj: Path, attempt: int, prefix: str) -> None:
+    """After a publish: remove temporary objects that earlier attempts of
+    the action left behind (an agent killed mid-copy), and lhsmtool_posix's
+    ``<obj>_tmp``. An earlier attempt no longer runs: its lease ended before
+    this attempt could be given out."""
+    for path in _tmps(obj, attempt):
+        _unlink_quiet(path, prefix)
 
 
 def _oserror(exc: OSError, what: str, *, archive_side: bool) -> MoverError:
@@ -326,7 +357,9 @@ class PosixMover:
     def _archive(self, job: Job, handle: ActionHandle) -> int:
         prefix = job.log_prefix()
         obj = object_path(self.archive_root, job.fid)
-        tmp = obj.with_name(obj.name + _TMP_SUFFIX)
+        # each attempt its own temporary object: two attempts (which the
+        # agents' leases keep apart in time) never write the same file
+        tmp = obj.with_name(f"{obj.name}{_TMP_SUFFIX}.{job.attempt}")
         info = handle.info()
         offset = job.offset
         length = job.length
@@ -360,8 +393,8 @@ class PosixMover:
                 raise _oserror(exc, f"cannot write {tmp}", archive_side=True) from exc
             finally:
                 os.close(fd)
-            if job.cancelled.is_set():
-                raise Cancelled
+            if job.cancelled.is_set() or not job.may_publish():
+                raise Cancelled  # (a lapsed lease: another attempt may own the object by now)
             try:
                 os.rename(tmp, obj)
                 renamed = True
@@ -371,6 +404,7 @@ class PosixMover:
         finally:
             if not renamed:
                 _unlink_quiet(tmp, prefix)
+        _remove_older_tmps(obj, job.attempt, prefix)
         return length
 
     def _fill_tmp(
@@ -609,7 +643,8 @@ class PosixMover:
         log.info("%s: removing %s", prefix, obj)
         for path in (
             obj,
-            *(obj.with_name(obj.name + s) for s in (*_SIDECAR_SUFFIXES, _TMP_SUFFIX)),
+            *(obj.with_name(obj.name + s) for s in _SIDECAR_SUFFIXES),
+            *_tmps(obj),
         ):
             try:
                 os.unlink(path)

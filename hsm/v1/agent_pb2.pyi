@@ -89,20 +89,22 @@ class Done(_message.Message):
     def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., errno: _Optional[int] = ..., message: _Optional[str] = ..., retry: _Optional[bool] = ..., bytes_done: _Optional[int] = ..., handback: _Optional[bool] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "ready", "progress", "done", "heartbeat", "running")
+    __slots__ = ("hello", "ready", "progress", "done", "heartbeat", "running", "lease_token")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     ready: Ready
     progress: _containers.RepeatedCompositeFieldContainer[Progress]
     done: _containers.RepeatedCompositeFieldContainer[Done]
     heartbeat: bool
     running: RunningReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[Progress, _Mapping]]] = ..., done: _Optional[_Iterable[_Union[Done, _Mapping]]] = ..., heartbeat: _Optional[bool] = ..., running: _Optional[_Union[RunningReport, _Mapping]] = ...) -> None: ...
+    lease_token: int
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[Progress, _Mapping]]] = ..., done: _Optional[_Iterable[_Union[Done, _Mapping]]] = ..., heartbeat: _Optional[bool] = ..., running: _Optional[_Union[RunningReport, _Mapping]] = ..., lease_token: _Optional[int] = ...) -> None: ...
 
 class RunningReport(_message.Message):
     __slots__ = ("actions", "token")
@@ -151,25 +153,41 @@ class CancelOrder(_message.Message):
     def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("replica", "heartbeat_interval", "cluster_id")
+    __slots__ = ("replica", "heartbeat_interval", "cluster_id", "lease_seconds", "acks_done")
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ACKS_DONE_FIELD_NUMBER: _ClassVar[int]
     replica: str
     heartbeat_interval: float
     cluster_id: str
-    def __init__(self, replica: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+    lease_seconds: float
+    acks_done: bool
+    def __init__(self, replica: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., cluster_id: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., acks_done: _Optional[bool] = ...) -> None: ...
+
+class LeaseGrant(_message.Message):
+    __slots__ = ("token", "shards")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    token: int
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, token: _Optional[int] = ..., shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("welcome", "assign", "cancel", "request_running", "backlog")
+    __slots__ = ("welcome", "assign", "cancel", "request_running", "backlog", "lease", "applied")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_RUNNING_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assign: _containers.RepeatedCompositeFieldContainer[Assignment]
     cancel: _containers.RepeatedCompositeFieldContainer[CancelOrder]
     request_running: int
     backlog: _coordinator_pb2.Slots
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[CancelOrder, _Mapping]]] = ..., request_running: _Optional[int] = ..., backlog: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ...) -> None: ...
+    lease: LeaseGrant
+    applied: _containers.RepeatedCompositeFieldContainer[RunningAction]
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[CancelOrder, _Mapping]]] = ..., request_running: _Optional[int] = ..., backlog: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ..., lease: _Optional[_Union[LeaseGrant, _Mapping]] = ..., applied: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ...) -> None: ...
