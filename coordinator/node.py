@@ -32,13 +32,25 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import hsm
 from coordinator import convert, scheduler
+from coordinator.agents import (
+    AGENT_LEASE_MIN_HEARTBEATS,
+    IN_FLIGHT_GRACE,
+    MAX_AGENT_ID,
+    AgentBook,
+    AgentIdInUse,
+    Held,
+    Session,
+    agent_lease,
+    backlog_hint,
+    reconcile,
+)
 from coordinator.cluster import ClusterSpec, ReplicaSpec
 from coordinator.convert import InvalidRequest
 from coordinator.raft import (
@@ -76,30 +88,6 @@ from hsm.wire import CLUSTER_METADATA_KEY, LEADER_METADATA_KEY, REPLICA_METADATA
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: heartbeat intervals without a message after which an agent's session lapses
-LEASE_HEARTBEATS = 3
-#: an action assigned this long before an agent's running report and missing
-#: from it may be an assignment still on its way (from a previous leader):
-#: the agent is asked again then, rather than the action stopped at once
-IN_FLIGHT_GRACE = 5.0
-#: an agent's lease is never shorter than this many heartbeat intervals
-#: (a shorter one would stop transfers whenever two renewals are late)
-AGENT_LEASE_MIN_HEARTBEATS = 3
-
-
-def agent_lease(agent_grace: float, heartbeat: float, leader_fallback: float) -> tuple[float, bool]:
-    """The lease an agent gets (``Welcome.lease_seconds``) and whether it is
-    safe. An agent cut off at time t was last confirmed at t or before (it
-    counts from when it sent its token). A replica may give its actions to
-    another agent ``agent_grace`` after it lost the agent or became leader,
-    and a leader cut off with the agent may confirm for up to
-    ``leader_fallback`` after a new leader was elected: the lease must end
-    before ``agent_grace - leader_fallback``. Half of that leaves the other
-    half for the mover to stop. Not safe (returned False, the caller warns)
-    when that is under the minimum of AGENT_LEASE_MIN_HEARTBEATS heartbeats."""
-    safe = (agent_grace - leader_fallback) / 2
-    floor = AGENT_LEASE_MIN_HEARTBEATS * heartbeat
-    return (safe, True) if safe >= floor else (floor, False)
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -184,27 +172,18 @@ class NodeConfig:
 
 
 @dataclass(eq=False)
-class AgentSession:
-    agent_id: str
-    host: str
-    archive_ids: tuple[int, ...]
-    slots: dict[Kind, int]
-    version: str
-    peer: str
-    connected_since: float
-    last_seen: float
-    credits: dict[Kind, int] = field(default_factory=lambda: {k: 0 for k in Kind})
-    #: RunningReport requests in flight: token -> when asked (this replica's clock)
-    resync: dict[int, float] = field(default_factory=dict)
+class AgentSession(Session):
+    """A session (coordinator/agents.py decides about it) and its stream."""
+
     out: asyncio.Queue[agent_pb2.CoordinatorMessage | None] = field(default_factory=asyncio.Queue)
-    alive: bool = True
-    backlog: dict[Kind, int] = field(default_factory=lambda: {k: 0 for k in Kind})  # last sent
-    sent: dict[Kind, int] = field(default_factory=lambda: {k: 0 for k in Kind})  # assignments sent, per kind
-    reask: bool = False  # a RunningReport request is scheduled
 
     def send(self, msg: agent_pb2.CoordinatorMessage) -> None:
         if self.alive:
             self.out.put_nowait(msg)
+
+    def end(self) -> None:
+        """End the Work stream (the servicer then calls agent_gone)."""
+        self.out.put_nowait(None)
 
 
 def _slots_from_pb(pb: coordinator_pb2.Slots) -> dict[Kind, int]:
@@ -245,12 +224,11 @@ class CoordinatorNode:
         self.me = config.me
         self.ring = Ring(self.cluster.shards, self.cluster.vnodes)
         self.shards: list[RaftShard] = []
-        self.sessions: dict[str, AgentSession] = {}
+        self.book = AgentBook(config.agent_grace, config.heartbeat_interval, session_type=AgentSession)
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self.leases_held: dict[str, str] = {}  # lease -> holder last answered here (to log changes)
         self._watchers: dict[int, set[asyncio.Queue[types_pb2.Action]]] = {}
         self._wake = asyncio.Event()
-        self._tokens = itertools.count(1)
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -364,9 +342,8 @@ class CoordinatorNode:
             t.cancel()
         for h in self._grace.values():
             h.cancel()
-        for s in list(self.sessions.values()):
-            s.alive = False
-            s.out.put_nowait(None)
+        for s in self.book.close():
+            cast(AgentSession, s).end()
         if self._server is not None:
             await self._server.stop(grace)
         for t in self._tasks:
@@ -461,18 +438,15 @@ class CoordinatorNode:
             # that vanished while another replica led get their grace period
             with shard.reading() as st:
                 held = {agent: [(a.id, a.attempt, a.state) for a in st.held_by(agent)] for agent in list(st.by_agent)}
-            for agent, actions in held.items():
-                session = self.sessions.get(agent)
-                if session is not None and session.alive:
-                    for action_id, attempt, state in actions:
-                        if state == State.CANCELING:
-                            self._send_cancel(agent, action_id, attempt, "canceled")
-                elif agent not in self._grace:
-                    self._start_grace(agent)
+            plan = self.book.leader_ready(held, self.clock())
+            for agent, action_id, attempt in plan.cancels:
+                self._send_cancel(agent, action_id, attempt, "canceled")
+            for agent in plan.grace:
+                self._grace_timer(agent)
             # ask every agent what it runs: what the old leader assigned but
             # never delivered is requeued, what no one holds is stopped
-            for session in self.sessions.values():
-                self._ask_running(session)
+            for session in plan.ask:
+                self._ask_running(cast(AgentSession, session))
             self._wake.set()
 
     def _send_cancel(self, agent: str, action_id: int, attempt: int, reason: str) -> None:
@@ -495,7 +469,7 @@ class CoordinatorNode:
                 progressed = True
                 while progressed:
                     progressed = False
-                    sessions = [s for s in self.sessions.values() if s.alive and any(s.credits.values())]
+                    sessions = cast(list[AgentSession], self.book.dispatchable())
                     if not sessions:
                         break
                     start = next(rr) % len(sessions)
@@ -513,9 +487,10 @@ class CoordinatorNode:
     async def _dispatch_to(self, session: AgentSession, per_round: int = 256) -> bool:
         sent = False
         for shard in self.shards:
-            if not shard.leader_ready or not any(session.credits.values()):
+            usable = session.usable()
+            if not shard.leader_ready or not any(usable.values()):
                 continue
-            credits = {k: min(v, per_round) for k, v in session.credits.items()}
+            credits = {k: min(v, per_round) for k, v in usable.items()}
             with shard.reading() as st:
                 ids = scheduler.pick(st, session.archive_ids, credits, session.agent_id)
             if not ids:
@@ -531,8 +506,7 @@ class CoordinatorNode:
                     if isinstance(eff, Assigned):
                         action = st.get(eff.action_id)
                         assert action is not None
-                        session.credits[action.kind] -= 1
-                        session.sent[action.kind] += 1
+                        self.book.assigned(session, action.kind)
                         assignments.append(convert.assignment_to_pb(action))
                         if log.isEnabledFor(logging.DEBUG):
                             log.debug("action %d/%d: %s %s assigned to %s", action.id, action.attempt,
@@ -553,22 +527,17 @@ class CoordinatorNode:
         for session in self.sessions.values():
             if not session.alive:
                 continue
-            backlog = {k: 0 for k in Kind}
+            ready = {k: 0 for k in Kind}
             for shard in led:
                 with shard.reading() as st:
                     if st.control != "enabled" or session.agent_id in st.drained:
                         continue
                     for (kind, archive_id), queue in st.ready.items():
                         if scheduler.serves(session.archive_ids, archive_id):
-                            backlog[kind] += len(queue)
-            backlog = {k: min(n, session.slots.get(k, 0)) for k, n in backlog.items()}
-            if stalled_only:
-                if any(backlog.values()) and not any(session.credits[k] for k, n in backlog.items() if n):
-                    session.send(agent_pb2.CoordinatorMessage(backlog=_slots_to_pb(backlog)))
-                continue
-            if backlog != session.backlog:
-                session.backlog = backlog
-                session.send(agent_pb2.CoordinatorMessage(backlog=_slots_to_pb(backlog)))
+                            ready[kind] += len(queue)
+            hint = backlog_hint(session, ready, stalled_only)
+            if hint is not None:
+                session.send(agent_pb2.CoordinatorMessage(backlog=_slots_to_pb(hint)))
 
     async def _reclaimer(self) -> None:
         """Leader side of the adaptive timeout: running actions whose agent
@@ -749,29 +718,23 @@ class CoordinatorNode:
 
     async def agent_hello(self, hello: agent_pb2.Hello, peer: str) -> AgentSession:
         agent_id = hello.agent_id
-        if not agent_id or len(agent_id) > 128:
-            raise InvalidRequest("hello: agent_id must be 1-128 characters")
+        if not agent_id or len(agent_id) > MAX_AGENT_ID:
+            raise InvalidRequest(f"hello: agent_id must be 1-{MAX_AGENT_ID} characters")
         if hello.cluster_id and hello.cluster_id != self.cluster.cluster_id:
             raise WrongCluster(
                 f"agent {agent_id} belongs to cluster {hello.cluster_id}; replica {self.me.id} "
                 f"at {self.address} is in cluster {self.cluster.cluster_id}")
-        old = self.sessions.get(agent_id)
-        now = self.clock()
-        if old is not None and old.alive and now - old.last_seen < self.lease:
-            raise FileExistsError(
-                f"agent id {agent_id!r} already has a live session from {old.peer}; "
-                "give each agentd its own --agent-id")
-        if old is not None and old.alive:
-            old.alive = False
-            old.out.put_nowait(None)
+        try:
+            new, old = self.book.hello(agent_id, hello.host, tuple(hello.archive_ids), _slots_from_pb(hello.slots),
+                                       hello.version, peer, self.clock())
+        except AgentIdInUse as exc:
+            raise FileExistsError(str(exc)) from None
+        if old is not None:
+            cast(AgentSession, old).end()
         timer = self._grace.pop(agent_id, None)
         if timer is not None:
             timer.cancel()
-        session = AgentSession(
-            agent_id=agent_id, host=hello.host, archive_ids=tuple(hello.archive_ids),
-            slots=_slots_from_pb(hello.slots), version=hello.version, peer=peer,
-            connected_since=now, last_seen=now)
-        self.sessions[agent_id] = session
+        session = cast(AgentSession, new)
         self._wake.set()  # tells it its backlog, even before it grants credits here
         log.info("agent %s connected from %s (host %s, archive ids %s)", agent_id, peer, hello.host,
                  ",".join(map(str, session.archive_ids)) or "all")
@@ -784,37 +747,20 @@ class CoordinatorNode:
         what it lost, stop what it should not be running. With *before*
         (the time the report was asked for), actions assigned since then
         are not counted as lost: the report may predate their assignment."""
-        announced = dict(running)
         for shard in self.shards:
             if not shard.leader_ready:
                 continue
-            lost = []
-            recent = 0
             with shard.reading() as st:
-                held = [(a.id, a.attempt, a.state, a.error, a.started) for a in st.held_by(session.agent_id)
-                        if before is None or a.started < before]
-                strangers = []
-                for action_id, attempt in running:
-                    if action_id % MAX_SHARDS != shard.index:
-                        continue
-                    a = st.get(action_id)
-                    if a is None or a.agent != session.agent_id or a.attempt != attempt or \
-                            a.state not in (State.STARTED, State.CANCELING):
-                        strangers.append((action_id, attempt))
-            for action_id, attempt, state, error, started in held:
-                if announced.get(action_id) == attempt:
-                    if state == State.CANCELING:
-                        self._send_cancel(session.agent_id, action_id, attempt, error)
-                elif before is not None and before - started < IN_FLIGHT_GRACE:
-                    recent += 1  # assigned just before the question: maybe still on its way
-                else:
-                    lost.append(action_id)
-            if recent and session.alive and not session.reask:
-                session.reask = True
+                held = [Held(a.id, a.attempt, a.state, a.error, a.started) for a in st.held_by(session.agent_id)]
+            plan = reconcile(shard.index, running, held, before)
+            for action_id, attempt, error in plan.cancels:
+                self._send_cancel(session.agent_id, action_id, attempt, error)
+            lost = list(plan.lost)
+            if plan.recent and self.book.reask_later(session):
                 log.info("shard %d: %d action(s) of %s assigned moments before its report; asking again in "
-                         "%.0f s", shard.index, recent, session.agent_id, IN_FLIGHT_GRACE)
+                         "%.0f s", shard.index, plan.recent, session.agent_id, IN_FLIGHT_GRACE)
                 asyncio.get_running_loop().call_later(IN_FLIGHT_GRACE, self._ask_running, session)
-            for action_id, attempt in strangers:
+            for action_id, attempt in plan.strangers:
                 log.info("action %d/%d: agent %s runs it but does not hold it; told to stop",
                          action_id, attempt, session.agent_id)
                 session.send(agent_pb2.CoordinatorMessage(cancel=[
@@ -833,15 +779,12 @@ class CoordinatorNode:
 
     def _ask_running(self, session: AgentSession) -> None:
         """Ask an agent for a RunningReport (answered through reconcile)."""
-        session.reask = False
-        if not session.alive:
-            return
-        token = next(self._tokens)
-        session.resync[token] = self.clock()
-        session.send(agent_pb2.CoordinatorMessage(request_running=token))
+        token = self.book.ask_running(session, self.clock())
+        if token:
+            session.send(agent_pb2.CoordinatorMessage(request_running=token))
 
     async def agent_message(self, session: AgentSession, msg: agent_pb2.AgentMessage) -> None:
-        session.last_seen = self.clock()
+        self.book.heard(session, self.clock())
         if msg.lease_token:
             # renews the agent's lease for the shards this replica leads with
             # a current state (a leader cut off from the others stops leading
@@ -851,29 +794,25 @@ class CoordinatorNode:
         if msg.progress or msg.done:
             await self.route_reports(session.agent_id, msg.progress, msg.done, session)
         if msg.HasField("running"):
-            asked = session.resync.pop(msg.running.token, None)
+            asked = self.book.answered(session, msg.running.token)
             if asked is None:
                 log.warning("agent %s sent a running report nobody asked for; ignored", session.agent_id)
             else:
                 await self.reconcile(session, [(r.action_id, r.attempt) for r in msg.running.actions],
                                      before=asked)
         if msg.HasField("ready"):
-            if msg.ready.absolute:
-                # what the agent holds for this stream, less the assignments
-                # on their way to it (they will use some of those credits)
-                seen = _slots_from_pb(msg.ready.seen)
-                for kind, n in _slots_from_pb(msg.ready.credits).items():
-                    session.credits[kind] = max(0, n - (session.sent[kind] - seen[kind]))
-            else:
-                for kind, n in _slots_from_pb(msg.ready.credits).items():
-                    session.credits[kind] += n
+            self.book.ready(session, _slots_from_pb(msg.ready.credits), msg.ready.absolute,
+                            _slots_from_pb(msg.ready.seen))
             self._wake.set()
 
     @property
+    def sessions(self) -> dict[str, AgentSession]:
+        return cast(dict[str, AgentSession], self.book.sessions)
+
+    @property
     def lease(self) -> float:
-        """An agent session lapses after this long without a message (its
-        streams send at least a heartbeat every ``heartbeat_interval``)."""
-        return LEASE_HEARTBEATS * self.config.heartbeat_interval
+        """An agent session lapses after this long without a message."""
+        return self.book.lease
 
     async def _lease_keeper(self) -> None:
         """End the session of an agent that went silent (hung, or cut off
@@ -883,35 +822,31 @@ class CoordinatorNode:
             await asyncio.sleep(self.config.heartbeat_interval / 2)
             self._send_backlogs(stalled_only=True)
             now = self.clock()
-            for session in list(self.sessions.values()):
-                if session.alive and now - session.last_seen > self.lease:
-                    log.warning("agent %s sent nothing for %.1f s (lease %.1f s): its session is ended",
-                                session.agent_id, now - session.last_seen, self.lease)
-                    session.out.put_nowait(None)  # the Work stream ends; agent_gone starts the grace period
+            for session in self.book.lapsed(now):
+                log.warning("agent %s sent nothing for %.1f s (lease %.1f s): its session is ended",
+                            session.agent_id, now - session.last_seen, self.lease)
+                cast(AgentSession, session).end()  # agent_gone then starts the grace period
 
     def agent_gone(self, session: AgentSession) -> None:
-        if self.sessions.get(session.agent_id) is not session:
+        if self.book.gone(session, self.clock()) is None:
             return  # replaced by a newer session
-        session.alive = False
-        session.credits = {k: 0 for k in Kind}
         log.warning("agent %s disconnected; its actions are requeued in %.0f s unless it returns",
                     session.agent_id, self.config.agent_grace)
-        self._start_grace(session.agent_id)
+        self._grace_timer(session.agent_id)
 
-    def _start_grace(self, agent_id: str) -> None:
-        loop = asyncio.get_running_loop()
+    def _grace_timer(self, agent_id: str) -> None:
+        """Carry out the grace period the book started for *agent_id*."""
+        end = self.book.grace[agent_id]
         old = self._grace.pop(agent_id, None)
         if old is not None:
             old.cancel()
-        self._grace[agent_id] = loop.call_later(
-            self.config.agent_grace, lambda: asyncio.ensure_future(self._expire(agent_id)))
+        self._grace[agent_id] = asyncio.get_running_loop().call_later(
+            max(0.0, end - self.clock()), lambda: asyncio.ensure_future(self._expire(agent_id, end)))
 
-    async def _expire(self, agent_id: str) -> None:
+    async def _expire(self, agent_id: str, end: float) -> None:
         self._grace.pop(agent_id, None)
-        session = self.sessions.get(agent_id)
-        if session is not None and session.alive:
+        if not self.book.expire(agent_id, end):
             return
-        self.sessions.pop(agent_id, None)
         log.warning("agent %s did not come back within %.0f s: requeueing its actions", agent_id,
                     self.config.agent_grace)
         for shard in self.shards:

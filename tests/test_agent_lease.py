@@ -1,5 +1,5 @@
 """The agent's lease on its actions (agentd/lease.py, pure) and the
-coordinator's choice of its length (coordinator.node.agent_lease).
+coordinator's choice of its length (coordinator.agents.agent_lease).
 
 The promise: an agent cut off from the leaders stops an action before any
 replica may give it to another agent. The property test below plays a
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentd.lease import KEEP_TOKENS, Leases
-from coordinator.node import AGENT_LEASE_MIN_HEARTBEATS, agent_lease
+from coordinator.agents import AGENT_LEASE_MIN_HEARTBEATS, agent_lease
 
 A = 8 * 1000 + 3  # an action of shard 3 (action ids carry their shard modulo 1000)
 B = 8 * 1000 + 5  # shard 5

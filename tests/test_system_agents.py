@@ -206,7 +206,7 @@ def test_an_agent_no_leader_answers_stops_its_transfers_within_its_lease(rig: Ri
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
-        lease = (10.0 - 1.5) / 2  # coordinator.node.agent_lease(agent_grace, heartbeat 1, leader_fallback 1.5)
+        lease = (10.0 - 1.5) / 2  # coordinator.agents.agent_lease(agent_grace, heartbeat 1, leader_fallback 1.5)
 
         def stopped() -> list[tuple[str, int, int, float, float]]:
             return [r for r in rig.cluster.agent_runs() if r[1] in ids and r[4] != float("inf")]
