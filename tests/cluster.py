@@ -26,14 +26,17 @@ from hsm.v1 import coordinator_pb2_grpc
 ENV = dict(os.environ, GRPC_ENABLE_FORK_SUPPORT="false")
 
 
-def until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+def until(cond: Callable[[], Any], timeout: float, what: str | Callable[[], str], interval: float = 0.05) -> Any:
+    """Poll *cond* until it is true; on timeout fail with *what* (a
+    callable is asked for the message only then)."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            msg = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {msg}")
         time.sleep(interval)
 
 

@@ -28,6 +28,7 @@ on past the grace period, and the test must fail with overlapping runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -35,7 +36,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +50,7 @@ from coordinator import config as cfgmod
 from coordinator.cluster import ReplicaSpec
 from hsm.fid import Fid
 from hsm.simfs import SimFS
+from tests.cluster import until as cluster_until
 from tests.netns import Host, Network, unavailable
 
 pytestmark = pytest.mark.slow
@@ -101,18 +103,8 @@ sys.exit(main(sys.argv[1:]))
 LEASELESS = os.environ.get("HSM_NETNS_LEASELESS_AGENTS", "") not in ("", "0")
 
 
-def until(cond: Callable[[], Any], timeout: float, what: Callable[[], str] | str, interval: float = 0.25) -> Any:
-    """Poll *cond* until it is true; on timeout fail with *what* (a
-    callable is asked for the message only then)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            msg = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {msg}")
-        time.sleep(interval)
+#: the checks here run subprocesses in the client's namespace: poll gently
+until = functools.partial(cluster_until, interval=0.25)
 
 
 # ---------------------------------------------------------------------------
