@@ -677,15 +677,18 @@ class AgentCore:
                          True, handback=True)
             return
         if self.free_slots(kind) < 1:
-            # credits moved to another stream while this was on its way
-            self._refuse(stream, a, _errno.EAGAIN, f"no free {kind_name(kind).lower()} slot on this agent", True,
-                         handback=True)
+            self._refuse_no_slot(stream, a)  # credits moved to another stream while this was on its way
             return
         job = self._job_of(stream, a)
         if job is None:
             return
         self.leases.assigned(a.action_id, now)
         self._start(stream, job, now)
+
+    def _refuse_no_slot(self, stream: str, a: agent_pb2.Assignment) -> None:
+        """An assignment beyond the credits with no free slot: given back, no attempt used."""
+        self._refuse(stream, a, _errno.EAGAIN, f"no free {kind_name(a.kind).lower()} slot on this agent", True,
+                     handback=True)
 
     def _job_of(self, stream: str, a: agent_pb2.Assignment) -> JobSpec | None:
         """The job of an assignment, or None after refusing it (bad FID, other fs)."""
@@ -732,9 +735,7 @@ class AgentCore:
             self._log(logging.INFO, "action %d/%d: not started, the agent is stopping", a.action_id, a.attempt)
             return
         if self.free_slots(int(a.kind)) < 1 and old is None:
-            # beyond the credits: given back, no attempt used
-            self._refuse(stream, a, _errno.EAGAIN, f"no free {kind_name(a.kind).lower()} slot on this agent", True,
-                         handback=True)
+            self._refuse_no_slot(stream, a)
             return
         job = self._job_of(stream, a)
         if job is None:

@@ -618,7 +618,7 @@ class CoordinatorNode:
 
     def agent_known(self, agent_id: str) -> bool:
         """Connected here, in its grace period, holding actions or drained."""
-        if agent_id in self.sessions:
+        if self.book.known(agent_id):
             return True
         for shard in self.shards:
             with shard.reading() as st:
