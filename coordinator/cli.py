@@ -128,15 +128,15 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _serve(cfg: object) -> int:
-    from coordinator.node import CoordinatorNode, NodeConfig
+    from coordinator.node import NodeConfig
+    from coordinator.server import start_replica
 
     assert isinstance(cfg, NodeConfig)
-    node = CoordinatorNode(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await node.start()
+    node = await start_replica(cfg)
     print(f"hsm-coordinator: replica {cfg.replica_id} serving on {node.address}", flush=True)
 
     async def notify_ready() -> None:

@@ -64,8 +64,8 @@ from coordinator.raft import (
 from coordinator.state import (
     MAX_SHARDS,
     AgentLost,
-    Assign,
     Assigned,
+    AssignRound,
     Changed,
     Command,
     Complete,
@@ -256,7 +256,10 @@ class CoordinatorNode:
                            remember_ends=c.remember_ends, remember_for=c.remember_for,
                            progress_timeout=c.progress_timeout)
 
-    async def start(self) -> None:
+    async def start(self, register: Callable[[grpc.aio.Server], None]) -> None:
+        """Open the shards, then serve: *register* adds the API services
+        to the gRPC server (``coordinator.server`` composes them; this
+        module does not know them), beside the health service."""
         loop = asyncio.get_running_loop()
         raft_host = self.config.raft_bind
         for i in range(self.cluster.shards):
@@ -270,12 +273,9 @@ class CoordinatorNode:
                 preferred_leader=self.cluster.preferred_leader(i).raft_addr(i) if len(self.cluster.replicas) > 1 else None,
                 wants_effects=self._watchers.__len__,
             ))
-        from coordinator.servicers import AgentServicer, CoordinatorServicer
-
         server = grpc.aio.server(options=GRPC_OPTIONS,
                                  interceptors=[IdentityInterceptor(self.cluster.cluster_id, self.me.id)])
-        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self), server)
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self), server)
+        register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         listen = self.config.listen or self.me.api
         try:
@@ -466,16 +466,8 @@ class CoordinatorNode:
             await self._wake.wait()
             self._wake.clear()
             try:
-                progressed = True
-                while progressed:
-                    progressed = False
-                    sessions = cast(list[AgentSession], self.book.dispatchable())
-                    if not sessions:
-                        break
-                    start = next(rr) % len(sessions)
-                    for s in sessions[start:] + sessions[:start]:
-                        if await self._dispatch_to(s):
-                            progressed = True
+                while await self._dispatch_round(next(rr)):
+                    pass
                 self._send_backlogs()
             except asyncio.CancelledError:
                 raise
@@ -484,37 +476,59 @@ class CoordinatorNode:
                 await asyncio.sleep(0.5)
                 self._wake.set()
 
-    async def _dispatch_to(self, session: AgentSession, per_round: int = 256) -> bool:
-        sent = False
-        for shard in self.shards:
-            usable = session.usable()
-            if not shard.leader_ready or not any(usable.values()):
-                continue
-            credits = {k: min(v, per_round) for k, v in usable.items()}
+    async def _dispatch_round(self, turn: int, per_round: int = 256) -> bool:
+        """One round: every shard led here offered to every agent with
+        credits (``scheduler.plan``, starting with another agent and
+        another shard each turn), one ``AssignRound`` per shard, proposed
+        together. True if anything was assigned."""
+        sessions = cast(list[AgentSession], self.book.dispatchable())
+        led = [s for s in self.shards if s.leader_ready]
+        if not sessions or not led:
+            return False
+        k = turn % len(sessions)
+        sessions = sessions[k:] + sessions[:k]
+        k = turn % len(led)
+        led = led[k:] + led[:k]
+        offers = [scheduler.Offer(s.agent_id, s.archive_ids, {k: min(v, per_round) for k, v in s.usable().items()})
+                  for s in sessions]
+        rounds = []
+        for shard in led:
+            if not any(o.wants() for o in offers):
+                break
             with shard.reading() as st:
-                ids = scheduler.pick(st, session.archive_ids, credits, session.agent_id)
-            if not ids:
-                continue
-            try:
-                res = await self.propose(shard, Assign(self.clock(), session.agent_id, tuple(ids)))
-            except ShardUnavailable as exc:
-                log.info("shard %d: no dispatch: %s", shard.index, exc)
-                continue
-            assignments = []
-            with shard.reading() as st:
-                for eff in res.effects:
-                    if isinstance(eff, Assigned):
-                        action = st.get(eff.action_id)
-                        assert action is not None
-                        self.book.assigned(session, action.kind)
-                        assignments.append(convert.assignment_to_pb(action))
-                        if log.isEnabledFor(logging.DEBUG):
-                            log.debug("action %d/%d: %s %s assigned to %s", action.id, action.attempt,
-                                      action.kind.name, action.fid, session.agent_id)
-            if assignments:
-                session.send(agent_pb2.CoordinatorMessage(assign=assignments))
-                sent = True
-        return sent
+                planned = scheduler.plan(st, offers)
+            if planned:
+                rounds.append((shard, AssignRound(self.clock(), planned)))
+        if not rounds:
+            return False
+        by_agent = {s.agent_id: s for s in sessions}
+        sent = await asyncio.gather(*(self._assign(shard, cmd, by_agent) for shard, cmd in rounds))
+        return any(sent)
+
+    async def _assign(self, shard: RaftShard, cmd: AssignRound, sessions: dict[str, AgentSession]) -> bool:
+        """Commit one shard's round and send each agent its assignments, on
+        the session the round was planned for (a session that ended
+        meanwhile sends nothing: its agent learns on reconnect, through
+        reconcile, or its actions are requeued after the grace period)."""
+        try:
+            res = await self.propose(shard, cmd)
+        except ShardUnavailable as exc:
+            log.info("shard %d: no dispatch: %s", shard.index, exc)
+            return False
+        per_agent: dict[str, list[agent_pb2.Assignment]] = {}
+        with shard.reading() as st:
+            for eff in res.effects:
+                if isinstance(eff, Assigned):
+                    action = st.get(eff.action_id)
+                    assert action is not None
+                    self.book.assigned(sessions[eff.agent], action.kind)
+                    per_agent.setdefault(eff.agent, []).append(convert.assignment_to_pb(action))
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("action %d/%d: %s %s assigned to %s", action.id, action.attempt,
+                                  action.kind.name, action.fid, eff.agent)
+        for agent, assignments in per_agent.items():
+            sessions[agent].send(agent_pb2.CoordinatorMessage(assign=assignments))
+        return bool(per_agent)
 
     def _send_backlogs(self, stalled_only: bool = False) -> None:
         """Tell each agent how much work for it is ready on the shards this

@@ -5,11 +5,18 @@ archive can wait), FIFO within a class, only actions whose archive id the
 agent serves (an agent serving no explicit archive ids, or id 0, serves all).
 Cost is O(picked x archive ids served): the ready queues hold only actions
 that may start now, so nothing scans the waiting queue.
+
+A dispatcher round (:func:`plan`) offers each shard to every agent with
+credits, in the order given (the caller rotates it), and spends each
+agent's credits as it goes: the whole round on a shard becomes one
+``AssignRound`` command, and no agent is offered more than it granted
+across all the shards of the round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from coordinator.state import KIND_PRIORITY, Kind, ShardState
 
@@ -23,11 +30,13 @@ def pick(
     agent_archive_ids: Collection[int],
     credits: Mapping[Kind, int],
     agent: str = "",
+    taken: Collection[int] = (),
 ) -> list[int]:
     """Choose up to ``credits[kind]`` ready actions of each kind for an
-    agent. Does not change *state*: the caller commits an ``Assign``.
-    Nothing while the shard's control mode is not ``enabled``, nor for an
-    agent that is drained."""
+    agent, none of *taken* (picked for another agent this round). Does not
+    change *state*: the caller commits an ``Assign``. Nothing while the
+    shard's control mode is not ``enabled``, nor for an agent that is
+    drained."""
     picked: list[int] = []
     if state.control != "enabled" or agent in state.drained:
         return picked
@@ -43,11 +52,15 @@ def pick(
         if len(iters) == 1:
             it = iters[0]
             for action_id in it:
+                if action_id in taken:
+                    continue
                 picked.append(action_id)
                 want -= 1
                 if not want:
                     break
             continue
+        if taken:
+            iters = [(i for i in it if i not in taken) for it in iters]
         heads: list[int | None] = [next(it, None) for it in iters]
         while want:
             best = -1
@@ -60,3 +73,37 @@ def pick(
             heads[best] = next(iters[best], None)
             want -= 1
     return picked
+
+
+@dataclass(slots=True)
+class Offer:
+    """What one agent may still be given in a dispatcher round: its credits
+    per kind, spent as :func:`plan` picks for it."""
+
+    agent: str
+    archive_ids: Collection[int]
+    credits: dict[Kind, int]
+
+    def wants(self) -> bool:
+        return any(v > 0 for v in self.credits.values())
+
+
+def plan(state: ShardState, offers: Sequence[Offer]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """One shard's part of a dispatcher round: for each offer in turn, what
+    :func:`pick` gives it among what is still ready, its credits spent.
+    The result is the ``assignments`` of an ``AssignRound``; empty when
+    there is nothing to give."""
+    taken: set[int] = set()
+    out: list[tuple[str, tuple[int, ...]]] = []
+    actions = state.actions
+    for offer in offers:
+        if not offer.wants():
+            continue
+        ids = pick(state, offer.archive_ids, offer.credits, offer.agent, taken)
+        if not ids:
+            continue
+        taken.update(ids)
+        for i in ids:
+            offer.credits[actions[i].kind] -= 1
+        out.append((offer.agent, tuple(ids)))
+    return tuple(out)

@@ -173,6 +173,16 @@ class Assign:
     action_ids: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class AssignRound:
+    """One dispatcher round on a shard: WAITING actions handed to several
+    agents, one Raft command for all of them. Each agent's ids are applied
+    as an ``Assign`` of their own, in order."""
+
+    now: float
+    assignments: tuple[tuple[str, tuple[int, ...]], ...]
+
+
 class ProgressReport(NamedTuple):
     action_id: int
     attempt: int
@@ -308,7 +318,7 @@ class Lease:
     ttl: float
 
 
-Command = Submit | Assign | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent | Lease
+Command = Submit | Assign | AssignRound | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent | Lease
 
 
 def _pickle_by_fields(cls: type) -> None:
@@ -324,7 +334,7 @@ def _pickle_by_fields(cls: type) -> None:
     setattr(cls, "__reduce__", reduce)  # noqa: B010
 
 
-for _cls in (Submit, Assign, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent,
+for _cls in (Submit, Assign, AssignRound, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent,
              Lease):
     _pickle_by_fields(_cls)
 
@@ -606,7 +616,14 @@ class ShardState:
         if isinstance(cmd, Submit):
             return self._submit(cmd)
         if isinstance(cmd, Assign):
-            return self._assign(cmd)
+            res = Result()
+            self._assign(cmd.now, cmd.agent, cmd.action_ids, res)
+            return res
+        if isinstance(cmd, AssignRound):
+            res = Result()
+            for agent, action_ids in cmd.assignments:
+                self._assign(cmd.now, agent, action_ids, res)
+            return res
         if isinstance(cmd, Progress):
             return self._progress(cmd)
         if isinstance(cmd, Complete):
@@ -731,11 +748,10 @@ class ShardState:
         effects.append(Changed(action_id))
         return SubmitReply(Outcome.CREATED, action_id)
 
-    def _assign(self, cmd: Assign) -> Result:
-        res = Result()
-        if self.control != "enabled" or cmd.agent in self.drained:
-            return res  # disabled, shut down or agent drained since the scheduler looked
-        for action_id in cmd.action_ids:
+    def _assign(self, now: float, agent: str, action_ids: tuple[int, ...], res: Result) -> None:
+        if self.control != "enabled" or agent in self.drained:
+            return  # disabled, shut down or agent drained since the scheduler looked
+        for action_id in action_ids:
             action = self.actions.get(action_id)
             if action is None or action.state != State.WAITING:
                 continue  # canceled or assigned since the scheduler looked
@@ -746,17 +762,16 @@ class ShardState:
             if not queue:
                 del self.ready[(action.kind, action.archive_id)]
             self._transition(action, Ev.ASSIGN)
-            action.agent = cmd.agent
+            action.agent = agent
             action.attempt += 1
-            action.started = cmd.now
-            action.last_progress = cmd.now
+            action.started = now
+            action.last_progress = now
             action.bytes_done = 0
             action.bytes_total = 0
-            self.by_agent.setdefault(cmd.agent, {})[action_id] = None
-            res.effects.append(Assigned(cmd.agent, action_id, action.attempt))
+            self.by_agent.setdefault(agent, {})[action_id] = None
+            res.effects.append(Assigned(agent, action_id, action.attempt))
             res.effects.append(Changed(action_id))
             res.replies.append(action_id)
-        return res
 
     def _held(self, action_id: int, attempt: int) -> Action | None:
         """The action if this attempt of it is still running, else None."""

@@ -15,6 +15,7 @@ import pytest
 from coordinator.cluster import ClusterSpec, ReplicaSpec, free_ports
 from coordinator.node import CoordinatorNode, NodeConfig
 from coordinator.raft import RaftTuning
+from coordinator.server import services
 
 
 class RunningCoordinator:
@@ -31,7 +32,7 @@ class RunningCoordinator:
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
 
     async def _start(self) -> None:
-        await self.node.start()
+        await self.node.start(services(self.node))
         await asyncio.wait_for(self.node.ready.wait(), 20)
         while not all(s.leader_ready for s in self.node.shards):
             await asyncio.sleep(0.01)

@@ -361,3 +361,21 @@ def test_control_disabled_queues_and_shutdown_refuses(coordinator: Any, stub: An
     with pytest.raises(grpc.RpcError) as exc:
         stub.Control(C.ControlRequest(mode="paused"))
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_replica_is_composed_in_one_place_without_an_import_loop() -> None:
+    """node.py serves whatever it is given; the servicers call the node;
+    only coordinator/server.py knows both (no node <-> servicers loop)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "coordinator"
+
+    def imports(name: str) -> set[str]:
+        tree = ast.parse((root / name).read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
+               {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    assert not imports("node.py") & {"coordinator.servicers", "coordinator.server"}
+    assert "coordinator.server" not in imports("servicers.py")
+    assert {"coordinator.node", "coordinator.servicers"} <= imports("server.py")
