@@ -383,16 +383,22 @@ class CoordinatorNode:
     async def propose(self, shard: RaftShard, cmd: Command, attempts: int = 3) -> Result:
         """Replicate one command; retried on timeout (commands are idempotent:
         submits by key, the others by action id and attempt)."""
+        [res] = await self.propose_all(shard, (cmd,), attempts)
+        return res
+
+    async def propose_all(self, shard: RaftShard, cmds: Sequence[Command], attempts: int = 3) -> list[Result]:
+        """Replicate commands in one Raft entry, applied in order; retried
+        on timeout like :meth:`propose`."""
         for attempt in range(1, attempts + 1):
             try:
-                [res] = await shard.propose(cmd, self.config.propose_timeout)
-                return res
+                return await shard.propose(list(cmds), self.config.propose_timeout)
             except NotLeader as exc:
                 r = self.cluster.by_raft_addr(shard.index, exc.leader)
                 raise ShardUnavailable(shard.index, r.api if r else "") from None
             except ProposalTimeout:
                 log.warning("shard %d: %s not confirmed in %.0f s (try %d of %d)", shard.index,
-                            type(cmd).__name__, self.config.propose_timeout, attempt, attempts)
+                            "+".join(type(c).__name__ for c in cmds), self.config.propose_timeout, attempt,
+                            attempts)
             except RaftError as exc:
                 raise ShardUnavailable(shard.index, "", f"shard {shard.index}: {exc}") from None
         raise ShardUnavailable(shard.index, "", f"shard {shard.index}: the cluster did not confirm the "
@@ -544,11 +550,7 @@ class CoordinatorNode:
             ready = {k: 0 for k in Kind}
             for shard in led:
                 with shard.reading() as st:
-                    if st.control != "enabled" or session.agent_id in st.drained:
-                        continue
-                    for (kind, archive_id), queue in st.ready.items():
-                        if scheduler.serves(session.archive_ids, archive_id):
-                            ready[kind] += len(queue)
+                    scheduler.count_ready(st, session.agent_id, session.archive_ids, ready)
             hint = backlog_hint(session, ready, stalled_only)
             if hint is not None:
                 session.send(agent_pb2.CoordinatorMessage(backlog=_slots_to_pb(hint)))
@@ -694,17 +696,22 @@ class CoordinatorNode:
 
     async def _apply_reports(self, agent_id: str, shard: RaftShard, progress: Sequence[agent_pb2.Progress],
                              done: Sequence[agent_pb2.Done]) -> None:
+        """Progress and completions of one message for one shard: one entry."""
+        cmds: list[Command] = []
+        now = self.clock()
         if progress:
-            await self.propose(shard, Progress(self.clock(), tuple(
+            cmds.append(Progress(now, tuple(
                 ProgressReport(p.action_id, p.attempt, p.bytes_done, p.bytes_total) for p in progress)))
         if done:
             for d in done:
                 if d.errno:  # successes are per-action noise at 10k/s; the agent logs each one
                     log.info("action %d/%d: ended on %s with errno %d: %s", d.action_id, d.attempt, agent_id,
                              d.errno, d.message)
-            await self.propose(shard, Complete(self.clock(), tuple(
+            cmds.append(Complete(now, tuple(
                 Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done, d.handback)
                 for d in done)))
+        if cmds:
+            await self.propose_all(shard, cmds)
 
     async def route_reports(self, agent_id: str, progress: Sequence[agent_pb2.Progress],
                             done: Sequence[agent_pb2.Done], session: AgentSession | None = None) -> None:
@@ -717,16 +724,19 @@ class CoordinatorNode:
         for d in done:
             if (s := self.shard_of_action(d.action_id)) is not None:
                 per_shard.setdefault(s.index, ([], []))[1].append(d)
-        for idx, (ps, ds) in per_shard.items():
-            shard = self.shards[idx]
+
+        async def one(shard: RaftShard, ps: list[agent_pb2.Progress], ds: list[agent_pb2.Done]) -> None:
             if shard.is_leader:
                 try:
                     await self._apply_reports(agent_id, shard, ps, ds)
                     self._ack(session, ds)
-                    continue
+                    return
                 except ShardUnavailable:
                     pass
             asyncio.ensure_future(self.forward_report(agent_id, shard, ps, ds, session))
+
+        # the shards' entries are committed together, not one after another
+        await asyncio.gather(*(one(self.shards[idx], ps, ds) for idx, (ps, ds) in per_shard.items()))
 
     # --------------------------------------------------------------- agents
 
@@ -805,6 +815,12 @@ class CoordinatorNode:
             # within raft leader_fallback: agent_lease counts it)
             session.send(agent_pb2.CoordinatorMessage(lease=agent_pb2.LeaseGrant(
                 token=msg.lease_token, shards=[s.index for s in self.shards if s.leader_ready])))
+        if msg.HasField("ready"):
+            # the grant that rides on completions counts at once: the slots
+            # they freed are refilled while the completions are committed
+            self.book.ready(session, _slots_from_pb(msg.ready.credits), msg.ready.absolute,
+                            _slots_from_pb(msg.ready.seen))
+            self._wake.set()
         if msg.progress or msg.done:
             await self.route_reports(session.agent_id, msg.progress, msg.done, session)
         if msg.HasField("running"):
@@ -814,10 +830,6 @@ class CoordinatorNode:
             else:
                 await self.reconcile(session, [(r.action_id, r.attempt) for r in msg.running.actions],
                                      before=asked)
-        if msg.HasField("ready"):
-            self.book.ready(session, _slots_from_pb(msg.ready.credits), msg.ready.absolute,
-                            _slots_from_pb(msg.ready.seen))
-            self._wake.set()
 
     @property
     def sessions(self) -> dict[str, AgentSession]:

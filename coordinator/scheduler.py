@@ -75,6 +75,17 @@ def pick(
     return picked
 
 
+def count_ready(state: ShardState, agent: str, agent_archive_ids: Collection[int], into: dict[Kind, int]) -> None:
+    """Add to *into* how many actions of each kind *state* could give this
+    agent now (what its backlog hint tells it); nothing while the shard is
+    not enabled or the agent is drained."""
+    if state.control != "enabled" or agent in state.drained:
+        return
+    for (kind, archive_id), queue in state.ready.items():
+        if serves(agent_archive_ids, archive_id):
+            into[kind] += len(queue)
+
+
 @dataclass(slots=True)
 class Offer:
     """What one agent may still be given in a dispatcher round: its credits

@@ -138,3 +138,18 @@ def test_a_round_equals_one_assign_per_agent_and_never_exceeds_credits(
                {i: (a.state, a.agent, a.attempt) for i, a in twin.actions.items()}
     for agent, per in got.items():
         assert all(per[k] <= wanted[agent][k] for k in Kind)
+
+
+def test_the_backlog_an_agent_is_told_is_what_a_round_could_give_it() -> None:
+    st0 = shard()
+    submit(st0, [(1, Kind.ARCHIVE, 1), (2, Kind.ARCHIVE, 2), (3, Kind.RESTORE, 2), (3, Kind.ARCHIVE, 2)])
+    counts = dict.fromkeys(Kind, 0)
+    scheduler.count_ready(st0, "only2", (2,), counts)
+    # file 3's archive waits behind its restore: not ready, not counted
+    assert counts == {Kind.ARCHIVE: 1, Kind.RESTORE: 1, Kind.REMOVE: 0}
+    planned = dict(scheduler.plan(st0, [offer("only2", archive=9, restore=9, archive_ids=(2,))]))
+    assert len(planned["only2"]) == 2
+    st0.apply(DrainAgent(2.0, "only2", True))
+    counts = dict.fromkeys(Kind, 0)
+    scheduler.count_ready(st0, "only2", (2,), counts)
+    assert counts == dict.fromkeys(Kind, 0)
