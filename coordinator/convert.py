@@ -12,16 +12,23 @@ from collections.abc import Collection
 from coordinator.state import Action, CookieTarget, FidTarget, Item, Kind, Requester, State
 from hsm.hsmflags import HS_ALL, HSM_REQUEST_FLAGS
 from hsm.v1 import agent_pb2, coordinator_pb2, types_pb2
-from hsm.wire import FSNAME_RULE, fid_from_pb, fid_to_pb, valid_fsname
+from hsm.wire import FSNAME_RULE, MAX_NAME, fid_from_pb, fid_to_pb, name_problem, valid_fsname
 
 MAX_ITEMS = 10_000
 MAX_DATA = 4096
-MAX_TEXT = 256
+MAX_TEXT = MAX_NAME
 _KINDS = {k.value for k in Kind}
 
 
 class InvalidRequest(ValueError):
     """A malformed request: answered INVALID_ARGUMENT, nothing changes."""
+
+
+def check_name(value: str, what: str, max_len: int = MAX_NAME, empty_ok: bool = False) -> None:
+    """An id or name a client sent (``hsm.wire.name_problem``), or InvalidRequest."""
+    problem = name_problem(value, what, max_len, empty_ok)
+    if problem:
+        raise InvalidRequest(problem)
 
 
 def check_fsname(fsname: str, where: str) -> None:
@@ -53,8 +60,10 @@ def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collec
         raise InvalidRequest(f"{where}: data is {len(pb.data)} bytes, at most {MAX_DATA} allowed")
     if pb.flags & ~HSM_REQUEST_FLAGS:
         raise InvalidRequest(f"{where}: unknown request flags 0x{pb.flags & ~HSM_REQUEST_FLAGS:x}")
-    if len(pb.idempotency_key) > MAX_TEXT or len(pb.requester.initiator) > MAX_TEXT:
-        raise InvalidRequest(f"{where}: idempotency key and initiator are limited to {MAX_TEXT} characters")
+    for value, what in ((pb.idempotency_key, "idempotency key"), (pb.requester.initiator, "initiator")):
+        problem = name_problem(value, what, MAX_TEXT, empty_ok=True)
+        if problem:
+            raise InvalidRequest(f"{where}: {problem}")
     hsm_flags: int | None = None
     hsm_archive_id = data_version = hsm_ctime = 0
     if pb.HasField("hsm"):

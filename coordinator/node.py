@@ -24,12 +24,11 @@ from __future__ import annotations
 import asyncio
 import errno as E
 import hashlib
-import inspect
 import itertools
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -53,6 +52,7 @@ from coordinator.agents import (
 )
 from coordinator.cluster import ClusterSpec, ReplicaSpec
 from coordinator.convert import InvalidRequest
+from coordinator.edge import EdgeInterceptor
 from coordinator.raft import (
     LeaderInfo,
     NotLeader,
@@ -83,7 +83,7 @@ from coordinator.state import (
 from hsm.fid import Fid
 from hsm.ring import Ring
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
-from hsm.wire import CLUSTER_METADATA_KEY, LEADER_METADATA_KEY, REPLICA_METADATA_KEY
+from hsm.wire import LEADER_METADATA_KEY, MAX_NAME, name_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,46 +100,6 @@ GRPC_OPTIONS = [
 MAX_PAGE = 10_000
 DEFAULT_PAGE = 1000
 READINESS_SERVICES = ("hsm.v1.Coordinator", "hsm.v1.AgentService")
-
-
-class IdentityInterceptor(grpc.aio.ServerInterceptor):
-    """Every answer of this replica, health checks included, starts with
-    initial metadata naming its cluster and itself. Clients, agents and
-    ``hsm-coordinator local`` check it: a replica of another cluster that
-    happens to answer on an expected address (a second cluster on the same
-    ports, a stale address list) is refused instead of trusted."""
-
-    def __init__(self, cluster_id: str, replica_id: str) -> None:
-        self.metadata = ((CLUSTER_METADATA_KEY, cluster_id), (REPLICA_METADATA_KEY, replica_id))
-
-    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
-                                details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        md = self.metadata
-        for attr, make in (("unary_unary", grpc.unary_unary_rpc_method_handler),
-                           ("unary_stream", grpc.unary_stream_rpc_method_handler),
-                           ("stream_unary", grpc.stream_unary_rpc_method_handler),
-                           ("stream_stream", grpc.stream_stream_rpc_method_handler)):
-            inner = getattr(handler, attr)
-            if inner is None:
-                continue
-            if inspect.isasyncgenfunction(inner):
-                async def gen(request: Any, context: Any, inner: Any = inner) -> AsyncIterator[Any]:
-                    await context.send_initial_metadata(md)
-                    async for item in inner(request, context):
-                        yield item
-                behavior: Any = gen
-            else:
-                async def call(request: Any, context: Any, inner: Any = inner) -> Any:
-                    await context.send_initial_metadata(md)
-                    result = inner(request, context)
-                    return await result if inspect.isawaitable(result) else result
-                behavior = call
-            return make(behavior, request_deserializer=handler.request_deserializer,
-                        response_serializer=handler.response_serializer)
-        return handler
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +234,7 @@ class CoordinatorNode:
                 wants_effects=self._watchers.__len__,
             ))
         server = grpc.aio.server(options=GRPC_OPTIONS,
-                                 interceptors=[IdentityInterceptor(self.cluster.cluster_id, self.me.id)])
+                                 interceptors=[EdgeInterceptor(self.cluster.cluster_id, self.me.id)])
         register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         listen = self.config.listen or self.me.api
@@ -705,7 +665,7 @@ class CoordinatorNode:
         if done:
             for d in done:
                 if d.errno:  # successes are per-action noise at 10k/s; the agent logs each one
-                    log.info("action %d/%d: ended on %s with errno %d: %s", d.action_id, d.attempt, agent_id,
+                    log.info("action %d/%d: ended on %s with errno %d: %r", d.action_id, d.attempt, agent_id,
                              d.errno, d.message)
             cmds.append(Complete(now, tuple(
                 Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done, d.handback)
@@ -742,8 +702,12 @@ class CoordinatorNode:
 
     async def agent_hello(self, hello: agent_pb2.Hello, peer: str) -> AgentSession:
         agent_id = hello.agent_id
-        if not agent_id or len(agent_id) > MAX_AGENT_ID:
-            raise InvalidRequest(f"hello: agent_id must be 1-{MAX_AGENT_ID} characters")
+        for value, what, most, empty_ok in ((agent_id, "agent id", MAX_AGENT_ID, False),
+                                            (hello.host, "host", MAX_NAME, True),
+                                            (hello.version, "version", MAX_NAME, True)):
+            problem = name_problem(value, f"hello: {what}", most, empty_ok)
+            if problem:
+                raise InvalidRequest(problem)
         if hello.cluster_id and hello.cluster_id != self.cluster.cluster_id:
             raise WrongCluster(
                 f"agent {agent_id} belongs to cluster {hello.cluster_id}; replica {self.me.id} "

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from coordinator import convert
+from coordinator.agents import MAX_AGENT_ID
 from coordinator.cluster import split_addr
 from coordinator.convert import InvalidRequest
 from coordinator.raft import NotLeader, RaftError
@@ -83,8 +84,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         try:
             targets = [convert.fid_target_from_pb(f, f"fid {i}") for i, f in enumerate(request.fids)]
             cookies = tuple(convert.cookie_target_from_pb(c, f"cookie {i}") for i, c in enumerate(request.cookies))
-            if len(request.reason) > 1024:
-                raise InvalidRequest("reason is limited to 1024 characters")
+            convert.check_name(request.reason, "reason", 1024, empty_ok=True)
             bad = [s for s in request.shards if s >= len(node.shards)]
             if bad:
                 raise InvalidRequest(f"no shard {bad[0]} (the cluster has {len(node.shards)})")
@@ -352,8 +352,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def DrainAgent(self, request: coordinator_pb2.DrainAgentRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.DrainAgentResponse:  # noqa: N802
         node = self.node
         agent_id = request.agent_id
-        if not agent_id or len(agent_id) > 128:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent id must be 1-128 characters")
+        try:
+            convert.check_name(agent_id, "agent id", MAX_AGENT_ID)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self._check_shards(request.shards, context)
         if not request.shards and not request.force and not node.agent_known(agent_id):
             known = ", ".join(sorted(node.sessions)) or "none"
@@ -385,8 +387,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     async def Lease(self, request: coordinator_pb2.LeaseRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.LeaseResponse:  # noqa: N802
         node = self.node
-        if not 1 <= len(request.name) <= 256 or not 1 <= len(request.holder) <= 256:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a lease's name and holder must be 1-256 characters")
+        try:
+            convert.check_name(request.name, "lease name")
+            convert.check_name(request.holder, "lease holder")
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if request.ttl_ms and not 1000 <= request.ttl_ms <= MAX_LEASE_TTL * 1000:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"a lease's ttl must be 1000-{int(MAX_LEASE_TTL * 1000)} ms (0 gives it back), "
@@ -421,6 +426,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def Report(self, request: agent_pb2.ReportRequest, context: grpc.aio.ServicerContext) -> agent_pb2.ReportResponse:  # noqa: N802
         node = self.node
+        try:
+            convert.check_name(request.agent_id, "agent id", MAX_AGENT_ID)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         shards = {p.action_id % MAX_SHARDS for p in request.progress} | {d.action_id % MAX_SHARDS for d in request.done}
         for idx in shards:
             if idx >= len(node.shards):

@@ -16,6 +16,7 @@ take their constants from here too.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import TYPE_CHECKING
 
 from hsm.fid import Fid
@@ -44,6 +45,28 @@ LEADER_METADATA_KEY = "hsm-leader"
 #: and the id of the replica that answered.
 CLUSTER_METADATA_KEY = "hsm-cluster-id"
 REPLICA_METADATA_KEY = "hsm-replica"
+
+
+#: the longest id or name a client may send (agent ids, initiators, hosts,
+#: lease names and holders, idempotency keys): they end up in the replicated
+#: state, in listings and in log lines
+MAX_NAME = 256
+
+
+def name_problem(value: str, what: str, max_len: int = MAX_NAME, empty_ok: bool = False) -> str | None:
+    """Why *value* cannot be an id or name a client sends, or None. At most
+    *max_len* characters, and no control or format characters (a newline
+    or NUL in an agent id forged log lines and left unlistable agents)."""
+    if not value:
+        return None if empty_ok else f"{what} is empty"
+    if len(value) > max_len:
+        return f"{what} is {len(value)} characters long, at most {max_len} allowed"
+    if value.isprintable() and value.isascii():
+        return None
+    for ch in value:
+        if unicodedata.category(ch)[0] in "CZ" and ch != " ":  # controls, formats, separators but the space
+            return f"{what} {value[:40]!r} contains the character U+{ord(ch):04X}, not allowed in an id or name"
+    return None
 
 
 def valid_fsname(fsname: object) -> bool:

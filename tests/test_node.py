@@ -379,3 +379,91 @@ def test_the_replica_is_composed_in_one_place_without_an_import_loop() -> None:
     assert not imports("node.py") & {"coordinator.servicers", "coordinator.server"}
     assert "coordinator.server" not in imports("servicers.py")
     assert {"coordinator.node", "coordinator.servicers"} <= imports("server.py")
+
+
+def test_undecodable_requests_are_invalid_argument_change_nothing_and_cannot_flood_the_log(
+        coordinator: Any, stub: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Every method of both services, sent bytes that are not its request
+    message: INVALID_ARGUMENT naming the method, nothing changes, no ERROR
+    and no traceback in the log, one WARNING for this peer."""
+    import logging
+
+    from hsm.v1 import agent_pb2 as A
+    from hsm.v1 import coordinator_pb2 as CP
+
+    garbage = b"\xff\xff\xff\xff\x0f" + bytes(range(256))
+    methods = [(f"/{svc.full_name}/{m.name}", m.client_streaming, m.server_streaming)
+               for svc in (CP.DESCRIPTOR.services_by_name["Coordinator"], A.DESCRIPTOR.services_by_name["AgentService"])
+               for m in svc.methods]
+    assert len(methods) >= 10
+    caplog.set_level(logging.INFO)
+    with grpc.insecure_channel(coordinator.address) as ch:
+        for path, client_streaming, server_streaming in methods:
+            if client_streaming:
+                call = ch.stream_stream(path) if server_streaming else ch.stream_unary(path)
+                request: Any = iter([garbage])
+            else:
+                call = ch.unary_stream(path) if server_streaming else ch.unary_unary(path)
+                request = garbage
+            with pytest.raises(grpc.RpcError) as err:
+                out = call(request, timeout=5)
+                if server_streaming:
+                    list(out)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (path, err.value.details())
+            assert f"not a valid message for {path}" in err.value.details()
+    assert status_counts(stub) == {}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    warned = [r.getMessage() for r in caplog.records if "undecodable request" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert stub.Submit(C.SubmitRequest(items=[item(1)])).results[0].outcome == C.CREATED
+
+
+def test_undecodable_request_lines_are_one_per_peer_per_interval() -> None:
+    from coordinator.edge import GarbageLog
+
+    g = GarbageLog(interval=60, peers=2)
+    assert g.note("ipv4:10.0.0.1:5000", "/m", "bad", 0.0) is not None
+    # another port of the same host, within the interval: counted, not logged
+    assert g.note("ipv4:10.0.0.1:5001", "/m", "bad", 1.0) is None
+    assert g.note("ipv4:10.0.0.1:5002", "/m", "bad", 2.0) is None
+    line = g.note("ipv4:10.0.0.1:5003", "/m", "bad", 61.0)
+    assert line is not None and "2 more from this peer" in line
+    assert g.note("ipv4:10.0.0.2:1", "/m", "bad", 62.0) is not None
+    assert g.note("ipv4:10.0.0.3:1", "/m", "bad", 62.0) is not None  # forgets the oldest peer: bounded
+    assert len(g._seen) == 2
+
+
+FORGED = "evil\x00\n2026-12-05 CRITICAL replica r1: all data lost"
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda s: s.DrainAgent(C.DrainAgentRequest(agent_id=FORGED, drain=True, force=True)), "U+0000"),
+    (lambda s: s.DrainAgent(C.DrainAgentRequest(agent_id="a" * 129, drain=True, force=True)), "at most 128"),
+    (lambda s: s.Lease(C.LeaseRequest(name="bridge:fs1\n", holder="h", ttl_ms=5000)), "U+000A"),
+    (lambda s: s.Lease(C.LeaseRequest(name="bridge:fs1", holder="h\u2028x", ttl_ms=5000)), "U+2028"),
+    (lambda s: s.Submit(C.SubmitRequest(items=[item(1, requester=T.Requester(initiator="oss\r1"))])), "U+000D"),
+    (lambda s: s.Submit(C.SubmitRequest(items=[item(1, idempotency_key="k\x1b[31m")])), "U+001B"),
+    (lambda s: s.Cancel(C.CancelRequest(all=True, reason="x\nCRITICAL forged")), "U+000A"),
+])
+def test_ids_and_names_with_control_characters_or_too_long_are_refused_and_change_nothing(
+        stub: Any, call: Any, words: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        call(stub)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in err.value.details()
+    st = stub.Status(C.StatusRequest())
+    assert not st.agents and not st.counts  # no phantom agent listed, nothing submitted
+
+
+@pytest.mark.parametrize("agent_id, words", [(FORGED, "U+0000"), ("", "empty"), ("x" * 129, "at most 128"),
+                                             ("tab\tid", "U+0009")])
+def test_an_agent_id_with_control_characters_cannot_open_a_session(coordinator: Any, stub: Any, agent_id: str,
+                                                                   words: str) -> None:
+    a = FakeAgentStream(coordinator.address, agent_id, (1, 1, 1))
+    try:
+        a.thread.join(5)
+        assert a.error is not None and a.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert words in a.error.details()
+        assert not stub.Status(C.StatusRequest()).agents
+    finally:
+        a.close()
