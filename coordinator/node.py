@@ -661,7 +661,7 @@ class CoordinatorNode:
         now = self.clock()
         if progress:
             cmds.append(Progress(now, tuple(
-                ProgressReport(p.action_id, p.attempt, p.bytes_done, p.bytes_total) for p in progress)))
+                ProgressReport(p.action_id, p.attempt, p.bytes_done, p.bytes_total) for p in progress), agent_id))
         if done:
             for d in done:
                 if d.errno:  # successes are per-action noise at 10k/s; the agent logs each one
@@ -669,7 +669,7 @@ class CoordinatorNode:
                              d.errno, d.message)
             cmds.append(Complete(now, tuple(
                 Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done, d.handback)
-                for d in done)))
+                for d in done), agent_id))
         if cmds:
             await self.propose_all(shard, cmds)
 

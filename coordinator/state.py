@@ -194,6 +194,9 @@ class ProgressReport(NamedTuple):
 class Progress:
     now: float
     reports: tuple[ProgressReport, ...]
+    #: the agent that sent the reports: a report for an action another
+    #: agent holds is ignored ("" in entries written before it existed)
+    agent: str = ""
 
 
 class Completion(NamedTuple):
@@ -212,6 +215,10 @@ class Completion(NamedTuple):
 class Complete:
     now: float
     completions: tuple[Completion, ...]
+    #: the agent that sent the completions: one for an action another agent
+    #: holds is refused (reply False), like a stale one ("" in entries
+    #: written before it existed)
+    agent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -786,7 +793,7 @@ class ShardState:
         res = Result()
         for rep in cmd.reports:
             action = self._held(rep.action_id, rep.attempt)
-            if action is None:
+            if action is None or (cmd.agent and action.agent != cmd.agent):
                 continue
             if rep.bytes_done > action.bytes_done or (rep.bytes_total and rep.bytes_total != action.bytes_total):
                 action.last_progress = cmd.now  # moving: a slow transfer is never reclaimed
@@ -800,9 +807,9 @@ class ShardState:
         res = Result()
         for done in cmd.completions:
             action = self._held(done.action_id, done.attempt)
-            if action is None:
+            if action is None or (cmd.agent and action.agent != cmd.agent):
                 res.replies.append(False)
-                continue  # stale: an older attempt, or already ended
+                continue  # stale (an older attempt, or already ended), or not the holder's
             action.bytes_done = done.bytes_done or action.bytes_done
             # the sign of an errno is ignored (llapi_hsm_action_end: abs(errval))
             err = abs(done.errno)

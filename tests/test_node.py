@@ -467,3 +467,26 @@ def test_an_agent_id_with_control_characters_cannot_open_a_session(coordinator: 
         assert not stub.Status(C.StatusRequest()).agents
     finally:
         a.close()
+
+
+def test_only_the_agent_holding_an_action_can_report_on_it(coordinator: Any, stub: Any, agents: Any) -> None:
+    """Another agent's completion or progress for an action, on its own
+    stream or through the Report RPC, changes nothing; the holder's does."""
+    [res] = stub.Submit(C.SubmitRequest(items=[item(1)])).results
+    good = agents("good")
+    good.ready(archive=1)
+    [asg] = good.expect("assign")
+    evil = agents("evil")
+    evil.send(progress=[agent_pb2.Progress(action_id=asg.action_id, attempt=1, bytes_done=99, bytes_total=99)],
+              done=[agent_pb2.Done(action_id=asg.action_id, attempt=1, errno=0, bytes_done=99)])
+    with grpc.insecure_channel(coordinator.address) as ch:
+        agent_pb2_grpc.AgentServiceStub(ch).Report(agent_pb2.ReportRequest(
+            agent_id="evil", done=[agent_pb2.Done(action_id=asg.action_id, attempt=1, errno=0)]))
+    time.sleep(0.5)  # both were answered; give the stream's message its commit too
+    a = stub.GetAction(C.GetActionRequest(action_id=res.action_id))
+    assert (a.state, a.agent, a.bytes_done) == (T.STARTED, "good", 0)
+    good.send(done=[agent_pb2.Done(action_id=asg.action_id, attempt=1, errno=0, bytes_done=40)])
+    deadline = time.monotonic() + 5
+    while stub.GetAction(C.GetActionRequest(action_id=res.action_id)).state != T.SUCCEEDED:
+        assert time.monotonic() < deadline, "the holder's completion was not applied"
+        time.sleep(0.05)

@@ -561,3 +561,34 @@ def test_actions_of_a_snapshot_written_before_the_last_slots_load() -> None:
     assert (again.data_version, again.hsm_ctime, again.id) == (5, 77, a.id)
     with pytest.raises(ValueError):
         _action_from_values(values[:-3])
+
+
+def test_reports_from_an_agent_that_does_not_hold_the_action_are_refused() -> None:
+    h = Harness()
+    [r] = h.submit(item(1))
+    [(action_id, attempt)] = h.schedule("good", archive=1)
+    h.now += 1
+    h.step(Progress(h.now, (ProgressReport(action_id, attempt, 50, 100),), "evil"))
+    res = h.step(Complete(h.now, (Completion(action_id, attempt),), "evil"))
+    assert res.replies == [False]
+    a = h.state.get(action_id)
+    assert a is not None and (a.state, a.bytes_done) == (State.STARTED, 0)
+    assert h.step(Complete(h.now, (Completion(action_id, attempt),), "good")).replies == [True]
+    assert h.st(action_id) is State.SUCCEEDED
+
+
+def test_a_completion_journaled_before_reports_named_their_agent_still_applies() -> None:
+    import pickle
+
+    h = Harness()
+    h.submit(item(1))
+    [(action_id, attempt)] = h.schedule("good", archive=1)
+    # an entry written by the previous version holds (Complete, (now, completions)):
+    # unpickling calls Complete with those two fields
+    class Old:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (Complete, (h.now, (Completion(action_id, attempt),)))
+
+    old = pickle.loads(pickle.dumps(Old(), protocol=5))
+    assert isinstance(old, Complete) and old.agent == ""
+    assert h.step(old).replies == [True]
