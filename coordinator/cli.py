@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("action", choices=("add", "remove"))
     mem.add_argument("--raft", required=True, metavar="HOST:PORT", help="the replica's Raft address for shard 0")
     mem.add_argument("--coordinators", required=True, metavar="ADDR[,ADDR]", help="API addresses of live replicas")
+    mem.add_argument("--force", action="store_true",
+                     help="change even when a group would be left without a majority of members reachable "
+                          "now (it then commits nothing until they answer)")
 
     loc = sub.add_parser("local", help="run a complete local system in the foreground",
                          description="Start N coordinator replicas (processes) with S shards, M agentd "
@@ -166,7 +169,7 @@ def _member(args: argparse.Namespace) -> int:
 
     from hsm.v1 import coordinator_pb2, coordinator_pb2_grpc
 
-    req = coordinator_pb2.ChangeMembershipRequest(add=args.action == "add", raft=args.raft)
+    req = coordinator_pb2.ChangeMembershipRequest(add=args.action == "add", raft=args.raft, force=args.force)
     errors = []
     for addr in [a.strip() for a in args.coordinators.split(",") if a.strip()]:
         try:
@@ -174,7 +177,7 @@ def _member(args: argparse.Namespace) -> int:
                 resp = coordinator_pb2_grpc.CoordinatorStub(ch).ChangeMembership(req, timeout=120)
         except grpc.RpcError as exc:
             errors.append(f"{addr}: {exc.code().name}: {exc.details()}")
-            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
                 break
             continue
         verb = "added to" if req.add else "removed from"

@@ -9,6 +9,7 @@ import random
 import re
 import socket
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,3 +139,19 @@ def free_ports(count: int, start: int = 20000) -> int:
         if all(_port_free(base + i) for i in range(count)):
             return base
     raise RuntimeError(f"no {count} consecutive free ports found below {end + count}")
+
+
+def membership_problem(members: Iterable[str], reachable: Iterable[str], addr: str, add: bool) -> str | None:
+    """Why adding (or removing) *addr* would leave a Raft group without a
+    majority of its members reachable now, or None. *members* is the group
+    before the change (the leader included), *reachable* the members that
+    answer now (the leader included; *addr* too when it was probed and
+    answered). A group without a reachable majority commits nothing, the
+    membership change itself included, until enough members come back."""
+    after = set(members) | {addr} if add else set(members) - {addr}
+    up = len(after & set(reachable))
+    need = len(after) // 2 + 1
+    if up >= need:
+        return None
+    return (f"the group would have {len(after)} members with {up} reachable now; it needs {need} to commit "
+            "anything (start the new replica first, or bring the others back)")

@@ -11,9 +11,9 @@ import grpc
 
 from coordinator import convert
 from coordinator.agents import MAX_AGENT_ID
-from coordinator.cluster import split_addr
+from coordinator.cluster import membership_problem, split_addr
 from coordinator.convert import InvalidRequest
-from coordinator.raft import NotLeader, RaftError
+from coordinator.raft import NotLeader, RaftError, check_addr
 from coordinator.state import (
     CONTROL_MODES,
     MAX_LEASE_TTL,
@@ -45,6 +45,10 @@ from coordinator.node import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class NoMajority(Exception):
+    """A membership change that would leave a group without a reachable majority."""
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -265,6 +269,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def ChangeMembership(self, request: coordinator_pb2.ChangeMembershipRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ChangeMembershipResponse:  # noqa: N802
         node = self.node
         try:
+            check_addr(request.raft, "Raft address")
             host, port = split_addr(request.raft)
             if port + len(node.shards) - 1 > 65535:
                 raise ValueError(f"Raft ports {port}..{port + len(node.shards) - 1} do not fit")
@@ -285,6 +290,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 member = addr in shard.peers
                 if member == request.add:
                     return  # already done (a retry): nothing to change
+                if not request.force:
+                    await self._check_majority(shard, addr, request.add)
                 try:
                     if request.add:
                         await shard.add_peer(addr, timeout=node.config.propose_timeout)
@@ -296,7 +303,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 except (RaftError, ValueError) as exc:
                     raise ShardUnavailable(idx, "", str(exc)) from None
             await node.forward(shard, "ChangeMembership", coordinator_pb2.ChangeMembershipRequest(
-                add=request.add, raft=request.raft, shards=[idx]), node.config.propose_timeout * 2)
+                add=request.add, raft=request.raft, shards=[idx], force=request.force),
+                node.config.propose_timeout * 2)
 
         done: list[int] = []
         errors: list[str] = []
@@ -306,11 +314,35 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 done.append(idx)
             except ShardUnavailable as exc:
                 errors.append(str(exc))
+            except NoMajority as exc:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"{exc}; changed shards: {done or 'none'}. Nothing else was changed; "
+                                    "--force makes the change anyway")
         if errors:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"membership changed on shards {done or 'none'}; failed: {'; '.join(errors)}")
         return coordinator_pb2.ChangeMembershipResponse(shards=done)
 
+
+    @staticmethod
+    async def _check_majority(shard: RaftShard, addr: str, add: bool) -> None:
+        """NoMajority if the change would leave the group without a majority
+        reachable now. A new member is probed (a TCP connect to its Raft
+        port, 2 s) only when the group would need it."""
+        members = {shard.self_addr, *shard.peers}
+        reachable = {shard.self_addr, *(await shard.connected_peers())}
+        problem = membership_problem(members, reachable, addr, add)
+        if problem and add:
+            host, port = split_addr(addr)
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+                writer.close()
+                reachable.add(addr)
+                problem = membership_problem(members, reachable, addr, add)
+            except (OSError, TimeoutError):
+                pass
+        if problem:
+            raise NoMajority(f"shard {shard.index}: {'adding' if add else 'removing'} {addr}: {problem}")
 
     async def Control(self, request: coordinator_pb2.ControlRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ControlResponse:  # noqa: N802
         node = self.node

@@ -136,7 +136,7 @@ fails; Raft binds to one address, never to every interface. See
 
 from __future__ import annotations
 
-from coordinator.raft.config import RaftTuning
+from coordinator.raft.config import RaftTuning, check_addr
 from coordinator.raft.errors import (
     NotLeader,
     ProposalTimeout,
@@ -148,6 +148,7 @@ from coordinator.raft.shard import RaftShard
 from coordinator.raft.status import LeaderInfo, PeerStatus, RaftStats, RaftStatus
 
 __all__ = [
+    "check_addr",
     "LeaderInfo",
     "NotLeader",
     "PeerStatus",

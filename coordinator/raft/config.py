@@ -89,12 +89,18 @@ class RaftTuning:
 def _check_addr(addr: str, what: str) -> str:
     if not isinstance(addr, str):
         raise ValueError(f"{what} must be 'host:port', not {type(addr).__name__}")
+    if len(addr) > 261:  # a DNS name is at most 253 characters, then ':' and a port
+        raise ValueError(f"{what} is {len(addr)} characters long: not 'host:port'")
     m = _ADDR_RE.fullmatch(addr)
     if m is None or not 0 < int(m.group("port")) < 65536:
         raise ValueError(f"{what} {addr!r} is not 'host:port' with a port in 1..65535")
     if m.group("host") in ("0.0.0.0", "[::]", "::"):
         raise ValueError(f"{what} {addr!r}: Raft must bind to one address, not every interface")
     return addr
+
+
+#: the check a Raft address passes ('host:port', one interface, bounded)
+check_addr = _check_addr
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -377,6 +377,12 @@ class RaftShard:
     def peers(self) -> list[str]:
         return sorted(str(n.id) for n in self._so.otherNodes)
 
+    async def connected_peers(self) -> set[str]:
+        """The members this replica is connected to now (itself not included)."""
+        so = self._so
+        return await self._in_tick(  # type: ignore[no-any-return]
+            lambda: {str(n.id) for n in so.otherNodes if so.isNodeConnected(n)})
+
     # ------------------------------------------------------------ propose
 
     async def propose(self, cmds: Command | Sequence[Command], timeout: float) -> list[Result]:

@@ -91,14 +91,16 @@ class ControlResponse(_message.Message):
     def __init__(self, mode: _Optional[str] = ...) -> None: ...
 
 class ChangeMembershipRequest(_message.Message):
-    __slots__ = ("add", "raft", "shards")
+    __slots__ = ("add", "raft", "shards", "force")
     ADD_FIELD_NUMBER: _ClassVar[int]
     RAFT_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     add: bool
     raft: str
     shards: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, add: _Optional[bool] = ..., raft: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ...) -> None: ...
+    force: bool
+    def __init__(self, add: _Optional[bool] = ..., raft: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class ChangeMembershipResponse(_message.Message):
     __slots__ = ("shards",)
