@@ -202,6 +202,55 @@ def test_three_replicas_commit_converge_group_commit_and_transfer(tmp: Path) -> 
     run(body)
 
 
+def test_silent_connections_to_a_raft_port_are_closed_and_bounded_per_host(tmp: Path) -> None:
+    """Connections that never identify themselves (sealed with the cluster
+    password) are closed after UNKNOWN_TIMEOUT; one host holds at most
+    UNKNOWN_PER_HOST at once (the oldest are closed to make room); the
+    members keep working throughout."""
+    from coordinator.raft import transport
+
+    async def body() -> None:
+        cl = Cluster(tmp, 2, FAST)
+        for a in cl.addrs[0]:
+            cl.start(a)
+        try:
+            leader = await cl.leader()
+            host, port = leader.self_addr.rsplit(":", 1)
+            socks = []
+            for _ in range(40):
+                s = socket.create_connection((host, int(port)), timeout=5)
+                s.setblocking(False)
+                socks.append(s)
+            t0 = time.monotonic()
+
+            def closed(s: socket.socket) -> bool:
+                try:
+                    return s.recv(1) == b""
+                except BlockingIOError:
+                    return False
+                except OSError:
+                    return True
+
+            # beyond the per-host bound: the oldest closed to make room
+            await until_async(lambda: sum(map(closed, socks)) >= 40 - transport.UNKNOWN_PER_HOST, 5,
+                              "connections beyond the per-host bound closed")
+            open_now = [s for s in socks if not closed(s)]
+            assert len(open_now) <= transport.UNKNOWN_PER_HOST
+            assert all(closed(s) for s in socks[:40 - transport.UNKNOWN_PER_HOST])
+            created(await leader.propose(submit("during", 1), timeout=5))
+            # the rest: closed once they had their time to identify themselves
+            await until_async(lambda: all(map(closed, socks)), transport.UNKNOWN_TIMEOUT + 5,
+                              "silent connections closed")
+            assert time.monotonic() - t0 >= transport.UNKNOWN_TIMEOUT - 1 or not open_now
+            created(await leader.propose(submit("after", 2), timeout=5))
+            for s in socks:
+                s.close()
+        finally:
+            await cl.close()
+
+    run(body)
+
+
 @pytest.mark.parametrize("encrypt", [True, False], ids=["fernet", "hmac"])
 def test_wrong_password_and_raw_connections_are_ignored(tmp: Path, caplog: pytest.LogCaptureFixture,
                                                         encrypt: bool) -> None:
