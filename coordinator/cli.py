@@ -19,6 +19,7 @@ from pathlib import Path  # noqa: E402
 
 import hsm  # noqa: E402
 from coordinator import config as cfgmod  # noqa: E402
+from coordinator.certs import CA_DAYS, CERT_DAYS, ROLES  # noqa: E402
 from hsm import sdnotify  # noqa: E402
 
 EPILOG = """\
@@ -28,12 +29,15 @@ commands:
   member  add or remove a replica in every shard's Raft group (replacing a dead replica)
   local   a complete system in the foreground: 3 replicas x 8 shards, N agentd
           with the posix mover, a simulated Lustre tree (simfs) and an archive
+  certs   a cluster CA and the certificates it issues (init, issue, show)
 
 examples:
   hsm-coordinator local --dir /tmp/hsm
   hsm-coordinator init --shards 8 --replica hsm-0=10.0.0.1:7600:7700 \\
       --replica hsm-1=10.0.0.2:7600:7700 --replica hsm-2=10.0.0.3:7600:7700 --out /etc/hsm-coordinator
   hsm-coordinator run --config /etc/hsm-coordinator/coordinator.yaml --replica-id hsm-0
+  hsm-coordinator certs init --dir /etc/hsm-coordinator/ca
+  hsm-coordinator certs issue --dir /etc/hsm-coordinator/ca --name hsm-0 --role replica --host 10.0.0.1
 
 exit codes: 0 clean stop, 1 runtime error, 2 bad usage or configuration
 """
@@ -95,6 +99,37 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--force", action="store_true",
                      help="change even when a group would be left without a majority of members reachable "
                           "now (it then commits nothing until they answer)")
+
+    crt = sub.add_parser("certs", help="a cluster CA and the certificates it issues",
+                         description="Create the cluster's certificate authority and issue certificates "
+                                     "for mutual TLS. A certificate's common name is the identity it proves "
+                                     "(a replica id, an agent id, a person); its role is one of "
+                                     f"{', '.join(ROLES)}. Private keys are written mode 0600 and never "
+                                     "overwritten. Keep the CA key (ca.key) off the cluster's hosts.",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="examples:\n"
+                                "  hsm-coordinator certs init --dir ca\n"
+                                "  hsm-coordinator certs issue --dir ca --name hsm-0 --role replica "
+                                "--host hsm-0.example.org --host 10.0.0.1\n"
+                                "  hsm-coordinator certs issue --dir ca --name mover1 --role agent --out /etc/agentd\n"
+                                "  hsm-coordinator certs show ca/hsm-0.pem --ca ca\n")
+    csub = crt.add_subparsers(dest="certs_command", required=True, metavar="init|issue|show")
+    ci = csub.add_parser("init", help="create the CA (ca.pem, ca.key)")
+    ci.add_argument("--dir", type=Path, required=True, help="directory for ca.pem and ca.key (created if missing)")
+    ci.add_argument("--name", default="hsm-coordinator CA", help="the CA's common name")
+    ci.add_argument("--days", type=int, default=CA_DAYS, help=f"validity in days (default {CA_DAYS})")
+    cs = csub.add_parser("issue", help="issue a certificate signed by the CA")
+    cs.add_argument("--dir", type=Path, required=True, help="the CA's directory (from certs init)")
+    cs.add_argument("--name", required=True, help="identity: the certificate's common name (an agent's id for "
+                                                  "role agent, the replica id for role replica)")
+    cs.add_argument("--role", required=True, choices=ROLES)
+    cs.add_argument("--host", action="append", default=[], metavar="NAME|IP",
+                    help="a DNS name or IP address the holder serves on (replicas; repeat)")
+    cs.add_argument("--days", type=int, default=CERT_DAYS, help=f"validity in days (default {CERT_DAYS})")
+    cs.add_argument("--out", type=Path, help="where to write NAME.pem and NAME.key (default: --dir)")
+    cw = csub.add_parser("show", help="who a certificate names, its role, hosts and validity")
+    cw.add_argument("cert", type=Path, nargs="+", help="PEM certificate file(s)")
+    cw.add_argument("--ca", type=Path, metavar="DIR", help="also say whether the CA in DIR signed it")
 
     loc = sub.add_parser("local", help="run a complete local system in the foreground",
                          description="Start N coordinator replicas (processes) with S shards, M agentd "
@@ -189,6 +224,29 @@ def _member(args: argparse.Namespace) -> int:
     return 1
 
 
+def _certs(args: argparse.Namespace) -> int:
+    from coordinator import certs
+
+    try:
+        if args.certs_command == "init":
+            path = certs.init_ca(args.dir, args.name, args.days)
+            print(f"wrote {path} (give it to every replica, agent and client) and {args.dir / certs.CA_KEY} "
+                  "(mode 0600: keep it off the cluster's hosts)")
+        elif args.certs_command == "issue":
+            cert, key = certs.issue(args.dir, args.name, args.role, args.out, tuple(args.host), args.days)
+            print(f"wrote {cert} and {key} (mode 0600): {args.name}, role {args.role}, "
+                  f"valid {args.days} days" + (f", hosts {', '.join(args.host)}" if args.host else ""))
+        else:
+            print("\n".join(certs.describe(p, args.ca) for p in args.cert))
+    except certs.CertError as exc:
+        print(f"hsm-coordinator certs: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"hsm-coordinator certs: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "init":
@@ -208,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "member":
         return _member(args)
+
+    if args.command == "certs":
+        return _certs(args)
 
     if args.command == "run":
         overrides = {
