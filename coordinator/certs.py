@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -31,10 +30,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from coordinator.roles import ROLES
+from hsm.tls import identity_of
 from hsm.wire import name_problem
 
-#: who may do what (checked on every RPC): see README "What is secure"
-ROLES = ("admin", "operator", "agent", "bridge", "user", "replica")
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 CA_DAYS = 3650
@@ -45,17 +44,6 @@ MAX_IDENTITY = 128
 
 class CertError(Exception):
     """A certificate request that cannot be done (said in one line)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a certificate says its holder is."""
-
-    name: str
-    role: str
-    hosts: tuple[str, ...]
-    not_after: dt.datetime
-    serial: int
 
 
 def _now() -> dt.datetime:
@@ -189,21 +177,6 @@ def issue(ca_dir: Path, name: str, role: str, out_dir: Path | None = None, hosts
     _write_new(key_path, _key_pem(key), 0o600)
     _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert_path, key_path
-
-
-def identity_of(cert: x509.Certificate) -> Identity:
-    """The name, role and hosts a certificate states (not whether it is
-    valid: TLS checks the signature, the dates and the hosts)."""
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    ous = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    hosts: list[str] = []
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        hosts = [*san.get_values_for_type(x509.DNSName), *(str(a) for a in san.get_values_for_type(x509.IPAddress))]
-    except x509.ExtensionNotFound:
-        pass
-    return Identity(name=str(cns[0].value) if cns else "", role=str(ous[0].value) if ous else "",
-                    hosts=tuple(hosts), not_after=cert.not_valid_after_utc, serial=cert.serial_number)
 
 
 def describe(path: Path, ca_dir: Path | None = None) -> str:

@@ -13,11 +13,20 @@
   ``GARBAGE_LOG_INTERVAL`` seconds, with the count since the last line and
   no traceback: a peer cannot flood the log (gRPC's default is UNKNOWN and
   an ERROR with a traceback per call).
+* **Who calls** (with TLS): the peer's certificate names it and its role
+  (``hsm.tls.peer_of``); ``coordinator.roles.check`` decides, before the
+  servicer runs: UNAUTHENTICATED without a certificate, PERMISSION_DENIED
+  naming the missing role otherwise.
+* **Audit**: every call that changes something (submit, cancel, control,
+  drain, membership, lease) is written to the ``hsm.audit`` log as one JSON
+  line: when, who (certificate name and role, or the address without TLS),
+  the method and what it named. Refused calls too, with the refusal.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,9 +34,14 @@ from typing import Any
 
 import grpc
 
-from hsm.wire import CLUSTER_METADATA_KEY, REPLICA_METADATA_KEY
+from coordinator import roles
+from hsm.tls import peer_of
+from hsm.wire import CLUSTER_METADATA_KEY, REPLICA_METADATA_KEY, kind_name
 
 log = logging.getLogger(__name__)
+audit_log = logging.getLogger("hsm.audit")
+#: at most this many items (FIDs, action ids) named per audit line; the count is always there
+AUDIT_ITEMS = 100
 
 #: seconds between two log lines about one peer's undecodable requests
 GARBAGE_LOG_INTERVAL = 60.0
@@ -86,11 +100,67 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
     return decode
 
 
+def _fid(f: Any) -> str:
+    return f"[{f.seq:#x}:{f.oid:#x}:{f.ver:#x}]"
+
+
+def audit_items(method: str, request: Any) -> dict[str, Any]:
+    """What an audited call names, for its audit line."""
+    name = method.rsplit("/", 1)[1]
+    if name == "Submit":
+        items = list(request.items)
+        return {"items": len(items), "kinds": sorted({kind_name(i.kind) for i in items}),
+                "fids": [f"{i.fsname}:{_fid(i.fid)}" for i in items[:AUDIT_ITEMS]]}
+    if name == "Cancel":
+        return {"all": request.all, "action_ids": list(request.action_ids[:AUDIT_ITEMS]),
+                "fids": [f"{f.fsname}:{_fid(f.fid)}" for f in request.fids[:AUDIT_ITEMS]],
+                "cookies": len(request.cookies), "reason": request.reason, "shards": list(request.shards)}
+    if name == "Control":
+        return {"mode": request.mode, "shards": list(request.shards)}
+    if name == "DrainAgent":
+        return {"agent_id": request.agent_id, "drain": request.drain, "force": request.force,
+                "shards": list(request.shards)}
+    if name == "ChangeMembership":
+        return {"add": request.add, "raft": request.raft[:300], "force": request.force, "shards": list(request.shards)}
+    if name == "Lease":
+        return {"name": request.name, "holder": request.holder, "ttl_ms": request.ttl_ms}
+    return {}
+
+
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, cluster_id: str, replica_id: str, clock: Callable[[], float] = time.monotonic) -> None:
+    """*secure*: calls come over mutual TLS and every one is checked
+    against ``coordinator.roles`` (with *user_mask*); otherwise nobody is
+    (``insecure: true``)."""
+
+    def __init__(self, cluster_id: str, replica_id: str, clock: Callable[[], float] = time.monotonic,
+                 secure: bool = False, user_mask: frozenset[str] = roles.DEFAULT_USER_MASK) -> None:
         self.metadata = ((CLUSTER_METADATA_KEY, cluster_id), (REPLICA_METADATA_KEY, replica_id))
         self.garbage = GarbageLog()
         self.clock = clock
+        self.secure = secure
+        self.user_mask = user_mask
+
+    async def _admit(self, context: Any, method: str, request: Any) -> None:
+        """Check the caller (with TLS) and write the audit line of a call
+        that changes something; abort a refused call."""
+        name: str | None = None
+        role = ""
+        refusal = None
+        if self.secure:
+            peer = peer_of(context.auth_context())
+            if peer is not None:
+                name, role = peer.name, peer.role
+            refusal = roles.check(name, role, method, request, self.user_mask)
+        if method in roles.AUDITED and audit_log.isEnabledFor(logging.INFO):
+            line = {"ts": round(time.time(), 3), "who": name if self.secure else "", "role": role,
+                    "peer": context.peer(), "method": method.rsplit("/", 1)[1],
+                    **(audit_items(method, request) if request is not None else {})}
+            if refusal is not None:
+                line["refused"] = refusal.message
+            audit_log.info("%s", json.dumps(line, separators=(",", ":")))
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED if refusal.unauthenticated
+                                else grpc.StatusCode.PERMISSION_DENIED, refusal.message)
 
     async def _refuse(self, context: Any, method: str, bad: Undecodable) -> None:
         line = self.garbage.note(context.peer(), method, bad.error, self.clock())
@@ -116,9 +186,12 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                               streaming_in: bool = streaming_in) -> AsyncIterator[Any]:
                     await context.send_initial_metadata(md)
                     if streaming_in:
+                        await self._admit(context, method, None)
                         request = self._checked(request, context, method)
                     elif isinstance(request, Undecodable):
                         await self._refuse(context, method, request)
+                    else:
+                        await self._admit(context, method, request)
                     async for item in inner(request, context):
                         yield item
                 behavior: Any = gen
@@ -127,9 +200,12 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                                streaming_in: bool = streaming_in) -> Any:
                     await context.send_initial_metadata(md)
                     if streaming_in:
+                        await self._admit(context, method, None)
                         request = self._checked(request, context, method)
                     elif isinstance(request, Undecodable):
                         await self._refuse(context, method, request)
+                    else:
+                        await self._admit(context, method, request)
                     result = inner(request, context)
                     return await result if inspect.isawaitable(result) else result
                 behavior = call

@@ -61,6 +61,7 @@ from coordinator.raft import (
     RaftShard,
     RaftTuning,
 )
+from coordinator.roles import DEFAULT_USER_MASK
 from coordinator.state import (
     MAX_SHARDS,
     AgentLost,
@@ -82,6 +83,7 @@ from coordinator.state import (
 )
 from hsm.fid import Fid
 from hsm.ring import Ring
+from hsm.tls import TlsFiles, channel_credentials, server_credentials
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
 from hsm.wire import LEADER_METADATA_KEY, MAX_NAME, name_problem
 
@@ -125,6 +127,11 @@ class NodeConfig:
     #: seconds one replicated call may take before it is retried (same keys)
     propose_timeout: float = 10.0
     raft: RaftTuning = field(default_factory=RaftTuning)
+    #: mutual TLS on the gRPC port (and for forwards to other replicas);
+    #: None: plain text and nobody checked (``insecure: true``, warned at start)
+    tls: TlsFiles | None = None
+    #: the kinds a peer with role user may request
+    user_request_mask: frozenset[str] = DEFAULT_USER_MASK
 
     @property
     def me(self) -> ReplicaSpec:
@@ -233,13 +240,18 @@ class CoordinatorNode:
                 preferred_leader=self.cluster.preferred_leader(i).raft_addr(i) if len(self.cluster.replicas) > 1 else None,
                 wants_effects=self._watchers.__len__,
             ))
-        server = grpc.aio.server(options=GRPC_OPTIONS,
-                                 interceptors=[EdgeInterceptor(self.cluster.cluster_id, self.me.id)])
+        tls = self.config.tls
+        server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[EdgeInterceptor(
+            self.cluster.cluster_id, self.me.id, secure=tls is not None,
+            user_mask=self.config.user_request_mask)])
         register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         listen = self.config.listen or self.me.api
         try:
-            self.port = server.add_insecure_port(listen)
+            if tls is None:
+                self.port = server.add_insecure_port(listen)
+            else:
+                self.port = server.add_secure_port(listen, server_credentials(tls))
         except RuntimeError:  # grpcio >= 1.70 raises where older ones returned 0
             self.port = 0
         if self.port == 0:
@@ -253,8 +265,14 @@ class CoordinatorNode:
         if self.config.progress_timeout:
             self._tasks.append(asyncio.create_task(self._reclaimer(), name="reclaimer"))
         self._tasks.append(asyncio.create_task(self._lease_keeper(), name="leases"))
-        log.info("replica %s serving on %s (%d shards, archive ids %s)", self.me.id, self.address,
-                 len(self.shards), ",".join(map(str, self.config.archive_ids)))
+        log.info("replica %s serving on %s (%d shards, archive ids %s, %s)", self.me.id, self.address,
+                 len(self.shards), ",".join(map(str, self.config.archive_ids)),
+                 "mutual TLS" if tls else "PLAIN TEXT")
+        if tls is None:
+            log.warning("insecure: the gRPC port %s is plain text and checks nobody: anyone who reaches it "
+                        "can submit, cancel, drain agents, change the control mode and Raft membership, or "
+                        "connect as an agent. Give the replica tls: {ca, cert, key} (hsm-coordinator certs)",
+                        self.address)
         if not self.agent_lease_safe:
             log.warning("agent_grace %g s is too short for the agents' leases: an agent cut off from the "
                         "replicas may still be copying when its actions go to another agent (two runs at "
@@ -556,7 +574,11 @@ class CoordinatorNode:
     def channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+            if self.config.tls is None:
+                ch = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+            else:
+                ch = grpc.aio.secure_channel(address, channel_credentials(self.config.tls), options=GRPC_OPTIONS)
+            self._channels[address] = ch
         return ch
 
     async def forward(self, shard: RaftShard, method: str, request: Any, timeout: float) -> Any:

@@ -27,6 +27,7 @@ from coordinator.state import (
     State,
     Submit,
 )
+from hsm.tls import peer_of
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
 
 if TYPE_CHECKING:
@@ -489,6 +490,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             return
         if not first.HasField("hello"):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the first message on a Work stream must be hello")
+        if node.config.tls is not None:
+            # an agent works under the id its certificate names, no other
+            who = peer_of(context.auth_context())
+            if who is None or who.name != first.hello.agent_id:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"agent id {first.hello.agent_id!r} is not the one the certificate names "
+                                    f"({who.name if who else 'none'!r}); an agent works under its own id only")
         try:
             session = await node.agent_hello(first.hello, context.peer())
         except (InvalidRequest, FileExistsError, WrongCluster) as exc:

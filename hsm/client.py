@@ -53,6 +53,7 @@ import grpc
 from hsm.fid import Fid, FidError
 from hsm.hsmflags import HSM_REQUEST_FLAGS
 from hsm.ring import Ring
+from hsm.tls import TlsError, TlsFiles, channel_credentials
 from hsm.v1 import coordinator_pb2 as cpb
 from hsm.v1 import coordinator_pb2_grpc as cgrpc
 from hsm.v1 import types_pb2 as tpb
@@ -780,7 +781,9 @@ class CoordinatorClient:
     *retry_unavailable*: how long to keep retrying when no address answers.
     *cluster_id*: the cluster to talk to; a replica that answers for
     another one raises ``WrongCluster``. Without it, the first replica that
-    answers names the cluster for the client's lifetime.
+    answers names the cluster for the client's lifetime. *tls*: the CA
+    certificate, certificate and key for mutual TLS (``hsm.tls``); None:
+    plain text.
 
     The first replica that answers also tells the client every member's
     address: calls fail over to them even when the client was given one
@@ -796,8 +799,13 @@ class CoordinatorClient:
         initiator: str | None = None,
         retry_unavailable: float = 10.0,
         cluster_id: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.addresses = parse_addresses(coordinators)
+        try:
+            self._credentials = channel_credentials(tls) if tls is not None else None
+        except TlsError as exc:
+            raise InvalidArgument(str(exc)) from None
         if not timeout or timeout <= 0:
             raise InvalidArgument(f"timeout must be > 0 seconds, not {timeout!r}")
         self.timeout = float(timeout)
@@ -842,7 +850,10 @@ class CoordinatorClient:
                 raise CoordinatorError("the client is closed")
             entry = self._channels.get(address)
             if entry is None:
-                channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                if self._credentials is None:
+                    channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                else:
+                    channel = grpc.secure_channel(address, self._credentials, options=_CHANNEL_OPTIONS)
                 entry = (channel, cgrpc.CoordinatorStub(channel))
                 self._channels[address] = entry
             return entry[1]

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coordinator import certs
 from coordinator.cluster import free_ports
+from hsm.tls import identity_of
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -56,7 +57,7 @@ def test_init_issue_show_from_the_command_line(tmp_path: Path) -> None:
 def test_a_certificate_states_its_holder_role_and_hosts(tmp_path: Path) -> None:
     certs.init_ca(tmp_path)
     pem, key = certs.issue(tmp_path, "mover1", "agent", days=30)
-    who = certs.identity_of(x509.load_pem_x509_certificate(pem.read_bytes()))
+    who = identity_of(x509.load_pem_x509_certificate(pem.read_bytes()))
     assert (who.name, who.role, who.hosts) == ("mover1", "agent", ())
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
     x509.load_pem_x509_certificate(pem.read_bytes()).verify_directly_issued_by(ca)

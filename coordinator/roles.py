@@ -1,0 +1,109 @@
+"""Who may call what (pure: the peer, the method and the request in, a
+refusal or None out). ``coordinator.edge`` asks it on every call when the
+replica runs with TLS; with ``insecure: true`` nobody is checked.
+
+The roles (a certificate's OU, ``coordinator.certs``):
+
+* ``admin``: everything: the control mode, Raft membership, draining
+  agents, cancelling everything (``Cancel all``), and what an operator does;
+* ``operator``: requests and cancels for any file, and every read;
+* ``bridge``: an MDT bridge: submits on behalf of the MDT's initiators (any
+  kind), its lease, and every read;
+* ``user``: requests whose kind the user request mask allows (by default
+  RESTORE only, like a file system user who may read a released file but
+  not archive or remove), and every read; no cancel;
+* ``agent``: only the agent ``Work`` stream, with its own id (checked when
+  the stream says hello);
+* ``replica``: what replicas forward to each other (cancels, control,
+  drains, membership, listings, agents' reports), and every read.
+
+Health checks are open to every certified peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+ADMIN, OPERATOR, AGENT, BRIDGE, USER, REPLICA = "admin", "operator", "agent", "bridge", "user", "replica"
+ROLES = (ADMIN, OPERATOR, AGENT, BRIDGE, USER, REPLICA)
+#: ActionKind values (Lustre's HSMA_*) and their names in masks
+KINDS = {"archive": 20, "restore": 21, "remove": 22}
+DEFAULT_USER_MASK = frozenset({"restore"})
+
+_C = "/hsm.v1.Coordinator/"
+_A = "/hsm.v1.AgentService/"
+_READERS = frozenset({ADMIN, OPERATOR, BRIDGE, USER, REPLICA})
+#: method -> roles that may call it at all (request-level rules below)
+METHODS: Mapping[str, frozenset[str]] = {
+    _C + "Submit": frozenset({ADMIN, OPERATOR, BRIDGE, USER}),
+    _C + "Cancel": frozenset({ADMIN, OPERATOR, REPLICA}),
+    _C + "GetAction": _READERS,
+    _C + "ListActions": _READERS,
+    _C + "Watch": _READERS,
+    _C + "Status": _READERS,
+    _C + "ClusterInfo": _READERS,
+    _C + "ChangeMembership": frozenset({ADMIN, REPLICA}),
+    _C + "Control": frozenset({ADMIN, REPLICA}),
+    _C + "DrainAgent": frozenset({ADMIN, REPLICA}),
+    _C + "Lease": frozenset({ADMIN, BRIDGE}),
+    _A + "Work": frozenset({AGENT}),
+    _A + "Report": frozenset({REPLICA}),
+}
+_HEALTH = "/grpc.health.v1.Health/"
+#: methods that change something: written to the audit log
+AUDITED = frozenset(_C + m for m in ("Submit", "Cancel", "ChangeMembership", "Control", "DrainAgent", "Lease"))
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a call is refused: ``unauthenticated`` (no identity) or not
+    (PERMISSION_DENIED), and a sentence naming what is missing."""
+
+    unauthenticated: bool
+    message: str
+
+
+def _who(name: str, role: str) -> str:
+    return f"{name or '(no name)'} (role {role or 'none'})"
+
+
+def _needs(roles: Collection[str]) -> str:
+    ordered = [r for r in ROLES if r in roles]
+    return ordered[0] if len(ordered) == 1 else ", ".join(ordered[:-1]) + " or " + ordered[-1]
+
+
+def check(name: str | None, role: str, method: str, request: object = None,
+          user_mask: Collection[str] = DEFAULT_USER_MASK) -> Refusal | None:
+    """None if the peer *name* with *role* may make this call; else why not.
+    *name* None: the connection has no client certificate. *request* is
+    the decoded request for the request-level rules (None for a stream)."""
+    if name is None:
+        return Refusal(True, f"{method}: no client certificate; every call needs one signed by the cluster CA")
+    if method.startswith(_HEALTH):
+        return None
+    allowed = METHODS.get(method)
+    if allowed is None:
+        return Refusal(False, f"{method}: not a method of this service")
+    if role not in allowed:
+        return Refusal(False, f"{method.rsplit('/', 1)[1]} needs role {_needs(allowed)}; "
+                              f"the certificate of {_who(name, role)} does not give it")
+    if method == _C + "Cancel" and getattr(request, "all", False) and role not in (ADMIN, REPLICA):
+        return Refusal(False, f"Cancel all needs role admin; {_who(name, role)} may cancel given actions, "
+                              "files or cookies")
+    if method == _C + "Submit" and role == USER:
+        allowed_kinds = {KINDS[k] for k in user_mask if k in KINDS}
+        for i, item in enumerate(getattr(request, "items", ())):
+            if item.kind not in allowed_kinds:
+                names = {v: k for k, v in KINDS.items()}
+                return Refusal(False, f"item {i}: {names.get(item.kind, f'kind {item.kind}').upper()} is not in "
+                                      f"the user request mask ({', '.join(sorted(user_mask)) or 'empty'}); "
+                                      f"{_who(name, role)} needs role operator for it")
+    return None
+
+
+def check_mask(mask: object, what: str = "user_request_mask") -> frozenset[str]:
+    """A request mask from a config file: a list of kind names."""
+    if not isinstance(mask, list | tuple) or not all(isinstance(k, str) and k in KINDS for k in mask):
+        raise ValueError(f"{what}: expected a list of {', '.join(KINDS)}, got {mask!r}")
+    return frozenset(mask)
