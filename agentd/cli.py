@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         "default 127.0.0.1:7600)",
     )
     p.add_argument("--agent-id", metavar="ID", help="stable agent id (default: short host name)")
+    p.add_argument("--tls-ca", metavar="PEM", help="mutual TLS: the cluster CA's certificate (tls.ca; "
+                   "environment HSM_TLS_CA)")
+    p.add_argument("--tls-cert", metavar="PEM", help="mutual TLS: this agent's certificate, issued for its "
+                   "agent id (tls.cert; HSM_TLS_CERT)")
+    p.add_argument("--tls-key", metavar="PEM", help="mutual TLS: its key (tls.key; HSM_TLS_KEY)")
     p.add_argument("--cluster-id", metavar="ID",
                    help=f"work only for the cluster with this id (env {ENV_CLUSTER}; default: the "
                    "cluster of the first replica that answers)")
@@ -183,6 +188,10 @@ def overrides_from_args(args: argparse.Namespace) -> list[Override]:
         ov.append(Override("coordinators", args.coordinators, "--coordinators"))
     if args.agent_id is not None:
         ov.append(Override("agent_id", args.agent_id, "--agent-id"))
+    for flag, key in (("tls_ca", "ca"), ("tls_cert", "cert"), ("tls_key", "key")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            ov.append(Override(f"tls.{key}", value, f"--{flag.replace('_', '-')}"))
     if args.cluster_id is not None:
         ov.append(Override("cluster_id", args.cluster_id, "--cluster-id"))
     if args.mover is not None:

@@ -182,11 +182,13 @@ import re
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from hsm.hsmflags import HSMA
+from hsm.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsError, TlsFiles, identity_of
 from hsm.wire import FSNAME_RULE, valid_fsname
 
 DEFAULT_COORDINATOR = "127.0.0.1:7600"
@@ -283,6 +285,9 @@ class AgentConfig:
     reconnect_min_delay: float = 0.2
     reconnect_max_delay: float = 5.0
     log_level: str = "INFO"
+    #: mutual TLS to the coordinators (the CA, this agent's certificate, whose
+    #: common name must be agent_id, and its key); None: plain text
+    tls: TlsFiles | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +449,7 @@ _TOP_KEYS = (
     "reconnect_min_delay",
     "reconnect_max_delay",
     "log_level",
+    "tls",
 )
 _SLOT_KEYS = ("archive", "restore", "remove")
 _BACKEND_KEYS = {
@@ -558,6 +564,12 @@ def load_config(
         data["coordinators"] = env_coord
         origins.by_key["coordinators"] = f"environment {ENV_COORDINATORS}"
 
+    for env, key in ((ENV_CA, "ca"), (ENV_CERT, "cert"), (ENV_KEY, "key")):
+        value = environ.get(env)
+        if value is not None and value.strip():
+            _set_dotted(data, f"tls.{key}", value.strip())
+            origins.by_key[f"tls.{key}"] = f"environment {env}"
+
     env_cluster = environ.get(ENV_CLUSTER)
     if env_cluster is not None and env_cluster.strip():
         data["cluster_id"] = env_cluster.strip()
@@ -618,6 +630,22 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
             if n not in ids:
                 ids.append(n)
         kw["archive_ids"] = tuple(ids)
+
+    if data.get("tls") is not None:
+        t = c.mapping(data["tls"], "tls")
+        c.unknown(t, ("ca", "cert", "key"), "tls.", "tls")
+        got = {k: c.string(t[k], f"tls.{k}") for k in ("ca", "cert", "key") if t.get(k) is not None}
+        if len(got) != 3:
+            missing = ", ".join(k for k in ("ca", "cert", "key") if k not in got)
+            raise c.fail("tls", f"needs ca, cert and key (PEM files; flags --tls-ca, --tls-cert, --tls-key); "
+                         f"missing: {missing}")
+        files = TlsFiles(Path(got["ca"]), Path(got["cert"]), Path(got["key"]))
+        try:
+            _, cert_pem, _ = files.read()
+        except TlsError as exc:
+            raise c.fail("tls", str(exc)) from None
+        kw["tls"] = files
+        kw["_tls_name"] = _cert_name(cert_pem)
 
     if "slots" in data:
         s = c.mapping(data["slots"], "slots")
@@ -697,7 +725,20 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
             raise c.fail("log_level", f"{data['log_level']!r} is not one of {', '.join(LOG_LEVELS)}")
         kw["log_level"] = level
 
+    tls_name = kw.pop("_tls_name", None)
+    if tls_name is not None:
+        agent_id = kw.get("agent_id") or default_agent_id()
+        if tls_name != agent_id:
+            raise c.fail("tls.cert", f"the certificate names {tls_name!r} but agent_id is {agent_id!r}: an "
+                         "agent works only under the id its certificate names (set agent_id, flag "
+                         f"--agent-id {tls_name}, or issue a certificate for {agent_id!r})")
     return AgentConfig(**kw)
+
+
+def _cert_name(pem: bytes) -> str:
+    from cryptography import x509
+
+    return identity_of(x509.load_pem_x509_certificate(pem)).name
 
 
 def _check_lustre(b: dict[str, Any], c: _Checker) -> BackendConfig:

@@ -106,6 +106,7 @@ from agentd.lease import Leases
 from agentd.movers.base import Job, Mover, Result
 from hsm import __version__
 from hsm.client import metadata_value
+from hsm.tls import channel_credentials
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2
 from hsm.wire import CLUSTER_METADATA_KEY, KIND_NAMES, REPLICA_METADATA_KEY
 
@@ -426,7 +427,10 @@ class _Session:
     async def _connect_once(self) -> bool:
         """One stream's life. Returns True if it got as far as a Welcome."""
         agent = self.agent
-        async with grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS) as channel:
+        tls = agent.config.tls
+        channel_ctx = (grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS) if tls is None else
+                       grpc.aio.secure_channel(self.address, channel_credentials(tls), options=_CHANNEL_OPTIONS))
+        async with channel_ctx as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Work()
             self._call = call
@@ -638,12 +642,12 @@ class Agent:
         cfg = self.config
         log.info(
             "agentd %s: agent %s on %s, coordinators %s, archive ids %s, slots archive=%d "
-            "restore=%d remove=%d, mover %s, file system %s",
+            "restore=%d remove=%d, mover %s, file system %s, %s",
             __version__, cfg.agent_id, self.host, ",".join(cfg.coordinators),
             ",".join(map(str, cfg.archive_ids)) or "all",
             cfg.slots.archive, cfg.slots.restore, cfg.slots.remove,
             getattr(self.mover, "name", type(self.mover).__name__),
-            getattr(self.backend, "fsname", "?"),
+            getattr(self.backend, "fsname", "?"), "mutual TLS" if cfg.tls else "plain text",
         )
         self._sessions = [_Session(self, addr) for addr in self.core.streams]
         self._by_address = {s.address: s for s in self._sessions}

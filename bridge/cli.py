@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="register for this archive id (repeatable; default: every archive id)")
     p.add_argument("--coordinators", default=os.environ.get("HSM_COORDINATORS", "127.0.0.1:7600"),
                    metavar="ADDR[,ADDR]", help="coordinator replicas (env HSM_COORDINATORS)")
+    p.add_argument("--tls-ca", metavar="PEM", help="mutual TLS: the cluster CA's certificate (env HSM_TLS_CA)")
+    p.add_argument("--tls-cert", metavar="PEM", help="mutual TLS: the bridge's certificate, role bridge "
+                   "(env HSM_TLS_CERT)")
+    p.add_argument("--tls-key", metavar="PEM", help="mutual TLS: its key (env HSM_TLS_KEY)")
     p.add_argument("--cluster-id", default=os.environ.get("HSM_CLUSTER") or None, metavar="ID",
                    help="forward only to the cluster with this id (env HSM_CLUSTER)")
     p.add_argument("--journal", type=Path, metavar="FILE",
@@ -110,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bridge.daemon import Bridge, DaemonConfig
     from hsm.client import CoordinatorClient, InvalidArgument
     from hsm.lustre.api import LustreApi
+    from hsm.tls import TlsFiles
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -120,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             max_backlog=args.max_backlog, mdt_max_requests=args.mdt_max_requests,
                             mdt_active_request_timeout=args.mdt_active_request_timeout,
                             stall_after=args.mdt_stall_after)
-        client = CoordinatorClient(args.coordinators, cluster_id=args.cluster_id, initiator="hsm-bridge")
+        tls = TlsFiles.from_args(args.tls_ca, args.tls_cert, args.tls_key)
+        client = CoordinatorClient(args.coordinators, cluster_id=args.cluster_id, initiator="hsm-bridge", tls=tls)
     except (ValueError, InvalidArgument) as exc:
         parser.error(str(exc))
     journal = args.journal or Path("/var/lib/hsm-bridge") / f"{'+'.join(sorted(args.fsname))}.journal"

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ini = sub.add_parser("init", help="create a cluster configuration",
-                         description="Write coordinator.yaml and raft-password (mode 0600) into --out. Copy both "
+                         description="Write coordinator.yaml and raft-password (mode 0600) into --out, and the "
+                                     "cluster CA and certificates into --out/tls (unless --insecure). Copy them "
                                      "to every replica. Refuses to overwrite existing files.")
     ini.add_argument("--name", default="hsm", help="cluster name (default hsm)")
     ini.add_argument("--shards", type=int, default=8, help="shard count, fixed for the cluster's life (default 8)")
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     ini.add_argument("--data-dir", default="/var/lib/hsm-coordinator", help="Raft data directory on each replica")
     ini.add_argument("--archive-ids", type=_archive_ids, default=[1], metavar="N[,N...]")
     ini.add_argument("--out", type=Path, required=True, help="directory to write the files into")
+    ini.add_argument("--insecure", action="store_true",
+                     help="no certificates: the gRPC ports speak plain text and check nobody (the replicas "
+                          "warn at start); by default init also creates OUT/tls: the cluster CA, a "
+                          "certificate per replica and one for an admin")
 
     run = sub.add_parser("run", help="run one coordinator replica",
                          description="Run one coordinator replica (config keys: docs/cluster-config.md; "
@@ -253,15 +258,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             replicas = [cfgmod.parse_replica(r) for r in args.replica]
             cfg_path, pw_path = cfgmod.init_cluster(args.out, args.name, args.shards, replicas,
-                                                    data_dir=args.data_dir, archive_ids=tuple(args.archive_ids))
+                                                    data_dir=args.data_dir, archive_ids=tuple(args.archive_ids),
+                                                    tls=not args.insecure)
         except cfgmod.ConfigError as exc:
             print(f"hsm-coordinator init: {exc}", file=sys.stderr)
             return 2
         cluster_id = cfgmod.load(cfg_path, {"replica_id": replicas[0].id})[0].cluster.cluster_id
         print(f"wrote {cfg_path} and {pw_path} ({len(replicas)} replicas, {args.shards} shards, "
               f"cluster id {cluster_id})")
-        print("copy both files to every replica, then on each: "
-              f"hsm-coordinator run --config {cfg_path} --replica-id ID")
+        if not args.insecure:
+            tls = args.out / "tls"
+            print(f"wrote the cluster CA and certificates in {tls}: one per replica, and {cfgmod.ADMIN_CERT}.pem "
+                  f"(role admin) for hsmctl; issue agents' with hsm-coordinator certs issue --dir {tls} "
+                  "--name AGENT_ID --role agent, then move ca.key off this host (it signs certificates: it belongs "
+                  "on no replica)")
+        print("copy both files" + ("" if args.insecure else " and the tls directory") + " to every replica, "
+              f"then on each: hsm-coordinator run --config {cfg_path} --replica-id ID")
         return 0
 
     if args.command == "member":

@@ -25,6 +25,12 @@ The file format is documented in docs/cluster-config.md; in short::
     heartbeat_interval: 5
     propose_timeout: 10
     raft: {election_min: 1.0, election_max: 2.0, ...}   # coordinator.raft.RaftTuning fields
+    tls:                          # mutual TLS on the gRPC port (hsm-coordinator certs); paths may
+      ca: tls/ca.pem              # name {replica_id}; relative ones are from this file's directory
+      cert: tls/{replica_id}.pem
+      key: tls/{replica_id}.key
+    insecure: false               # true and no tls: plain text, nobody checked (warned at start)
+    user_request_mask: [restore]  # what a certificate of role user may request
     log_level: info
 """
 
@@ -42,7 +48,12 @@ import yaml
 from coordinator.cluster import ClusterSpec, ReplicaSpec, new_cluster_id, split_addr
 from coordinator.node import NodeConfig, local_hostname
 from coordinator.raft import RaftTuning
+from coordinator.roles import check_mask
 from hsm.ring import DEFAULT_VNODES
+from hsm.tls import TlsError, TlsFiles
+
+#: the certificate ``init_cluster`` issues for the cluster's first admin (hsmctl)
+ADMIN_CERT = "admin"
 
 
 class ConfigError(ValueError):
@@ -56,7 +67,7 @@ _SIMPLE = {
     "remember_for": float, "agent_grace": float,
     "heartbeat_interval": float, "propose_timeout": float, "progress_timeout": float,
 }
-_TOP = set(_SIMPLE) | {"cluster", "raft", "log_level"}
+_TOP = set(_SIMPLE) | {"cluster", "raft", "log_level", "tls", "insecure", "user_request_mask"}
 _CLUSTER = {"id", "name", "shards", "vnodes", "password_file", "password", "replicas"}
 
 
@@ -192,9 +203,42 @@ def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> tu
         cluster.replica(values["replica_id"])
     except ValueError as exc:
         raise ConfigError(f"replica_id: {exc}") from None
+    values["tls"] = _tls(raw.get("tls"), raw.get("insecure", False), base, values["replica_id"])
+    if "user_request_mask" in raw:
+        try:
+            values["user_request_mask"] = check_mask(raw["user_request_mask"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     cfg = NodeConfig(cluster=cluster, raft=_raft(raw.get("raft")), **values)
     validate(cfg)
     return cfg, log_level
+
+
+def _tls(raw: Any, insecure: Any, base: Path | None, replica_id: str) -> TlsFiles | None:
+    """``tls: {ca, cert, key}`` (paths relative to the config file; ``{replica_id}``
+    in a path is this replica's id, so one file serves every replica), or
+    None with ``insecure: true``. Each file is read now: a missing or
+    unreadable one stops the start with its name."""
+    if not isinstance(insecure, bool):
+        raise ConfigError(f"insecure: expected true or false, got {insecure!r}")
+    if raw is None:
+        return None
+    if insecure:
+        raise ConfigError("tls and insecure: true both given; keep one")
+    if not isinstance(raw, dict) or set(raw) != {"ca", "cert", "key"}:
+        raise ConfigError(f"tls: expected exactly the keys ca, cert, key (PEM files from hsm-coordinator certs); "
+                          f"got {raw!r}")
+    paths = []
+    for key in ("ca", "cert", "key"):
+        value = _check(f"tls.{key}", raw[key], str).replace("{replica_id}", replica_id)
+        p = Path(value)
+        paths.append(base / p if base is not None and not p.is_absolute() else p)
+    files = TlsFiles(*paths)
+    try:
+        files.read()
+    except TlsError as exc:
+        raise ConfigError(str(exc)) from None
+    return files
 
 
 def validate(cfg: NodeConfig) -> None:
@@ -221,9 +265,13 @@ def validate(cfg: NodeConfig) -> None:
 
 def init_cluster(out: Path, name: str, shards: int, replicas: list[ReplicaSpec], vnodes: int = DEFAULT_VNODES,
                  data_dir: str = "/var/lib/hsm-coordinator", archive_ids: tuple[int, ...] = (1,),
-                 extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                 extra: dict[str, Any] | None = None, tls: bool = False) -> tuple[Path, Path]:
     """Write ``coordinator.yaml`` and ``raft-password`` (0600) into *out*.
-    Refuses to overwrite either. Returns both paths."""
+    Refuses to overwrite either. Returns both paths. With *tls*, also the
+    cluster CA and certificates in ``out/tls`` (``coordinator.certs``): one
+    per replica (role replica, valid for its API host) and ``admin`` (role
+    admin, for hsmctl); the config names them (``tls:``). Without it the
+    config says ``insecure: true``."""
     try:
         ClusterSpec(name, shards, tuple(replicas), "x" * 16, vnodes)
     except ValueError as exc:
@@ -233,6 +281,17 @@ def init_cluster(out: Path, name: str, shards: int, replicas: list[ReplicaSpec],
     for p in (cfg_path, pw_path):
         if p.exists():
             raise ConfigError(f"{p} already exists; refusing to overwrite a cluster's configuration")
+    tls_dir = out / "tls"
+    if tls:
+        from coordinator import certs
+
+        try:
+            certs.init_ca(tls_dir)
+            for r in replicas:
+                certs.issue(tls_dir, r.id, "replica", hosts=(split_addr(r.api)[0],))
+            certs.issue(tls_dir, ADMIN_CERT, "admin")
+        except certs.CertError as exc:
+            raise ConfigError(str(exc)) from None
     fd = os.open(pw_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_urlsafe(32) + "\n")
@@ -246,6 +305,11 @@ def init_cluster(out: Path, name: str, shards: int, replicas: list[ReplicaSpec],
         "default_archive_id": archive_ids[0],
         "log_level": "info",
     }
+    if tls:
+        d = tls_dir.resolve()
+        doc["tls"] = {"ca": str(d / "ca.pem"), "cert": str(d / "{replica_id}.pem"), "key": str(d / "{replica_id}.key")}
+    else:
+        doc["insecure"] = True
     doc.update(extra or {})
     header = ("# hsm-coordinator cluster configuration (docs/cluster-config.md).\n"
               "# Identical on every replica; each sets its own replica_id (flag --replica-id,\n"

@@ -28,6 +28,7 @@ from pathlib import Path
 from hsm.client import CoordinatorClient, submit_item
 from hsm.hsmflags import HS
 from hsm.simfs import SimFS
+from hsm.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsFiles
 from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import types_pb2 as T
 
@@ -69,8 +70,14 @@ def make_files(root: Path, n: int, seed: int = 20261122) -> dict[Path, str]:
     return digests
 
 
+#: the admin's certificate that hsm-coordinator local made (mutual TLS), set by start_local
+TLS: TlsFiles | None = None
+
+
 def hsmctl(address: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, HSM_COORDINATORS=address)
+    if TLS is not None:
+        env.update({ENV_CA: str(TLS.ca), ENV_CERT: str(TLS.cert), ENV_KEY: str(TLS.key)})
     r = subprocess.run([sys.executable, "-m", "hsmctl.cli", *args], env=env, capture_output=True,
                        text=True, timeout=300)
     if check and r.returncode != 0:
@@ -93,6 +100,9 @@ def start_local(work: Path) -> tuple[subprocess.Popen[str], str]:
         seen.append(line)
         if "coordinators at " in line:
             address = line.split("coordinators at ", 1)[1].split(" ", 1)[0].rstrip(",")
+            global TLS
+            tls = work / "cluster" / "tls"
+            TLS = TlsFiles(tls / "ca.pem", tls / "admin.pem", tls / "admin.key") if tls.is_dir() else None
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
             return proc, address
     proc.kill()
@@ -118,7 +128,7 @@ def concurrent_restores(address: str, fs: SimFS, paths: list[Path]) -> list[list
 
     def requester(n: int) -> None:
         try:
-            with CoordinatorClient(address, initiator=f"oss{n + 1}") as client:
+            with CoordinatorClient(address, initiator=f"oss{n + 1}", tls=TLS) as client:
                 for start in range(0, len(paths), BATCH):
                     items = []
                     for j in range(start, min(start + BATCH, len(paths))):
@@ -148,7 +158,8 @@ def run(work: Path) -> None:
     say(f"== hsm-coordinator demo in {work}")
     proc, address = start_local(work)
     try:
-        say(f"   3 coordinator replicas x 8 shards at {address}; 2 agentd with the posix mover")
+        say(f"   3 coordinator replicas x 8 shards at {address}; 2 agentd with the posix mover; "
+            + ("mutual TLS, certificates in " + str(TLS.ca.parent) if TLS else "plain text"))
         fs = SimFS.open(work / "fs")
         data_dir = fs.root / "data"
         digests = make_files(data_dir, FILES)
@@ -180,7 +191,7 @@ def run(work: Path) -> None:
         per_requester = concurrent_restores(address, fs, paths)
         outcomes = Counter(C.SubmitOutcome.Name(r.outcome) for rs in per_requester for r in rs)
         action_ids = {r.action_id for rs in per_requester for r in rs if r.action_id}
-        with CoordinatorClient(address) as client:
+        with CoordinatorClient(address, tls=TLS) as client:
             ended = client.wait(sorted(action_ids), deadline=300)
             failed = [a for a in ended.values() if a.state != T.SUCCEEDED]
             if failed:

@@ -36,10 +36,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from coordinator import certs
 from coordinator import config as cfgmod
 from coordinator.cluster import ReplicaSpec, free_ports, split_addr
 from hsm.client import metadata_value
 from hsm.simfs import SimFS
+from hsm.tls import TlsFiles, channel_credentials
 from hsm.v1 import coordinator_pb2, coordinator_pb2_grpc
 from hsm.wire import CLUSTER_METADATA_KEY, REPLICA_METADATA_KEY
 
@@ -90,7 +92,12 @@ class LocalSystem:
     agent_grace: float = 30.0
     log_level: str = "info"
     slots: str = "archive=4,restore=4,remove=2"
+    #: a new cluster gets a CA and certificates (mutual TLS everywhere);
+    #: False: plain text (insecure: true)
+    tls: bool = True
     replica_specs: list[ReplicaSpec] = field(default_factory=list)
+    #: the admin's TLS files (for clients of this system), None in plain text
+    client_tls: TlsFiles | None = None
     cluster_id: str = ""
     fs: SimFS | None = None
     coordinators: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
@@ -123,6 +130,20 @@ class LocalSystem:
         self.replica_specs = list(cfg.cluster.replicas)
         self.shards = cfg.cluster.shards
         self.cluster_id = cfg.cluster.cluster_id
+        if cfg.tls is not None:
+            self.client_tls = self._tls_files(cfgmod.ADMIN_CERT)
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.config_path.parent / "tls"
+
+    def _tls_files(self, name: str) -> TlsFiles:
+        return TlsFiles(self.tls_dir / "ca.pem", self.tls_dir / f"{name}.pem", self.tls_dir / f"{name}.key")
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if self.client_tls is None:
+            return grpc.aio.insecure_channel(address)
+        return grpc.aio.secure_channel(address, channel_credentials(self.client_tls))
 
     def _init_config(self) -> None:
         n, s = self.replicas, self.shards
@@ -134,7 +155,7 @@ class LocalSystem:
         specs = [ReplicaSpec(f"r{k + 1}", f"127.0.0.1:{api0 + k}", f"127.0.0.1:{raft0 + k * s}") for k in range(n)]
         cfgmod.init_cluster(
             self.config_path.parent, "local", s, specs, data_dir=str(self.dir / "data"),
-            archive_ids=self.archive_ids,
+            archive_ids=self.archive_ids, tls=self.tls,
             extra={"agent_grace": self.agent_grace, "log_level": self.log_level,
                    "raft": {"election_min": 0.5, "election_max": 1.0, "leader_fallback": 2.0,
                             "connection_timeout": 2.0}},
@@ -195,6 +216,11 @@ class LocalSystem:
                "--slots", self.slots, "--cluster-id", self.cluster_id]
         for a in self.archive_ids:
             cmd += ["--archive-id", str(a)]
+        if self.client_tls is not None:
+            if not (self.tls_dir / f"{agent_id}.pem").exists():
+                certs.issue(self.tls_dir, agent_id, "agent")
+            f = self._tls_files(agent_id)
+            cmd += ["--tls-ca", str(f.ca), "--tls-cert", str(f.cert), "--tls-key", str(f.key)]
         self.agent_procs[agent_id] = await self._spawn(agent_id, cmd)
 
     def children(self) -> dict[str, asyncio.subprocess.Process]:
@@ -226,7 +252,7 @@ class LocalSystem:
         for r in self.replica_specs:
             if r.id not in self.coordinators:
                 continue
-            async with grpc.aio.insecure_channel(r.api) as ch:
+            async with self._channel(r.api) as ch:
                 stub = health_pb2_grpc.HealthStub(ch)
                 while True:
                     self._check_alive()
@@ -244,7 +270,7 @@ class LocalSystem:
 
     async def _wait_agents(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(self.replica_specs[0].api) as ch:
+        async with self._channel(self.replica_specs[0].api) as ch:
             stub = coordinator_pb2_grpc.CoordinatorStub(ch)
             while True:
                 self._check_alive()
@@ -298,6 +324,9 @@ async def run_foreground(system: LocalSystem, announce: Callable[[str], None] = 
     announce(f"  logs:         {system.log_dir}")
     announce(f"  config:       {system.config_path}")
     announce(f"  try:          export HSM_COORDINATORS={system.addresses} HSM_CLUSTER={system.cluster_id}")
+    if system.client_tls is not None:
+        t = system.client_tls
+        announce(f"                export HSM_TLS_CA={t.ca} HSM_TLS_CERT={t.cert} HSM_TLS_KEY={t.key}")
     announce(f"                cp /etc/hosts {system.fs_root}/ && hsmctl archive --wait {system.fs_root}/hosts")
     announce("  stop:         Ctrl-C")
     watchers = {asyncio.ensure_future(p.wait()): name for name, p in system.children().items()}

@@ -77,6 +77,11 @@ coordinators: --coordinators HOST:PORT[,HOST:PORT...], else $HSM_COORDINATORS,
 else 127.0.0.1:7600. Any replica will do; hsmctl learns the others from it and
 follows the shard leaders.
 
+tls: a cluster whose replicas run with mutual TLS needs --tls-ca, --tls-cert
+and --tls-key (or $HSM_TLS_CA, $HSM_TLS_CERT, $HSM_TLS_KEY): the cluster CA's
+certificate and yours (hsm-coordinator certs issue; its role says what you may
+do). Without them hsmctl speaks plain text, which such a replica refuses.
+
 cluster: hsmctl talks only to the cluster whose id --cluster ID (or
 $HSM_CLUSTER) names, and to the one a simfs tree records (hsm-coordinator
 local writes it); a replica of another cluster is refused (exit 3). Without
@@ -421,13 +426,19 @@ def _client(args: argparse.Namespace, ctx: Context) -> CoordinatorClient:
     """A client of the cluster that --cluster / $HSM_CLUSTER and the simfs
     trees of this command name (none named: the first replica that answers)."""
     from hsm.client import CoordinatorClient, InvalidArgument
+    from hsm.tls import TlsError, TlsFiles
 
+    try:
+        tls = TlsFiles.from_args(args.tls_ca, args.tls_cert, args.tls_key)
+    except TlsError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
     try:
         client = CoordinatorClient(
             args.coordinators,
             timeout=args.timeout,
             initiator=f"{PROG}@{socket.gethostname()}",
             retry_unavailable=min(5.0, args.timeout),
+            tls=tls,
         )
         if args.cluster:
             client.expect_cluster(args.cluster, "--cluster" if args.cluster_flag else "$HSM_CLUSTER")
@@ -1696,6 +1707,12 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
         "--cluster", metavar="ID", type=_cluster_id, default=default(None),
         help="talk only to the cluster with this id (env HSM_CLUSTER; hsmctl status prints it)",
     )
+    parser.add_argument("--tls-ca", metavar="PEM", default=default(None),
+                        help="mutual TLS: the cluster CA's certificate (env HSM_TLS_CA)")
+    parser.add_argument("--tls-cert", metavar="PEM", default=default(None),
+                        help="mutual TLS: your certificate (env HSM_TLS_CERT; hsm-coordinator certs issue)")
+    parser.add_argument("--tls-key", metavar="PEM", default=default(None),
+                        help="mutual TLS: its key (env HSM_TLS_KEY)")
     parser.add_argument(
         "--timeout", type=_positive_float, metavar="SECONDS", default=default(30.0),
         help="give up on the coordinator after this long (default 30)",

@@ -333,3 +333,20 @@ def test_help_describes_movers_and_placeholders() -> None:
     text = cli.build_parser().format_help()
     for needle in ("posix", "command", "{fid}", "{path}", "{dest}", "{archive_id}", "--slots", "HSM_COORDINATORS", "SIGTERM"):
         assert needle in text
+
+
+def test_an_agent_with_a_certificate_works_under_the_id_it_names(tmp_path: Path) -> None:
+    from coordinator import certs
+
+    certs.init_ca(tmp_path / "ca")
+    certs.issue(tmp_path / "ca", "mover1", "agent")
+    d = tmp_path / "ca"
+    env = {"HSM_TLS_CA": str(d / "ca.pem"), "HSM_TLS_CERT": str(d / "mover1.pem"), "HSM_TLS_KEY": str(d / "mover1.key")}
+    path = write(tmp_path, MINIMAL + "agent_id: mover1\n")
+    cfg = load_config(path, environ=env)
+    assert cfg.tls is not None and cfg.tls.cert == d / "mover1.pem"
+    path = write(tmp_path, MINIMAL + "agent_id: mover2\n", "other.yaml")
+    with pytest.raises(ConfigError, match="the certificate names 'mover1' but agent_id is 'mover2'"):
+        load_config(path, environ=env)
+    with pytest.raises(ConfigError, match="missing: key"):
+        load_config(path, environ={k: v for k, v in env.items() if k != "HSM_TLS_KEY"})

@@ -145,3 +145,38 @@ def test_cli_init_and_config_errors(tmp_path: Path) -> None:
 def test_cli_help_lists_commands() -> None:
     r = subprocess.run([sys.executable, "-m", "coordinator.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and all(w in r.stdout for w in ("init", "run", "local", "exit codes"))
+
+
+def test_init_makes_the_cluster_ca_and_every_replica_loads_its_own_certificate(tmp_path: Path) -> None:
+    reps = [parse_replica(f"c{i}=127.0.0.{i + 1}:7600:7700") for i in range(3)]
+    path, _ = init_cluster(tmp_path / "etc", "t", 2, reps, data_dir=str(tmp_path / "data"), tls=True)
+    tls = tmp_path / "etc" / "tls"
+    assert {p.name for p in tls.iterdir()} == {"ca.pem", "ca.key", "admin.pem", "admin.key",
+                                              *(f"c{i}.{x}" for i in range(3) for x in ("pem", "key"))}
+    for i in range(3):
+        cfg, _ = load(path, {"replica_id": f"c{i}"})
+        assert cfg.tls is not None and cfg.tls.cert == tls / f"c{i}.pem" and cfg.tls.key == tls / f"c{i}.key"
+    r = subprocess.run([sys.executable, "-m", "coordinator.cli", "certs", "show", str(tls / "c2.pem")],
+                       capture_output=True, text=True, timeout=60)
+    assert "c2, role replica" in r.stdout and "hosts: 127.0.0.3" in r.stdout
+    # insecure is said, not implied
+    plain, _ = init_cluster(tmp_path / "plain", "t", 2, reps, data_dir=str(tmp_path / "d2"))
+    assert yaml.safe_load(plain.read_text())["insecure"] is True
+    assert load(plain, {"replica_id": "c0"})[0].tls is None
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"tls": {"ca": "/nonexistent/ca.pem", "cert": "/x.pem", "key": "/x.key"}}, "tls ca: cannot read /nonexistent/ca.pem"),
+    ({"tls": {"ca": "a", "cert": "b"}}, "expected exactly the keys ca, cert, key"),
+    ({"tls": {"ca": "a", "cert": "b", "key": "c"}, "insecure": True}, "both given"),
+    ({"insecure": "yes"}, "insecure: expected true or false"),
+    ({"user_request_mask": ["restore", "delete"]}, "user_request_mask: expected a list of archive, restore, remove"),
+])
+def test_tls_settings_are_checked_at_load(tmp_path: Path, change: dict[str, object], words: str) -> None:
+    path = make_cluster(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc.pop("insecure", None)
+    doc.update(change)
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
+        load(path, {"replica_id": "c0"})

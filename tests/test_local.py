@@ -22,6 +22,7 @@ from coordinator.cluster import ReplicaSpec, free_ports
 from coordinator.local import ChildDied, LocalSystem, unique_fsname
 from hsm.simfs import SimFS
 from tests.cluster import until
+from tests.readme import assert_sample
 from tests.test_e2e import _children, _cmdline, _pids_alive
 
 
@@ -120,7 +121,12 @@ def test_local_stops_with_an_error_when_a_child_dies_later(tmp_path: Path) -> No
         assert "coordinators at" in first, first + (proc.stderr.read() if proc.poll() is not None else "")
         fs = SimFS.open(work / "fs")
         assert re.fullmatch(r"sim[a-z0-9]{5}", fs.fsname)
-        assert fs.cluster_id and fs.cluster_id in proc.stdout.readline()  # "  cluster id:   ..."
+        banner = [first]
+        while not banner[-1].startswith("  stop:"):
+            banner.append(proc.stdout.readline())
+        assert fs.cluster_id and fs.cluster_id in banner[1]  # "  cluster id:   ..."
+        # the README's sample of it (mutual TLS: the certificates' line)
+        assert_sample("It prints where everything is", "".join(banner), replace={str(work): "/tmp/hsm"})
         family = _children(proc.pid)
         replicas = [p for p in family if "coordinator.cli run" in _cmdline(p)]
         assert len(replicas) == 3
