@@ -40,6 +40,10 @@ workloads:
   mixed          archives, restores, removes and cancels, one replica killed half-way: throughput
                  before/after, actions lost (must be 0), actions run twice (must be 0)
   profile        the archive flood under py-spy (replicas, an agentd, a client); see bench/profile.py
+  compare        workloads on a baseline commit's code and on the working tree, in one run, with
+                 the ratio of every figure (compare --help; bench/compare.py)
+  sealing        what sealing Raft messages (Fernet) costs: the flood with encryption on and off,
+                 and seal + unseal per Raft entry and per action (sealing --help; bench/sealing.py)
   report         re-render latest.md from latest.json
 
 exit status: 0 when every workload ran, whatever the figures (a missed performance
@@ -129,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--rate", type=int, default=100, help="py-spy samples per second (default 100)")
     prof.add_argument("--tag", default="", help="name of this profile run (default: the cluster shape)")
     sub.add_parser("report", parents=[common], help="re-render latest.md from latest.json")
+    from bench import compare, sealing
+
+    cmp = sub.add_parser("compare", parents=[common], help="baseline code versus the working tree, in one run",
+                         description=compare.COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmp.add_argument("--baseline", default=compare.DEFAULT_BASELINE, metavar="REV",
+                     help=f"the baseline commit (default {compare.DEFAULT_BASELINE}, the README's figures)")
+    cmp.add_argument("--workloads", metavar="LIST",
+                     help="comma-separated, of " + ", ".join(compare.WORKLOADS)
+                          + " (or all); default " + ",".join(compare.DEFAULT_WORKLOADS))
+    cmp.add_argument("--repeat", type=int, default=1, metavar="N",
+                     help="rounds; the side that goes first alternates, figures are medians (default 1)")
+    seal = sub.add_parser("sealing", parents=[common], help="the cost of sealing Raft messages (Fernet)",
+                          description=sealing.SEALING_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    seal.add_argument("--repeat", type=int, default=1, metavar="N",
+                      help="pairs of floods (on/off, then off/on, ...); figures are medians (default 1)")
     return p
 
 
@@ -250,6 +269,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.profile import profile
 
         return profile(args, settings_from(args), _say)
+    if args.workload in ("compare", "sealing"):
+        from bench import compare, sealing
+
+        s = settings_from(args)
+        s.say = _say
+        if args.workload == "compare":
+            try:
+                compare.parse_workloads(args.workloads)
+            except ValueError as exc:
+                build_parser().error(str(exc))
+            return compare.compare(args, s, _say)
+        return sealing.sealing(args, s, _say)
     return run(args)
 
 

@@ -9,13 +9,20 @@ result queue.
 
 FIDs: ``[seq:oid:0]`` with a sequence per workload (``SEQ_*``) and per
 client, so FIDs never collide between workloads or clients.
+
+With ``code_root`` in its parameters (``BenchCluster.client_code``: a
+cluster running another version's code, ``python -m bench compare``) a
+client puts that tree first on ``sys.path`` before it imports the client
+library, and records the product modules it imported in ``code_dir``.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import resource
+import sys
 import threading
 import time
 import traceback
@@ -35,6 +42,35 @@ CTX = mp.get_context("spawn")
 
 # HSM flags a client reads from the file (hsm.hsmflags.HS): what a bridge passes along
 HS_EXISTS, HS_RELEASED, HS_ARCHIVED = 0x1, 0x4, 0x8
+
+
+def use_code(p: dict[str, Any]) -> None:
+    """Run the client library of the tree ``p["code_root"]`` (if given): put
+    it first on sys.path, which spawn copied from the harness, before
+    anything imports ``hsm``; after the imports, write what was loaded to
+    ``p["code_dir"]/client-<pid>.json`` (checked by the harness)."""
+    root = p.get("code_root")
+    if not root:
+        return
+    early = sorted(m for m in sys.modules if m.split(".", 1)[0] in ("hsm", "coordinator", "agentd"))
+    if early:
+        raise RuntimeError(f"product modules imported before the code tree was chosen: {early[:5]}")
+    sys.path.insert(0, root)
+    import hsm.client  # noqa: F401 - what the worker uses
+    from hsm.v1 import coordinator_pb2, types_pb2  # noqa: F401
+
+    mods = {n: getattr(m, "__file__", None) for n, m in list(sys.modules.items())
+            if n.split(".", 1)[0] in ("hsm", "coordinator", "agentd") and getattr(m, "__file__", None)}
+    if p.get("code_dir"):
+        try:
+            with open(os.path.join(root, ".bench-code.json")) as f:
+                commit = json.load(f).get("commit", "")
+        except (OSError, ValueError):
+            commit = "?"
+        path = os.path.join(p["code_dir"], f"client-{os.getpid()}.json")
+        with open(path, "w") as f:
+            json.dump({"pid": os.getpid(), "root": root, "commit": commit, "sys_path_head": sys.path[:3],
+                       "modules": mods}, f)
 
 
 def _cpu() -> float:
@@ -85,6 +121,7 @@ def submit_worker(p: dict[str, Any], ready: Any, go: Any, out: Any, barrier: Any
     sends batch k at the same moment (restore storm). Reports outcomes,
     timings and sampled action ids (for latencies)."""
     try:
+        use_code(p)
         items = _items(p)
         client = _client(p["addresses"], p["initiator"])
         client.cluster_info()  # connect before the clock starts
@@ -153,6 +190,7 @@ def mixed_worker(p: dict[str, Any], ready: Any, go: Any, out: Any, progress: Any
     counter) counts acknowledged items, for the harness to kill a replica
     half-way."""
     try:
+        use_code(p)
         from hsm.client import CoordinatorError, outcome_name
 
         c = p["client"]

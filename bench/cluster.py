@@ -8,6 +8,15 @@ Every child runs in its own session (process group); :meth:`BenchCluster.
 stop` ends each group, with SIGKILL after a grace period, and runs from
 ``with BenchCluster(...)`` and from an ``atexit`` hook, so no process is
 left behind even when a workload fails half-way.
+
+With ``ClusterOptions.code`` (a ``bench.code.CodeTree``: ``python -m bench
+compare``) every process runs that tree's product code instead of the
+working tree's: the configuration is written by the tree's own
+``init_cluster``, replicas and agents start through ``bench.codeprobe``
+(which records the file of every product module they import, in
+``<cluster>/code/``), clients get the tree in their parameters
+(:meth:`BenchCluster.client_code`); :meth:`BenchCluster.check_code` checks
+the records.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from typing import Any, NamedTuple
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.code import CodeTree, check_records, read_records, summarize_records, write_config
 from bench.cpu import classify_replicas, deltas
 from coordinator import config as cfgmod
 from coordinator.cluster import ReplicaSpec, free_ports
@@ -231,12 +241,17 @@ class ClusterOptions:
     raft: dict[str, Any] = field(default_factory=dict)
     #: seconds each null-mover action takes (0: completes at once, on agentd's loop)
     null_delay: float = 0.0
+    #: the code every process runs (None: the working tree, as installed)
+    code: CodeTree | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"replicas": self.replicas, "shards": self.shards, "agents": self.agents, "slots": self.slots,
-                "mover": "null", "null_delay": self.null_delay,
-                "log_level": self.log_level,  # replicas and agents
-                "max_terminal": self.max_terminal, "fsync": self.fsync, "encrypt": self.encrypt, "raft": dict(self.raft)}
+        out = {"replicas": self.replicas, "shards": self.shards, "agents": self.agents, "slots": self.slots,
+               "mover": "null", "null_delay": self.null_delay,
+               "log_level": self.log_level,  # replicas and agents
+               "max_terminal": self.max_terminal, "fsync": self.fsync, "encrypt": self.encrypt, "raft": dict(self.raft)}
+        if self.code is not None:
+            out["code"] = {"label": self.code.label, "commit": self.code.commit, "root": str(self.code.root)}
+        return out
 
 
 class BenchCluster:
@@ -246,6 +261,7 @@ class BenchCluster:
         self.logs = workdir / "logs"
         self.fs_root = workdir / "fs"
         self.runs_dir = workdir / "runs"
+        self.code_dir = workdir / "code"
         self.specs: list[ReplicaSpec] = []
         self.config_path = workdir / "etc" / "coordinator.yaml"
         self.replicas: dict[str, subprocess.Popen[bytes]] = {}
@@ -283,13 +299,17 @@ class BenchCluster:
                       for k in range(n)]
         raft = {"election_min": 0.5, "election_max": 1.0, "leader_fallback": 2.0, "connection_timeout": 2.0,
                 "fsync": self.opt.fsync, "encrypt": self.opt.encrypt, **self.opt.raft}
-        cfgmod.init_cluster(
-            self.config_path.parent, "bench", s, self.specs, data_dir=str(self.dir / "data"),
-            extra={"agent_grace": self.opt.agent_grace, "log_level": self.opt.log_level,
-                   "max_terminal": self.opt.max_terminal, "raft": raft})
+        extra = {"agent_grace": self.opt.agent_grace, "log_level": self.opt.log_level,
+                 "max_terminal": self.opt.max_terminal, "raft": raft}
+        if self.opt.code is not None:  # the tree's own init_cluster: it writes what that code reads
+            write_config(self.opt.code, self.config_path.parent, "bench", s,
+                         [(r.id, r.api, r.raft) for r in self.specs], str(self.dir / "data"), extra)
+            return
+        cfgmod.init_cluster(self.config_path.parent, "bench", s, self.specs, data_dir=str(self.dir / "data"),
+                            extra=extra)
 
     def start(self, timeout: float = 60.0) -> None:
-        for d in (self.logs, self.runs_dir):
+        for d in (self.logs, self.runs_dir, self.code_dir):
             d.mkdir(parents=True, exist_ok=True)
         SimFS.create(self.fs_root, FSNAME)
         self._write_config()
@@ -301,19 +321,30 @@ class BenchCluster:
         self.wait_agents(timeout)
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        env, cwd = ENV, REPO
+        if self.opt.code is not None:
+            env, cwd = self.opt.code.env(ENV), self.dir
         with open(self.logs / f"{name}.log", "ab") as logf:
-            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=ENV,
-                                    start_new_session=True, cwd=str(REPO))
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env,
+                                    start_new_session=True, cwd=str(cwd))
+
+    def _python_m(self, name: str, module: str, also: str = "") -> list[str]:
+        """``python -m MODULE``, or with a code tree: through bench.codeprobe,
+        which records the code the process runs in code/<name>.json."""
+        if self.opt.code is None:
+            return [sys.executable, "-m", module]
+        return [*self.opt.code.python(), "-m", "bench.codeprobe", *(["--also", also] if also else []),
+                str(self.code_dir / f"{name}.json"), module]
 
     def start_replica(self, rid: str) -> None:
         self.dead.discard(rid)
         self.replicas[rid] = self._spawn(rid, [
-            sys.executable, "-m", "coordinator.cli", "run", "--config", str(self.config_path),
+            *self._python_m(rid, "coordinator.cli"), "run", "--config", str(self.config_path),
             "--replica-id", rid, "--data-dir", str(self.dir / "data" / rid), "--log-level", self.opt.log_level])
 
     def start_agent(self, agent_id: str) -> None:
         self.agents[agent_id] = self._spawn(agent_id, [
-            sys.executable, "-m", "bench.agent_shim", str(self.runs_dir / f"{agent_id}.runs"),
+            *self._python_m(agent_id, "bench.agent_shim", also="agentd"), str(self.runs_dir / f"{agent_id}.runs"),
             "--coordinators", self.addresses, "--agent-id", agent_id, "--fs-root", str(self.fs_root),
             "--mover", "null", "--slots", self.opt.slots, "--log-level", self.opt.log_level.upper(),
             *(["--null-delay", str(self.opt.null_delay)] if self.opt.null_delay else [])])
@@ -457,11 +488,32 @@ class BenchCluster:
         out.sort()
         return out
 
+    def client_code(self) -> dict[str, str]:
+        """Client parameters that make a client process run this cluster's
+        code tree (bench.clients.use_code), recording it in code/."""
+        if self.opt.code is None:
+            return {}
+        return {"code_root": str(self.opt.code.root), "code_dir": str(self.code_dir)}
+
+    def code_records(self) -> dict[str, dict[str, Any]]:
+        return read_records(self.code_dir) if self.code_dir.is_dir() else {}
+
+    def check_code(self) -> tuple[list[str], dict[str, Any]]:
+        """Problems with the code this cluster's processes ran (empty: every
+        product module came from the cluster's code tree), and a summary of
+        the records; nothing to check without a code tree."""
+        if self.opt.code is None:
+            return [], {}
+        records = self.code_records()
+        return (check_records(records, self.opt.code, [*self.replicas, *self.agents]),
+                summarize_records(records))
+
     def save_logs(self, dest: Path) -> Path:
         """Copy the processes' logs and the agents' run records to *dest*."""
         dest.mkdir(parents=True, exist_ok=True)
-        for src in (self.logs, self.runs_dir):
-            shutil.copytree(src, dest / src.name, dirs_exist_ok=True)
+        for src in (self.logs, self.runs_dir, self.code_dir):
+            if src.is_dir():
+                shutil.copytree(src, dest / src.name, dirs_exist_ok=True)
         return dest
 
 
