@@ -44,6 +44,8 @@ workloads:
                  the ratio of every figure (compare --help; bench/compare.py)
   sealing        what sealing Raft messages (Fernet) costs: the flood with encryption on and off,
                  and seal + unseal per Raft entry and per action (sealing --help; bench/sealing.py)
+  tls            what mutual TLS costs: the flood on a plain-text cluster and on one with TLS everywhere,
+                 the ratio of their rates against the target 0.85 (tls --help; bench/tls.py)
   report         re-render latest.md from latest.json
 
 exit status: 0 when every workload ran, whatever the figures (a missed performance
@@ -134,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--tag", default="", help="name of this profile run (default: the cluster shape)")
     sub.add_parser("report", parents=[common], help="re-render latest.md from latest.json")
     from bench import compare, sealing
+    from bench import tls as tlsmod
 
     cmp = sub.add_parser("compare", parents=[common], help="baseline code versus the working tree, in one run",
                          description=compare.COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                           description=sealing.SEALING_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     seal.add_argument("--repeat", type=int, default=1, metavar="N",
                       help="pairs of floods (on/off, then off/on, ...); figures are medians (default 1)")
+    tls = sub.add_parser("tls", parents=[common], help="the cost of mutual TLS: the flood with TLS off and on",
+                         description=tlsmod.TLS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tls.add_argument("--repeat", type=int, default=1, metavar="N",
+                     help="rounds of two floods (off/on, then on/off, ...); figures are medians (default 1)")
     return p
 
 
@@ -269,8 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.profile import profile
 
         return profile(args, settings_from(args), _say)
-    if args.workload in ("compare", "sealing"):
+    if args.workload in ("compare", "sealing", "tls"):
         from bench import compare, sealing
+        from bench import tls as tlsmod
 
         s = settings_from(args)
         s.say = _say
@@ -280,6 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError as exc:
                 build_parser().error(str(exc))
             return compare.compare(args, s, _say)
+        if args.workload == "tls":
+            if args.repeat < 1:
+                build_parser().error("tls: --repeat must be at least 1")
+            return tlsmod.tls(args, s, _say)
         return sealing.sealing(args, s, _say)
     return run(args)
 

@@ -14,6 +14,7 @@ With ``code_root`` in its parameters (``BenchCluster.client_code``: a
 cluster running another version's code, ``python -m bench compare``) a
 client puts that tree first on ``sys.path`` before it imports the client
 library, and records the product modules it imported in ``code_dir``.
+With ``tls`` ([ca, cert, key]: a cluster with TLS) it speaks mutual TLS.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 SEQ_BASE = 0x200000400
@@ -78,10 +80,18 @@ def _cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _client(addresses: str, initiator: str, timeout: float = 60.0) -> Any:
+def _client(addresses: str, initiator: str, timeout: float = 60.0, tls: Any = None) -> Any:
+    """The client library's client; *tls*: [ca, cert, key] paths for mutual
+    TLS (``BenchCluster.client_params``), None for plain text (the only
+    thing a baseline tree's client knows: hsm.tls is imported only here)."""
     from hsm.client import CoordinatorClient
 
-    return CoordinatorClient(addresses, timeout=timeout, initiator=initiator, retry_unavailable=60.0)
+    if not tls:
+        return CoordinatorClient(addresses, timeout=timeout, initiator=initiator, retry_unavailable=60.0)
+    from hsm.tls import TlsFiles
+
+    return CoordinatorClient(addresses, timeout=timeout, initiator=initiator, retry_unavailable=60.0,
+                             tls=TlsFiles(*(Path(x) for x in tls)))
 
 
 def _items(p: dict[str, Any]) -> list[Any]:
@@ -123,7 +133,7 @@ def submit_worker(p: dict[str, Any], ready: Any, go: Any, out: Any, barrier: Any
     try:
         use_code(p)
         items = _items(p)
-        client = _client(p["addresses"], p["initiator"])
+        client = _client(p["addresses"], p["initiator"], tls=p.get("tls"))
         client.cluster_info()  # connect before the clock starts
         B, inflight = p["batch"], max(1, p["inflight"])
         batches = [items[i:i + B] for i in range(0, len(items), B)]
@@ -203,7 +213,7 @@ def mixed_worker(p: dict[str, Any], ready: Any, go: Any, out: Any, progress: Any
         nm = max(1, B // 4)
         rem = _items({"count": nm * rounds, "oid0": 1, "seq": SEQ_MIXED_REMOVE + c, "kind": "remove",
                       "initiator": p["initiator"], "cookie0": 2 * 10**9, "hsm": (HS_EXISTS | HS_ARCHIVED, 1)})
-        client = _client(p["addresses"], p["initiator"])
+        client = _client(p["addresses"], p["initiator"], tls=p.get("tls"))
         client.cluster_info()
         acked: dict[str, list[int]] = {"archive": [], "restore": [], "remove": []}
         outcomes: Counter[str] = Counter()

@@ -17,6 +17,15 @@ working tree's: the configuration is written by the tree's own
 ``<cluster>/code/``), clients get the tree in their parameters
 (:meth:`BenchCluster.client_code`); :meth:`BenchCluster.check_code` checks
 the records.
+
+With ``ClusterOptions.tls`` (``python -m bench tls``) every connection is
+mutual TLS: ``init_cluster(tls=True)`` makes the cluster CA and a
+certificate per replica and for ``admin`` in ``etc/tls``; each agent gets
+its own ``agent`` certificate (named by its agent id), the client processes
+share one ``operator`` certificate (:data:`CLIENT_CERT`), and the harness's
+own calls (health, Status, ClusterInfo, the client library) use ``admin``
+(:meth:`BenchCluster.channel`, :meth:`BenchCluster.harness_tls`). A code
+tree (bench compare) runs plain text: the baseline knows nothing of TLS.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from coordinator import config as cfgmod
 from coordinator.cluster import ReplicaSpec, free_ports
 from hsm.client import state_name
 from hsm.simfs import SimFS
+from hsm.tls import TlsFiles, channel_credentials
 from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import coordinator_pb2_grpc
 
@@ -56,6 +66,8 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, GRPC_ENABLE_FORK_SUPPORT="false", PYTHONPATH=str(REPO))
 FSNAME = "simfs"
+#: the certificate the client processes share with TLS (role operator: submits and cancels)
+CLIENT_CERT, CLIENT_ROLE = "bench-client", "operator"
 
 _LIVE: weakref.WeakSet[BenchCluster] = weakref.WeakSet()
 
@@ -165,7 +177,7 @@ class CpuWindow:
         for rid in self.cluster.live_replicas():
             try:
                 if rid not in self._stubs:
-                    ch = grpc.insecure_channel(self.cluster.spec(rid).api)
+                    ch = self.cluster.channel(self.cluster.spec(rid).api)
                     self._stubs[rid] = (ch, coordinator_pb2_grpc.CoordinatorStub(ch))
                 info = self._stubs[rid][1].ClusterInfo(C.ClusterInfoRequest(), timeout=2)
             except grpc.RpcError:
@@ -243,12 +255,15 @@ class ClusterOptions:
     null_delay: float = 0.0
     #: the code every process runs (None: the working tree, as installed)
     code: CodeTree | None = None
+    #: mutual TLS on every connection: replicas, agents, clients and the harness (see the module's doc)
+    tls: bool = False
 
     def describe(self) -> dict[str, Any]:
         out = {"replicas": self.replicas, "shards": self.shards, "agents": self.agents, "slots": self.slots,
                "mover": "null", "null_delay": self.null_delay,
                "log_level": self.log_level,  # replicas and agents
-               "max_terminal": self.max_terminal, "fsync": self.fsync, "encrypt": self.encrypt, "raft": dict(self.raft)}
+               "max_terminal": self.max_terminal, "fsync": self.fsync, "encrypt": self.encrypt, "raft": dict(self.raft),
+               "tls": self.tls}
         if self.code is not None:
             out["code"] = {"label": self.code.label, "commit": self.code.commit, "root": str(self.code.root)}
         return out
@@ -267,6 +282,7 @@ class BenchCluster:
         self.replicas: dict[str, subprocess.Popen[bytes]] = {}
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.dead: set[str] = set()
+        self._credentials: Any = None
         _LIVE.add(self)
 
     # ------------------------------------------------------------ lifecycle
@@ -289,6 +305,41 @@ class BenchCluster:
     def spec(self, rid: str) -> ReplicaSpec:
         return next(s for s in self.specs if s.id == rid)
 
+    # ------------------------------------------------------------------ TLS
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where init_cluster(tls=True) writes the CA and the certificates."""
+        return self.config_path.parent / "tls"
+
+    def tls_files(self, name: str) -> TlsFiles | None:
+        """The CA certificate, certificate and key of *name* (a replica id,
+        an agent id, ``admin``, :data:`CLIENT_CERT`); None in plain text."""
+        if not self.opt.tls:
+            return None
+        return TlsFiles(self.tls_dir / "ca.pem", self.tls_dir / f"{name}.pem", self.tls_dir / f"{name}.key")
+
+    @property
+    def harness_tls(self) -> TlsFiles | None:
+        """What the harness presents (admin: it also sets the control mode)."""
+        return self.tls_files(cfgmod.ADMIN_CERT)
+
+    def channel(self, api: str) -> grpc.Channel:
+        """A channel from the harness to a replica: mutual TLS with the
+        admin certificate when the cluster has TLS, else plain text."""
+        files = self.harness_tls
+        if files is None:
+            return grpc.insecure_channel(api)
+        if self._credentials is None:
+            self._credentials = channel_credentials(files)
+        return grpc.secure_channel(api, self._credentials)
+
+    def _issue(self, name: str, role: str) -> None:
+        from coordinator import certs
+
+        if not (self.tls_dir / f"{name}.pem").exists():
+            certs.issue(self.tls_dir, name, role)
+
     def _write_config(self) -> None:
         n, s = self.opt.replicas, self.opt.shards
         api0 = free_ports(n)
@@ -302,11 +353,15 @@ class BenchCluster:
         extra = {"agent_grace": self.opt.agent_grace, "log_level": self.opt.log_level,
                  "max_terminal": self.opt.max_terminal, "raft": raft}
         if self.opt.code is not None:  # the tree's own init_cluster: it writes what that code reads
+            if self.opt.tls:
+                raise ValueError("a cluster running a code tree (bench compare) runs plain text: no tls")
             write_config(self.opt.code, self.config_path.parent, "bench", s,
                          [(r.id, r.api, r.raft) for r in self.specs], str(self.dir / "data"), extra)
             return
         cfgmod.init_cluster(self.config_path.parent, "bench", s, self.specs, data_dir=str(self.dir / "data"),
-                            extra=extra)
+                            extra=extra, tls=self.opt.tls)
+        if self.opt.tls:
+            self._issue(CLIENT_CERT, CLIENT_ROLE)
 
     def start(self, timeout: float = 60.0) -> None:
         for d in (self.logs, self.runs_dir, self.code_dir):
@@ -343,11 +398,16 @@ class BenchCluster:
             "--replica-id", rid, "--data-dir", str(self.dir / "data" / rid), "--log-level", self.opt.log_level])
 
     def start_agent(self, agent_id: str) -> None:
+        tls: list[str] = []
+        files = self.tls_files(agent_id)
+        if files is not None:  # its own certificate: agentd checks that it names its agent id
+            self._issue(agent_id, "agent")
+            tls = ["--tls-ca", str(files.ca), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
         self.agents[agent_id] = self._spawn(agent_id, [
             *self._python_m(agent_id, "bench.agent_shim", also="agentd"), str(self.runs_dir / f"{agent_id}.runs"),
             "--coordinators", self.addresses, "--agent-id", agent_id, "--fs-root", str(self.fs_root),
             "--mover", "null", "--slots", self.opt.slots, "--log-level", self.opt.log_level.upper(),
-            *(["--null-delay", str(self.opt.null_delay)] if self.opt.null_delay else [])])
+            *(["--null-delay", str(self.opt.null_delay)] if self.opt.null_delay else []), *tls])
 
     def check_alive(self) -> None:
         for name, p in {**self.replicas, **self.agents}.items():
@@ -357,7 +417,7 @@ class BenchCluster:
                 raise RuntimeError(f"{name} exited with code {p.returncode}; see {self.logs / (name + '.log')}")
 
     def _health(self, api: str) -> bool:
-        with grpc.insecure_channel(api) as ch:
+        with self.channel(api) as ch:
             try:
                 resp = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service="hsm.v1.Coordinator"), timeout=1)
@@ -376,7 +436,7 @@ class BenchCluster:
             until(ok, timeout, f"replica {rid} ready (logs in {self.logs})", 0.1)
 
     def status(self, rid: str, timeout: float = 10.0) -> C.StatusResponse:
-        with grpc.insecure_channel(self.spec(rid).api) as ch:
+        with self.channel(self.spec(rid).api) as ch:
             return coordinator_pb2_grpc.CoordinatorStub(ch).Status(C.StatusRequest(), timeout=timeout)
 
     def wait_agents(self, timeout: float = 60.0) -> None:
@@ -494,6 +554,14 @@ class BenchCluster:
         if self.opt.code is None:
             return {}
         return {"code_root": str(self.opt.code.root), "code_dir": str(self.code_dir)}
+
+    def client_params(self) -> dict[str, Any]:
+        """What every client process needs besides its work: the code tree
+        (:meth:`client_code`) and, with TLS, the files of the clients'
+        certificate (``tls``: [ca, cert, key]; bench.clients)."""
+        files = self.tls_files(CLIENT_CERT)
+        tls = {"tls": [str(files.ca), str(files.cert), str(files.key)]} if files is not None else {}
+        return {**self.client_code(), **tls}
 
     def code_records(self) -> dict[str, dict[str, Any]]:
         return read_records(self.code_dir) if self.code_dir.is_dir() else {}

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from bench import clients as cl
 from bench.cluster import BenchCluster, ClusterOptions, CpuWindow, Run, max_terminal_for, until
 from bench.code import CodeTree
@@ -45,6 +43,8 @@ class Settings:
     fsync: bool = True
     encrypt: bool = True
     log_level: str = "warning"
+    #: mutual TLS everywhere (bench.cluster: replicas, agents, clients, the harness)
+    tls: bool = False
     # clients
     clients: int = 4
     batch: int = 1000
@@ -74,7 +74,8 @@ class Settings:
 
     def cluster_options(self, **changes: Any) -> ClusterOptions:
         opt = ClusterOptions(replicas=self.replicas, shards=self.shards, agents=self.agents, slots=self.slots,
-                             log_level=self.log_level, fsync=self.fsync, encrypt=self.encrypt, code=self.code)
+                             log_level=self.log_level, fsync=self.fsync, encrypt=self.encrypt, code=self.code,
+                             tls=self.tls)
         return replace(opt, **changes)
 
     def understands(self, capability: str) -> bool:
@@ -97,7 +98,7 @@ def fresh_cluster(s: Settings, name: str, opt: ClusterOptions) -> Iterator[Bench
     ok = False
     code = f"; code: {opt.code.short()} from {opt.code.root}" if opt.code else ""
     s.say(f"   starting {opt.replicas} replicas x {opt.shards} shards, {opt.agents} agentd (null mover, "
-          f"slots {opt.slots}) in {d}{code}")
+          f"slots {opt.slots}){', mutual TLS' if opt.tls else ''} in {d}{code}")
     try:
         with BenchCluster(d, opt) as c:
             wait_balanced(c)
@@ -130,7 +131,7 @@ def wait_balanced(c: BenchCluster, timeout: float = 20.0) -> None:
 
 
 def _stub(c: BenchCluster, rid: str) -> Any:
-    return coordinator_pb2_grpc.CoordinatorStub(grpc.insecure_channel(c.spec(rid).api))
+    return coordinator_pb2_grpc.CoordinatorStub(c.channel(c.spec(rid).api))
 
 
 def wait_drained(c: BenchCluster, timeout: float, interval: float = 0.05) -> float:
@@ -160,7 +161,7 @@ def _flood_clients(s: Settings, c: BenchCluster, n: int, seq: int, oid0: int = 1
         count = per + (1 if k < extra else 0)
         if not count:
             continue
-        params.append({**c.client_code(), "addresses": c.addresses, "count": count, "oid0": start, "seq": seq + k,
+        params.append({**c.client_params(), "addresses": c.addresses, "count": count, "oid0": start, "seq": seq + k,
                        "kind": "archive",
                        "initiator": f"{tag}{k}", "cookie0": start, "batch": s.batch, "inflight": s.inflight,
                        "sample_every": max(1, n // s.samples) if sample and s.samples else 0})
@@ -174,7 +175,7 @@ def _latencies(c: BenchCluster, samples: list[tuple[int, float, float]]) -> dict
     from hsm.client import CoordinatorClient, CoordinatorError
 
     start, done, missing = [], [], 0
-    with CoordinatorClient(c.addresses, timeout=30) as client:
+    with CoordinatorClient(c.addresses, timeout=30, tls=c.harness_tls) as client:
         for action_id, t_send, _t_ack in samples:
             try:
                 a = client.get_action(action_id)
@@ -328,7 +329,7 @@ def restore_storm(s: Settings, delay: float = RESTORE_SECONDS, name: str = "rest
         hsm: tuple[int, ...] = (cl.HS_EXISTS | cl.HS_ARCHIVED | cl.HS_RELEASED, 1, 0, RELEASED_CTIME_NS)
         if not s.understands("hsm_ctime"):  # older code: (flags, archive id) only; no late-duplicate check
             hsm = hsm[:2]
-        params = [{**c.client_code(), "addresses": c.addresses, "count": f, "oid0": 1, "seq": cl.SEQ_RESTORE, "kind": "restore",
+        params = [{**c.client_params(), "addresses": c.addresses, "count": f, "oid0": 1, "seq": cl.SEQ_RESTORE, "kind": "restore",
                    "initiator": f"oss{k + 1}", "cookie0": (k + 1) * 10**9, "hsm": hsm, "batch": s.restore_batch,
                    "inflight": 1, "return_ids": True} for k in range(ninit)]
         barrier = cl.CTX.Barrier(ninit)
@@ -484,7 +485,7 @@ def queue_depth(s: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
 
     small, large, rounds = s.queue_small, s.queue_large, max(1, s.queue_rounds)
     opt = s.cluster_options(max_terminal=100_000)
-    with fresh_cluster(s, "queue", opt) as c, CoordinatorClient(c.addresses, timeout=60) as client:
+    with fresh_cluster(s, "queue", opt) as c, CoordinatorClient(c.addresses, timeout=60, tls=c.harness_tls) as client:
         client.control("disabled")
         oid = 1
         smalls = []
@@ -545,7 +546,7 @@ def replication(s: Settings, rate_3: dict[str, Any] | None = None) -> dict[str, 
 def _all_actions(c: BenchCluster) -> dict[int, T.Action]:
     from hsm.client import CoordinatorClient
 
-    with CoordinatorClient(c.addresses, timeout=120) as client:
+    with CoordinatorClient(c.addresses, timeout=120, tls=c.harness_tls) as client:
         return {a.action_id: a for a in client.list_actions(include_terminal=True, page_size=10_000)}
 
 
@@ -566,7 +567,7 @@ def mixed(s: Settings) -> dict[str, Any]:
     opt = s.cluster_options(max_terminal=max_terminal_for(total, s.shards))
     with fresh_cluster(s, "mixed", opt) as c:
         progress = cl.CTX.Value("q", 0)
-        params = [{**c.client_code(), "addresses": c.addresses, "client": k, "initiator": f"mixed{k}", "batch": s.mixed_batch,
+        params = [{**c.client_params(), "addresses": c.addresses, "client": k, "initiator": f"mixed{k}", "batch": s.mixed_batch,
                    "rounds": s.mixed_rounds, "cancel_every": s.mixed_cancel_every} for k in range(s.clients)]
         victim, t_kill = "", 0.0
         with cl.ClientGroup(cl.mixed_worker, params, extra=lambda i: (progress,)) as g:
