@@ -344,8 +344,8 @@ class _Checker:
         known = sorted(known)
         for k in data:
             if k not in known:
-                full = f"{prefix}{k}"
-                hint = difflib.get_close_matches(k, known, n=1)
+                full = f"{prefix}{k if isinstance(k, str) and len(k) <= 80 else _show(k)}"
+                hint = difflib.get_close_matches(k, known, n=1) if isinstance(k, str) else []
                 extra = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
                 raise self.fail(full, f"unknown key{extra} ({what} keys: {', '.join(known)})")
 
@@ -385,16 +385,18 @@ class _Checker:
         return n
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, most: int = 80) -> str:
+    """*value* in a message: short, whatever the file held."""
     if isinstance(value, str):
-        return repr(value)
+        return repr(value[:most]) + (f"... ({len(value)} characters)" if len(value) > most else "")
     if value is None:
         return "nothing (null)"
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, list | tuple):
         return "a list"
-    return f"{value!r} ({type(value).__name__})"
+    text = repr(value)
+    return f"{text[:most]}{'...' if len(text) > most else ''} ({type(value).__name__})"
 
 
 _SIZE_RE = re.compile(r"\s*([0-9]+)\s*(?:([KMGT])(?:I?B)?|B)?\s*", re.IGNORECASE)
@@ -423,12 +425,12 @@ _ADDR_RE = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9_.-]+)):([0-9]{1,5})"
 
 def check_address(text: str) -> str:
     """Validate ``host:port`` (``[v6]:port`` for IPv6); raises ValueError."""
-    m = _ADDR_RE.fullmatch(text)
+    m = _ADDR_RE.fullmatch(text) if len(text) <= 261 else None  # a DNS name is at most 253 characters
     if not m:
-        raise ValueError(f"{text!r} is not host:port (e.g. 10.0.0.1:7600, hsm-0:7600, [::1]:7600)")
+        raise ValueError(f"{_show(text)} is not host:port (e.g. 10.0.0.1:7600, hsm-0:7600, [::1]:7600)")
     port = int(m.group(3))
     if not 1 <= port <= 65535:
-        raise ValueError(f"{text!r}: port {port} is not between 1 and 65535")
+        raise ValueError(f"{_show(text)}: port {port} is not between 1 and 65535")
     return text
 
 
@@ -485,7 +487,7 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, 
             dup = False
         if dup:
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice", key_node.start_mark
+                None, None, f"key {_show(key)} appears twice", key_node.start_mark
             )
         try:
             seen.add(key)
@@ -517,6 +519,8 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except Exception as exc:  # a tagged value its constructor cannot make (2020-13-45, !!int x), deep nesting
+        raise ConfigError(f"{path}: not valid YAML: {type(exc).__name__}: {str(exc)[:200]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -598,7 +602,7 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
         if not re.fullmatch(r"[A-Za-z0-9_.@:-]{1,128}", agent_id):
             raise c.fail(
                 "agent_id",
-                f"{agent_id!r} may only use letters, digits and _ . @ : - (at most 128)",
+                f"{_show(agent_id)} may only use letters, digits and _ . @ : - (at most 128)",
             )
         kw["agent_id"] = agent_id
 
@@ -608,7 +612,7 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
     if "cluster_id" in data:
         cluster_id = c.string(data["cluster_id"], "cluster_id", allow_empty=True)
         if cluster_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", cluster_id):
-            raise c.fail("cluster_id", f"{cluster_id!r} is not a cluster id (1 to 64 of A-Z a-z 0-9 . _ -)")
+            raise c.fail("cluster_id", f"{_show(cluster_id)} is not a cluster id (1 to 64 of A-Z a-z 0-9 . _ -)")
         kw["cluster_id"] = cluster_id
 
     if "archive_ids" in data:
@@ -668,7 +672,7 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
     b = c.mapping(data["backend"], "backend")
     btype = c.string(b.get("type", "simfs"), "backend.type")
     if btype not in _BACKEND_KEYS:
-        raise c.fail("backend.type", f"unknown backend {btype!r} (known: {', '.join(_BACKEND_KEYS)})")
+        raise c.fail("backend.type", f"unknown backend {_show(btype)} (known: {', '.join(_BACKEND_KEYS)})")
     for k in b:
         if k not in _BACKEND_KEYS[btype]:
             owner = [t for t, keys in _BACKEND_KEYS.items() if k in keys]
@@ -688,7 +692,7 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
     m = c.mapping(data["mover"], "mover")
     mtype = c.string(m.get("type", "posix"), "mover.type")
     if mtype not in _MOVER_KEYS:
-        raise c.fail("mover.type", f"unknown mover {mtype!r} (known: {', '.join(_MOVER_KEYS)})")
+        raise c.fail("mover.type", f"unknown mover {_show(mtype)} (known: {', '.join(_MOVER_KEYS)})")
     for k in m:
         if k not in _MOVER_KEYS[mtype]:
             owner = [t for t, keys in _MOVER_KEYS.items() if k in keys]
@@ -722,7 +726,7 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
     if "log_level" in data:
         level = c.string(data["log_level"], "log_level").upper()
         if level not in LOG_LEVELS:
-            raise c.fail("log_level", f"{data['log_level']!r} is not one of {', '.join(LOG_LEVELS)}")
+            raise c.fail("log_level", f"{_show(data['log_level'])} is not one of {', '.join(LOG_LEVELS)}")
         kw["log_level"] = level
 
     tls_name = kw.pop("_tls_name", None)
@@ -749,11 +753,11 @@ def _check_lustre(b: dict[str, Any], c: _Checker) -> BackendConfig:
     mount = c.string(b["mount"], "backend.mount")
     fsname = c.string(b["fsname"], "backend.fsname")
     if not valid_fsname(fsname):
-        raise c.fail("backend.fsname", f"{fsname!r} is not a Lustre fsname ({FSNAME_RULE})")
+        raise c.fail("backend.fsname", f"{_show(fsname)} is not a Lustre fsname ({FSNAME_RULE})")
     library = "" if b.get("library") is None else c.string(b["library"], "backend.library")
     handle = c.string(b.get("copytool_handle", "fake"), "backend.copytool_handle").lower()
     if handle not in ("fake", "register"):
-        raise c.fail("backend.copytool_handle", f"must be fake or register, got {b['copytool_handle']!r}")
+        raise c.fail("backend.copytool_handle", f"must be fake or register, got {_show(b['copytool_handle'])}")
     reg: int | None = None
     if b.get("register_archive_id") is not None:
         reg = c.integer(b["register_archive_id"], "backend.register_archive_id", 1, 0x7FFFFFFF)
@@ -819,14 +823,16 @@ def _check_checksum(value: Any, c: _Checker) -> str | None:
     algo = c.string(value, "mover.checksum").lower()
     if algo in ("none", "off", "false", "no"):
         return None
+    fixed = sorted(a for a in hashlib.algorithms_guaranteed if not a.startswith("shake"))
     try:
-        hashlib.new(algo)
+        hasher = hashlib.new(algo)
     except (ValueError, TypeError):
         raise c.fail(
             "mover.checksum",
-            f"unknown checksum algorithm {value!r}; use one of "
-            f"{', '.join(sorted(hashlib.algorithms_guaranteed))}, or false for none",
+            f"unknown checksum algorithm {_show(value)}; use one of {', '.join(fixed)}, or false for none",
         ) from None
+    if not hasher.digest_size:  # shake_*: its hexdigest needs a length, the mover would fail every archive
+        raise c.fail("mover.checksum", f"{algo} has no fixed digest size; use one of {', '.join(fixed)}")
     return algo
 
 

@@ -13,7 +13,7 @@ The file format is documented in docs/cluster-config.md; in short::
     replica_id: hsm-0             # default: the short host name
     data_dir: /var/lib/hsm-coordinator
     listen: 0.0.0.0:7600          # default: this replica's api address
-    raft_bind: 0.0.0.0            # default: this replica's raft host
+    raft_bind: 10.0.0.5           # default: this replica's raft host; one address, never 0.0.0.0
     archive_ids: [1]
     default_archive_id: 1
     max_attempts: 3
@@ -37,7 +37,9 @@ The file format is documented in docs/cluster-config.md; in short::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import reprlib
 import secrets
 import stat
 from pathlib import Path
@@ -47,9 +49,9 @@ import yaml
 
 from coordinator.cluster import ClusterSpec, ReplicaSpec, new_cluster_id, split_addr
 from coordinator.node import NodeConfig, local_hostname
-from coordinator.raft import RaftTuning
+from coordinator.raft import RaftTuning, check_addr
 from coordinator.roles import check_mask
-from hsm.ring import DEFAULT_VNODES
+from hsm.ring import DEFAULT_VNODES, MAX_POINTS, MAX_VNODES
 from hsm.tls import TlsError, TlsFiles
 
 #: the certificate ``init_cluster`` issues for the cluster's first admin (hsmctl)
@@ -71,15 +73,44 @@ _TOP = set(_SIMPLE) | {"cluster", "raft", "log_level", "tls", "insecure", "user_
 _CLUSTER = {"id", "name", "shards", "vnodes", "password_file", "password", "replicas"}
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
+
+
+def _show(value: Any) -> str:
+    """*value* in a message: short, whatever it is (YAML anchors make a
+    few lines of text into a structure whose full repr never ends)."""
+    return _REPR.repr(value)
+
+
+def _clip(message: str, most: int = 500) -> str:
+    """Another module's message about a value from the file: at most *most* characters."""
+    return message if len(message) <= most else message[:most] + "..."
+
+
+def _key(key: Any) -> str:
+    return key if isinstance(key, str) and key.isprintable() and len(key) <= 80 else _show(key)
+
+
+def _unknown(where: str, raw: dict[Any, Any], known: Any) -> None:
+    unknown = sorted((_key(k) for k in set(raw) - set(known)), key=str)
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        raise ConfigError(f"{where}unknown setting(s): {shown} (known: {', '.join(sorted(known))})")
+
+
 def _check(name: str, value: Any, typ: type) -> Any:
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+    if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):  # .nan, .inf: no duration or count
+            raise ConfigError(f"{name}: expected a finite number, got {_show(value)}")
         return float(value)
     if typ is tuple:
         if not isinstance(value, list | tuple) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{name}: expected a list of integers, got {value!r}")
+            raise ConfigError(f"{name}: expected a list of integers, got {_show(value)}")
         return tuple(value)
     if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
-        raise ConfigError(f"{name}: expected {typ.__name__}, got {value!r}")
+        raise ConfigError(f"{name}: expected {typ.__name__}, got {_show(value)}")
     return value
 
 
@@ -89,10 +120,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = p.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text") from None
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{p}: not valid YAML: {str(exc)[:500]}") from None
+    except Exception as exc:  # a tagged value its constructor cannot make (2020-13-45, !!int x), deep nesting
+        raise ConfigError(f"{p}: not valid YAML: {type(exc).__name__}: {str(exc)[:200]}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{p}: expected a mapping of settings at the top level")
     return loaded or {}
@@ -104,7 +139,9 @@ def read_password(path: str | Path) -> str:
         st = p.stat()
         text = p.read_text().strip()
     except OSError as exc:
-        raise ConfigError(f"cluster.password_file: cannot read {p}: {exc.strerror}") from None
+        raise ConfigError(f"cluster.password_file: cannot read {_clip(str(p), 300)}: {exc.strerror}") from None
+    except ValueError as exc:  # a NUL in the path, a file that is not UTF-8
+        raise ConfigError(f"cluster.password_file: cannot read {_show(str(p))}: {exc}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"cluster.password_file: {p} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
                           "chmod 600 it")
@@ -117,9 +154,7 @@ def _cluster(raw: Any, base: Path | None) -> ClusterSpec:
     if not isinstance(raw, dict):
         raise ConfigError("cluster: required, a mapping (name, shards, password_file, replicas); "
                           "create one with `hsm-coordinator init`")
-    unknown = sorted(set(raw) - _CLUSTER)
-    if unknown:
-        raise ConfigError(f"cluster: unknown setting(s): {', '.join(unknown)} (known: {', '.join(sorted(_CLUSTER))})")
+    _unknown("cluster: ", raw, _CLUSTER)
     if "password" in raw:
         password = _check("cluster.password", raw["password"], str)
         if len(password) < 16:
@@ -137,24 +172,36 @@ def _cluster(raw: Any, base: Path | None) -> ClusterSpec:
     replicas = []
     for n, r in enumerate(reps):
         if not isinstance(r, dict) or set(r) != {"id", "api", "raft"}:
-            raise ConfigError(f"cluster.replicas[{n}]: expected exactly the keys id, api, raft; got {r!r}")
+            raise ConfigError(f"cluster.replicas[{n}]: expected exactly the keys id, api, raft; got {_show(r)}")
+        if not isinstance(r["id"], str | int) or isinstance(r["id"], bool):
+            raise ConfigError(f"cluster.replicas[{n}].id: expected a name, got {_show(r['id'])}")
         for key in ("api", "raft"):
+            addr = _check(f"cluster.replicas[{n}].{key}", r[key], str)
             try:
-                split_addr(str(r[key]))
+                split_addr(addr)
+                if key == "raft":  # what the Raft adapter binds and dials: one address, no spaces, no IPv6
+                    check_addr(ReplicaSpec("", addr, addr).raft_addr(0), "a Raft address")
             except ValueError as exc:
-                raise ConfigError(f"cluster.replicas[{n}].{key}: {exc}") from None
-        replicas.append(ReplicaSpec(str(r["id"]), str(r["api"]), str(r["raft"])))
+                raise ConfigError(f"cluster.replicas[{n}].{key}: {_clip(str(exc))}") from None
+        replicas.append(ReplicaSpec(str(r["id"]), r["api"], r["raft"]))
+    vnodes = _check("cluster.vnodes", raw.get("vnodes", DEFAULT_VNODES), int)
+    if not 1 <= vnodes <= MAX_VNODES:
+        raise ConfigError(f"cluster.vnodes: must be between 1 and {MAX_VNODES}, got {vnodes}")
     try:
-        return ClusterSpec(
+        spec = ClusterSpec(
             name=_check("cluster.name", raw.get("name", "hsm"), str),
             id=_check("cluster.id", raw.get("id", ""), str),
             shards=_check("cluster.shards", raw.get("shards", 8), int),
             replicas=tuple(replicas),
             password=password,
-            vnodes=_check("cluster.vnodes", raw.get("vnodes", DEFAULT_VNODES), int),
+            vnodes=vnodes,
         )
     except ValueError as exc:
-        raise ConfigError(f"cluster: {exc}") from None
+        raise ConfigError(f"cluster: {_clip(str(exc))}") from None
+    if spec.shards * vnodes > MAX_POINTS:
+        raise ConfigError(f"cluster: {spec.shards} shards x {vnodes} vnodes is more than the ring's "
+                          f"{MAX_POINTS} points; use at most {MAX_POINTS // spec.shards} vnodes")
+    return spec
 
 
 def _raft(raw: Any) -> RaftTuning:
@@ -163,9 +210,7 @@ def _raft(raw: Any) -> RaftTuning:
     if not isinstance(raw, dict):
         raise ConfigError("raft: expected a mapping of Raft tuning settings")
     fields = {f.name: f for f in dataclasses.fields(RaftTuning)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"raft: unknown setting(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
+    _unknown("raft: ", raw, fields)
     values = {}
     for k, v in raw.items():
         default = getattr(RaftTuning(), k)
@@ -183,14 +228,13 @@ def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> tu
     Returns the node config and the log level."""
     raw: dict[str, Any] = dict(read_yaml(path)) if path is not None else {}
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    unknown = sorted(set(raw) - _TOP)
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (known: {', '.join(sorted(_TOP))})")
+    _unknown("", raw, _TOP)
     base = Path(path).resolve().parent if path is not None else None
     cluster = _cluster(raw.get("cluster"), base)
-    log_level = str(raw.get("log_level", "info")).lower()
-    if log_level not in LOG_LEVELS:
-        raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    log_level = raw.get("log_level", "info")
+    if not isinstance(log_level, str) or log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {_show(log_level)}")
+    log_level = log_level.lower()
     values: dict[str, Any] = {}
     for name, typ in _SIMPLE.items():
         if name in raw:
@@ -198,17 +242,18 @@ def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> tu
     values.setdefault("replica_id", local_hostname())
     if "data_dir" not in values:
         raise ConfigError("data_dir: required (where this replica keeps its Raft journals and snapshots)")
+    if not values["data_dir"] or "\0" in values["data_dir"]:
+        raise ConfigError(f"data_dir: expected a directory, got {_show(values['data_dir'])}")
     values["data_dir"] = Path(values["data_dir"])
-    try:
-        cluster.replica(values["replica_id"])
-    except ValueError as exc:
-        raise ConfigError(f"replica_id: {exc}") from None
+    if not any(r.id == values["replica_id"] for r in cluster.replicas):
+        known = ", ".join(_key(r.id) for r in cluster.replicas[:20])
+        raise ConfigError(f"replica_id: replica {_show(values['replica_id'])} is not in the cluster (replicas: {known})")
     values["tls"] = _tls(raw.get("tls"), raw.get("insecure", False), base, values["replica_id"])
     if "user_request_mask" in raw:
         try:
             values["user_request_mask"] = check_mask(raw["user_request_mask"])
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ConfigError(_clip(str(exc))) from None
     cfg = NodeConfig(cluster=cluster, raft=_raft(raw.get("raft")), **values)
     validate(cfg)
     return cfg, log_level
@@ -220,14 +265,14 @@ def _tls(raw: Any, insecure: Any, base: Path | None, replica_id: str) -> TlsFile
     None with ``insecure: true``. Each file is read now: a missing or
     unreadable one stops the start with its name."""
     if not isinstance(insecure, bool):
-        raise ConfigError(f"insecure: expected true or false, got {insecure!r}")
+        raise ConfigError(f"insecure: expected true or false, got {_show(insecure)}")
     if raw is None:
         return None
     if insecure:
         raise ConfigError("tls and insecure: true both given; keep one")
     if not isinstance(raw, dict) or set(raw) != {"ca", "cert", "key"}:
         raise ConfigError(f"tls: expected exactly the keys ca, cert, key (PEM files from hsm-coordinator certs); "
-                          f"got {raw!r}")
+                          f"got {_show(raw)}")
     paths = []
     for key in ("ca", "cert", "key"):
         value = _check(f"tls.{key}", raw[key], str).replace("{replica_id}", replica_id)
@@ -237,7 +282,7 @@ def _tls(raw: Any, insecure: Any, base: Path | None, replica_id: str) -> TlsFile
     try:
         files.read()
     except TlsError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(_clip(str(exc))) from None
     return files
 
 
@@ -250,7 +295,12 @@ def validate(cfg: NodeConfig) -> None:
         try:
             split_addr(cfg.listen)
         except ValueError:
-            raise ConfigError(f"listen: expected host:port, got {cfg.listen!r}") from None
+            raise ConfigError(f"listen: expected host:port, got {_show(cfg.listen)}") from None
+    if cfg.raft_bind:
+        try:  # the host the Raft ports bind: one address
+            check_addr(f"{cfg.raft_bind}:1", "raft_bind")
+        except ValueError:
+            raise ConfigError(f"raft_bind: expected one host name or address, got {_show(cfg.raft_bind)}") from None
     if cfg.max_attempts < 1:
         raise ConfigError("max_attempts: must be at least 1")
     if cfg.max_terminal < 0:

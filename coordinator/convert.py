@@ -24,6 +24,13 @@ class InvalidRequest(ValueError):
     """A malformed request: answered INVALID_ARGUMENT, nothing changes."""
 
 
+def quoted(value: str, most: int = 40) -> str:
+    """*value* as an error message shows it: at most *most* characters (a
+    status message echoing a client's 300,000-character string is more
+    metadata than a gRPC client reads: it would see RESOURCE_EXHAUSTED)."""
+    return repr(value[:most]) + (f"... ({len(value)} characters)" if len(value) > most else "")
+
+
 def check_name(value: str, what: str, max_len: int = MAX_NAME, empty_ok: bool = False) -> None:
     """An id or name a client sent (``hsm.wire.name_problem``), or InvalidRequest."""
     problem = name_problem(value, what, max_len, empty_ok)
@@ -33,7 +40,7 @@ def check_name(value: str, what: str, max_len: int = MAX_NAME, empty_ok: bool = 
 
 def check_fsname(fsname: str, where: str) -> None:
     if not valid_fsname(fsname):
-        raise InvalidRequest(f"{where}: fsname {fsname!r} must be {FSNAME_RULE}")
+        raise InvalidRequest(f"{where}: fsname {quoted(fsname)} must be {FSNAME_RULE}")
 
 
 def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collection[int]) -> Item:

@@ -104,26 +104,41 @@ def _fid(f: Any) -> str:
     return f"[{f.seq:#x}:{f.oid:#x}:{f.ver:#x}]"
 
 
+#: characters kept of each string a request names, in its audit line
+AUDIT_TEXT = 256
+
+
+def _t(text: str, most: int = AUDIT_TEXT) -> str:
+    return text if len(text) <= most else text[:most] + f"...({len(text)} characters)"
+
+
+def _ids(values: Any) -> list[Any]:
+    return list(values[:AUDIT_ITEMS])
+
+
 def audit_items(method: str, request: Any) -> dict[str, Any]:
-    """What an audited call names, for its audit line."""
+    """What an audited call names, for its audit line: every string cut at
+    AUDIT_TEXT characters and every list at AUDIT_ITEMS entries (with its
+    count), so that a request cannot make a huge line."""
     name = method.rsplit("/", 1)[1]
     if name == "Submit":
-        items = list(request.items)
-        return {"items": len(items), "kinds": sorted({kind_name(i.kind) for i in items}),
-                "fids": [f"{i.fsname}:{_fid(i.fid)}" for i in items[:AUDIT_ITEMS]]}
+        items = request.items
+        return {"items": len(items), "kinds": sorted({kind_name(i.kind) for i in items[:AUDIT_ITEMS]}),
+                "fids": [f"{_t(i.fsname, 16)}:{_fid(i.fid)}" for i in items[:AUDIT_ITEMS]]}
     if name == "Cancel":
-        return {"all": request.all, "action_ids": list(request.action_ids[:AUDIT_ITEMS]),
-                "fids": [f"{f.fsname}:{_fid(f.fid)}" for f in request.fids[:AUDIT_ITEMS]],
-                "cookies": len(request.cookies), "reason": request.reason, "shards": list(request.shards)}
+        return {"all": request.all, "action_ids": _ids(request.action_ids), "ids": len(request.action_ids),
+                "fids": [f"{_t(f.fsname, 16)}:{_fid(f.fid)}" for f in request.fids[:AUDIT_ITEMS]],
+                "files": len(request.fids), "cookies": len(request.cookies), "reason": _t(request.reason),
+                "shards": _ids(request.shards)}
     if name == "Control":
-        return {"mode": request.mode, "shards": list(request.shards)}
+        return {"mode": _t(request.mode), "shards": _ids(request.shards)}
     if name == "DrainAgent":
-        return {"agent_id": request.agent_id, "drain": request.drain, "force": request.force,
-                "shards": list(request.shards)}
+        return {"agent_id": _t(request.agent_id), "drain": request.drain, "force": request.force,
+                "shards": _ids(request.shards)}
     if name == "ChangeMembership":
-        return {"add": request.add, "raft": request.raft[:300], "force": request.force, "shards": list(request.shards)}
+        return {"add": request.add, "raft": _t(request.raft), "force": request.force, "shards": _ids(request.shards)}
     if name == "Lease":
-        return {"name": request.name, "holder": request.holder, "ttl_ms": request.ttl_ms}
+        return {"name": _t(request.name), "holder": _t(request.holder), "ttl_ms": request.ttl_ms}
     return {}
 
 

@@ -26,6 +26,7 @@ import errno as E
 import hashlib
 import itertools
 import logging
+import pickle
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -100,6 +101,8 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 MAX_PAGE = 10_000
+#: archive ids one agent may say it serves
+MAX_HELLO_ARCHIVE_IDS = 1024
 DEFAULT_PAGE = 1000
 READINESS_SERVICES = ("hsm.v1.Coordinator", "hsm.v1.AgentService")
 
@@ -171,6 +174,12 @@ class ShardUnavailable(Exception):
         self.leader = leader
         where = f"the leader is {leader}" if leader else "it has no leader right now (election)"
         super().__init__(detail or f"this replica does not lead shard {shard}; {where}")
+
+
+class RequestTooLarge(InvalidRequest):
+    """A request whose commands are more than one Raft entry may carry
+    (``RaftTuning.max_command_bytes``): refused INVALID_ARGUMENT before
+    anything is proposed."""
 
 
 def shard_digest(state: ShardState) -> str:
@@ -270,7 +279,7 @@ class CoordinatorNode:
                  "mutual TLS" if tls else "PLAIN TEXT")
         if tls is None:
             log.warning("insecure: the gRPC port %s is plain text and checks nobody: anyone who reaches it "
-                        "can submit, cancel, drain agents, change the control mode and Raft membership, or "
+                        "can submit, cancel, drain agents, switch the coordinator off, change Raft membership, or "
                         "connect as an agent. Give the replica tls: {ca, cert, key} (hsm-coordinator certs)",
                         self.address)
         if not self.agent_lease_safe:
@@ -379,8 +388,24 @@ class CoordinatorNode:
                             attempts)
             except RaftError as exc:
                 raise ShardUnavailable(shard.index, "", f"shard {shard.index}: {exc}") from None
+            except ValueError as exc:  # more than one entry carries; nothing was proposed
+                raise RequestTooLarge(str(exc)) from None
         raise ShardUnavailable(shard.index, "", f"shard {shard.index}: the cluster did not confirm the "
                                "request in time; retry (the same request is never applied twice)")
+
+    def check_fits(self, cmds: Sequence[Command], estimate: int) -> None:
+        """RequestTooLarge if *cmds* encode to more than one Raft entry
+        carries. They are encoded here (as ``RaftShard.propose`` does) only
+        when *estimate*, an upper bound of that size, is over the limit: a
+        request split over several shards checks every part this way before
+        it proposes any, so that a refused one changes nothing."""
+        most = self.config.raft.max_command_bytes
+        if estimate <= most:
+            return
+        size = len(pickle.dumps(tuple(cmds), protocol=pickle.HIGHEST_PROTOCOL))
+        if size > most:
+            raise RequestTooLarge(f"the request encodes to {size} bytes for one shard, more than one Raft entry "
+                                  f"may carry ({most}); send fewer items per request")
 
     # ------------------------------------------------------ Raft callbacks
 
@@ -678,22 +703,40 @@ class CoordinatorNode:
 
     async def _apply_reports(self, agent_id: str, shard: RaftShard, progress: Sequence[agent_pb2.Progress],
                              done: Sequence[agent_pb2.Done]) -> None:
-        """Progress and completions of one message for one shard: one entry."""
-        cmds: list[Command] = []
+        """Progress and completions of one message for one shard: one entry
+        (several when they are more than one entry carries)."""
         now = self.clock()
+        for d in done:
+            if d.errno:  # successes are per-action noise at 10k/s; the agent logs each one
+                log.info("action %d/%d: ended on %s with errno %d: %r", d.action_id, d.attempt, agent_id,
+                         d.errno, d.message[:1024])  # as kept: an agent's text cannot flood the log
+        reports: list[ProgressReport | Completion] = [
+            ProgressReport(p.action_id, p.attempt, p.bytes_done, p.bytes_total) for p in progress]
+        reports += [Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done, d.handback)
+                    for d in done]
+        await self._propose_reports(agent_id, shard, now, reports)
+
+    async def _propose_reports(self, agent_id: str, shard: RaftShard, now: float,
+                               reports: Sequence[ProgressReport | Completion]) -> None:
+        """Propose *reports* (progress first, then completions) in one entry,
+        or in halves when they are too many for one: each report stands alone."""
+        cmds: list[Command] = []
+        progress = tuple(r for r in reports if isinstance(r, ProgressReport))
+        done = tuple(r for r in reports if isinstance(r, Completion))
         if progress:
-            cmds.append(Progress(now, tuple(
-                ProgressReport(p.action_id, p.attempt, p.bytes_done, p.bytes_total) for p in progress), agent_id))
+            cmds.append(Progress(now, progress, agent_id))
         if done:
-            for d in done:
-                if d.errno:  # successes are per-action noise at 10k/s; the agent logs each one
-                    log.info("action %d/%d: ended on %s with errno %d: %r", d.action_id, d.attempt, agent_id,
-                             d.errno, d.message)
-            cmds.append(Complete(now, tuple(
-                Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done, d.handback)
-                for d in done), agent_id))
-        if cmds:
+            cmds.append(Complete(now, done, agent_id))
+        if not cmds:
+            return
+        try:
             await self.propose_all(shard, cmds)
+        except RequestTooLarge:
+            if len(reports) < 2:
+                raise
+            half = len(reports) // 2
+            await self._propose_reports(agent_id, shard, now, reports[:half])
+            await self._propose_reports(agent_id, shard, now, reports[half:])
 
     async def route_reports(self, agent_id: str, progress: Sequence[agent_pb2.Progress],
                             done: Sequence[agent_pb2.Done], session: AgentSession | None = None) -> None:
@@ -726,10 +769,14 @@ class CoordinatorNode:
         agent_id = hello.agent_id
         for value, what, most, empty_ok in ((agent_id, "agent id", MAX_AGENT_ID, False),
                                             (hello.host, "host", MAX_NAME, True),
-                                            (hello.version, "version", MAX_NAME, True)):
+                                            (hello.version, "version", MAX_NAME, True),
+                                            (hello.cluster_id, "cluster id", MAX_NAME, True)):
             problem = name_problem(value, f"hello: {what}", most, empty_ok)
             if problem:
                 raise InvalidRequest(problem)
+        if len(hello.archive_ids) > MAX_HELLO_ARCHIVE_IDS:
+            raise InvalidRequest(f"hello: {len(hello.archive_ids)} archive ids, at most {MAX_HELLO_ARCHIVE_IDS} "
+                                 "(none: every archive id)")
         if hello.cluster_id and hello.cluster_id != self.cluster.cluster_id:
             raise WrongCluster(
                 f"agent {agent_id} belongs to cluster {hello.cluster_id}; replica {self.me.id} "
@@ -746,8 +793,9 @@ class CoordinatorNode:
             timer.cancel()
         session = cast(AgentSession, new)
         self._wake.set()  # tells it its backlog, even before it grants credits here
-        log.info("agent %s connected from %s (host %s, archive ids %s)", agent_id, peer, hello.host,
-                 ",".join(map(str, session.archive_ids)) or "all")
+        ids = session.archive_ids
+        log.info("agent %s connected from %s (host %s, archive ids %s%s)", agent_id, peer, hello.host,
+                 ",".join(map(str, ids[:20])) or "all", f" and {len(ids) - 20} more" if len(ids) > 20 else "")
         return session
 
     async def reconcile(self, session: AgentSession, running: list[tuple[int, int]],

@@ -69,11 +69,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             for idx in by_shard:  # all or nothing: check before proposing anything
                 node.require_leader(node.shards[idx])
             now = node.clock()
-            replies = await asyncio.gather(*(
-                node.propose(node.shards[idx], Submit(now, tuple(items[i] for i in positions)))
-                for idx, positions in by_shard.items()))
+            cmds = [Submit(now, tuple(items[i] for i in positions)) for positions in by_shard.values()]
+            if len(cmds) > 1:  # one part alone is refused before it is proposed
+                # (a derived idempotency key repeats the initiator: twice the request's size)
+                estimate = 2 * request.ByteSize() + 160 * len(items)
+                for cmd in cmds:
+                    node.check_fits((cmd,), estimate)
+            replies = await asyncio.gather(*(node.propose(node.shards[idx], cmd)
+                                             for idx, cmd in zip(by_shard, cmds, strict=True)))
         except ShardUnavailable as exc:
             await abort_unavailable(context, exc)
+        except InvalidRequest as exc:  # too large for one Raft entry
+            await context.abort(*_abort_code(exc))
         log.info("submit of %d item(s) from %s: shards %s", len(items), items[0].requester.initiator or "?",
                  ",".join(map(str, sorted(by_shard))))
         results: list[coordinator_pb2.SubmitResult | None] = [None] * len(items)
@@ -102,13 +109,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         now = node.clock()
         reason = request.reason or "canceled by request"
         results: list[coordinator_pb2.CancelResult] = []
+        parts_of = {idx: (tuple(i for i in request.action_ids if i % MAX_SHARDS == idx),
+                          tuple(t for t in targets if node.ring.shard_of(t.fid) == idx)) for idx in sorted(wanted)}
+        estimate = 2 * request.ByteSize() + 64 * (len(request.action_ids) + len(targets) + len(cookies)) + 1024
+        try:  # all or nothing: no part is proposed unless every part fits in one Raft entry
+            for ids, fids in parts_of.values():
+                if ids or fids or request.all or cookies:
+                    node.check_fits((Cancel(now, ids, fids, request.all, reason, cookies),), estimate)
+        except InvalidRequest as exc:
+            await context.abort(*_abort_code(exc))
 
         async def one(shard_idx: int) -> list[coordinator_pb2.CancelResult]:
             # a cookie may name an action of any shard: every shard is asked,
             # and answers one result per cookie, last, in order
             shard = node.shards[shard_idx]
-            ids = tuple(i for i in request.action_ids if i % MAX_SHARDS == shard_idx)
-            fids = tuple(t for t in targets if node.ring.shard_of(t.fid) == shard_idx)
+            ids, fids = parts_of[shard_idx]
             if not (ids or fids or request.all or cookies):
                 return []
             if shard.is_leader:
@@ -129,6 +144,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             parts = await asyncio.gather(*(one(i) for i in sorted(wanted)))
         except ShardUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except InvalidRequest as exc:  # too large for one Raft entry
+            await context.abort(*_abort_code(exc))
         by_cookie: list[coordinator_pb2.CancelResult | None] = [None] * len(cookies)
         for part in parts:
             split = len(part) - len(cookies)
@@ -288,9 +305,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 if not request.add and addr == shard.self_addr:
                     raise ShardUnavailable(idx, "", f"shard {idx}: {addr} is this leader; hand leadership "
                                            "over (stop the replica) before removing it")
-                member = addr in shard.peers
+                member = addr == shard.self_addr or addr in shard.peers
                 if member == request.add:
-                    return  # already done (a retry): nothing to change
+                    return  # already done (a retry, or adding this leader): nothing to change
                 if not request.force:
                     await self._check_majority(shard, addr, request.add)
                 try:
@@ -349,7 +366,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         node = self.node
         if request.mode not in CONTROL_MODES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"unknown control mode {request.mode!r} (enabled, disabled, shutdown)")
+                                f"unknown control mode {convert.quoted(request.mode)} (enabled, disabled, shutdown)")
         await self._check_shards(request.shards, context)
         # A request naming shards is a part another replica forwards (clients
         # ask for every shard): the replica the admin asked logs the change,
@@ -391,7 +408,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self._check_shards(request.shards, context)
         if not request.shards and not request.force and not node.agent_known(agent_id):
-            known = ", ".join(sorted(node.sessions)) or "none"
+            names = sorted(node.sessions)
+            known = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "") or "none"
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no agent {agent_id!r} is known to replica {node.me.id} (connected: {known}); "
                                 "check the id with 'hsmctl agents', or use --force to drain it before it connects")
@@ -480,6 +498,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     [d for d in request.done if d.action_id % MAX_SHARDS == idx])
         except ShardUnavailable as exc:
             await abort_unavailable(context, exc)
+        except InvalidRequest as exc:  # one report more than a Raft entry carries
+            await context.abort(*_abort_code(exc))
         return agent_pb2.ReportResponse()
 
     async def Work(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.CoordinatorMessage]:  # noqa: N802
@@ -495,7 +515,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             who = peer_of(context.auth_context())
             if who is None or who.name != first.hello.agent_id:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"agent id {first.hello.agent_id!r} is not the one the certificate names "
+                                    f"agent id {convert.quoted(first.hello.agent_id)} is not the one the certificate names "
                                     f"({who.name if who else 'none'!r}); an agent works under its own id only")
         try:
             session = await node.agent_hello(first.hello, context.peer())
