@@ -635,6 +635,8 @@ class AgentCore:
         if (a.action_id, a.attempt) in self.tombstones:
             if s.granted[kind] > 0:
                 s.granted[kind] -= 1
+            else:
+                s.send_absolute = True  # beyond the credits: the replica's debt is settled as below
             self._refuse(stream, a, _errno.ECANCELED, "canceled before its assignment arrived", False)
             self._rebalance(now)
             return

@@ -64,4 +64,12 @@ def machine() -> dict[str, Any]:
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "load_avg_at_start": os.getloadavg(),
+        # the hot modules' build the benchmark's processes run: "compiled (mypyc)" or "pure (...)"
+        "build": _build(),
     }
+
+
+def _build() -> str:
+    from hsm.compiled import build
+
+    return build()

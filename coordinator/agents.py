@@ -20,14 +20,14 @@ The rules, each a method:
   ends; an ended session starts the agent's grace period (``agent_grace``);
   an agent not back by then is lost (its actions are requeued).
 * :func:`reconcile`: what an agent says it runs against what a shard says
-  it holds: matches are kept (a CANCELING one gets its cancel again),
-  strangers are told to stop, the missing ones are reclaimed, except those
-  assigned moments before the report was asked for (still on their way:
-  ask again later).
+  it holds: matches are kept, a CANCELING one gets its cancel again (run
+  or not), strangers are told to stop, the missing ones are reclaimed,
+  except those assigned moments before the report was asked for, or since
+  (maybe still on their way: ask again later).
 * :meth:`AgentBook.leader_ready`: a replica that starts leading a shard
   resends the cancels of CANCELING actions to connected holders, starts
-  the grace period of holders not connected here, and asks every agent
-  what it runs.
+  the grace period of holders not connected here (again, from now, if one
+  runs already), and asks every agent what it runs.
 * :func:`backlog_hint`: what work this replica has waiting for an agent,
   capped at its slots; sent when it changes, or (``stalled_only``) again to
   an agent that has work waiting here and no credit here.
@@ -38,6 +38,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from mypy_extensions import mypyc_attr
 
 from coordinator.state import MAX_SHARDS, Kind, State
 
@@ -81,6 +83,7 @@ def zero() -> dict[Kind, int]:
     return {k: 0 for k in Kind}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (mypyc): coordinator.node.AgentSession
 @dataclass(eq=False)
 class Session:
     """One agent's stream to this replica (its state; the stream itself is
@@ -140,18 +143,23 @@ def reconcile(shard: int, running: Sequence[tuple[int, int]], held: Iterable[Hel
               before: float | None = None, in_flight_grace: float = IN_FLIGHT_GRACE) -> ReconcilePlan:
     """Match what an agent runs (*running*: (action id, attempt) from every
     shard) against what shard *shard* says it holds (*held*). With *before*
-    (when the report was asked for), an action assigned since then is not
-    counted at all (the report may predate it), and one assigned less than
-    *in_flight_grace* before it is counted as maybe still on its way."""
+    (when the report was asked for), an action assigned less than
+    *in_flight_grace* before it is counted as maybe still on its way, and
+    so is one assigned since (the report may predate it): the agent is
+    asked again (were it not, nothing would ever check that one)."""
     announced = dict(running)
-    mine = [h for h in held if before is None or h.started < before]
+    held = list(held)
     holding = {h.action_id: h for h in held}
     cancels, lost = [], []
     recent = 0
-    for h in mine:
-        if announced.get(h.action_id) == h.attempt:
-            if h.state == State.CANCELING:
-                cancels.append((h.action_id, h.attempt, h.error))
+    for h in held:
+        if h.state == State.CANCELING:
+            # being stopped, run or not: its cancel again (one not running
+            # answers it at once, and refuses its assignment should it still
+            # come). A Reclaim would skip it: it would stay CANCELING
+            cancels.append((h.action_id, h.attempt, h.error))
+        elif announced.get(h.action_id) == h.attempt:
+            pass
         elif before is not None and before - h.started < in_flight_grace:
             recent += 1
         else:
@@ -255,6 +263,16 @@ class AgentBook:
         session.credits[kind] -= 1
         session.sent[kind] += 1
 
+    def current(self, session: Session) -> Session | None:
+        """Where to send what a dispatcher round planned for *session*, once
+        committed: *session*, or the agent's session that replaced it
+        meanwhile (whose Hello was reconciled before the round committed:
+        sent nowhere, the action would stay held by an agent that never
+        heard of it); None when the agent is not connected here (its next
+        Hello, or its grace period, settles it)."""
+        live = self.sessions.get(session.agent_id)
+        return live if live is not None and live.alive else None
+
     def dispatchable(self) -> list[Session]:
         """Live sessions holding a credit."""
         return [s for s in self.sessions.values() if s.alive and any(n > 0 for n in s.credits.values())]
@@ -325,7 +343,10 @@ class AgentBook:
             session = self.sessions.get(agent)
             if session is not None and session.alive:
                 cancels += [(agent, i, att) for i, att, st in actions if st == State.CANCELING]
-            elif agent not in self.grace:
+            elif agent not in self.grace or self.grace[agent] < now + self.agent_grace:
+                # counted from now even when one runs already (the agent left
+                # this replica earlier): until now, the shard's previous
+                # leader may have renewed the agent's lease on these actions
                 self.start_grace(agent, now)
                 grace.append(agent)
         return LeaderPlan(tuple(cancels), tuple(grace), tuple(s for s in self.sessions.values() if s.alive))

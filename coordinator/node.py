@@ -529,8 +529,14 @@ class CoordinatorNode:
             for eff in res.effects:
                 if isinstance(eff, Assigned):
                     action = st.get(eff.action_id)
-                    assert action is not None
-                    self.book.assigned(sessions[eff.agent], action.kind)
+                    session = self.book.current(sessions[eff.agent])
+                    if (session is None or action is None or action.state != State.STARTED
+                            or action.agent != eff.agent or action.attempt != eff.attempt):
+                        # the agent's session ended, or the action moved on since
+                        # (a leader catching up): its agent learns through reconcile
+                        continue
+                    sessions[eff.agent] = cast(AgentSession, session)
+                    self.book.assigned(session, action.kind)
                     per_agent.setdefault(eff.agent, []).append(convert.assignment_to_pb(action))
                     if log.isEnabledFor(logging.DEBUG):
                         log.debug("action %d/%d: %s %s assigned to %s", action.id, action.attempt,

@@ -25,6 +25,14 @@ def serves(agent_archive_ids: Collection[int], archive_id: int) -> bool:
     return not agent_archive_ids or 0 in agent_archive_ids or archive_id in agent_archive_ids
 
 
+def _untaken(ids: Iterator[int], taken: Collection[int]) -> Iterator[int]:
+    # a generator function, not a generator expression: compiled, mypyc
+    # makes an expression a whole list (the whole queue, at every pick)
+    for i in ids:
+        if i not in taken:
+            yield i
+
+
 def pick(
     state: ShardState,
     agent_archive_ids: Collection[int],
@@ -60,7 +68,7 @@ def pick(
                     break
             continue
         if taken:
-            iters = [(i for i in it if i not in taken) for it in iters]
+            iters = [_untaken(it, taken) for it in iters]
         heads: list[int | None] = [next(it, None) for it in iters]
         while want:
             best = -1

@@ -45,7 +45,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from enum import Enum, IntEnum
 from itertools import chain
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
+
+from mypy_extensions import mypyc_attr
 
 from hsm.fid import Fid
 from hsm.hsmflags import check_request, resolve_archive_id
@@ -446,44 +448,69 @@ class ShardConfig:
     remember_ends: int = 100_000
     remember_for: float = 3600.0
 
+    # what dataclass(slots=True) generates, written out: compiled (mypyc),
+    # the class would pickle a dict of attributes instead; both builds read
+    # and write the same snapshots (tests/test_compiled.py)
+    def __getstate__(self) -> list[Any]:
+        return [getattr(self, f.name) for f in fields(self)]
 
+    def __setstate__(self, state: list[Any]) -> None:
+        for f, value in zip(fields(self), state, strict=True):
+            object.__setattr__(self, f.name, value)
+
+
+#: the attributes of an Action (its __slots__), in pickling order: a
+#: module constant, as compiled (mypyc) the class has no __slots__
+ACTION_FIELDS: Final = (
+    "id",
+    "fsname",
+    "fid",
+    "kind",
+    "archive_id",
+    "offset",
+    "length",
+    "data",
+    "flags",
+    "priority",
+    "requesters",
+    "state",
+    "agent",
+    "attempt",
+    "created",
+    "started",
+    "ended",
+    "bytes_done",
+    "bytes_total",
+    "errno",
+    "error",
+    "last_progress",
+    "reclaiming",
+    "handed_back",
+    # added later: keep new slots last (see _action_from_values)
+    "data_version",
+    "hsm_ctime",
+)
+
+
+# compiled (mypyc): serializable lets _action_from_values make one without
+# __init__; with it alone, Action(...) called from Python code would not run
+# __init__ either (mypyc 2.4), allow_interpreted_subclasses makes it run
+@mypyc_attr(serializable=True, allow_interpreted_subclasses=True)
 class Action:
     """One action. A plain slotted object: millions of these live in memory."""
 
-    __slots__ = (
-        "id",
-        "fsname",
-        "fid",
-        "kind",
-        "archive_id",
-        "offset",
-        "length",
-        "data",
-        "flags",
-        "priority",
-        "requesters",
-        "state",
-        "agent",
-        "attempt",
-        "created",
-        "started",
-        "ended",
-        "bytes_done",
-        "bytes_total",
-        "errno",
-        "error",
-        "last_progress",
-        "reclaiming",
-        "handed_back",
-        # added later: keep new slots last (see _action_from_values)
-        "data_version",
-        "hsm_ctime",
-    )
+    __slots__ = ACTION_FIELDS
 
     def __reduce__(self) -> tuple[Any, ...]:
         # snapshots pickle millions of these: one tuple of values each, not
-        # the default dict of slot names per object (7x faster, smaller)
-        return (_action_from_values, (_ACTION_VALUES(self),))
+        # the default dict of slot names per object (7x faster, smaller).
+        # ACTION_FIELDS, in order, spelled out: faster than an attrgetter,
+        # pure and compiled (tests/test_state.py checks the order)
+        return (_action_from_values, ((
+            self.id, self.fsname, self.fid, self.kind, self.archive_id, self.offset, self.length, self.data,
+            self.flags, self.priority, self.requesters, self.state, self.agent, self.attempt, self.created,
+            self.started, self.ended, self.bytes_done, self.bytes_total, self.errno, self.error, self.last_progress,
+            self.reclaiming, self.handed_back, self.data_version, self.hsm_ctime),))
 
     def __init__(self, action_id: int, item: Item, archive_id: int, now: float) -> None:
         self.id = action_id
@@ -527,8 +554,6 @@ class Action:
         return f"Action({self.id} {self.kind.name} {self.fid} {self.state.name} agent={self.agent!r} attempt={self.attempt})"
 
 
-_ACTION_VALUES = operator.attrgetter(*Action.__slots__)
-_ACTION_SLOTS = tuple(getattr(Action, name) for name in Action.__slots__)  # member descriptors
 #: values of the slots added last (data_version, hsm_ctime), for actions of
 #: a snapshot written before they existed: such a tuple is that many values
 #: shorter
@@ -536,17 +561,28 @@ _ACTION_ADDED_DEFAULTS: tuple[Any, ...] = (0, 0)
 
 
 def _action_from_values(values: tuple[Any, ...]) -> Action:
-    missing = len(_ACTION_SLOTS) - len(values)
+    missing = len(ACTION_FIELDS) - len(values)
     if 0 < missing <= len(_ACTION_ADDED_DEFAULTS):
         values = (*values, *_ACTION_ADDED_DEFAULTS[len(_ACTION_ADDED_DEFAULTS) - missing:])
-    action = Action.__new__(Action)
-    for slot, value in zip(_ACTION_SLOTS, values, strict=True):
-        slot.__set__(action, value)
-    return action
+    a = Action.__new__(Action)
+    # ACTION_FIELDS, in order (ValueError when the count is wrong): 3-5x
+    # faster than setting each slot through its descriptor, pure or compiled
+    (a.id, a.fsname, a.fid, a.kind, a.archive_id, a.offset, a.length, a.data, a.flags, a.priority, a.requesters,
+     a.state, a.agent, a.attempt, a.created, a.started, a.ended, a.bytes_done, a.bytes_total, a.errno, a.error,
+     a.last_progress, a.reclaiming, a.handed_back, a.data_version, a.hsm_ctime) = values
+    return a
 
 
 #: ShardState attributes a snapshot does not store (import_parts rebuilds them)
 _DERIVED = frozenset({"actions", "fid_queue", "fsnames"})
+
+
+def _stored_attributes() -> tuple[str, ...]:
+    """The ShardState attributes a snapshot stores: all but ``_DERIVED``.
+    Compiled (mypyc), the class lists them in ``__mypyc_attrs__`` (it has
+    no ``__dict__``); pure, a new state's ``__dict__`` has them."""
+    names = getattr(ShardState, "__mypyc_attrs__", None) or tuple(vars(ShardState()))
+    return tuple(n for n in names if n not in _DERIVED and not n.startswith("__"))
 
 
 class ReadyQueue:
@@ -577,6 +613,15 @@ class ReadyQueue:
 
     def __len__(self) -> int:
         return len(self.front) + len(self.back)
+
+    # the default pickle state of a slotted object, written out: compiled
+    # (mypyc), the class would pickle a dict instead
+    def __getstate__(self) -> tuple[None, dict[str, dict[int, None]]]:
+        return (None, {"front": self.front, "back": self.back})
+
+    def __setstate__(self, state: tuple[None, dict[str, dict[int, None]]]) -> None:
+        self.front = state[1]["front"]
+        self.back = state[1]["back"]
 
 
 class ShardState:
@@ -1071,20 +1116,18 @@ class ShardState:
         and the actions in order: a snapshot pickles the actions in slices,
         so that no single call holds the GIL for seconds (coordinator.raft).
         Nothing is copied; the caller must not apply commands meanwhile."""
-        head = {k: v for k, v in self.__dict__.items() if k not in _DERIVED}
+        head = {k: getattr(self, k) for k in _stored_attributes()}
         return head, list(self.actions.values())
 
     @classmethod
     def import_parts(cls, head: dict[str, Any], chunks: Iterable[list[Action]]) -> ShardState:
         """The inverse of ``export_parts``: the FID queues are rebuilt from
         the actions (ids grow in arrival order, the order the queues keep)."""
-        st = cls.__new__(cls)
-        st.leases = {}  # snapshots written before these existed have none
-        st.ended_states = {}
-        st.__dict__.update(head)
-        st.actions = {}
-        st.fid_queue = {}
-        st.fsnames = {}
+        st = cls()  # attributes newer than the snapshot keep their defaults
+        stored = _stored_attributes()
+        for k, v in head.items():
+            if k in stored:  # one of an attribute since removed: ignored
+                setattr(st, k, v)
         for chunk in chunks:
             for a in chunk:
                 st.actions[a.id] = a

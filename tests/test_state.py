@@ -544,19 +544,19 @@ def test_actions_of_a_snapshot_written_before_the_last_slots_load() -> None:
     hsm_ctime (the last slot), and without data_version and hsm_ctime."""
     import pickle
 
-    from coordinator.state import Action, _action_from_values
+    from coordinator.state import ACTION_FIELDS, _action_from_values
 
     h = Harness()
     [r] = h.submit(item(1, data_version=5, hsm_ctime=77))
     a = h.state.get(r.action_id)
     assert a is not None
     fn, (values,) = a.__reduce__()
-    assert fn is _action_from_values and len(values) == len(Action.__slots__)
-    assert Action.__slots__[-2:] == ("data_version", "hsm_ctime"), "new slots go last: older snapshots lack only those"
+    assert fn is _action_from_values and values == tuple(getattr(a, f) for f in ACTION_FIELDS)
+    assert ACTION_FIELDS[-2:] == ("data_version", "hsm_ctime"), "new slots go last: older snapshots lack only those"
     for missing in (1, 2):
         old = _action_from_values(values[:-missing])  # as a snapshot of a previous format holds it
         assert (old.data_version, old.hsm_ctime) == ((5, 0) if missing == 1 else (0, 0))
-        assert [getattr(old, s) for s in Action.__slots__[:-missing]] == list(values[:-missing])
+        assert [getattr(old, s) for s in ACTION_FIELDS[:-missing]] == list(values[:-missing])
     again = pickle.loads(pickle.dumps(a))
     assert (again.data_version, again.hsm_ctime, again.id) == (5, 77, a.id)
     with pytest.raises(ValueError):
