@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import code as codemod
+from bench.stats import outside_cpu_share
 from bench.workloads import Settings
 
 #: the commit of the README's Performance figures (bench/results/latest.md, full mode)
@@ -132,13 +133,6 @@ def _class_us(cls: str, per_process: bool = False) -> Callable[[Mapping[str, Any
     return get
 
 
-def _other_share(d: Mapping[str, Any] | None) -> float | None:
-    cpu = d.get("cpu") if isinstance(d, Mapping) else None
-    if not isinstance(cpu, Mapping) or not cpu.get("host_capacity_s"):
-        return None
-    return round(100.0 * float(cpu.get("other_s", 0.0)) / float(cpu["host_capacity_s"]), 1)
-
-
 def _peak_rss_mib(d: Mapping[str, Any]) -> float | None:
     v = [x for x in (d.get("peak_rss") or {}).values() if x]
     return round(max(v) / 2**20, 1) if v else None
@@ -156,7 +150,7 @@ DERIVED: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "cpu_replica": _replica_us,
     "cpu_agentd": _class_us("agentd", per_process=True),
     "cpu_client": _class_us("client"),
-    "other_share": _other_share,
+    "other_share": outside_cpu_share,
     "peak_rss_mib": _peak_rss_mib,
 }
 DERIVED["run_1_cpu_replica"] = _replication_run1("cpu_replica")
@@ -273,7 +267,7 @@ def outsider_shares(results: Mapping[str, Mapping[str, Sequence[Mapping[str, Any
     out: dict[str, dict[str, list[Any]]] = {}
     for side in SIDES:
         for sec, runs in results.get(side, {}).items():
-            vals = [_other_share(d.get("run_1") if sec == "replication" and isinstance(d.get("run_1"), Mapping)
+            vals = [outside_cpu_share(d.get("run_1") if sec == "replication" and isinstance(d.get("run_1"), Mapping)
                                  else d) for d in runs]
             if any(v is not None for v in vals):
                 out.setdefault(sec, {})[side] = vals

@@ -46,14 +46,14 @@ import argparse
 import dataclasses
 import os
 import pickle
-import statistics
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.cluster import BenchCluster
+from bench.stats import median1, outside_cpu_share
 from bench.workloads import Settings
 
 #: sizes of the floods when --actions is not given (full: 1M floods take minutes each; the cost
@@ -310,25 +310,14 @@ def _replica_us(d: Mapping[str, Any]) -> float | None:
     return round(sum(v) / len(v), 1) if v else None
 
 
-def _other_share(d: Mapping[str, Any]) -> float | None:
-    cpu = d.get("cpu") or {}
-    cap = cpu.get("host_capacity_s")
-    return round(100.0 * float(cpu.get("other_s", 0.0)) / float(cap), 1) if cap else None
-
-
 def flood_figures(d: Mapping[str, Any]) -> dict[str, Any]:
     c = (d.get("cpu_per_action") or {}).get("classes") or {}
     return {"actions_per_s": d.get("actions_per_s"), "replica_us_per_action": _replica_us(d),
             "agentd_us_per_action": (c.get("agentd") or {}).get("us_per_action_per_process"),
             "client_us_per_action": (c.get("client") or {}).get("us_per_action"),
             "total_us_per_action": (d.get("cpu_per_action") or {}).get("total_us_per_action"),
-            "outsiders_cpu_share_pct": _other_share(d), "run_twice": d.get("run_twice", 0),
+            "outsiders_cpu_share_pct": outside_cpu_share(d), "run_twice": d.get("run_twice", 0),
             "seconds": d.get("seconds")}
-
-
-def _median(values: Iterable[Any]) -> Any:
-    v = [x for x in values if x is not None]
-    return round(statistics.median(v), 1) if v else None
 
 
 def verdict(micro_fig: Mapping[str, Any], on: Mapping[str, Any], off: Mapping[str, Any]) -> dict[str, Any]:
@@ -397,8 +386,8 @@ def sealing(args: argparse.Namespace, s: Settings, say: Callable[[str], None]) -
     if journal:
         say(f"   timing seal + unseal of {sum(len(v) for v in journal.values()):,} Raft entries")
         mfig = micro(journal, n, s.replicas, s.shards)
-    on = {k: _median(flood_figures(d)[k] for d in runs["on"]) for k in flood_figures({})}
-    off = {k: _median(flood_figures(d)[k] for d in runs["off"]) for k in flood_figures({})}
+    on = {k: median1(flood_figures(d)[k] for d in runs["on"]) for k in flood_figures({})}
+    off = {k: median1(flood_figures(d)[k] for d in runs["off"]) for k in flood_figures({})}
     v = verdict(mfig, on, off) if mfig else {}
     broken = [f"sealing {flag}: {d['run_twice']} actions ran twice" for flag in runs for d in runs[flag]
               if d.get("run_twice")]

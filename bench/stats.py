@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:
@@ -29,3 +31,18 @@ def window_rate(times: Sequence[float], lo: float, hi: float) -> float:
         return 0.0
     n = sum(1 for t in times if lo <= t < hi)
     return round(n / (hi - lo), 1)
+
+
+def outside_cpu_share(d: object) -> float | None:
+    """Percent of the host's CPU that processes outside the benchmark used
+    during one measurement (its ``cpu`` section), None without one."""
+    cpu = d.get("cpu") if isinstance(d, Mapping) else None
+    if not isinstance(cpu, Mapping) or not cpu.get("host_capacity_s"):
+        return None
+    return round(100.0 * float(cpu.get("other_s", 0.0)) / float(cpu["host_capacity_s"]), 1)
+
+
+def median1(values: Iterable[Any]) -> Any:
+    """The median of the values that are not None, to one decimal; None if none."""
+    v = [x for x in values if x is not None]
+    return round(statistics.median(v), 1) if v else None

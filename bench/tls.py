@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bench.cluster import BenchCluster
+from bench.stats import median1, outside_cpu_share
 from bench.workloads import Settings
 
 #: issue 13: the flood with TLS keeps at least this share of its plain-text rate
@@ -111,12 +111,6 @@ class Probe:
 # ------------------------------------------------------------ figures
 
 
-def _other_share(d: Mapping[str, Any]) -> float | None:
-    cpu = d.get("cpu") or {}
-    cap = cpu.get("host_capacity_s")
-    return round(100.0 * float(cpu.get("other_s", 0.0)) / float(cap), 1) if cap else None
-
-
 def flood_figures(d: Mapping[str, Any]) -> dict[str, Any]:
     """The figures of one flood that this workload reports (None where a
     flood has no such figure: no follower class with 3 x 8, say)."""
@@ -134,21 +128,16 @@ def flood_figures(d: Mapping[str, Any]) -> dict[str, Any]:
                                                                                            "us_per_action_per_process"),
             "client_us_per_action": cls("client"), "total_us_per_action": pa.get("total_us_per_action"),
             "harness_us_per_action": pa.get("harness_us_per_action"),
-            "outsiders_cpu_share_pct": _other_share(d), "p99_start_ms": d.get("p99_start_ms"),
+            "outsiders_cpu_share_pct": outside_cpu_share(d), "p99_start_ms": d.get("p99_start_ms"),
             "run_twice": d.get("run_twice", 0)}
 
 
 FIGURES = tuple(flood_figures({}))
 
 
-def median(values: Iterable[Any]) -> Any:
-    v = [x for x in values if x is not None]
-    return round(statistics.median(v), 1) if v else None
-
-
 def medians(floods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     figs = [flood_figures(d) for d in floods]
-    return {k: median(f[k] for f in figs) for k in FIGURES}
+    return {k: median1(f[k] for f in figs) for k in FIGURES}
 
 
 def ratio(on: float | None, off: float | None) -> float | None:
