@@ -189,7 +189,6 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        md = self.metadata
         method = details.method
         for attr, make in _MAKERS:
             inner = getattr(handler, attr)
@@ -199,34 +198,34 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             if inspect.isasyncgenfunction(inner):
                 async def gen(request: Any, context: Any, inner: Any = inner,
                               streaming_in: bool = streaming_in) -> AsyncIterator[Any]:
-                    await context.send_initial_metadata(md)
-                    if streaming_in:
-                        await self._admit(context, method, None)
-                        request = self._checked(request, context, method)
-                    elif isinstance(request, Undecodable):
-                        await self._refuse(context, method, request)
-                    else:
-                        await self._admit(context, method, request)
+                    request = await self._enter(context, method, request, streaming_in)
                     async for item in inner(request, context):
                         yield item
                 behavior: Any = gen
             else:
                 async def call(request: Any, context: Any, inner: Any = inner,
                                streaming_in: bool = streaming_in) -> Any:
-                    await context.send_initial_metadata(md)
-                    if streaming_in:
-                        await self._admit(context, method, None)
-                        request = self._checked(request, context, method)
-                    elif isinstance(request, Undecodable):
-                        await self._refuse(context, method, request)
-                    else:
-                        await self._admit(context, method, request)
+                    request = await self._enter(context, method, request, streaming_in)
                     result = inner(request, context)
                     return await result if inspect.isawaitable(result) else result
                 behavior = call
             return make(behavior, request_deserializer=_safe(handler.request_deserializer),
                         response_serializer=handler.response_serializer)
         return handler
+
+    async def _enter(self, context: Any, method: str, request: Any, streaming_in: bool) -> Any:
+        """What every call does before its servicer: the identity metadata,
+        then the request checked (undecodable: refused) and the caller
+        admitted. Returns the request the servicer gets (a stream checked
+        message by message)."""
+        await context.send_initial_metadata(self.metadata)
+        if streaming_in:
+            await self._admit(context, method, None)
+            return self._checked(request, context, method)
+        if isinstance(request, Undecodable):
+            await self._refuse(context, method, request)
+        await self._admit(context, method, request)
+        return request
 
     async def _checked(self, requests: AsyncIterator[Any], context: Any, method: str) -> AsyncIterator[Any]:
         """A request stream that ends the call at its first undecodable message."""
