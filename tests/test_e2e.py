@@ -53,7 +53,7 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.fixture
-def local(tmp_path: Path):  # type: ignore[no-untyped-def]
+def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     work = tmp_path / "hsm"
     proc = subprocess.Popen(
         [sys.executable, "-m", "coordinator.cli", "local", "--dir", str(work), "--agents", "2",
@@ -71,6 +71,11 @@ def local(tmp_path: Path):  # type: ignore[no-untyped-def]
     ports = address.replace(",", " ").split()
     assert_sample("It prints where everything is:", "".join(banner).replace(str(work), "/tmp/hsm"))
     assert len(ports) == 3
+    # local runs mutual TLS: hsmctl and the clients here use the admin's
+    # certificate it made, through the variables its banner prints
+    tls = work / "cluster" / "tls"
+    for var, name in (("HSM_TLS_CA", "ca.pem"), ("HSM_TLS_CERT", "admin.pem"), ("HSM_TLS_KEY", "admin.key")):
+        monkeypatch.setenv(var, str(tls / name))
     yield work, address, proc
     if proc.poll() is None:  # the test failed half-way: stop it all, children included
         family = _children(proc.pid)
@@ -140,6 +145,7 @@ def test_three_clients_restoring_the_same_files_make_one_restore_each(local) -> 
     read the files' state before their restores ended and arrives after (a
     late duplicate, made certain here) is answered by those actions."""
     from hsm.client import CoordinatorClient, outcome_name, state_name
+    from hsm.tls import TlsFiles
     from hsmctl.cli import _request_state
 
     work, address, _proc = local
@@ -158,7 +164,7 @@ def test_three_clients_restoring_the_same_files_make_one_restore_each(local) -> 
     for u in users:
         _out, err = u.communicate(timeout=120)
         assert u.returncode == 0, err
-    with CoordinatorClient(address) as client:
+    with CoordinatorClient(address, tls=TlsFiles.from_args(None, None, None)) as client:
         restores = [a for a in client.list_actions(include_terminal=True) if a.kind == 21]
         assert len(restores) == 20, f"{len(restores)} restore actions for 20 files"
         assert all(state_name(a.state) == "SUCCEEDED" and a.attempt == 1 for a in restores)
