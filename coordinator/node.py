@@ -487,29 +487,16 @@ class CoordinatorNode:
 
     async def _dispatch_round(self, turn: int, per_round: int = 256) -> bool:
         """One round: every shard led here offered to every agent with
-        credits (``scheduler.plan``, starting with another agent and
+        credits (``scheduler.plan_round``, starting with another agent and
         another shard each turn), one ``AssignRound`` per shard, proposed
         together. True if anything was assigned."""
-        sessions = cast(list[AgentSession], self.book.dispatchable())
-        led = [s for s in self.shards if s.leader_ready]
-        if not sessions or not led:
+        sessions, planned = scheduler.plan_round(
+            turn, cast(list[AgentSession], self.book.dispatchable()),
+            [s for s in self.shards if s.leader_ready], RaftShard.reading, per_round)
+        if not planned:
             return False
-        k = turn % len(sessions)
-        sessions = sessions[k:] + sessions[:k]
-        k = turn % len(led)
-        led = led[k:] + led[:k]
-        offers = [scheduler.Offer(s.agent_id, s.archive_ids, {k: min(v, per_round) for k, v in s.usable().items()})
-                  for s in sessions]
-        rounds = []
-        for shard in led:
-            if not any(o.wants() for o in offers):
-                break
-            with shard.reading() as st:
-                planned = scheduler.plan(st, offers)
-            if planned:
-                rounds.append((shard, AssignRound(self.clock(), planned)))
-        if not rounds:
-            return False
+        now = self.clock()
+        rounds = [(shard, AssignRound(now, assignments)) for shard, assignments in planned]
         by_agent = {s.agent_id: s for s in sessions}
         sent = await asyncio.gather(*(self._assign(shard, cmd, by_agent) for shard, cmd in rounds))
         return any(sent)

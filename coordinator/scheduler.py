@@ -15,8 +15,10 @@ across all the shards of the round.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from coordinator.state import KIND_PRIORITY, Kind, ShardState
 
@@ -126,3 +128,48 @@ def plan(state: ShardState, offers: Sequence[Offer]) -> tuple[tuple[str, tuple[i
             offer.credits[actions[i].kind] -= 1
         out.append((offer.agent, tuple(ids)))
     return tuple(out)
+
+
+class Offering(Protocol):
+    """What a dispatcher round needs of an agent's session."""
+
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def archive_ids(self) -> Sequence[int]: ...
+
+    def usable(self) -> dict[Kind, int]: ...
+
+
+S = TypeVar("S", bound=Offering)
+T = TypeVar("T")
+Planned = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def plan_round(turn: int, sessions: Sequence[S], shards: Sequence[T],
+               read: Callable[[T], AbstractContextManager[ShardState]],
+               per_round: int = 256) -> tuple[list[S], list[tuple[T, Planned]]]:
+    """A dispatcher round: the sessions with credits and the shards led
+    here, each list started *turn* places further on (every agent and every
+    shard goes first in turn), each agent offered at most *per_round* of a
+    kind, its credits spent across the shards (:func:`plan`, with each
+    shard's state read through *read*). Returns the sessions in the order
+    offered and, per shard with something to give, the ``assignments`` of
+    its ``AssignRound``."""
+    if not sessions or not shards:
+        return [], []
+    k = turn % len(sessions)
+    ordered = [*sessions[k:], *sessions[:k]]
+    k = turn % len(shards)
+    offers = [Offer(s.agent_id, s.archive_ids, {kind: min(v, per_round) for kind, v in s.usable().items()})
+              for s in ordered]
+    rounds: list[tuple[T, Planned]] = []
+    for shard in [*shards[k:], *shards[:k]]:
+        if not any(o.wants() for o in offers):
+            break
+        with read(shard) as st:
+            planned = plan(st, offers)
+        if planned:
+            rounds.append((shard, planned))
+    return ordered, rounds

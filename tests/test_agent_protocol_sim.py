@@ -104,6 +104,7 @@ it on the next run, and ``--hypothesis-seed`` reruns a whole search."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno as E
 import heapq
 import itertools
@@ -1005,25 +1006,12 @@ class Replica:
             self.send_backlogs()
 
     def dispatch_round(self, turn: int) -> Coro:
-        sessions = [s for s in self.book.dispatchable() if isinstance(s, SimSession)]
-        led = [i for i in range(SHARDS) if self.leads(i)]
-        if not sessions or not led:
+        sessions, planned = scheduler.plan_round(
+            turn, [s for s in self.book.dispatchable() if isinstance(s, SimSession)],
+            [i for i in range(SHARDS) if self.leads(i)], lambda i: contextlib.nullcontext(self.state(i)), PER_ROUND)
+        if not planned:
             return False
-        k = turn % len(sessions)
-        sessions = sessions[k:] + sessions[:k]
-        k = turn % len(led)
-        led = led[k:] + led[:k]
-        offers = [scheduler.Offer(s.agent_id, s.archive_ids, {kd: min(v, PER_ROUND) for kd, v in s.usable().items()})
-                  for s in sessions]
-        rounds = []
-        for i in led:
-            if not any(o.wants() for o in offers):
-                break
-            planned = scheduler.plan(self.state(i), offers)
-            if planned:
-                rounds.append((i, AssignRound(self.sim.now, planned)))
-        if not rounds:
-            return False
+        rounds = [(i, AssignRound(self.sim.now, assignments)) for i, assignments in planned]
         by_agent = {s.agent_id: s for s in sessions}
         sent = yield All([self.assign(i, cmd, by_agent) for i, cmd in rounds])
         return any(sent)
