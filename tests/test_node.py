@@ -482,7 +482,13 @@ def test_only_the_agent_holding_an_action_can_report_on_it(coordinator: Any, stu
     with grpc.insecure_channel(coordinator.address) as ch:
         agent_pb2_grpc.AgentServiceStub(ch).Report(agent_pb2.ReportRequest(
             agent_id="evil", done=[agent_pb2.Done(action_id=asg.action_id, attempt=1, errno=0)]))
-    time.sleep(0.5)  # both were answered; give the stream's message its commit too
+    # the stream's report was applied once the replica acknowledges it
+    # (a refused completion is acknowledged too: the agent may forget it)
+    deadline = time.monotonic() + 5
+    while True:
+        msg = evil.inbox.get(timeout=max(0.01, deadline - time.monotonic()))
+        if any(r.action_id == asg.action_id for r in msg.applied):
+            break
     a = stub.GetAction(C.GetActionRequest(action_id=res.action_id))
     assert (a.state, a.agent, a.bytes_done) == (T.STARTED, "good", 0)
     good.send(done=[agent_pb2.Done(action_id=asg.action_id, attempt=1, errno=0, bytes_done=40)])
