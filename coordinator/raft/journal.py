@@ -14,10 +14,15 @@ Durability
   not per entry. Term and vote are written to ``raft-vote`` with fsync +
   rename + directory fsync before any vote or request is sent.
 * pysyncobj truncates a follower's log whenever a re-sent AppendEntries
-  overlaps it, even with identical entries (it then logs CRITICAL "may have
-  diverged"; a leader re-sends after a late acknowledgement). Our journal
-  keeps such entries on disk until a *different* entry replaces them, so an
-  acknowledged entry is never even briefly missing from the disk.
+  overlaps it, even with identical entries (a leader re-sends after a late
+  acknowledgement). Our journal keeps such entries on disk until a
+  *different* entry replaces them, so an acknowledged entry is never even
+  briefly missing from the disk. pysyncobj then logs CRITICAL "state
+  machine may have diverged" for every such re-send that reaches applied
+  entries; that alarm is filtered out (``_ResendAlarmFilter``) because
+  the journal checks what it only guesses: each re-sent entry is compared
+  with the one held at its place, and a committed entry replaced by a
+  different one is counted and logged CRITICAL with its index.
 * After an OS crash or power loss, a torn tail record (an entry received
   but not acknowledged yet) is detected by its CRC and truncated at
   restart. The commit index (``raft-commit``) is saved lazily: it is
@@ -82,6 +87,31 @@ def _create_journal(journal_file: str | None = None) -> Journal:
 
 
 _ps_syncobj.createJournal = _create_journal
+
+
+class _ResendAlarmFilter(logging.Filter):
+    """Drops pysyncobj's CRITICAL "truncating already-applied log entries
+    ... state machine may have diverged": pysyncobj logs it on every
+    AppendEntries that overlaps entries a follower applied, which a leader
+    sends whenever an acknowledgement comes late (127 times in one flood),
+    although the entries it then re-adds are the same ones. Whether they
+    are is what ``_SegmentJournal`` checks, entry by entry, at the only
+    place they can differ: it counts the identical ones
+    (``RaftStats.entries_resent``) and logs CRITICAL itself, naming the
+    index, if a committed entry is ever replaced by another
+    (``RaftStats.committed_replaced``)."""
+
+    dropped = 0  # how many (all shards): pysyncobj took that path this often
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("truncating already-applied log entries"):
+            self.dropped += 1
+            return False
+        return True
+
+
+_RESEND_FILTER = _ResendAlarmFilter()
+logging.getLogger(_ps_syncobj.__name__).addFilter(_RESEND_FILTER)  # once: the module is imported once
 
 
 # --------------------------------------------------------------------------
@@ -156,6 +186,7 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
         self._term, self._voted_for = self._load_vote()
         self._commit = self._load_commit()
         self._saved_commit = self._commit
+        self._high_commit = self._commit  # the highest commit index known: committed entries never change
         self._load()
 
     # ------------------------------------------------------------ loading
@@ -251,8 +282,10 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
                     self._entries.append(self._shadow.popleft())
                     self._locs.append(self._shadow_locs.popleft())
                     self._bytes += len(command)
+                    self._stats.entries_resent += 1
                     return
-                self._truncate_shadow_locked()  # a real conflict
+                self._conflict_locked(idx, term)
+                self._truncate_shadow_locked()
             self._check_usable()
             head = _IDX_TERM.pack(idx, term)
             rec = _REC.pack(len(command), zlib.crc32(command, zlib.crc32(head)), idx, term) + command
@@ -308,6 +341,27 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
             del self._entries[entryFrom:]
             del self._locs[entryFrom:]
 
+    def _conflict_locked(self, idx: int, term: int) -> None:
+        """A leader's entry differs from the one this replica held at *idx*
+        (the head of the shadow): the held entries from there on go. Normal
+        for entries that were never committed (a new leader's log wins); for
+        a committed one it would mean the replicas' states differ, which
+        Raft rules out: said loudly, counted, never silent. pysyncobj's own
+        "truncating already-applied log entries" warning fires on every
+        overlapping re-send, identical or not; this is the check that tells
+        the two apart (``install_pysyncobj_log_filter``)."""
+        old_idx, old_term = self._shadow[0][1], self._shadow[0][2]
+        if old_idx <= self._high_commit:
+            self._stats.committed_replaced += 1
+            log.critical("shard %d: the leader replaced committed entry %d (term %d) with a different one "
+                         "(term %d): this replica's state may differ from the others'; compare the digests "
+                         "(hsm-coordinator status --digest) and rebuild this replica's data if they differ",
+                         self._shard, old_idx, old_term, term)
+        else:
+            log.info("shard %d: %d uncommitted entr%s from index %d (term %d) replaced by the leader's (term %d)",
+                     self._shard, len(self._shadow), "y" if len(self._shadow) == 1 else "ies", old_idx, old_term,
+                     term)
+
     def _truncate_shadow_locked(self) -> None:
         if not self._shadow:
             return
@@ -345,6 +399,10 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802,N803
         self._commit = raftCommitIndex
+        # pysyncobj lowers its commit index to the log's end after dropping
+        # entries for a re-send; what was committed stays committed
+        if raftCommitIndex > self._high_commit:
+            self._high_commit = raftCommitIndex
 
     def getRaftCommitIndex(self) -> int:  # noqa: N802
         return self._commit

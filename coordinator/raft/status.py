@@ -55,3 +55,9 @@ class RaftStats:
     last_snapshot_bytes: int = 0
     fsyncs: int = 0
     fsync_seconds: float = 0.0
+    #: entries a leader sent again that this follower held already, taken
+    #: back unchanged (pysyncobj drops and re-adds them on every overlap)
+    entries_resent: int = 0
+    #: committed entries replaced by different ones: must stay 0 (Raft never
+    #: changes a committed entry); logged CRITICAL when it happens
+    committed_replaced: int = 0
