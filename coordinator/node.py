@@ -210,6 +210,7 @@ class CoordinatorNode:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._health = health.aio.HealthServicer()
         self._ready_state: bool | None = None
+        self._problems: list[tuple[int, str]] = []  # (shard, why) this replica cannot take its part
         self.ready = asyncio.Event()  # every shard has a known leader
         self.port = 0
         self.agent_lease, self.agent_lease_safe = agent_lease(
@@ -274,6 +275,7 @@ class CoordinatorNode:
         if self.config.progress_timeout:
             self._tasks.append(asyncio.create_task(self._reclaimer(), name="reclaimer"))
         self._tasks.append(asyncio.create_task(self._lease_keeper(), name="leases"))
+        self._tasks.append(asyncio.create_task(self._readiness_watch(), name="readiness"))
         log.info("replica %s serving on %s (%d shards, archive ids %s, %s)", self.me.id, self.address,
                  len(self.shards), ",".join(map(str, self.config.archive_ids)),
                  "mutual TLS" if tls else "PLAIN TEXT")
@@ -291,8 +293,28 @@ class CoordinatorNode:
                         self.config.heartbeat_interval, self.config.raft.leader_fallback,
                         AGENT_LEASE_MIN_HEARTBEATS, self.config.heartbeat_interval)
 
+    async def _readiness_watch(self) -> None:
+        """Readiness also follows the shards' storage (a journal that
+        cannot be written, and can again), which no leader change reports."""
+        while True:
+            await asyncio.sleep(1.0)
+            await self._update_readiness()
+
     async def _update_readiness(self) -> None:
-        ready = all(s.leader is not None for s in self.shards)
+        """Ready (health SERVING): every shard has a leader and this replica
+        can write every shard's journal. A replica that cannot (a full disk)
+        still forwards and answers reads, but a load balancer should send
+        clients elsewhere until it can."""
+        problems = [(s.index, p) for s in self.shards if (p := s.problem)]
+        ready = all(s.leader is not None for s in self.shards) and not problems
+        if problems != self._problems:
+            if problems:
+                log.error("replica %s not ready: %s", self.me.id,
+                          "; ".join(f"shard {i}: {p}" for i, p in problems[:4]) +
+                          (f"; and {len(problems) - 4} more shard(s)" if len(problems) > 4 else ""))
+            elif self._problems:
+                log.warning("replica %s: every shard's journal can be written again", self.me.id)
+            self._problems = problems
         if ready == self._ready_state:
             return
         self._ready_state = ready
@@ -933,7 +955,7 @@ class CoordinatorNode:
             shards.append(coordinator_pb2.ShardStatus(
                 shard=shard.index, leader=self.leader_id(shard), commit_index=shard.commit_index,
                 applied_index=shard.applied_index, counts=counts, digest=dg, term=shard.term,
-                role="leader" if shard.is_leader else "follower"))
+                role="leader" if shard.is_leader else "follower", problem=shard.problem))
         modes = set()
         drained: set[str] = set()
         for shard in self.shards:

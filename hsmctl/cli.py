@@ -169,7 +169,8 @@ request, or with --wait a file's HSM state shows the work not done.
              "connected_since", "last_seen", "replica", "draining"}]
   status   {"replica", "cluster_id", "version", "control", "counts": [{"kind", "state",
              "count"}], "agents": [...], "shards": [{"shard", "leader",
-             "leader_address", "commit_index", "applied_index", "counts"}],
+             "leader_address", "commit_index", "applied_index", "counts",
+             "problem": why the answering replica cannot take its part, or ""}],
              "replicas": [{"id", "address"}]}
   control  {"control": enabled|disabled|shutdown} (the mode now, after a change)
   agent drain|resume

@@ -246,6 +246,7 @@ def status_to_dict(
                 "commit_index": s.commit_index,
                 "applied_index": s.applied_index,
                 "counts": counts_to_list(s.counts),
+                "problem": s.problem,
             }
             for s in status.shards
         ],
@@ -488,6 +489,9 @@ def render_status(
             f"WARNING: {len(leaderless)} shard(s) without a leader: "
             + ",".join(str(s) for s in leaderless)
         ))
+    for s in status.shards:
+        if s.problem:
+            parts.append(Text(f"WARNING: shard {s.shard} on {status.replica or 'this replica'}: {s.problem}"))
     for table in (_counts_table("Queue", status.counts), agents_table(status.agents),
                   shards_table(status, info)):
         parts.extend([Text(""), table])

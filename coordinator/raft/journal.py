@@ -11,8 +11,12 @@ Durability
   successful AppendEntries (the transport syncs before it sends the ack:
   ``coordinator.raft.transport``). One fsync covers every entry written
   since the last one (group commit), so the cost is per batch of entries,
-  not per entry. Term and vote are written to ``raft-vote`` with fsync +
-  rename + directory fsync before any vote or request is sent.
+  not per entry. Term and vote are written in place to one of two
+  preallocated slots of ``raft-vote.slots`` and fdatasync'ed before any
+  vote or request is sent (``_VoteStore``: possible on a full disk).
+* A full disk: a write that fails leaves nothing half written and is
+  refused (said once, counted); the shard hands its leadership over and
+  leads nothing until a write succeeds again (``RaftShard``).
 * pysyncobj truncates a follower's log whenever a re-sent AppendEntries
   overlaps it, even with identical entries (a leader re-sends after a late
   acknowledgement). Our journal keeps such entries on disk until a
@@ -42,6 +46,7 @@ snapshot files in ``coordinator.raft.shard``)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -153,6 +158,106 @@ def _atomic_write(path: Path, data: bytes, sync: bool) -> None:
         _fsync_dir(path.parent)
 
 
+#: free space a journal that could not write needs before it counts as
+#: writable again
+_PROBE_FREE = 1 << 20
+
+_VOTE_MAGIC = b"HSMV"
+_VOTE_SLOT = 512
+_VOTE_HEAD = struct.Struct("<4sQH")  # magic, sequence number, payload length; then payload, crc32
+
+
+class _VoteStore:
+    """The Raft term and vote, durable before any message reflecting them
+    is sent, and writable on a full disk: two fixed slots of one file,
+    allocated when it is made, written in turn in place (``pwrite`` +
+    ``fdatasync``: no block to allocate, so no ENOSPC on a full file
+    system that does not copy on write), each with a sequence number and a
+    CRC; the valid slot with the higher number wins, so a write torn by a
+    crash leaves the previous vote. (It replaced ``raft-vote``, a JSON file
+    rewritten through a temporary file: on a full disk that write failed
+    after pysyncobj had taken the new term in memory, and a leader went on
+    as leader of a term it never won.)"""
+
+    def __init__(self, directory: Path, shard: int, fsync: bool) -> None:
+        self._path = directory / "raft-vote.slots"
+        self._shard = shard
+        self._fsync = fsync
+        self._seq = 0
+        if not self._path.exists():
+            self._create()
+        self._fd = os.open(self._path, os.O_RDWR)
+        self.term, self.voted_for = self._load()
+        old = directory / "raft-vote"
+        if old.exists():  # written by an earlier version, before the slots
+            try:
+                self.term, self.voted_for = self._parse_old(old)
+            except RaftStorageError:
+                self.close()
+                raise
+            self.write(self.term, self.voted_for)
+            old.unlink()
+            if fsync:
+                _fsync_dir(directory)
+
+    def _create(self) -> None:
+        tmp = self._path.with_name(self._path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"\0" * (2 * _VOTE_SLOT))
+            f.flush()
+            if self._fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+        if self._fsync:
+            _fsync_dir(self._path.parent)
+
+    def _parse_old(self, path: Path) -> tuple[int, str | None]:
+        try:
+            data = json.loads(path.read_text())
+            return int(data["term"]), data["voted_for"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise RaftStorageError(
+                f"shard {self._shard}: {path} is damaged ({e}); this replica's Raft vote is unknown. "
+                f"{_REPLACE}") from e
+
+    def _load(self) -> tuple[int, str | None]:
+        raw = os.pread(self._fd, 2 * _VOTE_SLOT, 0)
+        best: tuple[int, int, str | None] | None = None
+        for slot in range(2):
+            rec = raw[slot * _VOTE_SLOT:(slot + 1) * _VOTE_SLOT]
+            if len(rec) < _VOTE_SLOT or rec[:4] != _VOTE_MAGIC:
+                continue
+            _magic, seq, n = _VOTE_HEAD.unpack_from(rec)
+            end = _VOTE_HEAD.size + n
+            if end + 4 > _VOTE_SLOT or zlib.crc32(rec[:end]) != struct.unpack_from("<I", rec, end)[0]:
+                continue  # torn by a crash: the other slot holds the previous vote
+            data = json.loads(rec[_VOTE_HEAD.size:end])
+            if best is None or seq > best[0]:
+                best = (seq, int(data["term"]), data["voted_for"])
+        if best is None:
+            return 0, None
+        self._seq = best[0]
+        return best[1], best[2]
+
+    def write(self, term: int, voted_for: str | None) -> None:
+        payload = json.dumps({"term": term, "voted_for": voted_for}).encode()
+        seq = self._seq + 1
+        rec = _VOTE_HEAD.pack(_VOTE_MAGIC, seq, len(payload)) + payload
+        rec += struct.pack("<I", zlib.crc32(rec))
+        if len(rec) > _VOTE_SLOT:
+            raise ValueError(f"shard {self._shard}: Raft vote record too long ({len(rec)} bytes)")
+        os.pwrite(self._fd, rec.ljust(_VOTE_SLOT, b"\0"), (seq % 2) * _VOTE_SLOT)
+        if self._fsync:
+            os.fdatasync(self._fd)
+        self._seq = seq
+        self.term, self.voted_for = term, voted_for
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class _SegmentJournal(Journal):  # type: ignore[misc]
     """pysyncobj's journal interface over append-only segment files with
     CRC'd records, fdatasync'ed on demand (``sync``).
@@ -179,28 +284,22 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
         self._offset = 0
         self._dirty = False
         self._broken = ""
+        #: why the last write failed (disk full, ...), "" once one succeeds:
+        #: the shard gives up leading meanwhile (``RaftShard``)
+        self._unwritable = ""
+        self._unwritable_since = 0.0
+        self._refused = 0  # writes refused since
+        self._rotate_retry = 0.0  # monotonic time before which a failed rotation is not retried
         self._bytes = 0
         self._lock = threading.Lock()  # sync() may be called from another thread
-        self._vote_path = directory / "raft-vote"
+        self._votes = _VoteStore(directory, shard, fsync)
         self._commit_path = directory / "raft-commit"
-        self._term, self._voted_for = self._load_vote()
         self._commit = self._load_commit()
         self._saved_commit = self._commit
         self._high_commit = self._commit  # the highest commit index known: committed entries never change
         self._load()
 
     # ------------------------------------------------------------ loading
-
-    def _load_vote(self) -> tuple[int, str | None]:
-        try:
-            data = json.loads(self._vote_path.read_text())
-            return int(data["term"]), data["voted_for"]
-        except FileNotFoundError:
-            return 0, None
-        except (ValueError, KeyError, TypeError) as e:
-            raise RaftStorageError(
-                f"shard {self._shard}: {self._vote_path} is damaged ({e}); this replica's Raft "
-                f"vote is unknown. {_REPLACE}") from e
 
     def _load_commit(self) -> int:
         try:
@@ -260,12 +359,21 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
             self._new_segment(1)
 
     def _new_segment(self, seq: int) -> None:
+        """Create segment *seq* and write to it from now on; on an error
+        (a full disk) the new file is removed and the current segment stays
+        the one written."""
         path = self._seg_path(seq)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        _write_all(fd, _SEG_MAGIC)
-        if self._fsync:
-            os.fdatasync(fd)
-            _fsync_dir(self._dir)
+        try:
+            _write_all(fd, _SEG_MAGIC)
+            if self._fsync:
+                os.fdatasync(fd)
+                _fsync_dir(self._dir)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._close_fd()
         self._segments.append(seq)
         self._fd = fd
         self._offset = len(_SEG_MAGIC)
@@ -287,6 +395,12 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
                 self._conflict_locked(idx, term)
                 self._truncate_shadow_locked()
             self._check_usable()
+            if self._unwritable:
+                # until the probe finds room again (RaftShard asks it every
+                # second): a record that just fits in the page a refused one
+                # freed would only make the journal flap
+                self._refused += 1
+                raise OSError(errno.ENOSPC, f"shard {self._shard}: {self._unwritable}")
             head = _IDX_TERM.pack(idx, term)
             rec = _REC.pack(len(command), zlib.crc32(command, zlib.crc32(head)), idx, term) + command
             try:
@@ -299,8 +413,15 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
             self._offset += len(rec)
             self._bytes += len(command)
             self._dirty = True
-            if self._offset >= self._segment_bytes:
-                self._rotate_locked()
+            if self._offset >= self._segment_bytes and time.monotonic() >= self._rotate_retry:
+                try:
+                    self._rotate_locked()
+                except OSError as e:
+                    # the entry is written; the segment just grows until a
+                    # new one can be made
+                    self._rotate_retry = time.monotonic() + 5.0
+                    log.warning("shard %d: cannot start a new journal segment in %s (%s); the current one "
+                                "grows meanwhile", self._shard, self._dir, e.strerror or e)
 
     def clear(self) -> None:
         with self._lock:
@@ -396,6 +517,7 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
         self._save_commit()
         with self._lock:
             self._close_fd()
+            self._votes.close()
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802,N803
         self._commit = raftCommitIndex
@@ -408,16 +530,23 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
         return self._commit
 
     def setCurrentTerm(self, term: int, votedForNodeId: str | None) -> None:  # noqa: N802,N803
-        # Raft: term and vote must be durable before any message reflecting them is sent.
-        _atomic_write(self._vote_path, json.dumps({"term": term, "voted_for": votedForNodeId}).encode(),
-                      self._fsync)
-        self._term, self._voted_for = term, votedForNodeId
+        # Raft: term and vote must be durable before any message reflecting
+        # them is sent. pysyncobj has taken them in memory already: if they
+        # cannot be written (in place, so not for a full disk), this replica
+        # must stop taking part at once (the tick stops on a broken journal)
+        try:
+            self._votes.write(term, votedForNodeId)
+        except OSError as e:
+            self._broken = (f"cannot record the Raft term and vote in {self._dir} ({e}); the replica stopped "
+                            "taking part in this shard. Fix the disk and restart it")
+            log.critical("shard %d: %s", self._shard, self._broken)
+            raise
 
     def getCurrentTerm(self) -> int:  # noqa: N802
-        return self._term
+        return self._votes.term
 
     def getVotedForNodeId(self) -> str | None:  # noqa: N802
-        return self._voted_for
+        return self._votes.voted_for
 
     def onOneSecondTimer(self) -> None:  # noqa: N802
         self._save_commit()
@@ -472,10 +601,63 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
         try:
             os.ftruncate(self._fd, self._offset)
             os.lseek(self._fd, self._offset, os.SEEK_SET)
-            log.error("shard %d: cannot write the Raft journal in %s: %s", self._shard, self._dir, e)
         except OSError:
             self._broken = f"cannot write or repair the journal in {self._dir} ({e}); restart the replica"
             log.critical("shard %d: %s", self._shard, self._broken)
+            return
+        self._cannot_write(e)
+
+    def _cannot_write(self, e: OSError) -> None:
+        """A write failed and nothing was left half written: said once, when
+        it starts (a full disk refuses every entry, many per second), then
+        counted until a write succeeds."""
+        self._refused += 1
+        if self._unwritable:
+            return
+        self._unwritable = f"cannot write the Raft journal in {self._dir}: {e.strerror or e}"
+        self._unwritable_since = time.time()
+        log.error("shard %d: %s; this replica gives up leading the shard until it can write again",
+                  self._shard, self._unwritable)
+
+    def _writable_again(self) -> None:
+        log.warning("shard %d: the Raft journal in %s is writable again after %.0f s (%d write(s) refused)",
+                    self._shard, self._dir, time.time() - self._unwritable_since, self._refused)
+        self._unwritable = ""
+        self._refused = 0
+
+    def probe(self) -> bool:
+        """While writes fail: whether a small file can be written (and
+        synced) in the journal's directory now; if so the journal counts as
+        writable again. (A follower given no new entries would otherwise
+        never find out.)"""
+        if not self._unwritable:
+            return True
+        try:
+            # a write that just fits (the page a refused record freed) is not
+            # room to lead with: the next entries would be refused again
+            st = os.statvfs(self._dir)
+            if st.f_bavail * st.f_frsize < _PROBE_FREE:
+                return False
+            _atomic_write(self._dir / "write-probe", b"x" * 4096, self._fsync)
+            (self._dir / "write-probe").unlink()
+        except OSError:
+            with contextlib.suppress(OSError):
+                (self._dir / "write-probe.tmp").unlink()
+            return False
+        with self._lock:
+            if self._unwritable:
+                self._writable_again()
+        return True
+
+    @property
+    def unwritable(self) -> str:
+        """Why the journal cannot be written now ("" when it can)."""
+        return self._unwritable
+
+    @property
+    def unwritable_since(self) -> float:
+        """Wall time the current write failures started (0 when none)."""
+        return self._unwritable_since if self._unwritable else 0.0
 
     def rotate(self) -> None:
         """Start a new segment (at each snapshot, so that compaction can drop
@@ -508,7 +690,6 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
         if self._offset <= len(_SEG_MAGIC):
             return  # current segment is empty
         self._sync_locked()
-        self._close_fd()
         self._new_segment(self._segments[-1] + 1)
 
     def _close_fd(self) -> None:

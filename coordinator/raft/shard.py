@@ -56,6 +56,7 @@ from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, SyncObjException, replicated
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
+from pysyncobj.monotonic import monotonic as _ps_monotonic
 
 from coordinator.raft.config import _BATCH_BYTES, RaftTuning, _check_addr
 from coordinator.raft.encryptor import _derive_key, _HmacSealer
@@ -316,6 +317,8 @@ class RaftShard:
         self._last_mark = 0
         self._last_seen: tuple[bool, str | None, int, bool] = (False, None, 0, False)
         self._last_force = 0.0
+        self._next_probe = 0.0  # the journal's next write probe, while it cannot write (monotonic)
+        self._next_yield = 0.0  # the next hand-over attempt, while it cannot write (monotonic)
 
     # --------------------------------------------------------- properties
 
@@ -338,6 +341,20 @@ class RaftShard:
     def failed(self) -> str:
         """Why this replica stopped working on its own (a disk error), or ""."""
         return self._failed
+
+    @property
+    def problem(self) -> str:
+        """Why this replica cannot take its part in the shard now, or "":
+        its Raft thread stopped, or its journal cannot be written (a full
+        disk: it does not lead meanwhile)."""
+        if self._failed:
+            return f"Raft stopped on this replica: {self._failed}"
+        if self._journal.broken:
+            return self._journal.broken
+        if self._journal.unwritable:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._journal.unwritable_since))
+            return f"{self._journal.unwritable} (since {since}); not leading until it can write"
+        return ""
 
     @property
     def leader_ready(self) -> bool:
@@ -774,13 +791,18 @@ class RaftShard:
                 except Exception as e:
                     if self._journal.broken:
                         raise
-                    errors += 1
-                    if time.monotonic() - last_error > 30.0:
+                    # a write refused for a full disk: the journal said so
+                    # once and counts them (no traceback per tick)
+                    refused = isinstance(e, OSError) and bool(self._journal.unwritable)
+                    errors += not refused
+                    if errors and time.monotonic() - last_error > 30.0:
                         last_error = time.monotonic()
                         log.error("shard %d: Raft tick failed (%d time(s) since the last report)",
                                   self.index, errors, exc_info=e)
                         errors = 0
                     time.sleep(tick)
+                if self._journal.unwritable:
+                    self._refuse_to_lead(so)
                 self._after_tick()
         except BaseException as e:
             self._failed = str(e) or type(e).__name__
@@ -801,6 +823,29 @@ class RaftShard:
                     break
                 if cf.set_running_or_notify_cancel():
                     cf.set_exception(RaftError(f"shard {self.index}: closed"))
+
+    def _refuse_to_lead(self, so: SyncObj) -> None:
+        """Tick thread, while the journal cannot be written (a full disk): a
+        replica that cannot make entries durable must not lead, or every
+        proposal to the shard waits for a commit that never comes (a full
+        disk once kept a shard's leadership 135 s). It hands its leadership
+        to a caught-up follower, starts no election (nor answers a
+        hand-over to it), and checks every second whether it can write
+        again."""
+        now = time.monotonic()
+        if now >= self._next_probe:
+            self._next_probe = now + 1.0
+            if self._journal.probe():
+                return
+        # pysyncobj's own election timer, pushed on at every tick
+        so._SyncObj__raftElectionDeadline = _ps_monotonic() + so._SyncObj__generateRaftTimeout()
+        if so._isLeader() and now >= self._next_yield:
+            self._next_yield = now + max(3 * self.tuning.heartbeat, 2 * self.tuning.tick)
+            box: list[int] = []
+            so.transferLeadership(None, callback=lambda _res, err: box.append(err))
+            if not box or box[0] == FAIL_REASON.SUCCESS:
+                log.warning("shard %d: handing leadership to a caught-up follower: %s", self.index,
+                            self._journal.unwritable)
 
     def _after_tick(self) -> None:
         so = self._so
