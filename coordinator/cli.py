@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--force", action="store_true",
                      help="change even when a group would be left without a majority of members reachable "
                           "now (it then commits nothing until they answer)")
+    mem.add_argument("--tls-ca", metavar="PEM", help="mutual TLS: the cluster CA's certificate (env HSM_TLS_CA)")
+    mem.add_argument("--tls-cert", metavar="PEM", help="mutual TLS: your certificate, role admin (env HSM_TLS_CERT)")
+    mem.add_argument("--tls-key", metavar="PEM", help="mutual TLS: its key (env HSM_TLS_KEY)")
 
     crt = sub.add_parser("certs", help="a cluster CA and the certificates it issues",
                          description="Create the cluster's certificate authority and issue certificates "
@@ -207,13 +210,20 @@ async def _serve(cfg: object) -> int:
 def _member(args: argparse.Namespace) -> int:
     import grpc
 
+    from hsm.tls import TlsError, TlsFiles, channel_credentials
     from hsm.v1 import coordinator_pb2, coordinator_pb2_grpc
 
+    try:
+        tls = TlsFiles.from_args(args.tls_ca, args.tls_cert, args.tls_key)
+        creds = channel_credentials(tls) if tls is not None else None
+    except TlsError as exc:
+        print(f"hsm-coordinator member: {exc}", file=sys.stderr)
+        return 2
     req = coordinator_pb2.ChangeMembershipRequest(add=args.action == "add", raft=args.raft, force=args.force)
     errors = []
     for addr in [a.strip() for a in args.coordinators.split(",") if a.strip()]:
         try:
-            with grpc.insecure_channel(addr) as ch:
+            with grpc.insecure_channel(addr) if creds is None else grpc.secure_channel(addr, creds) as ch:
                 resp = coordinator_pb2_grpc.CoordinatorStub(ch).ChangeMembership(req, timeout=120)
         except grpc.RpcError as exc:
             errors.append(f"{addr}: {exc.code().name}: {exc.details()}")

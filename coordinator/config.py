@@ -29,7 +29,8 @@ The file format is documented in docs/cluster-config.md; in short::
       ca: tls/ca.pem              # name {replica_id}; relative ones are from this file's directory
       cert: tls/{replica_id}.pem
       key: tls/{replica_id}.key
-    insecure: false               # true and no tls: plain text, nobody checked (warned at start)
+    insecure: false               # true instead of tls: plain text, nobody checked (warned at start);
+                                  # one of the two is required
     user_request_mask: [restore]  # what a certificate of role user may request
     log_level: info
 """
@@ -50,6 +51,7 @@ import yaml
 from coordinator.cluster import ClusterSpec, ReplicaSpec, new_cluster_id, split_addr
 from coordinator.node import NodeConfig, local_hostname
 from coordinator.raft import RaftTuning, check_addr
+from coordinator.raft.encryptor import MAX_PASSWORDS, split_passwords
 from coordinator.roles import check_mask
 from hsm.ring import DEFAULT_VNODES, MAX_POINTS, MAX_VNODES
 from hsm.tls import TlsError, TlsFiles
@@ -145,9 +147,26 @@ def read_password(path: str | Path) -> str:
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"cluster.password_file: {p} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
                           "chmod 600 it")
-    if len(text) < 16:
-        raise ConfigError(f"cluster.password_file: {p} holds fewer than 16 characters")
-    return text
+    return _passwords(text, f"cluster.password_file: {p}")
+
+
+def _passwords(text: str, where: str) -> str:
+    """A password file's text, checked: one password per line (the first
+    seals the Raft messages, the others are accepted too: a rotation,
+    docs/cluster-config.md), each of 16 characters or more."""
+    passwords = split_passwords(text)
+    if not passwords:
+        raise ConfigError(f"{where} holds fewer than 16 characters")
+    if len(passwords) > MAX_PASSWORDS:
+        raise ConfigError(f"{where} holds {len(passwords)} passwords, at most {MAX_PASSWORDS} (the first "
+                          "seals, the others are accepted): remove the old ones")
+    for n, pw in enumerate(passwords, 1):
+        if len(pw) < 16:
+            raise ConfigError(f"{where}: " + ("the password" if len(passwords) == 1 else f"password {n} (line {n})")
+                              + " holds fewer than 16 characters")
+    if len(set(passwords)) != len(passwords):
+        raise ConfigError(f"{where} holds the same password twice")
+    return passwords[0] if len(passwords) == 1 else "\n".join(passwords)
 
 
 def _cluster(raw: Any, base: Path | None) -> ClusterSpec:
@@ -157,8 +176,7 @@ def _cluster(raw: Any, base: Path | None) -> ClusterSpec:
     _unknown("cluster: ", raw, _CLUSTER)
     if "password" in raw:
         password = _check("cluster.password", raw["password"], str)
-        if len(password) < 16:
-            raise ConfigError("cluster.password: at least 16 characters")
+        password = _passwords(password, "cluster.password")
     elif "password_file" in raw:
         pf = Path(_check("cluster.password_file", raw["password_file"], str))
         if not pf.is_absolute() and base is not None:
@@ -166,6 +184,10 @@ def _cluster(raw: Any, base: Path | None) -> ClusterSpec:
         password = read_password(pf)
     else:
         raise ConfigError("cluster: password_file is required (the Raft peers' shared secret)")
+    if "\n" in password and not raw.get("id"):
+        raise ConfigError("cluster.id is required while the password file holds more than one password: without "
+                          "it the cluster's id is derived from the password and would change during the rotation "
+                          "(clients would refuse the replicas). Add id: with the id hsmctl status shows")
     reps = raw.get("replicas")
     if not isinstance(reps, list) or not reps:
         raise ConfigError("cluster.replicas: a list of {id, api, raft} is required")
@@ -262,12 +284,18 @@ def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> tu
 def _tls(raw: Any, insecure: Any, base: Path | None, replica_id: str) -> TlsFiles | None:
     """``tls: {ca, cert, key}`` (paths relative to the config file; ``{replica_id}``
     in a path is this replica's id, so one file serves every replica), or
-    None with ``insecure: true``. Each file is read now: a missing or
-    unreadable one stops the start with its name."""
+    None with ``insecure: true``; one of the two must be given (plain text
+    is never a default). Each file is read now: a missing or unreadable one
+    stops the start with its name."""
     if not isinstance(insecure, bool):
         raise ConfigError(f"insecure: expected true or false, got {_show(insecure)}")
     if raw is None:
-        return None
+        if insecure:
+            return None
+        raise ConfigError("neither tls nor insecure: true is set. Add tls: {ca: ..., cert: ..., key: ...} naming "
+                          "the cluster CA's certificate and this replica's certificate and key (PEM files from "
+                          "hsm-coordinator certs init/issue; hsm-coordinator init makes them) to serve mutual TLS, "
+                          "or insecure: true to run plain text, where nobody is checked (warned at start)")
     if insecure:
         raise ConfigError("tls and insecure: true both given; keep one")
     if not isinstance(raw, dict) or set(raw) != {"ca", "cert", "key"}:

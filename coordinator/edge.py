@@ -142,6 +142,27 @@ def audit_items(method: str, request: Any) -> dict[str, Any]:
     return {}
 
 
+def audit(context: Any, method: str, who: str | None, role: str, request: Any, refused: str | None = None) -> None:
+    """Write the audit line of a call (``hsm.audit``, one JSON object):
+    the edge does for every audited call, a servicer again for a call it
+    refuses after looking at the state (a user's cancel of an action that
+    is not only theirs). A part forwarded by a replica for a user names
+    that user (``for``)."""
+    if not audit_log.isEnabledFor(logging.INFO):
+        return
+    line: dict[str, Any] = {"ts": round(time.time(), 3), "who": who, "role": role, "peer": context.peer(),
+                            "method": method.rsplit("/", 1)[1]}
+    if role == roles.REPLICA:
+        behalf = dict(context.invocation_metadata() or ()).get(roles.ON_BEHALF_KEY)
+        if behalf:
+            line["for"] = _t(str(behalf))
+    if request is not None:
+        line.update(audit_items(method, request))
+    if refused is not None:
+        line["refused"] = refused
+    audit_log.info("%s", json.dumps(line, separators=(",", ":")))
+
+
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
     """*secure*: calls come over mutual TLS and every one is checked
     against ``coordinator.roles`` (with *user_mask*); otherwise nobody is
@@ -166,13 +187,9 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             if peer is not None:
                 name, role = peer.name, peer.role
             refusal = roles.check(name, role, method, request, self.user_mask)
-        if method in roles.AUDITED and audit_log.isEnabledFor(logging.INFO):
-            line = {"ts": round(time.time(), 3), "who": name if self.secure else "", "role": role,
-                    "peer": context.peer(), "method": method.rsplit("/", 1)[1],
-                    **(audit_items(method, request) if request is not None else {})}
-            if refusal is not None:
-                line["refused"] = refusal.message
-            audit_log.info("%s", json.dumps(line, separators=(",", ":")))
+        if method in roles.AUDITED:
+            audit(context, method, name if self.secure else "", role, request,
+                  refusal.message if refusal is not None else None)
         if refusal is not None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED if refusal.unauthenticated
                                 else grpc.StatusCode.PERMISSION_DENIED, refusal.message)

@@ -284,6 +284,13 @@ class CoordinatorNode:
                         "can submit, cancel, drain agents, switch the coordinator off, change Raft membership, or "
                         "connect as an agent. Give the replica tls: {ca, cert, key} (hsm-coordinator certs)",
                         self.address)
+        if not self.config.raft.encrypt:
+            log.warning("raft encrypt: false: the Raft traffic of this replica (%s and the next %d port(s)) is "
+                        "authenticated with the cluster password but NOT encrypted: anyone who can read the network "
+                        "between the replicas reads every replicated command (file system names, FIDs, requesters' "
+                        "initiators, uids and cookies, agent ids, lease holders, error texts) and snapshots of the "
+                        "whole state. Forged or altered messages are still refused. Remove encrypt: false (encrypted "
+                        "is the default) unless that network is private", self.me.raft, len(self.shards) - 1)
         if not self.agent_lease_safe:
             log.warning("agent_grace %g s is too short for the agents' leases: an agent cut off from the "
                         "replicas may still be copying when its actions go to another agent (two runs at "

@@ -8,10 +8,16 @@ The roles (a certificate's OU, ``coordinator.certs``):
   agents, cancelling everything (``Cancel all``), and what an operator does;
 * ``operator``: requests and cancels for any file, and every read;
 * ``bridge``: an MDT bridge: submits on behalf of the MDT's initiators (any
-  kind), its lease, and every read;
+  kind), relays the cancels the MDT sends (``lfs hsm_cancel``: Lustre
+  checked who may; any action named, never ``Cancel all``), its lease, and
+  every read;
 * ``user``: requests whose kind the user request mask allows (by default
   RESTORE only, like a file system user who may read a released file but
-  not archive or remove), and every read; no cancel;
+  not archive or remove), and every read; with ``cancel`` in the mask, the
+  cancel of their own actions only (by action id, file or cookie: every
+  requester of each live action named must be theirs, checked against the
+  shard state by the servicer and again when the cancel is applied,
+  ``coordinator.state.ShardState.cancel_refusal``), never ``Cancel all``;
 * ``agent``: only the agent ``Work`` stream, with its own id (checked when
   the stream says hello);
 * ``replica``: what replicas forward to each other (cancels, control,
@@ -29,7 +35,16 @@ ADMIN, OPERATOR, AGENT, BRIDGE, USER, REPLICA = "admin", "operator", "agent", "b
 ROLES = (ADMIN, OPERATOR, AGENT, BRIDGE, USER, REPLICA)
 #: ActionKind values (Lustre's HSMA_*) and their names in masks
 KINDS = {"archive": 20, "restore": 21, "remove": 22}
+#: names a user request mask may hold (Lustre's hsm user_request_mask
+#: names, lower case): the kinds, and ``cancel`` (of the user's own actions)
+MASK_NAMES = (*KINDS, "cancel")
 DEFAULT_USER_MASK = frozenset({"restore"})
+
+#: gRPC metadata a replica adds to the part of a user's cancel it forwards
+#: to another shard's leader: the user it cancels for (that user's
+#: certificate name). Read only from a caller of role replica; anyone
+#: else's is ignored.
+ON_BEHALF_KEY = "hsm-on-behalf-of"
 
 _C = "/hsm.v1.Coordinator/"
 _A = "/hsm.v1.AgentService/"
@@ -37,7 +52,7 @@ _READERS = frozenset({ADMIN, OPERATOR, BRIDGE, USER, REPLICA})
 #: method -> roles that may call it at all (request-level rules below)
 METHODS: Mapping[str, frozenset[str]] = {
     _C + "Submit": frozenset({ADMIN, OPERATOR, BRIDGE, USER}),
-    _C + "Cancel": frozenset({ADMIN, OPERATOR, REPLICA}),
+    _C + "Cancel": frozenset({ADMIN, BRIDGE, OPERATOR, REPLICA, USER}),
     _C + "GetAction": _READERS,
     _C + "ListActions": _READERS,
     _C + "Watch": _READERS,
@@ -91,6 +106,9 @@ def check(name: str | None, role: str, method: str, request: object = None,
     if method == _C + "Cancel" and getattr(request, "all", False) and role not in (ADMIN, REPLICA):
         return Refusal(False, f"Cancel all needs role admin; {_who(name, role)} may cancel given actions, "
                               "files or cookies")
+    if method == _C + "Cancel" and role == USER and "cancel" not in user_mask:
+        return Refusal(False, f"Cancel is not in the user request mask ({', '.join(sorted(user_mask)) or 'empty'}); "
+                              f"{_who(name, role)} needs role admin, operator or replica for it")
     if method == _C + "Submit" and role == USER:
         allowed_kinds = {KINDS[k] for k in user_mask if k in KINDS}
         for i, item in enumerate(getattr(request, "items", ())):
@@ -104,6 +122,6 @@ def check(name: str | None, role: str, method: str, request: object = None,
 
 def check_mask(mask: object, what: str = "user_request_mask") -> frozenset[str]:
     """A request mask from a config file: a list of kind names."""
-    if not isinstance(mask, list | tuple) or not all(isinstance(k, str) and k in KINDS for k in mask):
-        raise ValueError(f"{what}: expected a list of {', '.join(KINDS)}, got {mask!r}")
+    if not isinstance(mask, list | tuple) or not all(isinstance(k, str) and k in MASK_NAMES for k in mask):
+        raise ValueError(f"{what}: expected a list of {', '.join(MASK_NAMES)}, got {mask!r}")
     return frozenset(mask)

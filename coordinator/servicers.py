@@ -9,16 +9,19 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from coordinator import convert
+from coordinator import convert, roles
 from coordinator.agents import MAX_AGENT_ID
 from coordinator.cluster import membership_problem, split_addr
 from coordinator.convert import InvalidRequest
+from coordinator.edge import audit
 from coordinator.raft import NotLeader, RaftError, check_addr
 from coordinator.state import (
     CONTROL_MODES,
     MAX_LEASE_TTL,
+    MAX_OWNER,
     MAX_SHARDS,
     Cancel,
+    CancelRefused,
     DrainAgent,
     Kind,
     Lease,
@@ -48,6 +51,14 @@ from coordinator.node import (
 log = logging.getLogger(__name__)
 
 
+class _Refused(Exception):
+    """A shard refused a user's cancel part (``CancelRefused``)."""
+
+    def __init__(self, refused: CancelRefused) -> None:
+        super().__init__(refused.reason)
+        self.refused = refused
+
+
 class NoMajority(Exception):
     """A membership change that would leave a group without a reachable majority."""
 
@@ -62,6 +73,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             items = convert.items_from_pb(request, node.config.archive_ids)
         except (InvalidRequest, ValueError) as exc:
             await context.abort(*_abort_code(exc))
+        owner = await self._user(context)
+        if owner:  # who submitted, from the certificate: what lets a user cancel it later
+            items = [it._replace(requester=it.requester._replace(owner=owner)) for it in items]
         by_shard: dict[int, list[int]] = {}
         for i, it in enumerate(items):
             by_shard.setdefault(node.ring.shard_of(it.fid), []).append(i)
@@ -112,10 +126,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         parts_of = {idx: (tuple(i for i in request.action_ids if i % MAX_SHARDS == idx),
                           tuple(t for t in targets if node.ring.shard_of(t.fid) == idx)) for idx in sorted(wanted)}
         estimate = 2 * request.ByteSize() + 64 * (len(request.action_ids) + len(targets) + len(cookies)) + 1024
+        # a user (role user, or a replica forwarding a user's part) cancels
+        # only actions nobody else asked for: checked on this replica's view
+        # of every shard before anything is proposed, and again by each
+        # shard when it applies its part (the state may have moved on)
+        owner = await self._canceller(context)
         try:  # all or nothing: no part is proposed unless every part fits in one Raft entry
-            for ids, fids in parts_of.values():
+            for idx, (ids, fids) in parts_of.items():
                 if ids or fids or request.all or cookies:
-                    node.check_fits((Cancel(now, ids, fids, request.all, reason, cookies),), estimate)
+                    cmd = Cancel(now, ids, fids, request.all, reason, cookies, owner)
+                    node.check_fits((cmd,), estimate)
+                    if owner:
+                        with node.shards[idx].reading() as st:
+                            refused = st.cancel_refusal(cmd)
+                        if refused is not None:
+                            await self._refuse_cancel(context, request, refused)
         except InvalidRequest as exc:
             await context.abort(*_abort_code(exc))
 
@@ -128,7 +153,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 return []
             if shard.is_leader:
                 try:
-                    res = await node.propose(shard, Cancel(now, ids, fids, request.all, reason, cookies))
+                    res = await node.propose(shard, Cancel(now, ids, fids, request.all, reason, cookies, owner))
+                    if res.replies and isinstance(res.replies[0], CancelRefused):
+                        raise _Refused(res.replies[0])
                     return [coordinator_pb2.CancelResult(
                         action_id=r.action_id, outcome=int(r.outcome),  # type: ignore[attr-defined]
                         state=int(r.state) if r.state else 0) for r in res.replies]  # type: ignore[attr-defined]
@@ -137,11 +164,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             part = coordinator_pb2.CancelRequest(
                 action_ids=ids, fids=[f for f in request.fids if node.ring.shard_of(convert.fid_from_pb(f.fid)) == shard_idx],
                 all=request.all, reason=reason, shards=[shard_idx], cookies=request.cookies)
+            if owner:
+                return await self._forward_for(shard, part, owner)
             resp = await node.forward(shard, "Cancel", part, node.config.propose_timeout * 2)
             return list(resp.results)
 
         try:
             parts = await asyncio.gather(*(one(i) for i in sorted(wanted)))
+        except _Refused as exc:
+            await self._refuse_cancel(context, request, exc.refused)
         except ShardUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except InvalidRequest as exc:  # too large for one Raft entry
@@ -159,6 +190,63 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 results.append(coordinator_pb2.CancelResult(action_id=i, outcome=coordinator_pb2.NOT_FOUND))
         results.extend(r or coordinator_pb2.CancelResult(outcome=coordinator_pb2.NOT_FOUND) for r in by_cookie)
         return coordinator_pb2.CancelResponse(results=results)
+
+    async def _user(self, context: grpc.aio.ServicerContext) -> str:
+        """The certificate name of a caller of role user ("" for any other
+        role, and without TLS): the owner of what it submits."""
+        if self.node.config.tls is None:
+            return ""
+        peer = peer_of(context.auth_context())
+        if peer is None or peer.role != roles.USER:
+            return ""
+        if not peer.name or len(peer.name) > MAX_OWNER:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"a user certificate must name its user in 1-{MAX_OWNER} characters")
+        return peer.name
+
+    async def _canceller(self, context: grpc.aio.ServicerContext) -> str:
+        """Whom a cancel is restricted to: the caller of role user, or the
+        user a replica forwards a part for (``roles.ON_BEHALF_KEY``, read
+        from replicas only); "" when it is not restricted."""
+        user = await self._user(context)
+        if user or self.node.config.tls is None:
+            return user
+        peer = peer_of(context.auth_context())
+        if peer is None or peer.role != roles.REPLICA:
+            return ""
+        behalf = str(dict(context.invocation_metadata() or ()).get(roles.ON_BEHALF_KEY, ""))
+        if behalf:
+            try:
+                convert.check_name(behalf, "the user a cancel is forwarded for", MAX_OWNER)
+            except InvalidRequest as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return behalf
+
+    async def _refuse_cancel(self, context: grpc.aio.ServicerContext, request: coordinator_pb2.CancelRequest,
+                             refused: CancelRefused) -> None:
+        peer = peer_of(context.auth_context())
+        audit(context, "/hsm.v1.Coordinator/Cancel", peer.name if peer else "", peer.role if peer else "",
+              request, refused.reason)
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused.reason)
+
+    async def _forward_for(self, shard: RaftShard, part: coordinator_pb2.CancelRequest,
+                           owner: str) -> list[coordinator_pb2.CancelResult]:
+        """``node.forward`` of a user's cancel part, naming the user; the
+        leader's refusal comes back as a refusal, not as an outage."""
+        node = self.node
+        leader = node.leader_api(shard)
+        if not leader or leader == node.me.api:
+            raise ShardUnavailable(shard.index, "")
+        stub = coordinator_pb2_grpc.CoordinatorStub(node.channel(leader))
+        try:
+            resp = await stub.Cancel(part, timeout=node.config.propose_timeout * 2,
+                                     metadata=((roles.ON_BEHALF_KEY, owner),))
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                raise _Refused(CancelRefused(0, exc.details() or "refused")) from None
+            raise ShardUnavailable(shard.index, "", f"shard {shard.index}: Cancel on the leader {leader} failed: "
+                                   f"{exc.details()}") from None
+        return list(resp.results)
 
     async def GetAction(self, request: coordinator_pb2.GetActionRequest, context: grpc.aio.ServicerContext) -> types_pb2.Action:  # noqa: N802
         node = self.node

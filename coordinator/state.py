@@ -136,6 +136,13 @@ class Requester(NamedTuple):
     projid: int = 0
     when: float = 0.0
     key: str = ""  # idempotency key of the request that brought this requester
+    #: who submitted it, as the certificate of a caller of role ``user``
+    #: names it (set by the servicer from the TLS peer, never from the
+    #: request; at most MAX_OWNER characters); "" for every other role and
+    #: without TLS. A user may cancel an action only when every requester
+    #: of it is theirs (``Cancel.owner``). Added later: a requester
+    #: journaled or snapshotted before it unpickles with "".
+    owner: str = ""
 
 
 class Item(NamedTuple):
@@ -255,6 +262,16 @@ class Cancel:
     #: each gets one reply, after the others, in order; NOT_FOUND (action
     #: id 0) when no kept action has that requester cookie
     cookies: tuple[CookieTarget, ...] = ()
+    #: added later ("" in entries written before it: no restriction): a
+    #: cancel on behalf of this user (the ``owner`` of their requests). The
+    #: whole command is refused, nothing changed, with one ``CancelRefused``
+    #: reply, when one of its live targets has a requester that is not
+    #: theirs (``ShardState.cancel_refusal``)
+    owner: str = ""
+
+
+#: longest ``Requester.owner`` / ``Cancel.owner`` (a certificate name)
+MAX_OWNER = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +422,15 @@ class CancelOutcome(IntEnum):
     SENT = 2
     ALREADY_ENDED = 3
     NOT_FOUND = 4
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRefused:
+    """The only reply of a ``Cancel`` on behalf of a user that names an
+    action also wanted by someone else: nothing was changed."""
+
+    action_id: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -891,6 +917,11 @@ class ShardState:
 
     def _cancel(self, cmd: Cancel) -> Result:
         res = Result()
+        if cmd.owner:
+            refused = self.cancel_refusal(cmd)
+            if refused is not None:
+                res.replies.append(refused)
+                return res
         reason = cmd.reason or "canceled"
         seen: set[int] = set()
         for action_id in self._cancel_targets(cmd):
@@ -906,6 +937,40 @@ class ShardState:
             reply = self._cancel_one(packed >> 3, cmd.now, reason, res.effects)
             res.replies.append(CancelReply(reply.action_id, reply.outcome, reply.state, target))
         return res
+
+    def cancel_refusal(self, cmd: Cancel) -> CancelRefused | None:
+        """Why this cancel on behalf of the user ``cmd.owner`` may not be
+        applied, or None. Reads only (the servicer asks it before proposing;
+        apply asks again, as the state may have changed meanwhile).
+
+        A user may cancel an action only when every one of its requesters is
+        theirs. A RESTORE (or REMOVE) merged from several requests is
+        refused as a whole rather than the caller's requester detached from
+        it: the caller asked for the copy to stop, and it would not stop;
+        answering "done" while the file is still restored would be untrue,
+        and leaving the action without the caller's requester would change
+        who is answered when it ends (an idempotent retry of their submit
+        would then find an action that no longer lists them). The refusal
+        says why; an operator may still cancel it for everyone. Actions
+        that ended or are unknown are no one's: the cancel answers them as
+        usual (ALREADY_ENDED, NOT_FOUND) and changes nothing there."""
+        if cmd.all:
+            return CancelRefused(0, "cancelling every action needs role admin")
+        ids = list(self._cancel_targets(cmd))
+        for target in cmd.cookies:
+            packed = self.keys.get(target.key)
+            if packed is not None:
+                ids.append(packed >> 3)
+        for action_id in ids:
+            action = self.actions.get(action_id)
+            if action is None or action.state.terminal:
+                continue
+            others = sum(1 for r in action.requesters if r.owner != cmd.owner)
+            if others:
+                return CancelRefused(action_id, f"action {action_id} ({action.kind.name} {action.fid}) was also "
+                                                f"requested by {others} requester(s) other than {cmd.owner}; a user "
+                                                "may cancel only actions nobody else asked for (an operator may)")
+        return None
 
     def _cancel_one(self, action_id: int, now: float, reason: str, effects: list[Effect]) -> CancelReply:
         action = self.actions.get(action_id)
@@ -1253,4 +1318,4 @@ class ShardState:
 
 
 def _with(req: Requester, *, when: float, key: str) -> Requester:
-    return Requester(req.initiator, req.cookie, req.uid, req.gid, req.projid, when, key)
+    return Requester(req.initiator, req.cookie, req.uid, req.gid, req.projid, when, key, req.owner)

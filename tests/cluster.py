@@ -1,6 +1,14 @@
 """A real multi-process cluster for system tests: replica processes started
 with ``hsm-coordinator run`` from a config written by ``init``, agentd
-processes, kills, restarts, and the cross-replica consistency checker."""
+processes, kills, restarts, and the cross-replica consistency checker.
+
+Mutual TLS is on, as in production (no system test needs plain text): ``init`` writes the cluster
+CA, a certificate per replica and the ``admin`` one; every agentd started
+here gets its own (role agent, CN = its agent id); the cluster's own checks
+(health, status, leaders) present the admin certificate, and tests build
+their clients from ``client_tls`` (a ``CoordinatorClient``), ``env``
+(``HSM_TLS_*`` for hsmctl or hsm-bridge subprocesses) or ``pki`` (other
+identities and roles)."""
 
 from __future__ import annotations
 
@@ -18,8 +26,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from coordinator import certs
 from coordinator import config as cfgmod
 from coordinator.cluster import ReplicaSpec, free_ports
+from hsm.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsFiles, channel_credentials
 from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import coordinator_pb2_grpc
 
@@ -52,6 +62,44 @@ async def until_async(cond: Callable[[], Any], timeout: float, what: str, interv
         await asyncio.sleep(interval)
 
 
+class Pki:
+    """A cluster CA's directory (``ca.pem``, ``ca.key``, from ``hsm-coordinator
+    certs init`` or ``init``) and the certificates tests issue from it, each
+    as ``NAME.pem`` / ``NAME.key`` beside the CA."""
+
+    def __init__(self, directory: Path, create: bool = False) -> None:
+        self.dir = directory
+        if create:
+            certs.init_ca(directory)
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / certs.CA_CERT
+
+    def files(self, name: str) -> TlsFiles:
+        return TlsFiles(self.ca, self.dir / f"{name}.pem", self.dir / f"{name}.key")
+
+    def issue(self, name: str, role: str, hosts: tuple[str, ...] = ()) -> TlsFiles:
+        """*name*'s files, issued with *role* unless they exist already."""
+        f = self.files(name)
+        if not f.cert.exists():
+            certs.issue(self.dir, name, role, hosts=hosts)
+        return f
+
+    def env(self, name: str = cfgmod.ADMIN_CERT, base: dict[str, str] | None = None) -> dict[str, str]:
+        """*base* (default: ``ENV``) with HSM_TLS_* naming *name*'s files."""
+        f = self.files(name)
+        return dict(ENV if base is None else base, **{ENV_CA: str(f.ca), ENV_CERT: str(f.cert), ENV_KEY: str(f.key)})
+
+    def args(self, name: str) -> list[str]:
+        """``--tls-ca/--tls-cert/--tls-key`` naming *name*'s files."""
+        f = self.files(name)
+        return ["--tls-ca", str(f.ca), "--tls-cert", str(f.cert), "--tls-key", str(f.key)]
+
+    def credentials(self, name: str = cfgmod.ADMIN_CERT) -> grpc.ChannelCredentials:
+        return channel_credentials(self.files(name))
+
+
 class ProcCluster:
     def __init__(self, tmp: Path, replicas: int = 3, shards: int = 4, raft: dict[str, Any] | None = None,
                  agent_grace: float = 5.0, extra: dict[str, Any] | None = None) -> None:
@@ -67,9 +115,17 @@ class ProcCluster:
                   "connection_retry": 0.2, "rebalance_interval": 1.0, **(raft or {})}
         self.config, _ = cfgmod.init_cluster(tmp / "etc", "sys", shards, self.specs, data_dir=str(tmp / "data"),
                                              extra={"agent_grace": agent_grace, "heartbeat_interval": 1.0,
-                                                    "propose_timeout": 3.0, "raft": tuning, **(extra or {})})
+                                                    "propose_timeout": 3.0, "raft": tuning, **(extra or {})},
+                                             tls=True)
+        #: the cluster's CA and certificates
+        self.pki = Pki(tmp / "etc" / "tls")
+        #: the admin's TLS files, for clients
+        self.client_tls = self.pki.files(cfgmod.ADMIN_CERT)
+        #: environment for hsmctl / hsm-bridge subprocesses: ENV + the admin's HSM_TLS_*
+        self.env = self.pki.env()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.agent_args: dict[str, tuple[str, ...]] = {}  # agent -> the extra arguments it was started with
         self.agent_killed: dict[str, float] = {}  # agent -> when it was killed (runs it left open end there)
 
     @property
@@ -79,7 +135,13 @@ class ProcCluster:
     def spec(self, rid: str) -> ReplicaSpec:
         return next(s for s in self.specs if s.id == rid)
 
+    def channel(self, address: str, name: str = cfgmod.ADMIN_CERT) -> grpc.Channel:
+        """A channel to *address* presenting *name*'s certificate."""
+        return grpc.secure_channel(address, self.pki.credentials(name))
+
     def start(self, rid: str) -> None:
+        # a replica added by a test gets its certificate here
+        self.pki.issue(rid, "replica", hosts=(self.spec(rid).api.rsplit(":", 1)[0],))
         with open(self.logs / f"{rid}.log", "ab") as log:
             self.procs[rid] = subprocess.Popen(
                 [sys.executable, "-m", "coordinator.cli", "run", "--config", str(self.config), "--replica-id", rid,
@@ -101,7 +163,7 @@ class ProcCluster:
 
     def _health(self, api: str) -> bool:
         try:
-            with grpc.insecure_channel(api) as ch:
+            with self.channel(api) as ch:
                 r = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service="hsm.v1.Coordinator"), timeout=1)
             return r.status == health_pb2.HealthCheckResponse.SERVING
@@ -120,11 +182,11 @@ class ProcCluster:
         return False
 
     def status(self, rid: str, digest: bool = False) -> C.StatusResponse:
-        with grpc.insecure_channel(self.spec(rid).api) as ch:
+        with self.channel(self.spec(rid).api) as ch:
             return coordinator_pb2_grpc.CoordinatorStub(ch).Status(C.StatusRequest(digest=digest), timeout=10)
 
     def leaders(self, rid: str) -> dict[int, str]:
-        with grpc.insecure_channel(self.spec(rid).api) as ch:
+        with self.channel(self.spec(rid).api) as ch:
             info = coordinator_pb2_grpc.CoordinatorStub(ch).ClusterInfo(C.ClusterInfoRequest(), timeout=5)
         return {s.shard: s.leader for s in info.shards}
 
@@ -148,10 +210,15 @@ class ProcCluster:
             raise AssertionError(f"replicas diverged: {views}") from None
 
     def start_agent(self, agent_id: str, *extra: str) -> None:
+        """An agentd process; with TLS it presents its own certificate (role
+        agent, CN *agent_id*), issued on its first start."""
+        self.pki.issue(agent_id, "agent")
+        tls = self.pki.args(agent_id)
+        self.agent_args[agent_id] = extra
         with open(self.logs / f"{agent_id}.log", "ab") as log:
             self.agents[agent_id] = subprocess.Popen(
                 [sys.executable, "-m", "agentd.cli", "--coordinators", self.addresses, "--agent-id", agent_id,
-                 *extra], stdout=log, stderr=log, env=ENV, start_new_session=True)
+                 *tls, *extra], stdout=log, stderr=log, env=ENV, start_new_session=True)
 
     def kill_agent(self, agent_id: str, sig: int = signal.SIGKILL) -> float:
         """Signal an agent; for SIGKILL wait for it and return the time."""
@@ -226,3 +293,15 @@ def no_concurrent_runs(runs: list[tuple[str, int, int, float, float]]) -> list[s
             if s2 < e1:
                 bad.append(f"action {action_id}: attempt {t1} on {a1} and attempt {t2} on {a2} overlap")
     return bad
+
+
+def tls_replica(factory: Callable[..., Any], directory: Path, **settings: Any) -> tuple[Any, Pki]:
+    """An in-process one-replica coordinator (conftest's ``coordinator_factory``)
+    with mutual TLS, for tests that run clients, bridges or agents as real
+    processes: the CA in *directory* (created on the first call), the
+    replica's certificate (CN ``test``, the replica id, for 127.0.0.1) and
+    an ``admin`` one."""
+    pki = Pki(directory, create=not (directory / certs.CA_CERT).exists())
+    pki.issue(cfgmod.ADMIN_CERT, "admin")
+    replica = factory(tls=pki.issue("test", "replica", hosts=("127.0.0.1",)), **settings)
+    return replica, pki

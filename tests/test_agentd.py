@@ -25,13 +25,14 @@ import uvloop
 from agentd.config import AgentConfig, BackendConfig, PosixMoverConfig, SlotsConfig
 from agentd.daemon import Agent, backoff_delay, make_backend, make_mover
 from agentd.movers.posix import object_path
+from coordinator.config import ADMIN_CERT
 from hsm.client import CoordinatorClient, submit_item
 from hsm.fid import Fid
 from hsm.hsmflags import HS
 from hsm.simfs import SimFS
 from hsm.v1 import types_pb2 as tpb
+from tests.cluster import tls_replica, until_async
 from tests.cluster import until as poll_until
-from tests.cluster import until_async
 
 KiB = 1024
 
@@ -363,13 +364,18 @@ def test_stop_after_drain_timeout_gives_the_job_back(
             at.stop(now=True)
 
 
-def test_agentd_process_end_to_end(coordinator: Any, client: CoordinatorClient, tree: Tree) -> None:
+def test_agentd_process_end_to_end(coordinator_factory: Any, tree: Tree, tmp_path: Path) -> None:
+    """The agentd process, with mutual TLS as in production: its own
+    certificate (role agent, CN its agent id)."""
+    coordinator, pki = tls_replica(coordinator_factory, tmp_path / "pki")
+    pki.issue("proc1", "agent")
+    client = CoordinatorClient(coordinator.address, timeout=10, tls=pki.files(ADMIN_CERT))
     files = [tree.add(f"f{i}", 20 * KiB) for i in range(3)]
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "agentd.cli",
             "--coordinators", coordinator.address,
-            "--agent-id", "proc1",
+            "--agent-id", "proc1", *pki.args("proc1"),
             "--fs-root", str(tree.fs.root),
             "--archive-root", str(tree.archive),
             "--slots", "archive=2",
@@ -386,6 +392,7 @@ def test_agentd_process_end_to_end(coordinator: Any, client: CoordinatorClient, 
         assert proc.wait(timeout=15) == 0
         err = proc.stderr.read() if proc.stderr else ""
     finally:
+        client.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

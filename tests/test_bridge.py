@@ -20,13 +20,14 @@ from typing import Any
 
 import pytest
 
+from coordinator.config import ADMIN_CERT
 from hsm.client import CoordinatorClient, state_name
 from hsm.fid import Fid
 from hsm.hsmflags import HS, HUA
 from hsm.lustre import hal
 from hsm.lustre.api import LustreApi
 from hsm.simfs import SimFS
-from tests.cluster import ProcCluster
+from tests.cluster import Pki, ProcCluster, tls_replica
 from tests.lustre_standin.harness import MdtProcess, library_or_skip, until
 
 pytestmark = pytest.mark.slow  # real processes
@@ -35,14 +36,18 @@ FSNAME = "lfs0"
 
 
 class Rig:
-    def __init__(self, tmp: Path, lib: Path, coordinator: Any, **mdt_params: Any) -> None:
+    """*pki*: the cluster's certificates: the test's client presents the
+    admin's, each hsm-bridge process a bridge's (role bridge)."""
+
+    def __init__(self, tmp: Path, lib: Path, coordinator: Any, pki: Pki, **mdt_params: Any) -> None:
         self.tmp = tmp
+        self.pki = pki
         self.lib = lib
         self.api = LustreApi(lib)
         self.fs = SimFS.create(tmp / "mnt", FSNAME)
         self.mdt = MdtProcess(self.fs.root, tmp / "mdt.log", **{"max_requests": 100, **mdt_params})
         self.address = coordinator.address
-        self.client = CoordinatorClient(self.address, timeout=10)
+        self.client = CoordinatorClient(self.address, timeout=10, tls=pki.files(ADMIN_CERT))
         self.bridge: subprocess.Popen[bytes] | None = None
         self.log = tmp / "bridge.log"
 
@@ -57,7 +62,8 @@ class Rig:
         """An hsm-bridge process, with a fixed lease holder name unless
         *extra* names one: restarted after a kill, it takes its own lease
         back at once."""
-        env = dict(os.environ, HSM_LIBLUSTREAPI=str(self.lib))
+        self.pki.issue("mdt-bridge", "bridge")
+        env = self.pki.env("mdt-bridge", dict(os.environ, HSM_LIBLUSTREAPI=str(self.lib)))
         env.pop("HSM_CLUSTER", None)
         named = () if "--holder" in extra else ("--holder", holder)
         with open(log or self.log, "ab") as out:
@@ -106,7 +112,7 @@ class Rig:
 @pytest.fixture
 def rig(tmp_path: Path, coordinator_factory: Any) -> Iterator[Rig]:
     lib = library_or_skip(tmp_path / "lib")
-    r = Rig(tmp_path, lib, coordinator_factory(shards=4))
+    r = Rig(tmp_path, lib, *tls_replica(coordinator_factory, tmp_path / "pki", shards=4))
     try:
         yield r
     finally:
@@ -197,7 +203,7 @@ def test_items_read_when_the_coordinators_lose_quorum_are_sent_when_they_return(
     r: Rig | None = None
     try:
         cluster.start_all()
-        r = Rig(tmp_path, lib, SimpleNamespace(address=cluster.addresses))
+        r = Rig(tmp_path, lib, SimpleNamespace(address=cluster.addresses), cluster.pki)
         r.start_bridge("--lease-ttl", "4")
         fids = r.files(20)
         r.request(HUA.ARCHIVE, fids[:5])
@@ -276,7 +282,7 @@ def test_a_second_bridge_stands_by_and_takes_over(rig: Rig) -> None:
 
 def test_the_mdt_max_requests_stall_is_reported(tmp_path: Path, coordinator_factory: Any) -> None:
     lib = library_or_skip(tmp_path / "lib")
-    r = Rig(tmp_path, lib, coordinator_factory(), max_requests=3)
+    r = Rig(tmp_path, lib, *tls_replica(coordinator_factory, tmp_path / "pki"), max_requests=3)
     try:
         r.start_bridge("--mdt-max-requests", "3", "--mdt-stall-after", "1")
         r.request(HUA.ARCHIVE, r.files(5))

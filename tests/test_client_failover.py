@@ -36,7 +36,7 @@ def _items(start: int, n: int) -> list[Any]:
 def test_one_address_is_enough_to_survive_its_replica(cluster: ProcCluster) -> None:
     only = cluster.spec("r1").api
     # no agents: the archives wait; the watch ends when they are canceled
-    with CoordinatorClient(only, timeout=20, retry_unavailable=10) as client:
+    with CoordinatorClient(only, timeout=20, retry_unavailable=10, tls=cluster.client_tls) as client:
         results = client.submit(_items(1, 200))
         ids = [r.action_id for r in results]
         assert len(set(ids)) == 200
@@ -65,7 +65,7 @@ def test_one_address_is_enough_to_survive_its_replica(cluster: ProcCluster) -> N
         listed = {a.action_id for a in client.list_actions(states=["WAITING"])}
         assert set(ids) <= listed
 
-        with CoordinatorClient(cluster.addresses, timeout=20) as other:
+        with CoordinatorClient(cluster.addresses, timeout=20, tls=cluster.client_tls) as other:
             other.cancel(all=True, reason="test")
         watcher.join(60)
         assert not watcher.is_alive()

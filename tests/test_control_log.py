@@ -9,7 +9,6 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from hsm.v1 import coordinator_pb2 as C
@@ -43,7 +42,7 @@ def control_lines(c: ProcCluster) -> list[tuple[str, str, str]]:
 
 
 def control(c: ProcCluster, rid: str, mode: str) -> None:
-    with grpc.insecure_channel(c.spec(rid).api) as ch:
+    with c.channel(c.spec(rid).api) as ch:
         coordinator_pb2_grpc.CoordinatorStub(ch).Control(C.ControlRequest(mode=mode), timeout=30)
     until(lambda: all(c.status(s.id).control == mode for s in c.live()), 10, f"every replica to apply {mode}")
 

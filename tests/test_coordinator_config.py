@@ -175,8 +175,35 @@ def test_init_makes_the_cluster_ca_and_every_replica_loads_its_own_certificate(t
 def test_tls_settings_are_checked_at_load(tmp_path: Path, change: dict[str, object], words: str) -> None:
     path = make_cluster(tmp_path)
     doc = yaml.safe_load(path.read_text())
-    doc.pop("insecure", None)
+    if "tls" in change:
+        doc.pop("insecure", None)
     doc.update(change)
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
         load(path, {"replica_id": "c0"})
+
+
+@pytest.mark.parametrize("insecure", [None, False])
+def test_plain_text_needs_an_explicit_insecure(tmp_path: Path, insecure: bool | None) -> None:
+    """Neither tls: nor insecure: true (or insecure: false alone) is refused
+    at load, the message saying what to add; insecure: true alone loads."""
+    path = make_cluster(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc.pop("insecure")
+    if insecure is not None:
+        doc["insecure"] = insecure
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as err:
+        load(path, {"replica_id": "c0"})
+    message = str(err.value)
+    assert "neither tls nor insecure: true is set" in message
+    assert "tls: {ca: ..., cert: ..., key: ...}" in message and "hsm-coordinator certs" in message
+    assert "insecure: true to run plain text" in message
+    # the CLI says the same and exits 2 (a configuration error: systemd does not restart it)
+    r = subprocess.run([sys.executable, "-m", "coordinator.cli", "run", "--config", str(path), "--replica-id", "c0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "neither tls nor insecure: true is set" in r.stderr, r.stderr
+    # the explicit opt-out loads, without TLS
+    doc["insecure"] = True
+    path.write_text(yaml.safe_dump(doc))
+    assert load(path, {"replica_id": "c0"})[0].tls is None

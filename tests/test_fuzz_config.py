@@ -160,6 +160,7 @@ def coordinator_doc(where: Path) -> dict[str, Any]:
         "remember_ends": 100, "remember_for": 60, "progress_timeout": 600, "agent_grace": 60,
         "heartbeat_interval": 5, "propose_timeout": 10,
         "raft": {"heartbeat": 0.1, "election_min": 1.0, "election_max": 2.0}, "log_level": "info",
+        "insecure": True,  # plain text is said, never implied
     }
 
 

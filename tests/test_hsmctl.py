@@ -18,10 +18,13 @@ from typing import Any
 
 import pytest
 
+from coordinator.config import ADMIN_CERT
 from hsm.client import CoordinatorClient, state_name
 from hsm.hsmflags import HS
 from hsm.simfs import SimFS
+from hsm.tls import TlsFiles
 from hsmctl.cli import main
+from tests.cluster import Pki, tls_replica
 
 _SCRIPT = Path(sys.executable).parent / "hsmctl"
 HSMCTL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "hsmctl.cli"]
@@ -90,12 +93,22 @@ def tree(tmp_path: Path, monkeypatch: Any) -> SimFS:
 
 
 @pytest.fixture
-def addr(coordinator: Any) -> str:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"), create=True)
+
+
+@pytest.fixture
+def addr(coordinator_factory: Any, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A coordinator with mutual TLS; hsmctl (in this process and as a
+    subprocess) presents the admin's certificate, named by HSM_TLS_*."""
+    coordinator, _ = tls_replica(coordinator_factory, pki.dir)
+    for k, v in pki.env(ADMIN_CERT, {}).items():
+        monkeypatch.setenv(k, v)
     return str(coordinator.address)
 
 
 def actions_of(address: str, **kw: Any) -> list[Any]:
-    with CoordinatorClient(address, timeout=5) as c:
+    with CoordinatorClient(address, timeout=5, tls=TlsFiles.from_args(None, None, None)) as c:
         return list(c.list_actions(**kw))
 
 
@@ -404,14 +417,15 @@ def test_status_agents_and_json(tree: SimFS, addr: str, capsys: Any, monkeypatch
 
 
 @pytest.fixture
-def agentd(tmp_path: Path, addr: str) -> Iterator[Any]:
+def agentd(tmp_path: Path, addr: str, pki: Pki) -> Iterator[Any]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(*extra: str, agent_id: str = "a1") -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"agentd-{agent_id}.log", "wb")  # noqa: SIM115
+        pki.issue(agent_id, "agent")  # its own certificate (the flags override HSM_TLS_*)
         p = subprocess.Popen(
             [str(AGENTD), "--coordinators", addr, "--fs-root", str(tmp_path / "fs"),
-             "--agent-id", agent_id, "--log-level", "DEBUG", *extra],
+             "--agent-id", agent_id, *pki.args(agent_id), "--log-level", "DEBUG", *extra],
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
@@ -421,7 +435,7 @@ def agentd(tmp_path: Path, addr: str) -> Iterator[Any]:
             if p.poll() is not None:
                 raise AssertionError(
                     "agentd exited: " + (tmp_path / f"agentd-{agent_id}.log").read_text())
-            with CoordinatorClient(addr, timeout=5) as c:
+            with CoordinatorClient(addr, timeout=5, tls=pki.files(ADMIN_CERT)) as c:
                 return any(a.agent_id == agent_id for a in c.status().agents)
 
         wait_for(registered, timeout=15, what=f"agentd {agent_id} to connect")

@@ -27,6 +27,7 @@ from tests.test_hsmctl import AGENTD, HSMCTL, actions_of, archive_now, hsmctl, r
 
 # The fixtures of test_hsmctl: a simfs tree (cwd: its parent), a coordinator, agentd.
 tree = base.tree
+pki = base.pki
 addr = base.addr
 agentd = base.agentd
 

@@ -114,7 +114,8 @@ def test_the_lease_outlives_a_leader_kill(tmp_path: Path) -> None:
     cluster = ProcCluster(tmp_path, shards=1)
     try:
         cluster.start_all()
-        with CoordinatorClient(cluster.addresses, timeout=20) as client:
+        bridge = cluster.pki.issue("mdt-bridge", "bridge")  # what an hsm-bridge presents
+        with CoordinatorClient(cluster.addresses, timeout=20, tls=bridge) as client:
             assert client.lease("bridge:lustre", "active", 6).granted
             cluster.kill(cluster.leader_of(0))
             refused = client.lease("bridge:lustre", "standby", 6)

@@ -23,12 +23,13 @@ from typing import Any
 import pytest
 
 from agentd.movers.posix import object_path
+from coordinator.config import ADMIN_CERT
 from hsm.client import CoordinatorClient, state_name
 from hsm.fid import Fid
 from hsm.hsmflags import HS, HSMA, HUA, LUSTRE_EOF
 from hsm.lustre import hal
 from hsm.simfs import SimFS
-from tests.cluster import ProcCluster, no_concurrent_runs
+from tests.cluster import Pki, ProcCluster, no_concurrent_runs, tls_replica
 from tests.lustre_standin import protocol as P
 from tests.lustre_standin.harness import library_or_skip, until
 from tests.test_bridge import FSNAME
@@ -108,10 +109,11 @@ def test_bad_lists_from_the_mdt_are_logged_in_hex_their_good_items_still_go(
     lib = library_or_skip(tmp_path / "lib")
     fs = SimFS.create(tmp_path / "mnt", FSNAME)
     fake = FakeMdt(fs.root)
-    coordinator = coordinator_factory(shards=2)
-    client = CoordinatorClient(coordinator.address, timeout=10)
+    coordinator, pki = tls_replica(coordinator_factory, tmp_path / "pki", shards=2)
+    client = CoordinatorClient(coordinator.address, timeout=10, tls=pki.files(ADMIN_CERT))
     log_path = tmp_path / "bridge.log"
-    env = dict(os.environ, HSM_LIBLUSTREAPI=str(lib))
+    pki.issue("mdt-bridge", "bridge")
+    env = pki.env("mdt-bridge", dict(os.environ, HSM_LIBLUSTREAPI=str(lib)))
     env.pop("HSM_CLUSTER", None)
     with open(log_path, "ab") as log:
         bridge = subprocess.Popen(
@@ -217,8 +219,8 @@ class FaultRig(Rig):
     --backend lustre with the posix mover) with any number of agentd
     processes, each logging to ``logs/<agent id>.log``."""
 
-    def __init__(self, tmp: Path, lib: Path, coordinator: Any) -> None:
-        super().__init__(tmp, lib, coordinator, max_requests=1000)
+    def __init__(self, tmp: Path, lib: Path, coordinator: Any, pki: Pki) -> None:
+        super().__init__(tmp, lib, coordinator, pki, max_requests=1000)
         self.logs = tmp / "logs"
         self.logs.mkdir()
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
@@ -228,9 +230,11 @@ class FaultRig(Rig):
         env = dict(os.environ)
         env.pop("HSM_CLUSTER", None)
         env.pop("HSM_LIBLUSTREAPI", None)
+        self.pki.issue(agent_id, "agent")
         with open(self.logs / f"{agent_id}.log", "ab") as log:
             self.agents[agent_id] = subprocess.Popen(
                 [sys.executable, "-m", "agentd.cli", "--coordinators", self.address, "--agent-id", agent_id,
+                 *self.pki.args(agent_id),
                  "--backend", "lustre", "--mount", str(self.fs.root), "--fsname", FSNAME,
                  "--liblustreapi", str(self.lib), "--archive-root", str(self.archive),
                  "--log-level", "info", *extra], stdout=log, stderr=log, env=env)
@@ -363,7 +367,7 @@ def started_per_action(rig: FaultRig) -> dict[int, list[tuple[str, int]]]:
 def test_kill_9_of_the_bridge_in_a_flood_loses_nothing_and_runs_nothing_twice(
         tmp_path: Path, coordinator_factory: Any) -> None:
     lib = library_or_skip(tmp_path / "lib")
-    rig = FaultRig(tmp_path, lib, coordinator_factory(shards=4))
+    rig = FaultRig(tmp_path, lib, *tls_replica(coordinator_factory, tmp_path / "pki", shards=4))
     try:
         rig.start_bridge("--mdt-max-requests", "1000")
         rig.start_agent("lmover", "--slots", "archive=8")
@@ -403,7 +407,7 @@ def test_a_list_in_the_pipe_when_the_bridge_dies_is_not_lost(tmp_path: Path, coo
     The MDT holds those items STARTED and never sends them again: the
     restarted bridge finds them in the MDT's active requests."""
     lib = library_or_skip(tmp_path / "lib")
-    rig = FaultRig(tmp_path, lib, coordinator_factory(shards=2))
+    rig = FaultRig(tmp_path, lib, *tls_replica(coordinator_factory, tmp_path / "pki", shards=2))
     try:
         rig.start_bridge("--mdt-max-requests", "1000", "--active-requests-command", rig.lctl_command())
         rig.start_agent("lmover")
@@ -435,7 +439,7 @@ def test_kill_9_of_a_shard_leader_in_a_flood_archives_everything_once(tmp_path: 
     rig: FaultRig | None = None
     try:
         cluster.start_all()
-        rig = FaultRig(tmp_path, lib, SimpleNamespace(address=cluster.addresses))
+        rig = FaultRig(tmp_path, lib, SimpleNamespace(address=cluster.addresses), cluster.pki)
         rig.start_bridge("--mdt-max-requests", "1000")
         rig.start_agent("lmover", "--slots", "archive=8")
         data = rig.make_files(200, (1, 4000), seed=3)
@@ -470,7 +474,7 @@ def test_kill_9_of_a_shard_leader_in_a_flood_archives_everything_once(tmp_path: 
 def test_kill_9_of_an_agentd_mid_transfer_the_other_finishes_each_item_ended_once(
         tmp_path: Path, coordinator_factory: Any) -> None:
     lib = library_or_skip(tmp_path / "lib")
-    rig = FaultRig(tmp_path, lib, coordinator_factory(shards=4, agent_grace=2.0))
+    rig = FaultRig(tmp_path, lib, *tls_replica(coordinator_factory, tmp_path / "pki", shards=4, agent_grace=2.0))
     try:
         rig.start_bridge("--mdt-max-requests", "1000")
         slow = ("--bandwidth-limit", "200K")

@@ -25,6 +25,7 @@ from hsm.client import state_name
 from hsm.fid import Fid
 from hsm.hsmflags import HS, HUA
 from hsm.lustre import hal
+from tests.cluster import Pki, tls_replica
 from tests.lustre_standin import protocol as P
 from tests.lustre_standin.harness import library_or_skip, until
 from tests.test_bridge import FSNAME
@@ -37,8 +38,8 @@ class Rig(BridgeRig):
     """test_bridge's rig (simfs mount, MDT process, hsm-bridge process, a
     coordinator) plus an agentd process with the lustre backend."""
 
-    def __init__(self, tmp: Path, lib: Path, coordinator: Any, **mdt: Any) -> None:
-        super().__init__(tmp, lib, coordinator, **mdt)
+    def __init__(self, tmp: Path, lib: Path, coordinator: Any, pki: Pki, **mdt: Any) -> None:
+        super().__init__(tmp, lib, coordinator, pki, **mdt)
         self.archive = tmp / "archive"
         self.archive.mkdir()
         self.agentd: subprocess.Popen[bytes] | None = None
@@ -48,9 +49,11 @@ class Rig(BridgeRig):
         env = dict(os.environ)
         env.pop("HSM_CLUSTER", None)
         env.pop("HSM_LIBLUSTREAPI", None)  # the flag says which library
+        self.pki.issue("lmover", "agent")
         with open(self.agentd_log, "ab") as log:
             self.agentd = subprocess.Popen(
                 [sys.executable, "-m", "agentd.cli", "--coordinators", self.address, "--agent-id", "lmover",
+                 *self.pki.args("lmover"),
                  "--backend", "lustre", "--mount", str(self.fs.root), "--fsname", FSNAME,
                  "--liblustreapi", str(self.lib), "--archive-root", str(self.archive),
                  "--log-level", "debug", *extra], stdout=log, stderr=log, env=env)
@@ -77,7 +80,7 @@ class Rig(BridgeRig):
 @pytest.fixture
 def rig(tmp_path: Path, coordinator_factory: Any) -> Iterator[Rig]:
     lib = library_or_skip(tmp_path / "lib")
-    r = Rig(tmp_path, lib, coordinator_factory(shards=4), max_requests=1000)
+    r = Rig(tmp_path, lib, *tls_replica(coordinator_factory, tmp_path / "pki", shards=4), max_requests=1000)
     try:
         yield r
     finally:

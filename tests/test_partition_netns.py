@@ -50,6 +50,7 @@ from coordinator import config as cfgmod
 from coordinator.cluster import ReplicaSpec
 from hsm.fid import Fid
 from hsm.simfs import SimFS
+from tests.cluster import Pki
 from tests.cluster import until as cluster_until
 from tests.netns import Host, Network, unavailable
 
@@ -77,12 +78,14 @@ ENV = dict(os.environ, GRPC_ENABLE_FORK_SUPPORT="false", HSM_FS="simfs")
 # namespace (the test's own process is outside the network).
 PROBE = """
 import json, sys, grpc
+from hsm.tls import TlsFiles, channel_credentials
 from hsm.v1 import coordinator_pb2 as C, coordinator_pb2_grpc as G
+creds = channel_credentials(TlsFiles.from_args(None, None, None))  # the admin's, from HSM_TLS_*
 out = {}
 for arg in sys.argv[1:]:
     rid, addr = arg.split("=", 1)
     try:
-        with grpc.insecure_channel(addr) as ch:
+        with grpc.secure_channel(addr, creds) as ch:
             s = G.CoordinatorStub(ch).Status(C.StatusRequest(), timeout=1.5)
         out[rid] = {"leaders": [x.leader for x in s.shards],
                     "agents": sorted(a.agent_id for a in s.agents if a.replica)}
@@ -212,7 +215,12 @@ class PartitionRig:
                 "connection_retry": 0.2, "rebalance_interval": 1.0}
         self.config, _ = cfgmod.init_cluster(
             tmp / "etc", "netns", SHARDS, specs, data_dir=str(tmp / "data"),
-            extra={"agent_grace": GRACE, "heartbeat_interval": HEARTBEAT, "propose_timeout": 3.0, "raft": raft})
+            extra={"agent_grace": GRACE, "heartbeat_interval": HEARTBEAT, "propose_timeout": 3.0, "raft": raft},
+            tls=True)
+        #: the cluster CA and certificates (each replica's names its bridge address)
+        self.pki = Pki(tmp / "etc" / "tls")
+        #: for the client's processes (probe, hsmctl): the admin's certificate
+        self.client_env = self.pki.env(cfgmod.ADMIN_CERT, ENV)
         self.fs = SimFS.create(tmp / "fs", FS)
         self.archive = tmp / "archive"
         self.archive.mkdir()
@@ -243,6 +251,8 @@ class PartitionRig:
             "slots": {"archive": FILES, "restore": 1, "remove": 1},
             "progress_interval": 0.5, "reconnect_min_delay": 0.1, "reconnect_max_delay": 0.5,
         }
+        tls = self.pki.issue(host.name, "agent")
+        conf["tls"] = {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)}
         path = self.tmp / f"{host.name}.yaml"
         path.write_text(yaml.safe_dump(conf))
         agentd = ["-c", LEASELESS_AGENTD] if LEASELESS else ["-m", "agentd.cli"]
@@ -281,15 +291,15 @@ class PartitionRig:
 
     def probe(self, replicas: list[str] | None = None) -> dict[str, dict[str, Any]]:
         args = [f"{h.name}={h.addr(API_PORT)}" for h in self.replicas if replicas is None or h.name in replicas]
-        out = self.net.run(self.c, [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=ENV,
-                           timeout=30)
+        out = self.net.run(self.c, [sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
+                           env=self.client_env, timeout=30)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)  # type: ignore[no-any-return]
 
     def hsmctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return self.net.run(self.c, [sys.executable, "-m", "hsmctl.cli", "--coordinators", ",".join(self.apis),
-                                     "--timeout", "10", *args], capture_output=True, text=True, env=ENV,
-                            timeout=timeout)
+                                     "--timeout", "10", *args], capture_output=True, text=True,
+                            env=self.client_env, timeout=timeout)
 
     def hsmctl_json(self, *args: str) -> Any:
         out = self.hsmctl(*args, "--json")

@@ -29,7 +29,7 @@ from hsm.fid import Fid
 from hsm.hsmflags import HS
 from hsm.simfs import SimFS
 from hsm.v1 import types_pb2 as T
-from tests.cluster import ENV, ProcCluster, no_concurrent_runs, until
+from tests.cluster import ProcCluster, no_concurrent_runs, until
 
 pytestmark = pytest.mark.slow  # real processes, seconds per test
 
@@ -52,7 +52,8 @@ class Rig:
 
     def start(self) -> CoordinatorClient:
         self.cluster.start_all()
-        self.client = CoordinatorClient(self.cluster.addresses, timeout=20, initiator="test")
+        self.client = CoordinatorClient(self.cluster.addresses, timeout=20, initiator="test",
+                                        tls=self.cluster.client_tls)
         return self.client
 
     def close(self) -> None:
@@ -92,7 +93,8 @@ class Rig:
         """Submit as *initiator*; with *cookie*, item k carries cookie + k."""
         items = [submit_item(FS, fid, kind, requester=default_requester(initiator, cookie=cookie + k) if cookie
                              else None) for k, fid in enumerate(fids)]
-        with CoordinatorClient(self.cluster.addresses, timeout=20, initiator=initiator) as c:
+        with CoordinatorClient(self.cluster.addresses, timeout=20, initiator=initiator,
+                               tls=self.cluster.client_tls) as c:
             results = c.submit(items)
         assert all(r.outcome in (1, 2) for r in results), results  # CREATED or JOINED
         return [r.action_id for r in results]
@@ -117,7 +119,7 @@ class Rig:
 
     def hsmctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "hsmctl.cli", "--coordinators", self.cluster.addresses,
-                               *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+                               *args], capture_output=True, text=True, env=self.cluster.env, timeout=timeout)
 
     def check_archived(self, files: list[tuple[Path, Fid, bytes]]) -> None:
         """Each object is complete (byte for byte) and the file is ARCHIVED."""
@@ -358,7 +360,8 @@ def test_cancel_all_purges_a_restore_storm_and_answers_every_requester(rig: Rig)
     watched: dict[str, dict[int, T.Action]] = {}
 
     def watch(k: int) -> None:
-        with CoordinatorClient(rig.cluster.addresses, timeout=20, initiator=f"oss{k}") as c:
+        with CoordinatorClient(rig.cluster.addresses, timeout=20, initiator=f"oss{k}",
+                               tls=rig.cluster.client_tls) as c:
             watched[f"oss{k}"] = c.wait(ids, deadline=30)
 
     threads = [threading.Thread(target=watch, args=(k,)) for k in range(3)]
@@ -403,7 +406,7 @@ def test_leader_killed_while_transfers_run_they_finish_and_waiters_get_the_end(r
     rig.check_archived(files)
     for path, _, _ in files:
         rig.fs.release(path)
-    env = dict(ENV, HSM_COORDINATORS=rig.cluster.addresses)
+    env = dict(rig.cluster.env, HSM_COORDINATORS=rig.cluster.addresses)
     waiter = subprocess.Popen([sys.executable, "-m", "hsmctl.cli", "restore", "--wait",
                                *[str(p) for p, _, _ in files]],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -417,7 +420,7 @@ def test_leader_killed_while_transfers_run_they_finish_and_waiters_get_the_end(r
         ids = [a.action_id for a in acts]
         watched: dict[int, T.Action] = {}
         watcher = threading.Thread(target=lambda: watched.update(
-            CoordinatorClient(rig.cluster.addresses, timeout=20).wait(ids, deadline=90)))
+            CoordinatorClient(rig.cluster.addresses, timeout=20, tls=rig.cluster.client_tls).wait(ids, deadline=90)))
         watcher.start()
         started = next(a for a in acts if a.state == T.STARTED)
         victim = rig.cluster.leader_of(started.action_id % 1000)

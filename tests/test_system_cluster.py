@@ -40,8 +40,8 @@ class Load:
     every acknowledged action; retries a failed batch with the same items
     (same idempotency keys)."""
 
-    def __init__(self, addresses: str, fsname: str = "sys", batch: int = 20, seq: int = 0x200000400) -> None:
-        self.client = CoordinatorClient(addresses, timeout=5, initiator="load")
+    def __init__(self, cluster: ProcCluster, fsname: str = "sys", batch: int = 20, seq: int = 0x200000400) -> None:
+        self.client = CoordinatorClient(cluster.addresses, timeout=5, initiator="load", tls=cluster.client_tls)
         self.fsname = fsname
         self.batch = batch
         self.seq = seq
@@ -96,7 +96,7 @@ def test_kill_leader_under_load(cluster: ProcCluster, tmp_path: Path) -> None:
     args = [a.replace("{fs}", str(fs)) for a in NULL_AGENT]
     cluster.start_agent("m1", *args)
     cluster.start_agent("m2", *args)
-    with Load(cluster.addresses) as load:
+    with Load(cluster) as load:
         until(lambda: load.batches >= 20, 30, "load to run")
         leaders = cluster.leaders("r1")
         victim = leaders[0]
@@ -109,7 +109,7 @@ def test_kill_leader_under_load(cluster: ProcCluster, tmp_path: Path) -> None:
         before = load.batches
         until(lambda: load.batches >= before + 20, 30, "submits to resume")
     assert failover < 5.0, f"new leaders took {failover:.1f} s"
-    with CoordinatorClient(cluster.addresses) as client:
+    with CoordinatorClient(cluster.addresses, tls=cluster.client_tls) as client:
         final = client.wait(sorted(load.acked), deadline=90)
     lost = set(load.acked) - set(final)
     assert not lost, f"{len(lost)} acknowledged actions lost"
@@ -125,9 +125,9 @@ def test_kill_leader_under_load(cluster: ProcCluster, tmp_path: Path) -> None:
 
 def test_sigkill_every_replica_loses_nothing_acknowledged(cluster: ProcCluster) -> None:
     cluster.start_all()
-    with Load(cluster.addresses, batch=50) as load:
+    with Load(cluster, batch=50) as load:
         until(lambda: load.batches >= 30, 60, "load to run")
-        with CoordinatorClient(cluster.addresses) as client:
+        with CoordinatorClient(cluster.addresses, tls=cluster.client_tls) as client:
             canceled = sorted(load.acked)[:25]
             client.cancel(action_ids=canceled)
         for s in list(cluster.live()):
@@ -137,7 +137,7 @@ def test_sigkill_every_replica_loses_nothing_acknowledged(cluster: ProcCluster) 
         for s in list(cluster.live()):
             cluster.kill(s.id, signal.SIGKILL)
     cluster.start_all()
-    with CoordinatorClient(cluster.addresses) as client:
+    with CoordinatorClient(cluster.addresses, tls=cluster.client_tls) as client:
         found = {a.action_id: a for a in client.list_actions(include_terminal=True)}
     missing = set(acked) - set(found)
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged actions lost after SIGKILL of all replicas"
@@ -151,7 +151,7 @@ def test_minority_replica_catches_up_by_snapshot(tmp_path: Path) -> None:
     try:
         c.start_all()
         c.kill("r3", signal.SIGTERM)
-        with Load(c.addresses, batch=10) as load:
+        with Load(c, batch=10) as load:
             until(lambda: load.batches >= 150, 90, "load while r3 is down")
         c.start("r3")
         c.wait_ready()
@@ -164,7 +164,7 @@ def test_minority_replica_catches_up_by_snapshot(tmp_path: Path) -> None:
 
 def test_raft_port_without_password_is_ignored(cluster: ProcCluster) -> None:
     cluster.start_all()
-    with CoordinatorClient(cluster.addresses) as client:
+    with CoordinatorClient(cluster.addresses, tls=cluster.client_tls) as client:
         ids = [r.action_id for r in client.submit([submit_item("sys", Fid(0x200000400, n), "archive")
                                                      for n in range(1, 11)])]
     host, port = cluster.specs[0].raft_addr(0).split(":")
@@ -179,7 +179,7 @@ def test_raft_port_without_password_is_ignored(cluster: ProcCluster) -> None:
                 pass
     cluster.wait_ready()
     assert cluster.status("r1").shards[0].term == before
-    with CoordinatorClient(cluster.addresses) as client:
+    with CoordinatorClient(cluster.addresses, tls=cluster.client_tls) as client:
         assert {client.get_action(i).state for i in ids} == {T.WAITING}
     cluster.check_converged()
 
@@ -196,7 +196,7 @@ def test_replace_a_dead_replica(cluster: ProcCluster) -> None:
     from coordinator.cluster import ReplicaSpec, free_ports
 
     cluster.start_all()
-    with CoordinatorClient(cluster.addresses) as client:
+    with CoordinatorClient(cluster.addresses, tls=cluster.client_tls) as client:
         first = [r.action_id for r in client.submit([submit_item("sys", Fid(0x200000400, n), "archive")
                                                        for n in range(1, 101)])]
     dead = cluster.spec("r3")
@@ -205,7 +205,8 @@ def test_replace_a_dead_replica(cluster: ProcCluster) -> None:
 
     def member(action: str, raft: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "coordinator.cli", "member", action, "--raft", raft,
-                               "--coordinators", live], capture_output=True, text=True, timeout=180)
+                               "--coordinators", live], capture_output=True, text=True, timeout=180,
+                              env=cluster.env)  # the admin's certificate (HSM_TLS_*)
 
     until(lambda: all(v and v != "r3" for v in cluster.leaders("r1").values()), 15, "leaders without r3")
     r = member("remove", dead.raft)
@@ -226,7 +227,7 @@ def test_replace_a_dead_replica(cluster: ProcCluster) -> None:
         cluster.kill(rid, signal.SIGTERM)
         cluster.start(rid)
         cluster.wait_ready()
-    with CoordinatorClient(cluster.addresses) as client:
+    with CoordinatorClient(cluster.addresses, tls=cluster.client_tls) as client:
         more = [r.action_id for r in client.submit([submit_item("sys", Fid(0x200000401, n), "archive")
                                                       for n in range(1, 51)])]
         assert {client.get_action(i).state for i in first + more} == {T.WAITING}
@@ -236,16 +237,14 @@ def test_replace_a_dead_replica(cluster: ProcCluster) -> None:
 
 def test_control_mode_reaches_every_shard_on_every_replica(cluster: ProcCluster) -> None:
     cluster.start_all()
-    import grpc
-
     from hsm.v1 import coordinator_pb2 as C
     from hsm.v1 import coordinator_pb2_grpc
 
-    with grpc.insecure_channel(cluster.specs[1].api) as ch:  # any replica: shards led elsewhere are forwarded
+    with cluster.channel(cluster.specs[1].api) as ch:  # any replica: shards led elsewhere are forwarded
         coordinator_pb2_grpc.CoordinatorStub(ch).Control(C.ControlRequest(mode="disabled"), timeout=30)
     until(lambda: all(cluster.status(s.id).control == "disabled" for s in cluster.live()), 10,
           "every replica to apply the mode on every shard")
-    with CoordinatorClient(cluster.addresses) as client:
+    with CoordinatorClient(cluster.addresses, tls=cluster.client_tls) as client:
         assert client.control("enabled") == "enabled"
     until(lambda: all(cluster.status(s.id).control == "enabled" for s in cluster.live()), 10, "enabled again")
     cluster.check_converged()

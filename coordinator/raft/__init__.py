@@ -19,8 +19,9 @@ it replaces or extends; each module's docstring tells its part:
   pickle protocol (pysyncobj's ``serializer``).
 * ``transport``: the TCP transport that syncs the journal before it
   acknowledges (pysyncobj's ``transport``).
-* ``encryptor``: HMAC message sealing, and the security notes (pysyncobj's
-  ``encryptor``).
+* ``encryptor``: message sealing (a keyring of Fernet or HMAC sealers, one
+  per password: the password rotation), and the security notes
+  (pysyncobj's ``encryptor``).
 
 The shard-facing API below is re-exported here (``from coordinator.raft
 import RaftShard, NotLeader, ...``).
@@ -130,8 +131,9 @@ Security
 ``password`` is mandatory (peers exchange pickled messages); every message
 is encrypted and authenticated (Fernet) or, with ``encrypt=False``,
 authenticated (HMAC-SHA256) and dropped before it is unpickled when it
-fails; Raft binds to one address, never to every interface. See
-``encryptor``.
+fails; Raft binds to one address, never to every interface. ``password``
+may hold several passwords, one per line: sealed with the first, any
+accepted (a rolling rotation). See ``encryptor``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Message sealing (pysyncobj's ``encryptor``): ``_HmacSealer``, the
 authenticate-only stand-in for pysyncobj's Fernet encryptor, and the key it
-uses (``_derive_key``). ``RaftShard`` overrides ``SyncObj.encryptor`` with
-one or the other (``tuning.encrypt``).
+uses (``_derive_key``); ``_Keyring``, one or the other per password (the
+first seals, any opens), which ``RaftShard`` gives ``SyncObj`` as its
+``encryptor`` (``make_sealer``, ``tuning.encrypt``).
 
 Security
 ========
@@ -15,7 +16,22 @@ is dropped before it is unpickled. With ``encrypt=False`` messages are only
 authenticated (HMAC-SHA256 under a PBKDF2 key, checked before unpickling)
 and readable on the wire. pysyncobj's per-connection random keys reject
 replays. Raft binds only to ``bind_addr`` (default ``self_addr``), never to
-every interface."""
+every interface.
+
+Rotating the password
+=====================
+
+``password`` may hold several passwords, one per line (the password file
+``cluster.password_file``, up to ``MAX_PASSWORDS``): every message is
+sealed with the first and accepted when any of them opens it
+(``_Keyring``). A rolling rotation never loses a quorum: (a) every replica
+in turn gets the new password on a second line and restarts; (b) every
+replica in turn gets it on the first line (the old one second) and
+restarts, sealing with it, which every replica accepts since (a); (c) the
+old line is removed, replica by replica. A replica that knows only the old
+password afterwards is refused: its messages open under no accepted
+password and are dropped before they are unpickled (docs/cluster-config.md
+shows the files and commands)."""
 
 from __future__ import annotations
 
@@ -24,6 +40,7 @@ import hmac
 import logging
 import struct
 import time
+from typing import Any, NoReturn
 
 #: the package's logger name, as before it was split into modules (log lines
 #: and log settings name "coordinator.raft")
@@ -43,9 +60,10 @@ class _HmacSealer:
     _TAG = 32
     _VERSION = 1
 
-    def __init__(self, key: bytes, shard: int) -> None:
+    def __init__(self, key: bytes, shard: int, warn: bool = True) -> None:
         self._key = key
         self._shard = shard
+        self._warn = warn
         self._last_warning = 0.0
 
     def encrypt_at_time(self, data: bytes, current_time: int) -> bytes:
@@ -68,7 +86,7 @@ class _HmacSealer:
 
     def _refused(self) -> None:
         now = time.monotonic()
-        if now - self._last_warning > 10.0:
+        if self._warn and now - self._last_warning > 10.0:
             self._last_warning = now
             log.warning("shard %d: refused a Raft message that failed authentication (a peer with "
                         "another password, or something that is not a Raft peer of this shard); "
@@ -79,3 +97,90 @@ class _HmacSealer:
 def _derive_key(password: str, shard: int) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", password.encode(), b"hsm-coordinator/raft/v1/shard-%d" % shard,
                                _KEY_ITERATIONS)
+
+
+#: passwords one password file may hold (the one sealing, and the others
+#: accepted): each one more costs a failed check per message sealed with
+#: the last one, and a key derivation per shard at start
+MAX_PASSWORDS = 4
+
+
+def split_passwords(text: str) -> list[str]:
+    """The passwords of a password file's *text*: one per non-empty line,
+    the first the one messages are sealed with. A text of one line is one
+    password exactly as given (as before rotations existed)."""
+    if "\n" not in text and "\r" not in text:
+        return [text] if text else []
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class _Keyring:
+    """The sealer of a shard (pysyncobj's encryptor: the three methods
+    ``TcpConnection`` calls): seals with the first of its sealers (one per
+    password) and opens a message with whichever of them authenticates it,
+    so that replicas with the new password first and replicas with it
+    second understand each other during a rotation. A message none opens
+    is refused before it is unpickled (and logged, at most every 10 s)."""
+
+    def __init__(self, sealers: list[Any], shard: int) -> None:
+        if not sealers:
+            raise ValueError("a keyring needs at least one password")
+        self._sealers = sealers
+        self._shard = shard
+        self._last_warning = 0.0
+        #: the token extract_timestamp last opened, and the sealer that did:
+        #: pysyncobj calls decrypt on the same token next (tick thread only)
+        self._hit: tuple[bytes, Any] | None = None
+
+    def encrypt_at_time(self, data: bytes, current_time: int) -> bytes:
+        return bytes(self._sealers[0].encrypt_at_time(data, current_time))
+
+    def extract_timestamp(self, token: bytes) -> int:
+        for sealer in self._sealers:
+            try:
+                stamp = int(sealer.extract_timestamp(token))
+            except Exception:  # InvalidToken, ValueError: not this password's
+                continue
+            self._hit = (token, sealer)
+            return stamp
+        self._refused()
+
+    def decrypt(self, token: bytes) -> bytes:
+        hit = self._hit
+        self._hit = None
+        if hit is not None and hit[0] is token:
+            return bytes(hit[1].decrypt(token))
+        for sealer in self._sealers:
+            try:
+                return bytes(sealer.decrypt(token))
+            except Exception:
+                continue
+        self._refused()
+
+    def _refused(self) -> NoReturn:
+        now = time.monotonic()
+        if now - self._last_warning > 10.0:
+            self._last_warning = now
+            log.warning("shard %d: refused a Raft message that failed authentication under %s (a peer with "
+                        "another password, or something that is not a Raft peer of this shard); connection "
+                        "dropped", self._shard,
+                        "the cluster password" if len(self._sealers) == 1
+                        else f"every one of the {len(self._sealers)} accepted passwords")
+        raise ValueError("Raft message authentication failed")
+
+
+def make_sealer(password: str, shard: int, encrypt: bool) -> _Keyring:
+    """The sealer of shard *shard* for *password* (one password per line,
+    the first sealing): Fernet (pysyncobj's, under a key per password and
+    shard) when *encrypt*, else the HMAC sealer."""
+    passwords = split_passwords(password)
+    if not 1 <= len(passwords) <= MAX_PASSWORDS:
+        raise ValueError(f"shard {shard}: 1 to {MAX_PASSWORDS} Raft passwords (one per line), not {len(passwords)}")
+    sealers: list[Any] = []
+    for pw in passwords:
+        if encrypt:
+            from pysyncobj.encryptor import getEncryptor
+            sealers.append(getEncryptor(f"{pw}\0hsm-coordinator shard {shard}"))
+        else:
+            sealers.append(_HmacSealer(_derive_key(pw, shard), shard, warn=False))
+    return _Keyring(sealers, shard)

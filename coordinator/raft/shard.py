@@ -20,8 +20,8 @@ delivered there with ``call_soon_threadsafe``.
 How it hooks into pysyncobj 0.3.17 (re-check on any upgrade)
 ============================================================
 
-* ``SyncObj.encryptor`` is overridden (HMAC sealer or Fernet:
-  ``coordinator.raft.encryptor``), and the transport class is a
+* ``SyncObj.encryptor`` is overridden (a keyring of HMAC sealers or
+  Fernets: ``coordinator.raft.encryptor``), and the transport class is a
   ``TCPTransport`` subclass that syncs before acks
   (``coordinator.raft.transport``).
 * The journal (``coordinator.raft.journal``) and the snapshot serializer
@@ -59,7 +59,7 @@ from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.monotonic import monotonic as _ps_monotonic
 
 from coordinator.raft.config import _BATCH_BYTES, RaftTuning, _check_addr
-from coordinator.raft.encryptor import _derive_key, _HmacSealer
+from coordinator.raft.encryptor import make_sealer, split_passwords
 from coordinator.raft.errors import (
     NotLeader,
     ProposalTimeout,
@@ -153,7 +153,8 @@ class RaftShard:
         preferred_leader: str | None = None,
         wants_effects: Callable[[], bool] | None = None,
     ) -> None:
-        if not isinstance(password, str) or len(password) < 8:
+        if not isinstance(password, str) or not split_passwords(password) or \
+                min(map(len, split_passwords(password))) < 8:
             raise ValueError(
                 f"shard {index}: a Raft password of at least 8 characters is required: replicas "
                 "exchange pickled messages, so an open Raft port would let anyone on the network "
@@ -257,12 +258,8 @@ class RaftShard:
 
     def _init_raft(self, peers: list[str], password: str) -> None:
         t = self.tuning
-        encryptor: Any
-        if t.encrypt:
-            from pysyncobj.encryptor import getEncryptor
-            encryptor = getEncryptor(f"{password}\0hsm-coordinator shard {self.index}")
-        else:
-            encryptor = _HmacSealer(_derive_key(password, self.index), self.index)
+        # one password per line: sealed with the first, any accepted (rotation)
+        encryptor = make_sealer(password, self.index, t.encrypt)
         self._journal_key = f"hsm-raft:{self.dir.resolve()}:{id(self)}"
         conf = SyncObjConf(
             autoTick=False,

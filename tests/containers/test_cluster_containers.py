@@ -81,6 +81,7 @@ def _cluster_config(etc: Path) -> None:
         "default_archive_id": 1,
         "agent_grace": 10,
         "heartbeat_interval": 1,
+        "insecure": True,  # plain text on the test's own container network
     }
     etc.mkdir(parents=True)
     (etc / "coordinator.yaml").write_text(json.dumps(config))  # JSON is YAML

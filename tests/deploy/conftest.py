@@ -1,9 +1,11 @@
 """Fixtures of the deploy checks: the Ansible roles rendered once per
 session for a 3-coordinator, 2-mover cluster on 127.0.0.1, with the two
-bridges (active and standby) of one file system."""
+bridges (active and standby) of one file system, with mutual TLS: the
+roles make the CA and the certificates."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +75,22 @@ class RenderedCluster:
     static_units: Path
     proc_output: str
 
+    @property
+    def ca_dir(self) -> Path:
+        """The cluster CA the roles made on the "controller", and the admin
+        certificate they issued next to it."""
+        return self.dir / "ca"
 
-@pytest.fixture(scope="session")
-def rendered_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RenderedCluster]:
-    base = tmp_path_factory.mktemp("roles")
+    def admin_tls_env(self) -> dict[str, str]:
+        """HSM_TLS_* for hsmctl with the admin certificate."""
+        return {"HSM_TLS_CA": str(self.ca_dir / "ca.pem"), "HSM_TLS_CERT": str(self.ca_dir / "admin.pem"),
+                "HSM_TLS_KEY": str(self.ca_dir / "admin.key")}
+
+
+def render_cluster(base: Path) -> RenderedCluster:
+    """Render the roles for the 3 + 2 cluster and its bridges under *base*,
+    on loopback ports free now. The roles make the cluster CA and every
+    certificate (hsm-coordinator certs) in ``base / "ca"``."""
     taken: set[int] = set()
     coordinators = []
     for i in range(3):
@@ -90,4 +104,25 @@ def rendered_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rende
     proc = dl.render_roles(base, coordinators, movers, fs_root=fs_root, archive_root=archive_root,
                            shards=SHARDS, static_out=static, bridges=bridges)
     assert proc.returncode == 0, dl.output(proc)
-    yield RenderedCluster(base, coordinators, movers, bridges, fs_root, archive_root, static, dl.output(proc))
+    return RenderedCluster(base, coordinators, movers, bridges, fs_root, archive_root, static, dl.output(proc))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def ports_taken(cluster: RenderedCluster) -> list[int]:
+    """The API and Raft ports of *cluster* something else listens on (or
+    holds) now."""
+    ports = [p for h in cluster.coordinators for p in (h.api_port, *range(h.raft_port, h.raft_port + SHARDS))]
+    return [p for p in ports if not _port_free(p)]
+
+
+@pytest.fixture(scope="session")
+def rendered_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RenderedCluster]:
+    yield render_cluster(tmp_path_factory.mktemp("roles"))

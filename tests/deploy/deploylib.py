@@ -213,9 +213,14 @@ def kube_problems(docs: Iterable[Mapping[str, Any]], versions: Iterable[str] | N
 
     versions = tuple(versions or kube_versions())
     sm_schema = json.loads((SCHEMAS / "servicemonitor-monitoring-v1.json").read_text())
+    cert_schema = json.loads((SCHEMAS / "certificate-cert-manager-v1.json").read_text())
     problems: list[str] = []
     for doc in docs:
         name = _obj_name(doc)
+        if str(doc.get("apiVersion", "")).startswith("cert-manager.io/"):
+            for e in jsonschema.Draft202012Validator(cert_schema).iter_errors(doc):
+                problems.append(f"{name}: {'.'.join(map(str, e.absolute_path))}: {e.message}")
+            continue
         if str(doc.get("apiVersion", "")).startswith("monitoring.coreos.com/"):
             if doc.get("kind") != "ServiceMonitor":
                 problems.append(f"{name}: no schema for {doc.get('apiVersion')} {doc.get('kind')}")
@@ -259,10 +264,22 @@ def _mount_path(container: Mapping[str, Any], volume: str) -> str | None:
     return None
 
 
+#: the chart's exec probe with TLS (the kubelet's grpc probe has no TLS):
+#: ``python /etc/hsm-coordinator/probe.py SERVICE``
+PROBE_SCRIPT = "/etc/hsm-coordinator/probe.py"
+
+
 def _grpc_service(probe: Mapping[str, Any] | None) -> str | None:
-    if not probe or "grpc" not in probe:
+    """The grpc.health.v1 service a probe checks: a kubelet grpc probe, or
+    the chart's probe script over mutual TLS."""
+    if not probe:
         return None
-    return str(probe["grpc"].get("service", ""))
+    if "grpc" in probe:
+        return str(probe["grpc"].get("service", ""))
+    cmd = list(probe.get("exec", {}).get("command", []))
+    if len(cmd) == 3 and cmd[1] == PROBE_SCRIPT:
+        return str(cmd[2])
+    return None
 
 
 def _ports_in(rule_ports: Iterable[Mapping[str, Any]], lo: int, hi: int) -> bool:
@@ -397,7 +414,7 @@ def convention_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], *
         problems.append("no volumeClaimTemplate 'data': the Raft data would not survive the pod")
     if data_mount != DATA_DIR:
         problems.append(f"the data volume is mounted at {data_mount}, not {DATA_DIR}")
-    secret_vols = [v for v in pod_spec.get("volumes", []) if "secret" in v]
+    secret_vols = [v for v in pod_spec.get("volumes", []) if "secret" in v and v["name"] != "tls"]
     secret_names = {v["secret"]["secretName"] for v in secret_vols}
     if not secret_vols:
         problems.append("the Raft password comes from no Secret")
@@ -457,6 +474,7 @@ def convention_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], *
     if values["serviceMonitor"]["enabled"] and not _by_kind(docs, "ServiceMonitor"):
         problems.append("serviceMonitor.enabled but no ServiceMonitor rendered")
 
+    problems += _tls_problems(docs, values, name, headless_name, namespace, domain)
     problems += _agentd_problems(docs, values, name, headless_name, namespace, domain, image)
     service = f"{clients[0]['metadata']['name']}.{namespace}.svc.{domain}:{int(values['service']['port'])}" \
         if len(clients) == 1 else None
@@ -511,6 +529,115 @@ def _config_problems(docs: list[dict[str, Any]], ctr: Mapping[str, Any], pod_spe
     return problems
 
 
+def _volume_secrets(volume: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Secret name -> {key: path} of a secret or projected volume ({} keys:
+    the whole Secret)."""
+    out: dict[str, dict[str, str]] = {}
+    if "secret" in volume:
+        out[volume["secret"]["secretName"]] = {i["key"]: i["path"] for i in volume["secret"].get("items", [])}
+    for src in volume.get("projected", {}).get("sources", []):
+        if "secret" in src:
+            out[src["secret"]["name"]] = {i["key"]: i["path"] for i in src["secret"].get("items", [])}
+    return out
+
+
+def _tls_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], sts: str, headless: str | None,
+                  namespace: str, domain: str) -> list[str]:
+    """Mutual TLS by default: coordinator.yaml names the files of a mounted
+    volume that holds the CA and every replica's certificate; agentd and
+    the bridges get theirs; cert-manager Certificates name each identity
+    (CN) and role (OU). Plain text only with insecure: true."""
+    t = values["tls"]
+    cms = [m for m in _by_kind(docs, "ConfigMap") if "coordinator.yaml" in m.get("data", {})]
+    if len(cms) != 1:
+        return ["no ConfigMap with coordinator.yaml"]
+    cfg = yaml.safe_load(cms[0]["data"]["coordinator.yaml"])
+    certs = [d for d in docs if d.get("kind") == "Certificate"]
+    if not t["enabled"]:
+        problems = []
+        if cfg.get("insecure") is not True or "tls" in cfg:
+            problems.append(f"tls.enabled false: coordinator.yaml must say insecure: true, no tls: {cfg}")
+        if certs:
+            problems.append("tls.enabled false but Certificates are rendered")
+        return problems
+    problems = []
+    if "insecure" in cfg or not isinstance(cfg.get("tls"), dict):
+        return [f"TLS on: coordinator.yaml must have tls: and no insecure: {cfg}"]
+    n = int(values["coordinator"]["replicas"])
+    ids = [f"{sts}-{i}" for i in range(n)]
+    sts_doc = next(d for d in _by_kind(docs, "StatefulSet"))
+    pod_spec = sts_doc["spec"]["template"]["spec"]
+    ctr = _container(pod_spec, "coordinator") or {}
+    mount = _mount_path(ctr, "tls")
+    if mount is None:
+        return ["TLS on: no volume tls mounted in the coordinator container"]
+    for key in ("ca", "cert", "key"):
+        if Path(cfg["tls"][key]).parent != Path(mount):
+            problems.append(f"coordinator.yaml tls.{key} {cfg['tls'][key]} is not in the mounted {mount}")
+    vol = next((v for v in pod_spec.get("volumes", []) if v["name"] == "tls"), {})
+    sources = _volume_secrets(vol)
+    cm = t["certManager"]
+    if cm["enabled"]:
+        # every replica's Secret, its cert and key under the names the config gives
+        want = {f"{sts}-tls-{rid}" for rid in ids}
+        if set(sources) != want:
+            problems.append(f"the coordinators' tls volume projects {sorted(sources)}, not {sorted(want)}")
+        paths = {p for items in sources.values() for p in items.values()}
+        expected = {"ca.pem", *(f"{rid}.{x}" for rid in ids for x in ("pem", "key"))}
+        if paths != expected:
+            problems.append(f"the coordinators' tls volume has files {sorted(paths)}, not {sorted(expected)}")
+        by_secret = {c["spec"]["secretName"]: c["spec"] for c in certs}
+        for rid in ids:
+            spec = by_secret.get(f"{sts}-tls-{rid}")
+            if spec is None:
+                problems.append(f"no Certificate for replica {rid}")
+                continue
+            host = f"{rid}.{headless}.{namespace}.svc.{domain}"
+            service = f"{sts}.{namespace}.svc.{domain}"
+            if spec.get("commonName") != rid or spec.get("subject", {}).get("organizationalUnits") != ["replica"]:
+                problems.append(f"Certificate of {rid}: CN {spec.get('commonName')} / OU {spec.get('subject')} "
+                                "is not the replica id / replica")
+            if host not in spec.get("dnsNames", []) or service not in spec.get("dnsNames", []):
+                problems.append(f"Certificate of {rid}: dnsNames {spec.get('dnsNames')} lack {host} or {service}")
+        if values["agentd"]["enabled"]:
+            for node in cm["agentNodes"]:
+                spec = by_secret.get(f"{sts}-tls-agent-{node}", {})
+                if spec.get("commonName") != node or spec.get("subject", {}).get("organizationalUnits") != ["agent"]:
+                    problems.append(f"no Certificate with CN {node} (the agent id) and OU agent: {spec}")
+        if values["bridge"]["enabled"]:
+            spec = by_secret.get(f"{sts}-tls-bridge", {})
+            if spec.get("subject", {}).get("organizationalUnits") != ["bridge"]:
+                problems.append(f"no Certificate with OU bridge for the bridges: {spec}")
+        for c in certs:
+            ref = c["spec"]["issuerRef"]
+            if ref.get("name") != cm["issuerRef"]["name"] or ref.get("kind") != cm["issuerRef"]["kind"]:
+                problems.append(f"{_obj_name(c)}: issuerRef {ref} is not tls.certManager.issuerRef")
+    else:
+        want = t["existingSecret"] or f"{sts}-tls"
+        if set(sources) != {want} or sources[want]:
+            problems.append(f"the coordinators' tls volume is {sources}, not the whole Secret {want}")
+        if certs:
+            problems.append("Certificates rendered without tls.certManager.enabled")
+    env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
+    if env.get("HSM_TLS_CERT") != f"{mount}/$(POD_NAME).pem" or env.get("HSM_TLS_KEY") != f"{mount}/$(POD_NAME).key":
+        problems.append(f"the coordinator container's HSM_TLS_* do not name its own certificate: {env}")
+    # agentd: its node's certificate; the bridges: theirs
+    for w in docs:
+        comp = w.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component")
+        if w.get("kind") not in ("DaemonSet", "Deployment") or comp not in ("agentd", "bridge"):
+            continue
+        wspec = w["spec"]["template"]["spec"]
+        c = _container(wspec, comp) or {}
+        cmd = list(c.get("command", [])) + list(c.get("args", []))
+        mnt = _mount_path(c, "tls")
+        flags = {f: option_values(cmd, f) for f in ("--tls-ca", "--tls-cert", "--tls-key")}
+        if mnt is None or any(len(v) != 1 or not v[0].startswith(mnt + "/") for v in flags.values()):
+            problems.append(f"{_obj_name(w)}: --tls-ca/--tls-cert/--tls-key {flags} are not files of a mounted tls volume")
+        elif comp == "agentd" and flags["--tls-cert"] != [f"{mnt}/$(NODE_NAME).pem"]:
+            problems.append(f"{_obj_name(w)}: agentd's certificate is not its node's (the agent id): {flags}")
+    return problems
+
+
 def _coordinator_accepts(cfg: Mapping[str, Any], replica_ids: list[str]) -> list[str]:
     """Load *cfg* with the coordinator's own config loader as each replica
     would (``--replica-id``), the password file swapped for a local one."""
@@ -521,6 +648,16 @@ def _coordinator_accepts(cfg: Mapping[str, Any], replica_ids: list[str]) -> list
         password.write_text("deploy-check-raft-password\n")
         password.chmod(0o600)
         local = {**cfg, "cluster": {**cfg.get("cluster", {}), "password_file": str(password)}}
+        if isinstance(cfg.get("tls"), dict):
+            # the mounted files, made here: a CA and each replica's certificate,
+            # at the config's paths moved under tmp
+            from coordinator import certs
+
+            tls_dir = Path(tmp) / "tls"
+            certs.init_ca(tls_dir)
+            for rid in replica_ids:
+                certs.issue(tls_dir, rid, "replica")
+            local["tls"] = {k: str(tls_dir / Path(str(v)).name) for k, v in cfg["tls"].items()}
         path = Path(tmp) / "coordinator.yaml"
         path.write_text(yaml.safe_dump(local))
         for rid in replica_ids:
@@ -937,6 +1074,14 @@ def render_roles(tmp: Path, coordinators: list[CoordinatorHost], movers: list[Mo
         "hsm_bridge_config_owner": user,
         "hsm_bridge_manage_service": False,
         "hsm_bridge_mount": str(fs_root),
+        # mutual TLS: the roles make the CA and the certificates with this
+        # checkout's hsm-coordinator, in the test's own directory
+        "hsm_coordinator_certs_command": str(BIN / "hsm-coordinator"),
+        "hsm_agentd_certs_command": str(BIN / "hsm-coordinator"),
+        "hsm_bridge_certs_command": str(BIN / "hsm-coordinator"),
+        "hsm_coordinator_tls_ca_dir": str(tmp / "ca"),
+        "hsm_agentd_tls_ca_dir": str(tmp / "ca"),
+        "hsm_bridge_tls_ca_dir": str(tmp / "ca"),
         "hsm_deploy_roles": str(ansible / "roles"),
         "hsm_deploy_static_out": str(static_out or tmp / "static-units"),
         **(extra_vars or {}),

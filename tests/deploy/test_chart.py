@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from coordinator import certs
 from tests.deploy import deploylib as dl
 
 VALUES_FILES = [None, *dl.ci_values_files()]
@@ -185,6 +186,12 @@ def test_schema_refuses_bad_values(overrides: dict[str, Any], message: str) -> N
     ({"coordinator": {"apiPort": 7703}}, "coordinator.apiPort 7703 lies in the Raft port range 7700-7707"),
     ({"coordinator": {"raftPort": 65530}}, "coordinator.raftPort 65530 + cluster.shards 8 goes past port 65535"),
     ({"bridge": {"enabled": True}}, "bridge.enabled is true but bridge.filesystems is empty"),
+    ({"tls": {"enabled": False}}, "tls.enabled is false: plain text needs the explicit insecure: true"),
+    ({"insecure": True}, "insecure: true and tls.enabled: true both given"),
+    ({"agentd": {"kind": "Deployment"}}, "agentd.kind Deployment gives agents random pod names"),
+    ({"tls": {"certManager": {"enabled": True}}}, "name the Issuer or ClusterIssuer"),
+    ({"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}},
+     "list the mover nodes in tls.certManager.agentNodes"),
     ({"bridge": {"enabled": True, "filesystems": [{"fsname": "fs_a", "mount": "/a"}, {"fsname": "fs-a", "mount": "/b"}]}},
      "bridge.filesystems: fs_a and fs-a would both be served by the Deployment hsm-coordinator-bridge-fs-a"),
 ])
@@ -198,7 +205,7 @@ def test_existing_secret_is_used_and_none_created() -> None:
     assert not [d for d in docs if d["kind"] == "Secret"]
     sts = next(d for d in docs if d["kind"] == "StatefulSet")
     vols = sts["spec"]["template"]["spec"]["volumes"]
-    assert [v["secret"]["secretName"] for v in vols if "secret" in v] == ["site-raft"]
+    assert [v["secret"]["secretName"] for v in vols if "secret" in v and v["name"] != "tls"] == ["site-raft"]
 
 
 # --------------------------------------------------------------------------
@@ -258,7 +265,7 @@ def test_bridge_rendering() -> None:
 @pytest.mark.parametrize("values_file", [None, *(p for p in dl.ci_values_files()
                                                  if dl.read_values(p).get("bridge", {}).get("enabled"))],
                          ids=lambda p: p.name if p else "two-filesystems")
-def test_chart_bridge_commands_are_understood_by_hsm_bridge(values_file: Path | None) -> None:
+def test_chart_bridge_commands_are_understood_by_hsm_bridge(values_file: Path | None, tmp_path: Path) -> None:
     """Each bridge container's command goes through hsm-bridge's own main()
     (parser, settings, lease, client) and means what the values say."""
     overrides = dl.read_values(values_file) if values_file else BRIDGES
@@ -267,8 +274,17 @@ def test_chart_bridge_commands_are_understood_by_hsm_bridge(values_file: Path | 
     workloads = {w["spec"]["template"]["metadata"]["labels"][dl.FSNAME_LABEL]: w
                  for w in dl.bridge_workloads(dl.manifests(dl.render_chart(dl.CHART, overrides)))}
     assert sorted(workloads) == sorted(fs["fsname"] for fs in b["filesystems"])
+    # the mounted certificate files, made here (role bridge)
+    tls = tmp_path / "tls"
+    certs.init_ca(tls)
+    certs.issue(tls, "hsm-coordinator-bridge", "bridge")
+    (tls / "hsm-coordinator-bridge.pem").rename(tls / "bridge.pem")
+    (tls / "hsm-coordinator-bridge.key").rename(tls / "bridge.key")
     for fs in b["filesystems"]:
-        bridge = dl.hsm_bridge_from(dl.bridge_command(workloads[fs["fsname"]])[1:])
+        argv = dl.bridge_command(workloads[fs["fsname"]])[1:]
+        assert [dl.option_values(argv, f"--tls-{x}") for x in ("ca", "cert", "key")] == [
+            ["/etc/hsm-bridge/tls/ca.pem"], ["/etc/hsm-bridge/tls/bridge.pem"], ["/etc/hsm-bridge/tls/bridge.key"]]
+        bridge = dl.hsm_bridge_from([a.replace("/etc/hsm-bridge/tls", str(tls)) for a in argv])
         cfg = bridge.config
         assert str(cfg.mount) == fs["mount"] and cfg.core.fsnames == {fs["fsname"]}
         assert cfg.archive_ids == tuple(fs.get("archiveIds") or (0,))
@@ -314,13 +330,14 @@ BREAKAGES = {
         _edit("templates/configmap.yaml", "until (int $c.replicas)", "until (sub (int $c.replicas) 1 | int)"),
         "conventions", "cluster.replicas is not the pod ordinals"),
     "readiness without quorum meaning": (
-        _edit("templates/statefulset.yaml", "service: hsm.v1.Coordinator", 'service: ""'),
+        _edit("templates/statefulset.yaml", "                - hsm.v1.Coordinator", '                - ""'),
         "conventions", "readinessProbe"),
     "liveness depends on quorum": (
         _edit("templates/statefulset.yaml",
-              '          livenessProbe:\n            grpc:\n              port: {{ int $c.apiPort }}\n              service: ""',
-              "          livenessProbe:\n            grpc:\n              port: {{ int $c.apiPort }}\n"
-              "              service: hsm.v1.Coordinator"),
+              '          livenessProbe:\n            {{- if .Values.tls.enabled }}\n            exec:\n              command:\n'
+              '                - python\n                - /etc/hsm-coordinator/probe.py\n                - ""',
+              "          livenessProbe:\n            {{- if .Values.tls.enabled }}\n            exec:\n              command:\n"
+              "                - python\n                - /etc/hsm-coordinator/probe.py\n                - hsm.v1.Coordinator"),
         "conventions", "livenessProbe must not depend on quorum"),
     "replica id not the pod name": (
         _edit("templates/statefulset.yaml", "- $(POD_NAME)", "- coordinator"),
@@ -429,3 +446,80 @@ def test_broken_values_yaml_fails_yamllint(tmp_path: Path) -> None:
     assert "duplication of key" in proc.stdout and "trailing-spaces" in proc.stdout, dl.output(proc)
     proc = dl.yamllint(dl.chart_yaml_files(), home=tmp_path)
     assert proc.returncode == 0, dl.output(proc)
+
+
+# --------------------------------------------------------------------------
+# mutual TLS
+
+
+def test_tls_is_on_by_default_from_a_secret() -> None:
+    """A plain install serves mutual TLS: coordinator.yaml names the files of
+    the Secret <fullname>-tls mounted in every replica (and the test pod),
+    agentd uses its node's certificate from <fullname>-agentd-tls, and the
+    probes check health over TLS with the replica's own certificate."""
+    rendered = dl.render_chart(dl.CHART, {}, namespace="storage")
+    docs = dl.manifests(rendered)
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "coordinator.yaml" in d["data"])
+    cfg = yaml.safe_load(cm["data"]["coordinator.yaml"])
+    assert cfg["tls"] == {"ca": "/etc/hsm-coordinator/tls/ca.pem", "cert": "/etc/hsm-coordinator/tls/{replica_id}.pem",
+                          "key": "/etc/hsm-coordinator/tls/{replica_id}.key"}
+    assert "insecure" not in cfg and "probe.py" in cm["data"]
+    compile(cm["data"]["probe.py"], "probe.py", "exec")
+    pod = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "hsm-coordinator-tls", "defaultMode": 0o440}} in pod["volumes"]
+    ctr = pod["containers"][0]
+    assert ctr["readinessProbe"]["exec"]["command"] == ["python", dl.PROBE_SCRIPT, "hsm.v1.Coordinator"]
+    env = {e["name"]: e.get("value") for e in ctr["env"]}
+    assert env["HSM_PROBE_HOST"] == "$(POD_NAME).hsm-coordinator-headless.storage.svc.cluster.local"
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    assert dl.option_values(ds["containers"][0]["command"], "--tls-cert") == ["/etc/hsm-agentd/tls/$(NODE_NAME).pem"]
+    assert next(v for v in ds["volumes"] if v["name"] == "tls")["secret"]["secretName"] == "hsm-coordinator-agentd-tls"
+    test_pod = next(d for d in docs if d["kind"] == "Pod")["spec"]
+    assert next(v for v in test_pod["volumes"] if v["name"] == "tls")["secret"]["secretName"] == "hsm-coordinator-tls"
+    assert not [d for d in docs if d["kind"] == "Certificate"]
+    assert "WARNING" not in next(v for k, v in rendered.items() if k.endswith("NOTES.txt"))
+    assert dl.convention_problems(docs, dl.merged_values(dl.CHART), namespace="storage") == []
+
+
+def test_tls_from_cert_manager() -> None:
+    values = {"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "site-ca", "kind": "ClusterIssuer"},
+                                      "agentNodes": ["mover01", "mover02"]}}, **BRIDGES}
+    docs = dl.manifests(dl.render_chart(dl.CHART, values))
+    certs = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Certificate"}
+    assert sorted(certs) == sorted([*(f"hsm-coordinator-tls-hsm-coordinator-{i}" for i in range(3)),
+                                    "hsm-coordinator-tls-agent-mover01", "hsm-coordinator-tls-agent-mover02",
+                                    "hsm-coordinator-tls-bridge"])
+    r1 = certs["hsm-coordinator-tls-hsm-coordinator-1"]
+    assert r1["commonName"] == "hsm-coordinator-1" and r1["subject"] == {"organizationalUnits": ["replica"]}
+    assert r1["dnsNames"] == ["hsm-coordinator-1.hsm-coordinator-headless.hsm.svc.cluster.local", "hsm-coordinator",
+                              "hsm-coordinator.hsm", "hsm-coordinator.hsm.svc", "hsm-coordinator.hsm.svc.cluster.local"]
+    assert r1["issuerRef"] == {"name": "site-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    a1 = certs["hsm-coordinator-tls-agent-mover01"]
+    assert a1["commonName"] == "mover01" and a1["subject"]["organizationalUnits"] == ["agent"]
+    assert "server auth" not in a1["usages"] and "dnsNames" not in a1
+    assert certs["hsm-coordinator-tls-bridge"]["subject"]["organizationalUnits"] == ["bridge"]
+    assert dl.kube_problems(docs, [dl.MIN_KUBE]) == []
+    assert dl.convention_problems(docs, dl.merged_values(dl.CHART, values)) == []
+
+
+def test_insecure_renders_plain_text_and_warns() -> None:
+    values = {"insecure": True, "tls": {"enabled": False}}
+    rendered = dl.render_chart(dl.CHART, values)
+    docs = dl.manifests(rendered)
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "coordinator.yaml" in d["data"])
+    cfg = yaml.safe_load(cm["data"]["coordinator.yaml"])
+    assert cfg["insecure"] is True and "tls" not in cfg and "probe.py" not in cm["data"]
+    pod = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    assert "tls" not in {v["name"] for v in pod["volumes"]}
+    assert pod["containers"][0]["readinessProbe"]["grpc"]["service"] == "hsm.v1.Coordinator"
+    assert "PLAIN TEXT" in next(v for k, v in rendered.items() if k.endswith("NOTES.txt"))
+    assert dl.convention_problems(docs, dl.merged_values(dl.CHART, values)) == []
+
+
+def test_tls_convention_check_catches_a_wrong_certificate() -> None:
+    values = {"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}, "agentNodes": ["m1"]}}}
+    docs = dl.manifests(dl.render_chart(dl.CHART, values))
+    cert = next(d for d in docs if d["kind"] == "Certificate" and d["spec"]["commonName"] == "m1")
+    cert["spec"]["subject"]["organizationalUnits"] = ["admin"]
+    problems = dl.convention_problems(docs, dl.merged_values(dl.CHART, values))
+    assert any("CN m1 (the agent id) and OU agent" in p for p in problems), problems

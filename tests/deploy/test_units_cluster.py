@@ -1,7 +1,9 @@
 """A 3-coordinator + 2-agent cluster started from the ``ExecStart`` lines of
 the systemd units the Ansible roles render (as plain processes: no systemd
 runs here), driven through archive, release and restore with hsmctl on a
-simfs tree, every byte verified.
+simfs tree, every byte verified. Every connection is mutual TLS with the
+certificates the roles made (hsmctl uses the admin certificate the
+coordinator role issued on the controller); plain text is refused.
 
 The units' ``Type=notify`` contract is checked on the way: each replica gets
 a ``NOTIFY_SOCKET`` like systemd gives it and must send ``READY=1`` (API
@@ -28,7 +30,7 @@ import pytest
 from hsm.hsmflags import HS
 from hsm.simfs import SimFS
 from tests.deploy import deploylib as dl
-from tests.deploy.conftest import RenderedCluster
+from tests.deploy.conftest import RenderedCluster, ports_taken, render_cluster
 
 pytestmark = pytest.mark.slow  # real processes, seconds per test
 
@@ -114,8 +116,10 @@ def _logs(services: list[Service]) -> str:
     return "\n".join(f"--- {s.name} (exit {s.proc.poll()}) ---\n{s.text()[-3000:]}" for s in services)
 
 
-def _hsmctl(addresses: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, HSM_COORDINATORS=addresses)
+def _hsmctl(cl: RenderedCluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """hsmctl with the admin certificate the role issued on the controller."""
+    addresses = ",".join(h.api for h in cl.coordinators)
+    env = {**os.environ, **cl.admin_tls_env(), "HSM_COORDINATORS": addresses}
     return subprocess.run([str(dl.BIN / "hsmctl"), *args], env=env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -123,6 +127,14 @@ def _hsmctl(addresses: str, *args: str, timeout: float = 120) -> subprocess.Comp
 def test_cluster_from_rendered_units_passes_the_workload(rendered_cluster: RenderedCluster,
                                                          services: list[Service], tmp_path: Path) -> None:
     cl = rendered_cluster
+    # the session's rendering picked its ports a while ago: if something
+    # took one since, render again on ports free now rather than fail with
+    # "address in use" (the rendering is the same but for the ports)
+    if taken := ports_taken(cl):
+        cl = render_cluster(tmp_path / "rendered-again")
+        if again := ports_taken(cl):
+            pytest.fail(f"loopback ports {taken} of the rendered cluster were taken before it started, and "
+                        f"ports {again} of a second rendering too: something is using ports fast")
     fs = SimFS.create(cl.fs_root, "deployfs")
     cl.archive_root.mkdir(exist_ok=True)
     logs = tmp_path / "logs"
@@ -153,13 +165,17 @@ def test_cluster_from_rendered_units_passes_the_workload(rendered_cluster: Rende
         for m in cl.movers:
             argv = dl.exec_start(m.unit.read_text())
             services.append(Service(m.name, argv, logs / f"{m.name}.log", dict(os.environ)))
-        addresses = ",".join(h.api for h in cl.coordinators)
 
         def agents_connected() -> bool:
-            r = _hsmctl(addresses, "agents", "--json", timeout=30)
+            r = _hsmctl(cl, "agents", "--json", timeout=30)
             return r.returncode == 0 and {a["agent_id"] for a in json.loads(r.stdout)} == {m.name for m in cl.movers}
 
         wait_for("both agents to register", agents_connected, 30, services)
+        # mutual TLS from the role's certificates: plain text is refused
+        plain = subprocess.run([str(dl.BIN / "hsmctl"), "--coordinators", cl.coordinators[0].api, "--timeout", "5",
+                                "status"], env={k: v for k, v in os.environ.items() if not k.startswith("HSM_")},
+                               capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert plain.returncode != 0, plain.stdout
 
         # the workload: archive, release, restore, every byte back
         rng = random.Random(5)
@@ -173,24 +189,24 @@ def test_cluster_from_rendered_units_passes_the_workload(rendered_cluster: Rende
             digests[f] = hashlib.sha256(payload).hexdigest()
         files = [str(f) for f in sorted(digests)]
 
-        r = _hsmctl(addresses, "archive", "--wait", "-r", str(data))
+        r = _hsmctl(cl, "archive", "--wait", "-r", str(data))
         assert r.returncode == 0, r.stdout + r.stderr + _logs(services)
         for f in digests:
             assert fs.hsm_state(f).flags & HS.ARCHIVED, f
-        r = _hsmctl(addresses, "release", *files)
+        r = _hsmctl(cl, "release", *files)
         assert r.returncode == 0, r.stdout + r.stderr
         assert all(fs.hsm_state(f).flags & HS.RELEASED for f in digests)
-        r = _hsmctl(addresses, "restore", "--wait", *files)
+        r = _hsmctl(cl, "restore", "--wait", *files)
         assert r.returncode == 0, r.stdout + r.stderr + _logs(services)
         for f, digest in digests.items():
             assert not fs.hsm_state(f).flags & HS.RELEASED, f
             assert hashlib.sha256(f.read_bytes()).hexdigest() == digest, f"{f}: bytes differ after restore"
 
-        r = _hsmctl(addresses, "actions", "--all", "--json")
+        r = _hsmctl(cl, "actions", "--all", "--json")
         actions = json.loads(r.stdout)
         assert {(a["kind"], a["state"]) for a in actions} == {("ARCHIVE", "SUCCEEDED"), ("RESTORE", "SUCCEEDED")}
         assert len(actions) == 2 * len(digests), "one archive and one restore per file"
-        status = json.loads(_hsmctl(addresses, "status", "--json").stdout)
+        status = json.loads(_hsmctl(cl, "status", "--json").stdout)
         assert sorted(r["id"] for r in status["replicas"]) == [h.name for h in cl.coordinators]
         assert all(s["leader"] for s in status["shards"]), status["shards"]
     finally:

@@ -146,3 +146,73 @@ app.kubernetes.io/component: bridge
 {{- $_ := set $seen $name .fsname -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Mutual TLS: checks across tls.* and insecure. */}}
+{{- define "hsm.validateTls" -}}
+{{- $t := .Values.tls -}}
+{{- if and $t.enabled .Values.insecure -}}
+{{- fail "insecure: true and tls.enabled: true both given; set tls.enabled: false to run plain text, or drop insecure" -}}
+{{- end -}}
+{{- if and (not $t.enabled) (not .Values.insecure) -}}
+{{- fail "tls.enabled is false: plain text needs the explicit insecure: true (anyone reaching the API port could then do anything)" -}}
+{{- end -}}
+{{- if $t.enabled -}}
+{{- if $t.certManager.enabled -}}
+{{- if not $t.certManager.issuerRef.name -}}
+{{- fail "tls.certManager.enabled: name the Issuer or ClusterIssuer in tls.certManager.issuerRef.name" -}}
+{{- end -}}
+{{- if and .Values.agentd.enabled (not $t.certManager.agentNodes) -}}
+{{- fail "tls.certManager.enabled with agentd.enabled: list the mover nodes in tls.certManager.agentNodes (a Certificate per agent id)" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.agentd.enabled (ne .Values.agentd.kind "DaemonSet") -}}
+{{- fail "tls.enabled: agentd.kind Deployment gives agents random pod names, which no certificate can name; use kind DaemonSet (agent id = node name)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of the Secret cert-manager writes for identity .name (a dict with root and name). */}}
+{{- define "hsm.certSecret" -}}
+{{- printf "%s-tls-%s" (include "hsm.fullname" .root) .name | trunc 253 -}}
+{{- end -}}
+
+{{/* The coordinators' TLS volume source: ca.pem and <replica>.pem/.key for every replica. */}}
+{{- define "hsm.coordinatorTlsVolume" -}}
+{{- $full := include "hsm.fullname" . -}}
+{{- if .Values.tls.certManager.enabled }}
+projected:
+  defaultMode: 288
+  sources:
+    {{- range $i := until (int .Values.coordinator.replicas) }}
+    {{- $id := printf "%s-%d" $full $i }}
+    - secret:
+        name: {{ include "hsm.certSecret" (dict "root" $ "name" $id) }}
+        items:
+          {{- if eq $i 0 }}
+          - key: ca.crt
+            path: ca.pem
+          {{- end }}
+          - key: tls.crt
+            path: {{ $id }}.pem
+          - key: tls.key
+            path: {{ $id }}.key
+    {{- end }}
+{{- else }}
+secret:
+  secretName: {{ include "hsm.tlsSecret" (dict "root" . "name" .Values.tls.existingSecret "suffix" "tls") }}
+  # 0440: readable by the coordinator's group (fsGroup)
+  defaultMode: 288
+{{- end }}
+{{- end -}}
+
+{{/* The client Service's DNS names, for the replicas' certificates. */}}
+{{- define "hsm.serviceNames" -}}
+{{- $full := include "hsm.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- list $full (printf "%s.%s" $full $ns) (printf "%s.%s.svc" $full $ns) (printf "%s.%s.svc.%s" $full $ns .Values.cluster.clusterDomain) | join "," -}}
+{{- end -}}
+
+{{/* A TLS Secret's name: the value given, else <fullname>-<suffix> (a dict with root, name, suffix). */}}
+{{- define "hsm.tlsSecret" -}}
+{{- default (printf "%s-%s" (include "hsm.fullname" .root) .suffix) .name -}}
+{{- end -}}
