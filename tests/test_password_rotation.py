@@ -34,6 +34,7 @@ from coordinator.raft.encryptor import MAX_PASSWORDS, make_sealer
 from hsm.client import CoordinatorClient, CoordinatorError, submit_item
 from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import coordinator_pb2_grpc
+from tests.cluster import until
 from tests.conftest import FAST_RAFT
 
 OLD = "old-" + "o" * 20
@@ -218,17 +219,6 @@ class Replicas:
         if any(v is None or any(not leader for _, _, leader, _ in v) for v in views):
             return False
         return all([x[:3] for x in v] == [x[:3] for x in views[0]] for v in views)  # type: ignore[union-attr]
-
-
-def until(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_a_rolling_password_rotation_keeps_a_quorum_and_locks_the_old_password_out(tmp_path: Path) -> None:

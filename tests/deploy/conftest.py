@@ -5,14 +5,13 @@ roles make the CA and the certificates."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from coordinator.cluster import free_ports
+from coordinator.cluster import _port_free, free_ports
 from tests.deploy import deploylib as dl
 
 SHARDS = 2
@@ -105,15 +104,6 @@ def render_cluster(base: Path) -> RenderedCluster:
                            shards=SHARDS, static_out=static, bridges=bridges)
     assert proc.returncode == 0, dl.output(proc)
     return RenderedCluster(base, coordinators, movers, bridges, fs_root, archive_root, static, dl.output(proc))
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def ports_taken(cluster: RenderedCluster) -> list[int]:
