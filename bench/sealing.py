@@ -163,7 +163,7 @@ def sealers(password: str = "bench-sealing", shard: int = 0) -> dict[str, Any]:
 
     key = _derive_key(password, shard)
     return {"fernet": getEncryptor(f"{password}\0hsm-coordinator shard {shard}"),
-            "hmac": _HmacSealer(key, shard), "aesgcm (reference)": AesGcmSealer(key)}
+            "hmac": _HmacSealer(key), "aesgcm (reference)": AesGcmSealer(key)}
 
 
 _RAND_KEY = os.urandom(32)

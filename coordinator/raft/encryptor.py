@@ -60,11 +60,8 @@ class _HmacSealer:
     _TAG = 32
     _VERSION = 1
 
-    def __init__(self, key: bytes, shard: int, warn: bool = True) -> None:
+    def __init__(self, key: bytes) -> None:
         self._key = key
-        self._shard = shard
-        self._warn = warn
-        self._last_warning = 0.0
 
     def encrypt_at_time(self, data: bytes, current_time: int) -> bytes:
         body = self._HEAD.pack(self._VERSION, max(0, int(current_time))) + data
@@ -84,13 +81,9 @@ class _HmacSealer:
     def decrypt(self, token: bytes) -> bytes:
         return self._body(token)[self._HEAD.size:]
 
-    def _refused(self) -> None:
-        now = time.monotonic()
-        if self._warn and now - self._last_warning > 10.0:
-            self._last_warning = now
-            log.warning("shard %d: refused a Raft message that failed authentication (a peer with "
-                        "another password, or something that is not a Raft peer of this shard); "
-                        "connection dropped", self._shard)
+    @staticmethod
+    def _refused() -> NoReturn:
+        # (the keyring around it says so in the log, once for all its passwords)
         raise ValueError("Raft message authentication failed")
 
 
@@ -182,5 +175,5 @@ def make_sealer(password: str, shard: int, encrypt: bool) -> _Keyring:
             from pysyncobj.encryptor import getEncryptor
             sealers.append(getEncryptor(f"{pw}\0hsm-coordinator shard {shard}"))
         else:
-            sealers.append(_HmacSealer(_derive_key(pw, shard), shard, warn=False))
+            sealers.append(_HmacSealer(_derive_key(pw, shard)))
     return _Keyring(sealers, shard)

@@ -184,8 +184,8 @@ class _VoteStore:
         self._shard = shard
         self._fsync = fsync
         self._seq = 0
-        if not self._path.exists():
-            self._create()
+        if not self._path.exists():  # both slots allocated now, once
+            _atomic_write(self._path, b"\0" * (2 * _VOTE_SLOT), fsync)
         self._fd = os.open(self._path, os.O_RDWR)
         self.term, self.voted_for = self._load()
         old = directory / "raft-vote"
@@ -199,17 +199,6 @@ class _VoteStore:
             old.unlink()
             if fsync:
                 _fsync_dir(directory)
-
-    def _create(self) -> None:
-        tmp = self._path.with_name(self._path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(b"\0" * (2 * _VOTE_SLOT))
-            f.flush()
-            if self._fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, self._path)
-        if self._fsync:
-            _fsync_dir(self._path.parent)
 
     def _parse_old(self, path: Path) -> tuple[int, str | None]:
         try:
@@ -470,7 +459,7 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
         Raft rules out: said loudly, counted, never silent. pysyncobj's own
         "truncating already-applied log entries" warning fires on every
         overlapping re-send, identical or not; this is the check that tells
-        the two apart (``install_pysyncobj_log_filter``)."""
+        the two apart (``_ResendAlarmFilter``)."""
         old_idx, old_term = self._shadow[0][1], self._shadow[0][2]
         if old_idx <= self._high_commit:
             self._stats.committed_replaced += 1

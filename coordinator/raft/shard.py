@@ -153,8 +153,8 @@ class RaftShard:
         preferred_leader: str | None = None,
         wants_effects: Callable[[], bool] | None = None,
     ) -> None:
-        if not isinstance(password, str) or not split_passwords(password) or \
-                min(map(len, split_passwords(password))) < 8:
+        passwords = split_passwords(password) if isinstance(password, str) else []
+        if not passwords or min(map(len, passwords)) < 8:
             raise ValueError(
                 f"shard {index}: a Raft password of at least 8 characters is required: replicas "
                 "exchange pickled messages, so an open Raft port would let anyone on the network "
