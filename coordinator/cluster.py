@@ -127,6 +127,10 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+#: ports free_ports has returned in this process
+_handed_out: set[int] = set()
+
+
 def free_ports(count: int, start: int = 20000) -> int:
     """The first port of *count* consecutive free loopback ports, below the
     kernel's ephemeral range: a replica restarted on the same port must not
@@ -136,7 +140,11 @@ def free_ports(count: int, start: int = 20000) -> int:
         start, end = 1024, max(1025, end)
     for _ in range(500):
         base = random.randrange(start, end)
-        if all(_port_free(base + i) for i in range(count)):
+        block = range(base, base + count)
+        # a port handed out earlier may still be unbound (its replica not
+        # started yet): never hand it out twice in one process
+        if _handed_out.isdisjoint(block) and all(_port_free(p) for p in block):
+            _handed_out.update(block)
             return base
     raise RuntimeError(f"no {count} consecutive free ports found below {end + count}")
 

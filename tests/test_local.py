@@ -51,6 +51,20 @@ def test_fresh_trees_get_unique_valid_fsnames() -> None:
     assert all(re.fullmatch(r"[a-z0-9]{8}", n) for n in names)
 
 
+def test_a_port_handed_out_is_not_handed_out_again_before_it_is_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three replicas of a test shard took two equal ports once (CI): a port
+    free_ports returned is still unbound until its replica starts."""
+    import coordinator.cluster as cluster
+
+    base = free_ports(3)  # three free ports, now handed out
+    draws = iter([base + 10, base + 10, base + 1, base + 12])
+    monkeypatch.setattr(cluster.random, "randrange", lambda *_a: next(draws))
+    first = free_ports(1)
+    second = free_ports(1)  # the same draw again, then one inside the first block
+    assert first == base + 10
+    assert second == base + 12
+
+
 @pytest.mark.slow  # real replica processes
 def test_busy_ports_stop_local_before_anything_starts(tmp_path: Path) -> None:
     port = _free_block()
