@@ -736,7 +736,9 @@ class AgentCore:
         if self.stopping:
             self._log(logging.INFO, "action %d/%d: not started, the agent is stopping", a.action_id, a.attempt)
             return
-        if self.free_slots(int(a.kind)) < 1 and old is None:
+        # replacing a queued attempt of the same kind takes no new slot; a
+        # coordinator that changed the kind (it never should) needs one
+        if (old is None or old[1].kind != int(a.kind)) and self.free_slots(int(a.kind)) < 1:
             self._refuse_no_slot(stream, a)
             return
         job = self._job_of(stream, a)

@@ -321,6 +321,25 @@ def test_a_newer_attempt_with_no_free_slot_is_handed_back() -> None:
     check_credit_invariant(sh.core)
 
 
+def test_a_queued_attempt_replaced_by_one_of_another_kind_needs_a_slot_of_that_kind() -> None:
+    """Found by the stateful test in CI: an archive's attempt 2 queued
+    behind its cancelled attempt 1, then attempt 3 of the same action as a
+    RESTORE (a coordinator never changes an action's kind, but the agent
+    must not trust that) took the one restore slot a running restore held:
+    two restores for one slot."""
+    sh = shell(archive=2, restore=1)
+    welcome(sh, "r1")
+    sh.do(sh.core.assignment("r1", assignment(2, 1, ARCHIVE), 1.0))
+    sh.do(sh.core.assignment("r1", assignment(1, 1, RESTORE), 1.0))
+    sh.do(sh.core.cancel("r1", cancel(2, 1), 1.0))
+    sh.do(sh.core.assignment("r1", assignment(2, 2, ARCHIVE), 1.0))
+    assert sh.core.deferred[2][1].attempt == 2
+    sh.do(sh.core.assignment("r1", assignment(2, 3, RESTORE), 1.0))
+    check_credit_invariant(sh.core)
+    assert (2, 3, E.EAGAIN) in dones(sh, "r1")
+    assert sh.core.deferred[2][1].attempt == 2  # the queued archive stays
+
+
 def test_a_deferred_attempt_cancelled_before_it_started() -> None:
     sh = shell()
     welcome(sh, "r1")
