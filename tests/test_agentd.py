@@ -1,6 +1,8 @@
-"""agentd against the real coordinator (in-process, real gRPC on a loopback
-port), with the posix mover on a real simfs tree: registration, pulling and
-running work, credits, cancels, stream loss, stopping, and the CLI process."""
+"""agentd against the real coordinator (in-process, real gRPC with mutual
+TLS on a loopback port: each agent presents its own certificate, role agent,
+CN its agent id), with the posix mover on a real simfs tree: registration,
+pulling and running work, credits, cancels, stream loss, stopping, and the
+CLI process."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from agentd.config import AgentConfig, BackendConfig, PosixMoverConfig, SlotsCon
 from agentd.daemon import Agent, backoff_delay, make_backend, make_mover
 from agentd.movers.posix import object_path
 from coordinator.config import ADMIN_CERT
+from coordinator.roles import AGENT
 from hsm.client import CoordinatorClient, submit_item
 from hsm.fid import Fid
 from hsm.hsmflags import HS
@@ -33,6 +36,7 @@ from hsm.simfs import SimFS
 from hsm.v1 import types_pb2 as tpb
 from tests.cluster import tls_replica, until_async
 from tests.cluster import until as poll_until
+from tests.conftest import RunningCoordinator, SessionCa
 
 KiB = 1024
 
@@ -63,14 +67,23 @@ def tree(tmp_path: Path) -> Tree:
 
 @pytest.fixture
 def client(coordinator: Any) -> Iterator[CoordinatorClient]:
-    with CoordinatorClient(coordinator.address, timeout=10) as c:
+    with coordinator.client(timeout=10) as c:
         yield c
 
 
-def agent_config(address: str, tree: Tree, **kw: Any) -> AgentConfig:
+def agent_config(coordinator: RunningCoordinator | str, tree: Tree, **kw: Any) -> AgentConfig:
+    """An agent of *coordinator* presenting its own certificate (from the
+    coordinator's CA: role agent, CN its agent id); or of an address, with
+    the ``tls`` given (none: plain text)."""
     mover = kw.pop("mover", {})
+    agent_id = kw.pop("agent_id", "a1")
+    if isinstance(coordinator, RunningCoordinator):
+        address = coordinator.address
+        kw.setdefault("tls", coordinator.tls(AGENT, agent_id))
+    else:
+        address = coordinator
     return AgentConfig(
-        agent_id=kw.pop("agent_id", "a1"),
+        agent_id=agent_id,
         coordinators=(address,),
         backend=BackendConfig(root=str(tree.fs.root)),
         mover=PosixMoverConfig(archive_root=str(tree.archive), **{"progress_interval": 0.1, **mover}),
@@ -136,7 +149,7 @@ def action(client: CoordinatorClient, action_id: int) -> tpb.Action:
 
 def test_agent_archives_restores_and_removes(coordinator: Any, client: CoordinatorClient, tree: Tree) -> None:
     files = [tree.add(f"f{i}", size) for i, size in enumerate((0, 1, 100 * KiB, 1024 * KiB + 1))]
-    with running_agent(agent_config(coordinator.address, tree)) as agent:
+    with running_agent(agent_config(coordinator, tree)) as agent:
         wait_for(lambda: registered(client, "a1"), what="agent a1 to register")
         ids = [submit(client, fid, "archive") for _, fid, _ in files]
         final = client.wait(ids, deadline=20)
@@ -171,7 +184,7 @@ def test_never_more_running_than_slots(coordinator: Any, client: CoordinatorClie
     # 6 archives of 128 KiB at 512 KiB/s: about 0.25 s each, 2 at a time
     files = [tree.add(f"f{i}", 128 * KiB) for i in range(6)]
     cfg = agent_config(
-        coordinator.address, tree,
+        coordinator, tree,
         slots=SlotsConfig(archive=2, restore=1, remove=1),
         mover={"bandwidth_limit": 512 * KiB, "chunk_size": 16 * KiB},
     )
@@ -202,7 +215,7 @@ def test_cancel_reaches_the_running_job(coordinator: Any, client: CoordinatorCli
     path, fid, _ = tree.add("big", 4096 * KiB)
     small_path, small_fid, small_data = tree.add("small", 10 * KiB)
     cfg = agent_config(
-        coordinator.address, tree,
+        coordinator, tree,
         slots=SlotsConfig(archive=1, restore=1, remove=1),
         mover={"bandwidth_limit": 256 * KiB, "chunk_size": 16 * KiB},
     )
@@ -235,7 +248,7 @@ def test_cancel_reaches_the_running_job(coordinator: Any, client: CoordinatorCli
 
 def test_stream_loss_keeps_the_job_running(coordinator: Any, client: CoordinatorClient, tree: Tree) -> None:
     path, fid, data = tree.add("f", 512 * KiB)
-    cfg = agent_config(coordinator.address, tree, mover={"bandwidth_limit": 512 * KiB, "chunk_size": 16 * KiB})
+    cfg = agent_config(coordinator, tree, mover={"bandwidth_limit": 512 * KiB, "chunk_size": 16 * KiB})
     with running_agent(cfg) as agent:
         wait_for(lambda: registered(client, "a1"), what="agent a1 to register")
         aid = submit(client, fid, "archive")
@@ -262,10 +275,10 @@ def test_agent_back_after_its_job_was_requeued_never_runs_it_twice(
     rc = coordinator_factory(agent_grace=0.2)
     _, fid, data = tree.add("f", 384 * KiB)  # ~1 s at 384 KiB/s
     cfg = agent_config(
-        rc.address, tree, reconnect_min_delay=0.6, reconnect_max_delay=0.6,
+        rc, tree, reconnect_min_delay=0.6, reconnect_max_delay=0.6,
         mover={"bandwidth_limit": 384 * KiB, "chunk_size": 16 * KiB},
     )
-    with CoordinatorClient(rc.address, timeout=10) as client, running_agent(cfg) as agent:
+    with rc.client(timeout=10) as client, running_agent(cfg) as agent:
         wait_for(lambda: registered(client, "a1"), what="agent a1 to register")
         aid = submit(client, fid, "archive")
         wait_for(lambda: agent.running_actions() == [(aid, 1)], what="the archive to start")
@@ -280,18 +293,18 @@ def test_agent_back_after_its_job_was_requeued_never_runs_it_twice(
 
 
 def test_agent_waits_for_a_coordinator_that_starts_later(
-    coordinator_factory: Any, tree: Tree
+    coordinator_factory: Any, tree: Tree, tls_ca: SessionCa
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     address = f"127.0.0.1:{port}"
     _, fid, data = tree.add("f", 1000)
-    with running_agent(agent_config(address, tree)) as agent:
+    with running_agent(agent_config(address, tree, tls=tls_ca.agent("a1"))) as agent:
         time.sleep(0.3)  # a few failed connection attempts
         assert agent.connected() == []
         rc = coordinator_factory(listen=address)
-        with CoordinatorClient(rc.address, timeout=10) as client:
+        with rc.client(timeout=10) as client:
             wait_for(lambda: registered(client, "a1"), what="agent a1 to register")
             aid = submit(client, fid, "archive")
             assert client.wait([aid], deadline=10)[aid].state == tpb.SUCCEEDED
@@ -300,7 +313,7 @@ def test_agent_waits_for_a_coordinator_that_starts_later(
 
 def test_idle_agent_keeps_its_session_alive(coordinator: Any, client: CoordinatorClient, tree: Tree) -> None:
     # the test coordinator asks for a heartbeat every second
-    with running_agent(agent_config(coordinator.address, tree)):
+    with running_agent(agent_config(coordinator, tree)):
         (info,) = wait_for(lambda: [a for a in client.status().agents if a.agent_id == "a1" and a.replica])
         wait_for(
             lambda: [a for a in client.status().agents if a.agent_id == "a1" and a.last_seen > info.last_seen + 0.5],
@@ -310,7 +323,7 @@ def test_idle_agent_keeps_its_session_alive(coordinator: Any, client: Coordinato
 
 def test_wrong_file_system_is_refused(coordinator: Any, client: CoordinatorClient, tree: Tree) -> None:
     _, fid, _ = tree.add("f", 10)
-    with running_agent(agent_config(coordinator.address, tree)) as agent:
+    with running_agent(agent_config(coordinator, tree)) as agent:
         wait_for(lambda: registered(client, "a1"), what="agent a1 to register")
         aid = submit(client, fid, "archive", fsname="other")
         final = client.wait([aid], deadline=10)[aid]
@@ -322,7 +335,7 @@ def test_wrong_file_system_is_refused(coordinator: Any, client: CoordinatorClien
 
 def test_stop_waits_for_running_jobs(coordinator: Any, client: CoordinatorClient, tree: Tree) -> None:
     _, fid, data = tree.add("f", 256 * KiB)  # ~0.5 s at 512 KiB/s
-    cfg = agent_config(coordinator.address, tree, drain_timeout=10.0,
+    cfg = agent_config(coordinator, tree, drain_timeout=10.0,
                        mover={"bandwidth_limit": 512 * KiB, "chunk_size": 16 * KiB})
     at = AgentThread(cfg)
     try:
@@ -343,7 +356,7 @@ def test_stop_after_drain_timeout_gives_the_job_back(
     coordinator: Any, client: CoordinatorClient, tree: Tree
 ) -> None:
     path, fid, _ = tree.add("f", 4096 * KiB)  # 16 s at 256 KiB/s
-    cfg = agent_config(coordinator.address, tree, drain_timeout=0.3,
+    cfg = agent_config(coordinator, tree, drain_timeout=0.3,
                        mover={"bandwidth_limit": 256 * KiB, "chunk_size": 16 * KiB})
     at = AgentThread(cfg)
     try:

@@ -1,6 +1,6 @@
-"""The client library (hsm.client) against a real coordinator on loopback:
-batching, idempotent retries, dedup, cancel, listing, watch, errors,
-address failover."""
+"""The client library (hsm.client) against a real coordinator on loopback
+(mutual TLS, the admin's certificate): batching, idempotent retries, dedup,
+cancel, listing, watch, errors, address failover."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def client(coordinator: Any) -> Any:
-    with CoordinatorClient(coordinator.address, timeout=10, initiator="test-client") as c:
+    with coordinator.client(timeout=10, initiator="test-client") as c:
         yield c
 
 
@@ -296,16 +296,16 @@ def test_status_and_cluster_info(client: Any, coordinator: Any) -> None:
     assert all(s.leader == "test" for s in info.shards)
 
 
-def test_unreachable_coordinator_is_unavailable_quickly() -> None:
+def test_unreachable_coordinator_is_unavailable_quickly(tls_ca: Any) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    with CoordinatorClient(dead, timeout=5, retry_unavailable=0.3) as c:
+    with CoordinatorClient(dead, timeout=5, retry_unavailable=0.3, tls=tls_ca.files()) as c:
         start = time.monotonic()
         with pytest.raises(Unavailable, match="connection refused") as info:
             c.status()
         assert time.monotonic() - start < 3
     assert info.value.code == grpc.StatusCode.UNAVAILABLE and dead in str(info.value)
     # The overall timeout bounds the retries too.
-    with CoordinatorClient(dead, timeout=0.5, retry_unavailable=30) as c:
+    with CoordinatorClient(dead, timeout=0.5, retry_unavailable=30, tls=tls_ca.files()) as c:
         start = time.monotonic()
         with pytest.raises(Unavailable):
             c.status()
@@ -314,7 +314,7 @@ def test_unreachable_coordinator_is_unavailable_quickly() -> None:
 
 def test_dead_address_is_skipped_and_the_live_one_preferred(coordinator: Any) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    with CoordinatorClient([dead, coordinator.address], timeout=5) as c:
+    with CoordinatorClient([dead, coordinator.address], timeout=5, tls=coordinator.tls()) as c:
         assert c.status().replica == "test"
         assert c._ordered_addresses()[0] == coordinator.address
         result = c.submit([c.submit_item("fs1", fid(1), "archive")])[0]
@@ -322,7 +322,7 @@ def test_dead_address_is_skipped_and_the_live_one_preferred(coordinator: Any) ->
 
 
 def test_closed_client_refuses_calls(coordinator: Any) -> None:
-    c = CoordinatorClient(coordinator.address)
+    c = coordinator.client()
     c.close()
     with pytest.raises(CoordinatorError, match="closed"):
         c.status()
@@ -361,7 +361,7 @@ def test_items_are_grouped_per_shard_leader_in_order() -> None:
 
 def test_multi_shard_coordinator_takes_mixed_batches(coordinator_factory: Any) -> None:
     node = coordinator_factory(shards=4)
-    with CoordinatorClient(node.address, timeout=10) as c:
+    with node.client(timeout=10) as c:
         results = c.submit([c.submit_item("fs1", fid(n), "archive") for n in range(1, 41)],
                            batch_size=15)
         assert [hc.outcome_name(r.outcome) for r in results] == ["CREATED"] * 40

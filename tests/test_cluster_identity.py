@@ -1,7 +1,9 @@
 """Every replica says which cluster it belongs to, and clients and agents
 check it: a replica of another cluster that answers on an expected address
 (a second cluster on the same ports, a stale address list) is refused, not
-trusted. Real replicas (real gRPC, real Raft) and real agentd."""
+trusted. Real replicas (real gRPC with mutual TLS, real Raft) and real
+agentd. The replicas of both clusters hold certificates of one CA (a site's
+CA for several clusters: TLS alone does not tell them apart)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -38,20 +39,20 @@ def hsmctl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, st
     return rc, out, err
 
 
-def _total_actions(address: str) -> int:
-    with CoordinatorClient(address, timeout=10) as c:
+def _total_actions(rc: Any) -> int:
+    with rc.client(timeout=10) as c:
         return sum(k.count for k in c.status().counts)
 
 
 def test_every_answer_names_the_cluster_and_replica_health_checks_too(coordinator_factory: Any) -> None:
     a = coordinator_factory(cluster_id=A_ID)
-    with grpc.insecure_channel(a.address) as ch:
+    with a.channel() as ch:
         resp, call = health_pb2_grpc.HealthStub(ch).Check.with_call(
             health_pb2.HealthCheckRequest(service="hsm.v1.Coordinator"), timeout=5)
         md = dict(call.initial_metadata())
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
     assert md[CLUSTER_METADATA_KEY] == A_ID and md[REPLICA_METADATA_KEY] == "test"
-    with CoordinatorClient(a.address) as c:
+    with a.client() as c:
         assert c.status().cluster_id == A_ID
         info = c.cluster_info()
         assert (info.cluster_id, info.replica) == (A_ID, "test")
@@ -59,14 +60,14 @@ def test_every_answer_names_the_cluster_and_replica_health_checks_too(coordinato
 
 def test_a_client_refuses_a_replica_of_another_cluster_and_sends_it_nothing(coordinator_factory: Any) -> None:
     b = coordinator_factory(cluster_id=B_ID)
-    before = _total_actions(b.address)
-    with CoordinatorClient(b.address, cluster_id=A_ID, timeout=5) as c:
+    before = _total_actions(b)
+    with b.client(cluster_id=A_ID, timeout=5) as c:
         with pytest.raises(WrongCluster) as err:
             c.submit([submit_item("fs1", Fid(0x200000400, 1, 0), "archive", 1)])
     assert B_ID in str(err.value) and A_ID in str(err.value) and b.address in str(err.value)
     # the refused answer was the one to a read (the member lookup), or the
     # submit never went out: either way cluster B holds no new action
-    assert _total_actions(b.address) == before
+    assert _total_actions(b) == before
 
 
 def test_the_first_replica_that_answers_names_the_cluster_for_the_client(coordinator_factory: Any) -> None:
@@ -74,7 +75,7 @@ def test_the_first_replica_that_answers_names_the_cluster_for_the_client(coordin
     A goes away it must not quietly carry on with B."""
     a = coordinator_factory(cluster_id=A_ID)
     b = coordinator_factory(cluster_id=B_ID)
-    with CoordinatorClient(f"{a.address},{b.address}", timeout=5, retry_unavailable=1) as c:
+    with CoordinatorClient(f"{a.address},{b.address}", timeout=5, retry_unavailable=1, tls=a.tls()) as c:
         assert c.status().cluster_id == A_ID
         assert c.cluster_id == A_ID
         a.stop()
@@ -84,7 +85,7 @@ def test_the_first_replica_that_answers_names_the_cluster_for_the_client(coordin
 
 def test_two_names_for_the_cluster_that_disagree_are_refused(coordinator_factory: Any) -> None:
     a = coordinator_factory(cluster_id=A_ID)
-    with CoordinatorClient(a.address, cluster_id=A_ID) as c:
+    with a.client(cluster_id=A_ID) as c:
         c.expect_cluster(A_ID, "the tree")  # the same: fine
         with pytest.raises(WrongCluster, match="names cluster cluster-b"):
             c.expect_cluster(B_ID, "the tree /x")
@@ -96,12 +97,12 @@ def test_an_agent_of_another_cluster_is_refused_and_says_why(
 ) -> None:
     a = coordinator_factory(cluster_id=A_ID)
     caplog.set_level(logging.ERROR, logger="agentd.daemon")
-    with CoordinatorClient(a.address, timeout=10) as client:
-        with running_agent(agent_config(a.address, tree, agent_id="wrong", cluster_id=B_ID)):
+    with a.client(timeout=10) as client:
+        with running_agent(agent_config(a, tree, agent_id="wrong", cluster_id=B_ID)):
             until(lambda: "belongs to cluster cluster-a, not to cluster cluster-b" in caplog.text, 30,
                   "the agent's error about the other cluster")
             assert not registered(client, "wrong")
-        with running_agent(agent_config(a.address, tree, agent_id="right", cluster_id=A_ID)):
+        with running_agent(agent_config(a, tree, agent_id="right", cluster_id=A_ID)):
             until(lambda: registered(client, "right"), 30, "the agent of this cluster registered")
 
 
@@ -114,9 +115,8 @@ def test_an_agent_works_for_the_first_cluster_that_welcomes_it_only(
     a = coordinator_factory(cluster_id=A_ID)
     b = coordinator_factory(cluster_id=B_ID)
     caplog.set_level(logging.INFO, logger="agentd.daemon")
-    config = replace(agent_config(a.address, tree, agent_id="a2"), coordinators=(a.address, b.address))
-    with running_agent(config) as agent, CoordinatorClient(a.address, timeout=10) as ca, \
-            CoordinatorClient(b.address, timeout=10) as cb:
+    config = replace(agent_config(a, tree, agent_id="a2"), coordinators=(a.address, b.address))
+    with running_agent(config) as agent, a.client(timeout=10) as ca, b.client(timeout=10) as cb:
         until(lambda: "refusing coordinator" in caplog.text, 10, "the agent refusing one of the clusters")
         ours, other = (ca, cb) if agent.cluster_id == A_ID else (cb, ca)
         assert agent.cluster_id in (A_ID, B_ID)
@@ -147,15 +147,17 @@ def test_hsmctl_refuses_to_send_a_trees_request_to_another_cluster(
     archived its own file with the same FID and hsmctl said success."""
     monkeypatch.delenv("HSM_CLUSTER", raising=False)
     a = coordinator_factory(cluster_id=A_ID)
+    for k, v in a.env().items():  # hsmctl presents the admin's certificate
+        monkeypatch.setenv(k, v)
     fs_b = SimFS.create(tmp_path / "b", "simfs")
     fs_b.set_cluster_id(B_ID)
     f = fs_b.root / "results.dat"
     f.write_bytes(b"x" * 100)
-    before = _total_actions(a.address)
+    before = _total_actions(a)
     rc, _out, err = hsmctl(capsys, "--coordinators", a.address, "archive", "--wait", str(f))
     assert rc == 3
     assert f"belongs to cluster {A_ID}, not to cluster {B_ID} named by the simfs tree {fs_b.root}" in err
-    assert _total_actions(a.address) == before, "nothing was submitted to the other cluster"
+    assert _total_actions(a) == before, "nothing was submitted to the other cluster"
 
     # the tree of cluster A, files of both trees at once, --cluster, $HSM_CLUSTER
     fs_a = SimFS.create(tmp_path / "a", "simfs")
@@ -164,7 +166,7 @@ def test_hsmctl_refuses_to_send_a_trees_request_to_another_cluster(
     g.write_bytes(b"y")
     rc, _out, err = hsmctl(capsys, "--coordinators", a.address, "archive", str(g), str(f))
     assert rc == 3 and f"names cluster {B_ID}, but the simfs tree {fs_a.root} names cluster {A_ID}" in err
-    assert _total_actions(a.address) == before
+    assert _total_actions(a) == before
     rc, _out, err = hsmctl(capsys, "--coordinators", a.address, "--cluster", B_ID, "archive", str(g))
     assert rc == 3 and f"names cluster {A_ID}, but --cluster names cluster {B_ID}" in err
     rc, _out, err = hsmctl(capsys, "--coordinators", a.address, "--cluster", B_ID, "status")
@@ -175,6 +177,6 @@ def test_hsmctl_refuses_to_send_a_trees_request_to_another_cluster(
     monkeypatch.setenv("HSM_CLUSTER", A_ID)
     rc, out, err = hsmctl(capsys, "--coordinators", a.address, "archive", str(g))
     assert rc == 0, err
-    assert _total_actions(a.address) == before + 1
+    assert _total_actions(a) == before + 1
     rc, out, _err = hsmctl(capsys, "--coordinators", a.address, "status")
     assert rc == 0 and f"cluster {A_ID}" in out.splitlines()[0]

@@ -2,7 +2,7 @@
 10, item 2): two simfs trees with the same fsname give files with the same
 FID, and a FID alone sent a request for one tree's file to the other tree's
 agent, which archived the wrong file and reported success. Real simfs trees,
-a real coordinator, a real agentd (posix mover) and hsmctl."""
+a real coordinator (mutual TLS), a real agentd (posix mover) and hsmctl."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 from agentd.movers.posix import object_path
 from coordinator.convert import action_to_pb, assignment_to_pb, item_from_pb
 from coordinator.state import Action, Item, Kind, Requester
-from hsm.client import CoordinatorClient, submit_item
+from hsm.client import submit_item
 from hsm.fid import Fid
 from hsm.hsmflags import HS
 from hsm.simfs import SimFS
@@ -67,8 +67,8 @@ def test_archive_of_another_trees_file_with_the_same_fid_is_refused(
     fid = fs_b.fid_of(path_b)
     dv_a, dv_b = tree_a.fs.data_version(path_a), fs_b.data_version(path_b)
     before = tree_a.fs.hsm_state(path_a)
-    with CoordinatorClient(coordinator.address, timeout=10) as client, \
-            running_agent(agent_config(coordinator.address, tree_a)) as agent:
+    with coordinator.client(timeout=10) as client, \
+            running_agent(agent_config(coordinator, tree_a)) as agent:
         wait_for(lambda: registered(client, "a1"), what="agent a1 to register")
 
         # as hsmctl archive does for tree B's file: its HSM state and data version
@@ -100,8 +100,8 @@ def test_archived_file_is_not_made_dirty_by_a_refused_archive(coordinator: Any, 
     archive would): it was never about this file."""
     tree_a, path_a, fs_b, path_b = two_trees(tmp_path)
     fid = fs_b.fid_of(path_b)
-    with CoordinatorClient(coordinator.address, timeout=10) as client, \
-            running_agent(agent_config(coordinator.address, tree_a)):
+    with coordinator.client(timeout=10) as client, \
+            running_agent(agent_config(coordinator, tree_a)):
         wait_for(lambda: registered(client, "a1"), what="agent a1 to register")
         (ok,) = client.submit([submit_item(FSNAME, fid, "archive", hsm=hsm_of(tree_a.fs, path_a))])
         assert client.wait([ok.action_id], deadline=20)[ok.action_id].state == tpb.SUCCEEDED
@@ -123,11 +123,11 @@ def test_hsmctl_archive_wait_fails_for_the_other_trees_file(
     only tree A's agent running, no longer reports success."""
     tree_a, path_a, fs_b, path_b = two_trees(tmp_path)
     before = tree_a.fs.hsm_state(path_a)
-    with CoordinatorClient(coordinator.address, timeout=10) as client, \
-            running_agent(agent_config(coordinator.address, tree_a)):
+    with coordinator.client(timeout=10) as client, \
+            running_agent(agent_config(coordinator, tree_a)):
         wait_for(lambda: registered(client, "a1"), what="agent a1 to register")
         capsys.readouterr()
-        rc = hsmctl_main(["--coordinators", coordinator.address, "archive", "--wait", str(path_b)])
+        rc = hsmctl_main(["--coordinators", coordinator.address, *coordinator.args(), "archive", "--wait", str(path_b)])
         out, err = capsys.readouterr()
         assert rc == 1, (out, err)
         assert re.search(r"ARCHIVE action \d+ failed: .*not the file the request named", err), err
@@ -145,8 +145,8 @@ def test_restore_named_with_another_data_version_is_refused(coordinator: Any, tm
     archive.mkdir()
     tree = Tree(fs, archive)
     path, fid, data = tree.add("f", 10_000)
-    with CoordinatorClient(coordinator.address, timeout=10) as client, \
-            running_agent(agent_config(coordinator.address, tree)):
+    with coordinator.client(timeout=10) as client, \
+            running_agent(agent_config(coordinator, tree)):
         wait_for(lambda: registered(client, "a1"), what="agent a1 to register")
         (res,) = client.submit([submit_item(FSNAME, fid, "archive", hsm=hsm_of(fs, path))])
         assert client.wait([res.action_id], deadline=20)[res.action_id].state == tpb.SUCCEEDED

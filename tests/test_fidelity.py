@@ -18,6 +18,7 @@ import pytest
 from agentd.movers.base import Job, MoverError, run_action
 from agentd.simfs_backend import SimfsBackend
 from coordinator.convert import InvalidRequest, item_from_pb
+from coordinator.roles import BRIDGE
 from coordinator.state import (
     Assign,
     Cancel,
@@ -36,7 +37,7 @@ from coordinator.state import (
     Submit,
 )
 from hsm import client as hc
-from hsm.client import CoordinatorClient, InvalidArgument
+from hsm.client import InvalidArgument
 from hsm.fid import Fid, FidError
 from hsm.hsmflags import (
     ARS,
@@ -389,9 +390,10 @@ def test_cancel_by_requester_cookie_in_the_state_machine() -> None:
 def test_cancel_by_cookie_through_the_client(coordinator_factory: Any, shards: int) -> None:
     """lustre/mdt/mdt_hsm_cdt_client.c: hsm_find_compatible (an HSMA_CANCEL
     with a hai_cookie cancels that request): the MDT bridge cancels with the
-    cookie it submitted; every shard is asked, one result per cookie."""
+    cookie it submitted (with its certificate, role bridge); every shard is
+    asked, one result per cookie."""
     node = coordinator_factory(shards=shards)
-    with CoordinatorClient(node.address, timeout=10, initiator="bridge@mds1") as c:
+    with node.client(BRIDGE, "mds1", timeout=10, initiator="bridge@mds1") as c:
         items = [c.submit_item(FS, fid(n), "archive", requester=T.Requester(initiator="bridge@mds1", cookie=n))
                  for n in range(1, 9)]
         ids = [r.action_id for r in c.submit(items)]
@@ -403,7 +405,7 @@ def test_cancel_by_cookie_through_the_client(coordinator_factory: Any, shards: i
         for bad in ([("bridge@mds1", 0)], [("", 1)], [("x",)]):
             with pytest.raises(InvalidArgument, match="cookie"):
                 c.cancel(cookies=bad)
-    channel = grpc.insecure_channel(node.address)
+    channel = node.channel(BRIDGE, "mds1")
     try:
         with pytest.raises(grpc.RpcError) as info:
             coordinator_pb2_grpc.CoordinatorStub(channel).Cancel(

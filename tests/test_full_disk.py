@@ -27,7 +27,7 @@ from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import coordinator_pb2_grpc
 from hsm.v1 import types_pb2 as T
 from tests.cluster import until, until_async
-from tests.conftest import RunningCoordinator, single_replica_config
+from tests.conftest import RunningCoordinator, SessionCa, single_replica_config
 from tests.raft_proc import submit
 from tests.test_raft import Cluster, created, run
 
@@ -134,11 +134,11 @@ def test_a_replica_that_cannot_write_gives_up_leading_and_leads_again_once_it_ca
     run(body, timeout=90)
 
 
-def test_a_replica_that_cannot_write_says_so_in_status_and_health(tmp_path: Path) -> None:
+def test_a_replica_that_cannot_write_says_so_in_status_and_health(tmp_path: Path, tls_ca: SessionCa) -> None:
     with small_disk(tmp_path / "disk") as disk:
-        rc = RunningCoordinator(single_replica_config(disk, 2, None, ""))
+        rc = RunningCoordinator(single_replica_config(disk, 2, None, "", tls_ca), tls_ca)
         try:
-            with grpc.insecure_channel(rc.address) as ch:
+            with rc.channel() as ch:
                 stub = coordinator_pb2_grpc.CoordinatorStub(ch)
                 health = health_pb2_grpc.HealthStub(ch)
 

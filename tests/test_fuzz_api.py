@@ -19,8 +19,16 @@ What is fuzzed
   the fuzzing agent really holds.
 * **Bytes that are not requests**: random and mutated messages as the
   request of every method; random bytes and broken HTTP/2 (preface, frames,
-  HPACK headers, gRPC message prefixes) on the API port; random bytes and
-  broken length-prefixed frames on a Raft port.
+  HPACK headers, gRPC message prefixes) on the API port, as they come (the
+  TLS layer reads them) or inside a TLS session of a certified caller
+  (HTTP/2 reads them); random bytes and broken length-prefixed frames on a
+  Raft port.
+
+The coordinators run with mutual TLS, as in production (conftest's
+``tls_ca``): the calls present the admin's certificate (every method is
+open to it), Report a replica's (only replicas forward agents' reports) and
+a Work stream the certificate of the agent its hello names (the replica
+admits only that), so that the fuzz reaches what is behind the role checks.
 
 What every call must do
 =======================
@@ -61,6 +69,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -79,14 +88,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coordinator.certs import CertError
 from coordinator.cluster import free_ports, split_addr
 from coordinator.node import shard_digest
 from coordinator.raft import check_addr
+from coordinator.roles import AGENT, REPLICA
+from hsm.tls import TlsFiles
 from hsm.v1 import agent_pb2 as A
 from hsm.v1 import agent_pb2_grpc, coordinator_pb2_grpc
 from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import types_pb2 as T
-from tests.conftest import RunningCoordinator, single_replica_config
+from tests.conftest import RunningCoordinator, SessionCa, single_replica_config
 
 _DEEP = int(os.environ.get("HSM_FUZZ_EXAMPLES", "0"))
 #: HSM_FUZZ_STATS=1 (with -s): how often each call got each answer (2: and its message)
@@ -186,7 +198,8 @@ ACTION_IDS = st.builds(lambda seq, shard: seq * 1000 + shard, st.integers(1, 80)
 REQUESTERS = st.builds(lambda i, c: T.Requester(initiator=i, cookie=c),
                        st.sampled_from(["mdt0", "hsmctl@h", "lustre:fs1", "mdt0", ""]), st.integers(0, 6))
 SLOTS = st.builds(lambda a, r, m: C.Slots(archive=a, restore=r, remove=m), *[st.integers(0, 4)] * 3)
-AGENT_IDS = st.sampled_from(["m1", "mover-01", "a@b:c", "x" * 128])
+KNOWN_AGENTS = ("m1", "mover-01", "a@b:c", "x" * 128)
+AGENT_IDS = st.sampled_from(KNOWN_AGENTS)
 HELLOS = st.builds(
     lambda agent, slots, ids, running, cluster: A.Hello(agent_id=agent, host="h", slots=slots, archive_ids=ids,
                                                         running=running, cluster_id=cluster, version="1"),
@@ -399,22 +412,51 @@ def logwatch() -> Iterator[LogWatch]:
         root.setLevel(level)
 
 
+#: no limit on message sizes: the replica's are tested
+UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+#: the agent whose certificate a Work stream presents unless its hello
+#: names one of the others (a stream under another id is refused)
+FUZZ_AGENT = "m1"
+
+
 class Fuzzed:
-    """A running coordinator, a channel to it and the checks."""
+    """A running coordinator, channels to it (the admin's, a replica's for
+    Report, an agent's for each Work stream) and the checks."""
 
     def __init__(self, rc: RunningCoordinator, logs: LogWatch) -> None:
         self.rc = rc
         self.logs = logs
-        self.channel = grpc.insecure_channel(rc.address, options=[("grpc.max_receive_message_length", -1),
-                                                                  ("grpc.max_send_message_length", -1)])
+        self.channel = rc.channel(options=UNLIMITED)
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
-        self.agent_stub = agent_pb2_grpc.AgentServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        #: Report: what replicas forward (no other role may call it)
+        self.replica_channel = rc.channel(REPLICA, "peer", options=UNLIMITED)
+        self.report_stub = agent_pb2_grpc.AgentServiceStub(self.replica_channel)
+        self._agents: dict[str, grpc.Channel] = {}
         self.self_raft = rc.node.me.raft_addr(0)
         self.closed_raft = f"127.0.0.1:{free_ports(SHARDS)}"  # nothing listens there
 
+    def agent_channel(self, agent_id: str = FUZZ_AGENT) -> grpc.Channel:
+        """A channel presenting agent *agent_id*'s certificate (FUZZ_AGENT's
+        when no certificate can name it)."""
+        if agent_id not in self._agents:
+            try:
+                self.rc.tls(AGENT, agent_id)
+            except (CertError, ValueError):  # ValueError: a name of 65-128 characters (x509 CNs have 64 at most)
+                return self.agent_channel()
+            self._agents[agent_id] = self.rc.channel(AGENT, agent_id, options=UNLIMITED)
+        return self._agents[agent_id]
+
+    def agent_stub(self, agent_id: str = FUZZ_AGENT) -> agent_pb2_grpc.AgentServiceStub:
+        return agent_pb2_grpc.AgentServiceStub(self.agent_channel(agent_id))
+
+    def channel_for(self, method: str) -> grpc.Channel:
+        """The channel of a caller *method* admits."""
+        return {"Work": self.agent_channel(), "Report": self.replica_channel}.get(method, self.channel)
+
     def close(self) -> None:
-        self.channel.close()
+        for ch in (self.channel, self.replica_channel, *self._agents.values()):
+            ch.close()
         self.rc.stop()
 
     def fingerprint(self) -> tuple[Any, ...]:
@@ -485,12 +527,12 @@ def unary(fn: Callable[..., Any], request: Any) -> tuple[grpc.StatusCode, str, A
 
 
 @pytest.fixture(scope="module")
-def quiet(tmp_path_factory: Any, logwatch: LogWatch) -> Iterator[Fuzzed]:
+def quiet(tmp_path_factory: Any, logwatch: LogWatch, tls_ca: SessionCa) -> Iterator[Fuzzed]:
     """A coordinator that never dispatches (control mode disabled) and keeps
     a disconnected agent's session for an hour: nothing changes in the
     background, so a refused call must leave its fingerprint as it was."""
     rc = RunningCoordinator(single_replica_config(tmp_path_factory.mktemp("fuzz-quiet"), shards=SHARDS,
-                                                  cluster_id=CLUSTER_ID, agent_grace=3600.0))
+                                                  cluster_id=CLUSTER_ID, ca=tls_ca, agent_grace=3600.0), tls_ca)
     fx = Fuzzed(rc, logwatch)
     fx.stub.Control(C.ControlRequest(mode="disabled"), timeout=10)
     fx.stub.Submit(C.SubmitRequest(items=[
@@ -544,7 +586,7 @@ def call_watch(fx: Fuzzed, request: C.WatchRequest) -> tuple[grpc.StatusCode, st
 def call_unary(fx: Fuzzed, name: str, request: Any) -> tuple[grpc.StatusCode, str]:
     if name == "Watch":
         return call_watch(fx, request)
-    stub = fx.agent_stub if name == "Report" else fx.stub
+    stub = fx.report_stub if name == "Report" else fx.stub
     code, details, response = unary(getattr(stub, name), request)
     if code == grpc.StatusCode.OK:
         if name == "Submit":
@@ -577,10 +619,15 @@ def stream_ended(r: logging.LogRecord) -> bool:
 
 
 def call_work(fx: Fuzzed, msgs: list[A.AgentMessage]) -> tuple[grpc.StatusCode, str]:
-    """Send *msgs*, end the stream, read everything until the coordinator ends it."""
+    """Send *msgs* as the agent the hello names (or FUZZ_AGENT), end the
+    stream, read everything until the coordinator ends it."""
     got = []
+    agent_id = msgs[0].hello.agent_id if msgs and msgs[0].HasField("hello") else FUZZ_AGENT
+    if agent_id not in KNOWN_AGENTS:
+        agent_id = FUZZ_AGENT  # not a name to issue certificates for: refused as not the certificate's
+    # (an id no certificate can name, "x" * 128, is presented as FUZZ_AGENT's: refused the same way)
     try:
-        for msg in fx.agent_stub.Work(iter(msgs), timeout=CALL_TIMEOUT):
+        for msg in fx.agent_stub(agent_id).Work(iter(msgs), timeout=CALL_TIMEOUT):
             got.append(msg)
     except grpc.RpcError as exc:
         return exc.code(), exc.details() or ""
@@ -647,7 +694,7 @@ def test_fuzz_request_bytes_of_every_method(quiet: Fuzzed, data: st.DataObject) 
     frames = [bytes(f) for f in frames]
 
     def call() -> tuple[grpc.StatusCode, str]:
-        ch = quiet.channel
+        ch = quiet.channel_for(name)
         try:
             if m.client_streaming:
                 for _ in ch.stream_stream(path)(iter(frames), timeout=CALL_TIMEOUT):
@@ -734,25 +781,35 @@ API_GARBAGE = weighted(
 )
 
 
-def send_raw(address: str, payload: bytes) -> None:
-    """Send *payload*, end our side, read until the peer closes (or 10 s)."""
+def send_raw(address: str, payload: bytes, tls: TlsFiles | None = None) -> None:
+    """Send *payload*, end our side, read until the peer closes (or 10 s).
+    With *tls*: inside a TLS session (ALPN h2) presenting *tls*'s
+    certificate, as a gRPC client's bytes would be."""
     host, port = split_addr(address)
-    with socket.create_connection((host, port), timeout=10) as s:
+    with socket.create_connection((host, port), timeout=10) as raw:
+        s: socket.socket = raw
+        if tls is not None:
+            ctx = ssl.create_default_context(cafile=str(tls.ca))
+            ctx.load_cert_chain(str(tls.cert), str(tls.key))
+            ctx.set_alpn_protocols(["h2"])
+            s = ctx.wrap_socket(raw, server_hostname=host)  # the handshake must succeed
         try:
             s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)
+            raw.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and s.recv(65536):
                 pass
         except OSError:
-            pass  # reset by the peer: fine
+            pass  # reset by the peer (or a TLS session ended without close_notify): fine
 
 
 @fuzz_settings(60)
-@given(payload=API_GARBAGE)
-def test_fuzz_garbage_on_the_api_port(quiet: Fuzzed, payload: bytes) -> None:
+@given(payload=API_GARBAGE, inside_tls=st.booleans())
+def test_fuzz_garbage_on_the_api_port(quiet: Fuzzed, payload: bytes, inside_tls: bool) -> None:
+    """As they come, the bytes meet the TLS layer; inside an admin's TLS
+    session, HTTP/2 and gRPC's framing."""
     def call() -> tuple[grpc.StatusCode, str]:
-        send_raw(quiet.rc.address, payload)
+        send_raw(quiet.rc.address, payload, quiet.rc.tls() if inside_tls else None)
         return grpc.StatusCode.OK, ""
 
     # nothing may change, even though the "call" itself is not refused
@@ -795,18 +852,19 @@ def test_raft_still_commits_after_the_garbage(quiet: Fuzzed) -> None:
 
 
 @pytest.fixture(scope="module")
-def busy(tmp_path_factory: Any, logwatch: LogWatch) -> Iterator[Fuzzed]:
+def busy(tmp_path_factory: Any, logwatch: LogWatch, tls_ca: SessionCa) -> Iterator[Fuzzed]:
     """A coordinator that dispatches, and keeps a disconnected agent's
     actions for an hour (nothing is requeued while the module runs)."""
     rc = RunningCoordinator(single_replica_config(tmp_path_factory.mktemp("fuzz-busy"), shards=SHARDS,
-                                                  cluster_id=CLUSTER_ID, agent_grace=3600.0))
+                                                  cluster_id=CLUSTER_ID, ca=tls_ca, agent_grace=3600.0), tls_ca)
     fx = Fuzzed(rc, logwatch)
     yield fx
     fx.close()
 
 
 class Agent:
-    """One Work stream driven from the test."""
+    """One Work stream driven from the test, presenting the certificate of
+    the agent its hello names."""
 
     def __init__(self, fx: Fuzzed, hello: A.Hello) -> None:
         self.inbox: list[A.CoordinatorMessage] = []
@@ -814,7 +872,7 @@ class Agent:
         self.outbox: list[A.AgentMessage | None] = [A.AgentMessage(hello=hello)]
         self.code: grpc.StatusCode | None = None
         self.details = ""
-        self.calls = fx.agent_stub.Work(self._requests(), timeout=CALL_TIMEOUT)
+        self.calls = fx.agent_stub(hello.agent_id).Work(self._requests(), timeout=CALL_TIMEOUT)
         self.thread = threading.Thread(target=self._pump, daemon=True)
         self.thread.start()
 
@@ -961,7 +1019,7 @@ def test_a_submit_too_large_for_one_raft_entry_is_refused_whole(coordinator_fact
     was committed: now INVALID_ARGUMENT before anything is proposed."""
     rc = coordinator_factory(shards=2)
     items = _items_of_shard(rc, 0, 1) + _items_of_shard(rc, 1, 900, b"x" * 4096)  # 3.7 MB for shard 1
-    with grpc.insecure_channel(rc.address) as ch:
+    with rc.channel() as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         with pytest.raises(grpc.RpcError) as err:
             stub.Submit(C.SubmitRequest(items=items), timeout=30)
@@ -982,7 +1040,7 @@ def test_a_cancel_too_large_for_one_raft_entry_is_refused_whole(coordinator_fact
     rc = coordinator_factory(shards=2)
     [small] = _items_of_shard(rc, 0, 1)
     many = _items_of_shard(rc, 1, 120_000)
-    with grpc.insecure_channel(rc.address, options=[("grpc.max_receive_message_length", -1)]) as ch:
+    with rc.channel(options=[("grpc.max_receive_message_length", -1)]) as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         [res] = stub.Submit(C.SubmitRequest(items=[small]), timeout=10).results
         selectors = [C.FidSelector(fsname="fs1", fid=it.fid) for it in many]
@@ -995,10 +1053,10 @@ def test_a_cancel_too_large_for_one_raft_entry_is_refused_whole(coordinator_fact
 
 def test_agent_reports_too_large_for_one_raft_entry_are_split_not_refused(
         coordinator: Any, caplog: pytest.LogCaptureFixture) -> None:
-    """4,000 completions of 1,000 characters each (about 4 MB): applied in
-    several entries; it was UNKNOWN with a traceback."""
+    """4,000 completions of 1,000 characters each (about 4 MB), forwarded
+    by a replica: applied in several entries; it was UNKNOWN with a traceback."""
     done = [A.Done(action_id=i * 1000, attempt=1, errno=5, message="e" * 1000) for i in range(1, 4001)]
-    with grpc.insecure_channel(coordinator.address) as ch:
+    with coordinator.channel(REPLICA, "peer") as ch:
         agent_pb2_grpc.AgentServiceStub(ch).Report(A.ReportRequest(agent_id="m1", done=done), timeout=60)
     _no_error_logged(caplog)
 
@@ -1008,7 +1066,7 @@ def test_status_messages_never_echo_a_long_value_whole(coordinator: Any, what: s
     """A 300,000-character value echoed in the status message made it more
     metadata than a gRPC client reads: it saw RESOURCE_EXHAUSTED, not why."""
     long = "x" * 300_000
-    with grpc.insecure_channel(coordinator.address) as ch:
+    with coordinator.channel() as ch, coordinator.channel(AGENT, "m1") as agent:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         with pytest.raises(grpc.RpcError) as err:
             if what == "fsname":
@@ -1016,7 +1074,7 @@ def test_status_messages_never_echo_a_long_value_whole(coordinator: Any, what: s
             elif what == "control mode":
                 stub.Control(C.ControlRequest(mode=long))
             else:
-                list(agent_pb2_grpc.AgentServiceStub(ch).Work(iter([A.AgentMessage(hello=A.Hello(
+                list(agent_pb2_grpc.AgentServiceStub(agent).Work(iter([A.AgentMessage(hello=A.Hello(
                     agent_id="m1", cluster_id=long))]), timeout=10))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()[:200]
     assert len(err.value.details()) <= MAX_DETAILS
@@ -1024,7 +1082,7 @@ def test_status_messages_never_echo_a_long_value_whole(coordinator: Any, what: s
 
 def test_an_agents_error_text_cannot_flood_the_log(coordinator: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    with grpc.insecure_channel(coordinator.address) as ch:
+    with coordinator.channel(REPLICA, "peer") as ch:  # a replica forwarding m1's report
         agent_pb2_grpc.AgentServiceStub(ch).Report(A.ReportRequest(agent_id="m1", done=[
             A.Done(action_id=1000, attempt=1, errno=5, message="\x00" * 300_000)]), timeout=10)
     lines = [r.getMessage() for r in caplog.records if "ended on m1" in r.getMessage()]
@@ -1035,7 +1093,7 @@ def test_an_agents_archive_ids_are_bounded_and_cannot_flood_the_log(coordinator:
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """A hello with 10,001 archive ids was taken, and logged whole (a 20 KB line)."""
     caplog.set_level(logging.INFO)
-    with grpc.insecure_channel(coordinator.address) as ch:
+    with coordinator.channel(AGENT, "m1") as ch:
         stub = agent_pb2_grpc.AgentServiceStub(ch)
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Work(iter([A.AgentMessage(hello=A.Hello(agent_id="m1", archive_ids=[7] * 10_001))]),
@@ -1052,7 +1110,7 @@ def test_adding_a_replica_that_is_already_a_member_changes_nothing(coordinator: 
     """Adding the leader itself was UNAVAILABLE (clients retry that) with
     "already a member": it is done already, like any retried addition."""
     me = coordinator.node.me.raft_addr(0)
-    with grpc.insecure_channel(coordinator.address) as ch:
+    with coordinator.channel() as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         assert list(stub.ChangeMembership(C.ChangeMembershipRequest(add=True, raft=me), timeout=10).shards) == [0]
     assert coordinator.call(lambda: coordinator.node.shards[0].peers) == []
@@ -1063,11 +1121,11 @@ def test_drain_of_an_unknown_agent_names_at_most_ten_connected_ones(coordinator:
     mover nodes, more than a client reads."""
     from tests.test_node import FakeAgentStream
 
-    agents = [FakeAgentStream(coordinator.address, f"mover-{i:02d}") for i in range(12)]
+    agents = [FakeAgentStream(coordinator, f"mover-{i:02d}") for i in range(12)]
     try:
         for a in agents:
             a.expect("welcome")
-        with grpc.insecure_channel(coordinator.address) as ch:
+        with coordinator.channel() as ch:
             with pytest.raises(grpc.RpcError) as err:
                 coordinator_pb2_grpc.CoordinatorStub(ch).DrainAgent(C.DrainAgentRequest(agent_id="nope", drain=True))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -1086,7 +1144,7 @@ def test_drain_of_an_unknown_agent_names_at_most_ten_connected_ones(coordinator:
 ], ids=["cancel-reason", "lease-name", "control-mode", "submit-fsnames", "shards"])
 def test_audit_lines_are_bounded(coordinator: Any, caplog: pytest.LogCaptureFixture, call: Any) -> None:
     caplog.set_level(logging.INFO, logger="hsm.audit")
-    with grpc.insecure_channel(coordinator.address) as ch:
+    with coordinator.channel() as ch:
         try:
             call(coordinator_pb2_grpc.CoordinatorStub(ch))
         except grpc.RpcError:

@@ -273,10 +273,11 @@ def test_action_is_byte_identical_to_the_simfs_view(mount: Mount, files: list[st
     """The same file with an archive waiting at the coordinator (simfs view)
     and at the MDT (Lustre view) reads the same; NOOP the same."""
     addr = str(coordinator.address)
-    assert hsmctl(capsys, "--coordinators", addr, "archive", "mnt/d/new") == (0, "", "")
+    tls = coordinator.args()  # the admin's certificate
+    assert hsmctl(capsys, "--coordinators", addr, *tls, "archive", "mnt/d/new") == (0, "", "")
     assert lhsmctl(capsys, "archive", "mnt/d/new") == (0, "", "")
     paths = ["mnt/d/new", "mnt/d/arch"]
-    rc, simfs_out, err = hsmctl(capsys, "--coordinators", addr, "action", *paths)
+    rc, simfs_out, err = hsmctl(capsys, "--coordinators", addr, *tls, "action", *paths)
     assert (rc, err) == (0, "")
     assert simfs_out == "mnt/d/new: ARCHIVE waiting (from 0 to EOF)\nmnt/d/arch: NOOP\n"
     assert lhsmctl(capsys, "action", *paths) == (0, simfs_out, "")

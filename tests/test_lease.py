@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coordinator.roles import BRIDGE
 from coordinator.state import Lease, LeaseReply, ShardConfig, ShardState
 from hsm.client import CoordinatorClient, InvalidArgument
 from tests.cluster import ProcCluster
@@ -95,7 +96,7 @@ def test_no_two_holders_ever_overlap(steps: list[tuple[float, str, int]]) -> Non
 
 
 def test_the_lease_rpc_on_a_real_coordinator(coordinator: Any) -> None:
-    with CoordinatorClient(coordinator.address) as client:
+    with coordinator.client(BRIDGE, "mdt-bridge") as client:  # what an hsm-bridge presents
         got = client.lease("bridge:lustre", "host1:10", 15)
         assert (got.granted, got.holder, got.remaining_ms) == (True, "host1:10", 15000)
         other = client.lease("bridge:lustre", "host2:20", 15)

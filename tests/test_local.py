@@ -86,6 +86,7 @@ def test_a_replica_of_another_cluster_is_not_taken_for_ours(tmp_path: Path, coor
     system = LocalSystem(dir=tmp_path, replicas=1, agents=0, port=0)
     system.replica_specs = [ReplicaSpec("test", other.address, "127.0.0.1:1")]
     system.cluster_id = "ours"
+    system.client_tls = other.tls()  # what setup() takes from the system's own CA
 
     async def ready() -> None:
         system.coordinators["test"] = await asyncio.create_subprocess_exec("sleep", "60")

@@ -30,8 +30,8 @@ def test_a_change_needs_a_reachable_majority_of_the_new_group() -> None:
     assert membership_problem(three, {"a:1", "b:1"}, "b:1", add=False) is not None
 
 
-def change(address: str, raft: str, add: bool = True, force: bool = False) -> C.ChangeMembershipResponse:
-    with grpc.insecure_channel(address) as ch:
+def change(coordinator: Any, raft: str, add: bool = True, force: bool = False) -> C.ChangeMembershipResponse:
+    with coordinator.channel() as ch:  # the admin's certificate
         return coordinator_pb2_grpc.CoordinatorStub(ch).ChangeMembership(
             C.ChangeMembershipRequest(add=add, raft=raft, force=force), timeout=30)
 
@@ -50,7 +50,7 @@ def peers(coordinator: Any) -> list[list[str]]:
 def test_a_malformed_address_is_refused_and_changes_nothing(coordinator: Any, raft: str, words: str) -> None:
     before = peers(coordinator)
     with pytest.raises(grpc.RpcError) as err:
-        change(coordinator.address, raft)
+        change(coordinator, raft)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert words in err.value.details()
     assert peers(coordinator) == before
@@ -64,11 +64,11 @@ def test_adding_a_member_that_does_not_answer_to_a_group_that_needs_it_is_refuse
     before = peers(coordinator)
     bogus = f"127.0.0.1:{free_ports(len(before))}"  # nothing listens there
     with pytest.raises(grpc.RpcError) as err:
-        change(coordinator.address, bogus)
+        change(coordinator, bogus)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "2 members with 1 reachable" in err.value.details() and "--force" in err.value.details()
     assert peers(coordinator) == before
     with pytest.raises(grpc.RpcError) as err:
-        change(coordinator.address, bogus, force=True)
+        change(coordinator, bogus, force=True)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert f"add {bogus}: not confirmed" in err.value.details()

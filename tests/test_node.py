@@ -1,7 +1,9 @@
-"""The coordinator's gRPC API over real gRPC on loopback: validation, dedup,
-cancel routing on agent streams, watch, listing, health. Agent streams here
-are driven message by message from the test (the protocol itself); real
-agentd processes are exercised in the end-to-end tests."""
+"""The coordinator's gRPC API over real gRPC on loopback, with mutual TLS
+(conftest's ``tls_ca``: the admin's certificate for the API, an agent's own
+for its Work stream): validation, dedup, cancel routing on agent streams,
+watch, listing, health. Agent streams here are driven message by message
+from the test (the protocol itself); real agentd processes are exercised in
+the end-to-end tests."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from coordinator.roles import AGENT, REPLICA
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2_grpc
 from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import types_pb2 as T
@@ -34,17 +37,18 @@ def item(n: int, kind: int = T.ARCHIVE, **kw: Any) -> C.SubmitItem:
 
 @pytest.fixture
 def stub(coordinator: Any) -> Iterator[coordinator_pb2_grpc.CoordinatorStub]:
-    with grpc.insecure_channel(coordinator.address) as ch:
+    with coordinator.channel() as ch:
         yield coordinator_pb2_grpc.CoordinatorStub(ch)
 
 
 class FakeAgentStream:
-    """A Work stream driven by the test: send AgentMessages, read what the
-    coordinator sends back."""
+    """A Work stream to the coordinator *rc* (a conftest ``RunningCoordinator``)
+    driven by the test, presenting agent *agent_id*'s certificate: send
+    AgentMessages, read what the coordinator sends back."""
 
-    def __init__(self, address: str, agent_id: str, slots: tuple[int, int, int] = (0, 0, 0),
+    def __init__(self, rc: Any, agent_id: str, slots: tuple[int, int, int] = (0, 0, 0),
                  running: list[agent_pb2.RunningAction] | None = None) -> None:
-        self.channel = grpc.insecure_channel(address)
+        self.channel = rc.channel(AGENT, agent_id)
         self.outbox: queue.Queue[agent_pb2.AgentMessage | None] = queue.Queue()
         self.inbox: queue.Queue[agent_pb2.CoordinatorMessage] = queue.Queue()
         hello = agent_pb2.Hello(agent_id=agent_id, host="h", slots=C.Slots(archive=slots[0], restore=slots[1], remove=slots[2]),
@@ -96,7 +100,7 @@ def agents(coordinator: Any) -> Iterator[Any]:
     made: list[FakeAgentStream] = []
 
     def make(agent_id: str, slots: tuple[int, int, int] = (1, 1, 1)) -> FakeAgentStream:
-        a = FakeAgentStream(coordinator.address, agent_id, slots)
+        a = FakeAgentStream(coordinator, agent_id, slots)
         a.expect("welcome")
         made.append(a)
         return a
@@ -228,7 +232,7 @@ def test_cancel_waiting_by_fid_and_all(stub: Any) -> None:
 
 def test_duplicate_agent_id_is_refused(coordinator: Any, agents: Any) -> None:
     agents("same")
-    dup = FakeAgentStream(coordinator.address, "same")
+    dup = FakeAgentStream(coordinator, "same")
     deadline = time.monotonic() + 5
     while dup.error is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -238,15 +242,15 @@ def test_duplicate_agent_id_is_refused(coordinator: Any, agents: Any) -> None:
 
 def test_disconnected_agent_actions_requeued_after_grace(coordinator_factory: Any) -> None:
     rc = coordinator_factory(agent_grace=0.5)
-    with grpc.insecure_channel(rc.address) as ch:
+    with rc.channel() as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         [res] = stub.Submit(C.SubmitRequest(items=[item(1)])).results
-        a = FakeAgentStream(rc.address, "flaky", (1, 0, 0))
+        a = FakeAgentStream(rc, "flaky", (1, 0, 0))
         a.expect("welcome")
         a.ready(archive=1)
         a.expect("assign")
         a.close()
-        b = FakeAgentStream(rc.address, "steady", (1, 0, 0))
+        b = FakeAgentStream(rc, "steady", (1, 0, 0))
         b.expect("welcome")
         b.ready(archive=1)
         [asg] = b.expect("assign", timeout=10)
@@ -277,7 +281,7 @@ def test_reconnect_reconcile_keeps_running_and_stops_unknown(coordinator: Any, s
         agent_pb2.RunningAction(action_id=got[0].action_id, attempt=1),
         agent_pb2.RunningAction(action_id=999000, attempt=1),
     ]
-    b = FakeAgentStream(coordinator.address, "mover", running=running)
+    b = FakeAgentStream(coordinator, "mover", running=running)
     orders = {o.action_id: o for o in b.expect("cancel", 2)}
     assert set(orders) == {999000, got[1].action_id}, "the stranger is stopped, the lost one confirmed"
     kept = stub.GetAction(C.GetActionRequest(action_id=got[0].action_id))
@@ -321,7 +325,7 @@ def test_get_unknown_action_is_not_found(stub: Any) -> None:
 
 
 def test_health_serving(coordinator: Any) -> None:
-    with grpc.insecure_channel(coordinator.address) as ch:
+    with coordinator.channel() as ch:
         h = health_pb2_grpc.HealthStub(ch)
         assert h.Check(health_pb2.HealthCheckRequest(service="hsm.v1.Coordinator")).status == \
             health_pb2.HealthCheckResponse.SERVING
@@ -384,8 +388,10 @@ def test_the_replica_is_composed_in_one_place_without_an_import_loop() -> None:
 def test_undecodable_requests_are_invalid_argument_change_nothing_and_cannot_flood_the_log(
         coordinator: Any, stub: Any, caplog: pytest.LogCaptureFixture) -> None:
     """Every method of both services, sent bytes that are not its request
-    message: INVALID_ARGUMENT naming the method, nothing changes, no ERROR
-    and no traceback in the log, one WARNING for this peer."""
+    message by a caller the method admits (the admin; the Work stream, whose
+    caller is checked before its first message is read, an agent): INVALID_ARGUMENT
+    naming the method, nothing changes, no ERROR and no traceback in the log,
+    one WARNING for this peer (host)."""
     import logging
 
     from hsm.v1 import agent_pb2 as A
@@ -397,8 +403,9 @@ def test_undecodable_requests_are_invalid_argument_change_nothing_and_cannot_flo
                for m in svc.methods]
     assert len(methods) >= 10
     caplog.set_level(logging.INFO)
-    with grpc.insecure_channel(coordinator.address) as ch:
+    with coordinator.channel() as admin, coordinator.channel(AGENT, "m1") as agent:
         for path, client_streaming, server_streaming in methods:
+            ch = agent if path == "/hsm.v1.AgentService/Work" else admin
             if client_streaming:
                 call = ch.stream_stream(path) if server_streaming else ch.stream_unary(path)
                 request: Any = iter([garbage])
@@ -457,21 +464,28 @@ def test_ids_and_names_with_control_characters_or_too_long_are_refused_and_chang
 
 @pytest.mark.parametrize("agent_id, words", [(FORGED, "U+0000"), ("", "empty"), ("x" * 129, "at most 128"),
                                              ("tab\tid", "U+0009")])
-def test_an_agent_id_with_control_characters_cannot_open_a_session(coordinator: Any, stub: Any, agent_id: str,
-                                                                   words: str) -> None:
-    a = FakeAgentStream(coordinator.address, agent_id, (1, 1, 1))
+def test_an_agent_id_with_control_characters_cannot_open_a_session_in_insecure_mode(
+        coordinator_factory: Any, agent_id: str, words: str) -> None:
+    """In insecure mode (plain text, nobody checked) the hello's agent id is
+    all the replica has: it is checked itself. (With TLS the id must be the
+    certificate's name, which ``hsm-coordinator certs`` never issues with
+    such characters, test_tls_roles.)"""
+    rc = coordinator_factory(insecure=True)
+    a = FakeAgentStream(rc, agent_id, (1, 1, 1))
     try:
         a.thread.join(5)
         assert a.error is not None and a.error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert words in a.error.details()
-        assert not stub.Status(C.StatusRequest()).agents
+        with rc.channel() as ch:
+            assert not coordinator_pb2_grpc.CoordinatorStub(ch).Status(C.StatusRequest()).agents
     finally:
         a.close()
 
 
 def test_only_the_agent_holding_an_action_can_report_on_it(coordinator: Any, stub: Any, agents: Any) -> None:
     """Another agent's completion or progress for an action, on its own
-    stream or through the Report RPC, changes nothing; the holder's does."""
+    stream or through the Report RPC (which only replicas may call: a
+    replica forwarding evil's report), changes nothing; the holder's does."""
     [res] = stub.Submit(C.SubmitRequest(items=[item(1)])).results
     good = agents("good")
     good.ready(archive=1)
@@ -479,7 +493,7 @@ def test_only_the_agent_holding_an_action_can_report_on_it(coordinator: Any, stu
     evil = agents("evil")
     evil.send(progress=[agent_pb2.Progress(action_id=asg.action_id, attempt=1, bytes_done=99, bytes_total=99)],
               done=[agent_pb2.Done(action_id=asg.action_id, attempt=1, errno=0, bytes_done=99)])
-    with grpc.insecure_channel(coordinator.address) as ch:
+    with coordinator.channel(REPLICA, "peer") as ch:
         agent_pb2_grpc.AgentServiceStub(ch).Report(agent_pb2.ReportRequest(
             agent_id="evil", done=[agent_pb2.Done(action_id=asg.action_id, attempt=1, errno=0)]))
     # the stream's report was applied once the replica acknowledges it

@@ -4,8 +4,9 @@ be rotated replica by replica without losing a quorum; and the warning of a
 replica whose Raft traffic is authenticated only (``raft: {encrypt:
 false}``).
 
-The rotation runs on real replica processes (``hsm-coordinator run``), each
-with its own password file as on separate hosts: commits keep working and
+The rotation runs on real replica processes (``hsm-coordinator run``, mutual
+TLS as ``init`` sets it up), each with its own password file as on separate
+hosts: commits keep working and
 every replica keeps up at every step of docs/cluster-config.md's
 procedure, and at the end a replica that knows only the old password is
 refused by the others and changes nothing."""
@@ -34,7 +35,7 @@ from coordinator.raft.encryptor import MAX_PASSWORDS, make_sealer
 from hsm.client import CoordinatorClient, CoordinatorError, submit_item
 from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import coordinator_pb2_grpc
-from tests.cluster import until
+from tests.cluster import Pki, until
 from tests.conftest import FAST_RAFT
 
 OLD = "old-" + "o" * 20
@@ -155,7 +156,10 @@ class Replicas:
         tuning = {"election_min": 0.4, "election_max": 0.8, "leader_fallback": 1.5, "connection_timeout": 1.0,
                   "connection_retry": 0.2, "rebalance_interval": 1.0}
         shared, _ = cfgmod.init_cluster(tmp / "etc", "rot", shards, self.specs, data_dir=str(tmp / "data"),
-                                        extra={"raft": tuning, "propose_timeout": 3.0}, tls=False)
+                                        extra={"raft": tuning, "propose_timeout": 3.0}, tls=True)
+        #: the cluster's CA and certificates (a replica's each, the admin's for the test)
+        self.pki = Pki(tmp / "etc" / "tls")
+        self.admin = self.pki.files(cfgmod.ADMIN_CERT)
         doc = yaml.safe_load(shared.read_text())
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         for s in self.specs:
@@ -206,7 +210,7 @@ class Replicas:
         if p is not None and p.poll() is not None:
             raise AssertionError(f"replica {rid} exited with {p.returncode}: {self.log(rid)[-3000:]}")
         try:
-            with grpc.insecure_channel(self.api(rid)) as ch:
+            with grpc.secure_channel(self.api(rid), self.pki.credentials()) as ch:
                 stub = coordinator_pb2_grpc.CoordinatorStub(ch)
                 st = stub.Status(C.StatusRequest(digest=True), timeout=10)
                 info = stub.ClusterInfo(C.ClusterInfoRequest(), timeout=10)
@@ -235,7 +239,8 @@ def test_a_rolling_password_rotation_keeps_a_quorum_and_locks_the_old_password_o
         deadline = time.monotonic() + 30
         while True:  # leadership moves back to a restarted replica (its preferred
             try:     # shards): a retry with the same keys is answered, never doubled
-                with CoordinatorClient([rs.api(r) for r in rs.procs], timeout=30, retry_unavailable=30) as client:
+                with CoordinatorClient([rs.api(r) for r in rs.procs], timeout=30, retry_unavailable=30,
+                                       tls=rs.admin) as client:
                     results = client.submit(items)
                 break
             except (grpc.RpcError, CoordinatorError) as exc:
@@ -298,7 +303,7 @@ def test_a_rolling_password_rotation_keeps_a_quorum_and_locks_the_old_password_o
         rs.stop("r3")
         rs.start("r3")
         until(lambda: rs.converged(ids), 60, "r3 to catch up with the new password")
-        with CoordinatorClient([rs.api("r3")], timeout=30) as client:
+        with CoordinatorClient([rs.api("r3")], timeout=30, tls=rs.admin) as client:
             listed = {a.action_id for a in client.list_actions()}
         assert set(committed) <= listed
     finally:
