@@ -9,7 +9,7 @@ NATIVE := $(VENV)/.native
 NATIVE_SRC := hsm/fid.py hsm/hsmflags.py hsm/wire.py coordinator/state.py coordinator/scheduler.py \
               coordinator/agents.py agentd/lease.py agentd/core.py
 
-.PHONY: demo test test-quick test-slow test-pure lint proto venv clean bench bench-full bench-profile
+.PHONY: demo test test-quick test-slow test-pure lint proto venv clean bench bench-full bench-profile nemesis
 
 venv: $(NATIVE)
 
@@ -63,6 +63,14 @@ bench-full: $(BENCH_STAMP)
 
 bench-profile: $(BENCH_STAMP)
 	$(PY) -m bench profile
+
+# Jepsen-style fault testing (tests/nemesis, issue 14): CYCLES faults drawn
+# with SEED (default: a random seed, printed), checked after each; the
+# report is also copied to bench/results/nemesis-latest.{md,json}. Needs root.
+CYCLES ?= 10
+SEED ?=
+nemesis: $(NATIVE)
+	$(PY) -m tests.nemesis --cycles $(CYCLES) $(if $(SEED),--seed $(SEED)) --report bench/results/nemesis-latest.md
 
 lint: $(NATIVE)
 	$(VENV)/bin/ruff check .

@@ -31,14 +31,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +49,7 @@ from hsm.fid import Fid
 from hsm.simfs import SimFS
 from tests.cluster import Pki
 from tests.cluster import until as cluster_until
+from tests.nemesis.history import Event, Run, overlaps, read_agent_log
 from tests.netns import Host, Network, unavailable
 
 pytestmark = pytest.mark.slow
@@ -108,91 +106,6 @@ LEASELESS = os.environ.get("HSM_NETNS_LEASELESS_AGENTS", "") not in ("", "0")
 
 #: the checks here run subprocesses in the client's namespace: poll gently
 until = functools.partial(cluster_until, interval=0.25)
-
-
-# ---------------------------------------------------------------------------
-# the runs, from the agents' logs
-
-_LINE = re.compile(
-    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<level>\w+) (?P<logger>\S+): (?P<msg>.*)$")
-_RUN = re.compile(
-    r"^action (?P<id>\d+)/(?P<att>\d+) \S+ \S+ (?P<what>started|succeeded|ended with errno (?P<errno>\d+) "
-    r"\((?P<why>.*)\)(, retry)?: \d+ bytes)")
-_ACTION = re.compile(r"^action (\d+)/(\d+)\b")
-
-
-def _when(ts: str) -> float:
-    return datetime.strptime(ts, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-
-
-@dataclass
-class Run:
-    """One mover run: an attempt of an action on an agent."""
-
-    agent: str
-    action_id: int
-    attempt: int
-    start: float
-    end: float | None = None  # None: still running when the logs were read
-    outcome: str = "running"
-
-    def until(self, now: float) -> float:
-        return self.end if self.end is not None else now
-
-
-@dataclass
-class Event:
-    when: float
-    agent: str
-    text: str
-
-
-def read_agent_log(agent: str, path: Path, ids: set[int]) -> tuple[list[Run], list[Event]]:
-    """The runs of *ids* in an agent's log, and the lines worth a timeline:
-    every line about those actions, and the agent's warnings and errors."""
-    runs: dict[tuple[int, int], Run] = {}
-    events: list[Event] = []
-    if not path.exists():
-        return [], []
-    for line in path.read_text(errors="replace").splitlines():
-        m = _LINE.match(line)
-        if not m:
-            continue
-        when, msg = _when(m["ts"]), m["msg"]
-        about = _ACTION.match(msg)
-        chatter = m["logger"] != "agentd.daemon" and m["level"] == "INFO" and (": archiving " in msg
-                                                                               or ": archive done" in msg)
-        if about and int(about[1]) in ids and not chatter or m["level"] in ("WARNING", "ERROR"):
-            events.append(Event(when, agent, msg if len(msg) < 220 else msg[:217] + "..."))
-        r = _RUN.match(msg)
-        if not r or int(r["id"]) not in ids:
-            continue
-        key = (int(r["id"]), int(r["att"]))
-        if r["what"] == "started":
-            runs[key] = Run(agent, key[0], key[1], when)
-        elif key in runs:
-            run = runs[key]
-            run.end = when
-            run.outcome = "succeeded" if r["what"] == "succeeded" else f"errno {r['errno']} ({r['why']})"
-    return list(runs.values()), events
-
-
-def overlaps(runs: list[Run], now: float) -> list[str]:
-    """Pairs of runs of one action (any agents, any attempts) whose
-    [start, end] intervals intersect; a run still going ends at *now*."""
-    bad = []
-    by_action: dict[int, list[Run]] = {}
-    for r in runs:
-        by_action.setdefault(r.action_id, []).append(r)
-    for action_id, rs in sorted(by_action.items()):
-        rs.sort(key=lambda r: r.start)
-        for i, r1 in enumerate(rs):
-            for r2 in rs[i + 1:]:
-                both = min(r1.until(now), r2.until(now)) - r2.start
-                if both > 0:
-                    bad.append(f"action {action_id}: attempt {r1.attempt} on {r1.agent} and attempt {r2.attempt} "
-                               f"on {r2.agent} ran together for {both:.1f} s")
-    return bad
 
 
 # ---------------------------------------------------------------------------
