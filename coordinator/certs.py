@@ -38,8 +38,9 @@ CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 CA_DAYS = 3650
 CERT_DAYS = 825
-#: a certificate's CN: the identity it proves
-MAX_IDENTITY = 128
+#: a certificate's CN: the identity it proves (X.509 bounds a common name
+#: to 64 characters, RFC 5280 ub-common-name)
+MAX_IDENTITY = 64
 
 
 class CertError(Exception):

@@ -127,3 +127,12 @@ def test_mutual_tls_refuses_a_client_without_a_valid_certificate_of_the_ca(
         check(address, pki, ca, name)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert not seen  # no call reached the service
+
+
+def test_a_name_longer_than_a_common_name_may_be_is_a_clear_error(tmp_path: Path) -> None:
+    """X.509 allows 64 characters in a common name: 65 used to end in a raw
+    ValueError from the x509 library (a traceback from certs issue)."""
+    certs.init_ca(tmp_path)
+    certs.issue(tmp_path, "a" * 64, "agent")
+    with pytest.raises(certs.CertError, match="64"):
+        certs.issue(tmp_path, "b" * 65, "agent")

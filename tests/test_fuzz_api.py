@@ -442,7 +442,7 @@ class Fuzzed:
         if agent_id not in self._agents:
             try:
                 self.rc.tls(AGENT, agent_id)
-            except (CertError, ValueError):  # ValueError: a name of 65-128 characters (x509 CNs have 64 at most)
+            except CertError:  # e.g. a name of 65-128 characters: an agent id, not a certificate's CN (64 at most)
                 return self.agent_channel()
             self._agents[agent_id] = self.rc.channel(AGENT, agent_id, options=UNLIMITED)
         return self._agents[agent_id]
