@@ -61,28 +61,28 @@ class Fault:
         return min(r for r, n in counts.items() if n == best)
 
 
-class Kill9Replica(Fault):
+class _Kill9(Fault):
+    """SIGKILL a process drawn from *pool*; started again at the heal."""
+
+    pool: tuple[str, ...] = ()
+
+    def apply(self) -> None:
+        self.target = self.rng.choice(self.pool)
+        self.rig.kill(self.target)
+        self.detail = f"SIGKILL {self.target}; restarted at the heal"
+
+    def heal(self) -> None:
+        self.rig.start(self.target)
+
+
+class Kill9Replica(_Kill9):
     kind = "kill9_replica"
-
-    def apply(self) -> None:
-        self.target = self.rng.choice(REPLICAS)
-        self.rig.kill(self.target)
-        self.detail = f"SIGKILL {self.target}; restarted at the heal"
-
-    def heal(self) -> None:
-        self.rig.start(self.target)
+    pool = REPLICAS
 
 
-class Kill9Agent(Fault):
+class Kill9Agent(_Kill9):
     kind = "kill9_agent"
-
-    def apply(self) -> None:
-        self.target = self.rng.choice(AGENTS)
-        self.rig.kill(self.target)
-        self.detail = f"SIGKILL {self.target}; restarted at the heal"
-
-    def heal(self) -> None:
-        self.rig.start(self.target)
+    pool = AGENTS
 
 
 class PauseReplica(Fault):
