@@ -379,9 +379,11 @@ class _Session:
         cfg = self.agent.config
         failures = 0
         last_warning = -math.inf
+        last_kind = ""  # the kind of failure last logged: a new kind is logged at once
         while not self.closing:
             welcomed_before = False
             wrong_cluster = False
+            kind = "closed"
             self._closing_evt.clear()
             try:
                 welcomed_before = await self._connect_once()
@@ -389,15 +391,19 @@ class _Session:
             except _StreamEnded as exc:
                 reason = str(exc)
                 wrong_cluster = isinstance(exc, _WrongCluster)
+                kind = "wrong cluster" if wrong_cluster else "ended"
             except grpc.aio.AioRpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
+                kind = exc.code().name
             except TimeoutError:
                 reason = f"no Welcome within {WELCOME_TIMEOUT:g} s"
+                kind = "timeout"
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # never let one bad message kill the agent
                 log.exception("stream to %s failed unexpectedly", self.address)
                 reason = f"{type(exc).__name__}: {exc}"
+                kind = type(exc).__name__
             finally:
                 self._lost()
             if self.closing:
@@ -406,16 +412,19 @@ class _Session:
                 failures = 0
             delay = backoff_delay(failures, cfg.reconnect_min_delay, cfg.reconnect_max_delay)
             now = time.monotonic()
-            if wrong_cluster and (failures == 0 or now - last_warning >= 60.0):
+            # a repeated failure is logged once a minute; a new kind of one
+            # at once (a refusal after a first "connection refused" too)
+            news = failures == 0 or kind != last_kind or now - last_warning >= 60.0
+            if wrong_cluster and news:
                 log.error("refusing coordinator %s: %s; trying again in %.1f s", self.address, reason, delay)
-                last_warning = now
-            elif welcomed_before or failures == 0 or now - last_warning >= 60.0:
+                last_warning, last_kind = now, kind
+            elif welcomed_before or news:
                 log.warning(
                     "stream to coordinator %s lost (%s); %d running action(s) continue; "
                     "reconnecting in %.1f s",
                     self.address, reason, len(self.core.runs), delay,
                 )
-                last_warning = now
+                last_warning, last_kind = now, kind
             else:
                 log.debug("coordinator %s still unreachable (%s); retry in %.1f s", self.address, reason, delay)
             failures += 1

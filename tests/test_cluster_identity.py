@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentd.config import load_config
+from coordinator.cluster import free_ports
 from hsm.client import (
     CLUSTER_METADATA_KEY,
     REPLICA_METADATA_KEY,
@@ -104,6 +105,27 @@ def test_an_agent_of_another_cluster_is_refused_and_says_why(
             assert not registered(client, "wrong")
         with running_agent(agent_config(a, tree, agent_id="right", cluster_id=A_ID)):
             until(lambda: registered(client, "right"), 30, "the agent of this cluster registered")
+
+
+def test_the_refusal_is_logged_at_once_after_a_first_other_failure(
+    coordinator_factory: Any, tls_ca: Any, tree: Any, caplog: pytest.LogCaptureFixture,  # noqa: F811
+) -> None:
+    """The agent starts before its coordinator (first attempt: connection
+    refused, logged as a warning); the refusal that follows is a new kind
+    of failure and is logged at once, not a minute later (CI: the error
+    was held back by the earlier warning's once-a-minute limit)."""
+    port = free_ports(1)
+    caplog.set_level(logging.INFO, logger="agentd.daemon")
+    config = replace(agent_config(f"127.0.0.1:{port}", tree, agent_id="late", cluster_id=B_ID,
+                                  reconnect_min_delay=0.2, reconnect_max_delay=0.2),
+                     tls=tls_ca.agent("late"))
+    with running_agent(config):
+        until(lambda: "stream to coordinator" in caplog.text, 10, "the first attempt's warning")
+        coordinator_factory(cluster_id=A_ID, api_port=port)
+        until(lambda: "belongs to cluster cluster-a, not to cluster cluster-b" in caplog.text, 10,
+              "the agent's error about the other cluster")
+        refusals = [r for r in caplog.records if "refusing coordinator" in r.getMessage()]
+        assert [r.levelno for r in refusals[:1]] == [logging.ERROR]
 
 
 def test_an_agent_works_for_the_first_cluster_that_welcomes_it_only(
