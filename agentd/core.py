@@ -308,9 +308,10 @@ class AgentCore:
     # -- events: streams -------------------------------------------------------------
 
     def welcomed(self, stream: str, replica: str, heartbeat_interval: float, lease_seconds: float,
-                 acks_done: bool, now: float) -> list[Instruction]:
-        """The replica on *stream* welcomed us. The shell then hands the
-        Welcome's message to the message events and calls :meth:`rebalance`."""
+                 acks_done: bool, now: float, hello_sent: float | None = None) -> list[Instruction]:
+        """The replica on *stream* welcomed us (*hello_sent*: when our Hello
+        went out, default *now*). The shell then hands the Welcome's message
+        to the message events and calls :meth:`rebalance`."""
         s = self.streams[stream]
         s.welcomed = True
         s.welcomed_at = now
@@ -318,7 +319,7 @@ class AgentCore:
         s.heartbeat_interval = heartbeat_interval if heartbeat_interval > 0 else self.config.heartbeat_interval
         s.acks_done = acks_done
         s.last_sent = now
-        self.leases.welcomed(stream, lease_seconds, s.heartbeat_interval, now)
+        self.leases.welcomed(stream, lease_seconds, s.heartbeat_interval, now, hello_sent)
         self._log(
             logging.INFO,
             "connected to coordinator %s (replica %s, heartbeat %.1f s) as agent %s; "
@@ -666,7 +667,7 @@ class AgentCore:
                 cur.attempt = a.attempt
                 cur.stream = stream
                 self._out.append(Renumber(cur.run, a.attempt))
-                self.leases.assigned(a.action_id, now)
+                self.leases.assigned(a.action_id, stream, now)  # expired: check_leases stops it
                 cur.progress_dirty = True
                 cur.progress_sent_at = -math.inf
                 self._wake(stream)
@@ -684,8 +685,22 @@ class AgentCore:
         job = self._job_of(stream, a)
         if job is None:
             return
-        self.leases.assigned(a.action_id, now)
+        if not self.leases.assigned(a.action_id, stream, now):
+            self.leases.ended(a.action_id)
+            self._refuse_stale(stream, a, now)
+            return
         self._start(stream, job, now)
+
+    def _refuse_stale(self, stream: str, a: agent_pb2.Assignment, now: float) -> None:
+        """An assignment that arrived after the lease it came under ended
+        (it waited in the socket of a frozen agent, or a replica took that
+        long to send it): by now the action may run on another agent.
+        Given back unstarted; its credit is granted again."""
+        self._refuse(stream, a, _errno.ECANCELED,
+                     f"arrived after this agent's lease ended: {self.leases.unheard(stream, now):.1f} s after "
+                     f"its replica last heard from this agent, lease {self.leases.duration:.1f} s; it may run "
+                     "elsewhere; not started", True, handback=True)
+        self._rebalance(now)
 
     def _refuse_no_slot(self, stream: str, a: agent_pb2.Assignment) -> None:
         """An assignment beyond the credits with no free slot: given back, no attempt used."""
@@ -744,8 +759,10 @@ class AgentCore:
         job = self._job_of(stream, a)
         if job is None:
             return
+        if not self.leases.assigned(a.action_id, stream, now):
+            self._refuse_stale(stream, a, now)  # the attempt being cancelled keeps its own lease entry
+            return
         self.deferred[a.action_id] = (stream, job)
-        self.leases.assigned(a.action_id, now)
         self._log(logging.INFO, "action %d/%d %s %s: starts once attempt %d, being cancelled here, has stopped",
                   a.action_id, a.attempt, kind_name(job.kind), job.fid, cur.attempt)
 
@@ -817,6 +834,14 @@ class AgentCore:
                     message=f"agent {self.config.agent_id} stopped before the action started", retry=True,
                     handback=True,
                 ))
+            elif not self.leases.valid(djob.action_id, now):
+                # check_leases names it once; it may not have looked yet
+                self.leases.ended(djob.action_id)
+                self._log(logging.WARNING, "action %d/%d: not started: this agent's lease on it ended while "
+                          "attempt %d stopped", djob.action_id, djob.attempt, r.attempt)
+                self._queue_done(dstream, agent_pb2.Done(
+                    action_id=djob.action_id, attempt=djob.attempt, errno=_errno.ECANCELED, retry=True,
+                    handback=True, message=f"agent {self.config.agent_id} lost its lease before it started"))
             else:
                 self._start(dstream, djob, now)
 

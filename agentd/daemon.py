@@ -445,6 +445,7 @@ class _Session:
             self._call = call
             try:
                 hello = agent.make_hello(self)
+                hello_sent = time.monotonic()  # the Welcome confirms the replica heard us then or later
                 await call.write(agent_pb2.AgentMessage(hello=hello))
                 end = time.monotonic() + WELCOME_TIMEOUT
                 # who answers, before anything it says is acted on
@@ -465,7 +466,7 @@ class _Session:
                 w = first.welcome
                 agent.check_cluster(self.address, w.cluster_id, w.replica, pin=True)
                 agent._do(self.core.welcomed(self.address, w.replica, w.heartbeat_interval, w.lease_seconds,
-                                             w.acks_done, time.monotonic()))
+                                             w.acks_done, time.monotonic(), hello_sent))
                 agent.on_message(self, first)
                 agent.rebalance()
                 if self.closing:
@@ -542,6 +543,11 @@ class _Session:
     async def _write(self, call: grpc.aio.StreamStreamCall, msg: agent_pb2.AgentMessage) -> None:
         try:
             await call.write(msg)
+        except asyncio.InvalidStateError:
+            # the coordinator ended the call before this write (a frozen
+            # agent wakes to a stream its replica closed): say why, no traceback
+            self.core.write_failed(self.address)
+            await self._raise_status(call, "the coordinator ended the stream")
         except BaseException:
             self.core.write_failed(self.address)  # its completions go out on the next stream
             raise

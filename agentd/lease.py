@@ -15,9 +15,15 @@ Every ``token_every`` seconds the agent sends a token on each live stream
 (:meth:`Leases.token`), noting when it sent it on its own monotonic clock.
 A replica answers with the shards it leads (:meth:`Leases.granted`): every
 action of those shards is renewed *from the moment the token was sent*, so
-the answer's delay only shortens the lease. An action is also renewed when
-its assignment arrives (:meth:`Leases.assigned`: its leader just committed
-it). When an action's last renewal is older than ``duration``
+the answer's delay only shortens the lease. An assignment is renewed when
+it arrives (:meth:`Leases.assigned`), but not from its arrival: from the
+send time of the last message its stream's replica is known to have
+received (the Hello, confirmed by the Welcome, or the last token it
+answered). A replica gives an action away only ``agent_grace`` after it
+last heard from the agent, so that time is safe; the arrival is not: an
+assignment that waited in the socket of a frozen agent (SIGSTOP, a VM
+paused) while the action was given to another agent must not start when
+the agent wakes, and it finds its lease already over. When an action's last renewal is older than ``duration``
 (``Welcome.lease_seconds``: the coordinator sets it well inside its grace
 period, less the time a cut-off leader takes to step down),
 :meth:`Leases.expired` names it, once: the agent stops it and gives it
@@ -60,23 +66,31 @@ class Leases:
     _held: dict[int, _Held] = field(default_factory=dict)
     _tokens: dict[str, dict[int, float]] = field(default_factory=dict)
     _last_token: dict[str, float] = field(default_factory=dict)
+    #: per stream: the send time of the last message its replica is known
+    #: to have received (what an assignment on it is renewed from)
+    _confirmed: dict[str, float] = field(default_factory=dict)
     _next: int = 0
 
     # -- configuration --------------------------------------------------------
 
-    def welcomed(self, stream: str, lease_seconds: float, heartbeat: float, now: float) -> None:
+    def welcomed(self, stream: str, lease_seconds: float, heartbeat: float, now: float,
+                 hello_sent: float | None = None) -> None:
         """A stream was (re)welcomed: its replica's lease length (the
-        shortest any replica gave wins) and heartbeat. A token is due at once."""
+        shortest any replica gave wins) and heartbeat. A token is due at
+        once. *hello_sent*: when the Hello went out (default *now*); the
+        Welcome confirms the replica received it then or later."""
         if lease_seconds > 0:
             self.duration = lease_seconds if self.duration <= 0 else min(self.duration, lease_seconds)
         self.heartbeat = heartbeat if heartbeat > 0 else self.heartbeat
         self._tokens[stream] = {}
         self._last_token[stream] = -math.inf
+        self._confirmed[stream] = now if hello_sent is None else min(hello_sent, now)
 
     def lost(self, stream: str) -> None:
         """A stream went down: its unanswered tokens can renew nothing."""
         self._tokens.pop(stream, None)
         self._last_token.pop(stream, None)
+        self._confirmed.pop(stream, None)
 
     @property
     def token_every(self) -> float:
@@ -108,7 +122,11 @@ class Leases:
         """A replica confirmed *token* for *shards*: renew their actions from
         the token's send time. Returns how many actions were renewed."""
         sent = self._tokens.get(stream, {}).pop(token, None)
-        if sent is None or not shards:
+        if sent is None:
+            return 0
+        # any answer (even leading nothing) says the replica heard us after *sent*
+        self._confirmed[stream] = max(self._confirmed.get(stream, -math.inf), sent)
+        if not shards:
             return 0
         led = set(shards)
         n = 0
@@ -120,16 +138,25 @@ class Leases:
 
     # -- actions ----------------------------------------------------------------
 
-    def assigned(self, action_id: int, now: float) -> None:
-        """An assignment of *action_id* arrived (a new one, a newer attempt,
-        or one to run after the attempt being stopped here): its leader just
-        committed it, which renews it."""
+    def assigned(self, action_id: int, stream: str, now: float) -> bool:
+        """An assignment of *action_id* arrived on *stream* (a new one, a
+        newer attempt, or one to run after the attempt being stopped here):
+        renewed from the last time *stream*'s replica is known to have
+        heard from us, not from now. Returns whether its lease is valid now
+        (False: it waited too long on its way, and may already have been
+        given to another agent; do not start it)."""
+        basis = self._confirmed.get(stream, -math.inf)
         held = self._held.get(action_id)
         if held is None:
-            self._held[action_id] = _Held(action_id % SHARD_ID_MODULUS, now)
-        else:
-            held.renewed = max(held.renewed, now)
+            held = self._held[action_id] = _Held(action_id % SHARD_ID_MODULUS, basis)
+        elif basis > held.renewed:
+            held.renewed = basis
             held.expired = False
+        return self.valid(action_id, now)
+
+    def unheard(self, stream: str, now: float) -> float:
+        """Seconds since *stream*'s replica is known to have heard from us (inf: never)."""
+        return now - self._confirmed.get(stream, -math.inf)
 
     def ended(self, action_id: int) -> None:
         """Nothing of *action_id* runs or waits here any more."""

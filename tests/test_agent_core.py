@@ -444,11 +444,11 @@ def test_a_run_whose_lease_ends_is_stopped_and_given_back() -> None:
     msg = sh.core.collect("r1", 0.0)
     assert msg is not None and msg.lease_token
     sh.core.written("r1", 0.0)
-    sh.do(sh.core.assignment("r1", assignment(7), 1.0))
+    sh.do(sh.core.assignment("r1", assignment(7), 1.0))  # renewed from 0: the replica heard the Hello then
     run = sh.run_of(7)
-    sh.do(sh.core.lease_granted("r1", msg.lease_token, [7]))  # a token sent before: no renewal
-    assert sh.do(sh.core.check_leases(2.9)) == [] and sh.core.leases.valid(7, 2.9)
-    out = sh.do(sh.core.check_leases(3.0))
+    sh.do(sh.core.lease_granted("r1", msg.lease_token, [7]))  # the token sent at 0: nothing newer
+    assert sh.do(sh.core.check_leases(1.9)) == [] and sh.core.leases.valid(7, 1.9)
+    out = sh.do(sh.core.check_leases(2.0))
     assert CancelJob(run) in out and sh.said("no leader of shard 7 renewed this agent's lease")
     assert sh.do(sh.core.check_leases(4.0)) == [], "named once"
     sh.end(run, CANCELED, 3.1)
@@ -483,6 +483,53 @@ def test_a_deferred_attempt_whose_lease_ends_is_given_back_unstarted() -> None:
     assert d.message == "agent a1 lost its lease before it started"
     sh.end(old, CANCELED, 3.5)
     assert len(sh.started) == 1
+
+
+def test_an_assignment_that_waited_past_the_lease_in_a_frozen_agent_is_given_back_unstarted() -> None:
+    """Nemesis, pause_agent: the agent is frozen (SIGSTOP) with an
+    assignment in its socket; the replica gives the action to another
+    agent after its grace. On SIGCONT the assignment arrives: renewed from
+    when the replica last heard the agent (0), its lease is over; it is not
+    started, handed back (no attempt used) and its credit granted again."""
+    sh = shell()
+    welcome(sh, "r1", lease=2.0)  # the Hello went out at 0
+    before = granted(sh, "r1")
+    sh.do(sh.core.assignment("r1", assignment(7), 40.0))
+    assert sh.started == [] and 7 not in sh.core.runs
+    (d,) = sh.core.streams["r1"].pending_done
+    assert (d.action_id, d.attempt, d.errno, d.retry, d.handback) == (7, 1, E.ECANCELED, True, True)
+    assert d.message == ("arrived after this agent's lease ended: 40.0 s after its replica last heard from this "
+                         "agent, lease 2.0 s; it may run elsewhere; not started")
+    assert sh.said("action 7/1 ARCHIVE")
+    assert granted(sh, "r1") == before, "its credit granted again"
+    assert sh.core.leases.holding() == 0
+    check_credit_invariant(sh.core)
+
+
+def test_a_newer_attempt_that_arrives_late_is_not_queued_behind_the_one_being_stopped() -> None:
+    sh = shell()
+    welcome(sh, "r1", lease=2.0)
+    sh.do(sh.core.assignment("r1", assignment(7, 1), 0.5))
+    old = sh.run_of(7)
+    sh.do(sh.core.cancel("r1", cancel(7, 1), 1.0))
+    sh.do(sh.core.assignment("r1", assignment(7, 2), 30.0))  # waited in the socket
+    assert 7 not in sh.core.deferred
+    (d,) = sh.core.streams["r1"].pending_done
+    assert (d.action_id, d.attempt, d.errno, d.handback) == (7, 2, E.ECANCELED, True)
+    sh.end(old, CANCELED, 30.1)
+    assert len(sh.started) == 1, "attempt 2 never started here"
+    check_credit_invariant(sh.core)
+
+
+def test_an_assignment_renewed_by_a_fresh_answer_starts() -> None:
+    sh = shell()
+    welcome(sh, "r1", lease=2.0)
+    msg = sh.core.collect("r1", 39.5)
+    assert msg is not None and msg.lease_token
+    sh.core.written("r1", 39.5)
+    sh.do(sh.core.lease_granted("r1", msg.lease_token, []))  # the replica heard us at 39.5
+    sh.do(sh.core.assignment("r1", assignment(7), 40.0))
+    assert sh.run_of(7) and sh.core.leases.valid(7, 41.4) and not sh.core.leases.valid(7, 41.5)
 
 
 # --------------------------------------------------------------------------

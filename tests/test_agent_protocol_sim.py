@@ -58,7 +58,9 @@ What is simulated
   Hello (agent id in use), and die with a process: restarts of an agent
   (its transfers die with it; a fresh AgentCore reconnects) and of a
   replica (its book starts empty; the shard states survive, as Raft keeps
-  them; its leaderships move). Two rules aim at races: a leader change,
+  them; its leaderships move). An agent may also be frozen (SIGSTOP for 2
+  to 150 s): what is sent to it waits in its sockets, its movers, timers
+  and writers stand still, and all of it goes on at the thaw. Two rules aim at races: a leader change,
   or a stream reset, while a dispatcher round is proposed and not
   committed yet.
 * Time: production defaults and their ratios (heartbeat 5 s, agent_grace
@@ -77,7 +79,9 @@ Checked after every step: an agent never runs more than its slots, per
 kind, and agentd's credit invariant holds; an action never has two live
 transfers at once, across agents and within one (live: from the Start
 instruction until its mover returned, or its process died: a stricter
-count than "until the core stopped it"); ShardState.check_invariants()
+count than "until the core stopped it"; one exception, a transfer frozen
+with its agent whose lease is over: it stands still, or is being stopped,
+and can never publish); ShardState.check_invariants()
 after every apply; an attempt's success is applied at most once, and only
 for an attempt whose transfer succeeded; terminal states stay terminal.
 Every simulated second: an action a shard says an agent holds is known
@@ -438,7 +442,7 @@ class Sim:
             leader = self.replicas.get(s.leader or "")
             for agent, ids in s.state.by_agent.items():
                 a = self.agents[agent]
-                conn = a.conns.get(leader.name) if leader is not None and a.up else None
+                conn = a.conns.get(leader.name) if leader is not None and a.up and not a.frozen else None
                 link = self.links[agent, leader.name] if leader is not None else None
                 session = leader.book.sessions.get(agent) if leader is not None and leader.up else None
                 if (conn is None or link is None or link.cut or s.stale is not None or not conn.welcomed
@@ -466,11 +470,21 @@ class Sim:
             if key not in seen:
                 del self.orphans[key]
 
+    def zombie(self, agent: str, run: int, action_id: int) -> bool:
+        """A transfer of an agent frozen while it ran, whose lease on the
+        action is over: its mover stands still (or, thawed, is being
+        stopped) and can never publish (Agent.end checks the lease), so
+        another agent may run the action meanwhile."""
+        a = self.agents[agent]
+        t = a.transfers.get(run)
+        return t is not None and t.frozen and not a.core.leases.valid(action_id, self.now)
+
     def started(self, agent: str, run: int, action_id: int) -> None:
-        others = self.live.setdefault(action_id, [])
+        live = self.live.setdefault(action_id, [])
+        others = [o for o in live if not self.zombie(*o, action_id)]
         assert not others, (f"action {action_id} starts on {agent} (run {run}) while it runs on {others} at "
                             f"{self.now:.3f}\n{self.story()}")
-        others.append((agent, run))
+        live.append((agent, run))
 
     def stopped(self, agent: str, run: int, action_id: int) -> None:
         self.live[action_id].remove((agent, run))
@@ -509,6 +523,7 @@ class Conn:
         self.accepted = False
         self.refused = False
         self.welcomed = False  # the agent got its Welcome
+        self.hello_sent = 0.0  # when the agent sent its Hello
         self.session: SimSession | None = None
         self.queues: tuple[deque[tuple[float, Any]], deque[tuple[float, Any]]] = (deque(), deque())
         self.last = [0.0, 0.0]
@@ -1082,7 +1097,10 @@ CORE_EVENTS = (
     ("cancel after it ended", "agent: cancel after end"), ("cancel for an action not running", "agent: tombstone"),
     ("cancel ignored", "agent: cancel ignored"), ("cancel received", "agent: cancel"),
     ("not acknowledged within", "agent: completions resent"), ("go through", "agent: completions rerouted"),
+    ("lease ended while attempt", "agent: deferred, lease over"),
 )
+#: matched in the formatted text (the reason is an argument)
+CORE_TEXT_EVENTS = (("arrived after this agent's lease ended", "agent: late assignment given back"),)
 
 
 @dataclass
@@ -1096,6 +1114,7 @@ class Transfer:
     errno: int
     cancelled: bool = False
     token: int = 0
+    frozen: bool = False  # its agent was frozen (SIGSTOP) while it ran
 
 
 @dataclass
@@ -1116,6 +1135,8 @@ class Agent:
         self.mode = Mode()
         self.transfers: dict[int, Transfer] = {}
         self.conns: dict[str, Conn | None] = {}
+        self.frozen_until = -1.0
+        self.held: list[Callable[[], None]] = []  # what waits for the thaw, in arrival order
 
     def boot(self) -> None:
         """A new agentd process: a fresh core; a stream to every replica."""
@@ -1127,15 +1148,52 @@ class Agent:
         self.conns = {r: None for r in REPLICAS}
         self.failures = {r: 0 for r in REPLICAS}
         self._tokens = itertools.count(1)
+        self.frozen_until = -1.0
+        self.held = []
         alive = self.alive()
-        self.sim.every(LEASE_WATCH_EVERY, lambda: self.do(self.core.check_leases(self.sim.now)), alive)
-        self.sim.every(LEVEL_EVERY, self.leveler, alive)
+        self.sim.every(LEASE_WATCH_EVERY, lambda: None if self.frozen else self.do(self.core.check_leases(self.sim.now)),
+                       alive)
+        self.sim.every(LEVEL_EVERY, lambda: None if self.frozen else self.leveler(), alive)
         for r in REPLICAS:
             self.connect(r)
 
     def alive(self) -> Callable[[], bool]:
         inc = self.inc
         return lambda: self.up and self.inc == inc
+
+    # -- SIGSTOP / SIGCONT: the whole process (its movers too) stands still -----------
+
+    @property
+    def frozen(self) -> bool:
+        return self.up and self.sim.now < self.frozen_until
+
+    def freeze(self, secs: float) -> None:
+        """Nothing of this agent runs for *secs*: what arrives waits in its
+        sockets, its movers stand still, its timers fire late. Its
+        transfers count as frozen: another agent may start their actions
+        once their lease is over (see Sim.started)."""
+        self.sim.log("agent %s frozen for %.1f s (running %s)", self.name, secs, self.core.running_actions())
+        self.sim.seen["agent frozen"] += 1
+        self.frozen_until = self.sim.now + secs
+        for t in self.transfers.values():
+            t.frozen = True
+        alive = self.alive()
+        self.sim.at(self.frozen_until, lambda: self.thaw() if alive() else None)
+
+    def thaw(self) -> None:
+        if self.sim.now < self.frozen_until:
+            return
+        self.sim.log("agent %s thawed: %d event(s) waited", self.name, len(self.held))
+        held, self.held = self.held, []
+        for fn in held:
+            fn()
+
+    def unless_frozen(self, fn: Callable[[], None]) -> bool:
+        """Run later (at the thaw) when frozen: True then."""
+        if self.frozen:
+            self.held.append(fn)
+            return True
+        return False
 
     def crash(self) -> None:
         self.sim.log("agent %s crashes (running %s)", self.name, self.core.running_actions())
@@ -1169,6 +1227,10 @@ class Agent:
                     if pattern in ins.msg:
                         self.sim.seen[label] += 1
                         self.sim.log("%s: %s", self.name, ins.text)
+                if "refused" in ins.msg:
+                    for pattern, label in CORE_TEXT_EVENTS:
+                        if pattern in ins.text:
+                            self.sim.seen[label] += 1
 
     def start(self, ins: Start) -> None:
         job = ins.job
@@ -1187,6 +1249,8 @@ class Agent:
         self.sim.at(when, lambda: self.end(t, token) if alive() else None)
 
     def end(self, t: Transfer, token: int) -> None:
+        if self.unless_frozen(lambda: self.end(t, token)):
+            return
         if self.transfers.get(t.run) is not t or t.token != token:
             return
         del self.transfers[t.run]
@@ -1215,7 +1279,7 @@ class Agent:
     # -- streams (daemon._Session) ----------------------------------------------
 
     def connect(self, r: str) -> None:
-        if not self.up:
+        if not self.up or self.unless_frozen(lambda: self.connect(r)):
             return
         sim = self.sim
         conn = sim.connect(self, sim.replicas[r])
@@ -1226,9 +1290,12 @@ class Agent:
         for action_id, attempt in self.core.running_list():
             hello.running.add(action_id=action_id, attempt=attempt)
         sim.send(conn, UP, agent_pb2.AgentMessage(hello=hello))
+        conn.hello_sent = sim.now
         alive = self.alive()
 
         def welcome_timeout() -> None:
+            if alive() and self.unless_frozen(welcome_timeout):
+                return
             if alive() and conn.agent_open and not conn.welcomed:
                 self.close(conn, notify=True)
         sim.at(sim.now + WELCOME_TIMEOUT, welcome_timeout)
@@ -1255,6 +1322,8 @@ class Agent:
     def receive(self, conn: Conn, item: Any) -> None:
         if not self.up or conn.agent_inc != self.inc or not conn.agent_open:
             return
+        if self.unless_frozen(lambda: self.receive(conn, item)):
+            return
         if item is CLOSE:
             self.close(conn, notify=False)
             return
@@ -1267,7 +1336,7 @@ class Agent:
             w = msg.welcome
             conn.welcomed = True
             self.do(self.core.welcomed(r, w.replica, w.heartbeat_interval, w.lease_seconds, w.acks_done,
-                                       self.sim.now))
+                                       self.sim.now, conn.hello_sent))
         self.on_message(r, msg)
         self.do(self.core.rebalance(self.sim.now))
 
@@ -1289,6 +1358,8 @@ class Agent:
 
     def write_all(self) -> None:
         """The streams' writers (daemon._write_loop), woken at once."""
+        if self.frozen:
+            return
         for r, conn in self.conns.items():
             if conn is None or not conn.welcomed or not conn.agent_open:
                 continue
@@ -1446,6 +1517,16 @@ class ProtocolSim(RuleBasedStateMachine):
         self.sim.shards[shard].delay = delay
         self.pause(then)
 
+    @rule(agent=st.sampled_from(AGENTS), secs=st.sampled_from([2.0, 20.0, 70.0, 150.0]), then=PAUSE)
+    def freeze_agent(self, agent: str, secs: float, then: float) -> None:
+        """SIGSTOP, SIGCONT *secs* later: past the lease (28.5 s), past the
+        grace (60 s) after which its work goes to the other agent, while
+        what was sent to it waits in its sockets."""
+        a = self.sim.agents[agent]
+        if a.up and not a.frozen:
+            a.freeze(secs)
+        self.pause(then)
+
     @rule(agent=st.sampled_from(AGENTS), down=st.sampled_from([0.5, 4.0, 30.0]), then=PAUSE)
     def restart_agent(self, agent: str, down: float, then: float) -> None:
         a = self.sim.agents[agent]
@@ -1511,7 +1592,8 @@ class ProtocolSim(RuleBasedStateMachine):
                 held = sum(s.granted[k] for s in core.streams.values())
                 assert core.running_count[k] + deferred + held <= core.slots[k], f"{a.name}: kind {k} over-granted"
             assert sorted((t.action_id, t.attempt) for t in a.transfers.values()) == core.running_actions()
-        live = [(t.action_id, a.name) for a in sim.agents.values() if a.up for t in a.transfers.values()]
+        live = [(t.action_id, a.name) for a in sim.agents.values() if a.up for t in a.transfers.values()
+                if not sim.zombie(a.name, t.run, t.action_id)]
         assert len({i for i, _ in live}) == len(live), f"an action runs twice: {sorted(live)}\n{sim.story()}"
         for s in sim.shards:
             for i, action in s.state.actions.items():
@@ -1534,6 +1616,10 @@ class ProtocolSim(RuleBasedStateMachine):
     def settle(self) -> None:
         sim = self.sim
         for a in AGENTS:
+            agent = sim.agents[a]
+            if agent.frozen:
+                agent.frozen_until = sim.now
+                agent.thaw()
             for r in REPLICAS:
                 sim.heal(a, r)
                 sim.links[a, r].delay = 0.01
@@ -1570,7 +1656,7 @@ class ProtocolSim(RuleBasedStateMachine):
     def stable(self) -> bool:
         """Every process up, every shard led, every stream up at both ends."""
         sim = self.sim
-        if not all(r.up for r in sim.replicas.values()) or not all(a.up for a in sim.agents.values()):
+        if not all(r.up for r in sim.replicas.values()) or not all(a.up and not a.frozen for a in sim.agents.values()):
             return False
         if any(s.leader is None or s.stale is not None for s in sim.shards):
             return False

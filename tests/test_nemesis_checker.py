@@ -499,3 +499,15 @@ def test_history_of_a_divergence_shows_the_shards_digests_where_replicas_disagre
     assert "cycle 2 shard 0: r1 at 12 bbbb, r2 at 12 cccc, r3 at 12 bbbb" in text
     assert "cycle 1 shard 0" not in text
     assert "nemesis  cycle 2: fault split on r1" in text
+
+
+def test_snapshots_are_written_as_changes_and_read_back_whole(tmp_path: Path) -> None:
+    from tests.nemesis.runner import SnapshotFiles
+    a, b, c = row(1001, "STARTED"), row(2002, "WAITING"), row(3003, "SUCCEEDED")
+    listings = [[a, b], [{**a, "state": "SUCCEEDED"}, b, c], [c], [c]]
+    files = SnapshotFiles(tmp_path)
+    for n, actions in enumerate(listings, 1):
+        files.write(snap(n, actions, t=float(n)))
+    assert [s["actions"] for s in SnapshotFiles.read(tmp_path)] == listings
+    sizes = [len((tmp_path / f"{n}.json").read_text()) for n in (1, 2, 3, 4)]
+    assert sizes[3] < sizes[0], "an unchanged listing is not written again"

@@ -96,6 +96,39 @@ def unavailability(records: list[dict[str, Any]], start: float, end: float, shar
     return worst, worst_shard
 
 
+class SnapshotFiles:
+    """``snapshots/<cycle>.json``, each with only the action rows that
+    changed since the one before (``actions``) and the ids no longer
+    listed (``actions_gone``): every snapshot lists every action, so full
+    copies would grow with the square of the cycles (14 MB for 40)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._last: dict[int, Any] = {}
+
+    def write(self, snap: dict[str, Any]) -> None:
+        rows = {int(r["action_id"]): r for r in snap["actions"]}
+        changed = [r for aid, r in rows.items() if self._last.get(aid) != r]
+        gone = sorted(aid for aid in self._last if aid not in rows)
+        self._last = rows
+        delta = {**snap, "actions": changed, "actions_gone": gone}
+        (self.dir / f"{snap['cycle']}.json").write_text(json.dumps(delta))
+
+    @staticmethod
+    def read(directory: Path) -> list[dict[str, Any]]:
+        """Every snapshot in cycle order, each with its full listing again."""
+        out: list[dict[str, Any]] = []
+        rows: dict[int, Any] = {}
+        for path in sorted(directory.glob("*.json"), key=lambda p: int(p.stem)):
+            snap = json.loads(path.read_text())
+            for aid in snap.pop("actions_gone", []):
+                rows.pop(int(aid), None)
+            rows.update((int(r["action_id"]), r) for r in snap["actions"])
+            snap["actions"] = list(rows.values())
+            out.append(snap)
+        return out
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Every complete line of a JSON-lines file (a line being written is left out)."""
     if not path.exists():
@@ -171,6 +204,7 @@ class Nemesis:
         #: what the checker noted (no violation), with the first cycle it was seen in
         self.notes: dict[str, int] = {}
         self.rig: NemesisRig | None = None
+        self.snapshots = SnapshotFiles(self.run_dir / "snapshots")
         self.t_start = time.time()
         self.setup_seconds = 0.0
 
@@ -254,7 +288,7 @@ class Nemesis:
                 "recovered_after": None if recovered is None else round(recovered, 3),
                 "unavailable": round(unavailable, 3), "settle": round(settle, 3), "unsettled": unsettled,
                 "actions_listed": actions is not None, "disk_used": self.r.disk_used()}
-        (self.run_dir / "snapshots" / f"{n}.json").write_text(json.dumps(snap))
+        self.snapshots.write(snap)
         return snap
 
     def check(self, snap: dict[str, Any], final: bool) -> tuple[list[Violation], list[Run], list[Event]]:
@@ -387,8 +421,7 @@ class Nemesis:
         _, v = self.violations[0]
         acks = read_jsonl(self.run_dir / "acks.jsonl")
         files = read_jsonl(self.run_dir / "files.jsonl")
-        snaps = [json.loads(p.read_text()) for p in
-                 sorted((self.run_dir / "snapshots").glob("*.json"), key=lambda p: int(p.stem))]
+        snaps = SnapshotFiles.read(self.run_dir / "snapshots")
         ids = {int(x["action_id"]) for s in snaps for x in s["actions"]}
         ids |= {int(a["action_id"]) for a in acks if a.get("action_id")}
         runs, events = self.r.runs_and_events(ids)
