@@ -511,3 +511,25 @@ def test_snapshots_are_written_as_changes_and_read_back_whole(tmp_path: Path) ->
     assert [s["actions"] for s in SnapshotFiles.read(tmp_path)] == listings
     sizes = [len((tmp_path / f"{n}.json").read_text()) for n in (1, 2, 3, 4)]
     assert sizes[3] < sizes[0], "an unchanged listing is not written again"
+
+
+def test_a_violation_that_lasts_is_listed_once_with_the_cycles_that_found_it_again(tmp_path: Path) -> None:
+    from tests.nemesis import report as reportmod
+    from tests.nemesis.runner import CycleResult, Nemesis, Options
+    printed: list[str] = []
+    nem = Nemesis(Options(cycles=3, seed=1, run_dir=tmp_path), out=printed.append)
+    lost = Violation("lost", "action 1001", "acknowledged, never listed")
+    torn = Violation("torn_object", "fid [0x200000400:0x1:0x0]", "size 10, expected 20")
+    for n, found in ((1, [lost]), (2, [lost, torn]), (3, [lost])):
+        nem._record(CycleResult(n, {"kind": "kill9_agent", "target": "a1", "start": 1.0, "heal": 2.0}, 0.5, 0.1,
+                                None, 1.0, 0, 10, True, found, 5.0), 3)
+    assert [(n, v.kind) for n, v in nem.violations] == [(1, "lost"), (2, "torn_object")]
+    assert sum("acknowledged, never listed" in line for line in printed) == 1
+    assert sum("found in an earlier cycle already" in line for line in printed) == 2
+    rep = reportmod.build(seed=1, cycles=3, run_dir=tmp_path, started=0.0, setup_seconds=0.0, results=nem.results,
+                          violations=nem.violations, skipped={}, recovery_bound=20.0, acks=[], notes={},
+                          first_history=None, repeats=nem.repeats)
+    text = reportmod.markdown(rep)
+    assert "- cycle 1: **lost** action 1001: acknowledged, never listed (found again in 2 later cycles)" in text
+    assert "- cycle 2: **torn_object** fid [0x200000400:0x1:0x0]: size 10, expected 20\n" in text + "\n"
+    assert "2 violation(s)" in text

@@ -47,12 +47,17 @@ disagreement a storage admin would notice:
 ``not_recovered``
     the cluster did not take writes on every shard and answer on every
     replica within the bound after the heal.
+``not_settled`` (found by the runner, which waits for it)
+    actions still WAITING, STARTED or CANCELING when the settle bound
+    (45 s) after the heal passed, the workload paused: work stuck, as the
+    37 actions left CANCELING for 90 s after a full disk was freed.
 
 Checks that depend on when something happened are made once: an action's
 runs are judged in the cycle it is first seen ended (its runs are closed
 by then: the rig's settle waits for that) or at the final check.
 Conditions that persist (an object still torn) are found again in later
-cycles, with the same kind, subject and detail.
+cycles, with the same kind, subject and detail; the report lists each
+(kind, subject) once, with the number of later cycles that found it again.
 
 :func:`history` renders what the records say about a violation's subject
 as a timeline, in seconds from the run's first record.

@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 def build(*, seed: int, cycles: int, run_dir: Path, started: float, setup_seconds: float,
           results: list[CycleResult], violations: list[tuple[int, Violation]], skipped: dict[str, str],
           recovery_bound: float, acks: list[dict[str, Any]], notes: dict[str, int],
-          first_history: str | None) -> dict[str, Any]:
+          first_history: str | None, repeats: dict[tuple[str, str], int] | None = None) -> dict[str, Any]:
+    """*violations*: each (kind, subject) once, in the cycle that found it
+    first; *repeats*: how many later cycles found it again."""
+    repeats = repeats or {}
     faults = [r for r in results if r.fault["kind"] != "final"]
     kinds = Counter(r.fault["kind"] for r in faults)
     per_kind: dict[str, dict[str, Any]] = {}
@@ -68,8 +71,8 @@ def build(*, seed: int, cycles: int, run_dir: Path, started: float, setup_second
                         "settle_s": round(r.settle, 2), "unsettled": r.unsettled, "actions": r.actions,
                         "digests_agreed": r.digests_agreed, "violations": len(r.violations),
                         "seconds": round(r.seconds, 1)} for r in results],
-        "violations": [{"cycle": n, "kind": v.kind, "subject": v.subject, "detail": v.detail}
-                       for n, v in violations],
+        "violations": [{"cycle": n, "kind": v.kind, "subject": v.subject, "detail": v.detail,
+                        "found_again": repeats.get((v.kind, v.subject), 0)} for n, v in violations],
         "first_violation_history": first_history,
         "notes": [{"cycle": n, "note": text} for text, n in notes.items()],
     }
@@ -118,7 +121,9 @@ def markdown(rep: dict[str, Any]) -> str:
     if not rep["violations"]:
         lines.append("None.")
     for v in rep["violations"][:50]:
-        lines.append(f"- cycle {v['cycle']}: **{v['kind']}** {v['subject']}: {v['detail']}")
+        again = v.get("found_again", 0)
+        later = f" (found again in {again} later cycle{'s' if again > 1 else ''})" if again else ""
+        lines.append(f"- cycle {v['cycle']}: **{v['kind']}** {v['subject']}: {v['detail']}{later}")
     if len(rep["violations"]) > 50:
         lines.append(f"- ... and {len(rep['violations']) - 50} more (report.json)")
     if rep["notes"]:

@@ -33,6 +33,7 @@ import json
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,12 +200,15 @@ class Nemesis:
         self.run_dir = opts.run_dir
         self.seen_terminal: dict[int, str] = {}
         self.results: list[CycleResult] = []
-        self.violations: list[tuple[int, Violation]] = []
+        self.violations: list[tuple[int, Violation]] = []  # each (kind, subject) once, with its first cycle
+        #: (kind, subject) -> later cycles that found it again (a violation that lasts is listed once)
+        self.repeats: dict[tuple[str, str], int] = {}
         self.skipped: dict[str, str] = {}
         #: what the checker noted (no violation), with the first cycle it was seen in
         self.notes: dict[str, int] = {}
         self.rig: NemesisRig | None = None
         self.snapshots = SnapshotFiles(self.run_dir / "snapshots")
+        self.unfinished: list[dict[str, Any]] = []  # what the last settle left unfinished
         self.t_start = time.time()
         self.setup_seconds = 0.0
 
@@ -261,12 +265,14 @@ class Nemesis:
         deadline = time.monotonic() + bound
         idle = False
         left = -1
+        self.unfinished = []
         while True:
             found += self.crashes(n)
             idle = idle or self.r.workload_idle()
             if idle:
                 rows = self.r.actions(include_terminal=False, tries=1)
                 left = -1 if rows is None else len(rows)
+                self.unfinished = rows or []
                 if rows == []:
                     ids = {a["action_id"] for a in read_jsonl(self.run_dir / "acks.jsonl") if a.get("action_id")}
                     if not self.open_runs(ids):
@@ -328,6 +334,13 @@ class Nemesis:
         t_settle = time.time()
         unsettled = self.settle(self.opts.settle_bound, n, found)
         t_settled = time.time()
+        if unsettled > 0:
+            states = Counter(str(r.get("state", "?")) for r in self.unfinished)
+            found.append(Violation(
+                "not_settled", "cluster",
+                f"{unsettled} action(s) unfinished {self.opts.settle_bound:g} s after the heal with the workload "
+                f"paused ({', '.join(f'{k} {v}' for k, v in sorted(states.items()))}): "
+                f"{', '.join(str(r.get('action_id')) for r in self.unfinished[:10])}"))
         unavailable, shard = unavailability(rig.probe_records(), t0, t_settled, SHARDS)
         snap = self.snapshot(n, record, recovered, unavailable, t_settled - t_settle, unsettled)
         checked, _, _ = self.check(snap, final=False)
@@ -408,12 +421,22 @@ class Nemesis:
 
     def _record(self, res: CycleResult, cycles: int) -> None:
         self.results.append(res)
-        self.violations += [(res.n, v) for v in res.violations]
+        new = []
+        for v in res.violations:
+            key = (v.kind, v.subject)
+            if key in self.repeats:
+                self.repeats[key] += 1
+            else:
+                self.repeats[key] = 0
+                new.append(v)
+        self.violations += [(res.n, v) for v in new]
         self.out(res.line(cycles))
-        for v in res.violations[:5]:
+        for v in new[:5]:
             self.out(f"    {v.kind}: {v.subject}: {v.detail}")
-        if len(res.violations) > 5:
-            self.out(f"    ... and {len(res.violations) - 5} more")
+        if len(new) > 5:
+            self.out(f"    ... and {len(new) - 5} more")
+        if len(new) < len(res.violations):
+            self.out(f"    and {len(res.violations) - len(new)} found in an earlier cycle already")
 
     def first_history(self) -> str | None:
         if not self.violations:
@@ -433,6 +456,7 @@ class Nemesis:
             seed=self.opts.seed, cycles=self.opts.cycles, run_dir=self.run_dir, started=self.t_start,
             setup_seconds=self.setup_seconds, results=self.results, violations=self.violations,
             skipped=self.skipped, recovery_bound=self.opts.recovery_bound, acks=acks, notes=self.notes,
+            repeats=self.repeats,
             first_history=self.first_history())
         (self.run_dir / "report.json").write_text(json.dumps(rep, indent=1))
         (self.run_dir / "report.md").write_text(reportmod.markdown(rep))
