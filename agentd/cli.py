@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive-cmd", metavar="CMD", help="command mover: command for ARCHIVE")
     p.add_argument("--restore-cmd", metavar="CMD", help="command mover: command for RESTORE")
     p.add_argument("--remove-cmd", metavar="CMD", help="command mover: command for REMOVE")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (metrics_listen; default none)")
     p.add_argument(
         "--log-level",
         metavar="LEVEL",
@@ -233,6 +235,8 @@ def overrides_from_args(args: argparse.Namespace) -> list[Override]:
             ov.append(Override(f"mover.{kind}_cmd", v, f"--{kind}-cmd"))
     if args.log_level is not None:
         ov.append(Override("log_level", args.log_level, "--log-level"))
+    if args.metrics_listen is not None:
+        ov.append(Override("metrics_listen", args.metrics_listen, "--metrics-listen"))
     return ov
 
 

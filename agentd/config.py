@@ -125,6 +125,9 @@ Reference (every key is optional unless marked *required*):
     Bounds of the jittered exponential backoff between reconnections.
 ``log_level`` (string, default ``INFO``)
     ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL``. Flag ``--log-level``.
+``metrics_listen`` (``HOST:PORT``, default none)
+    Serve Prometheus metrics at ``http://HOST:PORT/metrics`` (agentd/metrics.py).
+    Flag ``--metrics-listen``.
 
 Sizes are integers (bytes) or strings with a binary suffix: ``512K``,
 ``4M``, ``1GiB``, ``10MB`` (K, M, G, T are powers of 1024).
@@ -188,6 +191,7 @@ from typing import Any
 import yaml
 
 from hsm.hsmflags import HSMA
+from hsm.metrics import split_host_port
 from hsm.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsError, TlsFiles, identity_of
 from hsm.wire import FSNAME_RULE, valid_fsname
 
@@ -288,6 +292,8 @@ class AgentConfig:
     #: mutual TLS to the coordinators (the CA, this agent's certificate, whose
     #: common name must be agent_id, and its key); None: plain text
     tls: TlsFiles | None = None
+    #: HOST:PORT serving Prometheus metrics at /metrics; "" = none
+    metrics_listen: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,6 +458,7 @@ _TOP_KEYS = (
     "reconnect_max_delay",
     "log_level",
     "tls",
+    "metrics_listen",
 )
 _SLOT_KEYS = ("archive", "restore", "remove")
 _BACKEND_KEYS = {
@@ -728,6 +735,14 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
         if level not in LOG_LEVELS:
             raise c.fail("log_level", f"{_show(data['log_level'])} is not one of {', '.join(LOG_LEVELS)}")
         kw["log_level"] = level
+
+    if "metrics_listen" in data:
+        listen = c.string(data["metrics_listen"], "metrics_listen")
+        try:
+            split_host_port(listen)
+        except ValueError as exc:
+            raise c.fail("metrics_listen", str(exc).split(": ", 1)[1]) from None
+        kw["metrics_listen"] = listen
 
     tls_name = kw.pop("_tls_name", None)
     if tls_name is not None:

@@ -103,9 +103,11 @@ from agentd.core import (
     kind_name,
 )
 from agentd.lease import Leases
+from agentd.metrics import AgentdMetrics, AgentdView
 from agentd.movers.base import Job, Mover, Result
 from hsm import __version__
 from hsm.client import metadata_value
+from hsm.metrics import split_host_port, view_from_loop
 from hsm.tls import channel_credentials
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2
 from hsm.wire import CLUSTER_METADATA_KEY, KIND_NAMES, REPLICA_METADATA_KEY
@@ -601,6 +603,9 @@ class Agent:
         self._idle: asyncio.Event | None = None
         self._lock = threading.Lock()  # guards _stop_requested/_loop across threads
         self.stuck: list[int] = []  # action ids whose mover ignored a cancel at stop
+        #: the Prometheus exporter (None: no metrics_listen, nothing counted)
+        self.metrics: AgentdMetrics | None = None
+        self.metrics_port = 0
 
     @property
     def leases(self) -> Leases:
@@ -635,6 +640,15 @@ class Agent:
         """Most actions of each kind that ever ran at once."""
         return {KIND_NAMES[k]: v for k, v in self.core.peak.items()}
 
+    def metrics_view(self) -> AgentdView:
+        """What a Prometheus scrape reads (agentd/metrics.py), on the loop."""
+        core = self.core
+        return AgentdView(
+            self.config.agent_id, {int(k): n for k, n in core.slots.items()},
+            {int(k): n for k, n in core.running_count.items()},
+            {(addr, int(k)): n for addr, st in core.streams.items() for k, n in st.granted.items()},
+            {addr: st.welcomed for addr, st in core.streams.items()}, core.leases.holding())
+
     def connected(self) -> list[str]:
         """Addresses of the streams that are up (welcomed)."""
         return [s.address for s in self._sessions if s.welcomed]
@@ -651,10 +665,17 @@ class Agent:
             pending_stop = self._stop_requested
         if pending_stop:
             self._apply_stop()
+        cfg = self.config
+        if cfg.metrics_listen:
+            self.metrics = AgentdMetrics(cfg.agent_id, view_from_loop(loop, self.metrics_view))
+            try:
+                self.metrics_port = self.metrics.serve(*split_host_port(cfg.metrics_listen))
+            except OSError as exc:
+                raise ConfigError(f"metrics_listen {cfg.metrics_listen}: cannot serve metrics there: "
+                                  f"{exc.strerror or exc}") from None
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, self.config.slots.total), thread_name_prefix="agentd-mover"
         )
-        cfg = self.config
         log.info(
             "agentd %s: agent %s on %s, coordinators %s, archive ids %s, slots archive=%d "
             "restore=%d remove=%d, mover %s, file system %s, %s",
@@ -682,6 +703,8 @@ class Agent:
                     s._task.cancel()
             await asyncio.gather(*(s._task for s in self._sessions if s._task), return_exceptions=True)
             self._executor.shutdown(wait=not self.stuck, cancel_futures=True)
+            if self.metrics is not None:
+                self.metrics.stop()
             with self._lock:
                 self._loop = None
 
@@ -715,6 +738,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         assert self._executor is not None
         spec = ins.job
+        t0 = time.monotonic()
         job = Job(
             action_id=spec.action_id,
             attempt=spec.attempt,
@@ -734,8 +758,14 @@ class Agent:
         if self._inline:
             # a mover that never blocks (the null mover): run it here, no
             # thread hop; the caller rebalances credits once per message
-            self._do(self.core.job_ended(ins.run, self._run_mover(job), time.monotonic(), rebalance=False))
+            res = self._run_mover(job)
+            if self.metrics is not None:
+                self.metrics.started(ins.run, spec.kind, t0)
+                self.metrics.ended(ins.run, res.errno, res.bytes_done, time.monotonic())
+            self._do(self.core.job_ended(ins.run, res, time.monotonic(), rebalance=False))
             return
+        if self.metrics is not None:
+            self.metrics.started(ins.run, spec.kind, t0)
         self._jobs[ins.run] = job
         job.report = _ProgressCell(loop, functools.partial(self._on_progress, ins.run)).report
         fut = loop.run_in_executor(self._executor, self._run_mover, job)
@@ -765,6 +795,8 @@ class Agent:
         return res
 
     def _on_progress(self, run: int, bytes_done: int, bytes_total: int) -> None:
+        if self.metrics is not None:
+            self.metrics.progress(run, bytes_done)
         self._do(self.core.progress(run, bytes_done, bytes_total))
 
     def _on_job_end(self, run: int, fut: asyncio.Future[Result]) -> None:
@@ -773,6 +805,8 @@ class Agent:
         except BaseException as exc:  # the executor refused it (shutdown) or was cancelled
             res = Result(errno=_errno.EIO, message=f"not run: {exc!r}", retry=True)
         self._jobs.pop(run, None)
+        if self.metrics is not None:
+            self.metrics.ended(run, res.errno, res.bytes_done, time.monotonic())
         self._do(self.core.job_ended(run, res, time.monotonic()))
 
     # -- stopping -------------------------------------------------------------

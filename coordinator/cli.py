@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="where this replica keeps its Raft journals and snapshots")
     run.add_argument("--listen", metavar="HOST:PORT", help="gRPC API bind address (default: the replica's api)")
     run.add_argument("--raft-bind", metavar="HOST", help="host the Raft ports bind to")
+    run.add_argument("--metrics-listen", metavar="HOST:PORT",
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics (default: none)")
     run.add_argument("--archive-ids", type=_archive_ids, metavar="N[,N...]", help="archive ids that exist")
     run.add_argument("--agent-grace", type=float, metavar="SECONDS",
                      help="how long a disconnected agent keeps its actions (default 60)")
@@ -298,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "data_dir": args.data_dir,
             "listen": args.listen,
             "raft_bind": args.raft_bind,
+            "metrics_listen": args.metrics_listen,
             "archive_ids": tuple(args.archive_ids) if args.archive_ids else None,
             "agent_grace": args.agent_grace,
             "log_level": args.log_level,

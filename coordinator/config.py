@@ -32,6 +32,7 @@ The file format is documented in docs/cluster-config.md; in short::
     insecure: false               # true instead of tls: plain text, nobody checked (warned at start);
                                   # one of the two is required
     user_request_mask: [restore]  # what a certificate of role user may request
+    metrics_listen: 0.0.0.0:9600  # Prometheus metrics at http://HOST:PORT/metrics (default: none)
     log_level: info
 """
 
@@ -49,6 +50,7 @@ from typing import Any
 import yaml
 
 from coordinator.cluster import ClusterSpec, ReplicaSpec, new_cluster_id, split_addr
+from coordinator.metrics import split_host_port
 from coordinator.node import NodeConfig, local_hostname
 from coordinator.raft import RaftTuning, check_addr
 from coordinator.raft.encryptor import MAX_PASSWORDS, split_passwords
@@ -70,6 +72,7 @@ _SIMPLE = {
     "default_archive_id": int, "max_attempts": int, "max_terminal": int, "remember_ends": int,
     "remember_for": float, "agent_grace": float,
     "heartbeat_interval": float, "propose_timeout": float, "progress_timeout": float,
+    "metrics_listen": str,
 }
 _TOP = set(_SIMPLE) | {"cluster", "raft", "log_level", "tls", "insecure", "user_request_mask"}
 _CLUSTER = {"id", "name", "shards", "vnodes", "password_file", "password", "replicas"}
@@ -324,6 +327,11 @@ def validate(cfg: NodeConfig) -> None:
             split_addr(cfg.listen)
         except ValueError:
             raise ConfigError(f"listen: expected host:port, got {_show(cfg.listen)}") from None
+    if cfg.metrics_listen:
+        try:
+            split_host_port(cfg.metrics_listen)
+        except ValueError as exc:
+            raise ConfigError(_clip(str(exc))) from None
     if cfg.raft_bind:
         try:  # the host the Raft ports bind: one address
             check_addr(f"{cfg.raft_bind}:1", "raft_bind")

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -37,6 +38,9 @@ import grpc
 from coordinator import roles
 from hsm.tls import peer_of
 from hsm.wire import CLUSTER_METADATA_KEY, REPLICA_METADATA_KEY, kind_name
+
+#: a status code as grpc's C core reports it (an int) -> its name
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("hsm.audit")
@@ -169,12 +173,25 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
     (``insecure: true``)."""
 
     def __init__(self, cluster_id: str, replica_id: str, clock: Callable[[], float] = time.monotonic,
-                 secure: bool = False, user_mask: frozenset[str] = roles.DEFAULT_USER_MASK) -> None:
+                 secure: bool = False, user_mask: frozenset[str] = roles.DEFAULT_USER_MASK,
+                 on_call: Callable[[str, str], None] | None = None) -> None:
         self.metadata = ((CLUSTER_METADATA_KEY, cluster_id), (REPLICA_METADATA_KEY, replica_id))
         self.garbage = GarbageLog()
         self.clock = clock
         self.secure = secure
         self.user_mask = user_mask
+        #: every call's end: (method, status code name), for the metrics
+        self.on_call = on_call
+
+    def _ended(self, method: str, context: Any, exc: BaseException | None) -> None:
+        if self.on_call is None:
+            return
+        code = context.code()  # set by an abort or set_code; None: the servicer returned
+        if code is None:
+            code = grpc.StatusCode.OK if exc is None else (
+                grpc.StatusCode.CANCELLED if isinstance(exc, asyncio.CancelledError) else grpc.StatusCode.UNKNOWN)
+        name = code.name if isinstance(code, grpc.StatusCode) else _CODE_NAMES.get(code, str(code))
+        self.on_call(method, name)
 
     async def _admit(self, context: Any, method: str, request: Any) -> None:
         """Check the caller (with TLS) and write the audit line of a call
@@ -215,16 +232,30 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             if inspect.isasyncgenfunction(inner):
                 async def gen(request: Any, context: Any, inner: Any = inner,
                               streaming_in: bool = streaming_in) -> AsyncIterator[Any]:
-                    request = await self._enter(context, method, request, streaming_in)
-                    async for item in inner(request, context):
-                        yield item
+                    exc: BaseException | None = None
+                    try:
+                        request = await self._enter(context, method, request, streaming_in)
+                        async for item in inner(request, context):
+                            yield item
+                    except BaseException as e:
+                        exc = e
+                        raise
+                    finally:
+                        self._ended(method, context, exc)
                 behavior: Any = gen
             else:
                 async def call(request: Any, context: Any, inner: Any = inner,
                                streaming_in: bool = streaming_in) -> Any:
-                    request = await self._enter(context, method, request, streaming_in)
-                    result = inner(request, context)
-                    return await result if inspect.isawaitable(result) else result
+                    exc: BaseException | None = None
+                    try:
+                        request = await self._enter(context, method, request, streaming_in)
+                        result = inner(request, context)
+                        return await result if inspect.isawaitable(result) else result
+                    except BaseException as e:
+                        exc = e
+                        raise
+                    finally:
+                        self._ended(method, context, exc)
                 behavior = call
             return make(behavior, request_deserializer=_safe(handler.request_deserializer),
                         response_serializer=handler.response_serializer)

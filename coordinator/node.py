@@ -54,6 +54,14 @@ from coordinator.agents import (
 from coordinator.cluster import ClusterSpec, ReplicaSpec
 from coordinator.convert import InvalidRequest
 from coordinator.edge import EdgeInterceptor
+from coordinator.metrics import (
+    AgentView,
+    ReplicaMetrics,
+    ReplicaView,
+    ShardView,
+    split_host_port,
+    view_from_loop,
+)
 from coordinator.raft import (
     LeaderInfo,
     NotLeader,
@@ -72,10 +80,13 @@ from coordinator.state import (
     Command,
     Complete,
     Completion,
+    Ended,
+    FirstStart,
     Kind,
     Progress,
     ProgressReport,
     Reclaim,
+    Requeued,
     Result,
     SendCancel,
     ShardConfig,
@@ -135,6 +146,8 @@ class NodeConfig:
     tls: TlsFiles | None = None
     #: the kinds a peer with role user may request
     user_request_mask: frozenset[str] = DEFAULT_USER_MASK
+    #: HOST:PORT serving Prometheus metrics at /metrics (coordinator.metrics); "" = none
+    metrics_listen: str = ""
 
     @property
     def me(self) -> ReplicaSpec:
@@ -215,6 +228,9 @@ class CoordinatorNode:
         self.port = 0
         self.agent_lease, self.agent_lease_safe = agent_lease(
             config.agent_grace, config.heartbeat_interval, config.raft.leader_fallback)
+        #: the Prometheus exporter's registry (None: no metrics_listen, nothing counted)
+        self.metrics: ReplicaMetrics | None = None
+        self.metrics_port = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -250,10 +266,20 @@ class CoordinatorNode:
                 preferred_leader=self.cluster.preferred_leader(i).raft_addr(i) if len(self.cluster.replicas) > 1 else None,
                 wants_effects=self._watchers.__len__,
             ))
+        if self.config.metrics_listen:
+            self.metrics = ReplicaMetrics(view_from_loop(loop, self.metrics_view))
+            host, port = split_host_port(self.config.metrics_listen)
+            try:
+                self.metrics_port = self.metrics.serve(host, port)
+            except OSError as exc:
+                await self._close_shards()
+                raise OSError(exc.errno, f"cannot serve metrics on {self.config.metrics_listen}: {exc.strerror}") \
+                    from None
         tls = self.config.tls
         server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[EdgeInterceptor(
             self.cluster.cluster_id, self.me.id, secure=tls is not None,
-            user_mask=self.config.user_request_mask)])
+            user_mask=self.config.user_request_mask,
+            on_call=self.metrics.call if self.metrics is not None else None)])
         register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         listen = self.config.listen or self.me.api
@@ -266,6 +292,8 @@ class CoordinatorNode:
             self.port = 0
         if self.port == 0:
             await self._close_shards()
+            if self.metrics is not None:
+                self.metrics.stop()
             raise OSError(E.EADDRINUSE, f"cannot listen on {listen}: address in use, or not this host's")
         await server.start()
         self._server = server
@@ -370,6 +398,8 @@ class CoordinatorNode:
         for ch in self._channels.values():
             await ch.close()
         await self._close_shards()
+        if self.metrics is not None:
+            self.metrics.stop()
 
     async def _close_shards(self) -> None:
         for shard in self.shards:
@@ -441,11 +471,14 @@ class CoordinatorNode:
     def _on_applied(self, index: int, res: Result, proposed_here: bool) -> None:
         shard = self.shards[index]
         changed: dict[int, None] = {}
+        metrics = self.metrics
         for eff in res.effects:
             if isinstance(eff, Changed):
                 changed[eff.action_id] = None
             elif isinstance(eff, SendCancel) and shard.is_leader:
                 self._send_cancel(eff.agent, eff.action_id, eff.attempt, "canceled")
+            elif metrics is not None and isinstance(eff, Ended | Requeued | FirstStart) and shard.is_leader:
+                metrics.effect(eff)
             # Assigned: sent by the dispatcher that proposed it
         if changed:
             self._wake.set()
@@ -943,6 +976,30 @@ class CoordinatorNode:
                     log.warning("shard %d: could not requeue the actions of %s: %s", shard.index, agent_id, exc)
 
     # --------------------------------------------------------------- status
+
+    def metrics_view(self) -> ReplicaView:
+        """What a Prometheus scrape reads (coordinator.metrics), on the loop."""
+        shards = []
+        running: dict[str, dict[int, int]] = {}
+        for shard in self.shards:
+            with shard.reading() as st:
+                counts = {(int(k), int(state)): n for (k, state), n in st.counts.items()}
+                queues = {(int(k), archive_id): len(q) for (k, archive_id), q in st.ready.items()}
+                for agent, ids in st.by_agent.items():
+                    per = running.setdefault(agent, {})
+                    for i in ids:
+                        k = int(st.actions[i].kind)
+                        per[k] = per.get(k, 0) + 1
+            shards.append(ShardView(
+                shard.index, shard.term, shard.commit_index, shard.applied_index, shard.is_leader,
+                shard.leader is not None, bool(shard.problem), shard.journal_bytes(),
+                shard.stats.last_snapshot_seconds, counts, queues))
+        agents = [AgentView(s.agent_id, s.alive, {int(k): n for k, n in s.slots.items()},
+                            {int(k): max(0, n) for k, n in s.credits.items()}, running.get(s.agent_id, {}))
+                  for s in sorted(self.sessions.values(), key=lambda s: s.agent_id)]
+        agents += [AgentView(agent_id, False, running=per) for agent_id, per in sorted(running.items())
+                   if agent_id not in self.sessions]
+        return ReplicaView(self.me.id, hsm.__version__, self.cluster.cluster_id, shards, agents)
 
     def status(self, digest: bool = False) -> coordinator_pb2.StatusResponse:
         totals: dict[tuple[Kind, State], int] = {}

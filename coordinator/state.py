@@ -395,7 +395,40 @@ class SendCancel:
     attempt: int
 
 
-Effect = Changed | Assigned | SendCancel
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The action reached a terminal state (the shard's leader counts it:
+    coordinator/metrics.py). *ran*: seconds from its last start to its end
+    (-1: it never started)."""
+
+    action_id: int
+    kind: Kind
+    state: State
+    errno: int
+    ran: float
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """A started action went back to its queue (an error worth a retry, a
+    lost agent, a reclaim); counted like :class:`Ended`."""
+
+    action_id: int
+    kind: Kind
+    errno: int
+
+
+@dataclass(frozen=True, slots=True)
+class FirstStart:
+    """The action's first attempt was assigned *waited* seconds after it
+    was submitted (counted like :class:`Ended`)."""
+
+    action_id: int
+    kind: Kind
+    waited: float
+
+
+Effect = Changed | Assigned | SendCancel | Ended | Requeued | FirstStart
 
 
 class Outcome(IntEnum):
@@ -601,6 +634,8 @@ def _action_from_values(values: tuple[Any, ...]) -> Action:
 
 #: ShardState attributes a snapshot does not store (import_parts rebuilds them)
 _DERIVED = frozenset({"actions", "fid_queue", "fsnames"})
+#: attributes that live between two commands only (never in a snapshot)
+_TRANSIENT = frozenset({"_events"})
 
 
 def _stored_attributes() -> tuple[str, ...]:
@@ -608,7 +643,7 @@ def _stored_attributes() -> tuple[str, ...]:
     Compiled (mypyc), the class lists them in ``__mypyc_attrs__`` (it has
     no ``__dict__``); pure, a new state's ``__dict__`` has them."""
     names = getattr(ShardState, "__mypyc_attrs__", None) or tuple(vars(ShardState()))
-    return tuple(n for n in names if n not in _DERIVED and not n.startswith("__"))
+    return tuple(n for n in names if n not in _DERIVED and n not in _TRANSIENT and not n.startswith("__"))
 
 
 class ReadyQueue:
@@ -683,6 +718,9 @@ class ShardState:
         #: requesters named the state they saw; oldest first (``_remembered``)
         self.ended_states: dict[tuple[str, Fid, Kind, int], tuple[int, int, float]] = {}
         self.applied = 0  # commands applied
+        #: Ended/Requeued/FirstStart effects of the command being applied
+        #: (made deep inside _end and _requeue; apply adds them to its Result)
+        self._events: list[Effect] = []
 
     # ---------------------------------------------------------------- apply
 
@@ -690,6 +728,15 @@ class ShardState:
         """Apply one command. Deterministic; raises only on a programming
         error (``IllegalTransition``), never on bad luck such as a stale
         completion, which is ignored."""
+        try:
+            res = self._apply(cmd)
+        finally:
+            events, self._events = self._events, []
+        if events:
+            res.effects.extend(events)
+        return res
+
+    def _apply(self, cmd: Command) -> Result:
         self.applied += 1
         if isinstance(cmd, Submit):
             return self._submit(cmd)
@@ -842,6 +889,8 @@ class ShardState:
             self._transition(action, Ev.ASSIGN)
             action.agent = agent
             action.attempt += 1
+            if action.attempt == 1:
+                self._events.append(FirstStart(action_id, action.kind, now - action.created))
             action.started = now
             action.last_progress = now
             action.bytes_done = 0
@@ -1097,6 +1146,7 @@ class ShardState:
         action.error = message
         action.bytes_done = 0
         self._make_ready(action, front=True)
+        self._events.append(Requeued(action.id, action.kind, errno))
 
     def _end(self, action: Action, event: Ev, now: float, errno: int, message: str) -> None:
         was = action.state
@@ -1104,6 +1154,8 @@ class ShardState:
         action.ended = now
         action.errno = errno
         action.error = message
+        ran = now - action.started if was != State.WAITING else -1.0
+        self._events.append(Ended(action.id, action.kind, action.state, errno, ran))
         if was == State.WAITING:
             queue = self.ready.get((action.kind, action.archive_id))
             if queue is not None and action.id in queue:

@@ -19,8 +19,10 @@ from coordinator.state import (
     Complete,
     Completion,
     DrainAgent,
+    Ended,
     Ev,
     FidTarget,
+    FirstStart,
     IllegalTransition,
     Item,
     Kind,
@@ -29,6 +31,7 @@ from coordinator.state import (
     ProgressReport,
     Reclaim,
     Requester,
+    Requeued,
     SendCancel,
     SetControl,
     ShardConfig,
@@ -592,3 +595,46 @@ def test_a_completion_journaled_before_reports_named_their_agent_still_applies()
     old = pickle.loads(pickle.dumps(Old(), protocol=5))
     assert isinstance(old, Complete) and old.agent == ""
     assert h.step(old).replies == [True]
+
+
+# -- what the leader counts (coordinator/metrics.py): Ended, Requeued, FirstStart
+
+
+def _counted(res) -> list[object]:  # type: ignore[no-untyped-def]
+    return [e for e in res.effects if isinstance(e, Ended | Requeued | FirstStart)]
+
+
+def test_the_state_says_when_an_action_first_starts_is_requeued_and_ends() -> None:
+    h2 = Harness(max_attempts=2)
+    (r2,) = h2.submit(item(1))
+    h2.now += 9.5  # waits 10.5 s in all
+    ids = scheduler.pick(h2.state, (), {Kind.ARCHIVE: 1, Kind.RESTORE: 0, Kind.REMOVE: 0}, "a1")
+    h2.now += 1
+    assert _counted(h2.step(Assign(h2.now, "a1", tuple(ids)))) == [FirstStart(r2.action_id, Kind.ARCHIVE, 10.5)]
+    h2.now += 4
+    assert _counted(h2.done(r2.action_id, 1, E.EIO, retry=True)) == [Requeued(r2.action_id, Kind.ARCHIVE, E.EIO)]
+    h2.now += 1
+    res = h2.step(Assign(h2.now, "a1", (r2.action_id,)))
+    assert _counted(res) == [], "a second attempt is not a first start"
+    h2.now += 2
+    assert _counted(h2.done(r2.action_id, 2)) == [Ended(r2.action_id, Kind.ARCHIVE, State.SUCCEEDED, 0, 3.0)]
+
+
+def test_an_action_that_ends_without_running_or_after_its_last_attempt_is_counted_once() -> None:
+    h = Harness(max_attempts=1)
+    (a, b) = h.submit(item(1), item(2))
+    assert _counted(h.cancel(a.action_id)) == [Ended(a.action_id, Kind.ARCHIVE, State.CANCELED, E.ECANCELED, -1.0)]
+    assert h.schedule("a1", archive=1) == [(b.action_id, 1)]
+    h.now += 5
+    # its only attempt fails with a retryable error: FAILED, not requeued
+    assert _counted(h.done(b.action_id, 1, E.EIO, retry=True)) == [
+        Ended(b.action_id, Kind.ARCHIVE, State.FAILED, E.EIO, 6.0)]
+
+
+def test_counted_effects_do_not_leak_into_the_next_command_or_a_snapshot() -> None:
+    h = Harness()
+    (a,) = h.submit(item(1))
+    h.cancel(a.action_id)
+    assert _counted(h.step(SetControl(h.now, "enabled"))) == []
+    head, _ = h.state.export_parts()
+    assert "_events" not in head

@@ -501,6 +501,16 @@ class _SegmentJournal(Journal):  # type: ignore[misc]
     def __len__(self) -> int:
         return len(self._entries)
 
+    def disk_bytes(self) -> int:
+        """What the journal's segment files hold on disk now (any thread)."""
+        total = 0
+        for path in [self._seg_path(seq) for seq in list(self._segments)]:  # a copy: no lock, no wait
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass  # dropped since
+        return total
+
     def _destroy(self) -> None:
         self.sync()
         self._save_commit()

@@ -378,6 +378,10 @@ class RaftShard:
         applier thread changes it, and replaces it on snapshot install."""
         return self._state
 
+    def journal_bytes(self) -> int:
+        """The size of this shard's Raft journal on disk."""
+        return self._journal.disk_bytes()
+
     @contextlib.contextmanager
     def reading(self) -> Iterator[ShardState]:
         """``with shard.reading() as state:`` - a consistent view between
