@@ -525,6 +525,13 @@ def _config_problems(docs: list[dict[str, Any]], ctr: Mapping[str, Any], pod_spe
         problems.append("coordinator.yaml default_archive_id is not one of archive_ids")
     if "replica_id" in cfg:
         problems.append("coordinator.yaml sets replica_id: every pod would claim the same one")
+    sm = values["serviceMonitor"]
+    metrics = str(cfg.get("metrics_listen", ""))
+    if sm["enabled"] and not metrics.endswith(f":{int(sm['port'])}"):
+        problems.append(f"serviceMonitor.enabled: coordinator.yaml metrics_listen {metrics!r} does not serve "
+                        f"the port the ServiceMonitor scrapes ({sm['port']})")
+    if not sm["enabled"] and metrics:
+        problems.append(f"coordinator.yaml serves metrics ({metrics}) with serviceMonitor.enabled false")
     problems += _coordinator_accepts(cfg, [r["id"] for r in want])
     return problems
 
