@@ -19,7 +19,7 @@ from agentd.config import (
     Override,
     load_config,
 )
-from hsm import __version__
+from hsm import __version__, logsetup
 
 log = logging.getLogger("agentd")
 
@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive-cmd", metavar="CMD", help="command mover: command for ARCHIVE")
     p.add_argument("--restore-cmd", metavar="CMD", help="command mover: command for RESTORE")
     p.add_argument("--remove-cmd", metavar="CMD", help="command mover: command for REMOVE")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="text (default) or json: one JSON object per line, with action_id, attempt, kind and fid "
+                        "on every line about an action (log_format)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (metrics_listen; default none)")
     p.add_argument(
@@ -235,6 +238,8 @@ def overrides_from_args(args: argparse.Namespace) -> list[Override]:
             ov.append(Override(f"mover.{kind}_cmd", v, f"--{kind}-cmd"))
     if args.log_level is not None:
         ov.append(Override("log_level", args.log_level, "--log-level"))
+    if args.log_format is not None:
+        ov.append(Override("log_format", args.log_format, "--log-format"))
     if args.metrics_listen is not None:
         ov.append(Override("metrics_listen", args.metrics_listen, "--metrics-listen"))
     return ov
@@ -246,12 +251,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> AgentConfig:
     return load_config(args.config, overrides_from_args(args))
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(level: str, fmt: str = "text") -> None:
+    logsetup.setup(level, fmt, stream=sys.stderr)
 
 
 async def _serve(config: AgentConfig) -> int:
@@ -291,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"agentd: error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     import uvloop
 
     try:

@@ -125,6 +125,10 @@ Reference (every key is optional unless marked *required*):
     Bounds of the jittered exponential backoff between reconnections.
 ``log_level`` (string, default ``INFO``)
     ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL``. Flag ``--log-level``.
+``log_format`` (string, default ``text``)
+    ``text`` or ``json`` (one JSON object per line, with ``action_id``,
+    ``attempt``, ``kind`` and ``fid`` on every line about an action;
+    hsm/logsetup.py). Flag ``--log-format``.
 ``metrics_listen`` (``HOST:PORT``, default none)
     Serve Prometheus metrics at ``http://HOST:PORT/metrics`` (agentd/metrics.py).
     Flag ``--metrics-listen``.
@@ -191,6 +195,7 @@ from typing import Any
 import yaml
 
 from hsm.hsmflags import HSMA
+from hsm.logsetup import LOG_FORMATS
 from hsm.metrics import split_host_port
 from hsm.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsError, TlsFiles, identity_of
 from hsm.wire import FSNAME_RULE, valid_fsname
@@ -289,6 +294,7 @@ class AgentConfig:
     reconnect_min_delay: float = 0.2
     reconnect_max_delay: float = 5.0
     log_level: str = "INFO"
+    log_format: str = "text"  # or json (hsm.logsetup)
     #: mutual TLS to the coordinators (the CA, this agent's certificate, whose
     #: common name must be agent_id, and its key); None: plain text
     tls: TlsFiles | None = None
@@ -457,6 +463,7 @@ _TOP_KEYS = (
     "reconnect_min_delay",
     "reconnect_max_delay",
     "log_level",
+    "log_format",
     "tls",
     "metrics_listen",
 )
@@ -735,6 +742,12 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
         if level not in LOG_LEVELS:
             raise c.fail("log_level", f"{_show(data['log_level'])} is not one of {', '.join(LOG_LEVELS)}")
         kw["log_level"] = level
+
+    if "log_format" in data:
+        fmt = c.string(data["log_format"], "log_format").lower()
+        if fmt not in LOG_FORMATS:
+            raise c.fail("log_format", f"{_show(data['log_format'])} is not one of {', '.join(LOG_FORMATS)}")
+        kw["log_format"] = fmt
 
     if "metrics_listen" in data:
         listen = c.string(data["metrics_listen"], "metrics_listen")

@@ -545,8 +545,9 @@ class AgentCore:
             deferred = self.deferred.pop(action_id, None)
             if deferred is not None:
                 dstream, djob = deferred
-                self._log(logging.WARNING, "action %d/%d: not started: no leader of shard %d renewed this "
-                          "agent's lease for %.1f s", djob.action_id, djob.attempt, shard, age)
+                self._log(logging.WARNING, "action %d/%d %s %s: not started: no leader of shard %d renewed this "
+                          "agent's lease for %.1f s", djob.action_id, djob.attempt, kind_name(djob.kind), djob.fid,
+                          shard, age)
                 self._queue_done(dstream, agent_pb2.Done(
                     action_id=djob.action_id, attempt=djob.attempt, errno=_errno.ECANCELED, retry=True,
                     handback=True,
@@ -645,25 +646,25 @@ class AgentCore:
         if s.granted[kind] > 0:
             s.granted[kind] -= 1
         else:
-            self._log(logging.WARNING, "action %d/%d: %s assignment from %s beyond the credits granted to it",
-                      a.action_id, a.attempt, kind_name(kind), stream)
+            self._log(logging.WARNING, "action %d/%d %s %s: assignment from %s beyond the credits granted to it",
+                      a.action_id, a.attempt, kind_name(kind), _fid_text(a), stream)
             # sent before the replica saw credits taken back: it counts a debt;
             # the whole grant again (with what was seen) settles it either way
             s.send_absolute = True
         cur = self.runs.get(a.action_id)
         if cur is not None:
             if a.attempt == cur.attempt:
-                self._log(logging.INFO, "action %d/%d: already running here; duplicate assignment ignored",
-                          a.action_id, a.attempt)
+                self._log(logging.INFO, "action %d/%d %s %s: already running here; duplicate assignment ignored",
+                          a.action_id, a.attempt, kind_name(kind), _fid_text(a))
             elif a.attempt < cur.attempt:
-                self._log(logging.INFO, "action %d/%d: stale assignment ignored (attempt %d is running here)",
-                          a.action_id, a.attempt, cur.attempt)
+                self._log(logging.INFO, "action %d/%d %s %s: stale assignment ignored (attempt %d is running here)",
+                          a.action_id, a.attempt, kind_name(kind), _fid_text(a), cur.attempt)
             elif cur.cancelled:
                 self._defer(stream, a, cur, now)
             else:
                 self._log(logging.INFO,
-                          "action %d/%d: attempt %d of it is still running here; it continues as attempt %d",
-                          a.action_id, a.attempt, cur.attempt, a.attempt)
+                          "action %d/%d %s %s: attempt %d of it is still running here; it continues as attempt %d",
+                          a.action_id, a.attempt, kind_name(kind), _fid_text(a), cur.attempt, a.attempt)
                 cur.attempt = a.attempt
                 cur.stream = stream
                 self._out.append(Renumber(cur.run, a.attempt))
@@ -745,11 +746,12 @@ class AgentCore:
         here: start it once the old one has stopped (never two at once)."""
         old = self.deferred.get(a.action_id)
         if old is not None and old[1].attempt >= a.attempt:
-            self._log(logging.INFO, "action %d/%d: stale assignment ignored (attempt %d is queued here)",
-                      a.action_id, a.attempt, old[1].attempt)
+            self._log(logging.INFO, "action %d/%d %s %s: stale assignment ignored (attempt %d is queued here)",
+                      a.action_id, a.attempt, kind_name(a.kind), _fid_text(a), old[1].attempt)
             return
         if self.stopping:
-            self._log(logging.INFO, "action %d/%d: not started, the agent is stopping", a.action_id, a.attempt)
+            self._log(logging.INFO, "action %d/%d %s %s: not started, the agent is stopping", a.action_id, a.attempt,
+                      kind_name(a.kind), _fid_text(a))
             return
         # replacing a queued attempt of the same kind takes no new slot; a
         # coordinator that changed the kind (it never should) needs one
@@ -827,8 +829,8 @@ class AgentCore:
         if deferred is not None:
             dstream, djob = deferred
             if self.stopping:
-                self._log(logging.INFO, "action %d/%d: not started, the agent is stopping", djob.action_id,
-                          djob.attempt)
+                self._log(logging.INFO, "action %d/%d %s %s: not started, the agent is stopping", djob.action_id,
+                          djob.attempt, kind_name(djob.kind), djob.fid)
                 self._queue_done(dstream, agent_pb2.Done(
                     action_id=djob.action_id, attempt=djob.attempt, errno=_errno.ECANCELED,
                     message=f"agent {self.config.agent_id} stopped before the action started", retry=True,
@@ -837,8 +839,9 @@ class AgentCore:
             elif not self.leases.valid(djob.action_id, now):
                 # check_leases names it once; it may not have looked yet
                 self.leases.ended(djob.action_id)
-                self._log(logging.WARNING, "action %d/%d: not started: this agent's lease on it ended while "
-                          "attempt %d stopped", djob.action_id, djob.attempt, r.attempt)
+                self._log(logging.WARNING, "action %d/%d %s %s: not started: this agent's lease on it ended while "
+                          "attempt %d stopped", djob.action_id, djob.attempt, kind_name(djob.kind), djob.fid,
+                          r.attempt)
                 self._queue_done(dstream, agent_pb2.Done(
                     action_id=djob.action_id, attempt=djob.attempt, errno=_errno.ECANCELED, retry=True,
                     handback=True, message=f"agent {self.config.agent_id} lost its lease before it started"))
@@ -879,8 +882,8 @@ class AgentCore:
                 message=f"not running on agent {self.config.agent_id}"))
             return
         if c.attempt and c.attempt != r.attempt:
-            self._log(logging.INFO, "action %d/%d: cancel ignored: attempt %d is the one running here",
-                      c.action_id, c.attempt, r.attempt)
+            self._log(logging.INFO, "action %d/%d %s %s: cancel ignored: attempt %d is the one running here",
+                      c.action_id, c.attempt, kind_name(r.kind), r.job.fid, r.attempt)
             return
         self._log(logging.INFO, "action %d/%d %s %s: cancel received%s", r.action_id, r.attempt,
                   kind_name(r.kind), r.job.fid, f" ({c.reason})" if c.reason else "")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import shlex
 import signal
@@ -12,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hsm import __version__
+from hsm import __version__, logsetup
 
 DESCRIPTION = """\
 Runs on a Lustre client node. Registers as the copytool of MOUNT, receives
@@ -106,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-every", type=float, default=60.0, metavar="SECONDS",
                    help="log the counters this often (default 60)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-format", default="text", choices=("text", "json"),
+                   help="text (default) or json: one JSON object per line, with action_id, attempt, kind and fid "
+                        "on every line about an action")
     return p
 
 
@@ -118,8 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsetup.setup(args.log_level, args.log_format)
     try:
         core = BridgeConfig(fsnames=frozenset(args.fsname), batch_size=args.batch_size,
                             max_backlog=args.max_backlog, mdt_max_requests=args.mdt_max_requests,

@@ -20,7 +20,7 @@ from pathlib import Path  # noqa: E402
 import hsm  # noqa: E402
 from coordinator import config as cfgmod  # noqa: E402
 from coordinator.certs import CA_DAYS, CERT_DAYS, ROLES  # noqa: E402
-from hsm import sdnotify  # noqa: E402
+from hsm import logsetup, sdnotify  # noqa: E402
 
 EPILOG = """\
 commands:
@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--agent-grace", type=float, metavar="SECONDS",
                      help="how long a disconnected agent keeps its actions (default 60)")
     run.add_argument("--log-level", choices=cfgmod.LOG_LEVELS)
+    run.add_argument("--log-format", choices=logsetup.LOG_FORMATS,
+                     help="text (default) or json: one JSON object per line, with action_id, attempt, kind and fid "
+                          "on every line about an action (log_format)")
 
     mem = sub.add_parser("member", help="add or remove a replica in every shard's Raft group",
                          description="Change the Raft membership of every shard by one replica. To replace a "
@@ -161,12 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def setup_logging(level: str, filename: Path | None = None) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        filename=filename,
-    )
+def setup_logging(level: str, filename: Path | None = None, fmt: str = "text") -> None:
+    logsetup.setup(level, fmt, filename=filename)
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -304,13 +303,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "archive_ids": tuple(args.archive_ids) if args.archive_ids else None,
             "agent_grace": args.agent_grace,
             "log_level": args.log_level,
+            "log_format": args.log_format,
         }
         try:
-            cfg, level = cfgmod.load(args.config, overrides)
+            cfg, logging_ = cfgmod.load(args.config, overrides)
         except cfgmod.ConfigError as exc:
             print(f"hsm-coordinator: configuration error: {exc}", file=sys.stderr)
             return 2
-        setup_logging(level)
+        setup_logging(logging_.level, fmt=logging_.format)
         try:
             with asyncio.Runner(loop_factory=new_loop) as runner:
                 return runner.run(_serve(cfg))

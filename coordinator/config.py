@@ -34,6 +34,7 @@ The file format is documented in docs/cluster-config.md; in short::
     user_request_mask: [restore]  # what a certificate of role user may request
     metrics_listen: 0.0.0.0:9600  # Prometheus metrics at http://HOST:PORT/metrics (default: none)
     log_level: info
+    log_format: text              # or json: one object per line (hsm.logsetup)
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import reprlib
 import secrets
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -55,6 +56,7 @@ from coordinator.node import NodeConfig, local_hostname
 from coordinator.raft import RaftTuning, check_addr
 from coordinator.raft.encryptor import MAX_PASSWORDS, split_passwords
 from coordinator.roles import check_mask
+from hsm.logsetup import LOG_FORMATS
 from hsm.ring import DEFAULT_VNODES, MAX_POINTS, MAX_VNODES
 from hsm.tls import TlsError, TlsFiles
 
@@ -74,7 +76,7 @@ _SIMPLE = {
     "heartbeat_interval": float, "propose_timeout": float, "progress_timeout": float,
     "metrics_listen": str,
 }
-_TOP = set(_SIMPLE) | {"cluster", "raft", "log_level", "tls", "insecure", "user_request_mask"}
+_TOP = set(_SIMPLE) | {"cluster", "raft", "log_level", "log_format", "tls", "insecure", "user_request_mask"}
 _CLUSTER = {"id", "name", "shards", "vnodes", "password_file", "password", "replicas"}
 
 
@@ -248,9 +250,14 @@ def _raft(raw: Any) -> RaftTuning:
     return tuning
 
 
-def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> tuple[NodeConfig, str]:
+class LogSettings(NamedTuple):
+    level: str  # debug, info, warning, error
+    format: str  # text, json (hsm.logsetup)
+
+
+def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> tuple[NodeConfig, LogSettings]:
     """Read *path* and apply *overrides* (None values are ignored).
-    Returns the node config and the log level."""
+    Returns the node config and how to log."""
     raw: dict[str, Any] = dict(read_yaml(path)) if path is not None else {}
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     _unknown("", raw, _TOP)
@@ -260,6 +267,9 @@ def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> tu
     if not isinstance(log_level, str) or log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {_show(log_level)}")
     log_level = log_level.lower()
+    log_format = raw.get("log_format", "text")
+    if not isinstance(log_format, str) or log_format.lower() not in LOG_FORMATS:
+        raise ConfigError(f"log_format: expected one of {', '.join(LOG_FORMATS)}, got {_show(log_format)}")
     values: dict[str, Any] = {}
     for name, typ in _SIMPLE.items():
         if name in raw:
@@ -281,7 +291,7 @@ def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> tu
             raise ConfigError(_clip(str(exc))) from None
     cfg = NodeConfig(cluster=cluster, raft=_raft(raw.get("raft")), **values)
     validate(cfg)
-    return cfg, log_level
+    return cfg, LogSettings(log_level, log_format.lower())
 
 
 def _tls(raw: Any, insecure: Any, base: Path | None, replica_id: str) -> TlsFiles | None:

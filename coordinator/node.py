@@ -520,12 +520,24 @@ class CoordinatorNode:
                 self._ask_running(cast(AgentSession, session))
             self._wake.set()
 
+    def _action_text(self, action_id: int, attempt: int | None = None) -> str:
+        """``ID/ATTEMPT KIND FID`` for a log line about an action (the
+        prefix hsm.logsetup reads); kind and FID while the state has it."""
+        head = str(action_id) if attempt is None else f"{action_id}/{attempt}"
+        shard = self.shard_of_action(action_id)
+        if shard is None:
+            return head
+        with shard.reading() as st:
+            a = st.get(action_id)
+            return head if a is None else f"{head} {a.kind.name} {a.fid}"
+
     def _send_cancel(self, agent: str, action_id: int, attempt: int, reason: str) -> None:
         session = self.sessions.get(agent)
         if session is None or not session.alive:
-            log.info("action %d: cancel for agent %s held until it reconnects", action_id, agent)
+            log.info("action %s: cancel for agent %s held until it reconnects", self._action_text(action_id, attempt),
+                     agent)
             return
-        log.info("action %d/%d: cancel sent to agent %s", action_id, attempt, agent)
+        log.info("action %s: cancel sent to agent %s", self._action_text(action_id, attempt), agent)
         session.send(agent_pb2.CoordinatorMessage(
             cancel=[agent_pb2.CancelOrder(action_id=action_id, attempt=attempt, reason=reason)]))
 
@@ -588,7 +600,7 @@ class CoordinatorNode:
                     self.book.assigned(session, action.kind)
                     per_agent.setdefault(eff.agent, []).append(convert.assignment_to_pb(action))
                     if log.isEnabledFor(logging.DEBUG):
-                        log.debug("action %d/%d: %s %s assigned to %s", action.id, action.attempt,
+                        log.debug("action %d/%d %s %s: assigned to %s", action.id, action.attempt,
                                   action.kind.name, action.fid, eff.agent)
         for agent, assignments in per_agent.items():
             sessions[agent].send(agent_pb2.CoordinatorMessage(assign=assignments))
@@ -763,8 +775,8 @@ class CoordinatorNode:
         now = self.clock()
         for d in done:
             if d.errno:  # successes are per-action noise at 10k/s; the agent logs each one
-                log.info("action %d/%d: ended on %s with errno %d: %r", d.action_id, d.attempt, agent_id,
-                         d.errno, d.message[:1024])  # as kept: an agent's text cannot flood the log
+                log.info("action %s: ended on %s with errno %d: %r", self._action_text(d.action_id, d.attempt),
+                         agent_id, d.errno, d.message[:1024])  # as kept: an agent's text cannot flood the log
         reports: list[ProgressReport | Completion] = [
             ProgressReport(p.action_id, p.attempt, p.bytes_done, p.bytes_total) for p in progress]
         reports += [Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done, d.handback)
@@ -874,8 +886,8 @@ class CoordinatorNode:
                          "%.0f s", shard.index, plan.recent, session.agent_id, IN_FLIGHT_GRACE)
                 asyncio.get_running_loop().call_later(IN_FLIGHT_GRACE, self._ask_running, session)
             for action_id, attempt in plan.strangers:
-                log.info("action %d/%d: agent %s runs it but does not hold it; told to stop",
-                         action_id, attempt, session.agent_id)
+                log.info("action %s: agent %s runs it but does not hold it; told to stop",
+                         self._action_text(action_id, attempt), session.agent_id)
                 session.send(agent_pb2.CoordinatorMessage(cancel=[
                     agent_pb2.CancelOrder(action_id=action_id, attempt=attempt, reason="not assigned to this agent")]))
             if lost:

@@ -228,7 +228,7 @@ def test_duplicate_stale_and_newer_attempts_of_a_running_action() -> None:
     sh.do(sh.core.assignment("r1", assignment(7, 2), 1.0))
     run = sh.run_of(7)
     sh.do(sh.core.assignment("r1", assignment(7, 2), 1.0))
-    assert sh.said("action 7/2: already running here; duplicate assignment ignored")
+    assert sh.said("action 7/2 ARCHIVE [0x200000400:0x7:0x0]: already running here; duplicate assignment ignored")
     sh.do(sh.core.assignment("r1", assignment(7, 1), 1.0))
     assert sh.said("stale assignment ignored (attempt 2 is running here)")
     out = sh.do(sh.core.assignment("r1", assignment(7, 3), 1.0))
@@ -477,7 +477,7 @@ def test_a_deferred_attempt_whose_lease_ends_is_given_back_unstarted() -> None:
     sh.do(sh.core.cancel("r1", cancel(7, 1), 1.0))
     sh.do(sh.core.assignment("r1", assignment(7, 2), 1.0))
     sh.do(sh.core.check_leases(3.0))
-    assert sh.said("action 7/2: not started: no leader of shard 7 renewed")
+    assert sh.said("action 7/2 ARCHIVE [0x200000400:0x7:0x0]: not started: no leader of shard 7 renewed")
     (d,) = sh.core.streams["r1"].pending_done
     assert (d.action_id, d.attempt, d.errno, d.handback) == (7, 2, E.ECANCELED, True)
     assert d.message == "agent a1 lost its lease before it started"
@@ -571,7 +571,7 @@ def test_a_deferred_attempt_is_not_started_once_stopping() -> None:
     sh.do(sh.core.assignment("r1", assignment(7, 2), 1.0))
     sh.do(sh.core.stop(2.0))
     sh.end(sh.run_of(7), CANCELED, 2.5)
-    assert len(sh.started) == 1 and sh.said("action 7/2: not started, the agent is stopping")
+    assert len(sh.started) == 1 and sh.said("action 7/2 ARCHIVE [0x200000400:0x7:0x0]: not started, the agent is stopping")
     assert dones(sh, "r1") == [(7, 1, E.ECANCELED), (7, 2, E.ECANCELED)]
     assert sh.core.streams["r1"].pending_done[1].handback
 

@@ -29,7 +29,7 @@ def test_init_then_load(tmp_path: Path) -> None:
     assert cfg.cluster.shards == 4 and [r.id for r in cfg.cluster.replicas] == ["c0", "c1", "c2"]
     assert cfg.me.raft_addr(3) == "127.0.0.1:7713"
     assert cfg.cluster.password == pw.read_text().strip()
-    assert (cfg.listen, level, cfg.data_dir) == ("0.0.0.0:7601", "info", tmp_path / "data")
+    assert (cfg.listen, level, cfg.data_dir) == ("0.0.0.0:7601", ("info", "text"), tmp_path / "data")
 
 
 def test_every_cluster_gets_its_own_id(tmp_path: Path) -> None:

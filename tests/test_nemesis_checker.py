@@ -421,10 +421,14 @@ def test_read_agent_log_reads_runs_and_the_lines_about_them(tmp_path: Path) -> N
     assert read_agent_log("a1", tmp_path / "none.log", None) == ([], [])
 
 
-def test_an_attempt_continued_under_a_new_number_is_two_touching_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("renumbered", [
+    f"action 1001/2 ARCHIVE {FID}: attempt 1 of it is still running here; it continues as attempt 2",
+    "action 1001/2: attempt 1 of it is still running here; it continues as attempt 2",  # before the kind and FID
+])
+def test_an_attempt_continued_under_a_new_number_is_two_touching_runs(tmp_path: Path, renumbered: str) -> None:
     log = write_log(tmp_path / "a1.log", [
         log_line(T0 + 1, f"action 1001/1 ARCHIVE {FID} started: archive 1, whole file, from r1"),
-        log_line(T0 + 5, "action 1001/2: attempt 1 of it is still running here; it continues as attempt 2"),
+        log_line(T0 + 5, renumbered),
         log_line(T0 + 9, f"action 1001/2 ARCHIVE {FID} succeeded: 4096 bytes in 8.00 s"),
     ])
     runs, _ = read_agent_log("a1", log, None)

@@ -82,7 +82,8 @@ class Job:
     may_publish: Callable[[], bool] = lambda: True
 
     def log_prefix(self) -> str:
-        return f"action {self.action_id}/{self.attempt} {self.fid}"
+        """``action ID/ATTEMPT KIND FID``: the prefix of every line about the action (hsm.logsetup)."""
+        return f"action {self.action_id}/{self.attempt} {KIND_NAMES.get(self.kind, self.kind)} {self.fid}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ _RUN = re.compile(
     r"(?P<errno>\d+) \((?P<why>.*)\)(, retry)?: \d+ bytes)")
 _ACTION = re.compile(r"^action (\d+)/(\d+)\b")
 _RENUMBER = re.compile(
-    r"^action (?P<id>\d+)/(?P<att>\d+): attempt (?P<old>\d+) of it is still running here; "
+    r"^action (?P<id>\d+)/(?P<att>\d+)(?: \S+ \S+)?: attempt (?P<old>\d+) of it is still running here; "
     r"it continues as attempt (?P<new>\d+)")
 #: the first line of an agentd process (agentd/daemon.py): a new process in this log
 _STARTUP = re.compile(r"^agentd \S+: agent \S+ on ")
