@@ -139,8 +139,11 @@ def extent_to_pb(offset: int, length: int) -> types_pb2.Extent:
     return types_pb2.Extent(offset=offset, length=length)
 
 
-def action_to_pb(a: Action, shard: int) -> types_pb2.Action:
-    return types_pb2.Action(
+def action_to_pb(a: Action, shard: int, place: tuple[int, int] | None = None,
+                 start_estimate: float = 0.0) -> types_pb2.Action:
+    """*place*: (actions before it, queue length) of a WAITING action that
+    may start now (ShardState.queue_position); *start_estimate*: seconds."""
+    pb = types_pb2.Action(
         action_id=a.id,
         fsname=a.fsname,
         fid=fid_to_pb(a.fid),
@@ -169,6 +172,11 @@ def action_to_pb(a: Action, shard: int) -> types_pb2.Action:
         shard=shard,
         data_version=a.data_version,
     )
+    if place is not None:
+        pb.queue_position = place[0] + 1
+        pb.queue_length = place[1]
+        pb.start_estimate = start_estimate
+    return pb
 
 
 def assignment_to_pb(a: Action) -> agent_pb2.Assignment:

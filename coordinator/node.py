@@ -29,6 +29,7 @@ import logging
 import pickle
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ from coordinator.raft import (
 from coordinator.roles import DEFAULT_USER_MASK
 from coordinator.state import (
     MAX_SHARDS,
+    Action,
     AgentLost,
     Assigned,
     AssignRound,
@@ -116,6 +118,10 @@ MAX_PAGE = 10_000
 MAX_HELLO_ARCHIVE_IDS = 1024
 DEFAULT_PAGE = 1000
 READINESS_SERVICES = ("hsm.v1.Coordinator", "hsm.v1.AgentService")
+#: a waiting action's start estimate: the dispatch rate of its queue over
+#: the last RATE_WINDOW seconds, sampled every RATE_SAMPLE_EVERY
+RATE_SAMPLE_EVERY = 5.0
+RATE_WINDOW = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +234,9 @@ class CoordinatorNode:
         self.port = 0
         self.agent_lease, self.agent_lease_safe = agent_lease(
             config.agent_grace, config.heartbeat_interval, config.raft.leader_fallback)
+        #: samples of every shard's per-queue dispatch counters (ShardState.dispatched):
+        #: (monotonic time, one dict per shard), the last RATE_WINDOW seconds
+        self._dispatch_samples: deque[tuple[float, list[dict[tuple[Kind, int], int]]]] = deque()
         #: the Prometheus exporter's registry (None: no metrics_listen, nothing counted)
         self.metrics: ReplicaMetrics | None = None
         self.metrics_port = 0
@@ -304,6 +313,7 @@ class CoordinatorNode:
             self._tasks.append(asyncio.create_task(self._reclaimer(), name="reclaimer"))
         self._tasks.append(asyncio.create_task(self._lease_keeper(), name="leases"))
         self._tasks.append(asyncio.create_task(self._readiness_watch(), name="readiness"))
+        self._tasks.append(asyncio.create_task(self._rate_sampler(), name="dispatch rates"))
         log.info("replica %s serving on %s (%d shards, archive ids %s, %s)", self.me.id, self.address,
                  len(self.shards), ",".join(map(str, self.config.archive_ids)),
                  "mutual TLS" if tls else "PLAIN TEXT")
@@ -986,6 +996,45 @@ class CoordinatorNode:
                     await self.propose(shard, AgentLost(self.clock(), agent_id, "agent lost"))
                 except ShardUnavailable as exc:
                     log.warning("shard %d: could not requeue the actions of %s: %s", shard.index, agent_id, exc)
+
+    # ------------------------------------------- where a waiting action stands
+
+    async def _rate_sampler(self) -> None:
+        while True:
+            self.sample_dispatch()
+            await asyncio.sleep(RATE_SAMPLE_EVERY)
+
+    def sample_dispatch(self, now: float | None = None) -> None:
+        """Note every queue's dispatch counter (for :meth:`start_estimate`)."""
+        now = time.monotonic() if now is None else now
+        counts = []
+        for shard in self.shards:
+            with shard.reading() as st:
+                counts.append(dict(st.dispatched))
+        samples = self._dispatch_samples
+        samples.append((now, counts))
+        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
+            samples.popleft()
+
+    def dispatch_rate(self, shard: int, kind: Kind, archive_id: int) -> float:
+        """Actions per second dispatched from a queue over the sampled window."""
+        samples = self._dispatch_samples
+        if len(samples) < 2:
+            return 0.0
+        (t0, first), (t1, last) = samples[0], samples[-1]
+        if t1 <= t0 or shard >= len(first) or shard >= len(last):
+            return 0.0
+        n = last[shard].get((kind, archive_id), 0) - first[shard].get((kind, archive_id), 0)
+        return n / (t1 - t0) if n > 0 else 0.0
+
+    def action_pb(self, st: ShardState, a: Action, shard: int) -> types_pb2.Action:
+        """An action as the API shows it; a WAITING one that may start now
+        with its place in its queue and when it should start (no scan)."""
+        place = st.queue_position(a)
+        if place is None:
+            return convert.action_to_pb(a, shard)
+        rate = self.dispatch_rate(shard, a.kind, a.archive_id)
+        return convert.action_to_pb(a, shard, place, (place[0] + 1) / rate if rate > 0 else 0.0)
 
     # --------------------------------------------------------------- status
 

@@ -259,7 +259,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await abort_unavailable(context, exc)
         with shard.reading() as st:
             action = st.get(request.action_id)
-            pb = convert.action_to_pb(action, shard.index) if action is not None else None
+            pb = node.action_pb(st, action, shard.index) if action is not None else None
         if pb is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no action {request.action_id}")
         return pb
@@ -303,7 +303,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     if target and (a.fid != target.fid or (target.fsname and a.fsname != target.fsname)
                                    or (target.kind and a.kind != target.kind)):
                         continue
-                    out.append(convert.action_to_pb(a, idx))
+                    out.append(node.action_pb(st, a, idx))
                     if len(out) > page:
                         break
             return out, False
@@ -340,7 +340,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 assert shard is not None
                 with shard.reading() as st:
                     action = st.get(i)
-                    pb = convert.action_to_pb(action, shard.index) if action is not None else None
+                    pb = node.action_pb(st, action, shard.index) if action is not None else None
                 if pb is None:
                     await context.abort(grpc.StatusCode.NOT_FOUND, f"no action {i}")
                 yield coordinator_pb2.WatchEvent(action=pb)

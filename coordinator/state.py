@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import errno as E
 import operator
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -646,28 +647,88 @@ def _stored_attributes() -> tuple[str, ...]:
     return tuple(n for n in names if n not in _DERIVED and n not in _TRANSIENT and not n.startswith("__"))
 
 
+#: a half of a ReadyQueue is renumbered (O(its length)) once it has more
+#: tickets removed from its middle than this and than 1/16 of its length,
+#: which bounds both the gap list a removal sorts into and the renumbering
+#: per removal (amortized)
+GAPS_RENUMBER = 4096
+
+
 class ReadyQueue:
     """Action ids that may start now, in order: requeued ones (``front``)
     before new ones (``back``). Two plain dicts: half the memory of an
-    OrderedDict per entry, O(1) add, remove and membership."""
+    OrderedDict per entry, O(1) add, remove and membership.
 
-    __slots__ = ("front", "back")
+    Each id maps to its ticket, its arrival number in its half, so that
+    :meth:`position` is a rank found without a scan (``hsmctl action``
+    shows it): every ticket of a half below its ``low`` is gone (removed
+    from the head: dispatched), and its ``gaps`` hold, sorted, the gone
+    ones above (removed from the middle: a cancel). Rank = ticket - low -
+    gaps below the ticket. Tickets differ between a replica that loaded a
+    snapshot (renumbered) and one that did not; ranks do not."""
+
+    __slots__ = ("front", "back", "_next", "_low", "_gaps")
 
     def __init__(self) -> None:
-        self.front: dict[int, None] = {}
-        self.back: dict[int, None] = {}
+        self.front: dict[int, int] = {}
+        self.back: dict[int, int] = {}
+        self._next = [0, 0]  # per half (0 front, 1 back): the next ticket
+        self._low = [0, 0]
+        self._gaps: list[list[int]] = [[], []]
 
     def add(self, action_id: int, front: bool = False) -> None:
-        (self.front if front else self.back)[action_id] = None
+        h = 0 if front else 1
+        t = self._next[h]
+        self._next[h] = t + 1
+        (self.front if front else self.back)[action_id] = t
 
     def __contains__(self, action_id: object) -> bool:
         return action_id in self.back or action_id in self.front
 
     def __delitem__(self, action_id: int) -> None:
         if action_id in self.back:
-            del self.back[action_id]
+            h, d = 1, self.back
         else:
-            del self.front[action_id]
+            h, d = 0, self.front
+        t = d.pop(action_id)
+        if not d:  # empty: start the half again
+            self._next[h] = self._low[h] = 0
+            self._gaps[h] = []
+            return
+        low = self._low[h]
+        gaps = self._gaps[h]
+        if t == low:  # the head: the usual case (dispatched in order)
+            low += 1
+            if gaps and gaps[0] == low:
+                i = 0
+                while i < len(gaps) and gaps[i] == low:
+                    i += 1
+                    low += 1
+                del gaps[:i]
+            self._low[h] = low
+            return
+        insort(gaps, t)
+        if len(gaps) > GAPS_RENUMBER and len(gaps) * 16 > len(d):
+            self._renumber(h)
+
+    def _renumber(self, h: int) -> None:
+        d = self.front if h == 0 else self.back
+        for i, action_id in enumerate(d):
+            d[action_id] = i
+        self._next[h] = len(d)
+        self._low[h] = 0
+        self._gaps[h] = []
+
+    def position(self, action_id: int) -> int | None:
+        """How many actions of this queue start before *action_id* (0: it
+        is next), or None if it is not in the queue. O(log gaps)."""
+        t = self.front.get(action_id)
+        if t is not None:
+            return t - self._low[0] - bisect_left(self._gaps[0], t)
+        t = self.back.get(action_id)
+        if t is None:
+            return None
+        return len(self.front) + t - self._low[1] - bisect_left(self._gaps[1], t)
 
     def __iter__(self) -> Iterator[int]:
         return chain(self.front, self.back) if self.front else iter(self.back)
@@ -675,14 +736,20 @@ class ReadyQueue:
     def __len__(self) -> int:
         return len(self.front) + len(self.back)
 
-    # the default pickle state of a slotted object, written out: compiled
-    # (mypyc), the class would pickle a dict instead
-    def __getstate__(self) -> tuple[None, dict[str, dict[int, None]]]:
+    # the pickle state of a slotted object, written out: compiled (mypyc),
+    # the class would pickle a dict instead. The tickets are renumbered on
+    # load (a snapshot written before them has None values)
+    def __getstate__(self) -> tuple[None, dict[str, dict[int, int]]]:
         return (None, {"front": self.front, "back": self.back})
 
-    def __setstate__(self, state: tuple[None, dict[str, dict[int, None]]]) -> None:
+    def __setstate__(self, state: tuple[None, dict[str, dict[int, int]]]) -> None:
         self.front = state[1]["front"]
         self.back = state[1]["back"]
+        self._next = [0, 0]
+        self._low = [0, 0]
+        self._gaps = [[], []]
+        self._renumber(0)
+        self._renumber(1)
 
 
 class ShardState:
@@ -718,6 +785,9 @@ class ShardState:
         #: requesters named the state they saw; oldest first (``_remembered``)
         self.ended_states: dict[tuple[str, Fid, Kind, int], tuple[int, int, float]] = {}
         self.applied = 0  # commands applied
+        #: (kind, archive id) -> assignments ever made from that queue (a
+        #: reader's dispatch rate, for a waiting action's start estimate)
+        self.dispatched: dict[tuple[Kind, int], int] = {}
         #: Ended/Requeued/FirstStart effects of the command being applied
         #: (made deep inside _end and _requeue; apply adds them to its Result)
         self._events: list[Effect] = []
@@ -884,8 +954,10 @@ class ShardState:
             if queue is None or action_id not in queue:
                 continue  # not at the head of its FID
             del queue[action_id]
+            key = (action.kind, action.archive_id)
             if not queue:
-                del self.ready[(action.kind, action.archive_id)]
+                del self.ready[key]
+            self.dispatched[key] = self.dispatched.get(key, 0) + 1
             self._transition(action, Ev.ASSIGN)
             action.agent = agent
             action.attempt += 1
@@ -1267,6 +1339,16 @@ class ShardState:
     def get(self, action_id: int) -> Action | None:
         return self.actions.get(action_id)
 
+    def queue_position(self, action: Action) -> tuple[int, int] | None:
+        """(how many of its queue start before it, the queue's length) for
+        a WAITING action that may start now; None for one waiting behind
+        another action on its file, or not waiting."""
+        if action.state != State.WAITING:
+            return None
+        queue = self.ready.get((action.kind, action.archive_id))
+        pos = queue.position(action.id) if queue is not None else None
+        return None if pos is None or queue is None else (pos, len(queue))
+
     def actions_of_fid(self, fsname: str, fid: Fid) -> list[Action]:
         """Non-terminal actions of a file, in the order they will run."""
         return [self.actions[i] for i in self._fid_ids((fsname, fid))]
@@ -1335,9 +1417,10 @@ class ShardState:
         ready_ids: set[int] = set()
         for (kind, arch), rq in self.ready.items():
             assert rq, f"empty ready queue {(kind, arch)} kept"
-            for i in rq:
+            for rank, i in enumerate(rq):
                 ra = self.actions[i]
                 assert (ra.kind, ra.archive_id) == (kind, arch), f"{ra} in wrong ready queue"
+                assert rq.position(i) == rank, f"{ra}: position {rq.position(i)}, but {rank} start before it"
                 ready_ids.add(i)
         expect_ready = set()
         for fkey, stored in self.fid_queue.items():

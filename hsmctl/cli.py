@@ -1484,9 +1484,17 @@ def cmd_action(args: argparse.Namespace, ctx: Context) -> int:
                         "offset": offset,
                         "length": length,
                         "bytes_moved": moved,
+                        "queue_position": (action.queue_position or None) if action is not None else None,
+                        "queue_length": (action.queue_length or None) if action is not None else None,
+                        "start_estimate": (action.start_estimate or None) if action is not None else None,
                     })
                 else:
-                    print(format_hsm_action(path, kind, word, offset, length, moved), file=ctx.out)
+                    from hsmctl.output import queue_words
+
+                    line = format_hsm_action(path, kind, word, offset, length, moved)
+                    if action is not None and action.queue_position:
+                        line += queue_words(action)
+                    print(line, file=ctx.out)
     if args.json:
         from hsmctl.output import write_json
 

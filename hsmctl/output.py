@@ -102,8 +102,30 @@ def format_bytes(n: int) -> str:
     return f"{n}B"  # pragma: no cover - loop always returns
 
 
+def format_queue(action: tpb.Action) -> str:
+    """A waiting action's place: ``"queue 3/120 ~40s"`` (3rd of 120 in the
+    queue it starts from, expected to start in about 40 s; no ``~`` part
+    without an estimate); "" when it is not in a queue."""
+    if not action.queue_position:
+        return ""
+    text = f"queue {action.queue_position}/{action.queue_length}"
+    return text + f" ~{format_age(action.start_estimate)}" if action.start_estimate > 0 else text
+
+
+def queue_words(action: tpb.Action) -> str:
+    """What ``hsmctl action`` adds to a waiting action's line:
+    ``", queue position 3 of 120, starts in about 40s"``."""
+    text = f", queue position {action.queue_position} of {action.queue_length}"
+    if action.start_estimate > 0:
+        text += f", starts in about {format_age(action.start_estimate)}"
+    return text
+
+
 def format_progress(action: tpb.Action) -> str:
-    """``"-"`` before any progress, ``"1.0MiB/4.0MiB 25%"`` while running."""
+    """``"-"`` before any progress, ``"1.0MiB/4.0MiB 25%"`` while running;
+    a waiting action's place in its queue (:func:`format_queue`)."""
+    if action.queue_position:
+        return format_queue(action)
     done, total = action.bytes_done, action.bytes_total
     if not done and not total:
         return "-"
@@ -183,6 +205,10 @@ def action_to_dict(action: tpb.Action) -> dict[str, Any]:
         "errno": action.errno,
         "error": action.error,
         "shard": action.shard,
+        # a waiting action that may start now: 1 = next in its queue; null otherwise
+        "queue_position": action.queue_position or None,
+        "queue_length": action.queue_length if action.queue_position else None,
+        "start_estimate": action.start_estimate or None,  # seconds from now; null: no estimate
     }
 
 

@@ -269,22 +269,24 @@ def test_archive_action_cancel_round_trip(tree: SimFS, addr: str, tmp_path: Path
 
     r = run("--coordinators", addr, "action", "fs/d/new", "fs/d/arch", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "fs/d/new: ARCHIVE waiting (from 0 to EOF)\nfs/d/arch: NOOP\n"
+    # no agent: first of one in its queue, no dispatch rate to estimate from
+    assert r.stdout == "fs/d/new: ARCHIVE waiting (from 0 to EOF), queue position 1 of 1\nfs/d/arch: NOOP\n"
 
     r = run("--coordinators", addr, "actions", cwd=tmp_path)
     header, line = r.stdout.splitlines()
     assert header.split() == ["ID", "KIND", "STATE", "FID", "ARCH", "AGENT", "TRY", "REQ",
                               "PROGRESS", "AGE"]
-    assert line.split()[:9] == [str(action.action_id), "ARCHIVE", "waiting", str(fid), "1",
-                                "-", "0", "1", "-"]
-    assert re.fullmatch(r"\d+s", line.split()[9])
+    assert line.split()[:10] == [str(action.action_id), "ARCHIVE", "waiting", str(fid), "1",
+                                 "-", "0", "1", "queue", "1/1"]
+    assert re.fullmatch(r"\d+s", line.split()[10])
 
     r = run("--coordinators", addr, "cancel", "fs/d/new", cwd=tmp_path)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     r = run("--coordinators", addr, "action", "--json", "fs/d/new", cwd=tmp_path)
     assert json.loads(r.stdout) == [{
         "path": "fs/d/new", "fid": str(fid), "action": "NOOP", "progress": "",
-        "action_id": None, "state": None, "offset": 0, "length": -1, "bytes_moved": 0}]
+        "action_id": None, "state": None, "offset": 0, "length": -1, "bytes_moved": 0,
+        "queue_position": None, "queue_length": None, "start_estimate": None}]
     r = run("--coordinators", addr, "actions", "--all", "--json", cwd=tmp_path)
     [listed] = json.loads(r.stdout)
     assert listed["state"] == "CANCELED" and listed["kind"] == "ARCHIVE"

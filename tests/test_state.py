@@ -638,3 +638,61 @@ def test_counted_effects_do_not_leak_into_the_next_command_or_a_snapshot() -> No
     assert _counted(h.step(SetControl(h.now, "enabled"))) == []
     head, _ = h.state.export_parts()
     assert "_events" not in head
+
+
+# -- a waiting action's place in its queue (hsmctl action), without a scan
+
+
+def test_a_waiting_action_knows_its_place_in_its_queue() -> None:
+    h = Harness(max_attempts=3)
+    r = h.submit(*(item(n) for n in range(1, 7)))
+    ids = [x.action_id for x in r]
+    assert [h.state.queue_position(h.state.actions[i]) for i in ids] == [(k, 6) for k in range(6)]
+    h.cancel(ids[2])  # from the middle
+    assert h.state.queue_position(h.state.actions[ids[3]]) == (2, 5)
+    assert h.schedule("a1", archive=1) == [(ids[0], 1)]
+    assert h.state.queue_position(h.state.actions[ids[5]]) == (3, 4)
+    h.done(ids[0], 1, E.EIO, retry=True)  # requeued: first in its queue
+    assert h.state.queue_position(h.state.actions[ids[0]]) == (0, 5)
+    assert h.state.queue_position(h.state.actions[ids[1]]) == (1, 5)
+    assert h.state.dispatched == {(Kind.ARCHIVE, 1): 1}
+    # behind another action on its file: not in a queue
+    (later,) = h.submit(item(1, Kind.RESTORE))
+    assert h.state.queue_position(h.state.actions[later.action_id]) is None
+    assert h.state.queue_position(h.state.actions[ids[2]]) is None  # canceled
+
+
+def test_positions_stay_ranks_through_many_removals_from_the_middle_and_a_snapshot() -> None:
+    import pickle
+    import random
+
+    from coordinator.state import ReadyQueue
+    rng = random.Random(5)
+    q = ReadyQueue()
+    model: list[int] = []
+    for i in range(20_000):
+        q.add(i)
+        model.append(i)
+    for _ in range(9_000):  # more than GAPS_RENUMBER from the middle: renumbered on the way
+        victim = model.pop(rng.randrange(1, len(model)))
+        del q[victim]
+    for _ in range(100):
+        victim = model.pop(0)
+        del q[victim]
+    for i in (100_000, 100_001):
+        q.add(i, front=True)
+        model.insert(i - 100_000, i)
+    assert list(q) == model
+    assert all(q.position(x) == k for k, x in enumerate(model))
+    assert q.position(-1) is None
+    loaded = pickle.loads(pickle.dumps(q))
+    assert list(loaded) == model and all(loaded.position(x) == k for k, x in enumerate(model) if k % 97 == 0)
+
+
+def test_a_snapshot_written_before_tickets_loads_with_positions() -> None:
+    from coordinator.state import ReadyQueue
+    q = ReadyQueue.__new__(ReadyQueue)
+    q.__setstate__((None, {"front": {9: None}, "back": {4: None, 7: None}}))
+    assert [q.position(i) for i in (9, 4, 7)] == [0, 1, 2]
+    q.add(8)
+    assert q.position(8) == 3

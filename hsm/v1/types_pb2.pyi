@@ -82,7 +82,7 @@ class HsmState(_message.Message):
     def __init__(self, flags: _Optional[int] = ..., archive_id: _Optional[int] = ..., data_version: _Optional[int] = ..., ctime_ns: _Optional[int] = ...) -> None: ...
 
 class Action(_message.Message):
-    __slots__ = ("action_id", "fsname", "fid", "kind", "archive_id", "extent", "data", "flags", "priority", "requesters", "state", "agent", "attempt", "created", "started", "ended", "bytes_done", "bytes_total", "errno", "error", "shard", "data_version")
+    __slots__ = ("action_id", "fsname", "fid", "kind", "archive_id", "extent", "data", "flags", "priority", "requesters", "state", "agent", "attempt", "created", "started", "ended", "bytes_done", "bytes_total", "errno", "error", "shard", "data_version", "queue_position", "queue_length", "start_estimate")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     FSNAME_FIELD_NUMBER: _ClassVar[int]
     FID_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,9 @@ class Action(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    START_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     action_id: int
     fsname: str
     fid: Fid
@@ -127,4 +130,7 @@ class Action(_message.Message):
     error: str
     shard: int
     data_version: int
-    def __init__(self, action_id: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[Fid, _Mapping]] = ..., kind: _Optional[_Union[ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., priority: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[Requester, _Mapping]]] = ..., state: _Optional[_Union[ActionState, str]] = ..., agent: _Optional[str] = ..., attempt: _Optional[int] = ..., created: _Optional[float] = ..., started: _Optional[float] = ..., ended: _Optional[float] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., errno: _Optional[int] = ..., error: _Optional[str] = ..., shard: _Optional[int] = ..., data_version: _Optional[int] = ...) -> None: ...
+    queue_position: int
+    queue_length: int
+    start_estimate: float
+    def __init__(self, action_id: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[Fid, _Mapping]] = ..., kind: _Optional[_Union[ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., priority: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[Requester, _Mapping]]] = ..., state: _Optional[_Union[ActionState, str]] = ..., agent: _Optional[str] = ..., attempt: _Optional[int] = ..., created: _Optional[float] = ..., started: _Optional[float] = ..., ended: _Optional[float] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., errno: _Optional[int] = ..., error: _Optional[str] = ..., shard: _Optional[int] = ..., data_version: _Optional[int] = ..., queue_position: _Optional[int] = ..., queue_length: _Optional[int] = ..., start_estimate: _Optional[float] = ...) -> None: ...
