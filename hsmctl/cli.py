@@ -156,14 +156,17 @@ request, or with --wait a file's HSM state shows the work not done.
              "archived_version" (null on Lustre: liblustreapi does not say)}]
   action   [{"path", "fid", "action": NOOP|ARCHIVE|RESTORE|REMOVE,
              "progress": waiting|running|"", "action_id", "state",
-             "offset", "length", "bytes_moved"}]
+             "offset", "length", "bytes_moved", "queue_position" (1 =
+             next; null unless waiting in a queue), "queue_length",
+             "start_estimate" (seconds; null: no estimate)}]
              (on Lustre: action_id null, state the MDT's WAITING|STARTED,
              length null while an ARCHIVE or RESTORE runs)
   actions  [{"action_id", "fsname", "fid", "kind", "archive_id", "extent",
              "data", "flags", "priority", "requesters": [{"initiator",
              "cookie", "uid", "gid", "projid", "when"}], "state", "agent",
              "attempt", "created", "started", "ended", "bytes_done",
-             "bytes_total", "errno", "error", "shard"}]
+             "bytes_total", "errno", "error", "shard", "queue_position",
+             "queue_length", "start_estimate"}]
   agents   [{"agent_id", "host", "archive_ids", "slots": {"archive",
              "restore", "remove"}, "running": {...}, "version",
              "connected_since", "last_seen", "replica", "draining"}]
@@ -1492,7 +1495,7 @@ def cmd_action(args: argparse.Namespace, ctx: Context) -> int:
                     from hsmctl.output import queue_words
 
                     line = format_hsm_action(path, kind, word, offset, length, moved)
-                    if action is not None and action.queue_position:
+                    if args.queue and action is not None and action.queue_position:
                         line += queue_words(action)
                     print(line, file=ctx.out)
     if args.json:
@@ -1830,6 +1833,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("action", "current HSM action of files, exactly as lfs hsm_action prints it",
             cmd_action)
     p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
+    p.add_argument("--queue", action="store_true",
+                   help="a waiting action also says where it stands, after lfs hsm_action's line: ', queue "
+                        "position 3 of 120, starts in about 40s' (its place in the queue it starts from; the "
+                        "estimate from that queue's dispatch rate over the last minute). --json always has it")
     p.add_argument("paths", nargs="+", metavar="PATH")
 
     for name, text in (("set", "set HSM user flags (lfs hsm_set)"),
