@@ -50,6 +50,7 @@ from typing import Any, Final, NamedTuple
 
 from mypy_extensions import mypyc_attr
 
+from coordinator.events import HE_ARCHIVE, HE_REMOVE, HE_RESTORE, ConsumerError, EventLog
 from hsm.fid import Fid
 from hsm.hsmflags import check_request, resolve_archive_id
 from hsm.wire import SHARD_ID_MODULUS
@@ -65,6 +66,10 @@ class Kind(IntEnum):
     ARCHIVE = 20
     RESTORE = 21
     REMOVE = 22
+
+
+#: the changelog event (CLF_HSM) an action's end records
+_HSM_EVENT: Final = {Kind.ARCHIVE: HE_ARCHIVE, Kind.RESTORE: HE_RESTORE, Kind.REMOVE: HE_REMOVE}
 
 
 class State(IntEnum):
@@ -345,7 +350,27 @@ class Lease:
     ttl: float
 
 
-Command = Submit | Assign | AssignRound | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent | Lease
+@dataclass(frozen=True, slots=True)
+class EventConsumer:
+    """Register (*register*) or deregister the HSM event consumer *name*
+    in this shard's event log (coordinator.events)."""
+
+    now: float
+    name: str
+    register: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AckEvents:
+    """Event consumer *name* processed this shard's records up to *index*."""
+
+    now: float
+    name: str
+    index: int
+
+
+Command = (Submit | Assign | AssignRound | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent
+           | Lease | EventConsumer | AckEvents)
 
 
 def _pickle_by_fields(cls: type) -> None:
@@ -362,7 +387,7 @@ def _pickle_by_fields(cls: type) -> None:
 
 
 for _cls in (Submit, Assign, AssignRound, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent,
-             Lease):
+             Lease, EventConsumer, AckEvents):
     _pickle_by_fields(_cls)
 
 
@@ -472,6 +497,15 @@ class LeaseReply:
     granted: bool
     holder: str  # who holds it after the command ("" when nobody)
     remaining: float  # seconds the holder's lease still runs (0 when nobody holds it)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerReply:
+    """An EventConsumer or AckEvents command's answer: the consumer's
+    cursor, or why the command changed nothing."""
+
+    cursor: int
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -788,6 +822,8 @@ class ShardState:
         #: (kind, archive id) -> assignments ever made from that queue (a
         #: reader's dispatch rate, for a waiting action's start estimate)
         self.dispatched: dict[tuple[Kind, int], int] = {}
+        #: HSM events (an action's end) and their consumers' cursors (coordinator.events)
+        self.events = EventLog()
         #: Ended/Requeued/FirstStart effects of the command being applied
         #: (made deep inside _end and _requeue; apply adds them to its Result)
         self._events: list[Effect] = []
@@ -844,7 +880,20 @@ class ShardState:
             return Result()
         if isinstance(cmd, Lease):
             return Result(replies=[self._lease(cmd)])
+        if isinstance(cmd, EventConsumer | AckEvents):
+            return Result(replies=[self._consumer(cmd)])
         raise TypeError(f"unknown command {type(cmd).__name__}")
+
+    def _consumer(self, cmd: EventConsumer | AckEvents) -> ConsumerReply:
+        log = self.events
+        try:
+            if isinstance(cmd, AckEvents):
+                return ConsumerReply(log.ack(cmd.name, cmd.index))
+            if cmd.register:
+                return ConsumerReply(log.register(cmd.name, cmd.now))
+            return ConsumerReply(0, "" if log.deregister(cmd.name) else f"no event consumer {cmd.name!r}")
+        except ConsumerError as exc:
+            return ConsumerReply(0, str(exc))
 
     def _lease(self, cmd: Lease) -> LeaseReply:
         if not cmd.name or not cmd.holder or not 0 <= cmd.ttl <= MAX_LEASE_TTL:
@@ -1228,6 +1277,10 @@ class ShardState:
         action.error = message
         ran = now - action.started if was != State.WAITING else -1.0
         self._events.append(Ended(action.id, action.kind, action.state, errno, ran))
+        if self.events.consumers:
+            fid = action.fid
+            self.events.append(now, _HSM_EVENT[action.kind], errno, action.fsname, (fid.seq, fid.oid, fid.ver),
+                               action.archive_id, action.id)
         if was == State.WAITING:
             queue = self.ready.get((action.kind, action.archive_id))
             if queue is not None and action.id in queue:
@@ -1402,6 +1455,7 @@ class ShardState:
     def check_invariants(self) -> None:
         """Recompute every index from the actions and compare. For tests:
         raises AssertionError describing the first inconsistency."""
+        self.events.check_invariants()
         counts: dict[tuple[Kind, State], int] = {}
         for a in self.actions.values():
             counts[(a.kind, a.state)] = counts.get((a.kind, a.state), 0) + 1
