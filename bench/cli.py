@@ -46,6 +46,9 @@ workloads:
                  and seal + unseal per Raft entry and per action (sealing --help; bench/sealing.py)
   tls            what mutual TLS costs: the flood on a plain-text cluster and on one with TLS everywhere,
                  the ratio of their rates against the target 0.85 (tls --help; bench/tls.py)
+  metrics        what the Prometheus exporters cost: the flood without exporters and with one on every
+                 replica and agentd, scraped every 5 s; the ratio of their rates against the target 0.95
+                 (metrics --help; bench/metrics.py)
   report         re-render latest.md from latest.json
 
 exit status: 0 when every workload ran, whatever the figures (a missed performance
@@ -136,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--tag", default="", help="name of this profile run (default: the cluster shape)")
     sub.add_parser("report", parents=[common], help="re-render latest.md from latest.json")
     from bench import compare, sealing
+    from bench import metrics as metricsmod
     from bench import tls as tlsmod
 
     cmp = sub.add_parser("compare", parents=[common], help="baseline code versus the working tree, in one run",
@@ -155,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
                          description=tlsmod.TLS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     tls.add_argument("--repeat", type=int, default=1, metavar="N",
                      help="rounds of two floods (off/on, then on/off, ...); figures are medians (default 1)")
+    met = sub.add_parser("metrics", parents=[common],
+                         help="the cost of the Prometheus exporters: the flood with them off and on",
+                         description=metricsmod.METRICS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    met.add_argument("--repeat", type=int, default=1, metavar="N",
+                     help="rounds of two floods (off/on, then on/off, ...); figures are medians (default 1)")
+    met.add_argument("--scrape-interval", type=float, default=metricsmod.SCRAPE_INTERVAL, metavar="SECONDS",
+                     help="seconds between two scrapes of every exporter while a flood with exporters runs "
+                          f"(default {metricsmod.SCRAPE_INTERVAL:g}; Prometheus usually scrapes every 15-30 s)")
     return p
 
 
@@ -276,8 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.profile import profile
 
         return profile(args, settings_from(args), _say)
-    if args.workload in ("compare", "sealing", "tls"):
+    if args.workload in ("compare", "sealing", "tls", "metrics"):
         from bench import compare, sealing
+        from bench import metrics as metricsmod
         from bench import tls as tlsmod
 
         s = settings_from(args)
@@ -292,6 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.repeat < 1:
                 build_parser().error("tls: --repeat must be at least 1")
             return tlsmod.tls(args, s, _say)
+        if args.workload == "metrics":
+            if args.repeat < 1:
+                build_parser().error("metrics: --repeat must be at least 1")
+            if not args.scrape_interval > 0:
+                build_parser().error("metrics: --scrape-interval must be more than 0 seconds")
+            return metricsmod.metrics(args, s, _say)
         return sealing.sealing(args, s, _say)
     return run(args)
 

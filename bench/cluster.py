@@ -26,6 +26,15 @@ share one ``operator`` certificate (:data:`CLIENT_CERT`), and the harness's
 own calls (health, Status, ClusterInfo, the client library) use ``admin``
 (:meth:`BenchCluster.channel`, :meth:`BenchCluster.harness_tls`). A code
 tree (bench compare) runs plain text: the baseline knows nothing of TLS.
+
+With ``ClusterOptions.metrics`` (``python -m bench metrics``) every replica
+runs with ``--metrics-listen`` and every agentd with ``--metrics-listen``,
+each on its own free loopback port (:attr:`BenchCluster.metrics_ports`,
+:meth:`BenchCluster.metrics_urls`), so the harness can scrape them as
+Prometheus would. A code tree runs without: the baseline may know nothing
+of metrics. :func:`listening_ports` and :meth:`BenchCluster.
+unexpected_listeners` tell which TCP ports a process listens on beyond its
+API and Raft ports (with metrics off: none; on: its exporter's).
 """
 
 from __future__ import annotations
@@ -105,6 +114,43 @@ def proc_status(pid: int) -> dict[str, int]:
     except OSError:
         pass
     return out
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports a live process listens on (IPv4 and IPv6): its
+    sockets' inodes from /proc/<pid>/fd matched against the LISTEN entries
+    of /proc/<pid>/net/tcp{,6}; empty if the process is gone."""
+    inodes: set[str] = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    except OSError:
+        return set()
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                next(f, None)  # the header
+                for line in f:
+                    fields = line.split()
+                    # local address (hex ip:port), state 0A = LISTEN, inode
+                    if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
+def cmdline(pid: int) -> list[str]:
+    """The command line of a live process (empty if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
 
 
 def cpu_seconds(pid: int) -> float:
@@ -257,13 +303,15 @@ class ClusterOptions:
     code: CodeTree | None = None
     #: mutual TLS on every connection: replicas, agents, clients and the harness (see the module's doc)
     tls: bool = False
+    #: a Prometheus exporter on every replica and agentd, on free loopback ports (see the module's doc)
+    metrics: bool = False
 
     def describe(self) -> dict[str, Any]:
         out = {"replicas": self.replicas, "shards": self.shards, "agents": self.agents, "slots": self.slots,
                "mover": "null", "null_delay": self.null_delay,
                "log_level": self.log_level,  # replicas and agents
                "max_terminal": self.max_terminal, "fsync": self.fsync, "encrypt": self.encrypt, "raft": dict(self.raft),
-               "tls": self.tls}
+               "tls": self.tls, "metrics": self.metrics}
         if self.code is not None:
             out["code"] = {"label": self.code.label, "commit": self.code.commit, "root": str(self.code.root)}
         return out
@@ -283,6 +331,8 @@ class BenchCluster:
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.dead: set[str] = set()
         self._credentials: Any = None
+        #: replica or agent id -> the loopback port its exporter listens on (ClusterOptions.metrics)
+        self.metrics_ports: dict[str, int] = {}
         _LIVE.add(self)
 
     # ------------------------------------------------------------ lifecycle
@@ -355,6 +405,8 @@ class BenchCluster:
         if self.opt.code is not None:  # the tree's own init_cluster: it writes what that code reads
             if self.opt.tls:
                 raise ValueError("a cluster running a code tree (bench compare) runs plain text: no tls")
+            if self.opt.metrics:
+                raise ValueError("a cluster running a code tree (bench compare) runs without metrics exporters")
             write_config(self.opt.code, self.config_path.parent, "bench", s,
                          [(r.id, r.api, r.raft) for r in self.specs], str(self.dir / "data"), extra)
             return
@@ -391,11 +443,46 @@ class BenchCluster:
         return [*self.opt.code.python(), "-m", "bench.codeprobe", *(["--also", also] if also else []),
                 str(self.code_dir / f"{name}.json"), module]
 
+    # -------------------------------------------------------------- metrics
+
+    def _metrics_flag(self, name: str) -> list[str]:
+        """``--metrics-listen 127.0.0.1:PORT`` for replica or agent *name*
+        with ClusterOptions.metrics (the port picked once, kept across a
+        restart), else nothing."""
+        if not self.opt.metrics:
+            return []
+        if name not in self.metrics_ports:
+            self.metrics_ports[name] = free_ports(1)
+        return ["--metrics-listen", f"127.0.0.1:{self.metrics_ports[name]}"]
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Replica or agent id -> its exporter's URL (empty without metrics)."""
+        return {name: f"http://127.0.0.1:{port}/metrics" for name, port in self.metrics_ports.items()}
+
+    def own_ports(self, name: str) -> set[int]:
+        """The ports replica or agent *name* listens on by design, exporter
+        aside: a replica's API and Raft ports (one per shard), none for an
+        agent."""
+        if name not in self.replicas:
+            return set()
+        spec = self.spec(name)
+        return {int(spec.api.rsplit(":", 1)[1])} | {int(spec.raft_addr(k).rsplit(":", 1)[1])
+                                                    for k in range(self.opt.shards)}
+
+    def unexpected_listeners(self) -> dict[str, set[int]]:
+        """Per live replica and agent: the TCP ports it listens on beyond
+        :meth:`own_ports` (with metrics: its exporter's port; without: none)."""
+        return {name: listening_ports(pid) - self.own_ports(name)
+                for name, pid in {**self.pids(), **self.agent_pids()}.items()}
+
+    # ----------------------------------------------------------- processes
+
     def start_replica(self, rid: str) -> None:
         self.dead.discard(rid)
         self.replicas[rid] = self._spawn(rid, [
             *self._python_m(rid, "coordinator.cli"), "run", "--config", str(self.config_path),
-            "--replica-id", rid, "--data-dir", str(self.dir / "data" / rid), "--log-level", self.opt.log_level])
+            "--replica-id", rid, "--data-dir", str(self.dir / "data" / rid), "--log-level", self.opt.log_level,
+            *self._metrics_flag(rid)])
 
     def start_agent(self, agent_id: str) -> None:
         tls: list[str] = []
@@ -407,7 +494,8 @@ class BenchCluster:
             *self._python_m(agent_id, "bench.agent_shim", also="agentd"), str(self.runs_dir / f"{agent_id}.runs"),
             "--coordinators", self.addresses, "--agent-id", agent_id, "--fs-root", str(self.fs_root),
             "--mover", "null", "--slots", self.opt.slots, "--log-level", self.opt.log_level.upper(),
-            *(["--null-delay", str(self.opt.null_delay)] if self.opt.null_delay else []), *tls])
+            *(["--null-delay", str(self.opt.null_delay)] if self.opt.null_delay else []), *tls,
+            *self._metrics_flag(agent_id)])
 
     def check_alive(self) -> None:
         for name, p in {**self.replicas, **self.agents}.items():

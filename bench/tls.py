@@ -153,7 +153,9 @@ def status(r: float | None, target: float = TARGET) -> str:
 
 
 def verdict(on: Mapping[str, Any], off: Mapping[str, Any],
-            round_ratios: Sequence[float | None] = ()) -> dict[str, Any]:
+            round_ratios: Sequence[float | None] = (), target: float = TARGET) -> dict[str, Any]:
+    """The ratio on / off and its status against *target* (bench.metrics
+    passes its own), with the CPU-bound estimate and each round's ratio."""
     r = ratio(on.get("actions_per_s"), off.get("actions_per_s"))
     per_round = [x for x in round_ratios if x is not None]
     rep_on, rep_off = on.get("replica_us_per_action"), off.get("replica_us_per_action")
@@ -161,8 +163,8 @@ def verdict(on: Mapping[str, Any], off: Mapping[str, Any],
     # the rate ratio a CPU-bound run would show on this host without outsiders: the inverse ratio of the
     # whole benchmark's CPU per action (every process on the same cores); an estimate, not the target's figure
     cpu_bound = round(tot_off / tot_on, 3) if tot_on and tot_off is not None else None
-    return {"ratio": r, "target": TARGET, "status": status(r), "round_ratios": list(round_ratios),
-            "cpu_bound_ratio": cpu_bound, "cpu_bound_status": status(cpu_bound),
+    return {"ratio": r, "target": target, "status": status(r, target), "round_ratios": list(round_ratios),
+            "cpu_bound_ratio": cpu_bound, "cpu_bound_status": status(cpu_bound, target),
             "round_ratio_min": min(per_round) if per_round else None,
             "round_ratio_max": max(per_round) if per_round else None,
             "replica_us_on_minus_off": round(rep_on - rep_off, 1) if rep_on is not None and rep_off is not None

@@ -45,6 +45,8 @@ class Settings:
     log_level: str = "warning"
     #: mutual TLS everywhere (bench.cluster: replicas, agents, clients, the harness)
     tls: bool = False
+    #: a Prometheus exporter on every replica and agentd (bench.cluster; python -m bench metrics)
+    metrics: bool = False
     # clients
     clients: int = 4
     batch: int = 1000
@@ -75,7 +77,7 @@ class Settings:
     def cluster_options(self, **changes: Any) -> ClusterOptions:
         opt = ClusterOptions(replicas=self.replicas, shards=self.shards, agents=self.agents, slots=self.slots,
                              log_level=self.log_level, fsync=self.fsync, encrypt=self.encrypt, code=self.code,
-                             tls=self.tls)
+                             tls=self.tls, metrics=self.metrics)
         return replace(opt, **changes)
 
     def understands(self, capability: str) -> bool:
@@ -98,7 +100,8 @@ def fresh_cluster(s: Settings, name: str, opt: ClusterOptions) -> Iterator[Bench
     ok = False
     code = f"; code: {opt.code.short()} from {opt.code.root}" if opt.code else ""
     s.say(f"   starting {opt.replicas} replicas x {opt.shards} shards, {opt.agents} agentd (null mover, "
-          f"slots {opt.slots}){', mutual TLS' if opt.tls else ''} in {d}{code}")
+          f"slots {opt.slots}){', mutual TLS' if opt.tls else ''}"
+          f"{', metrics exporters' if opt.metrics else ''} in {d}{code}")
     try:
         with BenchCluster(d, opt) as c:
             wait_balanced(c)
