@@ -13,7 +13,8 @@ How each check is done, offline:
   shipped in the wheel) in strict mode (unknown fields are errors), against
   the oldest release the chart supports and the newest the package knows.
   CRDs have no schema there: a ServiceMonitor is checked against
-  ``schemas/servicemonitor-monitoring-v1.json``.
+  ``schemas/servicemonitor-monitoring-v1.json``, a PrometheusRule against
+  ``schemas/prometheusrule-monitoring-v1.json``.
 * yamllint, ansible-playbook --syntax-check, ansible-lint: the PyPI tools
   in the test virtualenv.
 * systemd: ``systemd-analyze verify`` and ``systemd-analyze security
@@ -212,7 +213,8 @@ def kube_problems(docs: Iterable[Mapping[str, Any]], versions: Iterable[str] | N
     import kubernetes_validate
 
     versions = tuple(versions or kube_versions())
-    sm_schema = json.loads((SCHEMAS / "servicemonitor-monitoring-v1.json").read_text())
+    monitoring = {kind: json.loads((SCHEMAS / f"{kind.lower()}-monitoring-v1.json").read_text())
+                  for kind in ("ServiceMonitor", "PrometheusRule")}
     cert_schema = json.loads((SCHEMAS / "certificate-cert-manager-v1.json").read_text())
     problems: list[str] = []
     for doc in docs:
@@ -222,10 +224,11 @@ def kube_problems(docs: Iterable[Mapping[str, Any]], versions: Iterable[str] | N
                 problems.append(f"{name}: {'.'.join(map(str, e.absolute_path))}: {e.message}")
             continue
         if str(doc.get("apiVersion", "")).startswith("monitoring.coreos.com/"):
-            if doc.get("kind") != "ServiceMonitor":
+            schema = monitoring.get(str(doc.get("kind")))
+            if schema is None:
                 problems.append(f"{name}: no schema for {doc.get('apiVersion')} {doc.get('kind')}")
                 continue
-            for e in jsonschema.Draft202012Validator(sm_schema).iter_errors(doc):
+            for e in jsonschema.Draft202012Validator(schema).iter_errors(doc):
                 problems.append(f"{name}: {'.'.join(map(str, e.absolute_path))}: {e.message}")
             continue
         for version in versions:
@@ -473,6 +476,7 @@ def convention_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], *
         problems.append("networkPolicy.enabled but no NetworkPolicy rendered")
     if values["serviceMonitor"]["enabled"] and not _by_kind(docs, "ServiceMonitor"):
         problems.append("serviceMonitor.enabled but no ServiceMonitor rendered")
+    problems += _monitoring_problems(docs, values)
 
     problems += _tls_problems(docs, values, name, headless_name, namespace, domain)
     problems += _agentd_problems(docs, values, name, headless_name, namespace, domain, image)
@@ -480,6 +484,40 @@ def convention_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], *
         if len(clients) == 1 else None
     problems += _bridge_problems(docs, values, service, image)
     problems += _test_hook_problems(docs, values, clients, namespace, domain)
+    return problems
+
+
+#: the dashboard the chart ships (tests/deploy/test_dashboard.py checks it
+#: is the same file as DASHBOARD)
+CHART_DASHBOARD = Path("dashboards") / "hsm-coordinator.json"
+DASHBOARD = REPO / "deploy" / "grafana" / "hsm-coordinator.json"
+
+
+def _monitoring_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], chart: Path = CHART) -> list[str]:
+    """The Grafana dashboard's ConfigMap (the chart's JSON file, verbatim,
+    with the sidecar's label) and the PrometheusRule: rendered exactly when
+    enabled."""
+    problems: list[str] = []
+    g = values["grafanaDashboard"]
+    dashboards = [d for d in _by_kind(docs, "ConfigMap") if any(k.endswith(".json") for k in d.get("data", {}))]
+    if not g["enabled"] and dashboards:
+        problems.append("grafanaDashboard.enabled false but a dashboard ConfigMap is rendered")
+    if g["enabled"]:
+        if len(dashboards) != 1:
+            problems.append(f"grafanaDashboard.enabled: expected one dashboard ConfigMap, found {len(dashboards)}")
+        else:
+            cm = dashboards[0]
+            labels = cm["metadata"].get("labels", {})
+            if labels.get(g["label"]) != g["labelValue"]:
+                problems.append(f"ConfigMap {cm['metadata']['name']}: no label {g['label']}={g['labelValue']!r} "
+                                f"for the Grafana sidecar: {labels}")
+            want = (chart / CHART_DASHBOARD).read_text()
+            if list(cm["data"].values()) != [want]:
+                problems.append(f"ConfigMap {cm['metadata']['name']}: its data is not the chart's {CHART_DASHBOARD}")
+    rules = _by_kind(docs, "PrometheusRule")
+    if values["prometheusRule"]["enabled"] != bool(rules):
+        problems.append(f"prometheusRule.enabled is {values['prometheusRule']['enabled']} but "
+                        f"{len(rules)} PrometheusRule rendered")
     return problems
 
 

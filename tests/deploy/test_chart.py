@@ -171,6 +171,9 @@ def test_schema_describes_exactly_the_values() -> None:
                                   "activeRequests": ["/run/ar"]}]}}, "bridge.filesystems.0"),
     ({"bridge": {"leaseTtl": 1}}, "bridge.leaseTtl"),
     ({"bridge": {"replicas": 0}}, "bridge.replicas"),
+    ({"grafanaDashboard": {"enabled": "yes"}}, "grafanaDashboard.enabled"),
+    ({"prometheusRule": {"noLeaderFor": "2 minutes"}}, "prometheusRule.noLeaderFor"),
+    ({"prometheusRule": {"selector": '{namespace="hsm"}'}}, "prometheusRule.selector"),
 ], ids=lambda v: json.dumps(v) if isinstance(v, dict) else v)
 def test_schema_refuses_bad_values(overrides: dict[str, Any], message: str) -> None:
     problems = dl.schema_problems(dl.CHART, overrides)
