@@ -143,6 +143,8 @@ def audit_items(method: str, request: Any) -> dict[str, Any]:
         return {"add": request.add, "raft": _t(request.raft), "force": request.force, "shards": _ids(request.shards)}
     if name == "Lease":
         return {"name": _t(request.name), "holder": _t(request.holder), "ttl_ms": request.ttl_ms}
+    if name == "EventConsumer":
+        return {"name": _t(request.name), "deregister": request.deregister, "shards": _ids(request.shards)}
     return {}
 
 

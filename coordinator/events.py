@@ -190,5 +190,7 @@ class EventLog:
 
 
 def check_name(name: str) -> None:
-    if not name or len(name) > MAX_CONSUMER_NAME or not all(ch.isalnum() or ch in "-_.@" for ch in name):
-        raise ConsumerError(f"event consumer name {name!r}: 1-{MAX_CONSUMER_NAME} of A-Z a-z 0-9 - _ . @")
+    if not name or len(name) > MAX_CONSUMER_NAME or not all(ch.isascii() and (ch.isalnum() or ch in "-_.@")
+                                                           for ch in name):
+        shown = repr(name[:MAX_CONSUMER_NAME]) + ("..." if len(name) > MAX_CONSUMER_NAME else "")
+        raise ConsumerError(f"event consumer name {shown}: 1-{MAX_CONSUMER_NAME} of A-Z a-z 0-9 - _ . @")

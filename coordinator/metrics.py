@@ -56,6 +56,10 @@ class ShardView:
     counts: dict[tuple[int, int], int] = field(default_factory=dict)
     #: (kind, archive id) -> actions ready to be dispatched
     queues: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: HSM event log: records kept, dropped by retention, and per consumer (lag, missed)
+    events_retained: int = 0
+    events_dropped: int = 0
+    consumers: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,6 +129,22 @@ class _ViewCollector(Collector):
                 queued.add_metric([str(s.index), kind_label(kind), str(archive_id)], n)
         yield actions
         yield queued
+
+        retained = GaugeMetricFamily("hsm_events_retained", "HSM event records kept for their consumers",
+                                     labels=["shard"])
+        dropped = GaugeMetricFamily("hsm_events_dropped", "HSM event records the retention dropped before every "
+                                    "consumer acknowledged them (since the log began)", labels=["shard"])
+        lag = GaugeMetricFamily("hsm_events_consumer_lag", "Records kept after the consumer's cursor",
+                                labels=["shard", "consumer"])
+        missed = GaugeMetricFamily("hsm_events_consumer_missed", "Records the retention dropped before the "
+                                   "consumer acknowledged them", labels=["shard", "consumer"])
+        for s in v.shards:
+            retained.add_metric([str(s.index)], s.events_retained)
+            dropped.add_metric([str(s.index)], s.events_dropped)
+            for name, (n_lag, n_missed) in sorted(s.consumers.items()):
+                lag.add_metric([str(s.index), name], n_lag)
+                missed.add_metric([str(s.index), name], n_missed)
+        yield from (retained, dropped, lag, missed)
 
         connected = GaugeMetricFamily("hsm_agent_connected", "1 if the agent has a live stream to this replica",
                                       labels=["agent"])

@@ -55,6 +55,7 @@ from coordinator.agents import (
 from coordinator.cluster import ClusterSpec, ReplicaSpec
 from coordinator.convert import InvalidRequest
 from coordinator.edge import EdgeInterceptor
+from coordinator.events import CL_HSM, EVENT_NAMES, HsmEvent
 from coordinator.metrics import (
     AgentView,
     ReplicaMetrics,
@@ -237,6 +238,8 @@ class CoordinatorNode:
         #: samples of every shard's per-queue dispatch counters (ShardState.dispatched):
         #: (monotonic time, one dict per shard), the last RATE_WINDOW seconds
         self._dispatch_samples: deque[tuple[float, list[dict[tuple[Kind, int], int]]]] = deque()
+        #: set (and replaced) when a shard this replica leads records an HSM event
+        self._events_ev = asyncio.Event()
         #: the Prometheus exporter's registry (None: no metrics_listen, nothing counted)
         self.metrics: ReplicaMetrics | None = None
         self.metrics_port = 0
@@ -482,17 +485,26 @@ class CoordinatorNode:
         shard = self.shards[index]
         changed: dict[int, None] = {}
         metrics = self.metrics
+        ended = False
         for eff in res.effects:
             if isinstance(eff, Changed):
                 changed[eff.action_id] = None
+            elif isinstance(eff, Ended):
+                ended = True
+                if metrics is not None and shard.is_leader:
+                    metrics.effect(eff)
+                continue
             elif isinstance(eff, SendCancel) and shard.is_leader:
                 self._send_cancel(eff.agent, eff.action_id, eff.attempt, "canceled")
-            elif metrics is not None and isinstance(eff, Ended | Requeued | FirstStart) and shard.is_leader:
+            elif metrics is not None and isinstance(eff, Requeued | FirstStart) and shard.is_leader:
                 metrics.effect(eff)
             # Assigned: sent by the dispatcher that proposed it
         if changed:
             self._wake.set()
             self._notify(shard, changed)
+        if ended and shard.is_leader:
+            self._events_ev.set()  # a ReadEvents waiting for a record looks again
+            self._events_ev = asyncio.Event()
 
     def _notify(self, shard: RaftShard, action_ids: Iterable[int]) -> None:
         wanted = [i for i in action_ids if i in self._watchers]
@@ -1036,6 +1048,45 @@ class CoordinatorNode:
         rate = self.dispatch_rate(shard, a.kind, a.archive_id)
         return convert.action_to_pb(a, shard, place, (place[0] + 1) / rate if rate > 0 else 0.0)
 
+    # ------------------------------------------------------------ HSM events
+
+    async def wait_events(self, timeout: float) -> None:
+        """Until a shard this replica leads records an HSM event, or *timeout*."""
+        ev = self._events_ev
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    @staticmethod
+    def event_cursor(st: ShardState, shard: int, name: str) -> coordinator_pb2.EventCursor | None:
+        c = st.events.consumers.get(name)
+        if c is None:
+            return None
+        return coordinator_pb2.EventCursor(shard=shard, acked=c.acked, missed=c.missed, lag=st.events.lag(name))
+
+    @staticmethod
+    def event_pb(shard: int, r: HsmEvent) -> coordinator_pb2.HsmEvent:
+        return coordinator_pb2.HsmEvent(
+            shard=shard, recno=r.recno, time=r.time, type=CL_HSM, flags=r.flags,
+            event=EVENT_NAMES.get(r.event, str(r.event)), errno=r.errno, fsname=r.fsname,
+            fid=types_pb2.Fid(seq=r.fid_seq, oid=r.fid_oid, ver=r.fid_ver), archive_id=r.archive_id,
+            action_id=r.action_id)
+
+    def consumers_status(self) -> list[coordinator_pb2.ConsumerStatus]:
+        """Every event consumer as this replica's state shows it, all shards summed."""
+        out: dict[str, coordinator_pb2.ConsumerStatus] = {}
+        for shard in self.shards:
+            with shard.reading() as st:
+                for name, c in st.events.consumers.items():
+                    cs = out.get(name)
+                    if cs is None:
+                        cs = out[name] = coordinator_pb2.ConsumerStatus(name=name, since=c.since)
+                    cs.lag += st.events.lag(name)
+                    cs.missed += c.missed
+                    cs.since = min(cs.since, c.since)
+        return [out[n] for n in sorted(out)]
+
     # --------------------------------------------------------------- status
 
     def metrics_view(self) -> ReplicaView:
@@ -1051,10 +1102,13 @@ class CoordinatorNode:
                     for i in ids:
                         k = int(st.actions[i].kind)
                         per[k] = per.get(k, 0) + 1
+                ev = st.events
+                consumers = {name: (ev.lag(name), c.missed) for name, c in ev.consumers.items()}
+                retained, dropped = len(ev.records), ev.dropped
             shards.append(ShardView(
                 shard.index, shard.term, shard.commit_index, shard.applied_index, shard.is_leader,
                 shard.leader is not None, bool(shard.problem), shard.journal_bytes(),
-                shard.stats.last_snapshot_seconds, counts, queues))
+                shard.stats.last_snapshot_seconds, counts, queues, retained, dropped, consumers))
         agents = [AgentView(s.agent_id, s.alive, {int(k): n for k, n in s.slots.items()},
                             {int(k): max(0, n) for k, n in s.credits.items()}, running.get(s.agent_id, {}))
                   for s in sorted(self.sessions.values(), key=lambda s: s.agent_id)]
@@ -1102,7 +1156,7 @@ class CoordinatorNode:
             counts=[coordinator_pb2.KindCount(kind=int(k), state=int(st), count=n)  # type: ignore[arg-type]
                     for (k, st), n in sorted(totals.items())],
             agents=agents, shards=shards, replica=self.me.id, version=hsm.__version__,
-            cluster_id=self.cluster.cluster_id,
+            cluster_id=self.cluster.cluster_id, consumers=self.consumers_status(),
             control=modes.pop() if len(modes) == 1 else "mixed (" + ",".join(sorted(modes)) + ")")
 
 

@@ -6,7 +6,9 @@ The roles (a certificate's OU, ``coordinator.certs``):
 
 * ``admin``: everything: the control mode, Raft membership, draining
   agents, cancelling everything (``Cancel all``), and what an operator does;
-* ``operator``: requests and cancels for any file, and every read;
+* ``operator``: requests and cancels for any file, HSM event consumers
+  (register, read, acknowledge: events name every file, so not users),
+  and every read;
 * ``bridge``: an MDT bridge: submits on behalf of the MDT's initiators (any
   kind), relays the cancels the MDT sends (``lfs hsm_cancel``: Lustre
   checked who may; any action named, never ``Cancel all``), its lease, and
@@ -62,12 +64,17 @@ METHODS: Mapping[str, frozenset[str]] = {
     _C + "Control": frozenset({ADMIN, REPLICA}),
     _C + "DrainAgent": frozenset({ADMIN, REPLICA}),
     _C + "Lease": frozenset({ADMIN, BRIDGE}),
+    # HSM events name every file: not for users
+    _C + "EventConsumer": frozenset({ADMIN, OPERATOR, REPLICA}),
+    _C + "ReadEvents": frozenset({ADMIN, OPERATOR, REPLICA}),
+    _C + "AckEvents": frozenset({ADMIN, OPERATOR, REPLICA}),
     _A + "Work": frozenset({AGENT}),
     _A + "Report": frozenset({REPLICA}),
 }
 _HEALTH = "/grpc.health.v1.Health/"
 #: methods that change something: written to the audit log
-AUDITED = frozenset(_C + m for m in ("Submit", "Cancel", "ChangeMembership", "Control", "DrainAgent", "Lease"))
+AUDITED = frozenset(_C + m for m in ("Submit", "Cancel", "ChangeMembership", "Control", "DrainAgent", "Lease",
+                                     "EventConsumer"))
 
 
 @dataclass(frozen=True, slots=True)

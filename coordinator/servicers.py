@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
@@ -14,15 +15,19 @@ from coordinator.agents import MAX_AGENT_ID
 from coordinator.cluster import membership_problem, split_addr
 from coordinator.convert import InvalidRequest
 from coordinator.edge import audit
+from coordinator.events import ConsumerError
+from coordinator.events import check_name as check_consumer_name
 from coordinator.raft import NotLeader, RaftError, check_addr
 from coordinator.state import (
     CONTROL_MODES,
     MAX_LEASE_TTL,
     MAX_OWNER,
     MAX_SHARDS,
+    AckEvents,
     Cancel,
     CancelRefused,
     DrainAgent,
+    EventConsumer,
     Kind,
     Lease,
     LeaseReply,
@@ -57,6 +62,16 @@ class _Refused(Exception):
     def __init__(self, refused: CancelRefused) -> None:
         super().__init__(refused.reason)
         self.refused = refused
+
+
+class _ConsumerProblem(Exception):
+    """An event consumer command the state refused (unknown consumer, too many)."""
+
+
+#: ReadEvents: records per shard by default and at most, and the longest wait
+DEFAULT_EVENTS = 1000
+MAX_EVENTS = 10_000
+MAX_EVENT_WAIT = 60.0
 
 
 class NoMajority(Exception):
@@ -552,6 +567,154 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             node.leases_held[request.name] = reply.holder
         return coordinator_pb2.LeaseResponse(granted=reply.granted, holder=reply.holder,
                                              remaining_ms=int(reply.remaining * 1000))
+
+    # -- HSM events ----------------------------------------------------------------
+
+    async def EventConsumer(self, request: coordinator_pb2.EventConsumerRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.EventConsumerResponse:  # noqa: N802
+        node = self.node
+        name = request.name
+        try:
+            check_consumer_name(name)
+        except ConsumerError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._check_shards(request.shards, context)
+        now = node.clock()
+
+        async def one(idx: int) -> list[coordinator_pb2.EventCursor]:
+            shard = node.shards[idx]
+            if shard.is_leader:
+                try:
+                    res = await node.propose(shard, EventConsumer(now, name, not request.deregister))
+                except ShardUnavailable:
+                    pass
+                else:
+                    reply = res.replies[0]
+                    if reply.error:
+                        raise _ConsumerProblem(reply.error)
+                    with shard.reading() as st:
+                        c = node.event_cursor(st, idx, name)
+                    return [c] if c is not None else []
+            part = coordinator_pb2.EventConsumerRequest(name=name, deregister=request.deregister, shards=[idx])
+            resp = await node.forward(shard, "EventConsumer", part, node.config.propose_timeout * 2)
+            return list(resp.cursors)
+
+        try:
+            parts = await asyncio.gather(*(one(i) for i in sorted(set(request.shards) or range(len(node.shards)))))
+        except _ConsumerProblem as exc:
+            code = grpc.StatusCode.NOT_FOUND if "no event consumer" in str(exc) else grpc.StatusCode.FAILED_PRECONDITION
+            await context.abort(code, str(exc))
+        except ShardUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"event consumer {name!r} not "
+                                f"{'deregistered' if request.deregister else 'registered'} on every shard, retry: {exc}")
+        if not request.shards:
+            log.info("event consumer %s %s (asked by %s)", name,
+                     "deregistered" if request.deregister else "registered", context.peer())
+        return coordinator_pb2.EventConsumerResponse(cursors=[c for part in parts for c in part])
+
+    async def ReadEvents(self, request: coordinator_pb2.ReadEventsRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ReadEventsResponse:  # noqa: N802
+        node = self.node
+        name = request.consumer
+        try:
+            check_consumer_name(name)
+        except ConsumerError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        limit = request.max_events or DEFAULT_EVENTS
+        if limit > MAX_EVENTS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_events {limit} is over {MAX_EVENTS}")
+        if not 0 <= request.wait_seconds <= MAX_EVENT_WAIT or request.wait_seconds != request.wait_seconds:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"wait_seconds {request.wait_seconds}: expected 0 to {MAX_EVENT_WAIT:g}")
+        await self._check_shards(request.shards, context)
+        targets = sorted(set(request.shards) or range(len(node.shards)))
+
+        def local(idx: int) -> tuple[list[coordinator_pb2.HsmEvent], list[coordinator_pb2.EventCursor]]:
+            with node.shards[idx].reading() as st:
+                try:
+                    records, _c = st.events.read(name, limit)
+                except ConsumerError as exc:
+                    raise _ConsumerProblem(str(exc)) from None
+                cursor = node.event_cursor(st, idx, name)
+                return [node.event_pb(idx, r) for r in records], [cursor] if cursor is not None else []
+
+        async def one(idx: int) -> tuple[list[coordinator_pb2.HsmEvent], list[coordinator_pb2.EventCursor]]:
+            shard = node.shards[idx]
+            if shard.is_leader and shard.leader_ready:
+                # the leader only: a follower may not have applied an
+                # acknowledgement yet, and would deliver records again
+                found = local(idx)
+                if not found[0]:
+                    return found
+                # a read barrier before records go out: a no-op through Raft
+                # (an acknowledgement of record 0) commits only while this
+                # replica still leads, after every acknowledgement committed
+                # before it (an old leader cut off would answer stale records)
+                try:
+                    res = await node.propose(shard, AckEvents(node.clock(), name, 0))
+                except ShardUnavailable:
+                    pass
+                else:
+                    if res.replies[0].error:
+                        raise _ConsumerProblem(res.replies[0].error)
+                    return local(idx)
+            part = coordinator_pb2.ReadEventsRequest(consumer=name, max_events=limit, shards=[idx])
+            resp = await node.forward(shard, "ReadEvents", part, node.config.propose_timeout)
+            return list(resp.events), list(resp.cursors)
+
+        deadline = time.monotonic() + request.wait_seconds
+        while True:
+            try:
+                parts = await asyncio.gather(*(one(i) for i in targets))
+            except _ConsumerProblem as exc:
+                await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            except ShardUnavailable as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"events not read from every shard, retry: {exc}")
+            events = [e for part, _ in parts for e in part]
+            left = deadline - time.monotonic()
+            if events or left <= 0:
+                return coordinator_pb2.ReadEventsResponse(events=events, cursors=[c for _, cs in parts for c in cs])
+            # woken at once by the shards led here; the others are asked again every second
+            await node.wait_events(min(left, 1.0))
+
+    async def AckEvents(self, request: coordinator_pb2.AckEventsRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.AckEventsResponse:  # noqa: N802
+        node = self.node
+        name = request.consumer
+        try:
+            check_consumer_name(name)
+        except ConsumerError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._check_shards([c.shard for c in request.upto], context)
+        now = node.clock()
+        upto: dict[int, int] = {}
+        for c in request.upto:
+            upto[c.shard] = max(upto.get(c.shard, 0), c.acked)
+
+        async def one(idx: int, acked: int) -> list[coordinator_pb2.EventCursor]:
+            shard = node.shards[idx]
+            if shard.is_leader:
+                try:
+                    res = await node.propose(shard, AckEvents(now, name, acked))
+                except ShardUnavailable:
+                    pass
+                else:
+                    reply = res.replies[0]
+                    if reply.error:
+                        raise _ConsumerProblem(reply.error)
+                    with shard.reading() as st:
+                        cursor = node.event_cursor(st, idx, name)
+                    return [cursor] if cursor is not None else []
+            part = coordinator_pb2.AckEventsRequest(
+                consumer=name, upto=[coordinator_pb2.EventCursor(shard=idx, acked=acked)])
+            resp = await node.forward(shard, "AckEvents", part, node.config.propose_timeout * 2)
+            return list(resp.cursors)
+
+        try:
+            parts = await asyncio.gather(*(one(i, a) for i, a in sorted(upto.items())))
+        except _ConsumerProblem as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except ShardUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"acknowledgement not applied on every shard named, "
+                                f"retry (it is idempotent): {exc}")
+        return coordinator_pb2.AckEventsResponse(cursors=[c for part in parts for c in part])
 
     async def _check_shards(self, shards: Iterable[int], context: grpc.aio.ServicerContext) -> None:
         bad = [x for x in shards if x >= len(self.node.shards)]

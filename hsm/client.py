@@ -1359,6 +1359,55 @@ class CoordinatorClient:
         return self._call("Lease", cpb.LeaseRequest(name=name, holder=holder, ttl_ms=round(ttl * 1000)),
                           f"lease {name}", timeout=timeout)
 
+    # -- HSM events (changelog records of ended actions) for named consumers --
+
+    def register_event_consumer(self, name: str) -> list[cpb.EventCursor]:
+        """Register *name* on every shard (again: harmless); it reads the
+        records made from now on. Its cursor per shard."""
+        return list(self._call("EventConsumer", cpb.EventConsumerRequest(name=name),
+                               f"register event consumer {name}").cursors)
+
+    def deregister_event_consumer(self, name: str) -> None:
+        """Forget *name*; records only it held are released."""
+        self._call("EventConsumer", cpb.EventConsumerRequest(name=name, deregister=True),
+                   f"deregister event consumer {name}")
+
+    def read_events(self, consumer: str, max_events: int = 1000, wait: float = 0.0) -> cpb.ReadEventsResponse:
+        """Records after *consumer*'s cursors (up to *max_events* per shard),
+        the same again until acknowledged (:meth:`ack_events`). *wait*: when
+        there is none, wait up to this many seconds (at most 60) for one."""
+        if not 1 <= max_events <= 10_000:
+            raise InvalidArgument(f"max_events must be 1-10000, not {max_events}")
+        if not 0 <= wait <= 60:
+            raise InvalidArgument(f"wait must be 0-60 seconds, not {wait}")
+        return self._call("ReadEvents", cpb.ReadEventsRequest(consumer=consumer, max_events=max_events,
+                                                               wait_seconds=wait),
+                          f"read events of {consumer}", timeout=self.timeout + wait)
+
+    def ack_events(self, consumer: str, events: Iterable[cpb.HsmEvent]) -> list[cpb.EventCursor]:
+        """*consumer* processed *events*: its cursor in each of their shards
+        moves to the newest of them (idempotent; never backwards)."""
+        upto: dict[int, int] = {}
+        for e in events:
+            upto[e.shard] = max(upto.get(e.shard, 0), e.recno)
+        if not upto:
+            return []
+        request = cpb.AckEventsRequest(consumer=consumer, upto=[cpb.EventCursor(shard=s, acked=n)
+                                                                 for s, n in sorted(upto.items())])
+        return list(self._call("AckEvents", request, f"acknowledge events of {consumer}").cursors)
+
+    def follow_events(self, consumer: str, wait: float = 30.0, max_events: int = 1000) -> Iterator[cpb.HsmEvent]:
+        """Every record for *consumer*, forever: each batch is acknowledged
+        once the caller asked for the record after its last one (so a
+        record is acknowledged only after the caller had it). Stop by
+        breaking out of the loop (the last batch is then not acknowledged:
+        the next reader gets it again)."""
+        while True:
+            batch = list(self.read_events(consumer, max_events, wait).events)
+            yield from batch
+            if batch:
+                self.ack_events(consumer, batch)
+
     def cluster_info(self) -> cpb.ClusterInfoResponse:
         info = self._call("ClusterInfo", cpb.ClusterInfoRequest(), "cluster info")
         self._remember_members(info)

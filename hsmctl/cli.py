@@ -1658,6 +1658,13 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     return ctx.status
 
 
+def cmd_events(args: argparse.Namespace, ctx: Context) -> int:
+    from hsmctl import events
+
+    with _client(args, ctx) as client:
+        return events.run(client, args, ctx.out, ctx.err)
+
+
 def cmd_agents(args: argparse.Namespace, ctx: Context) -> int:
     from hsmctl.output import agent_to_dict, agents_table, emit, make_console, write_json
 
@@ -1697,6 +1704,14 @@ def cmd_actions(args: argparse.Namespace, ctx: Context) -> int:
                     header = True
                 print(action_line(a, now), file=ctx.out)
     return ctx.status
+
+
+def cmd_top(args: argparse.Namespace, ctx: Context) -> int:
+    """A live view on a terminal (until q or Ctrl-C), else one snapshot."""
+    from hsmctl import top
+
+    with _client(args, ctx) as client:
+        return top.run(client, ctx.out, interval=args.interval, transfers=args.transfers)
 
 
 # ---------------------------------------------------------------------------
@@ -1871,6 +1886,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", "queue counts, agents, shards and leaders, control mode", cmd_status)
     p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
 
+    from hsmctl import events as _events
+
+    p = add("events", "read the HSM event log (ended actions, as Lustre's changelog) as a named consumer",
+            cmd_events)
+    p.description = _events.EVENTS_HELP
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    _events.add_arguments(p)
+
     p = add("agents", "connected mover agents", cmd_agents)
     p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
 
@@ -1886,6 +1909,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", metavar="AGENT_ID", help="actions held by this agent")
     p.add_argument("--all", action="store_true", help="also ended actions still kept")
     p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
+
+    from hsmctl import top
+
+    p = add("top", top.HELP, cmd_top, epilog=top.EPILOG)
+    p.add_argument("--interval", type=top.interval_type, default=top.DEFAULT_INTERVAL, metavar="SECONDS",
+                   help=f"seconds between polls, > 0 (default {top.DEFAULT_INTERVAL:g})")
+    p.add_argument("--transfers", type=top.transfers_type, default=top.DEFAULT_TRANSFERS, metavar="N",
+                   help=f"running actions to list, 0 to {top.MAX_TRANSFERS} (default {top.DEFAULT_TRANSFERS}; "
+                        "0: do not list them)")
     return parser
 
 

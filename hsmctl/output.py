@@ -279,6 +279,8 @@ def status_to_dict(
         "replicas": [{"id": r.id, "address": r.address} for r in info.replicas]
         if info is not None
         else [],
+        "event_consumers": [{"name": c.name, "lag": c.lag, "missed": c.missed, "since": c.since}
+                            for c in status.consumers],
     }
 
 
@@ -518,7 +520,27 @@ def render_status(
     for s in status.shards:
         if s.problem:
             parts.append(Text(f"WARNING: shard {s.shard} on {status.replica or 'this replica'}: {s.problem}"))
-    for table in (_counts_table("Queue", status.counts), agents_table(status.agents),
-                  shards_table(status, info)):
+    for c in status.consumers:
+        if c.missed:
+            parts.append(Text(f"WARNING: event consumer {c.name} missed {c.missed} record(s): the retention dropped "
+                              "them before it acknowledged them"))
+    tables = [_counts_table("Queue", status.counts), agents_table(status.agents), shards_table(status, info)]
+    if status.consumers:
+        tables.append(consumers_table(status.consumers))
+    for table in tables:
         parts.extend([Text(""), table])
     emit(console, *parts)
+
+
+def consumers_table(consumers: Iterable[cpb.ConsumerStatus], now: float | None = None) -> Any:
+    """HSM event consumers: records kept after each one's cursors (lag),
+    records it lost to the retention (missed), since when it is registered."""
+    from rich.table import Table
+
+    now = time.time() if now is None else now
+    table = Table(title="Event consumers", title_justify="left")
+    for name, justify in (("CONSUMER", "left"), ("LAG", "right"), ("MISSED", "right"), ("REGISTERED", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for c in consumers:
+        table.add_row(*_cells(c.name, c.lag, c.missed, format_age(now - c.since) + " ago" if c.since else "-"))
+    return table

@@ -34,6 +34,106 @@ CANCEL_SENT: CancelOutcome
 ALREADY_ENDED: CancelOutcome
 NOT_FOUND: CancelOutcome
 
+class EventConsumerRequest(_message.Message):
+    __slots__ = ("name", "deregister", "shards")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEREGISTER_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    deregister: bool
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., deregister: _Optional[bool] = ..., shards: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class EventCursor(_message.Message):
+    __slots__ = ("shard", "acked", "missed", "lag")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    acked: int
+    missed: int
+    lag: int
+    def __init__(self, shard: _Optional[int] = ..., acked: _Optional[int] = ..., missed: _Optional[int] = ..., lag: _Optional[int] = ...) -> None: ...
+
+class EventConsumerResponse(_message.Message):
+    __slots__ = ("cursors",)
+    CURSORS_FIELD_NUMBER: _ClassVar[int]
+    cursors: _containers.RepeatedCompositeFieldContainer[EventCursor]
+    def __init__(self, cursors: _Optional[_Iterable[_Union[EventCursor, _Mapping]]] = ...) -> None: ...
+
+class HsmEvent(_message.Message):
+    __slots__ = ("shard", "recno", "time", "type", "flags", "event", "errno", "fsname", "fid", "archive_id", "action_id")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    RECNO_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    ERRNO_FIELD_NUMBER: _ClassVar[int]
+    FSNAME_FIELD_NUMBER: _ClassVar[int]
+    FID_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    recno: int
+    time: float
+    type: int
+    flags: int
+    event: str
+    errno: int
+    fsname: str
+    fid: _types_pb2.Fid
+    archive_id: int
+    action_id: int
+    def __init__(self, shard: _Optional[int] = ..., recno: _Optional[int] = ..., time: _Optional[float] = ..., type: _Optional[int] = ..., flags: _Optional[int] = ..., event: _Optional[str] = ..., errno: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., archive_id: _Optional[int] = ..., action_id: _Optional[int] = ...) -> None: ...
+
+class ReadEventsRequest(_message.Message):
+    __slots__ = ("consumer", "max_events", "wait_seconds", "shards")
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    consumer: str
+    max_events: int
+    wait_seconds: float
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, consumer: _Optional[str] = ..., max_events: _Optional[int] = ..., wait_seconds: _Optional[float] = ..., shards: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ReadEventsResponse(_message.Message):
+    __slots__ = ("events", "cursors")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    CURSORS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[HsmEvent]
+    cursors: _containers.RepeatedCompositeFieldContainer[EventCursor]
+    def __init__(self, events: _Optional[_Iterable[_Union[HsmEvent, _Mapping]]] = ..., cursors: _Optional[_Iterable[_Union[EventCursor, _Mapping]]] = ...) -> None: ...
+
+class AckEventsRequest(_message.Message):
+    __slots__ = ("consumer", "upto")
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    UPTO_FIELD_NUMBER: _ClassVar[int]
+    consumer: str
+    upto: _containers.RepeatedCompositeFieldContainer[EventCursor]
+    def __init__(self, consumer: _Optional[str] = ..., upto: _Optional[_Iterable[_Union[EventCursor, _Mapping]]] = ...) -> None: ...
+
+class AckEventsResponse(_message.Message):
+    __slots__ = ("cursors",)
+    CURSORS_FIELD_NUMBER: _ClassVar[int]
+    cursors: _containers.RepeatedCompositeFieldContainer[EventCursor]
+    def __init__(self, cursors: _Optional[_Iterable[_Union[EventCursor, _Mapping]]] = ...) -> None: ...
+
+class ConsumerStatus(_message.Message):
+    __slots__ = ("name", "lag", "missed", "since")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lag: int
+    missed: int
+    since: float
+    def __init__(self, name: _Optional[str] = ..., lag: _Optional[int] = ..., missed: _Optional[int] = ..., since: _Optional[float] = ...) -> None: ...
+
 class LeaseRequest(_message.Message):
     __slots__ = ("name", "holder", "ttl_ms")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -319,7 +419,7 @@ class ShardStatus(_message.Message):
     def __init__(self, shard: _Optional[int] = ..., leader: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ..., digest: _Optional[str] = ..., term: _Optional[int] = ..., role: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("counts", "agents", "shards", "replica", "version", "control", "cluster_id")
+    __slots__ = ("counts", "agents", "shards", "replica", "version", "control", "cluster_id", "consumers")
     COUNTS_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +427,7 @@ class StatusResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CONTROL_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSUMERS_FIELD_NUMBER: _ClassVar[int]
     counts: _containers.RepeatedCompositeFieldContainer[KindCount]
     agents: _containers.RepeatedCompositeFieldContainer[AgentInfo]
     shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
@@ -334,7 +435,8 @@ class StatusResponse(_message.Message):
     version: str
     control: str
     cluster_id: str
-    def __init__(self, counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ..., agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., replica: _Optional[str] = ..., version: _Optional[str] = ..., control: _Optional[str] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+    consumers: _containers.RepeatedCompositeFieldContainer[ConsumerStatus]
+    def __init__(self, counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ..., agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., replica: _Optional[str] = ..., version: _Optional[str] = ..., control: _Optional[str] = ..., cluster_id: _Optional[str] = ..., consumers: _Optional[_Iterable[_Union[ConsumerStatus, _Mapping]]] = ...) -> None: ...
 
 class ClusterInfoRequest(_message.Message):
     __slots__ = ()

@@ -90,6 +90,21 @@ class CoordinatorStub:
                 request_serializer=hsm_dot_v1_dot_coordinator__pb2.LeaseRequest.SerializeToString,
                 response_deserializer=hsm_dot_v1_dot_coordinator__pb2.LeaseResponse.FromString,
                 _registered_method=True)
+        self.EventConsumer = channel.unary_unary(
+                '/hsm.v1.Coordinator/EventConsumer',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.EventConsumerRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.EventConsumerResponse.FromString,
+                _registered_method=True)
+        self.ReadEvents = channel.unary_unary(
+                '/hsm.v1.Coordinator/ReadEvents',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.ReadEventsRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.ReadEventsResponse.FromString,
+                _registered_method=True)
+        self.AckEvents = channel.unary_unary(
+                '/hsm.v1.Coordinator/AckEvents',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.AckEventsRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.AckEventsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -181,6 +196,32 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EventConsumer(self, request, context):
+        """HSM events: one record per action that ends, as Lustre's changelog
+        records it (CL_HSM), kept per shard for named consumers (Robinhood,
+        accounting, a policy engine). Register a consumer (it starts after the
+        newest record) or deregister it; replicated on every shard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadEvents(self, request, context):
+        """Records after the consumer's cursor on every shard, oldest first per
+        shard; the same records again until they are acknowledged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckEvents(self, request, context):
+        """The consumer processed records up to these (per shard): its cursors
+        move there; a record is released once every consumer acknowledged it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -238,6 +279,21 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Lease,
                     request_deserializer=hsm_dot_v1_dot_coordinator__pb2.LeaseRequest.FromString,
                     response_serializer=hsm_dot_v1_dot_coordinator__pb2.LeaseResponse.SerializeToString,
+            ),
+            'EventConsumer': grpc.unary_unary_rpc_method_handler(
+                    servicer.EventConsumer,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.EventConsumerRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.EventConsumerResponse.SerializeToString,
+            ),
+            'ReadEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadEvents,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.ReadEventsRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.ReadEventsResponse.SerializeToString,
+            ),
+            'AckEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckEvents,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.AckEventsRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.AckEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -537,6 +593,87 @@ class Coordinator:
             '/hsm.v1.Coordinator/Lease',
             hsm_dot_v1_dot_coordinator__pb2.LeaseRequest.SerializeToString,
             hsm_dot_v1_dot_coordinator__pb2.LeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EventConsumer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/EventConsumer',
+            hsm_dot_v1_dot_coordinator__pb2.EventConsumerRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.EventConsumerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/ReadEvents',
+            hsm_dot_v1_dot_coordinator__pb2.ReadEventsRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.ReadEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/AckEvents',
+            hsm_dot_v1_dot_coordinator__pb2.AckEventsRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.AckEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

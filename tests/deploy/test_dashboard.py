@@ -313,6 +313,7 @@ def exported(request: pytest.FixtureRequest) -> Exported:
         gone, gone_fid, _ = files.add("gone", 10)
         gone.unlink()  # its archive fails in the mover
         with c.client(timeout=10) as client:
+            client.register_event_consumer("rbh")  # the event log's series (consumer lag, missed)
             ids = [submit(client, fid, "archive") for _, fid, _ in ok]
             bad = submit(client, gone_fid, "archive")
             waiting = _sample_names(port)
@@ -402,7 +403,8 @@ def test_a_misspelt_metric_in_the_dashboard_fails_the_check(exported: Exported) 
 def test_every_alert_names_exported_metrics(values: str, exported: Exported) -> None:
     rules = rendered_rules(RULE_VALUES[values])
     assert rule_problems(rules, exported) == []
-    assert sorted(r["alert"] for r in rules) == ["HsmAgentGone", "HsmJournalUnwritable", "HsmQueueNotDraining",
+    assert sorted(r["alert"] for r in rules) == ["HsmAgentGone", "HsmEventConsumerLagging", "HsmEventConsumerMissed",
+                                                 "HsmJournalUnwritable", "HsmQueueNotDraining",
                                                  "HsmReplicaSeesNoLeader", "HsmShardWithoutLeader"]
 
 
