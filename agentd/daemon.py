@@ -759,10 +759,10 @@ class Agent:
             # a mover that never blocks (the null mover): run it here, no
             # thread hop; the caller rebalances credits once per message
             res = self._run_mover(job)
+            now = time.monotonic()
             if self.metrics is not None:
-                self.metrics.started(ins.run, spec.kind, t0)
-                self.metrics.ended(ins.run, res.errno, res.bytes_done, time.monotonic())
-            self._do(self.core.job_ended(ins.run, res, time.monotonic(), rebalance=False))
+                self.metrics.inline(spec.kind, res.errno, res.bytes_done, now - t0)
+            self._do(self.core.job_ended(ins.run, res, now, rebalance=False))
             return
         if self.metrics is not None:
             self.metrics.started(ins.run, spec.kind, t0)

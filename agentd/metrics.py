@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -38,7 +37,7 @@ class AgentdView:
 
 @dataclass(slots=True)
 class _Run:
-    kind: str
+    kind: int
     started: float
     counted: int = 0  # bytes already added to hsm_agentd_bytes
 
@@ -75,41 +74,56 @@ class _ViewCollector(Collector):
 
 class AgentdMetrics(Exporter):
     """agentd's registry; fed on the event loop (:meth:`started`,
-    :meth:`progress`, :meth:`ended`)."""
+    :meth:`progress`, :meth:`ended`) with plain numbers (hsm.metrics
+    Tally, Spread), labels made when scraped."""
 
     def __init__(self, agent_id: str, view: Callable[[], AgentdView | None] | None = None) -> None:
         super().__init__()
-        r = self.registry
         self.agent_id = agent_id
-        self.transfers = Counter("hsm_agentd_transfers", "Transfers ended (any result), by kind",
-                                 ["agent", "kind"], registry=r)
-        self.errors = Counter("hsm_agentd_mover_errors", "Transfers that ended with an error, by kind and errno",
-                              ["agent", "kind", "errno"], registry=r)
-        self.bytes = Counter("hsm_agentd_bytes", "Bytes moved, by kind, counted as the movers report progress "
-                             "(rate() is the transfer rate)", ["agent", "kind"], registry=r)
-        self.seconds = Histogram("hsm_agentd_transfer_seconds", "Seconds a transfer took, by kind",
-                                 ["agent", "kind"], buckets=RUN_BUCKETS, registry=r)
+
+        def kind(key: int) -> list[str]:
+            return [agent_id, kind_label(key)]
+
+        def kind_errno(key: tuple[int, int]) -> list[str]:
+            return [agent_id, kind_label(key[0]), errno_label(key[1])]
+
+        self.transfers = self.tally("hsm_agentd_transfers", "Transfers ended (any result), by kind",
+                                    ["agent", "kind"], kind)
+        self.errors = self.tally("hsm_agentd_mover_errors", "Transfers that ended with an error, by kind and errno",
+                                 ["agent", "kind", "errno"], kind_errno)
+        self.bytes = self.tally("hsm_agentd_bytes", "Bytes moved, by kind, counted as the movers report progress "
+                                "(rate() is the transfer rate)", ["agent", "kind"], kind)
+        self.seconds = self.spread("hsm_agentd_transfer_seconds", "Seconds a transfer took, by kind",
+                                   ["agent", "kind"], kind, RUN_BUCKETS)
         self._runs: dict[int, _Run] = {}
         if view is not None:
-            r.register(_ViewCollector(view))
+            self.registry.register(_ViewCollector(view))
+
+    def inline(self, kind: int, errno: int, bytes_done: int, seconds: float) -> None:
+        """A transfer run and ended at once on the event loop (the null mover)."""
+        if bytes_done > 0:
+            self.bytes.inc(kind, bytes_done)
+        self.transfers.inc(kind)
+        self.seconds.observe(kind, seconds if seconds > 0 else 0.0)
+        if errno:
+            self.errors.inc((kind, abs(errno)))
 
     def started(self, run: int, kind: int, now: float) -> None:
-        self._runs[run] = _Run(kind_label(kind), now)
+        self._runs[run] = _Run(kind, now)
 
     def progress(self, run: int, bytes_done: int) -> None:
         r = self._runs.get(run)
-        if r is None:
-            return
-        if bytes_done > r.counted:
-            self.child(self.bytes, self.agent_id, r.kind).inc(bytes_done - r.counted)
+        if r is not None and bytes_done > r.counted:
+            self.bytes.inc(r.kind, bytes_done - r.counted)
             r.counted = bytes_done
 
     def ended(self, run: int, errno: int, bytes_done: int, now: float) -> None:
-        self.progress(run, bytes_done)
         r = self._runs.pop(run, None)
         if r is None:
             return
-        self.child(self.transfers, self.agent_id, r.kind).inc()
-        self.child(self.seconds, self.agent_id, r.kind).observe(max(0.0, now - r.started))
+        if bytes_done > r.counted:
+            self.bytes.inc(r.kind, bytes_done - r.counted)
+        self.transfers.inc(r.kind)
+        self.seconds.observe(r.kind, now - r.started if now > r.started else 0.0)
         if errno:
-            self.child(self.errors, self.agent_id, r.kind, errno_label(abs(errno))).inc()
+            self.errors.inc((r.kind, abs(errno)))

@@ -31,7 +31,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -164,43 +163,63 @@ class _ViewCollector(Collector):
         yield running
 
 
+def _kind(key: int) -> list[str]:
+    return [kind_label(key)]
+
+
+def _kind_state(key: tuple[int, int]) -> list[str]:
+    return [kind_label(key[0]), State(key[1]).name]
+
+
+def _kind_state_errno(key: tuple[int, int, int]) -> list[str]:
+    return [kind_label(key[0]), State(key[1]).name, errno_label(key[2])]
+
+
+def _kind_errno(key: tuple[int, int]) -> list[str]:
+    return [kind_label(key[0]), errno_label(key[1])]
+
+
+def _as_is(key: tuple[str, str]) -> list[str]:
+    return list(key)
+
+
 class ReplicaMetrics(Exporter):
     """A replica's registry. *view*: a function returning the scrape-time
-    view (called on the exporter's thread; see ``view_from_loop``)."""
+    view (called on the exporter's thread; see ``view_from_loop``). The
+    counted families are plain numbers on the event loop (hsm.metrics
+    Tally, Spread): a few dict operations per action, no lock, labels
+    made when scraped."""
 
     def __init__(self, view: Callable[[], ReplicaView | None] | None = None) -> None:
         super().__init__()
-        r = self.registry
-        self.started = Counter("hsm_actions_started", "Actions started for the first time (counted by the "
-                               "shard's leader)", ["kind"], registry=r)
-        self.finished = Counter("hsm_actions_finished", "Actions ended, by kind, final state and errno "
-                                "(counted by the shard's leader)", ["kind", "state", "errno"], registry=r)
-        self.requeued = Counter("hsm_actions_requeued", "Started actions sent back to their queue, by kind and "
-                                "errno (counted by the shard's leader)", ["kind", "errno"], registry=r)
-        self.wait = Histogram("hsm_action_wait_seconds", "Seconds from submit to the first start", ["kind"],
-                              buckets=WAIT_BUCKETS, registry=r)
-        self.run = Histogram("hsm_action_run_seconds", "Seconds from the last start to the end, by final state",
-                             ["kind", "state"], buckets=RUN_BUCKETS, registry=r)
-        self.calls = Counter("hsm_grpc_calls", "gRPC calls this replica answered, by method and status code",
-                             ["method", "code"], registry=r)
+        self.started = self.tally("hsm_actions_started", "Actions started for the first time (counted by the "
+                                  "shard's leader)", ["kind"], _kind)
+        self.finished = self.tally("hsm_actions_finished", "Actions ended, by kind, final state and errno "
+                                   "(counted by the shard's leader)", ["kind", "state", "errno"], _kind_state_errno)
+        self.requeued = self.tally("hsm_actions_requeued", "Started actions sent back to their queue, by kind and "
+                                   "errno (counted by the shard's leader)", ["kind", "errno"], _kind_errno)
+        self.wait = self.spread("hsm_action_wait_seconds", "Seconds from submit to the first start", ["kind"],
+                                _kind, WAIT_BUCKETS)
+        self.run = self.spread("hsm_action_run_seconds", "Seconds from the last start to the end, by final state",
+                               ["kind", "state"], _kind_state, RUN_BUCKETS)
+        self.calls = self.tally("hsm_grpc_calls", "gRPC calls this replica answered, by method and status code",
+                                ["method", "code"], _as_is)
         if view is not None:
-            r.register(_ViewCollector(view))
+            self.registry.register(_ViewCollector(view))
 
     # -- fed by the node (event loop) -------------------------------------------------
 
     def effect(self, e: object) -> None:
         """One of the shard state's counted effects, on the shard's leader."""
         if isinstance(e, Ended):
-            kind, state = kind_label(e.kind), State(e.state).name
-            self.child(self.finished, kind, state, errno_label(e.errno)).inc()
+            self.finished.inc((e.kind, e.state, e.errno))
             if e.ran >= 0:
-                self.child(self.run, kind, state).observe(e.ran)
-        elif isinstance(e, Requeued):
-            self.child(self.requeued, kind_label(e.kind), errno_label(e.errno)).inc()
+                self.run.observe((e.kind, e.state), e.ran)
         elif isinstance(e, FirstStart):
-            kind = kind_label(e.kind)
-            self.child(self.started, kind).inc()
-            self.child(self.wait, kind).observe(max(0.0, e.waited))
+            self.started.inc(e.kind)
+            self.wait.observe(e.kind, e.waited if e.waited > 0 else 0.0)
+        elif isinstance(e, Requeued):
+            self.requeued.inc((e.kind, e.errno))
 
     def call(self, method: str, code: str) -> None:
-        self.child(self.calls, method, code).inc()
+        self.calls.inc((method, code))

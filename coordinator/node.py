@@ -486,18 +486,19 @@ class CoordinatorNode:
         changed: dict[int, None] = {}
         metrics = self.metrics
         ended = False
+        leads: bool | None = None  # asked once, when needed
         for eff in res.effects:
             if isinstance(eff, Changed):
                 changed[eff.action_id] = None
-            elif isinstance(eff, Ended):
-                ended = True
-                if metrics is not None and shard.is_leader:
-                    metrics.effect(eff)
-                continue
+            elif isinstance(eff, Ended | Requeued | FirstStart):
+                ended = ended or isinstance(eff, Ended)
+                if metrics is not None:
+                    if leads is None:
+                        leads = shard.is_leader
+                    if leads:
+                        metrics.effect(eff)
             elif isinstance(eff, SendCancel) and shard.is_leader:
                 self._send_cancel(eff.agent, eff.action_id, eff.attempt, "canceled")
-            elif metrics is not None and isinstance(eff, Requeued | FirstStart) and shard.is_leader:
-                metrics.effect(eff)
             # Assigned: sent by the dispatcher that proposed it
         if changed:
             self._wake.set()
@@ -1017,7 +1018,7 @@ class CoordinatorNode:
             await asyncio.sleep(RATE_SAMPLE_EVERY)
 
     def sample_dispatch(self, now: float | None = None) -> None:
-        """Note every queue's dispatch counter (for :meth:`start_estimate`)."""
+        """Note every queue's dispatch counter (for :meth:`action_pb`'s start estimate)."""
         now = time.monotonic() if now is None else now
         counts = []
         for shard in self.shards:

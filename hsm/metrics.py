@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import errno as _errno
 import logging
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from hsm.wire import kind_name
 
@@ -50,21 +54,95 @@ def errno_label(err: int) -> str:
     return _errno.errorcode.get(err, str(err)) if err else "0"
 
 
+class Tally:
+    """A counter family kept as plain numbers on the hot path: a key (a
+    tuple of ints or strings, no label text made) -> count. No lock: only
+    the owner's thread adds; a scrape copies the dict (one C call under the
+    GIL) and formats the labels then (*fmt*: key -> label values)."""
+
+    __slots__ = ("name", "doc", "labels", "fmt", "values")
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str], fmt: Callable[[Any], Sequence[str]]) -> None:
+        self.name, self.doc, self.labels, self.fmt = name, doc, list(labels), fmt
+        self.values: dict[Any, float] = {}
+
+    def inc(self, key: Any, n: float = 1) -> None:
+        values = self.values
+        values[key] = values.get(key, 0) + n
+
+    def family(self) -> Metric:
+        f = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, n in dict(self.values).items():
+            f.add_metric(list(self.fmt(key)), n)
+        return f
+
+
+class Spread:
+    """A histogram family kept as plain numbers, like :class:`Tally`:
+    per key, a count per bucket (the last one past every bound) and a sum."""
+
+    __slots__ = ("name", "doc", "labels", "fmt", "bounds", "buckets", "sums")
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str], fmt: Callable[[Any], Sequence[str]],
+                 bounds: Sequence[float]) -> None:
+        self.name, self.doc, self.labels, self.fmt = name, doc, list(labels), fmt
+        self.bounds = tuple(float(b) for b in bounds)
+        self.buckets: dict[Any, list[int]] = {}
+        self.sums: dict[Any, float] = {}
+
+    def observe(self, key: Any, value: float) -> None:
+        b = self.buckets.get(key)
+        if b is None:
+            b = self.buckets[key] = [0] * (len(self.bounds) + 1)
+        b[bisect_left(self.bounds, value)] += 1  # the first bound >= value: Prometheus's "le"
+        sums = self.sums
+        sums[key] = sums.get(key, 0.0) + value
+
+    def family(self) -> Metric:
+        f = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        sums = dict(self.sums)
+        for key, counts in dict(self.buckets).items():
+            counts = list(counts)
+            cumulative, running = [], 0
+            for bound, n in zip((*map(floatToGoString, self.bounds), "+Inf"), counts, strict=True):
+                running += n
+                cumulative.append((bound, running))
+            f.add_metric(list(self.fmt(key)), cumulative, sums.get(key, 0.0))
+        return f
+
+
+class _Families(Collector):
+    def __init__(self, families: Callable[[], Sequence[Tally | Spread]]) -> None:
+        self.families = families
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for f in self.families():
+            yield f.family()
+
+
 class Exporter:
-    """A registry served over HTTP (``serve``) with cached label children."""
+    """A registry served over HTTP (``serve``); :meth:`tally` and
+    :meth:`spread` make its hot-path families (formatted when scraped)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._families: list[Tally | Spread] = []
+        self.registry.register(_Families(lambda: self._families))
         self._server: Any = None
 
-    def child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, cached: ``labels()`` takes a lock and builds a key each time."""
-        key = (id(metric), *labels)
-        c = self._children.get(key)
-        if c is None:
-            c = self._children[key] = metric.labels(*labels)
-        return c
+    def tally(self, name: str, doc: str, labels: Sequence[str], fmt: Callable[[Any], Sequence[str]]) -> Tally:
+        t = Tally(name, doc, labels, fmt)
+        self._families.append(t)
+        return t
+
+    def spread(self, name: str, doc: str, labels: Sequence[str], fmt: Callable[[Any], Sequence[str]],
+               bounds: Sequence[float]) -> Spread:
+        h = Spread(name, doc, labels, fmt, bounds)
+        self._families.append(h)
+        return h
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics on *host*:*port* (0: any free port) from a thread; the port."""
