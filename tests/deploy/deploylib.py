@@ -214,7 +214,7 @@ def kube_problems(docs: Iterable[Mapping[str, Any]], versions: Iterable[str] | N
 
     versions = tuple(versions or kube_versions())
     monitoring = {kind: json.loads((SCHEMAS / f"{kind.lower()}-monitoring-v1.json").read_text())
-                  for kind in ("ServiceMonitor", "PrometheusRule")}
+                  for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")}
     cert_schema = json.loads((SCHEMAS / "certificate-cert-manager-v1.json").read_text())
     problems: list[str] = []
     for doc in docs:
@@ -736,6 +736,32 @@ def _password_problems(password_file: str, ctr: Mapping[str, Any], pod_spec: Map
     return [f"no init container copies the Secret's password to {password_file}"]
 
 
+def _agentd_metrics_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], w: Mapping[str, Any],
+                             ctr: Mapping[str, Any], cmd: list[str]) -> list[str]:
+    """With serviceMonitor.enabled every agentd serves its metrics on
+    agentd.metricsPort (a container port named metrics) and a PodMonitor
+    scrapes that port of exactly the agentd pods; without, neither."""
+    port = int(values["agentd"]["metricsPort"])
+    monitors = _by_kind(docs, "PodMonitor")
+    flag = cmd[cmd.index("--metrics-listen") + 1] if "--metrics-listen" in cmd else None
+    if not values["serviceMonitor"]["enabled"]:
+        return ([f"agentd serves metrics ({flag}) with serviceMonitor.enabled false"] if flag else []) + \
+            ([f"{_obj_name(m)} rendered with serviceMonitor.enabled false" for m in monitors])
+    problems = []
+    if flag != f"0.0.0.0:{port}":
+        problems.append(f"agentd's --metrics-listen is {flag!r}, not 0.0.0.0:{port} (agentd.metricsPort)")
+    named = {p.get("name"): p.get("containerPort") for p in ctr.get("ports", [])}
+    if named.get("metrics") != port:
+        problems.append(f"agentd has no container port named metrics on {port}: {ctr.get('ports')}")
+    pod_labels = w["spec"]["template"]["metadata"].get("labels", {})
+    ok = [m for m in monitors if _selects(m["spec"]["selector"].get("matchLabels", {}), pod_labels)
+          and any(e.get("port") == "metrics" for e in m["spec"].get("podMetricsEndpoints", []))]
+    if len(ok) != 1:
+        problems.append(f"expected one PodMonitor scraping port metrics of the agentd pods, found "
+                        f"{[_obj_name(m) for m in monitors]}")
+    return problems
+
+
 def _agentd_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], sts: str, headless: str | None,
                      namespace: str, domain: str, image: str) -> list[str]:
     a = values["agentd"]
@@ -756,6 +782,7 @@ def _agentd_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], sts:
     if a["kind"] == "DaemonSet" and pod_spec.get("nodeSelector") != a["nodeSelector"]:
         problems.append(f"agentd DaemonSet nodeSelector {pod_spec.get('nodeSelector')} != {a['nodeSelector']}")
     cmd = list(ctr.get("command", [])) + list(ctr.get("args", []))
+    problems += _agentd_metrics_problems(docs, values, w, ctr, cmd)
     want_id = "$(NODE_NAME)" if a["kind"] == "DaemonSet" else "$(POD_NAME)"
     if "--agent-id" not in cmd or cmd[cmd.index("--agent-id") + 1] != want_id:
         problems.append(f"agentd command does not pass --agent-id {want_id}: {cmd}")
