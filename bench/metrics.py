@@ -63,7 +63,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cluster import BenchCluster, cmdline
 from bench.stats import median1
-from bench.tls import ROWS, _f, flood_figures, medians, ratio, verdict
+from bench.tls import ROWS, _f, alternate_floods, medians, ratio, verdict
 from bench.workloads import Settings
 
 #: issue 15: the flood with exporters (and scrapes) keeps at least this share of its rate without
@@ -363,7 +363,6 @@ def scrape_medians(floods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def metrics(args: argparse.Namespace, s: Settings, say: Callable[[str], None]) -> int:
-    from bench import workloads as w
     from bench.compare import save
     from bench.machine import machine
 
@@ -374,55 +373,16 @@ def metrics(args: argparse.Namespace, s: Settings, say: Callable[[str], None]) -
     t0 = time.monotonic()
     say(f"== metrics ({s.mode}): archive flood of {n:,} with Prometheus exporters off and on (scraped every "
         f"{interval:g} s), {repeat} round(s); {mach['cores']} cores")
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
-    pairs: list[dict[str, float | None]] = []
-    failures: dict[str, str] = {}
-    timeline = []
-    for rnd in range(repeat):
-        rates: dict[str, float | None] = {}
-        for k, mode in enumerate(order(rnd)):
-            probes: list[Probe] = []
+    def scraped(d: dict[str, Any], mode: str) -> tuple[dict[str, Any], str]:
+        fig = scrape_figures(d["metrics_probe"])
+        return fig, (f"; {fig['scrapes']} scrapes, {fig['replica_scrape_ms']} ms per replica scrape"
+                     if mode == "on" else "")
 
-            def hook(c: BenchCluster, _g: Any, probes: list[Probe] = probes) -> Probe:
-                probes.append(Probe(c, n, interval))
-                return probes[-1]
-
-            say(f"== archive flood, exporters {mode} (round {rnd + 1}, {'first' if k == 0 else 'second'})")
-            t1 = time.monotonic()
-            entry: dict[str, Any] = {"round": rnd + 1, "metrics": mode, "position": k + 1}
-            try:
-                d = w.archive_flood(dataclasses.replace(s, metrics=mode == "on"), actions=n, profile=hook)
-            except KeyboardInterrupt:
-                say("!! interrupted")
-                return 130
-            except Exception as exc:  # noqa: BLE001 - reported, the other floods go on
-                failures[f"exporters {mode} (round {rnd + 1})"] = f"{type(exc).__name__}: {exc}"
-                say(f"!! flood with exporters {mode} failed: {exc}")
-                continue
-            finally:
-                entry["wall_seconds"] = round(time.monotonic() - t1, 1)
-                timeline.append(entry)
-                for p in probes:  # a flood that failed before the drain left its scraper running
-                    p.close()
-            probe = probes[0] if probes else None
-            d["metrics_probe"] = probe.record() if probe else None
-            wrong = probe.problem() if probe else "the mode probe did not run"
-            fig = flood_figures(d)
-            entry.update({k2: fig[k2] for k2 in ("actions_per_s", "seconds", "outsiders_cpu_share_pct",
-                                                 "replica_us_per_action", "total_us_per_action")})
-            entry.update(scrape_figures(d["metrics_probe"]))
-            if wrong:
-                failures[f"exporters {mode} (round {rnd + 1})"] = f"not measured in its mode: {wrong}"
-                say(f"!! flood with exporters {mode}: {wrong}; not counted")
-                continue
-            scraped = (f"; {entry['scrapes']} scrapes, {entry['replica_scrape_ms']} ms per replica scrape"
-                       if mode == "on" else "")
-            say(f"   exporters {mode}: {fig['actions_per_s']:,.0f} actions/s; outsiders used "
-                f"{fig['outsiders_cpu_share_pct']} % of the host CPU{scraped}")
-            runs[mode].append(d)
-            rates[mode] = fig["actions_per_s"]
-        pairs.append({"round": rnd + 1, "off": rates.get("off"), "on": rates.get("on"),
-                      "ratio": ratio(rates.get("on"), rates.get("off"))})
+    got = alternate_floods(s, n, repeat, say, label="exporters", setting="metrics",
+                           make_probe=lambda c: Probe(c, n, interval), probe_key="metrics_probe", extra=scraped)
+    if got is None:
+        return 130
+    runs, pairs, failures, timeline = got
     on, off = medians(runs["on"]), medians(runs["off"])
     v = verdict(on, off, [p["ratio"] for p in pairs], target=TARGET)
     broken = [f"exporters {mode}: {d['run_twice']} actions ran twice" for mode in MODES for d in runs[mode]

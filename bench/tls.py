@@ -176,8 +176,77 @@ def verdict(on: Mapping[str, Any], off: Mapping[str, Any],
 # ------------------------------------------------------------ the run
 
 
-def tls(args: argparse.Namespace, s: Settings, say: Callable[[str], None]) -> int:
+def alternate_floods(
+        s: Settings, n: int, repeat: int, say: Callable[[str], None], *, label: str, setting: str,
+        make_probe: Callable[[BenchCluster], Any], probe_key: str,
+        extra: Callable[[dict[str, Any], str], tuple[dict[str, Any], str]] | None = None,
+) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]], dict[str, str], list[dict[str, Any]]] | None:
+    """The archive flood of *n* with the boolean *setting* (a Settings
+    field) off and on, *repeat* rounds, alternating which goes first
+    (:func:`order`): bench tls and bench metrics. *make_probe(cluster)*
+    checks that a flood ran in its mode (``problem()``, ``record()``, and
+    ``close()`` if it has one), its record kept under *probe_key*; a flood
+    that failed or did not run in its mode is a failure, not counted.
+    *extra(flood, mode)*: more figures for the timeline and a suffix for
+    the progress line. Returns the floods per mode, each round's rates and
+    ratio, the failures and the timeline; None when interrupted."""
     from bench import workloads as w
+
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    pairs: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    timeline: list[dict[str, Any]] = []
+    for rnd in range(repeat):
+        rates: dict[str, float | None] = {}
+        for k, mode in enumerate(order(rnd)):
+            probes: list[Any] = []
+
+            def hook(c: BenchCluster, _g: Any, probes: list[Any] = probes) -> Any:
+                probes.append(make_probe(c))
+                return probes[-1]
+
+            name = f"{label} {mode} (round {rnd + 1})"
+            say(f"== archive flood, {label} {mode} (round {rnd + 1}, {'first' if k == 0 else 'second'})")
+            t1 = time.monotonic()
+            entry: dict[str, Any] = {"round": rnd + 1, setting: mode, "position": k + 1}
+            try:
+                d = w.archive_flood(dataclasses.replace(s, **{setting: mode == "on"}), actions=n, profile=hook)
+            except KeyboardInterrupt:
+                say("!! interrupted")
+                return None
+            except Exception as exc:  # noqa: BLE001 - reported, the other floods go on
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                say(f"!! flood with {label} {mode} failed: {exc}")
+                continue
+            finally:
+                entry["wall_seconds"] = round(time.monotonic() - t1, 1)
+                timeline.append(entry)
+                for p in probes:  # a flood that failed before the drain may have left one running
+                    close = getattr(p, "close", None)
+                    if close is not None:
+                        close()
+            probe = probes[0] if probes else None
+            d[probe_key] = probe.record() if probe else None
+            wrong = probe.problem() if probe else "the mode probe did not run"
+            fig = flood_figures(d)
+            entry.update({k2: fig[k2] for k2 in ("actions_per_s", "seconds", "outsiders_cpu_share_pct",
+                                                 "replica_us_per_action", "total_us_per_action")})
+            more, suffix = extra(d, mode) if extra is not None else ({}, "")
+            entry.update(more)
+            if wrong:
+                failures[name] = f"not measured in its mode: {wrong}"
+                say(f"!! flood with {label} {mode}: {wrong}; not counted")
+                continue
+            say(f"   {label} {mode}: {fig['actions_per_s']:,.0f} actions/s; outsiders used "
+                f"{fig['outsiders_cpu_share_pct']} % of the host CPU{suffix}")
+            runs[mode].append(d)
+            rates[mode] = fig["actions_per_s"]
+        pairs.append({"round": rnd + 1, "off": rates.get("off"), "on": rates.get("on"),
+                      "ratio": ratio(rates.get("on"), rates.get("off"))})
+    return runs, pairs, failures, timeline
+
+
+def tls(args: argparse.Namespace, s: Settings, say: Callable[[str], None]) -> int:
     from bench.compare import save
     from bench.machine import machine
 
@@ -187,50 +256,10 @@ def tls(args: argparse.Namespace, s: Settings, say: Callable[[str], None]) -> in
     t0 = time.monotonic()
     say(f"== tls ({s.mode}): archive flood of {n:,} with mutual TLS off and on, {repeat} round(s); "
         f"{mach['cores']} cores")
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
-    pairs: list[dict[str, float | None]] = []
-    failures: dict[str, str] = {}
-    timeline = []
-    for rnd in range(repeat):
-        rates: dict[str, float | None] = {}
-        for k, mode in enumerate(order(rnd)):
-            probes: list[Probe] = []
-
-            def hook(c: BenchCluster, _g: Any, probes: list[Probe] = probes) -> Probe:
-                probes.append(Probe(c))
-                return probes[-1]
-
-            say(f"== archive flood, TLS {mode} (round {rnd + 1}, {'first' if k == 0 else 'second'})")
-            t1 = time.monotonic()
-            entry: dict[str, Any] = {"round": rnd + 1, "tls": mode, "position": k + 1}
-            try:
-                d = w.archive_flood(dataclasses.replace(s, tls=mode == "on"), actions=n, profile=hook)
-            except KeyboardInterrupt:
-                say("!! interrupted")
-                return 130
-            except Exception as exc:  # noqa: BLE001 - reported, the other floods go on
-                failures[f"TLS {mode} (round {rnd + 1})"] = f"{type(exc).__name__}: {exc}"
-                say(f"!! flood with TLS {mode} failed: {exc}")
-                continue
-            finally:
-                entry["wall_seconds"] = round(time.monotonic() - t1, 1)
-                timeline.append(entry)
-            probe = probes[0] if probes else None
-            d["tls_probe"] = probe.record() if probe else None
-            wrong = probe.problem() if probe else "the mode probe did not run"
-            fig = flood_figures(d)
-            entry.update({k2: fig[k2] for k2 in ("actions_per_s", "seconds", "outsiders_cpu_share_pct",
-                                                 "replica_us_per_action", "total_us_per_action")})
-            if wrong:
-                failures[f"TLS {mode} (round {rnd + 1})"] = f"not measured in its mode: {wrong}"
-                say(f"!! flood with TLS {mode}: {wrong}; not counted")
-                continue
-            say(f"   TLS {mode}: {fig['actions_per_s']:,.0f} actions/s; outsiders used "
-                f"{fig['outsiders_cpu_share_pct']} % of the host CPU")
-            runs[mode].append(d)
-            rates[mode] = fig["actions_per_s"]
-        pairs.append({"round": rnd + 1, "off": rates.get("off"), "on": rates.get("on"),
-                      "ratio": ratio(rates.get("on"), rates.get("off"))})
+    got = alternate_floods(s, n, repeat, say, label="TLS", setting="tls", make_probe=Probe, probe_key="tls_probe")
+    if got is None:
+        return 130
+    runs, pairs, failures, timeline = got
     on, off = medians(runs["on"]), medians(runs["off"])
     v = verdict(on, off, [p["ratio"] for p in pairs])
     broken = [f"TLS {mode}: {d['run_twice']} actions ran twice" for mode in MODES for d in runs[mode]

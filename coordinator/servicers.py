@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -580,23 +580,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         await self._check_shards(request.shards, context)
         now = node.clock()
 
-        async def one(idx: int) -> list[coordinator_pb2.EventCursor]:
-            shard = node.shards[idx]
-            if shard.is_leader:
-                try:
-                    res = await node.propose(shard, EventConsumer(now, name, not request.deregister))
-                except ShardUnavailable:
-                    pass
-                else:
-                    reply = res.replies[0]
-                    if reply.error:
-                        raise _ConsumerProblem(reply.error)
-                    with shard.reading() as st:
-                        c = node.event_cursor(st, idx, name)
-                    return [c] if c is not None else []
-            part = coordinator_pb2.EventConsumerRequest(name=name, deregister=request.deregister, shards=[idx])
-            resp = await node.forward(shard, "EventConsumer", part, node.config.propose_timeout * 2)
-            return list(resp.cursors)
+        def one(idx: int) -> Awaitable[list[coordinator_pb2.EventCursor]]:
+            return self._consumer_command(
+                idx, name, EventConsumer(now, name, not request.deregister), "EventConsumer",
+                coordinator_pb2.EventConsumerRequest(name=name, deregister=request.deregister, shards=[idx]))
 
         try:
             parts = await asyncio.gather(*(one(i) for i in sorted(set(request.shards) or range(len(node.shards)))))
@@ -688,24 +675,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         for c in request.upto:
             upto[c.shard] = max(upto.get(c.shard, 0), c.acked)
 
-        async def one(idx: int, acked: int) -> list[coordinator_pb2.EventCursor]:
-            shard = node.shards[idx]
-            if shard.is_leader:
-                try:
-                    res = await node.propose(shard, AckEvents(now, name, acked))
-                except ShardUnavailable:
-                    pass
-                else:
-                    reply = res.replies[0]
-                    if reply.error:
-                        raise _ConsumerProblem(reply.error)
-                    with shard.reading() as st:
-                        cursor = node.event_cursor(st, idx, name)
-                    return [cursor] if cursor is not None else []
-            part = coordinator_pb2.AckEventsRequest(
-                consumer=name, upto=[coordinator_pb2.EventCursor(shard=idx, acked=acked)])
-            resp = await node.forward(shard, "AckEvents", part, node.config.propose_timeout * 2)
-            return list(resp.cursors)
+        def one(idx: int, acked: int) -> Awaitable[list[coordinator_pb2.EventCursor]]:
+            return self._consumer_command(
+                idx, name, AckEvents(now, name, acked), "AckEvents",
+                coordinator_pb2.AckEventsRequest(consumer=name, upto=[coordinator_pb2.EventCursor(shard=idx,
+                                                                                                 acked=acked)]))
 
         try:
             parts = await asyncio.gather(*(one(i, a) for i, a in sorted(upto.items())))
@@ -715,6 +689,29 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"acknowledgement not applied on every shard named, "
                                 f"retry (it is idempotent): {exc}")
         return coordinator_pb2.AckEventsResponse(cursors=[c for part in parts for c in part])
+
+    async def _consumer_command(self, idx: int, name: str, cmd: EventConsumer | AckEvents, method: str,
+                                part: Any) -> list[coordinator_pb2.EventCursor]:
+        """Apply an event consumer command on shard *idx* (here when this
+        replica leads it, else through its leader's *method* with *part*);
+        the consumer's cursor there after it. _ConsumerProblem when the
+        state refused it."""
+        node = self.node
+        shard = node.shards[idx]
+        if shard.is_leader:
+            try:
+                res = await node.propose(shard, cmd)
+            except ShardUnavailable:
+                pass
+            else:
+                reply = res.replies[0]
+                if reply.error:
+                    raise _ConsumerProblem(reply.error)
+                with shard.reading() as st:
+                    cursor = node.event_cursor(st, idx, name)
+                return [cursor] if cursor is not None else []
+        resp = await node.forward(shard, method, part, node.config.propose_timeout * 2)
+        return list(resp.cursors)
 
     async def _check_shards(self, shards: Iterable[int], context: grpc.aio.ServicerContext) -> None:
         bad = [x for x in shards if x >= len(self.node.shards)]

@@ -68,10 +68,17 @@ def json_formatter() -> logging.Formatter:
                  rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
 
 
-def setup(level: str, fmt: str = "text", stream: TextIO | None = None, filename: Path | None = None) -> None:
-    """Configure the root logger once, for a daemon's process. *fmt*: text or json."""
+def setup(level: str, fmt: str = "text", stream: TextIO | None = None, filename: Path | None = None,
+          force: bool = False) -> None:
+    """Configure the root logger for a daemon's process. *fmt*: text or
+    json. Like logging.basicConfig, nothing changes when the root logger
+    has handlers already (a test calling a daemon's main in its own
+    process keeps pytest's), unless *force*."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format {fmt!r}: expected one of {', '.join(LOG_FORMATS)}")
+    root = logging.getLogger()
+    if root.handlers and not force:
+        return
     handler: logging.Handler = (logging.FileHandler(filename) if filename is not None
                                 else logging.StreamHandler(stream or sys.stderr))
     if fmt == "json":
@@ -79,7 +86,6 @@ def setup(level: str, fmt: str = "text", stream: TextIO | None = None, filename:
         handler.addFilter(ActionFields())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     root.addHandler(handler)

@@ -60,6 +60,7 @@ import agentd.config as acfg
 import coordinator.config as ccfg
 from coordinator.cluster import split_addr
 from coordinator.raft import RaftTuning, check_addr
+from hsm.logsetup import LOG_FORMATS
 from hsm.ring import MAX_POINTS, MAX_VNODES
 
 _DEEP = int(os.environ.get("HSM_FUZZ_EXAMPLES", "0"))
@@ -115,6 +116,8 @@ HINTS: dict[str, list[Any]] = {
     "fsname": ["lustre", "", "toolongname", "a b", "é"], "copytool_handle": ["fake", "register", "FAKE", ""],
     "register_archive_id": [0, 1, 77, 1 << 31, -1], "archive_ids": [[], [0], [1, 1], [1 << 32], 3, [True]],
     "log_level": ["info", "INFO", "debug", "loud", "Warning"],
+    "log_format": ["text", "json", "JSON", "xml", "", 1],
+    "metrics_listen": ["0.0.0.0:9600", "127.0.0.1:0", "[::]:9600", "9600", "h:", ":1", "h:99999", "h:x", ""],
     "agent_id": ["a", "x" * 129, "a b", "é", ""], "cluster_id": ["", "fuzz-cluster", "-x", "x" * 65],
     "vnodes": [0, 1, 999, 1000, 65536, 65537, 1 << 20, -1], "shards": [0, 1, 999, 1000, -1, 1 << 40],
     "data_dir": ["", "x\x00", "/tmp"], "password": ["", "short", "x" * 16],
@@ -320,7 +323,7 @@ def usable_coordinator(cfg: Any, level: str) -> None:
     assert cfg.archive_ids and all(1 <= a <= 0xFFFFFFFF for a in cfg.archive_ids)
     assert cfg.default_archive_id in cfg.archive_ids
     assert cfg.max_attempts >= 1 and cfg.max_terminal >= 0 and cfg.remember_ends >= 0
-    assert level in ccfg.LOG_LEVELS
+    assert level.level in ccfg.LOG_LEVELS and level.format in LOG_FORMATS
 
 
 def load_coordinator(path: Path, overrides: dict[str, Any] | None = None) -> None:

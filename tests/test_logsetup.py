@@ -31,7 +31,7 @@ def json_logs(level: str = "debug") -> Iterator[io.StringIO]:
     root = logging.getLogger()
     handlers, was = list(root.handlers), root.level
     buf = io.StringIO()
-    setup(level, "json", stream=buf)
+    setup(level, "json", stream=buf, force=True)
     try:
         yield buf
     finally:
