@@ -102,3 +102,27 @@ def test_every_line_a_replica_and_an_agent_log_about_an_action_carries_its_field
     assert missing == []
     assert {d["logger"].split(".")[0] for d in about} >= {"agentd", "coordinator"}
     assert any(d["action_id"] == long and d.get("kind") == "ARCHIVE" and "cancel" in d["message"] for d in about)
+
+
+def test_agentd_started_with_log_format_json_writes_json_lines(tmp_path: Any) -> None:
+    """The daemon as a process: every line it writes to stderr is one JSON object."""
+    import subprocess
+    import sys
+
+    from hsm.simfs import SimFS
+    from tests.cluster import until
+
+    SimFS.create(tmp_path / "fs", "simfs")
+    err = tmp_path / "agentd.err"
+    with open(err, "wb") as out:
+        p = subprocess.Popen([sys.executable, "-m", "agentd.cli", "--coordinators", "127.0.0.1:1",
+                              "--fs-root", str(tmp_path / "fs"), "--mover", "null", "--agent-id", "j1",
+                              "--log-format", "json"], stderr=out, stdout=out)
+    try:
+        until(lambda: "stream to coordinator 127.0.0.1:1 lost" in err.read_text(), 20, "agentd's first warning")
+    finally:
+        p.terminate()
+        p.wait(20)
+    lines = [json.loads(x) for x in err.read_text().splitlines()]
+    assert {d["logger"] for d in lines} >= {"agentd.daemon"}
+    assert any(d["level"] == "WARNING" and "127.0.0.1:1" in d["message"] for d in lines)
