@@ -126,3 +126,25 @@ def test_agentd_started_with_log_format_json_writes_json_lines(tmp_path: Any) ->
     lines = [json.loads(x) for x in err.read_text().splitlines()]
     assert {d["logger"] for d in lines} >= {"agentd.daemon"}
     assert any(d["level"] == "WARNING" and "127.0.0.1:1" in d["message"] for d in lines)
+
+
+def test_hsm_bridge_started_with_log_format_json_writes_json_lines(tmp_path: Any) -> None:
+    """The bridge as a process, its coordinators unreachable (it stands by for its lease)."""
+    import subprocess
+    import sys
+
+    from tests.cluster import until
+
+    err = tmp_path / "bridge.err"
+    with open(err, "wb") as out:
+        p = subprocess.Popen([sys.executable, "-m", "bridge.cli", "--mount", str(tmp_path), "--fsname", "lustre",
+                              "--coordinators", "127.0.0.1:1", "--journal", str(tmp_path / "journal"),
+                              "--library", str(tmp_path / "no-liblustreapi.so"), "--log-format", "json"],
+                             stderr=out, stdout=out)
+    try:
+        until(lambda: "standing by" in err.read_text(), 20, "the bridge's first warning")
+    finally:
+        p.terminate()
+        p.wait(20)
+    lines = [json.loads(x) for x in err.read_text().splitlines()]
+    assert any(d["logger"] == "bridge.daemon" and d["level"] == "WARNING" for d in lines)
