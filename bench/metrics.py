@@ -63,7 +63,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cluster import BenchCluster, cmdline
 from bench.stats import median1
-from bench.tls import ROWS, _f, alternate_floods, medians, ratio, verdict
+from bench.tls import _f, alternate_floods, comparison_lines, medians, verdict
 from bench.workloads import Settings
 
 #: issue 15: the flood with exporters (and scrapes) keeps at least this share of its rate without
@@ -413,7 +413,6 @@ def markdown(out: Mapping[str, Any]) -> str:
     v = out.get("verdict") or {}
     cl = out["cluster"]
     sc = out.get("scrapes") or {}
-    st = v.get("status", "not measured")
     interval = out.get("scrape_interval", SCRAPE_INTERVAL)
     lines = [
         "# hsm-coordinator benchmark: the cost of the Prometheus exporters",
@@ -430,24 +429,8 @@ def markdown(out: Mapping[str, Any]) -> str:
         "",
         f"## Archive flood of {out['actions']:,}, exporters on and off ({out['rounds']} round(s), medians)",
         "",
-        f"**exporters on / off: {_f(v.get('ratio'), '{:.3f}')}** (target ≥ {v.get('target', TARGET)}: "
-        f"**{st}**)" + (f"; per round {', '.join(_f(x, '{:.3f}') for x in v.get('round_ratios', []))}"
-                        if len(v.get("round_ratios", [])) > 1 else "") + ".",
-        "",
-        "CPU-bound estimate: every process of the benchmark runs on this host's cores, so a run that is "
-        "CPU-bound with nobody else on the host would show about the inverse ratio of the whole benchmark's "
-        "CPU per action: "
-        f"{_f(off.get('total_us_per_action'))} / "
-        f"{_f(on.get('total_us_per_action'))} µs = **{_f(v.get('cpu_bound_ratio'), '{:.3f}')}** "
-        f"({v.get('cpu_bound_status', 'not measured')} against the same target; an estimate that the outsiders' "
-        "share does not skew, not the measured ratio).",
-        "",
-        "| figure | exporters on | exporters off | on / off |",
-        "|---|---|---|---|",
+        *comparison_lines("exporters", v, on, off),
     ]
-    for key, label in ROWS:
-        a, b = on.get(key), off.get(key)
-        lines.append(f"| {label} | {_f(a)} | {_f(b)} | {_f(ratio(a, b), '{:.3f}')} |")
     lines += ["", f"Scrapes per flood with exporters on (medians): {_f(sc.get('scrapes'), '{:,.0f}')} in "
               f"{_f(sc.get('scrape_rounds'), '{:,.0f}')} round(s), {_f(sc.get('scrape_failures'), '{:,.0f}')} failed; "
               f"a replica's took {_f(sc.get('replica_scrape_ms'))} ms for {_f(sc.get('replica_scrape_kb'))} KB, "

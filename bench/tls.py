@@ -297,12 +297,37 @@ ROWS = (("actions_per_s", "actions/s end to end"),
         ("outsiders_cpu_share_pct", "outsiders' share of the host CPU (%)"))
 
 
+def comparison_lines(label: str, v: Mapping[str, Any], on: Mapping[str, Any], off: Mapping[str, Any]) -> list[str]:
+    """The verdict, the CPU-bound estimate and the figures' table of an
+    on/off comparison (bench tls, bench metrics)."""
+    st = v.get("status", "not measured")
+    lines = [
+        f"**{label} on / off: {_f(v.get('ratio'), '{:.3f}')}** (target ≥ {v.get('target', TARGET)}: "
+        f"**{st}**)" + (f"; per round {', '.join(_f(x, '{:.3f}') for x in v.get('round_ratios', []))}"
+                        if len(v.get("round_ratios", [])) > 1 else "") + ".",
+        "",
+        "CPU-bound estimate: every process of the benchmark runs on this host's cores, so a run that is "
+        "CPU-bound with nobody else on the host would show about the inverse ratio of the whole benchmark's "
+        "CPU per action: "
+        f"{_f(off.get('total_us_per_action'))} / "
+        f"{_f(on.get('total_us_per_action'))} µs = **{_f(v.get('cpu_bound_ratio'), '{:.3f}')}** "
+        f"({v.get('cpu_bound_status', 'not measured')} against the same target; an estimate that the outsiders' "
+        "share does not skew, not the measured ratio).",
+        "",
+        f"| figure | {label} on | {label} off | on / off |",
+        "|---|---|---|---|",
+    ]
+    for key, name in ROWS:
+        a, b = on.get(key), off.get(key)
+        lines.append(f"| {name} | {_f(a)} | {_f(b)} | {_f(ratio(a, b), '{:.3f}')} |")
+    return lines
+
+
 def markdown(out: Mapping[str, Any]) -> str:
     m = out.get("machine", {})
     on, off = out["flood"]["on"], out["flood"]["off"]
     v = out.get("verdict") or {}
     cl = out["cluster"]
-    st = v.get("status", "not measured")
     lines = [
         "# hsm-coordinator benchmark: the cost of mutual TLS",
         "",
@@ -318,24 +343,8 @@ def markdown(out: Mapping[str, Any]) -> str:
         "",
         f"## Archive flood of {out['actions']:,}, TLS on and off ({out['rounds']} round(s), medians)",
         "",
-        f"**TLS on / off: {_f(v.get('ratio'), '{:.3f}')}** (target ≥ {v.get('target', TARGET)}: "
-        f"**{st}**)" + (f"; per round {', '.join(_f(x, '{:.3f}') for x in v.get('round_ratios', []))}"
-                        if len(v.get("round_ratios", [])) > 1 else "") + ".",
-        "",
-        "CPU-bound estimate: every process of the benchmark runs on this host's cores, so a run that is "
-        "CPU-bound with nobody else on the host would show about the inverse ratio of the whole benchmark's "
-        "CPU per action: "
-        f"{_f(off.get('total_us_per_action'))} / "
-        f"{_f(on.get('total_us_per_action'))} µs = **{_f(v.get('cpu_bound_ratio'), '{:.3f}')}** "
-        f"({v.get('cpu_bound_status', 'not measured')} against the same target; an estimate that the outsiders' "
-        "share does not skew, not the measured ratio).",
-        "",
-        "| figure | TLS on | TLS off | on / off |",
-        "|---|---|---|---|",
+        *comparison_lines("TLS", v, on, off),
     ]
-    for key, label in ROWS:
-        a, b = on.get(key), off.get(key)
-        lines.append(f"| {label} | {_f(a)} | {_f(b)} | {_f(ratio(a, b), '{:.3f}')} |")
     lines += ["", "CPU classes as in bench/cpu.py: a replica that led a shard at any poll is a leader (with 3 x 8 "
               "every replica leads some shards, so the follower class is empty); a class's figure is the CPU of "
               "all its processes per action.", "",

@@ -573,10 +573,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def EventConsumer(self, request: coordinator_pb2.EventConsumerRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.EventConsumerResponse:  # noqa: N802
         node = self.node
         name = request.name
-        try:
-            check_consumer_name(name)
-        except ConsumerError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._check_consumer(name, context)
         await self._check_shards(request.shards, context)
         now = node.clock()
 
@@ -601,10 +598,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def ReadEvents(self, request: coordinator_pb2.ReadEventsRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ReadEventsResponse:  # noqa: N802
         node = self.node
         name = request.consumer
-        try:
-            check_consumer_name(name)
-        except ConsumerError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._check_consumer(name, context)
         limit = request.max_events or DEFAULT_EVENTS
         if limit > MAX_EVENTS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_events {limit} is over {MAX_EVENTS}")
@@ -665,10 +659,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def AckEvents(self, request: coordinator_pb2.AckEventsRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.AckEventsResponse:  # noqa: N802
         node = self.node
         name = request.consumer
-        try:
-            check_consumer_name(name)
-        except ConsumerError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._check_consumer(name, context)
         await self._check_shards([c.shard for c in request.upto], context)
         now = node.clock()
         upto: dict[int, int] = {}
@@ -689,6 +680,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"acknowledgement not applied on every shard named, "
                                 f"retry (it is idempotent): {exc}")
         return coordinator_pb2.AckEventsResponse(cursors=[c for part in parts for c in part])
+
+    @staticmethod
+    async def _check_consumer(name: str, context: grpc.aio.ServicerContext) -> None:
+        try:
+            check_consumer_name(name)
+        except ConsumerError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def _consumer_command(self, idx: int, name: str, cmd: EventConsumer | AckEvents, method: str,
                                 part: Any) -> list[coordinator_pb2.EventCursor]:
