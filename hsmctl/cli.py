@@ -174,7 +174,11 @@ request, or with --wait a file's HSM state shows the work not done.
              "count"}], "agents": [...], "shards": [{"shard", "leader",
              "leader_address", "commit_index", "applied_index", "counts",
              "problem": why the answering replica cannot take its part, or ""}],
-             "replicas": [{"id", "address"}]}
+             "replicas": [{"id", "address"}], "event_consumers": [{"name",
+             "lag", "missed", "since"}]}
+  events   one object per line (a stream): {"shard", "recno", "time", "type"
+             (16), "flags" (CLF_HSM), "event", "errno", "fsname", "fid",
+             "archive_id", "action_id"}
   control  {"control": enabled|disabled|shutdown} (the mode now, after a change)
   agent drain|resume
            {"agent_id", "state": active|draining|drained, "draining",
