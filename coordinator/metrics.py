@@ -28,7 +28,7 @@ handles that). Label values: ``kind`` archive, restore or remove;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -65,9 +65,9 @@ class ShardView:
 class AgentView:
     agent_id: str
     connected: bool  # a live session on this replica
-    slots: dict[int, int] = field(default_factory=dict)
-    credits: dict[int, int] = field(default_factory=dict)
-    running: dict[int, int] = field(default_factory=dict)
+    slots: Mapping[int, int] = field(default_factory=dict)  # by kind (coordinator.state.Kind)
+    credits: Mapping[int, int] = field(default_factory=dict)
+    running: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass

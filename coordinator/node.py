@@ -212,6 +212,14 @@ def shard_digest(state: ShardState) -> str:
     return h.hexdigest()
 
 
+def add_running(st: ShardState, running: dict[str, dict[Kind, int]]) -> None:
+    """Add the actions *st* says each agent runs, per kind, to *running*."""
+    for agent, ids in st.by_agent.items():
+        per = running.setdefault(agent, {k: 0 for k in Kind})
+        for i in ids:
+            per[st.actions[i].kind] += 1
+
+
 class CoordinatorNode:
     def __init__(self, config: NodeConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -709,18 +717,24 @@ class CoordinatorNode:
             raise ShardUnavailable(shard.index, "", f"shard {shard.index}: {method} on the leader {leader} failed: "
                                    f"{exc.details()}") from None
 
-    async def on_every_shard(self, shards: Iterable[int], command: Callable[[], Command], method: str,
-                             request: Callable[[int], Any], reply: Callable[[RaftShard, Any], T]) -> list[T]:
-        """Apply *command* on each of *shards* (all when empty), through this
-        replica for the shards it leads and through the leader's *method*
-        (with ``request(index)``) for the others. ``reply(shard, None)`` is
-        read here after a local apply, ``reply(shard, response)`` otherwise."""
+    async def on_every_shard(self, shards: Iterable[int], command: Callable[[int], Command], method: str,
+                             request: Callable[[int], Any], reply: Callable[[RaftShard, Any], T],
+                             check: Callable[[Result], None] | None = None) -> list[T]:
+        """Apply ``command(index)`` on each of *shards* (all when empty),
+        through this replica for the shards it leads and through the
+        leader's *method* (with ``request(index)``) for the others.
+        ``check(result)`` sees a local apply's result (it raises to refuse:
+        the leader's servicer does the same for a forwarded part).
+        ``reply(shard, None)`` is read here after a local apply,
+        ``reply(shard, response)`` otherwise."""
 
         async def one(idx: int) -> T:
             shard = self.shards[idx]
             if shard.is_leader:
                 try:
-                    await self.propose(shard, command())
+                    res = await self.propose(shard, command(idx))
+                    if check is not None:
+                        check(res)
                     return reply(shard, None)
                 except ShardUnavailable:
                     pass
@@ -1093,16 +1107,12 @@ class CoordinatorNode:
     def metrics_view(self) -> ReplicaView:
         """What a Prometheus scrape reads (coordinator.metrics), on the loop."""
         shards = []
-        running: dict[str, dict[int, int]] = {}
+        running: dict[str, dict[Kind, int]] = {}
         for shard in self.shards:
             with shard.reading() as st:
                 counts = {(int(k), int(state)): n for (k, state), n in st.counts.items()}
                 queues = {(int(k), archive_id): len(q) for (k, archive_id), q in st.ready.items()}
-                for agent, ids in st.by_agent.items():
-                    per = running.setdefault(agent, {})
-                    for i in ids:
-                        k = int(st.actions[i].kind)
-                        per[k] = per.get(k, 0) + 1
+                add_running(st, running)
                 ev = st.events
                 consumers = {name: (ev.lag(name), c.missed) for name, c in ev.consumers.items()}
                 retained, dropped = len(ev.records), ev.dropped
@@ -1110,8 +1120,7 @@ class CoordinatorNode:
                 shard.index, shard.term, shard.commit_index, shard.applied_index, shard.is_leader,
                 shard.leader is not None, bool(shard.problem), shard.journal_bytes(),
                 shard.stats.last_snapshot_seconds, counts, queues, retained, dropped, consumers))
-        agents = [AgentView(s.agent_id, s.alive, {int(k): n for k, n in s.slots.items()},
-                            {int(k): max(0, n) for k, n in s.credits.items()}, running.get(s.agent_id, {}))
+        agents = [AgentView(s.agent_id, s.alive, dict(s.slots), s.usable(), running.get(s.agent_id, {}))
                   for s in sorted(self.sessions.values(), key=lambda s: s.agent_id)]
         agents += [AgentView(agent_id, False, running=per) for agent_id, per in sorted(running.items())
                    if agent_id not in self.sessions]
@@ -1127,10 +1136,7 @@ class CoordinatorNode:
                 for (kind, state), n in sorted(st.counts.items()):
                     totals[(kind, state)] = totals.get((kind, state), 0) + n
                     counts.append(coordinator_pb2.KindCount(kind=int(kind), state=int(state), count=n))  # type: ignore[arg-type]
-                for agent, ids in st.by_agent.items():
-                    per = running.setdefault(agent, {k: 0 for k in Kind})
-                    for i in ids:
-                        per[st.actions[i].kind] += 1
+                add_running(st, running)
                 dg = shard_digest(st) if digest else ""
             shards.append(coordinator_pb2.ShardStatus(
                 shard=shard.index, leader=self.leader_id(shard), commit_index=shard.commit_index,

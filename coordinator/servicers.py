@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -31,6 +31,7 @@ from coordinator.state import (
     Kind,
     Lease,
     LeaseReply,
+    Result,
     SetControl,
     State,
     Submit,
@@ -66,6 +67,12 @@ class _Refused(Exception):
 
 class _ConsumerProblem(Exception):
     """An event consumer command the state refused (unknown consumer, too many)."""
+
+
+def _consumer_check(res: Result) -> None:
+    """on_every_shard's check of an EventConsumer or AckEvents apply."""
+    if res.replies[0].error:
+        raise _ConsumerProblem(res.replies[0].error)
 
 
 #: ReadEvents: records per shard by default and at most, and the longest wait
@@ -485,7 +492,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         now = node.clock()
         try:
             await node.on_every_shard(
-                request.shards, lambda: SetControl(now, request.mode), "Control",
+                request.shards, lambda _i: SetControl(now, request.mode), "Control",
                 lambda i: coordinator_pb2.ControlRequest(mode=request.mode, shards=[i]), lambda _s, _r: None)
         except ShardUnavailable as exc:
             if not forwarded:
@@ -525,7 +532,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
         try:
             per_shard = await node.on_every_shard(
-                request.shards, lambda: DrainAgent(now, agent_id, request.drain), "DrainAgent",
+                request.shards, lambda _i: DrainAgent(now, agent_id, request.drain), "DrainAgent",
                 lambda i: coordinator_pb2.DrainAgentRequest(agent_id=agent_id, drain=request.drain, shards=[i],
                                                             force=True),
                 reply)
@@ -576,14 +583,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         await self._check_consumer(name, context)
         await self._check_shards(request.shards, context)
         now = node.clock()
-
-        def one(idx: int) -> Awaitable[list[coordinator_pb2.EventCursor]]:
-            return self._consumer_command(
-                idx, name, EventConsumer(now, name, not request.deregister), "EventConsumer",
-                coordinator_pb2.EventConsumerRequest(name=name, deregister=request.deregister, shards=[idx]))
-
         try:
-            parts = await asyncio.gather(*(one(i) for i in sorted(set(request.shards) or range(len(node.shards)))))
+            parts = await node.on_every_shard(
+                request.shards, lambda _i: EventConsumer(now, name, not request.deregister), "EventConsumer",
+                lambda i: coordinator_pb2.EventConsumerRequest(name=name, deregister=request.deregister, shards=[i]),
+                self._cursor_reply(name), _consumer_check)
         except _ConsumerProblem as exc:
             code = grpc.StatusCode.NOT_FOUND if "no event consumer" in str(exc) else grpc.StatusCode.FAILED_PRECONDITION
             await context.abort(code, str(exc))
@@ -665,15 +669,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         upto: dict[int, int] = {}
         for c in request.upto:
             upto[c.shard] = max(upto.get(c.shard, 0), c.acked)
-
-        def one(idx: int, acked: int) -> Awaitable[list[coordinator_pb2.EventCursor]]:
-            return self._consumer_command(
-                idx, name, AckEvents(now, name, acked), "AckEvents",
-                coordinator_pb2.AckEventsRequest(consumer=name, upto=[coordinator_pb2.EventCursor(shard=idx,
-                                                                                                 acked=acked)]))
-
+        if not upto:
+            return coordinator_pb2.AckEventsResponse()
         try:
-            parts = await asyncio.gather(*(one(i, a) for i, a in sorted(upto.items())))
+            parts = await node.on_every_shard(
+                upto, lambda i: AckEvents(now, name, upto[i]), "AckEvents",
+                lambda i: coordinator_pb2.AckEventsRequest(
+                    consumer=name, upto=[coordinator_pb2.EventCursor(shard=i, acked=upto[i])]),
+                self._cursor_reply(name), _consumer_check)
         except _ConsumerProblem as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except ShardUnavailable as exc:
@@ -688,28 +691,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         except ConsumerError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-    async def _consumer_command(self, idx: int, name: str, cmd: EventConsumer | AckEvents, method: str,
-                                part: Any) -> list[coordinator_pb2.EventCursor]:
-        """Apply an event consumer command on shard *idx* (here when this
-        replica leads it, else through its leader's *method* with *part*);
-        the consumer's cursor there after it. _ConsumerProblem when the
-        state refused it."""
+    def _cursor_reply(self, name: str) -> Callable[[RaftShard, Any], list[coordinator_pb2.EventCursor]]:
+        """on_every_shard's reply for the event consumer commands: *name*'s
+        cursor in the shard after a local apply, or the leader's answer."""
         node = self.node
-        shard = node.shards[idx]
-        if shard.is_leader:
-            try:
-                res = await node.propose(shard, cmd)
-            except ShardUnavailable:
-                pass
-            else:
-                reply = res.replies[0]
-                if reply.error:
-                    raise _ConsumerProblem(reply.error)
-                with shard.reading() as st:
-                    cursor = node.event_cursor(st, idx, name)
-                return [cursor] if cursor is not None else []
-        resp = await node.forward(shard, method, part, node.config.propose_timeout * 2)
-        return list(resp.cursors)
+
+        def reply(shard: RaftShard, response: Any) -> list[coordinator_pb2.EventCursor]:
+            if response is not None:
+                return list(response.cursors)
+            with shard.reading() as st:
+                cursor = node.event_cursor(st, shard.index, name)
+            return [cursor] if cursor is not None else []
+
+        return reply
 
     async def _check_shards(self, shards: Iterable[int], context: grpc.aio.ServicerContext) -> None:
         bad = [x for x in shards if x >= len(self.node.shards)]

@@ -670,7 +670,7 @@ def _action_from_values(values: tuple[Any, ...]) -> Action:
 #: ShardState attributes a snapshot does not store (import_parts rebuilds them)
 _DERIVED = frozenset({"actions", "fid_queue", "fsnames"})
 #: attributes that live between two commands only (never in a snapshot)
-_TRANSIENT = frozenset({"_events"})
+_TRANSIENT = frozenset({"_counted"})
 
 
 def _stored_attributes() -> tuple[str, ...]:
@@ -826,7 +826,7 @@ class ShardState:
         self.events = EventLog()
         #: Ended/Requeued/FirstStart effects of the command being applied
         #: (made deep inside _end and _requeue; apply adds them to its Result)
-        self._events: list[Effect] = []
+        self._counted: list[Effect] = []
 
     # ---------------------------------------------------------------- apply
 
@@ -837,9 +837,9 @@ class ShardState:
         try:
             res = self._apply(cmd)
         finally:
-            events, self._events = self._events, []
-        if events:
-            res.effects.extend(events)
+            counted, self._counted = self._counted, []
+        if counted:
+            res.effects.extend(counted)
         return res
 
     def _apply(self, cmd: Command) -> Result:
@@ -1011,7 +1011,7 @@ class ShardState:
             action.agent = agent
             action.attempt += 1
             if action.attempt == 1:
-                self._events.append(FirstStart(action_id, action.kind, now - action.created))
+                self._counted.append(FirstStart(action_id, action.kind, now - action.created))
             action.started = now
             action.last_progress = now
             action.bytes_done = 0
@@ -1267,7 +1267,7 @@ class ShardState:
         action.error = message
         action.bytes_done = 0
         self._make_ready(action, front=True)
-        self._events.append(Requeued(action.id, action.kind, errno))
+        self._counted.append(Requeued(action.id, action.kind, errno))
 
     def _end(self, action: Action, event: Ev, now: float, errno: int, message: str) -> None:
         was = action.state
@@ -1276,7 +1276,7 @@ class ShardState:
         action.errno = errno
         action.error = message
         ran = now - action.started if was != State.WAITING else -1.0
-        self._events.append(Ended(action.id, action.kind, action.state, errno, ran))
+        self._counted.append(Ended(action.id, action.kind, action.state, errno, ran))
         if self.events.consumers:
             fid = action.fid
             self.events.append(now, _HSM_EVENT[action.kind], errno, action.fsname, (fid.seq, fid.oid, fid.ver),
@@ -1399,8 +1399,10 @@ class ShardState:
         if action.state != State.WAITING:
             return None
         queue = self.ready.get((action.kind, action.archive_id))
-        pos = queue.position(action.id) if queue is not None else None
-        return None if pos is None or queue is None else (pos, len(queue))
+        if queue is None:
+            return None
+        pos = queue.position(action.id)
+        return None if pos is None else (pos, len(queue))
 
     def actions_of_fid(self, fsname: str, fid: Fid) -> list[Action]:
         """Non-terminal actions of a file, in the order they will run."""

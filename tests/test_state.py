@@ -637,7 +637,7 @@ def test_counted_effects_do_not_leak_into_the_next_command_or_a_snapshot() -> No
     h.cancel(a.action_id)
     assert _counted(h.step(SetControl(h.now, "enabled"))) == []
     head, _ = h.state.export_parts()
-    assert "_events" not in head
+    assert "_counted" not in head and "events" in head  # the log is stored, the effects of a command are not
 
 
 # -- a waiting action's place in its queue (hsmctl action), without a scan
