@@ -14,11 +14,10 @@ how many actions the agent holds a lease on. Metric names start with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from hsm.metrics import RUN_BUCKETS, Exporter, errno_label, kind_label
 
@@ -42,34 +41,25 @@ class _Run:
     counted: int = 0  # bytes already added to hsm_agentd_bytes
 
 
-class _ViewCollector(Collector):
-    def __init__(self, view: Callable[[], AgentdView | None]) -> None:
-        self.view = view
-
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        v = self.view()
-        if v is None:
-            return
-        slots = GaugeMetricFamily("hsm_agentd_slots", "Slots, by kind", labels=["agent", "kind"])
-        running = GaugeMetricFamily("hsm_agentd_running", "Actions running here, by kind", labels=["agent", "kind"])
-        for fam, values in ((slots, v.slots), (running, v.running)):
-            for kind, n in sorted(values.items()):
-                fam.add_metric([v.agent_id, kind_label(kind)], n)
-        credits = GaugeMetricFamily("hsm_agentd_credits", "Credits granted to a coordinator stream, unused, by kind",
-                                    labels=["agent", "coordinator", "kind"])
-        for (address, kind), n in sorted(v.credits.items()):
-            credits.add_metric([v.agent_id, address, kind_label(kind)], n)
-        up = GaugeMetricFamily("hsm_agentd_stream_up", "1 if the stream to this coordinator is up (welcomed)",
-                               labels=["agent", "coordinator"])
-        for address, ok in sorted(v.streams.items()):
-            up.add_metric([v.agent_id, address], int(ok))
-        leases = GaugeMetricFamily("hsm_agentd_leases_held", "Actions this agent holds a lease on",
-                                   labels=["agent"])
-        leases.add_metric([v.agent_id], v.leases_held)
-        yield from (slots, running, credits, up, leases)
+def _agentd_families(v: AgentdView) -> Iterator[Metric]:
+    """The scrape-time families of agentd (its core, read on its event loop)."""
+    slots = GaugeMetricFamily("hsm_agentd_slots", "Slots, by kind", labels=["agent", "kind"])
+    running = GaugeMetricFamily("hsm_agentd_running", "Actions running here, by kind", labels=["agent", "kind"])
+    for fam, values in ((slots, v.slots), (running, v.running)):
+        for kind, n in sorted(values.items()):
+            fam.add_metric([v.agent_id, kind_label(kind)], n)
+    credits = GaugeMetricFamily("hsm_agentd_credits", "Credits granted to a coordinator stream, unused, by kind",
+                                labels=["agent", "coordinator", "kind"])
+    for (address, kind), n in sorted(v.credits.items()):
+        credits.add_metric([v.agent_id, address, kind_label(kind)], n)
+    up = GaugeMetricFamily("hsm_agentd_stream_up", "1 if the stream to this coordinator is up (welcomed)",
+                           labels=["agent", "coordinator"])
+    for address, ok in sorted(v.streams.items()):
+        up.add_metric([v.agent_id, address], int(ok))
+    leases = GaugeMetricFamily("hsm_agentd_leases_held", "Actions this agent holds a lease on",
+                               labels=["agent"])
+    leases.add_metric([v.agent_id], v.leases_held)
+    yield from (slots, running, credits, up, leases)
 
 
 class AgentdMetrics(Exporter):
@@ -97,7 +87,7 @@ class AgentdMetrics(Exporter):
                                    ["agent", "kind"], kind, RUN_BUCKETS)
         self._runs: dict[int, _Run] = {}
         if view is not None:
-            self.registry.register(_ViewCollector(view))
+            self.scraped(view, _agentd_families)
 
     def inline(self, kind: int, errno: int, bytes_done: int, seconds: float) -> None:
         """A transfer run and ended at once on the event loop (the null mover)."""

@@ -51,12 +51,12 @@ from typing import Any, NamedTuple
 import yaml
 
 from coordinator.cluster import ClusterSpec, ReplicaSpec, new_cluster_id, split_addr
-from coordinator.metrics import split_host_port
 from coordinator.node import NodeConfig, local_hostname
 from coordinator.raft import RaftTuning, check_addr
 from coordinator.raft.encryptor import MAX_PASSWORDS, split_passwords
 from coordinator.roles import check_mask
 from hsm.logsetup import LOG_FORMATS
+from hsm.metrics import split_host_port
 from hsm.ring import DEFAULT_VNODES, MAX_POINTS, MAX_VNODES
 from hsm.tls import TlsError, TlsFiles
 

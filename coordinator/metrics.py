@@ -28,16 +28,13 @@ handles that). Label values: ``kind`` archive, restore or remove;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from coordinator.state import Ended, FirstStart, Requeued, State
 from hsm.metrics import RUN_BUCKETS, WAIT_BUCKETS, Exporter, errno_label, kind_label
-from hsm.metrics import split_host_port as split_host_port
-from hsm.metrics import view_from_loop as view_from_loop
 
 
 @dataclass
@@ -79,88 +76,77 @@ class ReplicaView:
     agents: list[AgentView] = field(default_factory=list)
 
 
-class _ViewCollector(Collector):
-    """The scrape-time figures: asks *view* (on the event loop) at each scrape."""
+def _replica_families(v: ReplicaView) -> Iterator[Metric]:
+    """The scrape-time families of a replica (its state, read on its event loop)."""
+    info = GaugeMetricFamily("hsm_replica_info", "This replica (value 1)",
+                             labels=["replica", "version", "cluster"])
+    info.add_metric([v.replica, v.version, v.cluster_id], 1)
+    yield info
 
-    def __init__(self, view: Callable[[], ReplicaView | None]) -> None:
-        self.view = view
-
-    def describe(self) -> Iterable[Metric]:
-        return []  # unknown until the first scrape (no auto-describe either)
-
-    def collect(self) -> Iterator[Metric]:
-        v = self.view()
-        if v is None:
-            return
-        info = GaugeMetricFamily("hsm_replica_info", "This replica (value 1)",
-                                 labels=["replica", "version", "cluster"])
-        info.add_metric([v.replica, v.version, v.cluster_id], 1)
-        yield info
-
-        def shard_gauge(name: str, doc: str, value: Callable[[ShardView], float]) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(name, doc, labels=["shard"])
-            for s in v.shards:
-                g.add_metric([str(s.index)], value(s))
-            return g
-
-        yield shard_gauge("hsm_raft_term", "The shard's Raft term as this replica knows it", lambda s: s.term)
-        yield shard_gauge("hsm_raft_commit_index", "The shard's Raft commit index", lambda s: s.commit_index)
-        yield shard_gauge("hsm_raft_applied_index", "The shard's last entry applied here", lambda s: s.applied_index)
-        yield shard_gauge("hsm_raft_leading", "1 if this replica leads the shard", lambda s: int(s.leading))
-        yield shard_gauge("hsm_raft_has_leader", "1 if this replica knows a leader of the shard",
-                          lambda s: int(s.has_leader))
-        yield shard_gauge("hsm_raft_journal_unwritable",
-                          "1 if this replica cannot write the shard's journal (disk full, ...): it does not lead it",
-                          lambda s: int(s.unwritable))
-        yield shard_gauge("hsm_raft_journal_bytes", "The shard's Raft journal on this replica's disk",
-                          lambda s: s.journal_bytes)
-        yield shard_gauge("hsm_raft_last_snapshot_seconds", "How long this replica's last snapshot of the shard took",
-                          lambda s: s.last_snapshot_seconds)
-
-        actions = GaugeMetricFamily("hsm_actions", "Actions the shard holds, by kind and state (ended ones "
-                                    "while they are kept)", labels=["shard", "kind", "state"])
-        queued = GaugeMetricFamily("hsm_queue_depth", "Actions ready to be dispatched, by kind and archive id",
-                                   labels=["shard", "kind", "archive_id"])
+    def shard_gauge(name: str, doc: str, value: Callable[[ShardView], float]) -> GaugeMetricFamily:
+        g = GaugeMetricFamily(name, doc, labels=["shard"])
         for s in v.shards:
-            for (kind, state), n in sorted(s.counts.items()):
-                actions.add_metric([str(s.index), kind_label(kind), State(state).name], n)
-            for (kind, archive_id), n in sorted(s.queues.items()):
-                queued.add_metric([str(s.index), kind_label(kind), str(archive_id)], n)
-        yield actions
-        yield queued
+            g.add_metric([str(s.index)], value(s))
+        return g
 
-        retained = GaugeMetricFamily("hsm_events_retained", "HSM event records kept for their consumers",
-                                     labels=["shard"])
-        dropped = GaugeMetricFamily("hsm_events_dropped", "HSM event records the retention dropped before every "
-                                    "consumer acknowledged them (since the log began)", labels=["shard"])
-        lag = GaugeMetricFamily("hsm_events_consumer_lag", "Records kept after the consumer's cursor",
-                                labels=["shard", "consumer"])
-        missed = GaugeMetricFamily("hsm_events_consumer_missed", "Records the retention dropped before the "
-                                   "consumer acknowledged them", labels=["shard", "consumer"])
-        for s in v.shards:
-            retained.add_metric([str(s.index)], s.events_retained)
-            dropped.add_metric([str(s.index)], s.events_dropped)
-            for name, (n_lag, n_missed) in sorted(s.consumers.items()):
-                lag.add_metric([str(s.index), name], n_lag)
-                missed.add_metric([str(s.index), name], n_missed)
-        yield from (retained, dropped, lag, missed)
+    yield shard_gauge("hsm_raft_term", "The shard's Raft term as this replica knows it", lambda s: s.term)
+    yield shard_gauge("hsm_raft_commit_index", "The shard's Raft commit index", lambda s: s.commit_index)
+    yield shard_gauge("hsm_raft_applied_index", "The shard's last entry applied here", lambda s: s.applied_index)
+    yield shard_gauge("hsm_raft_leading", "1 if this replica leads the shard", lambda s: int(s.leading))
+    yield shard_gauge("hsm_raft_has_leader", "1 if this replica knows a leader of the shard",
+                      lambda s: int(s.has_leader))
+    yield shard_gauge("hsm_raft_journal_unwritable",
+                      "1 if this replica cannot write the shard's journal (disk full, ...): it does not lead it",
+                      lambda s: int(s.unwritable))
+    yield shard_gauge("hsm_raft_journal_bytes", "The shard's Raft journal on this replica's disk",
+                      lambda s: s.journal_bytes)
+    yield shard_gauge("hsm_raft_last_snapshot_seconds", "How long this replica's last snapshot of the shard took",
+                      lambda s: s.last_snapshot_seconds)
 
-        connected = GaugeMetricFamily("hsm_agent_connected", "1 if the agent has a live stream to this replica",
-                                      labels=["agent"])
-        slots = GaugeMetricFamily("hsm_agent_slots", "The agent's slots, by kind", labels=["agent", "kind"])
-        credits = GaugeMetricFamily("hsm_agent_credits", "Credits the agent granted this replica, unused, by kind",
-                                    labels=["agent", "kind"])
-        running = GaugeMetricFamily("hsm_agent_running", "Actions the shards say the agent runs, by kind",
-                                    labels=["agent", "kind"])
-        for a in v.agents:
-            connected.add_metric([a.agent_id], int(a.connected))
-            for fam, values in ((slots, a.slots), (credits, a.credits), (running, a.running)):
-                for kind, n in sorted(values.items()):
-                    fam.add_metric([a.agent_id, kind_label(kind)], n)
-        yield connected
-        yield slots
-        yield credits
-        yield running
+    actions = GaugeMetricFamily("hsm_actions", "Actions the shard holds, by kind and state (ended ones "
+                                "while they are kept)", labels=["shard", "kind", "state"])
+    queued = GaugeMetricFamily("hsm_queue_depth", "Actions ready to be dispatched, by kind and archive id",
+                               labels=["shard", "kind", "archive_id"])
+    for s in v.shards:
+        for (kind, state), n in sorted(s.counts.items()):
+            actions.add_metric([str(s.index), kind_label(kind), State(state).name], n)
+        for (kind, archive_id), n in sorted(s.queues.items()):
+            queued.add_metric([str(s.index), kind_label(kind), str(archive_id)], n)
+    yield actions
+    yield queued
+
+    retained = GaugeMetricFamily("hsm_events_retained", "HSM event records kept for their consumers",
+                                 labels=["shard"])
+    dropped = GaugeMetricFamily("hsm_events_dropped", "HSM event records the retention dropped before every "
+                                "consumer acknowledged them (since the log began)", labels=["shard"])
+    lag = GaugeMetricFamily("hsm_events_consumer_lag", "Records kept after the consumer's cursor",
+                            labels=["shard", "consumer"])
+    missed = GaugeMetricFamily("hsm_events_consumer_missed", "Records the retention dropped before the "
+                               "consumer acknowledged them", labels=["shard", "consumer"])
+    for s in v.shards:
+        retained.add_metric([str(s.index)], s.events_retained)
+        dropped.add_metric([str(s.index)], s.events_dropped)
+        for name, (n_lag, n_missed) in sorted(s.consumers.items()):
+            lag.add_metric([str(s.index), name], n_lag)
+            missed.add_metric([str(s.index), name], n_missed)
+    yield from (retained, dropped, lag, missed)
+
+    connected = GaugeMetricFamily("hsm_agent_connected", "1 if the agent has a live stream to this replica",
+                                  labels=["agent"])
+    slots = GaugeMetricFamily("hsm_agent_slots", "The agent's slots, by kind", labels=["agent", "kind"])
+    credits = GaugeMetricFamily("hsm_agent_credits", "Credits the agent granted this replica, unused, by kind",
+                                labels=["agent", "kind"])
+    running = GaugeMetricFamily("hsm_agent_running", "Actions the shards say the agent runs, by kind",
+                                labels=["agent", "kind"])
+    for a in v.agents:
+        connected.add_metric([a.agent_id], int(a.connected))
+        for fam, values in ((slots, a.slots), (credits, a.credits), (running, a.running)):
+            for kind, n in sorted(values.items()):
+                fam.add_metric([a.agent_id, kind_label(kind)], n)
+    yield connected
+    yield slots
+    yield credits
+    yield running
 
 
 def _kind(key: int) -> list[str]:
@@ -205,7 +191,7 @@ class ReplicaMetrics(Exporter):
         self.calls = self.tally("hsm_grpc_calls", "gRPC calls this replica answered, by method and status code",
                                 ["method", "code"], _as_is)
         if view is not None:
-            self.registry.register(_ViewCollector(view))
+            self.scraped(view, _replica_families)
 
     # -- fed by the node (event loop) -------------------------------------------------
 

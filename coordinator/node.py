@@ -56,14 +56,7 @@ from coordinator.cluster import ClusterSpec, ReplicaSpec
 from coordinator.convert import InvalidRequest
 from coordinator.edge import EdgeInterceptor
 from coordinator.events import CL_HSM, EVENT_NAMES, HsmEvent
-from coordinator.metrics import (
-    AgentView,
-    ReplicaMetrics,
-    ReplicaView,
-    ShardView,
-    split_host_port,
-    view_from_loop,
-)
+from coordinator.metrics import AgentView, ReplicaMetrics, ReplicaView, ShardView
 from coordinator.raft import (
     LeaderInfo,
     NotLeader,
@@ -97,6 +90,7 @@ from coordinator.state import (
     State,
 )
 from hsm.fid import Fid
+from hsm.metrics import split_host_port, view_from_loop
 from hsm.ring import Ring
 from hsm.tls import TlsFiles, channel_credentials, server_credentials
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2

@@ -111,16 +111,18 @@ class Spread:
         return f
 
 
-class _Families(Collector):
-    def __init__(self, families: Callable[[], Sequence[Tally | Spread]]) -> None:
+class _Scraped(Collector):
+    """Families made when scraped, by *families()* (nothing is described
+    ahead: the registry's auto_describe is off)."""
+
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
         self.families = families
 
     def describe(self) -> Iterable[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        for f in self.families():
-            yield f.family()
+        yield from self.families()
 
 
 class Exporter:
@@ -130,8 +132,18 @@ class Exporter:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._families: list[Tally | Spread] = []
-        self.registry.register(_Families(lambda: self._families))
+        self.registry.register(_Scraped(lambda: [f.family() for f in self._families]))
         self._server: Any = None
+
+    def scraped(self, view: Callable[[], T | None], families: Callable[[T], Iterable[Metric]]) -> None:
+        """Add the families *families(view())* makes at each scrape (none
+        when the view answers None: its loop did not answer in time)."""
+
+        def collect() -> Iterable[Metric]:
+            v = view()
+            return () if v is None else families(v)
+
+        self.registry.register(_Scraped(collect))
 
     def tally(self, name: str, doc: str, labels: Sequence[str], fmt: Callable[[Any], Sequence[str]]) -> Tally:
         t = Tally(name, doc, labels, fmt)

@@ -14,9 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import hsm
 from coordinator.config import ConfigError, validate
-from coordinator.metrics import ReplicaMetrics, errno_label, split_host_port
+from coordinator.metrics import ReplicaMetrics
 from coordinator.state import Ended, FirstStart, Kind, Requeued, State
 from hsm.client import NotFound
+from hsm.metrics import errno_label, split_host_port
 from hsm.v1 import types_pb2 as tpb
 from tests.cluster import until
 from tests.test_agentd import agent_config, registered, running_agent, submit, tree  # noqa: F401 - fixture
