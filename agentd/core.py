@@ -548,10 +548,7 @@ class AgentCore:
                 self._log(logging.WARNING, "action %d/%d %s %s: not started: no leader of shard %d renewed this "
                           "agent's lease for %.1f s", djob.action_id, djob.attempt, kind_name(djob.kind), djob.fid,
                           shard, age)
-                self._queue_done(dstream, agent_pb2.Done(
-                    action_id=djob.action_id, attempt=djob.attempt, errno=_errno.ECANCELED, retry=True,
-                    handback=True,
-                    message=f"agent {self.config.agent_id} lost its lease before it started"))
+                self._hand_back(dstream, djob, f"agent {self.config.agent_id} lost its lease before it started")
             r = self.runs.get(action_id)
             if r is None:
                 if deferred is not None:
@@ -692,6 +689,12 @@ class AgentCore:
             return
         self._start(stream, job, now)
 
+    def _hand_back(self, stream: str, job: JobSpec, why: str) -> None:
+        """A queued attempt given back unstarted (no attempt used): the
+        agent stops, or its lease on it ended."""
+        self._queue_done(stream, agent_pb2.Done(action_id=job.action_id, attempt=job.attempt,
+                                                errno=_errno.ECANCELED, message=why, retry=True, handback=True))
+
     def _refuse_stale(self, stream: str, a: agent_pb2.Assignment, now: float) -> None:
         """An assignment that arrived after the lease it came under ended
         (it waited in the socket of a frozen agent, or a replica took that
@@ -831,20 +834,14 @@ class AgentCore:
             if self.stopping:
                 self._log(logging.INFO, "action %d/%d %s %s: not started, the agent is stopping", djob.action_id,
                           djob.attempt, kind_name(djob.kind), djob.fid)
-                self._queue_done(dstream, agent_pb2.Done(
-                    action_id=djob.action_id, attempt=djob.attempt, errno=_errno.ECANCELED,
-                    message=f"agent {self.config.agent_id} stopped before the action started", retry=True,
-                    handback=True,
-                ))
+                self._hand_back(dstream, djob, f"agent {self.config.agent_id} stopped before the action started")
             elif not self.leases.valid(djob.action_id, now):
                 # check_leases names it once; it may not have looked yet
                 self.leases.ended(djob.action_id)
                 self._log(logging.WARNING, "action %d/%d %s %s: not started: this agent's lease on it ended while "
                           "attempt %d stopped", djob.action_id, djob.attempt, kind_name(djob.kind), djob.fid,
                           r.attempt)
-                self._queue_done(dstream, agent_pb2.Done(
-                    action_id=djob.action_id, attempt=djob.attempt, errno=_errno.ECANCELED, retry=True,
-                    handback=True, message=f"agent {self.config.agent_id} lost its lease before it started"))
+                self._hand_back(dstream, djob, f"agent {self.config.agent_id} lost its lease before it started")
             else:
                 self._start(dstream, djob, now)
 

@@ -644,8 +644,7 @@ class Agent:
         """What a Prometheus scrape reads (agentd/metrics.py), on the loop."""
         core = self.core
         return AgentdView(
-            self.config.agent_id, {int(k): n for k, n in core.slots.items()},
-            {int(k): n for k, n in core.running_count.items()},
+            self.config.agent_id, dict(core.slots), dict(core.running_count),
             {(addr, int(k)): n for addr, st in core.streams.items() for k, n in st.granted.items()},
             {addr: st.welcomed for addr, st in core.streams.items()}, core.leases.holding())
 

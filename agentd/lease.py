@@ -23,10 +23,10 @@ answered). A replica gives an action away only ``agent_grace`` after it
 last heard from the agent, so that time is safe; the arrival is not: an
 assignment that waited in the socket of a frozen agent (SIGSTOP, a VM
 paused) while the action was given to another agent must not start when
-the agent wakes, and it finds its lease already over. When an action's last renewal is older than ``duration``
-(``Welcome.lease_seconds``: the coordinator sets it well inside its grace
-period, less the time a cut-off leader takes to step down),
-:meth:`Leases.expired` names it, once: the agent stops it and gives it
+the agent wakes, and it finds its lease already over. When an action's
+last renewal is older than ``duration`` (``Welcome.lease_seconds``: the
+coordinator sets it well inside its grace period, less the time a cut-off
+leader takes to step down), :meth:`Leases.expired` names it, once: the agent stops it and gives it
 back. :meth:`Leases.valid` says whether a result may still be published
 (an archive object renamed into place, an action ended at the file system):
 never after the lease ended, so a late copy cannot overwrite the object of
