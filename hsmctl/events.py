@@ -19,6 +19,7 @@ import time
 from typing import IO, Any
 
 from hsm.v1 import coordinator_pb2 as cpb
+from hsmctl.output import fid_text
 
 EVENTS_HELP = """\
 Read the HSM event log as the consumer NAME: one record per action that ended (archive,
@@ -51,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def event_line(e: cpb.HsmEvent) -> str:
     t = time.localtime(e.time)
     frac = f"{e.time % 1:.6f}"[1:]
-    fid = f"[0x{e.fid.seq:x}:0x{e.fid.oid:x}:0x{e.fid.ver:x}]"
+    fid = fid_text(e.fid)
     return (f"{e.shard}:{e.recno} {e.type}HSM {time.strftime('%H:%M:%S', t)}{frac} {time.strftime('%Y.%m.%d', t)} "
             f"0x{e.flags:x} t={fid} {e.event} errno={e.errno} archive_id={e.archive_id} action={e.action_id} "
             f"fs={e.fsname}")
@@ -60,7 +61,7 @@ def event_line(e: cpb.HsmEvent) -> str:
 def event_dict(e: cpb.HsmEvent) -> dict[str, Any]:
     return {"shard": e.shard, "recno": e.recno, "time": e.time, "type": e.type, "flags": e.flags,
             "event": e.event, "errno": e.errno, "fsname": e.fsname,
-            "fid": f"[0x{e.fid.seq:x}:0x{e.fid.oid:x}:0x{e.fid.ver:x}]", "archive_id": e.archive_id,
+            "fid": fid_text(e.fid), "archive_id": e.archive_id,
             "action_id": e.action_id}
 
 
