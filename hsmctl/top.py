@@ -392,20 +392,9 @@ def shards_table(status: cpb.StatusResponse | None, limit: int | None) -> Any:
     return table
 
 
-def _progress(action: tpb.Action) -> str:
-    from hsmctl.output import format_bytes
-
-    done, total = action.bytes_done, action.bytes_total
-    if not done and not total:
-        return "-"
-    if not total:
-        return format_bytes(done)
-    return f"{format_bytes(done)}/{format_bytes(total)} {min(100, done * 100 // total)}%"
-
-
 def transfers_table(state: TopState, now: float, limit: int | None) -> Any:
     from hsm.client import kind_name
-    from hsmctl.output import fid_text
+    from hsmctl.output import fid_text, format_progress
 
     poll = state.last
     running = sum(counts_of(poll.status).get((k, "STARTED"), 0) for k in KINDS) \
@@ -422,7 +411,7 @@ def transfers_table(state: TopState, now: float, limit: int | None) -> Any:
     table = _table(title, [("ID", "right"), ("KIND", "left"), ("FID", "left"), ("AGENT", "left"),
                            ("PROGRESS", "right"), ("RUNNING", "right")])
     rows = [[_text(a.action_id), _text(kind_name(a.kind)), _text(fid_text(a.fid)), _text(a.agent or "-"),
-             _text(_progress(a)), _text(_fmt_seconds(now - a.started) if a.started else "-")]
+             _text(format_progress(a)), _text(_fmt_seconds(now - a.started) if a.started else "-")]
             for a in listed]
     _fill(table, rows, limit)
     return table
