@@ -696,3 +696,25 @@ def test_a_snapshot_written_before_tickets_loads_with_positions() -> None:
     assert [q.position(i) for i in (9, 4, 7)] == [0, 1, 2]
     q.add(8)
     assert q.position(8) == 3
+
+
+def test_a_position_is_found_without_walking_the_queue() -> None:
+    """hsmctl action asks for positions: never a scan of a long queue."""
+    from coordinator.state import ReadyQueue
+
+    walked = []
+
+    class CountingDict(dict):  # type: ignore[type-arg]
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for k in super().__iter__():
+                walked.append(k)
+                yield k
+
+    q = ReadyQueue()
+    for i in range(50_000):
+        q.add(i)
+    for i in range(0, 50_000, 7):
+        del q[i]  # from the middle and the head
+    q.front, q.back = CountingDict(q.front), CountingDict(q.back)
+    assert q.position(49_999) == len(q) - 1 and q.position(1) == 0
+    assert walked == []
