@@ -57,12 +57,18 @@ def test_a_port_handed_out_is_not_handed_out_again_before_it_is_bound(monkeypatc
     import coordinator.cluster as cluster
 
     base = free_ports(3)  # three free ports, now handed out
-    draws = iter([base + 10, base + 10, base + 1, base + 12])
+
+    def fresh(after: int) -> int:  # a free port nobody in this process was handed (CI: base + 10 was)
+        return next(p for p in range(after, after + 1000) if p not in cluster._handed_out and cluster._port_free(p))
+
+    p = fresh(base + 10)
+    q = fresh(p + 1)
+    draws = iter([p, p, base + 1, q])
     monkeypatch.setattr(cluster.random, "randrange", lambda *_a: next(draws))
     first = free_ports(1)
     second = free_ports(1)  # the same draw again, then one inside the first block
-    assert first == base + 10
-    assert second == base + 12
+    assert first == p
+    assert second == q
 
 
 @pytest.mark.slow  # real replica processes
