@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="serve this archive id (repeatable; default: every archive id)",
     )
+    p.add_argument("--tags", metavar="TAG[,TAG...]",
+                   help="tags this agent serves: actions whose data names one (tag=TAG) go only to agents serving "
+                        "it, one of them by consistent hashing; it takes untagged work too (default: none)")
     p.add_argument(
         "--slots",
         metavar="KIND=N[,...]",
@@ -225,6 +228,8 @@ def overrides_from_args(args: argparse.Namespace) -> list[Override]:
                 raise ConfigError(f"--archive-id: {v!r} is not an archive id (a number 1..4294967295)")
             ids.append(int(v))
         ov.append(Override("archive_ids", ids, "--archive-id"))
+    if args.tags is not None:
+        ov.append(Override("tags", [t.strip() for t in args.tags.split(",") if t.strip()], "--tags"))
     if args.slots is not None:
         for kind, n in _parse_slots(args.slots).items():
             ov.append(Override(f"slots.{kind}", n, "--slots"))

@@ -27,6 +27,14 @@ Reference (every key is optional unless marked *required*):
 ``archive_ids`` (list of integers 1..4294967295)
     Archive ids this agent serves. Default ``[]``: every archive id.
     Flag ``--archive-id N`` (repeatable) replaces the list.
+``tags`` (list of strings)
+    Tags this agent serves: an action whose data names a tag (``tag=NAME``,
+    set by the requester or by a policy rule) goes only to an agent that
+    serves it, one of them by consistent hashing (when that agent leaves,
+    only its tags move). A tape restore's ``volume=`` goes to one agent the
+    same way. The agent also takes untagged work. 1 to 64 characters each,
+    no ``,``, ``=`` or space; at most 64. Default ``[]``. Flag ``--tags
+    a,b`` replaces the list.
 ``slots`` (mapping)
     How many actions of each kind may run at once: ``archive`` (default 4),
     ``restore`` (default 4), ``remove`` (default 2). 0 means "never take
@@ -285,6 +293,7 @@ class AgentConfig:
     coordinators: tuple[str, ...] = (DEFAULT_COORDINATOR,)
     cluster_id: str = ""  # empty: the first replica that welcomes us names it
     archive_ids: tuple[int, ...] = ()  # empty: every archive id
+    tags: tuple[str, ...] = ()  # served tags (an action's tag=): see the module's docstring
     slots: SlotsConfig = field(default_factory=SlotsConfig)
     backend: BackendConfig | None = None
     mover: MoverConfig | None = None
@@ -454,6 +463,7 @@ _TOP_KEYS = (
     "coordinators",
     "cluster_id",
     "archive_ids",
+    "tags",
     "slots",
     "backend",
     "mover",
@@ -468,6 +478,8 @@ _TOP_KEYS = (
     "metrics_listen",
 )
 _SLOT_KEYS = ("archive", "restore", "remove")
+#: tags an agent may serve (the coordinator's limit too)
+MAX_TAGS = 64
 _BACKEND_KEYS = {
     "simfs": ("type", "root"),
     "lustre": ("type", "mount", "fsname", "library", "copytool_handle", "register_archive_id"),
@@ -648,6 +660,26 @@ def _check(data: dict[str, Any], c: _Checker) -> AgentConfig:
             if n not in ids:
                 ids.append(n)
         kw["archive_ids"] = tuple(ids)
+
+    if "tags" in data:
+        raw = data["tags"]
+        if raw is None:
+            raw = []
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list | tuple):
+            raise c.fail("tags", f"must be a list of tags, got {_show(raw)}")
+        if len(raw) > MAX_TAGS:
+            raise c.fail("tags", f"{len(raw)} tags, at most {MAX_TAGS}")
+        tags: list[str] = []
+        for i, v in enumerate(raw):
+            tag = c.string(v, f"tags[{i}]")
+            if not re.fullmatch(r"[!-~]{1,64}", tag) or any(ch in tag for ch in ",="):
+                raise c.fail(f"tags[{i}]", f"{_show(tag)} is not a tag (1 to 64 printable ASCII characters, "
+                                          "no ',', '=' or space)")
+            if tag not in tags:
+                tags.append(tag)
+        kw["tags"] = tuple(tags)
 
     if data.get("tls") is not None:
         t = c.mapping(data["tls"], "tls")

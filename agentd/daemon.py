@@ -676,10 +676,10 @@ class Agent:
             max_workers=max(1, self.config.slots.total), thread_name_prefix="agentd-mover"
         )
         log.info(
-            "agentd %s: agent %s on %s, coordinators %s, archive ids %s, slots archive=%d "
+            "agentd %s: agent %s on %s, coordinators %s, archive ids %s, tags %s, slots archive=%d "
             "restore=%d remove=%d, mover %s, file system %s, %s",
             __version__, cfg.agent_id, self.host, ",".join(cfg.coordinators),
-            ",".join(map(str, cfg.archive_ids)) or "all",
+            ",".join(map(str, cfg.archive_ids)) or "all", ",".join(cfg.tags) or "none",
             cfg.slots.archive, cfg.slots.restore, cfg.slots.remove,
             getattr(self.mover, "name", type(self.mover).__name__),
             getattr(self.backend, "fsname", "?"), "mutual TLS" if cfg.tls else "plain text",
@@ -916,6 +916,7 @@ class Agent:
             agent_id=cfg.agent_id,
             host=self.host,
             archive_ids=list(cfg.archive_ids),
+            tags=list(cfg.tags),
             slots=coordinator_pb2.Slots(
                 archive=cfg.slots.archive, restore=cfg.slots.restore, remove=cfg.slots.remove
             ),

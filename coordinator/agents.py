@@ -108,6 +108,11 @@ class Session:
     backlog: dict[Kind, int] = field(default_factory=zero)  # last sent
     sent: dict[Kind, int] = field(default_factory=zero)  # assignments sent, per kind
     reask: bool = False  # a RunningReport request is scheduled
+    #: the agent_grace its Welcome's lease was computed for: a lower grace
+    #: set since (the policy) applies to this agent once it reconnects
+    grace: float = 0.0
+    #: the tags it serves (Hello.tags)
+    tags: frozenset[str] = frozenset()
 
     def usable(self) -> dict[Kind, int]:
         """Assignments that may be sent now, per kind."""
@@ -211,7 +216,13 @@ class AgentBook:
     sessions: dict[str, Session] = field(default_factory=dict)
     #: agents in their grace period: agent id -> when it ends
     grace: dict[str, float] = field(default_factory=dict)
+    #: the highest agent_grace any session here was welcomed with (the
+    #: grace of an agent that has no session here)
+    grace_high: float = 0.0
     _tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.grace_high = max(self.grace_high, self.agent_grace)
 
     @property
     def lease(self) -> float:
@@ -222,7 +233,7 @@ class AgentBook:
     # -- sessions ---------------------------------------------------------------
 
     def hello(self, agent_id: str, host: str, archive_ids: Sequence[int], slots: Mapping[Kind, int],
-              version: str, peer: str, now: float) -> tuple[Session, Session | None]:
+              version: str, peer: str, now: float, tags: Sequence[str] = ()) -> tuple[Session, Session | None]:
         """Open a session. Returns it and the stale session it replaces (its
         stream must end), if any. Raises InvalidHello or AgentIdInUse."""
         if not agent_id or len(agent_id) > MAX_AGENT_ID:
@@ -238,7 +249,9 @@ class AgentBook:
             replaced = old
         self.grace.pop(agent_id, None)
         session = self.session_type(agent_id=agent_id, host=host, archive_ids=tuple(archive_ids), slots=dict(slots),
-                          version=version, peer=peer, connected_since=now, last_seen=now)
+                          version=version, peer=peer, connected_since=now, last_seen=now, grace=self.agent_grace,
+                          tags=frozenset(tags))
+        self.grace_high = max(self.grace_high, self.agent_grace)
         self.sessions[agent_id] = session
         return session, replaced
 
@@ -316,8 +329,16 @@ class AgentBook:
         session.credits = zero()
         return self.start_grace(session.agent_id, now)
 
+    def grace_of(self, agent_id: str) -> float:
+        """The grace period *agent_id* gets: the current agent_grace, or
+        the one its lease was given for when that was longer (an agent
+        keeps the lease of its Welcome until it reconnects)."""
+        s = self.sessions.get(agent_id)
+        welcomed = s.grace if s is not None else self.grace_high
+        return welcomed if welcomed > self.agent_grace else self.agent_grace
+
     def start_grace(self, agent_id: str, now: float) -> float:
-        end = now + self.agent_grace
+        end = now + self.grace_of(agent_id)
         self.grace[agent_id] = end
         return end
 
@@ -343,7 +364,7 @@ class AgentBook:
             session = self.sessions.get(agent)
             if session is not None and session.alive:
                 cancels += [(agent, i, att) for i, att, st in actions if st == State.CANCELING]
-            elif agent not in self.grace or self.grace[agent] < now + self.agent_grace:
+            elif agent not in self.grace or self.grace[agent] < now + self.grace_of(agent):
                 # counted from now even when one runs already (the agent left
                 # this replica earlier): until now, the shard's previous
                 # leader may have renewed the agent's lease on these actions

@@ -16,6 +16,8 @@ from hsm.wire import FSNAME_RULE, MAX_NAME, fid_from_pb, fid_to_pb, name_problem
 
 MAX_ITEMS = 10_000
 MAX_DATA = 4096
+#: a request's path (PATH_MAX)
+MAX_PATH = 4096
 MAX_TEXT = MAX_NAME
 _KINDS = {k.value for k in Kind}
 
@@ -80,6 +82,13 @@ def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collec
         hsm_archive_id = pb.hsm.archive_id
         data_version = pb.hsm.data_version
         hsm_ctime = pb.hsm.ctime_ns
+    if len(pb.path.encode()) > MAX_PATH or "\0" in pb.path:
+        raise InvalidRequest(f"{where}: path must be at most {MAX_PATH} bytes without NUL")
+    size = -1
+    if pb.HasField("size"):
+        if pb.size >= 1 << 63:
+            raise InvalidRequest(f"{where}: size {pb.size} is not a file size")
+        size = pb.size
     r = pb.requester
     key = pb.idempotency_key or (f"{r.initiator}:{r.cookie}" if r.cookie else "")
     return Item(
@@ -98,6 +107,8 @@ def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collec
         hsm_archive_id=hsm_archive_id,
         data_version=data_version,
         hsm_ctime=hsm_ctime,
+        path=pb.path,
+        size=size,
     )
 
 

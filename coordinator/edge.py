@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import json
 import logging
@@ -145,6 +146,9 @@ def audit_items(method: str, request: Any) -> dict[str, Any]:
         return {"name": _t(request.name), "holder": _t(request.holder), "ttl_ms": request.ttl_ms}
     if name == "EventConsumer":
         return {"name": _t(request.name), "deregister": request.deregister, "shards": _ids(request.shards)}
+    if name == "SetPolicy":
+        return {"bytes": len(request.text), "sha256": hashlib.sha256(request.text.encode()).hexdigest()[:16],
+                "dry_run": request.dry_run, "version": request.version, "shards": _ids(request.shards)}
     return {}
 
 
@@ -171,7 +175,7 @@ def audit(context: Any, method: str, who: str | None, role: str, request: Any, r
 
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
     """*secure*: calls come over mutual TLS and every one is checked
-    against ``coordinator.roles`` (with *user_mask*); otherwise nobody is
+    against ``coordinator.roles`` (with the masks, *user_mask* at first); otherwise nobody is
     (``insecure: true``)."""
 
     def __init__(self, cluster_id: str, replica_id: str, clock: Callable[[], float] = time.monotonic,
@@ -181,7 +185,9 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         self.garbage = GarbageLog()
         self.clock = clock
         self.secure = secure
-        self.user_mask = user_mask
+        #: the request mask of each role (coordinator.roles.check); the
+        #: replica replaces it when a policy changes the masks
+        self.masks: dict[str, frozenset[str]] = {roles.USER: user_mask}
         #: every call's end: (method, status code name), for the metrics
         self.on_call = on_call
 
@@ -205,7 +211,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             peer = peer_of(context.auth_context())
             if peer is not None:
                 name, role = peer.name, peer.role
-            refusal = roles.check(name, role, method, request, self.user_mask)
+            refusal = roles.check(name, role, method, request, masks=self.masks)
         if method in roles.AUDITED:
             audit(context, method, name if self.secure else "", role, request,
                   refusal.message if refusal is not None else None)

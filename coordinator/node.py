@@ -30,7 +30,7 @@ import pickle
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -57,6 +57,7 @@ from coordinator.convert import InvalidRequest
 from coordinator.edge import EdgeInterceptor
 from coordinator.events import CL_HSM, EVENT_NAMES, HsmEvent
 from coordinator.metrics import AgentView, ReplicaMetrics, ReplicaView, ShardView
+from coordinator.policy import Policy, seeded
 from coordinator.raft import (
     LeaderInfo,
     NotLeader,
@@ -65,8 +66,10 @@ from coordinator.raft import (
     RaftShard,
     RaftTuning,
 )
-from coordinator.roles import DEFAULT_USER_MASK
+from coordinator.ratelimit import Buckets, Refusal, admit
+from coordinator.roles import ADMIN, BRIDGE, DEFAULT_USER_MASK, OPERATOR, USER
 from coordinator.state import (
+    MAX_HINT,
     MAX_SHARDS,
     Action,
     AgentLost,
@@ -78,13 +81,17 @@ from coordinator.state import (
     Completion,
     Ended,
     FirstStart,
+    Item,
     Kind,
+    PolicyChanged,
+    PolicyReply,
     Progress,
     ProgressReport,
     Reclaim,
     Requeued,
     Result,
     SendCancel,
+    SetPolicy,
     ShardConfig,
     ShardState,
     State,
@@ -111,6 +118,8 @@ GRPC_OPTIONS = [
 MAX_PAGE = 10_000
 #: archive ids one agent may say it serves
 MAX_HELLO_ARCHIVE_IDS = 1024
+#: tags an agent may serve (Hello.tags)
+MAX_HELLO_TAGS = 64
 DEFAULT_PAGE = 1000
 READINESS_SERVICES = ("hsm.v1.Coordinator", "hsm.v1.AgentService")
 #: a waiting action's start estimate: the dispatch rate of its queue over
@@ -153,6 +162,49 @@ class NodeConfig:
     @property
     def me(self) -> ReplicaSpec:
         return self.cluster.replica(self.replica_id)
+
+
+class SubmitLimits:
+    """The policy's rate limits on submitted requests, per user (uid) and
+    per initiator, as one replica applies them: a shard's items reach its
+    leader only, so each leader limits at the policy's rate times its share
+    of the shards (the cluster as a whole then allows about the policy's
+    rate to a user whose files spread over the shards)."""
+
+    def __init__(self) -> None:
+        self.user: Buckets | None = None
+        self.initiator: Buckets | None = None
+        self.share = 1.0
+
+    def configure(self, policy: Policy, share: float) -> None:
+        self.share = share
+        for attr, limit in (("user", policy.per_user), ("initiator", policy.per_initiator)):
+            buckets: Buckets | None = getattr(self, attr)
+            if limit is None:
+                setattr(self, attr, None)
+                continue
+            rate, burst = limit.rate * share, max(1, round(limit.burst * share))
+            if buckets is None:
+                setattr(self, attr, Buckets(rate, burst))
+            else:
+                buckets.configure(rate, burst)
+
+    def check(self, items: Sequence[Item], now: float) -> list[Refusal | None] | None:
+        """Per item: None (passes, its tokens taken) or why it is refused;
+        None for the whole batch when no limit is set."""
+        user, initiator = self.user, self.initiator
+        if user is None and initiator is None:
+            return None
+        requests = []
+        for it in items:
+            counts: list[tuple[Buckets, object, str]] = []
+            r = it.requester
+            if user is not None:
+                counts.append((user, r.uid, f"user {r.uid}"))
+            if initiator is not None:
+                counts.append((initiator, r.initiator, f"initiator {r.initiator or '(none)'}"))
+            requests.append((counts, 1))
+        return admit(requests, now)
 
 
 @dataclass(eq=False)
@@ -245,6 +297,18 @@ class CoordinatorNode:
         #: the Prometheus exporter's registry (None: no metrics_listen, nothing counted)
         self.metrics: ReplicaMetrics | None = None
         self.metrics_port = 0
+        #: the newest policy any shard here applied, and its version (0: none
+        #: set yet; this replica's configuration meanwhile)
+        self.policy_version = 0
+        self.policy: Policy = self.seed_policy()
+        #: called with the policy whenever a newer version applies here
+        self.on_policy: list[Callable[[Policy], None]] = []
+        self.edge: EdgeInterceptor | None = None
+        self.limits = SubmitLimits()
+        #: batches and mounted volumes, across dispatcher rounds (scheduler.Outlook)
+        self.outlook = scheduler.Outlook()
+        self._limits_from(self.policy)
+        self.on_policy.append(self._limits_from)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -290,10 +354,14 @@ class CoordinatorNode:
                 raise OSError(exc.errno, f"cannot serve metrics on {self.config.metrics_listen}: {exc.strerror}") \
                     from None
         tls = self.config.tls
-        server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[EdgeInterceptor(
+        edge = EdgeInterceptor(
             self.cluster.cluster_id, self.me.id, secure=tls is not None,
             user_mask=self.config.user_request_mask,
-            on_call=self.metrics.call if self.metrics is not None else None)])
+            on_call=self.metrics.call if self.metrics is not None else None)
+        self.edge = edge
+        self._masks_from(self.policy)
+        self.on_policy.append(self._masks_from)
+        server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[edge])
         register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         listen = self.config.listen or self.me.api
@@ -314,8 +382,7 @@ class CoordinatorNode:
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._update_readiness()
         self._tasks.append(asyncio.create_task(self._dispatcher(), name="dispatcher"))
-        if self.config.progress_timeout:
-            self._tasks.append(asyncio.create_task(self._reclaimer(), name="reclaimer"))
+        self._tasks.append(asyncio.create_task(self._reclaimer(), name="reclaimer"))
         self._tasks.append(asyncio.create_task(self._lease_keeper(), name="leases"))
         self._tasks.append(asyncio.create_task(self._readiness_watch(), name="readiness"))
         self._tasks.append(asyncio.create_task(self._rate_sampler(), name="dispatch rates"))
@@ -492,6 +559,10 @@ class CoordinatorNode:
         for eff in res.effects:
             if isinstance(eff, Changed):
                 changed[eff.action_id] = None
+            elif isinstance(eff, PolicyChanged):
+                if eff.version > self.policy_version:
+                    with shard.reading() as st:
+                        self._use_policy(st.policy_version, st.policy)
             elif isinstance(eff, Ended | Requeued | FirstStart):
                 ended = ended or isinstance(eff, Ended)
                 if metrics is not None:
@@ -508,6 +579,95 @@ class CoordinatorNode:
         if ended and shard.is_leader:
             self._events_ev.set()  # a ReadEvents waiting for a record looks again
             self._events_ev = asyncio.Event()
+
+    def seed_policy(self) -> Policy:
+        """The policy this replica's configuration gives (the cluster's
+        first version, before any ``hsmctl policy set``)."""
+        c = self.config
+        return seeded(c.max_attempts, c.progress_timeout, c.agent_grace, c.max_terminal, c.user_request_mask)
+
+    def _use_policy(self, version: int, policy: Policy) -> None:
+        """A newer policy applied on a shard here: what the replica keeps
+        outside the shards follows it."""
+        if version <= self.policy_version:
+            return
+        old, self.policy, self.policy_version = self.policy, policy, version
+        grace = policy.settings.agent_grace
+        if grace != self.book.agent_grace:
+            # a new Welcome's lease follows the new grace; an agent welcomed
+            # before keeps the grace its lease was given for (AgentBook.grace_of)
+            self.book.agent_grace = grace
+            self.agent_lease, self.agent_lease_safe = agent_lease(
+                grace, self.config.heartbeat_interval, self.config.raft.leader_fallback)
+        if old.settings != policy.settings or version == 1:
+            log.info("policy version %d applies here: %s", version, _settings_text(policy))
+        for cb in self.on_policy:
+            cb(policy)
+        self._wake.set()
+
+    def policy_problems(self, policy: Policy) -> list[str]:
+        """What makes *policy* wrong for this cluster though its document is
+        valid: archive ids it names that are not configured, an agent_grace
+        too short for the agents' leases."""
+        problems = []
+        known = set(self.config.archive_ids)
+        shown = ", ".join(map(str, sorted(known)))
+        for archive_id, _n in policy.settings.max_running_per_archive:
+            if archive_id not in known:
+                problems.append(f"settings.max_running_per_archive: archive id {archive_id} is not configured "
+                                f"(configured: {shown})")
+        for rule in policy.rules:
+            if rule.archive_id and rule.archive_id not in known:
+                problems.append(f"line {rule.line}: rule {rule.name!r} sets archive id {rule.archive_id}, which is "
+                                f"not configured (configured: {shown})")
+        grace = policy.settings.agent_grace
+        _lease, safe = agent_lease(grace, self.config.heartbeat_interval, self.config.raft.leader_fallback)
+        if not safe and grace != self.policy.settings.agent_grace:  # (one in force already was warned about)
+            least = self.config.raft.leader_fallback + 2 * AGENT_LEASE_MIN_HEARTBEATS * self.config.heartbeat_interval
+            problems.append(f"settings.agent_grace: {grace:g} s is too short for the agents' leases (two runs "
+                            f"of one action could overlap): at least {least:g} s (raft leader_fallback "
+                            f"{self.config.raft.leader_fallback:g} s + 2 x {AGENT_LEASE_MIN_HEARTBEATS} heartbeats "
+                            f"of {self.config.heartbeat_interval:g} s)")
+        return problems
+
+    def _limits_from(self, policy: Policy) -> None:
+        led = sum(1 for s in self.shards if s.is_leader)
+        total = len(self.shards) or self.cluster.shards
+        self.limits.configure(policy, max(led, 1) / max(total, 1))
+
+    def policy_warnings(self, policy: Policy) -> list[str]:
+        """What *policy* will do that the admin may not expect, as this
+        replica sees the agents now: tags its rules set that no connected
+        agent serves (those actions wait until one does)."""
+        served = {t for s in self.sessions.values() if s.alive for t in s.tags}
+        out = []
+        for rule in policy.rules:
+            if rule.tag and rule.tag not in served:
+                out.append(f"line {rule.line}: rule {rule.name!r} sets tag {rule.tag!r}, which no connected agent "
+                           "serves: its actions wait until an agent started with --tags "
+                           f"{rule.tag} connects")
+        return out
+
+    def _masks_from(self, policy: Policy) -> None:
+        if self.edge is not None:
+            self.edge.masks = {r: policy.mask(r) for r in MASKED_ROLES}
+
+    async def _seed_policy(self, shard: RaftShard) -> None:
+        """A shard without a policy yet gets one as soon as a leader has it:
+        the newest any shard here has, or this replica's configuration."""
+        with shard.reading() as st:
+            if st.policy_version:
+                return
+        version, policy = self.policy_version, self.policy
+        text = policy.text if version else self.seed_policy().dump()
+        try:
+            res = await self.propose(shard, SetPolicy(self.clock(), max(version, 1), text, f"replica {self.me.id}"))
+        except ShardUnavailable as exc:
+            log.info("shard %d: first policy not set yet: %s", shard.index, exc)
+            return
+        reply = res.replies[0]
+        if isinstance(reply, PolicyReply) and reply.error:
+            log.warning("shard %d: first policy not set: %s", shard.index, reply.error)
 
     def _notify(self, shard: RaftShard, action_ids: Iterable[int]) -> None:
         wanted = [i for i in action_ids if i in self._watchers]
@@ -529,6 +689,7 @@ class CoordinatorNode:
         log.info("shard %d: leader now %s (term %d)%s", index, self.leader_id(shard) or "unknown", info.term,
                  " - this replica" if info.is_leader else "")
         asyncio.ensure_future(self._update_readiness())
+        self._limits_from(self.policy)  # its share of the cluster's rate limits follows what it leads
         if info.ready:
             # we lead now: cancels the old leader sent may be lost, agents
             # that vanished while another replica led get their grace period
@@ -543,6 +704,7 @@ class CoordinatorNode:
             # never delivered is requeued, what no one holds is stopped
             for session in plan.ask:
                 self._ask_running(cast(AgentSession, session))
+            asyncio.ensure_future(self._seed_policy(shard))
             self._wake.set()
 
     def _action_text(self, action_id: int, attempt: int | None = None) -> str:
@@ -589,16 +751,51 @@ class CoordinatorNode:
         credits (``scheduler.plan_round``, starting with another agent and
         another shard each turn), one ``AssignRound`` per shard, proposed
         together. True if anything was assigned."""
+        now = self.clock()
+        self.outlook.look(self._states(), now)
         sessions, planned = scheduler.plan_round(
             turn, cast(list[AgentSession], self.book.dispatchable()),
-            [s for s in self.shards if s.leader_ready], RaftShard.reading, per_round)
+            [s for s in self.shards if s.leader_ready], RaftShard.reading, per_round, now, self._budget(),
+            self._affinity(), self.outlook)
         if not planned:
             return False
-        now = self.clock()
         rounds = [(shard, AssignRound(now, assignments)) for shard, assignments in planned]
         by_agent = {s.agent_id: s for s in sessions}
         sent = await asyncio.gather(*(self._assign(shard, cmd, by_agent) for shard, cmd in rounds))
         return any(sent)
+
+    def _states(self) -> Iterator[ShardState]:
+        """Every shard's state in turn, each read under its lock."""
+        for shard in self.shards:
+            with shard.reading() as st:
+                yield st
+
+    def _affinity(self) -> scheduler.Affinity:
+        """The agents a tagged action or a volume's restore may go to: every
+        live session's, less the drained agents."""
+        drained: set[str] = set()
+        for shard in self.shards:
+            with shard.reading() as st:
+                drained.update(st.drained)
+        return scheduler.Affinity([(s.agent_id, s.tags, s.archive_ids) for s in self.sessions.values()
+                                   if s.alive and s.agent_id not in drained])
+
+    def _budget(self) -> scheduler.Budget | None:
+        """What the policy's running limits leave, counted over every shard
+        as this replica sees them (None: no limit). Leaders of other shards
+        dispatch at the same time: together they may go over by what one
+        round of each assigns before its commit reaches the others."""
+        settings = self.policy.settings
+        if not settings.max_running and not settings.max_running_per_archive:
+            return None
+        running: dict[int, int] = {}
+        for shard in self.shards:
+            with shard.reading() as st:
+                for archive_id, n in st.running.items():
+                    running[archive_id] = running.get(archive_id, 0) + n
+        return scheduler.Budget(
+            settings.max_running - sum(running.values()) if settings.max_running else None,
+            {a: limit - running.get(a, 0) for a, limit in settings.max_running_per_archive})
 
     async def _assign(self, shard: RaftShard, cmd: AssignRound, sessions: dict[str, AgentSession]) -> bool:
         """Commit one shard's round and send each agent its assignments, on
@@ -639,23 +836,27 @@ class CoordinatorNode:
         work waiting here and no credit here (the agent answers with its
         whole grant, so both sides agree again whatever was lost)."""
         led = [s for s in self.shards if s.leader_ready]
+        affinity = self._affinity()
         for session in self.sessions.values():
             if not session.alive:
                 continue
             ready = {k: 0 for k in Kind}
             for shard in led:
                 with shard.reading() as st:
-                    scheduler.count_ready(st, session.agent_id, session.archive_ids, ready)
+                    scheduler.count_ready(st, session.agent_id, session.archive_ids, ready, affinity, self.outlook)
             hint = backlog_hint(session, ready, stalled_only)
             if hint is not None:
                 session.send(agent_pb2.CoordinatorMessage(backlog=_slots_to_pb(hint)))
 
     async def _reclaimer(self) -> None:
         """Leader side of the adaptive timeout: running actions whose agent
-        reported no progress for ``progress_timeout`` are reclaimed."""
-        period = min(max(self.config.progress_timeout / 4, 0.2), 10.0)
+        reported no progress for ``progress_timeout`` (the policy's: 0,
+        never) are reclaimed."""
         while True:
-            await asyncio.sleep(period)
+            timeout = self.policy.settings.progress_timeout
+            await asyncio.sleep(min(max(timeout / 4, 0.2), 10.0) if timeout else 1.0)
+            if not self.policy.settings.progress_timeout:
+                continue
             for shard in self.shards:
                 if not shard.leader_ready:
                     continue
@@ -664,7 +865,7 @@ class CoordinatorNode:
                 if not stale:
                     continue
                 log.warning("shard %d: reclaiming %d action(s) without progress for %.0f s: %s", shard.index,
-                            len(stale), self.config.progress_timeout, ",".join(map(str, stale[:20])))
+                            len(stale), self.policy.settings.progress_timeout, ",".join(map(str, stale[:20])))
                 try:
                     await self.propose(shard, Reclaim(self.clock(), tuple(stale)))
                 except ShardUnavailable as exc:
@@ -875,13 +1076,19 @@ class CoordinatorNode:
         if len(hello.archive_ids) > MAX_HELLO_ARCHIVE_IDS:
             raise InvalidRequest(f"hello: {len(hello.archive_ids)} archive ids, at most {MAX_HELLO_ARCHIVE_IDS} "
                                  "(none: every archive id)")
+        if len(hello.tags) > MAX_HELLO_TAGS:
+            raise InvalidRequest(f"hello: {len(hello.tags)} tags, at most {MAX_HELLO_TAGS}")
+        for tag in hello.tags:
+            problem = name_problem(tag, "hello: tag", MAX_HINT, False)
+            if problem or any(c in tag for c in ",= "):
+                raise InvalidRequest(problem or f"hello: tag {tag!r} may not hold ',', '=' or a space")
         if hello.cluster_id and hello.cluster_id != self.cluster.cluster_id:
             raise WrongCluster(
                 f"agent {agent_id} belongs to cluster {hello.cluster_id}; replica {self.me.id} "
                 f"at {self.address} is in cluster {self.cluster.cluster_id}")
         try:
             new, old = self.book.hello(agent_id, hello.host, tuple(hello.archive_ids), _slots_from_pb(hello.slots),
-                                       hello.version, peer, self.clock())
+                                       hello.version, peer, self.clock(), tuple(hello.tags))
         except AgentIdInUse as exc:
             raise FileExistsError(str(exc)) from None
         if old is not None:
@@ -989,7 +1196,7 @@ class CoordinatorNode:
         if self.book.gone(session, self.clock()) is None:
             return  # replaced by a newer session
         log.warning("agent %s disconnected; its actions are requeued in %.0f s unless it returns",
-                    session.agent_id, self.config.agent_grace)
+                    session.agent_id, self.book.grace_of(session.agent_id))
         self._grace_timer(session.agent_id)
 
     def _grace_timer(self, agent_id: str) -> None:
@@ -1006,7 +1213,7 @@ class CoordinatorNode:
         if not self.book.expire(agent_id, end):
             return
         log.warning("agent %s did not come back within %.0f s: requeueing its actions", agent_id,
-                    self.config.agent_grace)
+                    self.book.grace_of(agent_id))
         for shard in self.shards:
             if not shard.leader_ready:
                 continue
@@ -1105,7 +1312,9 @@ class CoordinatorNode:
         for shard in self.shards:
             with shard.reading() as st:
                 counts = {(int(k), int(state)): n for (k, state), n in st.counts.items()}
-                queues = {(int(k), archive_id): len(q) for (k, archive_id), q in st.ready.items()}
+                queues: dict[tuple[int, int], int] = {}
+                for key, q in st.ready.items():
+                    queues[(int(key[0]), key[1])] = queues.get((int(key[0]), key[1]), 0) + len(q)
                 add_running(st, running)
                 ev = st.events
                 consumers = {name: (ev.lag(name), c.missed) for name, c in ev.consumers.items()}
@@ -1148,7 +1357,7 @@ class CoordinatorNode:
                 agent_id=s.agent_id, host=s.host, archive_ids=s.archive_ids, slots=_slots_to_pb(s.slots),
                 running=_slots_to_pb(running.get(s.agent_id, {})), version=s.version,
                 connected_since=s.connected_since, last_seen=s.last_seen,
-                replica=self.me.id if s.alive else "", draining=s.agent_id in drained))
+                replica=self.me.id if s.alive else "", draining=s.agent_id in drained, tags=sorted(s.tags)))
         for agent_id in sorted(drained.difference(self.sessions)):
             # drained and gone: listed so that an admin sees the drain is still set
             agents.append(coordinator_pb2.AgentInfo(agent_id=agent_id, draining=True,
@@ -1188,3 +1397,14 @@ async def abort_unavailable(context: grpc.aio.ServicerContext, exc: ShardUnavail
 def local_hostname() -> str:
     return socket.gethostname().split(".")[0]
 
+
+#: the roles a policy's request_masks may restrict (agents and replicas submit nothing)
+MASKED_ROLES = (ADMIN, OPERATOR, BRIDGE, USER)
+
+
+def _settings_text(policy: Policy) -> str:
+    s = policy.settings
+    limits = ", ".join(f"archive {a}: {n}" for a, n in s.max_running_per_archive)
+    return (f"max_attempts {s.max_attempts}, progress_timeout {s.progress_timeout:g} s, agent_grace "
+            f"{s.agent_grace:g} s, max_terminal {s.max_terminal}, max_running {s.max_running or 'no limit'}"
+            + (f" ({limits})" if limits else ""))

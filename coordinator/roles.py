@@ -68,13 +68,16 @@ METHODS: Mapping[str, frozenset[str]] = {
     _C + "EventConsumer": frozenset({ADMIN, OPERATOR, REPLICA}),
     _C + "ReadEvents": frozenset({ADMIN, OPERATOR, REPLICA}),
     _C + "AckEvents": frozenset({ADMIN, OPERATOR, REPLICA}),
+    # the policy's rules name paths, uids and limits: not for users
+    _C + "GetPolicy": frozenset({ADMIN, OPERATOR, REPLICA}),
+    _C + "SetPolicy": frozenset({ADMIN, REPLICA}),
     _A + "Work": frozenset({AGENT}),
     _A + "Report": frozenset({REPLICA}),
 }
 _HEALTH = "/grpc.health.v1.Health/"
 #: methods that change something: written to the audit log
 AUDITED = frozenset(_C + m for m in ("Submit", "Cancel", "ChangeMembership", "Control", "DrainAgent", "Lease",
-                                     "EventConsumer"))
+                                     "EventConsumer", "SetPolicy"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +99,16 @@ def _needs(roles: Collection[str]) -> str:
 
 
 def check(name: str | None, role: str, method: str, request: object = None,
-          user_mask: Collection[str] = DEFAULT_USER_MASK) -> Refusal | None:
+          user_mask: Collection[str] = DEFAULT_USER_MASK,
+          masks: Mapping[str, Collection[str]] | None = None) -> Refusal | None:
     """None if the peer *name* with *role* may make this call; else why not.
     *name* None: the connection has no client certificate. *request* is
-    the decoded request for the request-level rules (None for a stream)."""
+    the decoded request for the request-level rules (None for a stream).
+    *masks*: the request mask of each role the policy masks (what kinds it
+    may submit; for user, also cancel); without it, *user_mask* for users
+    and nothing masked for the other roles."""
+    if masks is not None:
+        user_mask = masks.get(USER, DEFAULT_USER_MASK)
     if name is None:
         return Refusal(True, f"{method}: no client certificate; every call needs one signed by the cluster CA")
     if method.startswith(_HEALTH):
@@ -116,14 +125,18 @@ def check(name: str | None, role: str, method: str, request: object = None,
     if method == _C + "Cancel" and role == USER and "cancel" not in user_mask:
         return Refusal(False, f"Cancel is not in the user request mask ({', '.join(sorted(user_mask)) or 'empty'}); "
                               f"{_who(name, role)} needs role admin, operator or replica for it")
-    if method == _C + "Submit" and role == USER:
-        allowed_kinds = {KINDS[k] for k in user_mask if k in KINDS}
+    if method == _C + "Submit" and (role == USER or (masks is not None and role in masks and role != REPLICA)):
+        mask = user_mask if role == USER else masks.get(role, ()) if masks is not None else ()
+        allowed_kinds = {KINDS[k] for k in mask if k in KINDS}
         for i, item in enumerate(getattr(request, "items", ())):
-            if item.kind not in allowed_kinds:
+            if item.kind not in allowed_kinds and (role == USER or item.kind in KINDS.values()):
+                # an unknown kind from another role: the servicer says it is unknown
                 names = {v: k for k, v in KINDS.items()}
+                shown = ", ".join(sorted(k for k in mask if k in KINDS)) or "empty"
                 return Refusal(False, f"item {i}: {names.get(item.kind, f'kind {item.kind}').upper()} is not in "
-                                      f"the user request mask ({', '.join(sorted(user_mask)) or 'empty'}); "
-                                      f"{_who(name, role)} needs role operator for it")
+                                      f"the {role} request mask ({shown}, set by the policy's request_masks); "
+                                      f"{_who(name, role)} "
+                                      + ("needs role operator for it" if role == USER else "may not request it"))
     return None
 
 

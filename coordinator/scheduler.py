@@ -1,10 +1,23 @@
 """The scheduler: a pure function of shard state and an agent's offer.
 
-Order: RESTORE before REMOVE before ARCHIVE (a user waits on a restore, an
-archive can wait), FIFO within a class, only actions whose archive id the
-agent serves (an agent serving no explicit archive ids, or id 0, serves all).
-Cost is O(picked x archive ids served): the ready queues hold only actions
-that may start now, so nothing scans the waiting queue.
+Which ready action goes next is the policy's (coordinator.policy):
+
+1. an action that has waited ``starvation_after`` seconds goes before every
+   one that has waited less, oldest first (the starvation bound);
+2. else the kind of the higher weight (restore 3, remove 2, archive 1 by
+   default), then the higher priority (set by a rule or the request);
+3. among equals, fair share: the user, group or project whose next
+   dispatch starts earliest in virtual time (ShardState.share_start); then
+   the oldest.
+
+Kinds compete only for what they share: an agent has slots per kind, so
+they meet under the running limits (``max_running`` for the cluster,
+``max_running_per_archive``). Only actions whose archive id the agent
+serves are offered (an agent serving no explicit archive ids, or id 0,
+serves all). Cost per pick is O(ready queues), not O(queued actions): the
+ready queues hold only actions that may start now, one queue per kind,
+archive id, priority and fair-share key, and only their heads are looked
+at.
 
 A dispatcher round (:func:`plan`) offers each shard to every agent with
 credits, in the order given (the caller rotates it), and spends each
@@ -15,12 +28,13 @@ across all the shards of the round.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from coordinator.state import KIND_PRIORITY, Kind, ShardState
+from coordinator.state import Kind, PositionQueue, QueueKey, ReadyQueue, ShardState
 
 
 def serves(agent_archive_ids: Collection[int], archive_id: int) -> bool:
@@ -35,65 +49,309 @@ def _untaken(ids: Iterator[int], taken: Collection[int]) -> Iterator[int]:
             yield i
 
 
+@dataclass(slots=True)
+class Budget:
+    """What the running limits leave for a dispatcher round: across the
+    whole cluster (``total``, None: no limit) and per archive id (ids
+    absent: no limit). Spent as actions are picked."""
+
+    total: int | None = None
+    per_archive: dict[int, int] = field(default_factory=dict)
+
+    def allows(self, archive_id: int) -> bool:
+        if self.total is not None and self.total <= 0:
+            return False
+        left = self.per_archive.get(archive_id)
+        return left is None or left > 0
+
+    def spend(self, archive_id: int) -> None:
+        if self.total is not None:
+            self.total -= 1
+        left = self.per_archive.get(archive_id)
+        if left is not None:
+            self.per_archive[archive_id] = left - 1
+
+
+def _weight(key: str, agent: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{key}\0{agent}".encode(), digest_size=8).digest(), "big")
+
+
+class Affinity:
+    """Which agent an action with a tag or a tape volume goes to: the one
+    the rendezvous hash of its volume (else its tag) picks among the agents
+    that serve its tag (all agents when it has none) and its archive id,
+    and that are not drained. When an agent leaves, only what it owned
+    moves; the others keep theirs. The same agents give the same answer on
+    every replica."""
+
+    def __init__(self, agents: Sequence[tuple[str, Collection[str], Collection[int]]]) -> None:
+        #: (agent id, tags it serves, archive ids it serves) of every agent that may be given work
+        self.agents = agents
+        self._owners: dict[tuple[str, str, int], str | None] = {}
+
+    def owner(self, tag: str, key: str, archive_id: int) -> str | None:
+        """The agent for actions of *tag* (``""``: none) whose affinity key
+        is *key* (their volume, else their tag) and *archive_id*; None when
+        no agent serves them (they wait for one)."""
+        k = (tag, key, archive_id)
+        if k in self._owners:
+            return self._owners[k]
+        best: str | None = None
+        best_w = -1
+        for agent, tags, archive_ids in self.agents:
+            if (tag and tag not in tags) or not serves(archive_ids, archive_id):
+                continue
+            w = _weight(key, agent)
+            if w > best_w:
+                best, best_w = agent, w
+        self._owners[k] = best
+        return best
+
+
+@dataclass(slots=True)
+class Outlook:
+    """What a dispatcher round knows of every shard (as this replica sees
+    them all, not only those it leads), for what is decided across shards:
+    each tag's ready archives (batching) and each volume's ready restores
+    (tape), and what the replica keeps between rounds: the tags whose batch
+    is open, with how many of the batch are still to hand over, and each
+    agent's mounted volume and since when."""
+
+    #: tag -> (ready archives, newest one's submit time, oldest one's)
+    tags: dict[str, tuple[int, float, float]] = field(default_factory=dict)
+    #: volume -> (oldest ready restore's submit time, its tag, its archive id)
+    volumes: dict[str, tuple[float, str, int]] = field(default_factory=dict)
+    open: dict[str, int] = field(default_factory=dict)
+    mounts: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def look(self, states: Iterable[ShardState], now: float) -> None:
+        """Count the ready tagged archives and volume restores of *states*
+        (every shard) and open the batches that are due under the newest
+        policy among them: *size* ready, none arrived for *idle*, or the
+        oldest waited *max_wait*. A batch is what was ready when it opened:
+        it stays open until that many are handed over (:meth:`took`) or its
+        tag has nothing ready left; what arrives meanwhile gathers for the
+        next one."""
+        tags: dict[str, tuple[int, float, float]] = {}
+        volumes: dict[str, tuple[float, str, int]] = {}
+        policy = None
+        version = -1
+        for st in states:
+            if st.policy_version > version:
+                policy, version = st.policy, st.policy_version
+            actions = st.actions
+            for key, queue in st.ready.items():
+                if isinstance(queue, PositionQueue):
+                    first = actions[queue.oldest()].created
+                    seen = volumes.get(key[5])
+                    if seen is None or first < seen[0]:
+                        volumes[key[5]] = (first, key[4], key[1])
+                elif key[4] and key[0] == Kind.ARCHIVE and isinstance(queue, ReadyQueue):
+                    oldest = actions[next(iter(queue))].created
+                    newest = actions[_last(queue)].created
+                    n, nw, od = tags.get(key[4], (0, 0.0, oldest))
+                    tags[key[4]] = (n + len(queue), max(nw, newest), min(od, oldest))
+        self.tags, self.volumes = tags, volumes
+        self.open = {t: left for t, left in self.open.items() if t in tags}
+        if policy is None or not policy.batch_size:
+            return
+        for tag, (n, newest, oldest) in tags.items():
+            if tag not in self.open and (n >= policy.batch_size or now - newest >= policy.batch_idle
+                                         or now - oldest >= policy.batch_max_wait):
+                self.open[tag] = n
+
+    def took(self, tag: str) -> bool:
+        """One archive of *tag*'s open batch was handed over; False once the
+        batch is all handed over (it closes)."""
+        left = self.open.get(tag, 0) - 1
+        if left > 0:
+            self.open[tag] = left
+            return True
+        self.open.pop(tag, None)
+        return False
+
+    def held(self, batch_size: int, key: QueueKey, batched: bool = False) -> bool:
+        """Whether archives of this queue wait for their batch (*batched*:
+        whether they are batched at all, open or not)."""
+        return bool(batch_size and key[4] and key[0] == Kind.ARCHIVE and not key[5]
+                    and (batched or key[4] not in self.open))
+
+    def mount(self, agent: str, affinity: Affinity | None, now: float, max_mount: float) -> str:
+        """The volume *agent* reads now: the one it has mounted while that
+        has ready restores anywhere and for less than *max_mount* (or while
+        no other volume of its waits); else the volume of its whose oldest
+        ready restore is the oldest (a switch). "": none."""
+        held = self.mounts.get(agent)
+        mine = [(first, v) for v, (first, tag, archive_id) in self.volumes.items()
+                if affinity is None or affinity.owner(tag, v, archive_id) == agent]
+        if held is not None and held[0] in self.volumes:
+            if now - held[1] < max_mount or not any(v != held[0] for _f, v in mine):
+                return held[0]
+            mine = [(f, v) for f, v in mine if v != held[0]]
+        if not mine:
+            return ""
+        volume = min(mine)[1]
+        self.mounts[agent] = (volume, now)
+        return volume
+
+
+def _last(queue: ReadyQueue) -> int:
+    """The id added last to a FIFO ready queue."""
+    return next(reversed(queue.back)) if queue.back else next(reversed(queue.front))
+
+
+def budget_for(states: Sequence[ShardState]) -> Budget:
+    """The running limits of the newest policy among *states* (every shard
+    of the cluster, as this replica sees them), less what runs on them."""
+    if not states:
+        return Budget()
+    policy = max(states, key=lambda st: st.policy_version).policy
+    settings = policy.settings
+    if not settings.max_running and not settings.max_running_per_archive:
+        return Budget()
+    running: dict[int, int] = {}
+    for st in states:
+        for archive_id, n in st.running.items():
+            running[archive_id] = running.get(archive_id, 0) + n
+    total = None
+    if settings.max_running:
+        total = settings.max_running - sum(running.values())
+    per = {a: limit - running.get(a, 0) for a, limit in settings.max_running_per_archive}
+    return Budget(total, per)
+
+
 def pick(
     state: ShardState,
     agent_archive_ids: Collection[int],
     credits: Mapping[Kind, int],
     agent: str = "",
     taken: Collection[int] = (),
+    now: float = 0.0,
+    budget: Budget | None = None,
+    vtime: dict[int, float] | None = None,
+    affinity: Affinity | None = None,
+    outlook: Outlook | None = None,
 ) -> list[int]:
     """Choose up to ``credits[kind]`` ready actions of each kind for an
-    agent, none of *taken* (picked for another agent this round). Does not
-    change *state*: the caller commits an ``Assign``. Nothing while the
-    shard's control mode is not ``enabled``, nor for an agent that is
-    drained."""
+    agent, in the policy's order, none of *taken* (picked for another agent
+    this round), within *budget* (spent). *vtime*: fair-share starts this
+    round already moved (updated). *affinity*: which agent a tagged
+    action or a volume's restore goes to (None: any). *outlook*: the
+    batches that are open and the agents' mounted volumes (None: no
+    batching, volumes unordered). Does not change *state*: the caller
+    commits an ``Assign``. Nothing while the shard's control mode is not
+    ``enabled``, nor for an agent that is drained."""
     picked: list[int] = []
     if state.control != "enabled" or agent in state.drained:
         return picked
-    for kind in KIND_PRIORITY:
-        want = credits.get(kind, 0)
-        if want <= 0:
+    want = {k: n for k, n in credits.items() if n > 0}
+    if not want:
+        return picked
+    keys: list[QueueKey] = []
+    iters: list[Iterator[int]] = []
+    policy = state.policy
+    mounted: str | None = None  # the volume this agent reads ("": none); None: not asked yet
+    for key, queue in state.ready.items():
+        if key[0] not in want or not serves(agent_archive_ids, key[1]):
             continue
-        iters: list[Iterator[int]] = [
-            iter(queue)
-            for (k, archive_id), queue in state.ready.items()
-            if k == kind and serves(agent_archive_ids, archive_id)
-        ]
-        if len(iters) == 1:
-            it = iters[0]
-            for action_id in it:
-                if action_id in taken:
-                    continue
-                picked.append(action_id)
-                want -= 1
-                if not want:
-                    break
-            continue
-        if taken:
-            iters = [_untaken(it, taken) for it in iters]
-        heads: list[int | None] = [next(it, None) for it in iters]
-        while want:
-            best = -1
-            for i, head in enumerate(heads):
-                if head is not None and (best < 0 or head < heads[best]):  # type: ignore[operator]
-                    best = i
-            if best < 0:
-                break
-            picked.append(heads[best])  # type: ignore[arg-type]
-            heads[best] = next(iters[best], None)
-            want -= 1
+        if affinity is not None and (key[4] or key[5]) and \
+                affinity.owner(key[4], key[5] or key[4], key[1]) != agent:
+            continue  # another agent's tag or volume
+        if outlook is not None and outlook.held(policy.batch_size, key):
+            continue  # its batch is still gathering
+        if outlook is not None and key[5]:
+            if mounted is None:
+                mounted = outlook.mount(agent, affinity, now, policy.max_mount)
+            if key[5] != mounted and not _starving(state, queue, now):
+                continue  # another volume: read after this agent's mounted one
+        keys.append(key)
+        iters.append(_untaken(iter(queue), taken) if taken else iter(queue))
+    if not keys:
+        return picked
+    heads: list[int | None] = [next(it, None) for it in iters]
+    if len(keys) == 1 and budget is None and not (outlook is not None and outlook.held(policy.batch_size, keys[0], True)):
+        # the common case (one kind, one archive id, no fair share): FIFO
+        n = want[keys[0][0]]
+        it = iters[0]
+        head = heads[0]
+        while head is not None and n:
+            picked.append(head)
+            n -= 1
+            if n:
+                head = next(it, None)
+        return picked
+    starve = policy.starvation_after
+    actions = state.actions
+    shares = vtime if vtime is not None else {}
+    while True:
+        best = -1
+        best_rank: tuple[int, float, float, float, int] = (0, 0.0, 0.0, 0.0, 0)
+        for i, head in enumerate(heads):
+            if head is None:
+                continue
+            key = keys[i]
+            if want.get(key[0], 0) <= 0 or (budget is not None and not budget.allows(key[1])):
+                continue
+            created = actions[head].created
+            if starve and now - created >= starve:
+                rank = (0, created, 0.0, 0.0, head)
+            else:
+                share = key[3]
+                start = 0.0
+                if share >= 0:
+                    start = shares[share] if share in shares else state.share_start(share)
+                rank = (1, -float(policy.kind_weight(key[0])), -float(key[2]), start, head)
+            if best < 0 or rank < best_rank:
+                best, best_rank = i, rank
+        if best < 0:
+            break
+        head = heads[best]
+        assert head is not None
+        key = keys[best]
+        picked.append(head)
+        want[key[0]] -= 1
+        if budget is not None:
+            budget.spend(key[1])
+        if key[3] >= 0:
+            share = key[3]
+            start = shares[share] if share in shares else state.share_start(share)
+            shares[share] = start + 1.0 / policy.share_weight(share)
+        heads[best] = next(iters[best], None)
+        if outlook is not None and outlook.held(policy.batch_size, key, True) and not outlook.took(key[4]):
+            for j, other in enumerate(keys):  # the batch is all handed over: the rest waits for the next
+                if other[4] == key[4] and outlook.held(policy.batch_size, other, True):
+                    heads[j] = None
     return picked
 
 
-def count_ready(state: ShardState, agent: str, agent_archive_ids: Collection[int], into: dict[Kind, int]) -> None:
+def _starving(state: ShardState, queue: ReadyQueue | PositionQueue, now: float) -> bool:
+    """Whether some restore of this volume queue has waited the starvation
+    bound (it then goes whatever volume its agent reads)."""
+    starve = state.policy.starvation_after
+    if not starve:
+        return False
+    oldest = queue.oldest() if isinstance(queue, PositionQueue) else next(iter(queue))
+    return now - state.actions[oldest].created >= starve
+
+
+def count_ready(state: ShardState, agent: str, agent_archive_ids: Collection[int], into: dict[Kind, int],
+                affinity: Affinity | None = None, outlook: Outlook | None = None) -> None:
     """Add to *into* how many actions of each kind *state* could give this
-    agent now (what its backlog hint tells it); nothing while the shard is
-    not enabled or the agent is drained."""
+    agent now (what its backlog hint tells it): not another agent's tag or
+    volume, nor a batch still gathering. Nothing while the shard is not
+    enabled or the agent is drained."""
     if state.control != "enabled" or agent in state.drained:
         return
-    for (kind, archive_id), queue in state.ready.items():
-        if serves(agent_archive_ids, archive_id):
-            into[kind] += len(queue)
+    batch_size = state.policy.batch_size
+    for key, queue in state.ready.items():
+        if not serves(agent_archive_ids, key[1]):
+            continue
+        if affinity is not None and (key[4] or key[5]) and \
+                affinity.owner(key[4], key[5] or key[4], key[1]) != agent:
+            continue
+        if outlook is not None and outlook.held(batch_size, key):
+            continue
+        into[key[0]] += len(queue)
 
 
 @dataclass(slots=True)
@@ -109,18 +367,21 @@ class Offer:
         return any(v > 0 for v in self.credits.values())
 
 
-def plan(state: ShardState, offers: Sequence[Offer]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+def plan(state: ShardState, offers: Sequence[Offer], now: float = 0.0, budget: Budget | None = None,
+         affinity: Affinity | None = None,
+         outlook: Outlook | None = None) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """One shard's part of a dispatcher round: for each offer in turn, what
-    :func:`pick` gives it among what is still ready, its credits spent.
-    The result is the ``assignments`` of an ``AssignRound``; empty when
-    there is nothing to give."""
+    :func:`pick` gives it among what is still ready, its credits spent
+    (and *budget*). The result is the ``assignments`` of an
+    ``AssignRound``; empty when there is nothing to give."""
     taken: set[int] = set()
     out: list[tuple[str, tuple[int, ...]]] = []
     actions = state.actions
+    vtime: dict[int, float] = {}
     for offer in offers:
         if not offer.wants():
             continue
-        ids = pick(state, offer.archive_ids, offer.credits, offer.agent, taken)
+        ids = pick(state, offer.archive_ids, offer.credits, offer.agent, taken, now, budget, vtime, affinity, outlook)
         if not ids:
             continue
         taken.update(ids)
@@ -149,12 +410,15 @@ Planned = tuple[tuple[str, tuple[int, ...]], ...]
 
 def plan_round(turn: int, sessions: Sequence[S], shards: Sequence[T],
                read: Callable[[T], AbstractContextManager[ShardState]],
-               per_round: int = 256) -> tuple[list[S], list[tuple[T, Planned]]]:
+               per_round: int = 256, now: float = 0.0, budget: Budget | None = None,
+               affinity: Affinity | None = None,
+               outlook: Outlook | None = None) -> tuple[list[S], list[tuple[T, Planned]]]:
     """A dispatcher round: the sessions with credits and the shards led
     here, each list started *turn* places further on (every agent and every
     shard goes first in turn), each agent offered at most *per_round* of a
     kind, its credits spent across the shards (:func:`plan`, with each
-    shard's state read through *read*). Returns the sessions in the order
+    shard's state read through *read*) and *budget* (the running limits'
+    room, :func:`budget_for`). Returns the sessions in the order
     offered and, per shard with something to give, the ``assignments`` of
     its ``AssignRound``."""
     if not sessions or not shards:
@@ -169,7 +433,7 @@ def plan_round(turn: int, sessions: Sequence[S], shards: Sequence[T],
         if not any(o.wants() for o in offers):
             break
         with read(shard) as st:
-            planned = plan(st, offers)
+            planned = plan(st, offers, now, budget, affinity, outlook)
         if planned:
             rounds.append((shard, planned))
     return ordered, rounds

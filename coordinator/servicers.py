@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -17,7 +18,9 @@ from coordinator.convert import InvalidRequest
 from coordinator.edge import audit
 from coordinator.events import ConsumerError
 from coordinator.events import check_name as check_consumer_name
+from coordinator.policy import PolicyError, diff, parse
 from coordinator.raft import NotLeader, RaftError, check_addr
+from coordinator.ratelimit import Refusal
 from coordinator.state import (
     CONTROL_MODES,
     MAX_LEASE_TTL,
@@ -31,8 +34,10 @@ from coordinator.state import (
     Kind,
     Lease,
     LeaseReply,
+    PolicyReply,
     Result,
     SetControl,
+    SetPolicy,
     State,
     Submit,
 )
@@ -81,6 +86,30 @@ MAX_EVENTS = 10_000
 MAX_EVENT_WAIT = 60.0
 
 
+#: gRPC trailing metadata of a RESOURCE_EXHAUSTED answer: milliseconds after
+#: which the same request may pass (hsm.client waits that long before its retry)
+RETRY_AFTER_KEY = "hsm-retry-after-ms"
+
+
+def _limit_text(refusal: Refusal) -> str:
+    if refusal.retry_after == float("inf"):
+        return (f"rate limit of {refusal.key}: more requests at once than its burst of {refusal.burst} "
+                "on this replica; send fewer per request")
+    return (f"rate limit of {refusal.key} ({refusal.rate:g} requests/s, burst {refusal.burst} on this replica): "
+            f"retry in {refusal.retry_after:.2f} s")
+
+
+class _PolicyConflict(Exception):
+    """A shard has a policy version at or above the one being set."""
+
+
+def _policy_check(res: Result) -> None:
+    """on_every_shard's check of a SetPolicy apply."""
+    reply = res.replies[0]
+    if isinstance(reply, PolicyReply) and reply.error:
+        raise _PolicyConflict(reply.error)
+
+
 class NoMajority(Exception):
     """A membership change that would leave a group without a reachable majority."""
 
@@ -101,9 +130,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         by_shard: dict[int, list[int]] = {}
         for i, it in enumerate(items):
             by_shard.setdefault(node.ring.shard_of(it.fid), []).append(i)
+        results: list[coordinator_pb2.SubmitResult | None] = [None] * len(items)
         try:
             for idx in by_shard:  # all or nothing: check before proposing anything
                 node.require_leader(node.shards[idx])
+            refusals = node.limits.check(items, time.monotonic())
+            if refusals is not None:
+                if all(refusals):
+                    await self._rate_limited(context, [r for r in refusals if r is not None])
+                for i, refusal in enumerate(refusals):
+                    if refusal is not None:
+                        results[i] = coordinator_pb2.SubmitResult(
+                            outcome=coordinator_pb2.REJECTED, errno=errno.EAGAIN, reason=_limit_text(refusal))
+                by_shard = {idx: kept for idx, positions in by_shard.items()
+                            if (kept := [i for i in positions if refusals[i] is None])}
             now = node.clock()
             cmds = [Submit(now, tuple(items[i] for i in positions)) for positions in by_shard.values()]
             if len(cmds) > 1:  # one part alone is refused before it is proposed
@@ -119,13 +159,23 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await context.abort(*_abort_code(exc))
         log.info("submit of %d item(s) from %s: shards %s", len(items), items[0].requester.initiator or "?",
                  ",".join(map(str, sorted(by_shard))))
-        results: list[coordinator_pb2.SubmitResult | None] = [None] * len(items)
         for positions, res in zip(by_shard.values(), replies, strict=True):
             for pos, reply in zip(positions, res.replies, strict=True):
                 results[pos] = coordinator_pb2.SubmitResult(
                     outcome=int(reply.outcome), action_id=reply.action_id,  # type: ignore[attr-defined]
                     errno=reply.errno, reason=reply.reason)  # type: ignore[attr-defined]
         return coordinator_pb2.SubmitResponse(results=results)
+
+    async def _rate_limited(self, context: grpc.aio.ServicerContext, refusals: list[Refusal]) -> None:
+        """Every item of a submit is over a rate limit: RESOURCE_EXHAUSTED,
+        with when to retry (the ``hsm-retry-after-ms`` trailer, and said)."""
+        wait = min(r.retry_after for r in refusals)
+        first = min(refusals, key=lambda r: r.retry_after)
+        if wait != float("inf"):
+            context.set_trailing_metadata(((RETRY_AFTER_KEY, str(max(1, int(wait * 1000 + 0.999)))),))
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"all {len(refusals)} item(s) refused by the policy's rate limits, nothing was "
+                            f"submitted: {_limit_text(first)}")
 
     async def Cancel(self, request: coordinator_pb2.CancelRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.CancelResponse:  # noqa: N802
         node = self.node
@@ -508,6 +558,88 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                      context.peer())
         node._wake.set()
         return coordinator_pb2.ControlResponse(mode=request.mode)
+
+    def _policy_response(self, changes: Iterable[str] = (),
+                         warnings: Iterable[str] = ()) -> coordinator_pb2.PolicyResponse:
+        node = self.node
+        shards = []
+        newest = None
+        for shard in node.shards:
+            with shard.reading() as st:
+                shards.append(coordinator_pb2.ShardPolicy(shard=shard.index, version=st.policy_version))
+                if newest is None or st.policy_version > newest[0]:
+                    newest = (st.policy_version, st.policy, st.policy_set)
+        assert newest is not None
+        version, policy, (at, by) = newest
+        return coordinator_pb2.PolicyResponse(version=version, text=policy.text or policy.dump(), set_at=at,
+                                              set_by=by, changes=list(changes), shards=shards,
+                                              warnings=list(warnings))
+
+    async def GetPolicy(self, request: coordinator_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.PolicyResponse:  # noqa: N802
+        return self._policy_response()
+
+    async def SetPolicy(self, request: coordinator_pb2.SetPolicyRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.PolicyResponse:  # noqa: N802
+        node = self.node
+        try:
+            new = parse(request.text)
+        except PolicyError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the policy has {len(exc.errors)} error(s), "
+                                f"nothing was changed:\n{exc}")
+        problems = node.policy_problems(new)
+        if problems:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "the policy does not fit this cluster, nothing was changed:\n" + "\n".join(problems))
+        await self._check_shards(request.shards, context)
+        forwarded = bool(request.shards)
+        current = node.policy_version
+        if forwarded:
+            version = request.version
+        else:
+            for shard in node.shards:
+                with shard.reading() as st:
+                    current = max(current, st.policy_version)
+            if request.expect_version and request.expect_version != current:
+                await context.abort(grpc.StatusCode.ABORTED,
+                                    f"the policy is at version {current}, not {request.expect_version}: "
+                                    "someone set it meanwhile; look at it again (hsmctl policy get)")
+            version = current + 1
+        changes = diff(node.policy, new)
+        warnings = [] if forwarded else node.policy_warnings(new)
+        if request.dry_run:
+            return self._policy_response(changes, warnings)
+        for i in sorted(set(request.shards)) or range(len(node.shards)):
+            with node.shards[i].reading() as st:  # what the apply would refuse: refused before any proposal
+                have, same = st.policy_version, st.policy.text == request.text
+            if version < have or (version == have and not same):
+                await context.abort(grpc.StatusCode.ABORTED,
+                                    f"shard {i} has policy version {have} already; policy version {version} was "
+                                    "not set (another set raced this one): look again (hsmctl policy get)")
+        now = node.clock()
+        by = await self._who(context)
+        try:
+            await node.on_every_shard(
+                request.shards, lambda _i: SetPolicy(now, version, request.text, by), "SetPolicy",
+                lambda i: coordinator_pb2.SetPolicyRequest(text=request.text, shards=[i], version=version),
+                lambda _s, _r: None, _policy_check)
+        except _PolicyConflict as exc:
+            await context.abort(grpc.StatusCode.ABORTED, f"policy version {version} not set everywhere: {exc}; "
+                                "run the set again (it sets the next version on every shard)")
+        except ShardUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"policy version {version} not confirmed on every shard, retry the set: {exc}")
+        if not forwarded:
+            log.warning("policy version %d set by %s (%s)", version, by,
+                        "; ".join(changes[:10]) + (f"; and {len(changes) - 10} more" if len(changes) > 10 else "")
+                        if changes else "no change in meaning")
+        return self._policy_response(changes, warnings)
+
+    async def _who(self, context: grpc.aio.ServicerContext) -> str:
+        """Who calls: the certificate's name and role, else the peer address."""
+        if self.node.config.tls is not None:
+            peer = peer_of(context.auth_context())
+            if peer is not None:
+                return f"{peer.name} (role {peer.role})"
+        return context.peer()
 
     async def DrainAgent(self, request: coordinator_pb2.DrainAgentRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.DrainAgentResponse:  # noqa: N802
         node = self.node

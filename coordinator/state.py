@@ -51,6 +51,7 @@ from typing import Any, Final, NamedTuple
 from mypy_extensions import mypyc_attr
 
 from coordinator.events import HE_ARCHIVE, HE_REMOVE, HE_RESTORE, ConsumerError, EventLog
+from coordinator.policy import Policy, PolicyError, parse, seeded
 from hsm.fid import Fid
 from hsm.hsmflags import check_request, resolve_archive_id
 from hsm.wire import SHARD_ID_MODULUS
@@ -171,6 +172,11 @@ class Item(NamedTuple):
     #: the file's ctime (ns) when the requester read its HSM state, after
     #: the flags: it orders the states of the file (0: unknown)
     hsm_ctime: int = 0
+    #: the file's path and size as the requester knows them, for the
+    #: policy's admission rules ("" and -1: unknown; a rule on path or size
+    #: then does not match)
+    path: str = ""
+    size: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +337,21 @@ class DrainAgent:
     drain: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class SetPolicy:
+    """Replace the shard's policy (coordinator.policy) with *text* as
+    *version*. Applied when *version* is newer than the shard's; a retry of
+    the same version and text changes nothing and succeeds; the same
+    version with another text is refused (two admins raced). Every replica
+    parses the same text at the same log position, so every decision after
+    it is the same everywhere."""
+
+    now: float
+    version: int
+    text: str
+    by: str = ""  # who set it (the caller's certificate name, or peer)
+
+
 #: longest lease (seconds): a holder that vanished blocks its standby at most this long
 MAX_LEASE_TTL = 3600.0
 
@@ -370,7 +391,7 @@ class AckEvents:
 
 
 Command = (Submit | Assign | AssignRound | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent
-           | Lease | EventConsumer | AckEvents)
+           | Lease | EventConsumer | AckEvents | SetPolicy)
 
 
 def _pickle_by_fields(cls: type) -> None:
@@ -387,7 +408,7 @@ def _pickle_by_fields(cls: type) -> None:
 
 
 for _cls in (Submit, Assign, AssignRound, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent,
-             Lease, EventConsumer, AckEvents):
+             Lease, EventConsumer, AckEvents, SetPolicy):
     _pickle_by_fields(_cls)
 
 
@@ -445,6 +466,14 @@ class Requeued:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyChanged:
+    """The shard applied a new policy version (the replica updates what it
+    keeps outside the shards: agent_grace, request masks, rate limits)."""
+
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class FirstStart:
     """The action's first attempt was assigned *waited* seconds after it
     was submitted (counted like :class:`Ended`)."""
@@ -454,7 +483,7 @@ class FirstStart:
     waited: float
 
 
-Effect = Changed | Assigned | SendCancel | Ended | Requeued | FirstStart
+Effect = Changed | Assigned | SendCancel | Ended | Requeued | FirstStart | PolicyChanged
 
 
 class Outcome(IntEnum):
@@ -505,6 +534,15 @@ class ConsumerReply:
     cursor, or why the command changed nothing."""
 
     cursor: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReply:
+    """A SetPolicy's answer: the shard's policy version after it, and why
+    it changed nothing ("" when it applied or was already applied)."""
+
+    version: int
     error: str = ""
 
 
@@ -583,6 +621,9 @@ ACTION_FIELDS: Final = (
     # added later: keep new slots last (see _action_from_values)
     "data_version",
     "hsm_ctime",
+    "tag",
+    "volume",
+    "position",
 )
 
 
@@ -604,7 +645,8 @@ class Action:
             self.id, self.fsname, self.fid, self.kind, self.archive_id, self.offset, self.length, self.data,
             self.flags, self.priority, self.requesters, self.state, self.agent, self.attempt, self.created,
             self.started, self.ended, self.bytes_done, self.bytes_total, self.errno, self.error, self.last_progress,
-            self.reclaiming, self.handed_back, self.data_version, self.hsm_ctime),))
+            self.reclaiming, self.handed_back, self.data_version, self.hsm_ctime, self.tag, self.volume,
+            self.position),))
 
     def __init__(self, action_id: int, item: Item, archive_id: int, now: float) -> None:
         self.id = action_id
@@ -633,6 +675,9 @@ class Action:
         self.handed_back = 0  # attempts an agent gave back unstarted or drained: not counted
         self.data_version = item.data_version  # the file's, as the latest requester saw it; 0 = none
         self.hsm_ctime = item.hsm_ctime  # the latest state its requesters saw (a ctime)
+        #: from its data (``tag=``, ``volume=``, ``position=``; see hints()):
+        #: the agents it may go to, and a restore's place on its tape
+        self.tag, self.volume, self.position = hints(item.data)
 
     @property
     def fid_key(self) -> tuple[str, Fid]:
@@ -648,10 +693,10 @@ class Action:
         return f"Action({self.id} {self.kind.name} {self.fid} {self.state.name} agent={self.agent!r} attempt={self.attempt})"
 
 
-#: values of the slots added last (data_version, hsm_ctime), for actions of
-#: a snapshot written before they existed: such a tuple is that many values
-#: shorter
-_ACTION_ADDED_DEFAULTS: tuple[Any, ...] = (0, 0)
+#: values of the slots added last (data_version, hsm_ctime, tag, volume,
+#: position), for actions of a snapshot written before they existed: such a
+#: tuple is that many values shorter
+_ACTION_ADDED_DEFAULTS: tuple[Any, ...] = (0, 0, "", "", 0)
 
 
 def _action_from_values(values: tuple[Any, ...]) -> Action:
@@ -663,12 +708,60 @@ def _action_from_values(values: tuple[Any, ...]) -> Action:
     # faster than setting each slot through its descriptor, pure or compiled
     (a.id, a.fsname, a.fid, a.kind, a.archive_id, a.offset, a.length, a.data, a.flags, a.priority, a.requesters,
      a.state, a.agent, a.attempt, a.created, a.started, a.ended, a.bytes_done, a.bytes_total, a.errno, a.error,
-     a.last_progress, a.reclaiming, a.handed_back, a.data_version, a.hsm_ctime) = values
+     a.last_progress, a.reclaiming, a.handed_back, a.data_version, a.hsm_ctime, a.tag, a.volume,
+     a.position) = values
     return a
 
 
+#: the longest tag or volume name a request's data may give (longer: ignored)
+MAX_HINT = 64
+
+
+def hints(data: bytes) -> tuple[str, str, int]:
+    """(tag, volume, position) from request data (``key=value,...``, like
+    Lustre's hai_data): ``tag=`` sends the action to the agents that serve
+    that tag (one of them, by consistent hashing), ``volume=`` and
+    ``position=`` place a restore on its tape (restores of a volume go to
+    one agent, in position order). What is missing or malformed is ""/0:
+    the data is the mover's, and a hint the coordinator cannot read only
+    loses its scheduling effect."""
+    if b"=" not in data:
+        return "", "", 0
+    tag = volume = ""
+    position = 0
+    for part in data.split(b","):
+        key, eq, value = part.partition(b"=")
+        if not eq or not value or len(value) > MAX_HINT:
+            continue
+        if key == b"tag":
+            tag = _hint_text(value)
+        elif key == b"volume":
+            volume = _hint_text(value)
+        elif key == b"position" and value.isdigit():
+            position = min(int(value), (1 << 63) - 1)
+    return tag, volume, position
+
+
+def _hint_text(value: bytes) -> str:
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        return ""
+    return text if text.isprintable() and " " not in text else ""
+
+
 #: ShardState attributes a snapshot does not store (import_parts rebuilds them)
-_DERIVED = frozenset({"actions", "fid_queue", "fsnames"})
+_DERIVED = frozenset({"actions", "fid_queue", "fsnames", "running"})
+
+#: a ready queue's key: (kind, archive id, priority, fair-share key, tag,
+#: volume); the fair-share key is the uid, gid or projid the policy shares
+#: by, or -1; tag and volume come from the request's data ("" for none). A
+#: queue with a volume is ordered by position (a PositionQueue)
+QueueKey = tuple[Kind, int, int, int, str, str]
+QUEUE_KEY_FIELDS = ("kind", "archive_id", "priority", "share", "tag", "volume")
+
+#: an action's scheduling priority is clipped to this range
+MAX_PRIORITY = 1000
 #: attributes that live between two commands only (never in a snapshot)
 _TRANSIENT = frozenset({"_counted"})
 
@@ -786,6 +879,67 @@ class ReadyQueue:
         self._renumber(1)
 
 
+class PositionQueue:
+    """The restores of one tape volume that may start now, in the order of
+    their position on the tape (then of arrival): a sorted list of
+    (position, id) and each id's position. Adding or removing one is a
+    binary search and a move of the list's tail (memmove: fast for the
+    thousands of files a volume holds)."""
+
+    __slots__ = ("order", "where", "_oldest")
+
+    def __init__(self) -> None:
+        self.order: list[tuple[int, int]] = []
+        self.where: dict[int, int] = {}
+        self._oldest = -1  # the smallest id (the first to arrive), -1: to find again
+
+    def add(self, action_id: int, position: int) -> None:
+        insort(self.order, (position, action_id))
+        self.where[action_id] = position
+        if self._oldest >= 0 and action_id < self._oldest:
+            self._oldest = action_id
+
+    def oldest(self) -> int:
+        """The id of the restore that arrived first (ids grow with arrival
+        in a shard). Found again only after that one leaves, which in
+        position order is rare."""
+        if self._oldest < 0 or self._oldest not in self.where:
+            self._oldest = min(self.where)
+        return self._oldest
+
+    def __contains__(self, action_id: object) -> bool:
+        return action_id in self.where
+
+    def __delitem__(self, action_id: int) -> None:
+        position = self.where.pop(action_id)
+        del self.order[bisect_left(self.order, (position, action_id))]
+
+    def position(self, action_id: int) -> int | None:
+        """How many of this volume's ready restores start before it."""
+        position = self.where.get(action_id)
+        return None if position is None else bisect_left(self.order, (position, action_id))
+
+    def __iter__(self) -> Iterator[int]:
+        return _ids_of(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    # written out, like ReadyQueue's (compiled, the class would pickle a dict)
+    def __getstate__(self) -> tuple[None, dict[str, Any]]:
+        return (None, {"order": self.order, "where": self.where})
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        self.order = state[1]["order"]
+        self.where = state[1]["where"]
+        self._oldest = -1
+
+
+def _ids_of(order: list[tuple[int, int]]) -> Iterator[int]:
+    for _position, action_id in order:
+        yield action_id
+
+
 class ShardState:
     """All actions of one shard, and the indexes that make every command
     O(items) regardless of queue length."""
@@ -800,8 +954,9 @@ class ShardState:
         #: id when there is one, the common case: saves a list per action);
         #: the first one is the only one that may be ready or running
         self.fid_queue: dict[tuple[str, Fid], int | list[int]] = {}
-        #: per (kind, archive_id): WAITING actions that may start now, FIFO
-        self.ready: dict[tuple[Kind, int], ReadyQueue] = {}
+        #: per QueueKey: WAITING actions that may start now, FIFO (in
+        #: position order for a volume's restores)
+        self.ready: dict[QueueKey, ReadyQueue | PositionQueue] = {}
         #: idempotency key -> action id << 3 | outcome (one int, not a tuple)
         self.keys: dict[str, int] = {}
         #: agent -> ids of STARTED/CANCELING actions it holds
@@ -824,6 +979,19 @@ class ShardState:
         self.dispatched: dict[tuple[Kind, int], int] = {}
         #: HSM events (an action's end) and their consumers' cursors (coordinator.events)
         self.events = EventLog()
+        #: the policy (coordinator.policy) and its version: 0 until a first
+        #: SetPolicy, seeded from this replica's configuration meanwhile
+        self.policy: Policy = _seed(self.config)
+        self.policy_version = 0
+        self.policy_set: tuple[float, str] = (0.0, "")  # when and by whom
+        #: fair share: per share key, the virtual time its next dispatch
+        #: starts at (start-time fair queuing); the virtual clock is the
+        #: start of the last dispatch. Keys at or below the clock are dropped
+        #: (they mean the same as a missing key)
+        self.share_vtime: dict[int, float] = {}
+        self.vclock = 0.0
+        #: archive id -> STARTED or CANCELING actions (derived)
+        self.running: dict[int, int] = {}
         #: Ended/Requeued/FirstStart effects of the command being applied
         #: (made deep inside _end and _requeue; apply adds them to its Result)
         self._counted: list[Effect] = []
@@ -882,6 +1050,12 @@ class ShardState:
             return Result(replies=[self._lease(cmd)])
         if isinstance(cmd, EventConsumer | AckEvents):
             return Result(replies=[self._consumer(cmd)])
+        if isinstance(cmd, SetPolicy):
+            before = self.policy_version
+            res = Result(replies=[self._set_policy(cmd)])
+            if self.policy_version != before:
+                res.effects.append(PolicyChanged(self.policy_version))
+            return res
         raise TypeError(f"unknown command {type(cmd).__name__}")
 
     def _consumer(self, cmd: EventConsumer | AckEvents) -> ConsumerReply:
@@ -894,6 +1068,64 @@ class ShardState:
             return ConsumerReply(0, "" if log.deregister(cmd.name) else f"no event consumer {cmd.name!r}")
         except ConsumerError as exc:
             return ConsumerReply(0, str(exc))
+
+    def _set_policy(self, cmd: SetPolicy) -> PolicyReply:
+        have = self.policy_version
+        if cmd.version <= have:
+            if cmd.version == have and cmd.text == self.policy.text:
+                return PolicyReply(have)  # a retry: already applied
+            return PolicyReply(have, f"this shard has policy version {have} already"
+                               + ("" if cmd.version < have else " with another text (another set raced this one)"))
+        try:
+            new = parse(cmd.text)
+        except PolicyError as exc:
+            # checked before it was proposed: only a replica of another
+            # version of the code could see this, and all of them do
+            return PolicyReply(have, f"policy version {cmd.version} refused: {exc}")
+        old_by = self.policy.share_by
+        self.policy = new
+        self.policy_version = cmd.version
+        self.policy_set = (cmd.now, cmd.by)
+        if new.share_by != old_by:
+            self._rekey()
+        while len(self.terminal) > new.settings.max_terminal:
+            self._forget(self.terminal.popleft())
+        return PolicyReply(cmd.version)
+
+    def _rekey(self) -> None:
+        """Put every ready action in the queue the policy now says (the
+        fair-share key changed): requeued ones first, then in arrival order
+        (ids grow with arrival). O(ready) once per such policy change."""
+        queues = list(self.ready.values())
+        self.share_vtime = {}
+        self.vclock = 0.0
+        self._ready_again(queues)
+
+    def _ready_again(self, queues: Iterable[ReadyQueue | PositionQueue]) -> None:
+        """Fill ``ready`` anew with the actions of *queues*: requeued ones
+        first, then in arrival order (ids grow with arrival)."""
+        front: list[int] = []
+        back: list[int] = []
+        for q in queues:
+            if isinstance(q, ReadyQueue):
+                front.extend(q.front)
+                back.extend(q.back)
+            else:
+                back.extend(q.where)
+        self.ready = {}
+        for ids, is_front in ((sorted(front), True), (sorted(back), False)):
+            for i in ids:
+                self._make_ready(self.actions[i], is_front)
+
+    def queue_key(self, action: Action) -> QueueKey:
+        """The ready queue *action* goes in under the current policy."""
+        p = self.policy
+        volume = action.volume if action.kind == Kind.RESTORE else ""
+        if p.share_by == "none":
+            return (action.kind, action.archive_id, action.priority, -1, action.tag, volume)
+        r = action.requesters[0]
+        return (action.kind, action.archive_id, action.priority, p.share_key(r.uid, r.gid, r.projid), action.tag,
+                volume)
 
     def _lease(self, cmd: Lease) -> LeaseReply:
         if not cmd.name or not cmd.holder or not 0 <= cmd.ttl <= MAX_LEASE_TTL:
@@ -940,11 +1172,30 @@ class ShardState:
         archive_id = resolve_archive_id(
             item.archive_id, item.hsm_archive_id, self.config.default_archive_id
         )
+        req = item.requester
+        decision = self.policy.admit(item.kind, archive_id, item.path, item.size if item.size >= 0 else None,
+                                     req.uid, req.gid, req.projid, req.initiator)
+        if decision.deny:
+            return SubmitReply(Outcome.REJECTED, errno=E.EPERM,
+                               reason=f"refused by policy rule {decision.rule!r}: {decision.deny}")
+        if decision.archive_id and item.kind == Kind.ARCHIVE and decision.archive_id != archive_id:
+            # a rule routes this archive: the file's state must allow that
+            # archive id as it would the one asked for
+            archive_id = decision.archive_id
+            if item.hsm_flags is not None:
+                rc = check_request(item.kind, item.hsm_flags, item.hsm_archive_id, archive_id, item.flags)
+                if rc is not None:
+                    if rc == 0:
+                        return SubmitReply(Outcome.NOT_NEEDED)
+                    return SubmitReply(Outcome.REJECTED, errno=rc,
+                                       reason=f"policy rule {decision.rule!r} sets archive id {archive_id}, which "
+                                              f"the file's HSM state 0x{item.hsm_flags:08x} does not allow")
         if archive_id not in self.config.archive_ids:
             return SubmitReply(
                 Outcome.REJECTED,
                 errno=E.EINVAL,
-                reason=f"archive id {archive_id} is not configured",
+                reason=f"archive id {archive_id} is not configured"
+                + (f" (set by policy rule {decision.rule!r})" if archive_id == decision.archive_id else ""),
             )
         requester = _with(item.requester, when=now, key=item.key)
         done = self._remembered(item, archive_id, now)
@@ -976,6 +1227,11 @@ class ShardState:
         self.next_seq += 1
         action = Action(action_id, item, archive_id, now)
         action.requesters[0] = requester
+        prio = decision.priority if decision.priority is not None else item.priority
+        action.priority = max(-MAX_PRIORITY, min(MAX_PRIORITY, prio))
+        if decision.tag:
+            action.data = _with_tag(action.data, decision.tag)
+            action.tag = decision.tag
         self.actions[action_id] = action
         self._count(action.kind, State.WAITING, +1)
         queue = self.fid_queue.get(fkey)
@@ -999,14 +1255,18 @@ class ShardState:
             action = self.actions.get(action_id)
             if action is None or action.state != State.WAITING:
                 continue  # canceled or assigned since the scheduler looked
-            queue = self.ready.get((action.kind, action.archive_id))
+            qkey = self.queue_key(action)
+            queue = self.ready.get(qkey)
             if queue is None or action_id not in queue:
                 continue  # not at the head of its FID
             del queue[action_id]
-            key = (action.kind, action.archive_id)
             if not queue:
-                del self.ready[key]
+                del self.ready[qkey]
+            key = (action.kind, action.archive_id)
             self.dispatched[key] = self.dispatched.get(key, 0) + 1
+            if qkey[3] >= 0:
+                self._served(qkey[3])
+            self.running[action.archive_id] = self.running.get(action.archive_id, 0) + 1
             self._transition(action, Ev.ASSIGN)
             action.agent = agent
             action.attempt += 1
@@ -1020,6 +1280,24 @@ class ShardState:
             res.effects.append(Assigned(agent, action_id, action.attempt))
             res.effects.append(Changed(action_id))
             res.replies.append(action_id)
+
+    def _served(self, share: int) -> None:
+        """Fair share: *share* got a dispatch (start-time fair queuing with
+        a unit cost: its next start is 1/weight later; a share that was
+        idle starts at the virtual clock, so idleness earns no credit)."""
+        start = self.share_vtime.get(share, 0.0)
+        if start < self.vclock:
+            start = self.vclock
+        self.vclock = start
+        self.share_vtime[share] = start + 1.0 / self.policy.share_weight(share)
+        if len(self.share_vtime) > 4096:
+            clock = self.vclock
+            self.share_vtime = {k: v for k, v in self.share_vtime.items() if v > clock}
+
+    def share_start(self, share: int) -> float:
+        """The virtual time *share*'s next dispatch starts at."""
+        v = self.share_vtime.get(share, 0.0)
+        return v if v > self.vclock else self.vclock
 
     def _held(self, action_id: int, attempt: int) -> Action | None:
         """The action if this attempt of it is still running, else None."""
@@ -1193,7 +1471,7 @@ class ShardState:
 
     def _reclaim(self, cmd: Reclaim) -> Result:
         res = Result()
-        timeout = self.config.progress_timeout
+        timeout = self.policy.settings.progress_timeout
         for action_id in cmd.action_ids:
             action = self.actions.get(action_id)
             if action is None or action.state != State.STARTED:
@@ -1217,7 +1495,7 @@ class ShardState:
     def stale(self, now: float) -> list[int]:
         """Running actions without progress for ``progress_timeout`` (for the
         leader's timer; O(running actions))."""
-        timeout = self.config.progress_timeout
+        timeout = self.policy.settings.progress_timeout
         if not timeout:
             return []
         return [i for held in self.by_agent.values() for i in held
@@ -1242,13 +1520,21 @@ class ShardState:
             del self.counts[key]
 
     def _make_ready(self, action: Action, front: bool = False) -> None:
-        key = (action.kind, action.archive_id)
+        key = self.queue_key(action)
         queue = self.ready.get(key)
         if queue is None:
-            queue = self.ready[key] = ReadyQueue()
-        queue.add(action.id, front)
+            queue = self.ready[key] = PositionQueue() if key[5] else ReadyQueue()
+        if isinstance(queue, PositionQueue):
+            queue.add(action.id, action.position)
+        else:
+            queue.add(action.id, front)
 
     def _release_agent(self, action: Action) -> None:
+        n = self.running.get(action.archive_id, 0) - 1
+        if n > 0:
+            self.running[action.archive_id] = n
+        else:
+            self.running.pop(action.archive_id, None)
         held = self.by_agent.get(action.agent)
         if held is not None:
             held.pop(action.id, None)
@@ -1258,7 +1544,7 @@ class ShardState:
     def _requeue(self, action: Action, now: float, errno: int, message: str, event: Ev = Ev.REQUEUE) -> None:
         """A running action goes back to WAITING at the head of its class,
         or FAILS when it has used all its attempts."""
-        if action.attempt - action.handed_back >= self.config.max_attempts:
+        if action.attempt - action.handed_back >= self.policy.settings.max_attempts:
             self._end(action, Ev.FAIL, now, errno or E.EIO, message or "too many attempts")
             return
         self._transition(action, event)
@@ -1282,11 +1568,12 @@ class ShardState:
             self.events.append(now, _HSM_EVENT[action.kind], errno, action.fsname, (fid.seq, fid.oid, fid.ver),
                                action.archive_id, action.id)
         if was == State.WAITING:
-            queue = self.ready.get((action.kind, action.archive_id))
+            qkey = self.queue_key(action)
+            queue = self.ready.get(qkey)
             if queue is not None and action.id in queue:
                 del queue[action.id]
                 if not queue:
-                    del self.ready[(action.kind, action.archive_id)]
+                    del self.ready[qkey]
         else:
             self._release_agent(action)
         fkey = action.fid_key
@@ -1306,7 +1593,7 @@ class ShardState:
             if was_head:
                 self._make_ready(self.actions[fq[0]])
         self.terminal.append(action.id)
-        while len(self.terminal) > self.config.max_terminal:
+        while len(self.terminal) > self.policy.settings.max_terminal:
             self._forget(self.terminal.popleft())
 
     def _remember(self, action: Action, now: float) -> None:
@@ -1367,15 +1654,23 @@ class ShardState:
         the actions (ids grow in arrival order, the order the queues keep)."""
         st = cls()  # attributes newer than the snapshot keep their defaults
         stored = _stored_attributes()
+        old_ready: Any = None
         for k, v in head.items():
+            if k == "ready" and any(len(key) != len(QUEUE_KEY_FIELDS) for key in v):
+                old_ready = v  # keyed (kind, archive id): written before the policy's queues
+                continue
             if k in stored:  # one of an attribute since removed: ignored
                 setattr(st, k, v)
+        if "policy" not in head:  # a snapshot older than policies: its configuration
+            st.policy = _seed(st.config)
         for chunk in chunks:
             for a in chunk:
                 st.actions[a.id] = a
         for a in st.actions.values():
             if a.state.terminal:
                 continue
+            if a.state in (State.STARTED, State.CANCELING):
+                st.running[a.archive_id] = st.running.get(a.archive_id, 0) + 1
             fkey = a.fid_key
             q = st.fid_queue.get(fkey)
             if q is None:
@@ -1385,6 +1680,8 @@ class ShardState:
                 st.fid_queue[fkey] = [q, a.id]
             else:
                 q.append(a.id)
+        if old_ready is not None:
+            st._ready_again(old_ready.values())
         return st
 
     # --------------------------------------------------------------- reads
@@ -1398,11 +1695,27 @@ class ShardState:
         another action on its file, or not waiting."""
         if action.state != State.WAITING:
             return None
-        queue = self.ready.get((action.kind, action.archive_id))
+        key = self.queue_key(action)
+        queue = self.ready.get(key)
         if queue is None:
             return None
         pos = queue.position(action.id)
-        return None if pos is None else (pos, len(queue))
+        if pos is None:
+            return None
+        # the queues of its kind and archive id: those of a higher priority
+        # go first; those of its own priority (other fair shares) are
+        # served in turn, each up to the same rank (an estimate)
+        ahead, length = pos, len(queue)
+        for other, q in self.ready.items():
+            kind, archive_id, prio = other[0], other[1], other[2]
+            if kind != key[0] or archive_id != key[1] or other == key:
+                continue
+            length += len(q)
+            if prio > key[2]:
+                ahead += len(q)
+            elif prio == key[2]:
+                ahead += min(pos, len(q))
+        return (ahead, length)
 
     def actions_of_fid(self, fsname: str, fid: Fid) -> list[Action]:
         """Non-terminal actions of a file, in the order they will run."""
@@ -1468,14 +1781,14 @@ class ShardState:
         assert len(in_queues) == len(set(in_queues)), "action in two FID queues"
         assert set(in_queues) == live, "FID queues != non-terminal actions"
         assert set(self.terminal) == set(self.actions) - live, "terminal list mismatch"
-        assert len(self.terminal) <= self.config.max_terminal
+        assert len(self.terminal) <= self.policy.settings.max_terminal
 
         ready_ids: set[int] = set()
-        for (kind, arch), rq in self.ready.items():
-            assert rq, f"empty ready queue {(kind, arch)} kept"
+        for qkey, rq in self.ready.items():
+            assert rq, f"empty ready queue {qkey} kept"
             for rank, i in enumerate(rq):
                 ra = self.actions[i]
-                assert (ra.kind, ra.archive_id) == (kind, arch), f"{ra} in wrong ready queue"
+                assert self.queue_key(ra) == qkey, f"{ra} in wrong ready queue {qkey}"
                 assert rq.position(i) == rank, f"{ra}: position {rq.position(i)}, but {rank} start before it"
                 ready_ids.add(i)
         expect_ready = set()
@@ -1493,11 +1806,14 @@ class ShardState:
         assert ready_ids == expect_ready, f"ready {sorted(ready_ids)} != heads {sorted(expect_ready)}"
 
         held: dict[str, set[int]] = {}
+        running: dict[int, int] = {}
         for a in self.actions.values():
             if a.state in (State.STARTED, State.CANCELING):
                 assert a.agent, f"{a} running without an agent"
                 held.setdefault(a.agent, set()).add(a.id)
+                running[a.archive_id] = running.get(a.archive_id, 0) + 1
         assert {k: set(v) for k, v in self.by_agent.items()} == held, "by_agent mismatch"
+        assert running == self.running, f"running {self.running} != recount {running}"
 
         for key, packed in self.keys.items():
             assert packed >> 3 in self.actions, f"key {key!r} points to forgotten action {packed >> 3}"
@@ -1506,6 +1822,21 @@ class ShardState:
         for fsname, _fid in self.fid_queue:
             fs[fsname] = fs.get(fsname, 0) + 1
         assert fs == self.fsnames, "fsnames mismatch"
+
+
+def _with_tag(data: bytes, tag: str) -> bytes:
+    """Request data (``key=value,...``, like hai_data) with ``tag=`` set to
+    *tag*: any tag the requester gave is replaced."""
+    parts = [p for p in data.split(b",") if p and not p.startswith(b"tag=")]
+    parts.append(b"tag=" + tag.encode())
+    return b",".join(parts)
+
+
+def _seed(config: ShardConfig) -> Policy:
+    """Version 0: this replica's configuration, until the cluster's first
+    SetPolicy (the leader proposes it at once, from its configuration)."""
+    return seeded(config.max_attempts, config.progress_timeout, 60.0, config.max_terminal,
+                  frozenset({"restore"}))
 
 
 def _with(req: Requester, *, when: float, key: str) -> Requester:

@@ -122,6 +122,8 @@ MAX_LEADER_HOPS = 5
 MIN_TRY_TIMEOUT = 2.0
 #: Largest ``data`` of an item (bytes).
 MAX_DATA = 4096
+#: a policy document's largest size (coordinator.policy.MAX_POLICY_BYTES)
+MAX_POLICY = 256 * 1024
 #: Largest page the coordinator serves.
 MAX_PAGE = 10000
 #: After a failed attempt to learn the cluster's members, wait this long (s)
@@ -231,6 +233,13 @@ class Cancelled(CoordinatorError):
     code = grpc.StatusCode.CANCELLED
 
 
+class Aborted(CoordinatorError):
+    """Refused because the state moved on (e.g. the policy is not at the
+    version the caller expected); look again and retry."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class InternalError(CoordinatorError):
     code = grpc.StatusCode.INTERNAL
 
@@ -241,6 +250,27 @@ class WrongCluster(CoordinatorError):
     sent to it after its first answer; never retried."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+#: trailing metadata of a RESOURCE_EXHAUSTED answer: milliseconds until the
+#: same request may pass (a replica's rate limit)
+RETRY_AFTER_KEY = "hsm-retry-after-ms"
+
+
+def _retry_after(err: grpc.RpcError) -> float | None:
+    """The seconds a rate limit asks to wait before a retry, if it says."""
+    try:
+        trailers = err.trailing_metadata() or ()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - not every RpcError carries metadata
+        return None
+    for key, value in trailers:
+        if key == RETRY_AFTER_KEY:
+            try:
+                ms = int(value)
+            except (TypeError, ValueError):
+                return None
+            return min(max(ms, 0), 60_000) / 1000.0
+    return None
 
 
 _ERROR_CLASSES: dict[grpc.StatusCode, type[CoordinatorError]] = {
@@ -255,6 +285,7 @@ _ERROR_CLASSES: dict[grpc.StatusCode, type[CoordinatorError]] = {
     grpc.StatusCode.UNAUTHENTICATED: PermissionDenied,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
     grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.ABORTED: Aborted,
 }
 
 
@@ -468,6 +499,8 @@ def submit_item(
     extent: tpb.Extent | tuple[int, int] | None = None,
     flags: int = 0,
     priority: int = 0,
+    path: str = "",
+    size: int | None = None,
 ) -> cpb.SubmitItem:
     """One checked ``SubmitItem``; raises ``InvalidArgument`` for bad input.
 
@@ -482,7 +515,9 @@ def submit_item(
     *requester* defaults to the calling process (``initiator`` or
     ``pyclient@<host>``); *idempotency_key* defaults to a fresh uuid4-based
     key, unless the requester carries a cookie (then the coordinator uses
-    ``"<initiator>:<cookie>"``).
+    ``"<initiator>:<cookie>"``). *path* (from the file system's root) and
+    *size*: what the policy's admission rules match on (unknown: rules on
+    them do not match).
     """
     check_fsname(fsname)
     pfid = fid_to_proto(fid)
@@ -505,6 +540,10 @@ def submit_item(
         raise InvalidArgument(f"requester must be a hsm.v1.Requester, not {requester!r}")
     if not requester.initiator:
         raise InvalidArgument("the requester needs an initiator")
+    if not isinstance(path, str) or len(path.encode(errors="surrogateescape")) > 4096 or "\0" in path:
+        raise InvalidArgument(f"path must be a string of at most 4096 bytes without NUL, not {path!r:.80}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 1 << 63):
+        raise InvalidArgument(f"size must be a file size (0 to 2**63-1), not {size!r}")
     item = cpb.SubmitItem(
         fsname=fsname,
         fid=pfid,
@@ -514,7 +553,10 @@ def submit_item(
         flags=flags,
         priority=priority,
         requester=requester,
+        path=path.encode(errors="surrogateescape").decode(errors="replace"),
     )
+    if size is not None:
+        item.size = size
     if ext is not None:
         item.extent.CopyFrom(ext)
     if hsm is not None:
@@ -707,9 +749,14 @@ class _Route:
             log.debug("%s: %s pushed back (%s), retrying", self.what, self.target, error.details)
             if self.deadline is None:
                 raise error
-            if self.deadline - time.monotonic() <= self.backoff:
+            hint = _retry_after(err)  # a rate limit says when the request can pass
+            wait = max(self.backoff, hint) if hint is not None else self.backoff
+            if self.deadline - time.monotonic() <= wait:
                 raise error
-            self._sleep()
+            if hint is not None and hint > self.backoff:
+                time.sleep(hint)
+            else:
+                self._sleep()
             return
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             if self.deadline is not None and self.deadline - time.monotonic() > 0.05:
@@ -1345,6 +1392,24 @@ class CoordinatorClient:
             raise InvalidArgument(f"agent id must be 1-128 characters, not {agent_id!r}")
         what = f"{'drain' if drain else 'resume'} agent {agent_id}"
         return self._call("DrainAgent", cpb.DrainAgentRequest(agent_id=agent_id, drain=drain, force=force), what)
+
+    def get_policy(self) -> cpb.PolicyResponse:
+        """The cluster's policy: its document, version, when and by whom it
+        was set, and each shard's version (docs/policy.md)."""
+        return self._call("GetPolicy", cpb.GetPolicyRequest(), "get policy")
+
+    def set_policy(self, text: str, *, dry_run: bool = False, expect_version: int = 0) -> cpb.PolicyResponse:
+        """Replace the policy with *text* on every shard, as the next
+        version; the reply's ``changes`` say what changed. *dry_run*: only
+        check it (InvalidArgument lists every error, ``line N: ...``) and
+        say what would change. *expect_version*: refused (Aborted) unless
+        the policy is at that version now. Retrying a set that failed
+        half-way sets the next version everywhere."""
+        if len(text.encode()) > MAX_POLICY:
+            raise InvalidArgument(f"the policy is {len(text.encode())} bytes, at most {MAX_POLICY}")
+        what = "check policy" if dry_run else "set policy"
+        return self._call("SetPolicy", cpb.SetPolicyRequest(text=text, dry_run=dry_run,
+                                                            expect_version=expect_version), what)
 
     def lease(self, name: str, holder: str, ttl: float, *, timeout: float | None = None) -> cpb.LeaseResponse:
         """Take or renew the lease *name* for *holder* for *ttl* seconds from

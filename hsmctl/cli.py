@@ -71,6 +71,8 @@ commands like lfs:
 cluster:
   status, agents, actions   queue, agents, shards; one line per action
   control                   hsm_control mode: enabled, disabled, shutdown
+  policy get|set|check|diff the replicated policy: priorities, fair share, admission
+                            rules, rate limits, runtime settings (docs/policy.md)
   agent drain|resume ID     stop giving an agent work (before stopping it)
 
 coordinators: --coordinators HOST:PORT[,HOST:PORT...], else $HSM_COORDINATORS,
@@ -128,14 +130,16 @@ on Lustre (--fs MODE, else $HSM_FS, else auto):
     MDT's changelog), nor a cancel from a failure; a file written after
     its copy ended reads as failed (dirty). Summary: "succeeded N, failed N".
 
-from lctl get_param mdt.*.hsm.* (no runtime settings yet; README "Coming
-from lctl get_param"):
-  max_requests            agentd --slots (per agent; the cluster runs their sum)
+from lctl get_param/set_param mdt.*.hsm.*: hsmctl policy get / set FILE, one
+document for the whole cluster, applied while it runs (settings: in it):
+  max_requests            agentd --slots (per agent); and max_running,
+                          max_running_per_archive (the cluster)
   active_request_timeout  progress_timeout (600 s without progress: requeued)
-                          and agent_grace (60 s) in coordinator.yaml
-  grace_delay             max_terminal in coordinator.yaml (ended actions kept)
-  policy (NRA, NBR)       max_attempts in coordinator.yaml (1: no retry, like
-                          NRA); restores never block unless --wait
+                          and agent_grace (60 s)
+  grace_delay             max_terminal (ended actions kept)
+  policy (NRA, NBR)       max_attempts (1: no retry, like NRA); restores
+                          never block unless --wait
+  user_request_mask       request_masks (per role)
 
 exit status:
   0  success; a request that is not needed (e.g. archiving an archived file)
@@ -169,7 +173,7 @@ request, or with --wait a file's HSM state shows the work not done.
              "queue_length", "start_estimate"}]
   agents   [{"agent_id", "host", "archive_ids", "slots": {"archive",
              "restore", "remove"}, "running": {...}, "version",
-             "connected_since", "last_seen", "replica", "draining"}]
+             "connected_since", "last_seen", "replica", "draining", "tags"}]
   status   {"replica", "cluster_id", "version", "control", "counts": [{"kind", "state",
              "count"}], "agents": [...], "shards": [{"shard", "leader",
              "leader_address", "commit_index", "applied_index", "counts",
@@ -476,6 +480,20 @@ class Target:
     fsname: str
     fid: Fid
     hsm: tuple[int, int, int, int] | None  # (flags, archive_id, data_version, ctime_ns) read from the file
+    #: the file's path from its file system's root and its size, for the
+    #: policy's admission rules ("" and None: unknown)
+    path: str = ""
+    size: int | None = None
+
+
+def _policy_facts(fs: SimFS, path: str) -> tuple[str, int | None]:
+    """(path from the tree's root, size) of a file a request names."""
+    try:
+        real = os.path.realpath(path)
+        rel = os.path.relpath(real, fs.root)
+        return ("/" if rel == "." else "/" + rel), os.stat(real).st_size
+    except (OSError, ValueError):
+        return "", None
 
 
 def _request_state(fs: SimFS, path: str) -> tuple[int, int, int, int]:
@@ -578,7 +596,7 @@ def _target_from_path(ctx: Context, path: str) -> Target | LustreTarget:
             f"cannot read FID and HSM state of '{path_text(path)}': "
             f"{getattr(e, 'strerror', None) or e}"
         ) from None
-    return Target(path_text(path), fs.fsname, fid, hsm)
+    return Target(path_text(path), fs.fsname, fid, hsm, *_policy_facts(fs, path))
 
 
 def _fid_entry(mnt: str, fid: Fid) -> str:
@@ -608,7 +626,7 @@ def _target_from_fid(fid: Fid, fsname: str, fs: SimFS | LustreFs | None, label: 
     except (OSError, ValueError, LookupError) as e:
         reason = getattr(e, "strerror", None) or "no such file"
         raise PathError(f"FID {fid}: {reason} on {fs.fsname}") from None
-    return Target(label, fsname, fid, hsm)
+    return Target(label, fsname, fid, hsm, *_policy_facts(fs, os.fspath(path)))
 
 
 class Submitter:
@@ -636,6 +654,8 @@ class Submitter:
             requester=self.requester,
             hsm=target.hsm,
             data=self.data,
+            path=getattr(target, "path", ""),
+            size=getattr(target, "size", None),
         )
         self.pending.append((target, item))
         if len(self.pending) >= self.batch_size:
@@ -1669,6 +1689,21 @@ def cmd_events(args: argparse.Namespace, ctx: Context) -> int:
         return events.run(client, args, ctx.out, ctx.err)
 
 
+def cmd_policy(args: argparse.Namespace, ctx: Context) -> int:
+    from hsmctl import policy
+
+    try:
+        if args.op == "check" and getattr(args, "local", False):
+            return policy.run(args, None, ctx.out, ctx.err)
+        with _client(args, ctx) as client:
+            return policy.run(args, client, ctx.out, ctx.err)
+    except ValueError as e:
+        from hsm.client import CoordinatorError
+        if isinstance(e, CoordinatorError):
+            raise
+        raise CliError(str(e), EXIT_USAGE) from None
+
+
 def cmd_agents(args: argparse.Namespace, ctx: Context) -> int:
     from hsmctl.output import agent_to_dict, agents_table, emit, make_console, write_json
 
@@ -1886,6 +1921,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="drain an agent id that is not connected (yet)")
     p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
+
+    from hsmctl import policy as _policy
+
+    p = add("policy", _policy.HELP, cmd_policy, epilog=_policy.EPILOG)
+    _policy.add_arguments(p, common)
 
     p = add("status", "queue counts, agents, shards and leaders, control mode", cmd_status)
     p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")

@@ -228,6 +228,7 @@ def agent_to_dict(agent: cpb.AgentInfo) -> dict[str, Any]:
         "last_seen": agent.last_seen,
         "replica": agent.replica,
         "draining": agent.draining,
+        "tags": list(agent.tags),
     }
 
 

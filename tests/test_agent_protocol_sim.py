@@ -1680,7 +1680,8 @@ class ProtocolSim(RuleBasedStateMachine):
             st_ = s.state
             if st_.control != "enabled":
                 continue
-            for (kind, archive_id), queue in st_.ready.items():
+            for key, queue in st_.ready.items():
+                kind, archive_id = key[0], key[1]
                 free = [a.name for a in sim.agents.values() if a.name not in st_.drained
                         and scheduler.serves(AGENT_ARCHIVES[a.name], archive_id) and a.free_slot(int(kind))]
                 if not free:

@@ -119,7 +119,7 @@ def fuzz_settings(default: int) -> settings:
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.UNAVAILABLE,
            grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.PERMISSION_DENIED,
-           grpc.StatusCode.UNIMPLEMENTED}
+           grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.ABORTED}
 #: the longest log line a request may cause
 MAX_LOG_LINE = 8192
 #: the longest status message: gRPC clients read at most 8 KiB of metadata
@@ -249,6 +249,16 @@ HINTS: dict[str, st.SearchStrategy[Any]] = {
     "<Slots>": SLOTS,
     "token": st.integers(0, 3),
     "lease_token": st.integers(0, 3),
+    # the policy: harmless valid documents (a fuzzed one must not lock the
+    # admin out of the later examples), and broken ones
+    "SetPolicyRequest.text": st.sampled_from(["{}", "settings: {max_attempts: 4}\n",
+                                              "rules: [{name: r, match: {uid: 5}, then: {priority: 1}}]\n",
+                                              "fair_share: {by: user}\n", "settings: {max_attempts: 0}\n",
+                                              "- x\n", "rules: [{name: r, then: {archive_id: 9}}]\n"]),
+    "SetPolicyRequest.version": st.integers(0, 3),
+    "expect_version": st.integers(0, 3),
+    "SubmitItem.path": st.sampled_from(["", "/a/b", "/scratch/x"]),
+    "SubmitItem.size": st.sampled_from([0, 4096, 1 << 40]),
 }
 
 #: repeated fields: how many copies of one element the "many" case sends, and

@@ -23,7 +23,7 @@ class ReportResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "host", "archive_ids", "slots", "version", "running", "cluster_id")
+    __slots__ = ("agent_id", "host", "archive_ids", "slots", "version", "running", "cluster_id", "tags")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class Hello(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     host: str
     archive_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -38,7 +39,8 @@ class Hello(_message.Message):
     version: str
     running: _containers.RepeatedCompositeFieldContainer[RunningAction]
     cluster_id: str
-    def __init__(self, agent_id: _Optional[str] = ..., host: _Optional[str] = ..., archive_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., host: _Optional[str] = ..., archive_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunningAction(_message.Message):
     __slots__ = ("action_id", "attempt")

@@ -176,6 +176,50 @@ class DrainAgentResponse(_message.Message):
     running: Slots
     def __init__(self, agent_id: _Optional[str] = ..., draining: _Optional[bool] = ..., running: _Optional[_Union[Slots, _Mapping]] = ...) -> None: ...
 
+class GetPolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetPolicyRequest(_message.Message):
+    __slots__ = ("text", "dry_run", "expect_version", "shards", "version")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    dry_run: bool
+    expect_version: int
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    version: int
+    def __init__(self, text: _Optional[str] = ..., dry_run: _Optional[bool] = ..., expect_version: _Optional[int] = ..., shards: _Optional[_Iterable[int]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ShardPolicy(_message.Message):
+    __slots__ = ("shard", "version")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    version: int
+    def __init__(self, shard: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class PolicyResponse(_message.Message):
+    __slots__ = ("version", "text", "set_at", "set_by", "changes", "shards", "warnings")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SET_AT_FIELD_NUMBER: _ClassVar[int]
+    SET_BY_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    text: str
+    set_at: float
+    set_by: str
+    changes: _containers.RepeatedScalarFieldContainer[str]
+    shards: _containers.RepeatedCompositeFieldContainer[ShardPolicy]
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., text: _Optional[str] = ..., set_at: _Optional[float] = ..., set_by: _Optional[str] = ..., changes: _Optional[_Iterable[str]] = ..., shards: _Optional[_Iterable[_Union[ShardPolicy, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ControlRequest(_message.Message):
     __slots__ = ("mode", "shards")
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -209,7 +253,7 @@ class ChangeMembershipResponse(_message.Message):
     def __init__(self, shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SubmitItem(_message.Message):
-    __slots__ = ("fsname", "fid", "kind", "archive_id", "extent", "data", "flags", "priority", "requester", "idempotency_key", "hsm")
+    __slots__ = ("fsname", "fid", "kind", "archive_id", "extent", "data", "flags", "priority", "requester", "idempotency_key", "hsm", "path", "size")
     FSNAME_FIELD_NUMBER: _ClassVar[int]
     FID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +265,8 @@ class SubmitItem(_message.Message):
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     HSM_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
     fsname: str
     fid: _types_pb2.Fid
     kind: _types_pb2.ActionKind
@@ -232,7 +278,9 @@ class SubmitItem(_message.Message):
     requester: _types_pb2.Requester
     idempotency_key: str
     hsm: _types_pb2.HsmState
-    def __init__(self, fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[_types_pb2.Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., priority: _Optional[int] = ..., requester: _Optional[_Union[_types_pb2.Requester, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., hsm: _Optional[_Union[_types_pb2.HsmState, _Mapping]] = ...) -> None: ...
+    path: str
+    size: int
+    def __init__(self, fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[_types_pb2.Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., priority: _Optional[int] = ..., requester: _Optional[_Union[_types_pb2.Requester, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., hsm: _Optional[_Union[_types_pb2.HsmState, _Mapping]] = ..., path: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("items",)
@@ -363,7 +411,7 @@ class KindCount(_message.Message):
     def __init__(self, kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., state: _Optional[_Union[_types_pb2.ActionState, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("agent_id", "host", "archive_ids", "slots", "running", "version", "connected_since", "last_seen", "replica", "draining")
+    __slots__ = ("agent_id", "host", "archive_ids", "slots", "running", "version", "connected_since", "last_seen", "replica", "draining", "tags")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -374,6 +422,7 @@ class AgentInfo(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     host: str
     archive_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -384,7 +433,8 @@ class AgentInfo(_message.Message):
     last_seen: float
     replica: str
     draining: bool
-    def __init__(self, agent_id: _Optional[str] = ..., host: _Optional[str] = ..., archive_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Union[Slots, _Mapping]] = ..., running: _Optional[_Union[Slots, _Mapping]] = ..., version: _Optional[str] = ..., connected_since: _Optional[float] = ..., last_seen: _Optional[float] = ..., replica: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., host: _Optional[str] = ..., archive_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Union[Slots, _Mapping]] = ..., running: _Optional[_Union[Slots, _Mapping]] = ..., version: _Optional[str] = ..., connected_since: _Optional[float] = ..., last_seen: _Optional[float] = ..., replica: _Optional[str] = ..., draining: _Optional[bool] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Slots(_message.Message):
     __slots__ = ("archive", "restore", "remove")

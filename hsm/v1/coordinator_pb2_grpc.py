@@ -6,7 +6,7 @@ import warnings
 from hsm.v1 import coordinator_pb2 as hsm_dot_v1_dot_coordinator__pb2
 from hsm.v1 import types_pb2 as hsm_dot_v1_dot_types__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -104,6 +104,16 @@ class CoordinatorStub:
                 '/hsm.v1.Coordinator/AckEvents',
                 request_serializer=hsm_dot_v1_dot_coordinator__pb2.AckEventsRequest.SerializeToString,
                 response_deserializer=hsm_dot_v1_dot_coordinator__pb2.AckEventsResponse.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/hsm.v1.Coordinator/GetPolicy',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.PolicyResponse.FromString,
+                _registered_method=True)
+        self.SetPolicy = channel.unary_unary(
+                '/hsm.v1.Coordinator/SetPolicy',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.SetPolicyRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.PolicyResponse.FromString,
                 _registered_method=True)
 
 
@@ -222,6 +232,24 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPolicy(self, request, context):
+        """The cluster's policy (docs/policy.md): its text and version, and each
+        shard's version as the replica asked sees it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPolicy(self, request, context):
+        """Replace the policy on every shard as the next version (role admin).
+        A document with errors is refused (INVALID_ARGUMENT, every error with
+        its line) and changes nothing; dry_run only checks it and says what
+        would change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -294,6 +322,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.AckEvents,
                     request_deserializer=hsm_dot_v1_dot_coordinator__pb2.AckEventsRequest.FromString,
                     response_serializer=hsm_dot_v1_dot_coordinator__pb2.AckEventsResponse.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.GetPolicyRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.PolicyResponse.SerializeToString,
+            ),
+            'SetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPolicy,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.SetPolicyRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.PolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -674,6 +712,60 @@ class Coordinator:
             '/hsm.v1.Coordinator/AckEvents',
             hsm_dot_v1_dot_coordinator__pb2.AckEventsRequest.SerializeToString,
             hsm_dot_v1_dot_coordinator__pb2.AckEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/GetPolicy',
+            hsm_dot_v1_dot_coordinator__pb2.GetPolicyRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.PolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/SetPolicy',
+            hsm_dot_v1_dot_coordinator__pb2.SetPolicyRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.PolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,
