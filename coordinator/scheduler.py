@@ -269,7 +269,8 @@ def pick(
     if not keys:
         return picked
     heads: list[int | None] = [next(it, None) for it in iters]
-    if len(keys) == 1 and budget is None and not (outlook is not None and outlook.held(policy.batch_size, keys[0], True)):
+    batched = outlook is not None and outlook.held(policy.batch_size, keys[0], True)
+    if len(keys) == 1 and budget is None and not batched:
         # the common case (one kind, one archive id, no fair share): FIFO
         n = want[keys[0][0]]
         it = iters[0]
@@ -283,6 +284,8 @@ def pick(
     starve = policy.starvation_after
     actions = state.actions
     shares = vtime if vtime is not None else {}
+    # each queue's kind weight and priority: the same for every pick
+    weights = [-float(policy.kind_weight(k[0])) for k in keys]
     while True:
         best = -1
         best_rank: tuple[int, float, float, float, int] = (0, 0.0, 0.0, 0.0, 0)
@@ -300,7 +303,7 @@ def pick(
                 start = 0.0
                 if share >= 0:
                     start = shares[share] if share in shares else state.share_start(share)
-                rank = (1, -float(policy.kind_weight(key[0])), -float(key[2]), start, head)
+                rank = (1, weights[i], -float(key[2]), start, head)
             if best < 0 or rank < best_rank:
                 best, best_rank = i, rank
         if best < 0:

@@ -602,7 +602,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 await context.abort(grpc.StatusCode.ABORTED,
                                     f"the policy is at version {current}, not {request.expect_version}: "
                                     "someone set it meanwhile; look at it again (hsmctl policy get)")
-            version = current + 1
+            # version 1 is the seed each shard's first leader sets from its
+            # configuration: an admin's set is version 2 at least, so that
+            # the two never race for one version number
+            version = max(current, 1) + 1
         changes = diff(node.policy, new)
         warnings = [] if forwarded else node.policy_warnings(new)
         if request.dry_run:
@@ -616,10 +619,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                                     "not set (another set raced this one): look again (hsmctl policy get)")
         now = node.clock()
         by = await self._who(context)
+        if forwarded and request.set_by and (node.config.tls is None or by.endswith("(role replica)")):
+            by = request.set_by[:MAX_OWNER]  # a part another replica forwards: whom it set it for
         try:
             await node.on_every_shard(
                 request.shards, lambda _i: SetPolicy(now, version, request.text, by), "SetPolicy",
-                lambda i: coordinator_pb2.SetPolicyRequest(text=request.text, shards=[i], version=version),
+                lambda i: coordinator_pb2.SetPolicyRequest(text=request.text, shards=[i], version=version,
+                                                           set_by=by),
                 lambda _s, _r: None, _policy_check)
         except _PolicyConflict as exc:
             await context.abort(grpc.StatusCode.ABORTED, f"policy version {version} not set everywhere: {exc}; "

@@ -181,18 +181,20 @@ class GetPolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SetPolicyRequest(_message.Message):
-    __slots__ = ("text", "dry_run", "expect_version", "shards", "version")
+    __slots__ = ("text", "dry_run", "expect_version", "shards", "version", "set_by")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     EXPECT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    SET_BY_FIELD_NUMBER: _ClassVar[int]
     text: str
     dry_run: bool
     expect_version: int
     shards: _containers.RepeatedScalarFieldContainer[int]
     version: int
-    def __init__(self, text: _Optional[str] = ..., dry_run: _Optional[bool] = ..., expect_version: _Optional[int] = ..., shards: _Optional[_Iterable[int]] = ..., version: _Optional[int] = ...) -> None: ...
+    set_by: str
+    def __init__(self, text: _Optional[str] = ..., dry_run: _Optional[bool] = ..., expect_version: _Optional[int] = ..., shards: _Optional[_Iterable[int]] = ..., version: _Optional[int] = ..., set_by: _Optional[str] = ...) -> None: ...
 
 class ShardPolicy(_message.Message):
     __slots__ = ("shard", "version")
