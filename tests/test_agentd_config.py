@@ -171,6 +171,13 @@ def test_flags_alone_make_a_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.mover == CommandMoverConfig(archive_cmd="put {path} {fid}", restore_cmd="get {fid} {dest}")
 
 
+def test_tags_from_the_file_and_the_flag(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "tags: [tape-a, tape-a, lib2]\n")
+    assert cli.config_from_args(["--config", path]).tags == ("tape-a", "lib2")
+    assert cli.config_from_args(["--config", path, "--tags", "x, y"]).tags == ("x", "y")
+    assert cli.config_from_args(["--config", write(tmp_path, MINIMAL, "plain.yaml")]).tags == ()
+
+
 def test_mover_flag_switches_away_from_the_files_mover(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "slots: {remove: 0}\n")
     cfg = cli.config_from_args(
@@ -214,6 +221,9 @@ BAD_FILES = [
     (MINIMAL + "archive_ids: [1, x]\n", r"archive_ids\[1\]: must be an integer"),
     (MINIMAL + "archive_ids: [4294967296]\n", r"archive_ids\[0\]: must be between 0 and 4294967295"),
     (MINIMAL + "log_level: LOUD\n", r"log_level: 'LOUD' is not one of DEBUG, INFO"),
+    (MINIMAL + "tags: [ok, 'two words']\n", r"tags\[1\]: 'two words' is not a tag \(1 to 64 printable ASCII"),
+    (MINIMAL + "tags: ['a=b']\n", r"tags\[0\]: 'a=b' is not a tag"),
+    (MINIMAL + "tags: {a: 1}\n", r"tags: must be a list of tags"),
     (MINIMAL + "drain_timeout: -1\n", r"drain_timeout: must be a number of seconds >= 0"),
     (MINIMAL + "progress_interval: 0\n", r"progress_interval: must be a number of seconds > 0"),
     (MINIMAL + "heartbeat_interval: true\n", r"heartbeat_interval: must be a number of seconds"),
