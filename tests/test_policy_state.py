@@ -525,3 +525,41 @@ def test_the_backlog_hint_counts_only_what_the_agent_may_be_given() -> None:
     counts = {k: 0 for k in Kind}
     scheduler.count_ready(s, "a", (), counts, aff, out)
     assert counts == {Kind.ARCHIVE: 1, Kind.RESTORE: 1, Kind.REMOVE: 0}  # item 3; item 1's batch gathers
+
+
+def test_two_leaders_agree_on_the_volume_an_agent_reads() -> None:
+    """Shard 0 (led by replica 1) holds volume V's restores, shard 1 (led
+    by replica 2) volume W's. Whatever each replica gave the agent last,
+    an idle agent gets work (no wait for a volume nobody gives), and once
+    it reads V, replica 2 gives it nothing of W until V is done: the
+    agent never reads two tapes at once, and nothing stalls."""
+    s0 = shard()
+    s1 = ShardState(ShardConfig(shard=1, archive_ids=frozenset({1, 2})))
+    s0.apply(Submit(1.0, tuple(tape_item(n, "V", n) for n in range(1, 8))))
+    s1.apply(Submit(1.5, tuple(tape_item(n, "W", n) for n in range(1, 7))))
+    aff = agents(("a", ()))
+    r1, r2 = scheduler.Outlook(mounts={"a": ("W", 0.0)}), scheduler.Outlook(mounts={"a": ("V", 0.0)})
+
+    def round_(now: float) -> tuple[list[str], list[str]]:
+        got = []
+        for out, state, led in ((r1, s0, {0}), (r2, s1, {1})):
+            out.look([s0, s1], now, led)
+            planned = scheduler.plan(state, [offer("a", restore=2)], now, None, aff, out)
+            state.apply(AssignRound(now, planned))
+            got.append([state.actions[i].volume for _a, ids in planned for i in ids])
+        return got[0], got[1]
+
+    def finish(now: float) -> None:
+        for state in (s0, s1):
+            for a in state.held_by("a"):
+                state.apply(Complete(now, (Completion(a.id, a.attempt, 0),), "a"))
+
+    assert round_(2.0) == (["V", "V"], [])  # idle: replica 1 gives what it has; replica 2 holds W back
+    assert round_(3.0) == (["V", "V"], [])  # reading V (it runs V): W waits
+    finish(3.5)
+    assert round_(4.0) == (["V", "V"], [])
+    finish(4.5)
+    # the last of V goes; nothing of V is left waiting: the next volume
+    assert round_(5.0) == (["V"], ["W", "W"])
+    finish(5.5)
+    assert round_(6.0) == ([], ["W", "W"])
