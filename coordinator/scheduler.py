@@ -121,27 +121,22 @@ class Outlook:
     tags: dict[str, tuple[int, float, float]] = field(default_factory=dict)
     #: volume -> (oldest ready restore's submit time, its tag, its archive id)
     volumes: dict[str, tuple[float, str, int]] = field(default_factory=dict)
-    #: volumes with ready restores on a shard this replica leads
-    here: set[str] = field(default_factory=set)
-    #: agent -> (the volume of the restore it started last of those it runs, when)
+    #: agent -> (the volume of the last tape restore assigned to it on any shard, when)
     reading: dict[str, tuple[str, float]] = field(default_factory=dict)
     open: dict[str, int] = field(default_factory=dict)
     mounts: dict[str, tuple[str, float]] = field(default_factory=dict)
 
-    def look(self, states: Iterable[ShardState], now: float, led: Collection[int] | None = None) -> None:
+    def look(self, states: Iterable[ShardState], now: float) -> None:
         """Count the ready tagged archives and volume restores of *states*
         (every shard) and open the batches that are due under the newest
         policy among them: *size* ready, none arrived for *idle*, or the
         oldest waited *max_wait*. A batch is what was ready when it opened:
         it stays open until that many are handed over (:meth:`took`) or its
         tag has nothing ready left; what arrives meanwhile gathers for the
-        next one. *led*: the shards this replica leads (None: all); the
-        volumes that have ready restores there, and the volume each agent
-        is reading (its running restores, on every shard), are what
-        :meth:`mount` decides from."""
+        next one. The volume each agent reads (its last tape restore, on
+        any shard) is what :meth:`mount` decides from."""
         tags: dict[str, tuple[int, float, float]] = {}
         volumes: dict[str, tuple[float, str, int]] = {}
-        here: set[str] = set()
         reading: dict[str, tuple[str, float]] = {}
         policy = None
         version = -1
@@ -149,29 +144,22 @@ class Outlook:
             if st.policy_version > version:
                 policy, version = st.policy, st.policy_version
             actions = st.actions
-            mine = led is None or st.config.shard in led
+            for agent, read in st.tape_reads.items():
+                seen_r = reading.get(agent)
+                if seen_r is None or read[1] > seen_r[1]:
+                    reading[agent] = read
             for key, queue in st.ready.items():
                 if isinstance(queue, PositionQueue):
                     first = actions[queue.oldest()].created
                     seen = volumes.get(key[5])
                     if seen is None or first < seen[0]:
                         volumes[key[5]] = (first, key[4], key[1])
-                    if mine:
-                        here.add(key[5])
                 elif key[4] and key[0] == Kind.ARCHIVE and isinstance(queue, ReadyQueue):
                     oldest = actions[next(iter(queue))].created
                     newest = actions[_last(queue)].created
                     n, nw, od = tags.get(key[4], (0, 0.0, oldest))
                     tags[key[4]] = (n + len(queue), max(nw, newest), min(od, oldest))
-            if volumes or self.mounts:
-                for agent, held in st.by_agent.items():
-                    for i in held:
-                        a = actions[i]
-                        if a.volume and a.kind == Kind.RESTORE:
-                            seen_r = reading.get(agent)
-                            if seen_r is None or a.started > seen_r[1]:
-                                reading[agent] = (a.volume, a.started)
-        self.tags, self.volumes, self.here, self.reading = tags, volumes, here, reading
+        self.tags, self.volumes, self.reading = tags, volumes, reading
         self.open = {t: left for t, left in self.open.items() if t in tags}
         if policy is None or not policy.batch_size:
             return
@@ -201,31 +189,25 @@ class Outlook:
 
         Every replica leads some shards and sees all of them, and every
         one must give the agent the same volume, or the agent would read
-        two tapes at once. So the volume comes first from the replicated
-        state: the volume of the restore the agent started last among those
-        it runs. It keeps reading that one while it has ready restores on
-        any shard, for up to *max_mount* seconds while others of its
-        volumes wait. Otherwise (it is idle, or it is done with that
-        volume, or its time is up) it moves to the volume of its whose
-        oldest ready restore is the oldest, which every replica picks
-        alike. An idle agent (running no restore of a volume) keeps the
-        volume this replica last gave it while that has restores here, or
-        gets the oldest of its volumes that has restores here: an idle
-        agent is never left waiting for a volume no replica gives it."""
+        two tapes at once. So the choice is made from the replicated state
+        alone: the agent keeps the volume of the last tape restore assigned
+        to it on any shard while that volume has ready restores on any
+        shard, for up to *max_mount* seconds (as this replica counts them)
+        while others of its volumes wait; then, or when it has none, it
+        moves to the volume of its whose oldest ready restore is the oldest
+        (then the first by name). Replicas that see the same state pick the
+        same volume; one a moment behind catches up at its next round."""
         mine = [(first, v) for v, (first, tag, archive_id) in self.volumes.items()
                 if affinity is None or affinity.owner(tag, v, archive_id) == agent]
         held = self.mounts.get(agent)
         cur = self.reading.get(agent)
-        if cur is not None:
+        choices = mine
+        if cur is not None and cur[0] in self.volumes:
             since = held[1] if held is not None and held[0] == cur[0] else now
             self.mounts[agent] = (cur[0], since)
-            if cur[0] in self.volumes and (now - since < max_mount or not any(v != cur[0] for _f, v in mine)):
+            if now - since < max_mount or not any(v != cur[0] for _f, v in mine):
                 return cur[0]
-            choices = [(f, v) for f, v in mine if v != cur[0]] or mine
-        else:
-            if held is not None and held[0] in self.here and now - held[1] < max_mount:
-                return held[0]
-            choices = [(f, v) for f, v in mine if v in self.here]
+            choices = [(f, v) for f, v in mine if v != cur[0]]
         if not choices:
             return ""
         volume = min(choices)[1]

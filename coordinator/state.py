@@ -992,6 +992,10 @@ class ShardState:
         self.vclock = 0.0
         #: archive id -> STARTED or CANCELING actions (derived)
         self.running: dict[int, int] = {}
+        #: agent -> (volume, when) of the last restore with a tape volume
+        #: assigned to it here: which tape it reads, as every replica sees
+        #: it (the scheduler's Outlook takes the latest over the shards)
+        self.tape_reads: dict[str, tuple[str, float]] = {}
         #: Ended/Requeued/FirstStart effects of the command being applied
         #: (made deep inside _end and _requeue; apply adds them to its Result)
         self._counted: list[Effect] = []
@@ -1267,6 +1271,8 @@ class ShardState:
             if qkey[3] >= 0:
                 self._served(qkey[3])
             self.running[action.archive_id] = self.running.get(action.archive_id, 0) + 1
+            if action.volume and action.kind == Kind.RESTORE:
+                self.tape_reads[agent] = (action.volume, now)
             self._transition(action, Ev.ASSIGN)
             action.agent = agent
             action.attempt += 1

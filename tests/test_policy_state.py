@@ -529,10 +529,11 @@ def test_the_backlog_hint_counts_only_what_the_agent_may_be_given() -> None:
 
 def test_two_leaders_agree_on_the_volume_an_agent_reads() -> None:
     """Shard 0 (led by replica 1) holds volume V's restores, shard 1 (led
-    by replica 2) volume W's. Whatever each replica gave the agent last,
-    an idle agent gets work (no wait for a volume nobody gives), and once
-    it reads V, replica 2 gives it nothing of W until V is done: the
-    agent never reads two tapes at once, and nothing stalls."""
+    by replica 2) volume W's. Whatever each replica gave the agent last
+    (its own memory), both decide from the replicated state: the agent
+    gets V (the oldest), replica 2 gives it nothing of W until no V is
+    left waiting, then W. The agent never reads two tapes at once, and
+    nothing stalls."""
     s0 = shard()
     s1 = ShardState(ShardConfig(shard=1, archive_ids=frozenset({1, 2})))
     s0.apply(Submit(1.0, tuple(tape_item(n, "V", n) for n in range(1, 8))))
@@ -542,8 +543,8 @@ def test_two_leaders_agree_on_the_volume_an_agent_reads() -> None:
 
     def round_(now: float) -> tuple[list[str], list[str]]:
         got = []
-        for out, state, led in ((r1, s0, {0}), (r2, s1, {1})):
-            out.look([s0, s1], now, led)
+        for out, state in ((r1, s0), (r2, s1)):
+            out.look([s0, s1], now)
             planned = scheduler.plan(state, [offer("a", restore=2)], now, None, aff, out)
             state.apply(AssignRound(now, planned))
             got.append([state.actions[i].volume for _a, ids in planned for i in ids])
