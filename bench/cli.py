@@ -49,6 +49,11 @@ workloads:
   metrics        what the Prometheus exporters cost: the flood without exporters and with one on every
                  replica and agentd, scraped every 5 s; the ratio of their rates against the target 0.95
                  (metrics --help; bench/metrics.py)
+  policy         what the policy costs: the flood (items with paths, sizes, uids) without rules and with
+                 a 50-rule site policy, the ratio of their rates against the target 0.9; and fair share:
+                 two users submitting at 10:1, Jain's index of their dispatch rates by user (target 0.95)
+                 and by none; and tape order: restores of 20 volumes with volume/position hints and
+                 without, volume switches policy / FIFO (target at most 0.1) (policy --help; bench/policy.py)
   report         re-render latest.md from latest.json
 
 exit status: 0 when every workload ran, whatever the figures (a missed performance
@@ -140,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("report", parents=[common], help="re-render latest.md from latest.json")
     from bench import compare, sealing
     from bench import metrics as metricsmod
+    from bench import policy as policymod
     from bench import tls as tlsmod
 
     cmp = sub.add_parser("compare", parents=[common], help="baseline code versus the working tree, in one run",
@@ -167,6 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     met.add_argument("--scrape-interval", type=float, default=metricsmod.SCRAPE_INTERVAL, metavar="SECONDS",
                      help="seconds between two scrapes of every exporter while a flood with exporters runs "
                           f"(default {metricsmod.SCRAPE_INTERVAL:g}; Prometheus usually scrapes every 15-30 s)")
+    pol = sub.add_parser("policy", parents=[common],
+                         help="the cost of a 50-rule policy on the flood, fair share between two users, tape restore order",
+                         description=policymod.POLICY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pol.add_argument("--repeat", type=int, default=1, metavar="N",
+                     help="rounds of two floods (off/on, then on/off, ...) and of two fairness runs (by none / by "
+                          "user, alternating); figures are medians (default 1)")
+    pol.add_argument("--parts", metavar="LIST", help="comma-separated, of " + ", ".join(policymod.PARTS)
+                     + " (default all)")
+    pol.add_argument("--fair-seconds", type=float, metavar="SECONDS",
+                     help="fairness: seconds of submission per run (default "
+                          + " / ".join(f"{v:g}" for v in policymod.FAIR_SECONDS.values()) + " quick / full)")
+    pol.add_argument("--fair-rate", type=float, metavar="ITEMS",
+                     help="fairness: archives submitted per second, both users together (default: the second "
+                          f"user submits {policymod.FAIR_OVERLOAD:g} x its fair half of what the agents drain: "
+                          f"{policymod.fair_rate(2):g} with 2 agents)")
+    pol.add_argument("--tape-volumes", type=int, metavar="N",
+                     help=f"tape: volumes of the synthetic layout (default {policymod.TAPE_VOLUMES})")
+    pol.add_argument("--tape-files", type=int, metavar="N",
+                     help="tape: files per volume (default "
+                          + " / ".join(f"{v:g}" for v in policymod.TAPE_FILES.values()) + " quick / full)")
+    pol.add_argument("--tape-live", action="store_true",
+                     help="tape: submit the restores while dispatch runs (default: dispatch held until all are in)")
     return p
 
 
@@ -288,9 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.profile import profile
 
         return profile(args, settings_from(args), _say)
-    if args.workload in ("compare", "sealing", "tls", "metrics"):
+    if args.workload in ("compare", "sealing", "tls", "metrics", "policy"):
         from bench import compare, sealing
         from bench import metrics as metricsmod
+        from bench import policy as policymod
         from bench import tls as tlsmod
 
         s = settings_from(args)
@@ -311,6 +340,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.scrape_interval > 0:
                 build_parser().error("metrics: --scrape-interval must be more than 0 seconds")
             return metricsmod.metrics(args, s, _say)
+        if args.workload == "policy":
+            if args.repeat < 1:
+                build_parser().error("policy: --repeat must be at least 1")
+            try:
+                policymod.parse_parts(args.parts)
+            except ValueError as exc:
+                build_parser().error(f"policy: {exc}")
+            if args.fair_seconds is not None and not args.fair_seconds > 0:
+                build_parser().error("policy: --fair-seconds must be more than 0")
+            if args.fair_rate is not None and not args.fair_rate > 0:
+                build_parser().error("policy: --fair-rate must be more than 0")
+            if args.tape_volumes is not None and args.tape_volumes < 2:
+                build_parser().error("policy: --tape-volumes must be at least 2")
+            if args.tape_files is not None and args.tape_files < 1:
+                build_parser().error("policy: --tape-files must be at least 1")
+            return policymod.policy(args, s, _say)
         return sealing.sealing(args, s, _say)
     return run(args)
 

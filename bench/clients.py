@@ -15,6 +15,10 @@ cluster running another version's code, ``python -m bench compare``) a
 client puts that tree first on ``sys.path`` before it imports the client
 library, and records the product modules it imported in ``code_dir``.
 With ``tls`` ([ca, cert, key]: a cluster with TLS) it speaks mutual TLS.
+With ``facts`` (``Settings.item_facts``: python -m bench policy) every item
+carries a path, a size and a requester uid/gid (:func:`item_facts`).
+With ``data`` (a list of strings, one per item: python -m bench policy's
+tape part) item n carries ``data[n]`` as its request data.
 """
 
 from __future__ import annotations
@@ -94,18 +98,65 @@ def _client(addresses: str, initiator: str, timeout: float = 60.0, tls: Any = No
                              tls=TlsFiles(*(Path(x) for x in tls)))
 
 
+#: item_facts: the users (uids) and file name extensions of the flood's items
+FACT_UIDS = tuple(range(1000, 1020))
+FACT_EXTS = ("dat", "h5", "nc", "tar", "log")
+#: item_facts: sizes spread log-uniformly over [FACT_SIZE_MIN, FACT_SIZE_MAX) bytes (1 KiB .. 10 GiB)
+FACT_SIZE_MIN, FACT_SIZE_MAX = 1024, 10 * 1024**3
+FACT_PROJECTS = 50
+_M64 = 2**64 - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finalizer: a fixed, well-spread 64-bit hash of *x*."""
+    z = (x + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def item_facts(oid: int) -> tuple[str, int, int, int]:
+    """``(path, size, uid, gid)`` of the flood's item *oid* with
+    ``Settings.item_facts`` (python -m bench policy): a pure function of the
+    oid, the same in every process and every run. The path is
+    ``/project/pNN/uUID/runR/file<oid>.<ext>`` (50 projects, 8 runs, the
+    extensions :data:`FACT_EXTS`), the size log-uniform over 1 KiB .. 10 GiB,
+    the uid one of :data:`FACT_UIDS`, the gid 100 + uid % 5."""
+    h = _mix64(oid)
+    uid = FACT_UIDS[h % len(FACT_UIDS)]
+    project = (h >> 8) % FACT_PROJECTS
+    run = (h >> 16) % 8
+    ext = FACT_EXTS[(h >> 24) % len(FACT_EXTS)]
+    frac = (h >> 32) / 2**32
+    size = min(FACT_SIZE_MAX - 1, int(FACT_SIZE_MIN * (FACT_SIZE_MAX / FACT_SIZE_MIN) ** frac))
+    return f"/project/p{project:02d}/u{uid}/run{run}/file{oid}.{ext}", size, uid, 100 + uid % 5
+
+
 def _items(p: dict[str, Any]) -> list[Any]:
-    """SubmitItems for oids [oid0, oid0+count) of sequence seq."""
+    """SubmitItems for oids [oid0, oid0+count) of sequence seq (with
+    p["facts"]: each with its :func:`item_facts`; with p["data"]: item n
+    with the request data ``p["data"][n]``)."""
     from hsm.client import submit_item
     from hsm.v1 import types_pb2 as T
 
     hsm = tuple(p["hsm"]) if p.get("hsm") else None
+    facts = bool(p.get("facts"))
+    data = p.get("data")
+    if data is not None and len(data) != p["count"]:
+        raise ValueError(f"{len(data)} data strings for {p['count']} items")
     out = []
     for n in range(p["count"]):
         oid = p["oid0"] + n
+        extra = {"data": data[n]} if data is not None else {}
+        if facts:
+            path, size, uid, gid = item_facts(oid)
+            requester = T.Requester(initiator=p["initiator"], cookie=p["cookie0"] + n, uid=uid, gid=gid)
+            out.append(submit_item("simfs", T.Fid(seq=p["seq"], oid=oid, ver=0), p["kind"], p.get("archive_id", 0),
+                                   requester=requester, hsm=hsm, path=path, size=size, **extra))
+            continue
         requester = T.Requester(initiator=p["initiator"], cookie=p["cookie0"] + n, uid=0, gid=0)
         out.append(submit_item("simfs", T.Fid(seq=p["seq"], oid=oid, ver=0), p["kind"], p.get("archive_id", 0),
-                               requester=requester, hsm=hsm))
+                               requester=requester, hsm=hsm, **extra))
     return out
 
 
@@ -189,6 +240,56 @@ def submit_worker(p: dict[str, Any], ready: Any, go: Any, out: Any, barrier: Any
         out.put({"pid": os.getpid(), "initiator": p["initiator"], "submitted": len(items), "outcomes": dict(outcomes),
                  "t_start": t0, "t_end": t1, "batch_latency": batch_lat, "samples": samples, "ids": ids,
                  "retries": retries[0], "errors": errors, "cpu_s": _cpu() - cpu0})
+    except BaseException as exc:  # noqa: BLE001
+        out.put({"pid": os.getpid(), "errors": [f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"]})
+
+
+def paced_worker(p: dict[str, Any], ready: Any, go: Any, out: Any) -> None:
+    """Submit p["count"] archives at a steady p["rate"] items a second: a
+    batch every p["interval"] seconds, on schedule (a batch that is late
+    goes at once, and the lag is reported). Item n is requested by
+    ``p["users"][n % len(p["users"])]`` ([uid, gid]), so the users' shares
+    of every batch follow that pattern (python -m bench policy: 10 items of
+    one user for each of another). Reports outcomes per uid."""
+    try:
+        use_code(p)
+        from hsm.client import outcome_name, submit_item
+        from hsm.v1 import types_pb2 as T
+
+        users = [(int(u), int(g)) for u, g in p["users"]]
+        items = []
+        for n in range(p["count"]):
+            uid, gid = users[n % len(users)]
+            requester = T.Requester(initiator=p["initiator"], cookie=p["cookie0"] + n, uid=uid, gid=gid)
+            items.append(submit_item("simfs", T.Fid(seq=p["seq"], oid=p["oid0"] + n, ver=0), "archive",
+                                     requester=requester))
+        interval = float(p["interval"])
+        per = max(1, round(float(p["rate"]) * interval))
+        client = _client(p["addresses"], p["initiator"], tls=p.get("tls"))
+        client.cluster_info()  # connect before the clock starts
+        outcomes: dict[int, Counter[str]] = {u: Counter() for u, _ in users}
+        retries = 0
+        lag = 0.0
+        ready.put(os.getpid())
+        go.wait()
+        cpu0 = _cpu()
+        t0 = time.time()
+        for j, i in enumerate(range(0, len(items), per)):
+            wait = t0 + j * interval - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            else:
+                lag = max(lag, -wait)
+            res, r = submit_with_retry(client, items[i:i + per], time.monotonic() + p.get("deadline", 120.0))
+            retries += r
+            for m, x in enumerate(res):
+                outcomes[users[(i + m) % len(users)][0]][outcome_name(x.outcome)] += 1
+        t1 = time.time()
+        client.close()
+        out.put({"pid": os.getpid(), "initiator": p["initiator"], "submitted": len(items),
+                 "outcomes": {str(u): dict(c) for u, c in outcomes.items()}, "t_start": t0, "t_end": t1,
+                 "batch_items": per, "max_lag_s": round(lag, 3), "retries": retries, "errors": [],
+                 "cpu_s": _cpu() - cpu0})
     except BaseException as exc:  # noqa: BLE001
         out.put({"pid": os.getpid(), "errors": [f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"]})
 

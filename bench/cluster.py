@@ -35,12 +35,22 @@ Prometheus would. A code tree runs without: the baseline may know nothing
 of metrics. :func:`listening_ports` and :meth:`BenchCluster.
 unexpected_listeners` tell which TCP ports a process listens on beyond its
 API and Raft ports (with metrics off: none; on: its exporter's).
+
+With ``ClusterOptions.policy`` (YAML sections of a policy document:
+``python -m bench policy``) the cluster's policy is set once every replica
+is ready and every agent connected, before :meth:`BenchCluster.start`
+returns (so before any workload's clock starts): the cluster's first
+policy (version 1, from its configuration) with those sections put in
+(:func:`merge_policy`: the settings the configuration gave stay, unless the
+sections name them), set with ``SetPolicy`` as version 2
+(:attr:`BenchCluster.policy_text`, :attr:`BenchCluster.policy_version`).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -305,6 +315,10 @@ class ClusterOptions:
     tls: bool = False
     #: a Prometheus exporter on every replica and agentd, on free loopback ports (see the module's doc)
     metrics: bool = False
+    #: policy sections (YAML) set on top of the cluster's first policy once it is up ("": none; see the module's doc)
+    policy: str = ""
+    #: agentd --tags: the tags every agent serves ("": none; a tagged action goes only to an agent serving its tag)
+    agent_tags: str = ""
 
     def describe(self) -> dict[str, Any]:
         out = {"replicas": self.replicas, "shards": self.shards, "agents": self.agents, "slots": self.slots,
@@ -314,6 +328,11 @@ class ClusterOptions:
                "tls": self.tls, "metrics": self.metrics}
         if self.code is not None:
             out["code"] = {"label": self.code.label, "commit": self.code.commit, "root": str(self.code.root)}
+        if self.policy:
+            out["policy"] = {"sha256": hashlib.sha256(self.policy.encode()).hexdigest()[:16],
+                             "bytes": len(self.policy.encode())}
+        if self.agent_tags:
+            out["agent_tags"] = self.agent_tags
         return out
 
 
@@ -333,6 +352,9 @@ class BenchCluster:
         self._credentials: Any = None
         #: replica or agent id -> the loopback port its exporter listens on (ClusterOptions.metrics)
         self.metrics_ports: dict[str, int] = {}
+        #: the policy document set from ClusterOptions.policy, and its version (None: none set)
+        self.policy_text: str | None = None
+        self.policy_version: int | None = None
         _LIVE.add(self)
 
     # ------------------------------------------------------------ lifecycle
@@ -407,6 +429,8 @@ class BenchCluster:
                 raise ValueError("a cluster running a code tree (bench compare) runs plain text: no tls")
             if self.opt.metrics:
                 raise ValueError("a cluster running a code tree (bench compare) runs without metrics exporters")
+            if self.opt.policy:
+                raise ValueError("a cluster running a code tree (bench compare) keeps the policy its configuration gives")
             write_config(self.opt.code, self.config_path.parent, "bench", s,
                          [(r.id, r.api, r.raft) for r in self.specs], str(self.dir / "data"), extra)
             return
@@ -426,6 +450,19 @@ class BenchCluster:
         for i in range(1, self.opt.agents + 1):
             self.start_agent(f"agent{i}")
         self.wait_agents(timeout)
+        if self.opt.policy:
+            self.set_policy(self.opt.policy, timeout)
+
+    def set_policy(self, sections: str, timeout: float = 60.0) -> int:
+        """Set the cluster's policy to its current one with *sections*
+        (YAML) put in (:func:`merge_policy`); its version."""
+        from hsm.client import CoordinatorClient
+
+        with CoordinatorClient(self.addresses, timeout=timeout, tls=self.harness_tls) as client:
+            text = merge_policy(client.get_policy().text, sections)
+            version = int(client.set_policy(text).version)
+        self.policy_text, self.policy_version = text, version
+        return version
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         env, cwd = ENV, REPO
@@ -495,6 +532,7 @@ class BenchCluster:
             "--coordinators", self.addresses, "--agent-id", agent_id, "--fs-root", str(self.fs_root),
             "--mover", "null", "--slots", self.opt.slots, "--log-level", self.opt.log_level.upper(),
             *(["--null-delay", str(self.opt.null_delay)] if self.opt.null_delay else []), *tls,
+            *(["--tags", self.opt.agent_tags] if self.opt.agent_tags else []),
             *self._metrics_flag(agent_id)])
 
     def check_alive(self) -> None:
@@ -671,6 +709,21 @@ class BenchCluster:
             if src.is_dir():
                 shutil.copytree(src, dest / src.name, dirs_exist_ok=True)
         return dest
+
+
+def merge_policy(current: str, sections: str) -> str:
+    """A policy document: *current* (a whole document) with each top-level
+    section of *sections* (YAML) in place of its own, in *current*'s order
+    (new sections at the end)."""
+    import yaml
+
+    doc = yaml.safe_load(current) or {}
+    extra = yaml.safe_load(sections) or {}
+    if not isinstance(doc, dict) or not isinstance(extra, dict):
+        raise ValueError("a policy document and its sections are YAML mappings")
+    doc.update(extra)
+    body: str = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, allow_unicode=True, width=100)
+    return "# hsm-coordinator policy, set by the benchmark (bench.cluster.merge_policy)\n" + body
 
 
 def max_terminal_for(actions: int, shards: int) -> int:

@@ -47,6 +47,16 @@ class Settings:
     tls: bool = False
     #: a Prometheus exporter on every replica and agentd (bench.cluster; python -m bench metrics)
     metrics: bool = False
+    #: set :attr:`policy_text` on every cluster before its clock starts (python -m bench policy)
+    policy: bool = False
+    #: policy sections (YAML) merged onto the cluster's first policy when :attr:`policy` is on (bench.cluster)
+    policy_text: str = ""
+    #: the flood's items carry a path, a size and a requester uid/gid (bench.clients.item_facts)
+    item_facts: bool = False
+    #: the clusters' agent_grace (None: ClusterOptions' default; python -m bench policy sets one a policy may keep)
+    agent_grace: float | None = None
+    #: agentd --tags of every agent ("": none; python -m bench policy: the tags its rules route to)
+    agent_tags: str = ""
     # clients
     clients: int = 4
     batch: int = 1000
@@ -77,7 +87,10 @@ class Settings:
     def cluster_options(self, **changes: Any) -> ClusterOptions:
         opt = ClusterOptions(replicas=self.replicas, shards=self.shards, agents=self.agents, slots=self.slots,
                              log_level=self.log_level, fsync=self.fsync, encrypt=self.encrypt, code=self.code,
-                             tls=self.tls, metrics=self.metrics)
+                             tls=self.tls, metrics=self.metrics, policy=self.policy_text if self.policy else "",
+                             agent_tags=self.agent_tags)
+        if self.agent_grace is not None:
+            opt = replace(opt, agent_grace=self.agent_grace)
         return replace(opt, **changes)
 
     def understands(self, capability: str) -> bool:
@@ -101,7 +114,8 @@ def fresh_cluster(s: Settings, name: str, opt: ClusterOptions) -> Iterator[Bench
     code = f"; code: {opt.code.short()} from {opt.code.root}" if opt.code else ""
     s.say(f"   starting {opt.replicas} replicas x {opt.shards} shards, {opt.agents} agentd (null mover, "
           f"slots {opt.slots}){', mutual TLS' if opt.tls else ''}"
-          f"{', metrics exporters' if opt.metrics else ''} in {d}{code}")
+          f"{', metrics exporters' if opt.metrics else ''}{', a policy set' if opt.policy else ''}"
+          f"{f', agents serving tags {opt.agent_tags}' if opt.agent_tags else ''} in {d}{code}")
     try:
         with BenchCluster(d, opt) as c:
             wait_balanced(c)
@@ -167,7 +181,8 @@ def _flood_clients(s: Settings, c: BenchCluster, n: int, seq: int, oid0: int = 1
         params.append({**c.client_params(), "addresses": c.addresses, "count": count, "oid0": start, "seq": seq + k,
                        "kind": "archive",
                        "initiator": f"{tag}{k}", "cookie0": start, "batch": s.batch, "inflight": s.inflight,
-                       "sample_every": max(1, n // s.samples) if sample and s.samples else 0})
+                       "sample_every": max(1, n // s.samples) if sample and s.samples else 0,
+                       **({"facts": True} if s.item_facts else {})})
         start += count
     return params
 
