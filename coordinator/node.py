@@ -752,7 +752,7 @@ class CoordinatorNode:
         another shard each turn), one ``AssignRound`` per shard, proposed
         together. True if anything was assigned."""
         now = self.clock()
-        self.outlook.look(self._states(), now)
+        self.outlook.look(self._states(), now, self.policy.batch_size > 0)
         sessions, planned = scheduler.plan_round(
             turn, cast(list[AgentSession], self.book.dispatchable()),
             [s for s in self.shards if s.leader_ready], RaftShard.reading, per_round, now, self._budget(),

@@ -564,3 +564,21 @@ def test_two_leaders_agree_on_the_volume_an_agent_reads() -> None:
     assert round_(5.0) == (["V"], ["W", "W"])
     finish(5.5)
     assert round_(6.0) == ([], ["W", "W"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([Kind.ARCHIVE, Kind.RESTORE, Kind.REMOVE]), st.integers(-3, 3),
+                          st.integers(1, 2), st.sampled_from(["", "t1"])), min_size=1, max_size=40),
+       st.integers(1, 6), st.integers(0, 6))
+def test_the_merged_pick_orders_like_the_general_one(specs: list[tuple[Kind, int, int, str]], archive: int,
+                                                     restore: int) -> None:
+    """Without limits, fair share, batches or starving actions, pick merges
+    the queues through a heap; an empty Budget forces the general loop on
+    the same state: the same actions in the same order."""
+    s = shard()
+    s.apply(Submit(1.0, tuple(item(n, kind, priority=prio, archive_id=aid, data=f"tag={tag}".encode() if tag else b"")
+                              for n, (kind, prio, aid, tag) in enumerate(specs, start=1))))
+    credits = {Kind.ARCHIVE: archive, Kind.RESTORE: restore, Kind.REMOVE: 2}
+    merged = scheduler.pick(s, (), dict(credits), "a", (), 5.0)
+    general = scheduler.pick(s, (), dict(credits), "a", (), 5.0, scheduler.Budget())
+    assert merged == general
