@@ -1091,32 +1091,12 @@ def policy(args: argparse.Namespace, s: Settings, say: Callable[[str], None]) ->
     if "fairness" in parts:
         say(f"== fairness: two users at {FAIR_SPLIT}:1, {rate:g} archives/s for {seconds:g} s; agents drain at "
             f"most {drain_capacity(s.agents):g}/s; fair share by none and by user")
-        fair: dict[str, list[dict[str, Any]]] = {m: [] for m in SHARE_MODES}
-        fair_timeline: list[dict[str, Any]] = []
-        for rnd in range(repeat):
-            for k, by in enumerate(order(rnd, SHARE_MODES)):
-                name = f"fair share by {by} (round {rnd + 1})"
-                say(f"== {name}, {'first' if k == 0 else 'second'}")
-                t1 = time.monotonic()
-                try:
-                    d = fairness_run(s, by, seconds, rate)
-                except KeyboardInterrupt:
-                    say("!! interrupted")
-                    return 130
-                except Exception as exc:  # noqa: BLE001 - reported, the other runs go on
-                    failures[name] = f"{type(exc).__name__}: {exc}"
-                    say(f"!! {name} failed: {exc}")
-                    continue
-                d.update({"round": rnd + 1, "position": k + 1, "wall_seconds": round(time.monotonic() - t1, 1)})
-                fair_timeline.append({key: d.get(key) for key in ("round", "share_by", "position", "jain", "rates",
-                                                                  "window_seconds", "window_closed_by",
-                                                                  "second_user_share", "wall_seconds")})
-                if d.get("run_twice"):
-                    broken.append(f"{name}: {d['run_twice']} actions ran twice")
-                if d.get("problem"):
-                    failures[name] = f"not measured as designed: {d['problem']}"
-                    continue
-                fair[by].append(d)
+        got = _alternate(repeat, SHARE_MODES, "fair share by {mode}", lambda by: fairness_run(s, by, seconds, rate),
+                         ("share_by", "jain", "rates", "window_seconds", "window_closed_by", "second_user_share"),
+                         say, failures, broken)
+        if got is None:
+            return 130
+        fair, fair_timeline = got
         med = {by: fairness_medians(fair[by]) for by in SHARE_MODES}
         out["fairness"] = {"target": FAIR_TARGET, "seconds": seconds, "rate": rate, "split": FAIR_SPLIT,
                            "users": [u for u, _ in FAIR_USERS], "slots": FAIR_SLOTS, "null_delay": FAIR_DELAY,
@@ -1127,30 +1107,12 @@ def policy(args: argparse.Namespace, s: Settings, say: Callable[[str], None]) ->
         layout = tape_layout(tape_volumes, tape_files)
         say(f"== tape: {tape_volumes} volumes x {tape_files} files = {len(layout):,} restores, the same seeded order "
             f"with volume and position in their data (policy) and under keys the coordinator does not read (fifo)")
-        tape: dict[str, list[dict[str, Any]]] = {m: [] for m in TAPE_MODES}
-        tape_timeline: list[dict[str, Any]] = []
-        for rnd in range(repeat):
-            for k, mode in enumerate(order(rnd, TAPE_MODES)):
-                name = f"tape {mode} (round {rnd + 1})"
-                say(f"== {name}, {'first' if k == 0 else 'second'}")
-                t1 = time.monotonic()
-                try:
-                    d = tape_run(s, mode, layout, hold=tape_hold)
-                except KeyboardInterrupt:
-                    say("!! interrupted")
-                    return 130
-                except Exception as exc:  # noqa: BLE001 - reported, the other runs go on
-                    failures[name] = f"{type(exc).__name__}: {exc}"
-                    say(f"!! {name} failed: {exc}")
-                    continue
-                d.update({"round": rnd + 1, "position": k + 1, "wall_seconds": round(time.monotonic() - t1, 1)})
-                tape_timeline.append({key: d.get(key) for key in ("round", "mode", "position", "switches",
-                                                                  "fewest_switches", "remounts", "forward_share",
-                                                                  "drain_seconds", "wall_seconds")})
-                if d.get("problems"):
-                    broken.append(f"{name}: {'; '.join(d['problems'])}")
-                    continue
-                tape[mode].append(d)
+        got = _alternate(repeat, TAPE_MODES, "tape {mode}", lambda mode: tape_run(s, mode, layout, hold=tape_hold),
+                         ("mode", "switches", "fewest_switches", "remounts", "forward_share", "drain_seconds"),
+                         say, failures, broken)
+        if got is None:
+            return 130
+        tape, tape_timeline = got
         tmed = {m: tape_medians(tape[m]) for m in TAPE_MODES}
         out["tape"] = {"target": TAPE_TARGET, "volumes": tape_volumes, "files_per_volume": tape_files,
                        "restores": len(layout), "seed": TAPE_SEED, "span": TAPE_SPAN, "slots": TAPE_SLOTS,
@@ -1165,6 +1127,46 @@ def policy(args: argparse.Namespace, s: Settings, say: Callable[[str], None]) ->
         say(f"   results: {', '.join(str(p) for p in paths)}")
     say(md)
     return 1 if failures or broken else 0
+
+
+def _alternate(repeat: int, modes: Sequence[str], label: str, run: Callable[[str], dict[str, Any]],
+               keep: Sequence[str], say: Callable[[str], None], failures: dict[str, str],
+               broken: list[str]) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]] | None:
+    """*run(mode)* for each of *modes*, *repeat* rounds, alternating which
+    goes first (:func:`order`): the fairness and tape parts. A run that
+    raises is a failure (the others go on); one whose result names a
+    ``problem`` is a failure too, and one with ``problems`` or
+    ``run_twice`` breaks an invariant. Returns the counted results per
+    mode and the timeline (the *keep* figures of every run); None when
+    interrupted."""
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    timeline: list[dict[str, Any]] = []
+    for rnd in range(repeat):
+        for k, mode in enumerate(order(rnd, modes)):
+            name = f"{label.format(mode=mode)} (round {rnd + 1})"
+            say(f"== {name}, {'first' if k == 0 else 'second'}")
+            t1 = time.monotonic()
+            try:
+                d = run(mode)
+            except KeyboardInterrupt:
+                say("!! interrupted")
+                return None
+            except Exception as exc:  # noqa: BLE001 - reported, the other runs go on
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                say(f"!! {name} failed: {exc}")
+                continue
+            d.update({"round": rnd + 1, "position": k + 1, "wall_seconds": round(time.monotonic() - t1, 1)})
+            timeline.append({key: d.get(key) for key in ("round", *keep, "position", "wall_seconds")})
+            if d.get("run_twice"):
+                broken.append(f"{name}: {d['run_twice']} actions ran twice")
+            if d.get("problems"):
+                broken.append(f"{name}: {'; '.join(d['problems'])}")
+                continue
+            if d.get("problem"):
+                failures[name] = f"not measured as designed: {d['problem']}"
+                continue
+            results[mode].append(d)
+    return results, timeline
 
 
 # ------------------------------------------------------------ output
