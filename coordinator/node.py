@@ -752,7 +752,8 @@ class CoordinatorNode:
         another shard each turn), one ``AssignRound`` per shard, proposed
         together. True if anything was assigned."""
         now = self.clock()
-        self.outlook.look(self._states(), now, self.policy.batch_size > 0)
+        self.outlook.look(self._states(), now, self.policy.batch_size > 0,
+                          {s.index for s in self.shards if s.leader_ready})
         sessions, planned = scheduler.plan_round(
             turn, cast(list[AgentSession], self.book.dispatchable()),
             [s for s in self.shards if s.leader_ready], RaftShard.reading, per_round, now, self._budget(),
@@ -837,13 +838,15 @@ class CoordinatorNode:
         whole grant, so both sides agree again whatever was lost)."""
         led = [s for s in self.shards if s.leader_ready]
         affinity = self._affinity()
+        now = self.clock()
         for session in self.sessions.values():
             if not session.alive:
                 continue
             ready = {k: 0 for k in Kind}
             for shard in led:
                 with shard.reading() as st:
-                    scheduler.count_ready(st, session.agent_id, session.archive_ids, ready, affinity, self.outlook)
+                    scheduler.count_ready(st, session.agent_id, session.archive_ids, ready, affinity, self.outlook,
+                                          now)
             hint = backlog_hint(session, ready, stalled_only)
             if hint is not None:
                 session.send(agent_pb2.CoordinatorMessage(backlog=_slots_to_pb(hint)))

@@ -124,10 +124,13 @@ class Outlook:
     volumes: dict[str, tuple[float, str, int]] = field(default_factory=dict)
     #: agent -> (the volume of the last tape restore assigned to it on any shard, when)
     reading: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: volumes with ready restores on a shard this replica leads
+    here: set[str] = field(default_factory=set)
     open: dict[str, int] = field(default_factory=dict)
     mounts: dict[str, tuple[str, float]] = field(default_factory=dict)
 
-    def look(self, states: Iterable[ShardState], now: float, batching: bool = True) -> None:
+    def look(self, states: Iterable[ShardState], now: float, batching: bool = True,
+             led: Collection[int] | None = None) -> None:
         """Count the ready tagged archives and volume restores of *states*
         (every shard) and open the batches that are due under the newest
         policy among them: *size* ready, none arrived for *idle*, or the
@@ -140,12 +143,14 @@ class Outlook:
         tags: dict[str, tuple[int, float, float]] = {}
         volumes: dict[str, tuple[float, str, int]] = {}
         reading: dict[str, tuple[str, float]] = {}
+        here: set[str] = set()
         policy = None
         version = -1
         for st in states:
             if st.policy_version > version:
                 policy, version = st.policy, st.policy_version
             actions = st.actions
+            mine = led is None or st.config.shard in led
             for agent, read in st.tape_reads.items():
                 seen_r = reading.get(agent)
                 if seen_r is None or read[1] > seen_r[1]:
@@ -156,12 +161,14 @@ class Outlook:
                     seen = volumes.get(key[5])
                     if seen is None or first < seen[0]:
                         volumes[key[5]] = (first, key[4], key[1])
+                    if mine:
+                        here.add(key[5])
                 elif batching and key[4] and key[0] == Kind.ARCHIVE and isinstance(queue, ReadyQueue):
                     oldest = actions[next(iter(queue))].created
                     newest = actions[_last(queue)].created
                     n, nw, od = tags.get(key[4], (0, 0.0, oldest))
                     tags[key[4]] = (n + len(queue), max(nw, newest), min(od, oldest))
-        self.tags, self.volumes, self.reading = tags, volumes, reading
+        self.tags, self.volumes, self.reading, self.here = tags, volumes, reading, here
         self.open = {t: left for t, left in self.open.items() if t in tags}
         if policy is None or not policy.batch_size:
             return
@@ -284,8 +291,11 @@ def pick(
         if outlook is not None and key[5]:
             if mounted is None:
                 mounted = outlook.mount(agent, affinity, now, policy.max_mount)
-            if key[5] != mounted and not _starving(state, queue, now):
-                continue  # another volume: read after this agent's mounted one
+            if key[5] != mounted and mounted in outlook.here and not _starving(state, queue, now):
+                # another volume: after the agent's mounted one, while this
+                # replica has some of that to give (when it has none, what
+                # it has goes: an agent's credits here never wait idle)
+                continue
         keys.append(key)
         iters.append(_untaken(iter(queue), taken) if taken else iter(queue))
     if not keys:
@@ -388,14 +398,17 @@ def _starving(state: ShardState, queue: ReadyQueue | PositionQueue, now: float) 
 
 
 def count_ready(state: ShardState, agent: str, agent_archive_ids: Collection[int], into: dict[Kind, int],
-                affinity: Affinity | None = None, outlook: Outlook | None = None) -> None:
+                affinity: Affinity | None = None, outlook: Outlook | None = None, now: float = 0.0) -> None:
     """Add to *into* how many actions of each kind *state* could give this
-    agent now (what its backlog hint tells it): not another agent's tag or
-    volume, nor a batch still gathering. Nothing while the shard is not
-    enabled or the agent is drained."""
+    agent now (what its backlog hint tells it), as :func:`pick` would: not
+    another agent's tag or volume, nor a batch still gathering, nor another
+    volume's restores while this replica has some of the agent's mounted
+    one (the agent's credits then go where that one waits). Nothing while
+    the shard is not enabled or the agent is drained."""
     if state.control != "enabled" or agent in state.drained:
         return
     batch_size = state.policy.batch_size
+    mounted: str | None = None
     for key, queue in state.ready.items():
         if not serves(agent_archive_ids, key[1]):
             continue
@@ -404,6 +417,11 @@ def count_ready(state: ShardState, agent: str, agent_archive_ids: Collection[int
             continue
         if outlook is not None and outlook.held(batch_size, key):
             continue
+        if outlook is not None and key[5]:
+            if mounted is None:
+                mounted = outlook.mount(agent, affinity, now, state.policy.max_mount)
+            if key[5] != mounted and mounted in outlook.here and not _starving(state, queue, now):
+                continue
         into[key[0]] += len(queue)
 
 

@@ -582,3 +582,37 @@ def test_the_merged_pick_orders_like_the_general_one(specs: list[tuple[Kind, int
     merged = scheduler.pick(s, (), dict(credits), "a", (), 5.0)
     general = scheduler.pick(s, (), dict(credits), "a", (), 5.0, scheduler.Budget())
     assert merged == general
+
+
+def test_a_replica_with_credits_but_none_of_the_mounted_volume_gives_its_own() -> None:
+    """The agent reads V, whose restores wait on shard 0 (led by replica
+    1); replica 2 leads shard 1, which holds only W. The agent's credits
+    at replica 2 never wait idle: replica 2 gives W (one switch) rather
+    than nothing, and says so in its backlog hint; replica 1 keeps giving
+    V only."""
+    s0 = shard()
+    s1 = ShardState(ShardConfig(shard=1, archive_ids=frozenset({1, 2})))
+    s0.apply(Submit(1.0, tuple(tape_item(n, "V", n) for n in range(1, 5))))
+    s1.apply(Submit(1.5, tuple(tape_item(n, "W", n) for n in range(1, 3))))
+    aff = agents(("a", ()))
+    r1, r2 = scheduler.Outlook(), scheduler.Outlook()
+    r1.look([s0, s1], 2.0, led={0})
+    planned = scheduler.plan(s0, [offer("a", restore=1)], 2.0, None, aff, r1)
+    s0.apply(AssignRound(2.0, planned))
+    assert [s0.actions[i].volume for _a, ids in planned for i in ids] == ["V"]
+    r2.look([s0, s1], 2.5, led={1})
+    counts = {k: 0 for k in Kind}
+    scheduler.count_ready(s1, "a", (), counts, aff, r2, 2.5)
+    assert counts[Kind.RESTORE] == 2
+    planned = scheduler.plan(s1, [offer("a", restore=2)], 2.5, None, aff, r2)
+    assert [s1.actions[i].volume for _a, ids in planned for i in ids] == ["W", "W"]
+    # the agent now reads W (its last tape restore): replica 1, which has
+    # a W restore too, follows it: its hint and its pick are W only
+    s1.apply(AssignRound(2.5, planned))
+    s0.apply(Submit(2.6, (tape_item(50, "W", 9),)))
+    r1.look([s0, s1], 3.0, led={0})
+    counts = {k: 0 for k in Kind}
+    scheduler.count_ready(s0, "a", (), counts, aff, r1, 3.0)
+    assert counts[Kind.RESTORE] == 1
+    planned = scheduler.plan(s0, [offer("a", restore=5)], 3.0, None, aff, r1)
+    assert [s0.actions[i].volume for _a, ids in planned for i in ids] == ["W"]
