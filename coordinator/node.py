@@ -756,7 +756,8 @@ class CoordinatorNode:
                           {s.index for s in self.shards if s.leader_ready})
         sessions, planned = scheduler.plan_round(
             turn, cast(list[AgentSession], self.book.dispatchable()),
-            [s for s in self.shards if s.leader_ready], RaftShard.reading, per_round, now, self._budget(),
+            [s for s in self.shards if s.leader_ready], RaftShard.reading, per_round, now,
+            scheduler.budget_for(self.policy.settings, self._states()),
             self._affinity(), self.outlook)
         if not planned:
             return False
@@ -780,23 +781,6 @@ class CoordinatorNode:
                 drained.update(st.drained)
         return scheduler.Affinity([(s.agent_id, s.tags, s.archive_ids) for s in self.sessions.values()
                                    if s.alive and s.agent_id not in drained])
-
-    def _budget(self) -> scheduler.Budget | None:
-        """What the policy's running limits leave, counted over every shard
-        as this replica sees them (None: no limit). Leaders of other shards
-        dispatch at the same time: together they may go over by what one
-        round of each assigns before its commit reaches the others."""
-        settings = self.policy.settings
-        if not settings.max_running and not settings.max_running_per_archive:
-            return None
-        running: dict[int, int] = {}
-        for shard in self.shards:
-            with shard.reading() as st:
-                for archive_id, n in st.running.items():
-                    running[archive_id] = running.get(archive_id, 0) + n
-        return scheduler.Budget(
-            settings.max_running - sum(running.values()) if settings.max_running else None,
-            {a: limit - running.get(a, 0) for a, limit in settings.max_running_per_archive})
 
     async def _assign(self, shard: RaftShard, cmd: AssignRound, sessions: dict[str, AgentSession]) -> bool:
         """Commit one shard's round and send each agent its assignments, on

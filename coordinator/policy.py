@@ -46,9 +46,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.reader import ReaderError
 
 from coordinator.roles import ADMIN, BRIDGE, KINDS, MASK_NAMES, OPERATOR, USER
+from hsm.wire import MAX_POLICY_BYTES  # it is replicated in the Raft log; the client checks it too
 
-#: the largest policy document accepted (it is replicated in the Raft log)
-MAX_POLICY_BYTES: Final = 256 * 1024
 #: kind names in the policy -> ActionKind values (Lustre's HSMA_*)
 KIND_NAMES: Final[dict[str, int]] = dict(KINDS)
 _KIND_BY_VALUE: Final = {v: k for k, v in KIND_NAMES.items()}

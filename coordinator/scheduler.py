@@ -35,6 +35,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from coordinator.policy import Settings
 from coordinator.state import Kind, PositionQueue, QueueKey, ReadyQueue, ShardState
 
 
@@ -229,15 +230,14 @@ def _last(queue: ReadyQueue) -> int:
     return next(reversed(queue.back)) if queue.back else next(reversed(queue.front))
 
 
-def budget_for(states: Sequence[ShardState]) -> Budget:
-    """The running limits of the newest policy among *states* (every shard
-    of the cluster, as this replica sees them), less what runs on them."""
-    if not states:
-        return Budget()
-    policy = max(states, key=lambda st: st.policy_version).policy
-    settings = policy.settings
+def budget_for(settings: Settings, states: Iterable[ShardState]) -> Budget | None:
+    """What the running limits of *settings* leave, less what runs on
+    *states* (every shard of the cluster, as this replica sees them; read
+    only when there is a limit); None: no limit. Leaders of other shards
+    dispatch at the same time: together they may go over by what one round
+    of each assigns before its commit reaches the others."""
     if not settings.max_running and not settings.max_running_per_archive:
-        return Budget()
+        return None
     running: dict[int, int] = {}
     for st in states:
         for archive_id, n in st.running.items():
@@ -279,23 +279,7 @@ def pick(
     keys: list[QueueKey] = []
     iters: list[Iterator[int]] = []
     policy = state.policy
-    mounted: str | None = None  # the volume this agent reads ("": none); None: not asked yet
-    for key, queue in state.ready.items():
-        if key[0] not in want or not serves(agent_archive_ids, key[1]):
-            continue
-        if affinity is not None and (key[4] or key[5]) and \
-                affinity.owner(key[4], key[5] or key[4], key[1]) != agent:
-            continue  # another agent's tag or volume
-        if outlook is not None and outlook.held(policy.batch_size, key):
-            continue  # its batch is still gathering
-        if outlook is not None and key[5]:
-            if mounted is None:
-                mounted = outlook.mount(agent, affinity, now, policy.max_mount)
-            if key[5] != mounted and mounted in outlook.here and not _starving(state, queue, now):
-                # another volume: after the agent's mounted one, while this
-                # replica has some of that to give (when it has none, what
-                # it has goes: an agent's credits here never wait idle)
-                continue
+    for key, queue in _offered(state, agent, agent_archive_ids, want, affinity, outlook, now):
         keys.append(key)
         iters.append(_untaken(iter(queue), taken) if taken else iter(queue))
     if not keys:
@@ -367,6 +351,34 @@ def pick(
     return picked
 
 
+def _offered(state: ShardState, agent: str, agent_archive_ids: Collection[int], kinds: Collection[Kind] | None,
+             affinity: Affinity | None, outlook: Outlook | None,
+             now: float) -> Iterator[tuple[QueueKey, ReadyQueue | PositionQueue]]:
+    """The ready queues of *state* that *agent* may be given from now (of
+    *kinds*; None: all): of an archive id it serves; not another agent's
+    tag or volume; not a batch still gathering; not another volume's
+    restores while this replica has some of the volume the agent reads (a
+    starving one goes anyway; when this replica has none of it, what it
+    has goes: an agent's credits here never wait idle). What :func:`pick`
+    picks from and :func:`count_ready` counts."""
+    policy = state.policy
+    mounted: str | None = None  # the volume this agent reads ("": none); None: not asked yet
+    for key, queue in state.ready.items():
+        if (kinds is not None and key[0] not in kinds) or not serves(agent_archive_ids, key[1]):
+            continue
+        if affinity is not None and (key[4] or key[5]) and \
+                affinity.owner(key[4], key[5] or key[4], key[1]) != agent:
+            continue
+        if outlook is not None and outlook.held(policy.batch_size, key):
+            continue
+        if outlook is not None and key[5]:
+            if mounted is None:
+                mounted = outlook.mount(agent, affinity, now, policy.max_mount)
+            if key[5] != mounted and mounted in outlook.here and not _starving(state, queue, now):
+                continue
+        yield key, queue
+
+
 def _merged(keys: list[QueueKey], iters: list[Iterator[int]], heads: list[int | None], weights: list[float],
             want: dict[Kind, int], picked: list[int]) -> list[int]:
     """:func:`pick` without fair share, limits or starving actions: the
@@ -407,21 +419,7 @@ def count_ready(state: ShardState, agent: str, agent_archive_ids: Collection[int
     the shard is not enabled or the agent is drained."""
     if state.control != "enabled" or agent in state.drained:
         return
-    batch_size = state.policy.batch_size
-    mounted: str | None = None
-    for key, queue in state.ready.items():
-        if not serves(agent_archive_ids, key[1]):
-            continue
-        if affinity is not None and (key[4] or key[5]) and \
-                affinity.owner(key[4], key[5] or key[4], key[1]) != agent:
-            continue
-        if outlook is not None and outlook.held(batch_size, key):
-            continue
-        if outlook is not None and key[5]:
-            if mounted is None:
-                mounted = outlook.mount(agent, affinity, now, state.policy.max_mount)
-            if key[5] != mounted and mounted in outlook.here and not _starving(state, queue, now):
-                continue
+    for key, queue in _offered(state, agent, agent_archive_ids, None, affinity, outlook, now):
         into[key[0]] += len(queue)
 
 

@@ -43,6 +43,7 @@ from coordinator.state import (
 )
 from hsm.tls import peer_of
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
+from hsm.wire import RETRY_AFTER_KEY
 
 if TYPE_CHECKING:
     from coordinator.node import CoordinatorNode
@@ -84,11 +85,6 @@ def _consumer_check(res: Result) -> None:
 DEFAULT_EVENTS = 1000
 MAX_EVENTS = 10_000
 MAX_EVENT_WAIT = 60.0
-
-
-#: gRPC trailing metadata of a RESOURCE_EXHAUSTED answer: milliseconds after
-#: which the same request may pass (hsm.client waits that long before its retry)
-RETRY_AFTER_KEY = "hsm-retry-after-ms"
 
 
 def _limit_text(refusal: Refusal) -> str:

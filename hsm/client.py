@@ -63,7 +63,9 @@ from hsm.wire import (
     KIND_NAMES,
     KIND_VALUES,
     LEADER_METADATA_KEY,
+    MAX_POLICY_BYTES,
     REPLICA_METADATA_KEY,
+    RETRY_AFTER_KEY,
     SHARD_ID_MODULUS,
     fid_from_pb,
     fid_to_pb,
@@ -122,8 +124,6 @@ MAX_LEADER_HOPS = 5
 MIN_TRY_TIMEOUT = 2.0
 #: Largest ``data`` of an item (bytes).
 MAX_DATA = 4096
-#: a policy document's largest size (coordinator.policy.MAX_POLICY_BYTES)
-MAX_POLICY = 256 * 1024
 #: Largest page the coordinator serves.
 MAX_PAGE = 10000
 #: After a failed attempt to learn the cluster's members, wait this long (s)
@@ -250,11 +250,6 @@ class WrongCluster(CoordinatorError):
     sent to it after its first answer; never retried."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-#: trailing metadata of a RESOURCE_EXHAUSTED answer: milliseconds until the
-#: same request may pass (a replica's rate limit)
-RETRY_AFTER_KEY = "hsm-retry-after-ms"
 
 
 def _retry_after(err: grpc.RpcError) -> float | None:
@@ -1405,8 +1400,8 @@ class CoordinatorClient:
         say what would change. *expect_version*: refused (Aborted) unless
         the policy is at that version now. Retrying a set that failed
         half-way sets the next version everywhere."""
-        if len(text.encode()) > MAX_POLICY:
-            raise InvalidArgument(f"the policy is {len(text.encode())} bytes, at most {MAX_POLICY}")
+        if len(text.encode()) > MAX_POLICY_BYTES:
+            raise InvalidArgument(f"the policy is {len(text.encode())} bytes, at most {MAX_POLICY_BYTES}")
         what = "check policy" if dry_run else "set policy"
         return self._call("SetPolicy", cpb.SetPolicyRequest(text=text, dry_run=dry_run,
                                                             expect_version=expect_version), what)

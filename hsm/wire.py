@@ -45,6 +45,11 @@ LEADER_METADATA_KEY = "hsm-leader"
 #: and the id of the replica that answered.
 CLUSTER_METADATA_KEY = "hsm-cluster-id"
 REPLICA_METADATA_KEY = "hsm-replica"
+#: Trailing metadata of RESOURCE_EXHAUSTED from a rate limit: milliseconds
+#: until the same request may pass (hsm.client waits that long to retry).
+RETRY_AFTER_KEY = "hsm-retry-after-ms"
+#: The largest policy document (coordinator.policy; SetPolicy), in bytes.
+MAX_POLICY_BYTES = 256 * 1024
 
 
 #: the longest id or name a client may send (agent ids, initiators, hosts,

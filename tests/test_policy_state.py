@@ -330,7 +330,8 @@ def test_budget_counts_running_on_every_shard() -> None:
         set_policy(s, "settings: {max_running: 5, max_running_per_archive: {2: 1}}")
         s.apply(Submit(1.0, (item(1), item(2, archive_id=2))))
         dispatch(s, offer(archive=2))
-    budget = scheduler.budget_for([a, b])
+    budget = scheduler.budget_for(a.policy.settings, [a, b])
+    assert budget is not None
     assert (budget.total, budget.per_archive) == (1, {2: -1})
     assert not budget.allows(2) and budget.allows(1)
 
