@@ -1172,6 +1172,10 @@ class CoordinatorNode:
         remind agents of work waiting here while they hold no credit here."""
         while True:
             await asyncio.sleep(self.config.heartbeat_interval / 2)
+            # what the policy decides by time (a batch gone idle, an action
+            # reaching the starvation bound, max_mount) changes with no
+            # command applied: a dispatcher round looks again
+            self._wake.set()
             self._send_backlogs(stalled_only=True)
             now = self.clock()
             for session in self.book.lapsed(now):
