@@ -605,6 +605,20 @@ class CoordinatorNode:
             cb(policy)
         self._wake.set()
 
+    def _adopt_newest_policy(self) -> None:
+        """Follow the newest policy any shard here has applied. A replica
+        that leads no shard may not be handed a follower's effects (no
+        PolicyChanged reaches it): without this, one that took over a shard
+        later kept deciding by its old policy (an open batch never opened:
+        tagged archives held for good)."""
+        version, newest = self.policy_version, None
+        for shard in self.shards:
+            with shard.reading() as st:
+                if st.policy_version > version:
+                    version, newest = st.policy_version, st.policy
+        if newest is not None:
+            self._use_policy(version, newest)
+
     def policy_problems(self, policy: Policy) -> list[str]:
         """What makes *policy* wrong for this cluster though its document is
         valid: archive ids it names that are not configured, an agent_grace
@@ -752,6 +766,7 @@ class CoordinatorNode:
         another shard each turn), one ``AssignRound`` per shard, proposed
         together. True if anything was assigned."""
         now = self.clock()
+        self._adopt_newest_policy()
         self.outlook.look(self._states(), now, self.policy.batch_size > 0,
                           {s.index for s in self.shards if s.leader_ready})
         sessions, planned = scheduler.plan_round(
@@ -1172,6 +1187,7 @@ class CoordinatorNode:
         remind agents of work waiting here while they hold no credit here."""
         while True:
             await asyncio.sleep(self.config.heartbeat_interval / 2)
+            self._adopt_newest_policy()
             # what the policy decides by time (a batch gone idle, an action
             # reaching the starvation bound, max_mount) changes with no
             # command applied: a dispatcher round looks again

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from coordinator.policy import Settings
 from coordinator.state import Kind, PositionQueue, QueueKey, ReadyQueue, ShardState
@@ -129,6 +130,10 @@ class Outlook:
     here: set[str] = field(default_factory=set)
     open: dict[str, int] = field(default_factory=dict)
     mounts: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: (agent, volume) -> the last (position, id) of the volume's restores
+    #: the agent may be given this round: the lowest positions over every
+    #: shard led here, as many as its restore credits (:func:`plan_round`)
+    upto: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
     def look(self, states: Iterable[ShardState], now: float, batching: bool = True,
              led: Collection[int] | None = None) -> None:
@@ -279,9 +284,12 @@ def pick(
     keys: list[QueueKey] = []
     iters: list[Iterator[int]] = []
     policy = state.policy
+    upto = outlook.upto if outlook is not None else None
     for key, queue in _offered(state, agent, agent_archive_ids, want, affinity, outlook, now):
         keys.append(key)
-        iters.append(_untaken(iter(queue), taken) if taken else iter(queue))
+        last = upto.get((agent, key[5])) if upto and key[5] else None
+        it = iter(queue) if last is None else _upto(cast(PositionQueue, queue).order, last)
+        iters.append(_untaken(it, taken) if taken else it)
     if not keys:
         return picked
     heads: list[int | None] = [next(it, None) for it in iters]
@@ -399,6 +407,14 @@ def _merged(keys: list[QueueKey], iters: list[Iterator[int]], heads: list[int | 
     return picked
 
 
+def _upto(order: list[tuple[int, int]], last: tuple[int, int]) -> Iterator[int]:
+    """The ids of a volume queue's *order* up to *last* (position, id)."""
+    for entry in order:
+        if entry > last:
+            return
+        yield entry[1]
+
+
 def _starving(state: ShardState, queue: ReadyQueue | PositionQueue, now: float) -> bool:
     """Whether some restore of this volume queue has waited the starvation
     bound (it then goes whatever volume its agent reads)."""
@@ -477,6 +493,39 @@ T = TypeVar("T")
 Planned = tuple[tuple[str, tuple[int, ...]], ...]
 
 
+def windows(shards: Iterable[T], read: Callable[[T], AbstractContextManager[ShardState]],
+            offers: Sequence[Offer], outlook: Outlook) -> None:
+    """Set ``outlook.upto``: for each agent with restore credits and each
+    volume with ready restores on *shards* (those led here, each read
+    through *read*), the last (position, id) it may be given of that
+    volume this round: the lowest positions over all those shards
+    together, as many as its credits. Each shard keeps its own restores of
+    a volume in position order; without this, a round would give an agent
+    the first shard's restores of the volume before lower positions on the
+    next shard. Positions tie across shards (ids are per shard): then a
+    few more may go, never more than the agent's credits."""
+    outlook.upto = {}
+    if not outlook.here:
+        return
+    wants = [(o.agent, o.credits.get(Kind.RESTORE, 0)) for o in offers]
+    most = max((n for _a, n in wants), default=0)
+    if most <= 0:
+        return
+    heads: dict[str, list[list[tuple[int, int]]]] = {}
+    for shard in shards:
+        with read(shard) as st:
+            for key, queue in st.ready.items():
+                if key[5] and isinstance(queue, PositionQueue) and queue.order:
+                    heads.setdefault(key[5], []).append(queue.order[:most])
+    for volume, lists in heads.items():
+        if len(lists) < 2:
+            continue  # one queue: its own order is the order
+        first = list(itertools.islice(heapq.merge(*lists), most))
+        for agent, n in wants:
+            if n > 0:
+                outlook.upto[(agent, volume)] = first[min(n, len(first)) - 1]
+
+
 def plan_round(turn: int, sessions: Sequence[S], shards: Sequence[T],
                read: Callable[[T], AbstractContextManager[ShardState]],
                per_round: int = 256, now: float = 0.0, budget: Budget | None = None,
@@ -497,6 +546,8 @@ def plan_round(turn: int, sessions: Sequence[S], shards: Sequence[T],
     k = turn % len(shards)
     offers = [Offer(s.agent_id, s.archive_ids, {kind: min(v, per_round) for kind, v in s.usable().items()})
               for s in ordered]
+    if outlook is not None:
+        windows(shards, read, offers, outlook)
     rounds: list[tuple[T, Planned]] = []
     for shard in [*shards[k:], *shards[:k]]:
         if not any(o.wants() for o in offers):

@@ -617,3 +617,42 @@ def test_a_replica_with_credits_but_none_of_the_mounted_volume_gives_its_own() -
     assert counts[Kind.RESTORE] == 1
     planned = scheduler.plan(s0, [offer("a", restore=5)], 3.0, None, aff, r1)
     assert [s0.actions[i].volume for _a, ids in planned for i in ids] == ["W"]
+
+
+class _Session:
+    def __init__(self, agent: str, restore: int) -> None:
+        self.agent_id, self.archive_ids, self._restore = agent, (), restore
+
+    def usable(self) -> dict[Kind, int]:
+        return {Kind.ARCHIVE: 0, Kind.RESTORE: self._restore, Kind.REMOVE: 0}
+
+
+def test_a_replica_gives_a_volume_in_position_order_across_the_shards_it_leads() -> None:
+    """One volume's files spread over three shards (by FID) that one
+    replica leads; the agent has 4 slots. Each round gives it the 4 lowest
+    positions over the three shards together, not the first shard's 4:
+    the tape only moves forward, whichever shard goes first in turn."""
+    from contextlib import nullcontext
+    states = [ShardState(ShardConfig(shard=k, archive_ids=frozenset({1, 2}))) for k in range(3)]
+    positions = list(range(0, 600, 10))
+    for n, position in enumerate(positions, start=1):
+        states[(n * 7) % 3].apply(Submit(1.0, (tape_item(n, "V", position),)))
+    aff = agents(("a", ()))
+    out = scheduler.Outlook()
+    order: list[int] = []
+    for turn in range(100):
+        now = 2.0 + turn
+        out.look(states, now)
+        _sessions, planned = scheduler.plan_round(turn, [_Session("a", 4)], states, nullcontext, 256, now, None,
+                                                  aff, out)
+        if not planned:
+            break
+        got = []
+        for state, assignments in planned:
+            state.apply(AssignRound(now, assignments))
+            got += [(state, state.actions[i]) for _a, ids in assignments for i in ids]
+        assert len(got) == 4 or len(order) + len(got) == len(positions)
+        order += sorted(a.position for _s, a in got)
+        for state, a in got:  # they end: room for the next 4
+            state.apply(Complete(now, (Completion(a.id, a.attempt, 0),), "a"))
+    assert order == positions

@@ -209,6 +209,34 @@ def test_tagged_archives_go_to_the_agent_that_serves_the_tag(cluster: ProcCluste
     cluster.check_converged()
 
 
+def test_a_replica_that_led_nothing_when_the_policy_changed_follows_it_once_it_leads(tmp_path: Path) -> None:
+    """One shard: two of the three replicas lead nothing when a policy that
+    batches tagged archives is set. The leader is killed; one of them takes
+    over, and must decide by the policy in force (its batch opens when idle)
+    though no shard handed it the change as it applied it. Before, it kept
+    the seeded policy's "no batching" while the shard's state held the
+    tagged archives for a batch: they never went."""
+    cluster = ProcCluster(tmp_path, shards=1, agent_grace=60.0)
+    try:
+        cluster.start_all()
+        fs = tmp_path / "fs"
+        SimFS.create(fs, "sys")
+        cluster.start_agent("taper", *[a.replace("{fs}", str(fs)) for a in NULL_AGENT], "--tags", "tape")
+        until(lambda: everywhere(cluster, 1), 30, "the seeded policy")
+        with CoordinatorClient(cluster.addresses, tls=cluster.client_tls, timeout=20) as client:
+            client.set_policy("rules: [{name: to-tape, match: {path: '/tape/**'}, then: {tag: tape}}]\n"
+                              "batching: {size: 50, idle: 1}\n")
+            until(lambda: everywhere(cluster, 2), 30, "version 2 on every replica")
+            cluster.kill(cluster.leader_of(0))
+            items = [submit_item("sys", Fid(0x200000403, n), "archive", path=f"/tape/f{n}") for n in range(1, 4)]
+            ids = [r.action_id for r in client.submit(items)]
+            final = client.wait(ids, deadline=60)
+        assert {a.state for a in final.values()} == {T.SUCCEEDED}
+        assert {a.agent for a in final.values()} == {"taper"}
+    finally:
+        cluster.stop()
+
+
 def test_the_readme_policy_samples(tmp_path: Path) -> None:
     """The README's site policy is valid, and what hsmctl prints for its
     set and get is what the README shows (on a cluster with the default
