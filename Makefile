@@ -9,7 +9,7 @@ NATIVE := $(VENV)/.native
 NATIVE_SRC := hsm/fid.py hsm/hsmflags.py hsm/wire.py coordinator/state.py coordinator/scheduler.py \
               coordinator/agents.py agentd/lease.py agentd/core.py
 
-.PHONY: demo test test-quick test-slow test-pure lint proto venv clean bench bench-full bench-profile nemesis
+.PHONY: demo test test-quick test-slow test-pure lint proto venv clean bench bench-full bench-profile nemesis fuse
 
 venv: $(NATIVE)
 
@@ -34,11 +34,24 @@ $(BENCH_STAMP): $(NATIVE)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-demo: $(NATIVE)
+# hsm-mount needs libfuse3 and fusermount3 (Debian package fuse3): installed
+# here when missing and we are root with apt-get; otherwise the demo and the
+# tests say why they leave it out
+fuse:
+	@if ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3 ' && command -v fusermount3 >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing libfuse3 for hsm-mount (apt-get install fuse3)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q fuse3 >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fuse3 >/dev/null 2>&1; } \
+		|| echo "could not install fuse3: hsm-mount's tests will be skipped"; \
+	else echo "libfuse3 is missing (Debian: apt-get install fuse3, as root): hsm-mount's tests will be skipped"; fi
+
+demo: $(NATIVE) fuse
 	$(PY) -m coordinator.demo
 
 # every test, the slow ones too (what CI runs): about 6 minutes on 2 cores
-test: $(NATIVE)
+test: $(NATIVE) fuse
 	$(PY) -m pytest -q
 
 # every test but those marked slow (multi-process system tests): the edit-test loop

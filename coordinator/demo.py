@@ -35,6 +35,10 @@ from hsm.v1 import types_pb2 as T
 FILES = 300
 REQUESTERS = 3
 BATCH = 50
+#: hsm-mount part: mounts (one initiator each), readers per mount, files read
+MOUNTS = 3
+READERS = 3
+MOUNT_FILES = 60
 
 
 class DemoFailed(Exception):
@@ -153,6 +157,84 @@ def concurrent_restores(address: str, fs: SimFS, paths: list[Path]) -> list[list
     return results
 
 
+def mounted_reads(work: Path, address: str, fs: SimFS, paths: list[Path]) -> None:
+    """Implicit restore: the tree mounted MOUNTS times with hsm-mount (one
+    simulated OST, one initiator, each), MOUNT_FILES files released again,
+    and READERS ``cat`` processes per mount reading all of them at once, each
+    in its own order: one restore per file, and every reader gets the
+    right bytes. Skipped, saying why, where FUSE cannot be used."""
+    from hsmfs.cli import fuse_problem, unmount
+
+    problem = fuse_problem()
+    if problem:
+        say(f"== hsm-mount skipped: {problem}; the demo goes on without it")
+        return
+    # not the empty ones: reading an empty file reads nothing (the kernel
+    # knows its size), so nothing asks for it back
+    chosen = [p for p in paths if p.stat().st_size][:MOUNT_FILES]
+    hsmctl(address, "release", *map(str, chosen))
+    with CoordinatorClient(address, tls=TLS) as client:
+        before = {a.action_id for a in client.list_actions(kinds=[T.RESTORE], include_terminal=True)}
+    env = dict(os.environ, HSM_COORDINATORS=address)
+    if TLS is not None:
+        env.update({ENV_CA: str(TLS.ca), ENV_CERT: str(TLS.cert), ENV_KEY: str(TLS.key)})
+    mounts: list[tuple[Path, subprocess.Popen[bytes]]] = []
+    try:
+        for k in range(MOUNTS):
+            mnt = work / f"mnt-ost{k}"
+            mnt.mkdir()
+            proc = subprocess.Popen([sys.executable, "-m", "hsmfs.cli", str(fs.root), str(mnt), "--initiator",
+                                     f"ost{k}"], env=env, stdout=subprocess.DEVNULL,
+                                    stderr=(work / "logs" / f"hsm-mount-ost{k}.log").open("wb"))
+            mounts.append((mnt, proc))
+        deadline = time.monotonic() + 30
+        for mnt, proc in mounts:
+            while not os.path.ismount(mnt):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise DemoFailed(f"hsm-mount did not mount {mnt} (see {work / 'logs'})")
+                time.sleep(0.05)
+        say(f"== hsm-mount: the tree mounted {MOUNTS} times (initiators "
+            + ", ".join(f"ost{k}" for k in range(MOUNTS)) + f"); {len(chosen)} files released again")
+        t = time.monotonic()
+        readers = []
+        for r in range(MOUNTS * READERS):
+            mnt = mounts[r % MOUNTS][0]
+            order = chosen[:]
+            random.Random(r).shuffle(order)
+            rel = [mnt / p.relative_to(fs.root) for p in order]
+            readers.append((order, subprocess.Popen(["cat", *map(str, rel)], stdout=subprocess.PIPE,
+                                                    stderr=subprocess.PIPE)))
+        outputs = [(order, *proc.communicate(timeout=300), proc.returncode) for order, proc in readers]
+        took = time.monotonic() - t
+        wrong = 0
+        for order, out, err, rc in outputs:
+            expected = hashlib.sha256(b"".join(p.read_bytes() for p in order)).hexdigest()
+            if rc != 0 or hashlib.sha256(out).hexdigest() != expected:
+                wrong += 1
+                say(f"!! a reader got wrong bytes or an error: {err.decode(errors='replace').strip()[:200]}")
+        say(f"   {len(readers)} readers ({READERS} per mount) cat the same {len(chosen)} files at once: "
+            f"{len(readers) * len(chosen)} reads in {took:.1f} s")
+        with CoordinatorClient(address, tls=TLS) as client:
+            new = [a for a in client.list_actions(kinds=[T.RESTORE], include_terminal=True)
+                   if a.action_id not in before]
+        per_file = Counter((a.fid.seq, a.fid.oid, a.fid.ver) for a in new)
+        initiators = {q.initiator for a in new for q in a.requesters}
+        say(f"   restore actions: {len(new)} for {len(per_file)} files, asked for by "
+            f"{len(initiators)} initiators; readers with the right bytes: {len(outputs) - wrong} of {len(outputs)}")
+        if wrong or len(per_file) != len(chosen) or any(n != 1 for n in per_file.values()):
+            raise DemoFailed("every mounted reader must get the right bytes from one restore per file")
+    finally:
+        for mnt, proc in mounts:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            unmount(os.fspath(mnt))
+    say(f"   unmounted {len(mounts)} mounts")
+
+
 def run(work: Path) -> None:
     t0 = time.monotonic()
     say(f"== hsm-coordinator demo in {work}")
@@ -216,6 +298,8 @@ def run(work: Path) -> None:
         if bad or still:
             raise DemoFailed(f"{len(bad)} files differ, {len(still)} still released")
         say(f"== verified: all {len(paths)} files online again, every byte matches ({total / 2**20:.1f} MiB)")
+
+        mounted_reads(work, address, fs, paths)
 
         say("== hsmctl status")
         say(hsmctl(address, "status").stdout.rstrip())
