@@ -64,6 +64,7 @@ _U32 = (1 << 32) - 1
 EPILOG = """\
 commands like lfs:
   archive, restore, remove  queue HSM requests for files (lfs hsm_archive, ...)
+  restore --list FILE       pre-stage the files a list names, wait, summarize (docs/prestage.md)
   release                   drop the data of archived files (done locally, by the client)
   cancel                    cancel actions by path, FID, --id ID[,ID] (repeatable), or all
   state, action             lfs hsm_state / lfs hsm_action output
@@ -74,6 +75,8 @@ cluster:
   policy get|set|check|diff the replicated policy: priorities, fair share, admission
                             rules, rate limits, runtime settings (docs/policy.md)
   agent drain|resume ID     stop giving an agent work (before stopping it)
+  space [PATH]              what the space manager (hsm-spaced) did: usage, watermarks,
+                            releases, archives (docs/space.md)
 
 coordinators: --coordinators HOST:PORT[,HOST:PORT...], else $HSM_COORDINATORS,
 else 127.0.0.1:7600. Any replica will do; hsmctl learns the others from it and
@@ -189,6 +192,28 @@ request, or with --wait a file's HSM state shows the work not done.
              "running": {"archive", "restore", "remove"}}
 Kinds and states are upper case (ARCHIVE, WAITING); times are unix seconds.
 """
+
+
+RESTORE_LIST_EPILOG = """
+
+pre-stage lists (restore --list FILE; the language: docs/prestage.md):
+  one entry per line, # comments; relative paths start at the list's directory
+    /lustre/proj/mesh.h5     a file           inputs/        the files in a directory
+    run42/*.nc               a glob           inputs/**      ... at any depth
+    data/**/*.h5 --newer 7d --size +1G        filters: --newer/--older WHEN (2024-05-01,
+                                              2024-05-01T12:00Z, 90s 30m 12h 7d 2w), --size +N|-N (K M G T)
+    set --older 30d          defaults for the lines below (set alone: none)
+    include common.list      another list, relative to this one (a cycle is an error)
+  symbolic links are not followed; names starting with . only match patterns that start with .
+  First every error of the list and its includes is printed (FILE:LINE: message) and
+  nothing is submitted (exit 2); entries that match nothing are warnings (FILE:LINE:
+  warning: matches nothing). Then a restore is submitted for each file that needs one
+  (an online file is skipped) and --list waits for them all (--deadline S: stop waiting,
+  --no-wait: do not wait), with a progress bar on a terminal (plain lines otherwise,
+  on stderr), and ends with a summary on stdout:
+    restored 38 (11.8GiB), already online 2, failed 1, in 4m12s
+    failed: data/b.h5: RESTORE action 1207 failed: No data available (errno ENODATA)
+  Exit status 1 if any failed or did not end before --deadline."""
 
 
 class CliError(Exception):
@@ -644,6 +669,7 @@ class Submitter:
         self.pending: list[tuple[Target, cpb.SubmitItem]] = []
         self.counts = {"CREATED": 0, "JOINED": 0, "NOT_NEEDED": 0, "REJECTED": 0}
         self.labels: dict[int, list[str]] = {}
+        self.refused: list[str] = []  # the messages of the items refused, for restore --list
 
     def add(self, target: Target) -> None:
         item = self.client.submit_item(
@@ -682,7 +708,8 @@ class Submitter:
                 from hsmctl.output import error_text
 
                 why = error_text(result.reason, result.errno) or "rejected"
-                self.ctx.error(f"{target.label}: {kind} refused: {why}")
+                self.refused.append(f"{target.label}: {kind} refused: {why}")
+                self.ctx.error(self.refused[-1])
 
     def summary(self) -> str:
         c = self.counts
@@ -721,6 +748,7 @@ class LustreSubmitter:
         self.pending: list[LustreTarget] = []
         self.sent: list[LustreTarget] = []
         self.counts = {"sent": 0, "not_needed": 0, "rejected": 0}
+        self.refused: list[str] = []  # the messages of the files refused, for restore --list
 
     def add(self, target: LustreTarget) -> None:
         kind = self.kind.upper()
@@ -734,7 +762,8 @@ class LustreSubmitter:
                 return
             if why is not None:
                 self.counts["rejected"] += 1
-                self.ctx.error(f"{target.label}: {kind} refused: {why} (Operation not permitted)")
+                self.refused.append(f"{target.label}: {kind} refused: {why} (Operation not permitted)")
+                self.ctx.error(self.refused[-1])
                 return
         if self.pending and self.pending[0].dev != target.dev:
             self.flush()  # one request per mount, as lfs wants
@@ -755,6 +784,8 @@ class LustreSubmitter:
             code = EXIT_NOT_HSM if e.errno in NOT_LUSTRE_ERRNOS else EXIT_FAILED
             self.ctx.error(f"cannot send the {kind} request of {batch[0].label}{more} to the MDT: "
                            f"{e.strerror or e}", code)
+            self.refused.extend(f"{t.label}: cannot send the {kind} request to the MDT: {e.strerror or e}"
+                                for t in batch)
             return
         self.counts["sent"] += len(batch)
         self.sent.extend(batch)
@@ -944,6 +975,11 @@ def _walk(ctx: Context, top: str) -> Iterator[str]:
 def cmd_request(args: argparse.Namespace, ctx: Context) -> int:
     """archive / restore / remove."""
     kind = args.command
+    if kind == "restore":
+        if args.prestage is not None:
+            return _restore_list(args, ctx)
+        if args.dry_run or args.no_wait:
+            raise CliError(f"{'--dry-run' if args.dry_run else '--no-wait'} goes with --list FILE", EXIT_USAGE)
     archive_id = getattr(args, "archive_id", 0) or 0
     fid_mode, fsname, fs = _fid_mode(args, ctx)
     streaming = bool(args.recursive or args.filelist)
@@ -1131,13 +1167,20 @@ WAIT_POLL_MAX = 1.0  # ... doubling up to this
 
 
 def _wait_lustre(ctx: Context, fs: LustreFs, kind: str, targets: list[LustreTarget],
-                 summary: bool = False, deadline: float | None = None) -> None:
+                 summary: bool = False, deadline: float | None = None,
+                 outcomes: Outcomes | None = None) -> None:
     """--wait on Lustre: poll ``llapi_hsm_current_action`` for each file
     until the MDT has nothing waiting or running for it (or *deadline*
     seconds passed), then judge from its HSM state (``hsmctl.lustre.outcome``).
     The MDT tells no errno and no action id through these calls, so a
-    failure is said in terms of the file's state, and a cancel is a failure."""
+    failure is said in terms of the file's state, and a cancel is a failure.
+    *outcomes*, when given, records each file's end (restore --list)."""
     from hsmctl.lustre import outcome
+
+    def fail(message: str) -> None:
+        ctx.error(message)
+        if outcomes is not None:
+            outcomes.failed.append(message)
 
     if not targets:
         if summary:
@@ -1168,16 +1211,18 @@ def _wait_lustre(ctx: Context, fs: LustreFs, kind: str, targets: list[LustreTarg
         except OSError as e:
             if e.errno == _errno.ENOENT and kind == "remove":
                 return True  # the file went away: nothing left to remove it from
-            ctx.error(f"{t.label}: {upper} ended, but its HSM state cannot be read: {e.strerror or e}")
+            fail(f"{t.label}: {upper} ended, but its HSM state cannot be read: {e.strerror or e}")
             return False
         why = outcome(kind, flags)
         if why is None:
             ctx.info(f"{t.label}: {upper} succeeded")
+            if outcomes is not None:
+                outcomes.done.append(t.label)
             return True
         from hsmctl.output import flag_words
 
         words = " ".join(flag_words(flags)) or "no flags"
-        ctx.error(f"{t.label}: {upper} failed or was canceled: {why} ({words})")
+        fail(f"{t.label}: {upper} failed or was canceled: {why} ({words})")
         return False
 
     end = None if deadline is None else time.monotonic() + deadline
@@ -1191,7 +1236,7 @@ def _wait_lustre(ctx: Context, fs: LustreFs, kind: str, targets: list[LustreTarg
                     hca = fs.current_action(t.path)
                 except OSError as e:
                     if e.errno != _errno.ENOENT:
-                        ctx.error(f"{t.label}: cannot get its HSM action: {e.strerror or e}")
+                        fail(f"{t.label}: cannot get its HSM action: {e.strerror or e}")
                         failed += 1
                         continue
                     hca = None  # gone: judged below
@@ -1225,8 +1270,254 @@ def _wait_lustre(ctx: Context, fs: LustreFs, kind: str, targets: list[LustreTarg
         shown = ", ".join(t.label for t in pending[:10]) + (" ..." if len(pending) > 10 else "")
         ctx.error(f"gave up waiting after {deadline:g} s: the MDT still has {len(pending)} {kind} "
                   f"request(s) waiting or running (they go on; 'hsmctl action' shows them): {shown}")
+        if outcomes is not None:
+            outcomes.unfinished += len(pending)
     if summary:
         print(f"succeeded {succeeded}, failed {failed}", file=ctx.out)
+
+
+# ---------------------------------------------------------------------------
+# restore --list: pre-stage lists (hsmctl/prestage.py, docs/prestage.md)
+
+#: without a terminal, restore --list prints a progress line each time
+#: another quarter of the files ended, and at least this often while
+#: actions change (seconds)
+LIST_PROGRESS_EVERY = 30.0
+
+
+@dataclass
+class Outcomes:
+    """How each file of a restore --list ended, for its summary."""
+
+    done: list[str] = field(default_factory=list)  # labels of the files restored
+    failed: list[str] = field(default_factory=list)  # one message per file, naming it
+    unfinished: int = 0  # still waiting or running when --deadline passed
+
+
+def _took(seconds: float) -> str:
+    """``"2.4s"``, then as format_age: ``"5m07s"``, ``"3h02m"``."""
+    from hsmctl.output import format_age
+
+    return f"{seconds:.1f}s" if seconds < 60 else format_age(seconds)
+
+
+class ListProgress:
+    """restore --list's progress while it waits: on a terminal (stderr) a
+    live bar (``restore: 3 waiting, 1 running, 6 done, 1 failed``, files
+    ended of all, bytes restored of all, time); otherwise a plain line of
+    the same words at the start, each time another quarter of the files
+    ended, and at most every ``LIST_PROGRESS_EVERY`` seconds in between."""
+
+    def __init__(self, ctx: Context, files: int, total_bytes: int, clock: Callable[[], float] = time.monotonic,
+                 every: float = LIST_PROGRESS_EVERY) -> None:
+        self.ctx = ctx
+        self.files = files
+        self.total_bytes = total_bytes
+        self.clock = clock
+        self.every = every
+        self.start = clock()
+        self.last_line = self.start
+        self.quarter = 0
+        self.live: Any = None
+        self.task: Any = None
+        if ctx.err.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.live = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                                 console=Console(file=ctx.err), transient=False)
+            self.task = self.live.add_task(wait_label("restore", files, 0, 0), total=files,
+                                           detail=self._bytes(0))
+            self.live.start()
+        else:
+            self._line(wait_label("restore", files, 0, 0), 0, self.start)
+
+    def _bytes(self, moved: int) -> str:
+        from hsmctl.output import format_bytes
+
+        return f"{format_bytes(moved)}/{format_bytes(self.total_bytes)}"
+
+    def _line(self, label: str, moved: int, now: float) -> None:
+        print(f"{label}; {self._bytes(moved)}, {_took(now - self.start)}", file=self.ctx.err)
+        self.ctx.err.flush()
+        self.last_line = now
+
+    def update(self, waiting: int, running: int, done: int, failed: int, moved: int) -> None:
+        label = wait_label("restore", waiting, running, done, failed)
+        if self.live is not None:
+            self.live.update(self.task, completed=done, description=label, detail=self._bytes(moved))
+            return
+        now = self.clock()
+        quarter = done * 4 // self.files if self.files else 4
+        if quarter > self.quarter or now - self.last_line >= self.every:
+            self.quarter = max(quarter, self.quarter)
+            self._line(label, moved, now)
+
+    def error(self, message: str) -> None:
+        """A file that failed, said at once (above the bar on a terminal)."""
+        if self.live is not None:
+            from rich.text import Text
+
+            self.live.console.print(Text(plain_text(f"{PROG} restore: {message}")))
+            self.ctx.fail(EXIT_FAILED)
+        else:
+            self.ctx.error(message)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def _wait_list(ctx: Context, client: CoordinatorClient, labels: dict[int, list[str]], sizes: dict[str, int],
+               deadline: float | None, outcomes: Outcomes) -> None:
+    """Watch the restores of a --list until all ended (or *deadline*
+    seconds passed), showing ``ListProgress``; record each file's end in
+    *outcomes*. A coordinator failover is ridden through, as by --wait."""
+    from hsm.client import DeadlineExceeded, state_name
+    from hsm.v1 import types_pb2 as tpb
+    from hsmctl.output import error_text
+
+    ids = list(labels)
+    files = sum(len(v) for v in labels.values())
+
+    def size(aid: int) -> int:
+        return sum(sizes.get(label, 0) for label in labels[aid])
+
+    progress = ListProgress(ctx, files, sum(size(aid) for aid in ids))
+    final: set[int] = set()
+    running: dict[int, int] = {}  # action id -> bytes done
+    restored_bytes = 0
+    end = None if deadline is None else time.monotonic() + deadline
+    try:
+        for start in range(0, len(ids), WATCH_CHUNK):
+            left = None if end is None else max(0.0, end - time.monotonic())
+            for action in client.watch(ids[start:start + WATCH_CHUNK], left):
+                aid = action.action_id
+                names = labels.get(aid, [f"action {aid}"])
+                if action.state in (tpb.SUCCEEDED, tpb.FAILED, tpb.CANCELED):
+                    running.pop(aid, None)
+                    if aid in final:
+                        continue
+                    final.add(aid)
+                    if action.state == tpb.SUCCEEDED:
+                        outcomes.done.extend(names)
+                        restored_bytes += size(aid)
+                        for name in names:
+                            ctx.info(f"{name}: RESTORE succeeded (action {aid})")
+                    else:
+                        verb = "failed" if action.state == tpb.FAILED else "was canceled"
+                        why = error_text(action.error, action.errno)
+                        for name in names:
+                            message = (f"{name}: RESTORE action {aid} {verb}"
+                                       + (f": {why}" if why else f" ({state_name(action.state)})"))
+                            outcomes.failed.append(message)
+                            progress.error(message)
+                elif action.state in (tpb.STARTED, tpb.CANCELING):
+                    running[aid] = action.bytes_done
+                else:  # WAITING: not started yet, or given back to the queue
+                    running.pop(aid, None)
+                ended = len(outcomes.done) + len(outcomes.failed)
+                started = sum(len(labels.get(a, ())) for a in running)
+                progress.update(files - ended - started, started, ended, len(outcomes.failed),
+                                restored_bytes + sum(running.values()))
+    except DeadlineExceeded:
+        pass
+    finally:
+        progress.stop()
+    unfinished = [aid for aid in ids if aid not in final]
+    if unfinished:
+        outcomes.unfinished += sum(len(labels[aid]) for aid in unfinished)
+        shown = ", ".join(map(str, unfinished[:10])) + (" ..." if len(unfinished) > 10 else "")
+        ctx.error(f"gave up waiting after {deadline:g} s: {len(unfinished)} restore action(s) not ended yet "
+                  f"(they go on; 'hsmctl actions' shows them): {shown}")
+
+
+def _restore_list(args: argparse.Namespace, ctx: Context) -> int:
+    """``restore --list FILE``: check the list (any error: all of them on
+    stderr, exit 2, nothing submitted), expand it, submit a restore for
+    each file that needs one, wait with progress (unless --no-wait), and
+    print the summary."""
+    from hsmctl import prestage
+    from hsmctl.output import format_bytes
+
+    started = time.monotonic()
+    given = [name for name, value in (("PATH operands", args.operands), ("--filelist", args.filelist),
+                                      ("-r", args.recursive), ("-0", args.null), ("--fid", args.fid),
+                                      ("--mntpath", args.mntpath), ("--fsname", args.fsname)) if value]
+    if given:
+        raise CliError(f"--list names the files itself: it takes no {', '.join(given)}", EXIT_USAGE)
+    if args.no_wait and (args.wait or args.deadline is not None):
+        raise CliError("--no-wait with --wait or --deadline: choose one", EXIT_USAGE)
+    name = args.prestage
+    shown = path_text(prestage.STDIN_NAME if name == prestage.STDIN else name)
+    text = os.fsdecode(sys.stdin.buffer.read()) if name == prestage.STDIN else None
+    plist = prestage.load(name, text)
+    if plist.errors:
+        for problem in plist.errors:
+            print(plain_text(str(problem)), file=ctx.err)
+        ctx.error(f"{shown}: {len(plist.errors)} error(s) in the pre-stage list; nothing was restored",
+                  EXIT_USAGE)
+        return ctx.status
+    expansion = prestage.expand(plist.entries, time.time())
+    for warning in expansion.warnings:
+        print(plain_text(str(warning)), file=ctx.err)
+    files = expansion.files
+    if args.dry_run:
+        for match in files:
+            print(path_text(match.path), file=ctx.out)
+        print(f"{PROG} restore: {shown} names {len(files)} file(s), {format_bytes(expansion.bytes)}; "
+              "nothing submitted (--dry-run)", file=ctx.err)
+        return ctx.status
+    print(f"{PROG} restore: {shown} names {len(files)} file(s), {format_bytes(expansion.bytes)}",
+          file=ctx.err)
+    ctx.err.flush()
+
+    outcomes = Outcomes()
+    sizes: dict[str, int] = {}
+    requests = Requests(args, ctx, "restore", 0)
+    try:
+        for match in files:
+            try:
+                target = _target_from_path(ctx, match.path)
+            except PathError as e:
+                requests.local_error(str(e), e.code if e.code != EXIT_USAGE else EXIT_FAILED)
+                outcomes.failed.append(str(e))
+                continue
+            sizes[target.label] = match.size
+            requests.add(target)
+        requests.flush()
+        for sub in (requests.simfs, requests.lustre):
+            if sub is not None:
+                outcomes.failed.extend(sub.refused)
+        if args.no_wait:
+            for line in requests.summaries():
+                print(line, file=ctx.out)
+            return ctx.status
+        if requests.simfs is not None and requests.client is not None:
+            _wait_list(ctx, requests.client, requests.simfs.labels, sizes, args.deadline, outcomes)
+        if requests.lustre is not None:
+            _wait_lustre(ctx, requests.lustre.fs, "restore", requests.lustre.sent, deadline=args.deadline,
+                         outcomes=outcomes)
+    finally:
+        requests.close()
+    online = (requests.simfs.counts["NOT_NEEDED"] if requests.simfs is not None else 0) + (
+        requests.lustre.counts["not_needed"] if requests.lustre is not None else 0)
+    restored_bytes = sum(sizes.get(label, 0) for label in outcomes.done)
+    line = (f"restored {len(outcomes.done)} ({format_bytes(restored_bytes)}), already online {online}, "
+            f"failed {len(outcomes.failed)}")
+    if outcomes.unfinished:
+        line += f", not done yet {outcomes.unfinished} (past --deadline; they go on)"
+    print(f"{line}, in {_took(time.monotonic() - started)}", file=ctx.out)
+    for message in outcomes.failed:
+        print(plain_text(f"failed: {message}"), file=ctx.out)
+    return ctx.status
 
 
 # ---------------------------------------------------------------------------
@@ -1704,6 +1995,12 @@ def cmd_policy(args: argparse.Namespace, ctx: Context) -> int:
         raise CliError(str(e), EXIT_USAGE) from None
 
 
+def cmd_space(args: argparse.Namespace, ctx: Context) -> int:
+    from hsmctl import space
+
+    return space.run(args, ctx.out, ctx.err)
+
+
 def cmd_agents(args: argparse.Namespace, ctx: Context) -> int:
     from hsmctl.output import agent_to_dict, agents_table, emit, make_console, write_json
 
@@ -1832,6 +2129,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "restore":
             p.add_argument("-a", "--archive-id", type=_archive_id, default=0, metavar="N",
                            help="archive to use (default: the file's own, else 1)")
+        else:
+            p.epilog = (p.epilog or "") + RESTORE_LIST_EPILOG
+            p.add_argument("--list", dest="prestage", metavar="FILE",
+                           help="pre-stage list FILE (- for stdin): paths, globs (* ? [...] **), "
+                                "directories, filters (--newer/--older WHEN, --size +N/-N), set, "
+                                "include; see below and docs/prestage.md. Not -l (that is --filelist). "
+                                "Waits for the restores unless --no-wait")
+            p.add_argument("--dry-run", action="store_true",
+                           help="with --list: check and expand the list, print the files it names "
+                                "(one per line), submit nothing")
+            p.add_argument("--no-wait", action="store_true",
+                           help="with --list: submit the restores and return (summary: queued, "
+                                "joined, not needed, rejected)")
         p.add_argument("-D", "--data", type=_data, default=b"", metavar="K=V,...",
                        help="hints for the mover, e.g. tag=project1")
         p.add_argument("-l", "--filelist", metavar="FILE",
@@ -1857,7 +2167,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="block until every action ended; fail if any failed (on Lustre: "
                             "polls the MDT, then judges by the file's HSM state; see hsmctl --help)")
         p.add_argument("--deadline", type=_positive_float, metavar="SECONDS",
-                       help="with --wait: stop waiting after SECONDS (exit 1; the actions go on)")
+                       help=f"with --wait{' or --list' if name == 'restore' else ''}: stop waiting "
+                            "after SECONDS (exit 1; the actions go on)")
         p.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH, metavar="N",
                        help=f"items per request (default {DEFAULT_BATCH})")
         p.add_argument("operands", nargs="*", metavar="PATH")
@@ -1937,6 +2248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.description = _events.EVENTS_HELP
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     _events.add_arguments(p)
+
+    from hsmctl import space as _space
+
+    p = add("space", _space.HELP, cmd_space, epilog=_space.EPILOG)
+    _space.add_arguments(p)
 
     p = add("agents", "connected mover agents", cmd_agents)
     p.add_argument("--json", action="store_true", help="JSON output (see hsmctl --help)")
