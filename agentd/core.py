@@ -51,7 +51,7 @@ from agentd.lease import Leases
 from agentd.movers.base import Requester, Result
 from hsm.fid import Fid, FidError
 from hsm.hsmflags import HSMA
-from hsm.v1 import agent_pb2, coordinator_pb2
+from hsm.v1 import agent_pb2, coordinator_pb2, types_pb2
 from hsm.wire import KIND_NAMES
 
 KINDS: tuple[int, ...] = (int(HSMA.ARCHIVE), int(HSMA.RESTORE), int(HSMA.REMOVE))
@@ -827,6 +827,11 @@ class AgentCore:
             bytes_done=max(bytes_done, 0),
             handback=handback,
         )
+        made = res.copy if err == 0 else None
+        if made is not None:
+            done.copy.CopyFrom(types_pb2.Copy(key=made.key, data_version=made.data_version, size=made.size,
+                                              checksum=made.checksum, uid=made.uid, gid=made.gid, mode=made.mode,
+                                              path=made.path))
         self._remember(self.finished, (r.action_id, r.attempt), now, done)
         self._queue_done(r.stream, done)
         if deferred is not None:

@@ -568,6 +568,10 @@ class LustreBackend:
         """``<mnt>/.lustre/fid/<fid>`` (opens the file by FID)."""
         return os.path.join(self.mount, ".lustre", "fid", fid.bare)
 
+    def name_of(self, fid: Fid) -> str:
+        """The file's path from the file system's root (``llapi_fid2path``), with a leading ``/``."""
+        return "/" + self.api.fid2path(self.mount, fid).lstrip("/")
+
     def cookies(self, job: Job) -> list[Requester]:
         """The job's requesters that are this file system's MDT items, oldest
         first, each cookie once."""

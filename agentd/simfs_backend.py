@@ -122,6 +122,11 @@ class SimfsBackend:
         self.fs.path_of(fid)
         return str(self.fs.fid_path(fid))
 
+    def name_of(self, fid: Fid) -> str:
+        """The file's path from the tree's root (``/dir/file``), as
+        ``llapi_fid2path`` gives it (without the leading ``/``) on Lustre."""
+        return "/" + str(self.fs.path_of(fid).relative_to(self.fs.root))
+
     def begin(self, fid: Fid, kind: int, archive_id: int) -> SimfsAction:
         """``llapi_hsm_action_begin``. ``FileNotFoundError`` for an unknown
         FID; ``PermissionError`` (EPERM) when the file's HSM state no longer

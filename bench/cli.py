@@ -42,6 +42,8 @@ workloads:
   profile        the archive flood under py-spy (replicas, an agentd, a client); see bench/profile.py
   compare        workloads on a baseline commit's code and on the working tree, in one run, with
                  the ratio of every figure (compare --help; bench/compare.py)
+  catalog        the catalog's bytes per copy per replica (memory, snapshot) and listing times
+                 (catalog --help; bench/catalog.py)
   sealing        what sealing Raft messages (Fernet) costs: the flood with encryption on and off,
                  and seal + unseal per Raft entry and per action (sealing --help; bench/sealing.py)
   tls            what mutual TLS costs: the flood on a plain-text cluster and on one with TLS everywhere,
@@ -195,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
                           + " / ".join(f"{v:g}" for v in policymod.TAPE_FILES.values()) + " quick / full)")
     pol.add_argument("--tape-live", action="store_true",
                      help="tape: submit the restores while dispatch runs (default: dispatch held until all are in)")
+    from bench import catalog as catalogmod
+
+    cat = sub.add_parser("catalog", parents=[common], help="the catalog's memory and snapshot bytes per copy, "
+                         "and listing times", description=catalogmod.CATALOG_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    cat.add_argument("--copies", type=int, metavar="N",
+                     help="copies (default " + " / ".join(f"{v:,}" for v in catalogmod.COPIES.values())
+                          + " quick / full)")
     return p
 
 
@@ -312,6 +322,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.results / "latest.md").write_text(report.markdown(latest))
         print((args.results / "latest.md").read_text())
         return 0
+    if args.workload == "catalog":
+        from bench import catalog as catalogmod
+
+        if args.copies is not None and args.copies < 1:
+            build_parser().error("catalog: --copies must be at least 1")
+        return catalogmod.catalog(args, _say)
     if args.workload == "profile":
         from bench.profile import profile
 

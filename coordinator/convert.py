@@ -8,7 +8,9 @@ proposed, so bad input changes nothing.
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
+from coordinator.catalog import Copy, CopyError
 from coordinator.state import Action, CookieTarget, FidTarget, Item, Kind, Requester, State
 from hsm.hsmflags import HS_ALL, HSM_REQUEST_FLAGS
 from hsm.v1 import agent_pb2, coordinator_pb2, types_pb2
@@ -230,3 +232,27 @@ def kinds_from_pb(values: Collection[int]) -> list[Kind]:
             raise InvalidRequest(f"unknown action kind {v}")
         out.append(Kind(v))
     return out
+
+
+def copy_facts_from_pb(pb: agent_pb2.Done) -> tuple[Any, ...] | None:
+    """What an agent's Done says of the copy its archive wrote
+    (``Completion.copy``, in ``COPY_FACTS`` order), or None when it says
+    nothing or breaks the catalog's bounds (the catalog then records what
+    the action itself knows): an agent's text cannot grow the catalog."""
+    if not pb.HasField("copy"):
+        return None
+    c = pb.copy
+    facts = (c.key, c.data_version, c.size, c.checksum, c.uid, c.gid, c.mode, c.path)
+    try:
+        Copy(1, c.key, c.data_version, c.size, c.checksum, path=c.path).check()
+    except CopyError:
+        return None
+    if c.size >= 1 << 63 or c.data_version >= 1 << 63:
+        return None
+    return facts
+
+
+def copy_to_pb(c: Copy) -> types_pb2.Copy:
+    return types_pb2.Copy(archive_id=c.archive_id, key=c.key, data_version=c.data_version, size=c.size,
+                          checksum=c.checksum, archived=c.archived, offset=c.offset, length=c.length, uid=c.uid,
+                          gid=c.gid, mode=c.mode, path=c.path, container=c.container, slot=c.slot)

@@ -1013,7 +1013,8 @@ class CoordinatorNode:
                          agent_id, d.errno, d.message[:1024])  # as kept: an agent's text cannot flood the log
         reports: list[ProgressReport | Completion] = [
             ProgressReport(p.action_id, p.attempt, p.bytes_done, p.bytes_total) for p in progress]
-        reports += [Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done, d.handback)
+        reports += [Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done, d.handback,
+                               convert.copy_facts_from_pb(d) if not d.errno else None)
                     for d in done]
         await self._propose_reports(agent_id, shard, now, reports)
 

@@ -70,6 +70,8 @@ METHODS: Mapping[str, frozenset[str]] = {
     _C + "AckEvents": frozenset({ADMIN, OPERATOR, REPLICA}),
     # the policy's rules name paths, uids and limits: not for users
     _C + "GetPolicy": frozenset({ADMIN, OPERATOR, REPLICA}),
+    # the catalog names every archived file, its owner and path: not for users
+    _C + "ListCopies": frozenset({ADMIN, OPERATOR, REPLICA}),
     _C + "SetPolicy": frozenset({ADMIN, REPLICA}),
     _A + "Work": frozenset({AGENT}),
     _A + "Report": frozenset({REPLICA}),

@@ -13,6 +13,7 @@ import grpc
 
 from coordinator import convert, roles
 from coordinator.agents import MAX_AGENT_ID
+from coordinator.catalog import MAX_PATH, Query
 from coordinator.cluster import membership_problem, split_addr
 from coordinator.convert import InvalidRequest
 from coordinator.edge import audit
@@ -43,7 +44,7 @@ from coordinator.state import (
 )
 from hsm.tls import peer_of
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
-from hsm.wire import RETRY_AFTER_KEY
+from hsm.wire import RETRY_AFTER_KEY, fid_to_pb
 
 if TYPE_CHECKING:
     from coordinator.node import CoordinatorNode
@@ -386,6 +387,53 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             found = found[:page]
             token = str(found[-1].action_id)
         return coordinator_pb2.ListActionsResponse(actions=found, next_page_token=token)
+
+    async def ListCopies(self, request: coordinator_pb2.ListCopiesRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ListCopiesResponse:  # noqa: N802
+        """One page of one shard's catalog, read on its leader (a replica
+        forwards the shard it does not lead), in (fsname, FID) order."""
+        node = self.node
+        try:
+            target = convert.fid_target_from_pb(request.fid, "fid") if request.HasField("fid") else None
+            after = convert.fid_target_from_pb(request.after, "after") if request.HasField("after") else None
+            if request.page_size > MAX_PAGE:
+                raise InvalidRequest(f"page_size {request.page_size} is over {MAX_PAGE}")
+            if len(request.path_prefix.encode()) > MAX_PATH or "\0" in request.path_prefix:
+                raise InvalidRequest(f"path_prefix must be at most {MAX_PATH} bytes without NUL")
+            query = Query(request.archive_id, request.archived_before, request.archived_after,
+                          request.min_size if request.HasField("min_size") else -1,
+                          request.max_size if request.HasField("max_size") else -1,
+                          request.uid if request.HasField("uid") else -1, request.path_prefix)
+        except (InvalidRequest, ValueError) as exc:
+            await context.abort(*_abort_code(exc))
+        idx = node.ring.shard_of(target.fid) if target is not None else request.shard
+        if idx >= len(node.shards):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"no shard {idx} (the cluster has {len(node.shards)})")
+        shard = node.shards[idx]
+        if not shard.is_leader:
+            try:
+                resp: coordinator_pb2.ListCopiesResponse = await node.forward(shard, "ListCopies", request,
+                                                                             node.config.propose_timeout)
+            except ShardUnavailable as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            return resp
+        page = request.page_size or DEFAULT_PAGE
+        out = coordinator_pb2.ListCopiesResponse()
+        with shard.reading() as st:
+            catalog = st.catalog
+            out.files, out.total = len(catalog.files), len(catalog)
+            if target is not None:
+                found = ([((target.fsname, target.fid), c) for c in catalog.of(target.fsname, target.fid)]
+                         if target.fsname else catalog.of_fid(target.fid))
+                found = [(k, c) for k, c in found if query.matches(c)]
+                nxt = None
+            else:
+                found, nxt = catalog.query(query, (after.fsname, after.fid) if after is not None else None, page)
+        for (fsname, fid), c in found:
+            out.copies.add(fsname=fsname, fid=fid_to_pb(fid), copy=convert.copy_to_pb(c))
+        if nxt is not None:
+            out.next.CopyFrom(coordinator_pb2.FidSelector(fsname=nxt[0], fid=fid_to_pb(nxt[1])))
+        return out
 
     async def Watch(self, request: coordinator_pb2.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[coordinator_pb2.WatchEvent]:  # noqa: N802
         node = self.node

@@ -50,6 +50,7 @@ from typing import Any, Final, NamedTuple
 
 from mypy_extensions import mypyc_attr
 
+from coordinator.catalog import Catalog, Copy, CopyError
 from coordinator.events import HE_ARCHIVE, HE_REMOVE, HE_RESTORE, ConsumerError, EventLog
 from coordinator.policy import Policy, PolicyError, parse, seeded
 from hsm.fid import Fid
@@ -230,6 +231,14 @@ class Completion(NamedTuple):
     #: the agent gave the action back for its own reasons (it is stopping),
     #: not the action's fault: requeued without using up an attempt
     handback: bool = False
+    #: a successful archive: what the mover says it wrote, for the catalog,
+    #: (key, data version, size, checksum, uid, gid, mode, path) as
+    #: :data:`COPY_FACTS` (checked by the servicer); None: the action's own
+    copy: tuple[Any, ...] | None = None
+
+
+#: what a mover reports of the copy it wrote (Completion.copy), in order
+COPY_FACTS: Final = ("key", "data_version", "size", "checksum", "uid", "gid", "mode", "path")
 
 
 @dataclass(frozen=True, slots=True)
@@ -996,6 +1005,10 @@ class ShardState:
         #: assigned to it here: which tape it reads, as every replica sees
         #: it (the scheduler's Outlook takes the latest over the shards)
         self.tape_reads: dict[str, tuple[str, float]] = {}
+        #: every archived copy of the shard's files (coordinator.catalog):
+        #: written by the Complete that ends an archive, dropped by the one
+        #: that ends a remove
+        self.catalog = Catalog()
         #: Ended/Requeued/FirstStart effects of the command being applied
         #: (made deep inside _end and _requeue; apply adds them to its Result)
         self._counted: list[Effect] = []
@@ -1342,6 +1355,10 @@ class ShardState:
                 action.bytes_total = action.bytes_total or action.bytes_done
                 self._end(action, Ev.SUCCEED, cmd.now, 0, done.message)
                 self._remember(action, cmd.now)
+                if action.kind == Kind.ARCHIVE:
+                    self._catalog_archived(action, done.copy, cmd.now)
+                elif action.kind == Kind.REMOVE:
+                    self.catalog.drop(action.fsname, action.fid, action.archive_id)
             elif action.state == State.CANCELING and action.reclaiming:
                 self._reclaimed(action, cmd.now)
             elif action.state == State.CANCELING:
@@ -1368,6 +1385,30 @@ class ShardState:
             res.effects.append(Changed(action.id))
             res.replies.append(True)
         return res
+
+    def _catalog_archived(self, action: Action, facts: tuple[Any, ...] | None, now: float) -> None:
+        """Record the copy a successful archive made: what its mover said
+        (*facts*, :data:`COPY_FACTS`), else what the action knows (its data
+        version, the bytes it moved, its first requester's ids). Facts that
+        break the catalog's bounds (the servicer checks them first) are
+        left out, the same way on every replica."""
+        r = action.requesters[0]
+        if facts is not None and len(facts) == len(COPY_FACTS):
+            key, dv, size, checksum, uid, gid, mode, path = facts
+        else:
+            key, dv, size, checksum, uid, gid, mode, path = ("", action.data_version, action.bytes_total, "",
+                                                             r.uid, r.gid, 0, "")
+        try:
+            copy = Copy(action.archive_id, key, dv, size, checksum, now, action.offset, action.length, uid, gid,
+                        mode, path)
+            self.catalog.record(action.fsname, action.fid, copy)
+        except (CopyError, TypeError, ValueError):
+            try:
+                self.catalog.record(action.fsname, action.fid, Copy(
+                    action.archive_id, "", max(0, action.data_version), max(0, action.bytes_total), "", now,
+                    max(0, action.offset), action.length, r.uid, r.gid))
+            except CopyError:
+                pass  # an archive id out of range (convert refuses it): nothing to keep
 
     def _cancel(self, cmd: Cancel) -> Result:
         res = Result()

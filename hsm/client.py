@@ -1468,6 +1468,41 @@ class CoordinatorClient:
             if batch:
                 self.ack_events(consumer, batch)
 
+    # -- the catalog (issue 18): every archived copy of every file ----------------
+
+    def copies_of(self, fid: Fid | str | tpb.Fid, fsname: str = "") -> list[cpb.CatalogEntry]:
+        """The archived copies of one file (every file system with the FID
+        when *fsname* is ""), in archive id order."""
+        request = cpb.ListCopiesRequest(fid=_fid_selector(fid, fsname))
+        return list(self._call("ListCopies", request, f"list the copies of {fid}").copies)
+
+    def list_copies(self, *, archive_id: int = 0, archived_before: float = 0.0, archived_after: float = 0.0,
+                    min_size: int | None = None, max_size: int | None = None, uid: int | None = None,
+                    path_prefix: str = "", page_size: int = 1000,
+                    shards: Iterable[int] | None = None) -> Iterator[cpb.CatalogEntry]:
+        """Every copy the filters keep, shard after shard, each in (fsname,
+        FID) order, page by page (each page read on the shard's leader
+        under a bounded look, so a listing never holds dispatch up)."""
+        if not 1 <= page_size <= MAX_PAGE:
+            raise InvalidArgument(f"page size must be from 1 to {MAX_PAGE}, not {page_size!r}")
+        wanted = list(range(self.cluster_info().shard_count)) if shards is None else list(shards)
+        for shard in wanted:
+            request = cpb.ListCopiesRequest(shard=shard, page_size=page_size, archive_id=archive_id,
+                                            archived_before=archived_before, archived_after=archived_after,
+                                            path_prefix=path_prefix)
+            if min_size is not None:
+                request.min_size = min_size
+            if max_size is not None:
+                request.max_size = max_size
+            if uid is not None:
+                request.uid = uid
+            while True:
+                page = self._call("ListCopies", request, f"list the copies of shard {shard}")
+                yield from page.copies
+                if not page.HasField("next"):
+                    break
+                request.after.CopyFrom(page.next)
+
     def cluster_info(self) -> cpb.ClusterInfoResponse:
         info = self._call("ClusterInfo", cpb.ClusterInfoRequest(), "cluster info")
         self._remember_members(info)

@@ -75,6 +75,8 @@ cluster:
   policy get|set|check|diff the replicated policy: priorities, fair share, admission
                             rules, rate limits, runtime settings (docs/policy.md)
   agent drain|resume ID     stop giving an agent work (before stopping it)
+  catalog ls|stat           the archived copies of files: object key, data version,
+                            checksum, when, owner and path as archived
   space [PATH]              what the space manager (hsm-spaced) did: usage, watermarks,
                             releases, archives (docs/space.md)
 
@@ -1995,6 +1997,47 @@ def cmd_policy(args: argparse.Namespace, ctx: Context) -> int:
         raise CliError(str(e), EXIT_USAGE) from None
 
 
+def cmd_catalog(args: argparse.Namespace, ctx: Context) -> int:
+    from hsmctl import catalog
+
+    if args.op == "ls":
+        with _client(args, ctx) as client:
+            return catalog.ls(client, args, ctx.out)
+    files: list[tuple[str, str, Fid]] = []  # (label, fsname, FID)
+    for operand in args.files:
+        if not os.path.lexists(operand) and not os.path.isabs(operand):
+            try:
+                files.append((operand, args.fsname, _parse_fid_operand(operand)))
+                continue
+            except PathError:
+                pass  # neither a file nor a FID: said below as a path
+        try:
+            target = _target_from_path(ctx, operand)
+        except PathError as e:
+            ctx.error(str(e), e.code)
+            continue
+        files.append((target.label, getattr(target, "fsname", "") or args.fsname, target.fid))
+    if not files:
+        return ctx.status
+    blocks: list[dict[str, Any]] = []
+    with _client(args, ctx) as client:
+        for label, fsname, fid in files:
+            entries = client.copies_of(fid, fsname)
+            if not entries:
+                ctx.fail(EXIT_FAILED)
+            if args.json:
+                blocks.append({"file": label, "fsname": fsname, "fid": str(fid),
+                               "copies": [catalog.entry_to_dict(e) for e in entries]})
+            else:
+                for line in catalog.stat_lines(fsname, f"{label} {fid}" if label != str(fid) else label, entries):
+                    print(plain_text(line), file=ctx.out)
+    if args.json:
+        from hsmctl.output import write_json
+
+        write_json(ctx.out, blocks)
+    return ctx.status
+
+
 def cmd_space(args: argparse.Namespace, ctx: Context) -> int:
     from hsmctl import space
 
@@ -2248,6 +2291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.description = _events.EVENTS_HELP
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     _events.add_arguments(p)
+
+    from hsmctl import catalog as _catalog
+
+    p = add("catalog", _catalog.HELP, cmd_catalog, epilog=_catalog.EPILOG)
+    _catalog.add_arguments(p)
 
     from hsmctl import space as _space
 

@@ -88,7 +88,8 @@ def scenario() -> tuple[ShardState, list[Any]]:
     apply(Assign(now + 3, "agent-a", tuple(a[:4])))
     apply(AssignRound(now + 4, (("agent-b", (r[0], r[1])), ("agent-c", (d[0],)))))
     apply(Progress(now + 5, (ProgressReport(a[0], 1, 100, 1000), ProgressReport(a[1], 1, 5, 10)), "agent-a"))
-    apply(Complete(now + 6, (Completion(a[0], 1), Completion(a[1], 1, E.EIO, "disk", retry=True),
+    apply(Complete(now + 6, (Completion(a[0], 1, copy=("k", 3, 10, "sha256:00", 1, 2, 0o100600, "/p")),
+                             Completion(a[1], 1, E.EIO, "disk", retry=True),
                              Completion(r[0], 1, bytes_done=77)), "agent-a"))
     apply(Complete(now + 6.5, (Completion(r[0], 1), Completion(r[1], 1)), "agent-b"))
     apply(Cancel(now + 7, action_ids=(a[4],), fids=(FidTarget(FS, _fid(6), Kind.ARCHIVE),),
@@ -122,6 +123,8 @@ def canon(x: Any) -> Any:
     if type(x).__name__ == "Action":  # its fields: ACTION_FIELDS (__slots__ before the compiled build)
         names = getattr(sys.modules[type(x).__module__], "ACTION_FIELDS", None) or type(x).__slots__
         return ["Action", {f: canon(getattr(x, f)) for f in names}]
+    if type(x).__name__ == "Catalog":
+        return ["Catalog", [[canon(k), canon(c.values())] for k, c in x]]
     if dataclasses.is_dataclass(x):
         return [type(x).__name__, {f.name: canon(getattr(x, f.name)) for f in dataclasses.fields(x)}]
     if isinstance(x, tuple) and hasattr(x, "_fields"):  # NamedTuple

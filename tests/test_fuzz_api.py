@@ -236,7 +236,7 @@ HINTS: dict[str, st.SearchStrategy[Any]] = {
     "page_token": st.sampled_from(["", "0", "1000", "2001"]),
     "raft": st.sampled_from([SELF_RAFT, "127.0.0.1:1", "localhost:65535", "[::1]:7700", "0.0.0.0:7700",
                              "h:0", "127.0.0.1:65535"]),
-    "mode": st.sampled_from(["enabled", "disabled", "shutdown"]),
+    "ControlRequest.mode": st.sampled_from(["enabled", "disabled", "shutdown"]),
     "agent_id": AGENT_IDS,
     "name": st.sampled_from(["bridge:fs1", "bridge:fs2"]),
     "holder": st.sampled_from(["h1", "h2"]),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd.movers.base import Job, Mover, Result
+from agentd.movers.base import CopyMade, Job, Mover, Result
 from agentd.movers.command import CommandMover
 from agentd.movers.posix import CHECKSUM_XATTR, PosixMover, object_path
 from agentd.simfs_backend import SimfsBackend
@@ -160,10 +160,15 @@ def test_archive_writes_the_object_with_its_checksum_and_attributes(tree: Tree) 
     reports = Reports()
     result = PosixMover(tree.archive).run(tree.job(HSMA.ARCHIVE, fid, report=reports))
 
-    assert result == Result(errno=0, message="", bytes_done=len(data))
     obj = object_path(tree.archive, fid)
-    assert obj.read_bytes() == data
     digest = hashlib.sha256(data).hexdigest()
+    st_file = path.stat()
+    # what the coordinator's catalog records of this copy rides on the result
+    assert result == Result(errno=0, message="", bytes_done=len(data), copy=CopyMade(
+        key=str(obj.relative_to(tree.archive)), data_version=tree.fs.data_version(path), size=len(data),
+        checksum=f"sha256:{digest}", uid=st_file.st_uid, gid=st_file.st_gid, mode=st_file.st_mode,
+        path="/a file"))
+    assert obj.read_bytes() == data
     assert os.getxattr(obj, CHECKSUM_XATTR) == f"sha256:{digest}".encode()
     assert sorted(os.listdir(obj.parent)) == [obj.name]  # no <obj>_tmp left
     st = obj.stat()

@@ -92,6 +92,22 @@ class Result:
     message: str = ""
     bytes_done: int = 0
     retry: bool = False  # transient failure: the coordinator may queue it again
+    #: a successful archive: the copy written, for the coordinator's catalog
+    copy: CopyMade | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CopyMade:
+    """What an archive wrote, as the catalog keeps it (agent.proto Copy)."""
+
+    key: str = ""  # the object's key in the archive ("": the default layout's, from the FID)
+    data_version: int = 0
+    size: int = 0
+    checksum: str = ""  # "ALGO:HEX"
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0
+    path: str = ""  # the file's path when archived ("": unknown)
 
 
 class Mover(Protocol):

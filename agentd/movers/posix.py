@@ -62,12 +62,14 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
 from agentd.backend import ActionHandle, FileInfo
 from agentd.movers.base import (
     Cancelled,
+    CopyMade,
     Job,
     MoverError,
     Result,
@@ -261,6 +263,9 @@ class PosixMover:
         self.progress_bytes = progress_bytes
         self.bandwidth_limit = bandwidth_limit
         self.checksum = checksum or None
+        #: (action id, attempt) -> the copy an archive wrote, until run() returns it
+        self._made: dict[tuple[int, int], CopyMade] = {}
+        self._made_lock = threading.Lock()
 
     # -- entry point -------------------------------------------------------
 
@@ -281,7 +286,12 @@ class PosixMover:
             log.error("%s: %s", prefix, msg)
             return Result(errno=errno.EINVAL, message=msg)
 
-        return run_action(job, "posix", op)
+        result = run_action(job, "posix", op)
+        with self._made_lock:
+            made = self._made.pop((job.action_id, job.attempt), None)
+        if made is not None and result.errno == 0 and job.kind == HSMA.ARCHIVE:
+            result = replace(result, copy=made)
+        return result
 
     # -- data pump ---------------------------------------------------------
 
@@ -386,7 +396,7 @@ class PosixMover:
         renamed = False
         try:
             try:
-                self._fill_tmp(job, handle, fd, tmp, obj, offset, length, whole, info.size)
+                checksum = self._fill_tmp(job, handle, fd, tmp, obj, offset, length, whole, info.size)
                 self._copy_attrs(job, info, fd)
                 os.fsync(fd)
             except OSError as exc:
@@ -405,6 +415,20 @@ class PosixMover:
             if not renamed:
                 _unlink_quiet(tmp, prefix)
         _remove_older_tmps(obj, job.attempt, prefix)
+        name_of = getattr(job.backend, "name_of", None)
+        try:
+            path = str(name_of(job.fid)) if name_of is not None else ""
+        except Exception as exc:  # noqa: BLE001 - the name is for the catalog only: never fail the archive
+            log.debug("%s: no path for the catalog: %s", prefix, exc)
+            path = ""  # gone or renamed meanwhile: the catalog says "unknown"
+        try:
+            path.encode()
+        except UnicodeEncodeError:
+            path = ""  # a name that is not UTF-8: the catalog (protobuf strings) cannot carry it
+        with self._made_lock:
+            self._made[(job.action_id, job.attempt)] = CopyMade(
+                key=str(obj.relative_to(self.archive_root)), data_version=info.data_version, size=info.size,
+                checksum=checksum, uid=info.uid, gid=info.gid, mode=info.mode, path=path)
         return length
 
     def _fill_tmp(
@@ -418,8 +442,9 @@ class PosixMover:
         length: int,
         whole: bool,
         size: int,
-    ) -> None:
-        """Write the object's data into ``fd`` and set its checksum xattr."""
+    ) -> str:
+        """Write the object's data into ``fd`` and set its checksum xattr;
+        returns the checksum (``ALGO:HEX``, "" without)."""
         prefix = job.log_prefix()
         merged = False
         if not whole:
@@ -483,7 +508,7 @@ class PosixMover:
                 f"(file size was {size})",
             )
         if not self.checksum:
-            return
+            return ""
         if hasher is None:
             hasher = hashlib.new(self.checksum)
             rfd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -514,6 +539,7 @@ class PosixMover:
                 ) from exc
             raise
         log.debug("%s: %s of %s is %s", prefix, self.checksum, obj, value)
+        return value
 
     def _copy_attrs(self, job: Job, info: FileInfo, fd: int) -> None:
         """Mode, owner (best effort) and times of the file onto the object."""

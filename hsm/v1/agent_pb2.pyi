@@ -73,7 +73,7 @@ class Progress(_message.Message):
     def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ...) -> None: ...
 
 class Done(_message.Message):
-    __slots__ = ("action_id", "attempt", "errno", "message", "retry", "bytes_done", "handback")
+    __slots__ = ("action_id", "attempt", "errno", "message", "retry", "bytes_done", "handback", "copy")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ERRNO_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class Done(_message.Message):
     RETRY_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     HANDBACK_FIELD_NUMBER: _ClassVar[int]
+    COPY_FIELD_NUMBER: _ClassVar[int]
     action_id: int
     attempt: int
     errno: int
@@ -88,7 +89,8 @@ class Done(_message.Message):
     retry: bool
     bytes_done: int
     handback: bool
-    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., errno: _Optional[int] = ..., message: _Optional[str] = ..., retry: _Optional[bool] = ..., bytes_done: _Optional[int] = ..., handback: _Optional[bool] = ...) -> None: ...
+    copy: _types_pb2.Copy
+    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., errno: _Optional[int] = ..., message: _Optional[str] = ..., retry: _Optional[bool] = ..., bytes_done: _Optional[int] = ..., handback: _Optional[bool] = ..., copy: _Optional[_Union[_types_pb2.Copy, _Mapping]] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "ready", "progress", "done", "heartbeat", "running", "lease_token")

@@ -34,6 +34,54 @@ CANCEL_SENT: CancelOutcome
 ALREADY_ENDED: CancelOutcome
 NOT_FOUND: CancelOutcome
 
+class ListCopiesRequest(_message.Message):
+    __slots__ = ("fid", "shard", "after", "page_size", "archive_id", "archived_before", "archived_after", "min_size", "max_size", "uid", "path_prefix")
+    FID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_ID_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    PATH_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    fid: FidSelector
+    shard: int
+    after: FidSelector
+    page_size: int
+    archive_id: int
+    archived_before: float
+    archived_after: float
+    min_size: int
+    max_size: int
+    uid: int
+    path_prefix: str
+    def __init__(self, fid: _Optional[_Union[FidSelector, _Mapping]] = ..., shard: _Optional[int] = ..., after: _Optional[_Union[FidSelector, _Mapping]] = ..., page_size: _Optional[int] = ..., archive_id: _Optional[int] = ..., archived_before: _Optional[float] = ..., archived_after: _Optional[float] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., uid: _Optional[int] = ..., path_prefix: _Optional[str] = ...) -> None: ...
+
+class CatalogEntry(_message.Message):
+    __slots__ = ("fsname", "fid", "copy")
+    FSNAME_FIELD_NUMBER: _ClassVar[int]
+    FID_FIELD_NUMBER: _ClassVar[int]
+    COPY_FIELD_NUMBER: _ClassVar[int]
+    fsname: str
+    fid: _types_pb2.Fid
+    copy: _types_pb2.Copy
+    def __init__(self, fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., copy: _Optional[_Union[_types_pb2.Copy, _Mapping]] = ...) -> None: ...
+
+class ListCopiesResponse(_message.Message):
+    __slots__ = ("copies", "next", "files", "total")
+    COPIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    copies: _containers.RepeatedCompositeFieldContainer[CatalogEntry]
+    next: FidSelector
+    files: int
+    total: int
+    def __init__(self, copies: _Optional[_Iterable[_Union[CatalogEntry, _Mapping]]] = ..., next: _Optional[_Union[FidSelector, _Mapping]] = ..., files: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
 class EventConsumerRequest(_message.Message):
     __slots__ = ("name", "deregister", "shards")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -115,6 +115,11 @@ class CoordinatorStub:
                 request_serializer=hsm_dot_v1_dot_coordinator__pb2.SetPolicyRequest.SerializeToString,
                 response_deserializer=hsm_dot_v1_dot_coordinator__pb2.PolicyResponse.FromString,
                 _registered_method=True)
+        self.ListCopies = channel.unary_unary(
+                '/hsm.v1.Coordinator/ListCopies',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.ListCopiesRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.ListCopiesResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -250,6 +255,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCopies(self, request, context):
+        """The catalog (issue 18): the archived copies of files, one shard at a
+        time in (fsname, FID) order, read on the shard's leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -332,6 +345,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.SetPolicy,
                     request_deserializer=hsm_dot_v1_dot_coordinator__pb2.SetPolicyRequest.FromString,
                     response_serializer=hsm_dot_v1_dot_coordinator__pb2.PolicyResponse.SerializeToString,
+            ),
+            'ListCopies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCopies,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.ListCopiesRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.ListCopiesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -766,6 +784,33 @@ class Coordinator:
             '/hsm.v1.Coordinator/SetPolicy',
             hsm_dot_v1_dot_coordinator__pb2.SetPolicyRequest.SerializeToString,
             hsm_dot_v1_dot_coordinator__pb2.PolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCopies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/ListCopies',
+            hsm_dot_v1_dot_coordinator__pb2.ListCopiesRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.ListCopiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

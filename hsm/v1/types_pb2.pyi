@@ -134,3 +134,35 @@ class Action(_message.Message):
     queue_length: int
     start_estimate: float
     def __init__(self, action_id: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[Fid, _Mapping]] = ..., kind: _Optional[_Union[ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., priority: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[Requester, _Mapping]]] = ..., state: _Optional[_Union[ActionState, str]] = ..., agent: _Optional[str] = ..., attempt: _Optional[int] = ..., created: _Optional[float] = ..., started: _Optional[float] = ..., ended: _Optional[float] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., errno: _Optional[int] = ..., error: _Optional[str] = ..., shard: _Optional[int] = ..., data_version: _Optional[int] = ..., queue_position: _Optional[int] = ..., queue_length: _Optional[int] = ..., start_estimate: _Optional[float] = ...) -> None: ...
+
+class Copy(_message.Message):
+    __slots__ = ("archive_id", "key", "data_version", "size", "checksum", "archived", "offset", "length", "uid", "gid", "mode", "path", "container", "slot")
+    ARCHIVE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    archive_id: int
+    key: str
+    data_version: int
+    size: int
+    checksum: str
+    archived: float
+    offset: int
+    length: int
+    uid: int
+    gid: int
+    mode: int
+    path: str
+    container: str
+    slot: int
+    def __init__(self, archive_id: _Optional[int] = ..., key: _Optional[str] = ..., data_version: _Optional[int] = ..., size: _Optional[int] = ..., checksum: _Optional[str] = ..., archived: _Optional[float] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mode: _Optional[int] = ..., path: _Optional[str] = ..., container: _Optional[str] = ..., slot: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,153 @@
+"""``hsmctl catalog ls|stat``: the archived copies the coordinator's catalog
+keeps (issue 18): for each file, a copy per archive id with its object key,
+data version, size, checksum, when it was archived and the file's owner,
+mode and path as archived. Written by the same replicated command that ends
+the archive, so the catalog and the actions never disagree."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from hsm.v1 import coordinator_pb2 as cpb
+
+HELP = "list the archived copies the catalog keeps (ls), or a file's copies (stat)"
+
+EPILOG = """\
+  ls [filters]           every copy the filters keep, shard by shard, in FID order
+      --archive-id N     of this archive id
+      --before WHEN      archived before WHEN; --after WHEN: at or after it (an age: 90s 30m 12h
+                         7d 2w ago, or an ISO date or date and time: 2024-05-01, 2024-05-01T12:00Z)
+      --size +N|-N       larger / smaller than N bytes (units K M G T, binary)
+      --uid UID          owned by UID when archived
+      --path PREFIX      archived at PREFIX or below it (the path from the file system's root)
+  stat PATH|FID...       the copies of these files, one block per file
+prints (ls):   FID  ARCHIVE  SIZE  DV  ARCHIVED (UTC)  UID  PATH, then "N copies of M files"
+prints (stat): FID (fsname): N copies, then per copy: archive id, object key, data version,
+               size, checksum, when archived, extent, owner, mode and path
+--json: ls: an array of {"fsname", "fid", "archive_id", "key", "data_version", "size", "checksum",
+        "archived", "offset", "length", "uid", "gid", "mode", "path"}; stat: the same per file
+exit status: 0 done, 1 a file has no copy (stat), 2 usage, 3 unreachable"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="op", metavar="ls|stat", required=True)
+    ls = sub.add_parser("ls", help="every copy the filters keep")
+    ls.add_argument("--archive-id", type=_archive_id, default=0, metavar="N", help="of this archive id")
+    ls.add_argument("--before", type=_when, metavar="WHEN", help="archived before WHEN")
+    ls.add_argument("--after", type=_when, metavar="WHEN", help="archived at or after WHEN")
+    ls.add_argument("--size", type=_size, metavar="+N|-N", help="larger (+N) or smaller (-N) than N bytes")
+    ls.add_argument("--uid", type=_uid, metavar="UID", help="owned by UID when archived")
+    ls.add_argument("--path", default="", metavar="PREFIX", help="archived at PREFIX or below it")
+    ls.add_argument("--json", action="store_true", help="JSON output")
+    st = sub.add_parser("stat", help="the copies of files")
+    st.add_argument("files", nargs="+", metavar="PATH|FID", help="a file of a simfs tree or Lustre, or a FID")
+    st.add_argument("--fsname", default="", help="the file system of the FIDs given (default: any)")
+    st.add_argument("--json", action="store_true", help="JSON output")
+
+
+def _archive_id(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an archive id") from None
+    if not 1 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"archive id {value} out of range (1 to 4294967295)")
+    return value
+
+
+def _uid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a numeric uid") from None
+    if not 0 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"uid {value} out of range")
+    return value
+
+
+def _when(text: str) -> float:
+    from hsmctl.prestage import parse_when
+
+    try:
+        return parse_when(text).at(time.time())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _size(text: str) -> tuple[bool, int]:
+    from hsmctl.prestage import parse_size
+
+    try:
+        f = parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("--size ", "")) from None
+    return f.larger, f.limit
+
+
+def entry_to_dict(e: cpb.CatalogEntry) -> dict[str, Any]:
+    from hsmctl.output import fid_text
+
+    c = e.copy
+    return {"fsname": e.fsname, "fid": fid_text(e.fid), "archive_id": c.archive_id, "key": c.key,
+            "data_version": c.data_version, "size": c.size, "checksum": c.checksum, "archived": c.archived,
+            "offset": c.offset, "length": c.length, "uid": c.uid, "gid": c.gid, "mode": c.mode, "path": c.path}
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ls(client: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    from hsmctl.output import fid_text, format_bytes, path_text, write_json_array
+
+    min_size = max_size = None
+    if args.size is not None:
+        larger, limit = args.size
+        if larger:
+            min_size = limit + 1
+        elif limit == 0:
+            max_size = None  # smaller than 0 bytes: nothing; said by an empty listing
+            min_size = 1 << 63
+        else:
+            max_size = limit - 1
+    entries: Iterable[cpb.CatalogEntry] = client.list_copies(
+        archive_id=args.archive_id, archived_before=args.before or 0.0, archived_after=args.after or 0.0,
+        min_size=min_size, max_size=max_size, uid=args.uid, path_prefix=args.path)
+    if args.json:
+        write_json_array(out, (entry_to_dict(e) for e in entries))
+        return 0
+    copies = 0
+    files: set[tuple[str, int, int, int]] = set()
+    header = f"{'FID':<28} {'ARCHIVE':>7} {'SIZE':>9} {'DV':>6}  {'ARCHIVED (UTC)':<19} {'UID':>6}  PATH"
+    print(header, file=out)
+    for e in entries:
+        c = e.copy
+        copies += 1
+        files.add((e.fsname, e.fid.seq, e.fid.oid, e.fid.ver))
+        print(f"{fid_text(e.fid):<28} {c.archive_id:>7} {format_bytes(c.size):>9} {c.data_version:>6}  "
+              f"{_utc(c.archived):<19} {c.uid:>6}  {path_text(c.path) if c.path else '-'}", file=out)
+    print(f"{copies} cop{'y' if copies == 1 else 'ies'} of {len(files)} file{'' if len(files) == 1 else 's'}",
+          file=out)
+    return 0
+
+
+def stat_lines(fsname: str, fid: str, entries: list[cpb.CatalogEntry]) -> list[str]:
+    """The block ``catalog stat`` prints for one file."""
+    from hsmctl.output import format_bytes, path_text
+
+    n = len(entries)
+    lines = [f"{fid} ({fsname or 'any file system'}): {n} cop{'y' if n == 1 else 'ies'}"
+             + ("" if n else " (never archived, or its copies were removed)")]
+    for e in entries:
+        c = e.copy
+        extent = "whole file" if c.offset == 0 and c.length < 0 else f"{c.offset}+{c.length}"
+        lines.append(f"  archive {c.archive_id}: object {c.key or '(the archive default for the FID)'}")
+        lines.append(f"    data version {c.data_version}, {c.size} bytes ({format_bytes(c.size)}), "
+                     f"{c.checksum or 'no checksum'}")
+        lines.append(f"    archived {_utc(c.archived)} UTC, {extent}, uid {c.uid} gid {c.gid} mode "
+                     f"{c.mode & 0o7777:04o}, path {path_text(c.path) if c.path else 'unknown'}")
+    return lines

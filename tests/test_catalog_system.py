@@ -1,0 +1,115 @@
+"""The catalog on a real cluster (issue 18): agentd's posix mover archives
+real files, the command that ends each archive writes its copy on every
+replica, and ``hsmctl catalog ls|stat`` read it back, through a leader kill
+and a restart of every replica."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentd.movers.posix import object_path
+from hsm.hsmflags import HS
+from hsm.v1 import types_pb2 as T
+from tests.cluster import until
+from tests.test_system_agents import Rig
+
+pytestmark = pytest.mark.slow  # real processes, seconds per test
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _archive(rig: Rig, names: dict[str, int]) -> dict[str, tuple[Path, Any, bytes]]:
+    (rig.fs.root / "proj" / "run1").mkdir(parents=True)
+    files = {name: rig.file(name, size) for name, size in names.items()}
+    ids = rig.submit("archive", [fid for _p, fid, _d in files.values()])
+    assert rig.client is not None
+    final = rig.client.wait(ids, deadline=60)
+    assert all(a.state == T.SUCCEEDED for a in final.values()), final
+    return files
+
+
+def _stat(rig: Rig, *operands: str) -> list[dict[str, Any]]:
+    out = rig.hsmctl("catalog", "stat", "--json", *operands)
+    assert out.returncode == 0, out.stderr
+    blocks: list[dict[str, Any]] = json.loads(out.stdout)
+    return blocks
+
+
+def test_an_archive_writes_its_copy_and_hsmctl_catalog_reads_it_through_failures(rig: Rig) -> None:
+    rig.start()
+    rig.agent("a1", bandwidth="100M")
+    files = _archive(rig, {"proj/run1/a.dat": 3000, "proj/run1/b.dat": 70_000, "proj/c.dat": 10, "other.dat": 500})
+
+    # stat by path: every fact the catalog keeps, from the real object and file
+    path, fid, data = files["proj/run1/b.dat"]
+    (block,) = _stat(rig, str(path))
+    (copy,) = block["copies"]
+    obj = object_path(rig.archive, fid)
+    assert obj.read_bytes() == data and rig.fs.hsm_state(path).flags & HS.ARCHIVED
+    assert copy["key"] == str(obj.relative_to(rig.archive))
+    assert copy["checksum"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert copy["size"] == len(data) and copy["data_version"] == rig.fs.data_version(path)
+    assert copy["path"] == "/proj/run1/b.dat" and copy["archive_id"] == 1
+    st = path.stat()
+    assert (copy["uid"], copy["gid"], copy["mode"]) == (st.st_uid, st.st_gid, st.st_mode)
+    text = rig.hsmctl("catalog", "stat", str(path))
+    assert text.returncode == 0, text.stderr
+    assert "1 copy" in text.stdout and f"sha256:{hashlib.sha256(data).hexdigest()}" in text.stdout
+    assert "path /proj/run1/b.dat" in text.stdout
+
+    # ls: filters by path prefix, size, archive id; every copy once
+    def ls(*args: str) -> list[str]:
+        out = rig.hsmctl("catalog", "ls", "--json", *args)
+        assert out.returncode == 0, out.stderr
+        return sorted(e["path"] for e in json.loads(out.stdout))
+
+    assert ls() == ["/other.dat", "/proj/c.dat", "/proj/run1/a.dat", "/proj/run1/b.dat"]
+    assert ls("--path", "/proj") == ["/proj/c.dat", "/proj/run1/a.dat", "/proj/run1/b.dat"]
+    assert ls("--path", "/proj/run") == []  # a prefix of names, not of text
+    assert ls("--size", "+2K") == ["/proj/run1/a.dat", "/proj/run1/b.dat"]
+    assert ls("--size", "-100") == ["/proj/c.dat"]
+    assert ls("--archive-id", "2") == []
+    table = rig.hsmctl("catalog", "ls", "--path", "/proj")
+    assert table.returncode == 0 and table.stdout.rstrip().endswith("3 copies of 3 files"), table
+
+    # a file never archived: exit 1 and said
+    fresh, _fid, _d = rig.file("fresh.dat", 5)
+    none = rig.hsmctl("catalog", "stat", str(fresh))
+    assert none.returncode == 1 and "0 copies" in none.stdout, none
+
+    # a leader is killed: every copy is on the replicas left
+    rid = rig.cluster.leader_of(0)
+    rig.cluster.kill(rid)
+    until(lambda: len(ls()) == 4, 30, "the catalog listed by the replicas left")
+    assert _stat(rig, str(path))[0]["copies"] == [copy]
+    rig.cluster.start(rid)
+
+    # every replica restarted (journal and snapshot): the catalog comes back
+    for spec in list(rig.cluster.live()):
+        rig.cluster.kill(spec.id)
+    rig.cluster.start_all()
+    rig.cluster.wait_ready()
+    until(lambda: len(ls()) == 4, 60, "the catalog listed after a restart of every replica")
+    assert _stat(rig, str(path))[0]["copies"] == [copy]
+    assert _stat(rig, str(fid))[0]["copies"] == [copy]  # by FID too
+
+
+def test_catalog_bad_input_is_a_usage_error(rig: Rig) -> None:
+    rig.start()
+    for args, words in ((("ls", "--size", "12"), "say +12"), (("ls", "--archive-id", "0"), "out of range"),
+                        (("ls", "--before", "yesterday"), "is not a time"), (("ls", "--uid", "bob"), "numeric")):
+        out = rig.hsmctl("catalog", *args)
+        assert out.returncode == 2 and words in out.stderr, (args, out)
