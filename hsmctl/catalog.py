@@ -24,29 +24,50 @@ EPILOG = """\
       --size +N|-N       larger / smaller than N bytes (units K M G T, binary)
       --uid UID          owned by UID when archived
       --path PREFIX      archived at PREFIX or below it (the path from the file system's root)
+  rm --mntpath DIR [filters] --dry-run|--yes
+                         remove the copies the filters keep through normal remove actions (an
+                         agent deletes each object; the catalog drops the copy when it is done).
+                         Each file's HSM state is read under DIR first: the copy of a released
+                         file is its only data and is kept (the coordinator and the agent refuse
+                         it too); a file that no longer exists is skipped (its object stays)
   stat PATH|FID...       the copies of these files, one block per file
 prints (ls):   FID  ARCHIVE  SIZE  DV  ARCHIVED (UTC)  UID  PATH, then "N copies of M files"
 prints (stat): FID (fsname): N copies, then per copy: archive id, object key, data version,
                size, checksum, when archived, extent, owner, mode and path
 --json: ls: an array of {"fsname", "fid", "archive_id", "key", "data_version", "size", "checksum",
         "archived", "offset", "length", "uid", "gid", "mode", "path"}; stat: the same per file
-exit status: 0 done, 1 a file has no copy (stat), 2 usage, 3 unreachable"""
+prints (rm):   a line per copy kept or (--dry-run) to remove, then "removing N copies: queued N,
+               joined N, not needed N, rejected N; kept N (released), skipped N (gone), N (other
+               file system)"
+exit status: 0 done, 1 a file has no copy (stat) or a remove was refused, 2 usage, 3 unreachable"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="op", metavar="ls|stat", required=True)
     ls = sub.add_parser("ls", help="every copy the filters keep")
-    ls.add_argument("--archive-id", type=_archive_id, default=0, metavar="N", help="of this archive id")
-    ls.add_argument("--before", type=_when, metavar="WHEN", help="archived before WHEN")
-    ls.add_argument("--after", type=_when, metavar="WHEN", help="archived at or after WHEN")
-    ls.add_argument("--size", type=_size, metavar="+N|-N", help="larger (+N) or smaller (-N) than N bytes")
-    ls.add_argument("--uid", type=_uid, metavar="UID", help="owned by UID when archived")
-    ls.add_argument("--path", default="", metavar="PREFIX", help="archived at PREFIX or below it")
-    ls.add_argument("--json", action="store_true", help="JSON output")
+    _filters(ls)
+    rm = sub.add_parser("rm", help="remove the copies the filters keep, through remove actions")
+    _filters(rm)
+    rm.add_argument("--mntpath", required=True, metavar="DIR",
+                    help="the simfs tree or Lustre mount of the files: each file's HSM state is read there "
+                         "(a released file's copy is its only data: kept)")
+    what = rm.add_mutually_exclusive_group(required=True)
+    what.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
+    what.add_argument("--yes", action="store_true", help="remove them")
     st = sub.add_parser("stat", help="the copies of files")
     st.add_argument("files", nargs="+", metavar="PATH|FID", help="a file of a simfs tree or Lustre, or a FID")
     st.add_argument("--fsname", default="", help="the file system of the FIDs given (default: any)")
     st.add_argument("--json", action="store_true", help="JSON output")
+
+
+def _filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--archive-id", type=_archive_id, default=0, metavar="N", help="of this archive id")
+    p.add_argument("--before", type=_when, metavar="WHEN", help="archived before WHEN")
+    p.add_argument("--after", type=_when, metavar="WHEN", help="archived at or after WHEN")
+    p.add_argument("--size", type=_size, metavar="+N|-N", help="larger (+N) or smaller (-N) than N bytes")
+    p.add_argument("--uid", type=_uid, metavar="UID", help="owned by UID when archived")
+    p.add_argument("--path", default="", metavar="PREFIX", help="archived at PREFIX or below it")
+    p.add_argument("--json", action="store_true", help="JSON output")
 
 
 def _archive_id(text: str) -> int:
@@ -101,22 +122,27 @@ def _utc(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def ls(client: Any, args: argparse.Namespace, out: IO[str]) -> int:
-    from hsmctl.output import fid_text, format_bytes, path_text, write_json_array
-
+def matching(client: Any, args: argparse.Namespace) -> Iterable[cpb.CatalogEntry]:
+    """The copies the filters of *args* keep, shard by shard."""
     min_size = max_size = None
     if args.size is not None:
         larger, limit = args.size
         if larger:
             min_size = limit + 1
         elif limit == 0:
-            max_size = None  # smaller than 0 bytes: nothing; said by an empty listing
-            min_size = 1 << 63
+            min_size = 1 << 63  # smaller than 0 bytes: nothing; said by an empty listing
         else:
             max_size = limit - 1
     entries: Iterable[cpb.CatalogEntry] = client.list_copies(
         archive_id=args.archive_id, archived_before=args.before or 0.0, archived_after=args.after or 0.0,
         min_size=min_size, max_size=max_size, uid=args.uid, path_prefix=args.path)
+    return entries
+
+
+def ls(client: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    from hsmctl.output import fid_text, format_bytes, path_text, write_json_array
+
+    entries = matching(client, args)
     if args.json:
         write_json_array(out, (entry_to_dict(e) for e in entries))
         return 0

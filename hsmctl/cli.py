@@ -2003,6 +2003,8 @@ def cmd_catalog(args: argparse.Namespace, ctx: Context) -> int:
     if args.op == "ls":
         with _client(args, ctx) as client:
             return catalog.ls(client, args, ctx.out)
+    if args.op == "rm":
+        return _catalog_rm(args, ctx)
     files: list[tuple[str, str, Fid]] = []  # (label, fsname, FID)
     for operand in args.files:
         if not os.path.lexists(operand) and not os.path.isabs(operand):
@@ -2035,6 +2037,59 @@ def cmd_catalog(args: argparse.Namespace, ctx: Context) -> int:
         from hsmctl.output import write_json
 
         write_json(ctx.out, blocks)
+    return ctx.status
+
+
+def _catalog_rm(args: argparse.Namespace, ctx: Context) -> int:
+    """``catalog rm``: remove actions for the copies the filters keep,
+    but never for a released file (its copy holds its only data) nor for
+    one that cannot be found (its HSM state is unknown)."""
+    from hsm.simfs import SimFS as _SimFS
+    from hsmctl import catalog
+
+    fs = ctx.mounted(args.mntpath)
+    fsname = fs.fsname if isinstance(fs, _SimFS) else ""
+    with _client(args, ctx) as client:
+        entries = list(catalog.matching(client, args))  # all first: the removes change the catalog
+    kept = gone = elsewhere = 0
+    by_archive: dict[int, list[Target | LustreTarget]] = {}
+    for e in entries:
+        fid = Fid(e.fid.seq, e.fid.oid, e.fid.ver)
+        label = path_text(e.copy.path) if e.copy.path else str(fid)
+        if fsname and e.fsname != fsname:
+            elsewhere += 1
+            continue
+        try:
+            target = _target_from_fid(fid, e.fsname, fs, label, mnt=args.mntpath)
+        except PathError as err:
+            gone += 1
+            print(plain_text(f"skipped {label} {fid} (archive {e.copy.archive_id}): {err}"), file=ctx.out)
+            continue
+        if target.hsm is not None and target.hsm[0] & HS.RELEASED:
+            kept += 1
+            print(plain_text(f"kept {label} {fid} (archive {e.copy.archive_id}): released, its copy is its "
+                             "only data"), file=ctx.out)
+            continue
+        if args.dry_run:
+            print(plain_text(f"would remove {label} {fid} (archive {e.copy.archive_id})"), file=ctx.out)
+        by_archive.setdefault(e.copy.archive_id, []).append(target)
+    chosen = sum(len(v) for v in by_archive.values())
+    tail = f"kept {kept} (released), skipped {gone} (gone), {elsewhere} (other file system)"
+    if args.dry_run:
+        print(f"would remove {chosen} copies; {tail}; nothing changed (--dry-run)", file=ctx.out)
+        return ctx.status
+    args.data, args.batch_size = b"", 1000
+    lines: list[str] = []
+    for archive_id, targets in sorted(by_archive.items()):
+        requests = Requests(args, ctx, "remove", archive_id)
+        try:
+            for target in targets:
+                requests.add(target)
+            requests.flush()
+            lines += requests.summaries()
+        finally:
+            requests.close()
+    print(f"removing {chosen} copies: {'; '.join(lines) or 'nothing to do'}; {tail}", file=ctx.out)
     return ctx.status
 
 

@@ -113,3 +113,43 @@ def test_catalog_bad_input_is_a_usage_error(rig: Rig) -> None:
                         (("ls", "--before", "yesterday"), "is not a time"), (("ls", "--uid", "bob"), "numeric")):
         out = rig.hsmctl("catalog", *args)
         assert out.returncode == 2 and words in out.stderr, (args, out)
+
+
+def test_catalog_rm_removes_through_remove_actions_and_never_a_released_files_copy(rig: Rig) -> None:
+    rig.start()
+    rig.agent("a1", bandwidth="100M")
+    files = _archive(rig, {"proj/run1/a.dat": 3000, "proj/run1/b.dat": 5000, "proj/c.dat": 10, "other.dat": 500})
+    (a, a_fid, _), (b, b_fid, b_data), (c, c_fid, _) = (files[n] for n in ("proj/run1/a.dat", "proj/run1/b.dat",
+                                                                            "proj/c.dat"))
+    rig.fs.release(b)  # its copy is now its only data
+    c.unlink()  # gone from the tree: its HSM state cannot be read
+
+    def listed() -> list[str]:
+        out = rig.hsmctl("catalog", "ls", "--json")
+        assert out.returncode == 0, out.stderr
+        return sorted(e["path"] for e in json.loads(out.stdout))
+
+    everything = ["/other.dat", "/proj/c.dat", "/proj/run1/a.dat", "/proj/run1/b.dat"]
+    for args, words in ((("--path", "/proj", "--mntpath", str(rig.fs.root)), "--dry-run --yes"),
+                        (("--path", "/proj", "--yes"), "--mntpath")):
+        out = rig.hsmctl("catalog", "rm", *args)
+        assert out.returncode == 2 and words.split()[0] in out.stderr, out
+    dry = rig.hsmctl("catalog", "rm", "--path", "/proj", "--mntpath", str(rig.fs.root), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would remove /proj/run1/a.dat" in dry.stdout and "kept /proj/run1/b.dat" in dry.stdout
+    assert "skipped /proj/c.dat" in dry.stdout
+    assert dry.stdout.rstrip().endswith("would remove 1 copies; kept 1 (released), skipped 1 (gone), 0 (other "
+                                        "file system); nothing changed (--dry-run)")
+    assert listed() == everything
+
+    done = rig.hsmctl("catalog", "rm", "--path", "/proj", "--mntpath", str(rig.fs.root), "--yes")
+    assert done.returncode == 0, done
+    assert "removing 1 copies: queued 1, joined 0, not needed 0, rejected 0; kept 1 (released)" in done.stdout
+    until(lambda: listed() == ["/other.dat", "/proj/c.dat", "/proj/run1/b.dat"], 30, "a's copy removed")
+    assert not object_path(rig.archive, a_fid).exists()
+    assert not rig.fs.hsm_state(a).flags & HS.ARCHIVED
+    # the released file keeps its copy and comes back intact; the gone one's object stays
+    assert object_path(rig.archive, c_fid).exists()
+    (restore,) = rig.submit("restore", [b_fid])
+    assert rig.client is not None and rig.client.wait([restore], deadline=30)[restore].state == T.SUCCEEDED
+    assert b.read_bytes() == b_data
