@@ -104,6 +104,9 @@ def test_a_plain_text_client_cannot_talk_to_a_tls_replica(replica: Any, pki: Pat
     ("a1", lambda s: s.Submit(C.SubmitRequest(items=[item(1)])), "the certificate of a1 (role agent)"),
     ("mdt", lambda s: s.Control(C.ControlRequest(mode="shutdown")), "Control needs role admin"),
     ("alice", lambda s: s.Lease(C.LeaseRequest(name="bridge:fs1", holder="alice", ttl_ms=5000)), "Lease needs role"),
+    # the catalog names every archived file, its owner and path
+    ("alice", lambda s: s.ListCopies(C.ListCopiesRequest()), "ListCopies needs role admin, operator or replica"),
+    ("a1", lambda s: s.ListCopies(C.ListCopiesRequest()), "ListCopies needs role"),
 ])
 def test_each_role_is_refused_what_it_may_not_do_and_nothing_changes(
         replica: Any, pki: Path, who: str, call: Any, words: str) -> None:
