@@ -668,6 +668,26 @@ class SimFS:
         self.fid_of(real)
         return self._refresh(real)
 
+    def request_state(self, path: Path | str, tries: int = 8) -> tuple[int, HsmAttrs, os.stat_result]:
+        """``state_and_version`` and the file's stat, all of one state: what
+        a request names as the state it saw. The ctime names that state (a
+        restore's rename, a release, a write: each moves it), so it is read
+        before and after the flags, again until both agree: a restore that
+        ends between the two reads would otherwise pair a released file's
+        flags with the restored file's ctime, a "newer" state no ended
+        action answers, and a late duplicate would queue a second restore.
+        After *tries* changes in a row (a file written all the time), the
+        last reads."""
+        real = self._real(path)
+        before = os.stat(real)
+        while True:
+            version, attrs = self.state_and_version(real)
+            after = os.stat(real)
+            tries -= 1
+            if (after.st_ctime_ns == before.st_ctime_ns and after.st_ino == before.st_ino) or tries <= 0:
+                return version, attrs, after
+            before = after
+
     def alloc_fid(self) -> Fid:
         """A new FID from the tree's allocator, for a file simfs does not
         see yet (the volatile file of a restore made by an MDT)."""

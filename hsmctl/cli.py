@@ -527,12 +527,11 @@ def _request_state(fs: SimFS, path: str) -> tuple[int, int, int, int]:
     """(flags, archive id, data version, ctime) of a file a request names:
     the coordinator decides with the flags whether the request is needed,
     the mover checks the data version (a FID alone may name another file
-    system's file), and the ctime, read after the flags, names the state
-    seen (a duplicate that arrives after an action finished with that
-    state is answered by it)."""
-    version, attrs = fs.state_and_version(path)
-    ctime = os.stat(path).st_ctime_ns
-    return int(attrs.flags), int(attrs.archive_id), version, ctime
+    system's file), and the ctime, of the same state as the flags
+    (``SimFS.request_state``), names the state seen (a duplicate that
+    arrives after an action finished with that state is answered by it)."""
+    version, attrs, st = fs.request_state(path)
+    return int(attrs.flags), int(attrs.archive_id), version, st.st_ctime_ns
 
 
 def _hsm_state(fs: SimFS, path: str) -> tuple[int, int, int]:

@@ -207,7 +207,6 @@ def file_of(fs: object, real: Path) -> File:
 
     assert isinstance(fs, SimFS)
     fid = fs.fid_of(real)
-    version, attrs = fs.state_and_version(real)
-    st = real.stat()
+    version, attrs, st = fs.request_state(real)
     rel = real.relative_to(fs.root).as_posix()
     return File(fs.fsname, fid, "/" + rel, st.st_size, attrs.flags, attrs.archive_id, version, st.st_ctime_ns)

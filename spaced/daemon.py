@@ -566,8 +566,7 @@ class SpaceDaemon:
                 continue
             try:
                 fid = self.fs.fid_of(path)
-                version, attrs = self.fs.state_and_version(path)
-                st = os.stat(path)
+                version, attrs, st = self.fs.request_state(path)
             except FileNotFoundError:
                 self.plan.gone(a.key, now)
                 continue

@@ -643,3 +643,45 @@ def test_purge_stale_volatile_files(fs: SimFS) -> None:
     assert not old.exists() and Path(running.volatile_path()).exists()
     with pytest.raises(ValueError):
         fs.purge_volatile(-1)
+
+
+# ------------------------------------------------------- the state a request names
+
+
+def _restore_now(fs: SimFS, f: Path, data: bytes) -> None:
+    start, vol = fs.restore_begin(fs.fid_of(f))
+    vol.write_bytes(data)
+    fs.restore_end(fs.fid_of(f), vol, 0)
+
+
+def test_a_request_names_flags_and_ctime_of_one_state_when_a_restore_ends_between_them(
+        fs: SimFS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore that ends between the read of a released file's flags and
+    the read of its ctime would pair RELEASED with the restored file's
+    ctime: a state no ended restore answers, so a late duplicate made a
+    second restore (seen once in a full-suite run). request_state reads
+    them again until they agree."""
+    data = os.urandom(5000)
+    f = write(fs.root / "f", data)
+    archive(fs, f)
+    fs.release(f)
+    real = fs.state_and_version
+    calls = 0
+
+    def racing(path: Path | str) -> tuple[int, HsmAttrs]:
+        nonlocal calls
+        calls += 1
+        got = real(path)
+        if calls == 1:
+            _restore_now(fs, f, data)  # right after the flags were read
+        return got
+
+    monkeypatch.setattr(fs, "state_and_version", racing)
+    _version, attrs, st = fs.request_state(f)
+    assert calls == 2, "read again after the ctime moved"
+    assert not attrs.flags & HS.RELEASED and st.st_ctime_ns == os.stat(f).st_ctime_ns
+    # without a change in between: one read, the same state
+    fs.release(f)
+    calls = 1  # no more restores from racing()
+    _version, attrs, st = fs.request_state(f)
+    assert calls == 2 and attrs.flags & HS.RELEASED and st.st_ctime_ns == os.stat(f).st_ctime_ns
