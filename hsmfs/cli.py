@@ -24,6 +24,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hsm import logsetup
 
@@ -52,6 +53,24 @@ The mount stays in the foreground. SIGTERM or SIGINT: readers still blocked
 get EIO at once, then the tree is unmounted. Needs /dev/fuse and libfuse3
 (Debian: apt-get install fuse3); root, or a user allowed to mount FUSE.
 """
+
+
+def _fuse_class() -> Any:
+    """mfusepy's FUSE, with ``direct_io`` set on the open files of released
+    files (``HsmOps.uncached``): their reads, and their errors, reach the
+    reader as they happen. (mfusepy loads libfuse when imported: made here,
+    once the mount needs it.)"""
+    import mfusepy
+
+    class Fuse(mfusepy.FUSE):  # type: ignore[misc]
+        def open(self, path: bytes, fip: Any) -> int:
+            fi = fip.contents
+            fi.fh = self.operations.open(path.decode(self.encoding, self.errors), fi.flags)
+            if self.operations.uncached(fi.fh):
+                fi.direct_io = 1
+            return 0
+
+    return Fuse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -168,7 +187,7 @@ def _serve(fs: object, mnt: Path, restorer: object, args: argparse.Namespace) ->
     SIGINT: blocked readers get EIO and the tree is unmounted lazily (open
     files keep the mount until closed); a second one, or 10 s without the
     loop ending: the process exits, which aborts the FUSE connection."""
-    import mfusepy
+    mount_fuse = _fuse_class()  # loads libfuse: fails here, in the main thread, when it cannot
 
     from hsmfs.ops import HsmOps
     from hsmfs.restorer import Restorer
@@ -192,7 +211,7 @@ def _serve(fs: object, mnt: Path, restorer: object, args: argparse.Namespace) ->
 
     def loop() -> None:
         try:
-            mfusepy.FUSE(ops, os.fspath(mnt), **options)
+            mount_fuse(ops, os.fspath(mnt), **options)
         except Exception as exc:
             failed.append(str(exc) or type(exc).__name__)
         finally:

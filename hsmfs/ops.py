@@ -142,6 +142,17 @@ class HsmOps(mfusepy.Operations):
                 os.close(fd)
         return self._add(real, flags, os.open(real, flags | os.O_CLOEXEC))
 
+    def uncached(self, fh: int) -> bool:
+        """Whether the kernel must send every read of this open file here
+        (FUSE ``direct_io``): a released file's. Through the page cache, a
+        read the kernel makes ahead of the reader (readahead) can fail with
+        ENODATA or EIO and the reader, whose pages then never fill, sees a
+        short read rather than the error (seen under load: a no-block read
+        answered ENODATA here and the reader got no error). Online files
+        keep the cache."""
+        h = self._handles.get(fh)
+        return h is not None and _released(h.fd)
+
     def create(self, path: str, mode: int, fi: Any = None) -> int:
         real = self._real(path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
