@@ -1071,9 +1071,9 @@ def _wait(ctx: Context, client: CoordinatorClient, kind: str,
     """Block until every action ended (or *deadline* seconds passed), with a
     progress bar on a terminal. A coordinator failover is ridden through:
     the watch resumes on the new leader, nothing is submitted again."""
-    from hsm.client import DeadlineExceeded, state_name
+    from hsm.client import DeadlineExceeded
     from hsm.v1 import types_pb2 as tpb
-    from hsmctl.output import error_text, format_bytes
+    from hsmctl.output import format_bytes
 
     ids = list(labels)
     if not ids:
@@ -1082,29 +1082,7 @@ def _wait(ctx: Context, client: CoordinatorClient, kind: str,
         return
     final: dict[int, tpb.Action] = {}
     running: dict[int, tpb.Action] = {}
-    progress = None
-    task = None
-    if ctx.err.isatty():
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            console=Console(file=ctx.err),
-            transient=False,
-        )
-        task = progress.add_task(wait_label(kind, len(ids), 0, 0), total=len(ids), detail="")
-        progress.start()
+    progress, task = _progress_bar(ctx, wait_label(kind, len(ids), 0, 0), len(ids), "")
     end = None if deadline is None else time.monotonic() + deadline
     failed = 0
     try:
@@ -1139,9 +1117,7 @@ def _wait(ctx: Context, client: CoordinatorClient, kind: str,
     counts = {tpb.SUCCEEDED: 0, tpb.FAILED: 0, tpb.CANCELED: 0}
     unfinished = [i for i in ids if i not in final]
     if unfinished:
-        shown = ", ".join(map(str, unfinished[:10])) + (" ..." if len(unfinished) > 10 else "")
-        ctx.error(f"gave up waiting after {deadline:g} s: {len(unfinished)} {kind} action(s) not ended yet "
-                  f"(they go on; 'hsmctl actions' shows them): {shown}")
+        ctx.error(_gave_up(deadline, kind, unfinished))
     for action_id in ids:
         if action_id not in final:
             continue
@@ -1149,12 +1125,7 @@ def _wait(ctx: Context, client: CoordinatorClient, kind: str,
         counts[action.state] += 1
         if action.state == tpb.SUCCEEDED:
             continue
-        verb = "failed" if action.state == tpb.FAILED else "was canceled"
-        why = error_text(action.error, action.errno)
-        ctx.error(
-            f"{_label(labels, action_id)}: {kind.upper()} action {action_id} {verb}"
-            + (f": {why}" if why else f" ({state_name(action.state)})")
-        )
+        ctx.error(_ended_badly(_label(labels, action_id), kind, action))
     if summary:
         print(
             f"succeeded {counts[tpb.SUCCEEDED]}, failed {counts[tpb.FAILED]}, "
@@ -1165,6 +1136,43 @@ def _wait(ctx: Context, client: CoordinatorClient, kind: str,
 
 WAIT_POLL_FIRST = 0.05  # seconds: first re-poll of llapi_hsm_current_action under --wait
 WAIT_POLL_MAX = 1.0  # ... doubling up to this
+
+
+def _progress_bar(ctx: Context, description: str, total: int, detail: str | None = None) -> tuple[Any, Any]:
+    """A live progress bar on stderr, started, and its task: (None, None)
+    when stderr is not a terminal. *detail*: the first text of a column
+    after the count (None: no such column)."""
+    if not ctx.err.isatty():
+        return None, None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if detail is not None:
+        columns.append(TextColumn("{task.fields[detail]}"))
+    progress = Progress(*columns, TimeElapsedColumn(), console=Console(file=ctx.err), transient=False)
+    task = (progress.add_task(description, total=total) if detail is None
+            else progress.add_task(description, total=total, detail=detail))
+    progress.start()
+    return progress, task
+
+
+def _ended_badly(label: str, kind: str, action: tpb.Action) -> str:
+    """``LABEL: KIND action ID failed: why`` (or ``was canceled``)."""
+    from hsm.client import state_name
+    from hsm.v1 import types_pb2 as pb
+    from hsmctl.output import error_text
+
+    verb = "failed" if action.state == pb.FAILED else "was canceled"
+    why = error_text(action.error, action.errno)
+    return (f"{label}: {kind.upper()} action {action.action_id} {verb}"
+            + (f": {why}" if why else f" ({state_name(action.state)})"))
+
+
+def _gave_up(deadline: float | None, kind: str, unfinished: list[int]) -> str:
+    shown = ", ".join(map(str, unfinished[:10])) + (" ..." if len(unfinished) > 10 else "")
+    return (f"gave up waiting after {deadline:g} s: {len(unfinished)} {kind} action(s) not ended yet "
+            f"(they go on; 'hsmctl actions' shows them): {shown}")
 
 
 def _wait_lustre(ctx: Context, fs: LustreFs, kind: str, targets: list[LustreTarget],
@@ -1190,21 +1198,7 @@ def _wait_lustre(ctx: Context, fs: LustreFs, kind: str, targets: list[LustreTarg
     upper = kind.upper()
     pending = list(dict.fromkeys(targets))
     succeeded = failed = 0
-    progress = task = None
-    if ctx.err.isatty():
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=Console(file=ctx.err), transient=False)
-        task = progress.add_task(wait_label(kind, len(pending), 0, 0), total=len(pending))
-        progress.start()
+    progress, task = _progress_bar(ctx, wait_label(kind, len(pending), 0, 0), len(pending))
 
     def judge(t: LustreTarget) -> bool:
         try:
@@ -1319,25 +1313,8 @@ class ListProgress:
         self.start = clock()
         self.last_line = self.start
         self.quarter = 0
-        self.live: Any = None
-        self.task: Any = None
-        if ctx.err.isatty():
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self.live = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-                                 console=Console(file=ctx.err), transient=False)
-            self.task = self.live.add_task(wait_label("restore", files, 0, 0), total=files,
-                                           detail=self._bytes(0))
-            self.live.start()
-        else:
+        self.live, self.task = _progress_bar(ctx, wait_label("restore", files, 0, 0), files, self._bytes(0))
+        if self.live is None:
             self._line(wait_label("restore", files, 0, 0), 0, self.start)
 
     def _bytes(self, moved: int) -> str:
@@ -1381,9 +1358,8 @@ def _wait_list(ctx: Context, client: CoordinatorClient, labels: dict[int, list[s
     """Watch the restores of a --list until all ended (or *deadline*
     seconds passed), showing ``ListProgress``; record each file's end in
     *outcomes*. A coordinator failover is ridden through, as by --wait."""
-    from hsm.client import DeadlineExceeded, state_name
+    from hsm.client import DeadlineExceeded
     from hsm.v1 import types_pb2 as tpb
-    from hsmctl.output import error_text
 
     ids = list(labels)
     files = sum(len(v) for v in labels.values())
@@ -1413,11 +1389,8 @@ def _wait_list(ctx: Context, client: CoordinatorClient, labels: dict[int, list[s
                         for name in names:
                             ctx.info(f"{name}: RESTORE succeeded (action {aid})")
                     else:
-                        verb = "failed" if action.state == tpb.FAILED else "was canceled"
-                        why = error_text(action.error, action.errno)
                         for name in names:
-                            message = (f"{name}: RESTORE action {aid} {verb}"
-                                       + (f": {why}" if why else f" ({state_name(action.state)})"))
+                            message = _ended_badly(name, "restore", action)
                             outcomes.failed.append(message)
                             progress.error(message)
                 elif action.state in (tpb.STARTED, tpb.CANCELING):
@@ -1435,9 +1408,7 @@ def _wait_list(ctx: Context, client: CoordinatorClient, labels: dict[int, list[s
     unfinished = [aid for aid in ids if aid not in final]
     if unfinished:
         outcomes.unfinished += sum(len(labels[aid]) for aid in unfinished)
-        shown = ", ".join(map(str, unfinished[:10])) + (" ..." if len(unfinished) > 10 else "")
-        ctx.error(f"gave up waiting after {deadline:g} s: {len(unfinished)} restore action(s) not ended yet "
-                  f"(they go on; 'hsmctl actions' shows them): {shown}")
+        ctx.error(_gave_up(deadline, "restore", unfinished))
 
 
 def _restore_list(args: argparse.Namespace, ctx: Context) -> int:
