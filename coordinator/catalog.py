@@ -24,7 +24,8 @@ from typing import Any
 
 from hsm.fid import Fid
 
-#: the longest object key, checksum and path a copy records (bytes, UTF-8)
+#: the longest object key, checksum and path a copy records (bytes, UTF-8);
+#: MAX_PATH (PATH_MAX) also bounds the path a request names (coordinator.convert)
 MAX_KEY = 1024
 MAX_CHECKSUM = 160
 MAX_PATH = 4096

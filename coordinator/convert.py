@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from coordinator.catalog import Copy, CopyError
+from coordinator.catalog import MAX_PATH, Copy, CopyError  # MAX_PATH: a path's bound (PATH_MAX)
 from coordinator.state import Action, CookieTarget, FidTarget, Item, Kind, Requester, State
 from hsm.hsmflags import HS_ALL, HSM_REQUEST_FLAGS
 from hsm.v1 import agent_pb2, coordinator_pb2, types_pb2
@@ -18,8 +18,6 @@ from hsm.wire import FSNAME_RULE, MAX_NAME, fid_from_pb, fid_to_pb, name_problem
 
 MAX_ITEMS = 10_000
 MAX_DATA = 4096
-#: a request's path (PATH_MAX)
-MAX_PATH = 4096
 MAX_TEXT = MAX_NAME
 _KINDS = {k.value for k in Kind}
 
