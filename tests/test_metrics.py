@@ -63,8 +63,10 @@ def test_a_replica_serves_its_figures_and_they_move_as_actions_run(coordinator_f
         assert depth == 6, "six archives wait, none dispatched: no agent yet"
         assert sum(v for (name, labels), v in waiting.items()
                    if name == "hsm_actions" and dict(labels)["state"] == "WAITING") == 6
-        # (a client may retry a call that timed out: >=)
-        assert value(waiting, "hsm_grpc_calls_total", method="/hsm.v1.Coordinator/Submit", code="OK") >= 6
+        # (a client may retry a call that timed out: >=; the last call may be
+        # counted just after its caller had the answer)
+        until(lambda: value(scrape(port), "hsm_grpc_calls_total", method="/hsm.v1.Coordinator/Submit",
+                            code="OK") >= 6, 5, "the six Submit calls to be counted")
 
         with running_agent(agent_config(c, tree)):
             until(lambda: registered(client, "a1"), 10, "agent a1 to register")
@@ -84,8 +86,10 @@ def test_a_replica_serves_its_figures_and_they_move_as_actions_run(coordinator_f
     with c.client(timeout=10) as client:
         with pytest.raises(NotFound):
             client.get_action(999_999_999_999)
-    refused = scrape(port)
-    assert value(refused, "hsm_grpc_calls_total", method="/hsm.v1.Coordinator/GetAction", code="NOT_FOUND") == 1
+    # (a call is counted when its handler ends, which may be just after the
+    # caller has its answer: wait for the count, bounded)
+    until(lambda: value(scrape(port), "hsm_grpc_calls_total", method="/hsm.v1.Coordinator/GetAction",
+                        code="NOT_FOUND") == 1, 5, "the refused GetAction to be counted")
 
 
 def test_counted_effects_make_counters_and_histograms() -> None:
