@@ -30,6 +30,7 @@ module does not import ``coordinator.state`` (which imports it).
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import json
 import math
@@ -249,9 +250,47 @@ class Rule:
 
 
 _NO_DECISION: Final = Decision()
+
+
+class _Matcher:
+    """The candidate rules of a plan (in order), with what tells their
+    decision on a path and a size from two C-level lookups instead of a
+    Python loop over the rules: one regex that tries every path rule's
+    globs at once (a lookahead per rule, an empty group set when it holds)
+    and the interval of the sizes' bounds the size falls in. The decisions
+    met so far are kept by (which path rules hold, size interval), bounded;
+    a new combination is decided by :func:`_evaluate` itself."""
+
+    __slots__ = ("rules", "paths", "edges", "seen")
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+        pats = [r.path_re.pattern for r in rules if r.path_re is not None]
+        self.paths = re.compile("".join(f"(?:(?=(?:{p})\\Z)()|)" for p in pats), re.DOTALL) if pats else None
+        edges: set[int] = set()
+        for r in rules:
+            if r.size is not None:
+                edges.update((r.size[0], r.size[1] + 1))
+        self.edges = sorted(edges)
+        self.seen: dict[tuple[tuple[str | None, ...] | None, int], Decision] = {}
+
+    def decide(self, path: str, size: int | None) -> Decision:
+        held = None
+        if path and self.paths is not None:
+            m = self.paths.match(path)
+            held = m.groups() if m is not None else None
+        key = (held, -1 if size is None else bisect.bisect_right(self.edges, size))
+        d = self.seen.get(key)
+        if d is None:
+            if len(self.seen) >= ADMIT_CACHE_SIZE:
+                self.seen.clear()
+            d = self.seen[key] = _evaluate(self.rules, path, size)
+        return d
+
+
 #: what the cache holds per key: the decision itself (no candidate rule
-#: looks at path or size), or the candidate rules to test in order
-_Plan = Decision | tuple[Rule, ...]
+#: looks at path or size), or the candidate rules' matcher
+_Plan = Decision | _Matcher
 _CacheKey = tuple[int, int, int, int, int, str]
 
 
@@ -301,6 +340,8 @@ class Policy:
     _cache: dict[_CacheKey, _Plan] = field(default_factory=dict, init=False, compare=False, repr=False)
     _base: dict[tuple[int, int, str], tuple[Rule, ...]] = field(default_factory=dict, init=False, compare=False,
                                                                 repr=False)
+    #: one matcher per distinct candidate list (many cache keys share one)
+    _matchers: dict[tuple[int, ...], _Matcher] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self._kinds.clear()
@@ -313,6 +354,7 @@ class Policy:
         self._masks.update(self.request_masks)
         self._cache.clear()
         self._base.clear()
+        self._matchers.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
@@ -365,7 +407,7 @@ class Policy:
             cache[key] = plan
         if isinstance(plan, Decision):
             return plan
-        return _evaluate(plan, path, size)
+        return plan.decide(path, size)
 
     def _plan(self, kind: int, archive_id: int, uid: int, gid: int, projid: int, initiator: str) -> _Plan:
         """The rules that may match requests with these fields, in order,
@@ -393,7 +435,14 @@ class Policy:
                 break  # always reached, always ends it
         if not per_item:
             return _evaluate(candidates, "", None)
-        return tuple(candidates)
+        rules = tuple(candidates)
+        ids = tuple(map(id, rules))  # the policy's own rules: ids are stable while it lives
+        matcher = self._matchers.get(ids)
+        if matcher is None:
+            if len(self._matchers) >= ADMIT_CACHE_SIZE:
+                self._matchers.clear()
+            matcher = self._matchers[ids] = _Matcher(rules)
+        return matcher
 
     # -- canonical form ----------------------------------------------------------------------------
 
