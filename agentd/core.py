@@ -99,6 +99,8 @@ class JobSpec:
     flags: int
     data_version: int = 0
     requesters: tuple[Requester, ...] = ()
+    object_key: str = ""  # RESTORE: the copy's key in the archive ("": the default layout's)
+    final: bool = True  # ARCHIVE: False while other copies are to be made (let go, do not end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -742,6 +744,8 @@ class AgentCore:
             flags=a.flags,
             data_version=a.data_version,
             requesters=tuple(Requester(r.initiator, r.cookie, r.gid) for r in a.requesters),
+            object_key=a.object_key,
+            final=a.copies_left == 0,
         )
 
     def _defer(self, stream: str, a: agent_pb2.Assignment, cur: RunState, now: float) -> None:

@@ -753,6 +753,8 @@ class Agent:
             data_version=spec.data_version,
             may_publish=functools.partial(self._may_publish, spec.action_id),
             requesters=spec.requesters,
+            object_key=spec.object_key,
+            final=spec.final,
         )
         if self._inline:
             # a mover that never blocks (the null mover): run it here, no

@@ -183,6 +183,11 @@ def action_to_pb(a: Action, shard: int, place: tuple[int, int] | None = None,
         shard=shard,
         data_version=a.data_version,
     )
+    if a.copies or a.copies_done:
+        pb.copies = a.copies_done + 1 + len(a.copies)
+        pb.copies_done = a.copies_done
+    if a.tried:
+        pb.copies_failed.extend(a.tried)
     if place is not None:
         pb.queue_position = place[0] + 1
         pb.queue_length = place[1]
@@ -190,7 +195,8 @@ def action_to_pb(a: Action, shard: int, place: tuple[int, int] | None = None,
     return pb
 
 
-def assignment_to_pb(a: Action) -> agent_pb2.Assignment:
+def assignment_to_pb(a: Action, object_key: str = "") -> agent_pb2.Assignment:
+    """*object_key*: a restore's copy in its archive id, from the catalog."""
     return agent_pb2.Assignment(
         action_id=a.id,
         attempt=a.attempt,
@@ -210,6 +216,8 @@ def assignment_to_pb(a: Action) -> agent_pb2.Assignment:
             )
             for r in a.requesters
         ],
+        object_key=object_key,
+        copies_left=len(a.copies),
     )
 
 

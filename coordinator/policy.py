@@ -133,6 +133,7 @@ class Decision:
     tag: str = ""
     archive_id: int = 0
     rule: str = ""
+    copies: int = 0  # an archive's copies, one per archive id (0: the request's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,7 @@ class Rule:
     priority: int | None = None
     tag: str = ""
     archive_id: int = 0
+    copies: int = 0  # archives: at least this many copies (copies=N), one per archive id
     #: where the rule starts in the document it was parsed from (0: not parsed)
     line: int = field(default=0, compare=False)
     path_re: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
@@ -235,6 +237,8 @@ class Rule:
             out["tag"] = self.tag
         if self.archive_id:
             out["archive_id"] = self.archive_id
+        if self.copies:
+            out["copies"] = self.copies
         if self.allow:
             out["allow"] = True
         return out
@@ -484,6 +488,7 @@ def _evaluate(rules: Iterable[Rule], path: str, size: int | None) -> Decision:
     priority: int | None = None
     tag = ""
     archive_id = 0
+    copies = 0
     name = ""
     for r in rules:
         bounds = r.size
@@ -511,25 +516,28 @@ def _evaluate(rules: Iterable[Rule], path: str, size: int | None) -> Decision:
         if r.archive_id:
             archive_id = r.archive_id
             name = r.name
+        if r.copies:
+            copies = r.copies
+            name = r.name
         if r.allow:
-            return _decision(priority, tag, archive_id, r.name)
+            return _decision(priority, tag, archive_id, r.name, copies)
     if not name:
         return _NO_DECISION
-    return _decision(priority, tag, archive_id, name)
+    return _decision(priority, tag, archive_id, name, copies)
 
 
 #: the accepting decisions made so far: a flood's items share a few (a
 #: frozen dataclass costs about a microsecond to build; a lookup a tenth)
-_DECISIONS: dict[tuple[int | None, str, int, str], Decision] = {}
+_DECISIONS: dict[tuple[int | None, str, int, str, int], Decision] = {}
 
 
-def _decision(priority: int | None, tag: str, archive_id: int, name: str) -> Decision:
-    key = (priority, tag, archive_id, name)
+def _decision(priority: int | None, tag: str, archive_id: int, name: str, copies: int = 0) -> Decision:
+    key = (priority, tag, archive_id, name, copies)
     d = _DECISIONS.get(key)
     if d is None:
         if len(_DECISIONS) >= ADMIT_CACHE_SIZE:
             _DECISIONS.clear()
-        d = _DECISIONS[key] = Decision("", priority, tag, archive_id, name)
+        d = _DECISIONS[key] = Decision("", priority, tag, archive_id, name, copies)
     return d
 
 
@@ -748,8 +756,10 @@ MIN_SECONDS: Final = 0.01
 _SETTINGS: Final = ("max_attempts", "progress_timeout", "agent_grace", "max_terminal", "max_running",
                     "max_running_per_archive")
 _MATCH: Final = ("kind", "archive_id", "path", "size", "uid", "gid", "projid", "initiator")
-_THEN: Final = ("deny", "allow", "priority", "tag", "archive_id")
-_SETS: Final = ("priority", "tag", "archive_id")
+_THEN: Final = ("deny", "allow", "priority", "tag", "archive_id", "copies")
+_SETS: Final = ("priority", "tag", "archive_id", "copies")
+#: the most copies of a file an archive may make (``copies``, one per archive id)
+MAX_COPIES: Final = 8
 
 
 def _quote(text: str, most: int = 60) -> str:
@@ -1205,7 +1215,7 @@ def _rule(r: _Reader, node: Node, where: str, index: int, names: dict[str, tuple
     if "then" in m:
         _then(r, m["then"][1], f"{where}.then", values)
     else:
-        r.error(node, where, "needs then (deny, allow, or any of priority, tag, archive_id)")
+        r.error(node, where, "needs then (deny, allow, or any of priority, tag, archive_id, copies)")
     if len(r.errors) > before:
         return None
     try:
@@ -1272,7 +1282,7 @@ def _then(r: _Reader, node: Node, where: str, values: dict[str, Any]) -> None:
     if m is None:
         return
     if not m:
-        r.error(node, where, "expected deny, allow, or any of priority, tag, archive_id")
+        r.error(node, where, "expected deny, allow, or any of priority, tag, archive_id, copies")
         return
     sets = [k for k in _SETS if k in m]
     if "deny" in m and "allow" in m:
@@ -1300,6 +1310,8 @@ def _then(r: _Reader, node: Node, where: str, values: dict[str, Any]) -> None:
             values["priority"] = r.integer(vnode, w, -1000, 1000)
         elif key == "tag":
             values["tag"] = r.name(vnode, w)
+        elif key == "copies":
+            values["copies"] = r.integer(vnode, w, 1, MAX_COPIES)
         else:
             values["archive_id"] = r.integer(vnode, w, 1, MAX_ID)
 

@@ -52,7 +52,7 @@ from mypy_extensions import mypyc_attr
 
 from coordinator.catalog import Catalog, Copy, CopyError
 from coordinator.events import HE_ARCHIVE, HE_REMOVE, HE_RESTORE, ConsumerError, EventLog
-from coordinator.policy import Policy, PolicyError, parse, seeded
+from coordinator.policy import MAX_COPIES, Policy, PolicyError, parse, seeded
 from hsm.fid import Fid
 from hsm.hsmflags import check_request, resolve_archive_id
 from hsm.wire import SHARD_ID_MODULUS
@@ -633,6 +633,9 @@ ACTION_FIELDS: Final = (
     "tag",
     "volume",
     "position",
+    "copies",
+    "copies_done",
+    "tried",
 )
 
 
@@ -655,7 +658,7 @@ class Action:
             self.flags, self.priority, self.requesters, self.state, self.agent, self.attempt, self.created,
             self.started, self.ended, self.bytes_done, self.bytes_total, self.errno, self.error, self.last_progress,
             self.reclaiming, self.handed_back, self.data_version, self.hsm_ctime, self.tag, self.volume,
-            self.position),))
+            self.position, self.copies, self.copies_done, self.tried),))
 
     def __init__(self, action_id: int, item: Item, archive_id: int, now: float) -> None:
         self.id = action_id
@@ -687,6 +690,12 @@ class Action:
         #: from its data (``tag=``, ``volume=``, ``position=``; see hints()):
         #: the agents it may go to, and a restore's place on its tape
         self.tag, self.volume, self.position = hints(item.data)
+        #: an archive's copies still to make after this one: their archive
+        #: ids in order (``copies=N``; the action moves to each in turn)
+        self.copies: tuple[int, ...] = ()
+        self.copies_done = 0  # copies made so far (an archive of several)
+        #: a restore's copies that failed (their archive ids): it reads the next
+        self.tried: tuple[int, ...] = ()
 
     @property
     def fid_key(self) -> tuple[str, Fid]:
@@ -705,7 +714,7 @@ class Action:
 #: values of the slots added last (data_version, hsm_ctime, tag, volume,
 #: position), for actions of a snapshot written before they existed: such a
 #: tuple is that many values shorter
-_ACTION_ADDED_DEFAULTS: tuple[Any, ...] = (0, 0, "", "", 0)
+_ACTION_ADDED_DEFAULTS: tuple[Any, ...] = (0, 0, "", "", 0, (), 0, ())
 
 
 def _action_from_values(values: tuple[Any, ...]) -> Action:
@@ -718,7 +727,7 @@ def _action_from_values(values: tuple[Any, ...]) -> Action:
     (a.id, a.fsname, a.fid, a.kind, a.archive_id, a.offset, a.length, a.data, a.flags, a.priority, a.requesters,
      a.state, a.agent, a.attempt, a.created, a.started, a.ended, a.bytes_done, a.bytes_total, a.errno, a.error,
      a.last_progress, a.reclaiming, a.handed_back, a.data_version, a.hsm_ctime, a.tag, a.volume,
-     a.position) = values
+     a.position, a.copies, a.copies_done, a.tried) = values
     return a
 
 
@@ -749,6 +758,27 @@ def hints(data: bytes) -> tuple[str, str, int]:
         elif key == b"position" and value.isdigit():
             position = min(int(value), (1 << 63) - 1)
     return tag, volume, position
+
+
+#: errnos after which a restore reads the file's next copy, when it has
+#: one: the copy is unreadable (EIO, a checksum mismatch included), corrupt
+#: (EBADMSG) or missing (ENOENT, ENODATA)
+COPY_ERRNOS: Final = frozenset({E.EIO, E.EBADMSG, E.ENOENT, E.ENODATA})
+
+
+def copies_hint(data: bytes) -> int:
+    """``copies=N`` from request data: N (1..MAX_COPIES), 0 when the data
+    says nothing, -1 when it says something else (the request is refused)."""
+    if b"copies=" not in data:
+        return 0
+    n = 0
+    for part in data.split(b","):
+        key, eq, value = part.partition(b"=")
+        if key == b"copies" and eq:
+            if not value.isdigit() or len(value) > 2 or not 1 <= int(value) <= MAX_COPIES:
+                return -1
+            n = int(value)
+    return n
 
 
 def _hint_text(value: bytes) -> str:
@@ -1214,6 +1244,22 @@ class ShardState:
                 reason=f"archive id {archive_id} is not configured"
                 + (f" (set by policy rule {decision.rule!r})" if archive_id == decision.archive_id else ""),
             )
+        copies: tuple[int, ...] = ()
+        if item.kind == Kind.ARCHIVE and (decision.copies or b"copies=" in item.data):
+            n = copies_hint(item.data)
+            if n < 0:
+                return SubmitReply(Outcome.REJECTED, errno=E.EINVAL,
+                                   reason=f"copies= in the request data must be a number of copies from 1 to "
+                                          f"{MAX_COPIES}")
+            n = max(n, decision.copies)  # a rule's copies is the least a file gets
+            others = tuple(a for a in sorted(self.config.archive_ids) if a != archive_id)
+            if n - 1 > len(others):
+                return SubmitReply(Outcome.REJECTED, errno=E.EINVAL,
+                                   reason=f"copies={n} needs {n} archive ids, one per copy; this cluster has "
+                                          f"{len(others) + 1} ({', '.join(map(str, sorted(self.config.archive_ids)))})"
+                                          + (f" (copies set by policy rule {decision.rule!r})"
+                                             if n == decision.copies else ""))
+            copies = others[:n - 1] if n > 1 else ()
         requester = _with(item.requester, when=now, key=item.key)
         done = self._remembered(item, archive_id, now)
         if done is not None:
@@ -1235,6 +1281,8 @@ class ShardState:
                 # action keeps the version its mover checks
                 action.data_version = item.data_version
                 action.hsm_ctime = max(action.hsm_ctime, item.hsm_ctime)
+            if len(copies) > len(action.copies) and not action.copies_done and action.state == State.WAITING:
+                action.copies = copies  # the most copies any requester asked for, before the first is made
             if item.key:
                 self.keys[item.key] = existing << 3 | Outcome.JOINED
             effects.append(Changed(existing))
@@ -1249,6 +1297,8 @@ class ShardState:
         if decision.tag:
             action.data = _with_tag(action.data, decision.tag)
             action.tag = decision.tag
+        if copies:
+            action.copies = copies
         self.actions[action_id] = action
         self._count(action.kind, State.WAITING, +1)
         queue = self.fid_queue.get(fkey)
@@ -1351,7 +1401,10 @@ class ShardState:
             action.bytes_done = done.bytes_done or action.bytes_done
             # the sign of an errno is ignored (llapi_hsm_action_end: abs(errval))
             err = abs(done.errno)
-            if err == 0:
+            if err == 0 and action.kind == Kind.ARCHIVE and action.copies:
+                self._catalog_archived(action, done.copy, cmd.now)
+                self._next_copy(action, done.copy)
+            elif err == 0:
                 action.bytes_total = action.bytes_total or action.bytes_done
                 self._end(action, Ev.SUCCEED, cmd.now, 0, done.message)
                 self._remember(action, cmd.now)
@@ -1372,6 +1425,8 @@ class ShardState:
                 # the agent gave it back because it is stopping: no attempt used
                 action.handed_back += 1
                 self._requeue(action, cmd.now, err, done.message)
+            elif action.kind == Kind.RESTORE and err in COPY_ERRNOS and self._next_source(action):
+                self._fall_back(action, err, done.message)
             elif err == E.ENOSYS:
                 # the copytool does not do this: FAILED, never retried, even
                 # when it asks (hsm_cdt_request_completed)
@@ -1385,6 +1440,55 @@ class ShardState:
             res.effects.append(Changed(action.id))
             res.replies.append(True)
         return res
+
+    def _next_copy(self, action: Action, facts: tuple[Any, ...] | None) -> None:
+        """An archive of several copies made one (recorded): it waits
+        again, for the next copy's archive id, at the head of its queue;
+        the file's data version is now the one the copy holds, which the
+        next copies must find (the file written since: ESTALE). The file
+        is not archived before the last copy is made (its agent ends the
+        action at the file system; the others let go of it)."""
+        made_in = action.archive_id
+        self._transition(action, Ev.REQUEUE)
+        self._release_agent(action)
+        action.handed_back += 1  # a copy made is no failed attempt
+        action.copies_done += 1
+        action.archive_id, action.copies = action.copies[0], action.copies[1:]
+        if facts is not None and len(facts) == len(COPY_FACTS) and isinstance(facts[1], int) and facts[1] > 0:
+            action.data_version = facts[1]
+        total = action.copies_done + 1 + len(action.copies)
+        action.errno = 0
+        action.error = (f"copy {action.copies_done} of {total} made in archive {made_in}; "
+                        f"the next goes to archive {action.archive_id}")
+        action.bytes_done = 0
+        self._make_ready(action, front=True)
+
+    def _next_source(self, action: Action) -> int:
+        """The archive id of the copy a restore reads after the one that
+        failed (in archive id order, among the configured ones), or 0."""
+        tried = action.tried
+        for c in self.catalog.of(action.fsname, action.fid):
+            if c.archive_id != action.archive_id and c.archive_id not in tried \
+                    and c.archive_id in self.config.archive_ids:
+                return c.archive_id
+        return 0
+
+    def _fall_back(self, action: Action, err: int, message: str) -> None:
+        """A restore whose copy failed (COPY_ERRNOS) reads the next copy:
+        it waits again at the head of that archive id's queue, the attempt
+        not counted (each copy is tried once before the action fails)."""
+        failed_in = action.archive_id
+        self._transition(action, Ev.REQUEUE)
+        self._release_agent(action)
+        action.handed_back += 1
+        action.tried = (*action.tried, failed_in)
+        action.archive_id = self._next_source(action)
+        action.errno = err
+        action.error = (f"the copy in archive {failed_in} failed ({E.errorcode.get(err, err)}: {message}); "
+                        f"reading the copy in archive {action.archive_id}")
+        action.bytes_done = 0
+        self._make_ready(action, front=True)
+        self._counted.append(Requeued(action.id, action.kind, err))
 
     def _catalog_archived(self, action: Action, facts: tuple[Any, ...] | None, now: float) -> None:
         """Record the copy a successful archive made: what its mover said
@@ -1777,7 +1881,7 @@ class ShardState:
             return None
         for action_id in (q,) if isinstance(q, int) else q:
             a = self.actions[action_id]
-            if a.kind == kind and a.archive_id == archive_id and a.joinable:
+            if a.kind == kind and (a.archive_id == archive_id or archive_id in a.tried) and a.joinable:
                 return action_id
         return None
 

@@ -123,7 +123,17 @@ def queue_words(action: tpb.Action) -> str:
 
 def format_progress(action: tpb.Action) -> str:
     """``"-"`` before any progress, ``"1.0MiB/4.0MiB 25%"`` while running;
-    a waiting action's place in its queue (:func:`format_queue`)."""
+    a waiting action's place in its queue (:func:`format_queue`). An
+    archive of several copies says which copy first: ``"copy 2/2 ..."``."""
+    from hsm.v1 import types_pb2
+
+    if action.copies > 1 and action.state in (types_pb2.WAITING, types_pb2.STARTED, types_pb2.CANCELING):
+        rest = _progress(action)
+        return f"copy {action.copies_done + 1}/{action.copies}" + ("" if rest == "-" else " " + rest)
+    return _progress(action)
+
+
+def _progress(action: tpb.Action) -> str:
     if action.queue_position:
         return format_queue(action)
     done, total = action.bytes_done, action.bytes_total
@@ -209,6 +219,11 @@ def action_to_dict(action: tpb.Action) -> dict[str, Any]:
         "queue_position": action.queue_position or None,
         "queue_length": action.queue_length if action.queue_position else None,
         "start_estimate": action.start_estimate or None,  # seconds from now; null: no estimate
+        # an archive of several copies: how many in all and made (null: one copy)
+        "copies": action.copies or None,
+        "copies_done": action.copies_done if action.copies else None,
+        # a restore that read other copies first: their archive ids
+        "copies_failed": list(action.copies_failed),
     }
 
 

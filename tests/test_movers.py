@@ -457,6 +457,46 @@ def test_restore_of_a_missing_object_fails_enoent_naming_it(tree: Tree) -> None:
     assert tree.volatiles() == []
 
 
+def test_restore_reads_the_object_the_catalog_key_names(tree: Tree) -> None:
+    data = os.urandom(70 * KiB)
+    mover = PosixMover(tree.archive)
+    path, fid = archived(tree, mover, "moved", data)
+    obj = object_path(tree.archive, fid)
+    elsewhere = tree.archive / "imported" / "obj-1"
+    elsewhere.parent.mkdir()
+    os.rename(obj, elsewhere)  # the object under another key (the xattr checksum goes with it)
+    job = tree.job(HSMA.RESTORE, fid)
+    job.object_key = "imported/obj-1"
+    assert mover.run(job) == Result(bytes_done=len(data))
+    assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("key", ["/etc/passwd", "../outside", "a/../../b", "a//b", "./a", "a/", "a\0b"])
+def test_a_catalog_key_that_could_leave_the_archive_root_is_refused(tree: Tree, key: str) -> None:
+    mover = PosixMover(tree.archive)
+    path, fid = archived(tree, mover, "guarded", b"x" * 100)
+    job = tree.job(HSMA.RESTORE, fid)
+    job.object_key = key
+    result = mover.run(job)
+    assert result.errno == errno.EINVAL and "not a path below the archive root" in result.message
+    assert tree.flags(path) & HS.RELEASED
+
+
+def test_a_copy_that_is_not_the_last_leaves_the_file_unarchived(tree: Tree) -> None:
+    mover = PosixMover(tree.archive)
+    path = tree.fs.root / "first-of-two"
+    path.write_bytes(b"y" * 5000)
+    fid = tree.fs.fid_of(path)
+    job = tree.job(HSMA.ARCHIVE, fid)
+    job.final = False
+    result = mover.run(job)
+    assert result.errno == 0 and result.copy is not None
+    assert object_path(tree.archive, fid).read_bytes() == b"y" * 5000
+    assert not tree.flags(path) & HS.ARCHIVED  # the last copy's end archives it
+    last = tree.job(HSMA.ARCHIVE, fid)
+    assert mover.run(last).errno == 0 and tree.flags(path) & HS.ARCHIVED
+
+
 def test_restore_of_an_object_without_checksum_is_done_unverified(tree: Tree) -> None:
     # An object written by lhsmtool_posix has no checksum xattr.
     data = os.urandom(100 * KiB)

@@ -592,14 +592,14 @@ def test_every_error_is_reported_with_its_line() -> None:
         (23, 'rules[1].name: "a" is the name of rules[0] (line 20) already; names are unique'),
         (24, "rules[1].then: deny and allow together: a rule either refuses or accepts"),
         (25, "rules[2]: needs a name (1..64 characters of A-Z a-z 0-9 . _ -, unique)"),
-        (26, "rules[2].then: expected deny, allow, or any of priority, tag, archive_id"),
+        (26, "rules[2].then: expected deny, allow, or any of priority, tag, archive_id, copies"),
         (27, 'rules[3].name: "bad name!": expected 1..64 characters of A-Z a-z 0-9 . _ -'),
         (28, "rules[3].then.allow: false means nothing: leave allow out (only allow: true stops the rules)"),
         (28, 'rules[3].then.tag: "t t": expected 1..64 characters of A-Z a-z 0-9 . _ -'),
         (28, "rules[3].then.priority: 1001 is out of range -1000..1000"),
         (28, "rules[3].then.archive_id: 0 is out of range 1..4294967295"),
         (31, "rules[4].then: given twice (first on line 30)"),
-        (32, "rules[5]: needs then (deny, allow, or any of priority, tag, archive_id)"),
+        (32, "rules[5]: needs then (deny, allow, or any of priority, tag, archive_id, copies)"),
         (33, 'rules[6]: expected a mapping (name, match, then), got "just a string"'),
         (34, "settings: given twice (first on line 1)"),
     ]
@@ -684,7 +684,7 @@ def test_bools_floats_and_strings_are_not_integers(text: str, error: str) -> Non
                           "max_terminal, max_running, max_running_per_archive), got 5")),
     ("rules: {a: 1}\n", (1, "rules: expected a list of rules ({name, match, then}), got a mapping")),
     ("rules:\n- name: a\n  then: allow\n", (3, 'rules[0].then: expected a mapping (deny, allow, priority, tag, '
-                                             'archive_id), got "allow"')),
+                                             'archive_id, copies), got "allow"')),
     ("rules:\n- name: a\n  match: {kind: []}\n  then: {allow: true}\n",
      (3, "rules[0].match.kind: an empty list matches nothing; leave the condition out to match all")),
     ("rules:\n- name: a\n  match: {color: red}\n  then: {allow: true}\n",
@@ -899,7 +899,8 @@ _MATCH = st.fixed_dictionaries({}, optional={
     "uid": _ONE_OR_MANY(_IDS), "gid": _ONE_OR_MANY(_IDS), "projid": _ONE_OR_MANY(_IDS),
     "initiator": _ONE_OR_MANY(st.sampled_from(["oss-*", "mdt?", "*", "client-[ab]", "exact"])),
 })
-_SETS = {"priority": st.integers(-1000, 1000), "tag": _NAMES, "archive_id": st.integers(1, 2**32 - 1)}
+_SETS = {"priority": st.integers(-1000, 1000), "tag": _NAMES, "archive_id": st.integers(1, 2**32 - 1),
+         "copies": st.integers(1, 8)}
 _THEN = st.one_of(
     st.fixed_dictionaries({"deny": _TEXT}),
     st.fixed_dictionaries({"allow": st.just(True)}, optional=_SETS),
@@ -1054,7 +1055,8 @@ def reference(p: Policy, kind: int, archive_id: int, path: str, size: int | None
             continue
         if r.deny:
             return Decision(deny=r.deny, rule=r.name)
-        for name, value in (("priority", r.priority), ("tag", r.tag or None), ("archive_id", r.archive_id or None)):
+        for name, value in (("priority", r.priority), ("tag", r.tag or None), ("archive_id", r.archive_id or None),
+                            ("copies", r.copies or None)):
             if value is not None:
                 got[name] = value
                 last = r.name

@@ -544,30 +544,33 @@ def test_a_join_gives_a_waiting_action_the_latest_data_version() -> None:
 
 def test_actions_of_a_snapshot_written_before_the_last_slots_load() -> None:
     """Snapshots of older formats hold shorter value tuples: without the
-    scheduling hints (tag, volume, position), without hsm_ctime too, and
-    without data_version as well."""
+    copies (copies, copies_done, tried), without the scheduling hints (tag,
+    volume, position) too, without hsm_ctime as well, and without
+    data_version."""
     import pickle
 
     from coordinator.state import ACTION_FIELDS, _action_from_values
 
-    h = Harness()
-    [r] = h.submit(item(1, data_version=5, hsm_ctime=77, data=b"tag=t,volume=V1,position=12"))
+    h = Harness(archive_ids=frozenset({1, 2}))
+    [r] = h.submit(item(1, data_version=5, hsm_ctime=77, data=b"tag=t,volume=V1,position=12,copies=2"))
     a = h.state.get(r.action_id)
     assert a is not None
     fn, (values,) = a.__reduce__()
     assert fn is _action_from_values and values == tuple(getattr(a, f) for f in ACTION_FIELDS)
-    assert ACTION_FIELDS[-5:] == ("data_version", "hsm_ctime", "tag", "volume", "position"), \
-        "new slots go last: older snapshots lack only those"
-    assert (a.tag, a.volume, a.position) == ("t", "V1", 12)
-    for missing, expect in ((3, (5, 77)), (4, (5, 0)), (5, (0, 0))):
+    assert ACTION_FIELDS[-8:] == ("data_version", "hsm_ctime", "tag", "volume", "position", "copies",
+                                  "copies_done", "tried"), "new slots go last: older snapshots lack only those"
+    assert (a.tag, a.volume, a.position, a.copies) == ("t", "V1", 12, (2,))
+    for missing, expect in ((3, (5, 77)), (6, (5, 77)), (7, (5, 0)), (8, (0, 0))):
         old = _action_from_values(values[:-missing])  # as a snapshot of a previous format holds it
         assert (old.data_version, old.hsm_ctime) == expect
-        assert (old.tag, old.volume, old.position) == ("", "", 0)
+        assert (old.copies, old.copies_done, old.tried) == ((), 0, ())
+        if missing >= 6:
+            assert (old.tag, old.volume, old.position) == ("", "", 0)
         assert [getattr(old, s) for s in ACTION_FIELDS[:-missing]] == list(values[:-missing])
     again = pickle.loads(pickle.dumps(a))
-    assert (again.data_version, again.hsm_ctime, again.id, again.volume) == (5, 77, a.id, "V1")
+    assert (again.data_version, again.hsm_ctime, again.id, again.volume, again.copies) == (5, 77, a.id, "V1", (2,))
     with pytest.raises(ValueError):
-        _action_from_values(values[:-6])
+        _action_from_values(values[:-9])
 
 
 def test_reports_from_an_agent_that_does_not_hold_the_action_are_refused() -> None:

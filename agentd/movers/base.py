@@ -37,6 +37,7 @@ from typing import Protocol
 
 from agentd.backend import ActionHandle, Backend, NotNeeded
 from hsm.fid import Fid
+from hsm.hsmflags import HSMA
 from hsm.wire import KIND_NAMES
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,13 @@ class Job:
     #: place, the action ended at the file system): False once the agent's
     #: lease on the action ended, when another agent may run it already
     may_publish: Callable[[], bool] = lambda: True
+    #: RESTORE: the key of the copy to read, as the catalog has it from the
+    #: archive that wrote it ("": the mover's default layout for the FID)
+    object_key: str = ""
+    #: ARCHIVE: False while other copies of the file are still to be made
+    #: (in other archive ids): a success lets go of the action at the file
+    #: system instead of ending it, so the file is not archived yet
+    final: bool = True
 
     def log_prefix(self) -> str:
         """``action ID/ATTEMPT KIND FID``: the prefix of every line about the action (hsm.logsetup)."""
@@ -249,6 +257,16 @@ def run_action(job: Job, mover: str, op: Callable[[Job, ActionHandle], int]) -> 
     try:
         if err and give_back is not None and (retry or err == errno.ECANCELED):
             give_back(err)  # the file system's request stays open for the next attempt
+        elif err == 0 and not job.final and job.kind == HSMA.ARCHIVE:
+            # a copy of several, not the last: the file is archived when the
+            # last is made; its request stays open for the next copy
+            let_go: Callable[[], None] | None = getattr(handle, "let_go", None)
+            if let_go is not None:
+                let_go()
+            elif give_back is not None:
+                give_back(0)
+            else:
+                handle.end(errno.EAGAIN, refused=True)  # as if never begun: the file is left as it was
         elif lapsed:
             handle.end(err, refused=True)  # as if this attempt never began: the file is left as it was
         else:

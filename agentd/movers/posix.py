@@ -108,6 +108,17 @@ def object_path(archive_root: str | os.PathLike[str], fid: Fid) -> Path:
     return Path(archive_root).joinpath(*(f"{p:04x}" for p in parts), fid.bare)
 
 
+def keyed_path(archive_root: str | os.PathLike[str], key: str) -> Path:
+    """The object a catalog key names under ``archive_root`` (a key this
+    mover wrote: the object's path relative to the root). MoverError
+    (EINVAL) for a key that could name anything outside the root: absolute,
+    with ``..``, ``.`` or empty components, or a NUL."""
+    parts = key.split("/")
+    if not key or "\0" in key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise MoverError(errno.EINVAL, f"object key {key!r} is not a path below the archive root")
+    return Path(archive_root).joinpath(*parts)
+
+
 def _tmps(obj: Path, below: int | None = None) -> list[Path]:
     """The temporary objects beside *obj*: lhsmtool_posix's ``<obj>_tmp``
     and ``<obj>_tmp.<attempt>`` (only attempts below *below* when given)."""
@@ -563,7 +574,10 @@ class PosixMover:
 
     def _restore(self, job: Job, handle: ActionHandle) -> int:
         prefix = job.log_prefix()
-        obj = object_path(self.archive_root, job.fid)
+        # the copy the catalog names (a file imported under a new FID, or one
+        # whose object was written under another), else the FID's own
+        obj = keyed_path(self.archive_root, job.object_key) if job.object_key else \
+            object_path(self.archive_root, job.fid)
         self._check_root()
         try:
             fd = os.open(obj, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -119,7 +119,7 @@ class RunningReport(_message.Message):
     def __init__(self, actions: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ..., token: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("action_id", "attempt", "fsname", "fid", "dfid", "kind", "archive_id", "extent", "data", "flags", "data_version", "requesters")
+    __slots__ = ("action_id", "attempt", "fsname", "fid", "dfid", "kind", "archive_id", "extent", "data", "flags", "data_version", "requesters", "object_key", "copies_left")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     FSNAME_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,8 @@ class Assignment(_message.Message):
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUESTERS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    COPIES_LEFT_FIELD_NUMBER: _ClassVar[int]
     action_id: int
     attempt: int
     fsname: str
@@ -144,7 +146,9 @@ class Assignment(_message.Message):
     flags: int
     data_version: int
     requesters: _containers.RepeatedCompositeFieldContainer[_types_pb2.Requester]
-    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., dfid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[_types_pb2.Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., data_version: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[_types_pb2.Requester, _Mapping]]] = ...) -> None: ...
+    object_key: str
+    copies_left: int
+    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., dfid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[_types_pb2.Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., data_version: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[_types_pb2.Requester, _Mapping]]] = ..., object_key: _Optional[str] = ..., copies_left: _Optional[int] = ...) -> None: ...
 
 class CancelOrder(_message.Message):
     __slots__ = ("action_id", "attempt", "reason")

@@ -82,7 +82,7 @@ class HsmState(_message.Message):
     def __init__(self, flags: _Optional[int] = ..., archive_id: _Optional[int] = ..., data_version: _Optional[int] = ..., ctime_ns: _Optional[int] = ...) -> None: ...
 
 class Action(_message.Message):
-    __slots__ = ("action_id", "fsname", "fid", "kind", "archive_id", "extent", "data", "flags", "priority", "requesters", "state", "agent", "attempt", "created", "started", "ended", "bytes_done", "bytes_total", "errno", "error", "shard", "data_version", "queue_position", "queue_length", "start_estimate")
+    __slots__ = ("action_id", "fsname", "fid", "kind", "archive_id", "extent", "data", "flags", "priority", "requesters", "state", "agent", "attempt", "created", "started", "ended", "bytes_done", "bytes_total", "errno", "error", "shard", "data_version", "queue_position", "queue_length", "start_estimate", "copies", "copies_done", "copies_failed")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     FSNAME_FIELD_NUMBER: _ClassVar[int]
     FID_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,9 @@ class Action(_message.Message):
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     START_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FIELD_NUMBER: _ClassVar[int]
+    COPIES_DONE_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FAILED_FIELD_NUMBER: _ClassVar[int]
     action_id: int
     fsname: str
     fid: Fid
@@ -133,7 +136,10 @@ class Action(_message.Message):
     queue_position: int
     queue_length: int
     start_estimate: float
-    def __init__(self, action_id: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[Fid, _Mapping]] = ..., kind: _Optional[_Union[ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., priority: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[Requester, _Mapping]]] = ..., state: _Optional[_Union[ActionState, str]] = ..., agent: _Optional[str] = ..., attempt: _Optional[int] = ..., created: _Optional[float] = ..., started: _Optional[float] = ..., ended: _Optional[float] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., errno: _Optional[int] = ..., error: _Optional[str] = ..., shard: _Optional[int] = ..., data_version: _Optional[int] = ..., queue_position: _Optional[int] = ..., queue_length: _Optional[int] = ..., start_estimate: _Optional[float] = ...) -> None: ...
+    copies: int
+    copies_done: int
+    copies_failed: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, action_id: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[Fid, _Mapping]] = ..., kind: _Optional[_Union[ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., priority: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[Requester, _Mapping]]] = ..., state: _Optional[_Union[ActionState, str]] = ..., agent: _Optional[str] = ..., attempt: _Optional[int] = ..., created: _Optional[float] = ..., started: _Optional[float] = ..., ended: _Optional[float] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., errno: _Optional[int] = ..., error: _Optional[str] = ..., shard: _Optional[int] = ..., data_version: _Optional[int] = ..., queue_position: _Optional[int] = ..., queue_length: _Optional[int] = ..., start_estimate: _Optional[float] = ..., copies: _Optional[int] = ..., copies_done: _Optional[int] = ..., copies_failed: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Copy(_message.Message):
     __slots__ = ("archive_id", "key", "data_version", "size", "checksum", "archived", "offset", "length", "uid", "gid", "mode", "path", "container", "slot")
