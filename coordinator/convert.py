@@ -258,6 +258,15 @@ def copy_facts_from_pb(pb: agent_pb2.Done) -> tuple[Any, ...] | None:
     return facts
 
 
+def copy_from_pb(pb: types_pb2.Copy) -> Copy:
+    """A copy as a request gives it (checked: InvalidRequest names the bound it breaks)."""
+    try:
+        return Copy(pb.archive_id, pb.key, pb.data_version, pb.size, pb.checksum, pb.archived, pb.offset,
+                    pb.length, pb.uid, pb.gid, pb.mode, pb.path, pb.container, pb.slot).check()
+    except CopyError as exc:
+        raise InvalidRequest(f"copy in archive id {pb.archive_id}: {exc}") from None
+
+
 def copy_to_pb(c: Copy) -> types_pb2.Copy:
     return types_pb2.Copy(archive_id=c.archive_id, key=c.key, data_version=c.data_version, size=c.size,
                           checksum=c.checksum, archived=c.archived, offset=c.offset, length=c.length, uid=c.uid,

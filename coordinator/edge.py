@@ -146,6 +146,12 @@ def audit_items(method: str, request: Any) -> dict[str, Any]:
         return {"name": _t(request.name), "holder": _t(request.holder), "ttl_ms": request.ttl_ms}
     if name == "EventConsumer":
         return {"name": _t(request.name), "deregister": request.deregister, "shards": _ids(request.shards)}
+    if name == "MoveCopies":
+        return {"from": f"{_t(getattr(request, 'from').fsname, 16)}:{_fid(getattr(request, 'from').fid)}",
+                "to": f"{_t(request.to.fsname, 16)}:{_fid(request.to.fid)}"}
+    if name == "EditCatalog":
+        return {"file": f"{_t(request.file.fsname, 16)}:{_fid(request.file.fid)}", "copies": len(request.copies),
+                "forget": request.forget}
     if name == "SetPolicy":
         return {"bytes": len(request.text), "sha256": hashlib.sha256(request.text.encode()).hexdigest()[:16],
                 "dry_run": request.dry_run, "version": request.version, "shards": _ids(request.shards)}

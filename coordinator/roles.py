@@ -72,6 +72,8 @@ METHODS: Mapping[str, frozenset[str]] = {
     _C + "GetPolicy": frozenset({ADMIN, OPERATOR, REPLICA}),
     # the catalog names every archived file, its owner and path: not for users
     _C + "ListCopies": frozenset({ADMIN, OPERATOR, REPLICA}),
+    _C + "MoveCopies": frozenset({ADMIN, OPERATOR, REPLICA}),
+    _C + "EditCatalog": frozenset({REPLICA}),
     _C + "SetPolicy": frozenset({ADMIN, REPLICA}),
     _A + "Work": frozenset({AGENT}),
     _A + "Report": frozenset({REPLICA}),
@@ -79,7 +81,7 @@ METHODS: Mapping[str, frozenset[str]] = {
 _HEALTH = "/grpc.health.v1.Health/"
 #: methods that change something: written to the audit log
 AUDITED = frozenset(_C + m for m in ("Submit", "Cancel", "ChangeMembership", "Control", "DrainAgent", "Lease",
-                                     "EventConsumer", "SetPolicy"))
+                                     "EventConsumer", "SetPolicy", "MoveCopies", "EditCatalog"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from coordinator.state import (
     Cancel,
     CancelRefused,
     DrainAgent,
+    EditCatalog,
     EventConsumer,
     Kind,
     Lease,
@@ -387,6 +388,62 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             found = found[:page]
             token = str(found[-1].action_id)
         return coordinator_pb2.ListActionsResponse(actions=found, next_page_token=token)
+
+    async def MoveCopies(self, request: coordinator_pb2.MoveCopiesRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ListCopiesResponse:  # noqa: N802
+        """The copies of a deleted file given to the file recreated from
+        them: read on the old FID's shard, recorded on the new FID's, then
+        forgotten on the old one's (each on its leader). Answers the copies
+        the new file has."""
+        src_pb = getattr(request, "from")
+        try:
+            src = convert.fid_target_from_pb(src_pb, "from")
+            dst = convert.fid_target_from_pb(request.to, "to")
+            if not src.fsname or not dst.fsname:
+                raise InvalidRequest("from and to each need their fsname")
+            if (src.fsname, src.fid) == (dst.fsname, dst.fid):
+                raise InvalidRequest("from and to are the same file")
+        except (InvalidRequest, ValueError) as exc:
+            await context.abort(*_abort_code(exc))
+        read = coordinator_pb2.ListCopiesRequest(fid=coordinator_pb2.FidSelector(fsname=src.fsname, fid=src_pb.fid))
+        have = await self.ListCopies(read, context)
+        if not have.copies:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"the catalog has no copy of {src.fsname}:{src.fid}")
+        keyless = [e.copy.archive_id for e in have.copies if not e.copy.key]
+        if keyless:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"the copies of {src.fid} in archive id(s) {', '.join(map(str, keyless))} have no "
+                                "object key (their mover did not say where it wrote them): another FID cannot "
+                                "find them")
+        copies = [e.copy for e in have.copies]
+        for part in (coordinator_pb2.EditCatalogRequest(file=request.to, copies=copies),
+                     coordinator_pb2.EditCatalogRequest(file=src_pb, forget=True)):
+            await self.EditCatalog(part, context)
+        out = coordinator_pb2.ListCopiesResponse()
+        for c in copies:
+            out.copies.add(fsname=dst.fsname, fid=request.to.fid, copy=c)
+        return out
+
+    async def EditCatalog(self, request: coordinator_pb2.EditCatalogRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.EditCatalogResponse:  # noqa: N802
+        """One half of MoveCopies, on the file's shard's leader (forwarded there)."""
+        node = self.node
+        try:
+            target = convert.fid_target_from_pb(request.file, "file")
+            if not target.fsname:
+                raise InvalidRequest("file needs its fsname")
+            copies = tuple(convert.copy_from_pb(c).values() for c in request.copies)
+        except (InvalidRequest, ValueError) as exc:
+            await context.abort(*_abort_code(exc))
+        shard = node.shards[node.ring.shard_of(target.fid)]
+        try:
+            if not shard.is_leader:
+                resp: coordinator_pb2.EditCatalogResponse = await node.forward(shard, "EditCatalog", request,
+                                                                              node.config.propose_timeout)
+                return resp
+            res = await node.propose(shard, EditCatalog(time.time(), target.fsname, target.fid, copies,
+                                                        request.forget))
+        except ShardUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return coordinator_pb2.EditCatalogResponse(changed=res.replies[0])
 
     async def ListCopies(self, request: coordinator_pb2.ListCopiesRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ListCopiesResponse:  # noqa: N802
         """One page of one shard's catalog, read on its leader (a replica

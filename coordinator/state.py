@@ -399,8 +399,24 @@ class AckEvents:
     index: int
 
 
+@dataclass(frozen=True, slots=True)
+class EditCatalog:
+    """Record *copies* (``Copy.values()`` tuples) as copies of the file
+    (fsname, fid), each replacing the file's copy of the same archive id;
+    or, with *forget*, forget every copy of the file. The two halves of
+    moving a deleted file's copies to the file recreated from them
+    (``hsmctl catalog restore --to``), each on its FID's shard. Replies
+    how many copies were recorded or forgotten."""
+
+    now: float
+    fsname: str
+    fid: Fid
+    copies: tuple[tuple[Any, ...], ...] = ()
+    forget: bool = False
+
+
 Command = (Submit | Assign | AssignRound | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent
-           | Lease | EventConsumer | AckEvents | SetPolicy)
+           | Lease | EventConsumer | AckEvents | SetPolicy | EditCatalog)
 
 
 def _pickle_by_fields(cls: type) -> None:
@@ -417,7 +433,7 @@ def _pickle_by_fields(cls: type) -> None:
 
 
 for _cls in (Submit, Assign, AssignRound, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent,
-             Lease, EventConsumer, AckEvents, SetPolicy):
+             Lease, EventConsumer, AckEvents, SetPolicy, EditCatalog):
     _pickle_by_fields(_cls)
 
 
@@ -1103,7 +1119,21 @@ class ShardState:
             if self.policy_version != before:
                 res.effects.append(PolicyChanged(self.policy_version))
             return res
+        if isinstance(cmd, EditCatalog):
+            return Result(replies=[self._edit_catalog(cmd)])
         raise TypeError(f"unknown command {type(cmd).__name__}")
+
+    def _edit_catalog(self, cmd: EditCatalog) -> int:
+        if cmd.forget:
+            return self.catalog.drop(cmd.fsname, cmd.fid)
+        done = 0
+        for values in cmd.copies:
+            try:
+                self.catalog.record(cmd.fsname, cmd.fid, Copy(*values))
+            except (CopyError, TypeError, ValueError):
+                continue  # the servicer checked them: a copy that breaks the bounds is left out everywhere
+            done += 1
+        return done
 
     def _consumer(self, cmd: EventConsumer | AckEvents) -> ConsumerReply:
         log = self.events

@@ -1476,6 +1476,14 @@ class CoordinatorClient:
         request = cpb.ListCopiesRequest(fid=_fid_selector(fid, fsname))
         return list(self._call("ListCopies", request, f"list the copies of {fid}").copies)
 
+    def move_copies(self, from_fsname: str, from_fid: Fid | str | tpb.Fid, to_fsname: str,
+                    to_fid: Fid | str | tpb.Fid) -> list[cpb.CatalogEntry]:
+        """Give the copies of a deleted file to the file recreated from them
+        (``hsmctl catalog restore --to``); the new file's copies."""
+        request = cpb.MoveCopiesRequest(to=_fid_selector(to_fid, to_fsname))
+        getattr(request, "from").CopyFrom(_fid_selector(from_fid, from_fsname))
+        return list(self._call("MoveCopies", request, f"move the copies of {from_fid} to {to_fid}").copies)
+
     def list_copies(self, *, archive_id: int = 0, archived_before: float = 0.0, archived_after: float = 0.0,
                     min_size: int | None = None, max_size: int | None = None, uid: int | None = None,
                     path_prefix: str = "", page_size: int = 1000,

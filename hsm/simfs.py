@@ -760,6 +760,37 @@ class SimFS:
         log.info("%s released (%d bytes)", real, st.st_size)
 
 
+    def import_released(self, path: Path | str, size: int, archive_id: int, uid: int = -1, gid: int = -1,
+                        mode: int = 0o644, mtime_ns: int | None = None) -> Fid:
+        """``llapi_hsm_import``: a new file at *path*, released: *size*
+        bytes with no data, owned by *uid*/*gid* (-1: the caller's), with
+        the permission bits of *mode* and the mtime given, HSM state
+        exists, archived and released in *archive_id*. Its data comes back
+        with a restore. ``FileExistsError`` when *path* exists; its new FID."""
+        if size < 0 or not 0 < archive_id <= _U64:
+            raise ValueError(f"import: size {size} and archive id {archive_id} must be >= 0 and > 0")
+        p = Path(os.path.abspath(path))
+        if self._rel(p.parent.resolve() / p.name).parts[:1] in ((META_DIR,), (DOT_LUSTRE,)):
+            raise ValueError(f"{p} is simfs metadata, not a file of the tree")
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            if uid >= 0 or gid >= 0:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, stat.S_IMODE(mode) or 0o644)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if mtime_ns is not None:
+            os.utime(p, ns=(mtime_ns, mtime_ns))
+        real = p.resolve()
+        with self._locked():
+            fid = self._identify_locked(real)
+            dv, attrs = self._refresh_locked(real)
+            self._write_hsm(real, HsmAttrs(HS.EXISTS | HS.ARCHIVED | HS.RELEASED, archive_id, dv, attrs.compat))
+        log.info("%s imported as %s, released (%d bytes in archive %d)", real, fid, size, archive_id)
+        return fid
+
     # ------------------------------------------ actions: what the MDT does
 
     def _owned_locked(self, fid: Fid, real: Path) -> tuple[int, HsmAttrs]:

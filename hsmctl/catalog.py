@@ -14,7 +14,8 @@ from typing import IO, Any
 
 from hsm.v1 import coordinator_pb2 as cpb
 
-HELP = "list the archived copies the catalog keeps (ls), or a file's copies (stat)"
+HELP = ("list the archived copies the catalog keeps (ls), a file's copies (stat); remove copies (rm); "
+        "recreate a deleted file from its copy (restore)")
 
 EPILOG = """\
   ls [filters]           every copy the filters keep, shard by shard, in FID order
@@ -31,6 +32,12 @@ EPILOG = """\
                          file is its only data and is kept (the coordinator and the agent refuse
                          it too); a file that no longer exists is skipped (its object stays)
   stat PATH|FID...       the copies of these files, one block per file
+  restore --to PATH FID  recreate the deleted file FID at PATH (a simfs tree; PATH must not exist)
+                         from its copy: a released file with the size, owner and mode the copy
+                         records, given the file's copies in the catalog, then restored
+      --archive-id N     from the copy in this archive id (default: the first)
+      --fsname NAME      the file system FID was in (default: PATH's)
+      --no-wait          queue the restore and return
 prints (ls):   FID  ARCHIVE  SIZE  DV  ARCHIVED (UTC)  UID  PATH, then "N copies of M files"
 prints (stat): FID (fsname): N copies, then per copy: archive id, object key, data version,
                size, checksum, when archived, extent, owner, mode and path
@@ -39,11 +46,14 @@ prints (stat): FID (fsname): N copies, then per copy: archive id, object key, da
 prints (rm):   a line per copy kept or (--dry-run) to remove, then "removing N copies: queued N,
                joined N, not needed N, rejected N; kept N (released), skipped N (gone), N (other
                file system)"
-exit status: 0 done, 1 a file has no copy (stat) or a remove was refused, 2 usage, 3 unreachable"""
+prints (restore): "recreated PATH as FID (released, N bytes, uid:gid, mode) from the copy of FID in
+               archive N", then "restored PATH (action ID)" (or "restoring PATH (action ID)" with --no-wait)
+exit status: 0 done, 1 a file has no copy (stat, restore), a remove was refused, PATH exists or
+             the restore failed, 2 usage, 3 unreachable"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="op", metavar="ls|stat", required=True)
+    sub = p.add_subparsers(dest="op", metavar="ls|stat|rm|restore", required=True)
     ls = sub.add_parser("ls", help="every copy the filters keep")
     _filters(ls)
     rm = sub.add_parser("rm", help="remove the copies the filters keep, through remove actions")
@@ -58,6 +68,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("files", nargs="+", metavar="PATH|FID", help="a file of a simfs tree or Lustre, or a FID")
     st.add_argument("--fsname", default="", help="the file system of the FIDs given (default: any)")
     st.add_argument("--json", action="store_true", help="JSON output")
+    re_ = sub.add_parser("restore", help="recreate a deleted file from its copy")
+    re_.add_argument("fid", metavar="FID", help="the deleted file's FID (hsmctl catalog ls shows it)")
+    re_.add_argument("--to", required=True, metavar="PATH", help="the file to create (it must not exist)")
+    re_.add_argument("--archive-id", type=_archive_id, default=0, metavar="N",
+                     help="from the copy in this archive id (default: the first)")
+    re_.add_argument("--fsname", default="", help="the file system FID was in (default: the one of PATH)")
+    re_.add_argument("--no-wait", action="store_true", help="queue the restore and return")
+    re_.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                     help="how long to wait for the restore (default 3600)")
 
 
 def _filters(p: argparse.ArgumentParser) -> None:

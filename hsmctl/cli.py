@@ -1975,6 +1975,8 @@ def cmd_catalog(args: argparse.Namespace, ctx: Context) -> int:
             return catalog.ls(client, args, ctx.out)
     if args.op == "rm":
         return _catalog_rm(args, ctx)
+    if args.op == "restore":
+        return _catalog_restore(args, ctx)
     files: list[tuple[str, str, Fid]] = []  # (label, fsname, FID)
     for operand in args.files:
         if not os.path.lexists(operand) and not os.path.isabs(operand):
@@ -2007,6 +2009,73 @@ def cmd_catalog(args: argparse.Namespace, ctx: Context) -> int:
         from hsmctl.output import write_json
 
         write_json(ctx.out, blocks)
+    return ctx.status
+
+
+def _catalog_restore(args: argparse.Namespace, ctx: Context) -> int:
+    """``catalog restore --to PATH FID``: a released file at PATH with
+    the copy's size, owner and mode, given the deleted file's copies, then
+    restored from them (the restore reads the object the catalog names)."""
+    from hsm.simfs import SimFS as _SimFS
+    from hsm.v1 import types_pb2 as tpb
+
+    try:
+        old = Fid.parse(args.fid)
+    except FidError as e:
+        raise CliError(f"invalid FID '{plain_text(args.fid)}': {e}", EXIT_USAGE) from None
+    dest = os.path.abspath(args.to)
+    label = path_text(dest)
+    if os.path.lexists(dest):
+        raise CliError(f"{label} exists: catalog restore creates a new file and never replaces one")
+    fs = ctx.mounted(os.path.dirname(dest))
+    if not isinstance(fs, _SimFS):
+        raise CliError(f"{label} is on Lustre: recreating a file there needs llapi_hsm_import, which hsmctl "
+                       "does not call yet (lhsmtool_posix --import does it by hand)")
+    fsname = args.fsname or fs.fsname
+    with _client(args, ctx) as client:
+        entries = client.copies_of(old, fsname)
+        chosen = [e for e in entries if not args.archive_id or e.copy.archive_id == args.archive_id]
+        if not chosen:
+            where = f" in archive id {args.archive_id}" if args.archive_id else ""
+            raise CliError(f"the catalog has no copy of {old}{where} in file system {fsname}")
+        c = chosen[0].copy
+        if fsname == fs.fsname:
+            try:
+                still = fs.path_of(old)
+            except (FileNotFoundError, ValueError):
+                still = None
+            if still is not None:
+                raise CliError(f"{old} still names {path_text(str(still))}: catalog restore recreates deleted "
+                               "files only (restore that one with hsmctl restore)")
+        try:
+            new = fs.import_released(dest, c.size, c.archive_id, c.uid, c.gid, c.mode or 0o644)
+        except OSError as e:
+            raise CliError(f"cannot create {label}: {e.strerror or e}") from None
+        try:
+            client.move_copies(fsname, old, fs.fsname, new)
+        except Exception:
+            os.unlink(dest)  # no copy is its: the stub would be a file without data
+            raise
+        mode = f"{c.mode & 0o7777:04o}" if c.mode else "0644"
+        print(plain_text(f"recreated {label} as {new} (released, {c.size} bytes, {c.uid}:{c.gid}, mode {mode}) "
+                         f"from the copy of {old} in archive {c.archive_id}"), file=ctx.out)
+        (res,) = client.submit([client.submit_item(fs.fsname, new, "restore", c.archive_id)])
+        if not res.action_id:
+            raise CliError(f"the restore of {label} was refused: {res.reason}")
+        if args.no_wait:
+            print(plain_text(f"restoring {label} (action {res.action_id})"), file=ctx.out)
+            return ctx.status
+        from hsm.client import DeadlineExceeded
+
+        try:
+            done = client.wait([res.action_id], deadline=args.timeout)[res.action_id]
+        except DeadlineExceeded:
+            raise CliError(f"gave up waiting for the restore of {label} (action {res.action_id}) after "
+                           f"{args.timeout:g} s; it goes on") from None
+        if done.state != tpb.SUCCEEDED:
+            raise CliError(f"the restore of {label} (action {res.action_id}) ended {tpb.ActionState.Name(done.state)}"
+                           f": {done.error or done.errno}")
+        print(plain_text(f"restored {label} (action {res.action_id})"), file=ctx.out)
     return ctx.status
 
 

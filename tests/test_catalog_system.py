@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,46 @@ def test_catalog_rm_removes_through_remove_actions_and_never_a_released_files_co
     (restore,) = rig.submit("restore", [b_fid])
     assert rig.client is not None and rig.client.wait([restore], deadline=30)[restore].state == T.SUCCEEDED
     assert b.read_bytes() == b_data
+
+
+def test_catalog_restore_recreates_a_deleted_file_from_its_copy(rig: Rig) -> None:
+    rig.start()
+    rig.agent("a1", bandwidth="100M")
+    files = _archive(rig, {"proj/run1/a.dat": 70_000, "proj/keep.dat": 100})
+    path, fid, data = files["proj/run1/a.dat"]
+    mode = path.stat().st_mode
+    path.unlink()  # deleted: its copy in the archive is all that is left
+    dest = rig.fs.root / "proj" / "a.back"
+
+    # refusals first: each changes nothing
+    for args, words in (((str(fid), "--to", str(files["proj/keep.dat"][0])), "exists"),
+                        ((str(files["proj/keep.dat"][1]), "--to", str(dest)), "keep.dat: catalog restore recreates deleted files only"),
+                        (("[0x200000400:0x999:0x0]", "--to", str(dest)), "has no copy of"),
+                        ((str(fid), "--to", str(dest), "--archive-id", "2"), "no copy of"),
+                        (("not-a-fid", "--to", str(dest)), "invalid FID")):
+        out = rig.hsmctl("catalog", "restore", *args)
+        assert out.returncode in (1, 2) and words in out.stderr, (args, out)
+        assert not dest.exists()
+    assert _stat(rig, str(fid))[0]["copies"][0]["archive_id"] == 1
+
+    out = rig.hsmctl("catalog", "restore", str(fid), "--to", str(dest))
+    assert out.returncode == 0, out
+    new = rig.fs.fid_of(dest)
+    assert out.stdout.splitlines() == [
+        f"recreated {dest} as {new} (released, {len(data)} bytes, {os.getuid()}:{os.getgid()}, "
+        f"mode {mode & 0o7777:04o}) from the copy of {fid} in archive 1",
+        next(line for line in out.stdout.splitlines() if line.startswith(f"restored {dest} (action "))]
+    assert dest.read_bytes() == data and dest.stat().st_mode == mode
+    flags = rig.fs.hsm_state(dest).flags
+    assert flags & HS.ARCHIVED and not flags & HS.RELEASED
+    # the copy is the new file's now: the old FID has none, the object stayed where it was
+    (block,) = _stat(rig, str(dest))
+    assert block["copies"][0]["key"] == str(object_path(rig.archive, fid).relative_to(rig.archive))
+    gone = rig.hsmctl("catalog", "stat", str(fid))
+    assert gone.returncode == 1 and "0 copies" in gone.stdout
+    # and it can be released and restored again like any archived file
+    rig.fs.release(dest)
+    ids = rig.submit("restore", [new])
+    assert rig.client is not None
+    assert rig.client.wait(ids, deadline=60)[ids[0]].state == T.SUCCEEDED
+    assert dest.read_bytes() == data

@@ -210,3 +210,19 @@ def test_a_policy_rule_sets_the_least_number_of_copies() -> None:
     assert h2.step(SetPolicy(h2.now, 2, text, "admin")).replies[0].version == 2
     [r] = h2.submit(item(1, archive_id=1, path="/proj/a"))
     assert r.outcome == Outcome.REJECTED and "copies set by policy rule 'two-copies-of-projects'" in r.reason
+
+
+def test_edit_catalog_records_and_forgets_a_file_s_copies() -> None:
+    from coordinator.catalog import Copy
+    from coordinator.state import EditCatalog
+    from tests.test_state import FS, fid
+
+    h = Harness(archive_ids=frozenset({1, 2}))
+    good = Copy(1, "0001/obj", 5, 100, "", 10.0, 0, -1, 1000, 100, 0o100600, "/a").values()
+    bad = Copy(2, "x" * 5000, 5, 100).values()  # an object key over the bound: left out, on every replica
+    assert h.step(EditCatalog(h.now, FS, fid(9), (good, bad))).replies == [1]
+    (c,) = h.state.catalog.of(FS, fid(9))
+    assert c.values() == good
+    assert h.step(EditCatalog(h.now, FS, fid(9), forget=True)).replies == [1]
+    assert h.state.catalog.of(FS, fid(9)) == ()
+    assert h.step(EditCatalog(h.now, FS, fid(9), forget=True)).replies == [0]

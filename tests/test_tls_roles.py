@@ -107,6 +107,10 @@ def test_a_plain_text_client_cannot_talk_to_a_tls_replica(replica: Any, pki: Pat
     # the catalog names every archived file, its owner and path
     ("alice", lambda s: s.ListCopies(C.ListCopiesRequest()), "ListCopies needs role admin, operator or replica"),
     ("a1", lambda s: s.ListCopies(C.ListCopiesRequest()), "ListCopies needs role"),
+    # moving copies to another FID, and writing the catalog directly (replicas only: MoveCopies's halves)
+    ("alice", lambda s: s.MoveCopies(C.MoveCopiesRequest()), "MoveCopies needs role admin, operator or replica"),
+    ("op", lambda s: s.EditCatalog(C.EditCatalogRequest(forget=True)), "EditCatalog needs role replica"),
+    ("root1", lambda s: s.EditCatalog(C.EditCatalogRequest(forget=True)), "EditCatalog needs role replica"),
 ])
 def test_each_role_is_refused_what_it_may_not_do_and_nothing_changes(
         replica: Any, pki: Path, who: str, call: Any, words: str) -> None:

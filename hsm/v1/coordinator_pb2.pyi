@@ -34,6 +34,29 @@ CANCEL_SENT: CancelOutcome
 ALREADY_ENDED: CancelOutcome
 NOT_FOUND: CancelOutcome
 
+class MoveCopiesRequest(_message.Message):
+    __slots__ = ("to",)
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    to: FidSelector
+    def __init__(self, to: _Optional[_Union[FidSelector, _Mapping]] = ..., **kwargs) -> None: ...
+
+class EditCatalogRequest(_message.Message):
+    __slots__ = ("file", "copies", "forget")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    COPIES_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
+    file: FidSelector
+    copies: _containers.RepeatedCompositeFieldContainer[_types_pb2.Copy]
+    forget: bool
+    def __init__(self, file: _Optional[_Union[FidSelector, _Mapping]] = ..., copies: _Optional[_Iterable[_Union[_types_pb2.Copy, _Mapping]]] = ..., forget: _Optional[bool] = ...) -> None: ...
+
+class EditCatalogResponse(_message.Message):
+    __slots__ = ("changed",)
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: int
+    def __init__(self, changed: _Optional[int] = ...) -> None: ...
+
 class ListCopiesRequest(_message.Message):
     __slots__ = ("fid", "shard", "after", "page_size", "archive_id", "archived_before", "archived_after", "min_size", "max_size", "uid", "path_prefix")
     FID_FIELD_NUMBER: _ClassVar[int]

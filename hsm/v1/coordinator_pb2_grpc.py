@@ -120,6 +120,16 @@ class CoordinatorStub:
                 request_serializer=hsm_dot_v1_dot_coordinator__pb2.ListCopiesRequest.SerializeToString,
                 response_deserializer=hsm_dot_v1_dot_coordinator__pb2.ListCopiesResponse.FromString,
                 _registered_method=True)
+        self.MoveCopies = channel.unary_unary(
+                '/hsm.v1.Coordinator/MoveCopies',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.MoveCopiesRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.ListCopiesResponse.FromString,
+                _registered_method=True)
+        self.EditCatalog = channel.unary_unary(
+                '/hsm.v1.Coordinator/EditCatalog',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.EditCatalogRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.EditCatalogResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -263,6 +273,25 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MoveCopies(self, request, context):
+        """Give a deleted file's copies to the file recreated from them (hsmctl
+        catalog restore --to): the copies of `from` are recorded as copies of
+        `to`, then `from`'s are forgotten (each on its FID's shard, in that
+        order: a failure between leaves both, never neither). Roles admin and
+        operator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditCatalog(self, request, context):
+        """One half of MoveCopies on the shard of `file`, from the replica that
+        runs it (role replica): record `copies` as the file's, or forget them all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -350,6 +379,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListCopies,
                     request_deserializer=hsm_dot_v1_dot_coordinator__pb2.ListCopiesRequest.FromString,
                     response_serializer=hsm_dot_v1_dot_coordinator__pb2.ListCopiesResponse.SerializeToString,
+            ),
+            'MoveCopies': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveCopies,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.MoveCopiesRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.ListCopiesResponse.SerializeToString,
+            ),
+            'EditCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditCatalog,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.EditCatalogRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.EditCatalogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -811,6 +850,60 @@ class Coordinator:
             '/hsm.v1.Coordinator/ListCopies',
             hsm_dot_v1_dot_coordinator__pb2.ListCopiesRequest.SerializeToString,
             hsm_dot_v1_dot_coordinator__pb2.ListCopiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveCopies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/MoveCopies',
+            hsm_dot_v1_dot_coordinator__pb2.MoveCopiesRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.ListCopiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/EditCatalog',
+            hsm_dot_v1_dot_coordinator__pb2.EditCatalogRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.EditCatalogResponse.FromString,
             options,
             channel_credentials,
             insecure,
