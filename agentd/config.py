@@ -90,6 +90,14 @@ Reference (every key is optional unless marked *required*):
         ``user.hsm.checksum``) and verified on restore; any ``hashlib``
         algorithm. ``false`` archives without checksums (needed when the
         archive file system has no user xattrs).
+    ``pack_below`` (size, default 0 = off)
+        Archives of whole files smaller than this go into shared container
+        objects (``<archive_root>/containers/``, docs/packing.md) instead of
+        an object each; at most ``64M``.
+    ``pack_files`` (integer, default 1000), ``pack_bytes`` (size, default ``64MiB``)
+        A container is written once it holds this many files or bytes ...
+    ``pack_idle`` (seconds, default 2)
+        ... or once no file came for this long.
 
     null mover keys: completes every action at once without moving data
     (benchmarks and tests only; the file's HSM state is not touched).
@@ -260,6 +268,12 @@ class PosixMoverConfig:
     progress_interval: float | None = None  # None: the agent's progress_interval
     progress_bytes: int = 64 << 20  # 0: by time only
     checksum: str | None = "sha256"  # None: no checksum
+    #: small-file packing (docs/packing.md): archives of files smaller than
+    #: pack_below bytes go into containers (0: off)
+    pack_below: int = 0
+    pack_files: int = 1000
+    pack_bytes: int = 64 << 20
+    pack_idle: float = 2.0
     type: str = field(default="posix", init=False)
 
 
@@ -493,6 +507,10 @@ _MOVER_KEYS = {
         "progress_interval",
         "progress_bytes",
         "checksum",
+        "pack_below",
+        "pack_files",
+        "pack_bytes",
+        "pack_idle",
     ),
     "command": ("type", "archive_cmd", "restore_cmd", "remove_cmd", "timeout", "kill_grace"),
     "null": ("type", "delay"),
@@ -872,7 +890,20 @@ def _check_posix(m: dict[str, Any], c: _Checker) -> PosixMoverConfig:
         progress_interval=None if pint is None else c.seconds(pint, "mover.progress_interval"),
         progress_bytes=c.size(m.get("progress_bytes", d.progress_bytes), "mover.progress_bytes"),
         checksum=_check_checksum(m.get("checksum", d.checksum), c),
+        **_check_packing(m, c, d),
     )
+
+
+def _check_packing(m: dict[str, Any], c: _Checker, d: PosixMoverConfig) -> dict[str, Any]:
+    below = c.size(m.get("pack_below", 0) or 0, "mover.pack_below")
+    if below > 64 << 20:
+        raise c.fail("mover.pack_below", f"must be at most 64M (small files), got {below} bytes")
+    files = c.integer(m.get("pack_files", d.pack_files), "mover.pack_files", 1, 1_000_000)
+    most = c.size(m.get("pack_bytes", d.pack_bytes), "mover.pack_bytes")
+    if not 1 <= most <= 16 << 30:
+        raise c.fail("mover.pack_bytes", f"must be between 1 and 16G, got {most} bytes")
+    idle = c.seconds(m.get("pack_idle", d.pack_idle), "mover.pack_idle")
+    return {"pack_below": below, "pack_files": files, "pack_bytes": most, "pack_idle": idle}
 
 
 def _check_checksum(value: Any, c: _Checker) -> str | None:

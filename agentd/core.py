@@ -101,6 +101,11 @@ class JobSpec:
     requesters: tuple[Requester, ...] = ()
     object_key: str = ""  # RESTORE: the copy's key in the archive ("": the default layout's)
     final: bool = True  # ARCHIVE: False while other copies are to be made (let go, do not end)
+    #: RESTORE/REMOVE of a packed file: its slice of the container object_key
+    packed: bool = False
+    object_offset: int = 0
+    object_length: int = 0
+    object_checksum: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -746,6 +751,10 @@ class AgentCore:
             requesters=tuple(Requester(r.initiator, r.cookie, r.gid) for r in a.requesters),
             object_key=a.object_key,
             final=a.copies_left == 0,
+            packed=a.packed,
+            object_offset=a.object_offset,
+            object_length=a.object_length,
+            object_checksum=a.object_checksum,
         )
 
     def _defer(self, stream: str, a: agent_pb2.Assignment, cur: RunState, now: float) -> None:
@@ -835,7 +844,7 @@ class AgentCore:
         if made is not None:
             done.copy.CopyFrom(types_pb2.Copy(key=made.key, data_version=made.data_version, size=made.size,
                                               checksum=made.checksum, uid=made.uid, gid=made.gid, mode=made.mode,
-                                              path=made.path))
+                                              path=made.path, container=made.container, slot=made.slot))
         self._remember(self.finished, (r.action_id, r.attempt), now, done)
         self._queue_done(r.stream, done)
         if deferred is not None:

@@ -201,6 +201,10 @@ def make_mover(config: AgentConfig) -> Mover:
                 progress_bytes=mc.progress_bytes,
                 bandwidth_limit=mc.bandwidth_limit,
                 checksum=mc.checksum,
+                pack_below=mc.pack_below,
+                pack_files=mc.pack_files,
+                pack_bytes=mc.pack_bytes,
+                pack_idle=mc.pack_idle,
             )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"mover: cannot set up the posix mover: {exc}") from None
@@ -755,6 +759,10 @@ class Agent:
             requesters=spec.requesters,
             object_key=spec.object_key,
             final=spec.final,
+            packed=spec.packed,
+            object_offset=spec.object_offset,
+            object_length=spec.object_length,
+            object_checksum=spec.object_checksum,
         )
         if self._inline:
             # a mover that never blocks (the null mover): run it here, no

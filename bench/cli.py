@@ -44,6 +44,8 @@ workloads:
                  the ratio of every figure (compare --help; bench/compare.py)
   catalog        the catalog's bytes per copy per replica (memory, snapshot) and listing times
                  (catalog --help; bench/catalog.py)
+  packing        small files archived one object each, then packed into containers: objects per
+                 file and the throughput ratio (packing --help; bench/packing.py)
   sealing        what sealing Raft messages (Fernet) costs: the flood with encryption on and off,
                  and seal + unseal per Raft entry and per action (sealing --help; bench/sealing.py)
   tls            what mutual TLS costs: the flood on a plain-text cluster and on one with TLS everywhere,
@@ -205,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     cat.add_argument("--copies", type=int, metavar="N",
                      help="copies (default " + " / ".join(f"{v:,}" for v in catalogmod.COPIES.values())
                           + " quick / full)")
+    from bench import packing as packingmod
+
+    pk = sub.add_parser("packing", parents=[common], help="small files archived one object each and packed "
+                        "into containers, in one run", description=packingmod.PACKING_HELP,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pk.add_argument("--files", type=int, metavar="N",
+                    help="files (default " + " / ".join(f"{v:,}" for v in packingmod.FILES.values())
+                         + " quick / full)")
     return p
 
 
@@ -328,6 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.copies is not None and args.copies < 1:
             build_parser().error("catalog: --copies must be at least 1")
         return catalogmod.catalog(args, _say)
+    if args.workload == "packing":
+        from bench import packing as packingmod
+
+        if args.files is not None and args.files < 1:
+            build_parser().error("packing: --files must be at least 1")
+        return packingmod.packing(args, settings_from(args), _say)
     if args.workload == "profile":
         from bench.profile import profile
 

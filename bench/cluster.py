@@ -319,10 +319,14 @@ class ClusterOptions:
     policy: str = ""
     #: agentd --tags: the tags every agent serves ("": none; a tagged action goes only to an agent serving its tag)
     agent_tags: str = ""
+    #: agentd --mover, and more agentd arguments (python -m bench packing: the posix mover with a
+    #: --config file that sets its packing); the shim records the null mover's runs only
+    mover: str = "null"
+    agent_args: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         out = {"replicas": self.replicas, "shards": self.shards, "agents": self.agents, "slots": self.slots,
-               "mover": "null", "null_delay": self.null_delay,
+               "mover": self.mover, "null_delay": self.null_delay,
                "log_level": self.log_level,  # replicas and agents
                "max_terminal": self.max_terminal, "fsync": self.fsync, "encrypt": self.encrypt, "raft": dict(self.raft),
                "tls": self.tls, "metrics": self.metrics}
@@ -530,7 +534,8 @@ class BenchCluster:
         self.agents[agent_id] = self._spawn(agent_id, [
             *self._python_m(agent_id, "bench.agent_shim", also="agentd"), str(self.runs_dir / f"{agent_id}.runs"),
             "--coordinators", self.addresses, "--agent-id", agent_id, "--fs-root", str(self.fs_root),
-            "--mover", "null", "--slots", self.opt.slots, "--log-level", self.opt.log_level.upper(),
+            "--mover", self.opt.mover, "--slots", self.opt.slots, "--log-level", self.opt.log_level.upper(),
+            *self.opt.agent_args,
             *(["--null-delay", str(self.opt.null_delay)] if self.opt.null_delay else []), *tls,
             *(["--tags", self.opt.agent_tags] if self.opt.agent_tags else []),
             *self._metrics_flag(agent_id)])

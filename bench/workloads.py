@@ -112,7 +112,7 @@ def fresh_cluster(s: Settings, name: str, opt: ClusterOptions) -> Iterator[Bench
     d = Path(tempfile.mkdtemp(prefix=f"hsm-bench-{name}-", dir=root))
     ok = False
     code = f"; code: {opt.code.short()} from {opt.code.root}" if opt.code else ""
-    s.say(f"   starting {opt.replicas} replicas x {opt.shards} shards, {opt.agents} agentd (null mover, "
+    s.say(f"   starting {opt.replicas} replicas x {opt.shards} shards, {opt.agents} agentd ({opt.mover} mover, "
           f"slots {opt.slots}){', mutual TLS' if opt.tls else ''}"
           f"{', metrics exporters' if opt.metrics else ''}{', a policy set' if opt.policy else ''}"
           f"{f', agents serving tags {opt.agent_tags}' if opt.agent_tags else ''} in {d}{code}")

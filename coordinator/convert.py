@@ -195,9 +195,10 @@ def action_to_pb(a: Action, shard: int, place: tuple[int, int] | None = None,
     return pb
 
 
-def assignment_to_pb(a: Action, object_key: str = "") -> agent_pb2.Assignment:
-    """*object_key*: a restore's copy in its archive id, from the catalog."""
-    return agent_pb2.Assignment(
+def assignment_to_pb(a: Action, copy: Copy | None = None) -> agent_pb2.Assignment:
+    """*copy*: the catalog's copy a restore reads or a remove deletes (its
+    object key; a packed file's container slice)."""
+    pb = agent_pb2.Assignment(
         action_id=a.id,
         attempt=a.attempt,
         fsname=a.fsname,
@@ -216,9 +217,17 @@ def assignment_to_pb(a: Action, object_key: str = "") -> agent_pb2.Assignment:
             )
             for r in a.requesters
         ],
-        object_key=object_key,
         copies_left=len(a.copies),
     )
+    if copy is not None:
+        pb.object_key = copy.key
+        if copy.container:
+            pb.object_key = copy.container
+            pb.packed = True
+            pb.object_offset = copy.slot
+            pb.object_length = copy.size
+            pb.object_checksum = copy.checksum
+    return pb
 
 
 def states_from_pb(values: Collection[int]) -> list[State]:
@@ -248,12 +257,12 @@ def copy_facts_from_pb(pb: agent_pb2.Done) -> tuple[Any, ...] | None:
     if not pb.HasField("copy"):
         return None
     c = pb.copy
-    facts = (c.key, c.data_version, c.size, c.checksum, c.uid, c.gid, c.mode, c.path)
+    facts = (c.key, c.data_version, c.size, c.checksum, c.uid, c.gid, c.mode, c.path, c.container, c.slot)
     try:
-        Copy(1, c.key, c.data_version, c.size, c.checksum, path=c.path).check()
+        Copy(1, c.key, c.data_version, c.size, c.checksum, path=c.path, container=c.container, slot=c.slot).check()
     except CopyError:
         return None
-    if c.size >= 1 << 63 or c.data_version >= 1 << 63:
+    if c.size >= 1 << 63 or c.data_version >= 1 << 63 or c.slot >= 1 << 63:
         return None
     return facts
 

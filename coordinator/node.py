@@ -820,11 +820,11 @@ class CoordinatorNode:
                         continue
                     sessions[eff.agent] = cast(AgentSession, session)
                     self.book.assigned(session, action.kind)
-                    key = ""
-                    if action.kind == Kind.RESTORE:
-                        key = next((c.key for c in st.catalog.of(action.fsname, action.fid)
-                                    if c.archive_id == action.archive_id), "")
-                    per_agent.setdefault(eff.agent, []).append(convert.assignment_to_pb(action, key))
+                    copy = None
+                    if action.kind != Kind.ARCHIVE:  # the copy a restore reads, a remove deletes
+                        copy = next((c for c in st.catalog.of(action.fsname, action.fid)
+                                     if c.archive_id == action.archive_id), None)
+                    per_agent.setdefault(eff.agent, []).append(convert.assignment_to_pb(action, copy))
                     if log.isEnabledFor(logging.DEBUG):
                         log.debug("action %d/%d %s %s: assigned to %s", action.id, action.attempt,
                                   action.kind.name, action.fid, eff.agent)

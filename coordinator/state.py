@@ -232,13 +232,14 @@ class Completion(NamedTuple):
     #: not the action's fault: requeued without using up an attempt
     handback: bool = False
     #: a successful archive: what the mover says it wrote, for the catalog,
-    #: (key, data version, size, checksum, uid, gid, mode, path) as
-    #: :data:`COPY_FACTS` (checked by the servicer); None: the action's own
+    #: (key, data version, size, checksum, uid, gid, mode, path, container,
+    #: slot) as :data:`COPY_FACTS` (checked by the servicer; entries written
+    #: before packing have the first 8); None: the action's own
     copy: tuple[Any, ...] | None = None
 
 
 #: what a mover reports of the copy it wrote (Completion.copy), in order
-COPY_FACTS: Final = ("key", "data_version", "size", "checksum", "uid", "gid", "mode", "path")
+COPY_FACTS: Final = ("key", "data_version", "size", "checksum", "uid", "gid", "mode", "path", "container", "slot")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1484,7 +1485,7 @@ class ShardState:
         action.handed_back += 1  # a copy made is no failed attempt
         action.copies_done += 1
         action.archive_id, action.copies = action.copies[0], action.copies[1:]
-        if facts is not None and len(facts) == len(COPY_FACTS) and isinstance(facts[1], int) and facts[1] > 0:
+        if facts is not None and len(facts) >= 2 and isinstance(facts[1], int) and facts[1] > 0:
             action.data_version = facts[1]
         total = action.copies_done + 1 + len(action.copies)
         action.errno = 0
@@ -1527,14 +1528,18 @@ class ShardState:
         break the catalog's bounds (the servicer checks them first) are
         left out, the same way on every replica."""
         r = action.requesters[0]
+        container: Any = ""
+        slot: Any = 0
         if facts is not None and len(facts) == len(COPY_FACTS):
+            key, dv, size, checksum, uid, gid, mode, path, container, slot = facts
+        elif facts is not None and len(facts) == len(COPY_FACTS) - 2:  # written before packing
             key, dv, size, checksum, uid, gid, mode, path = facts
         else:
             key, dv, size, checksum, uid, gid, mode, path = ("", action.data_version, action.bytes_total, "",
                                                              r.uid, r.gid, 0, "")
         try:
             copy = Copy(action.archive_id, key, dv, size, checksum, now, action.offset, action.length, uid, gid,
-                        mode, path)
+                        mode, path, container, slot)
             self.catalog.record(action.fsname, action.fid, copy)
         except (CopyError, TypeError, ValueError):
             try:

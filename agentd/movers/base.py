@@ -88,6 +88,13 @@ class Job:
     #: (in other archive ids): a success lets go of the action at the file
     #: system instead of ending it, so the file is not archived yet
     final: bool = True
+    #: RESTORE/REMOVE of a packed file: the slice of the container
+    #: ``object_key`` at *object_offset*, *object_length* bytes, checksum
+    #: *object_checksum* ("ALGO:HEX")
+    packed: bool = False
+    object_offset: int = 0
+    object_length: int = 0
+    object_checksum: str = ""
 
     def log_prefix(self) -> str:
         """``action ID/ATTEMPT KIND FID``: the prefix of every line about the action (hsm.logsetup)."""
@@ -116,6 +123,8 @@ class CopyMade:
     gid: int = 0
     mode: int = 0
     path: str = ""  # the file's path when archived ("": unknown)
+    container: str = ""  # a packed file: the container's key ("": an object of its own)
+    slot: int = 0  # a packed file: its slice's offset in the container
 
 
 class Mover(Protocol):

@@ -77,6 +77,7 @@ from agentd.movers.base import (
     kind_name,
     run_action,
 )
+from agentd.movers.packer import Packer, PackError, group_name, tag_of
 from hsm.fid import Fid
 from hsm.hsmflags import HSMA
 
@@ -117,6 +118,19 @@ def keyed_path(archive_root: str | os.PathLike[str], key: str) -> Path:
     if not key or "\0" in key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise MoverError(errno.EINVAL, f"object key {key!r} is not a path below the archive root")
     return Path(archive_root).joinpath(*parts)
+
+
+def _catalog_path(job: Job) -> str:
+    """The file's path for the catalog ("" when unknown: gone or renamed
+    meanwhile, or not UTF-8, which protobuf strings cannot carry)."""
+    name_of = getattr(job.backend, "name_of", None)
+    try:
+        path = str(name_of(job.fid)) if name_of is not None else ""
+        path.encode()
+    except Exception as exc:  # noqa: BLE001 - the name is for the catalog only: never fail the archive
+        log.debug("%s: no path for the catalog: %s", job.log_prefix(), exc)
+        return ""
+    return path
 
 
 def _tmps(obj: Path, below: int | None = None) -> list[Path]:
@@ -242,6 +256,10 @@ class PosixMover:
         progress_bytes: int = 64 * MiB,  # 0: by time only
         bandwidth_limit: int = 0,
         checksum: str | bool | None = "sha256",
+        pack_below: int = 0,
+        pack_files: int = 1000,
+        pack_bytes: int = 64 << 20,
+        pack_idle: float = 2.0,
     ) -> None:
         if checksum is True:
             checksum = "sha256"
@@ -277,6 +295,16 @@ class PosixMover:
         #: (action id, attempt) -> the copy an archive wrote, until run() returns it
         self._made: dict[tuple[int, int], CopyMade] = {}
         self._made_lock = threading.Lock()
+        #: small-file packing (agentd.movers.packer): files under pack_below bytes
+        self.pack_below = pack_below
+        self.packer: Packer | None = None
+        if pack_below > 0:
+            self.packer = Packer(self.archive_root, max_files=pack_files, max_bytes=pack_bytes, idle=pack_idle,
+                                 checksum=self.checksum or "sha256")
+            try:
+                self.packer.remove_stale_tmps()
+            except OSError as exc:
+                log.warning("cannot look for a killed mover's temporary containers: %s", exc)
 
     # -- entry point -------------------------------------------------------
 
@@ -377,11 +405,14 @@ class PosixMover:
 
     def _archive(self, job: Job, handle: ActionHandle) -> int:
         prefix = job.log_prefix()
+        info = handle.info()
+        if self.packer is not None and info.size < self.pack_below and job.offset == 0 and (
+                job.length < 0 or job.length >= info.size):
+            return self._pack(job, handle, info)
         obj = object_path(self.archive_root, job.fid)
         # each attempt its own temporary object: two attempts (which the
         # agents' leases keep apart in time) never write the same file
         tmp = obj.with_name(f"{obj.name}{_TMP_SUFFIX}.{job.attempt}")
-        info = handle.info()
         offset = job.offset
         length = job.length
         if length < 0 or offset + length > info.size:
@@ -426,21 +457,42 @@ class PosixMover:
             if not renamed:
                 _unlink_quiet(tmp, prefix)
         _remove_older_tmps(obj, job.attempt, prefix)
-        name_of = getattr(job.backend, "name_of", None)
-        try:
-            path = str(name_of(job.fid)) if name_of is not None else ""
-        except Exception as exc:  # noqa: BLE001 - the name is for the catalog only: never fail the archive
-            log.debug("%s: no path for the catalog: %s", prefix, exc)
-            path = ""  # gone or renamed meanwhile: the catalog says "unknown"
-        try:
-            path.encode()
-        except UnicodeEncodeError:
-            path = ""  # a name that is not UTF-8: the catalog (protobuf strings) cannot carry it
         with self._made_lock:
             self._made[(job.action_id, job.attempt)] = CopyMade(
                 key=str(obj.relative_to(self.archive_root)), data_version=info.data_version, size=info.size,
-                checksum=checksum, uid=info.uid, gid=info.gid, mode=info.mode, path=path)
+                checksum=checksum, uid=info.uid, gid=info.gid, mode=info.mode, path=_catalog_path(job))
         return length
+
+    def _pack(self, job: Job, handle: ActionHandle, info: FileInfo) -> int:
+        """A small file's archive: its bytes go into its group's container
+        (archive id and tag), written by the Packer once the container is
+        full or idle; the file is archived once the container is in place."""
+        assert self.packer is not None
+        self._check_root()
+        if job.cancelled.is_set():
+            raise Cancelled
+        try:
+            with handle.open_source() as src:
+                data = src.read(info.size + 1)
+        except OSError as exc:
+            raise _oserror(exc, f"cannot read {job.fid}", archive_side=False) from exc
+        if len(data) != info.size:
+            raise MoverError(errno.EBUSY, f"{job.fid} changed size while it was read ({len(data)} bytes, "
+                             f"{info.size} at begin): archive it again", retry=True)
+        try:
+            sl = self.packer.pack(group_name(job.archive_id, tag_of(job.data)), job.fid, data, job.cancelled)
+        except PackError as exc:
+            raise MoverError(exc.errno, exc.message, retry=True) from None
+        if not job.may_publish():
+            raise Cancelled  # a lapsed lease: another attempt archives it (this slice stays unused)
+        job.report(len(data), len(data))
+        with self._made_lock:
+            self._made[(job.action_id, job.attempt)] = CopyMade(
+                key=sl.container, data_version=info.data_version, size=info.size, checksum=sl.checksum,
+                uid=info.uid, gid=info.gid, mode=info.mode, path=_catalog_path(job), container=sl.container,
+                slot=sl.offset)
+        log.info("%s: packed %d bytes into %s at %d", job.log_prefix(), len(data), sl.container, sl.offset)
+        return len(data)
 
     def _fill_tmp(
         self,
@@ -573,6 +625,8 @@ class PosixMover:
     # -- restore -----------------------------------------------------------
 
     def _restore(self, job: Job, handle: ActionHandle) -> int:
+        if job.packed:
+            return self._restore_slice(job, handle)
         prefix = job.log_prefix()
         # the copy the catalog names (a file imported under a new FID, or one
         # whose object was written under another), else the FID's own
@@ -649,6 +703,51 @@ class PosixMover:
                 )
         return done
 
+    def _restore_slice(self, job: Job, handle: ActionHandle) -> int:
+        """A packed file's restore: its slice of the container only, checked
+        against the checksum the catalog keeps."""
+        obj = keyed_path(self.archive_root, job.object_key)
+        self._check_root()
+        info = handle.info()
+        if job.object_length != info.size:
+            raise MoverError(errno.EIO, f"the slice of {obj} holds {job.object_length} bytes but {job.fid} has "
+                             f"{info.size}: refusing to restore it")
+        algo, _sep, digest = job.object_checksum.partition(":")
+        try:
+            hasher = hashlib.new(algo) if algo else None
+        except ValueError:
+            raise MoverError(errno.EIO, f"unknown checksum {job.object_checksum!r} for the slice of {obj}") from None
+        try:
+            fd = os.open(obj, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise MoverError(errno.ENOENT, f"container {obj} of {job.fid} does not exist") from None
+        except OSError as exc:
+            raise _oserror(exc, f"cannot open container {obj}", archive_side=True) from exc
+        try:
+            data = os.pread(fd, job.object_length, job.object_offset)
+        except OSError as exc:
+            raise _oserror(exc, f"cannot read container {obj}", archive_side=True) from exc
+        finally:
+            os.close(fd)
+        if len(data) != job.object_length:
+            raise MoverError(errno.EIO, f"container {obj} ends before the slice of {job.fid} "
+                             f"({len(data)} of {job.object_length} bytes at {job.object_offset})")
+        if hasher is not None:
+            hasher.update(data)
+            if hasher.hexdigest() != digest:
+                raise MoverError(errno.EIO, f"checksum mismatch on the slice of {job.fid} in container {obj}: "
+                                 f"the catalog has {job.object_checksum}, the data {algo}:{hasher.hexdigest()}; "
+                                 f"{job.fid} stays released")
+        try:
+            with handle.open_volatile() as vol:
+                _write_stream(vol, data)
+                vol.flush()
+                os.fsync(vol.fileno())
+        except OSError as exc:
+            raise _oserror(exc, f"cannot write the volatile file of {job.fid}", archive_side=False) from exc
+        job.report(len(data), len(data))
+        return len(data)
+
     def _stored_checksum(self, fd: int, obj: Path) -> tuple[str, str] | None:
         try:
             raw = os.getxattr(fd, CHECKSUM_XATTR)
@@ -676,10 +775,17 @@ class PosixMover:
 
     def _remove(self, job: Job, handle: ActionHandle) -> int:
         prefix = job.log_prefix()
-        obj = object_path(self.archive_root, job.fid)
         self._check_root()
         if job.cancelled.is_set():
             raise Cancelled
+        if job.packed:
+            # other files live in the container: their slices stay; this one
+            # is dead (the catalog forgets it; compaction is not built yet)
+            log.info("%s: the slice of %s at %d in container %s is dead; the container stays", prefix,
+                     job.fid, job.object_offset, job.object_key)
+            return 0
+        obj = keyed_path(self.archive_root, job.object_key) if job.object_key else \
+            object_path(self.archive_root, job.fid)
         log.info("%s: removing %s", prefix, obj)
         for path in (
             obj,
