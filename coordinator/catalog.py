@@ -18,7 +18,7 @@ Memory per copy is bounded: every string has a cap (:data:`MAX_KEY`,
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,6 +216,18 @@ class Catalog:
 
     def __len__(self) -> int:
         return self.copies
+
+    def add_files(self, items: Iterable[tuple[FileKey, tuple[Copy, ...]]]) -> None:
+        """Add files with their copies as a snapshot slice holds them
+        (``(fsname, fid), copies`` pairs, the copies in archive id order)."""
+        for key, copies in items:
+            if key not in self.files:
+                self.fsnames[key[0]] = self.fsnames.get(key[0], 0) + 1
+            else:
+                self.copies -= len(self.files[key])
+            self.files[key] = copies
+            self.copies += len(copies)
+        self._order = None
 
     def __getstate__(self) -> tuple[None, dict[str, Any]]:
         return (None, {"files": self.files, "copies": self.copies})

@@ -213,3 +213,29 @@ def test_the_shard_snapshot_carries_the_catalog() -> None:
 def test_a_completion_journaled_before_the_catalog_existed_still_applies() -> None:
     old = pickle.loads(pickle.dumps(Completion(1, 1)))  # a journaled NamedTuple: its fields, positionally
     assert Completion(*tuple(old)[:7]).copy is None
+
+
+def test_a_snapshot_slices_the_catalog_and_reads_the_format_before_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from coordinator.raft import serializer
+
+    st = ShardState(ShardConfig(archive_ids=frozenset({1, 2})))
+    for n in range(1, 26):
+        _end(st, _run(st, n, Kind.ARCHIVE), facts=FACTS)
+    _end(st, _run(st, 3, Kind.ARCHIVE, archive_id=2), facts=FACTS)  # a file with two copies
+    assert len(st.catalog) == 26 and len(st.catalog.files) == 25
+    monkeypatch.setattr(serializer, "_SNAP_CHUNK", 10)
+    blob = dump_state(st)
+    fmt, parts, n_actions = pickle.loads(blob)
+    assert fmt == "hsm-shard-state/3" and n_actions == 3  # 26 actions: 3 slices
+    assert len(parts) == 1 + 3 + 3  # 25 files: 3 slices of the catalog, none in the head
+    assert "catalog" not in pickle.loads(parts[0])
+    back = load_state(blob)
+    assert sorted((k, c.values()) for k, c in back.catalog) == sorted((k, c.values()) for k, c in st.catalog)
+    assert len(back.catalog) == 26 and back.catalog.fsnames == {FS: 25}
+    # a snapshot of the format before (the catalog pickled whole, in the head) still loads
+    head, actions = st.export_parts()
+    old = pickle.dumps(("hsm-shard-state/2", [pickle.dumps(head), pickle.dumps(actions)]))
+    again = load_state(old)
+    assert len(again.catalog) == 26 and [c.archive_id for c in again.catalog.of(FS, fid(3))] == [1, 2]

@@ -115,11 +115,13 @@ def _read_snapshot(path: Path, shard: int) -> tuple[_SnapshotHeader, bytes, tupl
     return _SnapshotHeader(tuple(last), tuple(prev), cluster, size, crc), body, ident
 
 
-_STATE_FORMAT = "hsm-shard-state/2"
-#: actions per pickle call in a snapshot: pickle holds the GIL for a whole
-#: call, and one call over a million actions takes seconds (missed Raft
-#: heartbeats, elections, lapsed agent leases); between two slices the
-#: tick and event-loop threads run
+_STATE_FORMAT = "hsm-shard-state/3"
+#: written before the catalog was sliced (its catalog is in the head): still read
+_STATE_FORMAT_2 = "hsm-shard-state/2"
+#: actions (and catalog files) per pickle call in a snapshot: pickle holds
+#: the GIL for a whole call, and one call over a million actions takes
+#: seconds (missed Raft heartbeats, elections, lapsed agent leases); between
+#: two slices the tick and event-loop threads run
 _SNAP_CHUNK = 10_000
 
 
@@ -128,27 +130,41 @@ def _encode_state(state: ShardState) -> bytes:
     Called on the apply thread, the state's only writer: nothing changes
     while the slices are taken; readers on the loop only read."""
     head, actions = state.export_parts()
+    head = dict(head)
+    catalog = head.pop("catalog", None)  # sliced too: millions of copies are seconds of pickling
     parts = [pickle.dumps(head, protocol=_PICKLE)]
     for i in range(0, len(actions), _SNAP_CHUNK):
         parts.append(pickle.dumps(actions[i:i + _SNAP_CHUNK], protocol=_PICKLE))
         time.sleep(0)  # let the other threads have the GIL
-    return pickle.dumps((_STATE_FORMAT, parts), protocol=_PICKLE)
+    n_actions = len(parts) - 1
+    files = list(catalog.files.items()) if catalog is not None else []
+    for i in range(0, len(files), _SNAP_CHUNK):
+        parts.append(pickle.dumps(files[i:i + _SNAP_CHUNK], protocol=_PICKLE))
+        time.sleep(0)
+    return pickle.dumps((_STATE_FORMAT, parts, n_actions), protocol=_PICKLE)
 
 
 def _decode_state(blob: bytes) -> ShardState:
     obj = pickle.loads(blob)
     if isinstance(obj, ShardState):
         return obj  # a snapshot written before the sliced format
-    if not (isinstance(obj, tuple) and len(obj) == 2 and obj[0] == _STATE_FORMAT):
+    if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == _STATE_FORMAT_2:
+        parts, n_actions = obj[1], len(obj[1]) - 1  # the catalog is in the head
+    elif isinstance(obj, tuple) and len(obj) == 3 and obj[0] == _STATE_FORMAT:
+        parts, n_actions = obj[1], obj[2]
+    else:
         raise RaftStorageError(f"unknown snapshot format {type(obj).__name__}")
-    parts: list[bytes] = obj[1]
 
-    def chunks() -> Iterator[list[Any]]:
-        for part in parts[1:]:
+    def chunks(first: int, end: int) -> Iterator[list[Any]]:
+        for part in parts[first:end]:
             yield pickle.loads(part)
             time.sleep(0)
 
-    return ShardState.import_parts(pickle.loads(parts[0]), chunks())
+    state = ShardState.import_parts(pickle.loads(parts[0]), chunks(1, 1 + n_actions))
+    if len(parts) > 1 + n_actions:
+        for files in chunks(1 + n_actions, len(parts)):
+            state.catalog.add_files(files)
+    return state
 
 
 @contextlib.contextmanager
