@@ -25,7 +25,7 @@ class SimfsAction:
     """One running action on one simfs file (an ``ActionHandle``)."""
 
     def __init__(self, fs: SimFS, fid: Fid, kind: HSMA, archive_id: int,
-                 start: ActionStart, volatile: Path | None = None) -> None:
+                 start: ActionStart | None, volatile: Path | None = None) -> None:
         self.fid = fid
         self.kind: int = kind
         self.archive_id = archive_id
@@ -34,6 +34,9 @@ class SimfsAction:
         self._volatile = volatile
         self._ended = False
         self._lock = threading.Lock()
+        if start is None:  # the REMOVE of a deleted file's copy: there is no file
+            self._info = FileInfo(size=0, mode=0, uid=0, gid=0, atime_ns=0, mtime_ns=0, data_version=0)
+            return
         st = start.stat
         self._info = FileInfo(
             size=st.st_size, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
@@ -96,8 +99,10 @@ class SimfsAction:
             self._ended = True
         log.debug("%s %s ends: errno %d, %d bytes", HSMA(self.kind).name, self.fid, errno, bytes_done)
         if self.kind == HSMA.ARCHIVE and refused:
+            assert self._start is not None
             self._fs.archive_abort(self.fid, self._start)
         elif self.kind == HSMA.ARCHIVE:
+            assert self._start is not None
             self._fs.archive_end(self.fid, self._start.data_version, errno)
         elif self.kind == HSMA.RESTORE:
             assert self._volatile is not None
@@ -129,7 +134,8 @@ class SimfsBackend:
 
     def begin(self, fid: Fid, kind: int, archive_id: int) -> SimfsAction:
         """``llapi_hsm_action_begin``. ``FileNotFoundError`` for an unknown
-        FID; ``PermissionError`` (EPERM) when the file's HSM state no longer
+        FID (but a REMOVE: the copy of a deleted file is removed, with no
+        file to change); ``PermissionError`` (EPERM) when the file's HSM state no longer
         allows the action (the MDT re-checks at dispatch too); ARCHIVE begin
         sets EXISTS and the archive id on the file; RESTORE begin creates the
         volatile file."""
@@ -152,7 +158,13 @@ class SimfsBackend:
                 raise
             return SimfsAction(self.fs, fid, action, archive_id or start.attrs.archive_id, start, volatile)
         if action == HSMA.REMOVE:
-            start = self.fs.remove_begin(fid)
+            try:
+                start = self.fs.remove_begin(fid)
+            except FileNotFoundError:
+                # the file was deleted: its copy goes all the same (the MDT
+                # sends such removes too, remove_archive_on_last_unlink);
+                # there is no HSM state to change
+                return SimfsAction(self.fs, fid, action, archive_id, None)
             return SimfsAction(self.fs, fid, action, archive_id or start.attrs.archive_id, start)
         raise ValueError(f"{action.name} is not an action a copytool begins (ARCHIVE, RESTORE, REMOVE)")
 

@@ -30,7 +30,8 @@ EPILOG = """\
                          agent deletes each object; the catalog drops the copy when it is done).
                          Each file's HSM state is read under DIR first: the copy of a released
                          file is its only data and is kept (the coordinator and the agent refuse
-                         it too); a file that no longer exists is skipped (its object stays)
+                         it too); a file that no longer exists is skipped (its object stays;
+                         --gone removes its copies too: it can no longer be recreated)
   stat PATH|FID...       the copies of these files, one block per file
   restore --to PATH FID  recreate the deleted file FID at PATH (a simfs tree; PATH must not exist)
                          from its copy: a released file with the size, owner and mode the copy
@@ -61,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rm.add_argument("--mntpath", required=True, metavar="DIR",
                     help="the simfs tree or Lustre mount of the files: each file's HSM state is read there "
                          "(a released file's copy is its only data: kept)")
+    rm.add_argument("--gone", action="store_true",
+                    help="also remove the copies of files that no longer exist (deleted: skipped without it); "
+                         "catalog restore --to cannot bring those files back afterwards")
     what = rm.add_mutually_exclusive_group(required=True)
     what.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
     what.add_argument("--yes", action="store_true", help="remove them")

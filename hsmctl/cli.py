@@ -2101,9 +2101,17 @@ def _catalog_rm(args: argparse.Namespace, ctx: Context) -> int:
         try:
             target = _target_from_fid(fid, e.fsname, fs, label, mnt=args.mntpath)
         except PathError as err:
-            gone += 1
-            print(plain_text(f"skipped {label} {fid} (archive {e.copy.archive_id}): {err}"), file=ctx.out)
-            continue
+            if not args.gone:
+                gone += 1
+                print(plain_text(f"skipped {label} {fid} (archive {e.copy.archive_id}): {err}"), file=ctx.out)
+                continue
+            # deleted: its copy is removed all the same (no HSM state to check or change)
+            target = Target(label, e.fsname, fid, None)
+            if args.dry_run:
+                print(plain_text(f"would remove {label} {fid} (archive {e.copy.archive_id}): the file is gone"),
+                      file=ctx.out)
+                by_archive.setdefault(e.copy.archive_id, []).append(target)
+                continue
         if target.hsm is not None and target.hsm[0] & HS.RELEASED:
             kept += 1
             print(plain_text(f"kept {label} {fid} (archive {e.copy.archive_id}): released, its copy is its "

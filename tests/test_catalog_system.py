@@ -155,6 +155,15 @@ def test_catalog_rm_removes_through_remove_actions_and_never_a_released_files_co
     assert rig.client is not None and rig.client.wait([restore], deadline=30)[restore].state == T.SUCCEEDED
     assert b.read_bytes() == b_data
 
+    # --gone: the deleted file's copy goes too, through a remove action of its own
+    dry = rig.hsmctl("catalog", "rm", "--path", "/proj", "--mntpath", str(rig.fs.root), "--gone", "--dry-run")
+    assert dry.returncode == 0 and "would remove /proj/c.dat" in dry.stdout and "the file is gone" in dry.stdout, dry
+    assert object_path(rig.archive, c_fid).exists()
+    gone = rig.hsmctl("catalog", "rm", "--path", "/proj/c.dat", "--mntpath", str(rig.fs.root), "--gone", "--yes")
+    assert gone.returncode == 0 and "queued 1" in gone.stdout, gone
+    until(lambda: listed() == ["/other.dat", "/proj/run1/b.dat"], 30, "the gone file's copy removed")
+    assert not object_path(rig.archive, c_fid).exists()
+
 
 def test_catalog_restore_recreates_a_deleted_file_from_its_copy(rig: Rig) -> None:
     rig.start()
