@@ -7,11 +7,15 @@ the archive, so the catalog and the actions never disagree."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 
+from agentd.movers.packer import CONTAINERS_DIR
+from hsm.fid import Fid
 from hsm.v1 import coordinator_pb2 as cpb
 
 HELP = ("list the archived copies the catalog keeps (ls), a file's copies (stat); remove copies (rm); "
@@ -39,6 +43,10 @@ EPILOG = """\
       --archive-id N     from the copy in this archive id (default: the first)
       --fsname NAME      the file system FID was in (default: PATH's)
       --no-wait          queue the restore and return
+  orphans --archive-root DIR --archive-id N --mntpath DIR [--min-age AGE] [--remove --yes]
+                         the objects and containers of a posix archive that no catalog copy names
+                         and whose file is gone (older than --min-age, default 1d); --remove --yes
+                         deletes them. An object whose FID still names a file is never one
 prints (ls):   FID  ARCHIVE  SIZE  DV  ARCHIVED (UTC)  UID  PATH, then "N copies of M files"
 prints (stat): FID (fsname): N copies, then per copy: archive id, object key, data version,
                size, checksum, when archived, extent, owner, mode and path
@@ -81,6 +89,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     re_.add_argument("--no-wait", action="store_true", help="queue the restore and return")
     re_.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
                      help="how long to wait for the restore (default 3600)")
+    orph = sub.add_parser("orphans", help="objects of a posix archive that no catalog copy names")
+    orph.add_argument("--archive-root", required=True, metavar="DIR", help="the posix mover's archive root")
+    orph.add_argument("--archive-id", type=_archive_id, required=True, metavar="N",
+                      help="the archive id that root holds")
+    orph.add_argument("--mntpath", required=True, metavar="DIR",
+                      help="the simfs tree or Lustre mount: an object whose file still exists is never an orphan")
+    orph.add_argument("--min-age", type=_age, default=86400.0, metavar="AGE",
+                      help="only objects older than this (default 1d: a fresh object may be one whose archive "
+                           "has not ended yet)")
+    orph.add_argument("--json", action="store_true", help="JSON output")
+    orph.add_argument("--remove", action="store_true", help="delete the orphans (with --yes)")
+    orph.add_argument("--yes", action="store_true", help="with --remove: really delete them")
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -101,6 +121,57 @@ def _archive_id(text: str) -> int:
     if not 1 <= value < 1 << 32:
         raise argparse.ArgumentTypeError(f"archive id {value} out of range (1 to 4294967295)")
     return value
+
+
+def _age(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    t = text.strip()
+    try:
+        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an age (90s, 30m, 12h, 7d, 2w)") from None
+
+
+def find_orphans(root: Path, named: set[str], exists: Callable[[Fid], bool], now: float,
+                 min_age: float) -> dict[str, list[str]]:
+    """The objects under a posix archive *root* (the v1 layout's objects
+    and the packer's containers) that no catalog copy names (*named*: the
+    catalog's object keys and containers, relative to the root), by what
+    is to be done: ``orphans`` (no copy names it, its file is gone, older
+    than *min_age*), ``kept_file_exists`` (no copy names it but its FID
+    still names a file: archived before the catalog, or by a mover that
+    did not report the key: never deleted), ``kept_young`` (too recent:
+    its archive may not have ended yet). Temporary objects are left to the
+    movers (they remove their own)."""
+    out: dict[str, list[str]] = {"orphans": [], "kept_file_exists": [], "kept_young": []}
+    for directory, dirs, files in os.walk(root):
+        d = Path(directory)
+        rel_dir = d.relative_to(root)
+        if rel_dir == Path("."):
+            dirs[:] = sorted(dirs)
+        for name in sorted(files):
+            key = str(rel_dir / name) if rel_dir != Path(".") else name
+            container = key.startswith(CONTAINERS_DIR + "/")
+            if container and not name.endswith(".pack"):
+                continue  # a container being written (.tmp)
+            if not container and ("_tmp" in name or name.endswith(".lov")):
+                continue  # a temporary object, or lhsmtool_posix's striping file
+            if key in named:
+                continue
+            try:
+                age = now - (d / name).stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if not container:
+                try:
+                    fid = Fid.parse(name)
+                except ValueError:
+                    continue  # not an object of the layout
+                if exists(fid):
+                    out["kept_file_exists"].append(key)
+                    continue
+            (out["orphans"] if age >= min_age else out["kept_young"]).append(key)
+    return out
 
 
 def _uid(text: str) -> int:

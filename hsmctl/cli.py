@@ -1977,6 +1977,8 @@ def cmd_catalog(args: argparse.Namespace, ctx: Context) -> int:
         return _catalog_rm(args, ctx)
     if args.op == "restore":
         return _catalog_restore(args, ctx)
+    if args.op == "orphans":
+        return _catalog_orphans(args, ctx)
     files: list[tuple[str, str, Fid]] = []  # (label, fsname, FID)
     for operand in args.files:
         if not os.path.lexists(operand) and not os.path.isabs(operand):
@@ -2009,6 +2011,59 @@ def cmd_catalog(args: argparse.Namespace, ctx: Context) -> int:
         from hsmctl.output import write_json
 
         write_json(ctx.out, blocks)
+    return ctx.status
+
+
+def _catalog_orphans(args: argparse.Namespace, ctx: Context) -> int:
+    """``catalog orphans``: the objects of a posix archive no catalog copy
+    names and whose file is gone; deleted with ``--remove --yes``."""
+    from hsmctl import catalog
+
+    if args.remove != args.yes:
+        raise CliError("--remove and --yes go together (without them: a report, nothing deleted)", EXIT_USAGE)
+    from pathlib import Path
+
+    root = Path(args.archive_root)
+    if not root.is_dir():
+        raise CliError(f"{path_text(str(root))} is not a directory (--archive-root)")
+    fs = ctx.mounted(args.mntpath)
+
+    def exists(fid: Fid) -> bool:
+        try:
+            _target_from_fid(fid, "", fs, mnt=args.mntpath)
+        except PathError:
+            return False
+        return True
+
+    with _client(args, ctx) as client:
+        named: set[str] = set()
+        for e in client.list_copies(archive_id=args.archive_id):
+            named.add(e.copy.key)
+            if e.copy.container:
+                named.add(e.copy.container)
+    found = catalog.find_orphans(root, named, exists, time.time(), args.min_age)
+    removed = 0
+    if args.remove:
+        for key in found["orphans"]:
+            try:
+                os.unlink(root / key)
+                removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                ctx.error(f"cannot delete {path_text(str(root / key))}: {e.strerror or e}", EXIT_FAILED)
+    if args.json:
+        from hsmctl.output import write_json
+
+        write_json(ctx.out, {**found, "removed": removed})
+        return ctx.status
+    verb = "removed" if args.remove else "orphan"
+    for key in found["orphans"]:
+        print(plain_text(f"{verb} {key}"), file=ctx.out)
+    for key in found["kept_file_exists"]:
+        print(plain_text(f"kept {key}: no catalog copy names it, but its file exists"), file=ctx.out)
+    print(f"{len(found['orphans'])} orphans ({removed} removed), kept {len(found['kept_file_exists'])} "
+          f"(file exists), {len(found['kept_young'])} (younger than {args.min_age:g} s)", file=ctx.out)
     return ctx.status
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from agentd.movers.posix import object_path
+from hsm.fid import Fid
 from hsm.hsmflags import HS
 from hsm.v1 import types_pb2 as T
 from tests.cluster import until
@@ -206,3 +207,46 @@ def test_catalog_restore_recreates_a_deleted_file_from_its_copy(rig: Rig) -> Non
     assert rig.client is not None
     assert rig.client.wait(ids, deadline=60)[ids[0]].state == T.SUCCEEDED
     assert dest.read_bytes() == data
+
+
+def test_catalog_orphans_finds_objects_no_copy_names_and_never_a_live_file_s(rig: Rig) -> None:
+    rig.start()
+    rig.agent("a1", bandwidth="100M")
+    files = _archive(rig, {"proj/run1/a.dat": 3000, "proj/b.dat": 100})
+    _a, a_fid, _ = files["proj/run1/a.dat"]
+    # an object an agent wrote and never reported (its file deleted since), an
+    # unnamed container, and an object of a live file the catalog does not know
+    lost = Fid(0x200000400, 0x7777, 0)
+    lost_obj = object_path(rig.archive, lost)
+    lost_obj.parent.mkdir(parents=True)
+    lost_obj.write_bytes(b"lost")
+    (rig.archive / "containers" / "1--" / "2026-01-01").mkdir(parents=True)
+    box = rig.archive / "containers" / "1--" / "2026-01-01" / "dead.pack"
+    box.write_bytes(b"HSMPACK 1\n")
+    live, live_fid, _d = rig.file("live.dat", 10)
+    live_obj = object_path(rig.archive, live_fid)
+    live_obj.parent.mkdir(parents=True, exist_ok=True)
+    live_obj.write_bytes(b"old copy")
+    base = ("catalog", "orphans", "--archive-root", str(rig.archive), "--archive-id", "1",
+            "--mntpath", str(rig.fs.root))
+
+    young = rig.hsmctl(*base, "--json")  # every one is younger than a day: none is an orphan yet
+    assert young.returncode == 0, young
+    found = json.loads(young.stdout)
+    assert found["orphans"] == [] and len(found["kept_young"]) == 2
+    assert found["kept_file_exists"] == [str(live_obj.relative_to(rig.archive))]
+
+    report = rig.hsmctl(*base, "--min-age", "0")
+    assert report.returncode == 0, report
+    assert f"orphan {lost_obj.relative_to(rig.archive)}" in report.stdout
+    assert "orphan containers/1--/2026-01-01/dead.pack" in report.stdout
+    assert report.stdout.rstrip().endswith("2 orphans (0 removed), kept 1 (file exists), 0 (younger than 0 s)")
+    assert lost_obj.exists() and box.exists()  # a report changes nothing
+    bad = rig.hsmctl(*base, "--min-age", "0", "--remove")
+    assert bad.returncode == 2 and "--remove and --yes go together" in bad.stderr
+
+    gone = rig.hsmctl(*base, "--min-age", "0", "--remove", "--yes")
+    assert gone.returncode == 0 and "2 orphans (2 removed)" in gone.stdout, gone
+    assert not lost_obj.exists() and not box.exists()
+    # what the catalog names, and the live file's object, are all still there
+    assert object_path(rig.archive, a_fid).exists() and live_obj.exists()
