@@ -149,6 +149,9 @@ def audit_items(method: str, request: Any) -> dict[str, Any]:
     if name == "MoveCopies":
         return {"from": f"{_t(getattr(request, 'from').fsname, 16)}:{_fid(getattr(request, 'from').fid)}",
                 "to": f"{_t(request.to.fsname, 16)}:{_fid(request.to.fid)}"}
+    if name == "RelocateCopies":
+        return {"moves": len(request.moves),
+                "fids": [f"{_t(m.file.fsname, 16)}:{_fid(m.file.fid)}" for m in request.moves[:AUDIT_ITEMS]]}
     if name == "EditCatalog":
         return {"file": f"{_t(request.file.fsname, 16)}:{_fid(request.file.fid)}", "copies": len(request.copies),
                 "forget": request.forget}

@@ -74,6 +74,7 @@ METHODS: Mapping[str, frozenset[str]] = {
     _C + "ListCopies": frozenset({ADMIN, OPERATOR, REPLICA}),
     _C + "MoveCopies": frozenset({ADMIN, OPERATOR, REPLICA}),
     _C + "EditCatalog": frozenset({REPLICA}),
+    _C + "RelocateCopies": frozenset({ADMIN, OPERATOR, REPLICA}),
     _C + "SetPolicy": frozenset({ADMIN, REPLICA}),
     _A + "Work": frozenset({AGENT}),
     _A + "Report": frozenset({REPLICA}),
@@ -81,7 +82,8 @@ METHODS: Mapping[str, frozenset[str]] = {
 _HEALTH = "/grpc.health.v1.Health/"
 #: methods that change something: written to the audit log
 AUDITED = frozenset(_C + m for m in ("Submit", "Cancel", "ChangeMembership", "Control", "DrainAgent", "Lease",
-                                     "EventConsumer", "SetPolicy", "MoveCopies", "EditCatalog"))
+                                     "EventConsumer", "SetPolicy", "MoveCopies", "EditCatalog",
+                                     "RelocateCopies"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import grpc
 
 from coordinator import convert, roles
 from coordinator.agents import MAX_AGENT_ID
-from coordinator.catalog import MAX_PATH, Query
+from coordinator.catalog import MAX_KEY, MAX_PATH, Query
 from coordinator.cluster import membership_problem, split_addr
 from coordinator.convert import InvalidRequest
 from coordinator.edge import audit
@@ -37,6 +37,7 @@ from coordinator.state import (
     Lease,
     LeaseReply,
     PolicyReply,
+    RelocateCopies,
     Result,
     SetControl,
     SetPolicy,
@@ -422,6 +423,44 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         for c in copies:
             out.copies.add(fsname=dst.fsname, fid=request.to.fid, copy=c)
         return out
+
+    async def RelocateCopies(self, request: coordinator_pb2.RelocateCopiesRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.EditCatalogResponse:  # noqa: N802
+        """Packed copies moved to another container, each on its FID's
+        shard (led here: proposed; else forwarded to its leader)."""
+        node = self.node
+        by_shard: dict[int, list[Any]] = {}
+        try:
+            if len(request.moves) > MAX_PAGE:
+                raise InvalidRequest(f"at most {MAX_PAGE} moves a call, not {len(request.moves)}")
+            for i, m in enumerate(request.moves):
+                target = convert.fid_target_from_pb(m.file, f"moves[{i}].file")
+                if not target.fsname:
+                    raise InvalidRequest(f"moves[{i}].file needs its fsname")
+                for name in ("from_container", "to_container"):
+                    text = getattr(m, name)
+                    if not text or len(text.encode()) > MAX_KEY or "\0" in text:
+                        raise InvalidRequest(f"moves[{i}].{name} must be 1 to {MAX_KEY} bytes without NUL")
+                if not 0 < m.archive_id or m.to_slot >= 1 << 63:
+                    raise InvalidRequest(f"moves[{i}]: archive id 1 or more, to_slot under 2**63")
+                by_shard.setdefault(node.ring.shard_of(target.fid), []).append(
+                    (m, (target.fsname, target.fid, m.archive_id, m.from_container, m.to_container, m.to_slot)))
+        except (InvalidRequest, ValueError) as exc:
+            await context.abort(*_abort_code(exc))
+        moved = 0
+        for idx, part in sorted(by_shard.items()):
+            shard = node.shards[idx]
+            try:
+                if shard.is_leader:
+                    res = await node.propose(shard, RelocateCopies(time.time(), tuple(mv for _m, mv in part)))
+                    moved += res.replies[0]
+                else:
+                    fwd = coordinator_pb2.RelocateCopiesRequest(moves=[m for m, _mv in part])
+                    resp: coordinator_pb2.EditCatalogResponse = await node.forward(
+                        shard, "RelocateCopies", fwd, node.config.propose_timeout)
+                    moved += resp.changed
+            except ShardUnavailable as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return coordinator_pb2.EditCatalogResponse(changed=moved)
 
     async def EditCatalog(self, request: coordinator_pb2.EditCatalogRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.EditCatalogResponse:  # noqa: N802
         """One half of MoveCopies, on the file's shard's leader (forwarded there)."""

@@ -50,7 +50,7 @@ from typing import Any, Final, NamedTuple
 
 from mypy_extensions import mypyc_attr
 
-from coordinator.catalog import Catalog, Copy, CopyError
+from coordinator.catalog import COPY_FIELDS, Catalog, Copy, CopyError
 from coordinator.events import HE_ARCHIVE, HE_REMOVE, HE_RESTORE, ConsumerError, EventLog
 from coordinator.policy import MAX_COPIES, Policy, PolicyError, parse, seeded
 from hsm.fid import Fid
@@ -416,8 +416,20 @@ class EditCatalog:
     forget: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RelocateCopies:
+    """Packed copies moved to another container (``hsmctl catalog
+    compact``): each (fsname, fid, archive id, old container, new
+    container, new slot) changes the file's copy in that archive id only if
+    it still lies in the old container (a file archived again meanwhile
+    keeps its new copy). Replies how many moved."""
+
+    now: float
+    moves: tuple[tuple[str, Fid, int, str, str, int], ...]
+
+
 Command = (Submit | Assign | AssignRound | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent
-           | Lease | EventConsumer | AckEvents | SetPolicy | EditCatalog)
+           | Lease | EventConsumer | AckEvents | SetPolicy | EditCatalog | RelocateCopies)
 
 
 def _pickle_by_fields(cls: type) -> None:
@@ -434,7 +446,7 @@ def _pickle_by_fields(cls: type) -> None:
 
 
 for _cls in (Submit, Assign, AssignRound, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent,
-             Lease, EventConsumer, AckEvents, SetPolicy, EditCatalog):
+             Lease, EventConsumer, AckEvents, SetPolicy, EditCatalog, RelocateCopies):
     _pickle_by_fields(_cls)
 
 
@@ -1122,7 +1134,26 @@ class ShardState:
             return res
         if isinstance(cmd, EditCatalog):
             return Result(replies=[self._edit_catalog(cmd)])
+        if isinstance(cmd, RelocateCopies):
+            return Result(replies=[self._relocate(cmd)])
         raise TypeError(f"unknown command {type(cmd).__name__}")
+
+    def _relocate(self, cmd: RelocateCopies) -> int:
+        moved = 0
+        for fsname, fid, archive_id, old, new, slot in cmd.moves:
+            c = next((c for c in self.catalog.of(fsname, fid) if c.archive_id == archive_id), None)
+            if c is None or c.container != old or not new:
+                continue
+            values = list(c.values())
+            values[COPY_FIELDS.index("key")] = new
+            values[COPY_FIELDS.index("container")] = new
+            values[COPY_FIELDS.index("slot")] = slot
+            try:
+                self.catalog.record(fsname, fid, Copy(*values))
+            except CopyError:
+                continue
+            moved += 1
+        return moved
 
     def _edit_catalog(self, cmd: EditCatalog) -> int:
         if cmd.forget:

@@ -1484,6 +1484,20 @@ class CoordinatorClient:
         getattr(request, "from").CopyFrom(_fid_selector(from_fid, from_fsname))
         return list(self._call("MoveCopies", request, f"move the copies of {from_fid} to {to_fid}").copies)
 
+    def relocate_copies(self, moves: Iterable[tuple[str, Fid, int, str, str, int]]) -> int:
+        """Packed copies moved to another container (``hsmctl catalog
+        compact``): (fsname, fid, archive id, from container, to container,
+        to slot) each; how many moved (a copy no longer in the old
+        container is left as it is)."""
+        items = [cpb.Relocation(file=_fid_selector(fid, fsname), archive_id=a, from_container=old,
+                                to_container=new, to_slot=slot) for fsname, fid, a, old, new, slot in moves]
+        moved = 0
+        for i in range(0, len(items), 10_000):
+            reply = self._call("RelocateCopies", cpb.RelocateCopiesRequest(moves=items[i:i + 10_000]),
+                               "relocate packed copies")
+            moved += reply.changed
+        return moved
+
     def list_copies(self, *, archive_id: int = 0, archived_before: float = 0.0, archived_after: float = 0.0,
                     min_size: int | None = None, max_size: int | None = None, uid: int | None = None,
                     path_prefix: str = "", page_size: int = 1000,

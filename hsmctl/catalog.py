@@ -7,6 +7,7 @@ the archive, so the catalog and the actions never disagree."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -43,6 +44,9 @@ EPILOG = """\
       --archive-id N     from the copy in this archive id (default: the first)
       --fsname NAME      the file system FID was in (default: PATH's)
       --no-wait          queue the restore and return
+  compact --archive-root DIR --archive-id N [--dead 0.5] [--min-age AGE] --dry-run|--yes
+                         rewrite the packed containers whose dead share of bytes (removed files'
+                         slices) reached --dead: live slices into a new container, their copies moved
   orphans --archive-root DIR --archive-id N --mntpath DIR [--min-age AGE] [--remove --yes]
                          the objects and containers of a posix archive that no catalog copy names
                          and whose file is gone (older than --min-age, default 1d); --remove --yes
@@ -100,6 +104,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            "has not ended yet)")
     orph.add_argument("--json", action="store_true", help="JSON output")
     orph.add_argument("--remove", action="store_true", help="delete the orphans (with --yes)")
+    comp = sub.add_parser("compact", help="rewrite packed containers whose dead fraction passed --dead")
+    comp.add_argument("--archive-root", required=True, metavar="DIR", help="the posix mover's archive root")
+    comp.add_argument("--archive-id", type=_archive_id, required=True, metavar="N",
+                      help="the archive id that root holds")
+    comp.add_argument("--dead", type=_fraction, default=0.5, metavar="FRACTION",
+                      help="compact a container once this share of its bytes is dead (default 0.5)")
+    comp.add_argument("--min-age", type=_age, default=86400.0, metavar="AGE",
+                      help="only containers older than this (default 1d: a fresh one's files may not be "
+                           "in the catalog yet)")
+    what_c = comp.add_mutually_exclusive_group(required=True)
+    what_c.add_argument("--dry-run", action="store_true", help="say what would be compacted; change nothing")
+    what_c.add_argument("--yes", action="store_true", help="compact them")
+    comp.add_argument("--json", action="store_true", help="JSON output")
     orph.add_argument("--yes", action="store_true", help="with --remove: really delete them")
 
 
@@ -171,6 +188,87 @@ def find_orphans(root: Path, named: set[str], exists: Callable[[Fid], bool], now
                     out["kept_file_exists"].append(key)
                     continue
             (out["orphans"] if age >= min_age else out["kept_young"]).append(key)
+    return out
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a fraction above 0 and at most 1")
+    return value
+
+
+def compact(root: Path, entries: Iterable[cpb.CatalogEntry], archive_id: int,
+            relocate: Callable[[list[tuple[str, Fid, int, str, str, int]]], int], now: float, min_age: float,
+            dead: float, dry_run: bool) -> list[dict[str, Any]]:
+    """Rewrite the packed containers of a posix archive whose dead share of
+    bytes (slices no catalog copy names any more) is at least *dead*: the
+    live slices (checked against the catalog's checksums) go into a new
+    container, their copies are moved there (*relocate*, which moves a copy
+    only if it still lies in the old container), and the old container is
+    deleted once every live copy moved. A container with no live slice is
+    deleted. One record per container looked at."""
+    from agentd.movers.packer import read_index, write_container
+
+    live: dict[str, list[cpb.CatalogEntry]] = {}
+    for e in entries:
+        if e.copy.container:
+            live.setdefault(e.copy.container, []).append(e)
+    out: list[dict[str, Any]] = []
+    for path in sorted((root / CONTAINERS_DIR).glob("*/*/*.pack")):
+        key = str(path.relative_to(root))
+        rec: dict[str, Any] = {"container": key}
+        out.append(rec)
+        try:
+            age = now - path.stat().st_mtime
+            total = sum(int(s["length"]) for s in read_index(path))  # type: ignore[call-overload]
+        except (OSError, ValueError, KeyError) as exc:
+            rec.update(outcome="unreadable", reason=str(exc))
+            continue
+        mine = live.get(key, [])
+        live_bytes = sum(e.copy.size for e in mine)
+        share = 1.0 - live_bytes / total if total else 1.0
+        rec.update(files=len(mine), bytes=total, live_bytes=live_bytes, dead=round(share, 4))
+        if age < min_age:
+            rec["outcome"] = "young"
+            continue
+        if share < dead:
+            rec["outcome"] = "kept"
+            continue
+        if dry_run:
+            rec["outcome"] = "would compact" if mine else "would remove"
+            continue
+        if not mine:
+            path.unlink()
+            rec["outcome"] = "removed"
+            continue
+        files: list[tuple[Fid, bytes]] = []
+        bad = ""
+        with open(path, "rb") as f:
+            for e in mine:
+                data = os.pread(f.fileno(), e.copy.size, e.copy.slot)
+                algo, _sep, digest = e.copy.checksum.partition(":")
+                if len(data) != e.copy.size or (algo and hashlib.new(algo, data).hexdigest() != digest):
+                    bad = f"the slice of {Fid(e.fid.seq, e.fid.oid, e.fid.ver)} does not match its checksum"
+                    break
+                files.append((Fid(e.fid.seq, e.fid.oid, e.fid.ver), data))
+        if bad:
+            rec.update(outcome="skipped", reason=bad + ": the container is left as it is")
+            continue
+        algo = mine[0].copy.checksum.partition(":")[0] or "sha256"
+        slices = write_container(root, path.parent.parent.name, files, algo)
+        moved = relocate([(e.fsname, fid, archive_id, key, s.container, s.offset)
+                          for e, (fid, _d), s in zip(mine, files, slices, strict=True)])
+        rec.update(to=slices[0].container, moved=moved)
+        if moved == len(mine):
+            path.unlink()
+            rec["outcome"] = "compacted"
+        else:
+            rec.update(outcome="partly moved", reason=f"{len(mine) - moved} copies changed meanwhile: the old "
+                                                      "container stays (catalog orphans finds it once unused)")
     return out
 
 

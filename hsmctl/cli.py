@@ -1979,6 +1979,8 @@ def cmd_catalog(args: argparse.Namespace, ctx: Context) -> int:
         return _catalog_restore(args, ctx)
     if args.op == "orphans":
         return _catalog_orphans(args, ctx)
+    if args.op == "compact":
+        return _catalog_compact(args, ctx)
     files: list[tuple[str, str, Fid]] = []  # (label, fsname, FID)
     for operand in args.files:
         if not os.path.lexists(operand) and not os.path.isabs(operand):
@@ -2011,6 +2013,43 @@ def cmd_catalog(args: argparse.Namespace, ctx: Context) -> int:
         from hsmctl.output import write_json
 
         write_json(ctx.out, blocks)
+    return ctx.status
+
+
+def _catalog_compact(args: argparse.Namespace, ctx: Context) -> int:
+    """``catalog compact``: packed containers rewritten once their dead share passed --dead."""
+    from pathlib import Path
+
+    from hsmctl import catalog
+
+    root = Path(args.archive_root)
+    if not root.is_dir():
+        raise CliError(f"{path_text(str(root))} is not a directory (--archive-root)")
+    with _client(args, ctx) as client:
+        entries = list(client.list_copies(archive_id=args.archive_id))
+        records = catalog.compact(root, entries, args.archive_id, client.relocate_copies, time.time(),
+                                  args.min_age, args.dead, args.dry_run)
+    if args.json:
+        from hsmctl.output import write_json
+
+        write_json(ctx.out, records)
+        return ctx.status
+    tally: dict[str, int] = {}
+    for r in records:
+        tally[r["outcome"]] = tally.get(r["outcome"], 0) + 1
+        if r["outcome"] in ("young", "kept"):
+            continue
+        line = f"{r['outcome']} {r['container']}"
+        if "dead" in r:
+            line += f" ({r['dead']:.0%} dead, {r['files']} live files)"
+        if r.get("to"):
+            line += f" -> {r['to']}"
+        if r.get("reason"):
+            line += f": {r['reason']}"
+        print(plain_text(line), file=ctx.out)
+        if r["outcome"] in ("skipped", "partly moved", "unreadable"):
+            ctx.fail(EXIT_FAILED)
+    print(f"{len(records)} containers: " + ", ".join(f"{n} {k}" for k, n in sorted(tally.items())), file=ctx.out)
     return ctx.status
 
 

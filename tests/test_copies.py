@@ -226,3 +226,25 @@ def test_edit_catalog_records_and_forgets_a_file_s_copies() -> None:
     assert h.step(EditCatalog(h.now, FS, fid(9), forget=True)).replies == [1]
     assert h.state.catalog.of(FS, fid(9)) == ()
     assert h.step(EditCatalog(h.now, FS, fid(9), forget=True)).replies == [0]
+
+
+def test_relocate_moves_a_packed_copy_only_if_it_still_lies_in_the_old_container() -> None:
+    from coordinator.catalog import Copy
+    from coordinator.state import EditCatalog, RelocateCopies
+    from tests.test_state import FS, fid
+
+    h = Harness(archive_ids=frozenset({1, 2}))
+    packed = Copy(1, "containers/1--/d/a.pack", 5, 100, "sha256:" + "0" * 64, 1.0, container="containers/1--/d/a.pack",
+                  slot=10).values()
+    other = Copy(2, "0001/obj", 5, 100).values()
+    h.step(EditCatalog(h.now, FS, fid(1), (packed, other)))
+    h.step(EditCatalog(h.now, FS, fid(2), (Copy(1, "0001/x", 5, 100).values(),)))  # archived again: no longer packed
+    moves = ((FS, fid(1), 1, "containers/1--/d/a.pack", "containers/1--/d/b.pack", 4096),
+             (FS, fid(2), 1, "containers/1--/d/a.pack", "containers/1--/d/b.pack", 8192),
+             (FS, fid(3), 1, "containers/1--/d/a.pack", "containers/1--/d/b.pack", 0))  # no copy at all
+    assert h.step(RelocateCopies(h.now, moves)).replies == [1]
+    c1, c2 = h.state.catalog.of(FS, fid(1))
+    assert (c1.container, c1.key, c1.slot, c1.size, c1.checksum) == (
+        "containers/1--/d/b.pack", "containers/1--/d/b.pack", 4096, 100, "sha256:" + "0" * 64)
+    assert c2.values() == other  # the copy in archive 2 is not touched
+    assert h.state.catalog.of(FS, fid(2))[0].key == "0001/x"

@@ -118,7 +118,7 @@ def test_a_container_that_cannot_be_written_fails_every_file_in_it(tmp_path: Pat
         t.start()
     for t in threads:
         t.join(30)
-    assert len(errors) == 3 and all(isinstance(e, PackError) and "cannot write container" in e.message
+    assert len(errors) == 3 and all(isinstance(e, PackError) and "cannot write a container of g" in e.message
                                     for e in errors), errors
     assert p.containers == 0
 

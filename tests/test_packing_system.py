@@ -106,3 +106,42 @@ def test_an_agent_killed_while_it_packs_loses_nothing(rig: Rig) -> None:
         assert container.read_bytes()[c.slot:c.slot + c.size] == data
         assert any(e["fid"] == str(fid) for e in read_index(container))
         assert rig.fs.hsm_state(path).flags & HS.ARCHIVED
+
+
+def test_compaction_rewrites_a_container_once_half_of_it_is_dead(rig: Rig) -> None:
+    rig.start()
+    rig.agent("a1", slots="archive=40,restore=4,remove=10", mover=packing(rig, idle=30, files=10))
+    files = [rig.file(f"c{i}", 1000 + i) for i in range(20)]
+    ids = rig.submit("archive", [f for _p, f, _d in files])
+    assert rig.client is not None
+    assert all(a.state == T.SUCCEEDED for a in rig.client.wait(ids, deadline=60).values())
+    slices = catalog_slices(rig, [f for _p, f, _d in files])
+    boxes = sorted({c.container for c in slices.values()})
+    assert len(boxes) == 2  # ten files each: written when full
+    first = [(p, f, d) for p, f, d in files if slices[str(f)].container == boxes[0]]
+    dead, alive = first[:6], first[6:]
+    ids = rig.submit("remove", [f for _p, f, _d in dead])
+    assert all(a.state == T.SUCCEEDED for a in rig.client.wait(ids, deadline=60).values())
+    base = ("catalog", "compact", "--archive-root", str(rig.archive), "--archive-id", "1", "--min-age", "0")
+
+    dry = rig.hsmctl(*base, "--dry-run")
+    assert dry.returncode == 0, dry
+    assert f"would compact {boxes[0]} (60% dead, 4 live files)" in dry.stdout
+    assert dry.stdout.rstrip().endswith("2 containers: 1 kept, 1 would compact")
+    assert (rig.archive / boxes[0]).exists()
+
+    done = rig.hsmctl(*base, "--yes")
+    assert done.returncode == 0, done
+    assert f"compacted {boxes[0]} (60% dead, 4 live files) -> containers/1--/" in done.stdout
+    assert not (rig.archive / boxes[0]).exists() and (rig.archive / boxes[1]).exists()
+    moved = catalog_slices(rig, [f for _p, f, _d in alive])
+    new = {c.container for c in moved.values()}
+    assert len(new) == 1 and boxes[0] not in new
+    (box,) = new
+    assert {e["fid"] for e in read_index(rig.archive / box)} == {str(f) for _p, f, _d in alive}
+    # the moved files restore from the new container
+    for path, _f, _d in alive:
+        rig.fs.release(path)
+    ids = rig.submit("restore", [f for _p, f, _d in alive])
+    assert all(a.state == T.SUCCEEDED for a in rig.client.wait(ids, deadline=60).values())
+    assert all(path.read_bytes() == data for path, _f, data in alive)

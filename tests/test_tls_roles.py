@@ -111,6 +111,7 @@ def test_a_plain_text_client_cannot_talk_to_a_tls_replica(replica: Any, pki: Pat
     ("alice", lambda s: s.MoveCopies(C.MoveCopiesRequest()), "MoveCopies needs role admin, operator or replica"),
     ("op", lambda s: s.EditCatalog(C.EditCatalogRequest(forget=True)), "EditCatalog needs role replica"),
     ("root1", lambda s: s.EditCatalog(C.EditCatalogRequest(forget=True)), "EditCatalog needs role replica"),
+    ("alice", lambda s: s.RelocateCopies(C.RelocateCopiesRequest()), "RelocateCopies needs role admin, operator"),
 ])
 def test_each_role_is_refused_what_it_may_not_do_and_nothing_changes(
         replica: Any, pki: Path, who: str, call: Any, words: str) -> None:

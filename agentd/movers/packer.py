@@ -192,58 +192,69 @@ class Packer:
 
     def _write(self, group: str, batch: _Batch) -> None:
         items = batch.items
-        day = time.strftime("%Y-%m-%d", time.gmtime())
-        directory = self.root / CONTAINERS_DIR / group / day
-        name = f"{uuid.uuid4().hex}.pack"
-        key = f"{CONTAINERS_DIR}/{group}/{day}/{name}"
-        final = directory / name
-        tmp = directory / f"{name}{_TMP_SUFFIX}"
-        slices: list[Slice] = []
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                offset = len(HEADER)
-                chunks = [HEADER]
-                index = []
-                for it in items:
-                    digest = f"{self.checksum}:{hashlib.new(self.checksum, it.data).hexdigest()}"
-                    slices.append(Slice(key, offset, len(it.data), digest))
-                    index.append({"fid": str(it.fid), "offset": offset, "length": len(it.data),
-                                  "checksum": digest})
-                    chunks.append(it.data)
-                    offset += len(it.data)
-                chunks.append(json.dumps({"version": 1, "slices": index}, separators=(",", ":")).encode())
-                chunks.append(_TRAILER.pack(offset, TRAILER_MAGIC))
-                view = memoryview(b"".join(chunks))
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, final)
-            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            slices = write_container(self.root, group, [(it.fid, it.data) for it in items], self.checksum)
         except OSError as exc:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-            err = PackError(exc.errno or 5, f"cannot write container {final}: {exc.strerror or exc}")
+            err = PackError(exc.errno or 5, f"cannot write a container of {group} under {self.root}: "
+                                            f"{exc.strerror or exc}")
             for it in items:
                 it.error = err
                 it.done.set()
             return
         with self._lock:
             self.containers += 1
-        log.info("container %s: %d files, %d bytes", key, len(items), sum(s.length for s in slices))
+        log.info("container %s: %d files, %d bytes", slices[0].container, len(items), sum(s.length for s in slices))
         for it, s in zip(items, slices, strict=True):
             it.slice = s
             it.done.set()
+
+
+def write_container(root: Path, group: str, files: list[tuple[Fid, bytes]], checksum: str = "sha256") -> list[Slice]:
+    """Write *files* into a new container of *group* under the archive
+    *root* (see the module: ``.tmp``, fsync, rename, directory fsync) and
+    return their slices; OSError leaves nothing behind."""
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    directory = root / CONTAINERS_DIR / group / day
+    name = f"{uuid.uuid4().hex}.pack"
+    key = f"{CONTAINERS_DIR}/{group}/{day}/{name}"
+    final = directory / name
+    tmp = directory / f"{name}{_TMP_SUFFIX}"
+    slices: list[Slice] = []
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            offset = len(HEADER)
+            chunks = [HEADER]
+            index = []
+            for fid, data in files:
+                digest = f"{checksum}:{hashlib.new(checksum, data).hexdigest()}"
+                slices.append(Slice(key, offset, len(data), digest))
+                index.append({"fid": str(fid), "offset": offset, "length": len(data), "checksum": digest})
+                chunks.append(data)
+                offset += len(data)
+            chunks.append(json.dumps({"version": 1, "slices": index}, separators=(",", ":")).encode())
+            chunks.append(_TRAILER.pack(offset, TRAILER_MAGIC))
+            view = memoryview(b"".join(chunks))
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    return slices
 
 
 def read_index(path: str | os.PathLike[str]) -> list[dict[str, object]]:

@@ -34,6 +34,26 @@ CANCEL_SENT: CancelOutcome
 ALREADY_ENDED: CancelOutcome
 NOT_FOUND: CancelOutcome
 
+class Relocation(_message.Message):
+    __slots__ = ("file", "archive_id", "from_container", "to_container", "to_slot")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    TO_CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    TO_SLOT_FIELD_NUMBER: _ClassVar[int]
+    file: FidSelector
+    archive_id: int
+    from_container: str
+    to_container: str
+    to_slot: int
+    def __init__(self, file: _Optional[_Union[FidSelector, _Mapping]] = ..., archive_id: _Optional[int] = ..., from_container: _Optional[str] = ..., to_container: _Optional[str] = ..., to_slot: _Optional[int] = ...) -> None: ...
+
+class RelocateCopiesRequest(_message.Message):
+    __slots__ = ("moves",)
+    MOVES_FIELD_NUMBER: _ClassVar[int]
+    moves: _containers.RepeatedCompositeFieldContainer[Relocation]
+    def __init__(self, moves: _Optional[_Iterable[_Union[Relocation, _Mapping]]] = ...) -> None: ...
+
 class MoveCopiesRequest(_message.Message):
     __slots__ = ("to",)
     FROM_FIELD_NUMBER: _ClassVar[int]

@@ -130,6 +130,11 @@ class CoordinatorStub:
                 request_serializer=hsm_dot_v1_dot_coordinator__pb2.EditCatalogRequest.SerializeToString,
                 response_deserializer=hsm_dot_v1_dot_coordinator__pb2.EditCatalogResponse.FromString,
                 _registered_method=True)
+        self.RelocateCopies = channel.unary_unary(
+                '/hsm.v1.Coordinator/RelocateCopies',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.RelocateCopiesRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.EditCatalogResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -292,6 +297,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RelocateCopies(self, request, context):
+        """Packed copies moved to a new container (hsmctl catalog compact): each
+        file's copy changes only if it still lies in the old container. Roles
+        admin and operator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -388,6 +402,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
             'EditCatalog': grpc.unary_unary_rpc_method_handler(
                     servicer.EditCatalog,
                     request_deserializer=hsm_dot_v1_dot_coordinator__pb2.EditCatalogRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.EditCatalogResponse.SerializeToString,
+            ),
+            'RelocateCopies': grpc.unary_unary_rpc_method_handler(
+                    servicer.RelocateCopies,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.RelocateCopiesRequest.FromString,
                     response_serializer=hsm_dot_v1_dot_coordinator__pb2.EditCatalogResponse.SerializeToString,
             ),
     }
@@ -903,6 +922,33 @@ class Coordinator:
             target,
             '/hsm.v1.Coordinator/EditCatalog',
             hsm_dot_v1_dot_coordinator__pb2.EditCatalogRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.EditCatalogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RelocateCopies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/RelocateCopies',
+            hsm_dot_v1_dot_coordinator__pb2.RelocateCopiesRequest.SerializeToString,
             hsm_dot_v1_dot_coordinator__pb2.EditCatalogResponse.FromString,
             options,
             channel_credentials,
