@@ -1464,8 +1464,15 @@ class ShardState:
             # the sign of an errno is ignored (llapi_hsm_action_end: abs(errval))
             err = abs(done.errno)
             if err == 0 and action.kind == Kind.ARCHIVE and action.copies:
-                self._catalog_archived(action, done.copy, cmd.now)
-                self._next_copy(action, done.copy)
+                self._catalog_archived(action, done.copy, cmd.now)  # the copy is in its archive
+                if action.state == State.CANCELING:
+                    # canceled while this copy was made: no next copy (the
+                    # agent let go of it: the file is not archived)
+                    self._end(action, Ev.AGENT_CANCELED, cmd.now, E.ECANCELED,
+                              f"canceled after copy {action.copies_done + 1} of "
+                              f"{action.copies_done + 1 + len(action.copies)} (archive {action.archive_id})")
+                else:
+                    self._next_copy(action, done.copy)
             elif err == 0:
                 action.bytes_total = action.bytes_total or action.bytes_done
                 self._end(action, Ev.SUCCEED, cmd.now, 0, done.message)

@@ -248,3 +248,16 @@ def test_relocate_moves_a_packed_copy_only_if_it_still_lies_in_the_old_container
         "containers/1--/d/b.pack", "containers/1--/d/b.pack", 4096, 100, "sha256:" + "0" * 64)
     assert c2.values() == other  # the copy in archive 2 is not touched
     assert h.state.catalog.of(FS, fid(2))[0].key == "0001/x"
+
+
+def test_an_archive_of_copies_canceled_while_a_copy_is_made_stops_there() -> None:
+    h = Harness(archive_ids=frozenset({1, 2}))
+    [r] = h.submit(item(1, archive_id=1, data=b"copies=2"))
+    [(aid, att)] = h.schedule("a", archive=8, archive_ids=[1])
+    h.cancel(aid)
+    a = h.state.get(aid)
+    assert a is not None and a.state == State.CANCELING
+    made(h, "a", [(aid, att)])  # the copy finished anyway
+    assert a.state == State.CANCELED and "canceled after copy 1 of 2" in a.error
+    assert [c.archive_id for c in h.state.catalog.of(a.fsname, a.fid)] == [1]  # it is in archive 1
+    assert h.schedule("b", archive=8, archive_ids=[2]) == []
