@@ -261,3 +261,20 @@ def test_an_archive_of_copies_canceled_while_a_copy_is_made_stops_there() -> Non
     assert a.state == State.CANCELED and "canceled after copy 1 of 2" in a.error
     assert [c.archive_id for c in h.state.catalog.of(a.fsname, a.fid)] == [1]  # it is in archive 1
     assert h.schedule("b", archive=8, archive_ids=[2]) == []
+
+
+def test_hsmctl_shows_which_copy_an_archive_of_several_is_at() -> None:
+    from hsm.v1 import types_pb2 as tpb
+    from hsmctl.output import action_to_dict, format_progress
+
+    waiting = tpb.Action(action_id=1, state=tpb.WAITING, copies=2, copies_done=1, queue_position=1, queue_length=1)
+    assert format_progress(waiting) == "copy 2/2 queue 1/1"
+    running = tpb.Action(action_id=1, state=tpb.STARTED, copies=3, copies_done=0, bytes_done=1024, bytes_total=4096)
+    assert format_progress(running) == "copy 1/3 1.0KiB/4.0KiB 25%"
+    one = tpb.Action(action_id=1, state=tpb.STARTED)
+    assert format_progress(one) == "-"
+    done = tpb.Action(action_id=1, state=tpb.SUCCEEDED, copies=2, copies_done=1)
+    assert format_progress(done) == "-"
+    d = action_to_dict(tpb.Action(action_id=1, state=tpb.WAITING, copies=2, copies_done=1, copies_failed=[]))
+    assert (d["copies"], d["copies_done"], d["copies_failed"]) == (2, 1, [])
+    assert action_to_dict(tpb.Action(action_id=2, state=tpb.FAILED, copies_failed=[1]))["copies_failed"] == [1]
