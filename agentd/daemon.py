@@ -193,6 +193,11 @@ def make_mover(config: AgentConfig) -> Mover:
         from agentd.movers.posix import PosixMover
 
         interval = mc.progress_interval if mc.progress_interval is not None else config.progress_interval
+        if mc.pack_below and mc.pack_files > config.slots.archive:
+            log.warning("mover.pack_files is %d but slots.archive %d: a container gathers the archives running "
+                        "at once, so containers will hold %d files at most (written when pack_idle passes); "
+                        "give slots.archive at least pack_files", mc.pack_files, config.slots.archive,
+                        config.slots.archive)
         try:
             return PosixMover(
                 mc.archive_root,

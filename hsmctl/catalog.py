@@ -55,7 +55,8 @@ prints (ls):   FID  ARCHIVE  SIZE  DV  ARCHIVED (UTC)  UID  PATH, then "N copies
 prints (stat): FID (fsname): N copies, then per copy: archive id, object key, data version,
                size, checksum, when archived, extent, owner, mode and path
 --json: ls: an array of {"fsname", "fid", "archive_id", "key", "data_version", "size", "checksum",
-        "archived", "offset", "length", "uid", "gid", "mode", "path"}; stat: the same per file
+        "archived", "offset", "length", "uid", "gid", "mode", "path", "container", "slot"} (container:
+        a packed file's container, "" for an object of its own); stat: the same per file
 prints (rm):   a line per copy kept or (--dry-run) to remove, then "removing N copies: queued N,
                joined N, not needed N, rejected N; kept N (released), skipped N (gone), N (other
                file system)"
@@ -307,7 +308,8 @@ def entry_to_dict(e: cpb.CatalogEntry) -> dict[str, Any]:
     c = e.copy
     return {"fsname": e.fsname, "fid": fid_text(e.fid), "archive_id": c.archive_id, "key": c.key,
             "data_version": c.data_version, "size": c.size, "checksum": c.checksum, "archived": c.archived,
-            "offset": c.offset, "length": c.length, "uid": c.uid, "gid": c.gid, "mode": c.mode, "path": c.path}
+            "offset": c.offset, "length": c.length, "uid": c.uid, "gid": c.gid, "mode": c.mode, "path": c.path,
+            "container": c.container, "slot": c.slot}
 
 
 def _utc(t: float) -> str:
@@ -363,7 +365,10 @@ def stat_lines(fsname: str, fid: str, entries: list[cpb.CatalogEntry]) -> list[s
     for e in entries:
         c = e.copy
         extent = "whole file" if c.offset == 0 and c.length < 0 else f"{c.offset}+{c.length}"
-        lines.append(f"  archive {c.archive_id}: object {c.key or '(the archive default for the FID)'}")
+        if c.container:
+            lines.append(f"  archive {c.archive_id}: packed in container {c.container} at offset {c.slot}")
+        else:
+            lines.append(f"  archive {c.archive_id}: object {c.key or '(the archive default for the FID)'}")
         lines.append(f"    data version {c.data_version}, {c.size} bytes ({format_bytes(c.size)}), "
                      f"{c.checksum or 'no checksum'}")
         lines.append(f"    archived {_utc(c.archived)} UTC, {extent}, uid {c.uid} gid {c.gid} mode "

@@ -64,6 +64,10 @@ def test_small_archives_share_containers_and_each_restores_from_its_slice(rig: R
         assert rig.fs.hsm_state(path).flags & HS.ARCHIVED
     (bigc,) = rig.client.copies_of(big[1])
     assert not bigc.copy.container
+    path, fid, _data = files[0]
+    stat = rig.hsmctl("catalog", "stat", str(path))
+    c = slices[str(fid)]
+    assert stat.returncode == 0 and f"archive 1: packed in container {c.container} at offset {c.slot}" in stat.stdout
 
     # restores read their slices
     back = files[:5]
