@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import time
 import tracemalloc
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from agentd.movers.posix import object_path
@@ -133,13 +131,10 @@ def catalog(args: argparse.Namespace, say: Callable[[str], None]) -> int:
            "apply_us_per_copy": round(applying / copies * 1e6, 3), "ls_all": full, "ls_path": narrow,
            "scan_files_per_page": SCAN_FILES}
     if not args.no_save:
-        results: Path = args.results
-        (results / "runs").mkdir(parents=True, exist_ok=True)
-        text = json.dumps(out, indent=2) + "\n"
-        (results / "catalog-latest.json").write_text(text)
-        (results / "runs" / f"{time.strftime('%Y%m%dT%H%M%S')}-catalog.json").write_text(text)
-        (results / "catalog-latest.md").write_text(markdown(out))
-        say(f"   written: {results / 'catalog-latest.md'}")
+        from bench.compare import save
+
+        paths = save(out, markdown(out), args.results, name="catalog")
+        say(f"   written: {', '.join(str(p) for p in paths)}")
     return 0
 
 

@@ -129,13 +129,10 @@ def packing(args: argparse.Namespace, s: w.Settings, say: Callable[[str], None])
     say(f"   objects per file packed: {pk['objects_per_file']:.3%} (target <= 1 %); "
         f"throughput packed / unpacked: {speed:.2f}x (target >= 5x)")
     if not args.no_save:
-        results: Path = args.results
-        (results / "runs").mkdir(parents=True, exist_ok=True)
-        text = json.dumps(out, indent=2) + "\n"
-        (results / "packing-latest.json").write_text(text)
-        (results / "runs" / f"{time.strftime('%Y%m%dT%H%M%S')}-packing.json").write_text(text)
-        (results / "packing-latest.md").write_text(markdown(out))
-        say(f"   written: {results / 'packing-latest.md'}")
+        from bench.compare import save
+
+        paths = save(out, markdown(out), args.results, name="packing")
+        say(f"   written: {', '.join(str(p) for p in paths)}")
     return 0 if out["verdict"]["all_succeeded"] else 1
 
 

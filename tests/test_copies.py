@@ -6,6 +6,7 @@ state machine; tests/test_copies_system.py runs it with agents."""
 from __future__ import annotations
 
 import errno as E
+from typing import Any
 
 import pytest
 
@@ -120,13 +121,19 @@ def archived_twice(h: Harness, n: int = 1) -> int:
     return r.action_id
 
 
+def restoring(h: Harness, archive_id: int) -> Any:
+    """A restore of file 1 asking for *archive_id*: its action."""
+    [r] = h.submit(item(1, Kind.RESTORE, archive_id=archive_id))
+    a = h.state.get(r.action_id)
+    assert a is not None
+    return a
+
+
 @pytest.mark.parametrize("err", [E.EIO, E.EBADMSG, E.ENOENT, E.ENODATA])
 def test_a_restore_whose_copy_fails_reads_the_next_copy(err: int) -> None:
     h = Harness(archive_ids=frozenset({1, 2}), max_attempts=1)
     archived_twice(h)
-    [r] = h.submit(item(1, Kind.RESTORE, archive_id=1))
-    a = h.state.get(r.action_id)
-    assert a is not None
+    a = restoring(h, 1)
     [(aid, att)] = h.schedule("a", restore=4, archive_ids=[1])
     res = made(h, "a", [(aid, att)], errno=err, retry=err == E.EIO, message="checksum mismatch")
     # max_attempts 1, yet not failed: the copy in archive 2 is read next
@@ -135,7 +142,7 @@ def test_a_restore_whose_copy_fails_reads_the_next_copy(err: int) -> None:
     assert any(isinstance(c, Requeued) for c in res.effects)  # type: ignore[attr-defined]
     # a new restore of the file (archive 1, the file's) joins the one reading archive 2
     [j] = h.submit(item(1, Kind.RESTORE, archive_id=1))
-    assert j.outcome == Outcome.JOINED and j.action_id == r.action_id
+    assert j.outcome == Outcome.JOINED and j.action_id == a.id
     assert h.schedule("a", restore=4, archive_ids=[1]) == []
     [(aid, att)] = h.schedule("b", restore=4, archive_ids=[2])
     made(h, "b", [(aid, att)])
@@ -145,9 +152,7 @@ def test_a_restore_whose_copy_fails_reads_the_next_copy(err: int) -> None:
 def test_a_restore_fails_once_every_copy_failed() -> None:
     h = Harness(archive_ids=frozenset({1, 2}), max_attempts=5)
     archived_twice(h)
-    [r] = h.submit(item(1, Kind.RESTORE, archive_id=2))
-    a = h.state.get(r.action_id)
-    assert a is not None
+    a = restoring(h, 2)
     [(aid, att)] = h.schedule("b", restore=4, archive_ids=[2])
     made(h, "b", [(aid, att)], errno=E.EBADMSG)
     assert a.state == State.WAITING and a.archive_id == 1 and a.tried == (2,)
@@ -160,9 +165,7 @@ def test_a_restore_fails_once_every_copy_failed() -> None:
 def test_a_restore_error_that_is_not_the_copy_s_does_not_change_copy() -> None:
     h = Harness(archive_ids=frozenset({1, 2}), max_attempts=1)
     archived_twice(h)
-    [r] = h.submit(item(1, Kind.RESTORE, archive_id=1))
-    a = h.state.get(r.action_id)
-    assert a is not None
+    a = restoring(h, 1)
     [(aid, att)] = h.schedule("a", restore=4, archive_ids=[1])
     made(h, "a", [(aid, att)], errno=E.ESTALE)  # the file, not the copy
     assert a.state == State.FAILED and a.tried == ()
@@ -173,9 +176,7 @@ def test_a_restore_of_a_file_with_one_copy_fails_as_before() -> None:
     [r] = h.submit(item(1, archive_id=1))
     [(aid, att)] = h.schedule("a", archive=8, archive_ids=[1])
     made(h, "a", [(aid, att)])
-    [r] = h.submit(item(1, Kind.RESTORE, archive_id=1))
-    a = h.state.get(r.action_id)
-    assert a is not None
+    a = restoring(h, 1)
     [(aid, att)] = h.schedule("a", restore=4, archive_ids=[1])
     made(h, "a", [(aid, att)], errno=E.EIO)
     assert a.state == State.FAILED and a.errno == E.EIO
