@@ -741,8 +741,8 @@ class Action:
 
 
 #: values of the slots added last (data_version, hsm_ctime, tag, volume,
-#: position), for actions of a snapshot written before they existed: such a
-#: tuple is that many values shorter
+#: position, copies, copies_done, tried), for actions of a snapshot written
+#: before they existed: such a tuple is that many values shorter
 _ACTION_ADDED_DEFAULTS: tuple[Any, ...] = (0, 0, "", "", 0, (), 0, ())
 
 
