@@ -730,6 +730,16 @@ class _Route:
                     self.hops += 1
                     self.target = leader
                     return
+                if leader and leader != self.target and self.client.retry_unavailable > 0:
+                    # The replicas keep naming each other: their views of an
+                    # election differ for a moment. Wait for it as for
+                    # UNAVAILABLE (back off, start over), up to retry_unavailable.
+                    self._on_unavailable(Unavailable(
+                        f"coordinator {self.target} names {leader} as the leader for {self.what} after "
+                        f"{self.hops} redirections: an election is under way",
+                        address=self.target, details=f"no agreed leader after {self.hops} redirections",
+                    ))
+                    return
                 raise FailedPrecondition(
                     f"coordinator {self.target} does not lead the shard for {self.what} "
                     f"and the leader ({hint}) could not be reached after {self.hops} redirections",
