@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,8 +81,6 @@ def one_run(s: w.Settings, mode: str, n: int, say: Callable[[str], None]) -> dic
         with w.fresh_cluster(s, f"packing-{mode}", opt) as c:
             return _flood(c, mode, n, archive, say)
     finally:
-        import shutil
-
         shutil.rmtree(archive, ignore_errors=True)
         conf.unlink(missing_ok=True)
 

@@ -233,12 +233,8 @@ class Catalog:
         return (None, {"files": self.files, "copies": self.copies})
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
-        self.files = state[1]["files"]
-        self.copies = state[1]["copies"]
-        self.fsnames = {}
-        for fsname, _fid in self.files:
-            self.fsnames[fsname] = self.fsnames.get(fsname, 0) + 1
-        self._order = None
+        self.files, self.copies, self.fsnames = {}, 0, {}
+        self.add_files(state[1]["files"].items())
 
 
 def _order_key(key: FileKey) -> tuple[str, int, int, int]:

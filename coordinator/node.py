@@ -69,7 +69,6 @@ from coordinator.raft import (
 from coordinator.ratelimit import Buckets, Refusal, admit
 from coordinator.roles import ADMIN, BRIDGE, DEFAULT_USER_MASK, OPERATOR, USER
 from coordinator.state import (
-    MAX_HINT,
     MAX_SHARDS,
     Action,
     AgentLost,
@@ -101,7 +100,7 @@ from hsm.metrics import split_host_port, view_from_loop
 from hsm.ring import Ring
 from hsm.tls import TlsFiles, channel_credentials, server_credentials
 from hsm.v1 import agent_pb2, agent_pb2_grpc, coordinator_pb2, coordinator_pb2_grpc, types_pb2
-from hsm.wire import LEADER_METADATA_KEY, MAX_NAME, name_problem
+from hsm.wire import LEADER_METADATA_KEY, MAX_HINT, MAX_NAME, name_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -448,19 +448,24 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await context.abort(*_abort_code(exc))
         moved = 0
         for idx, part in sorted(by_shard.items()):
-            shard = node.shards[idx]
-            try:
-                if shard.is_leader:
-                    res = await node.propose(shard, RelocateCopies(time.time(), tuple(mv for _m, mv in part)))
-                    moved += res.replies[0]
-                else:
-                    fwd = coordinator_pb2.RelocateCopiesRequest(moves=[m for m, _mv in part])
-                    resp: coordinator_pb2.EditCatalogResponse = await node.forward(
-                        shard, "RelocateCopies", fwd, node.config.propose_timeout)
-                    moved += resp.changed
-            except ShardUnavailable as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            moved += await self._edit_on_leader(
+                node.shards[idx], RelocateCopies(time.time(), tuple(mv for _m, mv in part)), "RelocateCopies",
+                coordinator_pb2.RelocateCopiesRequest(moves=[m for m, _mv in part]), context)
         return coordinator_pb2.EditCatalogResponse(changed=moved)
+
+    async def _edit_on_leader(self, shard: RaftShard, cmd: EditCatalog | RelocateCopies, method: str,
+                              request: Any, context: grpc.aio.ServicerContext) -> int:
+        """A catalog edit of one shard: *cmd* proposed when this replica
+        leads it, else *request* (the same edit) forwarded to its leader;
+        how many copies changed."""
+        node = self.node
+        try:
+            if shard.is_leader:
+                return int((await node.propose(shard, cmd)).replies[0])
+            resp = await node.forward(shard, method, request, node.config.propose_timeout)
+        except ShardUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return int(resp.changed)
 
     async def EditCatalog(self, request: coordinator_pb2.EditCatalogRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.EditCatalogResponse:  # noqa: N802
         """One half of MoveCopies, on the file's shard's leader (forwarded there)."""
@@ -472,17 +477,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             copies = tuple(convert.copy_from_pb(c).values() for c in request.copies)
         except (InvalidRequest, ValueError) as exc:
             await context.abort(*_abort_code(exc))
-        shard = node.shards[node.ring.shard_of(target.fid)]
-        try:
-            if not shard.is_leader:
-                resp: coordinator_pb2.EditCatalogResponse = await node.forward(shard, "EditCatalog", request,
-                                                                              node.config.propose_timeout)
-                return resp
-            res = await node.propose(shard, EditCatalog(time.time(), target.fsname, target.fid, copies,
-                                                        request.forget))
-        except ShardUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        return coordinator_pb2.EditCatalogResponse(changed=res.replies[0])
+        changed = await self._edit_on_leader(
+            node.shards[node.ring.shard_of(target.fid)],
+            EditCatalog(time.time(), target.fsname, target.fid, copies, request.forget), "EditCatalog", request,
+            context)
+        return coordinator_pb2.EditCatalogResponse(changed=changed)
 
     async def ListCopies(self, request: coordinator_pb2.ListCopiesRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ListCopiesResponse:  # noqa: N802
         """One page of one shard's catalog, read on its leader (a replica

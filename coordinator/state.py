@@ -55,7 +55,7 @@ from coordinator.events import HE_ARCHIVE, HE_REMOVE, HE_RESTORE, ConsumerError,
 from coordinator.policy import MAX_COPIES, Policy, PolicyError, parse, seeded
 from hsm.fid import Fid
 from hsm.hsmflags import check_request, resolve_archive_id
-from hsm.wire import SHARD_ID_MODULUS
+from hsm.wire import SHARD_ID_MODULUS, hints
 
 #: Action ids are ``seq * MAX_SHARDS + shard``: unique in the cluster and
 #: readable ("...003" lives on shard 3).
@@ -760,35 +760,6 @@ def _action_from_values(values: tuple[Any, ...]) -> Action:
     return a
 
 
-#: the longest tag or volume name a request's data may give (longer: ignored)
-MAX_HINT = 64
-
-
-def hints(data: bytes) -> tuple[str, str, int]:
-    """(tag, volume, position) from request data (``key=value,...``, like
-    Lustre's hai_data): ``tag=`` sends the action to the agents that serve
-    that tag (one of them, by consistent hashing), ``volume=`` and
-    ``position=`` place a restore on its tape (restores of a volume go to
-    one agent, in position order). What is missing or malformed is ""/0:
-    the data is the mover's, and a hint the coordinator cannot read only
-    loses its scheduling effect."""
-    if b"=" not in data:
-        return "", "", 0
-    tag = volume = ""
-    position = 0
-    for part in data.split(b","):
-        key, eq, value = part.partition(b"=")
-        if not eq or not value or len(value) > MAX_HINT:
-            continue
-        if key == b"tag":
-            tag = _hint_text(value)
-        elif key == b"volume":
-            volume = _hint_text(value)
-        elif key == b"position" and value.isdigit():
-            position = min(int(value), (1 << 63) - 1)
-    return tag, volume, position
-
-
 #: errnos after which a restore reads the file's next copy, when it has
 #: one: the copy is unreadable (EIO, a checksum mismatch included), corrupt
 #: (EBADMSG) or missing (ENOENT, ENODATA)
@@ -808,14 +779,6 @@ def copies_hint(data: bytes) -> int:
                 return -1
             n = int(value)
     return n
-
-
-def _hint_text(value: bytes) -> str:
-    try:
-        text = value.decode("ascii")
-    except UnicodeDecodeError:
-        return ""
-    return text if text.isprintable() and " " not in text else ""
 
 
 #: ShardState attributes a snapshot does not store (import_parts rebuilds them)

@@ -7,7 +7,10 @@ the coordinator's request checks and agentd all take them from here.
 - action ids end in their shard: ``shard = action_id % SHARD_ID_MODULUS``;
 - the gRPC metadata keys: the leader's address on a redirect, the cluster's
   and the answering replica's ids on every answer;
-- a FID to and from its proto message.
+- a FID to and from its proto message;
+- the scheduling hints of a request's data (``tag=``, ``volume=``,
+  ``position=``): the coordinator routes by them, agentd's packer groups by
+  the tag.
 
 No protobuf import at module level: the pure modules (the shard state)
 take their constants from here too.
@@ -96,3 +99,40 @@ def fid_to_pb(fid: Fid) -> tpb.Fid:
 
 def fid_from_pb(pb: tpb.Fid) -> Fid:
     return Fid(pb.seq, pb.oid, pb.ver)
+
+
+#: the longest tag or volume name a request's data may give (longer: ignored)
+MAX_HINT = 64
+
+
+def hints(data: bytes) -> tuple[str, str, int]:
+    """(tag, volume, position) from request data (``key=value,...``, like
+    Lustre's hai_data): ``tag=`` sends the action to the agents that serve
+    that tag (one of them, by consistent hashing), ``volume=`` and
+    ``position=`` place a restore on its tape (restores of a volume go to
+    one agent, in position order). What is missing or malformed is ""/0:
+    the data is the mover's, and a hint the coordinator cannot read only
+    loses its scheduling effect."""
+    if b"=" not in data:
+        return "", "", 0
+    tag = volume = ""
+    position = 0
+    for part in data.split(b","):
+        key, eq, value = part.partition(b"=")
+        if not eq or not value or len(value) > MAX_HINT:
+            continue
+        if key == b"tag":
+            tag = _hint_text(value)
+        elif key == b"volume":
+            volume = _hint_text(value)
+        elif key == b"position" and value.isdigit():
+            position = min(int(value), (1 << 63) - 1)
+    return tag, volume, position
+
+
+def _hint_text(value: bytes) -> str:
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        return ""
+    return text if text.isprintable() and " " not in text else ""

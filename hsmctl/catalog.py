@@ -95,30 +95,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     re_.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
                      help="how long to wait for the restore (default 3600)")
     orph = sub.add_parser("orphans", help="objects of a posix archive that no catalog copy names")
-    orph.add_argument("--archive-root", required=True, metavar="DIR", help="the posix mover's archive root")
-    orph.add_argument("--archive-id", type=_archive_id, required=True, metavar="N",
-                      help="the archive id that root holds")
+    _archive_side(orph, "only objects older than this (default 1d: a fresh object may be one whose archive has "
+                        "not ended yet)")
     orph.add_argument("--mntpath", required=True, metavar="DIR",
                       help="the simfs tree or Lustre mount: an object whose file still exists is never an orphan")
-    orph.add_argument("--min-age", type=_age, default=86400.0, metavar="AGE",
-                      help="only objects older than this (default 1d: a fresh object may be one whose archive "
-                           "has not ended yet)")
-    orph.add_argument("--json", action="store_true", help="JSON output")
     orph.add_argument("--remove", action="store_true", help="delete the orphans (with --yes)")
+    orph.add_argument("--yes", action="store_true", help="with --remove: really delete them")
     comp = sub.add_parser("compact", help="rewrite packed containers whose dead fraction passed --dead")
-    comp.add_argument("--archive-root", required=True, metavar="DIR", help="the posix mover's archive root")
-    comp.add_argument("--archive-id", type=_archive_id, required=True, metavar="N",
-                      help="the archive id that root holds")
+    _archive_side(comp, "only containers older than this (default 1d: a fresh one's files may not be in the "
+                        "catalog yet)")
     comp.add_argument("--dead", type=_fraction, default=0.5, metavar="FRACTION",
                       help="compact a container once this share of its bytes is dead (default 0.5)")
-    comp.add_argument("--min-age", type=_age, default=86400.0, metavar="AGE",
-                      help="only containers older than this (default 1d: a fresh one's files may not be "
-                           "in the catalog yet)")
     what_c = comp.add_mutually_exclusive_group(required=True)
     what_c.add_argument("--dry-run", action="store_true", help="say what would be compacted; change nothing")
     what_c.add_argument("--yes", action="store_true", help="compact them")
-    comp.add_argument("--json", action="store_true", help="JSON output")
-    orph.add_argument("--yes", action="store_true", help="with --remove: really delete them")
+
+
+def _archive_side(p: argparse.ArgumentParser, min_age_help: str) -> None:
+    """The arguments of the operations run on a host that mounts a posix archive."""
+    p.add_argument("--archive-root", required=True, metavar="DIR", help="the posix mover's archive root")
+    p.add_argument("--archive-id", type=_archive_id, required=True, metavar="N", help="the archive id that root holds")
+    p.add_argument("--min-age", type=_age, default=86400.0, metavar="AGE", help=min_age_help)
+    p.add_argument("--json", action="store_true", help="JSON output")
 
 
 def _filters(p: argparse.ArgumentParser) -> None:

@@ -36,6 +36,8 @@ from hsmctl.lustre import (
 from hsmctl.output import path_text, plain_text
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from hsm.client import CoordinatorClient
     from hsm.simfs import SimFS
     from hsm.v1 import coordinator_pb2 as cpb
@@ -2016,15 +2018,21 @@ def cmd_catalog(args: argparse.Namespace, ctx: Context) -> int:
     return ctx.status
 
 
-def _catalog_compact(args: argparse.Namespace, ctx: Context) -> int:
-    """``catalog compact``: packed containers rewritten once their dead share passed --dead."""
-    from pathlib import Path
+def _archive_root(args: argparse.Namespace) -> Path:
+    """``--archive-root`` as a Path, checked to be a directory."""
+    from pathlib import Path as _Path
 
-    from hsmctl import catalog
-
-    root = Path(args.archive_root)
+    root = _Path(args.archive_root)
     if not root.is_dir():
         raise CliError(f"{path_text(str(root))} is not a directory (--archive-root)")
+    return root
+
+
+def _catalog_compact(args: argparse.Namespace, ctx: Context) -> int:
+    """``catalog compact``: packed containers rewritten once their dead share passed --dead."""
+    from hsmctl import catalog
+
+    root = _archive_root(args)
     with _client(args, ctx) as client:
         entries = list(client.list_copies(archive_id=args.archive_id))
         records = catalog.compact(root, entries, args.archive_id, client.relocate_copies, time.time(),
@@ -2060,11 +2068,7 @@ def _catalog_orphans(args: argparse.Namespace, ctx: Context) -> int:
 
     if args.remove != args.yes:
         raise CliError("--remove and --yes go together (without them: a report, nothing deleted)", EXIT_USAGE)
-    from pathlib import Path
-
-    root = Path(args.archive_root)
-    if not root.is_dir():
-        raise CliError(f"{path_text(str(root))} is not a directory (--archive-root)")
+    root = _archive_root(args)
     fs = ctx.mounted(args.mntpath)
 
     def exists(fid: Fid) -> bool:

@@ -26,11 +26,11 @@ from agentd.movers.packer import (
     Slice,
     group_name,
     read_index,
-    tag_of,
 )
 from agentd.movers.posix import PosixMover
 from hsm.fid import Fid
 from hsm.hsmflags import HS, HSMA
+from hsm.wire import hints
 from tests.test_movers import Tree, tree  # noqa: F401 - fixture
 
 
@@ -98,6 +98,10 @@ def test_a_container_is_written_when_its_bytes_reach_the_bound(tmp_path: Path) -
 
 def test_group_names_and_tags_are_safe_directory_names() -> None:
     assert group_name(3, "tape/../x") == "3-tape_.._x" and group_name(1, "") == "1--"
+    # the mover groups by the tag the coordinator routes by (hsm.wire.hints)
+    def tag_of(data: bytes) -> str:
+        return hints(data)[0]
+
     assert tag_of(b"prio=1,tag=proj-a") == "proj-a" and tag_of(b"tag=") == "" and tag_of(b"x") == ""
     assert tag_of(b"tag=\xff") == ""
 

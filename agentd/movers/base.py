@@ -269,10 +269,7 @@ def run_action(job: Job, mover: str, op: Callable[[Job, ActionHandle], int]) -> 
         elif err == 0 and not job.final and job.kind == HSMA.ARCHIVE:
             # a copy of several, not the last: the file is archived when the
             # last is made; its request stays open for the next copy
-            let_go: Callable[[], None] | None = getattr(handle, "let_go", None)
-            if let_go is not None:
-                let_go()
-            elif give_back is not None:
+            if give_back is not None:
                 give_back(0)
             else:
                 handle.end(errno.EAGAIN, refused=True)  # as if never begun: the file is left as it was

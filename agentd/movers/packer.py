@@ -91,20 +91,6 @@ class _Batch:
     sealed: bool = False
 
 
-def tag_of(data: bytes) -> str:
-    """The ``tag=`` of an action's data ("" for none or one that is not
-    short printable ASCII)."""
-    for part in data.split(b","):
-        key, eq, value = part.partition(b"=")
-        if key == b"tag" and eq and 0 < len(value) <= 64:
-            try:
-                text = value.decode("ascii")
-            except UnicodeDecodeError:
-                return ""
-            return text if text.isprintable() else ""
-    return ""
-
-
 def group_name(archive_id: int, tag: str) -> str:
     """The directory of a group's containers: ``<archive id>-<tag>`` (``-`` for no tag)."""
     return f"{archive_id}-{_GROUP_OK.sub('_', tag) or '-'}"

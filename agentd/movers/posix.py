@@ -77,9 +77,10 @@ from agentd.movers.base import (
     kind_name,
     run_action,
 )
-from agentd.movers.packer import Packer, PackError, group_name, tag_of
+from agentd.movers.packer import Packer, PackError, group_name
 from hsm.fid import Fid
 from hsm.hsmflags import HSMA
+from hsm.wire import hints
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +481,8 @@ class PosixMover:
             raise MoverError(errno.EBUSY, f"{job.fid} changed size while it was read ({len(data)} bytes, "
                              f"{info.size} at begin): archive it again", retry=True)
         try:
-            sl = self.packer.pack(group_name(job.archive_id, tag_of(job.data)), job.fid, data, job.cancelled)
+            tag = hints(job.data)[0]  # the tag the coordinator routed it by
+            sl = self.packer.pack(group_name(job.archive_id, tag), job.fid, data, job.cancelled)
         except PackError as exc:
             raise MoverError(exc.errno, exc.message, retry=True) from None
         if not job.may_publish():
