@@ -216,7 +216,10 @@ KILLED_PACKER = textwrap.dedent("""
         print("packed", n, s.container, flush=True)
     ts = [threading.Thread(target=one, args=(n,)) for n in range(1, 4 if stage == "gather" else 5)]
     for t in ts: t.start()
-    print("gathering" if stage == "gather" else "", flush=True)
+    if stage == "gather":  # once all three wait in the open batch
+        while sum(len(b.items) for b in p._open.values()) < 3:
+            threading.Event().wait(0.01)
+        print("gathering", flush=True)
     for t in ts: t.join()
 """)
 
@@ -232,7 +235,6 @@ def test_a_mover_killed_mid_pack_leaves_no_container_and_no_file_reported(tmp_pa
     while want not in line and time.monotonic() < deadline:
         line = proc.stdout.readline()
     assert want in line
-    time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     out = proc.communicate(timeout=10)[0]
     assert "packed" not in out  # no file was told it is archived: their actions run again
