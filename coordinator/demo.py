@@ -136,10 +136,14 @@ def concurrent_restores(address: str, fs: SimFS, paths: list[Path]) -> list[list
                 for start in range(0, len(paths), BATCH):
                     items = []
                     for j in range(start, min(start + BATCH, len(paths))):
-                        attrs = fs.hsm_state(paths[j])
+                        # what every requester sends (hsmctl, hsm-mount):
+                        # flags, data version and the ctime of one state,
+                        # so a duplicate that arrives after the restore
+                        # ended joins it instead of queuing another
+                        version, attrs, st = fs.request_state(paths[j])
                         items.append(submit_item(
                             fs.fsname, fids[j], "restore", 0, initiator=f"oss{n + 1}",
-                            hsm=(attrs.flags, attrs.archive_id),
+                            hsm=(attrs.flags, attrs.archive_id, version, st.st_ctime_ns),
                         ))
                     barrier.wait(30)
                     results[n].extend(client.submit(items))
@@ -292,6 +296,9 @@ def run(work: Path) -> None:
             f"copied more than once: {sum(1 for n in moved.values() if n > 1)}")
         if len(moved) != len(paths) or any(n != 1 for n in moved.values()):
             raise DemoFailed("every file must be restored exactly once")
+        if len(restores) != len(paths):
+            raise DemoFailed(f"{len(restores)} restore actions for {len(paths)} files: duplicates must join "
+                             "one restore per file")
 
         bad = [p for p in paths if hashlib.sha256(p.read_bytes()).hexdigest() != digests[p]]
         still = [p for p in paths if fs.hsm_state(p).flags & HS.RELEASED]
