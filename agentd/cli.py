@@ -19,7 +19,7 @@ from agentd.config import (
     Override,
     load_config,
 )
-from hsm import __version__, logsetup
+from hsm import __version__, gctune, logsetup
 
 log = logging.getLogger("agentd")
 
@@ -266,6 +266,7 @@ async def _serve(config: AgentConfig) -> int:
     backend = make_backend(config)
     mover = make_mover(config)
     agent = Agent(config, backend, mover)
+    gctune.tune_for_service()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, agent, sig)

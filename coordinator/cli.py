@@ -20,7 +20,7 @@ from pathlib import Path  # noqa: E402
 import hsm  # noqa: E402
 from coordinator import config as cfgmod  # noqa: E402
 from coordinator.certs import CA_DAYS, CERT_DAYS, ROLES  # noqa: E402
-from hsm import logsetup, sdnotify  # noqa: E402
+from hsm import gctune, logsetup, sdnotify  # noqa: E402
 
 EPILOG = """\
 commands:
@@ -179,6 +179,7 @@ async def _serve(cfg: object) -> int:
     from coordinator.server import start_replica
 
     assert isinstance(cfg, NodeConfig)
+    gctune.tune_for_service()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,11 +8,12 @@ proposed, so bad input changes nothing.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import Any, NamedTuple
 
 from coordinator.catalog import MAX_PATH, Copy, CopyError  # MAX_PATH: a path's bound (PATH_MAX)
+from coordinator.policy import Policy
 from coordinator.state import Action, CookieTarget, FidTarget, Item, Kind, Requester, State
-from hsm.hsmflags import HS_ALL, HSM_REQUEST_FLAGS
+from hsm.hsmflags import HS_ALL, HSM_REQUEST_FLAGS, resolve_archive_id
 from hsm.v1 import agent_pb2, coordinator_pb2, types_pb2
 from hsm.wire import FSNAME_RULE, MAX_NAME, fid_from_pb, fid_to_pb, name_problem, valid_fsname
 
@@ -45,7 +46,11 @@ def check_fsname(fsname: str, where: str) -> None:
         raise InvalidRequest(f"{where}: fsname {quoted(fsname)} must be {FSNAME_RULE}")
 
 
-def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collection[int]) -> Item:
+def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collection[int],
+                 admission: Admission | None = None) -> Item:
+    """The checked Item of *pb*, or InvalidRequest. With *admission* (the
+    leader's policy, its version and the default archive id), the item
+    carries the admission rules that hold for it (``Item.admitted``)."""
     where = f"item {index}"
     check_fsname(pb.fsname, where)
     if not pb.HasField("fid") or pb.fid.seq == 0:
@@ -91,6 +96,12 @@ def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collec
         size = pb.size
     r = pb.requester
     key = pb.idempotency_key or (f"{r.initiator}:{r.cookie}" if r.cookie else "")
+    admitted = None
+    if admission is not None and admission.policy.rules:
+        archive_id = resolve_archive_id(pb.archive_id, hsm_archive_id, admission.default_archive_id)
+        admitted = (admission.version, archive_id,
+                    admission.policy.holding(kind, archive_id, pb.path, size if size >= 0 else None,
+                                             r.uid, r.gid, r.projid, r.initiator))
     return Item(
         fsname=pb.fsname,
         fid=fid_from_pb(pb.fid),
@@ -109,16 +120,26 @@ def item_from_pb(pb: coordinator_pb2.SubmitItem, index: int, archive_ids: Collec
         hsm_ctime=hsm_ctime,
         path=pb.path,
         size=size,
+        admitted=admitted,
     )
 
 
-def items_from_pb(req: coordinator_pb2.SubmitRequest, archive_ids: Collection[int]) -> list[Item]:
+class Admission(NamedTuple):
+    """What a leader decides admission with, once for every replica."""
+
+    policy: Policy
+    version: int
+    default_archive_id: int
+
+
+def items_from_pb(req: coordinator_pb2.SubmitRequest, archive_ids: Collection[int],
+                  admission: Admission | None = None) -> list[Item]:
     n = len(req.items)
     if n == 0:
         raise InvalidRequest("a submit needs at least one item")
     if n > MAX_ITEMS:
         raise InvalidRequest(f"{n} items in one submit, at most {MAX_ITEMS}: split the batch")
-    return [item_from_pb(pb, i, archive_ids) for i, pb in enumerate(req.items)]
+    return [item_from_pb(pb, i, archive_ids, admission) for i, pb in enumerate(req.items)]
 
 
 def fid_target_from_pb(pb: coordinator_pb2.FidSelector, where: str) -> FidTarget:

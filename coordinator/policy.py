@@ -256,46 +256,135 @@ class Rule:
 _NO_DECISION: Final = Decision()
 
 
-class _Matcher:
-    """The candidate rules of a plan (in order), with what tells their
-    decision on a path and a size from two C-level lookups instead of a
-    Python loop over the rules: one regex that tries every path rule's
-    globs at once (a lookahead per rule, an empty group set when it holds)
-    and the interval of the sizes' bounds the size falls in. The decisions
-    met so far are kept by (which path rules hold, size interval), bounded;
-    a new combination is decided by :func:`_evaluate` itself."""
+class _RuleIndex:
+    """The rules of a policy as bit masks (bit i: rule i, in order), so that
+    a request is decided by a few integer operations instead of a Python
+    loop over the rules:
 
-    __slots__ = ("rules", "paths", "edges", "seen")
+    * the rules whose kind, archive id, initiator and id conditions hold,
+      per (kind, archive id, uid, gid, projid, initiator): few of those in
+      any flood, kept;
+    * the path rules that hold for a path: one regex tries every path
+      rule's globs at once (a lookahead per rule; its group is empty when
+      the rule holds, None when not), each groups pattern kept as a mask;
+    * the size rules that hold for a size: a mask per interval between the
+      size bounds of all rules, found by bisection;
+    * the decision of a set of rules that hold: the first deny or allow
+      ends it, and each field comes from the last rule up to that end that
+      sets it (:func:`_evaluate`'s fold), kept by mask.
+
+    Every cache is bounded and derived from the rules alone: a decision
+    does not depend on what was asked before."""
+
+    __slots__ = ("rules", "pathed", "unpathed", "sized", "unsized", "ends", "prio", "tag", "archive", "copies",
+                 "effect", "paths", "path_bits", "edges", "size_masks", "held", "folds", "cands")
 
     def __init__(self, rules: tuple[Rule, ...]) -> None:
         self.rules = rules
+        everyone = (1 << len(rules)) - 1
+
+        def mask(pred: Callable[[Rule], object]) -> int:
+            return sum(1 << i for i, r in enumerate(rules) if pred(r))
+
+        self.pathed = mask(lambda r: r.path_re is not None)
+        self.unpathed = everyone & ~self.pathed
+        self.sized = mask(lambda r: r.size is not None)
+        self.unsized = everyone & ~self.sized
+        self.ends = mask(lambda r: r.deny or r.allow)
+        self.prio = mask(lambda r: r.priority is not None)
+        self.tag = mask(lambda r: r.tag)
+        self.archive = mask(lambda r: r.archive_id)
+        self.copies = mask(lambda r: r.copies)
+        self.effect = self.prio | self.tag | self.archive | self.copies
         pats = [r.path_re.pattern for r in rules if r.path_re is not None]
         self.paths = re.compile("".join(f"(?:(?=(?:{p})\\Z)()|)" for p in pats), re.DOTALL) if pats else None
+        self.path_bits = [1 << i for i, r in enumerate(rules) if r.path_re is not None]
         edges: set[int] = set()
         for r in rules:
             if r.size is not None:
                 edges.update((r.size[0], r.size[1] + 1))
         self.edges = sorted(edges)
-        self.seen: dict[tuple[tuple[str | None, ...] | None, int], Decision] = {}
+        # interval k: the sizes from edges[k - 1] (0 for k = 0) up to edges[k] - 1;
+        # every rule holds for all sizes of an interval or for none
+        self.size_masks = [self.unsized | sum(1 << i for i, r in enumerate(rules)
+                                              if r.size is not None and r.size[0] <= lo <= r.size[1])
+                           for lo in (0, *self.edges)]
+        self.held: dict[tuple[str | None, ...], int] = {}
+        self.folds: dict[int, Decision] = {}
+        self.cands: dict[tuple[int, int, int, int, int, str], int] = {}
 
-    def decide(self, path: str, size: int | None) -> Decision:
-        held = None
-        if path and self.paths is not None:
-            m = self.paths.match(path)
-            held = m.groups() if m is not None else None
-        key = (held, -1 if size is None else bisect.bisect_right(self.edges, size))
-        d = self.seen.get(key)
+    def admit(self, kind: int, archive_id: int, path: str, size: int | None, uid: int, gid: int,
+              projid: int, initiator: str) -> Decision:
+        return self.decide(self.holding(kind, archive_id, path, size, uid, gid, projid, initiator))
+
+    def holding(self, kind: int, archive_id: int, path: str, size: int | None, uid: int, gid: int,
+                projid: int, initiator: str) -> int:
+        """The mask of the rules every condition of which holds for this request."""
+        key = (kind, archive_id, uid, gid, projid, initiator)
+        m = self.cands.get(key)
+        if m is None:
+            m = self._candidates(kind, archive_id, uid, gid, projid, initiator)
+            if len(self.cands) >= ADMIT_CACHE_SIZE:
+                self.cands.clear()
+            self.cands[key] = m
+        if m & self.pathed:
+            held = 0
+            if path and self.paths is not None:
+                groups = self.paths.match(path).groups()  # type: ignore[union-attr]  # every group is optional
+                held = self.held.get(groups, -1)
+                if held < 0:
+                    held = sum(bit for bit, g in zip(self.path_bits, groups, strict=True) if g is not None)
+                    if len(self.held) >= ADMIT_CACHE_SIZE:
+                        self.held.clear()
+                    self.held[groups] = held
+            m &= self.unpathed | held
+        if m & self.sized:
+            m &= self.unsized if size is None else self.size_masks[bisect.bisect_right(self.edges, size)]
+        return m
+
+    def decide(self, m: int) -> Decision:
+        """The decision of the rules of mask *m* (``holding``'s)."""
+        d = self.folds.get(m)
         if d is None:
-            if len(self.seen) >= ADMIT_CACHE_SIZE:
-                self.seen.clear()
-            d = self.seen[key] = _evaluate(self.rules, path, size)
+            d = self._fold(m)
+            if len(self.folds) >= ADMIT_CACHE_SIZE:
+                self.folds.clear()
+            self.folds[m] = d
         return d
 
+    def _candidates(self, kind: int, archive_id: int, uid: int, gid: int, projid: int, initiator: str) -> int:
+        """The mask of the rules whose conditions other than path and size hold."""
+        m = 0
+        for i, r in enumerate(self.rules):
+            if (r.base_match(kind, archive_id, initiator) and (not r.uids or uid in r.uids)
+                    and (not r.gids or gid in r.gids) and (not r.projids or projid in r.projids)):
+                m |= 1 << i
+        return m
 
-#: what the cache holds per key: the decision itself (no candidate rule
-#: looks at path or size), or the candidate rules' matcher
-_Plan = Decision | _Matcher
-_CacheKey = tuple[int, int, int, int, int, str]
+    def _fold(self, m: int) -> Decision:
+        """The decision of the rules of mask *m*, every condition of which holds."""
+        rules = self.rules
+        end = m & self.ends
+        if end:
+            first = (end & -end).bit_length() - 1
+            r = rules[first]
+            if r.deny:
+                return Decision(deny=r.deny, rule=r.name)
+            m &= (2 << first) - 1  # the rules up to the allow
+            name = r.name
+        elif m & self.effect:
+            name = rules[(m & self.effect).bit_length() - 1].name
+        else:
+            return _NO_DECISION
+        got = m & self.prio
+        priority = rules[got.bit_length() - 1].priority if got else None
+        got = m & self.tag
+        tag = rules[got.bit_length() - 1].tag if got else ""
+        got = m & self.archive
+        archive = rules[got.bit_length() - 1].archive_id if got else 0
+        got = m & self.copies
+        copies = rules[got.bit_length() - 1].copies if got else 0
+        return _decision(priority, tag, archive, name, copies)
 
 
 #: batching's and tape's defaults (seconds)
@@ -341,11 +430,8 @@ class Policy:
     _kinds: dict[int, int] = field(default_factory=dict, init=False, compare=False, repr=False)
     _shares: dict[int, int] = field(default_factory=dict, init=False, compare=False, repr=False)
     _masks: dict[str, frozenset[str]] = field(default_factory=dict, init=False, compare=False, repr=False)
-    _cache: dict[_CacheKey, _Plan] = field(default_factory=dict, init=False, compare=False, repr=False)
-    _base: dict[tuple[int, int, str], tuple[Rule, ...]] = field(default_factory=dict, init=False, compare=False,
-                                                                repr=False)
-    #: one matcher per distinct candidate list (many cache keys share one)
-    _matchers: dict[tuple[int, ...], _Matcher] = field(default_factory=dict, init=False, compare=False, repr=False)
+    #: the rules as bit masks, for ``admit`` (built by __post_init__)
+    _index: _RuleIndex | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self._kinds.clear()
@@ -356,16 +442,14 @@ class Policy:
         self._masks.clear()
         self._masks.update(DEFAULT_MASKS)
         self._masks.update(self.request_masks)
-        self._cache.clear()
-        self._base.clear()
-        self._matchers.clear()
+        object.__setattr__(self, "_index", _RuleIndex(self.rules) if self.rules else None)
 
     def __getstate__(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for f in fields(self):
-            object.__setattr__(self, f.name, state[f.name] if f.init else {})
+            object.__setattr__(self, f.name, state[f.name] if f.init else ({} if f.name != "_index" else None))
         self.__post_init__()
 
     # -- what the scheduler and the servicers ask ------------------------------------------------
@@ -399,54 +483,30 @@ class Policy:
               projid: int, initiator: str) -> Decision:
         """The admission rules' decision on one request: *path* "" and
         *size* None are unknown (a path or size condition does not hold)."""
-        if not self.rules:
+        index = self._index
+        if index is None:
             return _NO_DECISION
-        key = (kind, archive_id, uid, gid, projid, initiator)
-        plan = self._cache.get(key)
-        if plan is None:
-            plan = self._plan(kind, archive_id, uid, gid, projid, initiator)
-            cache = self._cache
-            if len(cache) >= ADMIT_CACHE_SIZE:
-                cache.clear()
-            cache[key] = plan
-        if isinstance(plan, Decision):
-            return plan
-        return plan.decide(path, size)
+        return index.admit(kind, archive_id, path, size, uid, gid, projid, initiator)
 
-    def _plan(self, kind: int, archive_id: int, uid: int, gid: int, projid: int, initiator: str) -> _Plan:
-        """The rules that may match requests with these fields, in order,
-        up to the first that ends the evaluation whatever the path and size;
-        or the decision itself when none of them looks at path or size.
-        Made from the rules whose kind, archive id and initiator conditions
-        hold (cached too: a flood from many users has few of those)."""
-        bkey = (kind, archive_id, initiator)
-        base = self._base.get(bkey)
-        if base is None:
-            base = tuple(r for r in self.rules if r.base_match(kind, archive_id, initiator))
-            if len(self._base) >= ADMIT_CACHE_SIZE:
-                self._base.clear()
-            self._base[bkey] = base
-        candidates: list[Rule] = []
-        per_item = False  # whether a candidate looks at the path or size
-        for rule in base:  # ids_match, inline: this runs for every new combination
-            if ((rule.uids and uid not in rule.uids) or (rule.gids and gid not in rule.gids)
-                    or (rule.projids and projid not in rule.projids)):
-                continue
-            candidates.append(rule)
-            if rule.size is not None or rule.path_re is not None:
-                per_item = True
-            elif rule.deny or rule.allow:
-                break  # always reached, always ends it
-        if not per_item:
-            return _evaluate(candidates, "", None)
-        rules = tuple(candidates)
-        ids = tuple(map(id, rules))  # the policy's own rules: ids are stable while it lives
-        matcher = self._matchers.get(ids)
-        if matcher is None:
-            if len(self._matchers) >= ADMIT_CACHE_SIZE:
-                self._matchers.clear()
-            matcher = self._matchers[ids] = _Matcher(rules)
-        return matcher
+    def holding(self, kind: int, archive_id: int, path: str, size: int | None, uid: int, gid: int,
+                projid: int, initiator: str) -> int:
+        """``admit`` in two halves, for a leader that decides once for every
+        replica: the mask of the rules that hold (bit i: rule i; all of the
+        evaluation's cost), and ``decided``, the decision of such a mask."""
+        index = self._index
+        if index is None:
+            return 0
+        return index.holding(kind, archive_id, path, size, uid, gid, projid, initiator)
+
+    def decided(self, mask: int) -> Decision | None:
+        """The decision of a ``holding`` mask of this policy; None for a
+        mask that cannot be one (a bit past its last rule, a negative)."""
+        index = self._index
+        if index is None:
+            return _NO_DECISION if mask == 0 else None
+        if mask < 0 or mask >> len(index.rules):
+            return None
+        return index.decide(mask)
 
     # -- canonical form ----------------------------------------------------------------------------
 

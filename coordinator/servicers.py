@@ -120,7 +120,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Submit(self, request: coordinator_pb2.SubmitRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.SubmitResponse:  # noqa: N802
         node = self.node
         try:
-            items = convert.items_from_pb(request, node.config.archive_ids)
+            # the leader evaluates the admission rules once; the replicas
+            # use its result when they apply the item at the same version
+            items = convert.items_from_pb(request, node.config.archive_ids, convert.Admission(
+                node.policy, node.policy_version, node.config.default_archive_id))
         except (InvalidRequest, ValueError) as exc:
             await context.abort(*_abort_code(exc))
         owner = await self._user(context)

@@ -178,6 +178,12 @@ class Item(NamedTuple):
     #: then does not match)
     path: str = ""
     size: int = -1
+    #: (policy version, archive id, ``Policy.holding`` mask): the admission
+    #: rules the leader found to hold, so that the other replicas do not
+    #: evaluate them again; used only when this shard applies the item at
+    #: that policy version and resolves that archive id (else evaluated
+    #: here, the same way on every replica). None: evaluate at apply.
+    admitted: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1245,8 +1251,13 @@ class ShardState:
             item.archive_id, item.hsm_archive_id, self.config.default_archive_id
         )
         req = item.requester
-        decision = self.policy.admit(item.kind, archive_id, item.path, item.size if item.size >= 0 else None,
-                                     req.uid, req.gid, req.projid, req.initiator)
+        decision = None
+        adm = item.admitted
+        if adm is not None and adm[0] == self.policy_version and adm[1] == archive_id:
+            decision = self.policy.decided(adm[2])
+        if decision is None:
+            decision = self.policy.admit(item.kind, archive_id, item.path, item.size if item.size >= 0 else None,
+                                         req.uid, req.gid, req.projid, req.initiator)
         if decision.deny:
             return SubmitReply(Outcome.REJECTED, errno=E.EPERM,
                                reason=f"refused by policy rule {decision.rule!r}: {decision.deny}")

@@ -1030,11 +1030,11 @@ def test_pickle_round_trip_without_the_cache() -> None:
     before = len(pickle.dumps(p))
     for uid in range(100):
         admit(p, uid=uid, path=f"/scratch/{uid}", size=2**31)
-    assert p._cache and p._base
+    assert p._index is not None and p._index.cands and p._index.folds
     data = pickle.dumps(p)
-    assert len(data) == before  # the cache is not pickled
+    assert len(data) == before  # the index and its caches are not pickled
     q = pickle.loads(data)
-    assert q == p and q.text == p.text and not q._cache
+    assert q == p and q.text == p.text and q._index is not None and not q._index.cands
     assert [r.line for r in q.rules] == [r.line for r in p.rules]
     assert q.mask("user") == p.mask("user") and q.share_weight(7) == 4 and q.kind_weight(RESTORE) == 10
     req = dict(kind=ARCHIVE, uid=1000, gid=100, projid=7, initiator="oss-3", path="/scratch/x", size=2**31)
@@ -1093,7 +1093,32 @@ def test_the_cache_never_changes_a_decision(rule_docs: list[dict[str, Any]],
         for _ in range(2):  # the second time from the cache (when it kept it)
             for req in requests:
                 assert p.admit(*req) == reference(p, *req), req
-        assert len(p._cache) <= cache_size and len(p._base) <= cache_size
+        ix = p._index
+        assert ix is None or max(len(ix.cands), len(ix.held), len(ix.folds)) <= cache_size
+    # the leader's half and the replicas' half give the same decision, from
+    # a copy of the policy that never saw these requests (a follower's)
+    q = parse(p.text)
+    for req in requests:
+        assert q.decided(p.holding(*req)) == reference(p, *req), req
+
+
+def test_decided_refuses_what_cannot_be_a_mask_of_the_policy() -> None:
+    p = rules("""
+        - name: a
+          match: {path: "/x/**"}
+          then: {tag: a}
+        - name: b
+          match: {size: ">= 1G"}
+          then: {deny: too big}
+        """)
+    assert p.holding(ARCHIVE, 1, "/x/y", 5, 0, 0, 0, "c") == 0b01
+    assert p.decided(0b01) == Decision(tag="a", rule="a")
+    assert p.decided(0b11) == Decision(deny="too big", rule="b")  # a deny ends it, whatever came first
+    assert p.decided(0) == Decision()
+    assert p.decided(0b100) is None and p.decided(-1) is None
+    empty = Policy()
+    assert empty.holding(ARCHIVE, 1, "/x/y", 5, 0, 0, 0, "c") == 0
+    assert empty.decided(0) == Decision() and empty.decided(1) is None
 
 
 def test_many_combinations_keep_the_cache_bounded() -> None:
@@ -1104,7 +1129,7 @@ def test_many_combinations_keep_the_cache_bounded() -> None:
         """)
     for uid in range(3 * policy_mod.ADMIT_CACHE_SIZE):
         assert admit(p, uid=uid, path="/x/y").tag == ("a" if uid == 5 else "")
-    assert len(p._cache) <= policy_mod.ADMIT_CACHE_SIZE
+    assert p._index is not None and len(p._index.cands) <= policy_mod.ADMIT_CACHE_SIZE
 
 
 # -- admit() cost: python -m tests.test_policy (not a test: no timing assertion) -------------------------

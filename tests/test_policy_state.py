@@ -99,6 +99,54 @@ def test_admission_rules_decide_at_submit() -> None:
     s.check_invariants()
 
 
+def test_the_leaders_admission_is_used_only_at_its_version_and_archive_id() -> None:
+    """A Submit's items carry the rules the leader found to hold (the mask
+    of ``Policy.holding``): a replica applying the item at that policy
+    version and archive id takes the leader's word for it (here a mask
+    that says the scratch rule holds for a path it does not match, which
+    only a carried mask can do), and evaluates the rules itself in every
+    other case: another version (a policy set between the leader's
+    evaluation and this entry), another archive id, a mask that cannot be
+    one of this policy."""
+    s = shard()
+    set_policy(s, RULES)
+    v = s.policy_version
+    deny, vip = 0b001, 0b100
+    res = s.apply(Submit(1.0, (
+        item(1, path="/home/a")._replace(admitted=(v, 1, deny)),  # used: refused
+        item(2, path="/home/a")._replace(admitted=(v - 1, 1, deny)),  # older version: evaluated
+        item(3, path="/home/a")._replace(admitted=(v, 2, deny)),  # another archive id: evaluated
+        item(4, path="/home/a")._replace(admitted=(v, 1, 0b1000)),  # past the last rule: evaluated
+        item(5, path="/home/a")._replace(admitted=(v, 1, vip)),  # used: priority 7 for uid 0
+    ))).replies
+    assert (res[0].outcome, res[0].reason) == (Outcome.REJECTED,
+                                               "refused by policy rule 'no-scratch': scratch is never archived")
+    assert [r.outcome for r in res[1:]] == [Outcome.CREATED] * 4
+    assert [s.get(r.action_id).priority for r in res[1:]] == [0, 0, 0, 7]  # type: ignore[union-attr]
+    # a new version: the same masks are evaluated again, and the result is the new policy's
+    set_policy(s, RULES.replace("priority: 7", "priority: 3"))
+    res = s.apply(Submit(2.0, (item(6, uid=1000)._replace(admitted=(v, 1, 0)),))).replies
+    assert s.get(res[0].action_id).priority == 3  # type: ignore[union-attr]
+    s.check_invariants()
+
+
+def test_items_from_the_wire_carry_the_leaders_admission() -> None:
+    from coordinator.convert import Admission, items_from_pb
+    from coordinator.policy import parse
+    from hsm.client import submit_item
+    from hsm.v1 import coordinator_pb2
+
+    req = coordinator_pb2.SubmitRequest(items=[
+        submit_item(FS, Fid(0x200000400, 1, 0), "archive", path="/scratch/x", size=5),
+        submit_item(FS, Fid(0x200000400, 2, 0), "archive", 2, path="/home/y", size=2 << 30),
+        submit_item(FS, Fid(0x200000400, 3, 0), "restore", hsm=(0x9, 2), path="/home/z"),
+    ])
+    got = items_from_pb(req, {1, 2}, Admission(parse(RULES), 4, 1))
+    assert [it.admitted for it in got] == [(4, 1, 0b001), (4, 2, 0b010), (4, 2, 0)]
+    assert all(it.admitted is None for it in items_from_pb(req, {1, 2}))
+    assert all(it.admitted is None for it in items_from_pb(req, {1, 2}, Admission(parse(""), 4, 1)))
+
+
 def test_a_rule_tag_replaces_the_requesters_and_an_unconfigured_archive_id_is_refused() -> None:
     s = shard()
     set_policy(s, "rules: [{name: r, match: {uid: 5}, then: {tag: t2}}, "

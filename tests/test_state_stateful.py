@@ -57,6 +57,9 @@ items = st.builds(
     flags=st.sampled_from([0, 0, 0x1, 0x4]),
     hsm_archive_id=st.sampled_from([0, 1, 2]),
     data_version=st.sampled_from([0, 0, 1, 2]),
+    # a leader's admission finding, right or wrong for this shard's policy:
+    # used only at its version and archive id, evaluated otherwise
+    admitted=st.one_of(st.none(), st.tuples(st.integers(0, 2), st.sampled_from([1, 2]), st.integers(-1, 3))),
 )
 
 

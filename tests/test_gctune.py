@@ -1,0 +1,69 @@
+"""The garbage collector settings of the replicas and agentd (hsm/gctune.py)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from hsm import gctune
+
+
+@pytest.fixture
+def restored_gc() -> Iterator[None]:
+    before = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_unset_or_blank_gives_the_service_thresholds() -> None:
+    assert gctune.thresholds(None) == gctune.thresholds("") == gctune.thresholds("  ") == (50_000, 50, 200)
+
+
+def test_thresholds_from_the_environment() -> None:
+    assert gctune.thresholds("700,10,10") == (700, 10, 10)
+    assert gctune.thresholds("0,0,0") == (0, 0, 0)
+
+
+@pytest.mark.parametrize("text", ["700,10", "1,2,3,4", "a,b,c", "-1,10,10", "700,,10", "7e2,10,10", "2000000000,1,1"])
+def test_malformed_thresholds_are_refused_saying_what_is_wanted(text: str) -> None:
+    with pytest.raises(ValueError, match="three whole numbers from 0 to 10\\*\\*9"):
+        gctune.thresholds(text)
+
+
+def test_tune_sets_the_thresholds_and_freezes_what_exists(restored_gc: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(gctune.ENV, raising=False)
+    assert gctune.tune_for_service() == gctune.SERVICE_THRESHOLDS
+    assert gc.get_threshold() == gctune.SERVICE_THRESHOLDS
+    assert gc.get_freeze_count() > 1000  # the modules, classes and functions imported so far
+
+
+def test_a_malformed_setting_warns_and_keeps_the_service_thresholds(
+        restored_gc: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv(gctune.ENV, "lots")
+    assert gctune.tune_for_service() == gctune.SERVICE_THRESHOLDS
+    assert "HSM_GC_THRESHOLDS='lots': three whole numbers" in caplog.text
+
+
+def test_cyclic_garbage_is_still_collected(restored_gc: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the collector is for: cycles made after tuning go with the next
+    young collection (forced here: a real one comes after 50,000 objects)."""
+    monkeypatch.delenv(gctune.ENV, raising=False)
+    gctune.tune_for_service()
+
+    class Node:
+        def __init__(self) -> None:
+            self.other: Node | None = None
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b
+    assert gone() is not None  # a cycle: reference counting alone keeps it
+    gc.collect(0)
+    assert gone() is None
