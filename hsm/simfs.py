@@ -773,7 +773,25 @@ class SimFS:
         if self._rel(p.parent.resolve() / p.name).parts[:1] in ((META_DIR,), (DOT_LUSTRE,)):
             raise ValueError(f"{p} is simfs metadata, not a file of the tree")
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        return self.import_existing(p, size, archive_id, uid, gid, mode, mtime_ns, mtime_ns)
+
+    def import_existing(self, path: Path | str, size: int, archive_id: int, uid: int = -1, gid: int = -1,
+                        mode: int = 0o644, atime_ns: int | None = None, mtime_ns: int | None = None) -> Fid:
+        """``LL_IOC_HSM_IMPORT`` on the empty file *path* (created by the
+        caller, as llapi_hsm_import does): ``import_released`` without the
+        create. ``OSError(EINVAL)`` unless *path* is an empty regular file
+        that simfs has never given an HSM state."""
+        if size < 0 or not 0 < archive_id <= _U64:
+            raise ValueError(f"import: size {size} and archive id {archive_id} must be >= 0 and > 0")
+        p = Path(os.path.abspath(path))
+        if self._rel(p.parent.resolve() / p.name).parts[:1] in ((META_DIR,), (DOT_LUSTRE,)):
+            raise ValueError(f"{p} is simfs metadata, not a file of the tree")
+        fd = os.open(p, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != 0 or _getxattr(p, XATTR_HSM) is not None:
+                raise OSError(errno.EINVAL, "import needs a new empty file", str(p))
             os.ftruncate(fd, size)
             if uid >= 0 or gid >= 0:
                 os.fchown(fd, uid, gid)
@@ -782,7 +800,7 @@ class SimFS:
         finally:
             os.close(fd)
         if mtime_ns is not None:
-            os.utime(p, ns=(mtime_ns, mtime_ns))
+            os.utime(p, ns=(mtime_ns if atime_ns is None else atime_ns, mtime_ns))
         real = p.resolve()
         with self._locked():
             fid = self._identify_locked(real)

@@ -85,12 +85,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("files", nargs="+", metavar="PATH|FID", help="a file of a simfs tree or Lustre, or a FID")
     st.add_argument("--fsname", default="", help="the file system of the FIDs given (default: any)")
     st.add_argument("--json", action="store_true", help="JSON output")
-    re_ = sub.add_parser("restore", help="recreate a deleted file from its copy")
+    re_ = sub.add_parser("restore", help="recreate a deleted file from its copy (on Lustre: llapi_hsm_import, "
+                                         "as root, then a restore through the MDT)")
     re_.add_argument("fid", metavar="FID", help="the deleted file's FID (hsmctl catalog ls shows it)")
     re_.add_argument("--to", required=True, metavar="PATH", help="the file to create (it must not exist)")
     re_.add_argument("--archive-id", type=_archive_id, default=0, metavar="N",
                      help="from the copy in this archive id (default: the first)")
-    re_.add_argument("--fsname", default="", help="the file system FID was in (default: the one of PATH)")
+    re_.add_argument("--fsname", default="", help="the file system FID was in (default: the one of PATH; on "
+                                                 "Lustre the one the catalog has it in)")
     re_.add_argument("--no-wait", action="store_true", help="queue the restore and return")
     re_.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
                      help="how long to wait for the restore (default 3600)")

@@ -2113,7 +2113,11 @@ def _catalog_orphans(args: argparse.Namespace, ctx: Context) -> int:
 def _catalog_restore(args: argparse.Namespace, ctx: Context) -> int:
     """``catalog restore --to PATH FID``: a released file at PATH with
     the copy's size, owner and mode, given the deleted file's copies, then
-    restored from them (the restore reads the object the catalog names)."""
+    restored from them (the restore reads the object the catalog names).
+    On Lustre the file is made by ``llapi_hsm_import`` and restored through
+    the MDT, in the file system the copy was made from."""
+    import stat as _stat
+
     from hsm.simfs import SimFS as _SimFS
     from hsm.v1 import types_pb2 as tpb
 
@@ -2126,37 +2130,47 @@ def _catalog_restore(args: argparse.Namespace, ctx: Context) -> int:
     if os.path.lexists(dest):
         raise CliError(f"{label} exists: catalog restore creates a new file and never replaces one")
     fs = ctx.mounted(os.path.dirname(dest))
-    if not isinstance(fs, _SimFS):
-        raise CliError(f"{label} is on Lustre: recreating a file there needs llapi_hsm_import, which hsmctl "
-                       "does not call yet (lhsmtool_posix --import does it by hand)")
-    fsname = args.fsname or fs.fsname
+    lustre = not isinstance(fs, _SimFS)
     with _client(args, ctx) as client:
-        entries = client.copies_of(old, fsname)
+        if lustre:
+            # the file system the copy was made from: the new file is made there
+            entries = client.copies_of(old, args.fsname or "")
+            fsnames = sorted({e.fsname for e in entries})
+            if len(fsnames) > 1:
+                raise CliError(f"the catalog has copies of {old} in several file systems ({', '.join(fsnames)}): "
+                               "say which with --fsname", EXIT_USAGE)
+            fsname = args.fsname or (fsnames[0] if fsnames else "")
+        else:
+            fsname = args.fsname or fs.fsname
+            entries = client.copies_of(old, fsname)
         chosen = [e for e in entries if not args.archive_id or e.copy.archive_id == args.archive_id]
         if not chosen:
             where = f" in archive id {args.archive_id}" if args.archive_id else ""
-            raise CliError(f"the catalog has no copy of {old}{where} in file system {fsname}")
+            raise CliError(f"the catalog has no copy of {old}{where}" + (f" in file system {fsname}" if fsname else ""))
         c = chosen[0].copy
-        if fsname == fs.fsname:
-            try:
-                still = fs.path_of(old)
-            except (FileNotFoundError, ValueError):
-                still = None
-            if still is not None:
-                raise CliError(f"{old} still names {path_text(str(still))}: catalog restore recreates deleted "
-                               "files only (restore that one with hsmctl restore)")
+        still = _still_named(fs, old, fsname, dest) if lustre or fsname == fs.fsname else None
+        if still is not None:
+            raise CliError(f"{old} still names {path_text(still)}: catalog restore recreates deleted "
+                           "files only (restore that one with hsmctl restore)")
+        perms = c.mode & 0o7777 if c.mode else 0o644
         try:
-            new = fs.import_released(dest, c.size, c.archive_id, c.uid, c.gid, c.mode or 0o644)
+            if lustre:
+                new = fs.import_released(dest, c.archive_id, c.size, c.uid, c.gid, _stat.S_IFREG | perms,
+                                         time.time_ns())
+            else:
+                new = fs.import_released(dest, c.size, c.archive_id, c.uid, c.gid, perms)
         except OSError as e:
             raise CliError(f"cannot create {label}: {e.strerror or e}") from None
+        new_fsname = fsname if lustre else fs.fsname
         try:
-            client.move_copies(fsname, old, fs.fsname, new)
+            client.move_copies(fsname, old, new_fsname, new)
         except Exception:
             os.unlink(dest)  # no copy is its: the stub would be a file without data
             raise
-        mode = f"{c.mode & 0o7777:04o}" if c.mode else "0644"
-        print(plain_text(f"recreated {label} as {new} (released, {c.size} bytes, {c.uid}:{c.gid}, mode {mode}) "
+        print(plain_text(f"recreated {label} as {new} (released, {c.size} bytes, {c.uid}:{c.gid}, mode {perms:04o}) "
                          f"from the copy of {old} in archive {c.archive_id}"), file=ctx.out)
+        if lustre:
+            return _catalog_restore_lustre(args, ctx, fs, dest, label, new, c.archive_id)
         (res,) = client.submit([client.submit_item(fs.fsname, new, "restore", c.archive_id)])
         if not res.action_id:
             raise CliError(f"the restore of {label} was refused: {res.reason}")
@@ -2174,6 +2188,43 @@ def _catalog_restore(args: argparse.Namespace, ctx: Context) -> int:
             raise CliError(f"the restore of {label} (action {res.action_id}) ended {tpb.ActionState.Name(done.state)}"
                            f": {done.error or done.errno}")
         print(plain_text(f"restored {label} (action {res.action_id})"), file=ctx.out)
+    return ctx.status
+
+
+def _still_named(fs: SimFS | LustreFs, fid: Fid, fsname: str, dest: str) -> str | None:
+    """The path *fid* still names in *fs*, or None when it names no file."""
+    from hsm.simfs import SimFS as _SimFS
+
+    if isinstance(fs, _SimFS):
+        try:
+            return str(fs.path_of(fid))
+        except (FileNotFoundError, ValueError):
+            return None
+    try:
+        # the MDT of the file system that holds dest's directory
+        return fs.api.fid2path(os.path.dirname(dest), fid)
+    except OSError as e:
+        if e.errno == _errno.ENOENT:
+            return None
+        raise CliError(f"cannot tell whether {fid} still names a file: {e.strerror or e}") from None
+
+
+def _catalog_restore_lustre(args: argparse.Namespace, ctx: Context, fs: LustreFs, dest: str, label: str,
+                            new: Fid, archive_id: int) -> int:
+    """The restore of a file ``catalog restore`` imported on Lustre: a
+    RESTORE request to the MDT (which the bridge hands to the coordinator,
+    whose catalog names the object), waited for unless --no-wait."""
+    target = LustreTarget(label, dest, os.stat(dest).st_dev, new, fs.state(dest))
+    try:
+        fs.request(dest, HUA.RESTORE, archive_id, [new])
+    except OSError as e:
+        raise CliError(f"cannot send the RESTORE request of {label} to the MDT: {e.strerror or e}") from None
+    if args.no_wait:
+        print(plain_text(f"restoring {label} (RESTORE sent to the MDT)"), file=ctx.out)
+        return ctx.status
+    _wait_lustre(ctx, fs, "restore", [target], deadline=args.timeout)
+    if ctx.status == 0:
+        print(plain_text(f"restored {label}"), file=ctx.out)
     return ctx.status
 
 

@@ -267,6 +267,12 @@ class LustreFs:
         items = tuple(hal.UserItem(f) for f in fids)
         self.api.request(os.path.realpath(path), hal.UserRequest(int(action), archive_id, 0, items, data))
 
+    def import_released(self, path: str, archive_id: int, size: int, uid: int, gid: int, mode: int,
+                        mtime_ns: int) -> Fid:
+        """``llapi_hsm_import`` (``lhsmtool_posix --import``): a new released
+        file at *path* whose data is in *archive_id*; its FID."""
+        return self.api.hsm_import(path, archive_id, size, uid, gid, mode, mtime_ns, mtime_ns)
+
     def release(self, path: str, fid: Fid) -> None:
         """``lfs hsm_release``: a HUA_RELEASE request of one file."""
         self.request(path, HUA.RELEASE, 0, [fid])

@@ -15,7 +15,17 @@ import os
 import shutil
 import struct
 import subprocess
-from ctypes import POINTER, c_bool, c_char, c_char_p, c_int, c_longlong, c_uint32, c_uint64
+from ctypes import (
+    POINTER,
+    c_bool,
+    c_char,
+    c_char_p,
+    c_int,
+    c_longlong,
+    c_uint32,
+    c_uint64,
+    c_ulonglong,
+)
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +85,18 @@ LAYOUT: dict[str, tuple[int, dict[str, int]]] = {
         {"kuc_magic": 0, "kuc_transport": 2, "kuc_flags": 3, "kuc_msgtype": 4, "kuc_msglen": 6},
     ),
 }
+#: ``struct stat`` of x86_64 (<sys/stat.h>, glibc; the kernel's layout):
+#: the C compiler checks these against its own header below.
+STAT_X86_64 = (
+    144,
+    {
+        "st_dev": 0, "st_ino": 8, "st_nlink": 16, "st_mode": 24, "st_uid": 28, "st_gid": 32, "__pad0": 36,
+        "st_rdev": 40, "st_size": 48, "st_blksize": 56, "st_blocks": 64, "st_atim": 72, "st_mtim": 88,
+        "st_ctim": 104, "__glibc_reserved": 120,
+    },
+)
+if api.STAT_MACHINE == "x86_64":
+    LAYOUT["stat"] = STAT_X86_64
 #: Packed in the header: no padding anywhere, alignment 1.
 PACKED = {"lu_fid", "hsm_extent", "hsm_action_item", "hsm_action_list", "hsm_user_item", "hsm_user_request"}
 OPAQUE = {"hsm_copytool_private", "hsm_copyaction_private"}
@@ -93,7 +115,7 @@ def test_structure_layout(name: str) -> None:
 
 
 def test_every_struct_has_a_structure() -> None:
-    assert set(api.STRUCTURES) == set(LAYOUT) | OPAQUE
+    assert set(api.STRUCTURES) == set(LAYOUT) | OPAQUE | {"stat"}  # stat: checked on x86_64 only
     for name in OPAQUE:
         assert not hasattr(api.STRUCTURES[name], "_fields_")
 
@@ -106,6 +128,7 @@ _SCALARS: dict[str, Any] = {
     "__u32": c_uint32,
     "__u64": c_uint64,
     "long long": c_longlong,
+    "unsigned long long": c_ulonglong,
     "char": c_char,
 }
 
@@ -126,7 +149,7 @@ def ctypes_of(ctype: str) -> Any:
 
 def test_binding_loads_exactly_the_prototyped_functions() -> None:
     assert set(api.FUNCTIONS) == prototypes.names()
-    assert len(prototypes.PROTOTYPES) == len(prototypes.names()) == 19
+    assert len(prototypes.PROTOTYPES) == len(prototypes.names()) == 20
 
 
 @pytest.mark.parametrize("proto", prototypes.PROTOTYPES)
@@ -173,6 +196,7 @@ STUB_C = r"""
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 typedef unsigned char __u8;
 typedef unsigned short __u16;
@@ -408,6 +432,22 @@ int llapi_hsm_action_get_dfid(const struct hsm_copyaction_private *hcp, struct l
     *fid = hcp->hai.hai_dfid;
     return 0;
 }
+
+/* what hsm_import's struct stat holds, read through the system's header */
+int llapi_hsm_import(const char *dst, int archive, const struct stat *st, unsigned long long stripe_size,
+                     int stripe_offset, int stripe_count, int stripe_pattern, char *pool_name,
+                     struct lu_fid *newfid) {
+    keep_path(dst);
+    if (strcmp(dst, "/mnt/lustre/exists") == 0)
+        return -EEXIST;
+    stub_u64[0] = (__u64)st->st_size; stub_u64[1] = (__u64)st->st_mtim.tv_sec;
+    stub_u64[2] = (__u64)st->st_mtim.tv_nsec; stub_u64[3] = (__u64)st->st_atim.tv_sec;
+    stub_int[0] = archive; stub_int[1] = (int)st->st_uid; stub_int[2] = (int)st->st_gid;
+    stub_int[3] = (int)st->st_mode; stub_int[4] = (int)stripe_size; stub_int[5] = stripe_offset;
+    stub_int[6] = stripe_count + stripe_pattern; stub_int[7] = pool_name == NULL;
+    newfid->f_seq = 0x200000401ULL; newfid->f_oid = 0x7; newfid->f_ver = 0;
+    return 0;
+}
 """
 
 # functions the stub leaves out: the binding must fail only when they are called
@@ -483,6 +523,21 @@ def test_exports_and_missing_symbols(lapi: api.LustreApi, stub_lib: Path) -> Non
     with pytest.raises(api.LustreApiUnavailable, match="does not export llapi_open_by_fid"):
         lapi.open_by_fid("/mnt/lustre", Fid(0x200000400, 1), os.O_RDONLY)
     assert lapi.loaded
+
+
+def test_hsm_import_passes_the_stat_the_system_header_reads(lapi: api.LustreApi, lib: ctypes.CDLL) -> None:
+    """``llapi_hsm_import(dst, archive, const struct stat *, stripe..., pool, newfid)``:
+    the library reads size, owner, mode and times through its own <sys/stat.h>."""
+    if api.STAT_MACHINE != "x86_64":
+        pytest.skip(f"struct stat is checked on x86_64 only (this is {api.STAT_MACHINE})")
+    fid = lapi.hsm_import("/mnt/lustre/new", 3, 123_456_789_012, 1001, 100, 0o100640,
+                          1_700_000_000_250_000_000, 1_600_000_000_123_456_789)
+    assert fid == Fid(0x200000401, 7, 0) and last_path(lib) == "/mnt/lustre/new"
+    assert list(u64s(lib)) == [123_456_789_012, 1_600_000_000, 123_456_789, 1_700_000_000]
+    # archive, uid, gid, mode; the default striping (size 0, offset -1, count + pattern 0), no pool
+    assert list(ints(lib))[:8] == [3, 1001, 100, 0o100640, 0, -1, 0, 1]
+    with pytest.raises(FileExistsError):
+        lapi.hsm_import("/mnt/lustre/exists", 3, 1, 0, 0, 0o100644, 0, 0)
 
 
 def test_path2fid_and_enoent(lapi: api.LustreApi, lib: ctypes.CDLL) -> None:

@@ -184,3 +184,59 @@ def test_a_cancel_at_the_mdt_stops_the_running_transfer_on_its_mover(rig: Rig) -
     assert not object_path(rig.archive, fid).exists()
     assert not list(object_path(rig.archive, fid).parent.glob(fid.bare + "_tmp*")), "the partial copy is gone"
     assert not rig.flags(fid) & HS.ARCHIVED
+
+
+def test_catalog_restore_recreates_a_deleted_file_on_lustre_through_llapi_hsm_import(rig: Rig) -> None:
+    """``hsmctl catalog restore --to PATH FID`` on a Lustre mount: the file
+    archived through the MDT is deleted; hsmctl imports a released file at
+    PATH with llapi_hsm_import (the stand-in library, root), gives it the
+    old FID's copy and sends the RESTORE to the MDT, which the bridge hands
+    to the coordinator: the mover reads the object the catalog names (the
+    old FID's), and PATH has the bytes, owner and mode back."""
+    from coordinator.config import ADMIN_CERT
+
+    rig.start_bridge("--mdt-max-requests", "1000")
+    rig.start_agentd()
+    data = os.urandom(70_001)
+    path = rig.fs.root / "proj" / "b.dat"
+    path.parent.mkdir()
+    path.write_bytes(data)
+    os.chown(path, 1234, 567)
+    os.chmod(path, 0o640)
+    old = rig.api.path2fid(path)
+    rig.request_in_batches(HUA.ARCHIVE, [old])
+    until(lambda: rig.flags(old) & HS.ARCHIVED, 60, "the file ARCHIVED", interval=0.1)
+    until(lambda: rig.client.copies_of(old, FSNAME), 30, "its copy in the catalog", interval=0.1)
+    path.unlink()
+
+    def hsmctl(*args: str) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, HSM_LIBLUSTREAPI=str(rig.lib))
+        return subprocess.run([sys.executable, "-m", "hsmctl.cli", "--coordinators", rig.address,
+                               *rig.pki.args(ADMIN_CERT), "--fs", "lustre", "catalog", "restore", *args],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    dest = rig.fs.root / "proj" / "b.back"
+    r = hsmctl("--to", str(dest), "--timeout", "60", str(old))
+    assert r.returncode == 0, r.stdout + r.stderr
+    new = rig.api.path2fid(dest)
+    assert new != old
+    lines = r.stdout.splitlines()
+    assert lines == [f"recreated {dest} as {new} (released, 70001 bytes, 1234:567, mode 0640) from the copy of "
+                     f"{old} in archive 1", f"restored {dest}"], r.stdout
+    assert dest.read_bytes() == data
+    st = dest.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 567, 0o640)
+    assert not rig.flags(new) & HS.RELEASED and rig.flags(new) & HS.ARCHIVED
+    # the catalog follows: the copy is the new FID's, the object is the old one's
+    (entry,) = rig.client.copies_of(new, FSNAME)
+    assert entry.copy.key and (rig.archive / entry.copy.key).read_bytes() == data
+    assert rig.client.copies_of(old, FSNAME) == []
+    # again: PATH exists, and the old FID has no copy left: refused, nothing changes
+    r = hsmctl("--to", str(dest), str(old))
+    assert r.returncode == 1 and f"{dest} exists" in r.stderr
+    other = rig.fs.root / "proj" / "c"
+    r = hsmctl("--to", str(other), str(old))
+    assert r.returncode == 1 and f"the catalog has no copy of {old}" in r.stderr and not other.exists()
+    # a FID that still names a file is refused before anything is created
+    r = hsmctl("--to", str(other), str(new))
+    assert r.returncode == 1 and f"{new} still names" in r.stderr and not other.exists()

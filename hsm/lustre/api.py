@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import threading
 from collections.abc import Sequence
 from ctypes import (
@@ -34,11 +35,14 @@ from ctypes import (
     c_char,
     c_char_p,
     c_int,
+    c_int32,
+    c_int64,
     c_longlong,
     c_uint8,
     c_uint16,
     c_uint32,
     c_uint64,
+    c_ulonglong,
 )
 from typing import Any
 
@@ -227,6 +231,41 @@ class HsmCopyactionPrivate(Structure):
     """``struct hsm_copyaction_private``: opaque, only ever behind a pointer."""
 
 
+class Timespec(Structure):
+    """``struct timespec`` (64-bit Linux)."""
+
+    _fields_ = [("tv_sec", c_int64), ("tv_nsec", c_int64)]
+
+
+#: ``struct stat`` of the 64-bit Linux ABIs whose layout is known here (it
+#: is the kernel's, as glibc exposes it); llapi_hsm_import reads the size,
+#: owner, mode and times of the file it creates from one. x86_64 is checked
+#: against the C compiler's <sys/stat.h> by tests/test_lustre_api.py;
+#: aarch64 follows asm-generic/stat.h, and is not checked on this machine.
+_STAT_FIELDS: dict[str, list[tuple[str, Any]]] = {
+    "x86_64": [
+        ("st_dev", c_uint64), ("st_ino", c_uint64), ("st_nlink", c_uint64), ("st_mode", c_uint32),
+        ("st_uid", c_uint32), ("st_gid", c_uint32), ("__pad0", c_int), ("st_rdev", c_uint64),
+        ("st_size", c_int64), ("st_blksize", c_int64), ("st_blocks", c_int64), ("st_atim", Timespec),
+        ("st_mtim", Timespec), ("st_ctim", Timespec), ("__glibc_reserved", c_int64 * 3),
+    ],
+    "aarch64": [
+        ("st_dev", c_uint64), ("st_ino", c_uint64), ("st_mode", c_uint32), ("st_nlink", c_uint32),
+        ("st_uid", c_uint32), ("st_gid", c_uint32), ("st_rdev", c_uint64), ("__pad1", c_uint64),
+        ("st_size", c_int64), ("st_blksize", c_int32), ("__pad2", c_int32), ("st_blocks", c_int64),
+        ("st_atim", Timespec), ("st_mtim", Timespec), ("st_ctim", Timespec), ("__glibc_reserved", c_int32 * 2),
+    ],
+}
+STAT_MACHINE = platform.machine()
+
+
+class Stat(Structure):
+    """``struct stat`` of this machine (:data:`_STAT_FIELDS`); empty on a
+    machine whose layout is not known, where ``hsm_import`` refuses."""
+
+    _fields_ = _STAT_FIELDS.get(STAT_MACHINE, [])
+
+
 #: C struct name -> ctypes Structure, for every struct the binding knows.
 STRUCTURES: dict[str, type[Structure]] = {
     "lu_fid": LuFid,
@@ -243,6 +282,7 @@ STRUCTURES: dict[str, type[Structure]] = {
     "kuc_hdr": KucHdr,
     "hsm_copytool_private": HsmCopytoolPrivate,
     "hsm_copyaction_private": HsmCopyactionPrivate,
+    "stat": Stat,
 }
 
 _CtPtr = POINTER(HsmCopytoolPrivate)
@@ -276,6 +316,10 @@ FUNCTIONS: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "llapi_path2fid": (c_int, (c_char_p, POINTER(LuFid))),
     "llapi_open_by_fid": (c_int, (c_char_p, POINTER(LuFid), c_int)),
     "llapi_get_mdt_index_by_fid": (c_int, (c_int, POINTER(LuFid), POINTER(c_int))),
+    "llapi_hsm_import": (
+        c_int,
+        (c_char_p, c_int, POINTER(Stat), c_ulonglong, c_int, c_int, c_int, POINTER(c_char), POINTER(LuFid)),
+    ),
 }
 
 
@@ -451,6 +495,28 @@ class LustreApi:
         rc = self.function("llapi_get_data_version")(fd, ctypes.byref(dv), flags)
         _raise(rc, None)
         return int(dv.value)
+
+    def hsm_import(self, dst: str | os.PathLike[str], archive_id: int, size: int, uid: int, gid: int,
+                   mode: int, atime_ns: int, mtime_ns: int) -> Fid:
+        """``llapi_hsm_import`` (``lhsmtool_posix --import``): a new file at
+        *dst*, released, with no data: *size* bytes whose data is in
+        *archive_id*, owned by *uid*:*gid*, with *mode* (the permission
+        bits and the file type) and the times given. The default striping
+        (a restore lays the data out). Its new FID; ``OSError`` with
+        liblustreapi's errno (EEXIST: *dst* exists)."""
+        if not Stat._fields_:
+            raise LustreApiUnavailable(f"llapi_hsm_import needs struct stat, whose layout on {STAT_MACHINE} "
+                                       "this binding does not know (x86_64 and aarch64 only)")
+        st = Stat()
+        st.st_size = size
+        st.st_uid, st.st_gid, st.st_mode = uid, gid, mode
+        st.st_atim = Timespec(*divmod(atime_ns, 10**9))
+        st.st_mtim = Timespec(*divmod(mtime_ns, 10**9))
+        fid = LuFid()
+        rc = self.function("llapi_hsm_import")(_path(dst), archive_id, ctypes.byref(st), 0, -1, 0, 0, None,
+                                               ctypes.byref(fid))
+        _raise(rc, os.fspath(dst))
+        return fid.to_fid()
 
     def path2fid(self, path: str | os.PathLike[str]) -> Fid:
         """``llapi_path2fid``."""

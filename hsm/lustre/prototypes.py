@@ -37,6 +37,7 @@ PROTOTYPES: tuple[str, ...] = (
     "int llapi_path2fid(const char *path, struct lu_fid *fid);",
     "int llapi_open_by_fid(const char *lustre_dir, const struct lu_fid *fid, int open_flags);",
     "int llapi_get_mdt_index_by_fid(int fd, const struct lu_fid *fid, int *mdt_index);",
+    "int llapi_hsm_import(const char *dst, int archive, const struct stat *st, unsigned long long stripe_size, int stripe_offset, int stripe_count, int stripe_pattern, char *pool_name, struct lu_fid *newfid);",
 )
 
 

@@ -145,6 +145,19 @@ struct hsm_state_set {
 	__u64 hss_clearmask;
 };
 
+/* LL_IOC_HSM_IMPORT's argument (lustre_user.h) */
+struct hsm_user_import {
+	__u64 hui_size;
+	__u64 hui_atime;
+	__u64 hui_mtime;
+	__u32 hui_atime_ns;
+	__u32 hui_mtime_ns;
+	__u32 hui_uid;
+	__u32 hui_gid;
+	__u32 hui_mode;
+	__u32 hui_archive_id;
+};
+
 struct kuc_hdr {
 	__u16 kuc_magic;
 	__u8 kuc_transport;
@@ -260,6 +273,7 @@ enum mdt_op {
 	OP_DATA_VERSION		= 10,
 	OP_PATH2FID		= 11,
 	OP_FID2PATH		= 12,
+	OP_IMPORT		= 19,
 };
 
 struct mdt_request_hdr {
@@ -1136,6 +1150,49 @@ int llapi_path2fid(const char *path, struct lu_fid *fid)
 	rc = path_call(path, OP_PATH2FID, NULL, 0, fid, sizeof(*fid), &anslen);
 	if (rc == 0 && anslen != sizeof(*fid))
 		rc = -EPROTO;
+	return rc;
+}
+
+/* lhsmtool_posix --import: a new file at @dst, released, whose data is in
+ * archive @archive, with @st's size, owner, mode and times. Like the real
+ * library: the client creates the file (here with O_EXCL: the real open
+ * with a released layout fails on a file that has one), then the MDT makes
+ * it an imported, released file (LL_IOC_HSM_IMPORT); on any error the new
+ * file is unlinked. The striping and pool are ignored, as a restore lays
+ * the data out. */
+int llapi_hsm_import(const char *dst, int archive, const struct stat *st,
+		     unsigned long long stripe_size, int stripe_offset,
+		     int stripe_count, int stripe_pattern, char *pool_name,
+		     struct lu_fid *newfid)
+{
+	struct hsm_user_import hui;
+	size_t anslen = 0;
+	int fd;
+	int rc;
+
+	(void)stripe_size; (void)stripe_offset; (void)stripe_count;
+	(void)stripe_pattern; (void)pool_name;
+	if (dst == NULL || st == NULL || newfid == NULL || archive <= 0)
+		return -EINVAL;
+	fd = open(dst, O_CREAT | O_EXCL | O_WRONLY | O_NONBLOCK | O_CLOEXEC, st->st_mode & 07777);
+	if (fd < 0)
+		return -errno;
+	close(fd);
+	memset(&hui, 0, sizeof(hui));
+	hui.hui_size = (__u64)st->st_size;
+	hui.hui_atime = (__u64)st->st_atim.tv_sec;
+	hui.hui_atime_ns = (__u32)st->st_atim.tv_nsec;
+	hui.hui_mtime = (__u64)st->st_mtim.tv_sec;
+	hui.hui_mtime_ns = (__u32)st->st_mtim.tv_nsec;
+	hui.hui_uid = st->st_uid;
+	hui.hui_gid = st->st_gid;
+	hui.hui_mode = st->st_mode;
+	hui.hui_archive_id = (__u32)archive;
+	rc = path_call(dst, OP_IMPORT, &hui, sizeof(hui), newfid, sizeof(*newfid), &anslen);
+	if (rc == 0 && anslen != sizeof(*newfid))
+		rc = -EPROTO;
+	if (rc < 0)
+		unlink(dst);
 	return rc;
 }
 

@@ -473,6 +473,7 @@ class Mdt:
             P.OP_SET_PARAM: self._op_set_param,
             P.OP_SHUTDOWN_COPYTOOLS: self._op_shutdown_copytools,
             P.OP_GET_PARAM: self._op_get_param,
+            P.OP_IMPORT: self._op_import,
         }
         handler = handlers.get(op)
         if handler is None:
@@ -1150,6 +1151,18 @@ class Mdt:
         fid = self._volatile_fid(path)
         if fid is None:
             fid = self.fs.fid_of(path)
+        return 0, fid.pack()
+
+    def _op_import(self, payload: bytes, admin: bool) -> tuple[int, bytes]:
+        """``LL_IOC_HSM_IMPORT`` (``ll_hsm_import``: root only) on the empty
+        file llapi_hsm_import just created: it becomes released, archived
+        in the archive given, with the size, owner, mode and times given."""
+        if not admin:
+            return -errno.EPERM, b""
+        size, atime, mtime, atime_ns, mtime_ns, uid, gid, mode, archive_id = P.HSM_USER_IMPORT.unpack_from(payload)
+        path = self._path(payload[P.HSM_USER_IMPORT.size:])
+        fid = self.fs.import_existing(path, size, archive_id, uid, gid, mode,
+                                      atime * 10**9 + atime_ns, mtime * 10**9 + mtime_ns)
         return 0, fid.pack()
 
     def _op_fid2path(self, payload: bytes, admin: bool) -> tuple[int, bytes]:

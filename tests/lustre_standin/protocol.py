@@ -82,6 +82,9 @@ OP_PING = 17
 #: name (``active_requests``) -> the text ``lctl get_param -n
 #: mdt.<fsname>-MDT0000.hsm.<name>`` prints on the MDS (root only).
 OP_GET_PARAM = 18
+#: ``struct hsm_user_import`` (48 bytes) + path of a new empty file ->
+#: ``struct lu_fid`` (``LL_IOC_HSM_IMPORT``; llapi_hsm_import created the file).
+OP_IMPORT = 19
 
 OP_NAMES = {v: k[3:] for k, v in dict(globals()).items() if k.startswith("OP_") and isinstance(v, int)}
 
@@ -90,6 +93,9 @@ HSS_SETMASK = 0x01
 HSS_CLEARMASK = 0x02
 HSS_ARCHIVE_ID = 0x04
 HSM_STATE_SET = struct.Struct("<IIQQ")
+#: ``struct hsm_user_import``: u64 size, atime, mtime; u32 atime_ns, mtime_ns,
+#: uid, gid, mode, archive_id.
+HSM_USER_IMPORT = struct.Struct("<QQQIIIIII")
 #: ``struct hsm_copy``: u64 hc_data_version, u16 hc_flags, u16 hc_errval,
 #: u32 padding, then a 72-byte ``struct hsm_action_item``.
 HSM_COPY_HEAD = struct.Struct("<QHHI")
