@@ -3,10 +3,13 @@
 A replica holds every action, requester and catalog copy of its shards: a
 heap of millions of long-lived objects. With CPython's default thresholds
 (700, 10, 10) the cyclic collector runs a full collection each time that
-heap grows by a quarter; measured on the archive flood of 100,000 (3
-replicas x 8 shards, 2 cores): 12 full collections per replica, 2.1 s of a
-7 s run's CPU, the longest one holding the GIL for 0.66 s (a Raft heartbeat
-missed). Reference counting frees almost everything these processes drop:
+heap grows by a quarter; measured with gc.callbacks on the archive flood
+of 100,000 (3 replicas x 8 shards, 2 cores): 12 full collections per
+replica, the longest holding the GIL for 0.66 s (longer than a Raft
+heartbeat). With the settings below none ran during the flood, and
+``bench compare`` (both sides pure Python, bench/results/gc-tuning) gave
+8 % less replica CPU per action. Reference counting frees almost
+everything these processes drop:
 the collector is only for reference cycles, which are few and young (a
 failed call's traceback, a finished task). So:
 
