@@ -38,7 +38,7 @@ import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -256,6 +256,10 @@ class Rule:
 _NO_DECISION: Final = Decision()
 
 
+#: a regex of some path rules, their bits in order, the masks of the group patterns met
+_PathMatcher = tuple[re.Pattern[str], list[int], dict[tuple[str | None, ...], int]]
+
+
 class _RuleIndex:
     """The rules of a policy as bit masks (bit i: rule i, in order), so that
     a request is decided by a few integer operations instead of a Python
@@ -264,9 +268,10 @@ class _RuleIndex:
     * the rules whose kind, archive id, initiator and id conditions hold,
       per (kind, archive id, uid, gid, projid, initiator): few of those in
       any flood, kept;
-    * the path rules that hold for a path: one regex tries every path
-      rule's globs at once (a lookahead per rule; its group is empty when
-      the rule holds, None when not), each groups pattern kept as a mask;
+    * the path rules that hold for a path: one regex per set of candidate
+      path rules tries their globs at once (a lookahead per rule; its group
+      is empty when the rule holds, None when not), each groups pattern
+      kept as a mask;
     * the size rules that hold for a size: a mask per interval between the
       size bounds of all rules, found by bisection;
     * the decision of a set of rules that hold: the first deny or allow
@@ -277,7 +282,8 @@ class _RuleIndex:
     does not depend on what was asked before."""
 
     __slots__ = ("rules", "pathed", "unpathed", "sized", "unsized", "ends", "prio", "tag", "archive", "copies",
-                 "effect", "paths", "path_bits", "edges", "size_masks", "held", "folds", "cands")
+                 "effect", "edges", "size_masks", "folds", "cands", "bases", "by_uid", "by_gid", "by_projid",
+                 "any_uid", "any_gid", "any_projid", "matchers")
 
     def __init__(self, rules: tuple[Rule, ...]) -> None:
         self.rules = rules
@@ -296,9 +302,22 @@ class _RuleIndex:
         self.archive = mask(lambda r: r.archive_id)
         self.copies = mask(lambda r: r.copies)
         self.effect = self.prio | self.tag | self.archive | self.copies
-        pats = [r.path_re.pattern for r in rules if r.path_re is not None]
-        self.paths = re.compile("".join(f"(?:(?=(?:{p})\\Z)()|)" for p in pats), re.DOTALL) if pats else None
-        self.path_bits = [1 << i for i, r in enumerate(rules) if r.path_re is not None]
+        # the id conditions: per id, the rules that name it; and the rules that name none
+        self.by_uid: dict[int, int] = {}
+        self.by_gid: dict[int, int] = {}
+        self.by_projid: dict[int, int] = {}
+        for i, r in enumerate(rules):
+            for ids, table in ((r.uids, self.by_uid), (r.gids, self.by_gid), (r.projids, self.by_projid)):
+                for x in ids:
+                    table[x] = table.get(x, 0) | 1 << i
+        self.any_uid = mask(lambda r: not r.uids)
+        self.any_gid = mask(lambda r: not r.gids)
+        self.any_projid = mask(lambda r: not r.projids)
+        self.bases: dict[tuple[int, int, str], int] = {}
+        #: per mask of candidate path rules: one regex trying their globs at
+        #: once (a lookahead each), their bits in order, and the masks of the
+        #: group patterns met
+        self.matchers: dict[int, _PathMatcher] = {}
         edges: set[int] = set()
         for r in rules:
             if r.size is not None:
@@ -309,9 +328,10 @@ class _RuleIndex:
         self.size_masks = [self.unsized | sum(1 << i for i, r in enumerate(rules)
                                               if r.size is not None and r.size[0] <= lo <= r.size[1])
                            for lo in (0, *self.edges)]
-        self.held: dict[tuple[str | None, ...], int] = {}
         self.folds: dict[int, Decision] = {}
-        self.cands: dict[tuple[int, int, int, int, int, str], int] = {}
+        #: per (kind, archive id, uid, gid, projid, initiator): the rules whose
+        #: other conditions hold, and the matcher of their path rules
+        self.cands: dict[tuple[int, int, int, int, int, str], tuple[int, _PathMatcher | None]] = {}
 
     def admit(self, kind: int, archive_id: int, path: str, size: int | None, uid: int, gid: int,
               projid: int, initiator: str) -> Decision:
@@ -321,22 +341,26 @@ class _RuleIndex:
                 projid: int, initiator: str) -> int:
         """The mask of the rules every condition of which holds for this request."""
         key = (kind, archive_id, uid, gid, projid, initiator)
-        m = self.cands.get(key)
-        if m is None:
+        got = self.cands.get(key)
+        if got is None:
             m = self._candidates(kind, archive_id, uid, gid, projid, initiator)
+            pm = m & self.pathed
+            got = (m, self.matchers.get(pm) or self._matcher(pm) if pm else None)
             if len(self.cands) >= ADMIT_CACHE_SIZE:
                 self.cands.clear()
-            self.cands[key] = m
-        if m & self.pathed:
+            self.cands[key] = got
+        m, matcher = got
+        if matcher is not None:
             held = 0
-            if path and self.paths is not None:
-                groups = self.paths.match(path).groups()  # type: ignore[union-attr]  # every group is optional
-                held = self.held.get(groups, -1)
+            if path:
+                regex, bits, seen = matcher
+                groups = regex.match(path).groups()  # type: ignore[union-attr]  # every group is optional
+                held = seen.get(groups, -1)
                 if held < 0:
-                    held = sum(bit for bit, g in zip(self.path_bits, groups, strict=True) if g is not None)
-                    if len(self.held) >= ADMIT_CACHE_SIZE:
-                        self.held.clear()
-                    self.held[groups] = held
+                    held = sum(bit for bit, g in zip(bits, groups, strict=True) if g is not None)
+                    if len(seen) >= ADMIT_CACHE_SIZE:
+                        seen.clear()
+                    seen[groups] = held
             m &= self.unpathed | held
         if m & self.sized:
             m &= self.unsized if size is None else self.size_masks[bisect.bisect_right(self.edges, size)]
@@ -354,12 +378,26 @@ class _RuleIndex:
 
     def _candidates(self, kind: int, archive_id: int, uid: int, gid: int, projid: int, initiator: str) -> int:
         """The mask of the rules whose conditions other than path and size hold."""
-        m = 0
-        for i, r in enumerate(self.rules):
-            if (r.base_match(kind, archive_id, initiator) and (not r.uids or uid in r.uids)
-                    and (not r.gids or gid in r.gids) and (not r.projids or projid in r.projids)):
-                m |= 1 << i
-        return m
+        bkey = (kind, archive_id, initiator)
+        base = self.bases.get(bkey)
+        if base is None:
+            base = sum(1 << i for i, r in enumerate(self.rules) if r.base_match(kind, archive_id, initiator))
+            if len(self.bases) >= ADMIT_CACHE_SIZE:
+                self.bases.clear()
+            self.bases[bkey] = base
+        return (base & (self.any_uid | self.by_uid.get(uid, 0)) & (self.any_gid | self.by_gid.get(gid, 0))
+                & (self.any_projid | self.by_projid.get(projid, 0)))
+
+    def _matcher(self, pm: int) -> _PathMatcher:
+        """The regex of the path rules of mask *pm* (one lookahead per rule,
+        its group empty when the rule's globs match the whole path)."""
+        bits = [1 << i for i, r in enumerate(self.rules) if pm >> i & 1]
+        pats = [cast(re.Pattern[str], self.rules[b.bit_length() - 1].path_re).pattern for b in bits]
+        regex = re.compile("".join(f"(?:(?=(?:{p})\\Z)()|)" for p in pats), re.DOTALL)
+        if len(self.matchers) >= ADMIT_CACHE_SIZE:
+            self.matchers.clear()
+        got = self.matchers[pm] = (regex, bits, {})
+        return got
 
     def _fold(self, m: int) -> Decision:
         """The decision of the rules of mask *m*, every condition of which holds."""
