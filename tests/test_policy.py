@@ -1151,8 +1151,8 @@ def _bench_policy() -> Policy:
 
 def _bench(n: int = 20_000) -> None:
     import functools
-    import time
     import random
+    import time
 
     for label, correlated in (("a few hundred users", True), ("every item a new combination", False)):
         p = _bench_policy()
