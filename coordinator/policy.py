@@ -276,7 +276,7 @@ class _RuleIndex:
       size bounds of all rules, found by bisection;
     * the decision of a set of rules that hold: the first deny or allow
       ends it, and each field comes from the last rule up to that end that
-      sets it (:func:`_evaluate`'s fold), kept by mask.
+      sets it (the rules' semantics, docs/policy.md), kept by mask.
 
     Every cache is bounded and derived from the rules alone: a decision
     does not depend on what was asked before."""
@@ -579,49 +579,6 @@ class Policy:
         body: str = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, allow_unicode=True,
                                    width=100)
         return "# hsm-coordinator policy (docs/policy.md)\n" + body
-
-
-def _evaluate(rules: Iterable[Rule], path: str, size: int | None) -> Decision:
-    """Apply *rules* (whose other conditions hold) in order to a request."""
-    priority: int | None = None
-    tag = ""
-    archive_id = 0
-    copies = 0
-    name = ""
-    for r in rules:
-        bounds = r.size
-        if bounds is not None and (size is None or not bounds[0] <= size <= bounds[1]):
-            continue
-        path_re = r.path_re
-        if path_re is not None:  # path_matches, inline
-            if not path:
-                continue
-            for prefix, suffix in r.path_hints:
-                if path.startswith(prefix) and path.endswith(suffix):
-                    break
-            else:
-                continue
-            if path_re.fullmatch(path) is None:
-                continue
-        if r.deny:
-            return Decision(deny=r.deny, rule=r.name)
-        if r.priority is not None:
-            priority = r.priority
-            name = r.name
-        if r.tag:
-            tag = r.tag
-            name = r.name
-        if r.archive_id:
-            archive_id = r.archive_id
-            name = r.name
-        if r.copies:
-            copies = r.copies
-            name = r.name
-        if r.allow:
-            return _decision(priority, tag, archive_id, r.name, copies)
-    if not name:
-        return _NO_DECISION
-    return _decision(priority, tag, archive_id, name, copies)
 
 
 #: the accepting decisions made so far: a flood's items share a few (a
