@@ -18,6 +18,7 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from hsm.gctune import PAUSE_BUCKETS, PAUSES
 from hsm.wire import kind_name
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,21 @@ class Spread:
         return f
 
 
+def gc_pauses() -> list[Metric]:
+    """``hsm_gc_pause_seconds``: how long the garbage collector held the
+    interpreter, per generation (hsm/gctune.py records them; a replica's
+    Raft heartbeats wait meanwhile)."""
+    f = HistogramMetricFamily("hsm_gc_pause_seconds", "Garbage collections, by generation, and how long each held "
+                              "the interpreter", labels=["generation"])
+    for g in range(3):
+        running, cumulative = 0, []
+        for bound, n in zip((*map(floatToGoString, PAUSE_BUCKETS), "+Inf"), list(PAUSES.counts[g]), strict=True):
+            running += n
+            cumulative.append((bound, running))
+        f.add_metric([str(g)], cumulative, PAUSES.sums[g])
+    return [f]
+
+
 class _Scraped(Collector):
     """Families made when scraped, by *families()* (nothing is described
     ahead: the registry's auto_describe is off)."""
@@ -133,6 +149,7 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self._families: list[Tally | Spread] = []
         self.registry.register(_Scraped(lambda: [f.family() for f in self._families]))
+        self.registry.register(_Scraped(gc_pauses))
         self._server: Any = None
 
     def scraped(self, view: Callable[[], T | None], families: Callable[[T], Iterable[Metric]]) -> None:

@@ -14,11 +14,14 @@ from hsm import gctune
 @pytest.fixture
 def restored_gc() -> Iterator[None]:
     before = gc.get_threshold()
+    hooked = gctune.PAUSES.hook in gc.callbacks
     try:
         yield
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+        if not hooked and gctune.PAUSES.hook in gc.callbacks:
+            gc.callbacks.remove(gctune.PAUSES.hook)
 
 
 def test_unset_or_blank_gives_the_service_thresholds() -> None:
@@ -67,3 +70,24 @@ def test_cyclic_garbage_is_still_collected(restored_gc: None, monkeypatch: pytes
     assert gone() is not None  # a cycle: reference counting alone keeps it
     gc.collect(0)
     assert gone() is None
+
+
+def test_the_pauses_are_recorded_and_exported(restored_gc: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an admin graphs: hsm_gc_pause_seconds, per generation, on the
+    replicas' and agentd's exporters (their Exporter base)."""
+    from prometheus_client import generate_latest
+
+    from hsm.metrics import Exporter
+
+    monkeypatch.delenv(gctune.ENV, raising=False)
+    gctune.tune_for_service()
+    before = sum(gctune.PAUSES.counts[2])
+    gc.collect()
+    gc.collect()
+    assert sum(gctune.PAUSES.counts[2]) == before + 2
+    gctune.watch_pauses()  # twice: still one hook
+    assert gc.callbacks.count(gctune.PAUSES.hook) == 1
+    text = generate_latest(Exporter().registry).decode()
+    count = next(line for line in text.splitlines() if line.startswith('hsm_gc_pause_seconds_count{generation="2"}'))
+    assert float(count.split()[-1]) == sum(gctune.PAUSES.counts[2]) >= 2
+    assert 'hsm_gc_pause_seconds_bucket{generation="0",le="0.001"}' in text

@@ -48,6 +48,8 @@ def test_a_replica_serves_its_figures_and_they_move_as_actions_run(coordinator_f
     before = scrape(port)
     assert value(before, "hsm_replica_info", replica="test", version=hsm.__version__,
                  cluster=c.node.cluster.cluster_id) == 1
+    # the collector's pauses, per generation (recorded once hsm.gctune watches them: the CLI does)
+    assert all(("hsm_gc_pause_seconds_count", (("generation", g),)) in before for g in "012")
     for shard in ("0", "1"):
         assert value(before, "hsm_raft_leading", shard=shard) == 1
         assert value(before, "hsm_raft_has_leader", shard=shard) == 1
@@ -142,6 +144,7 @@ def test_agentd_serves_bytes_moved_transfers_errors_and_its_streams(coordinator_
         port = agent.metrics_port
         assert port
         idle = scrape(port)
+        assert ("hsm_gc_pause_seconds_count", (("generation", "2"),)) in idle
         assert value(idle, "hsm_agentd_stream_up", agent="a1", coordinator=c.address) == 1
         assert value(idle, "hsm_agentd_slots", agent="a1", kind="archive") >= 1
         assert value(idle, "hsm_agentd_credits", agent="a1", coordinator=c.address, kind="archive") >= 1
