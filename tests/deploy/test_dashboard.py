@@ -404,7 +404,7 @@ def test_every_alert_names_exported_metrics(values: str, exported: Exported) -> 
     rules = rendered_rules(RULE_VALUES[values])
     assert rule_problems(rules, exported) == []
     assert sorted(r["alert"] for r in rules) == ["HsmAgentGone", "HsmEventConsumerLagging", "HsmEventConsumerMissed",
-                                                 "HsmJournalUnwritable", "HsmQueueNotDraining",
+                                                 "HsmJournalUnwritable", "HsmLongGcPauses", "HsmQueueNotDraining",
                                                  "HsmReplicaSeesNoLeader", "HsmShardWithoutLeader"]
 
 
@@ -430,7 +430,8 @@ def test_dashboard_configmap_and_rules_follow_the_values() -> None:
                                    "labels": {"team": "storage"}},
               "prometheusRule": {"enabled": True, "labels": {"release": "kps"}, "alertLabels": {"team": "storage"},
                                  "selector": 'namespace="hsm", job="hsm-coordinator-headless"',
-                                 "agentGoneWindow": "3h", "queueStalledFor": "2h"}}
+                                 "agentGoneWindow": "3h", "queueStalledFor": "2h", "gcPauseSeconds": 0.25,
+                                 "gcPauseFor": "10m"}}
     docs = dl.manifests(dl.render_chart(dl.CHART, values, namespace="storage"))
     cm = next(d for d in docs if d["kind"] == "ConfigMap" and "hsm-coordinator.json" in d.get("data", {}))
     assert cm["metadata"]["namespace"] == "storage"
@@ -443,9 +444,13 @@ def test_dashboard_configmap_and_rules_follow_the_values() -> None:
     assert all(r["labels"]["team"] == "storage" for r in rules.values())
     for r in rules.values():
         for selector in re.findall(r"hsm_\w+(\{[^}]*\})?", r["expr"]):
-            assert selector == '{namespace="hsm", job="hsm-coordinator-headless"}', r["expr"]
+            # the selector's matchers on every series; the pause alert reads full collections only
+            extra = ',generation="2"' if r["alert"] == "HsmLongGcPauses" else ""
+            assert selector == '{namespace="hsm", job="hsm-coordinator-headless"' + extra + "}", r["expr"]
     assert "[3h]" in rules["HsmAgentGone"]["expr"]
     assert "[2h]" in rules["HsmQueueNotDraining"]["expr"] and rules["HsmQueueNotDraining"]["for"] == "2h"
+    gc_rule = rules["HsmLongGcPauses"]
+    assert gc_rule["expr"].endswith("> 0.25") and gc_rule["for"] == "10m"
     assert dl.kube_problems(docs, [dl.MIN_KUBE]) == []
     assert dl.convention_problems(docs, dl.merged_values(dl.CHART, values), namespace="storage") == []
     # neither by default
