@@ -30,8 +30,9 @@ import gc
 import logging
 import os
 import time
-from bisect import bisect_left
 from typing import Any, Final
+
+from hsm.metrics import GC_PAUSES
 
 log = logging.getLogger(__name__)
 
@@ -55,40 +56,28 @@ def thresholds(env: str | None) -> tuple[int, int, int]:
     return values[0], values[1], values[2]
 
 
-#: the bounds (seconds) of the collector's pauses, per generation, that the
-#: exporters of replicas and agentd serve as ``hsm_gc_pause_seconds``
-PAUSE_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-class Pauses:
-    """How long each collection held the interpreter, per generation: a
-    count per bucket of :data:`PAUSE_BUCKETS` (the last past every bound)
-    and a sum, kept by a ``gc.callbacks`` hook (two clock reads per
-    collection; collections run under the GIL, one at a time)."""
+class _PauseClock:
+    """The ``gc.callbacks`` hook that times each collection into
+    ``hsm.metrics.GC_PAUSES`` (two clock reads per collection; collections
+    run under the GIL, one at a time)."""
 
     def __init__(self) -> None:
-        self.counts = [[0] * (len(PAUSE_BUCKETS) + 1) for _ in range(3)]
-        self.sums = [0.0, 0.0, 0.0]
         self._start = 0.0
 
     def hook(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._start = time.perf_counter()
             return
-        took = time.perf_counter() - self._start
-        g = int(info.get("generation", 2))
-        self.counts[g][bisect_left(PAUSE_BUCKETS, took)] += 1
-        self.sums[g] += took
+        GC_PAUSES.observe(int(info.get("generation", 2)), time.perf_counter() - self._start)
 
 
-#: this process's collector pauses, recorded once ``watch_pauses`` ran
-PAUSES = Pauses()
+PAUSE_CLOCK = _PauseClock()
 
 
 def watch_pauses() -> None:
-    """Record the collector's pauses in :data:`PAUSES` (once per process)."""
-    if PAUSES.hook not in gc.callbacks:
-        gc.callbacks.append(PAUSES.hook)
+    """Time the collector's pauses into ``hsm.metrics.GC_PAUSES`` (once per process)."""
+    if PAUSE_CLOCK.hook not in gc.callbacks:
+        gc.callbacks.append(PAUSE_CLOCK.hook)
 
 
 def tune_for_service() -> tuple[int, int, int]:

@@ -18,7 +18,6 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from hsm.gctune import PAUSE_BUCKETS, PAUSES
 from hsm.wire import kind_name
 
 log = logging.getLogger(__name__)
@@ -85,11 +84,12 @@ class Spread:
     __slots__ = ("name", "doc", "labels", "fmt", "bounds", "buckets", "sums")
 
     def __init__(self, name: str, doc: str, labels: Sequence[str], fmt: Callable[[Any], Sequence[str]],
-                 bounds: Sequence[float]) -> None:
+                 bounds: Sequence[float], keys: Iterable[Any] = ()) -> None:
+        """*keys*: the series shown, at zero, before anything is observed."""
         self.name, self.doc, self.labels, self.fmt = name, doc, list(labels), fmt
         self.bounds = tuple(float(b) for b in bounds)
-        self.buckets: dict[Any, list[int]] = {}
-        self.sums: dict[Any, float] = {}
+        self.buckets: dict[Any, list[int]] = {k: [0] * (len(self.bounds) + 1) for k in keys}
+        self.sums: dict[Any, float] = dict.fromkeys(self.buckets, 0.0)
 
     def observe(self, key: Any, value: float) -> None:
         b = self.buckets.get(key)
@@ -112,19 +112,12 @@ class Spread:
         return f
 
 
-def gc_pauses() -> list[Metric]:
-    """``hsm_gc_pause_seconds``: how long the garbage collector held the
-    interpreter, per generation (hsm/gctune.py records them; a replica's
-    Raft heartbeats wait meanwhile)."""
-    f = HistogramMetricFamily("hsm_gc_pause_seconds", "Garbage collections, by generation, and how long each held "
-                              "the interpreter", labels=["generation"])
-    for g in range(3):
-        running, cumulative = 0, []
-        for bound, n in zip((*map(floatToGoString, PAUSE_BUCKETS), "+Inf"), list(PAUSES.counts[g]), strict=True):
-            running += n
-            cumulative.append((bound, running))
-        f.add_metric([str(g)], cumulative, PAUSES.sums[g])
-    return [f]
+#: how long each garbage collection held the interpreter, per generation:
+#: this process's (hsm/gctune.py's hook observes them once a service tuned
+#: the collector), on every exporter; a replica's Raft heartbeats wait meanwhile
+GC_PAUSES = Spread("hsm_gc_pause_seconds", "Garbage collections, by generation, and how long each held the "
+                   "interpreter", ["generation"], lambda g: (str(g),),
+                   (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), keys=range(3))
 
 
 class _Scraped(Collector):
@@ -147,9 +140,8 @@ class Exporter:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self._families: list[Tally | Spread] = []
+        self._families: list[Tally | Spread] = [GC_PAUSES]
         self.registry.register(_Scraped(lambda: [f.family() for f in self._families]))
-        self.registry.register(_Scraped(gc_pauses))
         self._server: Any = None
 
     def scraped(self, view: Callable[[], T | None], families: Callable[[T], Iterable[Metric]]) -> None:

@@ -767,14 +767,20 @@ class SimFS:
         the permission bits of *mode* and the mtime given, HSM state
         exists, archived and released in *archive_id*. Its data comes back
         with a restore. ``FileExistsError`` when *path* exists; its new FID."""
+        p = self._import_path(path, size, archive_id)  # checked before anything is created
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        return self.import_existing(p, size, archive_id, uid, gid, mode, mtime_ns, mtime_ns)
+
+    def _import_path(self, path: Path | str, size: int, archive_id: int) -> Path:
+        """*path* made absolute, or ValueError: an import's size and archive
+        id out of range, or a path inside simfs's own metadata."""
         if size < 0 or not 0 < archive_id <= _U64:
             raise ValueError(f"import: size {size} and archive id {archive_id} must be >= 0 and > 0")
         p = Path(os.path.abspath(path))
         if self._rel(p.parent.resolve() / p.name).parts[:1] in ((META_DIR,), (DOT_LUSTRE,)):
             raise ValueError(f"{p} is simfs metadata, not a file of the tree")
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        os.close(fd)
-        return self.import_existing(p, size, archive_id, uid, gid, mode, mtime_ns, mtime_ns)
+        return p
 
     def import_existing(self, path: Path | str, size: int, archive_id: int, uid: int = -1, gid: int = -1,
                         mode: int = 0o644, atime_ns: int | None = None, mtime_ns: int | None = None) -> Fid:
@@ -782,11 +788,7 @@ class SimFS:
         caller, as llapi_hsm_import does): ``import_released`` without the
         create. ``OSError(EINVAL)`` unless *path* is an empty regular file
         that simfs has never given an HSM state."""
-        if size < 0 or not 0 < archive_id <= _U64:
-            raise ValueError(f"import: size {size} and archive id {archive_id} must be >= 0 and > 0")
-        p = Path(os.path.abspath(path))
-        if self._rel(p.parent.resolve() / p.name).parts[:1] in ((META_DIR,), (DOT_LUSTRE,)):
-            raise ValueError(f"{p} is simfs metadata, not a file of the tree")
+        p = self._import_path(path, size, archive_id)
         fd = os.open(p, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)

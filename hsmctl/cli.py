@@ -2148,7 +2148,7 @@ def _catalog_restore(args: argparse.Namespace, ctx: Context) -> int:
             where = f" in archive id {args.archive_id}" if args.archive_id else ""
             raise CliError(f"the catalog has no copy of {old}{where}" + (f" in file system {fsname}" if fsname else ""))
         c = chosen[0].copy
-        still = _still_named(fs, old, fsname, dest) if lustre or fsname == fs.fsname else None
+        still = _still_named(fs, old, dest) if lustre or fsname == fs.fsname else None
         if still is not None:
             raise CliError(f"{old} still names {path_text(still)}: catalog restore recreates deleted "
                            "files only (restore that one with hsmctl restore)")
@@ -2191,8 +2191,9 @@ def _catalog_restore(args: argparse.Namespace, ctx: Context) -> int:
     return ctx.status
 
 
-def _still_named(fs: SimFS | LustreFs, fid: Fid, fsname: str, dest: str) -> str | None:
-    """The path *fid* still names in *fs*, or None when it names no file."""
+def _still_named(fs: SimFS | LustreFs, fid: Fid, dest: str) -> str | None:
+    """The path *fid* still names in *fs* (on Lustre: the file system that
+    holds *dest*'s directory), or None when it names no file."""
     from hsm.simfs import SimFS as _SimFS
 
     if isinstance(fs, _SimFS):
@@ -2201,7 +2202,6 @@ def _still_named(fs: SimFS | LustreFs, fid: Fid, fsname: str, dest: str) -> str 
         except (FileNotFoundError, ValueError):
             return None
     try:
-        # the MDT of the file system that holds dest's directory
         return fs.api.fid2path(os.path.dirname(dest), fid)
     except OSError as e:
         if e.errno == _errno.ENOENT:

@@ -14,14 +14,14 @@ from hsm import gctune
 @pytest.fixture
 def restored_gc() -> Iterator[None]:
     before = gc.get_threshold()
-    hooked = gctune.PAUSES.hook in gc.callbacks
+    hooked = gctune.PAUSE_CLOCK.hook in gc.callbacks
     try:
         yield
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
-        if not hooked and gctune.PAUSES.hook in gc.callbacks:
-            gc.callbacks.remove(gctune.PAUSES.hook)
+        if not hooked and gctune.PAUSE_CLOCK.hook in gc.callbacks:
+            gc.callbacks.remove(gctune.PAUSE_CLOCK.hook)
 
 
 def test_unset_or_blank_gives_the_service_thresholds() -> None:
@@ -77,17 +77,17 @@ def test_the_pauses_are_recorded_and_exported(restored_gc: None, monkeypatch: py
     replicas' and agentd's exporters (their Exporter base)."""
     from prometheus_client import generate_latest
 
-    from hsm.metrics import Exporter
+    from hsm.metrics import GC_PAUSES, Exporter
 
     monkeypatch.delenv(gctune.ENV, raising=False)
     gctune.tune_for_service()
-    before = sum(gctune.PAUSES.counts[2])
+    before = sum(GC_PAUSES.buckets[2])
     gc.collect()
     gc.collect()
-    assert sum(gctune.PAUSES.counts[2]) == before + 2
+    assert sum(GC_PAUSES.buckets[2]) == before + 2
     gctune.watch_pauses()  # twice: still one hook
-    assert gc.callbacks.count(gctune.PAUSES.hook) == 1
+    assert gc.callbacks.count(gctune.PAUSE_CLOCK.hook) == 1
     text = generate_latest(Exporter().registry).decode()
     count = next(line for line in text.splitlines() if line.startswith('hsm_gc_pause_seconds_count{generation="2"}'))
-    assert float(count.split()[-1]) == sum(gctune.PAUSES.counts[2]) >= 2
+    assert float(count.split()[-1]) == sum(GC_PAUSES.buckets[2]) >= 2
     assert 'hsm_gc_pause_seconds_bucket{generation="0",le="0.001"}' in text
