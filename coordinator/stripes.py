@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import errno as E
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 #: parts are cut at multiples of this (the last part takes the rest)
@@ -294,11 +294,3 @@ class Stripe:
         out.append(Ended(phase, errno, reason))
         return out
 
-
-def spread(instructions: Iterable[Instruction]) -> dict[str, int]:
-    """How many parts each agent is told to run (the bench and tests read it)."""
-    out: dict[str, int] = {}
-    for ins in instructions:
-        if isinstance(ins, RunPart):
-            out[ins.agent] = out.get(ins.agent, 0) + 1
-    return out

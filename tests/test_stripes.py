@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from coordinator.stripes import (
     ALIGN,
     Ended,
+    Instruction,
     PartState,
     Phase,
     RunPart,
@@ -20,10 +21,18 @@ from coordinator.stripes import (
     StopPart,
     Stripe,
     plan_parts,
-    spread,
 )
 
 GiB = 1 << 30
+
+
+def spread(instructions: list[Instruction]) -> dict[str, int]:
+    """How many parts each agent is told to run."""
+    out: dict[str, int] = {}
+    for ins in instructions:
+        if isinstance(ins, RunPart):
+            out[ins.agent] = out.get(ins.agent, 0) + 1
+    return out
 
 
 @given(st.integers(0, 1 << 44), st.integers(1, 1 << 12).map(lambda n: n * ALIGN), st.integers(1, 128))
