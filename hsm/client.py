@@ -1105,12 +1105,17 @@ class CoordinatorClient:
         return [r for r in results if r is not None]
 
     def _shard_map(self) -> _ShardMap | None:
-        """Where each shard's leader is, when sending per leader helps.
+        """Where each shard's leader is: a batch goes to each leader in parts,
+        and a part whose FIDs span several shards regroups on a redirect.
 
-        None when the cluster has one shard, one leader for every shard, or
-        does not publish its ring: then any replica takes the whole batch
-        (and redirects if need be). Cached for ``SHARD_MAP_TTL`` seconds and
-        dropped whenever a replica redirects us.
+        Kept when one replica leads every shard too: that is often a
+        passing state (start-up, a failover), and without the ring a batch
+        over several shards would follow redirects between replicas that
+        each lead only some of them, until it gave up. None when the
+        cluster has one shard or does not publish its ring: then any
+        replica takes the whole batch (and redirects if need be). Cached
+        for ``SHARD_MAP_TTL`` seconds and dropped whenever a replica
+        redirects us.
         """
         now = time.monotonic()
         with self._lock:
@@ -1126,11 +1131,10 @@ class CoordinatorClient:
         if info is not None and info.shard_count > 1 and info.vnodes > 0:
             addresses = {r.id: r.address for r in info.replicas}
             leaders = {s.shard: addresses.get(s.leader, "") for s in info.shards}
-            if len(set(leaders.values())) > 1:
-                try:
-                    shard_map = _ShardMap(_ring(info.shard_count, info.vnodes), leaders)
-                except ValueError as e:
-                    log.debug("cannot build the ring (%s): sending batches to any replica", e)
+            try:
+                shard_map = _ShardMap(_ring(info.shard_count, info.vnodes), leaders)
+            except ValueError as e:
+                log.debug("cannot build the ring (%s): sending batches to any replica", e)
         with self._lock:
             self._shard_map_cache = (now, shard_map)
         return shard_map

@@ -359,6 +359,39 @@ def test_items_are_grouped_per_shard_leader_in_order() -> None:
     assert set(hc.group_by_leader(items, ring, {0: "h1:1"})) == {"h1:1", ""}
 
 
+def test_a_batch_over_several_shards_regroups_even_when_one_replica_led_them_all(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after start-up (or a failover) one replica may lead every
+    shard; leaders then move. A batch read in that moment must still know
+    its FIDs span several shards, so that a redirect splits it anew
+    instead of bouncing between replicas that each lead some of them (a
+    clean-clone run: Unavailable after 11 s of such redirects)."""
+    from hsm.ring import Ring
+    from hsm.v1 import coordinator_pb2 as C
+
+    info = C.ClusterInfoResponse(shard_count=4, vnodes=64,
+                                 replicas=[C.Replica(id="r1", address="127.0.0.1:1"),
+                                           C.Replica(id="r2", address="127.0.0.1:2")],
+                                 shards=[C.ShardStatus(shard=k, leader="r1") for k in range(4)])
+    client = hc.CoordinatorClient("127.0.0.1:1", timeout=2)
+    monkeypatch.setattr(client, "cluster_info", lambda *a, **k: info)
+    shard_map = client._shard_map()
+    assert shard_map is not None and set(shard_map.leaders.values()) == {"127.0.0.1:1"}
+    ring = Ring(4, 64)
+    fids = [fid(1), next(fid(n) for n in range(2, 100) if ring.shard_of(fid(n)) != ring.shard_of(fid(1)))]
+    calls: list[tuple[str | None, bool]] = []
+
+    def answer(method: str, request: Any, what: str, timeout: float | None = None, start: str | None = None,
+               multi_shard: bool = False) -> Any:
+        calls.append((start, multi_shard))
+        return C.SubmitResponse(results=[C.SubmitResult(outcome=C.CREATED, action_id=7)] * len(request.items))
+
+    monkeypatch.setattr(client, "_call", answer)
+    client.submit([client.submit_item("fs1", f, "archive") for f in fids])
+    assert calls == [("127.0.0.1:1", True)]  # to the one leader, and split again on a redirect
+    client.close()
+
+
 def test_multi_shard_coordinator_takes_mixed_batches(coordinator_factory: Any) -> None:
     node = coordinator_factory(shards=4)
     with node.client(timeout=10) as c:
