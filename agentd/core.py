@@ -106,6 +106,21 @@ class JobSpec:
     object_offset: int = 0
     object_length: int = 0
     object_checksum: str = ""
+    #: ARCHIVE striped over several agents (agent.proto StripeOrder,
+    #: docs/striping.md): *stripe_above* > 0: the anchor (let go of a file
+    #: that long, without copying); *stripe_part* > 0: part number
+    #: *stripe_part* - 1 of *stripe_parts* (the extent is the job's);
+    #: *stripe_seal*: seal the parts' object. *stripe_version* and
+    #: *stripe_size*: the anchor's data version and size
+    stripe_above: int = 0
+    stripe_part: int = 0
+    stripe_parts: int = 0
+    stripe_version: int = 0
+    stripe_size: int = 0
+    stripe_seal: bool = False
+    #: the seal: the parts' length (the last one shorter) and each part's checksum, in order
+    stripe_part_length: int = 0
+    stripe_checksums: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -755,6 +770,14 @@ class AgentCore:
             object_offset=a.object_offset,
             object_length=a.object_length,
             object_checksum=a.object_checksum,
+            stripe_above=a.stripe.above,
+            stripe_part=a.stripe.part,
+            stripe_parts=a.stripe.parts,
+            stripe_version=a.stripe.data_version,
+            stripe_size=a.stripe.size,
+            stripe_seal=a.stripe.seal,
+            stripe_part_length=a.stripe.part_length,
+            stripe_checksums=tuple(a.stripe.part_checksums),
         )
 
     def _defer(self, stream: str, a: agent_pb2.Assignment, cur: RunState, now: float) -> None:
@@ -839,6 +862,7 @@ class AgentCore:
             retry=retry,
             bytes_done=max(bytes_done, 0),
             handback=handback,
+            anchored=bool(res.anchored) and err == 0,
         )
         made = res.copy if err == 0 else None
         if made is not None:

@@ -768,6 +768,14 @@ class Agent:
             object_offset=spec.object_offset,
             object_length=spec.object_length,
             object_checksum=spec.object_checksum,
+            stripe_above=spec.stripe_above,
+            stripe_part=spec.stripe_part,
+            stripe_parts=spec.stripe_parts,
+            stripe_version=spec.stripe_version,
+            stripe_size=spec.stripe_size,
+            stripe_seal=spec.stripe_seal,
+            stripe_part_length=spec.stripe_part_length,
+            stripe_checksums=spec.stripe_checksums,
         )
         if self._inline:
             # a mover that never blocks (the null mover): run it here, no
@@ -937,6 +945,7 @@ class Agent:
             ),
             version=__version__,
             cluster_id=self.cluster_id,
+            stripes=bool(getattr(self.mover, "stripes", False)),
         )
         for action_id, attempt in self.running_list():
             hello.running.add(action_id=action_id, attempt=attempt)

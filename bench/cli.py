@@ -46,6 +46,8 @@ workloads:
                  (catalog --help; bench/catalog.py)
   packing        small files archived one object each, then packed into containers: objects per
                  file and the throughput ratio (packing --help; bench/packing.py)
+  striping       one large file archived by 4 agents striped, against 1 agent (striping --help;
+                 bench/striping.py)
   sealing        what sealing Raft messages (Fernet) costs: the flood with encryption on and off,
                  and seal + unseal per Raft entry and per action (sealing --help; bench/sealing.py)
   tls            what mutual TLS costs: the flood on a plain-text cluster and on one with TLS everywhere,
@@ -215,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--files", type=int, metavar="N",
                     help="files (default " + " / ".join(f"{v:,}" for v in packingmod.FILES.values())
                          + " quick / full)")
+    from bench import striping as stripingmod
+
+    sp = sub.add_parser("striping", parents=[common], help="one large file archived by 4 agents striped, "
+                        "against 1 agent", description=stripingmod.STRIPING_HELP,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("--size-mib", type=int, metavar="N",
+                    help=f"the file's size in MiB (default {stripingmod.SIZE // stripingmod.MiB})")
+    sp.add_argument("--link", type=int, metavar="MIB_PER_S",
+                    help=f"each agent's link in the link model (default {stripingmod.LINK_MIB} MiB/s)")
     return p
 
 
@@ -344,6 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.files is not None and args.files < 1:
             build_parser().error("packing: --files must be at least 1")
         return packingmod.packing(args, settings_from(args), _say)
+    if args.workload == "striping":
+        from bench import striping as stripingmod
+
+        if (args.size_mib is not None and args.size_mib < 1024) or (args.link is not None and args.link < 1):
+            build_parser().error("striping: --size-mib must be at least 1024 (striping starts at 1 GiB), "
+                                 "--link at least 1")
+        return stripingmod.striping(args, settings_from(args), _say)
     if args.workload == "profile":
         from bench.profile import profile
 

@@ -113,6 +113,8 @@ class Session:
     grace: float = 0.0
     #: the tags it serves (Hello.tags)
     tags: frozenset[str] = frozenset()
+    #: its mover copies parts of striped archives and seals them (Hello.stripes)
+    stripes: bool = False
 
     def usable(self) -> dict[Kind, int]:
         """Assignments that may be sent now, per kind."""
@@ -233,7 +235,8 @@ class AgentBook:
     # -- sessions ---------------------------------------------------------------
 
     def hello(self, agent_id: str, host: str, archive_ids: Sequence[int], slots: Mapping[Kind, int],
-              version: str, peer: str, now: float, tags: Sequence[str] = ()) -> tuple[Session, Session | None]:
+              version: str, peer: str, now: float, tags: Sequence[str] = (),
+              stripes: bool = False) -> tuple[Session, Session | None]:
         """Open a session. Returns it and the stale session it replaces (its
         stream must end), if any. Raises InvalidHello or AgentIdInUse."""
         if not agent_id or len(agent_id) > MAX_AGENT_ID:
@@ -250,7 +253,7 @@ class AgentBook:
         self.grace.pop(agent_id, None)
         session = self.session_type(agent_id=agent_id, host=host, archive_ids=tuple(archive_ids), slots=dict(slots),
                           version=version, peer=peer, connected_since=now, last_seen=now, grace=self.agent_grace,
-                          tags=frozenset(tags))
+                          tags=frozenset(tags), stripes=stripes)
         self.grace_high = max(self.grace_high, self.agent_grace)
         self.sessions[agent_id] = session
         return session, replaced

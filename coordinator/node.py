@@ -73,6 +73,7 @@ from coordinator.state import (
     Action,
     AgentLost,
     Assigned,
+    AssignParts,
     AssignRound,
     Changed,
     Command,
@@ -82,6 +83,7 @@ from coordinator.state import (
     FirstStart,
     Item,
     Kind,
+    PartAssigned,
     PolicyChanged,
     PolicyReply,
     Progress,
@@ -95,6 +97,8 @@ from coordinator.state import (
     ShardState,
     State,
 )
+from coordinator.stripes import PartState, part_of
+from coordinator.stripes import Phase as StripePhase
 from hsm.fid import Fid
 from hsm.metrics import split_host_port, view_from_loop
 from hsm.ring import Ring
@@ -219,6 +223,45 @@ class AgentSession(Session):
     def end(self) -> None:
         """End the Work stream (the servicer then calls agent_gone)."""
         self.out.put_nowait(None)
+
+
+def _parts_for(st: ShardState, session: AgentSession) -> int:
+    """Waiting parts of striped archives that *session*'s agent could take
+    now (one per stripe: an agent runs one part of a file at a time), for
+    its backlog hint: an agent grants its credits where work waits."""
+    if session.agent_id in st.drained or st.control != "enabled":
+        return 0
+    n = 0
+    for action_id, stripe in st.stripes.items():
+        if stripe.phase != StripePhase.PARTS:
+            continue
+        action = st.actions[action_id]
+        if (session.archive_ids and action.archive_id not in session.archive_ids) or (
+                action.tag and action.tag not in session.tags):
+            continue
+        parts = stripe.parts
+        if any(p.state == PartState.WAITING for p in parts) and not any(
+                p.state == PartState.RUNNING and p.agent == session.agent_id for p in parts):
+            n += 1
+    return n
+
+
+def _stripe_order(st: ShardState, action: Action) -> agent_pb2.StripeOrder | None:
+    """What an ARCHIVE's assignment says of striping: seal it (every part of
+    its stripe is done), or stripe it when its file is large enough (the
+    policy's ``striping.above``; a whole-file archive of one copy)."""
+    if action.kind != Kind.ARCHIVE:
+        return None
+    stripe = st.stripes.get(action.id)
+    if stripe is not None and stripe.phase == StripePhase.SEAL:
+        return agent_pb2.StripeOrder(seal=True, parts=len(stripe.parts), data_version=stripe.data_version,
+                                     size=stripe.size, part_length=stripe.parts[0].length,
+                                     part_checksums=[p.checksum for p in stripe.parts])
+    above = st.policy.stripe_above
+    if above and stripe is None and not action.copies and not action.copies_done and action.offset == 0 \
+            and action.length < 0:
+        return agent_pb2.StripeOrder(above=above)
+    return None
 
 
 def _slots_from_pb(pb: coordinator_pb2.Slots) -> dict[Kind, int]:
@@ -766,6 +809,7 @@ class CoordinatorNode:
         together. True if anything was assigned."""
         now = self.clock()
         self._adopt_newest_policy()
+        parts = await self._dispatch_parts(now)
         self.outlook.look(self._states(), now, self.policy.batch_size > 0,
                           {s.index for s in self.shards if s.leader_ready})
         sessions, planned = scheduler.plan_round(
@@ -774,11 +818,81 @@ class CoordinatorNode:
             scheduler.budget_for(self.policy.settings, self._states()),
             self._affinity(), self.outlook)
         if not planned:
-            return False
+            return parts
         rounds = [(shard, AssignRound(now, assignments)) for shard, assignments in planned]
         by_agent = {s.agent_id: s for s in sessions}
         sent = await asyncio.gather(*(self._assign(shard, cmd, by_agent) for shard, cmd in rounds))
-        return any(sent)
+        return any(sent) or parts
+
+    async def _dispatch_parts(self, now: float) -> bool:
+        """The parts of striped archives (``ShardState.stripes``) waiting on
+        the shards led here, each to an agent with a free archive credit that
+        serves the action's archive id and tag, at most one part of a stripe
+        per agent at a time (``Stripe.choose``): before other work, since
+        their archive has begun. True if any was sent."""
+        sessions = cast(list[AgentSession], self.book.dispatchable())
+        if not sessions:
+            return False
+        free = {s.agent_id: s.usable().get(Kind.ARCHIVE, 0) for s in sessions}
+        sent = False
+        for shard in self.shards:
+            if not shard.leader_ready:
+                continue
+            cmds: list[AssignParts] = []
+            with shard.reading() as st:
+                if not st.stripes or st.control != "enabled":
+                    continue
+                for action_id, stripe in st.stripes.items():
+                    if stripe.phase != StripePhase.PARTS or not any(
+                            p.state == PartState.WAITING for p in stripe.parts):
+                        continue
+                    action = st.actions[action_id]
+                    mine = {s.agent_id: free[s.agent_id] for s in sessions
+                            if s.stripes and free[s.agent_id] > 0 and s.agent_id not in st.drained
+                            and (not s.archive_ids or action.archive_id in s.archive_ids)
+                            and (not action.tag or action.tag in s.tags)}
+                    runs = stripe.choose(mine)
+                    for r in runs:
+                        free[r.agent] -= 1
+                    if runs:
+                        cmds.append(AssignParts(now, action_id, tuple((r.index, r.agent, r.attempt) for r in runs)))
+            by_agent = {s.agent_id: s for s in sessions}
+            for cmd in cmds:
+                sent = await self._assign_parts(shard, cmd, by_agent) or sent
+        return sent
+
+    async def _assign_parts(self, shard: RaftShard, cmd: AssignParts, sessions: dict[str, AgentSession]) -> bool:
+        """Commit one stripe's part assignments and send each to its agent."""
+        try:
+            res = await self.propose(shard, cmd)
+        except ShardUnavailable as exc:
+            log.info("shard %d: no parts dispatched: %s", shard.index, exc)
+            return False
+        out: list[tuple[AgentSession, agent_pb2.Assignment]] = []
+        with shard.reading() as st:
+            stripe = st.stripes.get(cmd.action_id)
+            action = st.get(cmd.action_id)
+            for eff in res.effects:
+                if not isinstance(eff, PartAssigned) or stripe is None or action is None:
+                    continue
+                session = self.book.current(sessions[eff.agent]) if eff.agent in sessions else None
+                if session is None:
+                    continue  # its agent learns through reconcile, or loses it with its grace
+                session = cast(AgentSession, session)
+                self.book.assigned(session, Kind.ARCHIVE)
+                pb = convert.assignment_to_pb(action)
+                pb.attempt = eff.attempt
+                pb.extent.CopyFrom(types_pb2.Extent(offset=eff.offset, length=eff.length))
+                pb.copies_left = 0
+                pb.stripe.CopyFrom(agent_pb2.StripeOrder(part=eff.index + 1, parts=len(stripe.parts),
+                                                         data_version=stripe.data_version, size=stripe.size))
+                out.append((session, pb))
+                log.info("action %d/%d %s %s: part %d of %d (bytes %d to %d) assigned to %s", action.id,
+                         action.attempt, action.kind.name, action.fid, eff.index + 1, len(stripe.parts),
+                         eff.offset, eff.offset + eff.length, eff.agent)
+        for session, pb in out:
+            session.send(agent_pb2.CoordinatorMessage(assign=[pb]))
+        return bool(out)
 
     def _states(self) -> Iterator[ShardState]:
         """Every shard's state in turn, each read under its lock."""
@@ -823,7 +937,11 @@ class CoordinatorNode:
                     if action.kind != Kind.ARCHIVE:  # the copy a restore reads, a remove deletes
                         copy = next((c for c in st.catalog.of(action.fsname, action.fid)
                                      if c.archive_id == action.archive_id), None)
-                    per_agent.setdefault(eff.agent, []).append(convert.assignment_to_pb(action, copy))
+                    pb = convert.assignment_to_pb(action, copy)
+                    order = _stripe_order(st, action) if session.stripes else None
+                    if order is not None:
+                        pb.stripe.CopyFrom(order)
+                    per_agent.setdefault(eff.agent, []).append(pb)
                     if log.isEnabledFor(logging.DEBUG):
                         log.debug("action %d/%d %s %s: assigned to %s", action.id, action.attempt,
                                   action.kind.name, action.fid, eff.agent)
@@ -849,6 +967,8 @@ class CoordinatorNode:
                 with shard.reading() as st:
                     scheduler.count_ready(st, session.agent_id, session.archive_ids, ready, affinity, self.outlook,
                                           now)
+                    if st.stripes and session.stripes:
+                        ready[Kind.ARCHIVE] += _parts_for(st, session)
             hint = backlog_hint(session, ready, stalled_only)
             if hint is not None:
                 session.send(agent_pb2.CoordinatorMessage(backlog=_slots_to_pb(hint)))
@@ -1017,7 +1137,7 @@ class CoordinatorNode:
         reports: list[ProgressReport | Completion] = [
             ProgressReport(p.action_id, p.attempt, p.bytes_done, p.bytes_total) for p in progress]
         reports += [Completion(d.action_id, d.attempt, d.errno, d.message[:1024], d.retry, d.bytes_done, d.handback,
-                               convert.copy_facts_from_pb(d) if not d.errno else None)
+                               convert.copy_facts_from_pb(d) if not d.errno else None, d.anchored)
                     for d in done]
         await self._propose_reports(agent_id, shard, now, reports)
 
@@ -1094,7 +1214,7 @@ class CoordinatorNode:
                 f"at {self.address} is in cluster {self.cluster.cluster_id}")
         try:
             new, old = self.book.hello(agent_id, hello.host, tuple(hello.archive_ids), _slots_from_pb(hello.slots),
-                                       hello.version, peer, self.clock(), tuple(hello.tags))
+                                       hello.version, peer, self.clock(), tuple(hello.tags), hello.stripes)
         except AgentIdInUse as exc:
             raise FileExistsError(str(exc)) from None
         if old is not None:
@@ -1116,12 +1236,18 @@ class CoordinatorNode:
         what it lost, stop what it should not be running. With *before*
         (the time the report was asked for), actions assigned since then
         are not counted as lost: the report may predate their assignment."""
+        actions = [r for r in running if part_of(r[1]) is None]
+        parts = [r for r in running if part_of(r[1]) is not None]
         for shard in self.shards:
             if not shard.leader_ready:
                 continue
             with shard.reading() as st:
                 held = [Held(a.id, a.attempt, a.state, a.error, a.started) for a in st.held_by(session.agent_id)]
-            plan = reconcile(shard.index, running, held, before)
+                held_parts = set(st.parts_held_by(session.agent_id))
+                settled = held_parts if before is None else set(
+                    st.parts_held_by(session.agent_id, before - IN_FLIGHT_GRACE))
+            await self._reconcile_parts(shard, session, parts, held_parts, settled)
+            plan = reconcile(shard.index, actions, held, before)
             for action_id, attempt, error in plan.cancels:
                 self._send_cancel(session.agent_id, action_id, attempt, error)
             lost = list(plan.lost)
@@ -1145,6 +1271,33 @@ class CoordinatorNode:
                 except ShardUnavailable as exc:
                     log.warning("shard %d: could not requeue %d action(s) of %s: %s", shard.index, len(lost),
                                 session.agent_id, exc)
+
+    async def _reconcile_parts(self, shard: RaftShard, session: AgentSession, running: list[tuple[int, int]],
+                               held: set[tuple[int, int]], settled: set[tuple[int, int]]) -> None:
+        """Reconcile for striped archives' parts (told apart by their wire
+        attempt): one the agent runs but does not hold here is stopped; one
+        it holds but does not run waits to run again if it was assigned
+        long enough before the report was asked for (*settled*), else the
+        agent is asked again later (the report may predate its assignment)."""
+        mine = [r for r in running if r[0] % MAX_SHARDS == shard.index]
+        for action_id, attempt in mine:
+            if (action_id, attempt) not in held:
+                log.info("action %s: agent %s runs a part it does not hold; told to stop",
+                         self._action_text(action_id, attempt), session.agent_id)
+                session.send(agent_pb2.CoordinatorMessage(cancel=[agent_pb2.CancelOrder(
+                    action_id=action_id, attempt=attempt, reason="not assigned to this agent")]))
+        missing = held - set(mine)
+        lost = tuple(sorted(missing & settled))
+        if missing - settled and self.book.reask_later(session):
+            asyncio.get_running_loop().call_later(IN_FLIGHT_GRACE, self._ask_running, session)
+        if not lost:
+            return
+        try:
+            await self.propose(shard, AgentLost(self.clock(), session.agent_id,
+                                                f"agent {session.agent_id} does not run it", parts=lost))
+        except ShardUnavailable as exc:
+            log.warning("shard %d: could not requeue %d part(s) of %s: %s", shard.index, len(lost),
+                        session.agent_id, exc)
 
     def _ask_running(self, session: AgentSession) -> None:
         """Ask an agent for a RunningReport (answered through reconcile)."""

@@ -36,7 +36,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from fractions import Fraction
 from typing import Any, Final, cast
 
@@ -429,6 +429,11 @@ class _RuleIndex:
 DEFAULT_BATCH_IDLE: Final = 30.0
 DEFAULT_BATCH_MAX_WAIT: Final = 600.0
 DEFAULT_MAX_MOUNT: Final = 600.0
+#: striping (``striping:``): the default part size, and the most parts a file is cut into
+DEFAULT_STRIPE_PART: Final = 1 << 30
+DEFAULT_STRIPE_MAX_PARTS: Final = 64
+#: the smallest part (parts are cut at multiples of it: coordinator.stripes.ALIGN)
+MIN_STRIPE_PART: Final = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -462,6 +467,12 @@ class Policy:
     #: tape (``tape:``): seconds an agent stays on one volume while
     #: restores of other volumes wait for it
     max_mount: float = DEFAULT_MAX_MOUNT
+    #: striped archives (``striping:``): a file of at least *stripe_above*
+    #: bytes (0: off) is cut into parts of about *stripe_part* bytes, at most
+    #: *stripe_max_parts*, copied by several agents at once (coordinator.stripes)
+    stripe_above: int = 0
+    stripe_part: int = DEFAULT_STRIPE_PART
+    stripe_max_parts: int = DEFAULT_STRIPE_MAX_PARTS
     #: the source this policy was parsed from ("" when built otherwise)
     text: str = field(default="", compare=False, repr=False)
     # derived: rebuilt by __post_init__, never compared or pickled
@@ -487,7 +498,13 @@ class Policy:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for f in fields(self):
-            object.__setattr__(self, f.name, state[f.name] if f.init else ({} if f.name != "_index" else None))
+            if not f.init:
+                value: Any = {} if f.name != "_index" else None
+            elif f.name in state:
+                value = state[f.name]
+            else:  # a snapshot written before the field existed: its default
+                value = f.default_factory() if f.default_factory is not MISSING else f.default
+            object.__setattr__(self, f.name, value)
         self.__post_init__()
 
     # -- what the scheduler and the servicers ask ------------------------------------------------
@@ -571,6 +588,8 @@ class Policy:
             "batching": {"size": self.batch_size, "idle": _plain(self.batch_idle),
                          "max_wait": _plain(self.batch_max_wait)},
             "tape": {"max_mount": _plain(self.max_mount)},
+            "striping": {"above": _size_unit(self.stripe_above) if self.stripe_above else 0,
+                         "part_size": _size_unit(self.stripe_part), "max_parts": self.stripe_max_parts},
             "rules": [r.to_dict() for r in self.rules],
         }
 
@@ -803,7 +822,7 @@ _NULL = "tag:yaml.org,2002:null"
 _STR = "tag:yaml.org,2002:str"
 
 _SECTIONS: Final = ("settings", "priorities", "fair_share", "rate_limits", "request_masks", "batching", "tape",
-                    "rules")
+                    "striping", "rules")
 #: the shortest progress_timeout and agent_grace (seconds): what the
 #: replicas' configuration allows (> 0), short enough for tests
 MIN_SECONDS: Final = 0.01
@@ -1241,9 +1260,39 @@ def _tape(r: _Reader, node: Node, out: dict[str, Any]) -> None:
             out["max_mount"] = value
 
 
+def _striping(r: _Reader, node: Node, out: dict[str, Any]) -> None:
+    m = r.mapping(node, "striping", ("above", "part_size", "max_parts"))
+    if m is None:
+        return
+    for key, attr in (("above", "stripe_above"), ("part_size", "stripe_part")):
+        if key in m:
+            vnode = m[key][1]
+            raw = r.value(vnode)
+            where = f"striping.{key}"
+            try:
+                if isinstance(raw, bool) or not isinstance(raw, int | str):
+                    raise ValueError("expected a size such as 4G or a number of bytes")
+                n = raw if isinstance(raw, int) else size_bytes(raw)
+            except ValueError as exc:
+                forms = str(exc) == f"expected {_SIZE_FORMS}"  # size_bytes speaks of rules' conditions
+                r.error(vnode, where, "expected a size such as 4G or a number of bytes" if forms else str(exc))
+                continue
+            if key == "above" and n == 0:
+                out[attr] = 0  # off
+            elif n < MIN_STRIPE_PART or n > MAX_SIZE:
+                r.error(vnode, where, f"{n} bytes: a {'part' if key == 'part_size' else 'striped file'} is at "
+                                      f"least {_size_unit(MIN_STRIPE_PART)}" + (" (0: off)" if key == "above" else ""))
+            else:
+                out[attr] = n
+    if "max_parts" in m:
+        value = r.integer(m["max_parts"][1], "striping.max_parts", 2, 64)
+        if value is not None:
+            out["stripe_max_parts"] = value
+
+
 _SECTION_READERS: Final[dict[str, Callable[[_Reader, Node, dict[str, Any]], None]]] = {
     "settings": _settings, "priorities": _priorities, "fair_share": _fair_share, "rate_limits": _rate_limits,
-    "request_masks": _request_masks, "batching": _batching, "tape": _tape, "rules": _rules,
+    "request_masks": _request_masks, "batching": _batching, "tape": _tape, "striping": _striping, "rules": _rules,
 }
 
 

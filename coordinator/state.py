@@ -53,6 +53,10 @@ from mypy_extensions import mypyc_attr
 from coordinator.catalog import COPY_FIELDS, Catalog, Copy, CopyError
 from coordinator.events import HE_ARCHIVE, HE_REMOVE, HE_RESTORE, ConsumerError, EventLog
 from coordinator.policy import MAX_COPIES, Policy, PolicyError, parse, seeded
+from coordinator.stripes import Ended as StripeEnded
+from coordinator.stripes import PartState, StopPart, Stripe, part_of, wire_attempt
+from coordinator.stripes import Phase as StripePhase
+from coordinator.stripes import Seal as StripeSeal
 from hsm.fid import Fid
 from hsm.hsmflags import check_request, resolve_archive_id
 from hsm.wire import SHARD_ID_MODULUS, hints
@@ -108,6 +112,7 @@ class Ev(Enum):
 TRANSITIONS: dict[tuple[State, Ev], State] = {
     (State.WAITING, Ev.ASSIGN): State.STARTED,
     (State.WAITING, Ev.CANCEL): State.CANCELED,
+    (State.WAITING, Ev.FAIL): State.FAILED,  # a striped archive whose parts used their attempts
     (State.STARTED, Ev.CANCEL): State.CANCELING,
     (State.STARTED, Ev.SUCCEED): State.SUCCEEDED,
     (State.STARTED, Ev.FAIL): State.FAILED,
@@ -242,6 +247,10 @@ class Completion(NamedTuple):
     #: slot) as :data:`COPY_FACTS` (checked by the servicer; entries written
     #: before packing have the first 8); None: the action's own
     copy: tuple[Any, ...] | None = None
+    #: a striped archive's anchor (coordinator.stripes): the agent began
+    #: the archive, found the file large enough to stripe and let go of it
+    #: without copying; *copy* holds the data version and size it saw
+    anchored: bool = False
 
 
 #: what a mover reports of the copy it wrote (Completion.copy), in order
@@ -312,6 +321,9 @@ class AgentLost:
     agent: str
     reason: str = "agent lost"
     action_ids: tuple[int, ...] = ()  # empty: every action the agent holds
+    #: (action id, wire attempt) of striped archives' parts the agent no
+    #: longer runs (reconcile); with neither this nor action_ids: all of them
+    parts: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,8 +446,19 @@ class RelocateCopies:
     moves: tuple[tuple[str, Fid, int, str, str, int], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class AssignParts:
+    """Start parts of a striped archive (``ShardState.stripes``) on agents,
+    as the leader chose them (``Stripe.choose``): (part index, agent,
+    attempt) each; one that no longer fits is skipped."""
+
+    now: float
+    action_id: int
+    runs: tuple[tuple[int, str, int], ...]
+
+
 Command = (Submit | Assign | AssignRound | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent
-           | Lease | EventConsumer | AckEvents | SetPolicy | EditCatalog | RelocateCopies)
+           | Lease | EventConsumer | AckEvents | SetPolicy | EditCatalog | RelocateCopies | AssignParts)
 
 
 def _pickle_by_fields(cls: type) -> None:
@@ -452,7 +475,7 @@ def _pickle_by_fields(cls: type) -> None:
 
 
 for _cls in (Submit, Assign, AssignRound, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent,
-             Lease, EventConsumer, AckEvents, SetPolicy, EditCatalog, RelocateCopies):
+             Lease, EventConsumer, AckEvents, SetPolicy, EditCatalog, RelocateCopies, AssignParts):
     _pickle_by_fields(_cls)
 
 
@@ -527,7 +550,21 @@ class FirstStart:
     waited: float
 
 
-Effect = Changed | Assigned | SendCancel | Ended | Requeued | FirstStart | PolicyChanged
+@dataclass(frozen=True, slots=True)
+class PartAssigned:
+    """Tell *agent* to copy a part of a striped archive: bytes *offset* to
+    *offset* + *length* of the action's file, as *attempt* (the part's
+    wire attempt, ``stripes.wire_attempt``)."""
+
+    agent: str
+    action_id: int
+    index: int
+    attempt: int
+    offset: int
+    length: int
+
+
+Effect = Changed | Assigned | SendCancel | Ended | Requeued | FirstStart | PolicyChanged | PartAssigned
 
 
 class Outcome(IntEnum):
@@ -1037,6 +1074,12 @@ class ShardState:
         #: written by the Complete that ends an archive, dropped by the one
         #: that ends a remove
         self.catalog = Catalog()
+        #: striped archives (coordinator.stripes): action id -> its stripe,
+        #: from the anchor's report until the action is sealed, ends or
+        #: starts over. While its parts run the action waits out of the
+        #: ready queues (at the head of its FID); once they are all done it
+        #: is ready again, to be sealed
+        self.stripes: dict[int, Stripe] = {}
         #: Ended/Requeued/FirstStart effects of the command being applied
         #: (made deep inside _end and _requeue; apply adds them to its Result)
         self._counted: list[Effect] = []
@@ -1105,6 +1148,8 @@ class ShardState:
             return Result(replies=[self._edit_catalog(cmd)])
         if isinstance(cmd, RelocateCopies):
             return Result(replies=[self._relocate(cmd)])
+        if isinstance(cmd, AssignParts):
+            return self._assign_parts(cmd)
         raise TypeError(f"unknown command {type(cmd).__name__}")
 
     def _relocate(self, cmd: RelocateCopies) -> int:
@@ -1430,6 +1475,10 @@ class ShardState:
     def _complete(self, cmd: Complete) -> Result:
         res = Result()
         for done in cmd.completions:
+            part = part_of(done.attempt)
+            if part is not None:
+                res.replies.append(self._part_ended(cmd, done, part[0], part[1], res.effects))
+                continue
             action = self._held(done.action_id, done.attempt)
             if action is None or (cmd.agent and action.agent != cmd.agent):
                 res.replies.append(False)
@@ -1437,6 +1486,16 @@ class ShardState:
             action.bytes_done = done.bytes_done or action.bytes_done
             # the sign of an errno is ignored (llapi_hsm_action_end: abs(errval))
             err = abs(done.errno)
+            if done.anchored and err == 0 and action.kind == Kind.ARCHIVE and action.state == State.STARTED \
+                    and action.id not in self.stripes:
+                self._anchored(action, done.copy, cmd.now)
+                res.effects.append(Changed(action.id))
+                res.replies.append(True)
+                continue
+            if action.id in self.stripes:
+                # the seal's end, whatever it is: the stripe is over (the
+                # archive is made, or it starts over from a new anchor)
+                self._drop_stripe(action, cmd.now, "the seal ended")
             if err == 0 and action.kind == Kind.ARCHIVE and action.copies:
                 self._catalog_archived(action, done.copy, cmd.now)  # the copy is in its archive
                 if action.state == State.CANCELING:
@@ -1483,6 +1542,118 @@ class ShardState:
             res.effects.append(Changed(action.id))
             res.replies.append(True)
         return res
+
+    # ---------------------------------------------------------- striping
+
+    def _anchored(self, action: Action, facts: tuple[Any, ...] | None, now: float) -> None:
+        """The anchor let go of a striped archive: plan its parts from the
+        data version and size it saw, and park the action (WAITING, out of
+        the ready queues) while they run. The anchor's attempt is not
+        counted (it copied nothing); a stripe that fails counts it back."""
+        size = int(facts[2]) if facts is not None and len(facts) > 2 else -1
+        dv = int(facts[1]) if facts is not None and len(facts) > 1 else 0
+        agent = action.agent
+        self._transition(action, Ev.REQUEUE)
+        self._release_agent(action)
+        action.handed_back += 1
+        action.bytes_done = 0
+        action.bytes_total = max(size, 0)
+        p = self.policy
+        if size < 0:
+            self._requeue_parked(action, now, E.EPROTO, "the anchor of a striped archive reported no size")
+            return
+        stripe = Stripe.plan(size, p.stripe_part, p.stripe_max_parts, p.settings.max_attempts)
+        stripe.anchored(agent, dv, now)
+        self.stripes[action.id] = stripe
+        action.error = f"striped into {len(stripe.parts)} parts (anchored on {agent}): copying them"
+
+    def _assign_parts(self, cmd: AssignParts) -> Result:
+        res = Result()
+        action = self.actions.get(cmd.action_id)
+        stripe = self.stripes.get(cmd.action_id)
+        if self.control != "enabled" or action is None or stripe is None or action.state != State.WAITING:
+            return res  # disabled, or the stripe is over since the leader looked
+        for index, agent, attempt in cmd.runs:
+            if agent in self.drained or not stripe.start(index, agent, attempt, cmd.now):
+                continue
+            p = stripe.parts[index]
+            res.effects.append(PartAssigned(agent, action.id, index, wire_attempt(index, attempt), p.offset, p.length))
+            res.replies.append(index)
+        if res.replies:
+            res.effects.append(Changed(action.id))
+        return res
+
+    def _part_ended(self, cmd: Complete, done: Completion, index: int, attempt: int, effects: list[Effect]) -> bool:
+        """A part's Done: True if it was the part's running attempt (on
+        the agent that reports it), else stale."""
+        stripe = self.stripes.get(done.action_id)
+        action = self.actions.get(done.action_id)
+        if stripe is None or action is None or not 0 <= index < len(stripe.parts):
+            return False
+        p = stripe.parts[index]
+        if p.attempt != attempt or (cmd.agent and p.agent != cmd.agent) or stripe.phase != StripePhase.PARTS:
+            return False
+        err = abs(done.errno)
+        if err == 0:
+            facts = done.copy
+            checksum = str(facts[3]) if facts is not None and len(facts) > 3 else ""
+            out = stripe.part_done(index, attempt, checksum, cmd.now)
+            action.bytes_done = stripe.done_bytes()
+        else:
+            why = done.message or f"errno {err}"
+            out = stripe.part_failed(index, attempt, err, why, cmd.now, counted=not done.handback)
+        self._stripe_said(action, out, cmd.now, effects)
+        effects.append(Changed(action.id))
+        return True
+
+    def _stripe_said(self, action: Action, out: list[Any], now: float, effects: list[Effect]) -> None:
+        """Carry out a stripe's instructions (coordinator.stripes)."""
+        for ins in out:
+            if isinstance(ins, StopPart):
+                effects.append(SendCancel(ins.agent, action.id, wire_attempt(ins.index, ins.attempt)))
+            elif isinstance(ins, StripeSeal):
+                if action.state == State.WAITING:
+                    action.error = f"striped: its {len(self.stripes[action.id].parts)} parts copied, to be sealed"
+                    self._make_ready(action)  # every part is done: dispatched again, to be sealed
+            elif isinstance(ins, StripeEnded) and ins.phase == StripePhase.FAILED:
+                self.stripes.pop(action.id, None)
+                if action.state == State.WAITING:
+                    action.handed_back -= 1  # the anchor's attempt counts: the archive failed
+                    self._requeue_parked(action, now, ins.errno or E.EIO, ins.reason)
+
+    def _requeue_parked(self, action: Action, now: float, errno: int, message: str) -> None:
+        """A parked striped archive starts over (ready for a new anchor), or
+        FAILS when it has used all its attempts."""
+        self.stripes.pop(action.id, None)
+        action.errno = errno
+        action.error = message
+        if action.attempt - action.handed_back >= self.policy.settings.max_attempts:
+            self._end(action, Ev.FAIL, now, errno, message or "too many attempts")
+            return
+        self._make_ready(action, front=True)
+        self._counted.append(Requeued(action.id, action.kind, errno))
+
+    def _drop_stripe(self, action: Action, now: float, why: str) -> None:
+        """The action's stripe is over (the action ends or starts over): the
+        parts still running are told to stop."""
+        stripe = self.stripes.pop(action.id, None)
+        if stripe is None:
+            return
+        for ins in stripe.cancel(now):
+            if isinstance(ins, StopPart):
+                self._counted.append(SendCancel(ins.agent, action.id, wire_attempt(ins.index, ins.attempt)))
+
+    def parts_held_by(self, agent: str, assigned_before: float | None = None) -> list[tuple[int, int]]:
+        """(action id, wire attempt) of every part *agent* runs (for
+        reconcile); with *assigned_before*, those assigned before that time."""
+        return [(action_id, wire_attempt(i, p.attempt)) for action_id, s in self.stripes.items()
+                for i, p in enumerate(s.parts) if p.state == PartState.RUNNING and p.agent == agent
+                and (assigned_before is None or p.started < assigned_before)]
+
+    def parked(self, action: Action) -> bool:
+        """Whether *action* waits for its stripe's parts (out of the ready queues)."""
+        stripe = self.stripes.get(action.id)
+        return stripe is not None and stripe.phase == StripePhase.PARTS and action.state == State.WAITING
 
     def _next_copy(self, action: Action, facts: tuple[Any, ...] | None) -> None:
         """An archive of several copies made one (recorded): it waits
@@ -1665,6 +1836,17 @@ class ShardState:
             else:
                 self._requeue(action, cmd.now, E.ETIMEDOUT, cmd.reason)
             res.effects.append(Changed(action_id))
+        parts = set(cmd.parts) if cmd.parts else None
+        if not cmd.action_ids or parts:
+            for action_id, stripe in list(self.stripes.items()):
+                if parts is not None and not any(p[0] == action_id for p in parts):
+                    continue
+                out: list[Any] = []
+                for i, a, n in stripe.running():
+                    if a == cmd.agent and (parts is None or (action_id, wire_attempt(i, n)) in parts):
+                        out += stripe.part_failed(i, n, E.ETIMEDOUT, cmd.reason or f"agent {a} lost", cmd.now)
+                self._stripe_said(self.actions[action_id], out, cmd.now, res.effects)
+                res.effects.append(Changed(action_id))
         return res
 
     def _reclaim(self, cmd: Reclaim) -> Result:
@@ -1742,6 +1924,7 @@ class ShardState:
     def _requeue(self, action: Action, now: float, errno: int, message: str, event: Ev = Ev.REQUEUE) -> None:
         """A running action goes back to WAITING at the head of its class,
         or FAILS when it has used all its attempts."""
+        self._drop_stripe(action, now, message)
         if action.attempt - action.handed_back >= self.policy.settings.max_attempts:
             self._end(action, Ev.FAIL, now, errno or E.EIO, message or "too many attempts")
             return
@@ -1754,6 +1937,7 @@ class ShardState:
         self._counted.append(Requeued(action.id, action.kind, errno))
 
     def _end(self, action: Action, event: Ev, now: float, errno: int, message: str) -> None:
+        self._drop_stripe(action, now, message)
         was = action.state
         self._transition(action, event)
         action.ended = now
@@ -1999,7 +2183,7 @@ class ShardState:
                 if pos > 0:
                     assert a.state == State.WAITING, f"{a} running behind another action of its FID"
             head = self.actions[q[0]]
-            if head.state == State.WAITING:
+            if head.state == State.WAITING and not self.parked(head):
                 expect_ready.add(head.id)
         assert ready_ids == expect_ready, f"ready {sorted(ready_ids)} != heads {sorted(expect_ready)}"
 
@@ -2020,6 +2204,14 @@ class ShardState:
         for fsname, _fid in self.fid_queue:
             fs[fsname] = fs.get(fsname, 0) + 1
         assert fs == self.fsnames, "fsnames mismatch"
+        for action_id, stripe in self.stripes.items():
+            sa = self.actions.get(action_id)
+            assert sa is not None and not sa.state.terminal, f"stripe of ended or forgotten action {action_id}"
+            assert sa.kind == Kind.ARCHIVE, f"{sa} striped"
+            assert stripe.phase in (StripePhase.PARTS, StripePhase.SEAL), f"{sa}: stripe kept in {stripe.phase.name}"
+            if stripe.phase == StripePhase.PARTS:
+                assert sa.state == State.WAITING, f"{sa} runs while its parts do"
+            stripe.check()
 
 
 def _with_tag(data: bytes, tag: str) -> bytes:

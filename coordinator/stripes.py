@@ -1,29 +1,32 @@
 """Striped transfers (issue 18, item 5): one large archive split by extent
 into parts that run on several agents at once. Pure: no I/O, time passed
-in; events in, instructions out, as in ``coordinator/state.py``. The shard
-state is to keep one :class:`Stripe` per striped action and the node to
-turn its instructions into assignments; neither does yet (see the issue's
-closing notes): this module is the protocol they will follow.
+in; events in, instructions out, as in ``coordinator/state.py``, which
+keeps one :class:`Stripe` per striped action (``ShardState.stripes``);
+the node turns its instructions into assignments (docs/striping.md).
 
 The phases of one striped archive:
 
-* **anchor**: one agent begins the file system's action (Lustre's
-  ``llapi_hsm_action_begin``, simfs's ``archive_begin``). That agent's
-  process holds the action's handle until the end: it alone can end the
-  action, so it is also the one that seals. Its start names the data
-  version every part reads.
+* **anchor**: the archive is dispatched as usual. Its agent begins it at
+  the file system, finds the file at least ``striping.above`` bytes long,
+  and lets go of it without copying, reporting the data version and size it
+  saw (``Done.anchored``): the stripe is planned from them.
 * **parts**: each part copies its extent of the file into the one shared
   temporary object (``pwrite`` at its offset), on any agent, an agent that
-  holds fewer parts of this stripe first. A part that fails runs again
-  alone, up to ``max_attempts``; a part that is done never runs again.
-* **seal**: once every part is done, the anchor checks the object (its
-  size, the parts' checksums) and ends the action (the object renamed into
-  place, the action ended with the data version it began with).
+  holds fewer parts of this stripe first. A part reads the file by FID,
+  without beginning an action at the file system. A part that fails runs
+  again alone, up to ``max_attempts``; a part that is done never runs
+  again. A part is told apart from its action on the wire by its attempt
+  number (:func:`wire_attempt`), so the agents' bookkeeping (credits,
+  leases, reconcile, acknowledgements) needs nothing new.
+* **seal**: once every part is done, the action is dispatched again, as a
+  seal: its agent begins the action at the file system, checks that the
+  data version is still the anchor's (else the file changed: EBUSY, and
+  the archive starts over), checks and checksums the object, renames it
+  into place and ends the action.
 
-A stripe ends DONE when the seal succeeds; FAILED when a part uses its
-last attempt, the anchor or the seal fails, or the anchor's agent is lost
-(no other process can end the action it began: the whole archive starts
-again as a new attempt of its action); CANCELED when cancelled. Whenever it
+A stripe ends DONE when the seal succeeds; FAILED when a part uses its last
+attempt or the seal fails (the archive then starts again from the anchor,
+as a new attempt of its action); CANCELED when cancelled. Whenever it
 ends, the parts still running are told to stop.
 """
 
@@ -38,6 +41,26 @@ from dataclasses import dataclass, field
 ALIGN = 1 << 20
 #: at most this many parts per file
 MAX_PARTS = 64
+#: a part's attempt on the wire (Assignment.attempt, Progress, Done,
+#: RunningAction, CancelOrder): this bit, the part's index << 16 and the
+#: part's own attempt; an action's attempts never come near it
+PART_BIT = 1 << 31
+#: lines of a stripe's log kept
+LOG_KEEP = 20
+
+
+def wire_attempt(index: int, attempt: int) -> int:
+    """The attempt number part *index*'s attempt *attempt* goes by on the wire."""
+    if not 0 <= index < MAX_PARTS or not 0 < attempt < 1 << 16:
+        raise ValueError(f"part {index} attempt {attempt} out of range")
+    return PART_BIT | index << 16 | attempt
+
+
+def part_of(wire: int) -> tuple[int, int] | None:
+    """(part index, attempt) of a wire attempt number, or None for an action's own attempt."""
+    if not wire & PART_BIT:
+        return None
+    return (wire >> 16) & 0x7FFF, wire & 0xFFFF
 
 
 class Phase(enum.IntEnum):
@@ -59,24 +82,20 @@ class PartState(enum.IntEnum):
 
 
 def plan_parts(size: int, part_size: int, max_parts: int = MAX_PARTS, align: int = ALIGN) -> list[tuple[int, int]]:
-    """The extents (offset, length) a file of *size* bytes is cut into:
-    as many as *part_size* asks for (at least one, at most *max_parts*),
-    each a multiple of *align* but the last, together exactly [0, size),
-    in order. ValueError for a negative size or a part size below *align*."""
+    """The extents (offset, length) a file of *size* bytes is cut into: as
+    many as *part_size* asks for (at least one, at most *max_parts*), all of
+    one length, a multiple of *align*, but the last (shorter), together
+    exactly [0, size), in order (one length: the object's checksum is built
+    from the parts' digests, posix.PartsHasher). ValueError for a negative
+    size or a part size below *align*."""
     if size < 0:
         raise ValueError(f"a file size is >= 0, not {size}")
     if part_size < align or max_parts < 1 or align < 1:
         raise ValueError(f"part size {part_size} must be at least {align}, and max parts at least 1")
     units = -(-size // align)  # the aligned units the file spans
     n = max(1, min(max_parts, -(-size // part_size), units))
-    per, extra = divmod(units, n)
-    out: list[tuple[int, int]] = []
-    offset = 0
-    for i in range(n):
-        length = min((per + (1 if i < extra else 0)) * align, size - offset)
-        out.append((offset, length))
-        offset += length
-    return out
+    length = max(1, -(-units // n)) * align
+    return [(o, min(length, size - o)) for o in range(0, size, length)] or [(0, 0)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +120,8 @@ class StopPart:
 
 @dataclass(frozen=True, slots=True)
 class Seal:
-    """Every part is done: *agent* (the anchor) checks the object and ends the action."""
+    """Every part is done: the action is to be sealed (*agent*: the anchor,
+    which began it first; any agent may seal)."""
 
     agent: str
 
@@ -127,6 +147,7 @@ class Part:
     attempt: int = 0  # of the run now or last
     failures: int = 0
     checksum: str = ""
+    started: float = 0.0  # when its running attempt was assigned (leader clock)
 
 
 @dataclass(slots=True)
@@ -155,41 +176,50 @@ class Stripe:
         if self.phase != Phase.ANCHOR or not agent:
             return []
         self.phase, self.anchor, self.data_version = Phase.PARTS, agent, data_version
-        self.log.append((now, f"anchored on {agent}, data version {data_version}"))
+        self._note(now, f"anchored on {agent}, data version {data_version}")
         return self._maybe_seal()
 
-    def assign(self, free: Mapping[str, int], now: float, agents: int = 0) -> list[Instruction]:
-        """Start waiting parts on the agents with free slots (*free*: agent ->
-        slots), one part per slot, each to the agent that holds the fewest
-        parts of this stripe (then the most free slots, then by name), and
-        no agent more than its share: the parts over *agents* (the agents
-        that serve the archive id, busy or not; at least those named here),
-        rounded up. So the parts spread over every agent, and an agent that
-        is busy now gets its share when it frees a slot."""
+    def assign(self, free: Mapping[str, int], now: float) -> list[Instruction]:
+        """:meth:`choose`, and start what it chose."""
+        runs = self.choose(free)
+        for r in runs:
+            self.start(r.index, r.agent, r.attempt, now)
+        if runs:
+            self._note(now, f"{len(runs)} part(s) started")
+        return list(runs)
+
+    def choose(self, free: Mapping[str, int]) -> list[RunPart]:
+        """Which waiting parts to start on the agents with a free slot
+        (*free*: agent -> slots), in part order: on each agent at most one
+        part of this stripe at a time (an agent keeps one run per action:
+        agentd), the agents with the most free slots first, then by name.
+        So the parts spread over every agent, and an agent that is busy now
+        takes the next part when it frees a slot. Changes nothing
+        (:meth:`start` does, on every replica)."""
         if self.phase != Phase.PARTS:
             return []
-        slots = {a: n for a, n in free.items() if n > 0}
-        held: dict[str, int] = {}
-        for p in self.parts:
-            if p.state == PartState.RUNNING:
-                held[p.agent] = held.get(p.agent, 0) + 1
-        pool = max(agents, len(set(slots) | set(held)), 1)
-        share = -(-sum(1 for p in self.parts if p.state != PartState.DONE) // pool)
-        slots = {a: min(n, share - held.get(a, 0)) for a, n in slots.items() if share - held.get(a, 0) > 0}
-        out: list[Instruction] = []
+        busy = {p.agent for p in self.parts if p.state == PartState.RUNNING}
+        agents = sorted((a for a, n in free.items() if n > 0 and a not in busy), key=lambda a: (-free[a], a))
+        out: list[RunPart] = []
         for i, p in enumerate(self.parts):
-            if p.state != PartState.WAITING or not slots:
-                continue
-            agent = min(slots, key=lambda a: (held.get(a, 0), -slots[a], a))
-            p.state, p.agent, p.attempt = PartState.RUNNING, agent, p.attempt + 1
-            held[agent] = held.get(agent, 0) + 1
-            slots[agent] -= 1
-            if not slots[agent]:
-                del slots[agent]
-            out.append(RunPart(i, agent, p.attempt, p.offset, p.length))
-        if out:
-            self.log.append((now, f"{len(out)} part(s) started"))
+            if not agents:
+                break
+            if p.state == PartState.WAITING:
+                out.append(RunPart(i, agents.pop(0), p.attempt + 1, p.offset, p.length))
         return out
+
+    def start(self, index: int, agent: str, attempt: int, now: float = 0.0) -> bool:
+        """Part *index* runs on *agent* as attempt *attempt* (its next one);
+        False, changing nothing, when that no longer fits (not waiting, not
+        its next attempt, not in the parts phase)."""
+        if self.phase != Phase.PARTS or not agent or not 0 <= index < len(self.parts):
+            return False
+        p = self.parts[index]
+        if p.state != PartState.WAITING or attempt != p.attempt + 1 or any(
+                q.state == PartState.RUNNING and q.agent == agent for q in self.parts):
+            return False
+        p.state, p.agent, p.attempt, p.started = PartState.RUNNING, agent, attempt, now
+        return True
 
     def part_done(self, index: int, attempt: int, checksum: str, now: float) -> list[Instruction]:
         """Attempt *attempt* of part *index* copied its extent."""
@@ -199,15 +229,20 @@ class Stripe:
         p.state, p.agent, p.checksum = PartState.DONE, "", checksum
         return self._maybe_seal()
 
-    def part_failed(self, index: int, attempt: int, errno: int, reason: str, now: float) -> list[Instruction]:
+    def part_failed(self, index: int, attempt: int, errno: int, reason: str, now: float,
+                    counted: bool = True) -> list[Instruction]:
         """Attempt *attempt* of part *index* failed: it waits to run again,
-        alone, or the stripe fails once the part has used its attempts."""
+        alone, or the stripe fails once the part has used its attempts
+        (*counted* False: the agent gave it back, stopping; no attempt used)."""
         p = self._running(index, attempt)
         if p is None:
             return []
         p.state, p.agent = PartState.WAITING, ""
+        if not counted:
+            self._note(now, f"part {index} attempt {attempt} given back: {reason}")
+            return []
         p.failures += 1
-        self.log.append((now, f"part {index} attempt {attempt} failed: {reason}"))
+        self._note(now, f"part {index} attempt {attempt} failed: {reason}")
         if p.failures >= self.max_attempts:
             return self._end(Phase.FAILED, errno, f"part {index} (bytes {p.offset} to {p.offset + p.length}) "
                                                   f"failed {p.failures} times, the last: {reason}")
@@ -215,12 +250,10 @@ class Stripe:
 
     def agent_lost(self, agent: str, now: float) -> list[Instruction]:
         """*agent* is gone (its grace period ended): its parts wait to run
-        again (an attempt used, as a requeue does); the anchor's loss ends
-        the stripe, since only its process could end the action it began."""
+        again (an attempt used, as a requeue does). The anchor holds nothing
+        once it let go of the action: its loss changes nothing here."""
         if self.phase in ENDED:
             return []
-        if agent == self.anchor:
-            return self._end(Phase.FAILED, 0, f"the anchor agent {agent} was lost: the archive starts again")
         out: list[Instruction] = []
         for i, p in enumerate(self.parts):
             if p.state == PartState.RUNNING and p.agent == agent:
@@ -230,7 +263,7 @@ class Stripe:
         return out
 
     def anchor_failed(self, errno: int, reason: str, now: float) -> list[Instruction]:
-        """The anchor could not begin the action, or the seal failed."""
+        """The seal failed (or the action could not be begun again)."""
         if self.phase not in (Phase.ANCHOR, Phase.PARTS, Phase.SEAL):
             return []
         return self._end(Phase.FAILED, errno, reason)
@@ -278,6 +311,12 @@ class Stripe:
             return None
         p = self.parts[index]
         return p if p.state == PartState.RUNNING and p.attempt == attempt else None
+
+    def _note(self, now: float, text: str) -> None:
+        """Keep the last :data:`LOG_KEEP` lines of what happened (shown by ``hsmctl``)."""
+        self.log.append((now, text))
+        if len(self.log) > LOG_KEEP:
+            del self.log[:len(self.log) - LOG_KEEP]
 
     def _maybe_seal(self) -> list[Instruction]:
         if self.phase == Phase.PARTS and all(p.state == PartState.DONE for p in self.parts):

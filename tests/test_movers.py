@@ -767,3 +767,30 @@ def test_null_mover_completes_without_touching_the_file(tree: Tree) -> None:
     slow.cancelled.set()
     t.join(5)
     assert results and results[0].errno == errno.ECANCELED
+
+
+def test_a_striped_object_s_checksum_is_built_from_its_parts_and_checked_in_any_chunks() -> None:
+    from agentd.movers.posix import PartsHasher, combine_parts, new_hasher
+
+    data = os.urandom(5 * 4096 + 123)
+    part = 4096
+    digests = [hashlib.sha256(data[i:i + part]).digest() for i in range(0, len(data), part)]
+    want = combine_parts("sha256", digests)
+    assert want == hashlib.sha256(b"".join(digests)).hexdigest()
+    for chunk in (1, 1000, 4096, 5000, len(data)):
+        h = new_hasher(f"sha256/{part}")
+        assert isinstance(h, PartsHasher) and h.digest_size == 32
+        for i in range(0, len(data), chunk):
+            h.update(data[i:i + chunk])
+        assert h.hexdigest() == want, chunk
+    # a file of exactly whole parts, and one of a single short part
+    h = new_hasher("sha256/4096")
+    h.update(data[:8192])
+    assert h.hexdigest() == combine_parts("sha256", digests[:2])
+    h = new_hasher("sha256/4096")
+    h.update(b"abc")
+    assert h.hexdigest() == combine_parts("sha256", [hashlib.sha256(b"abc").digest()])
+    assert new_hasher("sha256").name == "sha256"
+    for bad in ("sha256/0", "sha256/x", "nope/4096", "nope"):
+        with pytest.raises(ValueError):
+            new_hasher(bad)

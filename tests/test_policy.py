@@ -676,9 +676,9 @@ def test_bools_floats_and_strings_are_not_integers(text: str, error: str) -> Non
 
 @pytest.mark.parametrize(("text", "error"), [
     ("- a\n", (1, "expected a mapping (the sections settings, priorities, fair_share, rate_limits, "
-                  "request_masks, batching, tape, rules), got a list")),
+                  "request_masks, batching, tape, striping, rules), got a list")),
     ("hello\n", (1, 'expected a mapping (the sections settings, priorities, fair_share, rate_limits, '
-                    'request_masks, batching, tape, rules), got "hello"')),
+                    'request_masks, batching, tape, striping, rules), got "hello"')),
     ("setings: {}\n", (1, 'unknown key "setings" (did you mean settings?)')),
     ("settings: 5\n", (1, "settings: expected a mapping (max_attempts, progress_timeout, agent_grace, "
                           "max_terminal, max_running, max_running_per_archive), got 5")),
@@ -833,6 +833,7 @@ def test_to_dict_of_the_defaults_has_every_key() -> None:
                           "bridge": ["archive", "restore", "remove"], "admin": ["archive", "restore", "remove"]},
         "batching": {"size": 0, "idle": 30, "max_wait": 600},
         "tape": {"max_mount": 600},
+        "striping": {"above": 0, "part_size": "1G", "max_parts": 64},
         "rules": [],
     }
     assert parse(Policy().dump()) == Policy()
@@ -1211,3 +1212,31 @@ def test_batching_and_tape() -> None:
         (1, "batching.idle: 0 is out of range 0.01..86400"),
         (2, "tape.max_mount: 0 is out of range 0.01..604800"),
     ]
+
+
+def test_striping_section_sizes_and_errors() -> None:
+    p = parse("striping: {above: 64G, part_size: 4G, max_parts: 16}\n")
+    assert (p.stripe_above, p.stripe_part, p.stripe_max_parts) == (64 << 30, 4 << 30, 16)
+    assert parse(p.dump()) == p
+    assert diff(parse(""), p) == ["striping.above: 0 -> 64G", "striping.part_size: 1G -> 4G",
+                                  "striping.max_parts: 64 -> 16"]
+    assert parse("striping: {above: 0, part_size: 1048576}\n").stripe_part == 1 << 20
+    for text, message in (
+            ("striping: {above: 1K}\n", "striping.above: 1024 bytes: a striped file is at least 1M (0: off)"),
+            ("striping: {part_size: 4K}\n", "striping.part_size: 4096 bytes: a part is at least 1M"),
+            ("striping: {part_size: lots}\n", "striping.part_size: expected a size such as 4G or a number of bytes"),
+            ("striping: {above: true}\n", "striping.above: expected a size such as 4G or a number of bytes"),
+            ("striping: {max_parts: 65}\n", "striping.max_parts: 65 is out of range 2..64"),
+            ("striping: {parts: 4}\n", 'striping: unknown key "parts"')):
+        with pytest.raises(PolicyError) as e:
+            parse(text)
+        assert message in str(e.value), (text, str(e.value))
+
+
+def test_the_striping_doc_example_parses() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "striping.md").read_text()
+    (block,) = re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
+    p = parse(block)
+    assert (p.stripe_above, p.stripe_part, p.stripe_max_parts) == (64 << 30, 4 << 30, 64)

@@ -11,13 +11,15 @@ import errno as E
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from coordinator import scheduler
 from coordinator.raft.serializer import _decode_state, _encode_state
 from coordinator.state import (
+    Action,
     AgentLost,
     Assign,
+    AssignParts,
     Cancel,
     Complete,
     Completion,
@@ -32,11 +34,13 @@ from coordinator.state import (
     Reclaim,
     Requester,
     SendCancel,
+    SetPolicy,
     ShardConfig,
     ShardState,
     State,
     Submit,
 )
+from coordinator.stripes import PartState, part_of, wire_attempt
 from hsm.fid import Fid
 
 AGENTS = ("a1", "a2", "a3")
@@ -72,7 +76,15 @@ def snapshot(state: ShardState) -> object:
         ),
         {k: list(q) for k, q in state.ready.items()},
         dict(state.keys),
+        sorted((i, s.phase, s.data_version, [(p.state, p.agent, p.attempt, p.failures, p.checksum) for p in s.parts])
+               for i, s in state.stripes.items()),
     )
+
+
+MiB = 1 << 20
+#: the machine's policy: CONFIG's settings, and striping with parts of 1 MiB
+POLICY = ("settings: {max_attempts: 2, progress_timeout: 5, max_terminal: 40}\n"
+          "striping: {above: 1M, part_size: 1M, max_parts: 4}\n")
 
 
 class ShardMachine(RuleBasedStateMachine):
@@ -83,6 +95,7 @@ class ShardMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.ended: dict[int, State] = {}
         self.key_answers: dict[str, int] = {}
+        self.apply(SetPolicy(self.tick(), 1, POLICY, "test"))
 
     def apply(self, cmd):  # type: ignore[no-untyped-def]
         self.log.append(cmd)
@@ -165,9 +178,13 @@ class ShardMachine(RuleBasedStateMachine):
                 return
             cmd = Cancel(self.tick(), action_ids=(data.draw(st.sampled_from(sorted(self.state.actions))),))
         holders = {a.id: (a.agent, a.attempt) for a in self.state.actions.values() if a.state is State.STARTED}
+        parts = {(i, wire_attempt(n, p.attempt)): p.agent for i, s in self.state.stripes.items()
+                 for n, p in enumerate(s.parts) if p.state == PartState.RUNNING}
         res = self.apply(cmd)
         for e in res.effects:
-            if isinstance(e, SendCancel):
+            if isinstance(e, SendCancel) and part_of(e.attempt) is not None:
+                assert parts[(e.action_id, e.attempt)] == e.agent, "a part's stop routed to the wrong agent"
+            elif isinstance(e, SendCancel):
                 assert holders[e.action_id] == (e.agent, e.attempt), "cancel routed to the wrong agent"
         if how == "all":
             assert all(a.state is not State.WAITING for a in self.state.actions.values())
@@ -188,10 +205,62 @@ class ShardMachine(RuleBasedStateMachine):
         for i in stale:
             assert self.state.actions[i].state is State.CANCELING
 
+    def _anchorable(self) -> list[Action]:
+        return [a for a in self.state.actions.values()
+                if a.state == State.STARTED and a.kind == Kind.ARCHIVE and a.id not in self.state.stripes]
+
+    @precondition(lambda self: self._anchorable())
+    @rule(data=st.data(), mib=st.sampled_from([1, 2, 3, 5]), stale=st.booleans())
+    def anchor(self, data: st.DataObject, mib: int, stale: bool) -> None:
+        """A striped archive's anchor lets go and reports the file's size."""
+        a = data.draw(st.sampled_from(self._anchorable()))
+        attempt = a.attempt - 1 if stale else a.attempt
+        res = self.apply(Complete(self.tick(), (Completion(a.id, attempt, copy=("", 3, mib * MiB + 1, "", 0, 0, 0,
+                                                                                  ""), anchored=True),), a.agent))
+        if stale:
+            assert res.replies == [False] and a.state == State.STARTED
+        else:
+            assert res.replies == [True] and self.state.parked(a) and a.id in self.state.stripes
+
+    @precondition(lambda self: self.state.stripes)
+    @rule(data=st.data(), free=st.dictionaries(st.sampled_from(AGENTS), st.integers(0, 2)))
+    def assign_parts(self, data: st.DataObject, free: dict[str, int]) -> None:
+        action_id = data.draw(st.sampled_from(sorted(self.state.stripes)))
+        runs = self.state.stripes[action_id].choose(free)
+        res = self.apply(AssignParts(self.tick(), action_id, tuple((r.index, r.agent, r.attempt) for r in runs)))
+        stripe = self.state.stripes.get(action_id)
+        if stripe is not None and self.state.control == "enabled":
+            for r in runs:
+                if r.agent not in self.state.drained:
+                    assert r.index in res.replies
+        parts = stripe.parts if stripe else []
+        for p in parts:
+            if p.state == PartState.RUNNING:
+                assert sum(q.agent == p.agent and q.state == PartState.RUNNING for q in parts) == 1, \
+                    "an agent runs one part of a file at a time"
+
+    @precondition(lambda self: self.state.stripes)
+    @rule(data=st.data(), errno=st.sampled_from([0, 0, E.EIO, E.ECANCELED]), handback=st.booleans(),
+          stale=st.booleans(), other=st.booleans())
+    def part_report(self, data: st.DataObject, errno: int, handback: bool, stale: bool, other: bool) -> None:
+        """A part's Done: late, duplicate or from another agent sometimes."""
+        action_id = data.draw(st.sampled_from(sorted(self.state.stripes)))
+        stripe = self.state.stripes[action_id]
+        index = data.draw(st.integers(0, len(stripe.parts) - 1))
+        part = stripe.parts[index]
+        attempt = max(1, part.attempt - (1 if stale else 0))
+        agent = "a9" if other else (part.agent or "a1")
+        was = (part.state, part.attempt)
+        copy = ("k", 3, part.length, f"sha256:{index:064x}", 0, 0, 0, "")
+        res = self.apply(Complete(self.tick(), (Completion(action_id, wire_attempt(index, attempt), errno, "m",
+                                                           errno != 0, 0, handback, copy),), agent))
+        counted = was == (PartState.RUNNING, attempt) and not other
+        assert res.replies == [counted], "a part's report counts only from its agent, for its running attempt"
+
     @rule(agent=st.sampled_from(AGENTS))
     def agent_lost(self, agent: str) -> None:
         self.apply(AgentLost(self.tick(), agent))
-        assert not self.state.held_by(agent)
+        assert not self.state.held_by(agent) and not self.state.parts_held_by(agent)
 
     @invariant()
     def terminal_states_are_final(self) -> None:

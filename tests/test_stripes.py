@@ -1,5 +1,6 @@
 """The striped-transfer protocol (coordinator/stripes.py): pure, so every
-order of events is tried here; the shard state does not use it yet."""
+order of events is tried here (tests/test_stripes_state.py: in the shard
+state)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from coordinator.stripes import (
     ALIGN,
+    MAX_PARTS,
+    PART_BIT,
     Ended,
     Instruction,
     PartState,
@@ -20,7 +23,9 @@ from coordinator.stripes import (
     Seal,
     StopPart,
     Stripe,
+    part_of,
     plan_parts,
+    wire_attempt,
 )
 
 GiB = 1 << 30
@@ -45,10 +50,10 @@ def test_parts_cover_the_file_exactly_in_aligned_order(size: int, part_size: int
         offset += length
     assert offset == size
     assert all(n > 0 for _o, n in parts) or size == 0
+    # one length for all but the last, which is no longer (the object's checksum is built from them)
+    assert len({n for _o, n in parts[:-1]}) <= 1 and parts[-1][1] <= parts[0][1]
     if size:
-        # as even as alignment allows: no part more than one aligned unit longer than another
-        lengths = [n for _o, n in parts[:-1]]
-        assert not lengths or max(lengths) - min(lengths) <= ALIGN
+        assert len(parts) == -(-size // parts[0][1])
 
 
 def test_plan_refuses_what_cannot_be_cut() -> None:
@@ -77,19 +82,22 @@ def test_a_4_gib_file_runs_on_four_agents_at_once_and_seals_on_the_anchor() -> N
     s.check()
 
 
-def test_parts_spread_over_every_agent_each_its_share() -> None:
-    """6 parts over 4 agents: at most 2 each (6/4 rounded up), so agents
-    busy now (c, d) still get parts when they free a slot."""
+def test_parts_spread_over_every_agent_one_at_a_time_each() -> None:
+    """6 parts over agents with free slots: one part per agent at a time
+    (agentd runs one attempt per action), the agents with the most free
+    slots first; an agent takes its next part once its last one ended."""
     s = Stripe.plan(6 * GiB, GiB)
     s.anchored("a", 1, 0.0)
-    first = s.assign({"a": 1, "b": 3}, 0.0, agents=4)
-    assert spread(first) == {"a": 1, "b": 2}
-    assert spread(s.assign({"c": 2, "b": 5}, 0.0, agents=4)) == {"c": 2}  # b has its share
-    assert spread(s.assign({"d": 4}, 0.0, agents=4)) == {"d": 1}  # the last part
-    # alone, an agent takes every part its slots allow
+    first = s.assign({"a": 1, "b": 3}, 0.0)
+    assert [(r.index, r.agent) for r in first if isinstance(r, RunPart)] == [(0, "b"), (1, "a")]
+    assert spread(s.assign({"c": 2, "b": 5}, 0.0)) == {"c": 1}  # b runs one already
+    s.part_done(0, 1, "x", 1.0)
+    assert [(r.index, r.agent) for r in s.assign({"b": 5, "d": 1}, 1.0) if isinstance(r, RunPart)] == [
+        (3, "b"), (4, "d")]
+    # alone, an agent runs the parts one after the other
     solo = Stripe.plan(3 * GiB, GiB)
     solo.anchored("a", 1, 0.0)
-    assert spread(solo.assign({"a": 8}, 0.0, agents=1)) == {"a": 3}
+    assert spread(solo.assign({"a": 8}, 0.0)) == {"a": 1}
 
 
 def test_a_failed_part_runs_again_alone_and_done_parts_never_again() -> None:
@@ -121,17 +129,44 @@ def test_a_part_that_uses_its_attempts_fails_the_stripe_and_stops_the_others() -
     s.check()
 
 
-def test_losing_the_anchor_fails_the_stripe_losing_another_agent_requeues_its_parts() -> None:
+def test_a_lost_agent_s_parts_run_again_elsewhere_and_the_anchor_is_no_different() -> None:
+    # the anchor let go of the action at the file system: it holds nothing
     s = Stripe.plan(4 * GiB, GiB)
     s.anchored("a", 1, 0.0)
     s.assign({"a": 1, "b": 2, "c": 1}, 0.0)
     assert {a for _i, a, _n in s.running()} == {"a", "b", "c"}
-    s.agent_lost("b", 1.0)
+    lost = sorted(i for i, a, _n in s.running() if a in ("a", "b"))
+    assert s.agent_lost("b", 1.0) == []
     assert "b" not in {a for _i, a, _n in s.running()} and s.phase == Phase.PARTS
-    out = s.agent_lost("a", 2.0)
-    assert out[-1] == Ended(Phase.FAILED, 0, "the anchor agent a was lost: the archive starts again")
-    assert {type(x) for x in out[:-1]} <= {StopPart} and s.running() == []
+    assert s.agent_lost("a", 2.0) == [] and s.phase == Phase.PARTS
+    assert {a for _i, a, _n in s.running()} == {"c"}
+    again = s.assign({"c": 4, "d": 4, "e": 4}, 3.0)  # c runs one already
+    assert sorted(r.index for r in again if isinstance(r, RunPart)) == lost
+    assert all(r.attempt == 2 for r in again if isinstance(r, RunPart))  # each lost part's second attempt
     s.check()
+
+
+def test_choose_changes_nothing_and_start_refuses_what_no_longer_fits() -> None:
+    s = Stripe.plan(2 * GiB, GiB)
+    assert s.choose({"a": 2}) == []  # not anchored
+    s.anchored("a", 1, 0.0)
+    runs = s.choose({"a": 1, "b": 1})
+    assert [(r.index, r.agent, r.attempt) for r in runs] == [(0, "a", 1), (1, "b", 1)]
+    assert s.running() == [] and s.choose({"a": 1, "b": 1}) == runs  # nothing changed
+    assert s.start(0, "a", 1) and not s.start(0, "a", 1)  # twice: the second does not fit
+    assert not s.start(1, "b", 2) and not s.start(5, "b", 1) and not s.start(1, "", 1)
+    assert s.start(1, "b", 1) and s.running() == [(0, "a", 1), (1, "b", 1)]
+    s.check()
+
+
+def test_wire_attempts_tell_parts_from_actions() -> None:
+    assert part_of(3) is None
+    w = wire_attempt(5, 2)
+    assert w & PART_BIT and part_of(w) == (5, 2) and w < 1 << 32
+    assert part_of(wire_attempt(MAX_PARTS - 1, 0xFFFF)) == (MAX_PARTS - 1, 0xFFFF)
+    for bad in ((-1, 1), (MAX_PARTS, 1), (0, 0), (0, 1 << 16)):
+        with pytest.raises(ValueError):
+            wire_attempt(*bad)
 
 
 def test_cancel_stops_every_running_part() -> None:

@@ -95,6 +95,21 @@ class Job:
     object_offset: int = 0
     object_length: int = 0
     object_checksum: str = ""
+    #: ARCHIVE striped over several agents (agent.proto StripeOrder,
+    #: docs/striping.md): *stripe_above* > 0: the anchor (let go of a file
+    #: that long, without copying); *stripe_part* > 0: part number
+    #: *stripe_part* - 1 of *stripe_parts* (the extent is the job's);
+    #: *stripe_seal*: seal the parts' object. *stripe_version* and
+    #: *stripe_size*: the anchor's data version and size
+    stripe_above: int = 0
+    stripe_part: int = 0
+    stripe_parts: int = 0
+    stripe_version: int = 0
+    stripe_size: int = 0
+    stripe_seal: bool = False
+    #: the seal: the parts' length (the last one shorter) and each part's checksum, in order
+    stripe_part_length: int = 0
+    stripe_checksums: tuple[str, ...] = ()
 
     def log_prefix(self) -> str:
         """``action ID/ATTEMPT KIND FID``: the prefix of every line about the action (hsm.logsetup)."""
@@ -109,6 +124,9 @@ class Result:
     retry: bool = False  # transient failure: the coordinator may queue it again
     #: a successful archive: the copy written, for the coordinator's catalog
     copy: CopyMade | None = None
+    #: the anchor of a striped archive let go of it without copying (its
+    #: copy: the data version and size it began with)
+    anchored: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,21 @@ Checksum
     ``None``/``False`` (none). Restore also refuses an object whose size is
     not the released file's size (EIO).
 
+Striped archives (docs/striping.md)
+    A file of at least the policy's ``striping.above`` bytes is archived by
+    several agents at once. The *anchor* (the action's first dispatch)
+    begins it, lets go of it without copying and reports the data version
+    and size it saw. Each *part* reads its extent of the file by FID
+    (without beginning an action) and writes it at the same offset into
+    ``<obj>_tmp.stripe-<data version>``, shared by the parts, which it
+    fsyncs; its Done carries the extent's checksum. The *seal* (the action
+    dispatched again once every part is done) begins the action, refuses
+    (EBUSY, the archive starts over) a file whose data version or size is
+    no longer the anchor's, checksums the whole object, gives it the file's
+    attributes, renames it onto ``<obj>`` and ends the action. A stripe's
+    temporary object left by a stripe that started over is removed by the
+    next seal of the file.
+
 Not done
     No shadow tree (``<root>/shadow/<path>`` symlinks): the backend has no
     fid2path. No striping sidecar is written; REMOVE still deletes an
@@ -165,6 +180,16 @@ def _oserror(exc: OSError, what: str, *, archive_side: bool) -> MoverError:
     return MoverError(err, f"{what}: {reason}", retry=is_transient(err, archive_side=archive_side))
 
 
+def _open_noatime(path: str) -> int:
+    """Open a file to read without touching its atime (O_NOATIME needs the
+    file's owner or CAP_FOWNER: without, a plain open)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_NOATIME)
+    except PermissionError:
+        return os.open(path, flags)
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -243,10 +268,78 @@ class _Progress:
             self._job.report(done, self._total)
 
 
+class PartsHasher:
+    """The checksum of a striped archive's object (``ALGO/PARTLEN``, e.g.
+    ``sha256/1073741824``): *algo* of the concatenated *algo* digests of its
+    consecutive parts of *part_length* bytes (the last one shorter), so the
+    seal combines the digests its parts computed, without reading the
+    object again, and a restore checks it while it streams the data."""
+
+    def __init__(self, algo: str, part_length: int) -> None:
+        if part_length < 1:
+            raise ValueError(f"part length {part_length} must be at least 1")
+        self.algo = algo
+        self.part_length = part_length
+        self.name = f"{algo}/{part_length}"
+        self._part = hashlib.new(algo)
+        self.digest_size = self._part.digest_size
+        self._in_part = 0
+        self._digests: list[bytes] = []
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = min(len(view), self.part_length - self._in_part)
+            self._part.update(view[:n])
+            self._in_part += n
+            view = view[n:]
+            if self._in_part == self.part_length:
+                self._digests.append(self._part.digest())
+                self._part, self._in_part = hashlib.new(self.algo), 0
+
+    def hexdigest(self) -> str:
+        digests = list(self._digests)
+        if self._in_part or not digests:
+            digests.append(self._part.digest())
+        return combine_parts(self.algo, digests)
+
+
+def combine_parts(algo: str, digests: list[bytes]) -> str:
+    """A striped object's checksum (hex) from its parts' digests, in order."""
+    return hashlib.new(algo, b"".join(digests)).hexdigest()
+
+
+def new_hasher(algo: str) -> hashlib._Hash | PartsHasher:
+    """The hasher of a stored checksum's algorithm: a :mod:`hashlib` name,
+    or ``NAME/PARTLEN`` for a striped object (:class:`PartsHasher`).
+    ValueError for an unknown one."""
+    name, sep, length = algo.partition("/")
+    if not sep:
+        return hashlib.new(algo)
+    if not length.isdigit() or not 0 < int(length) < 1 << 63:
+        raise ValueError(f"unknown checksum algorithm {algo!r}")
+    return PartsHasher(name, int(length))
+
+
+def _stripe_tmp(obj: Path, data_version: int) -> Path:
+    """The temporary object the parts of a stripe of *obj* write into."""
+    return obj.with_name(f"{obj.name}{_TMP_SUFFIX}.stripe-{data_version}")
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
 class PosixMover:
     """Archive to / restore from a directory tree (see the module doc)."""
 
     name = "posix"
+    #: copies parts of striped archives and seals them (agent.proto Hello.stripes)
+    stripes = True
 
     def __init__(
         self,
@@ -295,6 +388,8 @@ class PosixMover:
         self.checksum = checksum or None
         #: (action id, attempt) -> the copy an archive wrote, until run() returns it
         self._made: dict[tuple[int, int], CopyMade] = {}
+        #: (action id, attempt) -> (data version, size) of a striped archive's anchor
+        self._anchored: dict[tuple[int, int], tuple[int, int]] = {}
         self._made_lock = threading.Lock()
         #: small-file packing (agentd.movers.packer): files under pack_below bytes
         self.pack_below = pack_below
@@ -326,9 +421,14 @@ class PosixMover:
             log.error("%s: %s", prefix, msg)
             return Result(errno=errno.EINVAL, message=msg)
 
+        if job.kind == HSMA.ARCHIVE and job.stripe_part:
+            return self._part(job)
         result = run_action(job, "posix", op)
         with self._made_lock:
             made = self._made.pop((job.action_id, job.attempt), None)
+            anchored = self._anchored.pop((job.action_id, job.attempt), None)
+        if anchored is not None and result.errno == 0:
+            return replace(result, anchored=True, copy=CopyMade(data_version=anchored[0], size=anchored[1]))
         if made is not None and result.errno == 0 and job.kind == HSMA.ARCHIVE:
             result = replace(result, copy=made)
         return result
@@ -407,6 +507,17 @@ class PosixMover:
     def _archive(self, job: Job, handle: ActionHandle) -> int:
         prefix = job.log_prefix()
         info = handle.info()
+        if job.stripe_seal:
+            return self._seal(job, handle, info)
+        if job.stripe_above and job.final and info.size >= job.stripe_above and job.offset == 0 and job.length < 0:
+            # the anchor of a striped archive: let go of the action (run_action
+            # does, for an archive that is not final) and report what it saw
+            job.final = False
+            with self._made_lock:
+                self._anchored[(job.action_id, job.attempt)] = (info.data_version, info.size)
+            log.info("%s: %d bytes, at least %d: striped over several agents (data version %d)", prefix,
+                     info.size, job.stripe_above, info.data_version)
+            return 0
         if self.packer is not None and info.size < self.pack_below and job.offset == 0 and (
                 job.length < 0 or job.length >= info.size):
             return self._pack(job, handle, info)
@@ -463,6 +574,137 @@ class PosixMover:
                 key=str(obj.relative_to(self.archive_root)), data_version=info.data_version, size=info.size,
                 checksum=checksum, uid=info.uid, gid=info.gid, mode=info.mode, path=_catalog_path(job))
         return length
+
+    def _part(self, job: Job) -> Result:
+        """A part of a striped archive: its extent of the file, read by FID
+        without beginning an action, written at the same offset into the
+        stripe's temporary object (see the module doc)."""
+        prefix = job.log_prefix()
+        obj = object_path(self.archive_root, job.fid)
+        tmp = _stripe_tmp(obj, job.stripe_version)
+        part = f"part {job.stripe_part} of {job.stripe_parts} (bytes {job.offset} to {job.offset + job.length})"
+        try:
+            if job.length <= 0 or job.offset + job.length > job.stripe_size:
+                raise MoverError(errno.EINVAL, f"{part} of {job.fid} is outside its {job.stripe_size} bytes")
+            self._check_root()
+            try:
+                self._mkdir_p(obj.parent)
+            except OSError as exc:
+                raise _oserror(exc, f"cannot create directory {exc.filename}", archive_side=True) from exc
+            try:
+                src = _open_noatime(job.backend.path_of(job.fid))
+            except OSError as exc:
+                raise _oserror(exc, f"cannot open {job.fid} for reading", archive_side=False) from exc
+            try:
+                try:
+                    dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_PERM)
+                except OSError as exc:
+                    raise _oserror(exc, f"cannot open {tmp}", archive_side=True) from exc
+                try:
+                    at = [job.offset, job.offset]  # where the next read, the next write go
+
+                    def read(n: int) -> bytes:
+                        data = os.pread(src, n, at[0])
+                        at[0] += len(data)
+                        return data
+
+                    def write(data: bytes) -> None:
+                        _pwrite_all(dst, data, at[1])
+                        at[1] += len(data)
+
+                    hasher = hashlib.new(self.checksum or "sha256")
+                    progress = _Progress(job, job.length, self.progress_interval, self.progress_bytes)
+                    copied = self._pump(job, read, write, job.length, src_name=str(job.fid), dst_name=str(tmp),
+                                        src_archive=False, hasher=hasher, progress=progress)
+                    if copied < job.length:
+                        raise MoverError(errno.EBUSY, f"{job.fid} shrank during {part}: read {copied} of "
+                                                      f"{job.length} bytes", retry=True)
+                    try:
+                        os.fsync(dst)
+                    except OSError as exc:
+                        raise _oserror(exc, f"cannot write {tmp}", archive_side=True) from exc
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
+        except Cancelled:
+            log.info("%s: %s cancelled", prefix, part)
+            return Result(errno=errno.ECANCELED, message=f"{part} of {job.fid} cancelled")
+        except MoverError as exc:
+            log.error("%s: %s: %s", prefix, part, exc.message)
+            return Result(errno=exc.errno, message=exc.message, retry=exc.retry)
+        log.info("%s: %s copied to %s", prefix, part, tmp)
+        return Result(bytes_done=copied, copy=CopyMade(
+            key=str(tmp.relative_to(self.archive_root)), data_version=job.stripe_version, size=copied,
+            checksum=f"{hasher.name}:{hasher.hexdigest()}"))
+
+    def _parts_checksum(self, job: Job, tmp: Path) -> str:
+        """The object's checksum from the digests its parts reported
+        (``ALGO/PARTLEN:HEX``, :class:`PartsHasher`); MoverError when they
+        are missing or not all of one algorithm (the archive starts over)."""
+        sums = job.stripe_checksums
+        algos = {c.partition(":")[0] for c in sums}
+        if len(sums) != job.stripe_parts or len(algos) != 1 or not job.stripe_part_length:
+            raise MoverError(errno.EIO, f"the parts of {tmp} reported {len(sums)} checksum(s) of "
+                                        f"{job.stripe_parts} part(s): archived again from the start", retry=True)
+        algo = algos.pop()
+        try:
+            digests = [bytes.fromhex(c.partition(":")[2]) for c in sums]
+            hashlib.new(algo)
+        except ValueError:
+            raise MoverError(errno.EIO, f"the parts of {tmp} reported an unreadable checksum: archived again "
+                                        "from the start", retry=True) from None
+        return f"{algo}/{job.stripe_part_length}:{combine_parts(algo, digests)}"
+
+    def _seal(self, job: Job, handle: ActionHandle, info: FileInfo) -> int:
+        """The seal of a striped archive: every part is in the stripe's
+        temporary object; check it against the file as begun now, checksum
+        it, and put it in place (see the module doc)."""
+        prefix = job.log_prefix()
+        if info.data_version != job.stripe_version or info.size != job.stripe_size:
+            raise MoverError(errno.EBUSY, f"{job.fid} changed while its parts were copied (data version "
+                                          f"{job.stripe_version} -> {info.data_version}, size {job.stripe_size} -> "
+                                          f"{info.size}): archived again from the start", retry=True)
+        obj = object_path(self.archive_root, job.fid)
+        tmp = _stripe_tmp(obj, job.stripe_version)
+        self._check_root()
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise MoverError(exc.errno or errno.EIO, f"the parts' object {tmp} cannot be opened "
+                             f"({exc.strerror or exc}): archived again from the start", retry=True) from exc
+        # a seal that stops before the rename leaves the parts' object for the next seal of this stripe
+        try:
+            size = os.fstat(fd).st_size
+            if size != info.size:
+                raise MoverError(errno.EIO, f"the parts' object {tmp} holds {size} bytes, the file "
+                                            f"{info.size}: archived again from the start", retry=True)
+            checksum = ""
+            if self.checksum:
+                checksum = self._parts_checksum(job, tmp)
+                self._set_checksum(fd, obj, checksum)
+            self._copy_attrs(job, info, fd)
+            os.fsync(fd)
+        except OSError as exc:
+            raise _oserror(exc, f"cannot seal {tmp}", archive_side=True) from exc
+        finally:
+            os.close(fd)
+        if job.cancelled.is_set() or not job.may_publish():
+            raise Cancelled
+        try:
+            os.rename(tmp, obj)
+            _fsync_dir(obj.parent)
+        except OSError as exc:
+            raise _oserror(exc, f"cannot rename {tmp} onto {obj}", archive_side=True) from exc
+        for old in obj.parent.glob(f"{obj.name}{_TMP_SUFFIX}.stripe-*"):
+            _unlink_quiet(old, prefix)  # stripes that started over
+        _remove_older_tmps(obj, job.attempt, prefix)
+        log.info("%s: sealed %d parts, %d bytes, into %s", prefix, job.stripe_parts, info.size, obj)
+        with self._made_lock:
+            self._made[(job.action_id, job.attempt)] = CopyMade(
+                key=str(obj.relative_to(self.archive_root)), data_version=info.data_version, size=info.size,
+                checksum=checksum, uid=info.uid, gid=info.gid, mode=info.mode, path=_catalog_path(job))
+        return info.size
 
     def _pack(self, job: Job, handle: ActionHandle, info: FileInfo) -> int:
         """A small file's archive: its bytes go into its group's container
@@ -592,6 +834,12 @@ class PosixMover:
             finally:
                 os.close(rfd)
         value = f"{self.checksum}:{hasher.hexdigest()}"
+        self._set_checksum(fd, obj, value)
+        log.debug("%s: %s of %s is %s", prefix, self.checksum, obj, value)
+        return value
+
+    def _set_checksum(self, fd: int, obj: Path, value: str) -> None:
+        """Store an object's checksum in its xattr (see the module doc)."""
         try:
             os.setxattr(fd, CHECKSUM_XATTR, value.encode())
         except OSError as exc:
@@ -603,8 +851,6 @@ class PosixMover:
                     "(configure the posix mover with checksum none to archive without)",
                 ) from exc
             raise
-        log.debug("%s: %s of %s is %s", prefix, self.checksum, obj, value)
-        return value
 
     def _copy_attrs(self, job: Job, info: FileInfo, fd: int) -> None:
         """Mode, owner (best effort) and times of the file onto the object."""
@@ -655,7 +901,7 @@ class PosixMover:
                     f"archive object {obj} holds {st.st_size} bytes but {job.fid} "
                     f"has {info.size}: refusing to restore it",
                 )
-            hasher = None if stored is None else hashlib.new(stored[0])
+            hasher = None if stored is None else new_hasher(stored[0])
             if stored is None:
                 log.warning("%s: %s has no checksum, restoring it unverified", prefix, obj)
             log.info("%s: restoring %d bytes from %s", prefix, st.st_size, obj)
@@ -762,7 +1008,7 @@ class PosixMover:
         try:
             if not sep:
                 raise ValueError
-            expected_len = hashlib.new(algo).digest_size * 2
+            expected_len = new_hasher(algo).digest_size * 2
             if len(digest) != expected_len or digest.strip("0123456789abcdef"):
                 raise ValueError
         except (ValueError, TypeError):

@@ -23,7 +23,7 @@ class ReportResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "host", "archive_ids", "slots", "version", "running", "cluster_id", "tags")
+    __slots__ = ("agent_id", "host", "archive_ids", "slots", "version", "running", "cluster_id", "tags", "stripes")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class Hello(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    STRIPES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     host: str
     archive_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -40,7 +41,8 @@ class Hello(_message.Message):
     running: _containers.RepeatedCompositeFieldContainer[RunningAction]
     cluster_id: str
     tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, agent_id: _Optional[str] = ..., host: _Optional[str] = ..., archive_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    stripes: bool
+    def __init__(self, agent_id: _Optional[str] = ..., host: _Optional[str] = ..., archive_ids: _Optional[_Iterable[int]] = ..., slots: _Optional[_Union[_coordinator_pb2.Slots, _Mapping]] = ..., version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., stripes: _Optional[bool] = ...) -> None: ...
 
 class RunningAction(_message.Message):
     __slots__ = ("action_id", "attempt")
@@ -73,7 +75,7 @@ class Progress(_message.Message):
     def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ...) -> None: ...
 
 class Done(_message.Message):
-    __slots__ = ("action_id", "attempt", "errno", "message", "retry", "bytes_done", "handback", "copy")
+    __slots__ = ("action_id", "attempt", "errno", "message", "retry", "bytes_done", "handback", "copy", "anchored")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ERRNO_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +84,7 @@ class Done(_message.Message):
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     HANDBACK_FIELD_NUMBER: _ClassVar[int]
     COPY_FIELD_NUMBER: _ClassVar[int]
+    ANCHORED_FIELD_NUMBER: _ClassVar[int]
     action_id: int
     attempt: int
     errno: int
@@ -90,7 +93,8 @@ class Done(_message.Message):
     bytes_done: int
     handback: bool
     copy: _types_pb2.Copy
-    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., errno: _Optional[int] = ..., message: _Optional[str] = ..., retry: _Optional[bool] = ..., bytes_done: _Optional[int] = ..., handback: _Optional[bool] = ..., copy: _Optional[_Union[_types_pb2.Copy, _Mapping]] = ...) -> None: ...
+    anchored: bool
+    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., errno: _Optional[int] = ..., message: _Optional[str] = ..., retry: _Optional[bool] = ..., bytes_done: _Optional[int] = ..., handback: _Optional[bool] = ..., copy: _Optional[_Union[_types_pb2.Copy, _Mapping]] = ..., anchored: _Optional[bool] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "ready", "progress", "done", "heartbeat", "running", "lease_token")
@@ -119,7 +123,7 @@ class RunningReport(_message.Message):
     def __init__(self, actions: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ..., token: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("action_id", "attempt", "fsname", "fid", "dfid", "kind", "archive_id", "extent", "data", "flags", "data_version", "requesters", "object_key", "copies_left", "packed", "object_offset", "object_length", "object_checksum")
+    __slots__ = ("action_id", "attempt", "fsname", "fid", "dfid", "kind", "archive_id", "extent", "data", "flags", "data_version", "requesters", "object_key", "copies_left", "packed", "object_offset", "object_length", "object_checksum", "stripe")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     FSNAME_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +142,7 @@ class Assignment(_message.Message):
     OBJECT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     OBJECT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     OBJECT_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_FIELD_NUMBER: _ClassVar[int]
     action_id: int
     attempt: int
     fsname: str
@@ -156,7 +161,28 @@ class Assignment(_message.Message):
     object_offset: int
     object_length: int
     object_checksum: str
-    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., dfid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[_types_pb2.Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., data_version: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[_types_pb2.Requester, _Mapping]]] = ..., object_key: _Optional[str] = ..., copies_left: _Optional[int] = ..., packed: _Optional[bool] = ..., object_offset: _Optional[int] = ..., object_length: _Optional[int] = ..., object_checksum: _Optional[str] = ...) -> None: ...
+    stripe: StripeOrder
+    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., dfid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[_types_pb2.Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., data_version: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[_types_pb2.Requester, _Mapping]]] = ..., object_key: _Optional[str] = ..., copies_left: _Optional[int] = ..., packed: _Optional[bool] = ..., object_offset: _Optional[int] = ..., object_length: _Optional[int] = ..., object_checksum: _Optional[str] = ..., stripe: _Optional[_Union[StripeOrder, _Mapping]] = ...) -> None: ...
+
+class StripeOrder(_message.Message):
+    __slots__ = ("above", "part", "parts", "data_version", "size", "seal", "part_length", "part_checksums")
+    ABOVE_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEAL_FIELD_NUMBER: _ClassVar[int]
+    PART_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PART_CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
+    above: int
+    part: int
+    parts: int
+    data_version: int
+    size: int
+    seal: bool
+    part_length: int
+    part_checksums: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, above: _Optional[int] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ..., data_version: _Optional[int] = ..., size: _Optional[int] = ..., seal: _Optional[bool] = ..., part_length: _Optional[int] = ..., part_checksums: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CancelOrder(_message.Message):
     __slots__ = ("action_id", "attempt", "reason")
