@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"the file's size in MiB (default {stripingmod.SIZE // stripingmod.MiB})")
     sp.add_argument("--link", type=int, metavar="MIB_PER_S",
                     help=f"each agent's link in the link model (default {stripingmod.LINK_MIB} MiB/s)")
+    sp.add_argument("--part-mib", type=int, metavar="N",
+                    help=f"the parts' size in MiB (default {stripingmod.PART // stripingmod.MiB})")
     return p
 
 
@@ -358,9 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workload == "striping":
         from bench import striping as stripingmod
 
-        if (args.size_mib is not None and args.size_mib < 1024) or (args.link is not None and args.link < 1):
+        if (args.size_mib is not None and args.size_mib < 1024) or (args.link is not None and args.link < 1) or (
+                args.part_mib is not None and args.part_mib < 1):
             build_parser().error("striping: --size-mib must be at least 1024 (striping starts at 1 GiB), "
-                                 "--link at least 1")
+                                 "--link and --part-mib at least 1")
         return stripingmod.striping(args, settings_from(args), _say)
     if args.workload == "profile":
         from bench.profile import profile

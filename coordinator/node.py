@@ -236,7 +236,7 @@ def _parts_for(st: ShardState, session: AgentSession) -> int:
         if stripe.phase != StripePhase.PARTS:
             continue
         action = st.actions[action_id]
-        if (session.archive_ids and action.archive_id not in session.archive_ids) or (
+        if not scheduler.serves(session.archive_ids, action.archive_id) or (
                 action.tag and action.tag not in session.tags):
             continue
         parts = stripe.parts
@@ -751,6 +751,9 @@ class CoordinatorNode:
             # that vanished while another replica led get their grace period
             with shard.reading() as st:
                 held = {agent: [(a.id, a.attempt, a.state) for a in st.held_by(agent)] for agent in list(st.by_agent)}
+                for stripe in st.stripes.values():  # an agent that holds only parts gets its grace period too
+                    for _i, agent, _n in stripe.running():
+                        held.setdefault(agent, [])
             plan = self.book.leader_ready(held, self.clock())
             for agent, action_id, attempt in plan.cancels:
                 self._send_cancel(agent, action_id, attempt, "canceled")
@@ -830,10 +833,8 @@ class CoordinatorNode:
         serves the action's archive id and tag, at most one part of a stripe
         per agent at a time (``Stripe.choose``): before other work, since
         their archive has begun. True if any was sent."""
-        sessions = cast(list[AgentSession], self.book.dispatchable())
-        if not sessions:
-            return False
-        free = {s.agent_id: s.usable().get(Kind.ARCHIVE, 0) for s in sessions}
+        sessions: list[AgentSession] = []
+        free: dict[str, int] = {}
         sent = False
         for shard in self.shards:
             if not shard.leader_ready:
@@ -842,6 +843,9 @@ class CoordinatorNode:
             with shard.reading() as st:
                 if not st.stripes or st.control != "enabled":
                     continue
+                if not sessions:
+                    sessions = cast(list[AgentSession], self.book.dispatchable())
+                    free = {s.agent_id: s.usable().get(Kind.ARCHIVE, 0) for s in sessions}
                 for action_id, stripe in st.stripes.items():
                     if stripe.phase != StripePhase.PARTS or not any(
                             p.state == PartState.WAITING for p in stripe.parts):
@@ -849,7 +853,7 @@ class CoordinatorNode:
                     action = st.actions[action_id]
                     mine = {s.agent_id: free[s.agent_id] for s in sessions
                             if s.stripes and free[s.agent_id] > 0 and s.agent_id not in st.drained
-                            and (not s.archive_ids or action.archive_id in s.archive_ids)
+                            and scheduler.serves(s.archive_ids, action.archive_id)
                             and (not action.tag or action.tag in s.tags)}
                     runs = stripe.choose(mine)
                     for r in runs:
@@ -1382,7 +1386,7 @@ class CoordinatorNode:
             if not shard.leader_ready:
                 continue
             with shard.reading() as st:
-                holds = bool(st.by_agent.get(agent_id))
+                holds = bool(st.by_agent.get(agent_id)) or bool(st.parts_held_by(agent_id))
             if holds:
                 try:
                     await self.propose(shard, AgentLost(self.clock(), agent_id, "agent lost"))

@@ -1486,9 +1486,17 @@ class ShardState:
             action.bytes_done = done.bytes_done or action.bytes_done
             # the sign of an errno is ignored (llapi_hsm_action_end: abs(errval))
             err = abs(done.errno)
-            if done.anchored and err == 0 and action.kind == Kind.ARCHIVE and action.state == State.STARTED \
-                    and action.id not in self.stripes:
-                self._anchored(action, done.copy, cmd.now)
+            if done.anchored and err == 0:
+                # the agent let go of the action without copying: never a success
+                if action.kind == Kind.ARCHIVE and action.state == State.STARTED and action.id not in self.stripes:
+                    self._anchored(action, done.copy, cmd.now)
+                elif action.state == State.CANCELING and action.reclaiming:
+                    self._reclaimed(action, cmd.now)
+                elif action.state == State.CANCELING:
+                    self._end(action, Ev.AGENT_CANCELED, cmd.now, E.ECANCELED, action.error)
+                else:  # not an archive to stripe (its seal, say): it runs again
+                    self._requeue(action, cmd.now, E.EPROTO, "the agent let go of it as the anchor of a striped "
+                                                             "archive, which it is not: it runs again")
                 res.effects.append(Changed(action.id))
                 res.replies.append(True)
                 continue

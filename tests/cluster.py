@@ -282,16 +282,26 @@ class ProcCluster:
 
 
 def no_concurrent_runs(runs: list[tuple[str, int, int, float, float]]) -> list[str]:
-    """Actions that ran on two agents (or twice) at overlapping times."""
-    by_action: dict[int, list[tuple[float, float, str, int]]] = {}
+    """Actions that ran on two agents (or twice) at overlapping times. The
+    parts of a striped archive (their attempts carry coordinator.stripes'
+    PART_BIT) run at once by design: each part alone must not overlap
+    itself, nor any part a run of the action itself (its anchor or seal)."""
+    from coordinator.stripes import part_of
+
+    by_action: dict[tuple[int, int], list[tuple[float, float, str, int]]] = {}
     for agent, action_id, attempt, start, end in runs:
-        by_action.setdefault(action_id, []).append((start, end, agent, attempt))
+        part = part_of(attempt)
+        by_action.setdefault((action_id, -1 if part is None else part[0]), []).append((start, end, agent, attempt))
     bad = []
-    for action_id, spans in by_action.items():
+    for (action_id, part), spans in by_action.items():
         spans.sort()
         for (_s1, e1, a1, t1), (s2, _e2, a2, t2) in zip(spans, spans[1:], strict=False):
             if s2 < e1:
                 bad.append(f"action {action_id}: attempt {t1} on {a1} and attempt {t2} on {a2} overlap")
+        for s1, e1, a1, t1 in spans if part >= 0 else ():
+            for s2, e2, a2, t2 in by_action.get((action_id, -1), ()):
+                if s1 < e2 and s2 < e1:
+                    bad.append(f"action {action_id}: part attempt {t1} on {a1} overlaps attempt {t2} on {a2}")
     return bad
 
 

@@ -246,3 +246,26 @@ def test_an_anchor_report_for_a_stale_attempt_or_twice_changes_nothing() -> None
     assert sh.step(Complete(sh.tick(), (Completion(a, att, copy=copy, anchored=True),), "ag1")).replies == [False]
     # a part's report for an action without a stripe: stale
     assert sh.step(Complete(sh.tick(), (Completion(sh.submit(3), wire_attempt(0, 1)),), "ag1")).replies == [False]
+
+
+def test_an_anchor_report_is_never_taken_for_a_success() -> None:
+    """An agent that let go of an action (anchored) copied nothing: canceled
+    meanwhile, the action ends CANCELED; a seal that reports it runs again."""
+    sh = Shard()
+    a = sh.submit()
+    att = sh.assign("ag1", a)
+    sh.step(Cancel(sh.tick(), (a,), reason="operator"))
+    copy = ("", 7, 2 * GiB, "", 0, 0, 0o644, "")
+    sh.step(Complete(sh.tick(), (Completion(a, att, copy=copy, anchored=True),), "ag1"))
+    act = sh.state.actions[a]
+    assert act.state == State.CANCELED and a not in sh.state.stripes
+    assert sh.state.catalog.of(FS, act.fid) == ()
+    b = sh.submit(2)
+    sh.anchor(b, "ag1", 2 * GiB)
+    for p in sh.parts(b, {"ag1": 1, "ag2": 1}):
+        sh.part_done(p)
+    seal = sh.assign("ag3", b)
+    sh.step(Complete(sh.tick(), (Completion(b, seal, copy=copy, anchored=True),), "ag3"))
+    bct = sh.state.actions[b]
+    assert bct.state == State.WAITING and bct.errno == E.EPROTO and b not in sh.state.stripes
+    assert sh.state.catalog.of(FS, bct.fid) == ()

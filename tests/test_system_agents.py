@@ -543,3 +543,37 @@ def test_control_disabled_queues_and_shutdown_lets_running_work_finish(rig: Rig)
     rig.hsmctl("control", "enabled")
     rig.check_archived(files)
     rig.check_no_double_runs()
+
+
+def test_a_striped_archive_survives_kill_9_of_an_agent_mid_part(rig: Rig) -> None:
+    """4 parts of 1 MiB over two agents (4 s each at 256 KiB/s); a1 is
+    killed while it copies one: after its grace the part runs on a2, the
+    other parts are not copied again, and the sealed object is the file."""
+    client = rig.start()
+    client.set_policy("striping: {above: 2M, part_size: 1M}\n")
+    rig.agent("a1")
+    rig.agent("a2")
+    path, fid, data = rig.file("big", 4 * MiB)
+    (aid,) = rig.submit("archive", [fid])
+
+    def a1_copies_a_part() -> bool:
+        return any(a == "a1" and i == aid and att >> 31 for a, i, att, _s, e in rig.cluster.agent_runs()
+                   if e == float("inf"))
+
+    until(a1_copies_a_part, 30, "a1 to copy a part")
+    t_kill = rig.cluster.kill_agent("a1")
+    final = client.wait([aid], deadline=90)[aid]
+    assert final.state == T.SUCCEEDED, final
+    runs = [r for r in rig.cluster.agent_runs() if r[1] == aid]
+    parts = [(a, att, s) for a, _i, att, s, _e in runs if att >> 31]
+    by_part: dict[int, list[tuple[str, int, float]]] = {}
+    for a, att, s in parts:
+        by_part.setdefault((att >> 16) & 0x7FFF, []).append((a, att & 0xFFFF, s))
+    assert sorted(by_part) == [0, 1, 2, 3]
+    again = [p for p, rs in by_part.items() if len(rs) > 1]
+    assert len(again) == 1, by_part  # only the killed agent's part ran twice
+    (first, second) = sorted(by_part[again[0]], key=lambda r: r[2])
+    assert first[0] == "a1" and second[0] == "a2" and second[1] == 2
+    assert second[2] - t_kill >= 3.0 * 0.9, "run again only after the grace period"
+    rig.check_archived([(path, fid, data)])
+    rig.check_no_double_runs()
