@@ -1503,7 +1503,7 @@ class ShardState:
             if action.id in self.stripes:
                 # the seal's end, whatever it is: the stripe is over (the
                 # archive is made, or it starts over from a new anchor)
-                self._drop_stripe(action, cmd.now, "the seal ended")
+                self._drop_stripe(action, cmd.now)
             if err == 0 and action.kind == Kind.ARCHIVE and action.copies:
                 self._catalog_archived(action, done.copy, cmd.now)  # the copy is in its archive
                 if action.state == State.CANCELING:
@@ -1558,18 +1558,18 @@ class ShardState:
         data version and size it saw, and park the action (WAITING, out of
         the ready queues) while they run. The anchor's attempt is not
         counted (it copied nothing); a stripe that fails counts it back."""
-        size = int(facts[2]) if facts is not None and len(facts) > 2 else -1
+        size = int(facts[2]) if facts is not None and len(facts) > 2 else 0
         dv = int(facts[1]) if facts is not None and len(facts) > 1 else 0
+        if size <= 0:  # nothing to cut: the attempt counts, as a failure does
+            self._requeue(action, now, E.EPROTO, "the anchor of a striped archive reported no size")
+            return
         agent = action.agent
         self._transition(action, Ev.REQUEUE)
         self._release_agent(action)
         action.handed_back += 1
         action.bytes_done = 0
-        action.bytes_total = max(size, 0)
+        action.bytes_total = size
         p = self.policy
-        if size < 0:
-            self._requeue_parked(action, now, E.EPROTO, "the anchor of a striped archive reported no size")
-            return
         stripe = Stripe.plan(size, p.stripe_part, p.stripe_max_parts, p.settings.max_attempts)
         stripe.anchored(agent, dv, now)
         self.stripes[action.id] = stripe
@@ -1641,7 +1641,7 @@ class ShardState:
         self._make_ready(action, front=True)
         self._counted.append(Requeued(action.id, action.kind, errno))
 
-    def _drop_stripe(self, action: Action, now: float, why: str) -> None:
+    def _drop_stripe(self, action: Action, now: float) -> None:
         """The action's stripe is over (the action ends or starts over): the
         parts still running are told to stop."""
         stripe = self.stripes.pop(action.id, None)
@@ -1932,7 +1932,7 @@ class ShardState:
     def _requeue(self, action: Action, now: float, errno: int, message: str, event: Ev = Ev.REQUEUE) -> None:
         """A running action goes back to WAITING at the head of its class,
         or FAILS when it has used all its attempts."""
-        self._drop_stripe(action, now, message)
+        self._drop_stripe(action, now)
         if action.attempt - action.handed_back >= self.policy.settings.max_attempts:
             self._end(action, Ev.FAIL, now, errno or E.EIO, message or "too many attempts")
             return
@@ -1945,7 +1945,7 @@ class ShardState:
         self._counted.append(Requeued(action.id, action.kind, errno))
 
     def _end(self, action: Action, event: Ev, now: float, errno: int, message: str) -> None:
-        self._drop_stripe(action, now, message)
+        self._drop_stripe(action, now)
         was = action.state
         self._transition(action, event)
         action.ended = now

@@ -269,3 +269,13 @@ def test_an_anchor_report_is_never_taken_for_a_success() -> None:
     bct = sh.state.actions[b]
     assert bct.state == State.WAITING and bct.errno == E.EPROTO and b not in sh.state.stripes
     assert sh.state.catalog.of(FS, bct.fid) == ()
+
+
+def test_an_anchor_without_a_size_uses_an_attempt() -> None:
+    sh = Shard()  # max_attempts 2
+    a = sh.submit()
+    for _ in range(2):
+        att = sh.assign("ag1", a)
+        sh.step(Complete(sh.tick(), (Completion(a, att, copy=("", 7, 0, "", 0, 0, 0, ""), anchored=True),), "ag1"))
+    act = sh.state.actions[a]
+    assert act.state == State.FAILED and act.errno == E.EPROTO and a not in sh.state.stripes

@@ -557,14 +557,8 @@ class PosixMover:
                 raise _oserror(exc, f"cannot write {tmp}", archive_side=True) from exc
             finally:
                 os.close(fd)
-            if job.cancelled.is_set() or not job.may_publish():
-                raise Cancelled  # (a lapsed lease: another attempt may own the object by now)
-            try:
-                os.rename(tmp, obj)
-                renamed = True
-                _fsync_dir(obj.parent)
-            except OSError as exc:
-                raise _oserror(exc, f"cannot rename {tmp} onto {obj}", archive_side=True) from exc
+            self._publish(job, tmp, obj)
+            renamed = True
         finally:
             if not renamed:
                 _unlink_quiet(tmp, prefix)
@@ -638,6 +632,19 @@ class PosixMover:
             key=str(tmp.relative_to(self.archive_root)), data_version=job.stripe_version, size=copied,
             checksum=f"{hasher.name}:{hasher.hexdigest()}"))
 
+    @staticmethod
+    def _publish(job: Job, tmp: Path, obj: Path) -> None:
+        """Rename a complete temporary object onto *obj* (durably), unless
+        the job was cancelled or its lease lapsed: another attempt may own
+        the object by now."""
+        if job.cancelled.is_set() or not job.may_publish():
+            raise Cancelled
+        try:
+            os.rename(tmp, obj)
+            _fsync_dir(obj.parent)
+        except OSError as exc:
+            raise _oserror(exc, f"cannot rename {tmp} onto {obj}", archive_side=True) from exc
+
     def _parts_checksum(self, job: Job, tmp: Path) -> str:
         """The object's checksum from the digests its parts reported
         (``ALGO/PARTLEN:HEX``, :class:`PartsHasher`); MoverError when they
@@ -689,13 +696,7 @@ class PosixMover:
             raise _oserror(exc, f"cannot seal {tmp}", archive_side=True) from exc
         finally:
             os.close(fd)
-        if job.cancelled.is_set() or not job.may_publish():
-            raise Cancelled
-        try:
-            os.rename(tmp, obj)
-            _fsync_dir(obj.parent)
-        except OSError as exc:
-            raise _oserror(exc, f"cannot rename {tmp} onto {obj}", archive_side=True) from exc
+        self._publish(job, tmp, obj)
         for old in obj.parent.glob(f"{obj.name}{_TMP_SUFFIX}.stripe-*"):
             _unlink_quiet(old, prefix)  # stripes that started over
         _remove_older_tmps(obj, job.attempt, prefix)
