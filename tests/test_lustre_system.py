@@ -240,3 +240,31 @@ def test_catalog_restore_recreates_a_deleted_file_on_lustre_through_llapi_hsm_im
     # a FID that still names a file is refused before anything is created
     r = hsmctl("--to", str(other), str(new))
     assert r.returncode == 1 and f"{new} still names" in r.stderr and not other.exists()
+
+
+def test_a_striped_archive_on_lustre_begins_twice_and_ends_once_at_the_mdt(rig: Rig) -> None:
+    """Striping (docs/striping.md) through the MDT: the anchor begins the
+    MDT's item and gives it back without ending it, the parts read the file
+    through ``.lustre/fid`` with no item of their own, and the seal begins
+    the same cookie again and ends it: the MDT sees one request, two
+    begins and one end, and the file ARCHIVED with the parts' object."""
+    rig.client.set_policy("striping: {above: 2M, part_size: 1M}\n")
+    rig.start_bridge("--mdt-max-requests", "1000")
+    rig.start_agentd()
+    path = rig.fs.root / "big"
+    data = os.urandom(4 * 1024 * 1024 + 4321)
+    path.write_bytes(data)
+    fid = rig.api.path2fid(path)
+    rig.request_in_batches(HUA.ARCHIVE, [fid])
+    until(lambda: rig.flags(fid) & HS.ARCHIVED, 60, "the file ARCHIVED at the MDT")
+    (act,) = [a for a in rig.client.list_actions(include_terminal=True)]
+    act = rig.client.wait([act.action_id], deadline=30)[act.action_id]  # the seal's Done may still be on its way
+    assert state_name(act.state) == "SUCCEEDED" and act.attempt == 2, act  # the anchor, then the seal
+    (rec,) = [r for r in rig.mdt.records() if r["action"] == "ARCHIVE"]
+    st = rig.mdt.cookie(rec["cookie"])
+    assert len(st["begins"]) == 2 and [e["errval"] for e in st["ends"]] == [0], st
+    assert object_path(rig.archive, fid).read_bytes() == data
+    log = rig.agentd_log.read_text()
+    assert "striped over several agents" in log and log.count("copied to") == 5  # 5 parts of 1 MiB at most
+    (entry,) = rig.client.copies_of(fid)
+    assert entry.copy.checksum.startswith(f"sha256/{1 << 20}:")
