@@ -991,12 +991,14 @@ class CoordinatorNode:
                     continue
                 with shard.reading() as st:
                     stale = st.stale(self.clock())
-                if not stale:
+                    parts = st.stale_parts(self.clock()) if st.stripes else []
+                if not stale and not parts:
                     continue
-                log.warning("shard %d: reclaiming %d action(s) without progress for %.0f s: %s", shard.index,
-                            len(stale), self.policy.settings.progress_timeout, ",".join(map(str, stale[:20])))
+                log.warning("shard %d: reclaiming %d action(s) and %d part(s) without progress for %.0f s: %s",
+                            shard.index, len(stale), len(parts), self.policy.settings.progress_timeout,
+                            ",".join(map(str, stale[:20] + [a for a, _w in parts[:20]])))
                 try:
-                    await self.propose(shard, Reclaim(self.clock(), tuple(stale)))
+                    await self.propose(shard, Reclaim(self.clock(), tuple(stale), parts=tuple(parts)))
                 except ShardUnavailable as exc:
                     log.info("shard %d: reclaim postponed: %s", shard.index, exc)
 

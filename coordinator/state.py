@@ -338,6 +338,9 @@ class Reclaim:
     #: reclaim even with recent progress: the agent said it does not run it
     force: bool = False
     reason: str = ""
+    #: (action id, wire attempt) of striped archives' parts without
+    #: progress: each runs again (an attempt used) and its agent is told to stop
+    parts: tuple[tuple[int, int], ...] = ()
 
 
 #: hsm_control modes
@@ -1461,6 +1464,13 @@ class ShardState:
     def _progress(self, cmd: Progress) -> Result:
         res = Result()
         for rep in cmd.reports:
+            part = part_of(rep.attempt)
+            if part is not None:
+                stripe = self.stripes.get(rep.action_id)
+                if stripe is not None and 0 <= part[0] < len(stripe.parts) and (
+                        not cmd.agent or stripe.parts[part[0]].agent == cmd.agent):
+                    stripe.progressed(part[0], part[1], cmd.now)
+                continue
             action = self._held(rep.action_id, rep.attempt)
             if action is None or (cmd.agent and action.agent != cmd.agent):
                 continue
@@ -1872,6 +1882,22 @@ class ShardState:
             res.effects.append(SendCancel(action.agent, action_id, action.attempt))
             res.effects.append(Changed(action_id))
             res.replies.append(action_id)
+        for action_id, wire in cmd.parts:
+            part = part_of(wire)
+            stripe = self.stripes.get(action_id)
+            if part is None or stripe is None or not 0 <= part[0] < len(stripe.parts):
+                continue
+            p = stripe.parts[part[0]]
+            if p.state != PartState.RUNNING or p.attempt != part[1] or (
+                    not cmd.force and (not timeout or cmd.now - p.last < timeout)):
+                continue  # ended, or progress arrived since the leader looked
+            agent = p.agent
+            why = cmd.reason or f"part {part[0]} made no progress for {cmd.now - p.last:.0f} s: run again"
+            out = stripe.part_failed(part[0], part[1], E.ETIMEDOUT, why, cmd.now)
+            res.effects.append(SendCancel(agent, action_id, wire))
+            self._stripe_said(self.actions[action_id], out, cmd.now, res.effects)
+            res.effects.append(Changed(action_id))
+            res.replies.append(action_id)
         return res
 
     def _reclaimed(self, action: Action, now: float) -> None:
@@ -1888,6 +1914,15 @@ class ShardState:
             return []
         return [i for held in self.by_agent.values() for i in held
                 if self.actions[i].state == State.STARTED and now - self.actions[i].last_progress >= timeout]
+
+    def stale_parts(self, now: float) -> list[tuple[int, int]]:
+        """(action id, wire attempt) of running parts without progress for
+        ``progress_timeout`` (for the leader's timer; O(stripes))."""
+        timeout = self.policy.settings.progress_timeout
+        if not timeout:
+            return []
+        return [(action_id, wire_attempt(i, p.attempt)) for action_id, s in self.stripes.items()
+                for i, p in enumerate(s.parts) if p.state == PartState.RUNNING and now - p.last >= timeout]
 
     # ------------------------------------------------------------- helpers
 

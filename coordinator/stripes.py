@@ -148,6 +148,7 @@ class Part:
     failures: int = 0
     checksum: str = ""
     started: float = 0.0  # when its running attempt was assigned (leader clock)
+    last: float = 0.0  # its running attempt's start or last progress (leader clock)
 
 
 @dataclass(slots=True)
@@ -218,7 +219,16 @@ class Stripe:
         if p.state != PartState.WAITING or attempt != p.attempt + 1 or any(
                 q.state == PartState.RUNNING and q.agent == agent for q in self.parts):
             return False
-        p.state, p.agent, p.attempt, p.started = PartState.RUNNING, agent, attempt, now
+        p.state, p.agent, p.attempt, p.started, p.last = PartState.RUNNING, agent, attempt, now, now
+        return True
+
+    def progressed(self, index: int, attempt: int, now: float) -> bool:
+        """Attempt *attempt* of part *index* reported progress (False: not
+        the running attempt, ignored)."""
+        p = self._running(index, attempt)
+        if p is None:
+            return False
+        p.last = max(p.last, now)
         return True
 
     def part_done(self, index: int, attempt: int, checksum: str, now: float) -> list[Instruction]:

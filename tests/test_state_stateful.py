@@ -197,13 +197,19 @@ class ShardMachine(RuleBasedStateMachine):
     def reclaim_stale(self, wait: float) -> None:
         self.now += wait
         stale = self.state.stale(self.now)
+        parts = self.state.stale_parts(self.now)
         holders = {i: (self.state.actions[i].agent, self.state.actions[i].attempt) for i in stale}
-        res = self.apply(Reclaim(self.now, tuple(stale)))
+        part_agents = {(i, w): self.state.stripes[i].parts[part_of(w)[0]].agent for i, w in parts}  # type: ignore[index]
+        res = self.apply(Reclaim(self.now, tuple(stale), parts=tuple(parts)))
         for e in res.effects:
-            if isinstance(e, SendCancel):
+            if isinstance(e, SendCancel) and part_of(e.attempt) is not None:
+                assert part_agents[(e.action_id, e.attempt)] == e.agent
+            elif isinstance(e, SendCancel):
                 assert holders[e.action_id] == (e.agent, e.attempt)
         for i in stale:
             assert self.state.actions[i].state is State.CANCELING
+        for i, w in parts:
+            assert (i, w) not in self.state.parts_held_by(part_agents[(i, w)]), "a stale part runs no more"
 
     def _anchorable(self) -> list[Action]:
         return [a for a in self.state.actions.values()

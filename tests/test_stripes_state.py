@@ -279,3 +279,29 @@ def test_an_anchor_without_a_size_uses_an_attempt() -> None:
         sh.step(Complete(sh.tick(), (Completion(a, att, copy=("", 7, 0, "", 0, 0, 0, ""), anchored=True),), "ag1"))
     act = sh.state.actions[a]
     assert act.state == State.FAILED and act.errno == E.EPROTO and a not in sh.state.stripes
+
+
+def test_a_part_without_progress_is_reclaimed_and_runs_again_and_progress_keeps_it() -> None:
+    from coordinator.state import Progress, ProgressReport, Reclaim
+
+    sh = Shard()  # progress_timeout 600 s (the policy's default)
+    a = sh.submit()
+    sh.anchor(a, "ag1", 2 * GiB)
+    quiet, busy = sorted(sh.parts(a, {"ag1": 1, "ag2": 1}), key=lambda p: p.index)
+    assert sh.state.stale_parts(sh.now + 599) == []
+    sh.now += 400
+    sh.step(Progress(sh.tick(), (ProgressReport(a, busy.attempt, 1 << 20, busy.length),), busy.agent))
+    sh.now += 250  # quiet: 651 s without progress; busy: 251 s
+    assert sh.state.stale_parts(sh.now) == [(a, quiet.attempt)]
+    # the leader looked, then progress arrived before the reclaim applied: nothing happens
+    sh.step(Progress(sh.tick(), (ProgressReport(a, quiet.attempt, 1, quiet.length),), quiet.agent))
+    assert sh.step(Reclaim(sh.tick(), (), parts=((a, quiet.attempt),))).replies == []
+    sh.now += 700
+    res = sh.step(Reclaim(sh.tick(), (), parts=tuple(sh.state.stale_parts(sh.now))))
+    assert sorted((e.agent, e.attempt) for e in res.effects if isinstance(e, SendCancel)) == sorted(
+        [(quiet.agent, quiet.attempt), (busy.agent, busy.attempt)])
+    stripe = sh.state.stripes[a]
+    assert [p.failures for p in stripe.parts] == [1, 1] and stripe.running() == []
+    assert not sh.part_done(quiet)  # its late report: stale
+    again = sh.parts(a, {"ag3": 1, "ag4": 1})
+    assert sorted(part_of(p.attempt) for p in again) == [(0, 2), (1, 2)]
