@@ -21,7 +21,10 @@ def test_it_archives_every_file_both_ways_and_counts_the_objects(tmp_path: Path)
     un, pk = out["runs"]["unpacked"], out["runs"]["packed"]
     assert un["succeeded"] == pk["succeeded"] == 300 and out["verdict"]["all_succeeded"]
     assert un["objects"] == 300  # one object a file
-    assert 1 <= pk["objects"] <= 3  # one container, a few when a batch went idle early
+    # a container per agent (2), and one more for each batch that went idle
+    # early (pack_idle 1 s): on a loaded host (a clean clone's whole suite)
+    # that made 4; at most 2 % of the files, where unpacked makes 100 %
+    assert 1 <= pk["objects"] <= 6
     assert out["verdict"]["speedup"] == round(pk["files_per_s"] / un["files_per_s"], 2)
     md = (tmp_path / "packing-latest.md").read_text()
     assert "Objects per file, packed" in md and "Throughput packed / unpacked" in md
