@@ -225,19 +225,24 @@ class AgentSession(Session):
         self.out.put_nowait(None)
 
 
+def _takes_parts(st: ShardState, session: AgentSession, action: Action) -> bool:
+    """Whether *session*'s agent may be given parts of *action*'s stripe:
+    its mover stripes, it is not drained, and it serves the action's archive
+    id and tag (credits aside)."""
+    return (session.stripes and session.agent_id not in st.drained
+            and scheduler.serves(session.archive_ids, action.archive_id)
+            and (not action.tag or action.tag in session.tags))
+
+
 def _parts_for(st: ShardState, session: AgentSession) -> int:
     """Waiting parts of striped archives that *session*'s agent could take
     now (one per stripe: an agent runs one part of a file at a time), for
     its backlog hint: an agent grants its credits where work waits."""
-    if session.agent_id in st.drained or st.control != "enabled":
+    if st.control != "enabled":
         return 0
     n = 0
     for action_id, stripe in st.stripes.items():
-        if stripe.phase != StripePhase.PARTS:
-            continue
-        action = st.actions[action_id]
-        if not scheduler.serves(session.archive_ids, action.archive_id) or (
-                action.tag and action.tag not in session.tags):
+        if stripe.phase != StripePhase.PARTS or not _takes_parts(st, session, st.actions[action_id]):
             continue
         parts = stripe.parts
         if any(p.state == PartState.WAITING for p in parts) and not any(
@@ -852,9 +857,7 @@ class CoordinatorNode:
                         continue
                     action = st.actions[action_id]
                     mine = {s.agent_id: free[s.agent_id] for s in sessions
-                            if s.stripes and free[s.agent_id] > 0 and s.agent_id not in st.drained
-                            and scheduler.serves(s.archive_ids, action.archive_id)
-                            and (not action.tag or action.tag in s.tags)}
+                            if free[s.agent_id] > 0 and _takes_parts(st, s, action)}
                     runs = stripe.choose(mine)
                     for r in runs:
                         free[r.agent] -= 1
@@ -971,7 +974,7 @@ class CoordinatorNode:
                 with shard.reading() as st:
                     scheduler.count_ready(st, session.agent_id, session.archive_ids, ready, affinity, self.outlook,
                                           now)
-                    if st.stripes and session.stripes:
+                    if st.stripes:
                         ready[Kind.ARCHIVE] += _parts_for(st, session)
             hint = backlog_hint(session, ready, stalled_only)
             if hint is not None:

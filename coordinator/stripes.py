@@ -35,7 +35,7 @@ from __future__ import annotations
 import enum
 import errno as E
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: parts are cut at multiples of this (the last part takes the rest)
 ALIGN = 1 << 20
@@ -45,8 +45,6 @@ MAX_PARTS = 64
 #: RunningAction, CancelOrder): this bit, the part's index << 16 and the
 #: part's own attempt; an action's attempts never come near it
 PART_BIT = 1 << 31
-#: lines of a stripe's log kept
-LOG_KEEP = 20
 
 
 def wire_attempt(index: int, attempt: int) -> int:
@@ -163,7 +161,6 @@ class Stripe:
     data_version: int = 0
     errno: int = 0
     reason: str = ""
-    log: list[tuple[float, str]] = field(default_factory=list)
 
     @classmethod
     def plan(cls, size: int, part_size: int, max_parts: int = MAX_PARTS, max_attempts: int = 3,
@@ -177,7 +174,6 @@ class Stripe:
         if self.phase != Phase.ANCHOR or not agent:
             return []
         self.phase, self.anchor, self.data_version = Phase.PARTS, agent, data_version
-        self._note(now, f"anchored on {agent}, data version {data_version}")
         return self._maybe_seal()
 
     def assign(self, free: Mapping[str, int], now: float) -> list[Instruction]:
@@ -185,8 +181,6 @@ class Stripe:
         runs = self.choose(free)
         for r in runs:
             self.start(r.index, r.agent, r.attempt, now)
-        if runs:
-            self._note(now, f"{len(runs)} part(s) started")
         return list(runs)
 
     def choose(self, free: Mapping[str, int]) -> list[RunPart]:
@@ -249,10 +243,8 @@ class Stripe:
             return []
         p.state, p.agent = PartState.WAITING, ""
         if not counted:
-            self._note(now, f"part {index} attempt {attempt} given back: {reason}")
             return []
         p.failures += 1
-        self._note(now, f"part {index} attempt {attempt} failed: {reason}")
         if p.failures >= self.max_attempts:
             return self._end(Phase.FAILED, errno, f"part {index} (bytes {p.offset} to {p.offset + p.length}) "
                                                   f"failed {p.failures} times, the last: {reason}")
@@ -321,12 +313,6 @@ class Stripe:
             return None
         p = self.parts[index]
         return p if p.state == PartState.RUNNING and p.attempt == attempt else None
-
-    def _note(self, now: float, text: str) -> None:
-        """Keep the last :data:`LOG_KEEP` lines of what happened (shown by ``hsmctl``)."""
-        self.log.append((now, text))
-        if len(self.log) > LOG_KEEP:
-            del self.log[:len(self.log) - LOG_KEEP]
 
     def _maybe_seal(self) -> list[Instruction]:
         if self.phase == Phase.PARTS and all(p.state == PartState.DONE for p in self.parts):
