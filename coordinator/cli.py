@@ -70,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     ini.add_argument("--name", default="hsm", help="cluster name (default hsm)")
     ini.add_argument("--shards", type=int, default=8, help="shard count, fixed for the cluster's life (default 8)")
     ini.add_argument("--replica", action="append", required=True, metavar="ID=HOST:API_PORT:RAFT_PORT",
-                     help="a replica (repeat: 3 or 5 replicas); shard i uses Raft port RAFT_PORT+i")
+                     help="a replica (repeat: 3 or more replicas); shard i uses Raft port RAFT_PORT+i")
+    ini.add_argument("--replication", type=int, metavar="R",
+                     help="members of each shard's Raft group (1, 3, 5 or 7; default: every replica holds every "
+                          "shard): with more replicas than R, each replica holds and applies only its shards, "
+                          "and the placement is written out (cluster.placement)")
     ini.add_argument("--data-dir", default="/var/lib/hsm-coordinator", help="Raft data directory on each replica")
     ini.add_argument("--archive-ids", type=_archive_ids, default=[1], metavar="N[,N...]")
     ini.add_argument("--out", type=Path, required=True, help="directory to write the files into")
@@ -271,13 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             replicas = [cfgmod.parse_replica(r) for r in args.replica]
             cfg_path, pw_path = cfgmod.init_cluster(args.out, args.name, args.shards, replicas,
                                                     data_dir=args.data_dir, archive_ids=tuple(args.archive_ids),
-                                                    tls=not args.insecure)
+                                                    tls=not args.insecure, replication=args.replication)
         except cfgmod.ConfigError as exc:
             print(f"hsm-coordinator init: {exc}", file=sys.stderr)
             return 2
-        cluster_id = cfgmod.load(cfg_path, {"replica_id": replicas[0].id})[0].cluster.cluster_id
-        print(f"wrote {cfg_path} and {pw_path} ({len(replicas)} replicas, {args.shards} shards, "
-              f"cluster id {cluster_id})")
+        spec = cfgmod.load(cfg_path, {"replica_id": replicas[0].id})[0].cluster
+        groups = (f", each in a group of {spec.replication}" if spec.placement else "")
+        print(f"wrote {cfg_path} and {pw_path} ({len(replicas)} replicas, {args.shards} shards{groups}, "
+              f"cluster id {spec.cluster_id})")
         if not args.insecure:
             tls = args.out / "tls"
             print(f"wrote the cluster CA and certificates in {tls}: one per replica, and {cfgmod.ADMIN_CERT}.pem "

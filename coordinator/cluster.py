@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator import placement as placing
 from hsm.ring import DEFAULT_VNODES
 
 API_PORT = 7600
@@ -61,6 +62,9 @@ class ClusterSpec:
     vnodes: int = DEFAULT_VNODES
     #: the cluster's identity, carried by every answer (see ``cluster_id``)
     id: str = ""
+    #: each shard's Raft group, its preferred leader first (coordinator.placement);
+    #: empty: every replica holds every shard
+    placement: placing.Placement = ()
 
     @property
     def cluster_id(self) -> str:
@@ -90,6 +94,29 @@ class ClusterSpec:
         raft_ports = [(r.raft_addr(s)) for r in self.replicas for s in range(self.shards)]
         if len(set(raft_ports)) != len(raft_ports):
             raise ValueError("replicas' Raft port ranges overlap")
+        if self.placement:
+            wrong = placing.problems(self.placement, ids, self.shards)
+            if wrong:
+                raise ValueError("placement: " + "; ".join(wrong[:5]) +
+                                 (f"; and {len(wrong) - 5} more" if len(wrong) > 5 else ""))
+
+    @property
+    def replication(self) -> int:
+        """Members of each shard's Raft group."""
+        return len(self.placement[0]) if self.placement else len(self.replicas)
+
+    def members(self, shard: int) -> tuple[ReplicaSpec, ...]:
+        """The replicas of *shard*'s Raft group, its preferred leader first."""
+        if not self.placement:
+            return self.replicas
+        return tuple(self.replica(rid) for rid in self.placement[shard])
+
+    def holds(self, replica_id: str, shard: int) -> bool:
+        return not self.placement or replica_id in self.placement[shard]
+
+    def hosted(self, replica_id: str) -> list[int]:
+        """The shards whose Raft group *replica_id* is a member of."""
+        return [s for s in range(self.shards) if self.holds(replica_id, s)]
 
     def replica(self, replica_id: str) -> ReplicaSpec:
         for r in self.replicas:
@@ -107,7 +134,10 @@ class ClusterSpec:
         return None
 
     def preferred_leader(self, shard: int) -> ReplicaSpec:
-        """Leaders spread round-robin: shard i prefers replica i mod n."""
+        """The first member of the shard's group; without a placement,
+        leaders spread round-robin: shard i prefers replica i mod n."""
+        if self.placement:
+            return self.replica(self.placement[shard][0])
         return self.replicas[shard % len(self.replicas)]
 
 

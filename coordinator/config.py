@@ -50,6 +50,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from coordinator import placement as placing
 from coordinator.cluster import ClusterSpec, ReplicaSpec, new_cluster_id, split_addr
 from coordinator.node import NodeConfig, local_hostname
 from coordinator.raft import RaftTuning, check_addr
@@ -77,7 +78,7 @@ _SIMPLE = {
     "metrics_listen": str,
 }
 _TOP = set(_SIMPLE) | {"cluster", "raft", "log_level", "log_format", "tls", "insecure", "user_request_mask"}
-_CLUSTER = {"id", "name", "shards", "vnodes", "password_file", "password", "replicas"}
+_CLUSTER = {"id", "name", "shards", "vnodes", "password_file", "password", "replicas", "replication", "placement"}
 
 
 _REPR = reprlib.Repr()
@@ -214,14 +215,16 @@ def _cluster(raw: Any, base: Path | None) -> ClusterSpec:
     vnodes = _check("cluster.vnodes", raw.get("vnodes", DEFAULT_VNODES), int)
     if not 1 <= vnodes <= MAX_VNODES:
         raise ConfigError(f"cluster.vnodes: must be between 1 and {MAX_VNODES}, got {vnodes}")
+    shards = _check("cluster.shards", raw.get("shards", 8), int)
     try:
         spec = ClusterSpec(
             name=_check("cluster.name", raw.get("name", "hsm"), str),
             id=_check("cluster.id", raw.get("id", ""), str),
-            shards=_check("cluster.shards", raw.get("shards", 8), int),
+            shards=shards,
             replicas=tuple(replicas),
             password=password,
             vnodes=vnodes,
+            placement=_placement(raw, [r.id for r in replicas], shards),
         )
     except ValueError as exc:
         raise ConfigError(f"cluster: {_clip(str(exc))}") from None
@@ -229,6 +232,57 @@ def _cluster(raw: Any, base: Path | None) -> ClusterSpec:
         raise ConfigError(f"cluster: {spec.shards} shards x {vnodes} vnodes is more than the ring's "
                           f"{MAX_POINTS} points; use at most {MAX_POINTS // spec.shards} vnodes")
     return spec
+
+
+def _placement(raw: dict[str, Any], replicas: list[str], shards: int) -> placing.Placement:
+    """``cluster.placement`` (shard -> its group's replica ids, the
+    preferred leader first), or the one ``cluster.replication: R`` spreads
+    over the replicas in their order (coordinator.placement.spread), or ()
+    when neither is given: every replica holds every shard."""
+    r = raw.get("replication")
+    if r is not None:
+        r = _check("cluster.replication", r, int)
+        if r not in placing.GROUP_SIZES or r > len(replicas):
+            raise ConfigError(f"cluster.replication: {r}: a shard's group has 1, 3, 5 or 7 members, at most the "
+                              f"{len(replicas)} replica(s) (an even group survives no more failures than one a "
+                              "member smaller)")
+    given = raw.get("placement")
+    if given is None:
+        return placing.spread(replicas, shards, r) if r is not None and r < len(replicas) else ()
+    if isinstance(given, dict):
+        if any(not isinstance(k, int) or isinstance(k, bool) for k in given):
+            raise ConfigError("cluster.placement: keys are shard numbers (0, 1, ...), each with the list of its "
+                              "group's replica ids, its preferred leader first")
+        missing = [i for i in range(shards) if i not in given]
+        extra = sorted(k for k in given if not 0 <= k < shards)
+        if missing or extra:
+            raise ConfigError(f"cluster.placement: every shard 0..{shards - 1} once"
+                              + (f"; missing {', '.join(map(str, missing[:10]))}" if missing else "")
+                              + (f"; no shard {', '.join(map(str, extra[:10]))}" if extra else ""))
+        rows = [given[i] for i in range(shards)]
+    elif isinstance(given, list):
+        rows = given
+    else:
+        raise ConfigError(f"cluster.placement: expected shard -> [replica ids], got {_show(given)}")
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or not all(isinstance(m, str | int) and not isinstance(m, bool) for m in row):
+            raise ConfigError(f"cluster.placement: shard {i}: expected a list of replica ids, got {_show(row)}")
+        out.append(tuple(str(m) for m in row))
+    wrong = placing.problems(out, replicas, shards)
+    if r is not None and out and len(out[0]) != r:
+        wrong.insert(0, f"replication is {r} but the placement's groups have {len(out[0])} members")
+    if wrong:
+        raise ConfigError("cluster.placement: " + "; ".join(wrong[:5]) +
+                          (f"; and {len(wrong) - 5} more" if len(wrong) > 5 else ""))
+    return tuple(out)
+
+
+def placement_yaml(placement: placing.Placement) -> str:
+    """The ``placement:`` block of ``cluster:`` as init writes it (one line per shard)."""
+    lines = ["  placement:                  # shard: [its Raft group's replicas, the preferred leader first]\n"]
+    lines += [f"    {i}: [{', '.join(members)}]\n" for i, members in enumerate(placement)]
+    return "".join(lines)
 
 
 def _raft(raw: Any) -> RaftTuning:
@@ -361,15 +415,19 @@ def validate(cfg: NodeConfig) -> None:
 
 def init_cluster(out: Path, name: str, shards: int, replicas: list[ReplicaSpec], vnodes: int = DEFAULT_VNODES,
                  data_dir: str = "/var/lib/hsm-coordinator", archive_ids: tuple[int, ...] = (1,),
-                 extra: dict[str, Any] | None = None, tls: bool = False) -> tuple[Path, Path]:
+                 extra: dict[str, Any] | None = None, tls: bool = False,
+                 replication: int | None = None) -> tuple[Path, Path]:
     """Write ``coordinator.yaml`` and ``raft-password`` (0600) into *out*.
     Refuses to overwrite either. Returns both paths. With *tls*, also the
     cluster CA and certificates in ``out/tls`` (``coordinator.certs``): one
     per replica (role replica, valid for its API host) and ``admin`` (role
     admin, for hsmctl); the config names them (``tls:``). Without it the
     config says ``insecure: true``."""
+    placement: placing.Placement = ()
+    if replication is not None and replication != len(replicas):
+        placement = _placement({"replication": replication}, [r.id for r in replicas], shards)
     try:
-        ClusterSpec(name, shards, tuple(replicas), "x" * 16, vnodes)
+        ClusterSpec(name, shards, tuple(replicas), "x" * 16, vnodes, placement=placement)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
@@ -410,7 +468,11 @@ def init_cluster(out: Path, name: str, shards: int, replicas: list[ReplicaSpec],
     header = ("# hsm-coordinator cluster configuration (docs/cluster-config.md).\n"
               "# Identical on every replica; each sets its own replica_id (flag --replica-id,\n"
               "# default: the short host name).\n")
-    cfg_path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
+    text = yaml.safe_dump(doc, sort_keys=False)
+    if placement:  # after cluster.replicas, one line per shard
+        at = text.index("\ndata_dir:") + 1
+        text = text[:at] + f"  replication: {replication}\n" + placement_yaml(placement) + text[at:]
+    cfg_path.write_text(header + text)
     return cfg_path, pw_path
 
 

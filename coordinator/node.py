@@ -22,6 +22,7 @@ replica's applied state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno as E
 import hashlib
 import itertools
@@ -129,6 +130,8 @@ READINESS_SERVICES = ("hsm.v1.Coordinator", "hsm.v1.AgentService")
 #: the last RATE_WINDOW seconds, sampled every RATE_SAMPLE_EVERY
 RATE_SAMPLE_EVERY = 5.0
 RATE_WINDOW = 60.0
+#: seconds between two askings of the leaders of the shards other replicas hold
+LEARN_EVERY = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +292,36 @@ class ShardUnavailable(Exception):
         super().__init__(detail or f"this replica does not lead shard {shard}; {where}")
 
 
+class RemoteShard:
+    """A shard whose Raft group this replica is not a member of (the
+    cluster's placement gives it to other replicas): what the node needs to
+    send a request for it on. Its leader is learned from the members
+    (``CoordinatorNode._learn_leaders``); it never leads here and has no
+    state here."""
+
+    hosted = False
+    is_leader = False
+    leader_ready = False
+    problem = ""
+
+    def __init__(self, index: int, members: tuple[ReplicaSpec, ...]) -> None:
+        self.index = index
+        self.members = members
+        #: the leader's Raft address for this shard, as a member last said (None: not known)
+        self.leader: str | None = None
+        self.term = 0
+        self.commit_index = 0
+        self.applied_index = 0
+        #: when a member last told us (monotonic)
+        self.learned = 0.0
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[ShardState]:
+        raise ShardUnavailable(self.index, "", f"shard {self.index} is not held by this replica (its group: "
+                               f"{', '.join(r.id for r in self.members)})")
+        yield  # pragma: no cover
+
+
 class RequestTooLarge(InvalidRequest):
     """A request whose commands are more than one Raft entry may carry
     (``RaftTuning.max_command_bytes``): refused INVALID_ARGUMENT before
@@ -320,7 +353,12 @@ class CoordinatorNode:
         self.cluster = config.cluster
         self.me = config.me
         self.ring = Ring(self.cluster.shards, self.cluster.vnodes)
-        self.shards: list[RaftShard] = []
+        #: every shard by index: a RaftShard for those this replica holds, a
+        #: RemoteShard for those the placement gives to other replicas
+        self.shards: list[RaftShard | RemoteShard] = []
+        #: the shards this replica holds (a member of their Raft group)
+        self.hosted: list[RaftShard] = []
+        self._learn = asyncio.Event()
         self.book = AgentBook(config.agent_grace, config.heartbeat_interval, session_type=AgentSession)
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self.leases_held: dict[str, str] = {}  # lease -> holder last answered here (to log changes)
@@ -381,16 +419,22 @@ class CoordinatorNode:
         loop = asyncio.get_running_loop()
         raft_host = self.config.raft_bind
         for i in range(self.cluster.shards):
+            members = self.cluster.members(i)
+            if not self.cluster.holds(self.me.id, i):
+                self.shards.append(RemoteShard(i, members))
+                continue
             me = self.me.raft_addr(i)
             bind = f"{raft_host}:{me.rsplit(':', 1)[1]}" if raft_host else None
-            self.shards.append(RaftShard(
-                i, me, [r.raft_addr(i) for r in self.cluster.replicas], self.config.data_dir,
+            shard = RaftShard(
+                i, me, [r.raft_addr(i) for r in members], self.config.data_dir,
                 self.cluster.password, lambda i=i: ShardState(self.shard_config(i)),  # type: ignore[misc]
                 self._on_applied, loop, self.config.raft, bind_addr=bind,
                 on_leader_change=self._on_leader_change, on_reset=self._on_reset,
-                preferred_leader=self.cluster.preferred_leader(i).raft_addr(i) if len(self.cluster.replicas) > 1 else None,
+                preferred_leader=self.cluster.preferred_leader(i).raft_addr(i) if len(members) > 1 else None,
                 wants_effects=self._watchers.__len__,
-            ))
+            )
+            self.shards.append(shard)
+            self.hosted.append(shard)
         if self.config.metrics_listen:
             self.metrics = ReplicaMetrics(view_from_loop(loop, self.metrics_view))
             host, port = split_host_port(self.config.metrics_listen)
@@ -433,8 +477,12 @@ class CoordinatorNode:
         self._tasks.append(asyncio.create_task(self._lease_keeper(), name="leases"))
         self._tasks.append(asyncio.create_task(self._readiness_watch(), name="readiness"))
         self._tasks.append(asyncio.create_task(self._rate_sampler(), name="dispatch rates"))
-        log.info("replica %s serving on %s (%d shards, archive ids %s, %s)", self.me.id, self.address,
-                 len(self.shards), ",".join(map(str, self.config.archive_ids)),
+        if len(self.hosted) < len(self.shards):
+            self._tasks.append(asyncio.create_task(self._learn_leaders(), name="leaders of other shards"))
+        held = (f"{len(self.shards)} shards" if len(self.hosted) == len(self.shards) else
+                f"{len(self.shards)} shards, holds {len(self.hosted)}: {','.join(str(s.index) for s in self.hosted)}")
+        log.info("replica %s serving on %s (%s, archive ids %s, %s)", self.me.id, self.address,
+                 held, ",".join(map(str, self.config.archive_ids)),
                  "mutual TLS" if tls else "PLAIN TEXT")
         if tls is None:
             log.warning("insecure: the gRPC port %s is plain text and checks nobody: anyone who reaches it "
@@ -469,7 +517,7 @@ class CoordinatorNode:
         can write every shard's journal. A replica that cannot (a full disk)
         still forwards and answers reads, but a load balancer should send
         clients elsewhere until it can."""
-        problems = [(s.index, p) for s in self.shards if (p := s.problem)]
+        problems = [(s.index, p) for s in self.hosted if (p := s.problem)]
         ready = all(s.leader is not None for s in self.shards) and not problems
         if problems != self._problems:
             if problems:
@@ -531,8 +579,67 @@ class CoordinatorNode:
             self.metrics.stop()
 
     async def _close_shards(self) -> None:
-        for shard in self.shards:
+        for shard in self.hosted:
             await shard.aclose()
+
+    async def _learn_leaders(self) -> None:
+        """Keep the leaders of the shards this replica does not hold known:
+        ask their members (``ClusterInfo``, which a member answers for the
+        shards it holds) every few seconds, at once when a forward found no
+        leader (``_learn``), every half second while one is unknown."""
+        while True:
+            remote = [s for s in self.shards if isinstance(s, RemoteShard)]
+            unknown = [s for s in remote if s.leader is None]
+            try:
+                await asyncio.wait_for(self._learn.wait(), 0.5 if unknown else LEARN_EVERY)
+            except TimeoutError:
+                pass
+            self._learn.clear()
+            try:
+                await self.learn_leaders_once(remote)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("learning the leaders of other replicas' shards failed")
+
+    async def learn_leaders_once(self, remote: Sequence[RemoteShard]) -> None:
+        """One round of :meth:`_learn_leaders`: each replica that is a member
+        of some of *remote* asked once, the preferred leaders' replicas first."""
+        todo = {s.index: s for s in remote}
+        asked: set[str] = set()
+        while todo:
+            counts: dict[str, int] = {}
+            for s in todo.values():
+                for r in s.members:
+                    if r.id not in asked and r.id != self.me.id:
+                        counts[r.id] = counts.get(r.id, 0) + 1
+            if not counts:
+                break
+            rid = max(counts, key=lambda k: counts[k])
+            asked.add(rid)
+            r = self.cluster.replica(rid)
+            stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(r.api))
+            try:
+                info = await stub.ClusterInfo(coordinator_pb2.ClusterInfoRequest(), timeout=2.0)
+            except grpc.RpcError as exc:
+                log.debug("leaders: replica %s at %s did not answer: %s", rid, r.api, exc.details())
+                continue
+            now = time.monotonic()
+            for st in info.shards:
+                shard = todo.get(st.shard)
+                if shard is None or st.role not in ("leader", "follower"):
+                    continue  # only a member's word counts
+                leader = next((m for m in shard.members if m.id == st.leader), None)
+                addr = leader.raft_addr(shard.index) if leader is not None else None
+                if addr != shard.leader:
+                    log.info("shard %d (held by %s): leader now %s", shard.index,
+                             ", ".join(m.id for m in shard.members), st.leader or "unknown")
+                    shard.leader = addr
+                    asyncio.ensure_future(self._update_readiness())
+                shard.term, shard.commit_index, shard.applied_index = st.term, st.commit_index, st.applied_index
+                shard.learned = now
+                if addr is not None:
+                    del todo[st.shard]
 
     # --------------------------------------------------------------- shards
 
@@ -543,11 +650,76 @@ class CoordinatorNode:
         idx = action_id % MAX_SHARDS
         return self.shards[idx] if idx < len(self.shards) else None
 
-    def leader_api(self, shard: RaftShard) -> str:
+    def members_of(self, index: int) -> list[str]:
+        """The replica ids of a shard's group when the cluster has a
+        placement (empty without one: every replica)."""
+        return list(self.cluster.placement[index]) if self.cluster.placement else []
+
+    async def cluster_status(self, digest: bool = False) -> coordinator_pb2.StatusResponse:
+        """:meth:`status` of the whole cluster: the shards held here as this
+        replica sees them, each other shard as a member of its group sees it
+        (its leader first), the counts summed over all. A shard no member
+        of which answers is listed with its problem and without counts."""
+        out = self.status(digest)
+        remote = [s for s in self.shards if isinstance(s, RemoteShard)]
+        if not remote:
+            return out
+        todo = {s.index: s for s in remote}
+        asked: set[str] = set()
+        totals = {(c.kind, c.state): c.count for c in out.counts}
+        modes = {out.control} if out.control else set()
+        rows = list(out.shards)
+        while todo:
+            choice: dict[str, list[int]] = {}
+            for s in todo.values():
+                lead = self.leader_id(s)
+                order = ([lead] if lead else []) + [m.id for m in s.members]
+                rid = next((r for r in order if r not in asked and r != self.me.id), None)
+                if rid is not None:
+                    choice.setdefault(rid, []).append(s.index)
+            if not choice:
+                break
+
+            async def ask(rid: str, idx: list[int]) -> coordinator_pb2.StatusResponse | None:
+                stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(self.cluster.replica(rid).api))
+                try:
+                    resp: coordinator_pb2.StatusResponse = await stub.Status(
+                        coordinator_pb2.StatusRequest(digest=digest, shards=idx), timeout=3.0)
+                    return resp
+                except grpc.RpcError as exc:
+                    log.debug("status: replica %s did not answer: %s", rid, exc.details())
+                    return None
+
+            answers = await asyncio.gather(*(ask(rid, idx) for rid, idx in choice.items()))
+            asked.update(choice)
+            for resp in answers:
+                if resp is None:
+                    continue
+                for row in resp.shards:
+                    if row.shard in todo:
+                        del todo[row.shard]
+                        rows.append(row)
+                        for c in row.counts:
+                            totals[(c.kind, c.state)] = totals.get((c.kind, c.state), 0) + c.count
+                if resp.control:
+                    modes.add(resp.control)
+        for s in todo.values():
+            rows.append(coordinator_pb2.ShardStatus(
+                shard=s.index, leader=self.leader_id(s), members=self.members_of(s.index),
+                problem=f"no member of its group ({', '.join(m.id for m in s.members)}) answered {self.me.id}"))
+        del out.shards[:]
+        out.shards.extend(sorted(rows, key=lambda r: r.shard))
+        del out.counts[:]
+        out.counts.extend(coordinator_pb2.KindCount(kind=k, state=st, count=n)
+                          for (k, st), n in sorted(totals.items()) if n)
+        out.control = modes.pop() if len(modes) == 1 else "mixed (" + ",".join(sorted(modes)) + ")"
+        return out
+
+    def leader_api(self, shard: RaftShard | RemoteShard) -> str:
         r = self.cluster.by_raft_addr(shard.index, shard.leader)
         return r.api if r is not None else ""
 
-    def leader_id(self, shard: RaftShard) -> str:
+    def leader_id(self, shard: RaftShard | RemoteShard) -> str:
         r = self.cluster.by_raft_addr(shard.index, shard.leader)
         return r.id if r is not None else ""
 
@@ -659,7 +831,7 @@ class CoordinatorNode:
         later kept deciding by its old policy (an open batch never opened:
         tagged archives held for good)."""
         version, newest = self.policy_version, None
-        for shard in self.shards:
+        for shard in self.hosted:
             with shard.reading() as st:
                 if st.policy_version > version:
                     version, newest = st.policy_version, st.policy
@@ -902,8 +1074,8 @@ class CoordinatorNode:
         return bool(out)
 
     def _states(self) -> Iterator[ShardState]:
-        """Every shard's state in turn, each read under its lock."""
-        for shard in self.shards:
+        """Every shard's state held here in turn, each read under its lock."""
+        for shard in self.hosted:
             with shard.reading() as st:
                 yield st
 
@@ -911,7 +1083,7 @@ class CoordinatorNode:
         """The agents a tagged action or a volume's restore may go to: every
         live session's, less the drained agents."""
         drained: set[str] = set()
-        for shard in self.shards:
+        for shard in self.hosted:
             with shard.reading() as st:
                 drained.update(st.drained)
         return scheduler.Affinity([(s.agent_id, s.tags, s.archive_ids) for s in self.sessions.values()
@@ -1033,18 +1205,26 @@ class CoordinatorNode:
             self._channels[address] = ch
         return ch
 
-    async def forward(self, shard: RaftShard, method: str, request: Any, timeout: float) -> Any:
+    async def forward(self, shard: RaftShard | RemoteShard, method: str, request: Any, timeout: float) -> Any:
         """Call a Coordinator RPC on the shard's leader (a request part this
         replica cannot serve itself); ShardUnavailable when there is none."""
         leader = self.leader_api(shard)
         if not leader or leader == self.me.api:
+            self.leader_lost(shard)
             raise ShardUnavailable(shard.index, "")
         stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(leader))
         try:
             return await getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION):
+                self.leader_lost(shard)
             raise ShardUnavailable(shard.index, "", f"shard {shard.index}: {method} on the leader {leader} failed: "
                                    f"{exc.details()}") from None
+
+    def leader_lost(self, shard: RaftShard | RemoteShard) -> None:
+        """A shard held elsewhere did not answer on the leader we knew: ask its members again."""
+        if isinstance(shard, RemoteShard):
+            self._learn.set()
 
     async def on_every_shard(self, shards: Iterable[int], command: Callable[[int], Command], method: str,
                              request: Callable[[int], Any], reply: Callable[[RaftShard, Any], T],
@@ -1076,7 +1256,7 @@ class CoordinatorNode:
         """Connected here, in its grace period, holding actions or drained."""
         if self.book.known(agent_id):
             return True
-        for shard in self.shards:
+        for shard in self.hosted:
             with shard.reading() as st:
                 if agent_id in st.by_agent or agent_id in st.drained:
                     return True
@@ -1116,8 +1296,11 @@ class CoordinatorNode:
                     self._ack(session, done)
                     return
                 except grpc.RpcError as exc:
+                    self.leader_lost(shard)
                     log.info("shard %d: forwarding %d completion(s) of %s to %s failed: %s", shard.index,
                              len(done), agent_id, leader, exc.details())
+            else:
+                self.leader_lost(shard)
             if time.monotonic() > end:
                 if done:
                     log.warning("shard %d: could not hand %d completion(s) of agent %s to a leader (none "
@@ -1410,6 +1593,9 @@ class CoordinatorNode:
         now = time.monotonic() if now is None else now
         counts = []
         for shard in self.shards:
+            if not shard.hosted:
+                counts.append({})
+                continue
             with shard.reading() as st:
                 counts.append(dict(st.dispatched))
         samples = self._dispatch_samples
@@ -1465,7 +1651,7 @@ class CoordinatorNode:
     def consumers_status(self) -> list[coordinator_pb2.ConsumerStatus]:
         """Every event consumer as this replica's state shows it, all shards summed."""
         out: dict[str, coordinator_pb2.ConsumerStatus] = {}
-        for shard in self.shards:
+        for shard in self.hosted:
             with shard.reading() as st:
                 for name, c in st.events.consumers.items():
                     cs = out.get(name)
@@ -1482,7 +1668,7 @@ class CoordinatorNode:
         """What a Prometheus scrape reads (coordinator.metrics), on the loop."""
         shards = []
         running: dict[str, dict[Kind, int]] = {}
-        for shard in self.shards:
+        for shard in self.hosted:
             with shard.reading() as st:
                 counts = {(int(k), int(state)): n for (k, state), n in st.counts.items()}
                 queues: dict[tuple[int, int], int] = {}
@@ -1502,11 +1688,15 @@ class CoordinatorNode:
                    if agent_id not in self.sessions]
         return ReplicaView(self.me.id, hsm.__version__, self.cluster.cluster_id, shards, agents)
 
-    def status(self, digest: bool = False) -> coordinator_pb2.StatusResponse:
+    def status(self, digest: bool = False, only: Iterable[int] = ()) -> coordinator_pb2.StatusResponse:
+        """This replica's view of the shards it holds (*only*: of these
+        among them): ``cluster_status`` adds the others'."""
         totals: dict[tuple[Kind, State], int] = {}
         shards = []
         running: dict[str, dict[Kind, int]] = {}
-        for shard in self.shards:
+        wanted = set(only)
+        held = [s for s in self.hosted if not wanted or s.index in wanted]
+        for shard in held:
             counts = []
             with shard.reading() as st:
                 for (kind, state), n in sorted(st.counts.items()):
@@ -1517,10 +1707,11 @@ class CoordinatorNode:
             shards.append(coordinator_pb2.ShardStatus(
                 shard=shard.index, leader=self.leader_id(shard), commit_index=shard.commit_index,
                 applied_index=shard.applied_index, counts=counts, digest=dg, term=shard.term,
-                role="leader" if shard.is_leader else "follower", problem=shard.problem))
+                role="leader" if shard.is_leader else "follower", problem=shard.problem,
+                members=self.members_of(shard.index), replica=self.me.id))
         modes = set()
         drained: set[str] = set()
-        for shard in self.shards:
+        for shard in held:
             with shard.reading() as st:
                 modes.add(st.control)
                 drained.update(st.drained)

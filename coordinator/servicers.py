@@ -210,7 +210,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 if ids or fids or request.all or cookies:
                     cmd = Cancel(now, ids, fids, request.all, reason, cookies, owner)
                     node.check_fits((cmd,), estimate)
-                    if owner:
+                    if owner and node.shards[idx].hosted:  # (a shard held elsewhere: its leader checks)
                         with node.shards[idx].reading() as st:
                             refused = st.cancel_refusal(cmd)
                         if refused is not None:
@@ -571,7 +571,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             node.unwatch(ids, q)
 
     async def Status(self, request: coordinator_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.StatusResponse:  # noqa: N802
-        return self.node.status(digest=request.digest)
+        node = self.node
+        if request.shards:  # a part another replica asks for: the shards held here among them
+            await self._check_shards(request.shards, context)
+            return node.status(request.digest, request.shards)
+        return await node.cluster_status(request.digest)
 
     async def ClusterInfo(self, request: coordinator_pb2.ClusterInfoRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ClusterInfoResponse:  # noqa: N802
         node = self.node
@@ -581,7 +585,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             replicas=[coordinator_pb2.Replica(id=r.id, address=r.api) for r in node.cluster.replicas],
             cluster_id=node.cluster.cluster_id, replica=node.me.id,
             shards=[coordinator_pb2.ShardStatus(shard=s.index, leader=node.leader_id(s), commit_index=s.commit_index,
-                                                applied_index=s.applied_index, term=s.term)
+                                                applied_index=s.applied_index, term=s.term,
+                                                role=("leader" if s.is_leader else "follower") if s.hosted else "",
+                                                members=node.members_of(s.index))
                     for s in node.shards],
         )
 
@@ -677,8 +683,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         targets = sorted(set(request.shards)) or list(range(len(node.shards)))
         before: set[str] = set()
         for i in targets:
-            with node.shards[i].reading() as st:
-                before.add(st.control)
+            if node.shards[i].hosted:
+                with node.shards[i].reading() as st:
+                    before.add(st.control)
         was = before.pop() if len(before) == 1 else "mixed (" + ",".join(sorted(before)) + ")"
         where = "every shard" if not request.shards else "shard(s) " + ",".join(map(str, targets))
         now = node.clock()
@@ -706,7 +713,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         node = self.node
         shards = []
         newest = None
-        for shard in node.shards:
+        for shard in node.hosted:
             with shard.reading() as st:
                 shards.append(coordinator_pb2.ShardPolicy(shard=shard.index, version=st.policy_version))
                 if newest is None or st.policy_version > newest[0]:
@@ -737,7 +744,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if forwarded:
             version = request.version
         else:
-            for shard in node.shards:
+            for shard in node.hosted:
                 with shard.reading() as st:
                     current = max(current, st.policy_version)
             if request.expect_version and request.expect_version != current:
@@ -753,6 +760,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if request.dry_run:
             return self._policy_response(changes, warnings)
         for i in sorted(set(request.shards)) or range(len(node.shards)):
+            if not node.shards[i].hosted:
+                continue  # its leader checks
             with node.shards[i].reading() as st:  # what the apply would refuse: refused before any proposal
                 have, same = st.policy_version, st.policy.text == request.text
             if version < have or (version == have and not same):

@@ -289,6 +289,8 @@ def status_to_dict(
                 "applied_index": s.applied_index,
                 "counts": counts_to_list(s.counts),
                 "problem": s.problem,
+                "members": list(s.members),  # its Raft group with a placement; empty: every replica
+                "seen_by": s.replica,
             }
             for s in status.shards
         ],
@@ -491,25 +493,25 @@ def shards_table(status: cpb.StatusResponse, info: cpb.ClusterInfoResponse | Non
     if not shards and info is not None:
         shards = list(info.shards)
     table = Table(title=f"Shards ({len(shards)})", title_justify="left", box=None, pad_edge=False)
-    for name, justify in (
-        ("SHARD", "right"),
-        ("LEADER", "left"),
-        ("ADDRESS", "left"),
-        ("COMMIT", "right"),
-        ("APPLIED", "right"),
-        ("ACTIVE", "right"),
-    ):
+    # a cluster with a placement (each shard's group on some of the replicas) shows each group
+    placed = any(s.members for s in shards)
+    columns = [("SHARD", "right"), ("LEADER", "left"), ("ADDRESS", "left"), ("COMMIT", "right"),
+               ("APPLIED", "right"), ("ACTIVE", "right")] + ([("GROUP", "left")] if placed else [])
+    for name, justify in columns:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for s in sorted(shards, key=lambda s: s.shard):
         active = sum(c.count for c in s.counts if c.state not in (tpb.SUCCEEDED, tpb.FAILED, tpb.CANCELED))
-        table.add_row(*_cells(
+        row = [
             s.shard,
             s.leader or "(none)",
             addresses.get(s.leader, "-") if s.leader else "-",
             s.commit_index,
             s.applied_index,
             active,
-        ))
+        ]
+        if placed:
+            row.append(",".join(s.members))
+        table.add_row(*_cells(*row))
     return table
 
 
@@ -535,7 +537,8 @@ def render_status(
         ))
     for s in status.shards:
         if s.problem:
-            parts.append(Text(f"WARNING: shard {s.shard} on {status.replica or 'this replica'}: {s.problem}"))
+            parts.append(Text(f"WARNING: shard {s.shard} on {s.replica or status.replica or 'this replica'}: "
+                              f"{s.problem}"))
     for c in status.consumers:
         if c.missed:
             parts.append(Text(f"WARNING: event consumer {c.name} missed {c.missed} record(s): the retention dropped "

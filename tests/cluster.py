@@ -102,7 +102,8 @@ class Pki:
 
 class ProcCluster:
     def __init__(self, tmp: Path, replicas: int = 3, shards: int = 4, raft: dict[str, Any] | None = None,
-                 agent_grace: float = 5.0, extra: dict[str, Any] | None = None) -> None:
+                 agent_grace: float = 5.0, extra: dict[str, Any] | None = None,
+                 replication: int | None = None) -> None:
         self.tmp = tmp
         self.shards = shards
         self.logs = tmp / "logs"
@@ -116,7 +117,10 @@ class ProcCluster:
         self.config, _ = cfgmod.init_cluster(tmp / "etc", "sys", shards, self.specs, data_dir=str(tmp / "data"),
                                              extra={"agent_grace": agent_grace, "heartbeat_interval": 1.0,
                                                     "propose_timeout": 3.0, "raft": tuning, **(extra or {})},
-                                             tls=True)
+                                             tls=True, replication=replication)
+        #: each shard's group (every replica without a replication)
+        self.placement = cfgmod.load(self.config, {"replica_id": self.specs[0].id,
+                                                   "data_dir": str(tmp / "data")})[0].cluster.placement
         #: the cluster's CA and certificates
         self.pki = Pki(tmp / "etc" / "tls")
         #: the admin's TLS files, for clients
@@ -181,9 +185,14 @@ class ProcCluster:
                                      + (self.logs / f"{rid}.log").read_text()[-3000:])
         return False
 
-    def status(self, rid: str, digest: bool = False) -> C.StatusResponse:
+    def status(self, rid: str, digest: bool = False, local: bool = False) -> C.StatusResponse:
+        """*rid*'s Status: the cluster's, or with *local* only the shards it holds, as it holds them."""
         with self.channel(self.spec(rid).api) as ch:
-            return coordinator_pb2_grpc.CoordinatorStub(ch).Status(C.StatusRequest(digest=digest), timeout=10)
+            return coordinator_pb2_grpc.CoordinatorStub(ch).Status(
+                C.StatusRequest(digest=digest, shards=range(self.shards) if local else ()), timeout=10)
+
+    def holds(self, rid: str, shard: int) -> bool:
+        return not self.placement or rid in self.placement[shard]
 
     def leaders(self, rid: str) -> dict[int, str]:
         with self.channel(self.spec(rid).api) as ch:
@@ -193,10 +202,10 @@ class ProcCluster:
     def converged(self) -> bool:
         """Every live replica applied the same entries and holds the same
         actions in the same states, shard by shard."""
-        views = [self.status(s.id, digest=True) for s in self.live()]
+        views = {s.id: {r.shard: r for r in self.status(s.id, digest=True, local=True).shards} for s in self.live()}
         for shard in range(self.shards):
-            rows = {(v.shards[shard].applied_index, v.shards[shard].digest) for v in views}
-            if len(rows) != 1:
+            rows = {(v[shard].applied_index, v[shard].digest) for rid, v in views.items() if self.holds(rid, shard)}
+            if len(rows) > 1:
                 return False
         return True
 
@@ -205,7 +214,7 @@ class ProcCluster:
         try:
             until(self.converged, timeout, "replicas to hold identical shard states", interval=0.2)
         except AssertionError:
-            views = {s.id: [(x.applied_index, x.digest[:12]) for x in self.status(s.id, True).shards]
+            views = {s.id: [(x.shard, x.applied_index, x.digest[:12]) for x in self.status(s.id, True, True).shards]
                      for s in self.live()}
             raise AssertionError(f"replicas diverged: {views}") from None
 

@@ -135,6 +135,9 @@ class _Delivery:
 class RaftShard:
     """One replica of one shard's Raft group. See the package docstring (coordinator.raft)."""
 
+    #: a member of the group here (coordinator.node.RemoteShard: not)
+    hosted = True
+
     def __init__(
         self,
         index: int,

@@ -488,10 +488,12 @@ class WatchEvent(_message.Message):
     def __init__(self, action: _Optional[_Union[_types_pb2.Action, _Mapping]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ("digest",)
+    __slots__ = ("digest", "shards")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     digest: bool
-    def __init__(self, digest: _Optional[bool] = ...) -> None: ...
+    shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, digest: _Optional[bool] = ..., shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class KindCount(_message.Message):
     __slots__ = ("kind", "state", "count")
@@ -540,7 +542,7 @@ class Slots(_message.Message):
     def __init__(self, archive: _Optional[int] = ..., restore: _Optional[int] = ..., remove: _Optional[int] = ...) -> None: ...
 
 class ShardStatus(_message.Message):
-    __slots__ = ("shard", "leader", "commit_index", "applied_index", "counts", "digest", "term", "role", "problem")
+    __slots__ = ("shard", "leader", "commit_index", "applied_index", "counts", "digest", "term", "role", "problem", "members", "replica")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -550,6 +552,8 @@ class ShardStatus(_message.Message):
     TERM_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     shard: int
     leader: str
     commit_index: int
@@ -559,7 +563,9 @@ class ShardStatus(_message.Message):
     term: int
     role: str
     problem: str
-    def __init__(self, shard: _Optional[int] = ..., leader: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ..., digest: _Optional[str] = ..., term: _Optional[int] = ..., role: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
+    members: _containers.RepeatedScalarFieldContainer[str]
+    replica: str
+    def __init__(self, shard: _Optional[int] = ..., leader: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ..., digest: _Optional[str] = ..., term: _Optional[int] = ..., role: _Optional[str] = ..., problem: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., replica: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("counts", "agents", "shards", "replica", "version", "control", "cluster_id", "consumers")

@@ -1,0 +1,95 @@
+"""Where each shard's Raft group lives: which replicas are its members, and
+which of them should lead it (issue 19, scale-out).
+
+A cluster has N replicas and S shards. Each shard is its own Raft group of R
+members placed over the N replicas (R = N is the classic layout: every
+replica holds every shard). A placement is a tuple of S member tuples, one
+per shard; a shard's first member is the replica that should lead it.
+
+Pure functions only: the configuration reads and checks a placement here,
+``hsm-coordinator init --replication R`` writes the one :func:`spread`
+computes (written out, so that adding replicas later does not reshuffle
+the shards that exist), and the node opens Raft groups for the shards its
+replica holds (``ClusterSpec.hosted``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+Placement = tuple[tuple[str, ...], ...]
+
+#: the group sizes a placement may use: an even group tolerates no more
+#: failures than the odd one a member smaller, and costs one more copy
+GROUP_SIZES = (1, 3, 5, 7)
+
+
+def spread(replicas: Sequence[str], shards: int, r: int) -> Placement:
+    """A placement of *shards* groups of *r* members over *replicas*.
+
+    Shard i's preferred leader is replica i mod N, so leaders are spread
+    round-robin (no replica prefers more than ceil(S/N)). Its other members
+    are the replicas with the least load (groups joined so far, and groups
+    they are to lead), the nearest after the leader in the list first, so
+    that the shards held per replica differ by at most one. Deterministic: the same inputs
+    always give the same placement."""
+    n = len(replicas)
+    if n == 0:
+        raise ValueError("a placement needs at least one replica")
+    if len(set(replicas)) != n:
+        raise ValueError("replica ids repeat")
+    if not 1 <= r <= n:
+        raise ValueError(f"replication {r}: must be from 1 to the {n} replica(s)")
+    # a replica's load: the groups it is in so far, and those it will lead
+    held = Counter(replicas[i % n] for i in range(shards))
+    out = []
+    for i in range(shards):
+        leader = i % n
+        members = [replicas[leader]]
+        others = [(held[replicas[j % n]], (j - leader) % n, replicas[j % n]) for j in range(leader + 1, leader + n)]
+        for _count, _dist, rid in sorted(others)[:r - 1]:
+            members.append(rid)
+            held[rid] += 1
+        out.append(tuple(members))
+    return tuple(out)
+
+
+def problems(placement: Sequence[Sequence[str]], replicas: Iterable[str], shards: int) -> list[str]:
+    """What is wrong with *placement* for a cluster of *replicas* and
+    *shards* (empty: nothing). Every shard has a group; every group has
+    distinct, known members, an odd number of them (see
+    :data:`GROUP_SIZES`); every group has the same size."""
+    known = list(replicas)
+    out = []
+    if len(placement) != shards:
+        out.append(f"the placement names {len(placement)} shard(s); the cluster has {shards}")
+    sizes = set()
+    for i, members in enumerate(placement):
+        sizes.add(len(members))
+        if len(members) not in GROUP_SIZES:
+            out.append(f"shard {i}: {len(members)} member(s); a group has {', '.join(map(str, GROUP_SIZES))} "
+                       "(an even group survives no more failures than one a member smaller)")
+        if len(set(members)) != len(members):
+            out.append(f"shard {i}: a replica is named twice ({', '.join(members)})")
+        unknown = [m for m in members if m not in known]
+        if unknown:
+            out.append(f"shard {i}: {', '.join(unknown)} is not a replica of the cluster")
+    if len(sizes) > 1:
+        out.append(f"every shard's group has the same size; these have {', '.join(map(str, sorted(sizes)))}")
+    return out
+
+
+def hosted(placement: Placement, replica: str) -> list[int]:
+    """The shards whose group *replica* is a member of."""
+    return [i for i, members in enumerate(placement) if replica in members]
+
+
+def load(placement: Placement, replicas: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Per replica: (shards held, shards it is the preferred leader of)."""
+    out = {rid: (0, 0) for rid in replicas}
+    for members in placement:
+        for k, rid in enumerate(members):
+            held, leads = out.get(rid, (0, 0))
+            out[rid] = (held + 1, leads + (k == 0))
+    return out
