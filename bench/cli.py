@@ -60,6 +60,9 @@ workloads:
                  two users submitting at 10:1, Jain's index of their dispatch rates by user (target 0.95)
                  and by none; and tape order: restores of 20 volumes with volume/position hints and
                  without, volume switches policy / FIFO (target at most 0.1) (policy --help; bench/policy.py)
+  scaleout       what a replica spends per action as the cluster grows: the flood on 3 replicas x 18 shards
+                 (every replica holds all) and on 9 x 18 with replication 3 (each holds 6); CPU µs per action
+                 per replica 9 / 3 against the target 0.4, at most (scaleout --help; bench/scaleout.py)
   report         re-render latest.md from latest.json
 
 exit status: 0 when every workload ran, whatever the figures (a missed performance
@@ -201,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
                           + " / ".join(f"{v:g}" for v in policymod.TAPE_FILES.values()) + " quick / full)")
     pol.add_argument("--tape-live", action="store_true",
                      help="tape: submit the restores while dispatch runs (default: dispatch held until all are in)")
+    from bench import scaleout as scaleoutmod
+
+    so = sub.add_parser("scaleout", parents=[common],
+                        help="CPU per action per replica on 3 replicas and on 9 with replication 3",
+                        description=scaleoutmod.SCALEOUT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    so.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="rounds of two floods (3 then 9 replicas, then 9 then 3, ...); figures are medians "
+                         "(default 1)")
     from bench import catalog as catalogmod
 
     cat = sub.add_parser("catalog", parents=[common], help="the catalog's memory and snapshot bytes per copy, "
@@ -365,6 +376,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_parser().error("striping: --size-mib must be at least 1024 (striping starts at 1 GiB), "
                                  "--link and --part-mib at least 1")
         return stripingmod.striping(args, settings_from(args), _say)
+    if args.workload == "scaleout":
+        from bench import scaleout as scaleoutmod
+
+        if args.repeat < 1:
+            build_parser().error("scaleout: --repeat must be at least 1")
+        if args.replicas is not None:
+            build_parser().error("scaleout: the shapes are fixed (3 replicas, and 9 in groups of 3): no --replicas")
+        if args.shards is not None and args.shards < 1:
+            build_parser().error("scaleout: --shards must be at least 1")
+        s = settings_from(args)
+        s.say = _say
+        return scaleoutmod.scaleout(args, s, _say)
     if args.workload == "profile":
         from bench.profile import profile
 

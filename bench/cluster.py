@@ -44,6 +44,17 @@ policy (version 1, from its configuration) with those sections put in
 (:func:`merge_policy`: the settings the configuration gave stay, unless the
 sections name them), set with ``SetPolicy`` as version 2
 (:attr:`BenchCluster.policy_text`, :attr:`BenchCluster.policy_version`).
+
+With ``ClusterOptions.replication`` (``python -m bench scaleout``) each
+shard's Raft group lives on that many of the replicas, not on all of them:
+``init_cluster(replication=R)`` writes ``cluster.replication`` and the
+placement it spreads (coordinator.placement) into the configuration, and
+each replica opens only its shards' Raft groups (and listens only on their
+Raft ports). :attr:`BenchCluster.placement` is the placement read back from
+that configuration, :meth:`BenchCluster.hosted` the shards a replica holds
+(every shard without replication), and :meth:`BenchCluster.own_ports`
+counts only their Raft ports. A code tree runs without: the baseline may
+know nothing of placement.
 """
 
 from __future__ import annotations
@@ -323,6 +334,11 @@ class ClusterOptions:
     #: --config file that sets its packing); the shim records the null mover's runs only
     mover: str = "null"
     agent_args: tuple[str, ...] = ()
+    #: members of each shard's Raft group (cluster.replication; None: every replica holds every shard; see
+    #: the module's doc)
+    replication: int | None = None
+    #: seconds start() waits for each replica to be ready and for the agents to connect to it
+    start_timeout: float = 60.0
 
     def describe(self) -> dict[str, Any]:
         out = {"replicas": self.replicas, "shards": self.shards, "agents": self.agents, "slots": self.slots,
@@ -337,6 +353,8 @@ class ClusterOptions:
                              "bytes": len(self.policy.encode())}
         if self.agent_tags:
             out["agent_tags"] = self.agent_tags
+        if self.replication is not None:  # (absent: every replica holds every shard)
+            out["replication"] = self.replication
         return out
 
 
@@ -359,13 +377,16 @@ class BenchCluster:
         #: the policy document set from ClusterOptions.policy, and its version (None: none set)
         self.policy_text: str | None = None
         self.policy_version: int | None = None
+        #: each shard's Raft group as the configuration places it (ClusterOptions.replication; empty: every
+        #: replica holds every shard)
+        self.placement: tuple[tuple[str, ...], ...] = ()
         _LIVE.add(self)
 
     # ------------------------------------------------------------ lifecycle
 
     def __enter__(self) -> BenchCluster:
         try:
-            self.start()
+            self.start(self.opt.start_timeout)
         except BaseException:
             self.stop(grace=2.0)
             raise
@@ -435,13 +456,17 @@ class BenchCluster:
                 raise ValueError("a cluster running a code tree (bench compare) runs without metrics exporters")
             if self.opt.policy:
                 raise ValueError("a cluster running a code tree (bench compare) keeps the policy its configuration gives")
+            if self.opt.replication is not None:
+                raise ValueError("a cluster running a code tree (bench compare) holds every shard on every replica")
             write_config(self.opt.code, self.config_path.parent, "bench", s,
                          [(r.id, r.api, r.raft) for r in self.specs], str(self.dir / "data"), extra)
             return
         cfgmod.init_cluster(self.config_path.parent, "bench", s, self.specs, data_dir=str(self.dir / "data"),
-                            extra=extra, tls=self.opt.tls)
+                            extra=extra, tls=self.opt.tls, replication=self.opt.replication)
         if self.opt.tls:
             self._issue(CLIENT_CERT, CLIENT_ROLE)
+        if self.opt.replication is not None:  # the placement the replicas will read
+            self.placement = cfgmod.load(self.config_path, {"replica_id": self.specs[0].id})[0].cluster.placement
 
     def start(self, timeout: float = 60.0) -> None:
         for d in (self.logs, self.runs_dir, self.code_dir):
@@ -500,15 +525,23 @@ class BenchCluster:
         """Replica or agent id -> its exporter's URL (empty without metrics)."""
         return {name: f"http://127.0.0.1:{port}/metrics" for name, port in self.metrics_ports.items()}
 
+    def hosted(self, rid: str) -> list[int]:
+        """The shards whose Raft group replica *rid* is a member of, as the
+        configuration places them (every shard without replication)."""
+        return [k for k in range(self.opt.shards) if not self.placement or rid in self.placement[k]]
+
+    def raft_ports(self, rid: str) -> set[int]:
+        """The Raft ports replica *rid* listens on: one per shard it holds."""
+        spec = self.spec(rid)
+        return {int(spec.raft_addr(k).rsplit(":", 1)[1]) for k in self.hosted(rid)}
+
     def own_ports(self, name: str) -> set[int]:
         """The ports replica or agent *name* listens on by design, exporter
-        aside: a replica's API and Raft ports (one per shard), none for an
-        agent."""
+        aside: a replica's API and Raft ports (one per shard it holds),
+        none for an agent."""
         if name not in self.replicas:
             return set()
-        spec = self.spec(name)
-        return {int(spec.api.rsplit(":", 1)[1])} | {int(spec.raft_addr(k).rsplit(":", 1)[1])
-                                                    for k in range(self.opt.shards)}
+        return {int(self.spec(name).api.rsplit(":", 1)[1])} | self.raft_ports(name)
 
     def unexpected_listeners(self) -> dict[str, set[int]]:
         """Per live replica and agent: the TCP ports it listens on beyond

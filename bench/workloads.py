@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -57,6 +58,10 @@ class Settings:
     agent_grace: float | None = None
     #: agentd --tags of every agent ("": none; python -m bench policy: the tags its rules route to)
     agent_tags: str = ""
+    #: members of each shard's Raft group (None: every replica holds every shard; python -m bench scaleout)
+    replication: int | None = None
+    #: seconds a cluster's start waits for each replica and its agents (None: ClusterOptions' default)
+    start_timeout: float | None = None
     # clients
     clients: int = 4
     batch: int = 1000
@@ -91,6 +96,10 @@ class Settings:
                              agent_tags=self.agent_tags)
         if self.agent_grace is not None:
             opt = replace(opt, agent_grace=self.agent_grace)
+        if self.replication is not None:
+            opt = replace(opt, replication=self.replication)
+        if self.start_timeout is not None:
+            opt = replace(opt, start_timeout=self.start_timeout)
         return replace(opt, **changes)
 
     def understands(self, capability: str) -> bool:
@@ -112,7 +121,8 @@ def fresh_cluster(s: Settings, name: str, opt: ClusterOptions) -> Iterator[Bench
     d = Path(tempfile.mkdtemp(prefix=f"hsm-bench-{name}-", dir=root))
     ok = False
     code = f"; code: {opt.code.short()} from {opt.code.root}" if opt.code else ""
-    s.say(f"   starting {opt.replicas} replicas x {opt.shards} shards, {opt.agents} agentd ({opt.mover} mover, "
+    groups = f" in groups of {opt.replication}" if opt.replication is not None else ""
+    s.say(f"   starting {opt.replicas} replicas x {opt.shards} shards{groups}, {opt.agents} agentd ({opt.mover} mover, "
           f"slots {opt.slots}){', mutual TLS' if opt.tls else ''}"
           f"{', metrics exporters' if opt.metrics else ''}{', a policy set' if opt.policy else ''}"
           f"{f', agents serving tags {opt.agent_tags}' if opt.agent_tags else ''} in {d}{code}")
@@ -161,6 +171,24 @@ def wait_drained(c: BenchCluster, timeout: float, interval: float = 0.05) -> flo
             return False
     until(drained, timeout, "every action to end", interval)
     return time.time()
+
+
+def wait_runs(c: BenchCluster, n: int, timeout: float, interval: float = 0.05) -> None:
+    """Until the agents' run records (bench.agent_shim) show *n* mover runs,
+    read as they grow: nothing asks the cluster meanwhile."""
+    seen: dict[Path, tuple[int, int]] = {}  # file -> (bytes read, runs counted)
+
+    def count() -> int:
+        c.check_alive()
+        for f in c.runs_dir.glob("*.runs"):
+            read, runs = seen.get(f, (0, 0))
+            with open(f, "rb") as fh:
+                fh.seek(read)
+                chunk = fh.read()
+            whole = chunk[:chunk.rfind(b"\n") + 1]  # a line being written is counted next time
+            seen[f] = (read + len(whole), runs + whole.count(b"\n"))
+        return sum(r for _, r in seen.values())
+    until(lambda: count() >= n, timeout, f"{n:,} mover runs in the agents' records", interval)
 
 
 def wait_waiting(c: BenchCluster, n: int, timeout: float) -> None:
@@ -243,8 +271,17 @@ def _keep_evidence(s: Settings, c: BenchCluster, name: str, why: str) -> str:
 
 
 def archive_flood(s: Settings, actions: int | None = None, replicas: int | None = None,
-                  profile: Callable[[BenchCluster, cl.ClientGroup], Any] | None = None) -> dict[str, Any]:
-    """N unique archives submitted in batches by several clients, through to done."""
+                  profile: Callable[[BenchCluster, cl.ClientGroup], Any] | None = None,
+                  quiet_until: float = 0.0) -> dict[str, Any]:
+    """N unique archives submitted in batches by several clients, through to done.
+
+    The harness sees the drain by polling a replica's Status every 50 ms.
+    With *quiet_until* (a share of N, python -m bench scaleout) it first
+    waits, asking the cluster nothing, until the agents' run records show
+    that share of the actions run, and polls Status only for the rest: a
+    replica that does not hold every shard answers Status by asking the
+    members of the others, so polls from the start would cost a cluster
+    with placement more than one without (0: poll from the start)."""
     n = actions or s.flood_actions
     opt = s.cluster_options(replicas=replicas or s.replicas, max_terminal=max_terminal_for(n, s.shards))
     with fresh_cluster(s, "flood", opt) as c:
@@ -259,6 +296,8 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
             prof = profile(c, g) if profile else None
             res = g.results(timeout=max(600, n / 50))
             t_sub = max(r["t_end"] for r in res)
+            if quiet_until > 0:
+                wait_runs(c, math.ceil(quiet_until * n), timeout=max(300, n / 100))
             t_end = wait_drained(c, timeout=max(300, n / 100))
             if prof is not None:
                 prof.stop()

@@ -27,6 +27,9 @@ commands:
   init    create a cluster: writes coordinator.yaml and raft-password for every replica
   run     one coordinator replica, from the config file plus flags
   member  add or remove a replica in every shard's Raft group (replacing a dead replica)
+  shard   move one shard's group member to another replica, while the cluster serves
+  replica drain a replica (its shards move off it) before retiring it, or undo that
+  rebalance  show the replicas' load and what the rebalancer does next; switch it on or off
   local   a complete system in the foreground: 3 replicas x 8 shards, N agentd
           with the posix mover, a simulated Lustre tree (simfs) and an archive
   certs   a cluster CA and the certificates it issues (init, issue, show)
@@ -116,6 +119,64 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--tls-ca", metavar="PEM", help="mutual TLS: the cluster CA's certificate (env HSM_TLS_CA)")
     mem.add_argument("--tls-cert", metavar="PEM", help="mutual TLS: your certificate, role admin (env HSM_TLS_CERT)")
     mem.add_argument("--tls-key", metavar="PEM", help="mutual TLS: its key (env HSM_TLS_KEY)")
+
+    shd = sub.add_parser("shard", help="move a shard's group member to another replica",
+                         description="Move one member of a shard's Raft group to another replica while the "
+                                     "cluster serves (docs/scale-out.md): the target joins the group and "
+                                     "catches up from the leader, the leadership leaves the source, then the "
+                                     "source is removed and closes its member (its journal is deleted). The "
+                                     "group never counts fewer caught-up members than it had. Any replica "
+                                     "takes the request; the shard's leader drives the move to the end, and "
+                                     "a new leader carries it on.",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="examples:\n"
+                                "  hsm-coordinator shard move 3 hsm-0 hsm-4 --coordinators hsm-1:7600 --wait\n"
+                                "  hsm-coordinator shard move 3 hsm-0 hsm-4 --abort --coordinators hsm-1:7600")
+    ssub = shd.add_subparsers(dest="shard_command", required=True, metavar="move")
+    mv = ssub.add_parser("move", help="move SHARD's member SOURCE to replica TARGET")
+    mv.add_argument("shard", type=int, metavar="SHARD")
+    mv.add_argument("source", metavar="SOURCE", help="replica id of the member that leaves")
+    mv.add_argument("target", metavar="TARGET", help="replica id of the replica that joins")
+    mv.add_argument("--abort", action="store_true",
+                    help="undo the move SOURCE -> TARGET instead (only before it began removing SOURCE)")
+    mv.add_argument("--wait", action="store_true", help="wait until the move is done (or aborted)")
+    mv.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="with --wait, give up waiting after this long (default 600; the move goes on)")
+    mv.add_argument("--coordinators", required=True, metavar="ADDR[,ADDR]", help="API addresses of live replicas")
+    mv.add_argument("--tls-ca", metavar="PEM", help="mutual TLS: the cluster CA's certificate (env HSM_TLS_CA)")
+    mv.add_argument("--tls-cert", metavar="PEM", help="mutual TLS: your certificate, role admin (env HSM_TLS_CERT)")
+    mv.add_argument("--tls-key", metavar="PEM", help="mutual TLS: its key (env HSM_TLS_KEY)")
+
+    def tls_flags(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--coordinators", required=True, metavar="ADDR[,ADDR]",
+                            help="API addresses of live replicas")
+        parser.add_argument("--tls-ca", metavar="PEM", help="mutual TLS: the cluster CA's certificate (env HSM_TLS_CA)")
+        parser.add_argument("--tls-cert", metavar="PEM",
+                            help="mutual TLS: your certificate, role admin (env HSM_TLS_CERT)")
+        parser.add_argument("--tls-key", metavar="PEM", help="mutual TLS: its key (env HSM_TLS_KEY)")
+
+    rep_ = sub.add_parser("replica", help="drain a replica before retiring it (or undo the drain)",
+                          description="Drain a replica: the rebalancer (run by shard 0's leader) moves every "
+                                      "shard off it, one move at a time, each as `shard move` does. Once it "
+                                      "holds no shard it can be stopped and removed from cluster.replicas. "
+                                      "undrain lets it hold shards again (the rebalancer then fills it).")
+    rsub = rep_.add_subparsers(dest="replica_command", required=True, metavar="drain|undrain")
+    for name in ("drain", "undrain"):
+        rp = rsub.add_parser(name, help=f"{name} replica ID")
+        rp.add_argument("replica", metavar="ID")
+        if name == "drain":
+            rp.add_argument("--wait", action="store_true", help="wait until it holds no shard")
+            rp.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                            help="with --wait, give up waiting after this long (default 3600; the drain goes on)")
+        tls_flags(rp)
+    reb = sub.add_parser("rebalance", help="the rebalancer: each replica's load, its next step; on or off",
+                         description="Show each replica's load (shards held, shards it is the preferred leader "
+                                     "of), the drained replicas and the rebalancer's next step. With on or off, "
+                                     "switch it (kept on shard 0, replicated). While on, shard 0's leader "
+                                     "moves one shard at a time until every live replica holds and leads its "
+                                     "share within one, and drained replicas hold nothing.")
+    reb.add_argument("switch", nargs="?", choices=("on", "off"))
+    tls_flags(reb)
 
     crt = sub.add_parser("certs", help="a cluster CA and the certificates it issues",
                          description="Create the cluster's certificate authority and issue certificates "
@@ -245,6 +306,140 @@ def _member(args: argparse.Namespace) -> int:
     return 1
 
 
+def _shard(args: argparse.Namespace) -> int:
+    import time
+
+    import grpc
+
+    from hsm.tls import TlsError, TlsFiles, channel_credentials
+    from hsm.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+    try:
+        tls = TlsFiles.from_args(args.tls_ca, args.tls_cert, args.tls_key)
+        creds = channel_credentials(tls) if tls is not None else None
+    except TlsError as exc:
+        print(f"hsm-coordinator shard: {exc}", file=sys.stderr)
+        return 2
+    addrs = [a.strip() for a in args.coordinators.split(",") if a.strip()]
+    req = coordinator_pb2.MoveShardRequest(shard=args.shard, source=args.source, target=args.target, abort=args.abort)
+
+    def call(method: str, request: object, timeout: float) -> tuple[object | None, list[str]]:
+        errors = []
+        for addr in addrs:
+            try:
+                with grpc.insecure_channel(addr) if creds is None else grpc.secure_channel(addr, creds) as ch:
+                    return getattr(coordinator_pb2_grpc.CoordinatorStub(ch), method)(request, timeout=timeout), []
+            except grpc.RpcError as exc:
+                errors.append(f"{addr}: {exc.code().name}: {exc.details()}")
+                if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                                  grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                    break
+        return None, errors or ["no coordinator address given"]
+
+    resp, errors = call("MoveShard", req, 60.0)
+    if resp is None:
+        for e in errors:
+            print(f"hsm-coordinator shard: {e}", file=sys.stderr)
+        return 1
+    assert isinstance(resp, coordinator_pb2.MoveShardResponse)
+    print(f"shard {resp.shard}: {resp.move or 'no move runs'}; group {', '.join(resp.members)} "
+          f"(leader {resp.leader})")
+    if not args.wait:
+        return 0
+    want = [args.target if m == args.source else m for m in resp.members if m != args.target] \
+        if not args.abort else [m for m in resp.members if m != args.target]
+    end = time.monotonic() + args.timeout
+    last = ""
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        info, _e = call("ClusterInfo", coordinator_pb2.ClusterInfoRequest(), 5.0)
+        if not isinstance(info, coordinator_pb2.ClusterInfoResponse):
+            continue
+        row = next((r for r in info.shards if r.shard == args.shard), None)
+        if row is None:
+            continue
+        if row.move != last and row.move:
+            print(f"shard {args.shard}: {row.move}")
+            last = row.move
+        if not row.move and sorted(row.members) == sorted(want):
+            print(f"shard {args.shard}: {'aborted' if args.abort else 'moved'}; group {', '.join(row.members)}")
+            return 0
+    print(f"hsm-coordinator shard: the move is not done after {args.timeout:g} s; it goes on "
+          "(hsmctl status shows each shard's group)", file=sys.stderr)
+    return 1
+
+
+def _rebalance(args: argparse.Namespace) -> int:
+    import time
+
+    import grpc
+
+    from hsm.tls import TlsError, TlsFiles, channel_credentials
+    from hsm.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+    what = "replica" if args.command == "replica" else "rebalance"
+    try:
+        tls = TlsFiles.from_args(args.tls_ca, args.tls_cert, args.tls_key)
+        creds = channel_credentials(tls) if tls is not None else None
+    except TlsError as exc:
+        print(f"hsm-coordinator {what}: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "replica":
+        req = coordinator_pb2.RebalanceRequest(drain=args.replica if args.replica_command == "drain" else "",
+                                               undrain=args.replica if args.replica_command == "undrain" else "")
+    else:
+        req = coordinator_pb2.RebalanceRequest(enabled={"on": 1, "off": 2}.get(args.switch or "", 0))
+    addrs = [a.strip() for a in args.coordinators.split(",") if a.strip()]
+
+    def ask(request: coordinator_pb2.RebalanceRequest) -> coordinator_pb2.RebalanceResponse | None:
+        errors = []
+        for addr in addrs:
+            try:
+                with grpc.insecure_channel(addr) if creds is None else grpc.secure_channel(addr, creds) as ch:
+                    resp: coordinator_pb2.RebalanceResponse = coordinator_pb2_grpc.CoordinatorStub(ch).Rebalance(
+                        request, timeout=30)
+                    return resp
+            except grpc.RpcError as exc:
+                errors.append(f"{addr}: {exc.code().name}: {exc.details()}")
+                if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+                                  grpc.StatusCode.UNAUTHENTICATED):
+                    break
+        for e in errors or ["no coordinator address given"]:
+            print(f"hsm-coordinator {what}: {e}", file=sys.stderr)
+        return None
+
+    resp = ask(req)
+    if resp is None:
+        return 1
+
+    def show(r: coordinator_pb2.RebalanceResponse) -> None:
+        print(f"rebalancer {'on' if r.enabled else 'off'}; drained: {', '.join(r.drained) or 'none'}")
+        width = max((len(x.id) for x in r.replicas), default=7)
+        print(f"{'REPLICA':<{width}}  SHARDS  LEADS")
+        for x in r.replicas:
+            print(f"{x.id:<{width}}  {x.shards:>6}  {x.leads:>5}" + ("  drained" if x.drained else ""))
+        print(f"next: {r.next or 'nothing'}")
+
+    show(resp)
+    if not resp.enabled and args.command == "replica" and args.replica_command == "drain":
+        print("the rebalancer is off: nothing moves until `hsm-coordinator rebalance on`", file=sys.stderr)
+    if args.command != "replica" or args.replica_command != "drain" or not args.wait:
+        return 0
+    end = time.monotonic() + args.timeout
+    while time.monotonic() < end:
+        time.sleep(1.0)
+        r = ask(coordinator_pb2.RebalanceRequest())
+        if r is None:
+            continue
+        held = next((x.shards for x in r.replicas if x.id == args.replica), 0)
+        if held == 0 and r.next in ("balanced", ""):
+            print(f"replica {args.replica} holds no shard: it can be stopped")
+            return 0
+    print(f"hsm-coordinator replica: {args.replica} still holds shards after {args.timeout:g} s; the drain goes on",
+          file=sys.stderr)
+    return 1
+
+
 def _certs(args: argparse.Namespace) -> int:
     from coordinator import certs
 
@@ -295,6 +490,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "member":
         return _member(args)
+
+    if args.command == "shard":
+        return _shard(args)
+
+    if args.command in ("replica", "rebalance"):
+        return _rebalance(args)
 
     if args.command == "certs":
         return _certs(args)

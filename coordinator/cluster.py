@@ -107,8 +107,9 @@ class ClusterSpec:
 
     def members(self, shard: int) -> tuple[ReplicaSpec, ...]:
         """The replicas of *shard*'s Raft group, its preferred leader first."""
-        if not self.placement:
-            return self.replicas
+        if not self.placement:  # every replica, the round-robin preferred leader first
+            k = shard % len(self.replicas)
+            return self.replicas[k:] + self.replicas[:k]
         return tuple(self.replica(rid) for rid in self.placement[shard])
 
     def holds(self, replica_id: str, shard: int) -> bool:

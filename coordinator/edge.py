@@ -155,6 +155,13 @@ def audit_items(method: str, request: Any) -> dict[str, Any]:
     if name == "EditCatalog":
         return {"file": f"{_t(request.file.fsname, 16)}:{_fid(request.file.fid)}", "copies": len(request.copies),
                 "forget": request.forget}
+    if name == "MoveShard":
+        return {"shard": request.shard, "source": _t(request.source), "target": _t(request.target),
+                "abort": request.abort, "lead": request.lead}
+    if name == "Rebalance":
+        return {"drain": _t(request.drain), "undrain": _t(request.undrain), "enabled": request.enabled}
+    if name in ("JoinShard", "LeaveShard"):
+        return {"shard": request.shard, "members": [_t(m) for m in list(getattr(request, "members", ()))[:8]]}
     if name == "SetPolicy":
         return {"bytes": len(request.text), "sha256": hashlib.sha256(request.text.encode()).hexdigest()[:16],
                 "dry_run": request.dry_run, "version": request.version, "shards": _ids(request.shards)}

@@ -40,7 +40,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import hsm
-from coordinator import convert, scheduler
+from coordinator import convert, moves, placement, scheduler
 from coordinator.agents import (
     AGENT_LEASE_MIN_HEARTBEATS,
     IN_FLIGHT_GRACE,
@@ -53,10 +53,11 @@ from coordinator.agents import (
     backlog_hint,
     reconcile,
 )
-from coordinator.cluster import ClusterSpec, ReplicaSpec
+from coordinator.cluster import ClusterSpec, ReplicaSpec, membership_problem, split_addr
 from coordinator.convert import InvalidRequest
 from coordinator.edge import EdgeInterceptor
 from coordinator.events import CL_HSM, EVENT_NAMES, HsmEvent
+from coordinator.groups import GroupRecord, clear_member, read_group, write_group
 from coordinator.metrics import AgentView, ReplicaMetrics, ReplicaView, ShardView
 from coordinator.policy import Policy, seeded
 from coordinator.raft import (
@@ -84,9 +85,14 @@ from coordinator.state import (
     FirstStart,
     Item,
     Kind,
+    MoveChanged,
+    MoveReply,
+    MoveShard,
+    MoveStep,
     PartAssigned,
     PolicyChanged,
     PolicyReply,
+    PreferLeader,
     Progress,
     ProgressReport,
     Reclaim,
@@ -132,6 +138,11 @@ RATE_SAMPLE_EVERY = 5.0
 RATE_WINDOW = 60.0
 #: seconds between two askings of the leaders of the shards other replicas hold
 LEARN_EVERY = 3.0
+#: seconds between two rounds of the rebalancer (on shard 0's leader)
+REBALANCE_EVERY = 2.0
+#: seconds a shard held here may go without a known leader before this
+#: replica asks the other members whether it is still one of them
+LEADERLESS_AUDIT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,8 +323,9 @@ class RemoteShard:
         self.term = 0
         self.commit_index = 0
         self.applied_index = 0
-        #: when a member last told us (monotonic)
+        #: when a member last told us (monotonic), and the move of its group it said runs ("": none)
         self.learned = 0.0
+        self.move = ""
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[ShardState]:
@@ -359,6 +371,19 @@ class CoordinatorNode:
         #: the shards this replica holds (a member of their Raft group)
         self.hosted: list[RaftShard] = []
         self._learn = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: moves (coordinator.moves): woken when one changed; the drive of each
+        #: shard led here; (shard, target) pairs whose target opened its member;
+        #: shards whose membership this replica checks at start (_audit)
+        self._moving = asyncio.Event()
+        self._driving: dict[int, asyncio.Task[None]] = {}
+        self._joined: set[tuple[int, str]] = set()
+        self._audits: dict[int, asyncio.Task[None]] = {}
+        #: shards held here without a known leader, since when (monotonic)
+        self._leaderless: dict[int, float] = {}
+        #: per shard opened from its group record: the record's quiet, which
+        #: holds until the state applies a change of the move (_after_move)
+        self._quiet_file: dict[int, bool] = {}
         self.book = AgentBook(config.agent_grace, config.heartbeat_interval, session_type=AgentSession)
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self.leases_held: dict[str, str] = {}  # lease -> holder last answered here (to log changes)
@@ -417,24 +442,26 @@ class CoordinatorNode:
         to the gRPC server (``coordinator.server`` composes them; this
         module does not know them), beside the health service."""
         loop = asyncio.get_running_loop()
-        raft_host = self.config.raft_bind
+        self._loop = loop
         for i in range(self.cluster.shards):
-            members = self.cluster.members(i)
-            if not self.cluster.holds(self.me.id, i):
-                self.shards.append(RemoteShard(i, members))
+            group = read_group(self.config.data_dir, i)
+            if group is None:  # never held here: the configured placement
+                ids = tuple(r.id for r in self.cluster.members(i))
+                audit = False
+            else:
+                ids, audit = group.members, group.audit
+            if self.me.id not in ids:
+                self.shards.append(RemoteShard(i, self._specs(ids)))
                 continue
-            me = self.me.raft_addr(i)
-            bind = f"{raft_host}:{me.rsplit(':', 1)[1]}" if raft_host else None
-            shard = RaftShard(
-                i, me, [r.raft_addr(i) for r in members], self.config.data_dir,
-                self.cluster.password, lambda i=i: ShardState(self.shard_config(i)),  # type: ignore[misc]
-                self._on_applied, loop, self.config.raft, bind_addr=bind,
-                on_leader_change=self._on_leader_change, on_reset=self._on_reset,
-                preferred_leader=self.cluster.preferred_leader(i).raft_addr(i) if len(members) > 1 else None,
-                wants_effects=self._watchers.__len__,
-            )
+            shard = self._open(i, ids, quiet=group is not None and (group.quiet or audit))
             self.shards.append(shard)
             self.hosted.append(shard)
+            if group is None:
+                write_group(self.config.data_dir, i, GroupRecord(ids))
+            else:
+                self._quiet_file[i] = group.quiet
+            if audit:
+                self._start_audit(i)
         if self.config.metrics_listen:
             self.metrics = ReplicaMetrics(view_from_loop(loop, self.metrics_view))
             host, port = split_host_port(self.config.metrics_listen)
@@ -479,6 +506,8 @@ class CoordinatorNode:
         self._tasks.append(asyncio.create_task(self._rate_sampler(), name="dispatch rates"))
         if len(self.hosted) < len(self.shards):
             self._tasks.append(asyncio.create_task(self._learn_leaders(), name="leaders of other shards"))
+        self._tasks.append(asyncio.create_task(self._mover(), name="shard moves"))
+        self._tasks.append(asyncio.create_task(self._rebalancer(), name="rebalancer"))
         held = (f"{len(self.shards)} shards" if len(self.hosted) == len(self.shards) else
                 f"{len(self.shards)} shards, holds {len(self.hosted)}: {','.join(str(s.index) for s in self.hosted)}")
         log.info("replica %s serving on %s (%s, archive ids %s, %s)", self.me.id, self.address,
@@ -504,6 +533,451 @@ class CoordinatorNode:
                         self.config.raft.leader_fallback + 2 * AGENT_LEASE_MIN_HEARTBEATS *
                         self.config.heartbeat_interval, self.config.raft.leader_fallback,
                         AGENT_LEASE_MIN_HEARTBEATS, self.config.heartbeat_interval)
+
+    def _specs(self, ids: Iterable[str]) -> tuple[ReplicaSpec, ...]:
+        """The replicas named (ids the configuration does not list are left out)."""
+        known = {r.id: r for r in self.cluster.replicas}
+        return tuple(known[i] for i in ids if i in known)
+
+    def _open(self, i: int, ids: Sequence[str], quiet: bool = False) -> RaftShard:
+        """This replica's member of shard *i*'s Raft group of *ids*."""
+        me = self.me.raft_addr(i)
+        raft_host = self.config.raft_bind
+        bind = f"{raft_host}:{me.rsplit(':', 1)[1]}" if raft_host else None
+        members = self._specs(ids)
+        return RaftShard(
+            i, me, [r.raft_addr(i) for r in members], self.config.data_dir,
+            self.cluster.password, lambda i=i: ShardState(self.shard_config(i)),  # type: ignore[misc]
+            self._on_applied, self._loop, self.config.raft, bind_addr=bind,
+            on_leader_change=self._on_leader_change, on_reset=self._on_reset,
+            preferred_leader=members[0].raft_addr(i) if len(members) > 1 else None,
+            wants_effects=self._watchers.__len__, quiet=quiet,
+        )
+
+    def _swap(self, index: int, shard: RaftShard | RemoteShard) -> None:
+        """Shard *index* is held here from now on (a RaftShard), or no
+        longer (a RemoteShard). Lists being iterated keep their old view."""
+        self.shards[index] = shard
+        self.hosted = [s for s in self.shards if isinstance(s, RaftShard)]
+        self._limits_from(self.policy)
+        if isinstance(shard, RemoteShard) and not any(t.get_name() == "leaders of other shards" for t in self._tasks):
+            self._tasks.append(asyncio.create_task(self._learn_leaders(), name="leaders of other shards"))
+        self._learn.set()
+        self._wake.set()
+
+    # ------------------------------------------------------------ moves
+
+    def wake_moves(self) -> None:
+        self._moving.set()
+
+    def _quiet(self, shard: RaftShard) -> bool:
+        """Whether this replica's member of the shard must start no
+        election: as the move applied here says (coordinator.moves.quiet),
+        as the group record said until the state applies a change of the
+        move, and while its membership is being checked (_audit)."""
+        if shard.index in self._audits:
+            return True
+        if shard.index in self._quiet_file:
+            return self._quiet_file[shard.index]
+        with shard.reading() as st:
+            return moves.quiet(st.move, self.me.id)
+
+    def _after_move(self, shard: RaftShard) -> None:
+        """The shard's group or move changed as applied here: who is quiet,
+        which member should lead, what the data directory records."""
+        with shard.reading() as st:
+            move, group = st.move, st.group
+        me = self.me.id
+        ids = move.raft_members() if move is not None else (group or tuple(r.id for r in self.cluster.members(
+            shard.index)))
+        quiet = moves.quiet(move, me)
+        self._quiet_file.pop(shard.index, None)
+        shard.quiet = self._quiet(shard)
+        first = (move.after() if move is not None else ids)[0] if ids else ""
+        spec = next(iter(self._specs([first])), None)
+        shard.preferred_leader = spec.raft_addr(shard.index) if spec is not None and len(ids) > 1 else None
+        if me in ids:
+            write_group(self.config.data_dir, shard.index, GroupRecord(
+                tuple(ids), quiet, move is not None and me in (move.source, move.target)))
+        self._moving.set()
+
+    async def _mover(self) -> None:
+        """Drive the moves of the shards led here (coordinator.moves), one
+        task per shard; every second, and at once when a move changed."""
+        while True:
+            try:
+                await asyncio.wait_for(self._moving.wait(), 1.0)
+            except TimeoutError:
+                pass
+            self._moving.clear()
+            now = time.monotonic()
+            for shard in self.hosted:
+                if shard.leader is not None or shard.index in self._audits:
+                    self._leaderless.pop(shard.index, None)
+                elif now - self._leaderless.setdefault(shard.index, now) > LEADERLESS_AUDIT:
+                    # a member that hears no leader may have been removed from
+                    # the group while it was down or cut off: it asks the others
+                    self._leaderless.pop(shard.index, None)
+                    self._start_audit(shard.index)
+                if not shard.leader_ready or shard.index in self._driving:
+                    continue
+                with shard.reading() as st:
+                    if st.move is None:
+                        continue
+                task = asyncio.create_task(self._drive(shard), name=f"move of shard {shard.index}")
+                self._driving[shard.index] = task
+                task.add_done_callback(lambda _t, i=shard.index: self._driving.pop(i, None))
+
+    async def _drive(self, shard: RaftShard) -> None:
+        """Carry a move on, step by step, while this replica leads the shard."""
+        i = shard.index
+        while shard.leader_ready and not shard.quiet:
+            with shard.reading() as st:
+                move = st.move
+            if move is None:
+                return
+            ids = {r.id for r in self.cluster.replicas if r.raft_addr(i) in {shard.self_addr, *shard.peers}}
+            target = self.cluster.replica(move.target)
+            behind: int | None = None
+            if move.target in ids:
+                connected, lag = await shard.peer_lag(target.raft_addr(i))
+                behind = lag if connected else None
+            facts = moves.Facts(self.me.id, frozenset(ids), (i, move.target) in self._joined, behind)
+            step = moves.decide(move, facts)
+            log.debug("shard %d: %s: %s", i, move.text(), step.value)
+            try:
+                if not await self._step(shard, move, step):
+                    await asyncio.sleep(0.2)
+            except (ShardUnavailable, RaftError, TimeoutError, ValueError, grpc.RpcError) as exc:
+                detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+                log.warning("shard %d: %s: could not %s: %s; trying again", i, move.text(), step.value, detail)
+                await asyncio.sleep(1.0)
+
+    async def _step(self, shard: RaftShard, move: moves.Move, step: moves.Do) -> bool:
+        """One step of a move; False when it only waits."""
+        i, Do = shard.index, moves.Do
+        source, target = self.cluster.replica(move.source), self.cluster.replica(move.target)
+        if step == Do.WAIT:
+            if (i, move.target) not in self._joined:
+                return False
+            return False
+        if step == Do.JOIN:
+            stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(target.api))
+            await stub.JoinShard(coordinator_pb2.JoinShardRequest(shard=i, members=move.raft_members()),
+                                 timeout=self.config.propose_timeout * 2)
+            self._joined.add((i, move.target))
+            log.info("shard %d: %s: %s opened its member of the group", i, move.text(), move.target)
+            return True
+        if step == Do.ADD:
+            problem = await self._majority_problem(shard, target.raft_addr(i), add=True)
+            if problem:
+                raise ValueError(problem)
+            await shard.add_peer(target.raft_addr(i), timeout=self.config.propose_timeout)
+            return True
+        if step == Do.HAND_OVER:
+            away = {move.target} if move.phase == moves.Phase.ABORTING else {move.source}
+            order = [m for m in move.after() if m not in away] + [m for m in move.before if m not in away]
+            live = {shard.self_addr, *shard.peers}
+            to = next((self.cluster.replica(m).raft_addr(i) for m in order
+                       if self.cluster.replica(m).raft_addr(i) in live and m != self.me.id), None)
+            await shard.transfer_leadership(to, timeout=max(2.0, 2 * self.config.raft.election_max))
+            log.info("shard %d: %s: leadership handed to %s", i, move.text(), to)
+            return True
+        if step in (Do.REMOVE_SOURCE, Do.REMOVE_TARGET):
+            leaving = source if step == Do.REMOVE_SOURCE else target
+            if step == Do.REMOVE_SOURCE:
+                # the source goes quiet first (it may not learn that LEAVING
+                # committed once it stops receiving the log)
+                await self._ask_leave(leaving, i, prepare=True)
+            await shard.remove_peer(leaving.raft_addr(i), timeout=self.config.propose_timeout)
+            return True
+        phase = {Do.CAUGHT_UP: moves.Phase.CAUGHT_UP, Do.LEAVING: moves.Phase.LEAVING, Do.DONE: moves.Phase.DONE,
+                 Do.ABORTED: moves.Phase.ABORTED}[step]
+        res = await self.propose(shard, MoveStep(self.clock(), move.source, move.target, int(phase)))
+        reply = res.replies[0]
+        if isinstance(reply, MoveReply) and reply.error:
+            raise ValueError(reply.error)
+        log.info("shard %d: move %s -> %s: %s", i, move.source, move.target, phase.name.lower().replace("_", " "))
+        if step in (Do.DONE, Do.ABORTED):
+            self._joined.discard((i, move.target))
+            gone = source if step == Do.DONE else target
+            asyncio.ensure_future(self._tell_leave(gone, i))
+        return True
+
+    async def begin_move(self, index: int, source: str, target: str, abort: bool = False,
+                         lead: bool = False) -> coordinator_pb2.MoveShardResponse:
+        """Begin (or *abort*) the move of shard *index*'s member *source* to
+        *target*, or with *lead* make its member *target* the preferred
+        leader: proposed on the shard when it is led here, else asked of its
+        leader. ValueError with the reason when the shard refuses."""
+        shard = self.shards[index]
+        if not shard.leader_ready:
+            request = coordinator_pb2.MoveShardRequest(shard=index, source=source, target=target, abort=abort,
+                                                       lead=lead)
+            leader = self.leader_api(shard)
+            if not leader or leader == self.me.api:
+                self.leader_lost(shard)
+                raise ShardUnavailable(index, "")
+            stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(leader))
+            try:
+                resp: coordinator_pb2.MoveShardResponse = await stub.MoveShard(
+                    request, timeout=self.config.propose_timeout * 2)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise ValueError((exc.details() or "").removeprefix(f"shard {index}: ")) from None
+                self.leader_lost(shard)
+                raise ShardUnavailable(index, "", f"shard {index}: the move on the leader {leader} failed: "
+                                       f"{exc.details()}") from None
+            return resp
+        assert isinstance(shard, RaftShard)
+        now = self.clock()
+        group = self.group_view(shard)[0]
+        cmd: Command
+        if lead:
+            cmd = PreferLeader(now, target, group)
+        elif abort:
+            cmd = MoveStep(now, source, target, int(moves.Phase.ABORTING))
+        else:
+            cmd = MoveShard(now, source, target, group)
+        res = await self.propose(shard, cmd)
+        reply = res.replies[0]
+        assert isinstance(reply, MoveReply)
+        if reply.error:
+            raise ValueError(reply.error)
+        self._moving.set()
+        ids, move = self.group_view(shard)
+        return coordinator_pb2.MoveShardResponse(shard=index, members=ids, move=move.text() if move else "",
+                                                 leader=self.me.id)
+
+    def groups_now(self) -> list[tuple[str, ...]] | str:
+        """Every shard's group as this replica knows it (its own shards as
+        applied, the others as their members last said), or why not now (a
+        move runs, a shard without a known leader)."""
+        out: list[tuple[str, ...]] = []
+        for shard in self.shards:
+            if isinstance(shard, RaftShard):
+                ids, move = self.group_view(shard)
+                if move is not None:
+                    return f"shard {shard.index}: {move.text()}"
+            else:
+                ids = tuple(r.id for r in shard.members)
+                if shard.move:
+                    return f"shard {shard.index}: {shard.move}"
+            if shard.leader is None:
+                return f"shard {shard.index} has no known leader"
+            out.append(ids)
+        return out
+
+    def rebalance_view(self) -> tuple[bool, dict[str, float], placement.Step | None, str]:
+        """On shard 0's leader: whether the rebalancer runs, the drained
+        replicas, its next step and why none."""
+        shard0 = self.shards[0]
+        assert isinstance(shard0, RaftShard)
+        with shard0.reading() as st:
+            enabled, drained = st.rebalance, dict(st.replicas_drained)
+        groups = self.groups_now()
+        if isinstance(groups, str):
+            return enabled, drained, None, groups
+        step = placement.next_step(groups, [r.id for r in self.cluster.replicas], drained)
+        return enabled, drained, step, "" if step else "balanced"
+
+    async def _rebalancer(self) -> None:
+        """On shard 0's leader, every REBALANCE_EVERY seconds while the
+        rebalancer is on: one step of coordinator.placement.next_step at a
+        time (a move runs to its end before the next is planned)."""
+        while True:
+            await asyncio.sleep(REBALANCE_EVERY)
+            if not self.shards or not self.shards[0].leader_ready:
+                continue
+            try:
+                enabled, _drained, step, _why = self.rebalance_view()
+                if not enabled or step is None:
+                    continue
+                what = (f"moving shard {step.shard}'s member {step.source} to {step.target}" if step.kind == "move"
+                        else f"shard {step.shard} prefers {step.target} as its leader instead of {step.source}")
+                log.warning("rebalancer: %s", what)
+                await self.begin_move(step.shard, step.source, step.target, lead=step.kind == "lead")
+            except (ShardUnavailable, ValueError) as exc:
+                log.info("rebalancer: step not taken: %s", exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("rebalancer round failed")
+
+    async def _ask_leave(self, replica: ReplicaSpec, index: int, prepare: bool) -> bool:
+        """Ask *replica* to close (or, *prepare*, to go quiet in) its member of shard *index*."""
+        stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(replica.api))
+        try:
+            await stub.LeaveShard(coordinator_pb2.LeaveShardRequest(shard=index, prepare=prepare),
+                                  timeout=self.config.propose_timeout)
+            return True
+        except grpc.RpcError as exc:
+            if prepare and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                # not running: removing it is safe; when it starts again it
+                # asks the group whether it is still a member (_audit)
+                log.info("shard %d: %s does not answer (%s); removed without going quiet first", index,
+                         replica.id, exc.details())
+                return False
+            raise
+
+    async def _tell_leave(self, replica: ReplicaSpec, index: int) -> None:
+        """After a move: the replica removed from the group closes its member
+        (a few tries; if it is down, it finds out itself when it starts)."""
+        for delay in (0.0, 1.0, 3.0, 10.0):
+            await asyncio.sleep(delay)
+            try:
+                await self._ask_leave(replica, index, prepare=False)
+                return
+            except grpc.RpcError as exc:
+                log.info("shard %d: %s did not close its member yet: %s", index, replica.id, exc.details())
+
+    async def _majority_problem(self, shard: RaftShard, addr: str, add: bool) -> str | None:
+        """Why changing the group by *addr* would leave it without a
+        reachable majority (coordinator.cluster.membership_problem), or None."""
+        members = {shard.self_addr, *shard.peers}
+        reachable = {shard.self_addr, *(await shard.connected_peers())}
+        problem = membership_problem(members, reachable, addr, add)
+        if problem and add:
+            host, port = split_addr(addr)
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+                writer.close()
+                reachable.add(addr)
+                problem = membership_problem(members, reachable, addr, add)
+            except (OSError, TimeoutError):
+                pass
+        return problem
+
+    async def join(self, index: int, ids: Sequence[str]) -> None:
+        """JoinShard: open this replica's member of shard *index* (quiet:
+        it starts no election until the move says it caught up)."""
+        if self.me.id not in ids:
+            raise InvalidRequest(f"replica {self.me.id} is not in the group {', '.join(ids)}")
+        unknown = [m for m in ids if m not in {r.id for r in self.cluster.replicas}]
+        if unknown:
+            raise InvalidRequest(f"unknown replica(s) {', '.join(unknown)}")
+        shard = self.shards[index]
+        if isinstance(shard, RaftShard):
+            return  # already held (a retried request)
+        write_group(self.config.data_dir, index, GroupRecord(tuple(ids), True, True))
+        opened = self._open(index, ids, quiet=True)
+        self._swap(index, opened)
+        log.info("shard %d: joined its Raft group (%s) as a quiet member until it catches up", index,
+                 ", ".join(ids))
+
+    async def leave(self, index: int, prepare: bool) -> bool:
+        """LeaveShard: go quiet before being removed (*prepare*), or close
+        this replica's member once the group has it no more. Refused while
+        the group still counts on it."""
+        shard = self.shards[index]
+        if not isinstance(shard, RaftShard):
+            return False  # not held (a retried request)
+        with shard.reading() as st:
+            move, group = st.move, st.group
+        me = self.me.id
+        if prepare:
+            if not shard.quiet and (move is None or move.source != me or move.phase != moves.Phase.LEAVING):
+                raise InvalidRequest(f"shard {index}: no move removing {me} is leaving here yet")
+            self._quiet_file[index] = True
+            shard.quiet = True
+            write_group(self.config.data_dir, index, GroupRecord(move.raft_members(), True, True))
+            return True
+        if not await self._left(index, shard, move, group):
+            raise InvalidRequest(f"shard {index}: the group still counts {me} among its members")
+        await self._close_left(index, shard)
+        return False
+
+    async def _left(self, index: int, shard: RaftShard, move: moves.Move | None, group: tuple[str, ...]) -> bool:
+        """Whether the other members say this replica is out of the group
+        (asked: its own state may have stopped at the step before)."""
+        others = [r for r in self._specs(move.raft_members() if move else group) if r.id != self.me.id]
+        for r in others:
+            stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(r.api))
+            try:
+                info = await stub.ClusterInfo(coordinator_pb2.ClusterInfoRequest(), timeout=2.0)
+            except grpc.RpcError:
+                continue
+            row = next((x for x in info.shards if x.shard == index and x.role in ("leader", "follower")), None)
+            if row is not None:
+                return self.me.id not in row.members
+        return False
+
+    async def _close_left(self, index: int, shard: RaftShard) -> None:
+        """Close this replica's member of a group it left: the journal goes,
+        the group record stays (it names the group without this replica, so
+        that a restart does not open it again)."""
+        with shard.reading() as st:
+            move, group = st.move, st.group
+        after = move.after() if move is not None and move.source == self.me.id else tuple(
+            m for m in (move.before if move is not None else group) if m != self.me.id)
+        self._swap(index, RemoteShard(index, self._specs(after)))
+        await shard.aclose()
+        write_group(self.config.data_dir, index, GroupRecord(after))
+        clear_member(self.config.data_dir, index)
+        log.warning("shard %d: this replica left its Raft group (now %s); its journal is removed", index,
+                    ", ".join(after))
+
+    def _start_audit(self, index: int) -> None:
+        self._audits[index] = asyncio.get_running_loop().create_task(self._audit(index), name=f"audit {index}")
+        shard = self.shards[index]
+        if isinstance(shard, RaftShard):
+            shard.quiet = True
+
+    async def _audit(self, index: int) -> None:
+        """At start, for a shard whose move involved this replica: ask the
+        other members whether it is still in the group. Out: its member is
+        closed (a source removed while it was down). In, or nobody answers
+        for 10 s: it takes part as its state says."""
+        deadline = time.monotonic() + 10.0
+        try:
+            while time.monotonic() < deadline:
+                shard = self.shards[index]
+                if not isinstance(shard, RaftShard):
+                    return
+                with shard.reading() as st:
+                    move, group = st.move, st.group
+                verdict = await self._membership_of(index, move, group)
+                if verdict is False:
+                    await self._close_left(index, shard)
+                    return
+                if verdict is True:
+                    return
+                await asyncio.sleep(0.5)
+        finally:
+            self._audits.pop(index, None)
+            shard = self.shards[index]
+            if isinstance(shard, RaftShard):
+                shard.quiet = self._quiet(shard)
+
+    async def _membership_of(self, index: int, move: moves.Move | None, group: tuple[str, ...]) -> bool | None:
+        """What another member of shard *index* says: True if this replica is
+        in the group and not being removed, False if out, None: no answer."""
+        ids = move.raft_members() if move is not None else group
+        for r in self._specs(ids or tuple(x.id for x in self.cluster.members(index))):
+            if r.id == self.me.id:
+                continue
+            stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(r.api))
+            try:
+                info = await stub.ClusterInfo(coordinator_pb2.ClusterInfoRequest(), timeout=2.0)
+            except grpc.RpcError:
+                continue
+            row = next((x for x in info.shards if x.shard == index and x.role in ("leader", "follower")), None)
+            if row is None:
+                continue
+            if self.me.id not in row.members:
+                return False
+            leaving = row.move_source == self.me.id and row.move_phase == moves.Phase.LEAVING
+            return None if leaving else True
+        return None
+
+    def group_view(self, shard: RaftShard) -> tuple[tuple[str, ...], moves.Move | None]:
+        """Shard's Raft group as its applied state has it (during a move: both
+        the source and the target), and the move."""
+        with shard.reading() as st:
+            move, group = st.move, st.group
+        if move is not None:
+            return move.raft_members(), move
+        return group or tuple(r.id for r in self.cluster.members(shard.index)), None
 
     async def _readiness_watch(self) -> None:
         """Readiness also follows the shards' storage (a journal that
@@ -559,7 +1033,7 @@ class CoordinatorNode:
             await self.step_down()
         for service in ("", *READINESS_SERVICES):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        for t in self._tasks:
+        for t in [*self._tasks, *self._driving.values(), *self._audits.values()]:
             t.cancel()
         for h in self._grace.values():
             h.cancel()
@@ -567,7 +1041,7 @@ class CoordinatorNode:
             cast(AgentSession, s).end()
         if self._server is not None:
             await self._server.stop(grace)
-        for t in self._tasks:
+        for t in [*self._tasks, *self._driving.values(), *self._audits.values()]:
             try:
                 await t
             except (asyncio.CancelledError, Exception):
@@ -614,6 +1088,9 @@ class CoordinatorNode:
                     if r.id not in asked and r.id != self.me.id:
                         counts[r.id] = counts.get(r.id, 0) + 1
             if not counts:
+                # the members we knew hold it no more (moved): any replica may
+                counts = {r.id: 0 for r in self.cluster.replicas if r.id not in asked and r.id != self.me.id}
+            if not counts:
                 break
             rid = max(counts, key=lambda k: counts[k])
             asked.add(rid)
@@ -629,6 +1106,10 @@ class CoordinatorNode:
                 shard = todo.get(st.shard)
                 if shard is None or st.role not in ("leader", "follower"):
                     continue  # only a member's word counts
+                if st.members and tuple(st.members) != tuple(m.id for m in shard.members):
+                    log.info("shard %d: its group is now %s", shard.index, ", ".join(st.members))
+                    shard.members = self._specs(st.members)
+                shard.move = st.move
                 leader = next((m for m in shard.members if m.id == st.leader), None)
                 addr = leader.raft_addr(shard.index) if leader is not None else None
                 if addr != shard.leader:
@@ -651,9 +1132,28 @@ class CoordinatorNode:
         return self.shards[idx] if idx < len(self.shards) else None
 
     def members_of(self, index: int) -> list[str]:
-        """The replica ids of a shard's group when the cluster has a
-        placement (empty without one: every replica)."""
-        return list(self.cluster.placement[index]) if self.cluster.placement else []
+        """The replica ids of a shard's group: as applied here when this
+        replica holds it, as its members said otherwise; empty when the
+        cluster has no placement and the group never changed (every replica)."""
+        shard = self.shards[index]
+        every = {r.id for r in self.cluster.replicas}
+        if isinstance(shard, RaftShard):
+            ids, move = self.group_view(shard)
+            return list(ids) if self.cluster.placement or move is not None or set(ids) != every else []
+        if not self.cluster.placement and {r.id for r in shard.members} == every:
+            return []
+        return [r.id for r in shard.members]
+
+    def group_fields(self, shard: RaftShard | RemoteShard) -> dict[str, Any]:
+        """ShardStatus fields of the shard's group and move (hosted shards)."""
+        out: dict[str, Any] = {"members": self.members_of(shard.index)}
+        if isinstance(shard, RaftShard):
+            with shard.reading() as st:
+                move = st.move
+            if move is not None:
+                out.update(move=move.text(), move_source=move.source, move_target=move.target,
+                           move_phase=int(move.phase))
+        return out
 
     async def cluster_status(self, digest: bool = False) -> coordinator_pb2.StatusResponse:
         """:meth:`status` of the whole cluster: the shards held here as this
@@ -791,6 +1291,8 @@ class CoordinatorNode:
                         metrics.effect(eff)
             elif isinstance(eff, SendCancel) and shard.is_leader:
                 self._send_cancel(eff.agent, eff.action_id, eff.attempt, "canceled")
+            elif isinstance(eff, MoveChanged) and isinstance(shard, RaftShard):
+                self._after_move(shard)
             # Assigned: sent by the dispatcher that proposed it
         if changed:
             self._wake.set()
@@ -1708,7 +2210,7 @@ class CoordinatorNode:
                 shard=shard.index, leader=self.leader_id(shard), commit_index=shard.commit_index,
                 applied_index=shard.applied_index, counts=counts, digest=dg, term=shard.term,
                 role="leader" if shard.is_leader else "follower", problem=shard.problem,
-                members=self.members_of(shard.index), replica=self.me.id))
+                replica=self.me.id, **self.group_fields(shard)))
         modes = set()
         drained: set[str] = set()
         for shard in held:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 Placement = tuple[tuple[str, ...], ...]
 
@@ -93,3 +94,71 @@ def load(placement: Placement, replicas: Iterable[str]) -> dict[str, tuple[int, 
             held, leads = out.get(rid, (0, 0))
             out[rid] = (held + 1, leads + (k == 0))
     return out
+
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of the rebalancer: ``move`` shard *shard*'s member *source*
+    to replica *target*, or ``lead``: make its member *target* the group's
+    preferred leader in place of *source*."""
+
+    kind: str
+    shard: int
+    source: str
+    target: str
+
+
+def next_step(groups: Sequence[Sequence[str]], replicas: Sequence[str],
+              drained: Iterable[str] = ()) -> Step | None:
+    """The rebalancer's next step, or None when there is nothing to do.
+    *groups* are the shards' groups now (preferred leader first),
+    *replicas* the cluster's replicas in order, *drained* the replicas that
+    are to hold nothing.
+
+    1. A drained replica's shard goes to the live replica holding the
+       fewest shards that is not in that group.
+    2. While the most loaded live replica holds two or more shards more than
+       the least loaded one, a shard of the former that the latter is not in
+       goes to it (one the former is not the preferred leader of first).
+    3. Then leaders: while a live replica is the preferred leader of two or
+       more shards more than another, one of its groups that has the other
+       as a member prefers the other.
+
+    One step at a time: the caller carries it out, then asks again. A
+    cluster balanced within one shard (and one leader) per replica gets no
+    step, and no step names a target already in the group."""
+    out = set(drained)
+    live = [r for r in replicas if r not in out]
+    order = {r: k for k, r in enumerate(replicas)}
+    load = Counter({r: 0 for r in live})
+    leads = Counter({r: 0 for r in live})
+    for members in groups:
+        for m in members:
+            load[m] += 1
+        if members:
+            leads[members[0]] += 1
+    for i, members in enumerate(groups):
+        for m in members:
+            if m in out:
+                free = [r for r in live if r not in members]
+                if free:
+                    return Step("move", i, m, min(free, key=lambda r: (load[r], order[r])))
+    pairs = sorted(((a, b) for a in live for b in live if a != b),
+                   key=lambda p: (-(load[p[0]] - load[p[1]]), order[p[0]], order[p[1]]))
+    for most, least in pairs:
+        if load[most] - load[least] <= 1:
+            break
+        fits = [i for i, members in enumerate(groups) if most in members and least not in members]
+        if fits:
+            i = min(fits, key=lambda i: (groups[i][0] == most, i))
+            return Step("move", i, most, least)
+    pairs = sorted(((a, b) for a in live for b in live if a != b),
+                   key=lambda p: (-(leads[p[0]] - leads[p[1]]), order[p[0]], order[p[1]]))
+    for most, least in pairs:
+        if leads[most] - leads[least] <= 1:
+            break
+        fits = [i for i, members in enumerate(groups) if members and members[0] == most and least in members]
+        if fits:
+            return Step("lead", fits[0], most, least)
+    return None

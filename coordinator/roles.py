@@ -76,6 +76,11 @@ METHODS: Mapping[str, frozenset[str]] = {
     _C + "EditCatalog": frozenset({REPLICA}),
     _C + "RelocateCopies": frozenset({ADMIN, OPERATOR, REPLICA}),
     _C + "SetPolicy": frozenset({ADMIN, REPLICA}),
+    _C + "MoveShard": frozenset({ADMIN, REPLICA}),
+    _C + "Rebalance": frozenset({ADMIN, REPLICA}),
+    # a replica opens or closes its member of a group when a move's driver asks
+    _C + "JoinShard": frozenset({REPLICA}),
+    _C + "LeaveShard": frozenset({REPLICA}),
     _A + "Work": frozenset({AGENT}),
     _A + "Report": frozenset({REPLICA}),
 }
@@ -83,7 +88,7 @@ _HEALTH = "/grpc.health.v1.Health/"
 #: methods that change something: written to the audit log
 AUDITED = frozenset(_C + m for m in ("Submit", "Cancel", "ChangeMembership", "Control", "DrainAgent", "Lease",
                                      "EventConsumer", "SetPolicy", "MoveCopies", "EditCatalog",
-                                     "RelocateCopies"))
+                                     "RelocateCopies", "MoveShard", "JoinShard", "LeaveShard", "Rebalance"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from coordinator.state import (
     Lease,
     LeaseReply,
     PolicyReply,
+    Rebalance,
     RelocateCopies,
     Result,
     SetControl,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 from coordinator.node import (
     DEFAULT_PAGE,
     MAX_PAGE,
+    RemoteShard,
     ShardUnavailable,
     WrongCluster,
     _abort_code,
@@ -587,7 +589,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             shards=[coordinator_pb2.ShardStatus(shard=s.index, leader=node.leader_id(s), commit_index=s.commit_index,
                                                 applied_index=s.applied_index, term=s.term,
                                                 role=("leader" if s.is_leader else "follower") if s.hosted else "",
-                                                members=node.members_of(s.index))
+                                                **node.group_fields(s))
                     for s in node.shards],
         )
 
@@ -649,6 +651,112 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                                 f"membership changed on shards {done or 'none'}; failed: {'; '.join(errors)}")
         return coordinator_pb2.ChangeMembershipResponse(shards=done)
 
+
+    async def MoveShard(self, request: coordinator_pb2.MoveShardRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.MoveShardResponse:  # noqa: N802
+        node = self.node
+        known = {r.id for r in node.cluster.replicas}
+        problem = ""
+        if request.shard >= len(node.shards):
+            problem = f"no shard {request.shard} (the cluster has {len(node.shards)})"
+        elif request.target not in known or (request.source not in known and not request.lead):
+            bad = request.target if request.target not in known else request.source
+            problem = (f"no replica {convert.quoted(bad)} in the cluster (replicas: "
+                       f"{', '.join(r.id for r in node.cluster.replicas)})")
+        elif request.source == request.target and not request.lead:
+            problem = "the source and the target are the same replica"
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        led_here = node.shards[request.shard].leader_ready
+        try:
+            resp = await node.begin_move(request.shard, request.source, request.target, request.abort, request.lead)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"shard {request.shard}: {exc}")
+        except ShardUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"shard {request.shard}: no leader took the request, "
+                                f"retry (it is idempotent): {exc}")
+        if led_here:
+            what = (f"{request.target} preferred as leader" if request.lead
+                    else f"abort of the move {request.source} -> {request.target}" if request.abort
+                    else f"move of {request.source} to {request.target} begun")
+            log.warning("shard %d: %s (asked by %s)", request.shard, what, context.peer())
+        return resp
+
+    async def Rebalance(self, request: coordinator_pb2.RebalanceRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.RebalanceResponse:  # noqa: N802
+        node = self.node
+        known = {r.id for r in node.cluster.replicas}
+        for name in (request.drain, request.undrain):
+            if name and name not in known:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no replica {convert.quoted(name)} in the "
+                                    f"cluster (replicas: {', '.join(r.id for r in node.cluster.replicas)})")
+        if request.enabled > 2:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "enabled: 0 (unchanged), 1 (on) or 2 (off)")
+        shard0 = node.shards[0]
+        if not shard0.leader_ready:
+            try:
+                resp: coordinator_pb2.RebalanceResponse = await node.forward(shard0, "Rebalance", request,
+                                                                            node.config.propose_timeout * 2)
+            except ShardUnavailable as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"the rebalancer (shard 0's leader) did not "
+                                    f"answer, retry: {exc}")
+            return resp
+        assert not isinstance(shard0, RemoteShard)
+        now = node.clock()
+        cmds: list[Rebalance] = []
+        if request.drain:
+            cmds.append(Rebalance(now, request.drain, True))
+        if request.undrain:
+            cmds.append(Rebalance(now, request.undrain, False))
+        if request.enabled:
+            cmds.append(Rebalance(now, enabled=1 if request.enabled == 1 else 0))
+        if cmds:
+            try:
+                await node.propose_all(shard0, cmds)
+            except ShardUnavailable as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"not recorded, retry: {exc}")
+            log.warning("rebalancer: %s (asked by %s)", "; ".join(
+                ([f"replica {request.drain} drained"] if request.drain else [])
+                + ([f"replica {request.undrain} no longer drained"] if request.undrain else [])
+                + ([f"turned {'on' if request.enabled == 1 else 'off'}"] if request.enabled else [])), context.peer())
+        enabled, drained, step, why = node.rebalance_view()
+        groups = node.groups_now()
+        out = coordinator_pb2.RebalanceResponse(enabled=enabled, drained=sorted(drained))
+        for r in node.cluster.replicas:
+            held = leads = 0
+            if not isinstance(groups, str):
+                held = sum(r.id in g for g in groups)
+                leads = sum(bool(g) and g[0] == r.id for g in groups)
+            out.replicas.add(id=r.id, shards=held, leads=leads, drained=r.id in drained)
+        if step is not None:
+            out.next = (f"move shard {step.shard}'s member {step.source} to {step.target}" if step.kind == "move"
+                        else f"make {step.target} shard {step.shard}'s preferred leader instead of {step.source}")
+            if not enabled:
+                out.next += " (the rebalancer is off)"
+        else:
+            out.next = why
+        return out
+
+    async def JoinShard(self, request: coordinator_pb2.JoinShardRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.JoinShardResponse:  # noqa: N802
+        node = self.node
+        if request.shard >= len(node.shards):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no shard {request.shard}")
+        try:
+            await node.join(request.shard, list(request.members))
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (OSError, RaftError) as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"shard {request.shard}: could not open its member "
+                                f"here: {exc}")
+        return coordinator_pb2.JoinShardResponse(held=True)
+
+    async def LeaveShard(self, request: coordinator_pb2.LeaveShardRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.JoinShardResponse:  # noqa: N802
+        node = self.node
+        if request.shard >= len(node.shards):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no shard {request.shard}")
+        try:
+            held = await node.leave(request.shard, request.prepare)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return coordinator_pb2.JoinShardResponse(held=held)
 
     @staticmethod
     async def _check_majority(shard: RaftShard, addr: str, add: bool) -> None:

@@ -50,6 +50,7 @@ from typing import Any, Final, NamedTuple
 
 from mypy_extensions import mypyc_attr
 
+from coordinator import moves
 from coordinator.catalog import COPY_FIELDS, Catalog, Copy, CopyError
 from coordinator.events import HE_ARCHIVE, HE_REMOVE, HE_RESTORE, ConsumerError, EventLog
 from coordinator.policy import MAX_COPIES, Policy, PolicyError, parse, seeded
@@ -460,8 +461,57 @@ class AssignParts:
     runs: tuple[tuple[int, str, int], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class MoveShard:
+    """Begin moving the shard's group member *source* to replica *target*
+    (coordinator.moves); *group* is the group as the leader knows it (the
+    state's, else the configured placement). Replies a MoveReply."""
+
+    now: float
+    source: str
+    target: str
+    group: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MoveStep:
+    """The move of *source* to *target* enters *phase* (a ``moves.Phase``
+    value); the driver on the leader proposes each step once it is done.
+    Replies a MoveReply."""
+
+    now: float
+    source: str
+    target: str
+    phase: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreferLeader:
+    """The group member *member* becomes the shard's preferred leader
+    (first in ``ShardState.group``; the rebalancer spreads leaders this
+    way). *group* as in MoveShard. Refused while a move runs. Replies a
+    MoveReply."""
+
+    now: float
+    member: str
+    group: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rebalance:
+    """The cluster's rebalancer settings, kept on shard 0: *replica* drained
+    (to hold no shard) or not (*drain*), when *replica* is given; the
+    rebalancer on or off, when *enabled* is 1 or 0 (-1: unchanged)."""
+
+    now: float
+    replica: str = ""
+    drain: bool = True
+    enabled: int = -1
+
+
 Command = (Submit | Assign | AssignRound | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent
-           | Lease | EventConsumer | AckEvents | SetPolicy | EditCatalog | RelocateCopies | AssignParts)
+           | Lease | EventConsumer | AckEvents | SetPolicy | EditCatalog | RelocateCopies | AssignParts | MoveShard
+           | MoveStep | PreferLeader | Rebalance)
 
 
 def _pickle_by_fields(cls: type) -> None:
@@ -478,7 +528,8 @@ def _pickle_by_fields(cls: type) -> None:
 
 
 for _cls in (Submit, Assign, AssignRound, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent,
-             Lease, EventConsumer, AckEvents, SetPolicy, EditCatalog, RelocateCopies, AssignParts):
+             Lease, EventConsumer, AckEvents, SetPolicy, EditCatalog, RelocateCopies, AssignParts, MoveShard, MoveStep,
+             PreferLeader, Rebalance):
     _pickle_by_fields(_cls)
 
 
@@ -544,6 +595,12 @@ class PolicyChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class MoveChanged:
+    """The shard's group or its move changed (the replica updates who is
+    quiet, what it keeps on disk about the group, and drives the move)."""
+
+
+@dataclass(frozen=True, slots=True)
 class FirstStart:
     """The action's first attempt was assigned *waited* seconds after it
     was submitted (counted like :class:`Ended`)."""
@@ -567,7 +624,7 @@ class PartAssigned:
     length: int
 
 
-Effect = Changed | Assigned | SendCancel | Ended | Requeued | FirstStart | PolicyChanged | PartAssigned
+Effect = Changed | Assigned | SendCancel | Ended | Requeued | FirstStart | PolicyChanged | PartAssigned | MoveChanged
 
 
 class Outcome(IntEnum):
@@ -627,6 +684,15 @@ class PolicyReply:
     it changed nothing ("" when it applied or was already applied)."""
 
     version: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MoveReply:
+    """A MoveShard's or MoveStep's answer: the move after it (None: none
+    runs) and why it changed nothing ("" when it applied)."""
+
+    move: moves.Move | None
     error: str = ""
 
 
@@ -1083,6 +1149,15 @@ class ShardState:
         #: ready queues (at the head of its FID); once they are all done it
         #: is ready again, to be sealed
         self.stripes: dict[int, Stripe] = {}
+        #: the shard's Raft group, its preferred leader first, as recorded when
+        #: a move first began (empty: the configured placement), and the move
+        #: that runs (coordinator.moves)
+        self.group: tuple[str, ...] = ()
+        self.move: moves.Move | None = None
+        #: on shard 0: the replicas drained (to hold no shard), since when,
+        #: and whether the rebalancer runs (Rebalance)
+        self.replicas_drained: dict[str, float] = {}
+        self.rebalance = True
         #: Ended/Requeued/FirstStart effects of the command being applied
         #: (made deep inside _end and _requeue; apply adds them to its Result)
         self._counted: list[Effect] = []
@@ -1153,7 +1228,54 @@ class ShardState:
             return Result(replies=[self._relocate(cmd)])
         if isinstance(cmd, AssignParts):
             return self._assign_parts(cmd)
+        if isinstance(cmd, MoveShard | MoveStep):
+            return self._move(cmd)
+        if isinstance(cmd, PreferLeader):
+            return self._prefer(cmd)
+        if isinstance(cmd, Rebalance):
+            if cmd.replica:
+                if cmd.drain:
+                    self.replicas_drained.setdefault(cmd.replica, cmd.now)
+                else:
+                    self.replicas_drained.pop(cmd.replica, None)
+            if cmd.enabled in (0, 1):
+                self.rebalance = bool(cmd.enabled)
+            return Result()
         raise TypeError(f"unknown command {type(cmd).__name__}")
+
+    def _prefer(self, cmd: PreferLeader) -> Result:
+        group = self.group or cmd.group
+        if self.move is not None:
+            return Result(replies=[MoveReply(self.move, f"a move runs on this shard: {self.move.text()}")])
+        if cmd.member not in group:
+            return Result(replies=[MoveReply(None, f"{cmd.member} is not a member of the shard's group "
+                                                   f"({', '.join(group)})")])
+        ordered = (cmd.member, *(m for m in group if m != cmd.member))
+        if ordered == self.group:
+            return Result(replies=[MoveReply(None)])
+        self.group = ordered
+        return Result(replies=[MoveReply(None)], effects=[MoveChanged()])
+
+    def _move(self, cmd: MoveShard | MoveStep) -> Result:
+        """A move of the shard's group (coordinator.moves): begun, or a step."""
+        got: moves.Move | str | None
+        if isinstance(cmd, MoveShard):
+            got = moves.begin(self.group or cmd.group, cmd.source, cmd.target, cmd.now, self.move)
+        else:
+            try:
+                phase = moves.Phase(cmd.phase)
+            except ValueError:
+                return Result(replies=[MoveReply(self.move, f"no move phase {cmd.phase}")])
+            got = moves.advance(self.move, cmd.source, cmd.target, phase, cmd.now)
+            if got is None and phase == moves.Phase.DONE and self.move is not None:
+                self.group = self.move.after()
+        if isinstance(got, str):
+            return Result(replies=[MoveReply(self.move, got)])
+        changed = got != self.move
+        if isinstance(cmd, MoveShard) and not self.group:
+            self.group = cmd.group  # from now on the state says who the group is
+        self.move = got
+        return Result(replies=[MoveReply(got)], effects=[MoveChanged()] if changed else [])
 
     def _relocate(self, cmd: RelocateCopies) -> int:
         moved = 0

@@ -204,7 +204,8 @@ class ProcCluster:
         actions in the same states, shard by shard."""
         views = {s.id: {r.shard: r for r in self.status(s.id, digest=True, local=True).shards} for s in self.live()}
         for shard in range(self.shards):
-            rows = {(v[shard].applied_index, v[shard].digest) for rid, v in views.items() if self.holds(rid, shard)}
+            # every replica that holds the shard now (a move may have changed its group)
+            rows = {(v[shard].applied_index, v[shard].digest) for v in views.values() if shard in v}
             if len(rows) > 1:
                 return False
         return True

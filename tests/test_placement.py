@@ -141,3 +141,49 @@ def test_init_with_replication_writes_the_placement_out_one_line_per_shard(
     assert coordinator_main(bad) == 2
     assert "at most the 1 replica(s)" in capsys.readouterr().err
     assert not (tmp_path / "etc2" / "coordinator.yaml").exists()
+
+
+def apply(groups: list[list[str]], step: placing.Step) -> None:
+    g = groups[step.shard]
+    assert step.target not in g or step.kind == "lead", "a move to a member of the group"
+    assert step.source in g
+    if step.kind == "move":
+        g[g.index(step.source)] = step.target
+    else:
+        g.remove(step.target)
+        g.insert(0, step.target)
+
+
+@given(n=st.integers(3, 10), added=st.integers(0, 4), shards=st.integers(1, 30), r=st.sampled_from((1, 3)),
+       drained=st.integers(0, 2))
+def test_the_rebalancer_fills_added_replicas_empties_drained_ones_and_then_stops(
+        n: int, added: int, shards: int, r: int, drained: int) -> None:
+    """From a placement over the first n replicas, with *added* more replicas
+    and the last *drained* of all drained: steps until none, never more than
+    a bound; then every live replica holds and leads its share within one
+    and the drained hold nothing."""
+    replicas = ids(n + added)
+    groups = [list(m) for m in placing.spread(replicas[:n], shards, r)]
+    out = set(replicas[len(replicas) - drained:]) if drained and len(replicas) - drained >= r else set()
+    for _ in range(4 * shards * r + 2 * shards + 10):
+        step = placing.next_step(groups, replicas, out)
+        if step is None:
+            break
+        apply(groups, step)
+    else:
+        raise AssertionError("the rebalancer did not stop")
+    assert placing.problems([tuple(g) for g in groups], replicas, shards) == []
+    live = [x for x in replicas if x not in out]
+    held = {x: sum(x in g for g in groups) for x in replicas}
+    leads = {x: sum(g[0] == x for g in groups) for x in replicas}
+    assert all(held[x] == 0 for x in out)
+    assert max(held[x] for x in live) - min(held[x] for x in live) <= 1
+    assert max(leads[x] for x in live) - min(leads[x] for x in live) <= 1
+
+
+def test_the_rebalancer_moves_nothing_in_a_balanced_cluster_or_where_every_replica_holds_every_shard() -> None:
+    assert placing.next_step([list(m) for m in placing.spread(ids(9), 18, 3)], ids(9)) is None
+    everywhere = [ids(3)[k:] + ids(3)[:k] for k in (i % 3 for i in range(8))]
+    assert placing.next_step(everywhere, ids(3)) is None
+    # a drained replica in a cluster where every replica holds every shard: nowhere to go
+    assert placing.next_step(everywhere, ids(3), {"hsm-0"}) is None

@@ -200,10 +200,14 @@ class ShardMachine(RuleBasedStateMachine):
         parts = self.state.stale_parts(self.now)
         holders = {i: (self.state.actions[i].agent, self.state.actions[i].attempt) for i in stale}
         part_agents = {(i, w): self.state.stripes[i].parts[part_of(w)[0]].agent for i, w in parts}  # type: ignore[index]
+        # a part that uses its last attempt fails its stripe, which stops the
+        # stripe's other running parts too: each stop goes to the part's agent
+        running = {(i, wire_attempt(n, p.attempt)): p.agent for i, s in self.state.stripes.items()
+                   for n, p in enumerate(s.parts) if p.state == PartState.RUNNING}
         res = self.apply(Reclaim(self.now, tuple(stale), parts=tuple(parts)))
         for e in res.effects:
             if isinstance(e, SendCancel) and part_of(e.attempt) is not None:
-                assert part_agents[(e.action_id, e.attempt)] == e.agent
+                assert running[(e.action_id, e.attempt)] == e.agent, "a part's stop routed to the wrong agent"
             elif isinstance(e, SendCancel):
                 assert holders[e.action_id] == (e.agent, e.attempt)
         for i in stale:

@@ -81,7 +81,7 @@ from coordinator.raft.serializer import (
 )
 from coordinator.raft.status import LeaderInfo, PeerStatus, RaftStats, RaftStatus
 from coordinator.raft.transport import _DurableTransport
-from coordinator.state import Command, Result, ShardState
+from coordinator.state import Command, MoveShard, MoveStep, PreferLeader, Result, ShardState
 
 #: the package's logger name, as before it was split into modules (log lines
 #: and log settings name "coordinator.raft")
@@ -155,6 +155,7 @@ class RaftShard:
         on_reset: Callable[[int], None] | None = None,
         preferred_leader: str | None = None,
         wants_effects: Callable[[], bool] | None = None,
+        quiet: bool = False,
     ) -> None:
         passwords = split_passwords(password) if isinstance(password, str) else []
         if not passwords or min(map(len, passwords)) < 8:
@@ -187,6 +188,11 @@ class RaftShard:
         #: to the event loop (None: always hop)
         self._wants_effects = wants_effects
         self.preferred_leader = preferred_leader
+        #: start no election and hand the leadership away (a member joining
+        #: that has not caught up, or one being removed: coordinator.moves);
+        #: set on the loop, read by the tick thread
+        self.quiet = quiet
+        self._next_quiet_yield = 0.0
         self.stats = RaftStats()
         self._origin = os.urandom(8)  # tags entries proposed by this instance
         self._closed = False
@@ -586,6 +592,11 @@ class RaftShard:
         match = so.getStatus().get(f"match_idx_server_{addr}") or 0
         return True, max(0, self._journal.last_index - int(match))
 
+    async def peer_lag(self, addr: str) -> tuple[bool, int]:
+        """On the leader: whether member *addr* is connected, and how many
+        entries of the log it has not acknowledged."""
+        return await self._in_tick(functools.partial(self._tick_peer, addr))  # type: ignore[no-any-return]
+
     async def add_peer(self, addr: str, timeout: float = 10.0) -> None:
         """Add one replica to this shard's group (start it first, with
         ``peers`` = the current members). Wait for it before the next change."""
@@ -807,6 +818,8 @@ class RaftShard:
                     time.sleep(tick)
                 if self._journal.unwritable:
                     self._refuse_to_lead(so)
+                elif self.quiet:
+                    self._stay_quiet(so)
                 self._after_tick()
         except BaseException as e:
             self._failed = str(e) or type(e).__name__
@@ -850,6 +863,16 @@ class RaftShard:
             if not box or box[0] == FAIL_REASON.SUCCESS:
                 log.warning("shard %d: handing leadership to a caught-up follower: %s", self.index,
                             self._journal.unwritable)
+
+    def _stay_quiet(self, so: SyncObj) -> None:
+        """Tick thread, while ``quiet``: no election of our own (pysyncobj's
+        timer pushed on at every tick), and a leadership we hold goes to a
+        caught-up follower."""
+        so._SyncObj__raftElectionDeadline = _ps_monotonic() + so._SyncObj__generateRaftTimeout()
+        now = time.monotonic()
+        if so._isLeader() and now >= self._next_quiet_yield:
+            self._next_quiet_yield = now + max(3 * self.tuning.heartbeat, 2 * self.tuning.tick)
+            so.transferLeadership(None, callback=lambda _res, _err: None)
 
     def _after_tick(self) -> None:
         so = self._so
@@ -984,7 +1007,9 @@ class RaftShard:
         self._applied_index = idx
         self.stats.entries_applied += 1
         self.stats.commands_applied += ncmds
-        if mine or self._wants_effects is None or self._wants_effects() or self.is_leader:
+        if (mine or self._wants_effects is None or self._wants_effects() or self.is_leader
+                or any(isinstance(c, MoveShard | MoveStep | PreferLeader) for cmds in proposals for c in cmds)):
+            # (every member follows its shard's moves: coordinator.moves.quiet)
             self._post(self._deliver, batch_id if mine else None, mine, out)
 
     def _deliver(self, batch_id: int | None, mine: bool, out: list[_Delivery]) -> None:

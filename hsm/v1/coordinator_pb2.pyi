@@ -34,6 +34,88 @@ CANCEL_SENT: CancelOutcome
 ALREADY_ENDED: CancelOutcome
 NOT_FOUND: CancelOutcome
 
+class RebalanceRequest(_message.Message):
+    __slots__ = ("drain", "undrain", "enabled")
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    UNDRAIN_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    drain: str
+    undrain: str
+    enabled: int
+    def __init__(self, drain: _Optional[str] = ..., undrain: _Optional[str] = ..., enabled: _Optional[int] = ...) -> None: ...
+
+class ReplicaLoad(_message.Message):
+    __slots__ = ("id", "shards", "leads", "drained")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    LEADS_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    shards: int
+    leads: int
+    drained: bool
+    def __init__(self, id: _Optional[str] = ..., shards: _Optional[int] = ..., leads: _Optional[int] = ..., drained: _Optional[bool] = ...) -> None: ...
+
+class RebalanceResponse(_message.Message):
+    __slots__ = ("enabled", "drained", "replicas", "next")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    drained: _containers.RepeatedScalarFieldContainer[str]
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaLoad]
+    next: str
+    def __init__(self, enabled: _Optional[bool] = ..., drained: _Optional[_Iterable[str]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaLoad, _Mapping]]] = ..., next: _Optional[str] = ...) -> None: ...
+
+class MoveShardRequest(_message.Message):
+    __slots__ = ("shard", "source", "target", "abort", "lead")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    LEAD_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    source: str
+    target: str
+    abort: bool
+    lead: bool
+    def __init__(self, shard: _Optional[int] = ..., source: _Optional[str] = ..., target: _Optional[str] = ..., abort: _Optional[bool] = ..., lead: _Optional[bool] = ...) -> None: ...
+
+class MoveShardResponse(_message.Message):
+    __slots__ = ("shard", "members", "move", "leader")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MOVE_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    members: _containers.RepeatedScalarFieldContainer[str]
+    move: str
+    leader: str
+    def __init__(self, shard: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., move: _Optional[str] = ..., leader: _Optional[str] = ...) -> None: ...
+
+class JoinShardRequest(_message.Message):
+    __slots__ = ("shard", "members")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, shard: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JoinShardResponse(_message.Message):
+    __slots__ = ("held",)
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    held: bool
+    def __init__(self, held: _Optional[bool] = ...) -> None: ...
+
+class LeaveShardRequest(_message.Message):
+    __slots__ = ("shard", "prepare")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    prepare: bool
+    def __init__(self, shard: _Optional[int] = ..., prepare: _Optional[bool] = ...) -> None: ...
+
 class Relocation(_message.Message):
     __slots__ = ("file", "archive_id", "from_container", "to_container", "to_slot")
     FILE_FIELD_NUMBER: _ClassVar[int]
@@ -542,7 +624,7 @@ class Slots(_message.Message):
     def __init__(self, archive: _Optional[int] = ..., restore: _Optional[int] = ..., remove: _Optional[int] = ...) -> None: ...
 
 class ShardStatus(_message.Message):
-    __slots__ = ("shard", "leader", "commit_index", "applied_index", "counts", "digest", "term", "role", "problem", "members", "replica")
+    __slots__ = ("shard", "leader", "commit_index", "applied_index", "counts", "digest", "term", "role", "problem", "members", "replica", "move", "move_source", "move_target", "move_phase")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -554,6 +636,10 @@ class ShardStatus(_message.Message):
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    MOVE_FIELD_NUMBER: _ClassVar[int]
+    MOVE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MOVE_TARGET_FIELD_NUMBER: _ClassVar[int]
+    MOVE_PHASE_FIELD_NUMBER: _ClassVar[int]
     shard: int
     leader: str
     commit_index: int
@@ -565,7 +651,11 @@ class ShardStatus(_message.Message):
     problem: str
     members: _containers.RepeatedScalarFieldContainer[str]
     replica: str
-    def __init__(self, shard: _Optional[int] = ..., leader: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ..., digest: _Optional[str] = ..., term: _Optional[int] = ..., role: _Optional[str] = ..., problem: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., replica: _Optional[str] = ...) -> None: ...
+    move: str
+    move_source: str
+    move_target: str
+    move_phase: int
+    def __init__(self, shard: _Optional[int] = ..., leader: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[KindCount, _Mapping]]] = ..., digest: _Optional[str] = ..., term: _Optional[int] = ..., role: _Optional[str] = ..., problem: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., replica: _Optional[str] = ..., move: _Optional[str] = ..., move_source: _Optional[str] = ..., move_target: _Optional[str] = ..., move_phase: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("counts", "agents", "shards", "replica", "version", "control", "cluster_id", "consumers")

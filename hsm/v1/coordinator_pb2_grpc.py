@@ -135,6 +135,26 @@ class CoordinatorStub:
                 request_serializer=hsm_dot_v1_dot_coordinator__pb2.RelocateCopiesRequest.SerializeToString,
                 response_deserializer=hsm_dot_v1_dot_coordinator__pb2.EditCatalogResponse.FromString,
                 _registered_method=True)
+        self.MoveShard = channel.unary_unary(
+                '/hsm.v1.Coordinator/MoveShard',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.MoveShardRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.MoveShardResponse.FromString,
+                _registered_method=True)
+        self.JoinShard = channel.unary_unary(
+                '/hsm.v1.Coordinator/JoinShard',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.JoinShardRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.JoinShardResponse.FromString,
+                _registered_method=True)
+        self.LeaveShard = channel.unary_unary(
+                '/hsm.v1.Coordinator/LeaveShard',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.LeaveShardRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.JoinShardResponse.FromString,
+                _registered_method=True)
+        self.Rebalance = channel.unary_unary(
+                '/hsm.v1.Coordinator/Rebalance',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.RebalanceRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.RebalanceResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -306,6 +326,41 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MoveShard(self, request, context):
+        """Move one member of a shard's Raft group to another replica (docs/scale-out.md):
+        the target joins and catches up, the leadership leaves the source, the
+        source is removed. Any replica takes it and has the shard's leader begin
+        it; the leader drives it to the end (a new leader carries on). With
+        abort, a move that has not begun removing its source is undone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinShard(self, request, context):
+        """Replica to replica, during a move: open (or close) this replica's member
+        of a shard's Raft group.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveShard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rebalance(self, request, context):
+        """The rebalancer (docs/scale-out.md), kept on shard 0 and run by its
+        leader: drain a replica (its shards move off it, one at a time) or undo
+        a drain, switch the rebalancer on or off; answers its settings and each
+        replica's load.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -408,6 +463,26 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.RelocateCopies,
                     request_deserializer=hsm_dot_v1_dot_coordinator__pb2.RelocateCopiesRequest.FromString,
                     response_serializer=hsm_dot_v1_dot_coordinator__pb2.EditCatalogResponse.SerializeToString,
+            ),
+            'MoveShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveShard,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.MoveShardRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.MoveShardResponse.SerializeToString,
+            ),
+            'JoinShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinShard,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.JoinShardRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.JoinShardResponse.SerializeToString,
+            ),
+            'LeaveShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveShard,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.LeaveShardRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.JoinShardResponse.SerializeToString,
+            ),
+            'Rebalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rebalance,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.RebalanceRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.RebalanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -950,6 +1025,114 @@ class Coordinator:
             '/hsm.v1.Coordinator/RelocateCopies',
             hsm_dot_v1_dot_coordinator__pb2.RelocateCopiesRequest.SerializeToString,
             hsm_dot_v1_dot_coordinator__pb2.EditCatalogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/MoveShard',
+            hsm_dot_v1_dot_coordinator__pb2.MoveShardRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.MoveShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/JoinShard',
+            hsm_dot_v1_dot_coordinator__pb2.JoinShardRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.JoinShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/LeaveShard',
+            hsm_dot_v1_dot_coordinator__pb2.LeaveShardRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.JoinShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rebalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/Rebalance',
+            hsm_dot_v1_dot_coordinator__pb2.RebalanceRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.RebalanceResponse.FromString,
             options,
             channel_credentials,
             insecure,
