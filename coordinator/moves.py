@@ -158,7 +158,9 @@ def decide(move: Move, facts: Facts, caught_up: int = CAUGHT_UP_ENTRIES) -> Do:
     if move.phase == Phase.JOINING:
         if not in_group:
             return Do.ADD if facts.target_open else Do.JOIN
-        if facts.behind is None or facts.behind > caught_up:
+        if facts.behind is None:
+            return Do.JOIN  # not connected: it may have restarted, or closed its member; asked again
+        if facts.behind > caught_up:
             return Do.WAIT if facts.target_open else Do.JOIN
         return Do.CAUGHT_UP
     if move.phase == Phase.CAUGHT_UP:

@@ -381,9 +381,13 @@ class CoordinatorNode:
         self._audits: dict[int, asyncio.Task[None]] = {}
         #: shards held here without a known leader, since when (monotonic)
         self._leaderless: dict[int, float] = {}
+        #: the replica the rebalancer last found silent (logged once)
+        self._unanswered = ""
         #: per shard opened from its group record: the record's quiet, which
         #: holds until the state applies a change of the move (_after_move)
         self._quiet_file: dict[int, bool] = {}
+        #: per shard held here: its group as this replica's record has it
+        self._records: dict[int, tuple[str, ...]] = {}
         self.book = AgentBook(config.agent_grace, config.heartbeat_interval, session_type=AgentSession)
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self.leases_held: dict[str, str] = {}  # lease -> holder last answered here (to log changes)
@@ -457,10 +461,16 @@ class CoordinatorNode:
             self.shards.append(shard)
             self.hosted.append(shard)
             if group is None:
-                write_group(self.config.data_dir, i, GroupRecord(ids))
+                self._record(i, GroupRecord(ids))
             else:
                 self._quiet_file[i] = group.quiet
-            if audit:
+                self._records[i] = group.members
+            if audit or group is None:
+                # a move involved it, or it opens the group for the first time,
+                # from the configured placement: it starts no election until
+                # the shard's leader (if there is one) says it is a member
+                # (a placement edited by mistake could otherwise start a
+                # second group of a shard that lives elsewhere)
                 self._start_audit(i)
         if self.config.metrics_listen:
             self.metrics = ReplicaMetrics(view_from_loop(loop, self.metrics_view))
@@ -597,7 +607,7 @@ class CoordinatorNode:
         spec = next(iter(self._specs([first])), None)
         shard.preferred_leader = spec.raft_addr(shard.index) if spec is not None and len(ids) > 1 else None
         if me in ids:
-            write_group(self.config.data_dir, shard.index, GroupRecord(
+            self._record(shard.index, GroupRecord(
                 tuple(ids), quiet, move is not None and me in (move.source, move.target)))
         self._moving.set()
 
@@ -658,16 +668,16 @@ class CoordinatorNode:
         i, Do = shard.index, moves.Do
         source, target = self.cluster.replica(move.source), self.cluster.replica(move.target)
         if step == Do.WAIT:
-            if (i, move.target) not in self._joined:
-                return False
             return False
         if step == Do.JOIN:
             stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(target.api))
             await stub.JoinShard(coordinator_pb2.JoinShardRequest(shard=i, members=move.raft_members()),
                                  timeout=self.config.propose_timeout * 2)
+            first = (i, move.target) not in self._joined
             self._joined.add((i, move.target))
-            log.info("shard %d: %s: %s opened its member of the group", i, move.text(), move.target)
-            return True
+            if first:
+                log.info("shard %d: %s: %s opened its member of the group", i, move.text(), move.target)
+            return first  # (asked again while it connects: the next look after a pause)
         if step == Do.ADD:
             problem = await self._majority_problem(shard, target.raft_addr(i), add=True)
             if problem:
@@ -793,6 +803,13 @@ class CoordinatorNode:
                 enabled, _drained, step, _why = self.rebalance_view()
                 if not enabled or step is None:
                     continue
+                if not await self._answers(step.target):
+                    if self._unanswered != step.target:
+                        log.warning("rebalancer: replica %s does not answer: no shard goes to it until it does",
+                                    step.target)
+                    self._unanswered = step.target
+                    continue
+                self._unanswered = ""
                 what = (f"moving shard {step.shard}'s member {step.source} to {step.target}" if step.kind == "move"
                         else f"shard {step.shard} prefers {step.target} as its leader instead of {step.source}")
                 log.warning("rebalancer: %s", what)
@@ -803,6 +820,17 @@ class CoordinatorNode:
                 raise
             except Exception:
                 log.exception("rebalancer round failed")
+
+    async def _answers(self, replica_id: str) -> bool:
+        """Whether *replica_id* answers now (its ClusterInfo, 2 s)."""
+        if replica_id == self.me.id:
+            return True
+        stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(self.cluster.replica(replica_id).api))
+        try:
+            await stub.ClusterInfo(coordinator_pb2.ClusterInfoRequest(), timeout=2.0)
+            return True
+        except grpc.RpcError:
+            return False
 
     async def _ask_leave(self, replica: ReplicaSpec, index: int, prepare: bool) -> bool:
         """Ask *replica* to close (or, *prepare*, to go quiet in) its member of shard *index*."""
@@ -859,7 +887,7 @@ class CoordinatorNode:
         shard = self.shards[index]
         if isinstance(shard, RaftShard):
             return  # already held (a retried request)
-        write_group(self.config.data_dir, index, GroupRecord(tuple(ids), True, True))
+        self._record(index, GroupRecord(tuple(ids), True, True))
         opened = self._open(index, ids, quiet=True)
         self._swap(index, opened)
         log.info("shard %d: joined its Raft group (%s) as a quiet member until it catches up", index,
@@ -880,7 +908,7 @@ class CoordinatorNode:
                 raise InvalidRequest(f"shard {index}: no move removing {me} is leaving here yet")
             self._quiet_file[index] = True
             shard.quiet = True
-            write_group(self.config.data_dir, index, GroupRecord(move.raft_members(), True, True))
+            self._record(index, GroupRecord(move.raft_members(), True, True))
             return True
         if not await self._left(index, shard, move, group):
             raise InvalidRequest(f"shard {index}: the group still counts {me} among its members")
@@ -912,7 +940,7 @@ class CoordinatorNode:
             m for m in (move.before if move is not None else group) if m != self.me.id)
         self._swap(index, RemoteShard(index, self._specs(after)))
         await shard.aclose()
-        write_group(self.config.data_dir, index, GroupRecord(after))
+        self._record(index, GroupRecord(after))
         clear_member(self.config.data_dir, index)
         log.warning("shard %d: this replica left its Raft group (now %s); its journal is removed", index,
                     ", ".join(after))
@@ -950,34 +978,51 @@ class CoordinatorNode:
                 shard.quiet = self._quiet(shard)
 
     async def _membership_of(self, index: int, move: moves.Move | None, group: tuple[str, ...]) -> bool | None:
-        """What another member of shard *index* says: True if this replica is
-        in the group and not being removed, False if out, None: no answer."""
-        ids = move.raft_members() if move is not None else group
-        for r in self._specs(ids or tuple(x.id for x in self.cluster.members(index))):
-            if r.id == self.me.id:
-                continue
+        """What the leader of shard *index* says (asked through the members
+        this replica knows, then every replica): True if this replica is in
+        the group and not being removed, False if out, None when no leader
+        answered while some replica did not (True when every replica
+        answered and none leads it). Only a leader's word counts: a member
+        that lags may not have applied the step that added this replica."""
+        me = self.me.id
+        known = move.raft_members() if move is not None else group
+        first = [r for r in self._specs(known or tuple(x.id for x in self.cluster.members(index))) if r.id != me]
+        rest = [r for r in self.cluster.replicas if r.id != me and r not in first]
+        silent = 0
+        for r in first + rest:
             stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(r.api))
             try:
                 info = await stub.ClusterInfo(coordinator_pb2.ClusterInfoRequest(), timeout=2.0)
             except grpc.RpcError:
+                silent += 1
                 continue
-            row = next((x for x in info.shards if x.shard == index and x.role in ("leader", "follower")), None)
+            row = next((x for x in info.shards if x.shard == index and x.role == "leader"), None)
             if row is None:
                 continue
-            if self.me.id not in row.members:
+            members = list(row.members) or [x.id for x in self.cluster.replicas]  # (empty: every replica)
+            if me not in members:
                 return False
-            leaving = row.move_source == self.me.id and row.move_phase == moves.Phase.LEAVING
+            leaving = row.move_source == me and row.move_phase == moves.Phase.LEAVING
             return None if leaving else True
-        return None
+        # every other replica answered and none leads the shard: a group that
+        # starts for the first time (or that lost every member but this one)
+        return True if not silent else None
 
     def group_view(self, shard: RaftShard) -> tuple[tuple[str, ...], moves.Move | None]:
         """Shard's Raft group as its applied state has it (during a move: both
-        the source and the target), and the move."""
+        the source and the target), else as this replica's group record has
+        it, and the move."""
         with shard.reading() as st:
             move, group = st.move, st.group
         if move is not None:
             return move.raft_members(), move
-        return group or tuple(r.id for r in self.cluster.members(shard.index)), None
+        return group or self._records.get(shard.index) or tuple(
+            r.id for r in self.cluster.members(shard.index)), None
+
+    def _record(self, index: int, record: GroupRecord) -> None:
+        """Write shard *index*'s group record (coordinator.groups), and keep its members."""
+        write_group(self.config.data_dir, index, record)
+        self._records[index] = record.members
 
     async def _readiness_watch(self) -> None:
         """Readiness also follows the shards' storage (a journal that

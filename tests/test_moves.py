@@ -78,7 +78,8 @@ def test_the_driver_joins_adds_waits_and_hands_over_in_order() -> None:
     m = started()
     assert moves.decide(m, facts()) == Do.JOIN
     assert moves.decide(m, facts(open_=True)) == Do.ADD
-    assert moves.decide(m, facts(members="abcd", open_=True, behind=None)) == Do.WAIT
+    # added but not connected (restarting, or it closed its member): asked to open it again
+    assert moves.decide(m, facts(members="abcd", open_=True, behind=None)) == Do.JOIN
     assert moves.decide(m, facts(members="abcd", open_=True, behind=10_000)) == Do.WAIT
     # a new leader does not know the target opened: it asks again (JoinShard is idempotent)
     assert moves.decide(m, facts(members="abcd", open_=False, behind=10_000)) == Do.JOIN

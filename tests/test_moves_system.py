@@ -47,6 +47,17 @@ def rig(tmp_path: Path) -> Rig:
         r.close()
 
 
+def start(rig: Rig) -> CoordinatorClient:
+    """The cluster, with the rebalancer off: these tests move shards by hand
+    and check where they end up (the rebalancer would move some back to
+    even the load: tests/test_rebalance_system.py)."""
+    client = rig.start()
+    out = subprocess.run([sys.executable, "-m", "coordinator.cli", "rebalance", "off", "--coordinators",
+                          rig.cluster.addresses], capture_output=True, text=True, env=rig.cluster.env, timeout=60)
+    assert out.returncode == 0 and "rebalancer off" in out.stdout, out.stdout + out.stderr
+    return client
+
+
 def move(rig: Rig, shard: int, source: str, target: str, *extra: str,
          wait: bool = True) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "coordinator.cli", "shard", "move", str(shard), source, target,
@@ -104,7 +115,7 @@ def check_moved(rig: Rig, shard: int, source: str, target: str, before: tuple[st
 
 
 def test_a_shard_moves_under_a_flood_with_nothing_lost_or_run_twice(rig: Rig) -> None:
-    client = rig.start()
+    client = start(rig)
     c = rig.cluster
     before = c.placement[0]
     source = before[0]  # the preferred leader: the move hands the leadership over first
@@ -162,7 +173,7 @@ def test_a_shard_moves_under_a_flood_with_nothing_lost_or_run_twice(rig: Rig) ->
 
 
 def test_a_move_already_done_or_that_makes_no_sense_is_refused_and_changes_nothing(rig: Rig) -> None:
-    rig.start()
+    start(rig)
     c = rig.cluster
     before = list(c.placement[1])
     outsider = next(s.id for s in c.specs if s.id not in before)
@@ -197,7 +208,7 @@ def finish(rig: Rig, files: list[tuple[Path, Fid, bytes]], ids: list[int]) -> No
 
 
 def test_kill_9_of_the_joining_replica_mid_move_and_the_move_completes_when_it_is_back(rig: Rig) -> None:
-    rig.start()
+    start(rig)
     c = rig.cluster
     before = c.placement[2]
     source, target = before[1], next(s.id for s in c.specs if s.id not in before)
@@ -218,7 +229,7 @@ def test_kill_9_of_the_joining_replica_mid_move_and_the_move_completes_when_it_i
 
 def test_kill_9_of_the_leader_mid_move_a_new_leader_finishes_it_and_the_old_one_closes_its_member(
         rig: Rig) -> None:
-    rig.start()
+    start(rig)
     c = rig.cluster
     before = c.placement[0]
     source, target = before[0], next(s.id for s in c.specs if s.id not in before)
@@ -241,7 +252,7 @@ def test_kill_9_of_the_leader_mid_move_a_new_leader_finishes_it_and_the_old_one_
 
 
 def test_every_replica_killed_mid_move_and_started_again_the_move_resumes(rig: Rig) -> None:
-    rig.start()
+    start(rig)
     c = rig.cluster
     before = c.placement[3]
     source, target = before[2], next(s.id for s in c.specs if s.id not in before)

@@ -102,3 +102,21 @@ def test_a_drain_or_rebalance_request_that_makes_no_sense_is_refused(rig: Rig) -
     rig.start()
     out = admin(rig, "replica", "drain", "nobody")
     assert out.returncode == 1 and "no replica 'nobody' in the cluster" in out.stderr
+
+
+def test_the_rebalancer_moves_nothing_to_a_replica_that_does_not_answer_and_fills_it_once_it_does(rig: Rig) -> None:
+    c = rig.cluster
+    r4 = c.specs[3].id
+    for s in c.specs[:3]:
+        c.start(s.id)
+    c.wait_ready()
+    logs = [c.logs / f"{s.id}.log" for s in c.specs[:3]]
+    until(lambda: any(f"rebalancer: replica {r4} does not answer" in p.read_text() for p in logs), 60,
+          "the rebalancer to find r4 silent")
+    held = loads(rig)
+    assert held[r4] == (0, 0) and all(held[s.id] == (4, held[s.id][1]) for s in c.specs[:3])
+    assert not any("moving shard" in p.read_text() for p in logs), "no move was begun towards a silent replica"
+    c.start(r4)
+    c.wait_ready()
+    until(lambda: loads(rig) == {s.id: (3, 1) for s in c.specs}, 120, lambda: f"balanced: {loads(rig)}")
+    c.check_converged()
