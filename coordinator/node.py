@@ -457,7 +457,8 @@ class CoordinatorNode:
             if self.me.id not in ids:
                 self.shards.append(RemoteShard(i, self._specs(ids)))
                 continue
-            shard = self._open(i, ids, quiet=group is not None and (group.quiet or audit))
+            # quiet from the start when it audits (below): no election before the audit's answer
+            shard = self._open(i, ids, quiet=group is None or group.quiet or audit)
             self.shards.append(shard)
             self.hosted.append(shard)
             if group is None:
@@ -595,11 +596,8 @@ class CoordinatorNode:
     def _after_move(self, shard: RaftShard) -> None:
         """The shard's group or move changed as applied here: who is quiet,
         which member should lead, what the data directory records."""
-        with shard.reading() as st:
-            move, group = st.move, st.group
+        ids, move = self.group_view(shard)
         me = self.me.id
-        ids = move.raft_members() if move is not None else (group or tuple(r.id for r in self.cluster.members(
-            shard.index)))
         quiet = moves.quiet(move, me)
         self._quiet_file.pop(shard.index, None)
         shard.quiet = self._quiet(shard)

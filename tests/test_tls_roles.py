@@ -112,6 +112,14 @@ def test_a_plain_text_client_cannot_talk_to_a_tls_replica(replica: Any, pki: Pat
     ("op", lambda s: s.EditCatalog(C.EditCatalogRequest(forget=True)), "EditCatalog needs role replica"),
     ("root1", lambda s: s.EditCatalog(C.EditCatalogRequest(forget=True)), "EditCatalog needs role replica"),
     ("alice", lambda s: s.RelocateCopies(C.RelocateCopiesRequest()), "RelocateCopies needs role admin, operator"),
+    # scale-out: moving shards and the rebalancer are the admin's; opening or closing a replica's
+    # member of a group only another replica's (a move's driver), not even the admin's
+    ("op", lambda s: s.MoveShard(C.MoveShardRequest(shard=0, source="r1", target="r2")), "MoveShard needs role admin"),
+    ("op", lambda s: s.Rebalance(C.RebalanceRequest(enabled=2)), "Rebalance needs role admin or replica"),
+    ("alice", lambda s: s.Rebalance(C.RebalanceRequest(drain="r1")), "Rebalance needs role admin or replica"),
+    ("root1", lambda s: s.JoinShard(C.JoinShardRequest(shard=0, members=["r1"])), "JoinShard needs role replica"),
+    ("root1", lambda s: s.LeaveShard(C.LeaveShardRequest(shard=0)), "LeaveShard needs role replica"),
+    ("a1", lambda s: s.LeaveShard(C.LeaveShardRequest(shard=0, prepare=True)), "LeaveShard needs role replica"),
 ])
 def test_each_role_is_refused_what_it_may_not_do_and_nothing_changes(
         replica: Any, pki: Path, who: str, call: Any, words: str) -> None:
