@@ -63,6 +63,9 @@ workloads:
   scaleout       what a replica spends per action as the cluster grows: the flood on 3 replicas x 18 shards
                  (every replica holds all) and on 9 x 18 with replication 3 (each holds 6); CPU µs per action
                  per replica 9 / 3 against the target 0.4, at most (scaleout --help; bench/scaleout.py)
+  move           a shard moved under the flood (4 replicas x 8 shards in groups of 3): 0 lost, 0 run twice,
+                 the move's duration and the longest pause in that shard's acknowledgements (move --help;
+                 bench/move.py)
   report         re-render latest.md from latest.json
 
 exit status: 0 when every workload ran, whatever the figures (a missed performance
@@ -212,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="rounds of two floods (3 then 9 replicas, then 9 then 3, ...); figures are medians "
                          "(default 1)")
+    from bench import move as movemod
+
+    mvp = sub.add_parser("move", parents=[common],
+                         help="a shard moved under a flood: nothing lost or run twice, the pause in its acknowledgements",
+                         description=movemod.MOVE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mvp.add_argument("--move-shard", type=int, default=0, metavar="N",
+                     help="the shard that moves (default 0): its preferred leader moves to the replica outside its group")
     from bench import catalog as catalogmod
 
     cat = sub.add_parser("catalog", parents=[common], help="the catalog's memory and snapshot bytes per copy, "
@@ -388,6 +398,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = settings_from(args)
         s.say = _say
         return scaleoutmod.scaleout(args, s, _say)
+    if args.workload == "move":
+        from bench import move as movemod
+
+        if args.replicas is not None and args.replicas <= movemod.REPLICATION:
+            build_parser().error(f"move: --replicas must be more than {movemod.REPLICATION} (groups of "
+                                 f"{movemod.REPLICATION}, and a replica outside the moved shard's group)")
+        if args.shards is not None and args.shards < 1:
+            build_parser().error("move: --shards must be at least 1")
+        if not 0 <= args.move_shard < (args.shards or movemod.SHARDS):
+            build_parser().error("move: --move-shard must be one of the cluster's shards (0 to --shards - 1)")
+        if args.actions is not None and args.actions < 3:
+            build_parser().error("move: --actions must be at least 3")
+        s = settings_from(args)
+        s.say = _say
+        return movemod.move(args, s, _say)
     if args.workload == "profile":
         from bench.profile import profile
 

@@ -349,7 +349,7 @@ def _shard(args: argparse.Namespace) -> int:
     want = [args.target if m == args.source else m for m in resp.members if m != args.target] \
         if not args.abort else [m for m in resp.members if m != args.target]
     end = time.monotonic() + args.timeout
-    last = ""
+    last = resp.move  # (printed above)
     while time.monotonic() < end:
         time.sleep(0.5)
         info, _e = call("ClusterInfo", coordinator_pb2.ClusterInfoRequest(), 5.0)

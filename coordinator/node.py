@@ -620,12 +620,18 @@ class CoordinatorNode:
             self._moving.clear()
             now = time.monotonic()
             for shard in self.hosted:
+                ids, move = self.group_view(shard)
+                if move is None and shard.index not in self._audits and ids != self._records.get(shard.index):
+                    # a membership change outside a move (member add|remove): recorded for the next start
+                    self._record(shard.index, GroupRecord(ids))
                 if shard.leader is not None or shard.index in self._audits:
                     self._leaderless.pop(shard.index, None)
                 elif now - self._leaderless.setdefault(shard.index, now) > LEADERLESS_AUDIT:
                     # a member that hears no leader may have been removed from
                     # the group while it was down or cut off: it asks the others
                     self._leaderless.pop(shard.index, None)
+                    log.info("shard %d: no leader for %.0f s: asking the others whether this replica is still a "
+                             "member", shard.index, LEADERLESS_AUDIT)
                     self._start_audit(shard.index)
                 if not shard.leader_ready or shard.index in self._driving:
                     continue
@@ -795,8 +801,8 @@ class CoordinatorNode:
         time (a move runs to its end before the next is planned)."""
         while True:
             await asyncio.sleep(REBALANCE_EVERY)
-            if not self.shards or not self.shards[0].leader_ready:
-                continue
+            if not self.shards or not self.shards[0].leader_ready or not self.cluster.placement:
+                continue  # (a cluster without a placement holds every shard on every replica)
             try:
                 enabled, _drained, step, _why = self.rebalance_view()
                 if not enabled or step is None:
@@ -998,8 +1004,8 @@ class CoordinatorNode:
             if row is None:
                 continue
             members = list(row.members) or [x.id for x in self.cluster.replicas]  # (empty: every replica)
-            if me not in members:
-                return False
+            if me not in members and self.me.raft_addr(index) not in members:  # (named by its address by a
+                return False  # replica whose configuration does not list it yet)
             leaving = row.move_source == me and row.move_phase == moves.Phase.LEAVING
             return None if leaving else True
         # every other replica answered and none leads the shard: a group that
@@ -1007,15 +1013,35 @@ class CoordinatorNode:
         return True if not silent else None
 
     def group_view(self, shard: RaftShard) -> tuple[tuple[str, ...], moves.Move | None]:
-        """Shard's Raft group as its applied state has it (during a move: both
-        the source and the target), else as this replica's group record has
-        it, and the move."""
+        """Shard's Raft group and its move: during a move, both the source and
+        the target; else the members of the Raft group as pysyncobj has
+        them here, in the order (preferred leader first) the state records,
+        else this replica's group record, else the placement."""
         with shard.reading() as st:
             move, group = st.move, st.group
         if move is not None:
             return move.raft_members(), move
-        return group or self._records.get(shard.index) or tuple(
-            r.id for r in self.cluster.members(shard.index)), None
+        base = group or self._records.get(shard.index) or tuple(r.id for r in self.cluster.members(shard.index))
+        actual = self._raft_ids(shard)
+        if actual is None or actual == set(base):
+            return base, None
+        # the Raft group changed outside a move (hsm-coordinator member add|remove): it is the truth
+        return tuple(m for m in base if m in actual) + tuple(sorted(actual - set(base))), None
+
+    def _raft_ids(self, shard: RaftShard) -> set[str] | None:
+        """The members of the shard's Raft group as pysyncobj has it here
+        (this replica included): replica ids, or the Raft address of a member
+        this replica's configuration does not name yet (one added with
+        ``member add`` before this replica restarted onto the new list);
+        None if the group changed while being read."""
+        for _ in range(3):
+            try:
+                addrs = {shard.self_addr, *shard.peers}
+            except RuntimeError:  # the tick thread changed the set meanwhile
+                continue
+            named = {r.raft_addr(shard.index): r.id for r in self.cluster.replicas}
+            return {named.get(a, a) for a in addrs}
+        return None
 
     def _record(self, index: int, record: GroupRecord) -> None:
         """Write shard *index*'s group record (coordinator.groups), and keep its members."""

@@ -233,6 +233,22 @@ def test_replace_a_dead_replica(cluster: ProcCluster) -> None:
         assert {client.get_action(i).state for i in first + more} == {T.WAITING}
     cluster.check_converged(timeout=60)
     assert {a.id for a in cluster.live()} == {"r1", "r2", "r4"}
+    # r4 hears no leader for longer than its audit waits (the others stopped): it asks whether it
+    # is still a member once they answer, and stays one (its group records, written at its first
+    # start from the configuration, did not name it before member add; the Raft group does)
+    for rid in ("r1", "r2"):
+        cluster.procs[rid].send_signal(signal.SIGSTOP)
+    log = cluster.logs / "r4.log"
+    until(lambda: "leader now unknown" in log.read_text(), 30, "r4 without a leader")
+    until(lambda: "asking the others whether this replica is still a member" in log.read_text(), 30,
+          "r4 to start its audit while nobody answers")
+    for rid in ("r1", "r2"):
+        cluster.procs[rid].send_signal(signal.SIGCONT)
+    cluster.wait_ready()
+    cluster.check_converged(timeout=60)
+    assert "left its Raft group" not in log.read_text()
+    for i in range(cluster.shards):
+        assert any(p.name.startswith("journal-") for p in (cluster.tmp / "data" / "r4" / f"shard-{i}").iterdir())
 
 
 def test_control_mode_reaches_every_shard_on_every_replica(cluster: ProcCluster) -> None:
