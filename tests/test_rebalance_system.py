@@ -120,3 +120,27 @@ def test_the_rebalancer_moves_nothing_to_a_replica_that_does_not_answer_and_fill
     c.wait_ready()
     until(lambda: loads(rig) == {s.id: (3, 1) for s in c.specs}, 120, lambda: f"balanced: {loads(rig)}")
     c.check_converged()
+
+
+def test_a_dead_replica_is_drained_its_members_rebuilt_on_the_others_and_nothing_lost(rig: Rig) -> None:
+    """Replacing a failed machine in a placed cluster: its shards' members
+    move to the live replicas though it cannot go quiet or close anything."""
+    client = rig.start()
+    c = rig.cluster
+    until(lambda: loads(rig) == {s.id: (3, 1) for s in c.specs}, 120, lambda: f"balanced: {loads(rig)}")
+    rig.agent("a1", slots="archive=8,restore=2,remove=1", bandwidth="16M")
+    dead = c.specs[1].id
+    c.kill(dead)
+    files = [rig.file(f"f{i}", 4 * KiB) for i in range(60)]
+    ids = rig.submit("archive", [f for _p, f, _d in files])
+    live = ",".join(s.api for s in c.live())
+    out = subprocess.run([sys.executable, "-m", "coordinator.cli", "replica", "drain", dead, "--wait", "--timeout",
+                          "180", "--coordinators", live], capture_output=True, text=True, env=c.env, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    held = {k: v for k, v in loads(rig).items() if k != dead}
+    assert all(h == 4 for h, _lead in held.values()), held  # 4 shards x 3 members over the 3 live replicas
+    until(lambda: all(rig.fs.hsm_state(p).flags & HS.ARCHIVED for p, _f, _d in files), 90, "every file archived")
+    assert client is not None
+    ends = client.wait(ids, deadline=60)
+    assert len(ends) == len(files) and all(a.state == T.SUCCEEDED for a in ends.values())
+    rig.check_no_double_runs()
