@@ -440,10 +440,9 @@ class BenchCluster:
     def _write_config(self) -> None:
         n, s = self.opt.replicas, self.opt.shards
         api0 = free_ports(n)
-        raft0 = free_ports(n * s)
-        while raft0 < api0 + n and raft0 + n * s > api0:  # overlapping ranges
-            raft0 = free_ports(n * s)
-        self.specs = [ReplicaSpec(f"r{k + 1}", f"127.0.0.1:{api0 + k}", f"127.0.0.1:{raft0 + k * s}")
+        # a block of Raft ports per replica (free_ports never hands a port out twice): 9 x 18 = 162
+        # consecutive ports are hard to find in a long test session's fragmented range
+        self.specs = [ReplicaSpec(f"r{k + 1}", f"127.0.0.1:{api0 + k}", f"127.0.0.1:{free_ports(s)}")
                       for k in range(n)]
         raft = {"election_min": 0.5, "election_max": 1.0, "leader_fallback": 2.0, "connection_timeout": 2.0,
                 "fsync": self.opt.fsync, "encrypt": self.opt.encrypt, **self.opt.raft}
