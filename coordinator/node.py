@@ -379,6 +379,8 @@ class CoordinatorNode:
         self._driving: dict[int, asyncio.Task[None]] = {}
         self._joined: set[tuple[int, str]] = set()
         self._audits: dict[int, asyncio.Task[None]] = {}
+        #: the audits meanwhile which the member starts no election (at start)
+        self._quiet_audits: set[int] = set()
         #: shards held here without a known leader, since when (monotonic)
         self._leaderless: dict[int, float] = {}
         #: the replica the rebalancer last found silent (logged once)
@@ -586,7 +588,7 @@ class CoordinatorNode:
         election: as the move applied here says (coordinator.moves.quiet),
         as the group record said until the state applies a change of the
         move, and while its membership is being checked (_audit)."""
-        if shard.index in self._audits:
+        if shard.index in self._quiet_audits:
             return True
         if shard.index in self._quiet_file:
             return self._quiet_file[shard.index]
@@ -632,7 +634,10 @@ class CoordinatorNode:
                     self._leaderless.pop(shard.index, None)
                     log.info("shard %d: no leader for %.0f s: asking the others whether this replica is still a "
                              "member", shard.index, LEADERLESS_AUDIT)
-                    self._start_audit(shard.index)
+                    # not quiet meanwhile: a member removed is harmless (the
+                    # others refuse its connections), and one that is not must
+                    # keep taking part in the elections that end the outage
+                    self._start_audit(shard.index, quiet=False)
                 if not shard.leader_ready or shard.index in self._driving:
                     continue
                 with shard.reading() as st:
@@ -949,16 +954,21 @@ class CoordinatorNode:
         log.warning("shard %d: this replica left its Raft group (now %s); its journal is removed", index,
                     ", ".join(after))
 
-    def _start_audit(self, index: int) -> None:
+    def _start_audit(self, index: int, quiet: bool = True) -> None:
+        """Check this replica's membership of shard *index* (_audit); with
+        *quiet*, it starts no election until the answer."""
         self._audits[index] = asyncio.get_running_loop().create_task(self._audit(index), name=f"audit {index}")
         shard = self.shards[index]
-        if isinstance(shard, RaftShard):
-            shard.quiet = True
+        if quiet:
+            self._quiet_audits.add(index)
+            if isinstance(shard, RaftShard):
+                shard.quiet = True
 
     async def _audit(self, index: int) -> None:
-        """At start, for a shard whose move involved this replica: ask the
-        other members whether it is still in the group. Out: its member is
-        closed (a source removed while it was down). In, or nobody answers
+        """Ask the shard's leader whether this replica is still in the group
+        (at start, when it opens a group from the placement or a move
+        involved it; later, when it hears no leader). Out: its member is
+        closed (removed while it was down or cut off). In, or no answer
         for 10 s: it takes part as its state says."""
         deadline = time.monotonic() + 10.0
         try:
@@ -977,6 +987,7 @@ class CoordinatorNode:
                 await asyncio.sleep(0.5)
         finally:
             self._audits.pop(index, None)
+            self._quiet_audits.discard(index)
             shard = self.shards[index]
             if isinstance(shard, RaftShard):
                 shard.quiet = self._quiet(shard)
