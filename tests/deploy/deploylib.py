@@ -432,11 +432,15 @@ def convention_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], *
     # the config: peer list from the pod ordinals
     problems += _config_problems(docs, ctr, pod_spec, name, headless_name, namespace, domain, values)
 
-    # PodDisruptionBudget keeping a quorum
-    quorum = n // 2 + 1
+    # PodDisruptionBudget keeping a quorum: of the replicas, or with
+    # cluster.replication R of every shard's group of R, which may be any R
+    # of the pods: then no more than (R - 1) // 2 pods may be down at once
+    replication = values["cluster"].get("replication")
+    group = n if replication is None else int(replication)
+    quorum = n // 2 + 1 if replication is None else n - (group - 1) // 2
     pdbs = [p for p in _by_kind(docs, "PodDisruptionBudget")
             if _selects(p["spec"].get("selector", {}).get("matchLabels", {}), pod_labels)]
-    if n >= 3 and c["podDisruptionBudget"]["enabled"]:
+    if group >= 3 and c["podDisruptionBudget"]["enabled"]:
         if len(pdbs) != 1:
             problems.append(f"expected one PodDisruptionBudget for {n} replicas, found {len(pdbs)}")
         else:
@@ -447,9 +451,13 @@ def convention_problems(docs: list[dict[str, Any]], values: Mapping[str, Any], *
                 keep = n - int(pspec.get("maxUnavailable", n))
             if keep < quorum:
                 problems.append(f"PodDisruptionBudget keeps {keep} of {n} replicas available, "
-                                f"below the quorum of {quorum}")
-    elif pdbs and n < 3:
-        problems.append(f"a PodDisruptionBudget for {n} replica(s) would block every node drain")
+                                f"below the quorum of {quorum}"
+                                + ("" if replication is None else
+                                   f" (groups of {group} spread over the pods: at most {(group - 1) // 2} "
+                                   "may be down at once)"))
+    elif pdbs and group < 3:
+        problems.append(f"a PodDisruptionBudget for {'groups of ' if replication is not None else ''}{group} "
+                        "replica(s) would block every node drain")
 
     # NetworkPolicy: Raft ports only between replicas
     for np_ in _by_kind(docs, "NetworkPolicy"):
@@ -554,6 +562,7 @@ def _config_problems(docs: list[dict[str, Any]], ctr: Mapping[str, Any], pod_spe
                         f"headless Service: {cluster.get('replicas')}")
     if cluster.get("shards") != int(values["cluster"]["shards"]):
         problems.append(f"coordinator.yaml cluster.shards {cluster.get('shards')} != {values['cluster']['shards']}")
+    problems += _placement_problems(cluster, values, [r["id"] for r in want])
     problems += _password_problems(str(cluster.get("password_file", "")), ctr, pod_spec)
     if cfg.get("data_dir") != DATA_DIR:
         problems.append(f"coordinator.yaml data_dir {cfg.get('data_dir')} is not the data volume {DATA_DIR}")
@@ -571,6 +580,33 @@ def _config_problems(docs: list[dict[str, Any]], ctr: Mapping[str, Any], pod_spe
     if not sm["enabled"] and metrics:
         problems.append(f"coordinator.yaml serves metrics ({metrics}) with serviceMonitor.enabled false")
     problems += _coordinator_accepts(cfg, [r["id"] for r in want])
+    return problems
+
+
+def _placement_problems(cluster: Mapping[str, Any], values: Mapping[str, Any], pods: list[str]) -> list[str]:
+    """Without cluster.replication, coordinator.yaml has neither replication
+    nor placement (every replica holds every shard). With it, the placement
+    is written out and is ``coordinator.placement.spread`` (what
+    ``hsm-coordinator init --replication R`` writes) over the first
+    cluster.placementReplicas pods, whatever coordinator.replicas is: pods
+    added later are in no group."""
+    from coordinator.placement import spread
+
+    r = values["cluster"].get("replication")
+    if r is None:
+        extra = sorted({"replication", "placement"} & set(cluster))
+        return [f"coordinator.yaml sets cluster.{', cluster.'.join(extra)} without cluster.replication"] if extra else []
+    p = values["cluster"].get("placementReplicas")
+    if p is None:
+        return ["cluster.replication without cluster.placementReplicas was rendered"]
+    problems = []
+    if cluster.get("replication") != int(r):
+        problems.append(f"coordinator.yaml cluster.replication {cluster.get('replication')} != {r}")
+    want = {i: list(g) for i, g in enumerate(spread(pods[:int(p)], int(values["cluster"]["shards"]), int(r)))}
+    if cluster.get("placement") != want:
+        problems.append(f"coordinator.yaml cluster.placement is not the spread of {values['cluster']['shards']} "
+                        f"groups of {r} over the first {p} pods (cluster.placementReplicas): "
+                        f"{cluster.get('placement')} != {want}")
     return problems
 
 
@@ -1118,10 +1154,12 @@ def render_roles(tmp: Path, coordinators: list[CoordinatorHost], movers: list[Mo
                  ansible: Path = ANSIBLE, fs_root: Path, archive_root: Path,
                  shards: int = 2, extra_vars: Mapping[str, Any] | None = None,
                  static_out: Path | None = None,
-                 bridges: Sequence[BridgeHost] = ()) -> subprocess.CompletedProcess[str]:
+                 bridges: Sequence[BridgeHost] = (),
+                 coordinator_vars: Mapping[str, Mapping[str, Any]] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the roles' ``config`` entry point with Ansible against local
     hosts: each coordinator on 127.0.0.1 with its own ports and directories
-    under *tmp*, each mover and each bridge likewise. Returns the
+    under *tmp*, each mover and each bridge likewise (*coordinator_vars*:
+    more host variables of the coordinators, by name). Returns the
     ansible-playbook process."""
     user, group = _current_user_group()
     common = {
@@ -1169,6 +1207,7 @@ def render_roles(tmp: Path, coordinators: list[CoordinatorHost], movers: list[Mo
                 "hsm_coordinator_config_dir": str(h.config_dir),
                 "hsm_coordinator_data_dir": str(h.data_dir),
                 "hsm_coordinator_unit_dir": str(h.unit.parent),
+                **(coordinator_vars or {}).get(h.name, {}),
             } for h in coordinators}},
         "hsm_movers": {"hosts": {
             m.name: {

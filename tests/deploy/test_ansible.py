@@ -286,3 +286,137 @@ def test_rendered_configs_pass_yamllint(rendered_cluster: RenderedCluster, tmp_p
     files += [m.config_dir / "agentd.yaml" for m in rendered_cluster.movers]
     proc = dl.yamllint(files, home=tmp_path)
     assert proc.returncode == 0, dl.output(proc)
+
+
+# --------------------------------------------------------------------------
+# hsm_coordinator_replication: each shard's group on some of the hosts
+
+
+def test_placement_template_is_what_init_writes() -> None:
+    """templates/placement.j2 (plain Jinja) is coordinator.placement.spread,
+    the placement ``hsm-coordinator init --replication R`` writes, for every
+    small cluster: 1 to 9 hosts, every group size that fits, 1 to 29 shards."""
+    import jinja2
+
+    from coordinator.placement import spread
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(dl.ANSIBLE / "roles" / "hsm_coordinator" / "templates"),
+                             trim_blocks=True, undefined=jinja2.StrictUndefined)
+    macro = env.get_template("placement.j2").module.placement
+    cases = 0
+    for n in range(1, 10):
+        ids = [f"hsm-{i}.example" for i in range(n)]
+        for r in (1, 3, 5, 7):
+            for shards in range(1, 30) if r <= n else ():
+                text = str(macro(ids, shards, r, "    "))
+                got = yaml.safe_load("placement:\n" + text)["placement"]
+                assert got == {i: list(g) for i, g in enumerate(spread(ids, shards, r))}, (n, r, shards, text)
+                cases += 1
+    assert cases > 500
+
+
+def _hosts(tmp_path: Path, count: int, shards: int) -> list[dl.CoordinatorHost]:
+    return [dl.CoordinatorHost(f"hsm-{i}", 7600 + i, 7700 + shards * i, tmp_path / f"hsm-{i}") for i in range(count)]
+
+
+def _cluster_of(host: dl.CoordinatorHost, tmp_path: Path) -> tuple[dict[str, object], object]:
+    """The cluster part of the host's coordinator.yaml, and the ClusterSpec
+    ``hsm-coordinator run`` builds from the whole file."""
+    from coordinator.config import load
+
+    path = host.config_dir / "coordinator.yaml"
+    node, _log = load(str(path))
+    return yaml.safe_load(path.read_text())["cluster"], node.cluster
+
+
+def test_role_replication_over_the_first_hosts_then_a_host_added(tmp_path: Path) -> None:
+    """Groups of 3 spread over the first 3 of 5 hosts: every replica's
+    coordinator.yaml writes the same placement out (spread over those 3),
+    the coordinator's loader takes it, hosts 4 and 5 hold nothing. A sixth
+    host added to the group (an even count) changes the peer list only:
+    the placement stays as it was, and the new host is in no group."""
+    from coordinator.placement import spread
+
+    shards = 8
+    extra = {"hsm_coordinator_replication": 3, "hsm_coordinator_placement_hosts": ["hsm-0", "hsm-1", "hsm-2"],
+             "hsm_coordinator_insecure": True}
+    placements = []
+    for count in (5, 6):
+        base = tmp_path / f"hosts-{count}"
+        hosts = _hosts(base, count, shards)
+        proc = dl.render_roles(base, hosts, [], fs_root=base / "fs", archive_root=base / "archive", shards=shards,
+                               extra_vars=extra)
+        assert proc.returncode == 0, dl.output(proc)
+        texts = set()
+        for h in hosts:
+            cluster, spec = _cluster_of(h, tmp_path)
+            assert [r["id"] for r in cluster["replicas"]] == [x.name for x in hosts]
+            assert cluster["replication"] == 3
+            assert cluster["placement"] == {i: list(g) for i, g in enumerate(spread(["hsm-0", "hsm-1", "hsm-2"],
+                                                                                      shards, 3))}
+            assert [spec.hosted(x.name) for x in hosts[3:]] == [[]] * (count - 3), "added hosts hold nothing"
+            text = (h.config_dir / "coordinator.yaml").read_text()
+            texts.add(text[text.index("  placement:"):text.index("replica_id:")])
+        assert len(texts) == 1, "every replica writes the same placement"
+        placements.append(texts.pop())
+        lint = dl.yamllint([h.config_dir / "coordinator.yaml" for h in hosts], home=base)
+        assert lint.returncode == 0, dl.output(lint)
+    assert placements[0] == placements[1], "adding a host leaves the placement as it was"
+
+
+def test_role_writes_a_given_placement(tmp_path: Path) -> None:
+    """hsm_coordinator_placement (the groups as they are after moves, to
+    retire a host the placement was spread over) is written as given, shard
+    by shard (keys as numbers or strings, members by replica id, here one
+    set per host); the retired host is no longer named and the loader
+    takes it."""
+    hosts = _hosts(tmp_path, 4, 2)[1:]  # hsm-0 retired: hsm-3 (replica id r3) took its shards
+    given = {0: ["r3", "hsm-1", "hsm-2"], "1": ["hsm-1", "hsm-2", "r3"]}
+    extra = {"hsm_coordinator_replication": 3, "hsm_coordinator_placement_hosts": [],
+             "hsm_coordinator_placement": given, "hsm_coordinator_insecure": True}
+    proc = dl.render_roles(tmp_path, hosts, [], fs_root=tmp_path / "fs", archive_root=tmp_path / "archive",
+                           shards=2, extra_vars=extra, coordinator_vars={"hsm-3": {"hsm_coordinator_replica_id": "r3"}})
+    assert proc.returncode == 0, dl.output(proc)
+    cluster, spec = _cluster_of(hosts[0], tmp_path)
+    assert cluster["placement"] == {0: ["r3", "hsm-1", "hsm-2"], 1: ["hsm-1", "hsm-2", "r3"]}
+    assert spec.placement == (("r3", "hsm-1", "hsm-2"), ("hsm-1", "hsm-2", "r3"))
+
+
+def test_role_refuses_bad_placement_settings(tmp_path: Path) -> None:
+    """One play, a host per bad setting: each stops at its check and writes
+    nothing; the good hosts beside them get their files. Without
+    replication the replica count must still be odd (10 hosts here)."""
+    good = {"hsm_coordinator_replication": 3, "hsm_coordinator_placement_hosts": ["no-hosts", "unknown-host", "two"],
+            "hsm_coordinator_insecure": True}
+    per_host = {
+        "no-hosts": ({**good, "hsm_coordinator_placement_hosts": []},
+                     "hsm_coordinator_replication 3 must be 1, 3, 5 or 7 and needs hsm_coordinator_placement_hosts"),
+        "unknown-host": ({**good, "hsm_coordinator_placement_hosts": ["no-hosts", "two", "hsm-9"]},
+                         'not in the group: [\\"hsm-9\\"]'),
+        "two": ({**good, "hsm_coordinator_replication": 2}, "hsm_coordinator_replication 2 must be 1, 3, 5 or 7"),
+        "odd-rule": ({"hsm_coordinator_insecure": True}, "odd number of replicas (now 10) unless"),
+        # a given placement: a shard missing, a group of the wrong size, an unknown replica
+        "given-short": ({**good, "hsm_coordinator_placement": {0: ["good", "two", "no-hosts"]}},
+                        "hsm_coordinator_placement must name every shard 0..1 once, each with 3"),
+        "given-unknown": ({**good, "hsm_coordinator_placement": {0: ["good", "two", "no-hosts"],
+                                                                  1: ["good", "two", "hsm-9"]}},
+                          'unknown: [\\"hsm-9\\"]'),
+        "given-size": ({**good, "hsm_coordinator_placement": {0: ["good", "two"], 1: ["two", "good"]}},
+                       "each with 3 distinct replica ids"),
+        "good": (good, None),
+        "also-good": (good, None),
+        "third-good": (good, None),
+    }
+    hosts = [dl.CoordinatorHost(n, 7600 + i, 7700 + 10 * i, tmp_path / n) for i, n in enumerate(per_host)]
+    proc = dl.render_roles(tmp_path, hosts, [], fs_root=tmp_path / "fs", archive_root=tmp_path / "archive",
+                           coordinator_vars={n: v for n, (v, _) in per_host.items()})
+    out = dl.output(proc)
+    assert proc.returncode != 0
+    for h in hosts:
+        fatal = [line for line in out.splitlines() if line.startswith(f"fatal: [{h.name}]: FAILED!")]
+        message = per_host[h.name][1]
+        if message is None:
+            assert fatal == [] and "placement:" in (h.config_dir / "coordinator.yaml").read_text(), f"{h.name}:\n{out}"
+            continue
+        assert len(fatal) == 1 and message in fatal[0], f"{h.name}:\n{out}"
+        assert not (h.config_dir / "coordinator.yaml").exists(), f"{h.name}: nothing is written"

@@ -174,6 +174,10 @@ def test_schema_describes_exactly_the_values() -> None:
     ({"grafanaDashboard": {"enabled": "yes"}}, "grafanaDashboard.enabled"),
     ({"prometheusRule": {"noLeaderFor": "2 minutes"}}, "prometheusRule.noLeaderFor"),
     ({"prometheusRule": {"selector": '{namespace="hsm"}'}}, "prometheusRule.selector"),
+    ({"cluster": {"replication": 2, "placementReplicas": 3}}, "cluster.replication"),
+    ({"cluster": {"replication": 3, "placementReplicas": 0}}, "cluster.placementReplicas"),
+    ({"cluster": {"replication": 3, "placementReplicas": 3}, "coordinator": {"replicas": 0}}, "coordinator.replicas"),
+    ({"cluster": {"replication": None}, "coordinator": {"replicas": 6}}, "coordinator.replicas"),
 ], ids=lambda v: json.dumps(v) if isinstance(v, dict) else v)
 def test_schema_refuses_bad_values(overrides: dict[str, Any], message: str) -> None:
     problems = dl.schema_problems(dl.CHART, overrides)
@@ -197,6 +201,15 @@ def test_schema_refuses_bad_values(overrides: dict[str, Any], message: str) -> N
      "list the mover nodes in tls.certManager.agentNodes"),
     ({"bridge": {"enabled": True, "filesystems": [{"fsname": "fs_a", "mount": "/a"}, {"fsname": "fs-a", "mount": "/b"}]}},
      "bridge.filesystems: fs_a and fs-a would both be served by the Deployment hsm-coordinator-bridge-fs-a"),
+    ({"cluster": {"replication": 3}}, "cluster.replication 3 needs cluster.placementReplicas"),
+    ({"cluster": {"placementReplicas": 3}}, "cluster.placementReplicas 3 is set without cluster.replication"),
+    ({"cluster": {"replication": 5, "placementReplicas": 5}},
+     "coordinator.replicas 3 is fewer than cluster.replication 5"),
+    ({"cluster": {"replication": 3, "placementReplicas": 2}, "coordinator": {"replicas": 4}},
+     "cluster.placementReplicas 2 is fewer than cluster.replication 3"),
+    # scaled down below the pods the placement names
+    ({"cluster": {"replication": 3, "placementReplicas": 5}, "coordinator": {"replicas": 4}},
+     "cluster.placementReplicas 5 is more than coordinator.replicas 4: the placement would name pods that do not exist"),
 ])
 def test_chart_refuses_inconsistent_values(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(dl.RenderError, match=re.escape(message)):
@@ -406,6 +419,22 @@ BREAKAGES = {
     "bridge journal in the image": (
         _edit("templates/bridge.yaml", "            - name: journal\n              mountPath: /var/lib/hsm-bridge\n", ""),
         "conventions", "the journal directory /var/lib/hsm-bridge is not an emptyDir volume"),
+    # with cluster.replication (ci/replication-values.yaml: 4 pods, placement over 3)
+    "placement recomputed over every pod": (
+        _edit("templates/_helpers.tpl", "{{- $p := int .Values.cluster.placementReplicas -}}\n{{- $held",
+              "{{- $p := int .Values.coordinator.replicas -}}\n{{- $held"),
+        "conventions", "cluster.placement is not the spread of 8 groups of 3 over the first 3 pods",
+        "replication-values.yaml"),
+    "placement not written out": (
+        _edit("templates/configmap.yaml", "      replication: {{ int .Values.cluster.replication }}\n", ""),
+        "conventions", "cluster.replication None != 3", "replication-values.yaml"),
+    "PDB lets a group of 3 lose two members": (
+        _edit("templates/pdb.yaml", "maxUnavailable: {{ div (sub (int $r) 1) 2 }}", "maxUnavailable: {{ sub (int $r) 1 }}"),
+        "conventions", "at most 1 may be down at once", "replication-values.yaml"),
+    "PDB of a quorum of the pods with groups": (
+        _edit("templates/pdb.yaml", "maxUnavailable: {{ div (sub (int $r) 1) 2 }}", 'minAvailable: {{ include "hsm.quorum" . }}'),
+        "conventions", "keeps 4 of 6 replicas available, below the quorum of 5",
+        {"cluster": {"replication": 3, "placementReplicas": 3}, "coordinator": {"replicas": 6}}),
 }
 
 
@@ -415,12 +444,13 @@ def _find(problems: list[str], needle: str) -> bool:
 
 @pytest.mark.parametrize("breakage", list(BREAKAGES), ids=list(BREAKAGES))
 def test_broken_chart_copy_fails_its_check(breakage: str, tmp_path: Path) -> None:
-    apply, check, needle = BREAKAGES[breakage]
+    apply, check, needle, *values = BREAKAGES[breakage]
     chart = tmp_path / "hsm-coordinator"
     shutil.copytree(dl.CHART, chart)
     apply(chart)
-    values_file = dl.CHART / "ci" / "five-replicas-values.yaml"  # has every optional object
-    overrides = dl.read_values(values_file)
+    # five-replicas has every optional object; else a ci file or the values given
+    given = values[0] if values else "five-replicas-values.yaml"
+    overrides = given if isinstance(given, dict) else dl.read_values(dl.CHART / "ci" / given)
     if check == "render":
         with pytest.raises(dl.RenderError, match=needle):
             dl.render_chart(chart, overrides)
@@ -526,3 +556,134 @@ def test_tls_convention_check_catches_a_wrong_certificate() -> None:
     cert["spec"]["subject"]["organizationalUnits"] = ["admin"]
     problems = dl.convention_problems(docs, dl.merged_values(dl.CHART, values))
     assert any("CN m1 (the agent id) and OU agent" in p for p in problems), problems
+
+
+# --------------------------------------------------------------------------
+# cluster.replication: each shard's group on some of the pods, and scaling up
+
+
+def _coordinator_yaml(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "coordinator.yaml" in d["data"])
+    return dict(yaml.safe_load(cm["data"]["coordinator.yaml"]))
+
+
+def _loaded(cfg: dict[str, Any], replica_id: str, tmp_path: Path) -> Any:
+    """The ClusterSpec ``hsm-coordinator run --replica-id ID`` builds from
+    the chart's coordinator.yaml (plain text, a local password file)."""
+    from coordinator.config import load
+
+    password = tmp_path / "raft-password"
+    password.write_text("deploy-check-raft-password\n")
+    password.chmod(0o600)
+    local = {**cfg, "cluster": {**cfg["cluster"], "password_file": str(password)}, "insecure": True}
+    local.pop("tls", None)
+    path = tmp_path / "coordinator.yaml"
+    path.write_text(yaml.safe_dump(local))
+    node, _log = load(str(path), {"replica_id": replica_id})
+    return node.cluster
+
+
+INSTALL = {"cluster": {"replication": 3, "placementReplicas": 3}, "coordinator": {"replicas": 3}}
+SCALED = {"cluster": {"replication": 3, "placementReplicas": 3}, "coordinator": {"replicas": 6}}
+
+
+def test_replication_install_then_scale_up(tmp_path: Path) -> None:
+    """Installed with 3 pods in groups of 3, then scaled to 6 (helm upgrade
+    --set coordinator.replicas=6): the placement is written out, spread
+    over the 3 install pods, and the same byte for byte after the scale-up;
+    the 3 new pods are in cluster.replicas but in no group (the rebalancer
+    fills them); the ConfigMap's checksum changes, so the StatefulSet rolls
+    the pods one at a time; the budget lets one pod go at a time."""
+    from coordinator.placement import spread
+
+    before, after = (dl.manifests(dl.render_chart(dl.CHART, v)) for v in (INSTALL, SCALED))
+    for docs, values in ((before, INSTALL), (after, SCALED)):
+        assert dl.kube_problems(docs, [dl.MIN_KUBE]) == []
+        assert dl.convention_problems(docs, dl.merged_values(dl.CHART, values)) == []
+    old, new = _coordinator_yaml(before), _coordinator_yaml(after)
+    pods = [f"hsm-coordinator-{i}" for i in range(6)]
+    assert [r["id"] for r in old["cluster"]["replicas"]] == pods[:3]
+    assert [r["id"] for r in new["cluster"]["replicas"]] == pods
+    assert old["cluster"]["replication"] == new["cluster"]["replication"] == 3
+    assert old["cluster"]["placement"] == new["cluster"]["placement"] == {
+        i: list(g) for i, g in enumerate(spread(pods[:3], 8, 3))}
+    cm_text = [next(d for d in docs if d["kind"] == "ConfigMap" and "coordinator.yaml" in d["data"])["data"]
+               ["coordinator.yaml"] for docs in (before, after)]
+    placement_lines = [[line for line in text.splitlines() if re.match(r"\s+\d+: \[", line)] for text in cm_text]
+    assert placement_lines[0] == placement_lines[1] and len(placement_lines[0]) == 8
+    # every replica, old and new, starts from it; the new ones hold nothing
+    spec = _loaded(new, "hsm-coordinator-4", tmp_path)
+    assert [spec.hosted(p) for p in pods[3:]] == [[], [], []]
+    assert all(len(spec.hosted(p)) == 8 for p in pods[:3])
+    sts = [next(d for d in docs if d["kind"] == "StatefulSet") for docs in (before, after)]
+    assert [s["spec"]["replicas"] for s in sts] == [3, 6]
+    assert sts[0]["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+    sums = [s["spec"]["template"]["metadata"]["annotations"]["checksum/config"] for s in sts]
+    assert sums[0] != sums[1], "the peer list changed: the pods must roll to learn the new replicas"
+    assert [next(d for d in docs if d["kind"] == "PodDisruptionBudget")["spec"].get("maxUnavailable")
+            for docs in (before, after)] == [1, 1]
+    # agentd talks to every pod, the new ones too
+    agentd = next(d for d in after if d["kind"] == "ConfigMap" and "agentd.yaml" in d["data"])
+    assert len(yaml.safe_load(agentd["data"]["agentd.yaml"])["coordinators"]) == 6
+
+
+@pytest.mark.parametrize("shards, r, p, n", [
+    (8, 3, 3, 3), (8, 3, 5, 5), (8, 3, 5, 9), (18, 3, 9, 9), (7, 5, 6, 10), (1, 1, 1, 2), (3, 7, 7, 8), (20, 3, 4, 4),
+])
+def test_replication_placement_is_what_init_writes(shards: int, r: int, p: int, n: int, tmp_path: Path) -> None:
+    """The template's placement is coordinator.placement.spread (what
+    ``hsm-coordinator init --replication R`` writes) over the first p pods,
+    for any n >= p: every one of them holds shards x r / p groups and leads
+    shards / p, each within one, and the coordinator's loader takes it."""
+    from coordinator.placement import load, spread
+
+    values = {"cluster": {"shards": shards, "replication": r, "placementReplicas": p},
+              "coordinator": {"replicas": n}, "insecure": True, "tls": {"enabled": False}}
+    cluster = _coordinator_yaml(dl.manifests(dl.render_chart(dl.CHART, values)))["cluster"]
+    pods = [f"hsm-coordinator-{i}" for i in range(n)]
+    want = spread(pods[:p], shards, r)
+    assert cluster["placement"] == {i: list(g) for i, g in enumerate(want)}
+    spec = _loaded({"cluster": cluster, "data_dir": "/tmp"}, pods[-1], tmp_path)
+    assert spec.placement == want and spec.replication == r
+    held = load(spec.placement, pods[:p])
+    assert max(h for h, _ in held.values()) - min(h for h, _ in held.values()) <= 1
+    assert max(lead for _, lead in held.values()) - min(lead for _, lead in held.values()) <= 1
+    assert all(spec.hosted(pod) == [] for pod in pods[p:])
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_replication_of_every_pod_is_the_classic_layout(n: int, tmp_path: Path) -> None:
+    """replication = placementReplicas = replicas renders the groups a
+    release without replication has (every pod in every group, shard i
+    preferring pod i mod n): how a release installed without replication
+    takes it on before it grows."""
+    classic = _coordinator_yaml(dl.manifests(dl.render_chart(dl.CHART, {"coordinator": {"replicas": n}})))
+    values = {"cluster": {"replication": n, "placementReplicas": n}, "coordinator": {"replicas": n}}
+    placed = _coordinator_yaml(dl.manifests(dl.render_chart(dl.CHART, values)))
+    assert "placement" not in classic["cluster"] and len(placed["cluster"]["placement"]) == 8
+    assert {k: v for k, v in placed["cluster"].items() if k not in ("replication", "placement")} == classic["cluster"]
+    a, b = _loaded(classic, "hsm-coordinator-0", tmp_path), _loaded(placed, "hsm-coordinator-0", tmp_path)
+    for shard in range(8):
+        assert {m.id for m in a.members(shard)} == {m.id for m in b.members(shard)}
+        assert a.preferred_leader(shard) == b.preferred_leader(shard)
+
+
+@pytest.mark.parametrize("r, n, want", [(3, 4, 1), (3, 9, 1), (5, 5, 2), (5, 12, 2), (7, 7, 3), (1, 4, None)])
+def test_replication_budget_keeps_every_group_majority(r: int, n: int, want: int | None) -> None:
+    """With groups of r over n pods any (r - 1)/2 + 1 pods may be members of
+    one group: the budget lets (r - 1)/2 go at a time whatever n is; groups
+    of 1 get none (it would block every node drain)."""
+    values = {"cluster": {"replication": r, "placementReplicas": r}, "coordinator": {"replicas": n}}
+    docs = dl.manifests(dl.render_chart(dl.CHART, values))
+    pdbs = [d["spec"] for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdbs == ([] if want is None else [{"maxUnavailable": want, "selector": pdbs[0]["selector"]}])
+    assert dl.convention_problems(docs, dl.merged_values(dl.CHART, values)) == []
+
+
+def test_replication_with_cert_manager_issues_every_pod() -> None:
+    """cert-manager makes a Certificate for each pod, the added ones too."""
+    values = {**SCALED, "tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}, "agentNodes": ["m1"]}}}
+    docs = dl.manifests(dl.render_chart(dl.CHART, values))
+    names = {d["spec"]["commonName"] for d in docs if d["kind"] == "Certificate"}
+    assert {f"hsm-coordinator-{i}" for i in range(6)} <= names
+    assert dl.convention_problems(docs, dl.merged_values(dl.CHART, values)) == []

@@ -216,3 +216,82 @@ secret:
 {{- define "hsm.tlsSecret" -}}
 {{- default (printf "%s-%s" (include "hsm.fullname" .root) .suffix) .name -}}
 {{- end -}}
+
+{{/*
+cluster.replication and cluster.placementReplicas: checks values.schema.json
+cannot express (it checks each value alone, and that the replica count is
+odd without replication). Included by the ConfigMap, before the placement
+is computed.
+*/}}
+{{- define "hsm.validateReplication" -}}
+{{- $r := .Values.cluster.replication -}}
+{{- $p := .Values.cluster.placementReplicas -}}
+{{- $n := int .Values.coordinator.replicas -}}
+{{- if kindIs "invalid" $r -}}
+{{- if not (kindIs "invalid" $p) -}}
+{{- fail (printf "cluster.placementReplicas %d is set without cluster.replication: set both (groups of cluster.replication members placed over the first cluster.placementReplicas pods) or neither (every replica holds every shard)" (int $p)) -}}
+{{- end -}}
+{{- else -}}
+{{- if kindIs "invalid" $p -}}
+{{- fail (printf "cluster.replication %d needs cluster.placementReplicas: the number of pods the placement is spread over, usually coordinator.replicas at install (%d), and never changed afterwards (a placement recomputed over more pods would give shards to new pods that hold none of their data)" (int $r) $n) -}}
+{{- end -}}
+{{- if lt $n (int $r) -}}
+{{- fail (printf "coordinator.replicas %d is fewer than cluster.replication %d: each shard's Raft group needs %d pods" $n (int $r) (int $r)) -}}
+{{- end -}}
+{{- if lt (int $p) (int $r) -}}
+{{- fail (printf "cluster.placementReplicas %d is fewer than cluster.replication %d: each shard's group needs %d distinct pods to be placed on" (int $p) (int $r) (int $r)) -}}
+{{- end -}}
+{{- if gt (int $p) $n -}}
+{{- fail (printf "cluster.placementReplicas %d is more than coordinator.replicas %d: the placement would name pods that do not exist (keep at least %d pods; to retire pods, drain the highest ordinals and scale down to no fewer than cluster.placementReplicas)" (int $p) $n (int $p)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+With cluster.replication: each shard's Raft group, as a JSON list (shard by
+shard) of its members' pod ordinals, the preferred leader first. It is
+coordinator.placement.spread, the function "hsm-coordinator init
+--replication R" uses, over pods 0 .. placementReplicas-1: shard i prefers
+pod i mod P as its leader; its other members are the pods holding the fewest
+groups so far (the groups each pod is to lead counted in), the nearest after
+the leader first. So every pod holds S x R / P groups and leads S / P of them,
+each within one. It depends only on (shards, replication, placementReplicas):
+pods added later are in no group.
+*/}}
+{{- define "hsm.placement" -}}
+{{- $s := int .Values.cluster.shards -}}
+{{- $r := int .Values.cluster.replication -}}
+{{- $p := int .Values.cluster.placementReplicas -}}
+{{- $held := dict -}}
+{{- range $k := until $p -}}
+{{- $_ := set $held (toString $k) 0 -}}
+{{- end -}}
+{{- range $i := until $s -}}
+{{- $k := toString (mod $i $p) -}}
+{{- $_ := set $held $k (add1 (get $held $k)) -}}
+{{- end -}}
+{{- $out := list -}}
+{{- range $i := until $s -}}
+{{- $leader := mod $i $p -}}
+{{- $members := list $leader -}}
+{{- range $round := until (sub $r 1 | int) -}}
+{{- $best := -1 -}}
+{{- $bestKey := 0 -}}
+{{- range $d := untilStep 1 $p 1 -}}
+{{- $m := mod (add $leader $d) $p -}}
+{{- if not (has $m $members) -}}
+{{- /* the least (groups held, distance after the leader) first */ -}}
+{{- $key := add (mul (get $held (toString $m)) $p) $d -}}
+{{- if or (lt (int $best) 0) (lt (int $key) (int $bestKey)) -}}
+{{- $best = $m -}}
+{{- $bestKey = $key -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $members = append $members $best -}}
+{{- $_ := set $held (toString $best) (add1 (get $held (toString $best))) -}}
+{{- end -}}
+{{- $out = append $out $members -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
