@@ -14,8 +14,9 @@ import asyncio  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import hsm  # noqa: E402
 from coordinator import config as cfgmod  # noqa: E402
@@ -274,33 +275,57 @@ async def _serve(cfg: object) -> int:
     return 0
 
 
-def _member(args: argparse.Namespace) -> int:
+Caller = Callable[[str, object, float], "tuple[Any, list[str]]"]
+
+
+def _admin_caller(args: argparse.Namespace, what: str) -> Caller | None:
+    """A function that calls a Coordinator method on the first of
+    ``--coordinators`` that answers (an answer that refuses the request
+    itself ends the tries): (response or None, the errors met). None after
+    saying why when the TLS files cannot be read."""
     import grpc
 
     from hsm.tls import TlsError, TlsFiles, channel_credentials
-    from hsm.v1 import coordinator_pb2, coordinator_pb2_grpc
+    from hsm.v1 import coordinator_pb2_grpc
 
     try:
         tls = TlsFiles.from_args(args.tls_ca, args.tls_cert, args.tls_key)
         creds = channel_credentials(tls) if tls is not None else None
     except TlsError as exc:
-        print(f"hsm-coordinator member: {exc}", file=sys.stderr)
+        print(f"hsm-coordinator {what}: {exc}", file=sys.stderr)
+        return None
+    addrs = [a.strip() for a in args.coordinators.split(",") if a.strip()]
+    final = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+             grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+    def call(method: str, request: object, timeout: float) -> tuple[Any, list[str]]:
+        errors = []
+        for addr in addrs:
+            try:
+                with grpc.insecure_channel(addr) if creds is None else grpc.secure_channel(addr, creds) as ch:
+                    return getattr(coordinator_pb2_grpc.CoordinatorStub(ch), method)(request, timeout=timeout), []
+            except grpc.RpcError as exc:
+                errors.append(f"{addr}: {exc.code().name}: {exc.details()}")
+                if exc.code() in final:
+                    break
+        return None, errors or ["no coordinator address given"]
+
+    return call
+
+
+def _member(args: argparse.Namespace) -> int:
+    from hsm.v1 import coordinator_pb2
+
+    call = _admin_caller(args, "member")
+    if call is None:
         return 2
     req = coordinator_pb2.ChangeMembershipRequest(add=args.action == "add", raft=args.raft, force=args.force)
-    errors = []
-    for addr in [a.strip() for a in args.coordinators.split(",") if a.strip()]:
-        try:
-            with grpc.insecure_channel(addr) if creds is None else grpc.secure_channel(addr, creds) as ch:
-                resp = coordinator_pb2_grpc.CoordinatorStub(ch).ChangeMembership(req, timeout=120)
-        except grpc.RpcError as exc:
-            errors.append(f"{addr}: {exc.code().name}: {exc.details()}")
-            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-                break
-            continue
+    resp, errors = call("ChangeMembership", req, 120.0)
+    if resp is not None:
         verb = "added to" if req.add else "removed from"
         print(f"{args.raft} {verb} the Raft groups of shards {', '.join(map(str, resp.shards))}")
         return 0
-    for e in errors or ["no coordinator address given"]:
+    for e in errors:
         print(f"hsm-coordinator member: {e}", file=sys.stderr)
     print("hsm-coordinator member: the change is safe to repeat once the shards have leaders", file=sys.stderr)
     return 1
@@ -309,33 +334,12 @@ def _member(args: argparse.Namespace) -> int:
 def _shard(args: argparse.Namespace) -> int:
     import time
 
-    import grpc
+    from hsm.v1 import coordinator_pb2
 
-    from hsm.tls import TlsError, TlsFiles, channel_credentials
-    from hsm.v1 import coordinator_pb2, coordinator_pb2_grpc
-
-    try:
-        tls = TlsFiles.from_args(args.tls_ca, args.tls_cert, args.tls_key)
-        creds = channel_credentials(tls) if tls is not None else None
-    except TlsError as exc:
-        print(f"hsm-coordinator shard: {exc}", file=sys.stderr)
+    call = _admin_caller(args, "shard")
+    if call is None:
         return 2
-    addrs = [a.strip() for a in args.coordinators.split(",") if a.strip()]
     req = coordinator_pb2.MoveShardRequest(shard=args.shard, source=args.source, target=args.target, abort=args.abort)
-
-    def call(method: str, request: object, timeout: float) -> tuple[object | None, list[str]]:
-        errors = []
-        for addr in addrs:
-            try:
-                with grpc.insecure_channel(addr) if creds is None else grpc.secure_channel(addr, creds) as ch:
-                    return getattr(coordinator_pb2_grpc.CoordinatorStub(ch), method)(request, timeout=timeout), []
-            except grpc.RpcError as exc:
-                errors.append(f"{addr}: {exc.code().name}: {exc.details()}")
-                if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
-                                  grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-                    break
-        return None, errors or ["no coordinator address given"]
-
     resp, errors = call("MoveShard", req, 60.0)
     if resp is None:
         for e in errors:
@@ -372,41 +376,23 @@ def _shard(args: argparse.Namespace) -> int:
 def _rebalance(args: argparse.Namespace) -> int:
     import time
 
-    import grpc
-
-    from hsm.tls import TlsError, TlsFiles, channel_credentials
-    from hsm.v1 import coordinator_pb2, coordinator_pb2_grpc
+    from hsm.v1 import coordinator_pb2
 
     what = "replica" if args.command == "replica" else "rebalance"
-    try:
-        tls = TlsFiles.from_args(args.tls_ca, args.tls_cert, args.tls_key)
-        creds = channel_credentials(tls) if tls is not None else None
-    except TlsError as exc:
-        print(f"hsm-coordinator {what}: {exc}", file=sys.stderr)
+    call = _admin_caller(args, what)
+    if call is None:
         return 2
     if args.command == "replica":
         req = coordinator_pb2.RebalanceRequest(drain=args.replica if args.replica_command == "drain" else "",
                                                undrain=args.replica if args.replica_command == "undrain" else "")
     else:
         req = coordinator_pb2.RebalanceRequest(enabled={"on": 1, "off": 2}.get(args.switch or "", 0))
-    addrs = [a.strip() for a in args.coordinators.split(",") if a.strip()]
 
     def ask(request: coordinator_pb2.RebalanceRequest) -> coordinator_pb2.RebalanceResponse | None:
-        errors = []
-        for addr in addrs:
-            try:
-                with grpc.insecure_channel(addr) if creds is None else grpc.secure_channel(addr, creds) as ch:
-                    resp: coordinator_pb2.RebalanceResponse = coordinator_pb2_grpc.CoordinatorStub(ch).Rebalance(
-                        request, timeout=30)
-                    return resp
-            except grpc.RpcError as exc:
-                errors.append(f"{addr}: {exc.code().name}: {exc.details()}")
-                if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
-                                  grpc.StatusCode.UNAUTHENTICATED):
-                    break
-        for e in errors or ["no coordinator address given"]:
+        resp, errors = call("Rebalance", request, 30.0)
+        for e in errors:
             print(f"hsm-coordinator {what}: {e}", file=sys.stderr)
-        return None
+        return resp  # type: ignore[no-any-return]
 
     resp = ask(req)
     if resp is None:

@@ -688,7 +688,7 @@ class CoordinatorNode:
                 log.info("shard %d: %s: %s opened its member of the group", i, move.text(), move.target)
             return first  # (asked again while it connects: the next look after a pause)
         if step == Do.ADD:
-            problem = await self._majority_problem(shard, target.raft_addr(i), add=True)
+            problem = await self.majority_problem(shard, target.raft_addr(i), add=True)
             if problem:
                 raise ValueError(problem)
             await shard.add_peer(target.raft_addr(i), timeout=self.config.propose_timeout)
@@ -868,9 +868,11 @@ class CoordinatorNode:
             except grpc.RpcError as exc:
                 log.info("shard %d: %s did not close its member yet: %s", index, replica.id, exc.details())
 
-    async def _majority_problem(self, shard: RaftShard, addr: str, add: bool) -> str | None:
+    async def majority_problem(self, shard: RaftShard, addr: str, add: bool) -> str | None:
         """Why changing the group by *addr* would leave it without a
-        reachable majority (coordinator.cluster.membership_problem), or None."""
+        reachable majority (coordinator.cluster.membership_problem), or None.
+        A new member is probed (a TCP connect to its Raft port, 2 s) only
+        when the group would need it."""
         members = {shard.self_addr, *shard.peers}
         reachable = {shard.self_addr, *(await shard.connected_peers())}
         problem = membership_problem(members, reachable, addr, add)

@@ -14,7 +14,7 @@ import grpc
 from coordinator import convert, roles
 from coordinator.agents import MAX_AGENT_ID
 from coordinator.catalog import MAX_KEY, MAX_PATH, Query
-from coordinator.cluster import membership_problem, split_addr
+from coordinator.cluster import split_addr
 from coordinator.convert import InvalidRequest
 from coordinator.edge import audit
 from coordinator.events import ConsumerError
@@ -758,23 +758,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return coordinator_pb2.JoinShardResponse(held=held)
 
-    @staticmethod
-    async def _check_majority(shard: RaftShard, addr: str, add: bool) -> None:
+    async def _check_majority(self, shard: RaftShard, addr: str, add: bool) -> None:
         """NoMajority if the change would leave the group without a majority
-        reachable now. A new member is probed (a TCP connect to its Raft
-        port, 2 s) only when the group would need it."""
-        members = {shard.self_addr, *shard.peers}
-        reachable = {shard.self_addr, *(await shard.connected_peers())}
-        problem = membership_problem(members, reachable, addr, add)
-        if problem and add:
-            host, port = split_addr(addr)
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
-                writer.close()
-                reachable.add(addr)
-                problem = membership_problem(members, reachable, addr, add)
-            except (OSError, TimeoutError):
-                pass
+        reachable now (``CoordinatorNode.majority_problem``)."""
+        problem = await self.node.majority_problem(shard, addr, add)
         if problem:
             raise NoMajority(f"shard {shard.index}: {'adding' if add else 'removing'} {addr}: {problem}")
 

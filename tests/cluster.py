@@ -291,6 +291,15 @@ class ProcCluster:
         return out
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:*port*."""
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def no_concurrent_runs(runs: list[tuple[str, int, int, float, float]]) -> list[str]:
     """Actions that ran on two agents (or twice) at overlapping times. The
     parts of a striped archive (their attempts carry coordinator.stripes'

@@ -9,7 +9,6 @@ group holding identical states."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from hsm.client import CoordinatorClient
 from hsm.fid import Fid
 from hsm.hsmflags import HS
 from hsm.v1 import types_pb2 as T
-from tests.cluster import until
+from tests.cluster import listening, until
 from tests.readme import block_after, shape
 from tests.test_system_agents import KiB, Rig
 
@@ -30,12 +29,6 @@ pytestmark = pytest.mark.slow  # real processes, seconds per test
 
 SHARDS = 4
 DOC = Path(__file__).resolve().parent.parent / "docs" / "scale-out.md"
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture

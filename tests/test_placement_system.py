@@ -8,25 +8,18 @@ the agents talk to any replica. kill -9 of a replica loses nothing."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
 from hsm.hsmflags import HS
 from hsm.v1 import types_pb2 as T
-from tests.cluster import until
+from tests.cluster import listening, until
 from tests.test_system_agents import KiB, Rig
 
 pytestmark = pytest.mark.slow  # real processes, seconds per test
 
 SHARDS = 4
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture
