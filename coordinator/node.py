@@ -125,6 +125,14 @@ GRPC_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+#: channels to the other replicas: reconnect quickly once a replica is back
+#: (gRPC's default backoff grows to two minutes, and a call made while a
+#: channel backs off fails at once without trying)
+PEER_OPTIONS = GRPC_OPTIONS + [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 MAX_PAGE = 10_000
 #: archive ids one agent may say it serves
 MAX_HELLO_ARCHIVE_IDS = 1024
@@ -970,13 +978,17 @@ class CoordinatorNode:
         """Ask the shard's leader whether this replica is still in the group
         (at start, when it opens a group from the placement or a move
         involved it; later, when it hears no leader). Out: its member is
-        closed (removed while it was down or cut off). In, or no answer
-        for 10 s: it takes part as its state says."""
+        closed (removed while it was down or cut off). In (a leader says
+        so, or sends this replica its entries), or no answer for 10 s: it
+        takes part as its state says."""
         deadline = time.monotonic() + 10.0
         try:
             while time.monotonic() < deadline:
                 shard = self.shards[index]
                 if not isinstance(shard, RaftShard):
+                    return
+                if shard.leader is not None:
+                    # a leader sends this replica its entries: its group counts it in
                     return
                 with shard.reading() as st:
                     move, group = st.move, st.group
@@ -1783,23 +1795,35 @@ class CoordinatorNode:
         ch = self._channels.get(address)
         if ch is None:
             if self.config.tls is None:
-                ch = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+                ch = grpc.aio.insecure_channel(address, options=PEER_OPTIONS)
             else:
-                ch = grpc.aio.secure_channel(address, channel_credentials(self.config.tls), options=GRPC_OPTIONS)
+                ch = grpc.aio.secure_channel(address, channel_credentials(self.config.tls), options=PEER_OPTIONS)
             self._channels[address] = ch
         return ch
 
-    async def forward(self, shard: RaftShard | RemoteShard, method: str, request: Any, timeout: float) -> Any:
+    async def forward(self, shard: RaftShard | RemoteShard, method: str, request: Any, timeout: float,
+                      metadata: tuple[tuple[str, str], ...] = (),
+                      passthrough: tuple[grpc.StatusCode, ...] = ()) -> Any:
         """Call a Coordinator RPC on the shard's leader (a request part this
-        replica cannot serve itself); ShardUnavailable when there is none."""
+        replica cannot serve itself); ShardUnavailable when there is none or
+        it fails, except for the *passthrough* codes (raised as they come)."""
         leader = self.leader_api(shard)
         if not leader or leader == self.me.api:
             self.leader_lost(shard)
             raise ShardUnavailable(shard.index, "")
-        stub = coordinator_pb2_grpc.CoordinatorStub(self.channel(leader))
+        call = getattr(coordinator_pb2_grpc.CoordinatorStub(self.channel(leader)), method)
         try:
-            return await getattr(stub, method)(request, timeout=timeout)
+            try:
+                return await call(request, timeout=timeout, metadata=metadata)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or "connect" not in (exc.details() or ""):
+                    raise
+                # the channel may still be backing off from an attempt made
+                # before the leader listened: wait for it, briefly
+                return await call(request, timeout=min(timeout, 2.0), metadata=metadata, wait_for_ready=True)
         except grpc.RpcError as exc:
+            if exc.code() in passthrough:
+                raise
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION):
                 self.leader_lost(shard)
             raise ShardUnavailable(shard.index, "", f"shard {shard.index}: {method} on the leader {leader} failed: "

@@ -310,18 +310,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         """``node.forward`` of a user's cancel part, naming the user; the
         leader's refusal comes back as a refusal, not as an outage."""
         node = self.node
-        leader = node.leader_api(shard)
-        if not leader or leader == node.me.api:
-            raise ShardUnavailable(shard.index, "")
-        stub = coordinator_pb2_grpc.CoordinatorStub(node.channel(leader))
         try:
-            resp = await stub.Cancel(part, timeout=node.config.propose_timeout * 2,
-                                     metadata=((roles.ON_BEHALF_KEY, owner),))
+            resp = await node.forward(shard, "Cancel", part, node.config.propose_timeout * 2,
+                                      metadata=((roles.ON_BEHALF_KEY, owner),),
+                                      passthrough=(grpc.StatusCode.PERMISSION_DENIED,))
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
-                raise _Refused(CancelRefused(0, exc.details() or "refused")) from None
-            raise ShardUnavailable(shard.index, "", f"shard {shard.index}: Cancel on the leader {leader} failed: "
-                                   f"{exc.details()}") from None
+            raise _Refused(CancelRefused(0, exc.details() or "refused")) from None
         return list(resp.results)
 
     async def GetAction(self, request: coordinator_pb2.GetActionRequest, context: grpc.aio.ServicerContext) -> types_pb2.Action:  # noqa: N802
