@@ -19,7 +19,7 @@ from coordinator.convert import InvalidRequest
 from coordinator.edge import audit
 from coordinator.events import ConsumerError
 from coordinator.events import check_name as check_consumer_name
-from coordinator.policy import PolicyError, diff, parse
+from coordinator.policy import Policy, PolicyError, diff, parse
 from coordinator.raft import NotLeader, RaftError, check_addr
 from coordinator.ratelimit import Refusal
 from coordinator.state import (
@@ -830,21 +830,37 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         await self._check_shards(request.shards, context)
         forwarded = bool(request.shards)
         current = node.policy_version
+        base = node.policy
         if forwarded:
             version = request.version
         else:
+            newest: tuple[int, str] = (0, "")
+            behind: tuple[int, Policy] | None = None  # the oldest version a shard here still has
             for shard in node.hosted:
                 with shard.reading() as st:
                     current = max(current, st.policy_version)
-            if request.expect_version and request.expect_version != current:
+                    if st.policy_version > newest[0]:
+                        newest = (st.policy_version, st.policy.text)
+                    if behind is None or st.policy_version < behind[0]:
+                        behind = (st.policy_version, st.policy)
+            # the same text again while a shard here lacks the newest version:
+            # the retry of a set that failed half-way completes that version,
+            # and says what it changes (else: the next version)
+            completes = (current >= 2 and newest == (current, request.text) and behind is not None
+                         and behind[0] < current)
+            if completes and behind is not None:
+                was, base = behind
+            else:
+                was = current
+            if request.expect_version and request.expect_version not in (current, was):
                 await context.abort(grpc.StatusCode.ABORTED,
                                     f"the policy is at version {current}, not {request.expect_version}: "
                                     "someone set it meanwhile; look at it again (hsmctl policy get)")
             # version 1 is the seed each shard's first leader sets from its
             # configuration: an admin's set is version 2 at least, so that
             # the two never race for one version number
-            version = max(current, 1) + 1
-        changes = diff(node.policy, new)
+            version = current if completes else max(current, 1) + 1
+        changes = diff(base, new)
         warnings = [] if forwarded else node.policy_warnings(new)
         if request.dry_run:
             return self._policy_response(changes, warnings)

@@ -1412,8 +1412,10 @@ class CoordinatorClient:
         version; the reply's ``changes`` say what changed. *dry_run*: only
         check it (InvalidArgument lists every error, ``line N: ...``) and
         say what would change. *expect_version*: refused (Aborted) unless
-        the policy is at that version now. Retrying a set that failed
-        half-way sets the next version everywhere."""
+        the policy is at that version now (or, for the retry of a set that
+        failed half-way, was before it). Retrying a set that failed half-way
+        completes its version on the shards that lack it and says the same
+        changes."""
         if len(text.encode()) > MAX_POLICY_BYTES:
             raise InvalidArgument(f"the policy is {len(text.encode())} bytes, at most {MAX_POLICY_BYTES}")
         what = "check policy" if dry_run else "set policy"

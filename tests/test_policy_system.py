@@ -130,6 +130,35 @@ def test_hsmctl_policy_get_check_diff_set(cluster: ProcCluster, tmp_path: Path) 
     cluster.check_converged()
 
 
+def test_the_same_set_again_completes_a_set_that_failed_half_way(cluster: ProcCluster, tmp_path: Path) -> None:
+    """A set that reached only some shards (here: version 2 on shard 0
+    alone, what a shard without a leader leaves) is completed by the same
+    set again: the same version everywhere, and it prints what the set
+    changes, not "no change" (the client library retries that way by
+    itself). Only once every shard has it does the same file make a new
+    version, with no change in meaning."""
+    cluster.start_all()
+    until(lambda: everywhere(cluster, 1), 30, "the seeded policy")
+    with cluster.channel(cluster.specs[2].api) as ch:  # a part for shard 0 only, as a forward carries it
+        coordinator_pb2_grpc.CoordinatorStub(ch).SetPolicy(
+            C.SetPolicyRequest(text=GOOD, shards=[0], version=2), timeout=30)
+    until(lambda: all(shards == (2, 1, 1, 1) for _v, _t, shards in policies(cluster).values()), 15,
+          "version 2 on shard 0 only")
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    r = hsmctl(cluster, "policy", "set", "--expect-version", "1", str(good))  # as looked before the first try
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0] == "policy version 2 set on every shard", r.stdout
+    assert "  settings.max_attempts: 3 -> 5" in out and "  fair_share.by: none -> user" in out, r.stdout
+    until(lambda: everywhere(cluster, 2, GOOD), 15, "version 2 on every shard of every replica")
+    r = hsmctl(cluster, "policy", "set", str(good))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "policy version 3 set on every shard; no change in meaning\n"
+    until(lambda: everywhere(cluster, 3, GOOD), 15, "version 3 everywhere")
+    cluster.check_converged()
+
+
 def test_policy_change_mid_flood_leader_kill_and_full_restart(cluster: ProcCluster, tmp_path: Path) -> None:
     cluster.start_all()
     fs = tmp_path / "fs"
