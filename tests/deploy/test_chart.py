@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from coordinator import certs
+from hsm.ring import MAX_POINTS
 from tests.deploy import deploylib as dl
 
 VALUES_FILES = [None, *dl.ci_values_files()]
@@ -192,6 +193,9 @@ def test_schema_refuses_bad_values(overrides: dict[str, Any], message: str) -> N
      "coordinator.defaultArchiveId 3 is not one of coordinator.archiveIds [1 2]"),
     ({"coordinator": {"apiPort": 7703}}, "coordinator.apiPort 7703 lies in the Raft port range 7700-7707"),
     ({"coordinator": {"raftPort": 65530}}, "coordinator.raftPort 65530 + cluster.shards 8 goes past port 65535"),
+    ({"cluster": {"shards": 300}},  # the coordinator's loader refuses it too (hsm.ring.MAX_POINTS)
+     f"cluster.shards 300 x cluster.vnodes 4096 is more than the hash ring's {MAX_POINTS} points; use at most "
+     f"{MAX_POINTS // 300}"),
     ({"bridge": {"enabled": True}}, "bridge.enabled is true but bridge.filesystems is empty"),
     ({"tls": {"enabled": False}}, "tls.enabled is false: plain text needs the explicit insecure: true"),
     ({"insecure": True}, "insecure: true and tls.enabled: true both given"),
