@@ -387,6 +387,8 @@ class CoordinatorNode:
         self._driving: dict[int, asyncio.Task[None]] = {}
         self._joined: set[tuple[int, str]] = set()
         self._audits: dict[int, asyncio.Task[None]] = {}
+        #: tasks telling a replica a move took it out of a group (_tell_leave)
+        self._telling: set[asyncio.Task[None]] = set()
         #: the audits meanwhile which the member starts no election (at start)
         self._quiet_audits: set[int] = set()
         #: shards held here without a known leader, since when (monotonic)
@@ -728,7 +730,9 @@ class CoordinatorNode:
         if step in (Do.DONE, Do.ABORTED):
             self._joined.discard((i, move.target))
             gone = source if step == Do.DONE else target
-            asyncio.ensure_future(self._tell_leave(gone, i))
+            task = asyncio.create_task(self._tell_leave(gone, i), name=f"tell {gone.id} it left shard {i}")
+            self._telling.add(task)
+            task.add_done_callback(self._telling.discard)
         return True
 
     async def begin_move(self, index: int, source: str, target: str, abort: bool = False,
@@ -1127,7 +1131,7 @@ class CoordinatorNode:
             await self.step_down()
         for service in ("", *READINESS_SERVICES):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        for t in [*self._tasks, *self._driving.values(), *self._audits.values()]:
+        for t in [*self._tasks, *self._driving.values(), *self._audits.values(), *self._telling]:
             t.cancel()
         for h in self._grace.values():
             h.cancel()
@@ -1135,7 +1139,7 @@ class CoordinatorNode:
             cast(AgentSession, s).end()
         if self._server is not None:
             await self._server.stop(grace)
-        for t in [*self._tasks, *self._driving.values(), *self._audits.values()]:
+        for t in [*self._tasks, *self._driving.values(), *self._audits.values(), *self._telling]:
             try:
                 await t
             except (asyncio.CancelledError, Exception):
