@@ -109,6 +109,36 @@ class Step:
     target: str
 
 
+def _lead_hop(groups: Sequence[Sequence[str]], most: str, leads: Counter[str], live: set[str],
+              order: dict[str, int], at_most: int) -> Step | None:
+    """The last group of the shortest chain from *most* to a replica that
+    leads *at_most* shards or fewer (breadth first, replicas in order),
+    each group led by one replica of the chain and having the next as a
+    member: a Step that makes that group prefer the chain's end."""
+    led: dict[str, list[int]] = {}
+    for i, members in enumerate(groups):
+        if members:
+            led.setdefault(members[0], []).append(i)
+    came: dict[str, tuple[str, int]] = {}
+    frontier = [most]
+    seen = {most}
+    while frontier:
+        nxt: list[str] = []
+        for a in frontier:
+            for i in led.get(a, ()):
+                for b in sorted(groups[i][1:], key=order.__getitem__):
+                    if b in seen or b not in live:  # (drained: never made a leader)
+                        continue
+                    seen.add(b)
+                    came[b] = (a, i)
+                    if leads[b] <= at_most:
+                        a_, i_ = came[b]
+                        return Step("lead", i_, a_, b)
+                    nxt.append(b)
+        frontier = nxt
+    return None
+
+
 def next_step(groups: Sequence[Sequence[str]], replicas: Sequence[str],
               drained: Iterable[str] = ()) -> Step | None:
     """The rebalancer's next step, or None when there is nothing to do.
@@ -122,8 +152,13 @@ def next_step(groups: Sequence[Sequence[str]], replicas: Sequence[str],
        the least loaded one, a shard of the former that the latter is not in
        goes to it (one the former is not the preferred leader of first).
     3. Then leaders: while a live replica is the preferred leader of two or
-       more shards more than another, one of its groups that has the other
-       as a member prefers the other.
+       more shards more than another, a leadership moves towards the
+       latter: along the shortest chain of groups from the former (the
+       first such replica, in order) to the nearest replica that leads two
+       fewer, each group led by the previous replica and having the next
+       as a member; the chain's last group prefers its end first (the
+       leader counts then get more even, or stay as even with the chain one
+       shorter: the steps end).
 
     One step at a time: the caller carries it out, then asks again. A
     cluster balanced within one shard (and one leader) per replica gets no
@@ -153,12 +188,9 @@ def next_step(groups: Sequence[Sequence[str]], replicas: Sequence[str],
         if fits:
             i = min(fits, key=lambda i: (groups[i][0] == most, i))
             return Step("move", i, most, least)
-    pairs = sorted(((a, b) for a in live for b in live if a != b),
-                   key=lambda p: (-(leads[p[0]] - leads[p[1]]), order[p[0]], order[p[1]]))
-    for most, least in pairs:
-        if leads[most] - leads[least] <= 1:
-            break
-        fits = [i for i, members in enumerate(groups) if members and members[0] == most and least in members]
-        if fits:
-            return Step("lead", fits[0], most, least)
+    top = max((leads[r] for r in live), default=0)
+    for most in sorted((r for r in live if leads[r] == top), key=order.__getitem__):
+        hop = _lead_hop(groups, most, leads, set(live), order, top - 2)
+        if hop is not None:
+            return hop
     return None

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from coordinator import config as cfgmod
@@ -156,6 +156,7 @@ def apply(groups: list[list[str]], step: placing.Step) -> None:
 
 @given(n=st.integers(3, 10), added=st.integers(0, 4), shards=st.integers(1, 30), r=st.sampled_from((1, 3)),
        drained=st.integers(0, 2))
+@example(n=3, added=3, shards=6, r=3, drained=0)  # the fourth-to-sixth replicas' leads take a chain of two
 def test_the_rebalancer_fills_added_replicas_empties_drained_ones_and_then_stops(
         n: int, added: int, shards: int, r: int, drained: int) -> None:
     """From a placement over the first n replicas, with *added* more replicas
