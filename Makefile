@@ -50,7 +50,7 @@ fuse:
 demo: $(NATIVE) fuse
 	$(PY) -m coordinator.demo
 
-# every test, the slow ones too (what CI runs): about 6 minutes on 2 cores
+# every test, the slow ones too (what CI runs): about 26 minutes on 2 cores (test-quick: about 8)
 test: $(NATIVE) fuse
 	$(PY) -m pytest -q
 
