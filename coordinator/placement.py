@@ -119,7 +119,6 @@ def _lead_hop(groups: Sequence[Sequence[str]], most: str, leads: Counter[str], l
     for i, members in enumerate(groups):
         if members:
             led.setdefault(members[0], []).append(i)
-    came: dict[str, tuple[str, int]] = {}
     frontier = [most]
     seen = {most}
     while frontier:
@@ -129,11 +128,9 @@ def _lead_hop(groups: Sequence[Sequence[str]], most: str, leads: Counter[str], l
                 for b in sorted(groups[i][1:], key=order.__getitem__):
                     if b in seen or b not in live:  # (drained: never made a leader)
                         continue
-                    seen.add(b)
-                    came[b] = (a, i)
                     if leads[b] <= at_most:
-                        a_, i_ = came[b]
-                        return Step("lead", i_, a_, b)
+                        return Step("lead", i, a, b)
+                    seen.add(b)
                     nxt.append(b)
         frontier = nxt
     return None
