@@ -109,16 +109,13 @@ class Step:
     target: str
 
 
-def _lead_hop(groups: Sequence[Sequence[str]], most: str, leads: Counter[str], live: set[str],
-              order: dict[str, int], at_most: int) -> Step | None:
+def _lead_hop(groups: Sequence[Sequence[str]], led: dict[str, list[int]], most: str, leads: Counter[str],
+              live: set[str], order: dict[str, int], at_most: int) -> Step | None:
     """The last group of the shortest chain from *most* to a replica that
     leads *at_most* shards or fewer (breadth first, replicas in order),
     each group led by one replica of the chain and having the next as a
-    member: a Step that makes that group prefer the chain's end."""
-    led: dict[str, list[int]] = {}
-    for i, members in enumerate(groups):
-        if members:
-            led.setdefault(members[0], []).append(i)
+    member: a Step that makes that group prefer the chain's end. *led*:
+    each replica's groups as their preferred leader."""
     frontier = [most]
     seen = {most}
     while frontier:
@@ -185,9 +182,13 @@ def next_step(groups: Sequence[Sequence[str]], replicas: Sequence[str],
         if fits:
             i = min(fits, key=lambda i: (groups[i][0] == most, i))
             return Step("move", i, most, least)
+    led: dict[str, list[int]] = {}
+    for i, members in enumerate(groups):
+        if members:
+            led.setdefault(members[0], []).append(i)
     top = max((leads[r] for r in live), default=0)
     for most in sorted((r for r in live if leads[r] == top), key=order.__getitem__):
-        hop = _lead_hop(groups, most, leads, set(live), order, top - 2)
+        hop = _lead_hop(groups, led, most, leads, set(live), order, top - 2)
         if hop is not None:
             return hop
     return None

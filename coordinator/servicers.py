@@ -834,24 +834,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if forwarded:
             version = request.version
         else:
-            newest: tuple[int, str] = (0, "")
-            behind: tuple[int, Policy] | None = None  # the oldest version a shard here still has
+            held: list[tuple[int, Policy]] = []  # each shard's here
             for shard in node.hosted:
                 with shard.reading() as st:
-                    current = max(current, st.policy_version)
-                    if st.policy_version > newest[0]:
-                        newest = (st.policy_version, st.policy.text)
-                    if behind is None or st.policy_version < behind[0]:
-                        behind = (st.policy_version, st.policy)
+                    held.append((st.policy_version, st.policy))
+            current = max([current, *(v for v, _ in held)])
+            newest = max(held, key=lambda h: h[0], default=None)
+            behind = min(held, key=lambda h: h[0], default=None)
             # the same text again while a shard here lacks the newest version:
             # the retry of a set that failed half-way completes that version,
             # and says what it changes (else: the next version)
-            completes = (current >= 2 and newest == (current, request.text) and behind is not None
-                         and behind[0] < current)
-            if completes and behind is not None:
-                was, base = behind
-            else:
-                was = current
+            completes = (current >= 2 and newest is not None and behind is not None and newest[0] == current
+                         and newest[1].text == request.text and behind[0] < current)
+            was, base = behind if completes and behind is not None else (current, base)
             if request.expect_version and request.expect_version not in (current, was):
                 await context.abort(grpc.StatusCode.ABORTED,
                                     f"the policy is at version {current}, not {request.expect_version}: "

@@ -101,9 +101,9 @@ StatefulSet, so "helm install/upgrade/template" stop with the message.
 {{- if not (has (int64 $c.defaultArchiveId) $ids) -}}
 {{- fail (printf "coordinator.defaultArchiveId %d is not one of coordinator.archiveIds %v" (int64 $c.defaultArchiveId) $ids) -}}
 {{- end -}}
-{{- $points := mul (int .Values.cluster.shards) (int .Values.cluster.vnodes) -}}
-{{- if gt $points 1048576 -}}
-{{- fail (printf "cluster.shards %d x cluster.vnodes %d is more than the hash ring's 1048576 points; use at most %d vnodes per shard" (int .Values.cluster.shards) (int .Values.cluster.vnodes) (div 1048576 (int .Values.cluster.shards))) -}}
+{{- $ring := 1048576 -}}{{- /* hsm.ring.MAX_POINTS */ -}}
+{{- if gt (mul (int .Values.cluster.shards) (int .Values.cluster.vnodes)) $ring -}}
+{{- fail (printf "cluster.shards %d x cluster.vnodes %d is more than the hash ring's %d points; use at most %d vnodes per shard" (int .Values.cluster.shards) (int .Values.cluster.vnodes) $ring (div $ring (int .Values.cluster.shards))) -}}
 {{- end -}}
 {{- $first := int $c.raftPort -}}
 {{- $last := sub (add $first (int .Values.cluster.shards)) 1 -}}
