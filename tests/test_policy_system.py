@@ -180,7 +180,7 @@ def test_policy_change_mid_flood_leader_kill_and_full_restart(cluster: ProcClust
         until(lambda: all(v and v != victim for v in cluster.leaders(survivor).values()), 15,
               "new leaders for every shard")
         reply = None
-        while reply is None:  # a set may meet the election: retried, the next version everywhere
+        while reply is None:  # a set may meet the election: retried, it completes its version everywhere
             try:
                 reply = client.set_policy(third)
             except Exception:  # noqa: BLE001
