@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "client; raw profiles and a summary under RESULTS/profiles/.")
     prof.add_argument("--rate", type=int, default=100, help="py-spy samples per second (default 100)")
     prof.add_argument("--tag", default="", help="name of this profile run (default: the cluster shape)")
+    prof.add_argument("--policy", choices=("on", "off"), default="",
+                      help="the flood of `bench policy`'s cost part: items with paths, sizes and uids, agents "
+                           "serving its routing tags, and its 50-rule site policy (on) or none (off)")
     sub.add_parser("report", parents=[common], help="re-render latest.md from latest.json")
     from bench import compare, sealing
     from bench import metrics as metricsmod

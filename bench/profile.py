@@ -22,6 +22,7 @@ at all (total), and the share of each thread.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -186,9 +187,15 @@ def profile(args: argparse.Namespace, s: w.Settings, say: Callable[[str], None])
     s.say = say
     if args.actions is None:
         s.flood_actions = 30_000
+    if args.policy:
+        from bench.policy import AGENT_GRACE, routing_tags, rules_yaml
+
+        s = dataclasses.replace(s, item_facts=True, policy=args.policy == "on", policy_text=rules_yaml(),
+                                agent_tags=",".join(routing_tags()), agent_grace=AGENT_GRACE)
     outdir: Path = args.results / "profiles"
     outdir.mkdir(parents=True, exist_ok=True)
-    tag = args.tag or f"flood-{s.replicas}x{s.shards}-{s.flood_actions // 1000}k"
+    tag = args.tag or (f"flood-{s.replicas}x{s.shards}-{s.flood_actions // 1000}k"
+                       + (f"-policy-{args.policy}" if args.policy else ""))
     holder: dict[str, Any] = {}
 
     def attach(c: BenchCluster, g: ClientGroup) -> Recorder:
