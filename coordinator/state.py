@@ -50,7 +50,7 @@ from typing import Any, Final, NamedTuple
 
 from mypy_extensions import mypyc_attr
 
-from coordinator import moves
+from coordinator import moves, split
 from coordinator.catalog import COPY_FIELDS, Catalog, Copy, CopyError
 from coordinator.events import HE_ARCHIVE, HE_REMOVE, HE_RESTORE, ConsumerError, EventLog
 from coordinator.policy import MAX_COPIES, Policy, PolicyError, parse, seeded
@@ -509,9 +509,61 @@ class Rebalance:
     enabled: int = -1
 
 
+@dataclass(frozen=True, slots=True)
+class Freeze:
+    """A split (coordinator.split) begins on this shard: the ring of
+    *shards* shards (*vnodes* each) grows by *added* to version *version*.
+    On an old shard the FIDs that move are frozen (no new request, no
+    start, no cancel of a waiting one; running ones run to their end); a
+    new shard (index *shards* or above) takes Imports and serves nothing
+    until Activate."""
+
+    now: float
+    version: int
+    shards: int
+    added: int
+    vnodes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Import:
+    """On a new shard: chunk *chunk* of what old shard *source* hands over
+    (``split.Bundle`` each, a FID whole); *last*: its export ends here. A
+    FID already imported is skipped (a chunk sent again changes nothing)."""
+
+    now: float
+    version: int
+    source: int
+    chunk: int
+    last: bool
+    bundles: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Activate:
+    """The split to ring version *version* takes effect on this shard: a
+    new shard serves what it imported (refused until every old shard that
+    hands it FIDs sent its last chunk); an old shard forgets the moved FIDs
+    (refused while one of their actions still runs) and from now on refuses
+    requests for them with their new shard."""
+
+    now: float
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class AbortSplit:
+    """Undo a split to ring version *version* that is not active on this
+    shard: an old shard serves its frozen FIDs again, a new shard forgets
+    what it imported."""
+
+    now: float
+    version: int
+
+
 Command = (Submit | Assign | AssignRound | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent
            | Lease | EventConsumer | AckEvents | SetPolicy | EditCatalog | RelocateCopies | AssignParts | MoveShard
-           | MoveStep | PreferLeader | Rebalance)
+           | MoveStep | PreferLeader | Rebalance | Freeze | Import | Activate | AbortSplit)
 
 
 def _pickle_by_fields(cls: type) -> None:
@@ -529,7 +581,7 @@ def _pickle_by_fields(cls: type) -> None:
 
 for _cls in (Submit, Assign, AssignRound, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent,
              Lease, EventConsumer, AckEvents, SetPolicy, EditCatalog, RelocateCopies, AssignParts, MoveShard, MoveStep,
-             PreferLeader, Rebalance):
+             PreferLeader, Rebalance, Freeze, Import, Activate, AbortSplit):
     _pickle_by_fields(_cls)
 
 
@@ -693,6 +745,17 @@ class MoveReply:
     runs) and why it changed nothing ("" when it applied)."""
 
     move: moves.Move | None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SplitReply:
+    """A Freeze's, Import's, Activate's or AbortSplit's answer: *count* FIDs
+    it concerned (frozen, imported, handed over or made ready, served
+    again or forgotten), and why it changed nothing ("" when it applied or
+    was applied already)."""
+
+    count: int = 0
     error: str = ""
 
 
@@ -1158,6 +1221,24 @@ class ShardState:
         #: and whether the rebalancer runs (Rebalance)
         self.replicas_drained: dict[str, float] = {}
         self.rebalance = True
+        #: a split this shard hands FIDs over in (coordinator.split): frozen,
+        #: then active (the moved FIDs are another shard's); and earlier
+        #: splits', active, oldest first: requests for their FIDs are refused
+        self.split_out: split.Outgoing | None = None
+        self.splits_done: tuple[split.Outgoing, ...] = ()
+        #: the files the split frozen here hands over, with their new shards
+        self.split_frozen: dict[tuple[str, Fid], int] = {}
+        #: a new shard being filled by a split: its ring version (0: none),
+        #: the old shards whose last chunk is in (True) or not yet (False),
+        #: and the files imported (True: with live actions)
+        self.split_in = 0
+        self.split_shape = (0, 0, 0)  # the split's (shards before, shards added, vnodes)
+        self.split_from: dict[int, bool] = {}
+        self.split_files: dict[tuple[str, Fid], bool] = {}
+        #: the highest ring version a split made active here (0: none)
+        self.ring_version = 0
+        #: action id -> the shard it moved to, for the last split's moved actions
+        self.moved_to: dict[int, int] = {}
         #: Ended/Requeued/FirstStart effects of the command being applied
         #: (made deep inside _end and _requeue; apply adds them to its Result)
         self._counted: list[Effect] = []
@@ -1232,6 +1313,14 @@ class ShardState:
             return self._move(cmd)
         if isinstance(cmd, PreferLeader):
             return self._prefer(cmd)
+        if isinstance(cmd, Freeze):
+            return Result(replies=[self._freeze(cmd)])
+        if isinstance(cmd, Import):
+            return Result(replies=[self._import(cmd)])
+        if isinstance(cmd, Activate):
+            return Result(replies=[self._activate(cmd)])
+        if isinstance(cmd, AbortSplit):
+            return Result(replies=[self._abort_split(cmd)])
         if isinstance(cmd, Rebalance):
             if cmd.replica:
                 if cmd.drain:
@@ -1280,6 +1369,8 @@ class ShardState:
     def _relocate(self, cmd: RelocateCopies) -> int:
         moved = 0
         for fsname, fid, archive_id, old, new, slot in cmd.moves:
+            if (self.split_out is not None or self.splits_done) and self._split_refusal(fid):
+                continue  # moving or moved: its copies are (being) handed to its new shard
             c = next((c for c in self.catalog.of(fsname, fid) if c.archive_id == archive_id), None)
             if c is None or c.container != old or not new:
                 continue
@@ -1295,6 +1386,8 @@ class ShardState:
         return moved
 
     def _edit_catalog(self, cmd: EditCatalog) -> int:
+        if (self.split_in or self.split_out is not None or self.splits_done) and self._split_refusal(cmd.fid):
+            return 0  # moving or moved: the catalog of the file is its new shard's
         if cmd.forget:
             return self.catalog.drop(cmd.fsname, cmd.fid)
         done = 0
@@ -1402,6 +1495,10 @@ class ShardState:
             known = self.keys.get(item.key)
             if known is not None:
                 return SubmitReply(Outcome(known & 7), known >> 3)
+        if self.split_in or self.split_out is not None or self.splits_done:
+            refused = self._split_refusal(item.fid)
+            if refused:
+                return SubmitReply(Outcome.REJECTED, errno=refused[0], reason=refused[1])
         if self.control == "shutdown":
             return SubmitReply(Outcome.REJECTED, errno=E.ESHUTDOWN,
                                reason="the coordinator is shut down (hsmctl control enabled resumes it)")
@@ -1874,6 +1971,11 @@ class ShardState:
 
     def _cancel(self, cmd: Cancel) -> Result:
         res = Result()
+        if self.split_out is not None and not self.split_out.active:
+            frozen = self._frozen_target(cmd)
+            if frozen is not None:
+                res.replies.append(frozen)
+                return res
         if cmd.owner:
             refused = self.cancel_refusal(cmd)
             if refused is not None:
@@ -2065,6 +2167,8 @@ class ShardState:
             del self.counts[key]
 
     def _make_ready(self, action: Action, front: bool = False) -> None:
+        if self.split_frozen and action.fid_key in self.split_frozen:
+            return  # frozen: it waits for its new shard (or the split's abort)
         key = self.queue_key(action)
         queue = self.ready.get(key)
         if queue is None:
@@ -2184,6 +2288,345 @@ class ShardState:
         for req in action.requesters:
             if req.key and self.keys.get(req.key, 0) >> 3 == action_id:
                 del self.keys[req.key]
+
+    # --------------------------------------------------------------- splits
+
+    def _split_refusal(self, fid: Fid) -> tuple[int, str] | None:
+        """Why a request for *fid* is refused here because of a split
+        (errno, reason; coordinator.split), or None."""
+        if self.split_in:
+            return (E.EAGAIN, f"shard {self.config.shard} is being filled by a split to ring version "
+                              f"{self.split_in} and serves no file yet; retry in a moment")
+        out = self.split_out
+        if out is not None:
+            target = out.target(fid)
+            if target is not None:
+                if out.active:
+                    return (E.ESTALE, f"FID {fid} belongs to shard {target} since ring version {out.version}; "
+                                      "read the shard map again")
+                return (E.EAGAIN, f"FID {fid} is moving to shard {target} (ring version {out.version}); "
+                                  "retry in a moment")
+        for done in self.splits_done:
+            target = done.target(fid)
+            if target is not None:
+                return (E.ESTALE, f"FID {fid} belongs to shard {target} since ring version {done.version}; "
+                                  "read the shard map again")
+        return None
+
+    def _frozen_target(self, cmd: Cancel) -> CancelRefused | None:
+        """A cancel that names a waiting action of a frozen file is refused
+        whole (the action is being handed to its new shard as it is)."""
+        ids = list(self._cancel_targets(cmd))
+        for target in cmd.cookies:
+            packed = self.keys.get(target.key)
+            if packed is not None:
+                ids.append(packed >> 3)
+        frozen = self.split_frozen
+        for action_id in ids:
+            a = self.actions.get(action_id)
+            if a is not None and a.state == State.WAITING and a.fid_key in frozen:
+                version = self.split_out.version if self.split_out is not None else 0
+                return CancelRefused(action_id, f"action {action_id} ({a.kind.name} {a.fid}) is moving to shard "
+                                                f"{frozen[a.fid_key]} with its file (ring version {version}); "
+                                                "retry in a moment")
+        return None
+
+    def _moving_files(self, out: split.Outgoing) -> dict[tuple[str, Fid], int]:
+        """Every file this shard holds something of (actions, ended ones,
+        copies, remembered ends) that *out* hands over, with its new shard."""
+        found: dict[tuple[str, Fid], int] = {}
+        seen: set[tuple[str, Fid]] = set()
+        keys: list[tuple[str, Fid]] = list(self.fid_queue)
+        keys.extend(self.actions[i].fid_key for i in self.terminal)
+        keys.extend(self.catalog.files)
+        keys.extend((k[0], k[1]) for k in self.ended_states)
+        for fkey in keys:
+            if fkey in seen:
+                continue
+            seen.add(fkey)
+            target = out.target(fkey[1])
+            if target is not None:
+                found[fkey] = target
+        return found
+
+    def _freeze(self, cmd: Freeze) -> SplitReply:
+        shard = self.config.shard
+        if cmd.version < 2 or cmd.shards < 1 or cmd.added < 1 or cmd.vnodes < 1:
+            return SplitReply(0, f"not a split: ring version {cmd.version}, {cmd.shards} shards + {cmd.added}, "
+                                 f"{cmd.vnodes} vnodes")
+        if shard >= cmd.shards + cmd.added:
+            return SplitReply(0, f"shard {shard} is not one of the {cmd.shards + cmd.added} shards of ring version "
+                                 f"{cmd.version}")
+        if shard >= cmd.shards:  # a new shard: filled, then serving
+            if self.split_in == cmd.version or (not self.split_in and self.ring_version >= cmd.version):
+                return SplitReply(0)  # a retry
+            if self.split_in:
+                return SplitReply(0, f"a split to ring version {self.split_in} fills this shard")
+            if self.actions or self.catalog.files or self.ended_states:
+                return SplitReply(0, f"shard {shard} holds files already: a new shard of a split starts empty")
+            self.split_in = cmd.version
+            self.split_shape = (cmd.shards, cmd.added, cmd.vnodes)
+            self.split_from = {s: False for s in split.sources_of(shard, cmd.shards, cmd.added, cmd.vnodes,
+                                                                  cmd.version)}
+            self.split_files = {}
+            return SplitReply(0)
+        out = self.split_out
+        if out is not None:
+            if out.version == cmd.version:
+                return SplitReply(len(self.split_frozen))  # a retry
+            if not out.active:
+                return SplitReply(0, f"a split to ring version {out.version} runs on this shard")
+            if cmd.version <= out.version:
+                return SplitReply(0, f"ring version {cmd.version} is not newer than this shard's {out.version}")
+            self.splits_done = (*self.splits_done, out)
+        new = split.Outgoing(cmd.version, cmd.shards, cmd.added, cmd.vnodes, shard)
+        frozen = self._moving_files(new)
+        self.split_out = new
+        self.split_frozen = frozen
+        self.moved_to = {}
+        for fkey in frozen:
+            ids = self._fid_ids(fkey)
+            if ids:
+                head = self.actions[ids[0]]
+                if head.state == State.WAITING:
+                    self._unready(head)
+        return SplitReply(len(frozen))
+
+    def _unready(self, action: Action) -> None:
+        qkey = self.queue_key(action)
+        queue = self.ready.get(qkey)
+        if queue is not None and action.id in queue:
+            del queue[action.id]
+            if not queue:
+                del self.ready[qkey]
+
+    def split_busy(self) -> int:
+        """How many frozen files still have a running action (or parts of a
+        striped archive running): the split's drain waits for none."""
+        n = 0
+        for fkey in self.split_frozen:
+            ids = self._fid_ids(fkey)
+            if not ids:
+                continue
+            head = self.actions[ids[0]]
+            if head.state != State.WAITING or self.parked(head):
+                n += 1
+        return n
+
+    def split_export(self) -> dict[int, list[Any]] | None:
+        """What a frozen, drained shard hands over, per new shard: a
+        ``split.Bundle`` per file in a fixed order (the same on every replica
+        and after a leader change). None when no split is frozen here or a
+        frozen file still has a running action. Reads only."""
+        out = self.split_out
+        if out is None or out.active or self.split_busy():
+            return None
+        frozen = self.split_frozen
+        ended: dict[tuple[str, Fid], list[Action]] = {}
+        for i in self.terminal:
+            a = self.actions[i]
+            if a.fid_key in frozen:
+                ended.setdefault(a.fid_key, []).append(a)
+        remembered: dict[tuple[str, Fid], list[Any]] = {}
+        for k, v in self.ended_states.items():
+            fkey = (k[0], k[1])
+            if fkey in frozen:
+                remembered.setdefault(fkey, []).append(((int(k[2]), k[3]), v))
+        per_target: dict[int, list[Any]] = {}
+        for fkey in split.fid_order(list(frozen)):
+            live = [self.actions[i] for i in self._fid_ids(fkey)]
+            done = ended.get(fkey, [])
+            keys: dict[str, int] = {}
+            for a in chain(live, done):
+                for r in a.requesters:
+                    packed = self.keys.get(r.key, 0) if r.key else 0
+                    if packed >> 3 == a.id and packed:
+                        keys[r.key] = packed
+            copies = tuple(c.values() for c in self.catalog.of(fkey[0], fkey[1]))
+            rem = tuple(remembered.get(fkey, ()))
+            if not live and not done and not copies and not rem:
+                continue  # forgotten since the freeze (ended actions pruned, remembered ends expired)
+            per_target.setdefault(frozen[fkey], []).append(
+                (fkey[0], fkey[1], tuple(_action_values(a) for a in live), tuple(_action_values(a) for a in done),
+                 tuple(keys.items()), copies, rem))
+        return per_target
+
+    def _import(self, cmd: Import) -> SplitReply:
+        shard = self.config.shard
+        if not self.split_in or cmd.version != self.split_in:
+            if not self.split_in and cmd.version <= self.ring_version:
+                return SplitReply(0, f"the split to ring version {cmd.version} is active on shard {shard} already")
+            return SplitReply(0, f"shard {shard} is not being filled by a split to ring version {cmd.version}")
+        if cmd.source not in self.split_from:
+            return SplitReply(0, f"shard {cmd.source} hands nothing to shard {shard} in this split")
+        n = 0
+        wrong = 0
+        for bundle in cmd.bundles:
+            fsname, fid, live, ended, keys, copies, remembered = bundle
+            fkey = (fsname, fid)
+            if fkey in self.split_files:
+                continue  # sent again: imported already
+            shards, added, vnodes = self.split_shape
+            if split.ranges_of(cmd.source, shards, added, vnodes, cmd.version).target(fid) != shard:
+                wrong += 1
+                continue
+            self._import_file(fkey, live, ended, keys, copies, remembered)
+            self.split_files[fkey] = bool(live)
+            n += 1
+        if cmd.last:
+            self.split_from[cmd.source] = True
+        return SplitReply(n, f"{wrong} file(s) of the chunk are not this shard's under ring version {cmd.version}: "
+                             "left out" if wrong else "")
+
+    def _import_file(self, fkey: tuple[str, Fid], live: tuple[Any, ...], ended: tuple[Any, ...],
+                     keys: tuple[tuple[str, int], ...], copies: tuple[Any, ...], remembered: tuple[Any, ...]) -> None:
+        top = 0
+        for values in live:
+            a = _action_from_values(values)
+            if a.id in self.actions or a.state not in (State.WAITING,):
+                raise ValueError(f"import of {fkey}: action {a.id} is known here or runs ({a.state.name})")
+            self.actions[a.id] = a
+            self._count(a.kind, a.state, +1)
+            q = self.fid_queue.get(fkey)
+            if q is None:
+                self.fid_queue[fkey] = a.id
+                self.fsnames[a.fsname] = self.fsnames.get(a.fsname, 0) + 1
+            elif isinstance(q, int):
+                self.fid_queue[fkey] = [q, a.id]
+            else:
+                q.append(a.id)
+            top = max(top, a.id)
+        for values in ended:
+            a = _action_from_values(values)
+            if a.id in self.actions or not a.state.terminal:
+                continue
+            self.actions[a.id] = a
+            self._count(a.kind, a.state, +1)
+            self.terminal.append(a.id)
+            top = max(top, a.id)
+        for key, packed in keys:
+            if packed >> 3 in self.actions and key not in self.keys:
+                self.keys[key] = packed
+        for values in copies:
+            self.catalog.record(fkey[0], fkey[1], Copy(*values))
+        for (kind, archive_id), entry in remembered:
+            rkey = (fkey[0], fkey[1], Kind(kind), archive_id)
+            if rkey not in self.ended_states:
+                self.ended_states[rkey] = entry
+        while len(self.terminal) > self.policy.settings.max_terminal:
+            self._forget(self.terminal.popleft())
+        # the shard's own ids come after every imported one: a file's queue
+        # is in id order when a snapshot rebuilds it
+        self.next_seq = max(self.next_seq, top // MAX_SHARDS + 1)
+
+    def _activate(self, cmd: Activate) -> SplitReply:
+        if self.split_in:
+            if cmd.version != self.split_in:
+                return SplitReply(0, f"this shard is being filled by a split to ring version {self.split_in}")
+            missing = sorted(s for s, done in self.split_from.items() if not done)
+            if missing:
+                return SplitReply(0, f"shard(s) {', '.join(map(str, missing))} have not handed over their last "
+                                     "chunk yet")
+            heads: list[Action] = []
+            for fkey, live in self.split_files.items():
+                if live:
+                    head = self.actions[self._fid_ids(fkey)[0]]
+                    if head.state == State.WAITING and not self.parked(head):
+                        heads.append(head)
+            heads.sort(key=_arrival)
+            n = len(self.split_files)
+            self.split_in = 0
+            self.split_from = {}
+            self.split_files = {}
+            self.ring_version = cmd.version
+            for head in heads:
+                self._make_ready(head)
+            return SplitReply(n)
+        out = self.split_out
+        if out is None or out.version != cmd.version:
+            if cmd.version <= self.ring_version:
+                return SplitReply(0)  # applied already
+            return SplitReply(0, f"no split to ring version {cmd.version} on this shard")
+        if out.active:
+            return SplitReply(0)  # a retry
+        busy = self.split_busy()
+        if busy:
+            return SplitReply(0, f"{busy} moving file(s) still have a running action: wait for them to end")
+        n = self._drop_files(self.split_frozen, True)
+        self.split_out = split.Outgoing(out.version, out.shards, out.added, out.vnodes, out.shard, True)
+        self.split_frozen = {}
+        self.ring_version = cmd.version
+        return SplitReply(n)
+
+    def _abort_split(self, cmd: AbortSplit) -> SplitReply:
+        if self.split_in:
+            if cmd.version != self.split_in:
+                return SplitReply(0, f"this shard is being filled by a split to ring version {self.split_in}")
+            n = self._drop_files({k: -1 for k in self.split_files}, False)
+            self.split_in = 0
+            self.split_from = {}
+            self.split_files = {}
+            return SplitReply(n)
+        out = self.split_out
+        if out is None or out.version != cmd.version:
+            return SplitReply(0)  # never frozen here, or undone already
+        if out.active:
+            return SplitReply(0, f"the split to ring version {out.version} is active on this shard: it cannot be "
+                                 "undone")
+        frozen = self.split_frozen
+        self.split_out = None
+        self.split_frozen = {}
+        heads: list[Action] = []
+        for fkey in frozen:
+            ids = self._fid_ids(fkey)
+            if ids:
+                head = self.actions[ids[0]]
+                if head.state == State.WAITING and not self.parked(head):
+                    heads.append(head)
+        heads.sort(key=_arrival)
+        for head in heads:
+            self._make_ready(head)
+        return SplitReply(len(frozen))
+
+    def _drop_files(self, files: dict[tuple[str, Fid], int], tombstones: bool) -> int:
+        """Forget everything of *files* (a split's moved files, with their
+        new shards; or a new shard's imports when its split is undone)."""
+        for fkey, target in files.items():
+            for i in self._fid_ids(fkey):
+                a = self.actions[i]
+                if a.state != State.WAITING:
+                    raise ValueError(f"split: {a} of a moving file runs")
+                self._unready(a)
+                self.stripes.pop(i, None)
+                self._drop_action(a, target if tombstones else -1)
+            if fkey in self.fid_queue:
+                del self.fid_queue[fkey]
+                left = self.fsnames[fkey[0]] - 1
+                if left:
+                    self.fsnames[fkey[0]] = left
+                else:
+                    del self.fsnames[fkey[0]]
+            self.catalog.drop(fkey[0], fkey[1])
+        kept: deque[int] = deque()
+        for i in self.terminal:
+            a = self.actions[i]
+            to = files.get(a.fid_key)
+            if to is None:
+                kept.append(i)
+            else:
+                self._drop_action(a, to if tombstones else -1)
+        self.terminal = kept
+        self.ended_states = {k: v for k, v in self.ended_states.items() if (k[0], k[1]) not in files}
+        return len(files)
+
+    def _drop_action(self, a: Action, moved_to: int) -> None:
+        del self.actions[a.id]
+        self._count(a.kind, a.state, -1)
+        for req in a.requesters:
+            if req.key and self.keys.get(req.key, 0) >> 3 == a.id:
+                del self.keys[req.key]
+        if moved_to >= 0:
+            self.moved_to[a.id] = moved_to
 
     # ------------------------------------------------------------ snapshots
 
@@ -2348,7 +2791,8 @@ class ShardState:
                 if pos > 0:
                     assert a.state == State.WAITING, f"{a} running behind another action of its FID"
             head = self.actions[q[0]]
-            if head.state == State.WAITING and not self.parked(head):
+            if head.state == State.WAITING and not self.parked(head) and not self.split_files.get(fkey, False) and \
+                    fkey not in self.split_frozen:
                 expect_ready.add(head.id)
         assert ready_ids == expect_ready, f"ready {sorted(ready_ids)} != heads {sorted(expect_ready)}"
 
@@ -2369,6 +2813,13 @@ class ShardState:
         for fsname, _fid in self.fid_queue:
             fs[fsname] = fs.get(fsname, 0) + 1
         assert fs == self.fsnames, "fsnames mismatch"
+        if self.split_out is not None and not self.split_out.active:
+            missing = set(self._moving_files(self.split_out)) - set(self.split_frozen)
+            assert not missing, f"moving files not frozen: {sorted(missing)[:5]}"
+        if self.split_in:
+            alien = {a.fid_key for a in self.actions.values()} - set(self.split_files)
+            assert not alien, f"files on a shard being filled that no import brought: {sorted(alien)[:5]}"
+        assert not set(self.moved_to) & set(self.actions), "a moved action is still kept here"
         for action_id, stripe in self.stripes.items():
             sa = self.actions.get(action_id)
             assert sa is not None and not sa.state.terminal, f"stripe of ended or forgotten action {action_id}"
@@ -2377,6 +2828,17 @@ class ShardState:
             if stripe.phase == StripePhase.PARTS:
                 assert sa.state == State.WAITING, f"{sa} runs while its parts do"
             stripe.check()
+
+
+def _action_values(a: Action) -> tuple[Any, ...]:
+    """An action's values (``Action.__reduce__``) with a list of requesters
+    of its own: what a split hands over (never shared between states)."""
+    values = a.__reduce__()[1][0]
+    return (*values[:10], list(values[10]), *values[11:])
+
+
+def _arrival(a: Action) -> tuple[float, int]:
+    return (a.created, a.id)
 
 
 def _with_tag(data: bytes, tag: str) -> bytes:
