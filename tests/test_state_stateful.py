@@ -16,16 +16,20 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from coordinator import scheduler
 from coordinator.raft.serializer import _decode_state, _encode_state
 from coordinator.state import (
+    AbortSplit,
     Action,
+    Activate,
     AgentLost,
     Assign,
     AssignParts,
     Cancel,
+    CancelRefused,
     Complete,
     Completion,
     CookieTarget,
     DrainAgent,
     FidTarget,
+    Freeze,
     Item,
     Kind,
     Outcome,
@@ -37,6 +41,7 @@ from coordinator.state import (
     SetPolicy,
     ShardConfig,
     ShardState,
+    SplitReply,
     State,
     Submit,
 )
@@ -80,6 +85,11 @@ def snapshot(state: ShardState) -> object:
                for i, s in state.stripes.items()),
     )
 
+
+#: the splits the machine may run (ring version: shards before, shards
+#: added; 8 vnodes each): in the first, files 2 and 3 leave this shard (3)
+SPLITS = {2: (4, 3), 3: (7, 1), 4: (8, 1)}
+VNODES = 8
 
 MiB = 1 << 20
 #: the machine's policy: CONFIG's settings, and striping with parts of 1 MiB
@@ -180,12 +190,18 @@ class ShardMachine(RuleBasedStateMachine):
         holders = {a.id: (a.agent, a.attempt) for a in self.state.actions.values() if a.state is State.STARTED}
         parts = {(i, wire_attempt(n, p.attempt)): p.agent for i, s in self.state.stripes.items()
                  for n, p in enumerate(s.parts) if p.state == PartState.RUNNING}
+        before = snapshot(self.state)
         res = self.apply(cmd)
         for e in res.effects:
             if isinstance(e, SendCancel) and part_of(e.attempt) is not None:
                 assert parts[(e.action_id, e.attempt)] == e.agent, "a part's stop routed to the wrong agent"
             elif isinstance(e, SendCancel):
                 assert holders[e.action_id] == (e.agent, e.attempt), "cancel routed to the wrong agent"
+        if res.replies and isinstance(res.replies[0], CancelRefused):
+            # a waiting action of a file a split hands over: nothing changed
+            assert self._frozen() and "moving to shard" in res.replies[0].reason
+            assert snapshot(self.state) == before
+            return
         if how == "all":
             assert all(a.state is not State.WAITING for a in self.state.actions.values())
         if how == "cookie":
@@ -267,6 +283,66 @@ class ShardMachine(RuleBasedStateMachine):
         counted = was == (PartState.RUNNING, attempt) and not other
         assert res.replies == [counted], "a part's report counts only from its agent, for its running attempt"
 
+    def _frozen(self) -> bool:
+        out = self.state.split_out
+        return out is not None and not out.active
+
+    @precondition(lambda self: not self._frozen() and max(self.state.ring_version, 1) + 1 in SPLITS)
+    @rule()
+    def freeze(self) -> None:
+        """A split begins: the files that leave stop taking requests and starting."""
+        version = max(self.state.ring_version, 1) + 1
+        shards, added = SPLITS[version]
+        reply = self.apply(Freeze(self.tick(), version, shards, added, VNODES)).replies[0]
+        assert isinstance(reply, SplitReply) and reply.error == "", reply
+        out = self.state.split_out
+        assert out is not None
+        for a in self.state.actions.values():
+            if a.state == State.WAITING and out.target(a.fid) is not None:
+                assert not any(a.id in q for q in self.state.ready.values()), f"frozen {a} still ready"
+
+    @precondition(lambda self: self._frozen())
+    @rule()
+    def export(self) -> None:
+        """What the shard would hand over: every live action of a frozen file
+        once, in its file's order; nothing while one of them runs."""
+        got = self.state.split_export()
+        busy = self.state.split_busy()
+        if busy:
+            assert got is None
+            return
+        assert got is not None
+        frozen = self.state.split_frozen
+        sent = {}
+        for target, bundles in got.items():
+            for fsname, fid, live, _ended, _keys, _copies, _rem in bundles:
+                assert frozen[(fsname, fid)] == target
+                sent[(fsname, fid)] = [v[0] for v in live]
+        for fkey in frozen:
+            assert sent.get(fkey, []) == [a.id for a in self.state.actions_of_fid(*fkey)]
+
+    @precondition(lambda self: self._frozen())
+    @rule(how=st.sampled_from(["activate", "activate", "abort"]))
+    def end_split(self, how: str) -> None:
+        out = self.state.split_out
+        assert out is not None
+        busy = self.state.split_busy()
+        frozen = dict(self.state.split_frozen)
+        cmd = Activate(self.tick(), out.version) if how == "activate" else AbortSplit(self.tick(), out.version)
+        reply = self.apply(cmd).replies[0]
+        assert isinstance(reply, SplitReply)
+        if how == "activate" and busy:
+            assert "running" in reply.error and self._frozen()
+            return
+        assert reply.error == ""
+        for a in self.state.actions.values():
+            assert how == "abort" or a.fid_key not in frozen, f"{a} of a moved file kept"
+        if how == "activate":
+            for fsname, fid in frozen:
+                r = self.state.apply(Submit(self.now, (Item(fsname, fid, Kind.RESTORE, archive_id=1),))).replies[0]
+                assert r.outcome == Outcome.REJECTED and r.errno == E.ESTALE, r
+                self.log.append(Submit(self.now, (Item(fsname, fid, Kind.RESTORE, archive_id=1),)))
+
     @rule(agent=st.sampled_from(AGENTS))
     def agent_lost(self, agent: str) -> None:
         self.apply(AgentLost(self.tick(), agent))
@@ -305,6 +381,8 @@ class ShardMachine(RuleBasedStateMachine):
         assert [(a, list(ids)) for a, ids in restored.by_agent.items()] == \
             [(a, list(ids)) for a, ids in self.state.by_agent.items()]
         assert list(restored.terminal) == list(self.state.terminal)
+        assert (restored.split_out, restored.splits_done, restored.split_frozen, restored.moved_to) == \
+            (self.state.split_out, self.state.splits_done, self.state.split_frozen, self.state.moved_to)
 
 
 ShardMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
