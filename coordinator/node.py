@@ -1738,6 +1738,9 @@ class CoordinatorNode:
         led = [s for s in self.shards if s.leader_ready]
         affinity = self._affinity()
         now = self.clock()
+        # a tag's owner with no credit left: the tag's other agents are told of its work
+        room = {s.agent_id: scheduler.Offer(s.agent_id, s.archive_ids, s.usable())
+                for s in self.sessions.values() if s.alive}
         for session in self.sessions.values():
             if not session.alive:
                 continue
@@ -1745,7 +1748,7 @@ class CoordinatorNode:
             for shard in led:
                 with shard.reading() as st:
                     scheduler.count_ready(st, session.agent_id, session.archive_ids, ready, affinity, self.outlook,
-                                          now)
+                                          now, room)
                     if st.stripes:
                         ready[Kind.ARCHIVE] += _parts_for(st, session)
             hint = backlog_hint(session, ready, stalled_only)

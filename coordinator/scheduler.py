@@ -85,12 +85,19 @@ class Affinity:
     that serve its tag (all agents when it has none) and its archive id,
     and that are not drained. When an agent leaves, only what it owned
     moves; the others keep theirs. The same agents give the same answer on
-    every replica."""
+    every replica. (A tag's other agents take its work while its owner has
+    no room: :func:`_offered`.)"""
 
     def __init__(self, agents: Sequence[tuple[str, Collection[str], Collection[int]]]) -> None:
         #: (agent id, tags it serves, archive ids it serves) of every agent that may be given work
         self.agents = agents
         self._owners: dict[tuple[str, str, int], str | None] = {}
+        self._serving = {agent: (tags, archive_ids) for agent, tags, archive_ids in agents}
+
+    def takes(self, agent: str, tag: str, archive_id: int) -> bool:
+        """Whether *agent* serves *tag* and *archive_id* (may be given such actions at all)."""
+        got = self._serving.get(agent)
+        return got is not None and tag in got[0] and serves(got[1], archive_id)
 
     def owner(self, tag: str, key: str, archive_id: int) -> str | None:
         """The agent for actions of *tag* (``""``: none) whose affinity key
@@ -265,6 +272,7 @@ def pick(
     vtime: dict[int, float] | None = None,
     affinity: Affinity | None = None,
     outlook: Outlook | None = None,
+    room: Mapping[str, Offer] | None = None,
 ) -> list[int]:
     """Choose up to ``credits[kind]`` ready actions of each kind for an
     agent, in the policy's order, none of *taken* (picked for another agent
@@ -272,9 +280,10 @@ def pick(
     round already moved (updated). *affinity*: which agent a tagged
     action or a volume's restore goes to (None: any). *outlook*: the
     batches that are open and the agents' mounted volumes (None: no
-    batching, volumes unordered). Does not change *state*: the caller
-    commits an ``Assign``. Nothing while the shard's control mode is not
-    ``enabled``, nor for an agent that is drained."""
+    batching, volumes unordered). *room*: every agent's offer, by agent
+    (None: a tag's actions go to its owner only; see :func:`_offered`). Does not change *state*: the caller commits an
+    ``Assign``. Nothing while the shard's control mode is not ``enabled``,
+    nor for an agent that is drained."""
     picked: list[int] = []
     if state.control != "enabled" or agent in state.drained:
         return picked
@@ -285,7 +294,7 @@ def pick(
     iters: list[Iterator[int]] = []
     policy = state.policy
     upto = outlook.upto if outlook is not None else None
-    for key, queue in _offered(state, agent, agent_archive_ids, want, affinity, outlook, now):
+    for key, queue in _offered(state, agent, agent_archive_ids, want, affinity, outlook, now, room):
         keys.append(key)
         last = upto.get((agent, key[5])) if upto and key[5] else None
         it = iter(queue) if last is None else _upto(cast(PositionQueue, queue).order, last)
@@ -360,23 +369,34 @@ def pick(
 
 
 def _offered(state: ShardState, agent: str, agent_archive_ids: Collection[int], kinds: Collection[Kind] | None,
-             affinity: Affinity | None, outlook: Outlook | None,
-             now: float) -> Iterator[tuple[QueueKey, ReadyQueue | PositionQueue]]:
+             affinity: Affinity | None, outlook: Outlook | None, now: float,
+             room: Mapping[str, Offer] | None = None) -> Iterator[tuple[QueueKey,
+                                                                                     ReadyQueue | PositionQueue]]:
     """The ready queues of *state* that *agent* may be given from now (of
     *kinds*; None: all): of an archive id it serves; not another agent's
     tag or volume; not a batch still gathering; not another volume's
     restores while this replica has some of the volume the agent reads (a
     starving one goes anyway; when this replica has none of it, what it
     has goes: an agent's credits here never wait idle). What :func:`pick`
-    picks from and :func:`count_ready` counts."""
+    picks from and :func:`count_ready` counts.
+
+    A tag's actions go to the tag's agent (its owner) while it has room;
+    with *room* (each agent's offer, spent as the round goes), when the owner has
+    none left for that kind, another agent that serves the tag may take
+    them: movers that serve a tag never idle while its work waits. Not a
+    volume's restores (one drive reads a tape), nor when the policy
+    batches archives (a batch goes to one agent)."""
     policy = state.policy
     mounted: str | None = None  # the volume this agent reads ("": none); None: not asked yet
     for key, queue in state.ready.items():
         if (kinds is not None and key[0] not in kinds) or not serves(agent_archive_ids, key[1]):
             continue
-        if affinity is not None and (key[4] or key[5]) and \
-                affinity.owner(key[4], key[5] or key[4], key[1]) != agent:
-            continue
+        if affinity is not None and (key[4] or key[5]):
+            owner = affinity.owner(key[4], key[5] or key[4], key[1])
+            if owner != agent and (room is None or key[5] or policy.batch_size or owner is None
+                                   or _has_room(room.get(owner), key[0])
+                                   or not affinity.takes(agent, key[4], key[1])):
+                continue
         if outlook is not None and outlook.held(policy.batch_size, key):
             continue
         if outlook is not None and key[5]:
@@ -385,6 +405,12 @@ def _offered(state: ShardState, agent: str, agent_archive_ids: Collection[int], 
             if key[5] != mounted and mounted in outlook.here and not _starving(state, queue, now):
                 continue
         yield key, queue
+
+
+def _has_room(offer: Offer | None, kind: Kind) -> bool:
+    """Whether the agent of *offer* may still be given an action of *kind*
+    (None: not offered: it has no credit)."""
+    return offer is not None and offer.credits.get(kind, 0) + offer.beyond.get(kind, 0) > 0
 
 
 def _merged(keys: list[QueueKey], iters: list[Iterator[int]], heads: list[int | None], weights: list[float],
@@ -426,7 +452,8 @@ def _starving(state: ShardState, queue: ReadyQueue | PositionQueue, now: float) 
 
 
 def count_ready(state: ShardState, agent: str, agent_archive_ids: Collection[int], into: dict[Kind, int],
-                affinity: Affinity | None = None, outlook: Outlook | None = None, now: float = 0.0) -> None:
+                affinity: Affinity | None = None, outlook: Outlook | None = None, now: float = 0.0,
+                room: Mapping[str, Offer] | None = None) -> None:
     """Add to *into* how many actions of each kind *state* could give this
     agent now (what its backlog hint tells it), as :func:`pick` would: not
     another agent's tag or volume, nor a batch still gathering, nor another
@@ -435,7 +462,7 @@ def count_ready(state: ShardState, agent: str, agent_archive_ids: Collection[int
     the shard is not enabled or the agent is drained."""
     if state.control != "enabled" or agent in state.drained:
         return
-    for key, queue in _offered(state, agent, agent_archive_ids, None, affinity, outlook, now):
+    for key, queue in _offered(state, agent, agent_archive_ids, None, affinity, outlook, now, room):
         into[key[0]] += len(queue)
 
 
@@ -447,9 +474,13 @@ class Offer:
     agent: str
     archive_ids: Collection[int]
     credits: dict[Kind, int]
+    #: credits the agent has beyond this round's (a round offers at most
+    #: ``per_round`` of a kind): counted as its room (:func:`_offered`)
+    beyond: dict[Kind, int] = field(default_factory=dict)
 
     def wants(self) -> bool:
         return any(v > 0 for v in self.credits.values())
+
 
 
 def plan(state: ShardState, offers: Sequence[Offer], now: float = 0.0, budget: Budget | None = None,
@@ -463,10 +494,12 @@ def plan(state: ShardState, offers: Sequence[Offer], now: float = 0.0, budget: B
     out: list[tuple[str, tuple[int, ...]]] = []
     actions = state.actions
     vtime: dict[int, float] = {}
+    room = {o.agent: o for o in offers} if affinity is not None else None
     for offer in offers:
         if not offer.wants():
             continue
-        ids = pick(state, offer.archive_ids, offer.credits, offer.agent, taken, now, budget, vtime, affinity, outlook)
+        ids = pick(state, offer.archive_ids, offer.credits, offer.agent, taken, now, budget, vtime, affinity, outlook,
+                   room)
         if not ids:
             continue
         taken.update(ids)
@@ -544,8 +577,11 @@ def plan_round(turn: int, sessions: Sequence[S], shards: Sequence[T],
     k = turn % len(sessions)
     ordered = [*sessions[k:], *sessions[:k]]
     k = turn % len(shards)
-    offers = [Offer(s.agent_id, s.archive_ids, {kind: min(v, per_round) for kind, v in s.usable().items()})
-              for s in ordered]
+    offers = []
+    for s in ordered:
+        usable = s.usable()
+        offers.append(Offer(s.agent_id, s.archive_ids, {kind: min(v, per_round) for kind, v in usable.items()},
+                            {kind: v - per_round for kind, v in usable.items() if v > per_round}))
     if outlook is not None:
         windows(shards, read, offers, outlook)
     rounds: list[tuple[T, Planned]] = []

@@ -440,6 +440,75 @@ def test_a_tag_goes_to_one_agent_that_serves_it_and_only_its_tags_move() -> None
         assert now_owner == was if was != "d" else now_owner in ("b", "c")
 
 
+def test_a_full_owner_lets_the_tags_other_agents_take_its_work() -> None:
+    """A tag's owner takes its work while it has room; when it has none left
+    (its credits spent, or none offered), another agent that serves the tag
+    takes the rest: a mover that may do waiting work never idles. Never an
+    agent that does not serve the tag."""
+    tags = ("disk",)
+    aff = agents(("a", ()), ("b", tags), ("c", tags))
+    owner = aff.owner("disk", "disk", 1)
+    other = "c" if owner == "b" else "b"
+    for order in ([owner, other, "a"], [other, owner, "a"], ["a", other, owner]):
+        s = shard()
+        s.apply(Submit(1.0, tuple(item(n, data=b"tag=disk") for n in range(1, 9))))
+        offers = [offer(n, archive=2 if n == owner else 10) for n in order]
+        planned = dict(scheduler.plan(s, offers, 2.0, None, aff, None))
+        assert "a" not in planned
+        assert len(planned[owner]) == 2, order  # the owner first, whatever the order
+        if order.index(other) > order.index(owner):
+            assert len(planned[other]) == 6  # the rest, once the owner is full
+        else:
+            assert other not in planned  # offered before the owner had spent its room
+        s.apply(AssignRound(2.0, tuple(planned.items())))
+    # the owner not offered at all (no credit): the other takes the work
+    s = shard()
+    s.apply(Submit(1.0, tuple(item(n, data=b"tag=disk") for n in range(1, 9))))
+    planned = dict(scheduler.plan(s, [offer(other, archive=5)], 2.0, None, aff, None))
+    assert len(planned[other]) == 5
+    # credits beyond the round's cap are room: the owner is not full
+    s = shard()
+    s.apply(Submit(1.0, tuple(item(n, data=b"tag=disk") for n in range(1, 9))))
+    capped = scheduler.Offer(owner, (), {Kind.ARCHIVE: 2, Kind.RESTORE: 0, Kind.REMOVE: 0}, {Kind.ARCHIVE: 100})
+    planned = dict(scheduler.plan(s, [capped, offer(other, archive=10)], 2.0, None, aff, None))
+    assert list(planned) == [owner] and len(planned[owner]) == 2
+
+
+def test_a_batched_tag_and_a_volume_never_leave_their_agent() -> None:
+    aff = agents(("b", ("t",)), ("c", ("t",)))
+    owner = aff.owner("t", "t", 1)
+    other = "c" if owner == "b" else "b"
+    s = shard()
+    set_policy(s, "batching: {size: 2, idle: 30}")
+    s.apply(Submit(1.0, tuple(item(n, data=b"tag=t") for n in range(1, 9))))
+    out = scheduler.Outlook()
+    out.look([s], 2.0)
+    planned = dict(scheduler.plan(s, [offer(owner, archive=2), offer(other, archive=10)], 2.0, None, aff, out))
+    assert list(planned) == [owner]  # a batch goes to one agent
+    s = shard()
+    s.apply(Submit(1.0, tuple(tape_item(n, "V1", n) for n in range(1, 9))))
+    vol_owner = aff.owner("", "V1", 1)
+    vol_other = "c" if vol_owner == "b" else "b"
+    planned = dict(scheduler.plan(s, [offer(vol_owner, restore=2), offer(vol_other, restore=10)], 2.0, None, aff,
+                                  None))
+    assert list(planned) == [vol_owner]  # one drive reads a tape
+
+
+def test_backlog_hints_count_a_full_owners_work_for_the_tags_other_agents() -> None:
+    aff = agents(("b", ("disk",)), ("c", ("disk",)))
+    owner = aff.owner("disk", "disk", 1)
+    other = "c" if owner == "b" else "b"
+    s = shard()
+    s.apply(Submit(1.0, tuple(item(n, data=b"tag=disk") for n in range(1, 5))))
+    counted: dict[Kind, int] = {k: 0 for k in Kind}
+    room = {owner: offer(owner, archive=3), other: offer(other, archive=3)}
+    scheduler.count_ready(s, other, (), counted, aff, None, 2.0, room)
+    assert counted[Kind.ARCHIVE] == 0
+    room[owner] = offer(owner, archive=0)
+    scheduler.count_ready(s, other, (), counted, aff, None, 2.0, room)
+    assert counted[Kind.ARCHIVE] == 4
+
+
 def test_a_tag_nobody_serves_waits() -> None:
     s = shard()
     s.apply(Submit(1.0, (item(1, data=b"tag=lonely"), item(2))))
