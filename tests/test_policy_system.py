@@ -180,10 +180,14 @@ def test_policy_change_mid_flood_leader_kill_and_full_restart(cluster: ProcClust
         until(lambda: all(v and v != victim for v in cluster.leaders(survivor).values()), 15,
               "new leaders for every shard")
         reply = None
+        failures: list[str] = []
+        deadline = time.monotonic() + 60
         while reply is None:  # a set may meet the election: retried, it completes its version everywhere
             try:
                 reply = client.set_policy(third)
-            except Exception:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
+                failures.append(str(exc))
+                assert time.monotonic() < deadline, f"policy set never went through: {failures[-3:]}"
                 time.sleep(0.5)
         before = load.batches
         until(lambda: load.batches >= before + 15, 30, "submits to go on under the new policy")
