@@ -26,8 +26,9 @@ setting priorities (some with ``**``) and 9 more size rules: priorities,
 and routing by tag (``disk`` below 16 MiB, ``tape-y`` to 1 GiB, ``tape-x``
 above, ``tape-x-fast`` for big files of some projects; no rule changes the
 archive id, which needs archive ids the bench cluster does not have). A
-tagged action goes only to an agent that serves its tag, the one the
-product's affinity hash picks for the tag: in both modes every agent serves
+tagged action goes only to an agent that serves its tag: the one the
+product's affinity hash picks for the tag while that agent has a free slot,
+else another that serves it (docs/policy.md): in both modes every agent serves
 every tag the rules set (``Settings.agent_tags``, agentd ``--tags``), so
 with the rules on the tags decide which agent runs what (the probe's
 sample shows the split per agent). No rule says ``allow``, so every item
@@ -304,7 +305,8 @@ def site_rules() -> list[tuple[str, dict[str, Any]]]:
 def routing_tags() -> tuple[str, ...]:
     """The tags the site rules set: every agent of the cost benchmark serves
     them all (``--tags``; an action with a tag goes only to an agent that
-    serves it, the one the product's affinity hash picks for that tag)."""
+    serves it: the one the product's affinity hash picks for that tag while
+    it has a free slot, else another)."""
     return tuple(dict.fromkeys(r["then"]["tag"] for _, r in site_rules() if "tag" in r["then"]))
 
 
@@ -1227,8 +1229,9 @@ def markdown(out: Mapping[str, Any]) -> str:
         lines += ["", "Each flood checked its mode: every replica's GetPolicy gave the version and text of its "
                   "mode with every shard at that version, and the first actions listed carry their item's uid "
                   "and the priority and tag the rules give their item. Every agent serves the routing tags "
-                  f"({', '.join(pol.get('routing_tags', []))}) in both modes; a tagged action goes only to the "
-                  "agent the product's affinity hash picks for its tag.", ""]
+                  f"({', '.join(pol.get('routing_tags', []))}) in both modes; a tagged action goes to the agent "
+                  "the product's affinity hash picks for its tag while that agent has a free slot, else to "
+                  "another that serves the tag.", ""]
     fair = out.get("fairness")
     if fair:
         v = fair.get("verdict") or {}
