@@ -2527,21 +2527,13 @@ class ShardState:
             if missing:
                 return SplitReply(0, f"shard(s) {', '.join(map(str, missing))} have not handed over their last "
                                      "chunk yet")
-            heads: list[Action] = []
-            for fkey, live in self.split_files.items():
-                if live:
-                    head = self.actions[self._fid_ids(fkey)[0]]
-                    if head.state == State.WAITING and not self.parked(head):
-                        heads.append(head)
-            heads.sort(key=_arrival)
-            n = len(self.split_files)
+            files = self.split_files
             self.split_in = 0
             self.split_from = {}
             self.split_files = {}
             self.ring_version = cmd.version
-            for head in heads:
-                self._make_ready(head)
-            return SplitReply(n)
+            self._ready_heads([fkey for fkey, live in files.items() if live])
+            return SplitReply(len(files))
         out = self.split_out
         if out is None or out.version != cmd.version:
             if cmd.version <= self.ring_version:
@@ -2576,8 +2568,14 @@ class ShardState:
         frozen = self.split_frozen
         self.split_out = None
         self.split_frozen = {}
+        self._ready_heads(list(frozen))
+        return SplitReply(len(frozen))
+
+    def _ready_heads(self, files: list[tuple[str, Fid]]) -> None:
+        """The waiting heads of *files* made ready, in arrival order (a
+        split's files as they start or go on being served here)."""
         heads: list[Action] = []
-        for fkey in frozen:
+        for fkey in files:
             ids = self._fid_ids(fkey)
             if ids:
                 head = self.actions[ids[0]]
@@ -2586,7 +2584,6 @@ class ShardState:
         heads.sort(key=_arrival)
         for head in heads:
             self._make_ready(head)
-        return SplitReply(len(frozen))
 
     def _drop_files(self, files: dict[tuple[str, Fid], int], tombstones: bool) -> int:
         """Forget everything of *files* (a split's moved files, with their
