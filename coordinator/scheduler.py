@@ -281,9 +281,10 @@ def pick(
     action or a volume's restore goes to (None: any). *outlook*: the
     batches that are open and the agents' mounted volumes (None: no
     batching, volumes unordered). *room*: every agent's offer, by agent
-    (None: a tag's actions go to its owner only; see :func:`_offered`). Does not change *state*: the caller commits an
-    ``Assign``. Nothing while the shard's control mode is not ``enabled``,
-    nor for an agent that is drained."""
+    (None: a tag's actions go to its owner only; see :func:`_offered`).
+    Does not change *state*: the caller commits an ``Assign``. Nothing
+    while the shard's control mode is not ``enabled``, nor for an agent
+    that is drained."""
     picked: list[int] = []
     if state.control != "enabled" or agent in state.drained:
         return picked
@@ -370,8 +371,7 @@ def pick(
 
 def _offered(state: ShardState, agent: str, agent_archive_ids: Collection[int], kinds: Collection[Kind] | None,
              affinity: Affinity | None, outlook: Outlook | None, now: float,
-             room: Mapping[str, Offer] | None = None) -> Iterator[tuple[QueueKey,
-                                                                                     ReadyQueue | PositionQueue]]:
+             room: Mapping[str, Offer] | None = None) -> Iterator[tuple[QueueKey, ReadyQueue | PositionQueue]]:
     """The ready queues of *state* that *agent* may be given from now (of
     *kinds*; None: all): of an archive id it serves; not another agent's
     tag or volume; not a batch still gathering; not another volume's
@@ -381,11 +381,11 @@ def _offered(state: ShardState, agent: str, agent_archive_ids: Collection[int], 
     picks from and :func:`count_ready` counts.
 
     A tag's actions go to the tag's agent (its owner) while it has room;
-    with *room* (each agent's offer, spent as the round goes), when the owner has
-    none left for that kind, another agent that serves the tag may take
-    them: movers that serve a tag never idle while its work waits. Not a
-    volume's restores (one drive reads a tape), nor when the policy
-    batches archives (a batch goes to one agent)."""
+    with *room* (each agent's offer, spent as the round goes), when the
+    owner has none left for that kind, another agent that serves the tag
+    may take them: movers that serve a tag never idle while its work
+    waits. Not a volume's restores (one drive reads a tape), nor when the
+    policy batches archives (a batch goes to one agent)."""
     policy = state.policy
     mounted: str | None = None  # the volume this agent reads ("": none); None: not asked yet
     for key, queue in state.ready.items():
@@ -480,7 +480,6 @@ class Offer:
 
     def wants(self) -> bool:
         return any(v > 0 for v in self.credits.values())
-
 
 
 def plan(state: ShardState, offers: Sequence[Offer], now: float = 0.0, budget: Budget | None = None,
