@@ -343,7 +343,7 @@ def test_refusals_of_commands_out_of_place() -> None:
     assert "starts empty" in apply(busy, Freeze(1.0, **FREEZE))[0].error  # type: ignore[attr-defined]
     # a bundle of a file another shard gets is left out
     stay = STAYERS[0]
-    wrong = (FS, fid(stay), (), (), (), (("k", 1, 1, 1, "", 1.0, 0, 1, 0, 0, 0, "/x", "", 0),), ())
+    wrong = (FS, fid(stay), (), (), (), ((1, "k", 1, 1, "", 1.0, 0, 1, 0, 0, 0o100600, "/x", "", 0),), ())
     reply = apply(shards[2], Import(1.0, 2, 0, 0, False, (wrong,)))[0]
     assert reply.count == 0 and "left out" in reply.error  # type: ignore[attr-defined]
     assert not shards[2].catalog.files
