@@ -1604,15 +1604,8 @@ class ShardState:
             action.copies = copies
         self.actions[action_id] = action
         self._count(action.kind, State.WAITING, +1)
-        queue = self.fid_queue.get(fkey)
-        if queue is None:
-            self.fid_queue[fkey] = action_id
-            self.fsnames[action.fsname] = self.fsnames.get(action.fsname, 0) + 1
+        if self._enqueue(fkey, action_id):
             self._make_ready(action)
-        elif isinstance(queue, int):
-            self.fid_queue[fkey] = [queue, action_id]
-        else:
-            queue.append(action_id)
         if item.key:
             self.keys[item.key] = action_id << 3 | Outcome.CREATED
         effects.append(Changed(action_id))
@@ -2015,12 +2008,7 @@ class ShardState:
         usual (ALREADY_ENDED, NOT_FOUND) and changes nothing there."""
         if cmd.all:
             return CancelRefused(0, "cancelling every action needs role admin")
-        ids = list(self._cancel_targets(cmd))
-        for target in cmd.cookies:
-            packed = self.keys.get(target.key)
-            if packed is not None:
-                ids.append(packed >> 3)
-        for action_id in ids:
+        for action_id in self._cancel_ids(cmd):
             action = self.actions.get(action_id)
             if action is None or action.state.terminal:
                 continue
@@ -2030,6 +2018,15 @@ class ShardState:
                                                 f"requested by {others} requester(s) other than {cmd.owner}; a user "
                                                 "may cancel only actions nobody else asked for (an operator may)")
         return None
+
+    def _cancel_ids(self, cmd: Cancel) -> list[int]:
+        """Every action *cmd* names: its targets, then its cookies' (known keys)."""
+        ids = list(self._cancel_targets(cmd))
+        for target in cmd.cookies:
+            packed = self.keys.get(target.key)
+            if packed is not None:
+                ids.append(packed >> 3)
+        return ids
 
     def _cancel_one(self, action_id: int, now: float, reason: str, effects: list[Effect]) -> CancelReply:
         action = self.actions.get(action_id)
@@ -2219,23 +2216,13 @@ class ShardState:
             self.events.append(now, _HSM_EVENT[action.kind], errno, action.fsname, (fid.seq, fid.oid, fid.ver),
                                action.archive_id, action.id)
         if was == State.WAITING:
-            qkey = self.queue_key(action)
-            queue = self.ready.get(qkey)
-            if queue is not None and action.id in queue:
-                del queue[action.id]
-                if not queue:
-                    del self.ready[qkey]
+            self._unready(action)
         else:
             self._release_agent(action)
         fkey = action.fid_key
         fq = self.fid_queue[fkey]
         if isinstance(fq, int):
-            del self.fid_queue[fkey]
-            left = self.fsnames[action.fsname] - 1
-            if left:
-                self.fsnames[action.fsname] = left
-            else:
-                del self.fsnames[action.fsname]
+            self._drop_fid_queue(fkey)
         else:
             was_head = fq[0] == action.id
             fq.remove(action.id)
@@ -2316,13 +2303,8 @@ class ShardState:
     def _frozen_target(self, cmd: Cancel) -> CancelRefused | None:
         """A cancel that names a waiting action of a frozen file is refused
         whole (the action is being handed to its new shard as it is)."""
-        ids = list(self._cancel_targets(cmd))
-        for target in cmd.cookies:
-            packed = self.keys.get(target.key)
-            if packed is not None:
-                ids.append(packed >> 3)
         frozen = self.split_frozen
-        for action_id in ids:
+        for action_id in self._cancel_ids(cmd):
             a = self.actions.get(action_id)
             if a is not None and a.state == State.WAITING and a.fid_key in frozen:
                 version = self.split_out.version if self.split_out is not None else 0
@@ -2385,14 +2367,13 @@ class ShardState:
         self.split_frozen = frozen
         self.moved_to = {}
         for fkey in frozen:
-            ids = self._fid_ids(fkey)
-            if ids:
-                head = self.actions[ids[0]]
-                if head.state == State.WAITING:
-                    self._unready(head)
+            head = self._head(fkey)
+            if head is not None and head.state == State.WAITING:
+                self._unready(head)
         return SplitReply(len(frozen))
 
     def _unready(self, action: Action) -> None:
+        """*action* out of its ready queue, if it is in it."""
         qkey = self.queue_key(action)
         queue = self.ready.get(qkey)
         if queue is not None and action.id in queue:
@@ -2400,16 +2381,43 @@ class ShardState:
             if not queue:
                 del self.ready[qkey]
 
+    def _enqueue(self, fkey: tuple[str, Fid], action_id: int) -> bool:
+        """*action_id* at the back of its file's queue; True when it is the
+        head (the file had no live action)."""
+        queue = self.fid_queue.get(fkey)
+        if queue is None:
+            self.fid_queue[fkey] = action_id
+            self.fsnames[fkey[0]] = self.fsnames.get(fkey[0], 0) + 1
+            return True
+        if isinstance(queue, int):
+            self.fid_queue[fkey] = [queue, action_id]
+        else:
+            queue.append(action_id)
+        return False
+
+    def _drop_fid_queue(self, fkey: tuple[str, Fid]) -> None:
+        """The file's queue forgotten (it has no live action left here)."""
+        del self.fid_queue[fkey]
+        left = self.fsnames[fkey[0]] - 1
+        if left:
+            self.fsnames[fkey[0]] = left
+        else:
+            del self.fsnames[fkey[0]]
+
+    def _head(self, fkey: tuple[str, Fid]) -> Action | None:
+        """The first live action of a file (None: it has none)."""
+        q = self.fid_queue.get(fkey)
+        if q is None:
+            return None
+        return self.actions[q if isinstance(q, int) else q[0]]
+
     def split_busy(self) -> int:
         """How many frozen files still have a running action (or parts of a
         striped archive running): the split's drain waits for none."""
         n = 0
         for fkey in self.split_frozen:
-            ids = self._fid_ids(fkey)
-            if not ids:
-                continue
-            head = self.actions[ids[0]]
-            if head.state != State.WAITING or self.parked(head):
+            head = self._head(fkey)
+            if head is not None and (head.state != State.WAITING or self.parked(head)):
                 n += 1
         return n
 
@@ -2487,14 +2495,7 @@ class ShardState:
                 raise ValueError(f"import of {fkey}: action {a.id} is known here or runs ({a.state.name})")
             self.actions[a.id] = a
             self._count(a.kind, a.state, +1)
-            q = self.fid_queue.get(fkey)
-            if q is None:
-                self.fid_queue[fkey] = a.id
-                self.fsnames[a.fsname] = self.fsnames.get(a.fsname, 0) + 1
-            elif isinstance(q, int):
-                self.fid_queue[fkey] = [q, a.id]
-            else:
-                q.append(a.id)
+            self._enqueue(fkey, a.id)
             top = max(top, a.id)
         for values in ended:
             a = _action_from_values(values)
@@ -2576,11 +2577,9 @@ class ShardState:
         split's files as they start or go on being served here)."""
         heads: list[Action] = []
         for fkey in files:
-            ids = self._fid_ids(fkey)
-            if ids:
-                head = self.actions[ids[0]]
-                if head.state == State.WAITING and not self.parked(head):
-                    heads.append(head)
+            head = self._head(fkey)
+            if head is not None and head.state == State.WAITING and not self.parked(head):
+                heads.append(head)
         heads.sort(key=_arrival)
         for head in heads:
             self._make_ready(head)
@@ -2597,12 +2596,7 @@ class ShardState:
                 self.stripes.pop(i, None)
                 self._drop_action(a, target if tombstones else -1)
             if fkey in self.fid_queue:
-                del self.fid_queue[fkey]
-                left = self.fsnames[fkey[0]] - 1
-                if left:
-                    self.fsnames[fkey[0]] = left
-                else:
-                    del self.fsnames[fkey[0]]
+                self._drop_fid_queue(fkey)
             self.catalog.drop(fkey[0], fkey[1])
         kept: deque[int] = deque()
         for i in self.terminal:
@@ -2617,11 +2611,7 @@ class ShardState:
         return len(files)
 
     def _drop_action(self, a: Action, moved_to: int) -> None:
-        del self.actions[a.id]
-        self._count(a.kind, a.state, -1)
-        for req in a.requesters:
-            if req.key and self.keys.get(req.key, 0) >> 3 == a.id:
-                del self.keys[req.key]
+        self._forget(a.id)
         if moved_to >= 0:
             self.moved_to[a.id] = moved_to
 
@@ -2658,15 +2648,7 @@ class ShardState:
                 continue
             if a.state in (State.STARTED, State.CANCELING):
                 st.running[a.archive_id] = st.running.get(a.archive_id, 0) + 1
-            fkey = a.fid_key
-            q = st.fid_queue.get(fkey)
-            if q is None:
-                st.fid_queue[fkey] = a.id
-                st.fsnames[a.fsname] = st.fsnames.get(a.fsname, 0) + 1
-            elif isinstance(q, int):
-                st.fid_queue[fkey] = [q, a.id]
-            else:
-                q.append(a.id)
+            st._enqueue(a.fid_key, a.id)
         if old_ready is not None:
             st._ready_again(old_ready.values())
         return st
