@@ -561,9 +561,34 @@ class AbortSplit:
     version: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReshardBegin:
+    """On shard 0: begin a split of the ring of *shards* shards at version
+    ``version - 1`` by *added* shards (coordinator.split.Reshard), the new
+    shards' Raft groups *groups*. Replies a ReshardReply."""
+
+    now: float
+    version: int
+    shards: int
+    added: int
+    vnodes: int
+    groups: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReshardStep:
+    """On shard 0: the split to ring version *version* enters *phase* (a
+    ``split.Phase`` value). Replies a ReshardReply."""
+
+    now: float
+    version: int
+    phase: int
+
+
 Command = (Submit | Assign | AssignRound | Progress | Complete | Cancel | AgentLost | Reclaim | SetControl | DrainAgent
            | Lease | EventConsumer | AckEvents | SetPolicy | EditCatalog | RelocateCopies | AssignParts | MoveShard
-           | MoveStep | PreferLeader | Rebalance | Freeze | Import | Activate | AbortSplit)
+           | MoveStep | PreferLeader | Rebalance | Freeze | Import | Activate | AbortSplit | ReshardBegin
+           | ReshardStep)
 
 
 def _pickle_by_fields(cls: type) -> None:
@@ -581,7 +606,7 @@ def _pickle_by_fields(cls: type) -> None:
 
 for _cls in (Submit, Assign, AssignRound, Progress, Complete, FidTarget, Cancel, AgentLost, Reclaim, SetControl, DrainAgent,
              Lease, EventConsumer, AckEvents, SetPolicy, EditCatalog, RelocateCopies, AssignParts, MoveShard, MoveStep,
-             PreferLeader, Rebalance, Freeze, Import, Activate, AbortSplit):
+             PreferLeader, Rebalance, Freeze, Import, Activate, AbortSplit, ReshardBegin, ReshardStep):
     _pickle_by_fields(_cls)
 
 
@@ -653,6 +678,12 @@ class MoveChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class ReshardChanged:
+    """Shard 0's record of a split changed (the replica drives it, and
+    takes the new ring once it is done)."""
+
+
+@dataclass(frozen=True, slots=True)
 class FirstStart:
     """The action's first attempt was assigned *waited* seconds after it
     was submitted (counted like :class:`Ended`)."""
@@ -676,7 +707,8 @@ class PartAssigned:
     length: int
 
 
-Effect = Changed | Assigned | SendCancel | Ended | Requeued | FirstStart | PolicyChanged | PartAssigned | MoveChanged
+Effect = (Changed | Assigned | SendCancel | Ended | Requeued | FirstStart | PolicyChanged | PartAssigned | MoveChanged
+          | ReshardChanged)
 
 
 class Outcome(IntEnum):
@@ -756,6 +788,15 @@ class SplitReply:
     was applied already)."""
 
     count: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReshardReply:
+    """A ReshardBegin's or ReshardStep's answer: the split after it, and
+    why it changed nothing ("" when it applied)."""
+
+    record: split.Reshard | None
     error: str = ""
 
 
@@ -1239,6 +1280,11 @@ class ShardState:
         self.ring_version = 0
         #: action id -> the shard it moved to, for the last split's moved actions
         self.moved_to: dict[int, int] = {}
+        #: on shard 0: the split that runs, or the last one (coordinator.split
+        #: Reshard), and the cluster's ring (shards, version) as the last split
+        #: done left it ((0, 1): the configured shard count, never split)
+        self.reshard: split.Reshard | None = None
+        self.cluster_ring: tuple[int, int] = (0, 1)
         #: Ended/Requeued/FirstStart effects of the command being applied
         #: (made deep inside _end and _requeue; apply adds them to its Result)
         self._counted: list[Effect] = []
@@ -1321,6 +1367,8 @@ class ShardState:
             return Result(replies=[self._activate(cmd)])
         if isinstance(cmd, AbortSplit):
             return Result(replies=[self._abort_split(cmd)])
+        if isinstance(cmd, ReshardBegin | ReshardStep):
+            return Result(replies=[self._reshard(cmd)], effects=[ReshardChanged()])
         if isinstance(cmd, Rebalance):
             if cmd.replica:
                 if cmd.drain:
@@ -2282,7 +2330,7 @@ class ShardState:
         """Why a request for *fid* is refused here because of a split
         (errno, reason; coordinator.split), or None."""
         if self.split_in:
-            return (E.EAGAIN, f"shard {self.config.shard} is being filled by a split to ring version "
+            return (E.EBUSY, f"shard {self.config.shard} is being filled by a split to ring version "
                               f"{self.split_in} and serves no file yet; retry in a moment")
         out = self.split_out
         if out is not None:
@@ -2291,7 +2339,7 @@ class ShardState:
                 if out.active:
                     return (E.ESTALE, f"FID {fid} belongs to shard {target} since ring version {out.version}; "
                                       "read the shard map again")
-                return (E.EAGAIN, f"FID {fid} is moving to shard {target} (ring version {out.version}); "
+                return (E.EBUSY, f"FID {fid} is moving to shard {target} (ring version {out.version}); "
                                   "retry in a moment")
         for done in self.splits_done:
             target = done.target(fid)
@@ -2420,6 +2468,14 @@ class ShardState:
             if head is not None and (head.state != State.WAITING or self.parked(head)):
                 n += 1
         return n
+
+    def split_facts(self) -> split.ShardFacts:
+        """What this shard says of its part in splits (the driver's facts)."""
+        out = self.split_out
+        frozen = out is not None and not out.active
+        return split.ShardFacts(self.ring_version, out.version if out is not None else 0,
+                                out is not None and out.active, self.split_busy() if frozen else 0, self.split_in,
+                                tuple(sorted(s for s, done in self.split_from.items() if not done)))
 
     def split_export(self) -> dict[int, list[Any]] | None:
         """What a frozen, drained shard hands over, per new shard: a
@@ -2571,6 +2627,27 @@ class ShardState:
         self.split_frozen = {}
         self._ready_heads(list(frozen))
         return SplitReply(len(frozen))
+
+    def _reshard(self, cmd: ReshardBegin | ReshardStep) -> ReshardReply:
+        """Shard 0's record of a split (coordinator.split): begun, or a step."""
+        got: split.Reshard | str
+        if self.config.shard != 0:
+            return ReshardReply(None, f"a split is recorded on shard 0, not {self.config.shard}")
+        if isinstance(cmd, ReshardBegin):
+            got = split.begin(self.reshard, self.cluster_ring, cmd.shards, cmd.version, cmd.added, cmd.vnodes,
+                              cmd.groups, cmd.now)
+        else:
+            try:
+                phase = split.Phase(cmd.phase)
+            except ValueError:
+                return ReshardReply(self.reshard, f"no split phase {cmd.phase}")
+            got = split.advance(self.reshard, cmd.version, phase, cmd.now)
+        if isinstance(got, str):
+            return ReshardReply(self.reshard, got)
+        self.reshard = got
+        if got.phase == split.Phase.DONE:
+            self.cluster_ring = (got.total, got.version)
+        return ReshardReply(got)
 
     def _ready_heads(self, files: list[tuple[str, Fid]]) -> None:
         """The waiting heads of *files* made ready, in arrival order (a

@@ -215,13 +215,13 @@ def test_frozen_files_take_no_request_and_do_not_start_but_running_ones_finish()
     # a new request for a moving file: refused, nothing queued
     n = MOVERS[0]
     r = apply(old, Submit(5.0, (item(n, Kind.RESTORE, key="late"),)))[0]
-    assert r.outcome == Outcome.REJECTED and r.errno == E.EAGAIN and "moving to shard 2" in r.reason  # type: ignore
+    assert r.outcome == Outcome.REJECTED and r.errno == E.EBUSY and "moving to shard 2" in r.reason  # type: ignore
     assert "late" not in old.keys
     # the same key retried still gets its first answer (answering creates nothing)
     assert apply(old, Submit(5.0, (item(n, key=f"k{n}"),)))[0].outcome in (Outcome.CREATED, Outcome.JOINED)  # type: ignore
     # the new shard serves nothing yet
     r = apply(shards[2], Submit(5.0, (item(n, Kind.RESTORE),)))[0]
-    assert r.outcome == Outcome.REJECTED and r.errno == E.EAGAIN  # type: ignore[attr-defined]
+    assert r.outcome == Outcome.REJECTED and r.errno == E.EBUSY  # type: ignore[attr-defined]
     # the scheduler starts no waiting action of a moving file; the others go on
     started = dispatch(old, now=6.0)
     assert started and not any(moving(old.actions[i].fid.oid) for i in started)
