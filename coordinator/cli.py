@@ -179,6 +179,29 @@ def build_parser() -> argparse.ArgumentParser:
     reb.add_argument("switch", nargs="?", choices=("on", "off"))
     tls_flags(reb)
 
+    rsh = sub.add_parser("reshard", help="add shards while serving (a split), abort one, or show it",
+                         description="Split the ring: add shards to a running cluster (docs/resharding.md). "
+                                     "About ADD/(S+ADD) of the files move, each to a new shard, with its "
+                                     "waiting actions, ended ones, idempotency keys and catalog copies; only "
+                                     "they pause (their submits are retried by the clients) until the split "
+                                     "is done, and running actions of moving files run to their end first. "
+                                     "Shard 0's leader records the split and drives it (a new leader carries "
+                                     "it on; a restart resumes it). Without --add or --abort: where the "
+                                     "split stands. Each replica's Raft ports must leave room: replica's "
+                                     "Raft port + shard index, for every shard of the new ring.",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="examples:\n"
+                                "  hsm-coordinator reshard --add 4 --wait --coordinators hsm-1:7600\n"
+                                "  hsm-coordinator reshard --coordinators hsm-1:7600\n"
+                                "  hsm-coordinator reshard --abort --coordinators hsm-1:7600")
+    rsh.add_argument("--add", type=int, default=0, metavar="N", help="shards to add")
+    rsh.add_argument("--abort", action="store_true",
+                     help="undo the split that runs (only before any shard switched to the new ring)")
+    rsh.add_argument("--wait", action="store_true", help="wait until the split is done (or aborted)")
+    rsh.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                     help="with --wait, give up waiting after this long (default 3600; the split goes on)")
+    tls_flags(rsh)
+
     crt = sub.add_parser("certs", help="a cluster CA and the certificates it issues",
                          description="Create the cluster's certificate authority and issue certificates "
                                      "for mutual TLS. A certificate's common name is the identity it proves "
@@ -373,6 +396,58 @@ def _shard(args: argparse.Namespace) -> int:
     return 1
 
 
+def _reshard(args: argparse.Namespace) -> int:
+    import time
+
+    from hsm.v1 import coordinator_pb2
+
+    if args.add < 0 or (args.add and args.abort):
+        print("hsm-coordinator reshard: give --add N (N >= 1) or --abort, not both", file=sys.stderr)
+        return 2
+    call = _admin_caller(args, "reshard")
+    if call is None:
+        return 2
+
+    def ask(request: coordinator_pb2.ReshardRequest) -> coordinator_pb2.ReshardResponse | None:
+        # shard 0 may be electing a leader (seconds): asked again meanwhile (a
+        # split asked twice is the same split)
+        end = time.monotonic() + 15.0
+        while True:
+            resp, errors = call("Reshard", request, 60.0)
+            if resp is not None or time.monotonic() > end or not all(": UNAVAILABLE: " in e for e in errors):
+                break
+            time.sleep(0.5)
+        for e in errors:
+            print(f"hsm-coordinator reshard: {e}", file=sys.stderr)
+        return resp  # type: ignore[no-any-return]
+
+    def show(r: coordinator_pb2.ReshardResponse) -> str:
+        line = f"ring: {r.shards} shards, version {r.ring_version}; " + (r.split or "no split ever ran")
+        return line + (f"; waiting: {r.waiting}" if r.waiting else "")
+
+    resp = ask(coordinator_pb2.ReshardRequest(add=args.add, abort=args.abort))
+    if resp is None:
+        return 1
+    print(show(resp))
+    if not args.wait or resp.phase in ("", "done", "aborted"):
+        return 0
+    end = time.monotonic() + args.timeout
+    last = show(resp)
+    while time.monotonic() < end:
+        time.sleep(1.0)
+        r = ask(coordinator_pb2.ReshardRequest())
+        if r is None:
+            continue
+        if show(r) != last:
+            last = show(r)
+            print(last)
+        if r.phase in ("done", "aborted"):
+            return 0
+    print(f"hsm-coordinator reshard: the split is not done after {args.timeout:g} s; it goes on "
+          "(hsm-coordinator reshard shows where it stands)", file=sys.stderr)
+    return 1
+
+
 def _rebalance(args: argparse.Namespace) -> int:
     import time
 
@@ -482,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command in ("replica", "rebalance"):
         return _rebalance(args)
+
+    if args.command == "reshard":
+        return _reshard(args)
 
     if args.command == "certs":
         return _certs(args)

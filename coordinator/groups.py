@@ -48,11 +48,15 @@ def read_group(data_dir: Path, index: int) -> GroupRecord | None:
 
 def write_group(data_dir: Path, index: int, record: GroupRecord) -> None:
     """Replace the record durably (temporary file, fsync, rename)."""
-    path = _path(data_dir, index)
+    _write_durably(_path(data_dir, index),
+                   json.dumps({"members": list(record.members), "quiet": record.quiet, "audit": record.audit}))
+
+
+def _write_durably(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(FILE + ".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        json.dump({"members": list(record.members), "quiet": record.quiet, "audit": record.audit}, f)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -76,3 +80,65 @@ def clear_member(data_dir: Path, index: int) -> None:
             p.rmdir()
         else:
             p.unlink()
+
+
+# ---------------------------------------------------------------------------
+# The ring as this replica last knew it (``DATA_DIR/ring``, JSON): written
+# when a split opens its new shards here, and when a split ends (done: the
+# new ring; aborted: without the new shards); read at start, before any
+# group is opened. The cluster's configuration only seeds it (its shard
+# count is the ring of version 1).
+
+RING_FILE = "ring"
+
+
+@dataclass(frozen=True, slots=True)
+class RingRecord:
+    """The ring this replica routes by (*shards*, *version*), a split that
+    runs (*pending*: the shards of the ring it makes, 0: none, and its
+    version), and the groups of the shards splits added (index -> members,
+    the preferred leader first; the configured placement has the others)."""
+
+    shards: int
+    version: int
+    groups: dict[int, tuple[str, ...]]
+    pending: int = 0
+    pending_version: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({"shards": self.shards, "version": self.version, "pending": self.pending,
+                           "pending_version": self.pending_version,
+                           "groups": {str(k): list(v) for k, v in sorted(self.groups.items())}})
+
+    @classmethod
+    def from_json(cls, text: str) -> RingRecord:
+        """Raises ValueError on anything but a record :meth:`to_json` wrote."""
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("not an object")
+        ints = [raw.get(k) for k in ("shards", "version", "pending", "pending_version")]
+        groups = raw.get("groups")
+        if (not all(type(i) is int and i >= 0 for i in ints)
+                or not isinstance(groups, dict)
+                or not all(isinstance(k, str) and k.isdigit() and isinstance(v, list) and v
+                           and all(isinstance(m, str) for m in v) for k, v in groups.items())):
+            raise ValueError("malformed ring record")
+        shards, version, pending, pending_version = (int(i or 0) for i in ints)
+        return cls(shards, version, {int(k): tuple(v) for k, v in groups.items()}, pending, pending_version)
+
+
+def read_ring(data_dir: Path) -> RingRecord | None:
+    """This replica's ring record, or None when it never took part in a split."""
+    path = Path(data_dir) / RING_FILE
+    try:
+        return RingRecord.from_json(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise OSError(f"{path} cannot be read: {exc}; it records the shards splits added: copy it from "
+                      "another replica's data directory") from None
+
+
+def write_ring(data_dir: Path, record: RingRecord) -> None:
+    """Replace the ring record durably (temporary file, fsync, rename)."""
+    _write_durably(Path(data_dir) / RING_FILE, record.to_json())

@@ -40,7 +40,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import hsm
-from coordinator import convert, moves, placement, scheduler
+from coordinator import convert, moves, placement, scheduler, split
 from coordinator.agents import (
     AGENT_LEASE_MIN_HEARTBEATS,
     IN_FLIGHT_GRACE,
@@ -57,7 +57,15 @@ from coordinator.cluster import ClusterSpec, ReplicaSpec, membership_problem, sp
 from coordinator.convert import InvalidRequest
 from coordinator.edge import EdgeInterceptor
 from coordinator.events import CL_HSM, EVENT_NAMES, HsmEvent
-from coordinator.groups import GroupRecord, clear_member, read_group, write_group
+from coordinator.groups import (
+    GroupRecord,
+    RingRecord,
+    clear_member,
+    read_group,
+    read_ring,
+    write_group,
+    write_ring,
+)
 from coordinator.metrics import AgentView, ReplicaMetrics, ReplicaView, ShardView
 from coordinator.policy import Policy, seeded
 from coordinator.raft import (
@@ -69,6 +77,7 @@ from coordinator.raft import (
     RaftTuning,
 )
 from coordinator.ratelimit import Buckets, Refusal, admit
+from coordinator.resharder import Resharder
 from coordinator.roles import ADMIN, BRIDGE, DEFAULT_USER_MASK, OPERATOR, USER
 from coordinator.state import (
     MAX_SHARDS,
@@ -97,6 +106,7 @@ from coordinator.state import (
     ProgressReport,
     Reclaim,
     Requeued,
+    ReshardChanged,
     Result,
     SendCancel,
     SetPolicy,
@@ -373,6 +383,11 @@ class CoordinatorNode:
         self.cluster = config.cluster
         self.me = config.me
         self.ring = Ring(self.cluster.shards, self.cluster.vnodes)
+        #: the ring as this replica keeps it on disk (coordinator.groups): the
+        #: shards splits added, their groups, and a split that runs
+        self.ring_record = RingRecord(self.cluster.shards, 1, {})
+        #: drives splits where shard 0 is led (coordinator.resharder)
+        self.resharder = Resharder(self)
         #: every shard by index: a RaftShard for those this replica holds, a
         #: RemoteShard for those the placement gives to other replicas
         self.shards: list[RaftShard | RemoteShard] = []
@@ -459,10 +474,14 @@ class CoordinatorNode:
         module does not know them), beside the health service."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        for i in range(self.cluster.shards):
+        ring = read_ring(self.config.data_dir)
+        if ring is not None:
+            self.ring_record = ring
+            self.ring = Ring(ring.shards, self.cluster.vnodes, ring.version)
+        for i in range(max(self.cluster.shards, self.ring_record.shards, self.ring_record.pending)):
             group = read_group(self.config.data_dir, i)
-            if group is None:  # never held here: the configured placement
-                ids = tuple(r.id for r in self.cluster.members(i))
+            if group is None:  # never held here: the configured placement (or the split's)
+                ids = self._placed(i)
                 audit = False
             else:
                 ids, audit = group.members, group.audit
@@ -531,6 +550,7 @@ class CoordinatorNode:
             self._tasks.append(asyncio.create_task(self._learn_leaders(), name="leaders of other shards"))
         self._tasks.append(asyncio.create_task(self._mover(), name="shard moves"))
         self._tasks.append(asyncio.create_task(self._rebalancer(), name="rebalancer"))
+        self._tasks.append(asyncio.create_task(self.resharder.run(), name="splits"))
         held = (f"{len(self.shards)} shards" if len(self.hosted) == len(self.shards) else
                 f"{len(self.shards)} shards, holds {len(self.hosted)}: {','.join(str(s.index) for s in self.hosted)}")
         log.info("replica %s serving on %s (%s, archive ids %s, %s)", self.me.id, self.address,
@@ -556,6 +576,83 @@ class CoordinatorNode:
                         self.config.raft.leader_fallback + 2 * AGENT_LEASE_MIN_HEARTBEATS *
                         self.config.heartbeat_interval, self.config.raft.leader_fallback,
                         AGENT_LEASE_MIN_HEARTBEATS, self.config.heartbeat_interval)
+
+    def _placed(self, index: int) -> tuple[str, ...]:
+        """Shard *index*'s group as the configuration (or, for a shard a
+        split added, the split) placed it."""
+        if index < self.cluster.shards:
+            return tuple(r.id for r in self.cluster.members(index))
+        return self.ring_record.groups.get(index, ())
+
+    # ------------------------------------------------------------ splits
+
+    def open_split(self, record: RingRecord) -> None:
+        """A split's new shards (``record.pending`` shards in all, ring
+        version ``record.pending_version``): this replica opens its members
+        of their groups and knows where the others are (SPLIT_OP_OPEN; a
+        retry changes nothing)."""
+        known = {r.id for r in self.cluster.replicas}
+        unknown = sorted({m for g in record.groups.values() for m in g} - known)
+        if unknown:
+            raise InvalidRequest(f"unknown replica(s) {', '.join(unknown)}")
+        if record.pending_version <= self.ring.version:
+            return  # that split is done here already
+        if self.ring_record.pending_version != record.pending_version:
+            self.ring_record = RingRecord(self.ring.shards, self.ring.version,
+                                          self.ring_record.groups | record.groups, record.pending,
+                                          record.pending_version)
+            write_ring(self.config.data_dir, self.ring_record)
+        self._add_shards(record.pending)
+
+    def _add_shards(self, total: int) -> None:
+        """Shards up to *total*: held here (opened: a new group, which elects
+        its leader) when their group names this replica, else known."""
+        added = False
+        for k in range(len(self.shards), total):
+            ids = self._placed(k)
+            if self.me.id in ids:
+                leftover = Path(self.config.data_dir) / f"shard-{k}"
+                if leftover.exists():  # an aborted split's, never cleared: a new group starts empty
+                    clear_member(self.config.data_dir, k)
+                self._record(k, GroupRecord(ids))
+                shard: RaftShard | RemoteShard = self._open(k, ids)
+                log.warning("shard %d: opened its new Raft group (%s) for a split", k, ", ".join(ids))
+            else:
+                shard = RemoteShard(k, self._specs(ids))
+            self.shards.append(shard)
+            added = True
+        if added:
+            self._swap(len(self.shards) - 1, self.shards[-1])
+
+    async def take_ring(self, record: RingRecord) -> None:
+        """The cluster's ring after a split (SPLIT_OP_RING): done, this
+        replica routes by it from now on; aborted (the ring it has, without
+        the split's shards), it closes its members of the new shards and
+        forgets them."""
+        if record.version < self.ring.version:
+            return
+        if record.version > self.ring.version:
+            self.ring_record = RingRecord(record.shards, record.version, self.ring_record.groups | record.groups)
+            write_ring(self.config.data_dir, self.ring_record)
+            self._add_shards(record.shards)
+            self.ring = Ring(record.shards, self.cluster.vnodes, record.version)
+            log.warning("the cluster's ring is now %d shards (version %d)", record.shards, record.version)
+            self._learn.set()
+            return
+        if not self.ring_record.pending:
+            return
+        gone = self.shards[record.shards:]
+        self.ring_record = RingRecord(self.ring.shards, self.ring.version,
+                                      {k: g for k, g in self.ring_record.groups.items() if k < record.shards})
+        write_ring(self.config.data_dir, self.ring_record)
+        del self.shards[record.shards:]
+        self.hosted = [s for s in self.shards if isinstance(s, RaftShard)]
+        for shard in gone:
+            if isinstance(shard, RaftShard):
+                await shard.aclose()
+                clear_member(self.config.data_dir, shard.index)
+                log.warning("shard %d: closed: the split that opened it was aborted", shard.index)
+        self._wake.set()
 
     def _specs(self, ids: Iterable[str]) -> tuple[ReplicaSpec, ...]:
         """The replicas named (ids the configuration does not list are left out)."""
@@ -1226,8 +1323,19 @@ class CoordinatorNode:
         return self.shards[self.ring.shard_of(fid)]
 
     def shard_of_action(self, action_id: int) -> RaftShard | None:
+        """The shard an action id names (its last digits), or the shard a
+        split moved the action to, when that shard is held here and keeps
+        its tombstone."""
         idx = action_id % MAX_SHARDS
-        return self.shards[idx] if idx < len(self.shards) else None
+        if idx >= len(self.shards):
+            return None
+        shard = self.shards[idx]
+        if isinstance(shard, RaftShard):
+            with shard.reading() as st:
+                moved = st.moved_to.get(action_id)
+            if moved is not None and moved < len(self.shards):
+                return self.shards[moved]
+        return shard
 
     def members_of(self, index: int) -> list[str]:
         """The replica ids of a shard's group: as applied here when this
@@ -1391,6 +1499,14 @@ class CoordinatorNode:
                 self._send_cancel(eff.agent, eff.action_id, eff.attempt, "canceled")
             elif isinstance(eff, MoveChanged) and isinstance(shard, RaftShard):
                 self._after_move(shard)
+            elif isinstance(eff, ReshardChanged) and isinstance(shard, RaftShard):
+                self.resharder.wake.set()
+                with shard.reading() as st:
+                    r = st.reshard
+                if r is not None and r.phase == split.Phase.DONE and r.version > self.ring.version:
+                    # every replica that holds shard 0 takes the new ring as it applies the end of the split
+                    groups = self.ring_record.groups | {k: r.group(k) for k in r.new}
+                    asyncio.ensure_future(self.take_ring(RingRecord(r.total, r.version, groups)))
             # Assigned: sent by the dispatcher that proposed it
         if changed:
             self._wake.set()
@@ -2053,8 +2169,11 @@ class CoordinatorNode:
                 held_parts = set(st.parts_held_by(session.agent_id))
                 settled = held_parts if before is None else set(
                     st.parts_held_by(session.agent_id, before - IN_FLIGHT_GRACE))
+                # actions a split moved to another shard: that shard checks them
+                gone = st.moved_to
+                mine = [r for r in actions if r[0] not in gone] if gone else actions
             await self._reconcile_parts(shard, session, parts, held_parts, settled)
-            plan = reconcile(shard.index, actions, held, before)
+            plan = reconcile(shard.index, mine, held, before)
             for action_id, attempt, error in plan.cancels:
                 self._send_cancel(session.agent_id, action_id, attempt, error)
             lost = list(plan.lost)

@@ -81,6 +81,9 @@ METHODS: Mapping[str, frozenset[str]] = {
     # a replica opens or closes its member of a group when a move's driver asks
     _C + "JoinShard": frozenset({REPLICA}),
     _C + "LeaveShard": frozenset({REPLICA}),
+    # a split (docs/resharding.md): asked by an admin, carried out between replicas
+    _C + "Reshard": frozenset({ADMIN, REPLICA}),
+    _C + "Split": frozenset({REPLICA}),
     _A + "Work": frozenset({AGENT}),
     _A + "Report": frozenset({REPLICA}),
 }
@@ -88,7 +91,8 @@ _HEALTH = "/grpc.health.v1.Health/"
 #: methods that change something: written to the audit log
 AUDITED = frozenset(_C + m for m in ("Submit", "Cancel", "ChangeMembership", "Control", "DrainAgent", "Lease",
                                      "EventConsumer", "SetPolicy", "MoveCopies", "EditCatalog",
-                                     "RelocateCopies", "MoveShard", "JoinShard", "LeaveShard", "Rebalance"))
+                                     "RelocateCopies", "MoveShard", "JoinShard", "LeaveShard", "Rebalance",
+                                     "Reshard", "Split"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from coordinator import convert, roles
+from coordinator import convert, resharder, roles
 from coordinator.agents import MAX_AGENT_ID
 from coordinator.catalog import MAX_KEY, MAX_PATH, Query
 from coordinator.cluster import split_addr
@@ -19,6 +19,7 @@ from coordinator.convert import InvalidRequest
 from coordinator.edge import audit
 from coordinator.events import ConsumerError
 from coordinator.events import check_name as check_consumer_name
+from coordinator.groups import RingRecord
 from coordinator.policy import Policy, PolicyError, diff, parse
 from coordinator.raft import NotLeader, RaftError, check_addr
 from coordinator.ratelimit import Refusal
@@ -42,6 +43,7 @@ from coordinator.state import (
     Result,
     SetControl,
     SetPolicy,
+    SplitReply,
     State,
     Submit,
 )
@@ -199,7 +201,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         now = node.clock()
         reason = request.reason or "canceled by request"
         results: list[coordinator_pb2.CancelResult] = []
-        parts_of = {idx: (tuple(i for i in request.action_ids if i % MAX_SHARDS == idx),
+        # an id names its shard (its last digits), or a split moved it (the old shard's tombstone)
+        id_shard = {i: s.index if (s := node.shard_of_action(i)) is not None else -1 for i in request.action_ids}
+        parts_of = {idx: (tuple(i for i in request.action_ids if id_shard[i] == idx),
                           tuple(t for t in targets if node.ring.shard_of(t.fid) == idx)) for idx in sorted(wanted)}
         estimate = 2 * request.ByteSize() + 64 * (len(request.action_ids) + len(targets) + len(cookies)) + 1024
         # a user (role user, or a replica forwarding a user's part) cancels
@@ -576,7 +580,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def ClusterInfo(self, request: coordinator_pb2.ClusterInfoRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ClusterInfoResponse:  # noqa: N802
         node = self.node
         return coordinator_pb2.ClusterInfoResponse(
-            shard_count=len(node.shards),
+            shard_count=node.ring.shards, ring_version=node.ring.version,
             vnodes=node.ring.vnodes,
             replicas=[coordinator_pb2.Replica(id=r.id, address=r.api) for r in node.cluster.replicas],
             cluster_id=node.cluster.cluster_id, replica=node.me.id,
@@ -741,6 +745,83 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"shard {request.shard}: could not open its member "
                                 f"here: {exc}")
         return coordinator_pb2.JoinShardResponse(held=True)
+
+    async def Reshard(self, request: coordinator_pb2.ReshardRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.ReshardResponse:  # noqa: N802
+        node = self.node
+        if request.add and request.abort:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "add shards or abort the split, not both")
+        if request.add > MAX_SHARDS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a split adds at most {MAX_SHARDS - 1} shards")
+        shard0 = node.shards[0]
+        if not shard0.leader_ready:
+            try:
+                resp: coordinator_pb2.ReshardResponse = await node.forward(
+                    shard0, "Reshard", request, node.config.propose_timeout * 2,
+                    passthrough=(grpc.StatusCode.FAILED_PRECONDITION,))
+            except ShardUnavailable as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"shard 0's leader, which records splits, did not "
+                                    f"answer; retry: {exc}")
+            except grpc.RpcError as exc:
+                await context.abort(exc.code(), exc.details() or "")
+            return resp
+        try:
+            out = await node.resharder.request(request.add, request.abort)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ShardUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not recorded, retry: {exc}")
+        if request.add or request.abort:
+            log.warning("split asked by %s: %s", context.peer(), out.split)
+        return out
+
+    async def Split(self, request: coordinator_pb2.SplitRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.SplitResponse:  # noqa: N802
+        node = self.node
+        op = request.op
+        try:
+            if op in (coordinator_pb2.SPLIT_OP_OPEN, coordinator_pb2.SPLIT_OP_RING):
+                try:
+                    record = RingRecord.from_json(request.ring)
+                except ValueError as exc:
+                    raise InvalidRequest(f"ring: {exc}") from None
+                if max(record.shards, record.pending) > MAX_SHARDS or record.version < 1:
+                    raise InvalidRequest("ring: not a ring of this cluster")
+                if op == coordinator_pb2.SPLIT_OP_OPEN:
+                    node.open_split(record)
+                else:
+                    await node.take_ring(record)
+                return coordinator_pb2.SplitResponse()
+            if op not in (coordinator_pb2.SPLIT_OP_PROPOSE, coordinator_pb2.SPLIT_OP_EXPORT,
+                          coordinator_pb2.SPLIT_OP_FACTS):
+                raise InvalidRequest(f"unknown split op {op}")
+            if request.shard >= len(node.shards):
+                raise InvalidRequest(f"no shard {request.shard}")
+            shard = node.shards[request.shard]
+            if not shard.leader_ready:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"this replica does not lead shard {request.shard}")
+            assert not isinstance(shard, RemoteShard)
+            if op == coordinator_pb2.SPLIT_OP_FACTS:
+                with shard.reading() as st:
+                    return coordinator_pb2.SplitResponse(facts=resharder.facts_pb(st.split_facts()))
+            if op == coordinator_pb2.SPLIT_OP_EXPORT:
+                with shard.reading() as st:
+                    version = st.split_out.version if st.split_out is not None else 0
+                try:
+                    n = await node.resharder.export(request.shard, version)
+                except ValueError as exc:
+                    return coordinator_pb2.SplitResponse(error=str(exc))
+                return coordinator_pb2.SplitResponse(count=n)
+            cmd = resharder.load_command(request.command)
+            res = await node.propose(shard, cmd)
+            reply = res.replies[0]
+            assert isinstance(reply, SplitReply)
+            return coordinator_pb2.SplitResponse(count=reply.count, error=reply.error)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ShardUnavailable as exc:
+            await abort_unavailable(context, exc)
+        except (OSError, RaftError) as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"split: {exc}")
 
     async def LeaveShard(self, request: coordinator_pb2.LeaveShardRequest, context: grpc.aio.ServicerContext) -> coordinator_pb2.JoinShardResponse:  # noqa: N802
         node = self.node
@@ -1110,21 +1191,23 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             convert.check_name(request.agent_id, "agent id", MAX_AGENT_ID)
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        shards = {p.action_id % MAX_SHARDS for p in request.progress} | {d.action_id % MAX_SHARDS for d in request.done}
-        for idx in shards:
-            if idx >= len(node.shards):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no shard {idx}")
+        # each report to the shard that holds its action: the one its id names,
+        # or the one a split moved it to (the old shard's tombstone)
+        per_shard: dict[int, tuple[list[agent_pb2.Progress], list[agent_pb2.Done]]] = {}
+        for reports, which in ((request.progress, 0), (request.done, 1)):
+            for r in reports:
+                shard = node.shard_of_action(r.action_id)
+                if shard is None:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no shard {r.action_id % MAX_SHARDS}")
+                per_shard.setdefault(shard.index, ([], []))[which].append(r)  # type: ignore[arg-type]
+        for idx in per_shard:
             try:
                 node.require_leader(node.shards[idx])
             except ShardUnavailable as exc:
                 await abort_unavailable(context, exc)
         try:
-            for idx in shards:
-                shard = node.shards[idx]
-                await node._apply_reports(
-                    request.agent_id, shard,
-                    [p for p in request.progress if p.action_id % MAX_SHARDS == idx],
-                    [d for d in request.done if d.action_id % MAX_SHARDS == idx])
+            for idx, (progress, done) in per_shard.items():
+                await node._apply_reports(request.agent_id, node.shards[idx], progress, done)
         except ShardUnavailable as exc:
             await abort_unavailable(context, exc)
         except InvalidRequest as exc:  # one report more than a Raft entry carries

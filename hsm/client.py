@@ -39,6 +39,7 @@ import functools
 import logging
 import os
 import queue
+import random
 import re
 import socket
 import threading
@@ -852,6 +853,7 @@ class CoordinatorClient:
         retry_unavailable: float = 10.0,
         cluster_id: str | None = None,
         tls: TlsFiles | None = None,
+        retry_moving: float = 120.0,
     ) -> None:
         self.addresses = parse_addresses(coordinators)
         try:
@@ -862,6 +864,10 @@ class CoordinatorClient:
             raise InvalidArgument(f"timeout must be > 0 seconds, not {timeout!r}")
         self.timeout = float(timeout)
         self.retry_unavailable = max(0.0, float(retry_unavailable))
+        #: seconds a submit keeps resending items refused because their file
+        #: is moving to another shard (a split): EBUSY, or ESTALE (the shard
+        #: map changed: read again)
+        self.retry_moving = max(0.0, float(retry_moving))
         self.initiator = initiator or default_initiator()
         self._lock = threading.Lock()
         self._channels: dict[str, tuple[grpc.Channel, cgrpc.CoordinatorStub]] = {}
@@ -1070,6 +1076,8 @@ class CoordinatorClient:
         results: list[cpb.SubmitResult | None] = [None] * len(batch)
         todo = list(range(len(batch)))
         deadline = time.monotonic() + self.timeout
+        moving_until = time.monotonic() + self.retry_moving
+        pause = 0.1
         while todo:
             shard_map = self._shard_map()
             if shard_map is None:
@@ -1100,8 +1108,20 @@ class CoordinatorClient:
                     )
                 for i, result in zip(indexes, response.results, strict=True):
                     results[i] = result
+                    if (result.outcome == cpb.REJECTED and result.errno in (_errno.EBUSY, _errno.ESTALE)
+                            and time.monotonic() < moving_until):
+                        # its file moves to another shard (a split): nothing was made; the
+                        # same item (same key) goes again, to the owner the map says then
+                        todo.append(i)
+                        if result.errno == _errno.ESTALE:
+                            self._forget_shard_map()
             if todo:
-                time.sleep(0.05)
+                if any(results[i] is not None for i in todo):
+                    log.debug("submit: %d item(s) wait for their files to move between shards", len(todo))
+                    time.sleep(pause + random.uniform(0, pause / 2))
+                    pause = min(pause * 2, 2.0)
+                else:
+                    time.sleep(0.05)
         return [r for r in results if r is not None]
 
     def _shard_map(self) -> _ShardMap | None:

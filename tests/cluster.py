@@ -103,14 +103,16 @@ class Pki:
 class ProcCluster:
     def __init__(self, tmp: Path, replicas: int = 3, shards: int = 4, raft: dict[str, Any] | None = None,
                  agent_grace: float = 5.0, extra: dict[str, Any] | None = None,
-                 replication: int | None = None) -> None:
+                 replication: int | None = None, raft_room: int = 0) -> None:
         self.tmp = tmp
         self.shards = shards
         self.logs = tmp / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         api0 = free_ports(replicas)
-        raft0 = free_ports(replicas * shards)
-        self.specs = [ReplicaSpec(f"r{k + 1}", f"127.0.0.1:{api0 + k}", f"127.0.0.1:{raft0 + k * shards}")
+        # each replica's Raft ports: one per shard, and *raft_room* more for the shards a split adds
+        stride = shards + raft_room
+        raft0 = free_ports(replicas * stride)
+        self.specs = [ReplicaSpec(f"r{k + 1}", f"127.0.0.1:{api0 + k}", f"127.0.0.1:{raft0 + k * stride}")
                       for k in range(replicas)]
         tuning = {"election_min": 0.4, "election_max": 0.8, "leader_fallback": 1.5, "connection_timeout": 1.0,
                   "connection_retry": 0.2, "rebalance_interval": 1.0, **(raft or {})}

@@ -43,10 +43,10 @@ class Rig:
     """A cluster, a simfs tree, a posix archive and agentd processes."""
 
     def __init__(self, tmp: Path, agent_grace: float = 3.0, replicas: int = 3, shards: int = 4,
-                 replication: int | None = None, **extra: Any) -> None:
+                 replication: int | None = None, raft_room: int = 0, **extra: Any) -> None:
         self.tmp = tmp
         self.cluster = ProcCluster(tmp, replicas=replicas, shards=shards, agent_grace=agent_grace, extra=extra,
-                                   replication=replication)
+                                   replication=replication, raft_room=raft_room)
         self.fs = SimFS.create(tmp / "fs", FS)
         self.archive = tmp / "archive"
         self.archive.mkdir()

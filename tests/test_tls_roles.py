@@ -120,6 +120,10 @@ def test_a_plain_text_client_cannot_talk_to_a_tls_replica(replica: Any, pki: Pat
     ("root1", lambda s: s.JoinShard(C.JoinShardRequest(shard=0, members=["r1"])), "JoinShard needs role replica"),
     ("root1", lambda s: s.LeaveShard(C.LeaveShardRequest(shard=0)), "LeaveShard needs role replica"),
     ("a1", lambda s: s.LeaveShard(C.LeaveShardRequest(shard=0, prepare=True)), "LeaveShard needs role replica"),
+    # a split is asked by an admin; its steps (a pickled command among them) pass between replicas only
+    ("op", lambda s: s.Reshard(C.ReshardRequest(add=1)), "Reshard needs role admin or replica"),
+    ("root1", lambda s: s.Split(C.SplitRequest(op=C.SPLIT_OP_PROPOSE, shard=0, command=b"x")),
+     "Split needs role replica"),
 ])
 def test_each_role_is_refused_what_it_may_not_do_and_nothing_changes(
         replica: Any, pki: Path, who: str, call: Any, words: str) -> None:
@@ -369,3 +373,39 @@ def test_a_user_cancel_forwarded_to_other_leaders_stays_that_users(tmp_path: Pat
         assert {i for x in forwarded for i in x["action_ids"]} == set(remote)
     finally:
         trio.stop()
+
+
+def test_a_split_step_from_a_replica_carries_only_a_split_command(replica: Any, pki: Path, tmp_path: Path) -> None:
+    """Between replicas, a split command crosses pickled: anything else in
+    it (here a pickle that would create a file) is refused unread, and so
+    are a malformed ring and an unknown step; nothing changes."""
+    import pickle
+
+    from coordinator.state import Freeze
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(marker), "w"))
+
+    s = stub(replica, pki, "test")  # role replica
+    for command in (pickle.dumps(Evil()), b"\x80\x05garbage", pickle.dumps(("not", "a", "command"))):
+        with pytest.raises(grpc.RpcError) as err:
+            s.Split(C.SplitRequest(op=C.SPLIT_OP_PROPOSE, shard=0, command=command), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a split command" in err.value.details(), err.value.details()
+    assert not marker.exists()
+    for ring in ("{", '{"shards": -1}', '{"shards": 2, "version": 1, "pending": 9999, "pending_version": 2, '
+                 '"groups": {}}'):
+        with pytest.raises(grpc.RpcError) as err:
+            s.Split(C.SplitRequest(op=C.SPLIT_OP_OPEN, ring=ring), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        s.Split(C.SplitRequest(op=9, shard=0), timeout=10)
+    assert "unknown split op 9" in err.value.details()
+    # a real one is taken (here refused by the state: a Freeze that is not a split)
+    reply = s.Split(C.SplitRequest(op=C.SPLIT_OP_PROPOSE, shard=0, command=pickle.dumps(Freeze(1.0, 1, 1, 1, 1))),
+                    timeout=10)
+    assert "not a split" in reply.error
+    assert s.ClusterInfo(C.ClusterInfoRequest()).ring_version == 1

@@ -8,6 +8,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SplitOp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SPLIT_OP_UNSPECIFIED: _ClassVar[SplitOp]
+    SPLIT_OP_OPEN: _ClassVar[SplitOp]
+    SPLIT_OP_PROPOSE: _ClassVar[SplitOp]
+    SPLIT_OP_EXPORT: _ClassVar[SplitOp]
+    SPLIT_OP_FACTS: _ClassVar[SplitOp]
+    SPLIT_OP_RING: _ClassVar[SplitOp]
+
 class SubmitOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SUBMIT_OUTCOME_UNSPECIFIED: _ClassVar[SubmitOutcome]
@@ -23,6 +32,12 @@ class CancelOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANCEL_SENT: _ClassVar[CancelOutcome]
     ALREADY_ENDED: _ClassVar[CancelOutcome]
     NOT_FOUND: _ClassVar[CancelOutcome]
+SPLIT_OP_UNSPECIFIED: SplitOp
+SPLIT_OP_OPEN: SplitOp
+SPLIT_OP_PROPOSE: SplitOp
+SPLIT_OP_EXPORT: SplitOp
+SPLIT_OP_FACTS: SplitOp
+SPLIT_OP_RING: SplitOp
 SUBMIT_OUTCOME_UNSPECIFIED: SubmitOutcome
 CREATED: SubmitOutcome
 JOINED: SubmitOutcome
@@ -33,6 +48,66 @@ CANCEL_DONE: CancelOutcome
 CANCEL_SENT: CancelOutcome
 ALREADY_ENDED: CancelOutcome
 NOT_FOUND: CancelOutcome
+
+class ReshardRequest(_message.Message):
+    __slots__ = ("add", "abort")
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    add: int
+    abort: bool
+    def __init__(self, add: _Optional[int] = ..., abort: _Optional[bool] = ...) -> None: ...
+
+class ReshardResponse(_message.Message):
+    __slots__ = ("split", "shards", "ring_version", "waiting", "phase")
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    RING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    split: str
+    shards: int
+    ring_version: int
+    waiting: str
+    phase: str
+    def __init__(self, split: _Optional[str] = ..., shards: _Optional[int] = ..., ring_version: _Optional[int] = ..., waiting: _Optional[str] = ..., phase: _Optional[str] = ...) -> None: ...
+
+class SplitRequest(_message.Message):
+    __slots__ = ("op", "shard", "command", "ring")
+    OP_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    RING_FIELD_NUMBER: _ClassVar[int]
+    op: SplitOp
+    shard: int
+    command: bytes
+    ring: str
+    def __init__(self, op: _Optional[_Union[SplitOp, str]] = ..., shard: _Optional[int] = ..., command: _Optional[bytes] = ..., ring: _Optional[str] = ...) -> None: ...
+
+class SplitFacts(_message.Message):
+    __slots__ = ("ring_version", "out_version", "out_active", "busy", "in_version", "pending")
+    RING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OUT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OUT_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    IN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    ring_version: int
+    out_version: int
+    out_active: bool
+    busy: int
+    in_version: int
+    pending: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ring_version: _Optional[int] = ..., out_version: _Optional[int] = ..., out_active: _Optional[bool] = ..., busy: _Optional[int] = ..., in_version: _Optional[int] = ..., pending: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SplitResponse(_message.Message):
+    __slots__ = ("count", "error", "facts")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    error: str
+    facts: SplitFacts
+    def __init__(self, count: _Optional[int] = ..., error: _Optional[str] = ..., facts: _Optional[_Union[SplitFacts, _Mapping]] = ...) -> None: ...
 
 class RebalanceRequest(_message.Message):
     __slots__ = ("drain", "undrain", "enabled")
@@ -690,17 +765,19 @@ class Replica(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class ClusterInfoResponse(_message.Message):
-    __slots__ = ("shard_count", "vnodes", "replicas", "shards", "cluster_id", "replica")
+    __slots__ = ("shard_count", "vnodes", "replicas", "shards", "cluster_id", "replica", "ring_version")
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
     VNODES_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    RING_VERSION_FIELD_NUMBER: _ClassVar[int]
     shard_count: int
     vnodes: int
     replicas: _containers.RepeatedCompositeFieldContainer[Replica]
     shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
     cluster_id: str
     replica: str
-    def __init__(self, shard_count: _Optional[int] = ..., vnodes: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...
+    ring_version: int
+    def __init__(self, shard_count: _Optional[int] = ..., vnodes: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., replica: _Optional[str] = ..., ring_version: _Optional[int] = ...) -> None: ...

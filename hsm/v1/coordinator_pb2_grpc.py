@@ -155,6 +155,16 @@ class CoordinatorStub:
                 request_serializer=hsm_dot_v1_dot_coordinator__pb2.RebalanceRequest.SerializeToString,
                 response_deserializer=hsm_dot_v1_dot_coordinator__pb2.RebalanceResponse.FromString,
                 _registered_method=True)
+        self.Reshard = channel.unary_unary(
+                '/hsm.v1.Coordinator/Reshard',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.ReshardRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.ReshardResponse.FromString,
+                _registered_method=True)
+        self.Split = channel.unary_unary(
+                '/hsm.v1.Coordinator/Split',
+                request_serializer=hsm_dot_v1_dot_coordinator__pb2.SplitRequest.SerializeToString,
+                response_deserializer=hsm_dot_v1_dot_coordinator__pb2.SplitResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -361,6 +371,27 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reshard(self, request, context):
+        """Split the ring: add shards while serving (docs/resharding.md), abort a
+        split that no shard activated yet, or (add 0, no abort) show the split
+        that runs or the last one. Any replica takes it and asks shard 0's
+        leader, which records it and drives it to the end (a new leader
+        carries on). Role admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Split(self, request, context):
+        """Replica to replica, during a split: one step on a shard this replica
+        holds or leads (open the new shards' groups, propose a step of the
+        split, export a drained shard's moving files, say the shard's part,
+        take the new ring).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -483,6 +514,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Rebalance,
                     request_deserializer=hsm_dot_v1_dot_coordinator__pb2.RebalanceRequest.FromString,
                     response_serializer=hsm_dot_v1_dot_coordinator__pb2.RebalanceResponse.SerializeToString,
+            ),
+            'Reshard': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reshard,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.ReshardRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.ReshardResponse.SerializeToString,
+            ),
+            'Split': grpc.unary_unary_rpc_method_handler(
+                    servicer.Split,
+                    request_deserializer=hsm_dot_v1_dot_coordinator__pb2.SplitRequest.FromString,
+                    response_serializer=hsm_dot_v1_dot_coordinator__pb2.SplitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1133,6 +1174,60 @@ class Coordinator:
             '/hsm.v1.Coordinator/Rebalance',
             hsm_dot_v1_dot_coordinator__pb2.RebalanceRequest.SerializeToString,
             hsm_dot_v1_dot_coordinator__pb2.RebalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reshard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/Reshard',
+            hsm_dot_v1_dot_coordinator__pb2.ReshardRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.ReshardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Split(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hsm.v1.Coordinator/Split',
+            hsm_dot_v1_dot_coordinator__pb2.SplitRequest.SerializeToString,
+            hsm_dot_v1_dot_coordinator__pb2.SplitResponse.FromString,
             options,
             channel_credentials,
             insecure,
