@@ -230,3 +230,26 @@ def test_every_replica_killed_mid_split_and_started_again_the_split_resumes(rig:
     check_split(rig, ids, fids)
     all_done(rig, ids)
     rig.check_no_double_runs()
+
+
+def test_a_split_aborted_mid_drain_leaves_every_file_where_it_was_and_a_later_split_works(rig: Rig) -> None:
+    rig.start()
+    c = rig.cluster
+    ids, fids = draining(rig)
+    out = reshard(rig, "--abort", "--wait", "--timeout", "60")
+    assert out.returncode == 0 and out.stdout.rstrip().endswith("aborted"), out.stdout + out.stderr
+    for s in c.live():
+        i = info(rig, s.id)
+        assert (i.shard_count, i.ring_version) == (SHARDS, 1)
+        for k in (2, 3):  # each replica closed its members of the new shards: their journals are gone
+            left = sorted(p.name for p in (c.tmp / "data" / s.id / f"shard-{k}").iterdir())
+            assert left == ["group", "lock"], (s.id, k, left)
+    got = where(rig, ids)
+    assert sorted(got) == sorted(ids)
+    assert all(got[i][0] == OLD.shard_of(fids[i]) for i in ids), "an action left its shard"
+    all_done(rig, ids)
+    rig.check_no_double_runs()
+    # the ring is as it was: a split asked again runs from the start, to the same version
+    out = reshard(rig, "--add", str(ADDED), "--wait", "--timeout", "90")
+    assert out.returncode == 0 and out.stdout.rstrip().endswith("done"), out.stdout + out.stderr
+    check_split(rig, ids, fids)
