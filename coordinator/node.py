@@ -1330,11 +1330,19 @@ class CoordinatorNode:
         if idx >= len(self.shards):
             return None
         shard = self.shards[idx]
+        if self.ring.version == 1:
+            return shard  # never split: an id names its shard
         if isinstance(shard, RaftShard):
             with shard.reading() as st:
                 moved = st.moved_to.get(action_id)
             if moved is not None and moved < len(self.shards):
                 return self.shards[moved]
+            return shard
+        # the shard its id names is held elsewhere: a split may have moved it to one held here
+        for held in self.hosted:
+            with held.reading() as st:
+                if action_id in st.actions:
+                    return held
         return shard
 
     def members_of(self, index: int) -> list[str]:

@@ -253,3 +253,42 @@ def test_a_split_aborted_mid_drain_leaves_every_file_where_it_was_and_a_later_sp
     out = reshard(rig, "--add", str(ADDED), "--wait", "--timeout", "90")
     assert out.returncode == 0 and out.stdout.rstrip().endswith("done"), out.stdout + out.stderr
     check_split(rig, ids, fids)
+
+
+def test_a_split_of_a_cluster_whose_shards_live_on_some_replicas_places_the_new_groups_too(tmp_path: Path) -> None:
+    """4 replicas, groups of 3: the new shards' groups are spread like the
+    configured ones, each replica opens only the new groups it is in, and
+    every replica (a member or not) routes by the new ring."""
+    r = Rig(tmp_path, replicas=4, shards=SHARDS, replication=3, raft_room=ADDED, agent_grace=3.0)
+    try:
+        client = r.start()
+        c = r.cluster
+        subprocess.run([sys.executable, "-m", "coordinator.cli", "rebalance", "off", "--coordinators", c.addresses],
+                       check=True, capture_output=True, env=c.env, timeout=60)
+        ids, fids = submit_waiting(r, 80)
+        out = reshard(r, "--add", str(ADDED), "--wait", "--timeout", "120")
+        assert out.returncode == 0 and out.stdout.rstrip().endswith("done"), out.stdout + out.stderr
+        check_split(r, ids, fids)
+        groups = {row.shard: list(row.members) for row in info(r, "r1").shards}
+        for k in (2, 3):
+            assert len(groups[k]) == 3, groups
+            for s in c.specs:  # a replica holds a new shard exactly when its group names it
+                held = (c.tmp / "data" / s.id / f"shard-{k}" / "group").exists()
+                assert held == (s.id in groups[k]), (s.id, k, groups[k])
+        # every replica answers for every action, whichever shard holds it now
+        for s in c.specs:
+            with CoordinatorClient(s.api, timeout=20, tls=c.client_tls) as one:
+                assert {one.get_action(i).action_id for i in ids} == set(ids)
+        r.agent("a1", slots="archive=8,restore=2,remove=1", bandwidth="16M")
+        all_done(r, ids)
+        r.check_no_double_runs()
+        assert client is not None
+    finally:
+        r.close()
+
+
+def submit_waiting(rig: Rig, n: int) -> tuple[list[int], dict[int, Fid]]:
+    """*n* archives that wait (no agent yet)."""
+    fs = files(rig, n)
+    ids = rig.submit("archive", [f for _p, f, _d in fs])
+    return ids, {i: f for i, (_p, f, _d) in zip(ids, fs, strict=True)}
