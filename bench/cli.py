@@ -63,6 +63,8 @@ workloads:
   scaleout       what a replica spends per action as the cluster grows: the flood on 3 replicas x 18 shards
                  (every replica holds all) and on 9 x 18 with replication 3 (each holds 6); CPU µs per action
                  per replica 9 / 3 against the target 0.4, at most (scaleout --help; bench/scaleout.py)
+  split          8 -> 12 shards under the flood and a restore storm (3 replicas): 0 lost, 0 run twice,
+                 one restore per file, per-file order, the split's duration (split --help; bench/split.py)
   move           a shard moved under the flood (4 replicas x 8 shards in groups of 3): 0 lost, 0 run twice,
                  the move's duration and the longest pause in that shard's acknowledgements (move --help;
                  bench/move.py)
@@ -218,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="rounds of two floods (3 then 9 replicas, then 9 then 3, ...); figures are medians "
                          "(default 1)")
+    from bench import split as splitmod
+
+    sub.add_parser("split", parents=[common],
+                   help="8 -> 12 shards under a flood and a restore storm: nothing lost or run twice, one restore "
+                        "per file, per-file order",
+                   description=splitmod.SPLIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     from bench import move as movemod
 
     mvp = sub.add_parser("move", parents=[common],
@@ -401,6 +409,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = settings_from(args)
         s.say = _say
         return scaleoutmod.scaleout(args, s, _say)
+    if args.workload == "split":
+        from bench import split as splitmod
+
+        if args.replicas is not None or args.shards is not None:
+            build_parser().error("split: the shape is fixed (3 replicas, 8 shards grown to 12): no --replicas, "
+                                 "no --shards")
+        if args.actions is not None and args.actions < 3:
+            build_parser().error("split: --actions must be at least 3")
+        s = settings_from(args)
+        s.say = _say
+        return splitmod.split(args, s, _say)
     if args.workload == "move":
         from bench import move as movemod
 

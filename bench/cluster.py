@@ -337,6 +337,8 @@ class ClusterOptions:
     #: members of each shard's Raft group (cluster.replication; None: every replica holds every shard; see
     #: the module's doc)
     replication: int | None = None
+    #: Raft ports each replica keeps free beyond its shards', for the shards a split adds (bench split)
+    raft_room: int = 0
     #: seconds start() waits for each replica to be ready and for the agents to connect to it
     start_timeout: float = 60.0
 
@@ -355,6 +357,8 @@ class ClusterOptions:
             out["agent_tags"] = self.agent_tags
         if self.replication is not None:  # (absent: every replica holds every shard)
             out["replication"] = self.replication
+        if self.raft_room:
+            out["raft_room"] = self.raft_room
         return out
 
 
@@ -442,7 +446,7 @@ class BenchCluster:
         api0 = free_ports(n)
         # a block of Raft ports per replica (free_ports never hands a port out twice): 9 x 18 = 162
         # consecutive ports are hard to find in a long test session's fragmented range
-        self.specs = [ReplicaSpec(f"r{k + 1}", f"127.0.0.1:{api0 + k}", f"127.0.0.1:{free_ports(s)}")
+        self.specs = [ReplicaSpec(f"r{k + 1}", f"127.0.0.1:{api0 + k}", f"127.0.0.1:{free_ports(s + self.opt.raft_room)}")
                       for k in range(n)]
         raft = {"election_min": 0.5, "election_max": 1.0, "leader_fallback": 2.0, "connection_timeout": 2.0,
                 "fsync": self.opt.fsync, "encrypt": self.opt.encrypt, **self.opt.raft}

@@ -94,8 +94,8 @@ class Resharder:
         self.wake = asyncio.Event()
         #: what the split waits for, as the last look found it ("" when nothing)
         self.waiting = ""
-        #: replicas that took the ring of the last split done (by version)
-        self._published: dict[int, set[str]] = {}
+        #: replicas that took the ring a split ended with (by version and phase)
+        self._published: dict[tuple[int, Phase], set[str]] = {}
         self._unreached: set[tuple[str, int]] = set()
         self._said = ""
 
@@ -191,7 +191,7 @@ class Resharder:
             try:
                 if r.running:
                     await self._look(r)
-                elif r.phase == Phase.DONE:
+                else:
                     await self._publish(r)
             except asyncio.CancelledError:
                 raise
@@ -266,7 +266,7 @@ class Resharder:
                     raise ValueError(f"shard {step.shard}: {resp.error}")
         elif step.do in (Do.MOVING, Do.ACTIVATING, Do.DONE, Do.ABORTED):
             if step.do == Do.ABORTED:
-                await self._tell_all(RingRecord(node.ring.shards, node.ring.version, {}))
+                await self._tell_all(RingRecord(node.ring.shards, node.ring.version, {}))  # (again: _publish)
             phase = {Do.MOVING: Phase.MOVING, Do.ACTIVATING: Phase.ACTIVATING, Do.DONE: Phase.DONE,
                      Do.ABORTED: Phase.ABORTED}[step.do]
             res = await node.propose(node.shards[0], ReshardStep(now, r.version, int(phase)))  # type: ignore
@@ -320,13 +320,21 @@ class Resharder:
         return {x for x in await asyncio.gather(*(one(rid) for rid in ids)) if x}
 
     async def _publish(self, r: split.Reshard) -> None:
-        """The ring of a split done, to every replica that has not taken it."""
+        """The ring a split ended with (done: the new one; aborted: the one
+        before, without the split's shards), to every replica that has not
+        taken it: one that was down meanwhile gets it when it is back."""
         node = self.node
-        done = self._published.setdefault(r.version, set())
-        if r.version < node.ring.version or len(done) == len(node.cluster.replicas):
+        key = (r.version, r.phase)
+        done = self._published.setdefault(key, set())
+        if len(done) == len(node.cluster.replicas):
             return
-        groups = dict(node.ring_record.groups) | {k: r.group(k) for k in r.new}
-        done |= await self._tell_all(RingRecord(r.total, r.version, groups))
+        if r.phase == Phase.DONE:
+            if r.version < node.ring.version:
+                return  # a later split is done
+            rec = RingRecord(r.total, r.version, dict(node.ring_record.groups) | {k: r.group(k) for k in r.new})
+        else:
+            rec = RingRecord(node.ring.shards, node.ring.version, {})
+        done |= await self._tell_all(rec)
 
     async def propose_on(self, index: int, cmd: Freeze | Import | Activate | AbortSplit) -> SplitReply:
         """*cmd* on shard *index*'s leader (here, or asked of it); ValueError

@@ -24,11 +24,13 @@ from hsm.v1 import coordinator_pb2 as C
 from hsm.v1 import coordinator_pb2_grpc
 from hsm.v1 import types_pb2 as T
 from tests.cluster import until
+from tests.readme import block_after, shape
 from tests.test_system_agents import KiB, Rig
 
 pytestmark = pytest.mark.slow  # real processes, seconds per test
 
 SHARDS, ADDED = 2, 2
+DOC = Path(__file__).resolve().parent.parent / "docs" / "resharding.md"
 OLD, NEW = Ring(SHARDS), Ring(SHARDS).with_shard_added(ADDED)
 
 
@@ -128,6 +130,12 @@ def test_a_split_under_a_flood_moves_files_whole_and_loses_or_doubles_nothing(ri
         assert "split 2 -> 4 shards (ring version 2): opening" in out.stdout, out.stdout
         assert out.stdout.rstrip().endswith("ring: 4 shards, version 2; split 2 -> 4 shards (ring version 2): done"), \
             out.stdout
+        # the sample in docs/resharding.md: its first and last lines are these (the phases between
+        # are printed as the command sees them, polling)
+        print(out.stdout)
+        sample = shape(block_after("What `reshard --add N --wait` prints", DOC))
+        got = shape(out.stdout)
+        assert (sample[0], sample[-1]) == (got[0], got[-1]), (sample, got)
     finally:
         t.join(180)
     assert not errors, errors
@@ -160,19 +168,22 @@ def test_a_split_refuses_what_makes_no_sense_and_changes_nothing(rig: Rig) -> No
 
 
 def draining(rig: Rig) -> tuple[list[int], dict[int, Fid]]:
-    """A split held in its drain: agent a1 copies archives slowly (256 KiB
-    files at 64 KiB/s, 4 at a time, some of moving files) when the split
-    freezes; returns once the driver says it waits for them. 44 more
-    archives wait behind."""
+    """A split held in its drain: agent a1 copies archives slowly (128 KiB
+    files at 16 KiB/s: 8 s each, 4 at a time) when the split freezes, two
+    of them of moving files; returns once the driver says it waits for
+    them, seconds before they end. 12 more archives wait behind."""
     c = rig.cluster
-    rig.agent("a1", slots="archive=4,restore=2,remove=1", bandwidth="64K")
-    fs = [rig.file(f"f{k}", 256 * KiB) for k in range(48)]
-    ids = rig.submit("archive", [f for _p, f, _d in fs])
-    fids = {i: f for i, (_p, f, _d) in zip(ids, fs, strict=True)}
+    rig.agent("a1", slots="archive=4,restore=2,remove=1", bandwidth="16K")
+    fs = [rig.file(f"f{k}", 128 * KiB) for k in range(16)]
+    moving = [f for _p, f, _d in fs if OLD.shard_of(f) != NEW.shard_of(f)]
+    staying = [f for _p, f, _d in fs if OLD.shard_of(f) == NEW.shard_of(f)]
+    assert len(moving) >= 2 and staying
+    first = rig.submit("archive", moving[:2])
     assert rig.client is not None
-    until(lambda: sum(rig.client.get_action(i).state == T.STARTED  # type: ignore[union-attr]
-                      for i in ids if OLD.shard_of(fids[i]) != NEW.shard_of(fids[i])) >= 2, 30,
+    until(lambda: all(rig.client.get_action(i).state == T.STARTED for i in first), 30,  # type: ignore[union-attr]
           "archives of moving files copying")
+    ids = first + rig.submit("archive", [f for f in moving[2:] + staying])
+    fids = {i: f for i, f in zip(ids, moving + staying, strict=True)}
     out = reshard(rig, "--add", str(ADDED))
     assert out.returncode == 0 and "opening" in out.stdout, out.stdout + out.stderr
     until(lambda: split_view(rig, c.leader_of(0)).waiting.startswith("draining: "), 30, "the split draining")

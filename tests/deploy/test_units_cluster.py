@@ -203,6 +203,7 @@ def test_cluster_from_rendered_units_passes_the_workload(rendered_cluster: Rende
             assert hashlib.sha256(f.read_bytes()).hexdigest() == digest, f"{f}: bytes differ after restore"
 
         r = _hsmctl(cl, "actions", "--all", "--json")
+        assert r.returncode == 0, r.stdout + r.stderr + _logs(services)
         actions = json.loads(r.stdout)
         assert {(a["kind"], a["state"]) for a in actions} == {("ARCHIVE", "SUCCEEDED"), ("RESTORE", "SUCCEEDED")}
         assert len(actions) == 2 * len(digests), "one archive and one restore per file"
