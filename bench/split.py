@@ -80,6 +80,8 @@ SEQ_STORM = cl.SEQ_BASE + 0x7800
 SPLIT_AT = 1 / 3
 SPLIT_TIMEOUT = {"quick": 600.0, "full": 3600.0}
 FS = "simfs"
+#: ActionState values (hsm.v1)
+WAITING, SUCCEEDED = 1, 4
 
 SPLIT_HELP = f"""\
 Shards added under a flood (issue 19): {REPLICAS} replicas x {SHARDS} shards grow to {SHARDS + ADDED} with
@@ -137,7 +139,7 @@ class Storm:
                                                 for oid, r in zip(oids, results, strict=True))
                     p += 1
         except Exception as exc:  # noqa: BLE001 - reported as a failure
-            self.errors.append(f"{initiator}: {type(exc).__name__}: {exc}")
+            self.errors.append(f"{initiator} at {time.strftime('%H:%M:%S')}: {type(exc).__name__}: {exc}")
             traceback.print_exc()
 
     def record(self, w0: float, w1: float) -> dict[str, Any]:
@@ -254,7 +256,7 @@ def run_split(s: Settings, n: int, files: int, say: Callable[[str], None]) -> di
         not_once = [f for f in flood_fids + [str(f) for f in storm_fids] if run_fids.get(f) != 1]
         if not_once:
             problems.append(f"{len(not_once)} file(s) not archived by exactly one run, e.g. {not_once[:3]}")
-        restores_run = sum(1 for r in runs if r.kind == 2)
+        restores_run = sum(1 for r in runs if r.kind == w.KIND_RESTORE)
         if restores_run:
             problems.append(f"{restores_run} restore(s) ran: the agents take none")
         # the storm: one restore per file, on its new shard
@@ -277,7 +279,7 @@ def run_split(s: Settings, n: int, files: int, say: Callable[[str], None]) -> di
             counted = Counter(a.action_id for a in listed)
             twice = [i for i, k in counted.items() if k > 1]
             misplaced = [a.action_id for a in listed
-                         if a.shard != new.shard_of(Fid(a.fid.seq, a.fid.oid, a.fid.ver)) or a.state != 1]
+                         if a.shard != new.shard_of(Fid(a.fid.seq, a.fid.oid, a.fid.ver)) or a.state != WAITING]
             if len(listed) != files or twice or misplaced or set(counted) != set(restore_of.values()):
                 problems.append(f"restores listed: {len(listed)} for {files} files, {len(twice)} listed twice, "
                                 f"{len(misplaced)} not waiting on their new shard")
@@ -287,7 +289,8 @@ def run_split(s: Settings, n: int, files: int, say: Callable[[str], None]) -> di
                 acts = list(client.list_actions(fid=(FS, Fid(SEQ_STORM, oid, 0)), include_terminal=True))
                 kinds = [(a.kind, a.state) for a in acts]
                 ids = [a.action_id for a in acts]
-                if kinds != [(1, 4), (2, 1)] or ids != sorted(ids) or ids[1] != restore_of.get(oid):
+                if (kinds != [(w.KIND_ARCHIVE, SUCCEEDED), (w.KIND_RESTORE, WAITING)] or ids != sorted(ids)
+                        or ids[1] != restore_of.get(oid)):
                     order_bad.append((oid, kinds, ids))
             if order_bad:
                 problems.append(f"per-file order: {len(order_bad)} file(s), e.g. {order_bad[:2]}")
@@ -298,7 +301,7 @@ def run_split(s: Settings, n: int, files: int, say: Callable[[str], None]) -> di
             problems.extend(digests)
             client.cancel(fids=[(FS, f, "restore") for f in storm_fids], reason="bench split: the storm's end")
         w.wait_drained(c, timeout=300)
-        flood_runs = sorted(r.time for r in runs if r.kind == 1 and not r.fid.startswith(f"[0x{SEQ_STORM:x}:"))
+        flood_runs = sorted(r.time for r in runs if r.kind == w.KIND_ARCHIVE and not r.fid.startswith(f"[0x{SEQ_STORM:x}:"))
         t_last = flood_runs[-1] if flood_runs else t_end
         out.update({
             "split": {"command": " ".join(cmd[1:]), "returncode": rc, "stdout": [[round(t, 3), x] for t, x in lines],

@@ -1088,8 +1088,11 @@ class CoordinatorClient:
             todo = []
             for leader, indexes in groups.items():
                 part = [batch[i] for i in indexes]
-                multi = shard_map is not None and len(set(shard_map.ring.shard_of_many(
-                    Fid(i.fid.seq, i.fid.oid, i.fid.ver) for i in part))) > 1
+                # a redirect regroups the part by a fresh map whenever there is a map: the part may
+                # span several shards, or the map may be stale (a split moved some of its files to
+                # a shard the replica it was sent to does not lead: following the hint would go
+                # back and forth between two leaders, neither of which leads the whole part)
+                multi = shard_map is not None
                 try:
                     response = self._call("Submit", cpb.SubmitRequest(items=part),
                                           f"submit of {len(part)} items", start=leader or None,
