@@ -39,7 +39,9 @@ Checks (a failure is exit 1):
 * per-FID order: each storm file's actions, as its shard lists them, are its
   archive (SUCCEEDED) then its restore, in arrival (id) order;
 * Status counts: SUCCEEDED = flood + storm archives, WAITING = storm
-  files; the replicas of every shard hold identical states (digests).
+  files; the replicas of every shard hold identical states (digests);
+* nothing stuck: the flood's last run comes at most :data:`STALL` s after
+  both the split and the flood's submissions ended.
 
 Figures: the split's duration (command to ``done`` line) and when each
 phase was first seen (the command polls every second); the storm's
@@ -79,6 +81,9 @@ SEQ_STORM = cl.SEQ_BASE + 0x7800
 #: the share of the flood's actions run (agents' records) when the split starts
 SPLIT_AT = 1 / 3
 SPLIT_TIMEOUT = {"quick": 600.0, "full": 3600.0}
+#: seconds the flood may still run after both the split and its submissions ended (more: actions were stuck;
+#: a run here drains 50,000 in about 40 s at the flood's rate)
+STALL = 60.0
 FS = "simfs"
 #: ActionState values (hsm.v1)
 WAITING, SUCCEEDED = 1, 4
@@ -303,6 +308,11 @@ def run_split(s: Settings, n: int, files: int, say: Callable[[str], None]) -> di
         w.wait_drained(c, timeout=300)
         flood_runs = sorted(r.time for r in runs if r.kind == w.KIND_ARCHIVE and not r.fid.startswith(f"[0x{SEQ_STORM:x}:"))
         t_last = flood_runs[-1] if flood_runs else t_end
+        t_sub = max(r["t_end"] for r in results)
+        tail = t_last - max(w1, t_sub)
+        if tail > STALL:
+            problems.append(f"the flood's last run came {tail:.0f} s after the split and the submissions ended: "
+                            "actions were stuck")
         out.update({
             "split": {"command": " ".join(cmd[1:]), "returncode": rc, "stdout": [[round(t, 3), x] for t, x in lines],
                       "stderr": stderr[-2000:], **parsed, "seconds": parsed["done_s"]},
@@ -311,7 +321,9 @@ def run_split(s: Settings, n: int, files: int, say: Callable[[str], None]) -> di
                       "runs_per_s_before": window_rate(flood_runs, t0, w0),
                       "runs_per_s_during": window_rate(flood_runs, w0, w1),
                       "runs_per_s_after": window_rate(flood_runs, w1, t_last) if t_last > w1 else None,
-                      "split_started_s": round(w0 - t0, 2), "split_ended_s": round(w1 - t0, 2), "cpu": cpu_used},
+                      "split_started_s": round(w0 - t0, 2), "split_ended_s": round(w1 - t0, 2),
+                      "submit_ended_s": round(t_sub - t0, 2), "last_run_s": round(t_last - t0, 2),
+                      "cpu": cpu_used},
             "runs": {k: rc_all[k] for k in ("runs", "actions_run", "run_twice")},
             "storm_archive_ids": len(set(storm_archives)), "problems": problems})
         if problems:

@@ -1324,26 +1324,45 @@ class CoordinatorNode:
 
     def shard_of_action(self, action_id: int) -> RaftShard | None:
         """The shard an action id names (its last digits), or the shard a
-        split moved the action to, when that shard is held here and keeps
-        its tombstone."""
-        idx = action_id % MAX_SHARDS
-        if idx >= len(self.shards):
-            return None
-        shard = self.shards[idx]
-        if self.ring.version == 1:
-            return shard  # never split: an id names its shard
-        if isinstance(shard, RaftShard):
-            with shard.reading() as st:
-                moved = st.moved_to.get(action_id)
-            if moved is not None and moved < len(self.shards):
-                return self.shards[moved]
-            return shard
-        # the shard its id names is held elsewhere: a split may have moved it to one held here
-        for held in self.hosted:
-            with held.reading() as st:
-                if action_id in st.actions:
-                    return held
-        return shard
+        split moved the action to (:meth:`shards_of_actions`)."""
+        return self.shards_of_actions((action_id,)).get(action_id)
+
+    def shards_of_actions(self, action_ids: Iterable[int]) -> dict[int, RaftShard]:
+        """Each action's shard: the one its id names (its last digits), or,
+        when a split moved it, the one the old shard's tombstone names (read
+        here whenever the old shard is held here, whatever ring this
+        replica routes by: a moved action can start on its new shard before
+        this replica takes the new ring), or, when the shard its id names is
+        held elsewhere, one held here that has it. Ids of no shard are left
+        out. One look at each old shard's state for all its ids."""
+        by_suffix: dict[int, list[int]] = {}
+        for i in action_ids:
+            by_suffix.setdefault(i % MAX_SHARDS, []).append(i)
+        out: dict[int, RaftShard] = {}
+        n = len(self.shards)
+        for idx, ids in by_suffix.items():
+            if idx >= n:
+                continue
+            shard = self.shards[idx]
+            if isinstance(shard, RaftShard):
+                with shard.reading() as st:
+                    moved = st.moved_to
+                    targets = [moved.get(i) for i in ids] if moved else None
+                for k, i in enumerate(ids):
+                    t = targets[k] if targets is not None else None
+                    out[i] = self.shards[t] if t is not None and t < n else shard  # type: ignore[assignment]
+                continue
+            split_seen = self.ring.version > 1 or self.ring_record.pending
+            for i in ids:
+                found = None
+                if split_seen:  # moved to a shard held here?
+                    for held in self.hosted:
+                        with held.reading() as st:
+                            if i in st.actions:
+                                found = held
+                                break
+                out[i] = found or shard  # type: ignore[assignment]
+        return out
 
     def members_of(self, index: int) -> list[str]:
         """The replica ids of a shard's group: as applied here when this
@@ -2099,11 +2118,12 @@ class CoordinatorNode:
         """Apply reports for shards led here; forward the others. The
         completions are acknowledged on *session* once applied."""
         per_shard: dict[int, tuple[list[agent_pb2.Progress], list[agent_pb2.Done]]] = {}
+        where = self.shards_of_actions([p.action_id for p in progress] + [d.action_id for d in done])
         for p in progress:
-            if (s := self.shard_of_action(p.action_id)) is not None:
+            if (s := where.get(p.action_id)) is not None:
                 per_shard.setdefault(s.index, ([], []))[0].append(p)
         for d in done:
-            if (s := self.shard_of_action(d.action_id)) is not None:
+            if (s := where.get(d.action_id)) is not None:
                 per_shard.setdefault(s.index, ([], []))[1].append(d)
 
         async def one(shard: RaftShard, ps: list[agent_pb2.Progress], ds: list[agent_pb2.Done]) -> None:

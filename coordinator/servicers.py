@@ -202,7 +202,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         reason = request.reason or "canceled by request"
         results: list[coordinator_pb2.CancelResult] = []
         # an id names its shard (its last digits), or a split moved it (the old shard's tombstone)
-        id_shard = {i: s.index if (s := node.shard_of_action(i)) is not None else -1 for i in request.action_ids}
+        where = node.shards_of_actions(request.action_ids)
+        id_shard = {i: s.index if (s := where.get(i)) is not None else -1 for i in request.action_ids}
         parts_of = {idx: (tuple(i for i in request.action_ids if id_shard[i] == idx),
                           tuple(t for t in targets if node.ring.shard_of(t.fid) == idx)) for idx in sorted(wanted)}
         estimate = 2 * request.ByteSize() + 64 * (len(request.action_ids) + len(targets) + len(cookies)) + 1024
@@ -1194,9 +1195,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         # each report to the shard that holds its action: the one its id names,
         # or the one a split moved it to (the old shard's tombstone)
         per_shard: dict[int, tuple[list[agent_pb2.Progress], list[agent_pb2.Done]]] = {}
+        where = node.shards_of_actions([p.action_id for p in request.progress] +
+                                       [d.action_id for d in request.done])
         for reports, which in ((request.progress, 0), (request.done, 1)):
             for r in reports:
-                shard = node.shard_of_action(r.action_id)
+                shard = where.get(r.action_id)
                 if shard is None:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"no shard {r.action_id % MAX_SHARDS}")
                 per_shard.setdefault(shard.index, ([], []))[which].append(r)  # type: ignore[arg-type]

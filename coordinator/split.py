@@ -33,8 +33,9 @@ restart resumes it. Phases::
     OPENING     the new shards' Raft groups are opened on their replicas
     MOVING      every shard of the split is frozen; each old shard drains,
                 then its leader exports its moving files to the new shards
-    ACTIVATING  every new shard has every chunk: the new shards activate,
-                then the old ones (which forget what they handed over)
+    ACTIVATING  every new shard has every chunk: the old shards activate
+                (they forget what they handed over and keep a tombstone of
+                each moved action), then the new ones (they serve it)
     DONE        the cluster's ring is the new one; replicas route by it
     ABORTING    (from OPENING or MOVING, asked by an admin) every shard
                 serves as before, the new shards' groups are closed
@@ -320,7 +321,8 @@ def decide(r: Reshard, facts: Mapping[int, ShardFacts | None], now: float, grace
     finished. The one rule that keeps a FID from having two owners or none:
     no shard activates before every new shard has every chunk (ACTIVATING
     is recorded only then, and only from ACTIVATING is a shard activated),
-    the new shards before the old ones."""
+    the old shards before the new ones (a FID has no owner for a moment:
+    its submits are refused, "retry", and nothing starts it)."""
     v = r.version
     if r.phase == Phase.OPENING:
         for k in r.new:
@@ -348,7 +350,9 @@ def decide(r: Reshard, facts: Mapping[int, ShardFacts | None], now: float, grace
             return Step(Do.WAIT, -1, "draining: " + "; ".join(waiting))
         return Step(Do.ACTIVATING)
     if r.phase == Phase.ACTIVATING:
-        for s in (*r.new, *range(r.shards)):  # the new shards first
+        # the old shards first: once a new shard serves, it starts the actions it imported, and their
+        # agents' reports, routed by the ids' old shards, must find the old shard's tombstones there
+        for s in (*range(r.shards), *r.new):
             f = facts.get(s)
             if f is None:
                 return Step(Do.WAIT, s, f"shard {s} has no leader")

@@ -110,7 +110,7 @@ def facts(r: Reshard, **by_shard: ShardFacts | None) -> dict[int, ShardFacts | N
     return out
 
 
-def test_the_driver_opens_freezes_exports_after_the_drain_and_activates_new_shards_first() -> None:
+def test_the_driver_opens_freezes_exports_after_the_drain_and_activates_old_shards_first() -> None:
     r = split.begin(None, (0, 1), 2, 2, 1, VNODES, GROUPS, 5.0)
     assert isinstance(r, Reshard)
     assert split.decide(r, facts(r, s2=None), 6) == Step(Do.OPEN, 2)
@@ -130,10 +130,11 @@ def test_the_driver_opens_freezes_exports_after_the_drain_and_activates_new_shar
     assert split.decide(m, facts(m, **frozen), 7) == Step(Do.ACTIVATING)
     a = split.advance(m, 2, Phase.ACTIVATING, 8)
     assert isinstance(a, Reshard)
-    assert split.decide(a, facts(a, **frozen), 8) == Step(Do.ACTIVATE, 2)
-    frozen["s2"] = ShardFacts(ring_version=2)
+    # the old shards first: their tombstones are in before a new shard starts what it imported
     assert split.decide(a, facts(a, **frozen), 8) == Step(Do.ACTIVATE, 0)
     frozen["s0"] = frozen["s1"] = ShardFacts(ring_version=2, out_version=2, out_active=True)
+    assert split.decide(a, facts(a, **frozen), 8) == Step(Do.ACTIVATE, 2)
+    frozen["s2"] = ShardFacts(ring_version=2)
     assert split.decide(a, facts(a, **frozen), 8) == Step(Do.DONE)
     # a shard another split froze is waited for, not frozen again
     other = dict(s0=ShardFacts(out_version=7))
@@ -213,8 +214,13 @@ class World:
             return
         self.now += 0.1
         if finish:
-            running = [i for i, a in s.actions.items() if a.state == State.STARTED][:3]
-            apply(s, Complete(self.now, tuple(Completion(i, s.actions[i].attempt) for i in running), "a"))
+            # the agent's completions are routed as the replicas route them: to the shard the id
+            # names, or the one its tombstone there names; each must end its action
+            for i in [i for i, a in s.actions.items() if a.state == State.STARTED][:3]:
+                named = self.shards[i % 1000]
+                to = self.shards[named.moved_to.get(i, i % 1000)]
+                apply(to, Complete(self.now, (Completion(i, s.actions[i].attempt),), "a"))
+                assert s.actions[i].state != State.STARTED, f"the completion of {i} went to shard {to.config.shard}"
         else:
             planned = scheduler.plan(s, [scheduler.Offer("a", (), {Kind.ARCHIVE: 2, Kind.RESTORE: 2})], self.now)
             apply(s, AssignRound(self.now, planned))
@@ -324,6 +330,7 @@ def test_any_run_of_the_driver_under_a_flood_keeps_one_owner_per_fid_and_loses_n
     # the drain: agents finish what runs, and the driver goes to the end
     for _ in range(200):
         for k in range(len(w.shards)):
+            w.work(k, False)
             w.work(k, True)
         if drive(False) == Do.NOTHING:
             break
