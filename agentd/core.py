@@ -687,7 +687,7 @@ class AgentCore:
                 cur.attempt = a.attempt
                 cur.stream = stream
                 self._out.append(Renumber(cur.run, a.attempt))
-                self.leases.assigned(a.action_id, stream, now)  # expired: check_leases stops it
+                self.leases.assigned(a.action_id, stream, now, _shard_of(a))  # expired: check_leases stops it
                 cur.progress_dirty = True
                 cur.progress_sent_at = -math.inf
                 self._wake(stream)
@@ -705,7 +705,7 @@ class AgentCore:
         job = self._job_of(stream, a)
         if job is None:
             return
-        if not self.leases.assigned(a.action_id, stream, now):
+        if not self.leases.assigned(a.action_id, stream, now, _shard_of(a)):
             self.leases.ended(a.action_id)
             self._refuse_stale(stream, a, now)
             return
@@ -800,7 +800,7 @@ class AgentCore:
         job = self._job_of(stream, a)
         if job is None:
             return
-        if not self.leases.assigned(a.action_id, stream, now):
+        if not self.leases.assigned(a.action_id, stream, now, _shard_of(a)):
             self._refuse_stale(stream, a, now)  # the attempt being cancelled keeps its own lease entry
             return
         self.deferred[a.action_id] = (stream, job)
@@ -1011,6 +1011,11 @@ class AgentCore:
         if old:
             self._log(logging.INFO, "%d completion(s) sent to %s not acknowledged within %g s: sent again",
                       len(old), stream, after)
+
+
+def _shard_of(a: agent_pb2.Assignment) -> int | None:
+    """The shard that holds *a*, when the coordinator says it is not the one its id names (a split moved it)."""
+    return a.shard if a.HasField("shard") else None
 
 
 def _fill_slots(pb: coordinator_pb2.Slots, per_kind: Mapping[int, int]) -> None:

@@ -138,17 +138,21 @@ class Leases:
 
     # -- actions ----------------------------------------------------------------
 
-    def assigned(self, action_id: int, stream: str, now: float) -> bool:
+    def assigned(self, action_id: int, stream: str, now: float, shard: int | None = None) -> bool:
         """An assignment of *action_id* arrived on *stream* (a new one, a
         newer attempt, or one to run after the attempt being stopped here):
         renewed from the last time *stream*'s replica is known to have
-        heard from us, not from now. Returns whether its lease is valid now
-        (False: it waited too long on its way, and may already have been
-        given to another agent; do not start it)."""
+        heard from us, not from now. *shard*: the shard that holds it, when
+        not the one its id names (a split moved it): its leader renews it.
+        Returns whether its lease is valid now (False: it waited too long on
+        its way, and may already have been given to another agent; do not
+        start it)."""
         basis = self._confirmed.get(stream, -math.inf)
         held = self._held.get(action_id)
         if held is None:
-            held = self._held[action_id] = _Held(action_id % SHARD_ID_MODULUS, basis)
+            held = self._held[action_id] = _Held(action_id % SHARD_ID_MODULUS if shard is None else shard, basis)
+        elif shard is not None:
+            held.shard = shard
         elif basis > held.renewed:
             held.renewed = basis
             held.expired = False

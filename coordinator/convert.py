@@ -12,7 +12,16 @@ from typing import Any, NamedTuple
 
 from coordinator.catalog import MAX_PATH, Copy, CopyError  # MAX_PATH: a path's bound (PATH_MAX)
 from coordinator.policy import Policy
-from coordinator.state import Action, CookieTarget, FidTarget, Item, Kind, Requester, State
+from coordinator.state import (
+    MAX_SHARDS,
+    Action,
+    CookieTarget,
+    FidTarget,
+    Item,
+    Kind,
+    Requester,
+    State,
+)
 from hsm.hsmflags import HS_ALL, HSM_REQUEST_FLAGS, resolve_archive_id
 from hsm.v1 import agent_pb2, coordinator_pb2, types_pb2
 from hsm.wire import FSNAME_RULE, MAX_NAME, fid_from_pb, fid_to_pb, name_problem, valid_fsname
@@ -216,9 +225,10 @@ def action_to_pb(a: Action, shard: int, place: tuple[int, int] | None = None,
     return pb
 
 
-def assignment_to_pb(a: Action, copy: Copy | None = None) -> agent_pb2.Assignment:
+def assignment_to_pb(a: Action, copy: Copy | None = None, shard: int | None = None) -> agent_pb2.Assignment:
     """*copy*: the catalog's copy a restore reads or a remove deletes (its
-    object key; a packed file's container slice)."""
+    object key; a packed file's container slice). *shard*: the shard that
+    holds the action, said only when the id names another (a split moved it)."""
     pb = agent_pb2.Assignment(
         action_id=a.id,
         attempt=a.attempt,
@@ -240,6 +250,8 @@ def assignment_to_pb(a: Action, copy: Copy | None = None) -> agent_pb2.Assignmen
         ],
         copies_left=len(a.copies),
     )
+    if shard is not None and shard != a.id % MAX_SHARDS:
+        pb.shard = shard
     if copy is not None:
         pb.object_key = copy.key
         if copy.container:

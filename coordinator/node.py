@@ -1802,7 +1802,7 @@ class CoordinatorNode:
                     continue  # its agent learns through reconcile, or loses it with its grace
                 session = cast(AgentSession, session)
                 self.book.assigned(session, Kind.ARCHIVE)
-                pb = convert.assignment_to_pb(action)
+                pb = convert.assignment_to_pb(action, shard=shard.index)
                 pb.attempt = eff.attempt
                 pb.extent.CopyFrom(types_pb2.Extent(offset=eff.offset, length=eff.length))
                 pb.copies_left = 0
@@ -1859,7 +1859,7 @@ class CoordinatorNode:
                     if action.kind != Kind.ARCHIVE:  # the copy a restore reads, a remove deletes
                         copy = next((c for c in st.catalog.of(action.fsname, action.fid)
                                      if c.archive_id == action.archive_id), None)
-                    pb = convert.assignment_to_pb(action, copy)
+                    pb = convert.assignment_to_pb(action, copy, shard.index)
                     order = _stripe_order(st, action) if session.stripes else None
                     if order is not None:
                         pb.stripe.CopyFrom(order)

@@ -55,6 +55,22 @@ def test_only_the_shards_a_replica_leads_are_renewed() -> None:
     assert le.valid(B, 14.0)
 
 
+def test_an_action_a_split_moved_is_renewed_by_the_leader_of_the_shard_that_holds_it_not_the_one_its_id_names() -> None:
+    # A's id names shard 3, but a split moved it to shard 9: the replica leading shard 3 may still
+    # answer while the one leading shard 9 (which would give the action to another agent after its
+    # grace) no longer hears us
+    le = welcomed(10.0)
+    le.assigned(A, "r1", 0.0, shard=9)
+    t = le.token("r1", 5.0)
+    le.granted("r1", t, [3])
+    assert le.expired(10.0) == [(A, 9, 10.0)] and not le.valid(A, 12.0)
+    le = welcomed(10.0)
+    le.assigned(A, "r1", 0.0, shard=9)
+    t = le.token("r1", 5.0)
+    le.granted("r1", t, [9])
+    assert le.valid(A, 14.0) and le.expired(14.0) == []
+
+
 def test_unknown_old_and_lost_stream_tokens_renew_nothing() -> None:
     le = welcomed(10.0)
     le.assigned(A, "r1", 0.0)

@@ -196,7 +196,8 @@ def all_done(rig: Rig, ids: list[int], timeout: float = 120) -> None:
         counts: dict[tuple[int, str], int] = {}
         for shard_state in got.values():
             counts[shard_state] = counts.get(shard_state, 0) + 1
-        return f"every archive done: (shard, state) -> count {sorted(counts.items())}"
+        stuck = [(i, shard, state) for i, (shard, state) in got.items() if state != "SUCCEEDED"][:10]
+        return f"every archive done: (shard, state) -> count {sorted(counts.items())}; e.g. {stuck}"
 
     until(lambda: all(state == "SUCCEEDED" for _s, state in where(rig, ids).values()), timeout, states, interval=0.5)
 

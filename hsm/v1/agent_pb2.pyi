@@ -123,7 +123,7 @@ class RunningReport(_message.Message):
     def __init__(self, actions: _Optional[_Iterable[_Union[RunningAction, _Mapping]]] = ..., token: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("action_id", "attempt", "fsname", "fid", "dfid", "kind", "archive_id", "extent", "data", "flags", "data_version", "requesters", "object_key", "copies_left", "packed", "object_offset", "object_length", "object_checksum", "stripe")
+    __slots__ = ("action_id", "attempt", "fsname", "fid", "dfid", "kind", "archive_id", "extent", "data", "flags", "data_version", "requesters", "object_key", "copies_left", "packed", "object_offset", "object_length", "object_checksum", "stripe", "shard")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     FSNAME_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,7 @@ class Assignment(_message.Message):
     OBJECT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     OBJECT_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     STRIPE_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     action_id: int
     attempt: int
     fsname: str
@@ -162,7 +163,8 @@ class Assignment(_message.Message):
     object_length: int
     object_checksum: str
     stripe: StripeOrder
-    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., dfid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[_types_pb2.Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., data_version: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[_types_pb2.Requester, _Mapping]]] = ..., object_key: _Optional[str] = ..., copies_left: _Optional[int] = ..., packed: _Optional[bool] = ..., object_offset: _Optional[int] = ..., object_length: _Optional[int] = ..., object_checksum: _Optional[str] = ..., stripe: _Optional[_Union[StripeOrder, _Mapping]] = ...) -> None: ...
+    shard: int
+    def __init__(self, action_id: _Optional[int] = ..., attempt: _Optional[int] = ..., fsname: _Optional[str] = ..., fid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., dfid: _Optional[_Union[_types_pb2.Fid, _Mapping]] = ..., kind: _Optional[_Union[_types_pb2.ActionKind, str]] = ..., archive_id: _Optional[int] = ..., extent: _Optional[_Union[_types_pb2.Extent, _Mapping]] = ..., data: _Optional[bytes] = ..., flags: _Optional[int] = ..., data_version: _Optional[int] = ..., requesters: _Optional[_Iterable[_Union[_types_pb2.Requester, _Mapping]]] = ..., object_key: _Optional[str] = ..., copies_left: _Optional[int] = ..., packed: _Optional[bool] = ..., object_offset: _Optional[int] = ..., object_length: _Optional[int] = ..., object_checksum: _Optional[str] = ..., stripe: _Optional[_Union[StripeOrder, _Mapping]] = ..., shard: _Optional[int] = ...) -> None: ...
 
 class StripeOrder(_message.Message):
     __slots__ = ("above", "part", "parts", "data_version", "size", "seal", "part_length", "part_checksums")
