@@ -200,9 +200,12 @@ class Resharder:
 
                 if not isinstance(exc, ShardUnavailable | ValueError | grpc.RpcError | TimeoutError | OSError):
                     log.exception("split: %s: a step failed", r.text())
+                    detail = f"{type(exc).__name__}: {exc}"
                 else:
                     detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
                     log.warning("split: %s: %s; trying again", r.text(), detail)
+                # what `hsm-coordinator reshard` shows until a step goes through
+                self.waiting = f"a step failed, tried again every second: {detail}"
                 await asyncio.sleep(1.0)
 
     async def _look(self, r: split.Reshard) -> None:
