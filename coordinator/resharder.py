@@ -38,6 +38,7 @@ from coordinator.state import (
     ReshardStep,
     SplitReply,
 )
+from hsm.ring import MAX_SHARDS
 from hsm.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 if TYPE_CHECKING:
@@ -142,18 +143,23 @@ class Resharder:
         now = node.clock()
         if add or abort:
             with shard0.reading() as st:
-                r = st.reshard
+                r, cluster_ring = st.reshard, st.cluster_ring
+            # what the state would refuse is refused here, before anything is proposed
+            got: split.Reshard | str
             if abort:
                 if r is None or not r.running:
                     raise ValueError("no split runs")
                 cmd: ReshardBegin | ReshardStep = ReshardStep(now, r.version, int(Phase.ABORTING))
+                got = split.advance(r, r.version, Phase.ABORTING, now)
             else:
                 ring = node.ring
-                problem = self.port_problem(ring.shards + add)
-                if problem:
-                    raise ValueError(problem)
-                cmd = ReshardBegin(now, ring.version + 1, ring.shards, add, ring.vnodes,
-                                   self.groups_for(ring.shards, add))
+                groups = self.groups_for(ring.shards, add) if ring.shards + add <= MAX_SHARDS else ()
+                cmd = ReshardBegin(now, ring.version + 1, ring.shards, add, ring.vnodes, groups)
+                got = split.begin(r, cluster_ring, cmd.shards, cmd.version, add, cmd.vnodes, groups, now)
+                if not isinstance(got, str) and got is not r:
+                    got = self.port_problem(ring.shards + add) or got
+            if isinstance(got, str):
+                raise ValueError(got)
             res = await node.propose(shard0, cmd)  # type: ignore[arg-type]
             reply = res.replies[0]
             assert isinstance(reply, ReshardReply)
