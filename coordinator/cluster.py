@@ -88,12 +88,9 @@ class ClusterSpec:
             raise ValueError(f"duplicate replica ids in {ids}")
         for r in self.replicas:
             split_addr(r.api)
-            host, port = split_addr(r.raft)
-            if port + self.shards - 1 > 65535:
-                raise ValueError(f"replica {r.id}: Raft ports {port}..{port + self.shards - 1} do not fit")
-        raft_ports = [(r.raft_addr(s)) for r in self.replicas for s in range(self.shards)]
-        if len(set(raft_ports)) != len(raft_ports):
-            raise ValueError("replicas' Raft port ranges overlap")
+        problem = raft_port_problem(self.replicas, self.shards)
+        if problem:
+            raise ValueError(problem)
         if self.placement:
             wrong = placing.problems(self.placement, ids, self.shards)
             if wrong:
@@ -140,6 +137,24 @@ class ClusterSpec:
         if self.placement:
             return self.replica(self.placement[shard][0])
         return self.replicas[shard % len(self.replicas)]
+
+
+def raft_port_problem(replicas: Iterable[ReplicaSpec], shards: int) -> str | None:
+    """Why *replicas* cannot hold *shards* shards, or None: each replica's
+    Raft ports (its Raft port + shard index) must fit below 65536 and meet
+    no other replica's (the configuration's check, and a split's)."""
+    seen: dict[str, str] = {}
+    for r in replicas:
+        _host, port = split_addr(r.raft)
+        if port + shards - 1 > 65535:
+            return f"replica {r.id}: Raft ports {port}..{port + shards - 1} do not fit"
+        for k in range(shards):
+            addr = r.raft_addr(k)
+            if addr in seen:
+                return (f"replicas' Raft port ranges overlap: replica {r.id}'s Raft port {addr} for shard {k} is "
+                        f"{seen[addr]}'s; give the replicas Raft ports at least {shards} apart")
+            seen[addr] = f"{r.id} shard {k}"
+    return None
 
 
 def _port_free(port: int) -> bool:

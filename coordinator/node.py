@@ -624,6 +624,11 @@ class CoordinatorNode:
         if added:
             self._swap(len(self.shards) - 1, self.shards[-1])
 
+    def ring_after(self, r: split.Reshard) -> RingRecord:
+        """The ring split *r* makes, done: its shards, its version, and the
+        groups of every shard splits added."""
+        return RingRecord(r.total, r.version, self.ring_record.groups | {k: r.group(k) for k in r.new})
+
     async def take_ring(self, record: RingRecord) -> None:
         """The cluster's ring after a split (SPLIT_OP_RING): done, this
         replica routes by it from now on; aborted (the ring it has, without
@@ -1532,8 +1537,7 @@ class CoordinatorNode:
                     r = st.reshard
                 if r is not None and r.phase == split.Phase.DONE and r.version > self.ring.version:
                     # every replica that holds shard 0 takes the new ring as it applies the end of the split
-                    groups = self.ring_record.groups | {k: r.group(k) for k in r.new}
-                    asyncio.ensure_future(self.take_ring(RingRecord(r.total, r.version, groups)))
+                    asyncio.ensure_future(self.take_ring(self.ring_after(r)))
             # Assigned: sent by the dispatcher that proposed it
         if changed:
             self._wake.set()

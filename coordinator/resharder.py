@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from coordinator import placement, split
+from coordinator.cluster import raft_port_problem
 from coordinator.convert import InvalidRequest
 from coordinator.groups import RingRecord
 from coordinator.split import Do, Phase
@@ -115,24 +116,6 @@ class Resharder:
         spread = placement.spread(ids, shards + added, size)
         return spread[shards:]
 
-    def port_problem(self, total: int) -> str | None:
-        """Why the replicas cannot hold *total* shards: the Raft ports
-        (replica's port + shard index) must fit and not meet another's."""
-        seen: dict[str, str] = {}
-        for r in self.node.cluster.replicas:
-            for k in range(total):
-                try:
-                    addr = r.raft_addr(k)
-                except ValueError:
-                    return f"replica {r.id}: Raft port of shard {k} does not fit"
-                if int(addr.rsplit(":", 1)[1]) > 65535:
-                    return f"replica {r.id}: Raft port {addr} of shard {k} does not fit"
-                if addr in seen:
-                    return (f"replica {r.id}'s Raft port {addr} for shard {k} is {seen[addr]}'s: give the replicas "
-                            f"Raft ports at least {total} apart")
-                seen[addr] = f"{r.id} shard {k}"
-        return None
-
     async def request(self, add: int, abort: bool) -> coordinator_pb2.ReshardResponse:
         """On shard 0's leader: begin a split by *add* shards, abort the one
         that runs, or (neither) say where it stands. ValueError with the
@@ -157,7 +140,7 @@ class Resharder:
                 cmd = ReshardBegin(now, ring.version + 1, ring.shards, add, ring.vnodes, groups)
                 got = split.begin(r, cluster_ring, cmd.shards, cmd.version, add, cmd.vnodes, groups, now)
                 if not isinstance(got, str) and got is not r:
-                    got = self.port_problem(ring.shards + add) or got
+                    got = raft_port_problem(node.cluster.replicas, ring.shards + add) or got
             if isinstance(got, str):
                 raise ValueError(got)
             res = await node.propose(shard0, cmd)  # type: ignore[arg-type]
@@ -340,7 +323,7 @@ class Resharder:
         if r.phase == Phase.DONE:
             if r.version < node.ring.version:
                 return  # a later split is done
-            rec = RingRecord(r.total, r.version, dict(node.ring_record.groups) | {k: r.group(k) for k in r.new})
+            rec = node.ring_after(r)
         else:
             rec = RingRecord(node.ring.shards, node.ring.version, {})
         done |= await self._tell_all(rec)

@@ -9,7 +9,6 @@ may have activated."""
 from __future__ import annotations
 
 import errno as E
-import pickle
 from collections.abc import Callable
 
 from hypothesis import given, settings
@@ -39,18 +38,11 @@ from coordinator.state import (
 )
 from hsm.fid import Fid
 from hsm.ring import Ring
+from tests.test_split_state import apply, fid
 
 FS = "lustre1"
 VNODES = 32
 GROUPS = (("r1", "r2", "r3"),)
-
-
-def apply(state: ShardState, cmd: object) -> list[object]:
-    return state.apply(pickle.loads(pickle.dumps(cmd, protocol=5))).replies
-
-
-def fid(n: int) -> Fid:
-    return Fid(0x200000400, n, 0)
 
 
 def test_begin_takes_a_retry_as_the_same_split_and_refuses_what_does_not_fit() -> None:
