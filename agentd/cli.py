@@ -19,7 +19,7 @@ from agentd.config import (
     Override,
     load_config,
 )
-from hsm import __version__, gctune, logsetup
+from hsm import __version__, gctune, logsetup, stall
 
 log = logging.getLogger("agentd")
 
@@ -267,12 +267,16 @@ async def _serve(config: AgentConfig) -> int:
     mover = make_mover(config)
     agent = Agent(config, backend, mover)
     gctune.tune_for_service()
+    stall.enable_stack_dumps()
+    stall_watch = stall.start(f"agent {config.agent_id}")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, agent, sig)
     try:
         status = await agent.run()
     finally:
+        if stall_watch is not None:
+            stall_watch.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     close = getattr(backend, "close", None)

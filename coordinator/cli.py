@@ -21,7 +21,7 @@ from typing import Any  # noqa: E402
 import hsm  # noqa: E402
 from coordinator import config as cfgmod  # noqa: E402
 from coordinator.certs import CA_DAYS, CERT_DAYS, ROLES  # noqa: E402
-from hsm import gctune, logsetup, sdnotify  # noqa: E402
+from hsm import gctune, logsetup, sdnotify, stall  # noqa: E402
 
 EPILOG = """\
 commands:
@@ -269,6 +269,8 @@ async def _serve(cfg: object) -> int:
 
     assert isinstance(cfg, NodeConfig)
     gctune.tune_for_service()
+    stall.enable_stack_dumps()
+    stall_watch = stall.start(f"replica {cfg.replica_id}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -278,11 +280,14 @@ async def _serve(cfg: object) -> int:
 
     async def notify_ready() -> None:
         await node.ready.wait()
-        sdnotify.notify(f"READY=1\nSTATUS=serving on {node.address}, every shard has a leader")
+        if not await sdnotify.notify_soon(f"READY=1\nSTATUS=serving on {node.address}, every shard has a leader"):
+            if os.environ.get("NOTIFY_SOCKET"):
+                logging.getLogger("coordinator").warning(
+                    "READY=1 could not be sent to NOTIFY_SOCKET for 30 s: its queue stays full")
 
     async def watchdog(interval: float) -> None:
         while True:
-            sdnotify.notify("WATCHDOG=1")
+            sdnotify.notify("WATCHDOG=1")  # dropped when the queue is full: the next one follows
             await asyncio.sleep(interval)
 
     tasks = [asyncio.create_task(notify_ready())]
@@ -290,11 +295,13 @@ async def _serve(cfg: object) -> int:
     if interval:
         tasks.append(asyncio.create_task(watchdog(interval)))
     await stop.wait()
-    sdnotify.notify("STOPPING=1")
+    await sdnotify.notify_soon("STOPPING=1", within=2.0)
     logging.getLogger("coordinator").info("stopping: handing over leadership, draining")
     for t in tasks:
         t.cancel()
     await node.stop(grace=5.0, step_down=True)
+    if stall_watch is not None:
+        stall_watch.stop()
     return 0
 
 

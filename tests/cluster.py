@@ -145,14 +145,15 @@ class ProcCluster:
         """A channel to *address* presenting *name*'s certificate."""
         return grpc.secure_channel(address, self.pki.credentials(name))
 
-    def start(self, rid: str) -> None:
+    def start(self, rid: str, env: dict[str, str] | None = None) -> None:
+        """Start replica *rid* (*env*: more environment variables)."""
         # a replica added by a test gets its certificate here
         self.pki.issue(rid, "replica", hosts=(self.spec(rid).api.rsplit(":", 1)[0],))
         with open(self.logs / f"{rid}.log", "ab") as log:
             self.procs[rid] = subprocess.Popen(
                 [sys.executable, "-m", "coordinator.cli", "run", "--config", str(self.config), "--replica-id", rid,
                  "--data-dir", str(self.tmp / "data" / rid), "--log-level", "info"],
-                stdout=log, stderr=log, env=ENV, start_new_session=True)
+                stdout=log, stderr=log, env={**ENV, **(env or {})}, start_new_session=True)
 
     def start_all(self) -> None:
         for s in self.specs:

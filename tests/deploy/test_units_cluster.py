@@ -20,6 +20,7 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,27 +53,33 @@ def wait_for(what: str, cond: Callable[[], bool], timeout: float, services: list
 
 
 class Notify:
-    """A systemd-style notification socket for one service."""
+    """A systemd-style notification socket for one service, read as systemd
+    reads it: at once, by a thread (its queue holds only 10 datagrams)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.setblocking(False)
+        self.sock.settimeout(0.2)
         self.messages: list[str] = []
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def drain(self) -> list[str]:
-        while True:
+    def _read(self) -> None:
+        while not self._closing.is_set():
             try:
                 data = self.sock.recv(4096)
-            except BlockingIOError:
-                return self.messages
+            except TimeoutError:
+                continue
             self.messages.extend(data.decode(errors="replace").splitlines())
 
     def seen(self, line: str) -> bool:
-        return line in self.drain()
+        return line in self.messages
 
     def close(self) -> None:
+        self._closing.set()
+        self._reader.join()
         self.sock.close()
 
 
@@ -95,6 +102,9 @@ class Service:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                # hung: its stacks into its log (hsm.stall) for the failure's message, then kill it
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(2)
                 self.proc.kill()
                 self.proc.wait()
                 return None
@@ -217,9 +227,8 @@ def test_cluster_from_rendered_units_passes_the_workload(rendered_cluster: Rende
             stop_timeout = float(dl.unit_values(unit.read_text(), "Service", "TimeoutStopSec")[0]) if unit else 30
             svc.stop(stop_timeout)
         for n in notifies.values():
-            n.drain()
             n.close()
     for svc in services:
-        assert svc.proc.returncode == 0, f"{svc.name} exited {svc.proc.returncode} on SIGTERM\n{svc.text()[-3000:]}"
+        assert svc.proc.returncode == 0, f"{svc.name} exited {svc.proc.returncode} on SIGTERM\n{svc.text()[-12000:]}"
     for name, n in notifies.items():
         assert "STOPPING=1" in n.messages, f"{name} sent no STOPPING=1: {n.messages}"
