@@ -683,6 +683,17 @@ class BenchCluster:
             return {s.shard: s.leader for s in st.shards}
         return {}
 
+    def raft_entries(self) -> int | None:
+        """Raft entries committed so far, summed over the shards (as the
+        first live replica that answers sees them), or None."""
+        for rid in self.live_replicas():
+            try:
+                st = self.status(rid, 5)
+            except grpc.RpcError:
+                continue
+            return sum(s.commit_index for s in st.shards)
+        return None
+
     def counts(self, rid: str | None = None) -> dict[str, int]:
         """Action counts by state name over every shard, from one replica's
         applied state (every shard: the ones it leads and the ones it follows)."""

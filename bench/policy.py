@@ -1214,14 +1214,15 @@ def markdown(out: Mapping[str, Any]) -> str:
             *comparison_lines("policy", v, on, off),
             "",
             "| round | policy | ran | actions/s | seconds | replica µs per action | whole µs per action "
-            "| outsiders' CPU share (%) | sampled actions given a priority | sampled actions per agent "
-            "| wall s (with start and stop) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| Raft entries per action | outsiders' CPU share (%) | sampled actions given a priority "
+            "| sampled actions per agent | wall s (with start and stop) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for e in cost.get("timeline", []):
             lines.append(f"| {e['round']} | {e['policy']} | {'first' if e['position'] == 1 else 'second'} | "
                          f"{_f(e.get('actions_per_s'))} | {_f(e.get('seconds'))} | "
                          f"{_f(e.get('replica_us_per_action'))} | {_f(e.get('total_us_per_action'))} | "
+                         f"{_f(e.get('raft_entries_per_action'), '{:.3f}')} | "
                          f"{_f(e.get('outsiders_cpu_share_pct'))} | {e.get('sampled_prioritized', 'n/a')} of "
                          f"{e.get('sampled', 'n/a')} | "
                          + (", ".join(f"{a} {k}" for a, k in (e.get("sampled_per_agent") or {}).items()) or "n/a")

@@ -129,6 +129,7 @@ def flood_figures(d: Mapping[str, Any]) -> dict[str, Any]:
             "client_us_per_action": cls("client"), "total_us_per_action": pa.get("total_us_per_action"),
             "harness_us_per_action": pa.get("harness_us_per_action"),
             "outsiders_cpu_share_pct": outside_cpu_share(d), "p99_start_ms": d.get("p99_start_ms"),
+            "raft_entries_per_action": d.get("raft_entries_per_action"),
             "run_twice": d.get("run_twice", 0)}
 
 
@@ -230,7 +231,8 @@ def alternate_floods(
             wrong = probe.problem() if probe else "the mode probe did not run"
             fig = flood_figures(d)
             entry.update({k2: fig[k2] for k2 in ("actions_per_s", "seconds", "outsiders_cpu_share_pct",
-                                                 "replica_us_per_action", "total_us_per_action")})
+                                                 "replica_us_per_action", "total_us_per_action",
+                                                 "raft_entries_per_action")})
             more, suffix = extra(d, mode) if extra is not None else ({}, "")
             entry.update(more)
             if wrong:
@@ -294,7 +296,10 @@ ROWS = (("actions_per_s", "actions/s end to end"),
         ("total_us_per_action", "CPU µs per action, whole benchmark"),
         ("harness_us_per_action", "CPU µs per action, the harness (apart)"),
         ("p99_start_ms", "submit-to-start p99 (ms)"),
+        ("raft_entries_per_action", "Raft entries per action (every shard)"),
         ("outsiders_cpu_share_pct", "outsiders' share of the host CPU (%)"))
+#: a row's format when not "{:,.1f}"
+ROW_FORMATS = {"raft_entries_per_action": "{:.3f}"}
 
 
 def comparison_lines(label: str, v: Mapping[str, Any], on: Mapping[str, Any], off: Mapping[str, Any]) -> list[str]:
@@ -319,7 +324,8 @@ def comparison_lines(label: str, v: Mapping[str, Any], on: Mapping[str, Any], of
     ]
     for key, name in ROWS:
         a, b = on.get(key), off.get(key)
-        lines.append(f"| {name} | {_f(a)} | {_f(b)} | {_f(ratio(a, b), '{:.3f}')} |")
+        fmt = ROW_FORMATS.get(key, "{:,.1f}")
+        lines.append(f"| {name} | {_f(a, fmt)} | {_f(b, fmt)} | {_f(ratio(a, b), '{:.3f}')} |")
     return lines
 
 

@@ -291,6 +291,7 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
             g.start()
             s.say(f"   {len(params)} clients ready; submitting {n:,} archives "
                   f"(batches of {s.batch}, {s.inflight} in flight per client)")
+            entries0 = c.raft_entries()
             cpu = CpuWindow(c)
             t0 = g.release()
             prof = profile(c, g) if profile else None
@@ -299,6 +300,7 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
             if quiet_until > 0:
                 wait_runs(c, math.ceil(quiet_until * n), timeout=max(300, n / 100))
             t_end = wait_drained(c, timeout=max(300, n / 100))
+            entries1 = c.raft_entries()
             if prof is not None:
                 prof.stop()
         cpu_used = cpu.stop(sum(r["cpu_s"] for r in res), len(res))
@@ -324,6 +326,10 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
         "rss_before": {k: v.get("VmRSS") for k, v in mem0.items()},
         "peak_rss": {k: v.get("VmHWM") for k, v in mem1.items()},
         "cpu": cpu_used, "cpu_per_action": per_action(cpu_used, n, "archive action"),
+        # Raft entries per action over every shard (submits, assignments, reports...): how well the
+        # cluster batches; CPU per action follows it
+        "raft_entries_per_action": (round((entries1 - entries0) / n, 4)
+                                    if entries0 is not None and entries1 is not None and n else None),
         "cluster": opt.describe(),
     }
     s.say(f"   {n:,} archives in {seconds:.1f} s: {out['actions_per_s']:,.0f} actions/s end to end "

@@ -490,22 +490,30 @@ def plan(state: ShardState, offers: Sequence[Offer], now: float = 0.0, budget: B
     (and *budget*). The result is the ``assignments`` of an
     ``AssignRound``; empty when there is nothing to give."""
     taken: set[int] = set()
-    out: list[tuple[str, tuple[int, ...]]] = []
+    out: dict[str, list[int]] = {}
     actions = state.actions
     vtime: dict[int, float] = {}
     room = {o.agent: o for o in offers} if affinity is not None else None
-    for offer in offers:
-        if not offer.wants():
-            continue
-        ids = pick(state, offer.archive_ids, offer.credits, offer.agent, taken, now, budget, vtime, affinity, outlook,
-                   room)
-        if not ids:
-            continue
-        taken.update(ids)
-        for i in ids:
-            offer.credits[actions[i].kind] -= 1
-        out.append((offer.agent, tuple(ids)))
-    return tuple(out)
+    # with tags, a second pass: an agent offered before a tag's owner spent
+    # its room skipped the tag's work; what the owner left it may take now
+    # (else it idles until a round that offers the owner first)
+    for _pass in range(2 if room is not None else 1):
+        for offer in offers:
+            if not offer.wants():
+                continue
+            ids = pick(state, offer.archive_ids, offer.credits, offer.agent, taken, now, budget, vtime, affinity,
+                       outlook, room)
+            if not ids:
+                continue
+            taken.update(ids)
+            for i in ids:
+                offer.credits[actions[i].kind] -= 1
+            got = out.get(offer.agent)
+            if got is None:
+                out[offer.agent] = ids
+            else:
+                got.extend(ids)
+    return tuple((agent, tuple(ids)) for agent, ids in out.items())
 
 
 class Offering(Protocol):
