@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -136,9 +137,17 @@ def flood_figures(d: Mapping[str, Any]) -> dict[str, Any]:
 FIGURES = tuple(flood_figures({}))
 
 
+#: figures whose medians keep four decimals (the others one)
+PRECISE = ("raft_entries_per_action",)
+
+
 def medians(floods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     figs = [flood_figures(d) for d in floods]
-    return {k: median1(f[k] for f in figs) for k in FIGURES}
+    out = {k: median1(f[k] for f in figs) for k in FIGURES}
+    for k in PRECISE:
+        v = [f[k] for f in figs if f[k] is not None]
+        out[k] = round(statistics.median(v), 4) if v else None
+    return out
 
 
 def ratio(on: float | None, off: float | None) -> float | None:

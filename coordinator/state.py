@@ -2900,6 +2900,8 @@ def _arrival(a: Action) -> tuple[float, int]:
 def _with_tag(data: bytes, tag: str) -> bytes:
     """Request data (``key=value,...``, like hai_data) with ``tag=`` set to
     *tag*: any tag the requester gave is replaced."""
+    if not data:  # the usual case: no other data
+        return b"tag=" + tag.encode()
     parts = [p for p in data.split(b",") if p and not p.startswith(b"tag=")]
     parts.append(b"tag=" + tag.encode())
     return b",".join(parts)
