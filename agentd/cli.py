@@ -77,6 +77,9 @@ signals:
   run elsewhere), report it, and exit 0. A second signal cancels the running
   actions at once. Exit status 1 if a mover ignored its cancel, 2 for a
   configuration error.
+  SIGUSR1 writes the stack of every thread to standard error and goes on
+  (the same is logged by itself when the event loop has not run for
+  $HSM_STALL_DUMP_AFTER seconds, default 20, 0: never).
 
 examples:
   agentd --config /etc/agentd.yaml

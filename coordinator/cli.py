@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one coordinator replica",
                          description="Run one coordinator replica (config keys: docs/cluster-config.md; "
-                                     "flags override the file).")
+                                     "flags override the file). SIGTERM hands leadership over and stops; "
+                                     "SIGUSR1 writes the stack of every thread to standard error and goes on "
+                                     "(logged by itself when the event loop has not run for "
+                                     "$HSM_STALL_DUMP_AFTER seconds, default 20, 0: never).")
     run.add_argument("--config", metavar="FILE", required=True, help="YAML config file (from `init`)")
     run.add_argument("--replica-id", help="this replica's id in cluster.replicas (default: short host name)")
     run.add_argument("--data-dir", help="where this replica keeps its Raft journals and snapshots")

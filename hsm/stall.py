@@ -4,7 +4,7 @@ Everything a replica or agentd does runs on one asyncio loop; if that loop
 stops turning (a call that never returns, a lock never released) the
 process still holds its ports, its Raft threads still answer, and nothing
 in its log says why it ignores SIGTERM until systemd kills it. Two aids,
-installed by ``hsm-coordinator serve`` and ``agentd`` at start:
+installed by ``hsm-coordinator run`` and ``agentd`` at start:
 
 * ``kill -USR1 <pid>`` writes every thread's Python stack to standard
   error (the journal under systemd), any time, loop hung or not
