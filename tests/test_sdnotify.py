@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,40 +16,12 @@ import pytest
 
 from hsm import sdnotify
 from tests.cluster import ProcCluster, until
-
-
-class Manager:
-    """The service manager's end of NOTIFY_SOCKET; reads only when told to."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start_reading(self) -> None:
-        def read() -> None:
-            while not self._stop.is_set():
-                try:
-                    self.messages.extend(self.sock.recv(4096).decode().splitlines())
-                except TimeoutError:
-                    pass
-        self._thread = threading.Thread(target=read, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.sock.close()
+from tests.notifysock import NotifySocket
 
 
 @pytest.fixture
-def manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Manager]:
-    m = Manager(tmp_path / "notify")
+def manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
+    m = NotifySocket(tmp_path / "notify", reading=False)
     monkeypatch.setenv("NOTIFY_SOCKET", str(m.path))
     yield m
     m.close()
@@ -62,7 +33,7 @@ def test_without_a_notify_socket_nothing_is_sent(monkeypatch: pytest.MonkeyPatch
     assert asyncio.run(sdnotify.notify_soon("READY=1", within=1)) is False
 
 
-def test_a_full_queue_drops_the_message_instead_of_blocking(manager: Manager) -> None:
+def test_a_full_queue_drops_the_message_instead_of_blocking(manager: NotifySocket) -> None:
     sent: list[bool] = []
     sender = threading.Thread(target=lambda: sent.extend(sdnotify.notify("WATCHDOG=1") for _ in range(30)),
                               daemon=True)
@@ -76,7 +47,7 @@ def test_a_full_queue_drops_the_message_instead_of_blocking(manager: Manager) ->
     until(lambda: manager.messages[-1:] == ["STATUS=read again"], 5, "the next message")
 
 
-def test_notify_soon_waits_for_room(manager: Manager) -> None:
+def test_notify_soon_waits_for_room(manager: NotifySocket) -> None:
     while sdnotify.notify("WATCHDOG=1"):
         pass  # fill the queue
 
@@ -100,7 +71,7 @@ def cluster(tmp_path: Path) -> Iterator[ProcCluster]:
 
 
 def test_a_replica_serves_while_its_manager_does_not_read(cluster: ProcCluster, tmp_path: Path) -> None:
-    manager = Manager(tmp_path / "notify")
+    manager = NotifySocket(tmp_path / "notify", reading=False)
     try:
         # a WATCHDOG=1 every 0.05 s: the queue is full within a second
         cluster.start("r1", env={"NOTIFY_SOCKET": str(manager.path), "WATCHDOG_USEC": "100000"})

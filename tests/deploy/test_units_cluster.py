@@ -18,9 +18,7 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +30,7 @@ from hsm.hsmflags import HS
 from hsm.simfs import SimFS
 from tests.deploy import deploylib as dl
 from tests.deploy.conftest import RenderedCluster, ports_taken, render_cluster
+from tests.notifysock import NotifySocket
 
 pytestmark = pytest.mark.slow  # real processes, seconds per test
 
@@ -50,37 +49,6 @@ def wait_for(what: str, cond: Callable[[], bool], timeout: float, services: list
             raise AssertionError(f"{', '.join(dead)} exited while waiting for {what}\n{_logs(services)}")
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{_logs(services)}")
-
-
-class Notify:
-    """A systemd-style notification socket for one service, read as systemd
-    reads it: at once, by a thread (its queue holds only 10 datagrams)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self._closing = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while not self._closing.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            self.messages.extend(data.decode(errors="replace").splitlines())
-
-    def seen(self, line: str) -> bool:
-        return line in self.messages
-
-    def close(self) -> None:
-        self._closing.set()
-        self._reader.join()
-        self.sock.close()
 
 
 class Service:
@@ -151,11 +119,11 @@ def test_cluster_from_rendered_units_passes_the_workload(rendered_cluster: Rende
     logs.mkdir()
 
     # coordinators, from hsm-coordinator.service's ExecStart
-    notifies: dict[str, Notify] = {}
+    notifies: dict[str, NotifySocket] = {}
     coordinators: list[Service] = []
     for h in cl.coordinators:
         argv = dl.exec_start(h.unit.read_text())
-        notify = notifies[h.name] = Notify(tmp_path / f"notify-{h.name}")
+        notify = notifies[h.name] = NotifySocket(tmp_path / f"notify-{h.name}")  # read as systemd reads it
         env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="2000000")
         svc = Service(h.name, argv, logs / f"{h.name}.log", env)
         services.append(svc)
