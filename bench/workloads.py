@@ -300,10 +300,10 @@ def archive_flood(s: Settings, actions: int | None = None, replicas: int | None 
             if quiet_until > 0:
                 wait_runs(c, math.ceil(quiet_until * n), timeout=max(300, n / 100))
             t_end = wait_drained(c, timeout=max(300, n / 100))
-            entries1 = c.raft_entries()
             if prof is not None:
                 prof.stop()
         cpu_used = cpu.stop(sum(r["cpu_s"] for r in res), len(res))
+        entries1 = c.raft_entries()  # after the CPU window: its Status call is not the flood's
         mem1 = c.memory()
         samples = [x for r in res for x in r["samples"]]
         lat = _latencies(c, samples)
