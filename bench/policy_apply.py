@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
 import time
 from collections import Counter
 from pathlib import Path
 
 from bench.machine import machine
 from bench.policy import routing_tags, rules_yaml
+from bench.stats import median_to
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHASES = ("admit", "submit", "plan", "assign", "complete")
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             passes[mode].append(got)
             print(f"pass {r + 1} rules {mode}: " + ", ".join(f"{p} {got[p]:.2f}" for p in PHASES)
                   + " µs per action", flush=True)
-    med = {m: {p: round(statistics.median(x[p] for x in passes[m]), 2) for p in PHASES} for m in passes}
+    med = {m: {p: median_to((x[p] for x in passes[m]), 2) for p in PHASES} for m in passes}
     state = {m: round(sum(med[m][p] for p in PHASES if p != "admit"), 2) for m in med}
     out = {"kind": "policy_apply", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
            "actions": args.actions, "repeat": args.repeat, "passes": passes, "medians": med,

@@ -42,7 +42,12 @@ def outside_cpu_share(d: object) -> float | None:
     return round(100.0 * float(cpu.get("other_s", 0.0)) / float(cpu["host_capacity_s"]), 1)
 
 
+def median_to(values: Iterable[Any], digits: int) -> Any:
+    """The median of the values that are not None, to *digits* decimals; None if none."""
+    v = [x for x in values if x is not None]
+    return round(statistics.median(v), digits) if v else None
+
+
 def median1(values: Iterable[Any]) -> Any:
     """The median of the values that are not None, to one decimal; None if none."""
-    v = [x for x in values if x is not None]
-    return round(statistics.median(v), 1) if v else None
+    return median_to(values, 1)

@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bench.cluster import BenchCluster
-from bench.stats import median1, outside_cpu_share
+from bench.stats import median_to, outside_cpu_share
 from bench.workloads import Settings
 
 #: issue 13: the flood with TLS keeps at least this share of its plain-text rate
@@ -143,11 +142,7 @@ PRECISE = ("raft_entries_per_action",)
 
 def medians(floods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     figs = [flood_figures(d) for d in floods]
-    out = {k: median1(f[k] for f in figs) for k in FIGURES}
-    for k in PRECISE:
-        v = [f[k] for f in figs if f[k] is not None]
-        out[k] = round(statistics.median(v), 4) if v else None
-    return out
+    return {k: median_to((f[k] for f in figs), 4 if k in PRECISE else 1) for k in FIGURES}
 
 
 def ratio(on: float | None, off: float | None) -> float | None:

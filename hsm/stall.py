@@ -56,22 +56,22 @@ class Watch:
     def __init__(self, after: float, now: float) -> None:
         self.after = after
         self.last = now
-        self.reported: float | None = None  # when the current stall was reported
+        self.reported = False  # the current stall was reported
 
     def beat(self, now: float) -> float | None:
         """The loop ran at *now*. Returns how long it had stalled when a
         stall was reported (the loop is back), else None."""
-        stalled = now - self.last if self.reported is not None else None
+        stalled = now - self.last if self.reported else None
         self.last = now
-        self.reported = None
+        self.reported = False
         return stalled
 
     def check(self, now: float) -> float | None:
         """How long the loop has not run, when that is a stall not yet
         reported (report it now); else None."""
-        if self.after <= 0 or self.reported is not None or now - self.last < self.after:
+        if self.after <= 0 or self.reported or now - self.last < self.after:
             return None
-        self.reported = now
+        self.reported = True
         return now - self.last
 
 

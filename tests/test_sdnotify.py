@@ -81,7 +81,7 @@ def test_a_replica_serves_while_its_manager_does_not_read(cluster: ProcCluster, 
             assert cluster.status("r1").shards[0].leader
             time.sleep(0.2)
         manager.start_reading()  # READY=1 was tried again meanwhile: it gets through once there is room
-        until(lambda: any(m == "READY=1" for m in manager.messages), 40, "READY=1")
+        until(lambda: manager.seen("READY=1"), 40, "READY=1")
         p = cluster.procs.pop("r1")
         p.send_signal(signal.SIGTERM)
         assert p.wait(60) == 0
